@@ -1,0 +1,53 @@
+//! Capture sources: where TCP segments come from.
+//!
+//! Owns [`Segment`], the unit every source produces and the pipeline consumes. Sources: pcap files
+//! ([`pcap`]) and the live eBPF ring buffer ([`ebpf`]). A source never interprets TCP or HTTP.
+
+pub mod ebpf;
+pub mod pcap;
+
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+/// TCP header flags, as on the wire (low byte of the flags field).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct TcpFlags(pub u8);
+
+impl TcpFlags {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+
+    pub fn fin(self) -> bool {
+        self.0 & Self::FIN != 0
+    }
+    pub fn syn(self) -> bool {
+        self.0 & Self::SYN != 0
+    }
+    pub fn rst(self) -> bool {
+        self.0 & Self::RST != 0
+    }
+    pub fn ack(self) -> bool {
+        self.0 & Self::ACK != 0
+    }
+}
+
+/// One TCP segment as seen by a capture source.
+///
+/// `payload` is the TCP payload only. A live GRO/TSO skb may be split by the kernel into several
+/// chunks; each chunk becomes a `Segment` whose `seq` is already advanced by the chunk's offset, so
+/// consumers never see chunking. SYN is set only on the first chunk, FIN/RST only on the last.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: TcpFlags,
+    /// Capture time in nanoseconds (pcap: since the Unix epoch; live: kernel monotonic clock).
+    pub ts_ns: u64,
+    pub payload: Bytes,
+}

@@ -1,0 +1,1 @@
+//! Request framing: a client byte stream in, [`super::Request`]s out.

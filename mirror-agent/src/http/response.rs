@@ -1,0 +1,1 @@
+//! Response framing: a server byte stream in, responses (status, timing) out.

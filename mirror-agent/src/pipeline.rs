@@ -1,0 +1,1 @@
+//! Pipeline: segments in, requests (and responses) out. Wires flow table, reassembly and framing.

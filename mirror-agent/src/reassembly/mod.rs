@@ -1,0 +1,1 @@
+//! Per-direction TCP stream reassembly and the flow table.

@@ -1,0 +1,1 @@
+//! Request recording as JSON lines (`--record`) and reading recordings back (`--from`).

@@ -1,0 +1,1 @@
+//! Replay of captured requests to mirror services.

@@ -1,0 +1,5 @@
+//! `cargo xtask`: project tasks.
+
+fn main() {
+    println!("xtask: not wired yet");
+}
