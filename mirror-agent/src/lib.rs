@@ -6,6 +6,7 @@
 //! ([`replay`]). Everything between capture and replay is synchronous, I/O-free state machines.
 
 pub mod capture;
+pub mod cli;
 pub mod http;
 pub mod pipeline;
 pub mod reassembly;

@@ -1,5 +1,18 @@
-//! mirror-agent command line entry point.
+//! mirror-agent command line entry point: parse flags, pick the mode, map errors to exit codes.
+
+use clap::Parser;
+use mirror_agent::cli::{Cli, Command};
 
 fn main() {
-    println!("mirror-agent: not wired yet");
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Check) => {
+            eprintln!("mirror-agent: check is not wired yet");
+            std::process::exit(1);
+        }
+        None => {
+            eprintln!("mirror-agent: not wired yet");
+            std::process::exit(1);
+        }
+    }
 }

@@ -80,6 +80,7 @@ impl Request {
 
     /// The Host header as text, if present and valid UTF-8.
     pub fn host(&self) -> Option<&str> {
-        self.header("host").and_then(|v| std::str::from_utf8(v).ok())
+        self.header("host")
+            .and_then(|v| std::str::from_utf8(v).ok())
     }
 }

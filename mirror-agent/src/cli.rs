@@ -1,0 +1,224 @@
+//! Command-line flags. Every flag can also be set through a `MIRROR_*` environment variable.
+//!
+//! Owns parsing and validation of what the operator typed; it does not run anything. Values
+//! that need more than a type check (mirror specs, config files) are validated by the module
+//! that owns them and reported as one line with exit status 2.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "mirror-agent",
+    version,
+    about = "Mirrors live HTTP/1.x traffic to shadow services, passively, with eBPF",
+    args_conflicts_with_subcommands = true
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Command>,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Print a preflight table: kernel, BTF, TCX, BPF syscall, capabilities.
+    Check,
+}
+
+/// Flags of the main mode: capture (live or pcap), then record and/or replay.
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    // ---- capture ----
+    /// Interface to capture on (live mode).
+    #[arg(long, env = "MIRROR_IFACE", help_heading = "Capture")]
+    pub iface: Option<String>,
+    /// Destination port to capture (repeatable, up to 64). In pcap mode, without --port every
+    /// flow whose client side starts with an HTTP request line is taken.
+    #[arg(
+        long = "port",
+        env = "MIRROR_PORTS",
+        value_delimiter = ',',
+        help_heading = "Capture"
+    )]
+    pub ports: Vec<u32>,
+    /// Share of flows the kernel captures, 0-100 (default: the largest mirror percent, or 100).
+    #[arg(long, env = "MIRROR_CAPTURE_PERCENT", help_heading = "Capture")]
+    pub capture_percent: Option<f64>,
+    /// Ring buffer size in bytes, a power of two.
+    #[arg(long, env = "MIRROR_RING_BUFFER_SIZE", default_value_t = 16 << 20, help_heading = "Capture")]
+    pub ring_buffer_size: u64,
+    /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
+    #[arg(long, env = "MIRROR_DURATION", help_heading = "Capture")]
+    pub duration: Option<f64>,
+    /// Also capture the primary's responses (egress), to pair them with requests.
+    #[arg(long, env = "MIRROR_COMPARE", help_heading = "Capture")]
+    pub compare: bool,
+    /// Read packets from a pcap or pcapng file instead of an interface.
+    #[arg(long, env = "MIRROR_PCAP", help_heading = "Capture")]
+    pub pcap: Option<PathBuf>,
+    /// Write the segments captured live to a pcap file (for offline debugging).
+    #[arg(long, env = "MIRROR_WRITE_PCAP", help_heading = "Capture")]
+    pub write_pcap: Option<PathBuf>,
+
+    // ---- reassembly and HTTP limits ----
+    /// Maximum flows tracked at once; beyond it the least recently active is evicted (counted).
+    #[arg(
+        long,
+        env = "MIRROR_MAX_FLOWS",
+        default_value_t = 65536,
+        help_heading = "Limits"
+    )]
+    pub max_flows: usize,
+    /// Global budget of out-of-order and partial-request bytes across all flows.
+    #[arg(long, env = "MIRROR_MEMORY_BUDGET", default_value_t = 256 << 20, help_heading = "Limits")]
+    pub memory_budget: usize,
+    /// Per-direction cap of out-of-order bytes.
+    #[arg(long, env = "MIRROR_FLOW_BUFFER", default_value_t = 4 << 20, help_heading = "Limits")]
+    pub flow_buffer: usize,
+    /// How long a hole waits for its bytes before it is declared lost, in milliseconds.
+    #[arg(
+        long,
+        env = "MIRROR_GAP_TIMEOUT_MS",
+        default_value_t = 1000,
+        help_heading = "Limits"
+    )]
+    pub gap_timeout_ms: u64,
+    /// Idle time after which a flow is expired, in seconds.
+    #[arg(
+        long,
+        env = "MIRROR_FLOW_IDLE_SECS",
+        default_value_t = 120,
+        help_heading = "Limits"
+    )]
+    pub flow_idle_secs: u64,
+    /// Maximum size of a request or response head.
+    #[arg(long, env = "MIRROR_MAX_HEAD_BYTES", default_value_t = 64 * 1024, help_heading = "Limits")]
+    pub max_head_bytes: usize,
+    /// Maximum header fields in a head.
+    #[arg(
+        long,
+        env = "MIRROR_MAX_HEADERS",
+        default_value_t = 128,
+        help_heading = "Limits"
+    )]
+    pub max_headers: usize,
+
+    // ---- output ----
+    /// Write every request as a JSON line to FILE (`-` for stdout). Created with mode 0600.
+    #[arg(long, env = "MIRROR_RECORD", help_heading = "Output")]
+    pub record: Option<String>,
+
+    // ---- replay ----
+    /// Mirror: URL[,percent=P][,name=NAME] (repeatable). Percent defaults to 100.
+    #[arg(
+        long = "mirror",
+        env = "MIRROR_MIRRORS",
+        value_delimiter = ';',
+        help_heading = "Replay"
+    )]
+    pub mirrors: Vec<String>,
+    /// YAML config file (Traefik `mirroring` shape plus agent settings). Flags override it.
+    #[arg(long, env = "MIRROR_CONFIG", help_heading = "Replay")]
+    pub config: Option<PathBuf>,
+    /// Replay a recording made with --record instead of capturing.
+    #[arg(long, env = "MIRROR_FROM", help_heading = "Replay")]
+    pub from: Option<PathBuf>,
+    /// Pace of --from replay: 0 = as fast as possible, 1 = recorded pace, 10 = ten times faster.
+    #[arg(
+        long,
+        env = "MIRROR_SPEED",
+        default_value_t = 0.0,
+        help_heading = "Replay"
+    )]
+    pub speed: f64,
+    /// Add or set a header on mirrored requests: 'Name: value' (repeatable).
+    #[arg(
+        long = "mirror-header",
+        env = "MIRROR_MIRROR_HEADERS",
+        value_delimiter = ';',
+        help_heading = "Replay"
+    )]
+    pub mirror_headers: Vec<String>,
+    /// Remove a header from mirrored requests (repeatable).
+    #[arg(
+        long = "strip-header",
+        env = "MIRROR_STRIP_HEADERS",
+        value_delimiter = ',',
+        help_heading = "Replay"
+    )]
+    pub strip_headers: Vec<String>,
+    /// Host header: keep (default), mirror (the mirror's authority), or suffix (append --host-suffix).
+    #[arg(
+        long,
+        env = "MIRROR_HOST_MODE",
+        default_value = "keep",
+        help_heading = "Replay"
+    )]
+    pub host_mode: String,
+    /// Suffix for --host-mode suffix (Envoy appends "-shadow").
+    #[arg(
+        long,
+        env = "MIRROR_HOST_SUFFIX",
+        default_value = "-shadow",
+        help_heading = "Replay"
+    )]
+    pub host_suffix: String,
+    /// Send bodies to mirrors (false: no body, Content-Length: 0).
+    #[arg(long, env = "MIRROR_MIRROR_BODY", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Replay")]
+    pub mirror_body: bool,
+    /// Skip requests whose body is larger than this (counted).
+    #[arg(long, env = "MIRROR_MAX_BODY_SIZE", help_heading = "Replay")]
+    pub max_body_size: Option<u64>,
+    /// Only mirror these methods (repeatable).
+    #[arg(
+        long = "method",
+        env = "MIRROR_METHODS",
+        value_delimiter = ',',
+        help_heading = "Replay"
+    )]
+    pub methods: Vec<String>,
+    /// Only mirror request targets matching this regex (repeatable: any matches).
+    #[arg(
+        long = "path-allow",
+        env = "MIRROR_PATH_ALLOW",
+        help_heading = "Replay"
+    )]
+    pub path_allow: Vec<String>,
+    /// Never mirror request targets matching this regex (repeatable).
+    #[arg(long = "path-deny", env = "MIRROR_PATH_DENY", help_heading = "Replay")]
+    pub path_deny: Vec<String>,
+    /// Only mirror requests with a header matching 'Name: regex' (repeatable: all must match).
+    #[arg(
+        long = "header-match",
+        env = "MIRROR_HEADER_MATCH",
+        help_heading = "Replay"
+    )]
+    pub header_match: Vec<String>,
+    /// Per-mirror queue length; a full queue drops the copy (counted).
+    #[arg(
+        long,
+        env = "MIRROR_QUEUE_SIZE",
+        default_value_t = 4096,
+        help_heading = "Replay"
+    )]
+    pub queue_size: usize,
+    /// Per-mirror maximum connections.
+    #[arg(
+        long,
+        env = "MIRROR_MAX_CONNECTIONS",
+        default_value_t = 32,
+        help_heading = "Replay"
+    )]
+    pub max_connections: usize,
+    /// Per-request timeout to a mirror, in milliseconds.
+    #[arg(
+        long,
+        env = "MIRROR_TIMEOUT_MS",
+        default_value_t = 5000,
+        help_heading = "Replay"
+    )]
+    pub timeout_ms: u64,
+}
