@@ -5,7 +5,9 @@
 //! ([`http`]); the resulting requests are recorded ([`record`]) and/or replayed to mirrors
 //! ([`replay`]). Everything between capture and replay is synchronous, I/O-free state machines.
 
+pub mod app;
 pub mod capture;
+pub mod check;
 pub mod cli;
 pub mod http;
 pub mod pipeline;

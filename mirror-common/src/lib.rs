@@ -1,5 +1,192 @@
 //! Types the kernel program and the agent must agree on, byte for byte.
 //!
 //! `#![no_std]`, `#[repr(C)]`, explicit-width integers, no implicit padding.
-//! Nothing else lives here.
+//! Owns: the ring-buffer record header, the flow key of the ignore map, the config and counter
+//! indices, the map names and the flow hash used for sampling (so userspace and tests can predict
+//! which flows the kernel keeps). Nothing else lives here.
 #![no_std]
+
+/// Largest TCP payload copied from one skb. GRO/TSO skbs on lo and veth are up to 64 KiB; anything
+/// larger (BIG TCP) is truncated to this and counted in [`counter::TRUNCATED`].
+pub const MAX_PAYLOAD: usize = 65536;
+
+/// Upper bound on ports in the port map (the kernel map's `max_entries`).
+pub const MAX_PORTS: u32 = 64;
+
+/// Default number of entries of the LRU map of flows never to capture (the agent's own mirror
+/// connections).
+pub const IGNORE_ENTRIES: u32 = 16384;
+
+/// Map names, as they appear in the object file.
+pub mod maps {
+    pub const RING: &str = "MIRROR_RING";
+    pub const PORTS: &str = "MIRROR_PORTS";
+    pub const CONFIG: &str = "MIRROR_CONFIG";
+    pub const COUNTERS: &str = "MIRROR_COUNTERS";
+    pub const SCRATCH: &str = "MIRROR_SCRATCH";
+    pub const IGNORE: &str = "MIRROR_IGNORE";
+}
+
+/// Program names, as they appear in the object file (and in `bpftool net`).
+pub mod programs {
+    pub const INGRESS: &str = "mirror_ingress";
+    pub const EGRESS: &str = "mirror_egress";
+}
+
+/// Indices into the `MIRROR_CONFIG` array of `u64`.
+pub mod config {
+    /// Share of flows to capture, in basis points (0..=10000).
+    pub const SAMPLE_BASIS_POINTS: u32 = 0;
+    /// Bytes queued in the ring buffer above which a record forces a wakeup of the reader.
+    pub const WAKEUP_BYTES: u32 = 1;
+    /// Seed mixed into the flow hash, so that two agents do not sample the same flows.
+    pub const HASH_SEED: u32 = 2;
+    /// Bytes of link-layer header before the IP header (14 on Ethernet, lo and veth; 0 on L3
+    /// devices such as tun or wireguard).
+    pub const L2_LEN: u32 = 3;
+    pub const LEN: u32 = 4;
+}
+
+/// Indices into the per-CPU `MIRROR_COUNTERS` array of `u64`.
+///
+/// Accounting identity, checked by the tests:
+/// `MATCHED = IGNORED + SAMPLED_OUT + EMPTY + RECORDS + RING_FULL + LOAD_ERROR`.
+pub mod counter {
+    /// Packets the classifier ran on.
+    pub const SEEN: u32 = 0;
+    /// IPv4/IPv6 TCP packets whose port is in the port map.
+    pub const MATCHED: u32 = 1;
+    /// Matched packets of flows outside the sampled share.
+    pub const SAMPLED_OUT: u32 = 2;
+    /// Records written to the ring buffer.
+    pub const RECORDS: u32 = 3;
+    /// Records lost because the ring buffer was full.
+    pub const RING_FULL: u32 = 4;
+    /// TCP payload bytes written to the ring buffer.
+    pub const PAYLOAD_BYTES: u32 = 5;
+    /// Records whose payload was cut at [`crate::MAX_PAYLOAD`].
+    pub const TRUNCATED: u32 = 6;
+    /// IP packets the classifier could not parse (IPv6 extension chains too long, bad lengths,
+    /// non-first fragments).
+    pub const UNPARSEABLE: u32 = 7;
+    /// Matched packets without payload and without SYN/FIN/RST (pure ACKs), not recorded.
+    pub const EMPTY: u32 = 8;
+    /// Matched packets of flows in the ignore map (the agent's own mirror traffic).
+    pub const IGNORED: u32 = 9;
+    /// Matched packets whose payload could not be copied out of the skb (should stay 0).
+    pub const LOAD_ERROR: u32 = 10;
+    pub const LEN: u32 = 11;
+}
+
+/// Direction of a record.
+pub mod direction {
+    /// Ingress hook, destination port matched: a request from a client.
+    pub const INGRESS: u8 = 0;
+    /// Egress hook, source port matched: a response of the primary.
+    pub const EGRESS: u8 = 1;
+}
+
+/// Address family of a record.
+pub mod family {
+    pub const IPV4: u8 = 4;
+    pub const IPV6: u8 = 6;
+}
+
+/// Record flags.
+pub mod record_flags {
+    /// The payload was cut at [`crate::MAX_PAYLOAD`]; `payload_len` holds the real length.
+    pub const TRUNCATED: u8 = 1;
+}
+
+/// Header of every ring-buffer record; `captured_len` payload bytes follow it.
+///
+/// Addresses are in network byte order as on the wire; IPv4 uses the first 4 bytes of the
+/// 16-byte fields. Ports, seq and ack are in host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RecordHeader {
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the classifier ran.
+    pub ts_ns: u64,
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+    pub seq: u32,
+    pub ack: u32,
+    /// TCP payload length of the skb.
+    pub payload_len: u32,
+    /// Payload bytes that follow this header (`min(payload_len, MAX_PAYLOAD)`).
+    pub captured_len: u32,
+    /// Offset of the TCP payload from the start of the skb data (link-layer header included).
+    pub payload_offset: u16,
+    /// Low byte of the TCP flags field (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR).
+    pub tcp_flags: u8,
+    /// [`family::IPV4`] or [`family::IPV6`].
+    pub family: u8,
+    /// [`direction::INGRESS`] or [`direction::EGRESS`].
+    pub direction: u8,
+    /// [`record_flags`] bits.
+    pub flags: u8,
+    pub _pad: [u8; 6],
+}
+
+/// Size of [`RecordHeader`]; checked at compile time to rule out implicit padding.
+pub const HEADER_LEN: usize = 72;
+const _: () = assert!(core::mem::size_of::<RecordHeader>() == HEADER_LEN);
+
+/// Key of the ignore map: one direction of a flow. Userspace inserts both directions, so the
+/// kernel looks a packet up as it comes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    pub sport: u16,
+    pub dport: u16,
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+
+/// Direction-independent hash of a flow, used for per-flow sampling.
+///
+/// Each endpoint is hashed on its own and the two results are added, so swapping source and
+/// destination gives the same value: both directions of a connection are kept or dropped
+/// together. Kept simple (a few multiply/xor rounds per 32-bit word) because it runs per packet
+/// in the kernel; not a cryptographic hash.
+#[inline(always)]
+pub fn flow_hash(seed: u64, saddr: &[u8; 16], sport: u16, daddr: &[u8; 16], dport: u16) -> u64 {
+    endpoint_hash(seed, saddr, sport).wrapping_add(endpoint_hash(seed, daddr, dport))
+}
+
+#[inline(always)]
+fn endpoint_hash(seed: u64, addr: &[u8; 16], port: u16) -> u64 {
+    let mut h = seed ^ 0x9e37_79b9_7f4a_7c15 ^ (port as u64);
+    let mut i = 0;
+    while i < 16 {
+        let w = u32::from_le_bytes([addr[i], addr[i + 1], addr[i + 2], addr[i + 3]]) as u64;
+        h = mix(h ^ w);
+        i += 4;
+    }
+    mix(h)
+}
+
+/// splitmix64 finalizer.
+#[inline(always)]
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
+}
+
+/// Whether a flow with hash `hash` is inside a sample of `basis_points` / 10000.
+#[inline(always)]
+pub fn sampled(hash: u64, basis_points: u64) -> bool {
+    hash % 10000 < basis_points
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: both are repr(C), made only of integers and byte arrays, with no padding (asserted
+    // by size above), so every bit pattern is valid.
+    unsafe impl aya::Pod for super::RecordHeader {}
+    unsafe impl aya::Pod for super::FlowKey {}
+}

@@ -1,1 +1,290 @@
-//! Live capture from the eBPF ring buffer (Linux only, needs the object built by `cargo xtask build-ebpf`).
+//! Live capture from the eBPF ring buffer.
+//!
+//! Owns loading the object built by `cargo xtask build-ebpf` (embedded at build time, see
+//! `build.rs`), configuring its maps, attaching the classifiers ([`attach`]), reading the ring
+//! buffer with tokio's `AsyncFd` and turning records into [`Segment`]s ([`record`]), the kernel
+//! counters ([`counters`]) and the ignore list of the agent's own connections ([`ignore`]).
+//! It does not interpret TCP streams or HTTP.
+//!
+//! Dropping a [`LiveCapture`] detaches everything it attached.
+
+mod attach;
+pub mod counters;
+pub mod ignore;
+pub mod record;
+
+use std::os::fd::AsRawFd;
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::{Ebpf, EbpfLoader};
+use mirror_common::{config, maps};
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
+
+pub use self::attach::{AttachMode, ifindex};
+pub use self::counters::Counters;
+pub use self::ignore::FlowIgnore;
+use super::Segment;
+
+/// What to capture and how.
+#[derive(Debug, Clone)]
+pub struct LiveConfig {
+    /// Interface name, resolved in the agent's network namespace.
+    pub iface: String,
+    /// Destination ports of requests (1..=65535, at most [`mirror_common::MAX_PORTS`]).
+    pub ports: Vec<u16>,
+    /// Share of flows to capture, in basis points (0..=10000).
+    pub capture_basis_points: u32,
+    /// Ring-buffer size in bytes: a power of two, at least one page.
+    pub ring_size: u32,
+    /// Also attach the egress classifier (the primary's responses).
+    pub capture_responses: bool,
+}
+
+impl LiveConfig {
+    /// Bytes queued in the ring before a record forces a wakeup: an eighth of the ring, capped,
+    /// so the reader wakes well before the ring fills but not per packet.
+    fn wakeup_bytes(&self) -> u64 {
+        (self.ring_size as u64 / 8).clamp(4096, 1 << 20)
+    }
+}
+
+/// Why live capture could not start. Each variant renders as one line for the operator.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    /// The agent was compiled without the eBPF object.
+    #[error("built without the eBPF object: run cargo xtask build-ebpf")]
+    NoObject,
+    /// The interface does not exist in this network namespace.
+    #[error("unknown interface {0:?}")]
+    UnknownInterface(String),
+    /// A configuration value out of range (checked before anything is loaded).
+    #[error("{0}")]
+    Invalid(String),
+    /// The kernel refused to load the object (no BPF support, verifier, missing capability).
+    #[error("loading the eBPF program failed: {0}")]
+    Load(#[source] aya::EbpfError),
+    /// A map or program named by mirror-common is missing from the object.
+    #[error("the eBPF object has no {0}")]
+    Missing(&'static str),
+    /// Reading or writing a map failed.
+    #[error("eBPF map {name}: {source}")]
+    Map {
+        name: &'static str,
+        #[source]
+        source: aya::maps::MapError,
+    },
+    /// Loading or attaching a program failed.
+    #[error("eBPF program {name}: {source}")]
+    Program {
+        name: &'static str,
+        #[source]
+        source: aya::programs::ProgramError,
+    },
+    /// An OS call failed (ring buffer registration with the reactor, sysfs).
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// The embedded object, 8-byte aligned as the ELF parser needs.
+#[cfg(mirror_ebpf_object)]
+fn object() -> Option<&'static [u8]> {
+    Some(aya::include_bytes_aligned!(env!("MIRROR_EBPF_OBJECT_PATH")))
+}
+
+#[cfg(not(mirror_ebpf_object))]
+fn object() -> Option<&'static [u8]> {
+    None
+}
+
+/// Whether this binary embeds the eBPF object.
+pub fn has_object() -> bool {
+    object().is_some()
+}
+
+/// Most segments returned by one [`LiveCapture::next_batch`].
+const MAX_BATCH: usize = 1024;
+/// Period of the userspace drain: records submitted without a wakeup wait at most this long.
+const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
+
+/// A running capture: programs attached, ring buffer registered with tokio.
+pub struct LiveCapture {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    ignore: FlowIgnore,
+    mode: AttachMode,
+    // Last field: dropped after the maps, detaching the programs (TCX links close with it).
+    _attached: attach::Attached,
+    _ebpf: Ebpf,
+}
+
+impl LiveCapture {
+    /// Loads the object, configures it and attaches the classifiers to `cfg.iface`.
+    ///
+    /// Must run inside a tokio runtime (the ring buffer is registered with its reactor).
+    pub fn start(cfg: LiveConfig) -> Result<Self, CaptureError> {
+        validate(&cfg)?;
+        let data = object().ok_or(CaptureError::NoObject)?;
+        let l2_len = attach::l2_len(&cfg.iface)?;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Io {
+            what: "counting possible CPUs",
+            source: e,
+        })? as u32;
+
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::RING, cfg.ring_size)
+            .map_max_entries(maps::SCRATCH, cpus)
+            .load(data)
+            .map_err(CaptureError::Load)?;
+
+        let mut settings: Array<_, u64> = take(&mut ebpf, maps::CONFIG)?;
+        let hash_seed: u64 = rand::random();
+        for (index, value) in [
+            (config::SAMPLE_BASIS_POINTS, cfg.capture_basis_points as u64),
+            (config::WAKEUP_BYTES, cfg.wakeup_bytes()),
+            (config::HASH_SEED, hash_seed),
+            (config::L2_LEN, l2_len),
+        ] {
+            settings
+                .set(index, value, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: maps::CONFIG,
+                    source,
+                })?;
+        }
+        let mut ports: HashMap<_, u16, u8> = take(&mut ebpf, maps::PORTS)?;
+        for port in &cfg.ports {
+            ports
+                .insert(port, 1, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: maps::PORTS,
+                    source,
+                })?;
+        }
+        let ignore = FlowIgnore::new(take(&mut ebpf, maps::IGNORE)?);
+        let counters = take(&mut ebpf, maps::COUNTERS)?;
+        let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
+        // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, until it is dropped
+        // together with the AsyncFd.
+        let ring =
+            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
+                CaptureError::Io {
+                    what: "registering the ring buffer with the reactor",
+                    source: std::io::Error::from(e),
+                }
+            })?;
+
+        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.capture_responses)?;
+        let mode = attached.mode();
+        tracing::info!(
+            iface = %cfg.iface,
+            ports = ?cfg.ports,
+            basis_points = cfg.capture_basis_points,
+            ring_bytes = cfg.ring_size,
+            responses = cfg.capture_responses,
+            mode = ?mode,
+            "capture attached"
+        );
+        Ok(Self {
+            ring,
+            counters,
+            ignore,
+            mode,
+            _attached: attached,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// How the classifiers are attached.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// A handle to register the agent's own connections, which are then never captured.
+    pub fn flow_ignore(&self) -> FlowIgnore {
+        self.ignore.clone()
+    }
+
+    /// Sums of the per-CPU kernel counters.
+    pub fn counters(&self) -> Result<Counters, CaptureError> {
+        Counters::read(&self.counters)
+    }
+
+    /// Waits for records and returns the segments they hold (at most a batch of them).
+    ///
+    /// The kernel wakes the reader only when enough bytes are queued; the rest is picked up by a
+    /// drain every few milliseconds, so the wait is bounded. Never returns an empty batch.
+    pub async fn next_batch(&mut self) -> Result<Vec<Segment>, CaptureError> {
+        let mut out = Vec::new();
+        loop {
+            self.drain(&mut out);
+            if !out.is_empty() {
+                return Ok(out);
+            }
+            tokio::select! {
+                guard = self.ring.readable_mut() => {
+                    let mut guard = guard.map_err(|source| CaptureError::Io {
+                        what: "waiting on the ring buffer",
+                        source,
+                    })?;
+                    guard.clear_ready();
+                }
+                _ = tokio::time::sleep(DRAIN_INTERVAL) => {}
+            }
+        }
+    }
+
+    /// Moves up to [`MAX_BATCH`] records out of the ring.
+    fn drain(&mut self, out: &mut Vec<Segment>) {
+        let ring = self.ring.get_mut();
+        while out.len() < MAX_BATCH {
+            let Some(item) = ring.next() else { break };
+            match record::decode(&item) {
+                Some(seg) => out.push(seg),
+                // The kernel writes only well-formed records; a short one means a version skew.
+                None => tracing::warn!(len = item.len(), "malformed ring-buffer record"),
+            }
+        }
+    }
+
+    /// Raw file descriptor of the ring buffer (for diagnostics).
+    pub fn ring_fd(&self) -> i32 {
+        self.ring.get_ref().as_raw_fd()
+    }
+}
+
+fn validate(cfg: &LiveConfig) -> Result<(), CaptureError> {
+    let invalid = |s: String| Err(CaptureError::Invalid(s));
+    if cfg.ports.is_empty() {
+        return invalid("no ports to capture: give at least one --port".into());
+    }
+    if cfg.ports.len() > mirror_common::MAX_PORTS as usize {
+        return invalid(format!("at most {} ports", mirror_common::MAX_PORTS));
+    }
+    if cfg.ports.contains(&0) {
+        return invalid("port 0 is not a valid port".into());
+    }
+    if cfg.capture_basis_points > 10000 {
+        return invalid("capture percent must be between 0 and 100".into());
+    }
+    if !cfg.ring_size.is_power_of_two() || cfg.ring_size < 4096 {
+        return invalid(format!(
+            "ring buffer size {} is not a power of two of at least 4096",
+            cfg.ring_size
+        ));
+    }
+    Ok(())
+}
+
+fn take<T>(ebpf: &mut Ebpf, name: &'static str) -> Result<T, CaptureError>
+where
+    T: TryFrom<aya::maps::Map, Error = aya::maps::MapError>,
+{
+    let map = ebpf.take_map(name).ok_or(CaptureError::Missing(name))?;
+    T::try_from(map).map_err(|source| CaptureError::Map { name, source })
+}

@@ -1,0 +1,258 @@
+//! Live mode: validate the flags, attach the capture, feed segments to a consumer, report.
+//!
+//! Owns the operator-facing behaviour of live capture: one-line errors with exit status 2 for bad
+//! input (nothing is attached when validation fails), a progress line every few seconds, a final
+//! summary on SIGINT/SIGTERM or after `--duration`, and `--write-pcap`. What happens to the
+//! segments is the caller's business: they are handed to a sink (the pipeline plugs in there).
+
+mod pcap_out;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+
+pub use self::pcap_out::{PcapOut, PcapOutError};
+use crate::capture::Segment;
+use crate::capture::ebpf::{CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig};
+use crate::cli::RunArgs;
+
+/// Interval of the progress line.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// Validated live-mode settings.
+#[derive(Debug, Clone)]
+pub struct LiveOptions {
+    pub capture: LiveConfig,
+    pub duration: Option<Duration>,
+    pub write_pcap: Option<PathBuf>,
+}
+
+/// Why live mode stopped or never started. `exit_code` maps each to the process status.
+#[derive(Debug, thiserror::Error)]
+pub enum LiveError {
+    /// Bad flags or environment the operator must fix; nothing was attached.
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Capture(#[from] CaptureError),
+    #[error(transparent)]
+    Pcap(#[from] PcapOutError),
+    #[error("{what}: {source}")]
+    Io {
+        what: &'static str,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+impl LiveError {
+    /// 2 for input the operator must fix (flags, privileges, interface, kernel), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            LiveError::Usage(_) => 2,
+            LiveError::Capture(
+                CaptureError::NoObject
+                | CaptureError::UnknownInterface(_)
+                | CaptureError::Invalid(_),
+            ) => 2,
+            _ => 1,
+        }
+    }
+}
+
+/// Checks the live-mode flags and the environment, without touching the kernel's BPF state.
+pub fn options_from_args(args: &RunArgs) -> Result<LiveOptions, LiveError> {
+    let usage = |s: String| Err(LiveError::Usage(s));
+    let Some(iface) = args.iface.clone() else {
+        return usage("live mode needs --iface".into());
+    };
+    if args.ports.is_empty() {
+        return usage("no ports to capture: give at least one --port".into());
+    }
+    let mut ports = Vec::with_capacity(args.ports.len());
+    for &p in &args.ports {
+        if p == 0 || p > 65535 {
+            return usage(format!("invalid port {p}: must be 1-65535"));
+        }
+        if !ports.contains(&(p as u16)) {
+            ports.push(p as u16);
+        }
+    }
+    if ports.len() > mirror_common::MAX_PORTS as usize {
+        return usage(format!(
+            "too many ports: at most {}",
+            mirror_common::MAX_PORTS
+        ));
+    }
+    let percent = args.capture_percent.unwrap_or(100.0);
+    if !(0.0..=100.0).contains(&percent) {
+        return usage(format!(
+            "invalid --capture-percent {percent}: must be 0-100"
+        ));
+    }
+    let ring = args.ring_buffer_size;
+    if !ring.is_power_of_two() || !(4096..=1 << 31).contains(&ring) {
+        return usage(format!(
+            "invalid --ring-buffer-size {ring}: must be a power of two between 4096 and 2^31"
+        ));
+    }
+    let duration = match args.duration {
+        None => None,
+        Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
+        Some(d) => return usage(format!("invalid --duration {d}: must be > 0 seconds")),
+    };
+    if let Some(reason) = crate::check::missing_privileges() {
+        return usage(reason);
+    }
+    if !crate::check::bpf_syscall_available() {
+        return usage("this kernel has no BPF support (bpf syscall missing)".into());
+    }
+    crate::capture::ebpf::ifindex(&iface)?;
+    Ok(LiveOptions {
+        capture: LiveConfig {
+            iface,
+            ports,
+            capture_basis_points: (percent * 100.0).round() as u32,
+            ring_size: ring as u32,
+            capture_responses: args.compare,
+        },
+        duration,
+        write_pcap: args.write_pcap.clone(),
+    })
+}
+
+/// What a live run saw, for the final summary and for tests.
+#[derive(Debug, Clone, Default)]
+pub struct LiveSummary {
+    pub segments: u64,
+    pub payload_bytes: u64,
+    pub pcap_frames: u64,
+    pub kernel: Counters,
+}
+
+impl std::fmt::Display for LiveSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let k = &self.kernel;
+        write!(
+            f,
+            "segments={} bytes={} matched={} records={} ring_full={} sampled_out={} ignored={} \
+             truncated={} unparseable={} load_errors={}",
+            self.segments,
+            self.payload_bytes,
+            k.matched,
+            k.records,
+            k.ring_full,
+            k.sampled_out,
+            k.ignored,
+            k.truncated,
+            k.unparseable,
+            k.load_error
+        )
+    }
+}
+
+/// Runs live capture until SIGINT/SIGTERM or the duration ends, handing every batch to `sink`.
+///
+/// `on_start` receives the ignore handle once attached (the replay stage registers its own
+/// connections with it).
+pub async fn run(
+    opts: LiveOptions,
+    on_start: impl FnOnce(FlowIgnore),
+    mut sink: impl FnMut(Vec<Segment>),
+) -> Result<LiveSummary, LiveError> {
+    let mut pcap = opts
+        .write_pcap
+        .as_deref()
+        .map(PcapOut::create)
+        .transpose()?;
+    let sig = |kind| {
+        signal(kind).map_err(|source| LiveError::Io {
+            what: "installing a signal handler",
+            source,
+        })
+    };
+    let mut sigint = sig(SignalKind::interrupt())?;
+    let mut sigterm = sig(SignalKind::terminate())?;
+
+    let mut capture = LiveCapture::start(opts.capture.clone())?;
+    on_start(capture.flow_ignore());
+    tracing::info!(
+        iface = %opts.capture.iface,
+        mode = ?capture.mode(),
+        "capturing; stop with SIGINT/SIGTERM"
+    );
+
+    let mut summary = LiveSummary::default();
+    let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
+    let mut progress = tokio::time::interval(PROGRESS_EVERY);
+    progress.tick().await;
+    loop {
+        tokio::select! {
+            batch = capture.next_batch() => {
+                let batch = batch?;
+                summary.segments += batch.len() as u64;
+                summary.payload_bytes += batch.iter().map(|s| s.payload.len() as u64).sum::<u64>();
+                if let Some(p) = pcap.as_mut() {
+                    for seg in &batch {
+                        p.write(seg)?;
+                    }
+                }
+                sink(batch);
+            }
+            _ = progress.tick() => {
+                let k = capture.counters()?;
+                tracing::info!(
+                    packets = k.records,
+                    bytes = k.payload_bytes,
+                    drops = k.dropped(),
+                    sampled_out = k.sampled_out,
+                    "capture progress"
+                );
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+            _ = sleep_until(deadline) => break,
+        }
+    }
+    // Pick up what the kernel queued before we stop reading.
+    let pending = drain_now(&mut capture).await?;
+    summary.segments += pending.len() as u64;
+    summary.payload_bytes += pending.iter().map(|s| s.payload.len() as u64).sum::<u64>();
+    if let Some(p) = pcap.as_mut() {
+        for seg in &pending {
+            p.write(seg)?;
+        }
+    }
+    if !pending.is_empty() {
+        sink(pending);
+    }
+    summary.kernel = capture.counters()?;
+    if let Some(p) = pcap.take() {
+        summary.pcap_frames = p.finish().map_err(|source| LiveError::Io {
+            what: "writing the pcap file",
+            source,
+        })?;
+    }
+    drop(capture);
+    tracing::info!(%summary, "capture stopped, detached");
+    Ok(summary)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Whatever is in the ring now (bounded wait: one drain period).
+async fn drain_now(capture: &mut LiveCapture) -> Result<Vec<Segment>, LiveError> {
+    let mut all = Vec::new();
+    while let Ok(batch) =
+        tokio::time::timeout(Duration::from_millis(50), capture.next_batch()).await
+    {
+        all.extend(batch?);
+    }
+    Ok(all)
+}

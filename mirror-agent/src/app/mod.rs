@@ -1,0 +1,3 @@
+//! Runners of the agent's modes: the async wiring around the library stages.
+
+pub mod live;

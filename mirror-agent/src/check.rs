@@ -1,0 +1,164 @@
+//! `mirror-agent check`: a preflight table of what live capture needs from this node, and the
+//! privilege probes the live runner uses to fail early with one clear line.
+
+use std::fmt::Write as _;
+
+/// Capability bits (linux/capability.h).
+pub const CAP_NET_ADMIN: u32 = 12;
+pub const CAP_SYS_ADMIN: u32 = 21;
+pub const CAP_BPF: u32 = 39;
+pub const CAP_PERFMON: u32 = 38;
+
+/// The effective capability set of this process (`CapEff` in /proc/self/status).
+pub fn effective_caps() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("CapEff:"))
+                .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+        })
+        .unwrap_or(0)
+}
+
+fn has(caps: u64, cap: u32) -> bool {
+    caps & (1u64 << cap) != 0
+}
+
+/// `None` when the process may load and attach TC programs, else the one-line reason.
+pub fn missing_privileges() -> Option<String> {
+    let caps = effective_caps();
+    // CAP_SYS_ADMIN covers CAP_BPF on every kernel.
+    let bpf = has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN);
+    let net = has(caps, CAP_NET_ADMIN);
+    match (bpf, net) {
+        (true, true) => None,
+        _ => {
+            let mut missing = Vec::new();
+            if !bpf {
+                missing.push("CAP_BPF");
+            }
+            if !net {
+                missing.push("CAP_NET_ADMIN");
+            }
+            Some(format!(
+                "live capture needs root or {} (missing: {})",
+                "CAP_BPF+CAP_NET_ADMIN",
+                missing.join(", ")
+            ))
+        }
+    }
+}
+
+/// Whether the kernel has the bpf(2) syscall: a call with an empty attribute fails with EINVAL
+/// or EFAULT when it exists, ENOSYS when the kernel was built without it.
+pub fn bpf_syscall_available() -> bool {
+    // SAFETY: BPF_MAP_CREATE (0) with a null attribute of size 0: the kernel rejects it
+    // without touching memory.
+    let r = unsafe { libc::syscall(libc::SYS_bpf, 0, std::ptr::null::<u8>(), 0) };
+    !(r < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ENOSYS))
+}
+
+/// Kernel release, e.g. "6.18.44".
+pub fn kernel_release() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// (major, minor) of the running kernel.
+pub fn kernel_version() -> Option<(u32, u32)> {
+    let release = kernel_release();
+    let mut parts = release.split(|c: char| !c.is_ascii_digit());
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+struct Row {
+    item: &'static str,
+    ok: bool,
+    required: bool,
+    detail: String,
+}
+
+/// Prints the preflight table; returns the process exit status (0 when live capture can run).
+pub fn run() -> i32 {
+    let caps = effective_caps();
+    let version = kernel_version();
+    let tcx = version.is_some_and(|v| v >= (6, 6));
+    let rows = [
+        Row {
+            item: "kernel",
+            ok: version.is_some_and(|v| v >= (5, 8)),
+            required: true,
+            detail: format!("{} (ring buffer needs >= 5.8)", kernel_release()),
+        },
+        Row {
+            item: "bpf syscall",
+            ok: bpf_syscall_available(),
+            required: true,
+            detail: "bpf(2)".into(),
+        },
+        Row {
+            item: "BTF",
+            ok: std::path::Path::new("/sys/kernel/btf/vmlinux").exists(),
+            required: false,
+            detail: "/sys/kernel/btf/vmlinux".into(),
+        },
+        Row {
+            item: "TCX",
+            ok: tcx,
+            required: false,
+            detail: if tcx {
+                "links detached by the kernel on exit".into()
+            } else {
+                "kernel < 6.6: clsact + netlink fallback".into()
+            },
+        },
+        Row {
+            item: "CAP_BPF",
+            ok: has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN),
+            required: true,
+            detail: "load programs and maps (or CAP_SYS_ADMIN)".into(),
+        },
+        Row {
+            item: "CAP_NET_ADMIN",
+            ok: has(caps, CAP_NET_ADMIN),
+            required: true,
+            detail: "attach to an interface".into(),
+        },
+        Row {
+            item: "CAP_PERFMON",
+            ok: has(caps, CAP_PERFMON) || has(caps, CAP_SYS_ADMIN),
+            required: false,
+            detail: "pointer arithmetic checks relaxed for the verifier".into(),
+        },
+        Row {
+            item: "eBPF object",
+            ok: crate::capture::ebpf::has_object(),
+            required: true,
+            detail: "embedded at build time (cargo xtask build-ebpf)".into(),
+        },
+    ];
+    let mut out = String::new();
+    let _ = writeln!(out, "{:<14} {:<8} detail", "check", "status");
+    let mut missing = Vec::new();
+    for r in &rows {
+        let status = match (r.ok, r.required) {
+            (true, _) => "ok",
+            (false, true) => "MISSING",
+            (false, false) => "no",
+        };
+        if !r.ok && r.required {
+            missing.push(r.item);
+        }
+        let _ = writeln!(out, "{:<14} {:<8} {}", r.item, status, r.detail);
+    }
+    print!("{out}");
+    if missing.is_empty() {
+        println!("live capture: ready");
+        0
+    } else {
+        println!("live capture: not possible, missing {}", missing.join(", "));
+        1
+    }
+}
