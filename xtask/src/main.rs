@@ -1,4 +1,12 @@
 //! `cargo xtask`: project tasks (setup, build-ebpf, test, demo, bench).
+//!
+//! Each command lives in its own module; this file only dispatches.
+
+mod bench_capture;
+mod ebpf;
+mod setup;
+mod test;
+mod util;
 
 use clap::{Parser, Subcommand};
 
@@ -26,12 +34,13 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Command::Setup
-        | Command::BuildEbpf
-        | Command::Test
-        | Command::Demo
-        | Command::Bench { .. } => {
-            anyhow::bail!("not wired yet")
-        }
+        Command::Setup => setup::run(setup::Scope::All),
+        Command::BuildEbpf => ebpf::build().map(|_| ()),
+        Command::Test => test::run(),
+        Command::Demo => anyhow::bail!("demo is not wired yet"),
+        Command::Bench { which } => match which.as_str() {
+            "capture" => bench_capture::run(),
+            other => anyhow::bail!("unknown benchmark {other:?} (known: capture)"),
+        },
     }
 }

@@ -1,0 +1,174 @@
+//! `cargo xtask setup`: makes sure the machine has what the build and tests need, installing
+//! only what is missing (each check is a file lookup or a cheap command, so a complete machine
+//! pays well under a second). Where it cannot install (not root, no apt), it prints the exact
+//! commands and fails.
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::bail;
+
+use crate::util::{is_root, sh, succeeds};
+
+/// LLVM major version bpf-linker is built against (EBPF-NOTES: bpf-linker 0.13 + llvm-22).
+const LLVM: &str = "22";
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Debian packages needed to build bpf-linker.
+const TOOLCHAIN_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "zlib1g-dev",
+];
+
+/// Debian packages the tests and benchmarks run.
+const TEST_PACKAGES: &[&str] = &[
+    "curl",
+    "wrk",
+    "nginx-light",
+    "tshark",
+    "bpftool",
+    "iproute2",
+    "python3",
+    "procps",
+];
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Only what `build-ebpf` needs.
+    Ebpf,
+    /// Also the test and benchmark tools.
+    All,
+}
+
+pub fn run(scope: Scope) -> anyhow::Result<()> {
+    let need_linker = !succeeds(Command::new(bpf_linker()).arg("--version"));
+    let mut packages: Vec<&str> = Vec::new();
+    if need_linker {
+        packages.extend(TOOLCHAIN_PACKAGES);
+    }
+    if scope == Scope::All {
+        packages.extend(TEST_PACKAGES);
+    }
+    let missing = missing_packages(&packages);
+    if !missing.is_empty() {
+        install_packages(&missing)?;
+    }
+    ensure_rust_src()?;
+    if need_linker {
+        install_bpf_linker()?;
+    }
+    Ok(())
+}
+
+fn bpf_linker() -> String {
+    // `cargo install` puts it in ~/.cargo/bin, which may not be on PATH under sudo.
+    match std::env::var_os("CARGO_HOME")
+        .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()))
+    {
+        Some(home) if Path::new(&home).join("bin/bpf-linker").exists() => Path::new(&home)
+            .join("bin/bpf-linker")
+            .to_string_lossy()
+            .into_owned(),
+        _ => "bpf-linker".into(),
+    }
+}
+
+/// Packages not in state "install ok installed", with one dpkg-query call.
+fn missing_packages(packages: &[&str]) -> Vec<String> {
+    if packages.is_empty() {
+        return Vec::new();
+    }
+    let out = Command::new("dpkg-query")
+        .args(["-W", "-f=${Package} ${Status}\n"])
+        .args(packages)
+        .output();
+    let Ok(out) = out else {
+        // Not Debian: report them all; install_packages explains.
+        return packages.iter().map(|p| p.to_string()).collect();
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    packages
+        .iter()
+        .filter(|p| {
+            !text
+                .lines()
+                .any(|l| l.starts_with(&format!("{p} ")) && l.ends_with("install ok installed"))
+        })
+        .map(|p| p.to_string())
+        .collect()
+}
+
+fn install_packages(missing: &[String]) -> anyhow::Result<()> {
+    let list = missing.join(" ");
+    if !is_root() || !succeeds(Command::new("apt-get").arg("--version")) {
+        bail!(
+            "missing packages: {list}\nrun as root:\n  apt-get update\n  \
+             DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends {list}"
+        );
+    }
+    eprintln!("xtask: installing missing packages: {list}");
+    sh(Command::new("apt-get").arg("update").arg("-q"))?;
+    sh(Command::new("apt-get")
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .args(["install", "-y", "-q", "--no-install-recommends"])
+        .args(missing))
+}
+
+/// The nightly toolchain with rust-src, needed for `-Z build-std=core`.
+fn ensure_rust_src() -> anyhow::Result<()> {
+    let sysroot = Command::new("rustc")
+        .args(["+nightly", "--print", "sysroot"])
+        .output();
+    if let Ok(out) = &sysroot
+        && out.status.success()
+    {
+        let root = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        if Path::new(&root)
+            .join("lib/rustlib/src/rust/library/core/Cargo.toml")
+            .exists()
+        {
+            return Ok(());
+        }
+        eprintln!("xtask: adding rust-src to the nightly toolchain");
+        return sh(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]));
+    }
+    eprintln!("xtask: installing the nightly toolchain with rust-src");
+    sh(Command::new("rustup").args([
+        "toolchain",
+        "install",
+        "nightly",
+        "--profile",
+        "minimal",
+        "--component",
+        "rust-src",
+    ]))
+}
+
+fn install_bpf_linker() -> anyhow::Result<()> {
+    let prefix = format!("/usr/lib/llvm-{LLVM}");
+    if !Path::new(&prefix).exists() {
+        bail!(
+            "bpf-linker needs LLVM {LLVM} in {prefix}; install llvm-{LLVM}-dev, then run:\n  \
+             LLVM_PREFIX={prefix} cargo install bpf-linker --version {BPF_LINKER_VERSION} \
+             --no-default-features --features llvm-{LLVM}"
+        );
+    }
+    eprintln!("xtask: installing bpf-linker {BPF_LINKER_VERSION} (about 70 s)");
+    sh(Command::new("cargo")
+        .env("LLVM_PREFIX", &prefix)
+        .env_remove("CARGO_TARGET_DIR")
+        .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])
+        .args([
+            "--no-default-features",
+            "--features",
+            &format!("llvm-{LLVM}"),
+        ]))
+}
