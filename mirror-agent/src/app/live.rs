@@ -136,15 +136,17 @@ impl std::fmt::Display for LiveSummary {
         let k = &self.kernel;
         write!(
             f,
-            "segments={} bytes={} matched={} records={} ring_full={} sampled_out={} ignored={} \
-             truncated={} unparseable={} load_errors={}",
+            "segments={} bytes={} seen={} matched={} records={} ring_full={} sampled_out={} \
+             ignored={} empty={} truncated={} unparseable={} load_errors={}",
             self.segments,
             self.payload_bytes,
+            k.seen,
             k.matched,
             k.records,
             k.ring_full,
             k.sampled_out,
             k.ignored,
+            k.empty,
             k.truncated,
             k.unparseable,
             k.load_error

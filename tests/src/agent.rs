@@ -1,0 +1,143 @@
+//! Running the real agent binary inside a namespace, and reading its final summary.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::{ChildGuard, NetNs};
+
+/// The agent binary: `$MIRROR_AGENT_BIN`, else `mirror-agent` next to the test's `deps/` dir.
+pub fn binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("MIRROR_AGENT_BIN") {
+        return PathBuf::from(p);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .map(|d| d.join("mirror-agent"))
+        .unwrap_or_default()
+}
+
+/// A running agent; killed on drop if still running.
+pub struct Agent {
+    pub guard: ChildGuard,
+    pub stdout: PathBuf,
+    pub stderr: PathBuf,
+}
+
+/// The agent's final summary line (`key=value ...`), as numbers.
+#[derive(Debug, Default)]
+pub struct Summary(pub HashMap<String, u64>);
+
+impl Summary {
+    pub fn get(&self, key: &str) -> u64 {
+        *self
+            .0
+            .get(key)
+            .unwrap_or_else(|| panic!("summary has no {key}: {:?}", self.0))
+    }
+}
+
+impl Agent {
+    /// Starts `mirror-agent args...` in `ns`, logs in `dir`, and waits until it has attached.
+    pub fn start(ns: &NetNs, args: &[&str], dir: &Path) -> Self {
+        let tag = crate::unique_name("agent-");
+        let stdout = dir.join(format!("{tag}.out"));
+        let stderr = dir.join(format!("{tag}.err"));
+        let mut cmd = ns.command(binary().to_str().expect("utf-8 path"));
+        cmd.args(args)
+            .env("NO_COLOR", "1")
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::from(
+                std::fs::File::create(&stdout).expect("stdout file"),
+            ))
+            .stderr(Stdio::from(
+                std::fs::File::create(&stderr).expect("stderr file"),
+            ));
+        let mut agent = Self {
+            guard: ChildGuard::spawn("mirror-agent", &mut cmd),
+            stdout,
+            stderr,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if agent.log().contains("capturing;") {
+                return agent;
+            }
+            if let Some(c) = agent.guard.child.as_mut()
+                && let Ok(Some(status)) = c.try_wait()
+            {
+                agent.guard.child = None;
+                panic!("agent exited early with {status}: {}", agent.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "agent did not attach: {}",
+                agent.log()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends `sig`, waits for the exit, returns the status and the parsed summary (empty when
+    /// the agent printed none, e.g. after SIGKILL).
+    pub fn stop(&mut self, sig: i32) -> (ExitStatus, Summary) {
+        self.guard.signal(sig);
+        let status = self.guard.wait_timeout(Duration::from_secs(20));
+        let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        (status, parse_summary(&out))
+    }
+}
+
+pub fn parse_summary(text: &str) -> Summary {
+    let line = text
+        .lines()
+        .rev()
+        .find(|l| l.contains("records="))
+        .unwrap_or("");
+    Summary(
+        line.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+            .collect(),
+    )
+}
+
+/// Our programs attached in `ns` according to `bpftool net show` (lines naming mirror_*).
+pub fn attached_programs(ns: &NetNs) -> Vec<String> {
+    let out = ns
+        .command("bpftool")
+        .args(["net", "show"])
+        .output()
+        .expect("run bpftool");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("mirror_ingress") || l.contains("mirror_egress"))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Runs the agent to completion with `args` (no namespace) and returns status and stderr.
+pub fn run_to_exit(args: &[&str], wrapper: &[&str]) -> (Option<i32>, String) {
+    let mut cmd = if let [first, rest @ ..] = wrapper {
+        let mut c = Command::new(first);
+        c.args(rest).arg(binary());
+        c
+    } else {
+        Command::new(binary())
+    };
+    let out = cmd
+        .args(args)
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("spawn agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
