@@ -108,18 +108,38 @@ pub fn parse_summary(text: &str) -> Summary {
     )
 }
 
-/// Our programs attached in `ns` according to `bpftool net show` (lines naming mirror_*).
-pub fn attached_programs(ns: &NetNs) -> Vec<String> {
-    let out = ns
-        .command("bpftool")
-        .args(["net", "show"])
-        .output()
-        .expect("run bpftool");
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains("mirror_ingress") || l.contains("mirror_egress"))
-        .map(str::to_owned)
-        .collect()
+/// Our programs attached to `iface` in `ns`: TCX programs (queried with BPF_PROG_QUERY, which
+/// this machine's bpftool does not decode) and tc filters (`tc filter show`), named mirror_*.
+pub fn attached_programs(ns: &NetNs, iface: &str) -> Vec<String> {
+    use aya::programs::{SchedClassifier, TcAttachType};
+    let mut found: Vec<String> = ns.enter(|| {
+        let mut names = Vec::new();
+        for (hook, t) in [
+            ("tcx/ingress", TcAttachType::Ingress),
+            ("tcx/egress", TcAttachType::Egress),
+        ] {
+            if let Ok((_, progs)) = SchedClassifier::query_tcx(iface, t) {
+                for p in progs {
+                    names.push(format!("{hook} {}", p.name_as_str().unwrap_or("?")));
+                }
+            }
+        }
+        names
+    });
+    for hook in ["ingress", "egress"] {
+        let out = ns
+            .command("tc")
+            .args(["filter", "show", "dev", iface, hook])
+            .output()
+            .expect("run tc");
+        found.extend(
+            String::from_utf8_lossy(&out.stdout)
+                .lines()
+                .map(|l| format!("tc/{hook} {l}")),
+        );
+    }
+    found.retain(|l| l.contains("mirror_ingress") || l.contains("mirror_egress"));
+    found
 }
 
 /// Runs the agent to completion with `args` (no namespace) and returns status and stderr.

@@ -45,6 +45,24 @@ impl NetNs {
         c
     }
 
+    /// Runs `f` on a thread that has joined this namespace (sockets it creates and interface
+    /// names it resolves belong to the namespace); the calling thread is not moved.
+    pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        std::thread::scope(|s| {
+            s.spawn(|| {
+                let file = std::fs::File::open(format!("/var/run/netns/{}", self.name))
+                    .expect("open netns file");
+                use std::os::fd::AsRawFd;
+                // SAFETY: setns on a valid namespace fd affects only this thread.
+                let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+                assert_eq!(r, 0, "setns: {}", std::io::Error::last_os_error());
+                f()
+            })
+            .join()
+            .expect("thread in netns panicked")
+        })
+    }
+
     /// Runs a command in the namespace and asserts it succeeded; returns its stdout.
     pub fn run(&self, argv: &[&str]) -> String {
         let out = self

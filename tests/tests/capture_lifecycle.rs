@@ -1,0 +1,196 @@
+//! Privileged: attach lifetime (nothing of ours stays attached after SIGTERM or SIGKILL), two
+//! agents on one interface, and bad flags (exit status 2, one line, nothing attached).
+
+use std::time::{Duration, Instant};
+
+use mirror_tests::agent::{Agent, attached_programs, binary, run_to_exit};
+use mirror_tests::oracle::{start_recording_server, tshark_flow_sizes};
+use mirror_tests::{TempDir, Topology, is_root, privileged_or_skip};
+
+const PORT: u16 = 8080;
+
+fn wait_detached(topo: &Topology, within: Duration) {
+    let deadline = Instant::now() + within;
+    loop {
+        let left = attached_programs(&topo.server, &topo.server_if);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still attached after {within:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn nothing_stays_attached_after_sigterm_or_sigkill() {
+    if !privileged_or_skip("nothing_stays_attached_after_sigterm_or_sigkill") {
+        return;
+    }
+    let dir = TempDir::new("teardown");
+    let topo = Topology::new();
+    let args = ["--iface", &topo.server_if, "--port", "8080", "--compare"];
+    for sig in [libc::SIGTERM, libc::SIGKILL] {
+        let mut agent = Agent::start(&topo.server, &args, dir.path());
+        let on = attached_programs(&topo.server, &topo.server_if);
+        assert!(
+            on.iter().any(|l| l.contains("mirror_ingress"))
+                && on.iter().any(|l| l.contains("mirror_egress")),
+            "both classifiers attached while running: {on:?}"
+        );
+        let (status, _) = agent.stop(sig);
+        if sig == libc::SIGTERM {
+            assert!(
+                status.success(),
+                "clean exit on SIGTERM: {status}: {}",
+                agent.log()
+            );
+            assert!(
+                agent.log().contains("detached"),
+                "final summary logged: {}",
+                agent.log()
+            );
+        }
+        // TCX links go with the last fd; the kernel may release them a moment after exit.
+        wait_detached(&topo, Duration::from_secs(5));
+    }
+}
+
+#[test]
+fn second_agent_on_same_interface_does_not_break_the_first() {
+    if !privileged_or_skip("second_agent_on_same_interface_does_not_break_the_first") {
+        return;
+    }
+    let dir = TempDir::new("two");
+    let topo = Topology::new();
+    let _server = start_recording_server(&topo.server, Topology::SERVER_V4, PORT, dir.path());
+    let pcap = dir.path().join("first.pcap");
+    let mut first = Agent::start(
+        &topo.server,
+        &[
+            "--iface",
+            &topo.server_if,
+            "--port",
+            "8080",
+            "--write-pcap",
+            pcap.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let request = || {
+        let out = topo
+            .client
+            .command("curl")
+            .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"])
+            .arg(format!("http://{}:{PORT}/x", Topology::SERVER_V4))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let mut second = Agent::start(
+        &topo.server,
+        &["--iface", &topo.server_if, "--port", "8080"],
+        dir.path(),
+    );
+    request();
+    // Let the second agent drain before stopping it, then kill it the hard way.
+    std::thread::sleep(Duration::from_millis(200));
+    let (_, _) = second.stop(libc::SIGKILL);
+    request();
+    let (status, summary) = first.stop(libc::SIGTERM);
+    assert!(status.success(), "{}", first.log());
+    let flows = tshark_flow_sizes(&pcap);
+    let with_payload = flows
+        .values()
+        .filter(|(pkts, _, syn)| *pkts > 0 && *syn)
+        .count();
+    assert_eq!(
+        with_payload, 2,
+        "the first agent saw both requests: {flows:?} {summary:?}"
+    );
+}
+
+#[test]
+fn bad_flags_exit_2_with_one_line() {
+    if !binary().is_file() {
+        if std::env::var("MIRROR_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
+            panic!("agent binary {} missing", binary().display());
+        }
+        eprintln!(
+            "SKIPPED bad_flags_exit_2_with_one_line: agent binary {} missing",
+            binary().display()
+        );
+        return;
+    }
+    let mut cases: Vec<(Vec<&str>, &str, &[&str])> = vec![
+        (vec!["--iface", "lo"], "no ports", &[]),
+        (vec!["--iface", "lo", "--port", "0"], "invalid port 0", &[]),
+        (
+            vec!["--iface", "lo", "--port", "70000"],
+            "invalid port 70000",
+            &[],
+        ),
+        (
+            vec!["--iface", "lo", "--port", "80", "--capture-percent", "150"],
+            "--capture-percent",
+            &[],
+        ),
+        (
+            vec!["--iface", "lo", "--port", "80", "--capture-percent=-1"],
+            "--capture-percent",
+            &[],
+        ),
+        (
+            vec![
+                "--iface",
+                "lo",
+                "--port",
+                "80",
+                "--ring-buffer-size",
+                "3000",
+            ],
+            "power of two",
+            &[],
+        ),
+    ];
+    if is_root() {
+        cases.push((
+            vec!["--iface", "nosuchif0", "--port", "80"],
+            "unknown interface",
+            &[],
+        ));
+        // Drop to nobody: no capabilities left.
+        cases.push((
+            vec!["--iface", "lo", "--port", "80"],
+            "needs root or CAP_BPF+CAP_NET_ADMIN",
+            &[
+                "setpriv",
+                "--reuid=65534",
+                "--regid=65534",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ],
+        ));
+    } else {
+        eprintln!(
+            "bad_flags_exit_2_with_one_line: not root, unknown-interface and no-capability cases skipped"
+        );
+    }
+    for (args, expect, wrapper) in cases {
+        let (code, stderr) = run_to_exit(&args, wrapper);
+        let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+        assert_eq!(code, Some(2), "{args:?}: exit status, stderr: {stderr}");
+        assert_eq!(lines.len(), 1, "{args:?}: one line, got: {stderr}");
+        assert!(
+            lines[0].contains(expect),
+            "{args:?}: expected {expect:?} in {:?}",
+            lines[0]
+        );
+    }
+}
