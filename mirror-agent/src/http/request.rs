@@ -517,7 +517,7 @@ impl RequestFramer {
                 }
             }
             State::ChunkSize { line_start } => {
-                let limit = line_start + head::MAX_CHUNK_LINE;
+                let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
                 let complete = self.take_line(cur, limit);
                 if self.view(cur).len() > limit {
                     self.fail(cur, RequestDropReason::Malformed, complete, out);
