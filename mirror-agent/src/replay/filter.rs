@@ -93,7 +93,7 @@ impl Filter {
 
     /// `Ok` when the request is to be mirrored.
     pub fn check(&self, req: &Request) -> Result<(), Rejection> {
-        if !self.methods.is_empty() && !self.methods.iter().any(|m| *m == req.method) {
+        if !self.methods.is_empty() && !self.methods.contains(&req.method) {
             return Err(Rejection::Method);
         }
         if let Some(allow) = &self.allow

@@ -155,7 +155,7 @@ impl Rewriter {
         }
         let mut keep_continuation = true;
         let mut tail: &[u8] = b"\r\n";
-        while let Some(line) = lines.next() {
+        for line in lines.by_ref() {
             let content = trim_eol(line);
             if content.is_empty() {
                 tail = line; // the empty line ending the head, kept as sent (CRLF or LF)
