@@ -7,6 +7,7 @@
 
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod http;
 pub mod pipeline;
 pub mod reassembly;
