@@ -218,13 +218,16 @@ impl Pool {
         } else {
             TcpSocket::new_v6()?
         };
-        let any: SocketAddr = if remote.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+        // Bind to the source address the kernel would pick for this destination (a connected
+        // UDP socket reveals it without sending anything) and an ephemeral port, so the full
+        // 4-tuple is known before the SYN leaves (see OnConnect).
+        let udp = std::net::UdpSocket::bind(if remote.is_ipv4() {
+            "0.0.0.0:0"
         } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
-        };
-        // Bind first so the local port is known before the SYN leaves (see OnConnect).
-        socket.bind(any)?;
+            "[::]:0"
+        })?;
+        udp.connect(remote)?;
+        socket.bind(SocketAddr::new(udp.local_addr()?.ip(), 0))?;
         let local = socket.local_addr()?;
         if let Some(hook) = &self.cfg.on_connect {
             hook(local, remote);
