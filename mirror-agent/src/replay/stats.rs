@@ -282,16 +282,23 @@ pub struct ReplaySnapshot {
 
 impl ReplaySnapshot {
     /// Requests delivered (fully written) to a mirror that takes every captured request, over
-    /// requests captured; the worst such mirror. `None` without such a mirror or traffic.
+    /// requests captured: the best such mirror, as a measure of the capture and replay path
+    /// (a broken mirror shows its own losses in its row). `None` without such a mirror or
+    /// without traffic.
     pub fn completeness(&self) -> Option<f64> {
+        self.completeness_of().map(|(_, c)| c)
+    }
+
+    /// [`Self::completeness`] with the mirror it was measured on.
+    pub fn completeness_of(&self) -> Option<(&str, f64)> {
         if self.captured == 0 {
             return None;
         }
         self.mirrors
             .iter()
             .filter(|m| m.probability >= 1.0)
-            .map(|m| m.sent as f64 / self.captured as f64)
-            .min_by(f64::total_cmp)
+            .map(|m| (m.name.as_str(), m.sent as f64 / self.captured as f64))
+            .max_by(|a, b| a.1.total_cmp(&b.1))
     }
 
     /// One line for the periodic progress log; rates against `prev` taken `elapsed` earlier.
@@ -380,11 +387,11 @@ impl ReplaySnapshot {
             );
         }
         let _ = write!(t, "captured requests: {}", self.captured);
-        match self.completeness() {
-            Some(c) => {
+        match self.completeness_of() {
+            Some((name, c)) => {
                 let _ = writeln!(
                     t,
-                    "; completeness (delivered to a 100% mirror / captured): {:.3}%",
+                    "; completeness (delivered to 100% mirror `{name}` / captured): {:.3}%",
                     c * 100.0
                 );
             }
@@ -482,7 +489,10 @@ mod tests {
         let table = snap.table();
         assert!(table.starts_with("mirror "), "{table}");
         assert!(table.contains("app-v2"), "{table}");
-        assert!(table.contains("completeness (delivered to a 100% mirror / captured): 75.000%"));
+        assert!(
+            table.contains("completeness (delivered to 100% mirror `app-v2` / captured): 75.000%"),
+            "{table}"
+        );
         let line = snap.progress_line(None, Duration::from_secs(1));
         assert!(line.contains("app-v3: sent 0"), "{line}");
         assert!(!line.contains('\n'));

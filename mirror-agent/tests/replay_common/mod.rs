@@ -17,6 +17,9 @@ use mirror_agent::replay::{ReplayConfig, Replayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
+/// Builds a scripted response: (bytes, close the connection after).
+pub type Script = Arc<dyn Fn(&Request) -> (Vec<u8>, bool) + Send + Sync>;
+
 /// How a test mirror answers each request.
 #[derive(Clone)]
 pub enum Behavior {
@@ -29,7 +32,7 @@ pub enum Behavior {
     /// Resets the connection (RST) when a request arrives.
     Reset,
     /// Custom response bytes per request; `close` closes the connection after writing.
-    Script(Arc<dyn Fn(&Request) -> (Vec<u8>, bool) + Send + Sync>),
+    Script(Script),
 }
 
 /// A mirror service on loopback. Stops (aborts its tasks) on drop.
@@ -206,11 +209,21 @@ pub fn config(mirrors: Vec<MirrorSpec>) -> ReplayConfig {
 }
 
 /// Polls `cond` every 10 ms up to `limit`; panics with `what` when it never holds.
-pub async fn wait_until(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
+pub async fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
+    wait_until_or(what, limit, cond, || String::new()).await
+}
+
+/// [`wait_until`], printing `context()` (e.g. the replayer's counters) when it fails.
+pub async fn wait_until_or(
+    what: &str,
+    limit: Duration,
+    mut cond: impl FnMut() -> bool,
+    context: impl Fn() -> String,
+) {
     let deadline = tokio::time::Instant::now() + limit;
     while !cond() {
         if tokio::time::Instant::now() > deadline {
-            panic!("timed out waiting for: {what}");
+            panic!("timed out waiting for: {what}\n{}", context());
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
