@@ -89,7 +89,9 @@ async fn response_framing_and_connection_reuse() {
     assert_eq!(m.connects, 4, "{m:?}");
     assert_eq!(mirror.connections.load(Ordering::SeqCst), 4);
     assert!(m.retries <= 1, "{m:?}");
-    assert_eq!(mirror.count(), seq.len() + m.retries as usize);
+    // A retry follows a write into a connection the mirror had already closed: the mirror never
+    // read it, so every request arrives exactly once.
+    assert_eq!(mirror.count(), seq.len());
 }
 
 /// A 101 answer turns the connection into a tunnel: counted as a final 1xx, never reused.
