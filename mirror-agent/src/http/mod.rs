@@ -4,9 +4,15 @@
 //! requests, keeping the exact wire bytes; [`response::ResponseFramer`] cuts a server byte stream
 //! into responses (used to pair primary responses and to read mirror responses). Framers are
 //! plain state machines: bytes in, events out, no I/O and no clock.
+//!
+//! Not owned here: reassembly (bytes arrive in order, with gaps reported), pairing requests
+//! with responses, and counting drops per flow (the pipeline sums the framers' events).
 
+mod head;
 pub mod request;
 pub mod response;
+#[cfg(test)]
+mod tests;
 
 use bytes::Bytes;
 

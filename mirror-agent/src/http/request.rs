@@ -1,15 +1,33 @@
 //! Request framing: a client byte stream in, [`Request`]s out.
-// API agreed between the pipeline and http; implementation in progress.
+//!
+//! [`RequestFramer`] owns one client→server byte stream. Bytes arrive in pieces split anywhere;
+//! each request comes out whole (head and body, the exact wire bytes) so it can be replayed.
+//! Heads are parsed with httparse once their end has been seen; body framing (Content-Length,
+//! chunked) and resync are done here (see [`super::head`] for why those are hand-written).
+//!
+//! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy). Only a
+//! request that spans pushes is accumulated, once, in a buffer bounded by the head limit plus
+//! the body limit.
+//!
+//! Accounting: every pushed byte ends up in exactly one of: a request's `raw`, a
+//! [`RequestEvent::Dropped`], or the ignored bytes (blank lines between requests, tunnel and
+//! HTTP/2 bytes) of [`RequestFramerStats`]; until then it is in progress
+//! ([`RequestFramerStats::in_progress`]).
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 
-use super::Request;
+use super::head::{self, Plausible};
+use super::{BodyFraming, Header, Request, Version};
 
 /// Bounds on what a framer buffers.
 #[derive(Debug, Clone)]
 pub struct HttpLimits {
     pub max_head_bytes: usize,
     pub max_headers: usize,
+    /// Largest request body kept for replay, counted on the wire (chunked framing included).
+    /// A larger request is dropped ([`RequestDropReason::BodyTooLarge`]) and its body skipped
+    /// by its framing, without buffering.
+    pub max_body_bytes: u64,
 }
 
 impl Default for HttpLimits {
@@ -17,6 +35,7 @@ impl Default for HttpLimits {
         Self {
             max_head_bytes: 64 * 1024,
             max_headers: 128,
+            max_body_bytes: 64 * 1024 * 1024,
         }
     }
 }
@@ -24,16 +43,37 @@ impl Default for HttpLimits {
 /// Why bytes of a client stream did not become a request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum RequestDropReason {
-    /// Bytes of the request were lost in capture.
+    /// Bytes of the request were lost in capture (and the bytes after the gap, up to the next
+    /// request line, which cannot be framed).
     Gap,
-    /// The head exceeded `max_head_bytes`.
+    /// The head exceeded `max_head_bytes` (or a trailer section did).
     HeadTooLarge,
     /// More than `max_headers` header fields.
     TooManyHeaders,
-    /// Not parseable as an HTTP/1.x request.
+    /// Not parseable as an HTTP/1.x request (bad head, conflicting Content-Length, unknown
+    /// final transfer coding, bad chunk framing).
     Malformed,
     /// The stream ended in the middle of a request.
     Truncated,
+    /// The body exceeded `max_body_bytes`; it was skipped by its framing.
+    BodyTooLarge,
+    /// The stream was picked up mid-way: bytes before the first request line.
+    Midstream,
+}
+
+impl RequestDropReason {
+    /// Stable name for counters and logs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Gap => "gap",
+            Self::HeadTooLarge => "head_too_large",
+            Self::TooManyHeaders => "too_many_headers",
+            Self::Malformed => "malformed",
+            Self::Truncated => "truncated",
+            Self::BodyTooLarge => "body_too_large",
+            Self::Midstream => "midstream",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,31 +91,781 @@ pub enum RequestEvent {
     Http2,
 }
 
+/// Byte and request counts of one framer. After [`RequestFramer::finish`],
+/// `pushed_bytes == request_bytes + dropped_bytes + ignored_bytes`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestFramerStats {
+    pub pushed_bytes: u64,
+    pub requests: u64,
+    /// Bytes of emitted requests (sum of `raw.len()`).
+    pub request_bytes: u64,
+    /// Bytes reported in `Dropped` events.
+    pub dropped_bytes: u64,
+    /// Blank lines between requests, and everything after a tunnel or HTTP/2 start.
+    pub ignored_bytes: u64,
+    /// Lengths passed to [`RequestFramer::gap`] (bytes never pushed).
+    pub gap_bytes: u64,
+}
+
+impl RequestFramerStats {
+    /// Pushed bytes not yet accounted for (a request in progress, bytes pending resync).
+    pub fn in_progress(&self) -> u64 {
+        self.pushed_bytes - self.request_bytes - self.dropped_bytes - self.ignored_bytes
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Discarding up to the next line end (resync after a bad line).
+    SkipLine,
+    /// Reading head lines; `line_start` is the offset of the current line in the view.
+    /// `tentative`: resyncing; the first line must pass the plausibility check.
+    Head {
+        line_start: usize,
+        tentative: bool,
+    },
+    Body {
+        remaining: u64,
+    },
+    ChunkSize {
+        line_start: usize,
+    },
+    ChunkData {
+        remaining: u64,
+    },
+    /// The line end after chunk data.
+    ChunkEnd {
+        line_start: usize,
+    },
+    Trailer {
+        line_start: usize,
+    },
+    /// Tunnel or HTTP/2: bytes are counted and ignored.
+    Ignore,
+}
+
+/// The parsed head of the request in progress. Header values are offsets into `raw`, so they
+/// become slices of it without a copy.
+#[derive(Debug)]
+struct ParsedHead {
+    method: String,
+    target: String,
+    version: Version,
+    headers: Vec<(String, usize, usize)>,
+    framing: BodyFraming,
+    te_and_cl: bool,
+    /// Upgrade or CONNECT: the stream is a tunnel after this request.
+    tunnel: bool,
+}
+
+/// One pushed buffer being consumed. The view (bytes of the current item kept so far) is
+/// `data[start..pos]` unless the item began in an earlier push (then it is `acc`).
+struct Cur<'a> {
+    data: &'a Bytes,
+    pos: usize,
+    start: usize,
+}
+
 /// Cuts one client→server byte stream into requests.
 #[derive(Debug)]
 pub struct RequestFramer {
-    _limits: HttpLimits,
+    limits: HttpLimits,
+    state: State,
+    /// The view when the current item spans pushes.
+    acc: BytesMut,
+    spanning: bool,
+    /// Bytes consumed by the current item (request or resync candidate), kept or not.
+    item_len: u64,
+    item_ts: u64,
+    last_ts: u64,
+    head_len: usize,
+    /// Length of the first line when it had no version (HTTP/0.9 style).
+    v09_line: Option<usize>,
+    parsed: Option<ParsedHead>,
+    body_len: u64,
+    trailer_len: usize,
+    /// The body is being skipped (too large): nothing but the current line is kept.
+    skipping: bool,
+    /// Bytes discarded while resyncing, not yet reported, and why.
+    resync: Option<(RequestDropReason, u64)>,
+    stats: RequestFramerStats,
 }
+
+/// Above this capacity the accumulation buffer is released rather than kept for reuse.
+const KEEP_ACC_CAPACITY: usize = 64 * 1024;
 
 impl RequestFramer {
     /// `midstream`: the stream was picked up without its start, so bytes are skipped until a
     /// request line begins.
-    pub fn new(limits: HttpLimits, _midstream: bool) -> Self {
-        Self { _limits: limits }
+    pub fn new(limits: HttpLimits, midstream: bool) -> Self {
+        let mut f = Self {
+            limits,
+            state: State::Head {
+                line_start: 0,
+                tentative: false,
+            },
+            acc: BytesMut::new(),
+            spanning: false,
+            item_len: 0,
+            item_ts: 0,
+            last_ts: 0,
+            head_len: 0,
+            v09_line: None,
+            parsed: None,
+            body_len: 0,
+            trailer_len: 0,
+            skipping: false,
+            resync: None,
+            stats: RequestFramerStats::default(),
+        };
+        if midstream {
+            f.resync = Some((RequestDropReason::Midstream, 0));
+            f.state = State::Head {
+                line_start: 0,
+                tentative: true,
+            };
+        }
+        f
     }
 
-    pub fn push(&mut self, _data: &Bytes, _ts_ns: u64, _out: &mut Vec<RequestEvent>) {
-        unimplemented!("http framing in progress")
+    pub fn stats(&self) -> &RequestFramerStats {
+        &self.stats
+    }
+
+    /// Bytes held in memory for the request in progress.
+    pub fn buffered_bytes(&self) -> usize {
+        self.acc.len()
+    }
+
+    pub fn push(&mut self, data: &Bytes, ts_ns: u64, out: &mut Vec<RequestEvent>) {
+        self.stats.pushed_bytes += data.len() as u64;
+        self.last_ts = ts_ns;
+        let mut cur = Cur {
+            data,
+            pos: 0,
+            start: 0,
+        };
+        while cur.pos < data.len() {
+            if self.item_len == 0 && self.state != State::Ignore {
+                self.item_ts = ts_ns;
+            }
+            self.step(&mut cur, out);
+        }
+        // Keep the part of the view that lies in this buffer for the next push.
+        if !self.spanning && cur.start < cur.pos {
+            let pending = &data[cur.start..cur.pos];
+            let body_hint = match self.state {
+                State::Body { remaining } if !self.skipping => {
+                    remaining.min(self.limits.max_body_bytes) as usize
+                }
+                _ => 0,
+            };
+            self.acc.reserve(pending.len() + body_hint);
+            self.acc.extend_from_slice(pending);
+            self.spanning = true;
+        }
     }
 
     /// `len` bytes are missing at this point: drop the request in progress and resync at the
     /// next request line.
-    pub fn gap(&mut self, _len: u64, _out: &mut Vec<RequestEvent>) {
-        unimplemented!("http framing in progress")
+    pub fn gap(&mut self, len: u64, out: &mut Vec<RequestEvent>) {
+        self.stats.gap_bytes += len;
+        if self.state == State::Ignore {
+            return;
+        }
+        let tentative = matches!(
+            self.state,
+            State::Head {
+                tentative: true,
+                ..
+            }
+        );
+        if tentative {
+            // A resync candidate: its bytes belong to the resync already under way.
+            self.discard_item_into_resync();
+        } else if !self.emit_v09_if_complete(out) && self.item_len > 0 {
+            self.drop_item(RequestDropReason::Gap, out);
+        }
+        self.start_resync(RequestDropReason::Gap, out);
+        self.state = State::Head {
+            line_start: 0,
+            tentative: true,
+        };
     }
 
-    /// The stream ended.
-    pub fn finish(&mut self, _out: &mut Vec<RequestEvent>) {
-        unimplemented!("http framing in progress")
+    /// The stream ended. The framer is then ready for a new stream (from its start).
+    pub fn finish(&mut self, out: &mut Vec<RequestEvent>) {
+        match self.state {
+            State::Ignore => {}
+            State::Head {
+                tentative: true, ..
+            }
+            | State::SkipLine => self.discard_item_into_resync(),
+            _ => {
+                if !self.emit_v09_if_complete(out) && self.item_len > 0 {
+                    self.drop_item(RequestDropReason::Truncated, out);
+                }
+            }
+        }
+        self.flush_resync(out);
+        self.reset_item();
+        self.state = State::Head {
+            line_start: 0,
+            tentative: false,
+        };
+    }
+
+    // ---- view management ----
+
+    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
+        if self.spanning {
+            &self.acc
+        } else {
+            &cur.data[cur.start..cur.pos]
+        }
+    }
+
+    /// Consumes `n` bytes into the view.
+    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
+        if self.spanning {
+            self.acc.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
+        }
+        cur.pos += n;
+        self.item_len += n as u64;
+    }
+
+    /// Consumes `n` bytes without keeping them; the view is emptied.
+    fn skip(&mut self, cur: &mut Cur<'_>, n: usize) {
+        cur.pos += n;
+        self.item_len += n as u64;
+        self.discard_view(cur);
+    }
+
+    fn discard_view(&mut self, cur: &mut Cur<'_>) {
+        if self.spanning {
+            self.release_acc();
+            self.spanning = false;
+        }
+        cur.start = cur.pos;
+    }
+
+    fn release_acc(&mut self) {
+        if self.acc.capacity() > KEEP_ACC_CAPACITY {
+            self.acc = BytesMut::new();
+        } else {
+            self.acc.clear();
+        }
+    }
+
+    fn reset_item(&mut self) {
+        self.item_len = 0;
+        self.head_len = 0;
+        self.v09_line = None;
+        self.parsed = None;
+        self.body_len = 0;
+        self.trailer_len = 0;
+        self.skipping = false;
+        if self.spanning {
+            self.release_acc();
+            self.spanning = false;
+        }
+    }
+
+    // ---- drops and resync ----
+
+    /// Drops the item in progress as one `Dropped` with `reason`, merged with the resync that
+    /// follows, so a bad request and the garbage after it are one event. A pending resync for
+    /// another reason is reported first.
+    fn drop_item(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
+        let bytes = self.item_len;
+        self.reset_item();
+        match &mut self.resync {
+            Some((r, b)) if *r == reason => *b += bytes,
+            _ => {
+                self.flush_resync(out);
+                self.resync = Some((reason, bytes));
+            }
+        }
+    }
+
+    fn discard_item_into_resync(&mut self) {
+        let bytes = self.item_len;
+        self.reset_item();
+        match &mut self.resync {
+            Some((_, b)) => *b += bytes,
+            None => self.resync = Some((RequestDropReason::Malformed, bytes)),
+        }
+    }
+
+    /// Begins (or continues) a resync for `reason`; a pending resync for another reason is
+    /// reported first.
+    fn start_resync(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
+        match self.resync {
+            Some((r, _)) if r == reason => {}
+            Some(_) => {
+                self.flush_resync(out);
+                self.resync = Some((reason, 0));
+            }
+            None => self.resync = Some((reason, 0)),
+        }
+    }
+
+    fn flush_resync(&mut self, out: &mut Vec<RequestEvent>) {
+        if let Some((reason, bytes)) = self.resync.take()
+            && bytes > 0
+        {
+            self.stats.dropped_bytes += bytes;
+            out.push(RequestEvent::Dropped { reason, bytes });
+        }
+    }
+
+    /// Drops the item for `reason` mid-stream and resyncs: at the next line start if the last
+    /// consumed byte ended a line, else after skipping to the next line end.
+    fn fail(
+        &mut self,
+        cur: &mut Cur<'_>,
+        reason: RequestDropReason,
+        at_line_start: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        self.drop_item(reason, out);
+        cur.start = cur.pos;
+        self.state = if at_line_start {
+            State::Head {
+                line_start: 0,
+                tentative: true,
+            }
+        } else {
+            State::SkipLine
+        };
+    }
+
+    /// An HTTP/0.9-style request line with nothing after it: complete as it is when the stream
+    /// ends or a gap follows (such clients send one line and wait).
+    fn emit_v09_if_complete(&mut self, out: &mut Vec<RequestEvent>) -> bool {
+        let Some(first) = self.v09_line else {
+            return false;
+        };
+        if self.item_len != first as u64 || !self.spanning {
+            return false;
+        }
+        let raw = self.acc.split().freeze();
+        self.spanning = false;
+        let Some((method, target)) = head::versionless_request_line(&raw) else {
+            return false;
+        };
+        let request = Request {
+            method: String::from_utf8_lossy(method).into_owned(),
+            target: String::from_utf8_lossy(target).into_owned(),
+            version: Version::Http09,
+            headers: Vec::new(),
+            framing: BodyFraming::None,
+            body_len: 0,
+            head_len: raw.len(),
+            ts_ns: self.item_ts,
+            end_ts_ns: self.last_ts,
+            te_and_cl: false,
+            raw,
+        };
+        self.stats.requests += 1;
+        self.stats.request_bytes += request.raw.len() as u64;
+        out.push(RequestEvent::Request(request));
+        self.reset_item();
+        true
+    }
+
+    // ---- the state machine ----
+
+    fn step(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        let data: &Bytes = cur.data;
+        let avail = &data[cur.pos..];
+        match self.state {
+            State::Ignore => {
+                self.stats.ignored_bytes += avail.len() as u64;
+                cur.pos = cur.data.len();
+                cur.start = cur.pos;
+            }
+            State::SkipLine => {
+                let n = head::find_line_end(avail).unwrap_or(avail.len());
+                if let Some((_, b)) = &mut self.resync {
+                    *b += n as u64;
+                }
+                cur.pos += n;
+                cur.start = cur.pos;
+                if cur.data[cur.pos - 1] == b'\n' {
+                    self.state = State::Head {
+                        line_start: 0,
+                        tentative: true,
+                    };
+                }
+            }
+            State::Head {
+                line_start,
+                tentative,
+            } => self.step_head(cur, line_start, tentative, out),
+            State::Body { remaining } => {
+                let n = remaining.min(avail.len() as u64) as usize;
+                if self.skipping {
+                    self.skip(cur, n);
+                } else {
+                    self.take(cur, n);
+                }
+                let remaining = remaining - n as u64;
+                self.state = State::Body { remaining };
+                if remaining == 0 {
+                    self.complete(cur, out);
+                }
+            }
+            State::ChunkSize { line_start } => {
+                let limit = line_start + head::MAX_CHUNK_LINE;
+                let complete = self.take_line(cur, limit);
+                if self.view(cur).len() > limit {
+                    self.fail(cur, RequestDropReason::Malformed, complete, out);
+                    return;
+                }
+                if !complete {
+                    return;
+                }
+                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
+                let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
+                    self.fail(cur, RequestDropReason::Malformed, true, out);
+                    return;
+                };
+                let size = body_len - self.body_len;
+                self.body_len = body_len;
+                if self.skipping {
+                    self.discard_view(cur);
+                } else {
+                    let wire_body = self.item_len - self.head_len as u64;
+                    if wire_body.saturating_add(size) > self.limits.max_body_bytes {
+                        self.skipping = true;
+                        self.discard_view(cur);
+                    }
+                }
+                self.state = if size == 0 {
+                    State::Trailer {
+                        line_start: self.view(cur).len(),
+                    }
+                } else {
+                    State::ChunkData { remaining: size }
+                };
+            }
+            State::ChunkData { remaining } => {
+                let n = remaining.min(avail.len() as u64) as usize;
+                if self.skipping {
+                    self.skip(cur, n);
+                } else {
+                    self.take(cur, n);
+                }
+                let remaining = remaining - n as u64;
+                self.state = if remaining == 0 {
+                    State::ChunkEnd {
+                        line_start: self.view(cur).len(),
+                    }
+                } else {
+                    State::ChunkData { remaining }
+                };
+            }
+            State::ChunkEnd { line_start } => {
+                let limit = line_start + 2;
+                let complete = self.take_line(cur, limit);
+                if !complete {
+                    if self.view(cur).len() > limit {
+                        self.fail(cur, RequestDropReason::Malformed, false, out);
+                    }
+                    return;
+                }
+                if !head::is_blank_line(&self.view(cur)[line_start..]) {
+                    self.fail(cur, RequestDropReason::Malformed, true, out);
+                    return;
+                }
+                if self.skipping {
+                    self.discard_view(cur);
+                }
+                self.state = State::ChunkSize {
+                    line_start: self.view(cur).len(),
+                };
+            }
+            State::Trailer { line_start } => {
+                // The trailer section shares the head limit (it is a field section too).
+                let room = self.limits.max_head_bytes.saturating_sub(self.trailer_len);
+                let limit = line_start + room;
+                let complete = self.take_line(cur, limit);
+                if self.view(cur).len() > limit {
+                    self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
+                    return;
+                }
+                if !complete {
+                    return;
+                }
+                let line = &self.view(cur)[line_start..];
+                let blank = head::is_blank_line(line);
+                self.trailer_len += line.len();
+                if blank {
+                    self.complete(cur, out);
+                } else {
+                    if self.skipping {
+                        self.discard_view(cur);
+                    }
+                    self.state = State::Trailer {
+                        line_start: self.view(cur).len(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// Consumes up to and including the next line end, but never lets the view grow past
+    /// `limit + 1` bytes (so an endless line stays bounded; the caller fails a view longer
+    /// than `limit`). Returns whether a line end was consumed.
+    fn take_line(&mut self, cur: &mut Cur<'_>, limit: usize) -> bool {
+        let data: &Bytes = cur.data;
+        let avail = &data[cur.pos..];
+        let room = limit.saturating_add(1).saturating_sub(self.view(cur).len());
+        let window = &avail[..avail.len().min(room.max(1))];
+        match head::find_line_end(window) {
+            Some(n) => {
+                self.take(cur, n);
+                true
+            }
+            None => {
+                self.take(cur, window.len());
+                false
+            }
+        }
+    }
+
+    fn step_head(
+        &mut self,
+        cur: &mut Cur<'_>,
+        line_start: usize,
+        tentative: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        let max_head = self.limits.max_head_bytes;
+        let complete = self.take_line(cur, max_head);
+        let view_len = self.view(cur).len();
+        if view_len > max_head {
+            if tentative {
+                self.discard_item_into_resync();
+                cur.start = cur.pos;
+                self.state = if complete {
+                    State::Head {
+                        line_start: 0,
+                        tentative: true,
+                    }
+                } else {
+                    State::SkipLine
+                };
+            } else {
+                self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
+            }
+            return;
+        }
+        if !complete {
+            if tentative && line_start == 0 && head::method_prefix(self.view(cur)) == Plausible::No
+            {
+                self.discard_item_into_resync();
+                cur.start = cur.pos;
+                self.state = State::SkipLine;
+            }
+            return;
+        }
+        let line = &self.view(cur)[line_start..];
+        if line_start == 0 {
+            if head::is_blank_line(line) {
+                // RFC 9112 section 2.2: empty lines before a request line are ignored.
+                if tentative {
+                    self.discard_item_into_resync();
+                } else {
+                    self.stats.ignored_bytes += self.item_len;
+                    self.reset_item();
+                }
+                cur.start = cur.pos;
+                return;
+            }
+            if tentative && !head::plausible_request_line(line) {
+                self.discard_item_into_resync();
+                cur.start = cur.pos;
+                return;
+            }
+            let h2 = line == head::H2_PREFACE_LINE;
+            let v09 = head::versionless_request_line(line)
+                .is_some()
+                .then_some(line.len());
+            if tentative {
+                self.flush_resync(out);
+            }
+            if h2 {
+                out.push(RequestEvent::Http2);
+                self.stats.ignored_bytes += self.item_len;
+                self.reset_item();
+                cur.start = cur.pos;
+                self.state = State::Ignore;
+                return;
+            }
+            self.v09_line = v09;
+            self.state = State::Head {
+                line_start: view_len,
+                tentative: false,
+            };
+            return;
+        }
+        if !head::is_blank_line(line) {
+            self.state = State::Head {
+                line_start: view_len,
+                tentative: false,
+            };
+            return;
+        }
+        self.head_len = view_len;
+        match self.parse_head(cur) {
+            Ok(parsed) => {
+                self.parsed = Some(parsed);
+                self.start_body(cur, out);
+            }
+            Err(reason) => self.fail(cur, reason, true, out),
+        }
+    }
+
+    fn parse_head(&self, cur: &Cur<'_>) -> Result<ParsedHead, RequestDropReason> {
+        let view = self.view(cur);
+        let max = self.limits.max_headers;
+        let mut storage = vec![httparse::EMPTY_HEADER; max];
+        let (method, target, version, headers): (&[u8], &[u8], Version, &[httparse::Header<'_>]) =
+            if let Some(first) = self.v09_line {
+                let (method, target) = head::versionless_request_line(&view[..first])
+                    .ok_or(RequestDropReason::Malformed)?;
+                match httparse::parse_headers(&view[first..], &mut storage) {
+                    Ok(httparse::Status::Complete((n, headers))) if first + n == view.len() => {
+                        (method, target, Version::Http09, headers)
+                    }
+                    Err(httparse::Error::TooManyHeaders) => {
+                        return Err(RequestDropReason::TooManyHeaders);
+                    }
+                    _ => return Err(RequestDropReason::Malformed),
+                }
+            } else {
+                let mut req = httparse::Request::new(&mut storage);
+                match req.parse(view) {
+                    Ok(httparse::Status::Complete(n)) if n == view.len() => {}
+                    Err(httparse::Error::TooManyHeaders) => {
+                        return Err(RequestDropReason::TooManyHeaders);
+                    }
+                    _ => return Err(RequestDropReason::Malformed),
+                }
+                let version = match req.version {
+                    Some(0) => Version::Http10,
+                    Some(1) => Version::Http11,
+                    _ => return Err(RequestDropReason::Malformed),
+                };
+                let method = req.method.ok_or(RequestDropReason::Malformed)?.as_bytes();
+                let target = req.path.ok_or(RequestDropReason::Malformed)?.as_bytes();
+                (method, target, version, req.headers)
+            };
+        let (framing, te_and_cl) =
+            head::request_framing(headers).map_err(|()| RequestDropReason::Malformed)?;
+        let base = view.as_ptr() as usize;
+        let tunnel = method == b"CONNECT"
+            || (headers
+                .iter()
+                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+                && head::header_has_token(headers, "connection", b"upgrade"));
+        Ok(ParsedHead {
+            method: String::from_utf8_lossy(method).into_owned(),
+            target: String::from_utf8_lossy(target).into_owned(),
+            version,
+            headers: headers
+                .iter()
+                .map(|h| {
+                    let at = h.value.as_ptr() as usize - base;
+                    (h.name.to_owned(), at, at + h.value.len())
+                })
+                .collect(),
+            framing,
+            te_and_cl,
+            tunnel,
+        })
+    }
+
+    fn start_body(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        let framing = self
+            .parsed
+            .as_ref()
+            .map_or(BodyFraming::None, |p| p.framing);
+        match framing {
+            BodyFraming::ContentLength(n) => {
+                self.body_len = n;
+                if n > self.limits.max_body_bytes {
+                    self.skipping = true;
+                    self.discard_view(cur);
+                } else if self.spanning {
+                    self.acc.reserve(n as usize);
+                }
+                self.state = State::Body { remaining: n };
+            }
+            BodyFraming::Chunked => {
+                self.state = State::ChunkSize {
+                    line_start: self.view(cur).len(),
+                };
+            }
+            BodyFraming::None | BodyFraming::CloseDelimited => self.complete(cur, out),
+        }
+    }
+
+    /// The request in progress is complete: emit it (or its BodyTooLarge drop).
+    fn complete(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        let parsed = self.parsed.take();
+        let tunnel = parsed.as_ref().is_some_and(|p| p.tunnel);
+        if self.skipping {
+            let bytes = self.item_len;
+            self.stats.dropped_bytes += bytes;
+            out.push(RequestEvent::Dropped {
+                reason: RequestDropReason::BodyTooLarge,
+                bytes,
+            });
+            cur.start = cur.pos;
+        } else if let Some(p) = parsed {
+            let raw = if self.spanning {
+                self.spanning = false;
+                self.acc.split().freeze()
+            } else {
+                cur.data.slice(cur.start..cur.pos)
+            };
+            cur.start = cur.pos;
+            let headers = p
+                .headers
+                .into_iter()
+                .map(|(name, a, b)| Header {
+                    name,
+                    value: raw.slice(a..b),
+                })
+                .collect();
+            self.stats.requests += 1;
+            self.stats.request_bytes += raw.len() as u64;
+            out.push(RequestEvent::Request(Request {
+                head_len: self.head_len,
+                method: p.method,
+                target: p.target,
+                version: p.version,
+                headers,
+                framing: p.framing,
+                body_len: self.body_len,
+                ts_ns: self.item_ts,
+                end_ts_ns: self.last_ts,
+                te_and_cl: p.te_and_cl,
+                raw,
+            }));
+        }
+        self.reset_item();
+        if tunnel {
+            out.push(RequestEvent::Tunnel);
+            self.state = State::Ignore;
+        } else {
+            self.state = State::Head {
+                line_start: 0,
+                tentative: false,
+            };
+        }
     }
 }

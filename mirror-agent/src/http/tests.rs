@@ -1,0 +1,576 @@
+//! Request framer tests: every split point of each message kind (linkerd detect-test style),
+//! every drop reason, the byte-accounting identity, and bounded memory on hostile input.
+
+use bytes::Bytes;
+use proptest::prelude::*;
+
+use super::request::{HttpLimits, RequestDropReason, RequestEvent, RequestFramer};
+use super::{BodyFraming, Request, Version};
+
+/// Feeds `pieces` (one push each, all at `ts`), then optional `finish`; checks the accounting
+/// identity and returns the events.
+fn feed_with(
+    limits: &HttpLimits,
+    midstream: bool,
+    pieces: &[&[u8]],
+    finish: bool,
+) -> Vec<RequestEvent> {
+    let mut f = RequestFramer::new(limits.clone(), midstream);
+    let mut out = Vec::new();
+    for p in pieces {
+        f.push(&Bytes::copy_from_slice(p), 7, &mut out);
+        assert!(
+            f.buffered_bytes() <= limits.max_head_bytes + limits.max_body_bytes as usize + 8,
+            "buffer bound"
+        );
+    }
+    if finish {
+        f.finish(&mut out);
+        check_accounting(&f, &out);
+    }
+    out
+}
+
+fn check_accounting(f: &RequestFramer, out: &[RequestEvent]) {
+    let s = f.stats();
+    let mut req = 0u64;
+    let mut dropped = 0u64;
+    for e in out {
+        match e {
+            RequestEvent::Request(r) => req += r.raw.len() as u64,
+            RequestEvent::Dropped { bytes, .. } => {
+                assert!(*bytes > 0, "zero-byte drop event");
+                dropped += bytes
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(s.request_bytes, req, "request bytes vs events");
+    assert_eq!(s.dropped_bytes, dropped, "dropped bytes vs events");
+    assert_eq!(
+        s.pushed_bytes,
+        s.request_bytes + s.dropped_bytes + s.ignored_bytes,
+        "every pushed byte accounted: {s:?}"
+    );
+    assert_eq!(s.in_progress(), 0);
+}
+
+fn feed(midstream: bool, pieces: &[&[u8]]) -> Vec<RequestEvent> {
+    feed_with(&HttpLimits::default(), midstream, pieces, true)
+}
+
+/// Every split point (two pushes), and one byte per push, give the same events as one push.
+fn assert_every_split(limits: &HttpLimits, midstream: bool, msg: &[u8]) -> Vec<RequestEvent> {
+    let whole = feed_with(limits, midstream, &[msg], true);
+    for i in 0..=msg.len() {
+        let split = feed_with(limits, midstream, &[&msg[..i], &msg[i..]], true);
+        assert_eq!(
+            split,
+            whole,
+            "split at {i} of {:?}",
+            String::from_utf8_lossy(msg)
+        );
+    }
+    let bytes: Vec<&[u8]> = msg.chunks(1).collect();
+    assert_eq!(
+        feed_with(limits, midstream, &bytes, true),
+        whole,
+        "byte by byte"
+    );
+    if msg.len() <= 400 {
+        // Three pieces: every pair of split points.
+        for i in 0..=msg.len() {
+            for j in i..=msg.len() {
+                let three = feed_with(limits, midstream, &[&msg[..i], &msg[i..j], &msg[j..]], true);
+                assert_eq!(three, whole, "splits at {i},{j}");
+            }
+        }
+    }
+    whole
+}
+
+fn splits(msg: &[u8]) -> Vec<RequestEvent> {
+    assert_every_split(&HttpLimits::default(), false, msg)
+}
+
+fn requests(events: &[RequestEvent]) -> Vec<&Request> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            RequestEvent::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn only_request(events: &[RequestEvent]) -> &Request {
+    assert_eq!(events.len(), 1, "{events:?}");
+    requests(events)[0]
+}
+
+#[test]
+fn simple_get() {
+    let msg = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Case: MiXed\r\n\r\n";
+    let ev = splits(msg);
+    let r = only_request(&ev);
+    assert_eq!(r.method, "GET");
+    assert_eq!(r.target, "/a?b=1");
+    assert_eq!(r.version, Version::Http11);
+    assert_eq!(r.host(), Some("example.com"));
+    assert_eq!(r.headers[1].name, "X-Case");
+    assert_eq!(&r.headers[1].value[..], b"MiXed");
+    assert_eq!(&r.raw[..], &msg[..]);
+    assert_eq!(r.head_len, msg.len());
+    assert_eq!(r.framing, BodyFraming::None);
+    assert_eq!(r.body_len, 0);
+    assert!(!r.te_and_cl);
+}
+
+#[test]
+fn pipelined_keepalive_gets_with_blank_lines() {
+    let msg = b"GET /1 HTTP/1.1\r\nHost: h\r\n\r\n\r\nGET /2 HTTP/1.1\r\nHost: h\r\n\r\nGET /3 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n";
+    let ev = splits(msg);
+    let rs = requests(&ev);
+    assert_eq!(ev.len(), 3);
+    let targets: Vec<&str> = rs.iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/1", "/2", "/3"]);
+    assert_eq!(rs[2].version, Version::Http10);
+    assert_eq!(&rs[1].raw[..], b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
+}
+
+#[test]
+fn content_length_post_with_expect_continue() {
+    let msg = b"POST /form HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 11\r\n\r\nhello worldGET /next HTTP/1.1\r\n\r\n";
+    let ev = splits(msg);
+    let rs = requests(&ev);
+    assert_eq!(rs.len(), 2);
+    assert_eq!(rs[0].framing, BodyFraming::ContentLength(11));
+    assert_eq!(rs[0].body_len, 11);
+    assert_eq!(&rs[0].raw[rs[0].head_len..], b"hello world");
+    assert_eq!(rs[1].target, "/next");
+}
+
+#[test]
+fn chunked_with_extensions_trailers_and_bare_lf() {
+    let msg = b"POST /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;ext=\"q\"\r\nhello\r\n6\nworld!\n0\r\nX-Trailer: t\r\n\r\nGET /after HTTP/1.1\r\n\r\n";
+    let ev = splits(msg);
+    let rs = requests(&ev);
+    assert_eq!(rs.len(), 2);
+    assert_eq!(rs[0].framing, BodyFraming::Chunked);
+    assert_eq!(rs[0].body_len, 11);
+    let end = msg.len() - b"GET /after HTTP/1.1\r\n\r\n".len();
+    assert_eq!(
+        &rs[0].raw[..],
+        &msg[..end],
+        "wire bytes kept, framing included"
+    );
+    assert_eq!(rs[1].target, "/after");
+}
+
+#[test]
+fn te_and_cl_chunked_wins_and_is_flagged() {
+    // The classic desync: a server using Content-Length would swallow the second request.
+    let msg = b"POST / HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nContent-Length: 50\r\n\r\n0\r\n\r\nGET /smuggled HTTP/1.1\r\nHost: t\r\n\r\n";
+    let ev = splits(msg);
+    let rs = requests(&ev);
+    assert_eq!(rs.len(), 2);
+    assert!(rs[0].te_and_cl);
+    assert_eq!(rs[0].framing, BodyFraming::Chunked);
+    assert_eq!(rs[0].body_len, 0);
+    assert_eq!(rs[1].target, "/smuggled");
+}
+
+#[test]
+fn odd_transfer_encoding_list_is_chunked() {
+    let msg = b"POST /x HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: ,\tchunked,\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let r = only_request(&splits(msg)).clone();
+    assert_eq!(r.framing, BodyFraming::Chunked);
+    assert_eq!(r.body_len, 3);
+    assert!(r.te_and_cl);
+}
+
+#[test]
+fn odd_te_head_without_body_is_truncated_not_invented() {
+    // Same shape as suricata-verify http-chunked (a HEAD with `Content-Length: 0` and
+    // `Transfer-Encoding: ,\tchunked,`, then the client sends nothing more). tshark lists it with
+    // body length 0; by RFC 9112 6.3 the body is chunked and never arrived, so the request is
+    // incomplete: replaying its head alone would leave the mirror waiting for a chunked body.
+    let msg = b"HEAD /f.ttf HTTP/1.1\r\nHost: localhost\r\nContent-Length: 0\r\nTransfer-Encoding: ,\tchunked,\r\n\r\n";
+    let ev = splits(msg);
+    assert_eq!(
+        ev,
+        [RequestEvent::Dropped {
+            reason: RequestDropReason::Truncated,
+            bytes: msg.len() as u64
+        }]
+    );
+}
+
+#[test]
+fn http09_request_line_alone() {
+    let ev = splits(b"GET /old\r\n");
+    let r = only_request(&ev);
+    assert_eq!(r.version, Version::Http09);
+    assert_eq!(r.target, "/old");
+    assert!(r.headers.is_empty());
+    assert_eq!(r.body_len, 0);
+}
+
+#[test]
+fn versionless_request_line_with_headers() {
+    // Shape of suricata-verify http-missing-protocol: no version, yet headers follow.
+    let msg = b"GET /gen.php?generate=1&hwid=-5\r\nHost: 10.1.2.3\r\nConnection:keep-alive\r\n\r\n";
+    let ev = splits(msg);
+    let r = only_request(&ev);
+    assert_eq!(r.version, Version::Http09);
+    assert_eq!(r.target, "/gen.php?generate=1&hwid=-5");
+    assert_eq!(r.host(), Some("10.1.2.3"));
+    assert_eq!(r.headers.len(), 2);
+    assert_eq!(&r.raw[..], &msg[..]);
+}
+
+#[test]
+fn upgrade_emits_request_then_tunnel() {
+    let msg = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n\x81\x85\x01\x02\x03\x04GET / HTTP/1.1\r\n\r\n";
+    let ev = splits(msg);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(requests(&ev)[0].target, "/ws");
+    assert_eq!(ev[1], RequestEvent::Tunnel);
+    let mut f = RequestFramer::new(HttpLimits::default(), false);
+    let mut out = Vec::new();
+    f.push(&Bytes::from_static(msg), 1, &mut out);
+    assert_eq!(f.stats().ignored_bytes, 6 + 18);
+}
+
+#[test]
+fn connect_emits_request_then_tunnel() {
+    let msg = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
+    let ev = splits(msg);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(requests(&ev)[0].method, "CONNECT");
+    assert_eq!(requests(&ev)[0].target, "example.com:443");
+    assert_eq!(ev[1], RequestEvent::Tunnel);
+}
+
+#[test]
+fn h2_prior_knowledge_preface() {
+    let msg = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x12\x04\x00\x00\x00\x00\x00GET / HTTP/1.1\r\n\r\n";
+    assert_eq!(splits(msg), [RequestEvent::Http2]);
+}
+
+#[test]
+fn whole_request_in_one_push_is_a_slice_of_it() {
+    let data = Bytes::from_static(
+        b"GET /1 HTTP/1.1\r\n\r\nPOST /2 HTTP/1.1\r\nContent-Length: 3\r\n\r\nabc",
+    );
+    let mut f = RequestFramer::new(HttpLimits::default(), false);
+    let mut out = Vec::new();
+    f.push(&data, 5, &mut out);
+    let range = data.as_ptr() as usize..data.as_ptr() as usize + data.len();
+    for r in requests(&out) {
+        assert!(range.contains(&(r.raw.as_ptr() as usize)), "raw copied");
+    }
+    assert_eq!(f.buffered_bytes(), 0);
+}
+
+#[test]
+fn timestamps_first_and_last_byte() {
+    let mut f = RequestFramer::new(HttpLimits::default(), false);
+    let mut out = Vec::new();
+    f.push(
+        &Bytes::from_static(b"POST / HTTP/1.1\r\nContent-Length: 4\r\n\r\nab"),
+        100,
+        &mut out,
+    );
+    f.push(&Bytes::from_static(b"c"), 200, &mut out);
+    f.push(&Bytes::from_static(b"dGET /x HTTP/1.1\r\n"), 300, &mut out);
+    f.push(&Bytes::from_static(b"\r\n"), 400, &mut out);
+    let rs = requests(&out);
+    assert_eq!((rs[0].ts_ns, rs[0].end_ts_ns), (100, 300));
+    assert_eq!((rs[1].ts_ns, rs[1].end_ts_ns), (300, 400));
+}
+
+// ---- drop reasons ----
+
+#[test]
+fn gap_drops_request_in_progress_and_resyncs() {
+    let mut f = RequestFramer::new(HttpLimits::default(), false);
+    let mut out = Vec::new();
+    f.push(
+        &Bytes::from_static(b"POST /a HTTP/1.1\r\nContent-Length: 100\r\n\r\nxx"),
+        1,
+        &mut out,
+    );
+    f.gap(50, &mut out);
+    // The rest of the lost body, then the next request.
+    f.push(
+        &Bytes::from_static(b"yyyyyy\r\nGET /b HTTP/1.1\r\n\r\n"),
+        2,
+        &mut out,
+    );
+    f.finish(&mut out);
+    check_accounting(&f, &out);
+    let lost = b"POST /a HTTP/1.1\r\nContent-Length: 100\r\n\r\nxx".len() as u64 + 8;
+    assert_eq!(out.len(), 2, "{out:?}");
+    assert_eq!(
+        out[0],
+        RequestEvent::Dropped {
+            reason: RequestDropReason::Gap,
+            bytes: lost
+        }
+    );
+    assert_eq!(requests(&out)[0].target, "/b");
+    assert_eq!(f.stats().gap_bytes, 50);
+}
+
+#[test]
+fn gap_never_splices_head_pieces() {
+    // "GET /a" + gap + " HTTP/1.1..." must not become a request.
+    let mut f = RequestFramer::new(HttpLimits::default(), false);
+    let mut out = Vec::new();
+    f.push(&Bytes::from_static(b"GET /a"), 1, &mut out);
+    f.gap(10, &mut out);
+    f.push(
+        &Bytes::from_static(b" HTTP/1.1\r\nHost: h\r\n\r\n"),
+        2,
+        &mut out,
+    );
+    f.finish(&mut out);
+    check_accounting(&f, &out);
+    assert!(requests(&out).is_empty(), "{out:?}");
+    assert!(out.iter().all(|e| matches!(
+        e,
+        RequestEvent::Dropped {
+            reason: RequestDropReason::Gap,
+            ..
+        }
+    )));
+}
+
+#[test]
+fn midstream_start_skips_to_a_request_line() {
+    let msg =
+        b"dy of something\r\nHost: x\r\nGETX / HTTP/1.1\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n";
+    let ev = assert_every_split(&HttpLimits::default(), true, msg);
+    assert_eq!(ev.len(), 2, "{ev:?}");
+    assert_eq!(
+        ev[0],
+        RequestEvent::Dropped {
+            reason: RequestDropReason::Midstream,
+            bytes: 43
+        }
+    );
+    assert_eq!(requests(&ev)[0].target, "/ok");
+}
+
+#[test]
+fn midstream_start_at_a_request_boundary_loses_nothing() {
+    let msg = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n";
+    let ev = assert_every_split(&HttpLimits::default(), true, msg);
+    assert_eq!(only_request(&ev).target, "/ok");
+}
+
+#[test]
+fn head_too_large_one_megabyte_line_stays_bounded() {
+    let limits = HttpLimits::default();
+    let mut f = RequestFramer::new(limits.clone(), false);
+    let mut out = Vec::new();
+    let mut sent = 0u64;
+    let push = |f: &mut RequestFramer, b: &[u8], out: &mut Vec<RequestEvent>| {
+        f.push(&Bytes::copy_from_slice(b), 1, out);
+        assert!(
+            f.buffered_bytes() <= limits.max_head_bytes + 1,
+            "head buffer bound"
+        );
+    };
+    push(&mut f, b"GET / HTTP/1.1\r\nX-Big: ", &mut out);
+    sent += 23;
+    let block = vec![b'a'; 1000];
+    for _ in 0..1000 {
+        push(&mut f, &block, &mut out);
+        sent += 1000;
+    }
+    push(&mut f, b"\r\n\r\nGET /next HTTP/1.1\r\n\r\n", &mut out);
+    sent += 4;
+    f.finish(&mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out[0],
+        RequestEvent::Dropped {
+            reason: RequestDropReason::HeadTooLarge,
+            bytes: sent
+        }
+    );
+    assert_eq!(requests(&out)[0].target, "/next");
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn too_many_headers() {
+    let limits = HttpLimits {
+        max_headers: 4,
+        ..HttpLimits::default()
+    };
+    let mut msg = b"GET / HTTP/1.1\r\n".to_vec();
+    for i in 0..5 {
+        msg.extend_from_slice(format!("H{i}: v\r\n").as_bytes());
+    }
+    msg.extend_from_slice(b"\r\n");
+    let bad = msg.len() as u64;
+    msg.extend_from_slice(b"GET /ok HTTP/1.1\r\n\r\n");
+    let ev = assert_every_split(&limits, false, &msg);
+    assert_eq!(
+        ev[0],
+        RequestEvent::Dropped {
+            reason: RequestDropReason::TooManyHeaders,
+            bytes: bad
+        }
+    );
+    assert_eq!(requests(&ev)[0].target, "/ok");
+}
+
+fn assert_malformed_then_ok(bad: &[u8]) {
+    let mut msg = bad.to_vec();
+    msg.extend_from_slice(b"GET /ok HTTP/1.1\r\n\r\n");
+    let ev = splits(&msg);
+    assert_eq!(
+        ev,
+        [
+            RequestEvent::Dropped {
+                reason: RequestDropReason::Malformed,
+                bytes: bad.len() as u64
+            },
+            ev[1].clone()
+        ],
+        "{:?}",
+        String::from_utf8_lossy(bad)
+    );
+    assert_eq!(requests(&ev)[0].target, "/ok");
+}
+
+#[test]
+fn malformed_heads_and_bodies() {
+    assert_malformed_then_ok(b"GET / HTTP/1.1\r\nBad Header\r\n\r\n");
+    assert_malformed_then_ok(b"GET / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n");
+    assert_malformed_then_ok(b"GET / HTTP/1.1\r\nContent-Length: -1\r\n\r\n");
+    assert_malformed_then_ok(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n");
+    assert_malformed_then_ok(b"GET / HTTP/3.0\r\n\r\n");
+    assert_malformed_then_ok(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n");
+    assert_malformed_then_ok(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n");
+}
+
+#[test]
+fn identical_content_lengths_are_one() {
+    let msg = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3, 3\r\n\r\nabc";
+    assert_eq!(only_request(&splits(msg)).body_len, 3);
+}
+
+#[test]
+fn truncated_at_finish() {
+    let msg = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
+    assert_eq!(
+        splits(msg),
+        [RequestEvent::Dropped {
+            reason: RequestDropReason::Truncated,
+            bytes: msg.len() as u64
+        }]
+    );
+}
+
+#[test]
+fn body_too_large_is_skipped_by_its_framing() {
+    let limits = HttpLimits {
+        max_body_bytes: 8,
+        ..HttpLimits::default()
+    };
+    let big_cl = b"POST /big HTTP/1.1\r\nContent-Length: 20\r\n\r\n01234567890123456789";
+    let big_chunked = b"POST /big HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n4;x\r\nefgh\r\n4\r\nijkl\r\n0\r\nT: 1\r\n\r\n";
+    for big in [&big_cl[..], &big_chunked[..]] {
+        let mut msg = big.to_vec();
+        msg.extend_from_slice(
+            b"POST /small HTTP/1.1\r\nContent-Length: 2\r\n\r\nokGET /ok HTTP/1.1\r\n\r\n",
+        );
+        let ev = assert_every_split(&limits, false, &msg);
+        assert_eq!(
+            ev[0],
+            RequestEvent::Dropped {
+                reason: RequestDropReason::BodyTooLarge,
+                bytes: big.len() as u64
+            }
+        );
+        let rs = requests(&ev);
+        assert_eq!(rs.len(), 2);
+        assert_eq!(rs[0].target, "/small");
+        assert_eq!(rs[1].target, "/ok");
+    }
+}
+
+#[test]
+fn hundred_thousand_tiny_chunks() {
+    let mut msg = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..100_000 {
+        msg.extend_from_slice(b"1\r\na\r\n");
+    }
+    msg.extend_from_slice(b"0\r\n\r\n");
+    let pieces: Vec<&[u8]> = msg.chunks(1000).collect();
+    let ev = feed(false, &pieces);
+    let r = only_request(&ev);
+    assert_eq!(r.body_len, 100_000);
+    assert_eq!(&r.raw[..], &msg[..]);
+    // Too large for a small limit: skipped with bounded memory.
+    let limits = HttpLimits {
+        max_body_bytes: 1024,
+        ..HttpLimits::default()
+    };
+    let mut f = RequestFramer::new(limits, false);
+    let mut out = Vec::new();
+    for p in msg.chunks(7) {
+        f.push(&Bytes::copy_from_slice(p), 1, &mut out);
+        assert!(f.buffered_bytes() <= 2048);
+    }
+    f.finish(&mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out,
+        [RequestEvent::Dropped {
+            reason: RequestDropReason::BodyTooLarge,
+            bytes: msg.len() as u64
+        }]
+    );
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    /// Arbitrary bytes in arbitrary pieces, with gaps: no panic, bounded buffer, every byte
+    /// accounted for.
+    #[test]
+    fn arbitrary_input_is_accounted(
+        pieces in proptest::collection::vec(
+            (proptest::collection::vec(prop_oneof![
+                Just(b'\r'), Just(b'\n'), Just(b' '), Just(b'G'), Just(b'0'), any::<u8>()
+            ], 0..64), any::<bool>()),
+            0..24),
+        midstream in any::<bool>(),
+        prefix in prop_oneof![
+            Just(&b""[..]),
+            Just(&b"GET / HTTP/1.1\r\n"[..]),
+            Just(&b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n"[..]),
+            Just(&b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n"[..]),
+        ],
+    ) {
+        let limits = HttpLimits { max_head_bytes: 64, max_headers: 4, max_body_bytes: 32 };
+        let mut f = RequestFramer::new(limits, midstream);
+        let mut out = Vec::new();
+        f.push(&Bytes::from_static(prefix), 0, &mut out);
+        for (p, gap) in pieces {
+            f.push(&Bytes::from(p), 1, &mut out);
+            prop_assert!(f.buffered_bytes() <= 64 + 32 + 8);
+            if gap {
+                f.gap(3, &mut out);
+            }
+        }
+        f.finish(&mut out);
+        check_accounting(&f, &out);
+    }
+}
