@@ -132,6 +132,7 @@ impl PipelineConfig {
             http: HttpLimits {
                 max_head_bytes: a.max_head_bytes,
                 max_headers: a.max_headers,
+                ..HttpLimits::default()
             },
             flow_idle_ns: a.flow_idle_secs.saturating_mul(1_000_000_000),
             responses: true,
@@ -207,6 +208,7 @@ impl Pipeline {
         if !ports.is_empty() && !ports.contains(&seg.dst.port()) && !ports.contains(&seg.src.port())
         {
             self.stats.segments_other_port += 1;
+            self.stats.other_port_bytes += seg.payload.len() as u64;
             return;
         }
         let key = FlowKey::new(seg.src, seg.dst);

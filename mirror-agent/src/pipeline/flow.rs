@@ -51,8 +51,6 @@ struct Decided {
     streams: [Stream; 2],
     req: Option<RequestFramer>,
     resp: ResponseFramer,
-    /// Client bytes pushed into the request framer and not yet out as a request or a drop.
-    req_inflight: u64,
     /// Sequence numbers (within the flow) of requests still waiting for their response.
     awaiting: VecDeque<u64>,
     next_seq: u64,
@@ -104,7 +102,7 @@ impl Flow {
             State::Decided(d) => {
                 d.streams[0].buffered_bytes()
                     + d.streams[1].buffered_bytes()
-                    + usize::try_from(d.req_inflight).unwrap_or(usize::MAX)
+                    + d.req.as_ref().map_or(0, RequestFramer::buffered_bytes)
             }
         }
     }
@@ -163,7 +161,6 @@ impl Flow {
                 ],
                 req: None,
                 resp: ResponseFramer::new(cfg.http.clone()),
-                req_inflight: 0,
                 awaiting: VecDeque::new(),
                 next_seq: 0,
                 client_midstream: false,
@@ -243,9 +240,14 @@ impl Flow {
                     d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
                 }
                 sc.stream = evs;
-                if let Some(req) = d.req.as_mut().filter(|_| !d.client_ignored) {
-                    req.finish(&mut sc.req);
-                    d.on_requests(self.id, stats, sc, out);
+                if let Some(req) = d.req.as_mut() {
+                    if !d.client_ignored {
+                        req.finish(&mut sc.req);
+                        d.on_requests(self.id, stats, sc, out);
+                    }
+                }
+                if let Some(req) = d.req.as_ref() {
+                    stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
                 }
                 if !d.server_ignored {
                     d.resp.finish(self.last_ns, &mut sc.resp);
@@ -323,7 +325,11 @@ impl Decided {
             stats.client_bytes_ignored += bytes.len() as u64;
             return;
         }
-        if cfg.ports.is_empty() && self.next_seq == 0 && self.req_inflight == 0 {
+        let fresh = self
+            .req
+            .as_ref()
+            .is_none_or(|r| r.stats().pushed_bytes == 0);
+        if cfg.ports.is_empty() && fresh {
             // Without --port only connections whose client starts with a request line are HTTP.
             // A short first chunk that is still a method prefix gets the benefit of the doubt.
             let prefix = bytes.len() < 24
@@ -341,7 +347,6 @@ impl Decided {
         let Some(req) = self.req.as_mut() else {
             return;
         };
-        self.req_inflight += bytes.len() as u64;
         req.push(&bytes, ts_ns, &mut sc.req);
         self.on_requests(flow_id, stats, sc, out);
     }
@@ -359,7 +364,6 @@ impl Decided {
                     let len = request.raw.len() as u64;
                     stats.requests += 1;
                     stats.request_bytes += len;
-                    self.req_inflight = self.req_inflight.saturating_sub(len);
                     if !self.server_ignored {
                         self.resp.expect(ExpectedResponse {
                             head: request.method == "HEAD",
@@ -379,18 +383,15 @@ impl Decided {
                 }
                 RequestEvent::Dropped { reason, bytes } => {
                     stats.request_drops.add(reason, bytes);
-                    self.req_inflight = self.req_inflight.saturating_sub(bytes);
                 }
                 RequestEvent::Tunnel => {
                     stats.flows_tunnel += 1;
                     self.client_ignored = true;
-                    self.req_inflight = 0;
                 }
                 RequestEvent::Http2 => {
                     stats.flows_h2 += 1;
                     self.client_ignored = true;
                     self.server_ignored = true;
-                    self.req_inflight = 0;
                 }
             }
         }

@@ -31,6 +31,9 @@ pub struct RequestDrops {
     pub too_many_headers: Counted,
     pub malformed: Counted,
     pub truncated: Counted,
+    pub body_too_large: Counted,
+    /// Bytes before the first request line of a connection picked up mid-stream.
+    pub midstream: Counted,
 }
 
 impl RequestDrops {
@@ -41,9 +44,12 @@ impl RequestDrops {
             RequestDropReason::TooManyHeaders => self.too_many_headers.add(bytes),
             RequestDropReason::Malformed => self.malformed.add(bytes),
             RequestDropReason::Truncated => self.truncated.add(bytes),
+            RequestDropReason::BodyTooLarge => self.body_too_large.add(bytes),
+            RequestDropReason::Midstream => self.midstream.add(bytes),
         }
     }
 
+    /// All reasons together.
     pub fn total(&self) -> Counted {
         let all = [
             self.gap,
@@ -51,6 +57,8 @@ impl RequestDrops {
             self.too_many_headers,
             self.malformed,
             self.truncated,
+            self.body_too_large,
+            self.midstream,
         ];
         all.iter().fold(Counted::default(), |a, c| Counted {
             count: a.count + c.count,
@@ -90,6 +98,8 @@ pub struct PipelineStats {
     pub payload_bytes: u64,
     /// Segments of connections on none of the configured ports.
     pub segments_other_port: u64,
+    /// Payload bytes of those segments.
+    pub other_port_bytes: u64,
     /// Segments with neither payload nor SYN for a connection not tracked (late ACKs, FINs).
     pub segments_no_flow: u64,
     /// Segments given to a tracked connection.
@@ -135,6 +145,9 @@ pub struct PipelineStats {
     pub request_drops: RequestDrops,
     /// Client bytes not framed because the flow is not HTTP/1.x (h2, tunnel, not HTTP).
     pub client_bytes_ignored: u64,
+    /// Client bytes the request framer skipped on purpose (blank lines between requests,
+    /// bytes after a tunnel or h2 start within the same push).
+    pub client_bytes_framer_ignored: u64,
     /// Final responses produced (paired with their request).
     pub responses: u64,
     /// 1xx responses.
@@ -155,6 +168,13 @@ pub(crate) fn add_stream(into: &mut StreamStats, s: &StreamStats) {
     into.gaps += s.gaps;
     into.gap_bytes += s.gap_bytes;
     into.overflow_bytes += s.overflow_bytes;
+    into.bytes_offered += s.bytes_offered;
+    into.segments += s.segments;
+    into.before_start_bytes += s.before_start_bytes;
+    into.after_end_bytes += s.after_end_bytes;
+    into.gaps_timeout += s.gaps_timeout;
+    into.gaps_bound += s.gaps_bound;
+    into.gaps_end += s.gaps_end;
 }
 
 impl PipelineStats {
@@ -177,6 +197,54 @@ impl PipelineStats {
             return Err(format!(
                 "flows {} != active + closed + expired + evicted + open at end {ended}",
                 self.flows
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_balance`] plus the byte identities that hold once every flow has ended
+    /// (after [`super::Pipeline::finish`]): every payload byte is in a request, a counted drop,
+    /// or an ignored (non-HTTP/1.x) count.
+    pub fn check_balance_at_end(&self) -> Result<(), String> {
+        self.check_balance()?;
+        if self.flows_active != 0 {
+            return Err(format!("{} flows still active", self.flows_active));
+        }
+        let (c, s) = (&self.client, &self.server);
+        let offered =
+            self.other_port_bytes + self.undecided_bytes + c.bytes_offered + s.bytes_offered;
+        if offered != self.payload_bytes {
+            return Err(format!(
+                "payload_bytes {} != other_port {} + undecided {} + client offered {} + server offered {}",
+                self.payload_bytes,
+                self.other_port_bytes,
+                self.undecided_bytes,
+                c.bytes_offered,
+                s.bytes_offered
+            ));
+        }
+        for (name, d) in [("client", c), ("server", s)] {
+            if d.bytes_offered != d.bytes_delivered + d.discarded_bytes() {
+                return Err(format!(
+                    "{name}: offered {} != delivered {} + discarded {}",
+                    d.bytes_offered,
+                    d.bytes_delivered,
+                    d.discarded_bytes()
+                ));
+            }
+        }
+        let framed = self.request_bytes
+            + self.request_drops.total().bytes
+            + self.client_bytes_ignored
+            + self.client_bytes_framer_ignored;
+        if framed != c.bytes_delivered {
+            return Err(format!(
+                "client delivered {} != requests {} + dropped {} + ignored {} + framer ignored {}",
+                c.bytes_delivered,
+                self.request_bytes,
+                self.request_drops.total().bytes,
+                self.client_bytes_ignored,
+                self.client_bytes_framer_ignored
             ));
         }
         Ok(())
@@ -217,20 +285,35 @@ impl fmt::Display for PipelineStats {
             ("lost.client_gaps", self.client.gaps),
             ("lost.client_gap_bytes", self.client.gap_bytes),
             ("lost.client_overflow_bytes", self.client.overflow_bytes),
+            (
+                "lost.client_before_start_bytes",
+                self.client.before_start_bytes,
+            ),
+            ("lost.client_after_end_bytes", self.client.after_end_bytes),
             ("lost.server_gaps", self.server.gaps),
             ("lost.server_gap_bytes", self.server.gap_bytes),
             ("lost.server_overflow_bytes", self.server.overflow_bytes),
+            (
+                "lost.server_before_start_bytes",
+                self.server.before_start_bytes,
+            ),
+            ("lost.server_after_end_bytes", self.server.after_end_bytes),
             ("lost.requests_gap", d.gap.count),
             ("lost.requests_head_too_large", d.head_too_large.count),
             ("lost.requests_too_many_headers", d.too_many_headers.count),
             ("lost.requests_malformed", d.malformed.count),
             ("lost.requests_truncated", d.truncated.count),
+            ("lost.requests_body_too_large", d.body_too_large.count),
+            ("lost.midstream_bytes", d.midstream.bytes),
             ("lost.request_bytes", d.total().bytes),
             ("lost.responses_gap", r.gap.count),
             ("lost.responses_head_too_large", r.head_too_large.count),
             ("lost.responses_malformed", r.malformed.count),
             ("lost.responses_truncated", r.truncated.count),
-            ("ignored.client_bytes", self.client_bytes_ignored),
+            (
+                "ignored.client_bytes",
+                self.client_bytes_ignored + self.client_bytes_framer_ignored,
+            ),
             ("ignored.server_bytes", self.server_bytes_ignored),
             (
                 "anomaly.client_retransmitted_bytes",
