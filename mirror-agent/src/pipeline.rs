@@ -348,3 +348,6 @@ impl Pipeline {
         flow.close(&self.cfg, &mut self.stats, &mut self.scratch, out);
     }
 }
+
+#[cfg(test)]
+mod tests;
