@@ -12,6 +12,8 @@ mod head;
 pub mod request;
 pub mod response;
 #[cfg(test)]
+mod response_tests;
+#[cfg(test)]
 mod tests;
 
 use bytes::Bytes;
