@@ -111,10 +111,7 @@ fn run(
 }
 
 fn config() -> PipelineConfig {
-    PipelineConfig {
-        responses: false, // TEMP: ResponseFramer not merged yet
-        ..PipelineConfig::default()
-    }
+    PipelineConfig::default()
 }
 
 /// Where our output differs from tshark's on purpose. Each entry: file, what we do instead, why;

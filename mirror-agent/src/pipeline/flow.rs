@@ -103,6 +103,7 @@ impl Flow {
                 d.streams[0].buffered_bytes()
                     + d.streams[1].buffered_bytes()
                     + d.req.as_ref().map_or(0, RequestFramer::buffered_bytes)
+                    + d.resp.buffered_bytes()
             }
         }
     }
@@ -248,11 +249,21 @@ impl Flow {
                 }
                 if let Some(req) = d.req.as_ref() {
                     stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
+                    if d.client_ignored {
+                        stats.client_bytes_ignored += req.stats().in_progress();
+                    }
                 }
                 if !d.server_ignored {
                     d.resp.finish(self.last_ns, &mut sc.resp);
                     d.on_responses(self.id, stats, sc, out);
+                } else {
+                    // Framing stopped mid-message when the flow turned out not to be HTTP/1.x.
+                    stats.server_bytes_ignored += d.resp.stats().in_progress();
                 }
+                stats.requests_unanswered += d.awaiting.len() as u64;
+                let rs = d.resp.stats();
+                stats.response_bytes += rs.response_bytes;
+                stats.server_bytes_framer_ignored += rs.ignored_bytes;
                 add_stream(&mut stats.client, d.streams[C2S].stats());
                 add_stream(&mut stats.server, d.streams[S2C].stats());
             }
@@ -364,15 +375,15 @@ impl Decided {
                     let len = request.raw.len() as u64;
                     stats.requests += 1;
                     stats.request_bytes += len;
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
                     if !self.server_ignored {
                         self.resp.expect(ExpectedResponse {
                             head: request.method == "HEAD",
                             connect: request.method == "CONNECT",
                         });
+                        self.awaiting.push_back(seq);
                     }
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    self.awaiting.push_back(seq);
                     out.push(PipelineEvent::Request(CapturedRequest {
                         src: self.client,
                         dst: self.server,
@@ -404,24 +415,46 @@ impl Decided {
         sc: &mut Scratch,
         out: &mut Vec<PipelineEvent>,
     ) {
+        // Pairing. The framer takes a request's expectation when the response head is parsed,
+        // so a response dropped after its head (a gap in its body) took one with it, and one
+        // dropped in its head did not. `awaiting.len() - pending` is the number of expectations
+        // taken and not yet answered; every Final still to come in this batch needs one, and
+        // at most one more belongs to a body still open at the end of the batch (body bytes are
+        // never buffered, head bytes are: that tells an open body from an open head).
+        let pending = self.resp.pending_expectations();
+        let mut finals_left = sc
+            .resp
+            .iter()
+            .filter(|e| matches!(e, ResponseEvent::Final(_)))
+            .count();
+        let open_body = self.resp.stats().in_progress() > 0 && self.resp.buffered_bytes() == 0;
         for ev in sc.resp.drain(..) {
             match ev {
                 ResponseEvent::Informational(_) => stats.responses_informational += 1,
-                ResponseEvent::Final(response) => match self.awaiting.pop_front() {
-                    Some(seq) => {
-                        stats.responses += 1;
-                        out.push(PipelineEvent::Response(CapturedResponse {
-                            client: self.client,
-                            server: self.server,
-                            flow_id,
-                            seq_in_flow: seq,
-                            response,
-                        }));
+                ResponseEvent::Final(response) => {
+                    finals_left -= 1;
+                    match self.awaiting.pop_front() {
+                        Some(seq) => {
+                            stats.responses += 1;
+                            out.push(PipelineEvent::Response(CapturedResponse {
+                                client: self.client,
+                                server: self.server,
+                                flow_id,
+                                seq_in_flow: seq,
+                                response,
+                            }));
+                        }
+                        None => stats.responses_unpaired += 1,
                     }
-                    None => stats.responses_unpaired += 1,
-                },
+                }
                 ResponseEvent::Dropped { reason, bytes } => {
                     stats.response_drops.add(reason, bytes);
+                    let taken = self.awaiting.len().saturating_sub(pending);
+                    let extra = taken.saturating_sub(finals_left);
+                    if extra >= 2 || (extra == 1 && !open_body) {
+                        self.awaiting.pop_front();
+                        stats.responses_lost += 1;
+                    }
                 }
             }
         }

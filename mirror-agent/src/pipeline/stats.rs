@@ -74,6 +74,7 @@ pub struct ResponseDrops {
     pub head_too_large: Counted,
     pub malformed: Counted,
     pub truncated: Counted,
+    pub too_many_headers: Counted,
 }
 
 impl ResponseDrops {
@@ -83,7 +84,23 @@ impl ResponseDrops {
             ResponseDropReason::HeadTooLarge => self.head_too_large.add(bytes),
             ResponseDropReason::Malformed => self.malformed.add(bytes),
             ResponseDropReason::Truncated => self.truncated.add(bytes),
+            ResponseDropReason::TooManyHeaders => self.too_many_headers.add(bytes),
         }
+    }
+
+    /// All reasons together.
+    pub fn total(&self) -> Counted {
+        let all = [
+            self.gap,
+            self.head_too_large,
+            self.malformed,
+            self.truncated,
+            self.too_many_headers,
+        ];
+        all.iter().fold(Counted::default(), |a, c| Counted {
+            count: a.count + c.count,
+            bytes: a.bytes + c.bytes,
+        })
     }
 }
 
@@ -154,10 +171,19 @@ pub struct PipelineStats {
     pub responses_informational: u64,
     /// Final responses with no request waiting for them (capture started mid-connection).
     pub responses_unpaired: u64,
+    /// Requests whose connection ended before any response to them was seen (one-sided
+    /// captures, responses not captured).
+    pub requests_unanswered: u64,
+    /// Requests whose response was lost (a response drop consumed their place in line).
+    pub responses_lost: u64,
+    /// Wire bytes of all responses (heads and bodies, 1xx included).
+    pub response_bytes: u64,
     /// Server bytes lost before a response, by reason.
     pub response_drops: ResponseDrops,
-    /// Server bytes not framed (h2, tunnel, not HTTP).
+    /// Server bytes not framed (h2, tunnel, not HTTP, or `responses` off).
     pub server_bytes_ignored: u64,
+    /// Server bytes the response framer skipped on purpose (blank lines, tunnel bytes).
+    pub server_bytes_framer_ignored: u64,
 }
 
 /// Adds reassembly counters of one direction.
@@ -247,6 +273,20 @@ impl PipelineStats {
                 self.client_bytes_framer_ignored
             ));
         }
+        let framed = self.response_bytes
+            + self.response_drops.total().bytes
+            + self.server_bytes_ignored
+            + self.server_bytes_framer_ignored;
+        if framed != s.bytes_delivered {
+            return Err(format!(
+                "server delivered {} != responses {} + dropped {} + ignored {} + framer ignored {}",
+                s.bytes_delivered,
+                self.response_bytes,
+                self.response_drops.total().bytes,
+                self.server_bytes_ignored,
+                self.server_bytes_framer_ignored
+            ));
+        }
         Ok(())
     }
 
@@ -281,6 +321,8 @@ impl fmt::Display for PipelineStats {
             ("responses", self.responses),
             ("responses_informational", self.responses_informational),
             ("responses_unpaired", self.responses_unpaired),
+            ("lost.responses_of_requests", self.responses_lost),
+            ("requests_unanswered", self.requests_unanswered),
             ("lost.undecided_bytes", self.undecided_bytes),
             ("lost.client_gaps", self.client.gaps),
             ("lost.client_gap_bytes", self.client.gap_bytes),
@@ -310,11 +352,16 @@ impl fmt::Display for PipelineStats {
             ("lost.responses_head_too_large", r.head_too_large.count),
             ("lost.responses_malformed", r.malformed.count),
             ("lost.responses_truncated", r.truncated.count),
+            ("lost.responses_too_many_headers", r.too_many_headers.count),
+            ("lost.response_bytes", r.total().bytes),
             (
                 "ignored.client_bytes",
                 self.client_bytes_ignored + self.client_bytes_framer_ignored,
             ),
-            ("ignored.server_bytes", self.server_bytes_ignored),
+            (
+                "ignored.server_bytes",
+                self.server_bytes_ignored + self.server_bytes_framer_ignored,
+            ),
             (
                 "anomaly.client_retransmitted_bytes",
                 self.client.retransmitted_bytes,

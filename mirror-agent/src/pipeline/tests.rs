@@ -3,10 +3,7 @@ use crate::capture::TcpFlags;
 use crate::capture::pcap::synth::Conversation;
 
 fn cfg() -> PipelineConfig {
-    PipelineConfig {
-        responses: false,
-        ..PipelineConfig::default()
-    }
+    PipelineConfig::default()
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -299,4 +296,50 @@ fn garbage_payloads_never_panic_and_add_up() {
         out.clear();
     }
     finish(&mut p, &mut out);
+}
+
+#[test]
+fn responses_are_paired_with_requests_in_order() {
+    let mut c = Conversation::new(
+        addr("10.0.0.1:5000"),
+        addr("10.0.0.2:80"),
+        [u32::MAX - 10, 7],
+    );
+    c.handshake()
+        .client_sends(b"HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n", 9)
+        // HEAD: Content-Length but no body; then a 100 and a 200 with a chunked body.
+        .server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", 5)
+        .server_sends(b"HTTP/1.1 100 Continue\r\n\r\n", 5)
+        .server_sends(
+            b"HTTP/1.1 404 NF\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            5,
+        )
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    let pairs: Vec<(u64, u16, u64)> = out
+        .iter()
+        .filter_map(|e| match e {
+            PipelineEvent::Response(r) => {
+                Some((r.seq_in_flow, r.response.status, r.response.body_len))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pairs, vec![(0, 200, 0), (1, 404, 3)], "{s}");
+    assert_eq!(
+        (s.responses, s.responses_informational, s.responses_unpaired),
+        (2, 1, 0)
+    );
+    // Each response event follows its request's event.
+    let first_resp = out
+        .iter()
+        .position(|e| matches!(e, PipelineEvent::Response(_)))
+        .unwrap();
+    assert!(
+        out[..first_resp]
+            .iter()
+            .any(|e| matches!(e, PipelineEvent::Request(_)))
+    );
 }
