@@ -362,3 +362,139 @@ fn one_tcp_stream_is_byte_exact() {
     assert_eq!(reqs[1].request.body_len, 6634);
     assert_eq!(report.pipeline.client.gaps + report.pipeline.server.gaps, 0);
 }
+
+/// The binary, built on demand (this test crate cannot name another package's binary).
+fn agent_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join("mirror-agent");
+    let status = std::process::Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "mirror-agent",
+            "--bin",
+            "mirror-agent",
+        ])
+        .status()
+        .expect("run cargo build");
+    assert!(status.success(), "cargo build of mirror-agent failed");
+    assert!(bin.exists(), "{} missing after build", bin.display());
+    bin
+}
+
+#[test]
+fn binary_records_json_lines_with_mode_0600() {
+    use mirror_agent::capture::pcap::synth::{self, Conversation, SynthLink};
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = std::env::temp_dir().join(format!("mirror-pcap-bin-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("tmp dir");
+    struct Cleanup(PathBuf);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _cleanup = Cleanup(dir.clone());
+
+    // Our own capture: IPv6 over Linux cooked v2, pcapng; a keep-alive GET and a chunked POST
+    // with a non-UTF-8 header value, and a connection on another port.
+    let post: &[u8] =
+        b"POST /up HTTP/1.1\r\nHost: [::1]:8080\r\nX-Raw: \xfe\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+    let mut c = Conversation::new(
+        "[::1]:40000".parse().unwrap(),
+        "[::1]:8080".parse().unwrap(),
+        [7, 9],
+    );
+    c.handshake()
+        .client_sends(b"GET /a?x=1 HTTP/1.1\r\nHost: [::1]:8080\r\n\r\n", 16)
+        .server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok", 100)
+        .client_sends(post, 30)
+        .close();
+    let mut other = Conversation::new(
+        "[::1]:40001".parse().unwrap(),
+        "[::1]:9999".parse().unwrap(),
+        [1, 1],
+    );
+    other
+        .handshake()
+        .client_sends(b"GET /no HTTP/1.1\r\n\r\n", 100);
+    let mut segs = c.segments.clone();
+    segs.extend(other.segments);
+    let pcap = dir.join("in.pcapng");
+    std::fs::write(
+        &pcap,
+        synth::pcapng_file(276, &synth::frames(SynthLink::LinuxSll2, &segs)),
+    )
+    .expect("write capture");
+    let record = dir.join("out.jsonl");
+
+    let out = std::process::Command::new(agent_binary())
+        .arg("--pcap")
+        .arg(&pcap)
+        .args(["--port", "8080", "--record"])
+        .arg(&record)
+        .output()
+        .expect("run mirror-agent");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}\n{stderr}", out.status);
+    let field = |name: &str| -> u64 {
+        stderr
+            .lines()
+            .find_map(|l| {
+                let mut w = l.split_whitespace();
+                (w.next() == Some(name)).then(|| w.next().unwrap().parse().unwrap())
+            })
+            .unwrap_or_else(|| panic!("{name} not in summary:\n{stderr}"))
+    };
+    assert_eq!(field("requests"), 2);
+    assert_eq!(field("responses"), 1);
+    assert_eq!(field("records_written"), 2);
+    assert_eq!(field("segments_other_port"), 4);
+    assert_eq!(field("packets"), segs.len() as u64);
+
+    let mode = std::fs::metadata(&record)
+        .expect("record")
+        .permissions()
+        .mode()
+        & 0o777;
+    assert_eq!(mode, 0o600, "record file mode");
+    let text = std::fs::read_to_string(&record).expect("read record");
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2);
+    let j: Vec<serde_json::Value> = lines
+        .iter()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(j[0]["method"], "GET");
+    assert_eq!(j[0]["target"], "/a?x=1");
+    assert_eq!(j[0]["version"], "HTTP/1.1");
+    assert_eq!(j[0]["src"], "[::1]:40000");
+    assert_eq!(j[0]["dst"], "[::1]:8080");
+    assert_eq!(j[0]["host"], "[::1]:8080");
+    assert_eq!(j[0]["headers"], serde_json::json!([["Host", "[::1]:8080"]]));
+    assert_eq!(j[0]["body_len"], 0);
+    assert_eq!(j[0]["ts_ns"], c.segments[3].ts_ns);
+    assert_eq!(j[1]["body_len"], 3);
+    assert_eq!(j[1]["headers"][1][0], "X-Raw");
+    assert_eq!(j[1]["headers"][1][2], "/g==");
+    let back = mirror_agent::record::read_line(lines[1]).expect("read back");
+    assert_eq!(&back.request.raw[..], post);
+    assert_eq!(&back.request.headers[1].value[..], b"\xfe");
+    assert!(j[0]["ts_ns"].as_u64() < j[1]["ts_ns"].as_u64());
+
+    // Bad input through the binary: one line on stderr, exit status 1, no panic.
+    let junk = dir.join("junk.pcap");
+    std::fs::write(&junk, b"definitely not a capture").expect("write junk");
+    let out = std::process::Command::new(agent_binary())
+        .arg("--pcap")
+        .arg(&junk)
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(stderr.contains("not a pcap"), "{stderr}");
+}
