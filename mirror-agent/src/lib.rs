@@ -5,6 +5,7 @@
 //! ([`http`]); the resulting requests are recorded ([`record`]) and/or replayed to mirrors
 //! ([`replay`]). Everything between capture and replay is synchronous, I/O-free state machines.
 
+pub mod app;
 pub mod capture;
 pub mod cli;
 pub mod config;

@@ -186,6 +186,9 @@ pub struct RequestFramer {
     trailer_len: usize,
     /// The body is being skipped (too large): nothing but the current line is kept.
     skipping: bool,
+    /// The last request was an Upgrade or CONNECT; the next bytes decide whether the stream
+    /// became a tunnel.
+    tunnel_pending: bool,
     /// Bytes discarded while resyncing, not yet reported, and why.
     resync: Option<(RequestDropReason, u64)>,
     stats: RequestFramerStats,
@@ -215,6 +218,7 @@ impl RequestFramer {
             body_len: 0,
             trailer_len: 0,
             skipping: false,
+            tunnel_pending: false,
             resync: None,
             stats: RequestFramerStats::default(),
         };
@@ -273,6 +277,11 @@ impl RequestFramer {
         if self.state == State::Ignore {
             return;
         }
+        if self.tunnel_pending {
+            // Unknown whether the upgrade was taken; nothing after a gap can be trusted.
+            self.enter_tunnel(out);
+            return;
+        }
         let tentative = matches!(
             self.state,
             State::Head {
@@ -295,6 +304,10 @@ impl RequestFramer {
 
     /// The stream ended. The framer is then ready for a new stream (from its start).
     pub fn finish(&mut self, out: &mut Vec<RequestEvent>) {
+        if self.tunnel_pending && self.item_len > 0 {
+            self.enter_tunnel(out);
+        }
+        self.tunnel_pending = false;
         match self.state {
             State::Ignore => {}
             State::Head {
@@ -615,6 +628,40 @@ impl RequestFramer {
         }
     }
 
+    /// A resync candidate is not a request line: its bytes join the resync (skipping to the
+    /// next line end unless at a line start), or, right after an Upgrade/CONNECT request, the
+    /// stream is a tunnel from here.
+    fn reject_candidate(
+        &mut self,
+        cur: &mut Cur<'_>,
+        at_line_start: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        cur.start = cur.pos;
+        if self.tunnel_pending {
+            self.enter_tunnel(out);
+            return;
+        }
+        self.discard_item_into_resync();
+        self.state = if at_line_start {
+            State::Head {
+                line_start: 0,
+                tentative: true,
+            }
+        } else {
+            State::SkipLine
+        };
+    }
+
+    /// The bytes after an Upgrade/CONNECT request are not HTTP/1.x: ignore the rest.
+    fn enter_tunnel(&mut self, out: &mut Vec<RequestEvent>) {
+        self.tunnel_pending = false;
+        out.push(RequestEvent::Tunnel);
+        self.stats.ignored_bytes += self.item_len;
+        self.reset_item();
+        self.state = State::Ignore;
+    }
+
     /// Consumes up to and including the next line end, but never lets the view grow past
     /// `limit + 1` bytes (so an endless line stays bounded; the caller fails a view longer
     /// than `limit`). Returns whether a line end was consumed.
@@ -647,16 +694,7 @@ impl RequestFramer {
         let view_len = self.view(cur).len();
         if view_len > max_head {
             if tentative {
-                self.discard_item_into_resync();
-                cur.start = cur.pos;
-                self.state = if complete {
-                    State::Head {
-                        line_start: 0,
-                        tentative: true,
-                    }
-                } else {
-                    State::SkipLine
-                };
+                self.reject_candidate(cur, complete, out);
             } else {
                 self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
             }
@@ -665,9 +703,7 @@ impl RequestFramer {
         if !complete {
             if tentative && line_start == 0 && head::method_prefix(self.view(cur)) == Plausible::No
             {
-                self.discard_item_into_resync();
-                cur.start = cur.pos;
-                self.state = State::SkipLine;
+                self.reject_candidate(cur, false, out);
             }
             return;
         }
@@ -675,7 +711,7 @@ impl RequestFramer {
         if line_start == 0 {
             if head::is_blank_line(line) {
                 // RFC 9112 section 2.2: empty lines before a request line are ignored.
-                if tentative {
+                if tentative && !self.tunnel_pending {
                     self.discard_item_into_resync();
                 } else {
                     self.stats.ignored_bytes += self.item_len;
@@ -685,14 +721,16 @@ impl RequestFramer {
                 return;
             }
             if tentative && !head::plausible_request_line(line) {
-                self.discard_item_into_resync();
-                cur.start = cur.pos;
+                self.reject_candidate(cur, true, out);
                 return;
             }
+            // After an Upgrade or CONNECT request, another request line means the server
+            // declined (e.g. 407 to CONNECT, an h2c upgrade not taken): keep framing.
             let h2 = line == head::H2_PREFACE_LINE;
             let v09 = head::versionless_request_line(line)
                 .is_some()
                 .then_some(line.len());
+            self.tunnel_pending = false;
             if tentative {
                 self.flush_resync(out);
             }
@@ -858,14 +896,13 @@ impl RequestFramer {
             }));
         }
         self.reset_item();
-        if tunnel {
-            out.push(RequestEvent::Tunnel);
-            self.state = State::Ignore;
-        } else {
-            self.state = State::Head {
-                line_start: 0,
-                tentative: false,
-            };
-        }
+        // Upgrade / CONNECT: what follows decides. Bytes that cannot start a request line
+        // make the stream a tunnel (Tunnel event, ignored from there); a request line means
+        // the server declined and the client carried on in HTTP/1.x.
+        self.tunnel_pending = tunnel;
+        self.state = State::Head {
+            line_start: 0,
+            tentative: tunnel,
+        };
     }
 }

@@ -574,3 +574,43 @@ proptest! {
         check_accounting(&f, &out);
     }
 }
+
+#[test]
+fn declined_connect_and_upgrade_keep_framing() {
+    // 407 to the first CONNECT: the client retries with credentials on the same connection.
+    let msg = b"CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\nCONNECT h:443 HTTP/1.1\r\nHost: h:443\r\nProxy-Authorization: Basic eA==\r\n\r\n\x16\x03\x01";
+    let ev = splits(msg);
+    assert_eq!(requests(&ev).len(), 2);
+    assert_eq!(ev.last(), Some(&RequestEvent::Tunnel));
+    // An h2c upgrade the server did not take: the next request is plain HTTP/1.1.
+    let msg = b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
+    let ev = splits(msg);
+    let targets: Vec<&str> = requests(&ev).iter().map(|r| r.target.as_str()).collect();
+    assert_eq!(targets, ["/a", "/b"]);
+    assert_eq!(ev.len(), 2);
+}
+
+#[test]
+fn accepted_h2c_upgrade_then_preface() {
+    let msg = b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nPRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x01\x00\x00\x00\x00";
+    let ev = splits(msg);
+    assert_eq!(ev.len(), 2);
+    assert_eq!(ev[1], RequestEvent::Http2);
+}
+
+#[test]
+fn upgrade_then_gap_or_end() {
+    let up = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+    // Nothing follows: just the request.
+    assert_eq!(splits(up).len(), 1);
+    // A gap right after: unknown whether the upgrade was taken; treated as a tunnel.
+    let mut f = RequestFramer::new(HttpLimits::default(), false);
+    let mut out = Vec::new();
+    f.push(&Bytes::from_static(up), 1, &mut out);
+    f.gap(10, &mut out);
+    f.push(&Bytes::from_static(b"GET / HTTP/1.1\r\n\r\n"), 2, &mut out);
+    f.finish(&mut out);
+    check_accounting(&f, &out);
+    assert_eq!(out.len(), 2);
+    assert_eq!(out[1], RequestEvent::Tunnel);
+}

@@ -1,0 +1,3 @@
+//! Run modes: the thin drivers that connect a source, the pipeline and the outputs.
+
+pub mod offline;
