@@ -10,6 +10,9 @@ fn main() {
             eprintln!("mirror-agent: check is not wired yet");
             std::process::exit(1);
         }
+        None if cli.run.from.is_some() => {
+            std::process::exit(mirror_agent::app::from::main(&cli.run));
+        }
         None if cli.run.pcap.is_some() => {
             std::process::exit(mirror_agent::app::offline::main(&cli.run));
         }

@@ -68,6 +68,12 @@ impl Dispatcher {
         }
     }
 
+    /// Share of the queue in use, 0 to 1.
+    pub fn queue_fill(&self) -> f64 {
+        let max = self.tx.max_capacity();
+        (max - self.tx.capacity()) as f64 / max as f64
+    }
+
     /// Waits for the drain task to end (after a `Drain` or `Abort` phase).
     pub async fn join(&self) {
         let task = self.task.lock().ok().and_then(|mut t| t.take());

@@ -177,6 +177,14 @@ impl Replayer {
         }
     }
 
+    /// The fullest mirror queue, 0 to 1 (recorded replay paces itself on it).
+    pub fn max_queue_fill(&self) -> f64 {
+        self.mirrors
+            .iter()
+            .map(|m| m.dispatcher.queue_fill())
+            .fold(0.0, f64::max)
+    }
+
     /// Shared live counters (for the progress line and metrics).
     pub fn stats(&self) -> Arc<ReplayStats> {
         self.stats.clone()
