@@ -6,6 +6,16 @@
 //! into [`stats`]. Mirrors share nothing but the request bytes (`Bytes`, reference counted), so a
 //! slow or dead mirror only drops its own copies. Mirror specs and options are parsed in [`spec`]
 //! and `crate::config`.
+//!
+//! Wiring a run mode (as `app::from` does for recordings and pcap files):
+//! 1. `config::Settings::load(&args)?` (exit 2 on error), then, in live mode,
+//!    `settings.check_not_primary().await?` (refuses a mirror that is the primary itself);
+//! 2. live mode sets `settings.replay.on_connect` to put each (local, remote) pair into the
+//!    kernel's ignore map, so replayed requests are never captured again;
+//! 3. `Replayer::start(settings.replay)` inside a tokio runtime (or `app::from::Session`);
+//! 4. `submit(&captured)` for every request from the pipeline, from any thread;
+//! 5. every few seconds `snapshot().progress_line(..)`; at exit `shutdown(grace).await` and
+//!    print `table()`.
 
 pub mod dispatcher;
 pub mod filter;
