@@ -18,23 +18,6 @@ use crate::http::request::{RequestEvent, RequestFramer};
 use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
 use crate::reassembly::{Stream, StreamEvent};
 
-/// Direction-independent connection key: the two endpoints in a fixed order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    lo: SocketAddr,
-    hi: SocketAddr,
-}
-
-impl FlowKey {
-    pub fn new(a: SocketAddr, b: SocketAddr) -> Self {
-        if a <= b {
-            Self { lo: a, hi: b }
-        } else {
-            Self { lo: b, hi: a }
-        }
-    }
-}
-
 /// Scratch buffers reused across calls so the hot path does not allocate.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -76,6 +59,8 @@ pub(super) struct Flow {
     /// Last LRU stamp given to this flow (see the pipeline's LRU queue).
     pub touch: u64,
     pub last_ns: u64,
+    /// Listed in the pipeline's set of flows with holes.
+    pub in_holes: bool,
     state: State,
 }
 
@@ -88,6 +73,7 @@ impl Flow {
             id,
             touch: 0,
             last_ns: now_ns,
+            in_holes: false,
             state: State::Undecided {
                 pending: Vec::new(),
                 bytes: 0,

@@ -208,7 +208,7 @@ fn a_million_flows_stay_bounded_and_evictions_are_counted() {
             &mut out,
         );
         assert!(p.flows.len() <= max_flows);
-        assert!(p.lru.len() <= 2 * max_flows + 64);
+        assert!(p.flows.lru_len() <= 2 * max_flows + 64);
     }
     assert!(p.held_bytes() <= max_flows * head.len());
     let s = finish(&mut p, &mut out);
