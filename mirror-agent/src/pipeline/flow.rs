@@ -227,11 +227,11 @@ impl Flow {
                     d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
                 }
                 sc.stream = evs;
-                if let Some(req) = d.req.as_mut() {
-                    if !d.client_ignored {
-                        req.finish(&mut sc.req);
-                        d.on_requests(self.id, stats, sc, out);
-                    }
+                if let Some(req) = d.req.as_mut()
+                    && !d.client_ignored
+                {
+                    req.finish(&mut sc.req);
+                    d.on_requests(self.id, stats, sc, out);
                 }
                 if let Some(req) = d.req.as_ref() {
                     stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
