@@ -142,6 +142,8 @@ enum State {
     },
     /// Tunnel or HTTP/2: bytes are counted and ignored.
     Ignore,
+    /// After a framing error: the rest of the stream is dropped as malformed.
+    Discard,
 }
 
 /// The parsed head of the request in progress. Header values are offsets into `raw`, so they
@@ -153,6 +155,8 @@ struct ParsedHead {
     version: Version,
     headers: Vec<(String, usize, usize)>,
     framing: BodyFraming,
+    /// False when the body length cannot be determined (RFC 9112 6.3 items 4 and 5).
+    framing_ok: bool,
     te_and_cl: bool,
     /// Upgrade or CONNECT: the stream is a tunnel after this request.
     tunnel: bool,
@@ -274,7 +278,7 @@ impl RequestFramer {
     /// next request line.
     pub fn gap(&mut self, len: u64, out: &mut Vec<RequestEvent>) {
         self.stats.gap_bytes += len;
-        if self.state == State::Ignore {
+        if matches!(self.state, State::Ignore | State::Discard) {
             return;
         }
         if self.tunnel_pending {
@@ -453,6 +457,18 @@ impl RequestFramer {
         };
     }
 
+    /// The body length cannot be determined (conflicting Content-Length, a final transfer
+    /// coding other than chunked, broken chunk framing). RFC 9112 6.3 calls this unrecoverable:
+    /// the server answers 400 and closes the connection, so nothing after it on this stream
+    /// reached the primary as a request. Resyncing could even turn a smuggled body into a
+    /// request the primary never processed. Everything from here is dropped as Malformed.
+    fn fail_stream(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        self.drop_item(RequestDropReason::Malformed, out);
+        cur.start = cur.pos;
+        self.tunnel_pending = false;
+        self.state = State::Discard;
+    }
+
     /// An HTTP/0.9-style request line with nothing after it: complete as it is when the stream
     /// ends or a gap follows (such clients send one line and wait).
     fn emit_v09_if_complete(&mut self, out: &mut Vec<RequestEvent>) -> bool {
@@ -498,6 +514,13 @@ impl RequestFramer {
                 cur.pos = cur.data.len();
                 cur.start = cur.pos;
             }
+            State::Discard => {
+                if let Some((_, b)) = &mut self.resync {
+                    *b += avail.len() as u64;
+                }
+                cur.pos = data.len();
+                cur.start = cur.pos;
+            }
             State::SkipLine => {
                 let n = head::find_line_end(avail).unwrap_or(avail.len());
                 if let Some((_, b)) = &mut self.resync {
@@ -533,7 +556,7 @@ impl RequestFramer {
                 let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
                 let complete = self.take_line(cur, limit);
                 if self.view(cur).len() > limit {
-                    self.fail(cur, RequestDropReason::Malformed, complete, out);
+                    self.fail_stream(cur, out);
                     return;
                 }
                 if !complete {
@@ -541,7 +564,7 @@ impl RequestFramer {
                 }
                 let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
                 let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
-                    self.fail(cur, RequestDropReason::Malformed, true, out);
+                    self.fail_stream(cur, out);
                     return;
                 };
                 let size = body_len - self.body_len;
@@ -584,12 +607,12 @@ impl RequestFramer {
                 let complete = self.take_line(cur, limit);
                 if !complete {
                     if self.view(cur).len() > limit {
-                        self.fail(cur, RequestDropReason::Malformed, false, out);
+                        self.fail_stream(cur, out);
                     }
                     return;
                 }
                 if !head::is_blank_line(&self.view(cur)[line_start..]) {
-                    self.fail(cur, RequestDropReason::Malformed, true, out);
+                    self.fail_stream(cur, out);
                     return;
                 }
                 if self.skipping {
@@ -758,6 +781,7 @@ impl RequestFramer {
         }
         self.head_len = view_len;
         match self.parse_head(cur) {
+            Ok(parsed) if !parsed.framing_ok => self.fail_stream(cur, out),
             Ok(parsed) => {
                 self.parsed = Some(parsed);
                 self.start_body(cur, out);
@@ -801,8 +825,10 @@ impl RequestFramer {
                 let target = req.path.ok_or(RequestDropReason::Malformed)?.as_bytes();
                 (method, target, version, req.headers)
             };
-        let (framing, te_and_cl) =
-            head::request_framing(headers).map_err(|()| RequestDropReason::Malformed)?;
+        let (framing_ok, (framing, te_and_cl)) = match head::request_framing(headers) {
+            Ok(f) => (true, f),
+            Err(()) => (false, (BodyFraming::None, false)),
+        };
         let base = view.as_ptr() as usize;
         let tunnel = method == b"CONNECT"
             || (headers
@@ -821,6 +847,7 @@ impl RequestFramer {
                 })
                 .collect(),
             framing,
+            framing_ok,
             te_and_cl,
             tunnel,
         })

@@ -50,6 +50,8 @@ pub enum ResponseDropReason {
     Truncated,
     /// More than `max_headers` header fields.
     TooManyHeaders,
+    /// The stream was picked up mid-way: bytes before the first status line.
+    Midstream,
 }
 
 impl ResponseDropReason {
@@ -61,6 +63,7 @@ impl ResponseDropReason {
             Self::Malformed => "malformed",
             Self::Truncated => "truncated",
             Self::TooManyHeaders => "too_many_headers",
+            Self::Midstream => "midstream",
         }
     }
 }
@@ -161,6 +164,9 @@ pub struct ResponseFramer {
     body_len: u64,
     trailer_len: usize,
     current: Option<Current>,
+    /// A response head was seen (or a drop happened): an HTTP/0.9 response is only possible
+    /// as the first thing on a stream.
+    seen_message: bool,
     resync: Option<(ResponseDropReason, u64)>,
     stats: ResponseFramerStats,
 }
@@ -195,9 +201,20 @@ impl ResponseFramer {
             body_len: 0,
             trailer_len: 0,
             current: None,
+            seen_message: false,
             resync: None,
             stats: ResponseFramerStats::default(),
         }
+    }
+
+    /// For a stream picked up without its start: bytes are skipped (counted as
+    /// [`ResponseDropReason::Midstream`]) until a line starts with a status line.
+    pub fn new_midstream(limits: HttpLimits) -> Self {
+        let mut f = Self::new(limits);
+        f.seen_message = true;
+        f.resync = Some((ResponseDropReason::Midstream, 0));
+        f.state = RESYNC_STATE;
+        f
     }
 
     pub fn stats(&self) -> &ResponseFramerStats {
@@ -241,6 +258,7 @@ impl ResponseFramer {
 
     pub fn gap(&mut self, len: u64, out: &mut Vec<ResponseEvent>) {
         self.stats.gap_bytes += len;
+        self.seen_message = true;
         match self.state {
             State::Tunnel => return,
             State::SkipLine
@@ -278,6 +296,7 @@ impl ResponseFramer {
         }
         self.flush_resync(out);
         self.reset_item();
+        self.seen_message = false;
         self.state = HEAD_STATE;
     }
 
@@ -547,6 +566,34 @@ impl ResponseFramer {
                 return;
             }
         }
+        if line_start == 0 && !tentative && !self.seen_message {
+            // The first bytes of the stream do not start a status line: an HTTP/0.9 response
+            // (body only, until close), as tshark and curl --http0.9 read it.
+            let n = view.len().min(5);
+            if view[..n] != b"HTTP/"[..n] && !head::is_blank_line(view) && view != b"\r" {
+                let consumed = self.item_len;
+                self.discard_view(cur);
+                self.seen_message = true;
+                self.expected.pop_front();
+                self.current = Some(Current {
+                    status: 200,
+                    version: Version::Http09,
+                    framing: BodyFraming::CloseDelimited,
+                    tunnel_after: false,
+                });
+                self.body_len = consumed;
+                self.state = State::Close;
+                return;
+            }
+        }
+        if line_start == 0 && !tentative {
+            // Every status line starts with "HTTP/": fail early rather than wait for a head end.
+            let n = view.len().min(5);
+            if view[..n] != b"HTTP/"[..n] && !head::is_blank_line(view) && view != b"\r" {
+                self.fail(cur, ResponseDropReason::Malformed, complete, out);
+                return;
+            }
+        }
         if !complete {
             return;
         }
@@ -581,6 +628,7 @@ impl ResponseFramer {
         }
         let parsed = self.parse_head(view);
         self.head_len = view_len;
+        self.seen_message = true;
         match parsed {
             Ok((status, version, body)) => {
                 self.discard_view(cur);
