@@ -14,6 +14,8 @@
 //! HTTP/2 bytes) of [`RequestFramerStats`]; until then it is in progress
 //! ([`RequestFramerStats::in_progress`]).
 
+use std::mem::MaybeUninit;
+
 use bytes::{Bytes, BytesMut};
 
 use super::head::{self, Plausible};
@@ -153,7 +155,10 @@ struct ParsedHead {
     method: String,
     target: String,
     version: Version,
-    headers: Vec<(String, usize, usize)>,
+    /// Names in wire order; values are filled in from `value_at` once `raw` exists.
+    headers: Vec<Header>,
+    /// Offset range of each header value in `raw`.
+    value_at: Vec<(usize, usize)>,
     framing: BodyFraming,
     /// False when the body length cannot be determined (RFC 9112 6.3 items 4 and 5).
     framing_ok: bool,
@@ -193,10 +198,15 @@ pub struct RequestFramer {
     /// The last request was an Upgrade or CONNECT; the next bytes decide whether the stream
     /// became a tunnel.
     tunnel_pending: bool,
+    /// Reused buffer for header value offsets.
+    value_at_pool: Vec<(usize, usize)>,
     /// Bytes discarded while resyncing, not yet reported, and why.
     resync: Option<(RequestDropReason, u64)>,
     stats: RequestFramerStats,
 }
+
+/// Header slots kept on the stack when parsing a head (the default `max_headers`).
+const STACK_HEADERS: usize = 128;
 
 /// Above this capacity the accumulation buffer is released rather than kept for reuse.
 const KEEP_ACC_CAPACITY: usize = 64 * 1024;
@@ -223,6 +233,7 @@ impl RequestFramer {
             trailer_len: 0,
             skipping: false,
             tunnel_pending: false,
+            value_at_pool: Vec::new(),
             resync: None,
             stats: RequestFramerStats::default(),
         };
@@ -713,6 +724,29 @@ impl RequestFramer {
         out: &mut Vec<RequestEvent>,
     ) {
         let max_head = self.limits.max_head_bytes;
+        if line_start == 0 && !tentative && !self.spanning && cur.start == cur.pos {
+            // Fast path: a head that starts here and ends within this push is found and
+            // parsed by one httparse call. Anything else (a partial head, blank lines, a
+            // versionless line, the h2 preface, errors) takes the line-by-line path below.
+            let data: &Bytes = cur.data;
+            let window = &data[cur.pos..data.len().min(cur.pos + max_head)];
+            if window.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
+                let pool = std::mem::take(&mut self.value_at_pool);
+                if let Ok((n, parsed)) =
+                    parse_head(window, None, self.limits.max_headers, false, pool)
+                {
+                    self.take(cur, n);
+                    self.head_len = n;
+                    if parsed.framing_ok {
+                        self.parsed = Some(parsed);
+                        self.start_body(cur, out);
+                    } else {
+                        self.fail_stream(cur, out);
+                    }
+                    return;
+                }
+            }
+        }
         let complete = self.take_line(cur, max_head);
         let view_len = self.view(cur).len();
         if view_len > max_head {
@@ -780,77 +814,22 @@ impl RequestFramer {
             return;
         }
         self.head_len = view_len;
-        match self.parse_head(cur) {
-            Ok(parsed) if !parsed.framing_ok => self.fail_stream(cur, out),
-            Ok(parsed) => {
+        let pool = std::mem::take(&mut self.value_at_pool);
+        let max_headers = self.limits.max_headers;
+        let result = parse_head(self.view(cur), self.v09_line, max_headers, true, pool);
+        match result {
+            Ok((_, parsed)) if !parsed.framing_ok => self.fail_stream(cur, out),
+            Ok((_, parsed)) => {
                 self.parsed = Some(parsed);
                 self.start_body(cur, out);
             }
-            Err(reason) => self.fail(cur, reason, true, out),
+            Err(reason) => self.fail(
+                cur,
+                reason.unwrap_or(RequestDropReason::Malformed),
+                true,
+                out,
+            ),
         }
-    }
-
-    fn parse_head(&self, cur: &Cur<'_>) -> Result<ParsedHead, RequestDropReason> {
-        let view = self.view(cur);
-        let max = self.limits.max_headers;
-        let mut storage = vec![httparse::EMPTY_HEADER; max];
-        let (method, target, version, headers): (&[u8], &[u8], Version, &[httparse::Header<'_>]) =
-            if let Some(first) = self.v09_line {
-                let (method, target) = head::versionless_request_line(&view[..first])
-                    .ok_or(RequestDropReason::Malformed)?;
-                match httparse::parse_headers(&view[first..], &mut storage) {
-                    Ok(httparse::Status::Complete((n, headers))) if first + n == view.len() => {
-                        (method, target, Version::Http09, headers)
-                    }
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(RequestDropReason::TooManyHeaders);
-                    }
-                    _ => return Err(RequestDropReason::Malformed),
-                }
-            } else {
-                let mut req = httparse::Request::new(&mut storage);
-                match req.parse(view) {
-                    Ok(httparse::Status::Complete(n)) if n == view.len() => {}
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(RequestDropReason::TooManyHeaders);
-                    }
-                    _ => return Err(RequestDropReason::Malformed),
-                }
-                let version = match req.version {
-                    Some(0) => Version::Http10,
-                    Some(1) => Version::Http11,
-                    _ => return Err(RequestDropReason::Malformed),
-                };
-                let method = req.method.ok_or(RequestDropReason::Malformed)?.as_bytes();
-                let target = req.path.ok_or(RequestDropReason::Malformed)?.as_bytes();
-                (method, target, version, req.headers)
-            };
-        let (framing_ok, (framing, te_and_cl)) = match head::request_framing(headers) {
-            Ok(f) => (true, f),
-            Err(()) => (false, (BodyFraming::None, false)),
-        };
-        let base = view.as_ptr() as usize;
-        let tunnel = method == b"CONNECT"
-            || (headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-                && head::header_has_token(headers, "connection", b"upgrade"));
-        Ok(ParsedHead {
-            method: String::from_utf8_lossy(method).into_owned(),
-            target: String::from_utf8_lossy(target).into_owned(),
-            version,
-            headers: headers
-                .iter()
-                .map(|h| {
-                    let at = h.value.as_ptr() as usize - base;
-                    (h.name.to_owned(), at, at + h.value.len())
-                })
-                .collect(),
-            framing,
-            framing_ok,
-            te_and_cl,
-            tunnel,
-        })
     }
 
     fn start_body(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
@@ -898,14 +877,11 @@ impl RequestFramer {
                 cur.data.slice(cur.start..cur.pos)
             };
             cur.start = cur.pos;
-            let headers = p
-                .headers
-                .into_iter()
-                .map(|(name, a, b)| Header {
-                    name,
-                    value: raw.slice(a..b),
-                })
-                .collect();
+            let mut headers = p.headers;
+            for (h, &(a, b)) in headers.iter_mut().zip(&p.value_at) {
+                h.value = raw.slice(a..b);
+            }
+            self.value_at_pool = p.value_at;
             self.stats.requests += 1;
             self.stats.request_bytes += raw.len() as u64;
             out.push(RequestEvent::Request(Request {
@@ -932,4 +908,95 @@ impl RequestFramer {
             tentative: tunnel,
         };
     }
+}
+
+/// Parses a head at the start of `view` (request line or, with `v09_line`, a versionless line,
+/// then header fields). `exact`: `view` is exactly the head; otherwise more bytes may follow
+/// it and the head's length is returned. `Err(None)`: incomplete (only when not `exact`).
+/// `value_at` is a reused buffer (no allocation per request); it comes back in the result.
+fn parse_head(
+    view: &[u8],
+    v09_line: Option<usize>,
+    max: usize,
+    exact: bool,
+    mut value_at: Vec<(usize, usize)>,
+) -> Result<(usize, ParsedHead), Option<RequestDropReason>> {
+    use RequestDropReason::{Malformed, TooManyHeaders};
+    value_at.clear();
+    // Header slots on the stack for the usual limit (no allocation per request).
+    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+    let mut heap = Vec::new();
+    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max <= STACK_HEADERS {
+        &mut stack[..max]
+    } else {
+        heap.resize_with(max, MaybeUninit::uninit);
+        &mut heap
+    };
+    let mut storage = Vec::new();
+    let (len, method, target, version, headers): (
+        usize,
+        &[u8],
+        &[u8],
+        Version,
+        &[httparse::Header<'_>],
+    ) = if let Some(first) = v09_line {
+        let (method, target) = head::versionless_request_line(&view[..first]).ok_or(Malformed)?;
+        // Rare path (no request line for httparse): initialised slots on the heap.
+        storage.resize(max, httparse::EMPTY_HEADER);
+        match httparse::parse_headers(&view[first..], &mut storage) {
+            Ok(httparse::Status::Complete((n, headers))) if first + n == view.len() => {
+                (view.len(), method, target, Version::Http09, headers)
+            }
+            Err(httparse::Error::TooManyHeaders) => return Err(Some(TooManyHeaders)),
+            _ => return Err(Some(Malformed)),
+        }
+    } else {
+        let mut req = httparse::Request::new(&mut []);
+        let len = match req.parse_with_uninit_headers(view, slots) {
+            Ok(httparse::Status::Complete(n)) if !exact || n == view.len() => n,
+            Ok(httparse::Status::Partial) if !exact => return Err(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(Some(TooManyHeaders)),
+            _ => return Err(Some(Malformed)),
+        };
+        let version = match req.version {
+            Some(0) => Version::Http10,
+            Some(1) => Version::Http11,
+            _ => return Err(Some(Malformed)),
+        };
+        let method = req.method.ok_or(Malformed)?.as_bytes();
+        let target = req.path.ok_or(Malformed)?.as_bytes();
+        (len, method, target, version, req.headers)
+    };
+    let (framing_ok, (framing, te_and_cl)) = match head::request_framing(headers) {
+        Ok(f) => (true, f),
+        Err(()) => (false, (BodyFraming::None, false)),
+    };
+    let base = view.as_ptr() as usize;
+    let tunnel = method == b"CONNECT"
+        || (headers
+            .iter()
+            .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
+            && head::header_has_token(headers, "connection", b"upgrade"));
+    value_at.extend(headers.iter().map(|h| {
+        let at = h.value.as_ptr() as usize - base;
+        (at, at + h.value.len())
+    }));
+    let parsed = ParsedHead {
+        method: String::from_utf8_lossy(method).into_owned(),
+        target: String::from_utf8_lossy(target).into_owned(),
+        version,
+        headers: headers
+            .iter()
+            .map(|h| Header {
+                name: h.name.to_owned(),
+                value: Bytes::new(),
+            })
+            .collect(),
+        value_at,
+        framing,
+        framing_ok,
+        te_and_cl,
+        tunnel,
+    };
+    Ok((len, parsed))
 }
