@@ -237,7 +237,18 @@ impl Pipeline {
         let before = flow.buffered();
         flow.on_segment(seg, &self.cfg, &mut self.stats, &mut self.scratch, out);
         self.after_update(slot, before, out);
+        // Over budget: the least recently active flow holding out-of-order bytes gives up its
+        // holes (cheap, the connection goes on); if only partial requests are left, the least
+        // recently active flow holding bytes is ended.
         while self.held_bytes > self.cfg.memory_budget {
+            if let Some(victim) = self.flows.oldest_where(Flow::has_holes) {
+                let flow = self.flows.get_mut(victim).expect("current slot");
+                let before = flow.buffered();
+                flow.shed(&self.cfg, &mut self.stats, &mut self.scratch, out);
+                self.stats.memory_sheds += 1;
+                self.after_update(victim, before, out);
+                continue;
+            }
             let Some(victim) = self.flows.oldest_where(|f| f.buffered() > 0) else {
                 break;
             };

@@ -139,6 +139,14 @@ impl Flow {
             };
             let server = if client == seg.src { seg.dst } else { seg.src };
             let held = std::mem::take(pending);
+            // Picked up mid-connection (no SYN seen): the server stream may start inside a
+            // response, so its framer skips to the first status line.
+            let midstream = !seg.flags.syn() && !held.iter().any(|s| s.flags.syn());
+            let resp = if midstream {
+                ResponseFramer::new_midstream(cfg.http.clone())
+            } else {
+                ResponseFramer::new(cfg.http.clone())
+            };
             self.state = State::Decided(Box::new(Decided {
                 client,
                 server,
@@ -147,7 +155,7 @@ impl Flow {
                     Stream::new(cfg.stream.clone()),
                 ],
                 req: None,
-                resp: ResponseFramer::new(cfg.http.clone()),
+                resp,
                 awaiting: VecDeque::new(),
                 next_seq: 0,
                 client_midstream: false,
@@ -202,6 +210,26 @@ impl Flow {
         let mut evs = std::mem::take(&mut sc.stream);
         for dir in [C2S, S2C] {
             d.streams[dir].poll(now_ns, &mut evs);
+            d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
+        }
+        sc.stream = evs;
+    }
+
+    /// Memory budget: gives up the holes of both directions now and releases what waited
+    /// behind them (counted by reassembly as bound gaps).
+    pub fn shed(
+        &mut self,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        let State::Decided(d) = &mut self.state else {
+            return;
+        };
+        let mut evs = std::mem::take(&mut sc.stream);
+        for dir in [C2S, S2C] {
+            d.streams[dir].shed(self.last_ns, &mut evs);
             d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
         }
         sc.stream = evs;
