@@ -1,5 +1,7 @@
 //! `cargo xtask`: project tasks (setup, build-ebpf, test, demo, bench).
 
+mod bench_pipeline;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -26,6 +28,7 @@ enum Command {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench { which } if which == "pipeline" => bench_pipeline::run(),
         Command::Setup
         | Command::BuildEbpf
         | Command::Test

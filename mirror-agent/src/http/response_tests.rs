@@ -272,3 +272,53 @@ proptest! {
         check_accounting(&f, &out);
     }
 }
+
+#[test]
+fn http09_response_is_body_until_close() {
+    // Shape of the answer in suricata-verify http-missing-protocol: no status line at all.
+    let ev = splits(&[GET], b"xzscxc#$#AzMTax4wG=$#$vxxd");
+    let f = finals(&ev);
+    assert_eq!(ev.len(), 1);
+    assert_eq!((f[0].status, f[0].version), (200, super::Version::Http09));
+    assert_eq!(f[0].body_len, 26);
+    assert_eq!(f[0].head_len, 0);
+    // Only as the first thing on a stream: after a response, garbage is malformed.
+    let ev = splits(&[GET], b"HTTP/1.1 204 No Content\r\n\r\ngarbage\r\n");
+    assert_eq!(
+        ev[1],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::Malformed,
+            bytes: 9
+        }
+    );
+}
+
+#[test]
+fn midstream_response_stream_resyncs_at_a_status_line() {
+    let msg =
+        b"tail of a body\r\nmore HTTP/1.1 200\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let whole = {
+        let mut f = ResponseFramer::new_midstream(HttpLimits::default());
+        let mut out = Vec::new();
+        f.push(msg, 1, &mut out);
+        f.finish(2, &mut out);
+        check_accounting(&f, &out);
+        out
+    };
+    for i in 0..=msg.len() {
+        let mut f = ResponseFramer::new_midstream(HttpLimits::default());
+        let mut out = Vec::new();
+        f.push(&msg[..i], 1, &mut out);
+        f.push(&msg[i..], 1, &mut out);
+        f.finish(2, &mut out);
+        assert_eq!(out, whole, "split at {i}");
+    }
+    assert_eq!(
+        whole[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::Midstream,
+            bytes: 35
+        }
+    );
+    assert_eq!(finals(&whole)[0].body_len, 2);
+}
