@@ -380,3 +380,32 @@ async fn mirror_that_is_the_primary_is_refused() {
     .unwrap();
     s.check_not_primary().await.unwrap();
 }
+
+#[test]
+fn two_mirroring_services_are_ambiguous() {
+    let yaml = "\
+http:
+  services:
+    a: {mirroring: {service: x, mirrors: [{name: m, port: 1}]}}
+    b: {mirroring: {service: y, mirrors: [{name: n, port: 2}]}}
+";
+    let e = err(&[], Some(yaml));
+    assert!(
+        e.contains("2 services have a mirroring block (a, b)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn traefik_default_max_body_size_is_unlimited() {
+    let yaml = TRAEFIK_EXAMPLE.replace(
+        "    port: 80\n    mirrors",
+        "    port: 80\n    maxBodySize: -1\n    mirrors",
+    );
+    assert_eq!(load(&[], &yaml).unwrap().replay.rewrite.max_body_size, None);
+    let yaml = TRAEFIK_EXAMPLE.replace(
+        "    port: 80\n    mirrors",
+        "    port: 80\n    maxBodySize: -2\n    mirrors",
+    );
+    assert!(err(&[], Some(&yaml)).contains("maxBodySize -2: expected bytes or -1"));
+}
