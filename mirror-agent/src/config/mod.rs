@@ -81,7 +81,7 @@ impl ConfigError {
 }
 
 /// Everything the run modes need, validated.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub iface: Option<String>,
     /// Captured ports (flags, else the file's `ports`, else the primary's port).
