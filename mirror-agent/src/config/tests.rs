@@ -17,7 +17,7 @@ fn err(flags: &[&str], yaml: Option<&str>) -> String {
         Some(y) => load(flags, y),
         None => Settings::from_parts(&args(flags), None),
     };
-    let e = r.err().expect("expected an error").to_string();
+    let e = r.expect_err("expected an error").to_string();
     assert!(!e.contains('\n'), "one line: {e}");
     e
 }
