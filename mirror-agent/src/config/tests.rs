@@ -320,6 +320,10 @@ fn bad_flag_values_are_one_line() {
         (&["--strip-header", "a b"], "bad header name `a b`"),
         (&["--path-allow", "(x"], "bad path regex `(x`"),
         (&["--header-match", "x"], "bad header match `x`"),
+        (
+            &["--from", "a.jsonl", "--pcap", "b.pcap"],
+            "--from: replays a recording; it cannot be combined with --pcap",
+        ),
         (&["--speed=-1"], "--speed: -1 is not a number >= 0"),
     ];
     for (flags, want) in cases {
