@@ -28,7 +28,7 @@ impl Ns {
         let _ = Command::new("ip").args(["netns", "del", &name]).output();
         sh(Command::new("ip").args(["netns", "add", &name]))?;
         let ns = Self(name);
-        sh(&mut ns.cmd("ip").args(["link", "set", "lo", "up"]))?;
+        sh(ns.cmd("ip").args(["link", "set", "lo", "up"]))?;
         Ok(ns)
     }
     fn cmd(&self, program: &str) -> Command {
@@ -97,10 +97,10 @@ pub fn run() -> anyhow::Result<()> {
         &client.0,
     ]))?;
     for (ns, ifname, addr) in [(&server, &sif, SERVER), (&client, &cif, CLIENT)] {
-        sh(&mut ns
+        sh(ns
             .cmd("ip")
             .args(["addr", "add", &format!("{addr}/24"), "dev", ifname]))?;
-        sh(&mut ns.cmd("ip").args(["link", "set", ifname, "up"]))?;
+        sh(ns.cmd("ip").args(["link", "set", ifname, "up"]))?;
     }
     let _nginx = start_nginx(&server, &dir)?;
     let post = dir.join("post64k.lua");
@@ -254,7 +254,7 @@ fn bpf_stats() -> Option<(u64, u64)> {
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().filter(|l| l.contains("run_time_ns")).last()?;
+    let line = text.lines().rfind(|l| l.contains("run_time_ns"))?;
     let field = |name: &str| -> Option<u64> {
         let mut it = line.split_whitespace();
         it.find(|w| *w == name)?;
