@@ -17,7 +17,9 @@ use crate::util::{sh, target_dir};
 const SERVER: &str = "10.88.0.1";
 const CLIENT: &str = "10.88.0.2";
 const PORT: u16 = 8080;
-const SECONDS: u32 = 10;
+const SECONDS: u32 = 8;
+/// Interleaved rounds per mode; the table shows medians.
+const ROUNDS: usize = 3;
 const CONNECTIONS: u32 = 32;
 
 /// A namespace deleted on drop (with everything in it: the veth pair goes too).
@@ -60,13 +62,27 @@ struct WrkResult {
     p99_ms: f64,
 }
 
+/// Whether and how the classifier is attached during a run.
+#[derive(Clone, Copy, PartialEq)]
+enum Mode {
+    Detached,
+    /// Agent attached with this ring-buffer size in bytes.
+    Attached(u64),
+}
+
+/// Medians over the rounds of one (workload, mode).
 struct Row {
     workload: &'static str,
-    attached: bool,
-    wrk: WrkResult,
-    bpf_ns_per_pkt: Option<f64>,
-    packets: u64,
-    ring_drops: Option<u64>,
+    mode: Mode,
+    runs: Vec<WrkResult>,
+    bpf_ns: u64,
+    bpf_packets: u64,
+    ring_drops: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
 }
 
 pub fn run() -> anyhow::Result<()> {
@@ -113,43 +129,58 @@ pub fn run() -> anyhow::Result<()> {
     let stats_before =
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let workloads: [(&'static str, Option<&Path>, Vec<Mode>); 2] = [
+        (
+            "small GET",
+            None,
+            vec![Mode::Detached, Mode::Attached(16 << 20)],
+        ),
+        (
+            "64 KiB POST",
+            Some(post.as_path()),
+            vec![
+                Mode::Detached,
+                Mode::Attached(16 << 20),
+                Mode::Attached(64 << 20),
+            ],
+        ),
+    ];
+    println!("load average before: {}", load_average());
     let mut rows = Vec::new();
-    for (workload, script) in [("small GET", None), ("64 KiB POST", Some(post.as_path()))] {
+    for (workload, script, modes) in &workloads {
         // Warm up the server and the page cache, untimed.
-        wrk(&client, script, 2)?;
-        for attached in [false, true] {
-            let running = if attached {
-                Some(start_agent(&server, &sif, &agent, &dir)?)
-            } else {
-                None
-            };
-            let wrk = wrk(&client, script, SECONDS)?;
-            let (bpf, packets, drops) = match running {
-                Some(a) => {
-                    let (ns, cnt) = bpf_stats().unwrap_or((0, 0));
-                    let drops = stop_agent(a)?;
-                    (
-                        if cnt > 0 {
-                            Some(ns as f64 / cnt as f64)
-                        } else {
-                            None
-                        },
-                        cnt,
-                        drops,
-                    )
-                }
-                None => (None, 0, None),
-            };
+        wrk(&client, *script, 2)?;
+        let first = rows.len();
+        for &mode in modes {
             rows.push(Row {
                 workload,
-                attached,
-                wrk,
-                bpf_ns_per_pkt: bpf,
-                packets,
-                ring_drops: drops,
+                mode,
+                runs: Vec::new(),
+                bpf_ns: 0,
+                bpf_packets: 0,
+                ring_drops: 0,
             });
         }
+        // Rounds interleave the modes so that load from elsewhere on the machine hits all alike.
+        for _round in 0..ROUNDS {
+            for (i, &mode) in modes.iter().enumerate() {
+                let running = match mode {
+                    Mode::Attached(ring) => Some(start_agent(&server, &sif, &agent, &dir, ring)?),
+                    Mode::Detached => None,
+                };
+                let result = wrk(&client, *script, SECONDS)?;
+                let row = &mut rows[first + i];
+                if let Some(a) = running {
+                    let (ns, cnt) = bpf_stats().unwrap_or((0, 0));
+                    row.bpf_ns += ns;
+                    row.bpf_packets += cnt;
+                    row.ring_drops += stop_agent(a)?.unwrap_or(0);
+                }
+                row.runs.push(result);
+            }
+        }
     }
+    println!("load average after: {}", load_average());
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     print_table(&rows);
     let _ = std::fs::remove_dir_all(&dir);
@@ -202,12 +233,19 @@ struct RunningAgent {
     stdout: PathBuf,
 }
 
-fn start_agent(ns: &Ns, iface: &str, agent: &Path, dir: &Path) -> anyhow::Result<RunningAgent> {
+fn start_agent(
+    ns: &Ns,
+    iface: &str,
+    agent: &Path,
+    dir: &Path,
+    ring: u64,
+) -> anyhow::Result<RunningAgent> {
     let stdout = dir.join("agent.out");
     let stderr = dir.join("agent.err");
     let child = ns
         .cmd(agent.to_str().context("utf-8 path")?)
         .args(["--iface", iface, "--port", &PORT.to_string()])
+        .args(["--ring-buffer-size", &ring.to_string()])
         .env("NO_COLOR", "1")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout)?)
@@ -308,41 +346,65 @@ fn duration_ms(v: &str) -> Option<f64> {
     })
 }
 
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+        .unwrap_or_default()
+}
+
 fn print_table(rows: &[Row]) {
     println!(
-        "\n| workload | classifier | req/s | p50 ms | p99 ms | BPF ns/packet | packets | ring drops |"
+        "\n{ROUNDS} interleaved rounds of {SECONDS} s per row, wrk -t1 -c{CONNECTIONS}, medians shown\n"
+    );
+    println!(
+        "| workload | classifier | req/s | p50 ms | p99 ms | BPF ns/packet | packets | ring drops |"
     );
     println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    let med = |r: &Row, f: fn(&WrkResult) -> f64| median(r.runs.iter().map(f).collect());
     for r in rows {
+        let (mode, bpf, packets, drops) = match r.mode {
+            Mode::Detached => (
+                "detached".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+            ),
+            Mode::Attached(ring) => (
+                format!("attached, ring {} MiB", ring >> 20),
+                if r.bpf_packets > 0 {
+                    format!("{:.0}", r.bpf_ns as f64 / r.bpf_packets as f64)
+                } else {
+                    "n/a".into()
+                },
+                r.bpf_packets.to_string(),
+                r.ring_drops.to_string(),
+            ),
+        };
         println!(
-            "| {} | {} | {:.0} | {:.3} | {:.3} | {} | {} | {} |",
+            "| {} | {mode} | {:.0} | {:.3} | {:.3} | {bpf} | {packets} | {drops} |",
             r.workload,
-            if r.attached { "attached" } else { "detached" },
-            r.wrk.rps,
-            r.wrk.p50_ms,
-            r.wrk.p99_ms,
-            r.bpf_ns_per_pkt
-                .map(|v| format!("{v:.0}"))
-                .unwrap_or_else(|| "-".into()),
-            if r.attached {
-                r.packets.to_string()
-            } else {
-                "-".into()
-            },
-            r.ring_drops
-                .map(|v| v.to_string())
-                .unwrap_or_else(|| "-".into()),
+            med(r, |w| w.rps),
+            med(r, |w| w.p50_ms),
+            med(r, |w| w.p99_ms),
         );
     }
     println!();
-    for pair in rows.chunks(2) {
-        if let [off, on] = pair {
-            println!(
-                "{}: throughput ratio attached/detached {:.3}, p99 ratio {:.3}",
-                off.workload,
-                on.wrk.rps / off.wrk.rps,
-                on.wrk.p99_ms / off.wrk.p99_ms
-            );
-        }
+    for r in rows.iter().filter(|r| r.mode != Mode::Detached) {
+        let Some(base) = rows
+            .iter()
+            .find(|b| b.workload == r.workload && b.mode == Mode::Detached)
+        else {
+            continue;
+        };
+        let Mode::Attached(ring) = r.mode else {
+            continue;
+        };
+        println!(
+            "{} (ring {} MiB): throughput ratio attached/detached {:.3}, p99 ratio {:.3}",
+            r.workload,
+            ring >> 20,
+            med(r, |w| w.rps) / med(base, |w| w.rps),
+            med(r, |w| w.p99_ms) / med(base, |w| w.p99_ms),
+        );
     }
 }
