@@ -151,9 +151,6 @@ fn ten_mib_upload_captured_byte_exact() {
     if !privileged_or_skip("ten_mib_upload_captured_byte_exact") {
         return;
     }
-    let dir = TempDir::new("upload");
-    let topo = Topology::new();
-    let body = dir.path().join("body.bin");
     // Not compressible, not repeating at any short period: a simple LCG.
     let mut x: u32 = 12345;
     let data: Vec<u8> = (0..10 << 20)
@@ -162,19 +159,27 @@ fn ten_mib_upload_captured_byte_exact() {
             (x >> 16) as u8
         })
         .collect();
-    std::fs::write(&body, &data).unwrap();
-    let url = format!("http://{}:{PORT}/upload", Topology::SERVER_V4);
-    let summary = capture_and_compare(dir.path(), &topo, Topology::SERVER_V4, 1, || {
-        curl(
-            &topo,
-            &["--data-binary", &format!("@{}", body.display()), &url],
+    for (host, url_host) in [
+        (Topology::SERVER_V4, Topology::SERVER_V4.to_owned()),
+        (Topology::SERVER_V6, format!("[{}]", Topology::SERVER_V6)),
+    ] {
+        let dir = TempDir::new("upload");
+        let topo = Topology::new();
+        let body = dir.path().join("body.bin");
+        std::fs::write(&body, &data).unwrap();
+        let url = format!("http://{url_host}:{PORT}/upload");
+        let summary = capture_and_compare(dir.path(), &topo, host, 1, || {
+            curl(
+                &topo,
+                &["--data-binary", &format!("@{}", body.display()), &url],
+            );
+        });
+        assert!(summary.get("bytes") >= 10 << 20, "{host}: {summary:?}");
+        // GRO/TSO: far fewer records than 1448-byte segments would need.
+        assert!(
+            summary.get("records") < (10 << 20) / 1448,
+            "{host}: expected multi-segment skbs, got {} records: {summary:?}",
+            summary.get("records")
         );
-    });
-    assert!(summary.get("bytes") >= 10 << 20, "{summary:?}");
-    // GRO/TSO: far fewer records than 1448-byte segments would need.
-    assert!(
-        summary.get("records") < (10 << 20) / 1448,
-        "expected multi-segment skbs, got {} records: {summary:?}",
-        summary.get("records")
-    );
+    }
 }
