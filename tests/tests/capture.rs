@@ -183,3 +183,48 @@ fn ten_mib_upload_captured_byte_exact() {
         );
     }
 }
+
+#[test]
+fn vlan_tagged_requests_captured_on_the_parent_interface() {
+    if !privileged_or_skip("vlan_tagged_requests_captured_on_the_parent_interface") {
+        return;
+    }
+    let dir = TempDir::new("vlan");
+    let topo = Topology::new();
+    // VLAN 100 on both veth ends; the agent attaches to the untagged parent.
+    for (ns, parent, addr) in [
+        (&topo.server, &topo.server_if, "10.78.0.1/24"),
+        (&topo.client, &topo.client_if, "10.78.0.2/24"),
+    ] {
+        let out = ns
+            .command("ip")
+            .args([
+                "link", "add", "link", parent, "name", "vl100", "type", "vlan", "id", "100",
+            ])
+            .output()
+            .expect("run ip");
+        if !out.status.success() {
+            // A kernel feature, not a privilege: skipping is the honest outcome here.
+            eprintln!(
+                "SKIPPED vlan_tagged_requests_captured_on_the_parent_interface: kernel without \
+                 802.1Q support: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        ns.run(&["ip", "addr", "add", addr, "dev", "vl100"]);
+        ns.run(&["ip", "link", "set", "vl100", "up"]);
+    }
+    let url = format!("http://10.78.0.1:{PORT}");
+    capture_and_compare(dir.path(), &topo, "10.78.0.1", 2, || {
+        curl(&topo, &[&format!("{url}/tagged")]);
+        curl(
+            &topo,
+            &[
+                "--data-binary",
+                &"v".repeat(3000),
+                &format!("{url}/tagged-post"),
+            ],
+        );
+    });
+}
