@@ -228,3 +228,72 @@ fn vlan_tagged_requests_captured_on_the_parent_interface() {
         );
     });
 }
+
+/// On `lo` every packet passes egress and then ingress: each direction must be recorded once,
+/// also with the response classifier (`--compare`) attached.
+#[test]
+fn loopback_records_each_packet_once() {
+    if !privileged_or_skip("loopback_records_each_packet_once") {
+        return;
+    }
+    let dir = TempDir::new("lo");
+    let ns = mirror_tests::NetNs::new();
+    let _server = start_recording_server(&ns, "127.0.0.1", PORT, dir.path());
+    let pcap = dir.path().join("agent.pcap");
+    let mut agent = Agent::start(
+        &ns,
+        &[
+            "--iface",
+            "lo",
+            "--port",
+            &PORT.to_string(),
+            "--compare",
+            "--write-pcap",
+            pcap.to_str().unwrap(),
+        ],
+        dir.path(),
+    );
+    let body = "z".repeat(20000);
+    let out = ns
+        .command("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &body,
+        ])
+        .arg(format!("http://127.0.0.1:{PORT}/lo"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server_saw = received(dir.path(), 1);
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{}", agent.log());
+    let (port, bytes) = server_saw.iter().next().unwrap();
+    let flows = mirror_tests::oracle::tshark_flow_sizes(&pcap);
+    let (_, client_bytes, syn) = flows[port];
+    assert!(syn, "client SYN recorded");
+    assert_eq!(
+        client_bytes,
+        bytes.len() as u64,
+        "request bytes recorded exactly once: {flows:?}"
+    );
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    let (_, server_bytes, _) = flows[&PORT];
+    assert_eq!(
+        server_bytes,
+        response.len() as u64,
+        "response bytes recorded exactly once: {flows:?}"
+    );
+    assert_counters_balance(&summary);
+}
