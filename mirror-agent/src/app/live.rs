@@ -6,6 +6,8 @@
 //! segments is the caller's business: they are handed to a sink (the pipeline plugs in there).
 
 mod pcap_out;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;
