@@ -3,7 +3,7 @@
 //! [`RequestFramer`] owns one client→server byte stream. Bytes arrive in pieces split anywhere;
 //! each request comes out whole (head and body, the exact wire bytes) so it can be replayed.
 //! Heads are parsed with httparse once their end has been seen; body framing (Content-Length,
-//! chunked) and resync are done here (see [`super::head`] for why those are hand-written).
+//! chunked) and resync are done here (see the `head` module for why those are hand-written).
 //!
 //! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy). Only a
 //! request that spans pushes is accumulated, once, in a buffer bounded by the head limit plus
