@@ -30,8 +30,9 @@
 //! - **Gaps**: the request a gap falls in is dropped (`Gap`); if the gap lies inside a body of
 //!   known length the framer skips to that body's end, else it resyncs at the next line that
 //!   is a plausible request line. Bytes are never joined across a gap.
-//! - **Known limit**: after `Expect: 100-continue` the framer expects the body (it cannot see
-//!   a final response that made the client skip it); such a client stream ends up dropped.
+//! - **`Expect: 100-continue`**: nothing special; the body follows on the stream. A client
+//!   that gets a final status instead and skips the body closes the connection (RFC 9110
+//!   10.1.1), so that request ends as `Truncated`: its head alone would hang a mirror.
 //! - **Responses**: 1xx are informational (several may come before the final one), 101 and a
 //!   2xx to CONNECT make the stream a tunnel, HEAD/204/304 have no body, no length means
 //!   close-delimited, and a first response without a status line is an HTTP/0.9 body to close.

@@ -346,3 +346,27 @@ fn gap_inside_a_known_body_keeps_responses_paired() {
     assert_eq!(finals(&out)[0].status, 404);
     assert_eq!(out.len(), 2);
 }
+
+#[test]
+fn too_many_headers_in_a_response() {
+    let limits = HttpLimits {
+        max_headers: 2,
+        ..HttpLimits::default()
+    };
+    let bad = b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    let mut msg = bad.to_vec();
+    msg.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let mut f = ResponseFramer::new(limits);
+    let mut out = Vec::new();
+    f.push(&msg, 1, &mut out);
+    f.finish(2, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::TooManyHeaders,
+            bytes: bad.len() as u64
+        }
+    );
+    assert_eq!(finals(&out)[0].status, 204);
+}

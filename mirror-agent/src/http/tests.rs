@@ -833,3 +833,26 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn trailer_section_too_large() {
+    let limits = HttpLimits {
+        max_head_bytes: 64,
+        ..HttpLimits::default()
+    };
+    let mut bad =
+        b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\na\r\n0\r\nX: ".to_vec();
+    bad.extend(std::iter::repeat_n(b'v', 100));
+    bad.extend_from_slice(b"\r\n\r\n");
+    let mut msg = bad.clone();
+    msg.extend_from_slice(b"GET /ok HTTP/1.1\r\n\r\n");
+    let ev = assert_every_split(&limits, false, &msg);
+    assert_eq!(
+        ev[0],
+        RequestEvent::Dropped {
+            reason: RequestDropReason::HeadTooLarge,
+            bytes: bad.len() as u64
+        }
+    );
+    assert_eq!(requests(&ev)[0].target, "/ok");
+}
