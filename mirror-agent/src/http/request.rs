@@ -160,6 +160,23 @@ struct Cur<'a> {
 }
 
 /// Cuts one client→server byte stream into requests.
+///
+/// ```
+/// use bytes::Bytes;
+/// use mirror_agent::http::request::{HttpLimits, RequestEvent, RequestFramer};
+///
+/// let mut framer = RequestFramer::new(HttpLimits::default(), false);
+/// let mut events = Vec::new();
+/// framer.push(&Bytes::from_static(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nh"), 10, &mut events);
+/// framer.push(&Bytes::from_static(b"iGET /b HTTP/1.1\r\n\r\n"), 20, &mut events);
+/// framer.finish(&mut events);
+/// let RequestEvent::Request(first) = &events[0] else { panic!() };
+/// assert_eq!((first.target.as_str(), first.body_len, first.ts_ns, first.end_ts_ns), ("/a", 2, 10, 20));
+/// assert_eq!(&first.raw[..], b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+/// assert_eq!(events.len(), 2);
+/// let s = framer.stats();
+/// assert_eq!(s.pushed_bytes, s.request_bytes + s.dropped_bytes + s.ignored_bytes);
+/// ```
 #[derive(Debug)]
 pub struct RequestFramer {
     limits: HttpLimits,

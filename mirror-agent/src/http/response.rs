@@ -151,6 +151,18 @@ struct Current {
 }
 
 /// Cuts one server→client byte stream into responses.
+///
+/// ```
+/// use mirror_agent::http::request::HttpLimits;
+/// use mirror_agent::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
+///
+/// let mut framer = ResponseFramer::new(HttpLimits::default());
+/// framer.expect(ExpectedResponse { head: true, connect: false });
+/// let mut events = Vec::new();
+/// framer.push(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 7, &mut events);
+/// let ResponseEvent::Final(r) = &events[1] else { panic!() };
+/// assert_eq!((r.status, r.body_len), (200, 0)); // HEAD: no body whatever the headers say
+/// ```
 #[derive(Debug)]
 pub struct ResponseFramer {
     limits: HttpLimits,
