@@ -34,6 +34,9 @@ struct Decided {
     streams: [Stream; 2],
     req: Option<RequestFramer>,
     resp: ResponseFramer,
+    /// Server stream events held while the client stream waits for a hole (see `handle`).
+    held_server: VecDeque<StreamEvent>,
+    held_server_bytes: usize,
     /// Sequence numbers (within the flow) of requests still waiting for their response.
     awaiting: VecDeque<u64>,
     next_seq: u64,
@@ -90,6 +93,7 @@ impl Flow {
                     + d.streams[1].buffered_bytes()
                     + d.req.as_ref().map_or(0, RequestFramer::buffered_bytes)
                     + d.resp.buffered_bytes()
+                    + d.held_server_bytes
             }
         }
     }
@@ -156,6 +160,8 @@ impl Flow {
                 ],
                 req: None,
                 resp,
+                held_server: VecDeque::new(),
+                held_server_bytes: 0,
                 awaiting: VecDeque::new(),
                 next_seq: 0,
                 client_midstream: false,
@@ -255,6 +261,7 @@ impl Flow {
                     d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
                 }
                 sc.stream = evs;
+                d.release_server(self.id, stats, sc, out);
                 if let Some(req) = d.req.as_mut()
                     && !d.client_ignored
                 {
@@ -298,40 +305,109 @@ impl Decided {
         out: &mut Vec<PipelineEvent>,
     ) {
         for ev in evs.drain(..) {
+            if let StreamEvent::Data { bytes, .. } = &ev
+                && cfg.tap_streams
+            {
+                out.push(PipelineEvent::StreamData {
+                    flow_id,
+                    from_client: dir == C2S,
+                    bytes: bytes.clone(),
+                });
+            }
             match ev {
-                StreamEvent::Data { bytes, ts_ns } => {
-                    if cfg.tap_streams {
-                        out.push(PipelineEvent::StreamData {
-                            flow_id,
-                            from_client: dir == C2S,
-                            bytes: bytes.clone(),
-                        });
-                    }
-                    if dir == C2S {
-                        self.client_data(flow_id, bytes, ts_ns, cfg, stats, sc, out);
-                    } else if self.server_ignored {
-                        stats.server_bytes_ignored += bytes.len() as u64;
-                    } else {
-                        self.resp.push(&bytes, ts_ns, &mut sc.resp);
-                        self.on_responses(flow_id, stats, sc, out);
-                    }
-                }
-                StreamEvent::Gap { len, .. } => {
-                    if dir == C2S {
-                        if let Some(req) = self.req.as_mut().filter(|_| !self.client_ignored) {
-                            req.gap(len, &mut sc.req);
-                            self.on_requests(flow_id, stats, sc, out);
-                        }
-                    } else if !self.server_ignored {
-                        self.resp.gap(len, &mut sc.resp);
-                        self.on_responses(flow_id, stats, sc, out);
-                    }
-                }
                 StreamEvent::End { reset } => {
                     self.ended[dir] = true;
                     self.reset |= reset;
                 }
+                ev if dir == C2S => self.client_event(flow_id, ev, cfg, stats, sc, out),
+                ev => {
+                    // While the client stream waits for a hole, a response could overtake the
+                    // request it answers and be paired with the wrong one: hold server bytes
+                    // (bounded by the per-direction buffer) until the client side is in order.
+                    let client_waits = self.streams[C2S].buffered_bytes() > 0;
+                    if client_waits
+                        && !self.server_ignored
+                        && self.held_server_bytes < cfg.stream.max_buffered_bytes
+                    {
+                        if let StreamEvent::Data { bytes, .. } = &ev {
+                            self.held_server_bytes += bytes.len();
+                        }
+                        self.held_server.push_back(ev);
+                    } else {
+                        self.release_server(flow_id, stats, sc, out);
+                        self.server_event(flow_id, ev, stats, sc, out);
+                    }
+                }
             }
+        }
+        if dir == C2S && self.streams[C2S].buffered_bytes() == 0 {
+            self.release_server(flow_id, stats, sc, out);
+        }
+    }
+
+    /// Frames server bytes held while the client side had a hole.
+    fn release_server(
+        &mut self,
+        flow_id: u64,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        while let Some(ev) = self.held_server.pop_front() {
+            if let StreamEvent::Data { bytes, .. } = &ev {
+                self.held_server_bytes -= bytes.len();
+            }
+            self.server_event(flow_id, ev, stats, sc, out);
+        }
+    }
+
+    fn client_event(
+        &mut self,
+        flow_id: u64,
+        ev: StreamEvent,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        match ev {
+            StreamEvent::Data { bytes, ts_ns } => {
+                self.client_data(flow_id, bytes, ts_ns, cfg, stats, sc, out)
+            }
+            StreamEvent::Gap { len, .. } => {
+                if let Some(req) = self.req.as_mut().filter(|_| !self.client_ignored) {
+                    req.gap(len, &mut sc.req);
+                    self.on_requests(flow_id, stats, sc, out);
+                }
+            }
+            StreamEvent::End { .. } => {}
+        }
+    }
+
+    fn server_event(
+        &mut self,
+        flow_id: u64,
+        ev: StreamEvent,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        match ev {
+            StreamEvent::Data { bytes, ts_ns } => {
+                if self.server_ignored {
+                    stats.server_bytes_ignored += bytes.len() as u64;
+                } else {
+                    self.resp.push(&bytes, ts_ns, &mut sc.resp);
+                    self.on_responses(flow_id, stats, sc, out);
+                }
+            }
+            StreamEvent::Gap { len, .. } => {
+                if !self.server_ignored {
+                    self.resp.gap(len, &mut sc.resp);
+                    self.on_responses(flow_id, stats, sc, out);
+                }
+            }
+            StreamEvent::End { .. } => {}
         }
     }
 
