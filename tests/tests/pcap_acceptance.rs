@@ -485,6 +485,16 @@ fn binary_records_json_lines_with_mode_0600() {
     assert_eq!(&back.request.headers[1].value[..], b"\xfe");
     assert!(j[0]["ts_ns"].as_u64() < j[1]["ts_ns"].as_u64());
 
+    // `--record -`: the same lines on stdout.
+    let out = std::process::Command::new(agent_binary())
+        .arg("--pcap")
+        .arg(&pcap)
+        .args(["--port", "8080", "--record", "-"])
+        .output()
+        .expect("run mirror-agent");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+
     // Bad input through the binary: one line on stderr, exit status 1, no panic.
     let junk = dir.join("junk.pcap");
     std::fs::write(&junk, b"definitely not a capture").expect("write junk");
