@@ -13,7 +13,7 @@ use bytes::Bytes;
 use super::direction::{self, Hint};
 use super::stats::{PipelineStats, add_stream};
 use super::{CapturedRequest, CapturedResponse, PipelineConfig, PipelineEvent};
-use crate::capture::Segment;
+use crate::capture::{Segment, TcpFlags};
 use crate::http::request::{RequestEvent, RequestFramer};
 use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
 use crate::reassembly::{Stream, StreamEvent};
@@ -128,6 +128,11 @@ impl Flow {
                 Hint::SenderIsClient => seg.src,
                 Hint::SenderIsServer => seg.dst,
                 Hint::Unknown => {
+                    // A bare ACK says nothing and carries nothing: not worth a slot.
+                    let flags = seg.flags.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST);
+                    if seg.payload.is_empty() && flags == 0 {
+                        return;
+                    }
                     *bytes += seg.payload.len();
                     pending.push(seg);
                     // Bounded: beyond the cap the oldest held segment is given up (counted).
