@@ -3,7 +3,7 @@
 //! [`RequestFramer`] owns one client→server byte stream. Bytes arrive in pieces split anywhere;
 //! each request comes out whole (head and body, the exact wire bytes) so it can be replayed.
 //! Heads are parsed with httparse once their end has been seen; body framing (Content-Length,
-//! chunked) and resync are done here (see [`super::head`] for why those are hand-written).
+//! chunked) and resync are done here (see the `head` module for why those are hand-written).
 //!
 //! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy). Only a
 //! request that spans pushes is accumulated, once, in a buffer bounded by the head limit plus
@@ -160,6 +160,23 @@ struct Cur<'a> {
 }
 
 /// Cuts one client→server byte stream into requests.
+///
+/// ```
+/// use bytes::Bytes;
+/// use mirror_agent::http::request::{HttpLimits, RequestEvent, RequestFramer};
+///
+/// let mut framer = RequestFramer::new(HttpLimits::default(), false);
+/// let mut events = Vec::new();
+/// framer.push(&Bytes::from_static(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nh"), 10, &mut events);
+/// framer.push(&Bytes::from_static(b"iGET /b HTTP/1.1\r\n\r\n"), 20, &mut events);
+/// framer.finish(&mut events);
+/// let RequestEvent::Request(first) = &events[0] else { panic!() };
+/// assert_eq!((first.target.as_str(), first.body_len, first.ts_ns, first.end_ts_ns), ("/a", 2, 10, 20));
+/// assert_eq!(&first.raw[..], b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+/// assert_eq!(events.len(), 2);
+/// let s = framer.stats();
+/// assert_eq!(s.pushed_bytes, s.request_bytes + s.dropped_bytes + s.ignored_bytes);
+/// ```
 #[derive(Debug)]
 pub struct RequestFramer {
     limits: HttpLimits,
@@ -177,8 +194,9 @@ pub struct RequestFramer {
     parsed: Option<ParsedHead>,
     body_len: u64,
     trailer_len: usize,
-    /// The body is being skipped (too large): nothing but the current line is kept.
-    skipping: bool,
+    /// The body is being skipped by its framing, and why (too large, or a gap inside it):
+    /// nothing but the current line is kept, and the request ends as a drop.
+    skipping: Option<RequestDropReason>,
     /// The last request was an Upgrade or CONNECT; the next bytes decide whether the stream
     /// became a tunnel.
     tunnel_pending: bool,
@@ -212,7 +230,7 @@ impl RequestFramer {
             parsed: None,
             body_len: 0,
             trailer_len: 0,
-            skipping: false,
+            skipping: None,
             tunnel_pending: false,
             value_at_pool: Vec::new(),
             resync: None,
@@ -255,7 +273,7 @@ impl RequestFramer {
         if !self.spanning && cur.start < cur.pos {
             let pending = &data[cur.start..cur.pos];
             let body_hint = match self.state {
-                State::Body { remaining } if !self.skipping => {
+                State::Body { remaining } if self.skipping.is_none() => {
                     remaining.min(self.limits.max_body_bytes) as usize
                 }
                 _ => 0,
@@ -267,7 +285,8 @@ impl RequestFramer {
     }
 
     /// `len` bytes are missing at this point: drop the request in progress and resync at the
-    /// next request line.
+    /// next request line (or, when the gap lies inside a body of known length, at the end of
+    /// that body).
     pub fn gap(&mut self, len: u64, out: &mut Vec<RequestEvent>) {
         self.stats.gap_bytes += len;
         if matches!(self.state, State::Ignore | State::Discard) {
@@ -277,6 +296,27 @@ impl RequestFramer {
             // Unknown whether the upgrade was taken; nothing after a gap can be trusted.
             self.enter_tunnel(out);
             return;
+        }
+        match self.state {
+            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
+                // The gap lies inside a body of known length: this request is lost, but the
+                // next one starts where the framing says. Skip to it rather than resync by
+                // lines (which would miss a request that follows a body not ending in LF).
+                if self.skipping.is_none() {
+                    self.skipping = Some(RequestDropReason::Gap);
+                    if self.spanning {
+                        self.release_acc();
+                        self.spanning = false;
+                    }
+                }
+                let remaining = remaining - len;
+                self.state = match self.state {
+                    State::Body { .. } => State::Body { remaining },
+                    _ => State::ChunkData { remaining },
+                };
+                return;
+            }
+            _ => {}
         }
         let tentative = matches!(
             self.state,
@@ -312,7 +352,12 @@ impl RequestFramer {
             | State::SkipLine => self.discard_item_into_resync(),
             _ => {
                 if !self.emit_v09_if_complete(out) && self.item_len > 0 {
-                    self.drop_item(RequestDropReason::Truncated, out);
+                    // A request already lost to a gap keeps that reason.
+                    let reason = match self.skipping {
+                        Some(RequestDropReason::Gap) => RequestDropReason::Gap,
+                        _ => RequestDropReason::Truncated,
+                    };
+                    self.drop_item(reason, out);
                 }
             }
         }
@@ -373,7 +418,7 @@ impl RequestFramer {
         self.parsed = None;
         self.body_len = 0;
         self.trailer_len = 0;
-        self.skipping = false;
+        self.skipping = None;
         if self.spanning {
             self.release_acc();
             self.spanning = false;

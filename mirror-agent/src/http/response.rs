@@ -151,6 +151,18 @@ struct Current {
 }
 
 /// Cuts one server→client byte stream into responses.
+///
+/// ```
+/// use mirror_agent::http::request::HttpLimits;
+/// use mirror_agent::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
+///
+/// let mut framer = ResponseFramer::new(HttpLimits::default());
+/// framer.expect(ExpectedResponse { head: true, connect: false });
+/// let mut events = Vec::new();
+/// framer.push(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 7, &mut events);
+/// let ResponseEvent::Final(r) = &events[1] else { panic!() };
+/// assert_eq!((r.status, r.body_len), (200, 0)); // HEAD: no body whatever the headers say
+/// ```
 #[derive(Debug)]
 pub struct ResponseFramer {
     limits: HttpLimits,
@@ -166,6 +178,8 @@ pub struct ResponseFramer {
     body_len: u64,
     trailer_len: usize,
     current: Option<Current>,
+    /// A gap fell inside the current response's body: it ends as a Gap drop.
+    damaged: bool,
     /// A response head was seen (or a drop happened): an HTTP/0.9 response is only possible
     /// as the first thing on a stream.
     seen_message: bool,
@@ -203,6 +217,7 @@ impl ResponseFramer {
             body_len: 0,
             trailer_len: 0,
             current: None,
+            damaged: false,
             seen_message: false,
             resync: None,
             stats: ResponseFramerStats::default(),
@@ -263,6 +278,18 @@ impl ResponseFramer {
         self.seen_message = true;
         match self.state {
             State::Tunnel => return,
+            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
+                // Inside a body of known length: this response is lost (reported as a Gap
+                // drop when it ends) but the next one starts where the framing says, so the
+                // framer stays paired with its requests.
+                self.damaged = true;
+                let remaining = remaining - len;
+                self.state = match self.state {
+                    State::Body { .. } => State::Body { remaining },
+                    _ => State::ChunkData { remaining },
+                };
+                return;
+            }
             State::SkipLine
             | State::Head {
                 tentative: true, ..
@@ -292,7 +319,12 @@ impl ResponseFramer {
             } => self.discard_item_into_resync(),
             _ => {
                 if self.item_len > 0 {
-                    self.drop_item(ResponseDropReason::Truncated, out);
+                    let reason = if self.damaged {
+                        ResponseDropReason::Gap
+                    } else {
+                        ResponseDropReason::Truncated
+                    };
+                    self.drop_item(reason, out);
                 }
             }
         }
@@ -353,6 +385,7 @@ impl ResponseFramer {
         self.body_len = 0;
         self.trailer_len = 0;
         self.current = None;
+        self.damaged = false;
         if self.spanning {
             self.buf.clear();
             self.spanning = false;

@@ -183,7 +183,7 @@ fn drops_truncated_gap_malformed_too_large() {
         1,
         &mut out,
     );
-    f.gap(3, &mut out);
+    f.gap(30, &mut out);
     f.push(b"xyzHTTP/1.1 204 No Content\r\n\r\n", 2, &mut out);
     f.finish(3, &mut out);
     check_accounting(&f, &out);
@@ -194,8 +194,9 @@ fn drops_truncated_gap_malformed_too_large() {
             bytes: 41 + 30
         }
     );
-    // The lost response, then "xyzHTTP/1.1 204...": its line does not start with a status
-    // line, so it is skipped to the line end (with the blank line after it): one Gap drop.
+    // The gap went past the body's end, so the framer resyncs by lines: the line
+    // "xyzHTTP/1.1 204..." does not start with a status line and is skipped to its end (with
+    // the blank line after it): one Gap drop.
     assert_eq!(out.len(), 1, "{out:?}");
 
     let msg = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
@@ -321,4 +322,51 @@ fn midstream_response_stream_resyncs_at_a_status_line() {
         }
     );
     assert_eq!(finals(&whole)[0].body_len, 2);
+}
+
+#[test]
+fn gap_inside_a_known_body_keeps_responses_paired() {
+    let mut f = ResponseFramer::new(HttpLimits::default());
+    let mut out = Vec::new();
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxx";
+    f.push(head, 1, &mut out);
+    f.gap(50, &mut out);
+    let mut rest = vec![b'y'; 48];
+    rest.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    f.push(&rest, 2, &mut out);
+    f.finish(3, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::Gap,
+            bytes: head.len() as u64 + 48
+        }
+    );
+    assert_eq!(finals(&out)[0].status, 404);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn too_many_headers_in_a_response() {
+    let limits = HttpLimits {
+        max_headers: 2,
+        ..HttpLimits::default()
+    };
+    let bad = b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    let mut msg = bad.to_vec();
+    msg.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let mut f = ResponseFramer::new(limits);
+    let mut out = Vec::new();
+    f.push(&msg, 1, &mut out);
+    f.finish(2, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::TooManyHeaders,
+            bytes: bad.len() as u64
+        }
+    );
+    assert_eq!(finals(&out)[0].status, 204);
 }

@@ -47,7 +47,7 @@ impl RequestFramer {
             } => self.step_head(cur, line_start, tentative, out),
             State::Body { remaining } => {
                 let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping {
+                if self.skipping.is_some() {
                     self.skip(cur, n);
                 } else {
                     self.take(cur, n);
@@ -75,12 +75,12 @@ impl RequestFramer {
                 };
                 let size = body_len - self.body_len;
                 self.body_len = body_len;
-                if self.skipping {
+                if self.skipping.is_some() {
                     self.discard_view(cur);
                 } else {
                     let wire_body = self.item_len - self.head_len as u64;
                     if wire_body.saturating_add(size) > self.limits.max_body_bytes {
-                        self.skipping = true;
+                        self.skipping = Some(RequestDropReason::BodyTooLarge);
                         self.discard_view(cur);
                     }
                 }
@@ -94,7 +94,7 @@ impl RequestFramer {
             }
             State::ChunkData { remaining } => {
                 let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping {
+                if self.skipping.is_some() {
                     self.skip(cur, n);
                 } else {
                     self.take(cur, n);
@@ -121,7 +121,7 @@ impl RequestFramer {
                     self.fail_stream(cur, out);
                     return;
                 }
-                if self.skipping {
+                if self.skipping.is_some() {
                     self.discard_view(cur);
                 }
                 self.state = State::ChunkSize {
@@ -146,7 +146,7 @@ impl RequestFramer {
                 if blank {
                     self.complete(cur, out);
                 } else {
-                    if self.skipping {
+                    if self.skipping.is_some() {
                         self.discard_view(cur);
                     }
                     self.state = State::Trailer {
@@ -336,7 +336,7 @@ impl RequestFramer {
             BodyFraming::ContentLength(n) => {
                 self.body_len = n;
                 if n > self.limits.max_body_bytes {
-                    self.skipping = true;
+                    self.skipping = Some(RequestDropReason::BodyTooLarge);
                     self.discard_view(cur);
                 } else if self.spanning {
                     self.acc.reserve(n as usize);
@@ -356,13 +356,10 @@ impl RequestFramer {
     pub(super) fn complete(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
         let parsed = self.parsed.take();
         let tunnel = parsed.as_ref().is_some_and(|p| p.tunnel);
-        if self.skipping {
+        if let Some(reason) = self.skipping {
             let bytes = self.item_len;
             self.stats.dropped_bytes += bytes;
-            out.push(RequestEvent::Dropped {
-                reason: RequestDropReason::BodyTooLarge,
-                bytes,
-            });
+            out.push(RequestEvent::Dropped { reason, bytes });
             cur.start = cur.pos;
         } else if let Some(p) = parsed {
             let raw = if self.spanning {

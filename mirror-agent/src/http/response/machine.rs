@@ -332,6 +332,21 @@ impl ResponseFramer {
             BodyFraming::ContentLength(n) => n,
             _ => self.body_len,
         };
+        if self.damaged {
+            let bytes = self.item_len;
+            self.stats.dropped_bytes += bytes;
+            out.push(ResponseEvent::Dropped {
+                reason: ResponseDropReason::Gap,
+                bytes,
+            });
+            self.reset_item();
+            self.state = if c.tunnel_after {
+                State::Tunnel
+            } else {
+                HEAD_STATE
+            };
+            return;
+        }
         let response = Response {
             status: c.status,
             version: c.version,
