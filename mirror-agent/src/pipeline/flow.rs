@@ -266,13 +266,13 @@ impl Flow {
                     d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
                 }
                 sc.stream = evs;
-                d.release_server(self.id, stats, sc, out);
                 if let Some(req) = d.req.as_mut()
                     && !d.client_ignored
                 {
                     req.finish(&mut sc.req);
                     d.on_requests(self.id, stats, sc, out);
                 }
+                d.release_server(self.id, stats, sc, out);
                 if let Some(req) = d.req.as_ref() {
                     stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
                     if d.client_ignored {
@@ -326,11 +326,11 @@ impl Decided {
                 }
                 ev if dir == C2S => self.client_event(flow_id, ev, cfg, stats, sc, out),
                 ev => {
-                    // While the client stream waits for a hole, a response could overtake the
-                    // request it answers and be paired with the wrong one: hold server bytes
-                    // (bounded by the per-direction buffer) until the client side is in order.
-                    let client_waits = self.streams[C2S].buffered_bytes() > 0;
-                    if client_waits
+                    // A response must not overtake the request it answers, or it is paired
+                    // with the wrong one (or none): while the client side waits for a hole or
+                    // is in the middle of a request, server bytes wait too (bounded by the
+                    // per-direction buffer; beyond it they are framed at once).
+                    if self.client_busy()
                         && !self.server_ignored
                         && self.held_server_bytes < cfg.stream.max_buffered_bytes
                     {
@@ -345,12 +345,22 @@ impl Decided {
                 }
             }
         }
-        if dir == C2S && self.streams[C2S].buffered_bytes() == 0 {
+        if dir == C2S && !self.client_busy() {
             self.release_server(flow_id, stats, sc, out);
         }
     }
 
-    /// Frames server bytes held while the client side had a hole.
+    /// The client side has a hole or a request in progress.
+    fn client_busy(&self) -> bool {
+        !self.client_ignored
+            && (self.streams[C2S].buffered_bytes() > 0
+                || self
+                    .req
+                    .as_ref()
+                    .is_some_and(|r| r.stats().in_progress() > 0))
+    }
+
+    /// Frames server bytes held while the client side was busy.
     fn release_server(
         &mut self,
         flow_id: u64,
