@@ -465,3 +465,31 @@ fn response_overtaking_part_of_its_request_is_still_paired() {
     assert_eq!(pairs, vec![(0, 204), (1, 201)]);
     assert_eq!(s.responses_unpaired, 0);
 }
+
+#[test]
+fn late_retransmission_after_close_is_not_a_second_request() {
+    let mut segs = keepalive().segments;
+    let get = segs[3].clone();
+    assert!(get.payload.starts_with(b"GET"));
+    let mut late = get.clone();
+    late.ts_ns += 1_000_000_000;
+    segs.push(late);
+    let mut p = Pipeline::new(PipelineConfig {
+        ports: vec![8080],
+        ..cfg()
+    });
+    let mut out = run(&mut p, segs);
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.requests, 2);
+    assert_eq!(s.flows, 1);
+    assert_eq!(s.segments_after_close, 1);
+    assert_eq!(s.after_close_bytes, get.payload.len() as u64);
+
+    // A new connection (SYN) on the same addresses is a new flow.
+    let mut p = Pipeline::new(cfg());
+    let mut segs = keepalive().segments;
+    segs.extend(keepalive().segments);
+    let mut out = run(&mut p, segs);
+    let s = finish(&mut p, &mut out);
+    assert_eq!((s.flows, s.requests), (2, 4));
+}
