@@ -207,6 +207,10 @@ pub struct RequestFramer {
     stats: RequestFramerStats,
 }
 
+/// Most buffer reserved ahead on the word of a Content-Length: a client's claim alone must
+/// not commit memory; past this the buffer grows as bytes arrive.
+pub(super) const MAX_RESERVE: u64 = 256 * 1024;
+
 /// Above this capacity the accumulation buffer is released rather than kept for reuse.
 const KEEP_ACC_CAPACITY: usize = 64 * 1024;
 
@@ -274,7 +278,7 @@ impl RequestFramer {
             let pending = &data[cur.start..cur.pos];
             let body_hint = match self.state {
                 State::Body { remaining } if self.skipping.is_none() => {
-                    remaining.min(self.limits.max_body_bytes) as usize
+                    remaining.min(MAX_RESERVE) as usize
                 }
                 _ => 0,
             };
