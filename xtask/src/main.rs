@@ -4,6 +4,7 @@
 
 mod bench_capture;
 mod bench_pipeline;
+mod demo;
 mod ebpf;
 mod setup;
 mod test;
@@ -38,7 +39,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(setup::Scope::All),
         Command::BuildEbpf => ebpf::build().map(|_| ()),
         Command::Test => test::run(),
-        Command::Demo => anyhow::bail!("demo is not wired yet"),
+        Command::Demo => demo::run(),
         Command::Bench { which } => match which.as_str() {
             "capture" => bench_capture::run(),
             "pipeline" => bench_pipeline::run(),
