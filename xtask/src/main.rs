@@ -3,6 +3,7 @@
 //! Each command lives in its own module; this file only dispatches.
 
 mod bench_capture;
+mod bench_mirror;
 mod bench_pipeline;
 mod demo;
 mod ebpf;
@@ -43,7 +44,10 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => match which.as_str() {
             "capture" => bench_capture::run(),
             "pipeline" => bench_pipeline::run(),
-            other => anyhow::bail!("unknown benchmark {other:?} (known: capture, pipeline)"),
+            "mirror" => bench_mirror::run(),
+            other => {
+                anyhow::bail!("unknown benchmark {other:?} (known: capture, pipeline, mirror)")
+            }
         },
     }
 }
