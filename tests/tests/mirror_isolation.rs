@@ -114,6 +114,7 @@ fn broken_mirrors_do_not_touch_the_primary_and_every_copy_is_counted() {
     // 3 s: the slow mirror answers within it, the silent one does not.
     flags.extend(["--timeout-ms".into(), "3000".into()]);
     let mut agent = start_agent(&topo, dir.path(), &flags);
+    let agent_started = std::time::Instant::now();
     let with_agent = drive(&topo, &primary, "iso", N);
     assert_eq!(
         String::from_utf8_lossy(&with_agent),
@@ -123,8 +124,18 @@ fn broken_mirrors_do_not_touch_the_primary_and_every_copy_is_counted() {
     healthy.wait_for(N, Duration::from_millis(300), Duration::from_secs(20));
     // Let the never-answering copies time out and the slow 500s arrive.
     std::thread::sleep(Duration::from_millis(3500));
+    // The agent logs a progress line every 5 s: run past the first one.
+    if let Some(rest) = Duration::from_millis(6500).checked_sub(agent_started.elapsed()) {
+        std::thread::sleep(rest);
+    }
     let (_, table) = stop_agent(&mut agent);
     let log = agent.log();
+    assert!(
+        log.lines().any(|l| l.contains("captured ")
+            && l.contains("| healthy: sent ")
+            && l.contains("| down: sent 0")),
+        "a progress line naming every mirror: {log}"
+    );
     eprintln!("{test}: {}", table_text(&log));
 
     assert_eq!(table.captured, N as u64, "{log}");
