@@ -81,12 +81,18 @@ fn bench(world: &mut World, agent_bin: &Path) -> Result<()> {
         std::thread::sleep(Duration::from_millis(50));
     }
     let pid = world.children[agent].id();
+    // nginx runs with `master_process off`: the child (exec'd by `ip netns exec`) serves.
+    let (primary_pid, mirror_pid) = (world.children[0].id(), world.children[1].id());
     let cpu0 = cpu_secs(pid)?;
+    let (p0, m0) = (cpu_secs(primary_pid)?, cpu_secs(mirror_pid)?);
+    let t0 = Instant::now();
     println!("bench mirror: {SECS} s of wrk with the agent mirroring 100% ...");
     let with = wrk(&url, SECS)?;
     // Let the replay finish what is queued before reading CPU and memory.
     std::thread::sleep(Duration::from_secs(2));
     let cpu = cpu_secs(pid)? - cpu0;
+    let wall = t0.elapsed().as_secs_f64();
+    let (pcpu, mcpu) = (cpu_secs(primary_pid)? - p0, cpu_secs(mirror_pid)? - m0);
     let hwm = vm_hwm_kib(pid)?;
     world.interrupt(agent, Duration::from_secs(30))?;
     let log = std::fs::read_to_string(&err_path)?;
@@ -134,6 +140,12 @@ fn bench(world: &mut World, agent_bin: &Path) -> Result<()> {
     println!(
         "| primary p99 without / with agent | {:.2} / {:.2} ms (ratio {p99:.2}) | |",
         base.p99_ms, with.p99_ms
+    );
+    println!(
+        "| CPU share over the {wall:.0} s with the agent: agent / primary nginx / mirror nginx | {:.0}% / {:.0}% / {:.0}% of one core | |",
+        cpu * 100.0 / wall,
+        pcpu * 100.0 / wall,
+        mcpu * 100.0 / wall
     );
     println!();
     println!("loss counters: {detail}");
