@@ -7,9 +7,11 @@
 //! `MIRROR_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test` as root), so CI never passes silently.
 
 pub mod agent;
+pub mod mirror;
 pub mod netns;
 pub mod oracle;
 pub mod process;
+pub mod scenario;
 
 pub use netns::{NetNs, Topology, unique_name};
 pub use process::{ChildGuard, wait_for_port};

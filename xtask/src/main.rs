@@ -3,7 +3,9 @@
 //! Each command lives in its own module; this file only dispatches.
 
 mod bench_capture;
+mod bench_mirror;
 mod bench_pipeline;
+mod demo;
 mod ebpf;
 mod setup;
 mod test;
@@ -38,11 +40,14 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(setup::Scope::All),
         Command::BuildEbpf => ebpf::build().map(|_| ()),
         Command::Test => test::run(),
-        Command::Demo => anyhow::bail!("demo is not wired yet"),
+        Command::Demo => demo::run(),
         Command::Bench { which } => match which.as_str() {
             "capture" => bench_capture::run(),
             "pipeline" => bench_pipeline::run(),
-            other => anyhow::bail!("unknown benchmark {other:?} (known: capture, pipeline)"),
+            "mirror" => bench_mirror::run(),
+            other => {
+                anyhow::bail!("unknown benchmark {other:?} (known: capture, pipeline, mirror)")
+            }
         },
     }
 }

@@ -1,0 +1,118 @@
+//! A mirroring scenario for end-to-end tests: a [`Topology`], a recording primary on the node's
+//! veth address, mirrors on the node's loopback (not on the captured interface), and the agent
+//! capturing the primary's port. Clients run in the client namespace.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
+use std::process::Output;
+use std::time::Duration;
+
+use crate::agent::{Agent, Summary};
+use crate::mirror::{Behavior, MirrorTable, RecordingServer};
+use crate::{Topology, wait_for_port};
+
+pub const PRIMARY_PORT: u16 = 8080;
+
+/// IPv4 or IPv6 addressing of a scenario.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Family {
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn server_ip(self) -> IpAddr {
+        match self {
+            Family::V4 => Topology::SERVER_V4.parse().unwrap(),
+            Family::V6 => Topology::SERVER_V6.parse().unwrap(),
+        }
+    }
+    pub fn loopback(self) -> IpAddr {
+        match self {
+            Family::V4 => "127.0.0.1".parse().unwrap(),
+            Family::V6 => "::1".parse().unwrap(),
+        }
+    }
+}
+
+/// `http://addr` with IPv6 brackets.
+pub fn url(addr: SocketAddr) -> String {
+    format!("http://{addr}")
+}
+
+/// The primary and its address.
+pub fn start_primary(topo: &Topology, family: Family) -> RecordingServer {
+    let addr = SocketAddr::new(family.server_ip(), PRIMARY_PORT);
+    let s = RecordingServer::start(&topo.server, addr, Behavior::Ok);
+    wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(5));
+    s
+}
+
+/// A mirror on the node's loopback at `port`.
+pub fn start_mirror(
+    topo: &Topology,
+    family: Family,
+    port: u16,
+    behavior: Behavior,
+) -> RecordingServer {
+    let addr = SocketAddr::new(family.loopback(), port);
+    let s = RecordingServer::start(&topo.server, addr, behavior);
+    wait_for_port(&topo.server, port, Duration::from_secs(5));
+    s
+}
+
+/// Starts the agent on the node's veth capturing the primary's port, with `extra` flags
+/// (`--mirror ...`).
+pub fn start_agent(topo: &Topology, dir: &Path, extra: &[String]) -> Agent {
+    let mut args: Vec<String> = vec![
+        "--iface".into(),
+        topo.server_if.clone(),
+        "--port".into(),
+        PRIMARY_PORT.to_string(),
+    ];
+    args.extend_from_slice(extra);
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    Agent::start(&topo.server, &refs, dir)
+}
+
+/// SIGTERM, waits, asserts a clean exit; returns the capture summary and the mirror table.
+pub fn stop_agent(agent: &mut Agent) -> (Summary, MirrorTable) {
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let table = MirrorTable::parse(&log);
+    assert!(!table.rows.is_empty(), "no mirror table in the log: {log}");
+    (summary, table)
+}
+
+/// Runs curl in the client namespace (`-sS --max-time 30`, no `Expect: 100-continue`).
+pub fn curl(topo: &Topology, args: &[&str]) -> Output {
+    topo.client
+        .command("curl")
+        .args(["-sS", "--max-time", "30", "-H", "Expect:"])
+        .args(args)
+        .output()
+        .expect("run curl")
+}
+
+/// curl that must succeed; returns its stdout.
+pub fn curl_ok(topo: &Topology, args: &[&str]) -> Vec<u8> {
+    let out = curl(topo, args);
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// Bytes that do not compress or repeat at a short period (an LCG), for bodies.
+pub fn noise(len: usize, seed: u32) -> Vec<u8> {
+    let mut x = seed;
+    (0..len)
+        .map(|_| {
+            x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+            (x >> 16) as u8
+        })
+        .collect()
+}
