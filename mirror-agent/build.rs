@@ -19,7 +19,13 @@ fn main() {
         Some(p) => Some(PathBuf::from(p)),
         None => target_dir().map(|t| t.join(RELATIVE)),
     };
-    let Some(object) = object else { return };
+    let Some(object) = object else {
+        println!(
+            "cargo::warning=cannot find the cargo target dir (no CACHEDIR.TAG above OUT_DIR): \
+             the eBPF object is not embedded; set MIRROR_EBPF_OBJECT to its path"
+        );
+        return;
+    };
     if object.is_file() {
         println!("cargo::rerun-if-changed={}", object.display());
         println!("cargo::rustc-cfg=mirror_ebpf_object");
