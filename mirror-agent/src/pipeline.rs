@@ -2,12 +2,30 @@
 //!
 //! Owns the flow table and the per-flow wiring of reassembly ([`crate::reassembly`]) and framing
 //! ([`crate::http`]). Plain state machine: no I/O, no clock of its own (time comes with segments
-//! and ticks).
-// Implementation in progress; the output types below are agreed with record and replay.
+//! and ticks). Memory is bounded three ways, each counted when it bites: at most `max_flows`
+//! connections (the least recently active is evicted), a global byte budget over everything
+//! the flows hold (the least recently active flow holding bytes is evicted), and idle expiry.
 
+mod direction;
+mod flow;
+mod stats;
+
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 
+use bytes::Bytes;
+
+pub use direction::starts_like_request;
+pub use flow::FlowKey;
+pub use stats::{Counted, PipelineStats, RequestDrops, ResponseDrops};
+
+use crate::capture::Segment;
+use crate::cli::RunArgs;
 use crate::http::Request;
+use crate::http::request::HttpLimits;
+use crate::http::response::Response;
+use crate::reassembly::StreamConfig;
+use flow::{Flow, Scratch};
 
 /// A request with the connection it was seen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,3 +40,314 @@ pub struct CapturedRequest {
     pub seq_in_flow: u64,
     pub request: Request,
 }
+
+/// The primary's final response to the request `(flow_id, seq_in_flow)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CapturedResponse {
+    pub client: SocketAddr,
+    pub server: SocketAddr,
+    pub flow_id: u64,
+    /// `seq_in_flow` of the [`CapturedRequest`] this answers.
+    pub seq_in_flow: u64,
+    pub response: Response,
+}
+
+/// What the pipeline emits, in capture order.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineEvent {
+    Request(CapturedRequest),
+    Response(CapturedResponse),
+    /// In-order stream bytes, only with [`PipelineConfig::tap_streams`] (tests, debugging).
+    StreamData {
+        flow_id: u64,
+        from_client: bool,
+        bytes: Bytes,
+    },
+}
+
+/// Pipeline bounds and switches.
+#[derive(Debug, Clone)]
+pub struct PipelineConfig {
+    /// Server ports; empty: every connection whose client starts with a request line.
+    pub ports: Vec<u16>,
+    pub max_flows: usize,
+    /// Global budget of bytes held by all flows (out-of-order data, partial requests).
+    pub memory_budget: usize,
+    pub stream: StreamConfig,
+    pub http: HttpLimits,
+    /// A flow without a segment for this long is expired.
+    pub flow_idle_ns: u64,
+    /// Frame the server side and pair responses with requests.
+    pub responses: bool,
+    /// Emit [`PipelineEvent::StreamData`] for every in-order chunk.
+    pub tap_streams: bool,
+    /// Segments held per flow while its direction is unknown.
+    pub max_pending_segments: usize,
+}
+
+impl Default for PipelineConfig {
+    fn default() -> Self {
+        Self {
+            ports: Vec::new(),
+            max_flows: 65536,
+            memory_budget: 256 << 20,
+            stream: StreamConfig::default(),
+            http: HttpLimits::default(),
+            flow_idle_ns: 120_000_000_000,
+            responses: true,
+            tap_streams: false,
+            max_pending_segments: 64,
+        }
+    }
+}
+
+/// A flag value the pipeline cannot use.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// `--port` outside 1..=65535.
+    #[error("--port {0}: not a TCP port (1-65535)")]
+    BadPort(u32),
+}
+
+impl PipelineConfig {
+    /// Bounds from the command line.
+    pub fn from_run_args(a: &RunArgs) -> Result<Self, ConfigError> {
+        let ports = a
+            .ports
+            .iter()
+            .map(|&p| match u16::try_from(p) {
+                Ok(p) if p != 0 => Ok(p),
+                _ => Err(ConfigError::BadPort(p)),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            ports,
+            max_flows: a.max_flows.max(1),
+            memory_budget: a.memory_budget,
+            stream: StreamConfig {
+                max_buffered_bytes: a.flow_buffer,
+                gap_timeout_ns: a.gap_timeout_ms.saturating_mul(1_000_000),
+                ..StreamConfig::default()
+            },
+            http: HttpLimits {
+                max_head_bytes: a.max_head_bytes,
+                max_headers: a.max_headers,
+                ..HttpLimits::default()
+            },
+            flow_idle_ns: a.flow_idle_secs.saturating_mul(1_000_000_000),
+            responses: true,
+            tap_streams: false,
+            max_pending_segments: 64,
+        })
+    }
+}
+
+/// Why a flow left the table.
+#[derive(Clone, Copy)]
+enum EndReason {
+    Closed,
+    Idle,
+    MaxFlows,
+    Memory,
+    AtEnd,
+}
+
+/// The flow table and everything downstream of capture up to requests.
+pub struct Pipeline {
+    cfg: PipelineConfig,
+    flows: HashMap<FlowKey, Flow>,
+    /// Least recently active first; entries whose stamp no longer matches the flow's are stale
+    /// (the flow was touched again later) and skipped. Compacted when it grows past twice the
+    /// table, so it stays O(flows).
+    lru: VecDeque<(FlowKey, u64)>,
+    next_touch: u64,
+    next_flow_id: u64,
+    /// Sum of `Flow::buffered` over all flows.
+    held_bytes: usize,
+    /// Flows with out-of-order bytes, polled on ticks for gap timeouts.
+    with_holes: HashSet<FlowKey>,
+    stats: PipelineStats,
+    scratch: Scratch,
+}
+
+impl Pipeline {
+    pub fn new(cfg: PipelineConfig) -> Self {
+        Self {
+            cfg,
+            flows: HashMap::new(),
+            lru: VecDeque::new(),
+            next_touch: 0,
+            next_flow_id: 0,
+            held_bytes: 0,
+            with_holes: HashSet::new(),
+            stats: PipelineStats::default(),
+            scratch: Scratch::default(),
+        }
+    }
+
+    pub fn config(&self) -> &PipelineConfig {
+        &self.cfg
+    }
+
+    /// Counters so far (reassembly counters of open flows are added when they end).
+    pub fn stats(&self) -> PipelineStats {
+        let mut s = self.stats.clone();
+        s.flows_active = self.flows.len() as u64;
+        s
+    }
+
+    /// Bytes held by all flows right now (bounded by the memory budget).
+    pub fn held_bytes(&self) -> usize {
+        self.held_bytes
+    }
+
+    pub fn on_segment(&mut self, seg: Segment, out: &mut Vec<PipelineEvent>) {
+        self.stats.segments += 1;
+        self.stats.payload_bytes += seg.payload.len() as u64;
+        let ports = &self.cfg.ports;
+        if !ports.is_empty() && !ports.contains(&seg.dst.port()) && !ports.contains(&seg.src.port())
+        {
+            self.stats.segments_other_port += 1;
+            self.stats.other_port_bytes += seg.payload.len() as u64;
+            return;
+        }
+        let key = FlowKey::new(seg.src, seg.dst);
+        if !self.flows.contains_key(&key) {
+            if seg.payload.is_empty() && !seg.flags.syn() {
+                self.stats.segments_no_flow += 1;
+                return;
+            }
+            while self.flows.len() >= self.cfg.max_flows {
+                if !self.evict_lru(EndReason::MaxFlows, false, out) {
+                    break;
+                }
+            }
+            self.flows
+                .insert(key, Flow::new(self.next_flow_id, seg.ts_ns));
+            self.next_flow_id += 1;
+            self.stats.flows += 1;
+        }
+        self.stats.segments_to_flows += 1;
+        self.touch(key);
+        let flow = self.flows.get_mut(&key).expect("inserted above");
+        let before = flow.buffered();
+        flow.on_segment(seg, &self.cfg, &mut self.stats, &mut self.scratch, out);
+        self.after_update(key, before, out);
+        while self.held_bytes > self.cfg.memory_budget {
+            if !self.evict_lru(EndReason::Memory, true, out) {
+                break;
+            }
+        }
+    }
+
+    /// Time passes (capture time): gap timeouts and idle expiry.
+    pub fn on_tick(&mut self, now_ns: u64, out: &mut Vec<PipelineEvent>) {
+        let keys: Vec<FlowKey> = self.with_holes.iter().copied().collect();
+        for key in keys {
+            let Some(flow) = self.flows.get_mut(&key) else {
+                self.with_holes.remove(&key);
+                continue;
+            };
+            let before = flow.buffered();
+            flow.poll(now_ns, &self.cfg, &mut self.stats, &mut self.scratch, out);
+            self.after_update(key, before, out);
+        }
+        while let Some(&(key, stamp)) = self.lru.front() {
+            match self.flows.get(&key) {
+                Some(f) if f.touch == stamp => {
+                    if now_ns.saturating_sub(f.last_ns) < self.cfg.flow_idle_ns {
+                        break;
+                    }
+                    self.lru.pop_front();
+                    self.end_flow(key, EndReason::Idle, out);
+                }
+                _ => {
+                    self.lru.pop_front();
+                }
+            }
+        }
+    }
+
+    /// End of input: every flow ends, holes are declared lost, partial requests counted.
+    pub fn finish(&mut self, out: &mut Vec<PipelineEvent>) {
+        // Oldest first, so events come out in a stable order.
+        let mut keys: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.id, *k)).collect();
+        keys.sort_unstable_by_key(|k| k.0);
+        for (_, key) in keys {
+            self.end_flow(key, EndReason::AtEnd, out);
+        }
+        self.lru.clear();
+    }
+
+    fn touch(&mut self, key: FlowKey) {
+        self.next_touch += 1;
+        if let Some(f) = self.flows.get_mut(&key) {
+            f.touch = self.next_touch;
+        }
+        self.lru.push_back((key, self.next_touch));
+        if self.lru.len() > 2 * self.flows.len() + 64 {
+            let flows = &self.flows;
+            self.lru
+                .retain(|(k, s)| flows.get(k).is_some_and(|f| f.touch == *s));
+        }
+    }
+
+    /// Budget bookkeeping after a flow changed; ends it if it closed.
+    fn after_update(&mut self, key: FlowKey, before: usize, out: &mut Vec<PipelineEvent>) {
+        let Some(flow) = self.flows.get(&key) else {
+            return;
+        };
+        let after = flow.buffered();
+        self.held_bytes = (self.held_bytes + after).saturating_sub(before);
+        if flow.has_holes() {
+            self.with_holes.insert(key);
+        } else {
+            self.with_holes.remove(&key);
+        }
+        if flow.is_closed() {
+            self.end_flow(key, EndReason::Closed, out);
+        }
+    }
+
+    /// Ends the least recently active flow (holding bytes, if `holding`). False if none.
+    fn evict_lru(&mut self, why: EndReason, holding: bool, out: &mut Vec<PipelineEvent>) -> bool {
+        let mut i = 0;
+        while i < self.lru.len() {
+            let (key, stamp) = self.lru[i];
+            match self.flows.get(&key) {
+                Some(f) if f.touch == stamp => {
+                    if !holding || f.buffered() > 0 {
+                        self.lru.remove(i);
+                        self.end_flow(key, why, out);
+                        return true;
+                    }
+                    i += 1;
+                }
+                _ => {
+                    self.lru.remove(i);
+                }
+            }
+        }
+        false
+    }
+
+    fn end_flow(&mut self, key: FlowKey, why: EndReason, out: &mut Vec<PipelineEvent>) {
+        let Some(flow) = self.flows.remove(&key) else {
+            return;
+        };
+        self.held_bytes = self.held_bytes.saturating_sub(flow.buffered());
+        self.with_holes.remove(&key);
+        let s = &mut self.stats;
+        match why {
+            EndReason::Closed => s.flows_closed += 1,
+            EndReason::Idle => s.flows_idle_expired += 1,
+            EndReason::MaxFlows => s.flows_evicted_max_flows += 1,
+            EndReason::Memory => s.flows_evicted_memory += 1,
+            EndReason::AtEnd => s.flows_open_at_end += 1,
+        }
+        flow.close(&self.cfg, &mut self.stats, &mut self.scratch, out);
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,1 +1,353 @@
 //! Request recording as JSON lines (`--record`) and reading recordings back (`--from`).
+//!
+//! Owns the record format: one JSON object per request, in capture order:
+//!
+//! ```text
+//! {"ts_ns":1491516335016265000,"src":"10.0.0.1:61541","dst":"81.218.72.15:80","flow_id":0,
+//!  "seq_in_flow":0,"method":"POST","target":"/x","version":"HTTP/1.1","host":"example.org",
+//!  "headers":[["Host","example.org"],["Content-Length","2"]],"body_len":2,"raw":"UE9TVC...",
+//!  "head_len":55,"framing":"content-length","end_ts_ns":1491516335016280000,"te_and_cl":false}
+//! ```
+//!
+//! `raw` (base64, standard alphabet with padding) is the authority: the exact request bytes, head
+//! and body, chunked framing included. `headers` are `[name, value]` in wire order and case;
+//! a value that is not valid UTF-8 is written as `[name, lossy_text, base64_of_exact_bytes]`, so
+//! the array stays readable as text and the reader still gets the exact bytes back. IPv6
+//! addresses are written `[addr]:port`. Record files hold credentials (Authorization, cookies)
+//! and are created with mode 0600.
+
+use std::fs::OpenOptions;
+use std::io::{BufRead, BufWriter, Write};
+use std::net::SocketAddr;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::http::{BodyFraming, Header, Request, Version};
+use crate::pipeline::CapturedRequest;
+
+/// Why a record could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// Creating or writing the file failed.
+    #[error("record file {path}: {source}")]
+    Io {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The line is not a JSON object of the record shape.
+    #[error("line {line}: not a request record: {source}")]
+    Json {
+        line: u64,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// A field has a value the format does not allow.
+    #[error("line {line}: field {field}: {detail}")]
+    Field {
+        line: u64,
+        field: &'static str,
+        detail: String,
+    },
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(untagged)]
+enum HeaderEntry {
+    Text(String, String),
+    Binary(String, String, String),
+}
+
+#[derive(Serialize, Deserialize)]
+struct Line {
+    ts_ns: u64,
+    src: String,
+    dst: String,
+    #[serde(default)]
+    flow_id: u64,
+    #[serde(default)]
+    seq_in_flow: u64,
+    method: String,
+    target: String,
+    version: String,
+    host: Option<String>,
+    headers: Vec<HeaderEntry>,
+    body_len: u64,
+    raw: String,
+    /// Optional on input: found from `raw` when absent.
+    #[serde(default)]
+    head_len: Option<usize>,
+    /// `none`, `content-length` or `chunked`; optional on input (derived from the headers).
+    #[serde(default)]
+    framing: Option<String>,
+    #[serde(default)]
+    end_ts_ns: Option<u64>,
+    #[serde(default)]
+    te_and_cl: bool,
+}
+
+/// One record line (without the newline).
+pub fn to_line(c: &CapturedRequest) -> String {
+    let r = &c.request;
+    let headers = r
+        .headers
+        .iter()
+        .map(|h| match std::str::from_utf8(&h.value) {
+            Ok(v) => HeaderEntry::Text(h.name.clone(), v.to_owned()),
+            Err(_) => HeaderEntry::Binary(
+                h.name.clone(),
+                String::from_utf8_lossy(&h.value).into_owned(),
+                B64.encode(&h.value),
+            ),
+        })
+        .collect();
+    let framing = match r.framing {
+        BodyFraming::None => "none",
+        BodyFraming::ContentLength(_) => "content-length",
+        BodyFraming::Chunked => "chunked",
+        BodyFraming::CloseDelimited => "close-delimited",
+    };
+    let line = Line {
+        ts_ns: r.ts_ns,
+        src: c.src.to_string(),
+        dst: c.dst.to_string(),
+        flow_id: c.flow_id,
+        seq_in_flow: c.seq_in_flow,
+        method: r.method.clone(),
+        target: r.target.clone(),
+        version: r.version.as_str().to_owned(),
+        host: r
+            .header("host")
+            .map(|v| String::from_utf8_lossy(v).into_owned()),
+        headers,
+        body_len: r.body_len,
+        raw: B64.encode(&r.raw),
+        head_len: Some(r.head_len),
+        framing: Some(framing.to_owned()),
+        end_ts_ns: Some(r.end_ts_ns),
+        te_and_cl: r.te_and_cl,
+    };
+    serde_json::to_string(&line).expect("a record always serializes")
+}
+
+/// Parses one record line (line number 0 in errors; see [`RecordReader`] for numbered lines).
+pub fn read_line(line: &str) -> Result<CapturedRequest, RecordError> {
+    parse(line, 0)
+}
+
+fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
+    let l: Line =
+        serde_json::from_str(text).map_err(|source| RecordError::Json { line, source })?;
+    let field = |field: &'static str, detail: String| RecordError::Field {
+        line,
+        field,
+        detail,
+    };
+    let addr = |name: &'static str, s: &str| {
+        s.parse::<SocketAddr>()
+            .map_err(|e| field(name, format!("{s:?}: {e}")))
+    };
+    let src = addr("src", &l.src)?;
+    let dst = addr("dst", &l.dst)?;
+    let raw = Bytes::from(
+        B64.decode(&l.raw)
+            .map_err(|e| field("raw", e.to_string()))?,
+    );
+    let version = match l.version.as_str() {
+        "HTTP/1.1" => Version::Http11,
+        "HTTP/1.0" => Version::Http10,
+        "HTTP/0.9" | "" => Version::Http09,
+        other => return Err(field("version", format!("{other:?}"))),
+    };
+    let mut headers = Vec::with_capacity(l.headers.len());
+    for h in l.headers {
+        headers.push(match h {
+            HeaderEntry::Text(name, value) => Header {
+                name,
+                value: Bytes::from(value),
+            },
+            HeaderEntry::Binary(name, _, b64) => Header {
+                name,
+                value: Bytes::from(
+                    B64.decode(&b64)
+                        .map_err(|e| field("headers", e.to_string()))?,
+                ),
+            },
+        });
+    }
+    let head_len = match l.head_len {
+        Some(n) if n <= raw.len() => n,
+        Some(n) => return Err(field("head_len", format!("{n} > raw length {}", raw.len()))),
+        None => find_head_end(&raw).unwrap_or(raw.len()),
+    };
+    let framing = match l.framing.as_deref() {
+        Some("none") => BodyFraming::None,
+        Some("content-length") => BodyFraming::ContentLength(l.body_len),
+        Some("chunked") => BodyFraming::Chunked,
+        Some("close-delimited") => BodyFraming::CloseDelimited,
+        Some(other) => return Err(field("framing", format!("{other:?}"))),
+        None => derive_framing(&headers, l.body_len),
+    };
+    Ok(CapturedRequest {
+        src,
+        dst,
+        flow_id: l.flow_id,
+        seq_in_flow: l.seq_in_flow,
+        request: Request {
+            raw,
+            head_len,
+            method: l.method,
+            target: l.target,
+            version,
+            headers,
+            framing,
+            body_len: l.body_len,
+            ts_ns: l.ts_ns,
+            end_ts_ns: l.end_ts_ns.unwrap_or(l.ts_ns),
+            te_and_cl: l.te_and_cl,
+        },
+    })
+}
+
+/// End of the head: after the first empty line (CRLF CRLF, or bare LF LF).
+fn find_head_end(raw: &[u8]) -> Option<usize> {
+    (0..raw.len()).find_map(|i| {
+        if raw[i..].starts_with(b"\r\n\r\n") {
+            Some(i + 4)
+        } else if raw[i..].starts_with(b"\n\n") {
+            Some(i + 2)
+        } else if raw[i..].starts_with(b"\n\r\n") {
+            Some(i + 3)
+        } else {
+            None
+        }
+    })
+}
+
+fn derive_framing(headers: &[Header], body_len: u64) -> BodyFraming {
+    let has = |n: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(n));
+    if has("transfer-encoding") {
+        BodyFraming::Chunked
+    } else if has("content-length") {
+        BodyFraming::ContentLength(body_len)
+    } else {
+        BodyFraming::None
+    }
+}
+
+/// Writes records, one line each, buffered. Call [`RecordWriter::flush`] at the end.
+pub struct RecordWriter {
+    out: BufWriter<Box<dyn Write + Send>>,
+    path: String,
+    written: u64,
+}
+
+impl RecordWriter {
+    /// `-` is stdout; anything else a file created (or truncated) with mode 0600.
+    pub fn create(target: &str) -> Result<Self, RecordError> {
+        let io = |source| RecordError::Io {
+            path: target.to_owned(),
+            source,
+        };
+        let out: Box<dyn Write + Send> = if target == "-" {
+            Box::new(std::io::stdout())
+        } else {
+            let f = OpenOptions::new()
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .mode(0o600)
+                .open(target)
+                .map_err(io)?;
+            // `mode` applies only when the file is created; an existing file keeps its bits.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))
+                .map_err(io)?;
+            Box::new(f)
+        };
+        Ok(Self {
+            out: BufWriter::with_capacity(1 << 16, out),
+            path: target.to_owned(),
+            written: 0,
+        })
+    }
+
+    /// Records into any writer (tests).
+    pub fn from_writer(w: impl Write + Send + 'static) -> Self {
+        Self {
+            out: BufWriter::new(Box::new(w)),
+            path: "<writer>".into(),
+            written: 0,
+        }
+    }
+
+    pub fn write(&mut self, r: &CapturedRequest) -> Result<(), RecordError> {
+        let mut line = to_line(r);
+        line.push('\n');
+        self.out
+            .write_all(line.as_bytes())
+            .map_err(|source| RecordError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        self.written += 1;
+        Ok(())
+    }
+
+    pub fn flush(&mut self) -> Result<(), RecordError> {
+        self.out.flush().map_err(|source| RecordError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Records written so far.
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+}
+
+/// Reads a recording line by line; empty lines are skipped, errors carry the line number.
+pub struct RecordReader<R: BufRead> {
+    input: R,
+    line: u64,
+    buf: String,
+}
+
+impl<R: BufRead> RecordReader<R> {
+    pub fn new(input: R) -> Self {
+        Self {
+            input,
+            line: 0,
+            buf: String::new(),
+        }
+    }
+}
+
+impl<R: BufRead> Iterator for RecordReader<R> {
+    type Item = Result<CapturedRequest, RecordError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            self.buf.clear();
+            self.line += 1;
+            match self.input.read_line(&mut self.buf) {
+                Ok(0) => return None,
+                Ok(_) if self.buf.trim().is_empty() => continue,
+                Ok(_) => return Some(parse(self.buf.trim_end(), self.line)),
+                Err(source) => {
+                    return Some(Err(RecordError::Io {
+                        path: "<input>".into(),
+                        source,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

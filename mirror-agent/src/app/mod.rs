@@ -1,3 +1,4 @@
 //! Runners of the agent's modes: the async wiring around the library stages.
 
 pub mod live;
+pub mod offline;

@@ -1,0 +1,462 @@
+//! One connection: its direction, a reassembly stream per direction, and the framers.
+//!
+//! Owns the per-connection wiring: segments go to the stream of their direction; in-order
+//! client bytes go to the [`RequestFramer`], server bytes to the [`ResponseFramer`] (told what
+//! each request was, so HEAD and CONNECT responses frame right); final responses are paired with
+//! requests in order. Everything it drops it counts in [`PipelineStats`].
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+
+use bytes::Bytes;
+
+use super::direction::{self, Hint};
+use super::stats::{PipelineStats, add_stream};
+use super::{CapturedRequest, CapturedResponse, PipelineConfig, PipelineEvent};
+use crate::capture::Segment;
+use crate::http::request::{RequestEvent, RequestFramer};
+use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
+use crate::reassembly::{Stream, StreamEvent};
+
+/// Direction-independent connection key: the two endpoints in a fixed order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    lo: SocketAddr,
+    hi: SocketAddr,
+}
+
+impl FlowKey {
+    pub fn new(a: SocketAddr, b: SocketAddr) -> Self {
+        if a <= b {
+            Self { lo: a, hi: b }
+        } else {
+            Self { lo: b, hi: a }
+        }
+    }
+}
+
+/// Scratch buffers reused across calls so the hot path does not allocate.
+#[derive(Default)]
+pub(super) struct Scratch {
+    stream: Vec<StreamEvent>,
+    req: Vec<RequestEvent>,
+    resp: Vec<ResponseEvent>,
+}
+
+/// Client and server once known.
+struct Decided {
+    client: SocketAddr,
+    server: SocketAddr,
+    /// [client→server, server→client].
+    streams: [Stream; 2],
+    req: Option<RequestFramer>,
+    resp: ResponseFramer,
+    /// Sequence numbers (within the flow) of requests still waiting for their response.
+    awaiting: VecDeque<u64>,
+    next_seq: u64,
+    /// The client stream was picked up without its SYN (its framer resyncs by itself).
+    client_midstream: bool,
+    client_ignored: bool,
+    server_ignored: bool,
+    ended: [bool; 2],
+    reset: bool,
+}
+
+enum State {
+    /// Segments held until a segment says who the client is (bounded).
+    Undecided {
+        pending: Vec<Segment>,
+        bytes: usize,
+    },
+    Decided(Box<Decided>),
+}
+
+pub(super) struct Flow {
+    pub id: u64,
+    /// Last LRU stamp given to this flow (see the pipeline's LRU queue).
+    pub touch: u64,
+    pub last_ns: u64,
+    state: State,
+}
+
+const C2S: usize = 0;
+const S2C: usize = 1;
+
+impl Flow {
+    pub fn new(id: u64, now_ns: u64) -> Self {
+        Self {
+            id,
+            touch: 0,
+            last_ns: now_ns,
+            state: State::Undecided {
+                pending: Vec::new(),
+                bytes: 0,
+            },
+        }
+    }
+
+    /// Bytes this flow holds that count against the global budget.
+    pub fn buffered(&self) -> usize {
+        match &self.state {
+            State::Undecided { bytes, .. } => *bytes,
+            State::Decided(d) => {
+                d.streams[0].buffered_bytes()
+                    + d.streams[1].buffered_bytes()
+                    + d.req.as_ref().map_or(0, RequestFramer::buffered_bytes)
+                    + d.resp.buffered_bytes()
+            }
+        }
+    }
+
+    /// Out-of-order bytes waiting in reassembly (what a gap timeout can release).
+    pub fn has_holes(&self) -> bool {
+        match &self.state {
+            State::Undecided { .. } => false,
+            State::Decided(d) => d.streams[0].buffered_bytes() + d.streams[1].buffered_bytes() > 0,
+        }
+    }
+
+    /// FIN seen in both directions, or RST in either.
+    pub fn is_closed(&self) -> bool {
+        match &self.state {
+            State::Undecided { .. } => false,
+            State::Decided(d) => d.reset || (d.ended[0] && d.ended[1]),
+        }
+    }
+
+    pub fn on_segment(
+        &mut self,
+        seg: Segment,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        self.last_ns = self.last_ns.max(seg.ts_ns);
+        if let State::Undecided { pending, bytes } = &mut self.state {
+            let client = match direction::hint(&seg, &cfg.ports) {
+                Hint::SenderIsClient => seg.src,
+                Hint::SenderIsServer => seg.dst,
+                Hint::Unknown => {
+                    *bytes += seg.payload.len();
+                    pending.push(seg);
+                    // Bounded: beyond the cap the oldest held segment is given up (counted).
+                    while pending.len() > cfg.max_pending_segments
+                        || *bytes > cfg.stream.max_buffered_bytes
+                    {
+                        let old = pending.remove(0);
+                        *bytes -= old.payload.len();
+                        stats.undecided_bytes += old.payload.len() as u64;
+                    }
+                    return;
+                }
+            };
+            let server = if client == seg.src { seg.dst } else { seg.src };
+            let held = std::mem::take(pending);
+            self.state = State::Decided(Box::new(Decided {
+                client,
+                server,
+                streams: [
+                    Stream::new(cfg.stream.clone()),
+                    Stream::new(cfg.stream.clone()),
+                ],
+                req: None,
+                resp: ResponseFramer::new(cfg.http.clone()),
+                awaiting: VecDeque::new(),
+                next_seq: 0,
+                client_midstream: false,
+                client_ignored: false,
+                server_ignored: !cfg.responses,
+                ended: [false; 2],
+                reset: false,
+            }));
+            for s in held {
+                self.push(s, cfg, stats, sc, out);
+            }
+        }
+        self.push(seg, cfg, stats, sc, out);
+    }
+
+    fn push(
+        &mut self,
+        seg: Segment,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        let State::Decided(d) = &mut self.state else {
+            return;
+        };
+        let dir = if seg.src == d.client { C2S } else { S2C };
+        if dir == C2S && d.req.is_none() {
+            // The framer learns whether it sees the start of the client stream: without the SYN
+            // it skips to the first request line.
+            d.client_midstream = !seg.flags.syn();
+            d.req = Some(RequestFramer::new(cfg.http.clone(), d.client_midstream));
+        }
+        let mut evs = std::mem::take(&mut sc.stream);
+        d.streams[dir].push(seg.seq, seg.flags, seg.payload, seg.ts_ns, &mut evs);
+        d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
+        sc.stream = evs;
+    }
+
+    /// Declares holes older than the gap timeout lost.
+    pub fn poll(
+        &mut self,
+        now_ns: u64,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        let State::Decided(d) = &mut self.state else {
+            return;
+        };
+        let mut evs = std::mem::take(&mut sc.stream);
+        for dir in [C2S, S2C] {
+            d.streams[dir].poll(now_ns, &mut evs);
+            d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
+        }
+        sc.stream = evs;
+    }
+
+    /// Ends the flow: remaining holes are lost, framers finish, counters are folded in.
+    pub fn close(
+        mut self,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        match &mut self.state {
+            State::Undecided { bytes, .. } => {
+                stats.flows_undecided += 1;
+                stats.undecided_bytes += *bytes as u64;
+            }
+            State::Decided(d) => {
+                let mut evs = std::mem::take(&mut sc.stream);
+                for dir in [C2S, S2C] {
+                    d.streams[dir].flush(&mut evs);
+                    d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
+                }
+                sc.stream = evs;
+                if let Some(req) = d.req.as_mut() {
+                    if !d.client_ignored {
+                        req.finish(&mut sc.req);
+                        d.on_requests(self.id, stats, sc, out);
+                    }
+                }
+                if let Some(req) = d.req.as_ref() {
+                    stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
+                    if d.client_ignored {
+                        stats.client_bytes_ignored += req.stats().in_progress();
+                    }
+                }
+                if !d.server_ignored {
+                    d.resp.finish(self.last_ns, &mut sc.resp);
+                    d.on_responses(self.id, stats, sc, out);
+                } else {
+                    // Framing stopped mid-message when the flow turned out not to be HTTP/1.x.
+                    stats.server_bytes_ignored += d.resp.stats().in_progress();
+                }
+                stats.requests_unanswered += d.awaiting.len() as u64;
+                let rs = d.resp.stats();
+                stats.response_bytes += rs.response_bytes;
+                stats.server_bytes_framer_ignored += rs.ignored_bytes;
+                add_stream(&mut stats.client, d.streams[C2S].stats());
+                add_stream(&mut stats.server, d.streams[S2C].stats());
+            }
+        }
+    }
+}
+
+impl Decided {
+    #[allow(clippy::too_many_arguments)] // the pipeline's parts, borrowed separately
+    fn handle(
+        &mut self,
+        flow_id: u64,
+        dir: usize,
+        evs: &mut Vec<StreamEvent>,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        for ev in evs.drain(..) {
+            match ev {
+                StreamEvent::Data { bytes, ts_ns } => {
+                    if cfg.tap_streams {
+                        out.push(PipelineEvent::StreamData {
+                            flow_id,
+                            from_client: dir == C2S,
+                            bytes: bytes.clone(),
+                        });
+                    }
+                    if dir == C2S {
+                        self.client_data(flow_id, bytes, ts_ns, cfg, stats, sc, out);
+                    } else if self.server_ignored {
+                        stats.server_bytes_ignored += bytes.len() as u64;
+                    } else {
+                        self.resp.push(&bytes, ts_ns, &mut sc.resp);
+                        self.on_responses(flow_id, stats, sc, out);
+                    }
+                }
+                StreamEvent::Gap { len, .. } => {
+                    if dir == C2S {
+                        if let Some(req) = self.req.as_mut().filter(|_| !self.client_ignored) {
+                            req.gap(len, &mut sc.req);
+                            self.on_requests(flow_id, stats, sc, out);
+                        }
+                    } else if !self.server_ignored {
+                        self.resp.gap(len, &mut sc.resp);
+                        self.on_responses(flow_id, stats, sc, out);
+                    }
+                }
+                StreamEvent::End { reset } => {
+                    self.ended[dir] = true;
+                    self.reset |= reset;
+                }
+            }
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)] // the pipeline's parts, borrowed separately
+    fn client_data(
+        &mut self,
+        flow_id: u64,
+        bytes: Bytes,
+        ts_ns: u64,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        if self.client_ignored {
+            stats.client_bytes_ignored += bytes.len() as u64;
+            return;
+        }
+        let fresh = self
+            .req
+            .as_ref()
+            .is_none_or(|r| r.stats().pushed_bytes == 0);
+        if cfg.ports.is_empty() && fresh {
+            // Without --port only connections whose client starts with a request line are HTTP.
+            // A short first chunk that is still a method prefix gets the benefit of the doubt.
+            let prefix = bytes.len() < 24
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_');
+            if !direction::starts_like_request(&bytes) && !prefix && !self.client_midstream {
+                stats.flows_not_http += 1;
+                self.client_ignored = true;
+                self.server_ignored = true;
+                stats.client_bytes_ignored += bytes.len() as u64;
+                return;
+            }
+        }
+        let Some(req) = self.req.as_mut() else {
+            return;
+        };
+        req.push(&bytes, ts_ns, &mut sc.req);
+        self.on_requests(flow_id, stats, sc, out);
+    }
+
+    fn on_requests(
+        &mut self,
+        flow_id: u64,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        for ev in sc.req.drain(..) {
+            match ev {
+                RequestEvent::Request(request) => {
+                    let len = request.raw.len() as u64;
+                    stats.requests += 1;
+                    stats.request_bytes += len;
+                    let seq = self.next_seq;
+                    self.next_seq += 1;
+                    if !self.server_ignored {
+                        self.resp.expect(ExpectedResponse {
+                            head: request.method == "HEAD",
+                            connect: request.method == "CONNECT",
+                        });
+                        self.awaiting.push_back(seq);
+                    }
+                    out.push(PipelineEvent::Request(CapturedRequest {
+                        src: self.client,
+                        dst: self.server,
+                        flow_id,
+                        seq_in_flow: seq,
+                        request,
+                    }));
+                }
+                RequestEvent::Dropped { reason, bytes } => {
+                    stats.request_drops.add(reason, bytes);
+                }
+                RequestEvent::Tunnel => {
+                    stats.flows_tunnel += 1;
+                    self.client_ignored = true;
+                }
+                RequestEvent::Http2 => {
+                    stats.flows_h2 += 1;
+                    self.client_ignored = true;
+                    self.server_ignored = true;
+                }
+            }
+        }
+    }
+
+    fn on_responses(
+        &mut self,
+        flow_id: u64,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        // Pairing. The framer takes a request's expectation when the response head is parsed,
+        // so a response dropped after its head (a gap in its body) took one with it, and one
+        // dropped in its head did not. `awaiting.len() - pending` is the number of expectations
+        // taken and not yet answered; every Final still to come in this batch needs one, and
+        // at most one more belongs to a body still open at the end of the batch (body bytes are
+        // never buffered, head bytes are: that tells an open body from an open head).
+        let pending = self.resp.pending_expectations();
+        let mut finals_left = sc
+            .resp
+            .iter()
+            .filter(|e| matches!(e, ResponseEvent::Final(_)))
+            .count();
+        let open_body = self.resp.stats().in_progress() > 0 && self.resp.buffered_bytes() == 0;
+        for ev in sc.resp.drain(..) {
+            match ev {
+                ResponseEvent::Informational(_) => stats.responses_informational += 1,
+                ResponseEvent::Final(response) => {
+                    finals_left -= 1;
+                    match self.awaiting.pop_front() {
+                        Some(seq) => {
+                            stats.responses += 1;
+                            out.push(PipelineEvent::Response(CapturedResponse {
+                                client: self.client,
+                                server: self.server,
+                                flow_id,
+                                seq_in_flow: seq,
+                                response,
+                            }));
+                        }
+                        None => stats.responses_unpaired += 1,
+                    }
+                }
+                ResponseEvent::Dropped { reason, bytes } => {
+                    stats.response_drops.add(reason, bytes);
+                    let taken = self.awaiting.len().saturating_sub(pending);
+                    let extra = taken.saturating_sub(finals_left);
+                    if extra >= 2 || (extra == 1 && !open_body) {
+                        self.awaiting.pop_front();
+                        stats.responses_lost += 1;
+                    }
+                }
+            }
+        }
+    }
+}

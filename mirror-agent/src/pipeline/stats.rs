@@ -1,0 +1,387 @@
+//! Pipeline counters: every segment, flow and byte is accounted for under one reason.
+//!
+//! Owns [`PipelineStats`] and the identities that must hold between its fields
+//! ([`PipelineStats::check_balance`]), so a silent loss shows up as a failed test.
+
+use std::fmt;
+
+use crate::http::request::RequestDropReason;
+use crate::http::response::ResponseDropReason;
+use crate::reassembly::StreamStats;
+
+/// A count of events and of the bytes they carried.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Counted {
+    pub count: u64,
+    pub bytes: u64,
+}
+
+impl Counted {
+    pub fn add(&mut self, bytes: u64) {
+        self.count += 1;
+        self.bytes += bytes;
+    }
+}
+
+/// Request bytes that did not become requests, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RequestDrops {
+    pub gap: Counted,
+    pub head_too_large: Counted,
+    pub too_many_headers: Counted,
+    pub malformed: Counted,
+    pub truncated: Counted,
+    pub body_too_large: Counted,
+    /// Bytes before the first request line of a connection picked up mid-stream.
+    pub midstream: Counted,
+}
+
+impl RequestDrops {
+    pub fn add(&mut self, reason: RequestDropReason, bytes: u64) {
+        match reason {
+            RequestDropReason::Gap => self.gap.add(bytes),
+            RequestDropReason::HeadTooLarge => self.head_too_large.add(bytes),
+            RequestDropReason::TooManyHeaders => self.too_many_headers.add(bytes),
+            RequestDropReason::Malformed => self.malformed.add(bytes),
+            RequestDropReason::Truncated => self.truncated.add(bytes),
+            RequestDropReason::BodyTooLarge => self.body_too_large.add(bytes),
+            RequestDropReason::Midstream => self.midstream.add(bytes),
+        }
+    }
+
+    /// All reasons together.
+    pub fn total(&self) -> Counted {
+        let all = [
+            self.gap,
+            self.head_too_large,
+            self.too_many_headers,
+            self.malformed,
+            self.truncated,
+            self.body_too_large,
+            self.midstream,
+        ];
+        all.iter().fold(Counted::default(), |a, c| Counted {
+            count: a.count + c.count,
+            bytes: a.bytes + c.bytes,
+        })
+    }
+}
+
+/// Response bytes that did not become responses, by reason.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ResponseDrops {
+    pub gap: Counted,
+    pub head_too_large: Counted,
+    pub malformed: Counted,
+    pub truncated: Counted,
+    pub too_many_headers: Counted,
+}
+
+impl ResponseDrops {
+    pub fn add(&mut self, reason: ResponseDropReason, bytes: u64) {
+        match reason {
+            ResponseDropReason::Gap => self.gap.add(bytes),
+            ResponseDropReason::HeadTooLarge => self.head_too_large.add(bytes),
+            ResponseDropReason::Malformed => self.malformed.add(bytes),
+            ResponseDropReason::Truncated => self.truncated.add(bytes),
+            ResponseDropReason::TooManyHeaders => self.too_many_headers.add(bytes),
+        }
+    }
+
+    /// All reasons together.
+    pub fn total(&self) -> Counted {
+        let all = [
+            self.gap,
+            self.head_too_large,
+            self.malformed,
+            self.truncated,
+            self.too_many_headers,
+        ];
+        all.iter().fold(Counted::default(), |a, c| Counted {
+            count: a.count + c.count,
+            bytes: a.bytes + c.bytes,
+        })
+    }
+}
+
+/// Everything the pipeline counts. Reassembly counters of flows still open are added when the
+/// flow ends, so read them after [`super::Pipeline::finish`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PipelineStats {
+    // ---- segments ----
+    /// Segments handed to the pipeline.
+    pub segments: u64,
+    /// Their TCP payload bytes.
+    pub payload_bytes: u64,
+    /// Segments of connections on none of the configured ports.
+    pub segments_other_port: u64,
+    /// Payload bytes of those segments.
+    pub other_port_bytes: u64,
+    /// Segments with neither payload nor SYN for a connection not tracked (late ACKs, FINs).
+    pub segments_no_flow: u64,
+    /// Segments given to a tracked connection.
+    pub segments_to_flows: u64,
+
+    // ---- connections ----
+    /// Connections tracked (created).
+    pub flows: u64,
+    /// Connections tracked right now.
+    pub flows_active: u64,
+    /// Ended by FIN in both directions or by RST.
+    pub flows_closed: u64,
+    /// Expired after `flow_idle` without a segment.
+    pub flows_idle_expired: u64,
+    /// Evicted because `max_flows` were tracked (least recently active first).
+    pub flows_evicted_max_flows: u64,
+    /// Evicted because the global memory budget was exceeded.
+    pub flows_evicted_memory: u64,
+    /// Still open when the input ended.
+    pub flows_open_at_end: u64,
+    /// Ended without ever knowing which side was the client (their payload is `undecided_bytes`).
+    pub flows_undecided: u64,
+    /// Client side did not start with an HTTP request line (only without `--port`).
+    pub flows_not_http: u64,
+    /// Client side started with the HTTP/2 preface.
+    pub flows_h2: u64,
+    /// Became a tunnel (CONNECT, Upgrade) after a request.
+    pub flows_tunnel: u64,
+
+    // ---- bytes and messages ----
+    /// Payload of connections whose client side was never known, or that overflowed the
+    /// bounded pre-decision buffer.
+    pub undecided_bytes: u64,
+    /// Reassembly counters, client to server.
+    pub client: StreamStats,
+    /// Reassembly counters, server to client.
+    pub server: StreamStats,
+    /// Requests produced.
+    pub requests: u64,
+    /// Their wire bytes.
+    pub request_bytes: u64,
+    /// Client bytes lost between reassembly and a request, by reason.
+    pub request_drops: RequestDrops,
+    /// Client bytes not framed because the flow is not HTTP/1.x (h2, tunnel, not HTTP).
+    pub client_bytes_ignored: u64,
+    /// Client bytes the request framer skipped on purpose (blank lines between requests,
+    /// bytes after a tunnel or h2 start within the same push).
+    pub client_bytes_framer_ignored: u64,
+    /// Final responses produced (paired with their request).
+    pub responses: u64,
+    /// 1xx responses.
+    pub responses_informational: u64,
+    /// Final responses with no request waiting for them (capture started mid-connection).
+    pub responses_unpaired: u64,
+    /// Requests whose connection ended before any response to them was seen (one-sided
+    /// captures, responses not captured).
+    pub requests_unanswered: u64,
+    /// Requests whose response was lost (a response drop consumed their place in line).
+    pub responses_lost: u64,
+    /// Wire bytes of all responses (heads and bodies, 1xx included).
+    pub response_bytes: u64,
+    /// Server bytes lost before a response, by reason.
+    pub response_drops: ResponseDrops,
+    /// Server bytes not framed (h2, tunnel, not HTTP, or `responses` off).
+    pub server_bytes_ignored: u64,
+    /// Server bytes the response framer skipped on purpose (blank lines, tunnel bytes).
+    pub server_bytes_framer_ignored: u64,
+}
+
+/// Adds reassembly counters of one direction.
+pub(crate) fn add_stream(into: &mut StreamStats, s: &StreamStats) {
+    into.bytes_delivered += s.bytes_delivered;
+    into.retransmitted_bytes += s.retransmitted_bytes;
+    into.overlap_conflict_bytes += s.overlap_conflict_bytes;
+    into.gaps += s.gaps;
+    into.gap_bytes += s.gap_bytes;
+    into.overflow_bytes += s.overflow_bytes;
+    into.bytes_offered += s.bytes_offered;
+    into.segments += s.segments;
+    into.before_start_bytes += s.before_start_bytes;
+    into.after_end_bytes += s.after_end_bytes;
+    into.gaps_timeout += s.gaps_timeout;
+    into.gaps_bound += s.gaps_bound;
+    into.gaps_end += s.gaps_end;
+}
+
+impl PipelineStats {
+    /// The identities between counters; `Err` names the first that does not hold.
+    pub fn check_balance(&self) -> Result<(), String> {
+        let seg = self.segments_other_port + self.segments_no_flow + self.segments_to_flows;
+        if seg != self.segments {
+            return Err(format!(
+                "segments {} != other_port + no_flow + to_flows {seg}",
+                self.segments
+            ));
+        }
+        let ended = self.flows_active
+            + self.flows_closed
+            + self.flows_idle_expired
+            + self.flows_evicted_max_flows
+            + self.flows_evicted_memory
+            + self.flows_open_at_end;
+        if ended != self.flows {
+            return Err(format!(
+                "flows {} != active + closed + expired + evicted + open at end {ended}",
+                self.flows
+            ));
+        }
+        Ok(())
+    }
+
+    /// [`Self::check_balance`] plus the byte identities that hold once every flow has ended
+    /// (after [`super::Pipeline::finish`]): every payload byte is in a request, a counted drop,
+    /// or an ignored (non-HTTP/1.x) count.
+    pub fn check_balance_at_end(&self) -> Result<(), String> {
+        self.check_balance()?;
+        if self.flows_active != 0 {
+            return Err(format!("{} flows still active", self.flows_active));
+        }
+        let (c, s) = (&self.client, &self.server);
+        let offered =
+            self.other_port_bytes + self.undecided_bytes + c.bytes_offered + s.bytes_offered;
+        if offered != self.payload_bytes {
+            return Err(format!(
+                "payload_bytes {} != other_port {} + undecided {} + client offered {} + server offered {}",
+                self.payload_bytes,
+                self.other_port_bytes,
+                self.undecided_bytes,
+                c.bytes_offered,
+                s.bytes_offered
+            ));
+        }
+        for (name, d) in [("client", c), ("server", s)] {
+            if d.bytes_offered != d.bytes_delivered + d.discarded_bytes() {
+                return Err(format!(
+                    "{name}: offered {} != delivered {} + discarded {}",
+                    d.bytes_offered,
+                    d.bytes_delivered,
+                    d.discarded_bytes()
+                ));
+            }
+        }
+        let framed = self.request_bytes
+            + self.request_drops.total().bytes
+            + self.client_bytes_ignored
+            + self.client_bytes_framer_ignored;
+        if framed != c.bytes_delivered {
+            return Err(format!(
+                "client delivered {} != requests {} + dropped {} + ignored {} + framer ignored {}",
+                c.bytes_delivered,
+                self.request_bytes,
+                self.request_drops.total().bytes,
+                self.client_bytes_ignored,
+                self.client_bytes_framer_ignored
+            ));
+        }
+        let framed = self.response_bytes
+            + self.response_drops.total().bytes
+            + self.server_bytes_ignored
+            + self.server_bytes_framer_ignored;
+        if framed != s.bytes_delivered {
+            return Err(format!(
+                "server delivered {} != responses {} + dropped {} + ignored {} + framer ignored {}",
+                s.bytes_delivered,
+                self.response_bytes,
+                self.response_drops.total().bytes,
+                self.server_bytes_ignored,
+                self.server_bytes_framer_ignored
+            ));
+        }
+        Ok(())
+    }
+
+    /// Requests lost to capture or parsing, as a count (drops of the request framer).
+    pub fn requests_lost(&self) -> u64 {
+        self.request_drops.total().count
+    }
+}
+
+impl fmt::Display for PipelineStats {
+    /// The end-of-run summary: one `name value` pair per line, grouped, every loss with its reason.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let d = &self.request_drops;
+        let r = &self.response_drops;
+        let lines: &[(&str, u64)] = &[
+            ("segments", self.segments),
+            ("payload_bytes", self.payload_bytes),
+            ("segments_other_port", self.segments_other_port),
+            ("segments_no_flow", self.segments_no_flow),
+            ("flows", self.flows),
+            ("flows_closed", self.flows_closed),
+            ("flows_idle_expired", self.flows_idle_expired),
+            ("flows_evicted_max_flows", self.flows_evicted_max_flows),
+            ("flows_evicted_memory", self.flows_evicted_memory),
+            ("flows_open_at_end", self.flows_open_at_end),
+            ("flows_undecided", self.flows_undecided),
+            ("flows_not_http", self.flows_not_http),
+            ("flows_h2", self.flows_h2),
+            ("flows_tunnel", self.flows_tunnel),
+            ("requests", self.requests),
+            ("request_bytes", self.request_bytes),
+            ("responses", self.responses),
+            ("responses_informational", self.responses_informational),
+            ("responses_unpaired", self.responses_unpaired),
+            ("lost.responses_of_requests", self.responses_lost),
+            ("requests_unanswered", self.requests_unanswered),
+            ("lost.undecided_bytes", self.undecided_bytes),
+            ("lost.client_gaps", self.client.gaps),
+            ("lost.client_gap_bytes", self.client.gap_bytes),
+            ("lost.client_overflow_bytes", self.client.overflow_bytes),
+            (
+                "lost.client_before_start_bytes",
+                self.client.before_start_bytes,
+            ),
+            ("lost.client_after_end_bytes", self.client.after_end_bytes),
+            ("lost.server_gaps", self.server.gaps),
+            ("lost.server_gap_bytes", self.server.gap_bytes),
+            ("lost.server_overflow_bytes", self.server.overflow_bytes),
+            (
+                "lost.server_before_start_bytes",
+                self.server.before_start_bytes,
+            ),
+            ("lost.server_after_end_bytes", self.server.after_end_bytes),
+            ("lost.requests_gap", d.gap.count),
+            ("lost.requests_head_too_large", d.head_too_large.count),
+            ("lost.requests_too_many_headers", d.too_many_headers.count),
+            ("lost.requests_malformed", d.malformed.count),
+            ("lost.requests_truncated", d.truncated.count),
+            ("lost.requests_body_too_large", d.body_too_large.count),
+            ("lost.midstream_bytes", d.midstream.bytes),
+            ("lost.request_bytes", d.total().bytes),
+            ("lost.responses_gap", r.gap.count),
+            ("lost.responses_head_too_large", r.head_too_large.count),
+            ("lost.responses_malformed", r.malformed.count),
+            ("lost.responses_truncated", r.truncated.count),
+            ("lost.responses_too_many_headers", r.too_many_headers.count),
+            ("lost.response_bytes", r.total().bytes),
+            (
+                "ignored.client_bytes",
+                self.client_bytes_ignored + self.client_bytes_framer_ignored,
+            ),
+            (
+                "ignored.server_bytes",
+                self.server_bytes_ignored + self.server_bytes_framer_ignored,
+            ),
+            (
+                "anomaly.client_retransmitted_bytes",
+                self.client.retransmitted_bytes,
+            ),
+            (
+                "anomaly.client_overlap_conflict_bytes",
+                self.client.overlap_conflict_bytes,
+            ),
+            (
+                "anomaly.server_retransmitted_bytes",
+                self.server.retransmitted_bytes,
+            ),
+            (
+                "anomaly.server_overlap_conflict_bytes",
+                self.server.overlap_conflict_bytes,
+            ),
+        ];
+        for (name, v) in lines {
+            writeln!(f, "  {name:<40} {v}")?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,345 @@
+use super::*;
+use crate::capture::TcpFlags;
+use crate::capture::pcap::synth::Conversation;
+
+fn cfg() -> PipelineConfig {
+    PipelineConfig::default()
+}
+
+fn addr(s: &str) -> SocketAddr {
+    s.parse().unwrap()
+}
+
+fn run(p: &mut Pipeline, segs: impl IntoIterator<Item = Segment>) -> Vec<PipelineEvent> {
+    let mut out = Vec::new();
+    for s in segs {
+        p.on_segment(s, &mut out);
+    }
+    out
+}
+
+fn requests(evs: &[PipelineEvent]) -> Vec<&CapturedRequest> {
+    evs.iter()
+        .filter_map(|e| match e {
+            PipelineEvent::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+fn finish(p: &mut Pipeline, out: &mut Vec<PipelineEvent>) -> PipelineStats {
+    p.finish(out);
+    let s = p.stats();
+    s.check_balance_at_end()
+        .unwrap_or_else(|e| panic!("{e}\n{s}"));
+    s
+}
+
+const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
+const POST: &[u8] = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
+
+fn keepalive() -> Conversation {
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    c.handshake()
+        .client_sends(GET, 7)
+        .server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 100)
+        .client_sends(POST, 1000)
+        .close();
+    c
+}
+
+#[test]
+fn keepalive_requests_in_order_and_counters_add_up() {
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, keepalive().segments);
+    let s = finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 2);
+    assert_eq!(
+        (r[0].src, r[0].dst),
+        (addr("10.0.0.1:5000"), addr("10.0.0.2:8080"))
+    );
+    assert_eq!(&r[0].request.raw[..], GET);
+    assert_eq!(&r[1].request.raw[..], POST);
+    assert_eq!((r[0].seq_in_flow, r[1].seq_in_flow), (0, 1));
+    assert_eq!(r[0].flow_id, r[1].flow_id);
+    assert_eq!(s.flows, 1);
+    assert_eq!(s.flows_closed, 1);
+    assert_eq!(s.requests, 2);
+    assert_eq!(s.request_bytes, (GET.len() + POST.len()) as u64);
+}
+
+#[test]
+fn direction_from_port_syn_or_first_payload() {
+    // Capture starts with the server's response, then the client's request: no SYN, no port.
+    let mut c = keepalive();
+    let segs: Vec<Segment> = c.segments.drain(..).collect();
+    let server_first: Vec<Segment> = segs
+        .iter()
+        .filter(|s| !s.flags.syn() && !s.payload.is_empty())
+        .skip_while(|s| s.src.port() == 5000)
+        .cloned()
+        .collect();
+    assert!(server_first[0].payload.starts_with(b"HTTP/1.1"));
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, server_first);
+    finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].src, addr("10.0.0.1:5000"));
+
+    // With --port the port decides even when the client sends nothing like HTTP first.
+    let mut c = Conversation::new(addr("10.0.0.1:80"), addr("10.0.0.2:9999"), [1, 2]);
+    c.client_sends(b"junk\r\n", 100).client_sends(GET, 100);
+    let mut p = Pipeline::new(PipelineConfig {
+        ports: vec![80],
+        ..cfg()
+    });
+    // Here 10.0.0.1:80 is the server (its port is configured): GET comes from "the client"
+    // 10.0.0.2:9999 only if it sends it, so nothing is a request from port 80's side.
+    let mut out = run(&mut p, c.segments.clone());
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.requests, 0);
+    assert_eq!(s.server.bytes_offered, (6 + GET.len()) as u64);
+
+    // Other ports are not ours.
+    let mut p = Pipeline::new(PipelineConfig {
+        ports: vec![443],
+        ..cfg()
+    });
+    let mut out = run(&mut p, keepalive().segments);
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.segments_other_port, s.segments);
+    assert_eq!(s.flows, 0);
+}
+
+#[test]
+fn non_http_connections_are_counted_and_ignored() {
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:443"), [1, 2]);
+    c.handshake()
+        .client_sends(
+            b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 not http",
+            100,
+        )
+        .server_sends(b"\x16\x03\x03 server hello", 100)
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.flows_not_http, 1);
+    assert_eq!(s.requests, 0);
+    assert_eq!(s.request_drops.total().count, 0);
+    assert!(s.client_bytes_ignored > 0);
+
+    // Mid-stream without any HTTP line in either direction: never decided, counted.
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:22"), [1, 2]);
+    c.client_sends(b"SSH-2.0-x\r\n", 100);
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.flows_undecided, 1);
+    assert_eq!(s.undecided_bytes, 11);
+}
+
+#[test]
+fn gap_timeout_drops_the_request_and_resyncs() {
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:80"), [1, 2]);
+    c.step_ns = 1_000_000;
+    c.handshake()
+        .client_sends(b"GET /lost HTTP/1.1\r\nHost: h\r\n\r\n", 10)
+        .client_sends(GET, 100);
+    let mut segs = c.segments;
+    // Lose the second piece of the first request for good. (Resync happens at line starts: the
+    // framer cannot find a request glued to the end of a body whose length it lost.)
+    let lost = segs.remove(4);
+    let mut p = Pipeline::new(PipelineConfig {
+        ports: vec![80],
+        ..cfg()
+    });
+    let mut out = run(&mut p, segs);
+    assert!(
+        requests(&out).is_empty(),
+        "nothing after a hole before its timeout"
+    );
+    p.on_tick(lost.ts_ns + 2_000_000_000, &mut out);
+    let s = finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 1);
+    assert_eq!(&r[0].request.raw[..], GET);
+    assert_eq!(s.client.gaps, 1);
+    assert_eq!(s.client.gap_bytes, lost.payload.len() as u64);
+    assert_eq!(s.request_drops.gap.count, 1);
+}
+
+#[test]
+fn idle_flows_expire_on_ticks() {
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:80"), [1, 2]);
+    c.handshake().client_sends(b"GET /half HTTP/1.1\r\n", 100);
+    let t0 = c.ts_ns;
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    p.on_tick(t0 + 1_000_000_000, &mut out);
+    assert_eq!(p.stats().flows_active, 1);
+    p.on_tick(t0 + 121_000_000_000, &mut out);
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.flows_idle_expired, 1);
+    assert_eq!(s.request_drops.truncated.count, 1);
+}
+
+#[test]
+fn a_million_flows_stay_bounded_and_evictions_are_counted() {
+    const N: u32 = 1_000_000;
+    let max_flows = 10_000;
+    let mut p = Pipeline::new(PipelineConfig { max_flows, ..cfg() });
+    let mut out = Vec::new();
+    let head = Bytes::from_static(b"GET /partial HTTP/1.1\r\nHost: x\r\n");
+    for i in 0..N {
+        let client = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1024));
+        p.on_segment(
+            Segment {
+                src: client,
+                dst: addr("10.255.0.1:80"),
+                seq: i,
+                ack: 0,
+                flags: TcpFlags(TcpFlags::ACK | TcpFlags::PSH),
+                ts_ns: u64::from(i),
+                payload: head.clone(),
+            },
+            &mut out,
+        );
+        assert!(p.flows.len() <= max_flows);
+        assert!(p.lru.len() <= 2 * max_flows + 64);
+    }
+    assert!(p.held_bytes() <= max_flows * head.len());
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.flows, u64::from(N));
+    assert_eq!(s.flows_evicted_max_flows, u64::from(N) - max_flows as u64);
+    assert_eq!(s.request_drops.truncated.count, u64::from(N));
+    assert_eq!(s.requests, 0);
+}
+
+#[test]
+fn memory_budget_evicts_flows_holding_bytes() {
+    let budget = 64 * 1024;
+    let mut p = Pipeline::new(PipelineConfig {
+        memory_budget: budget,
+        ..cfg()
+    });
+    let mut out = Vec::new();
+    let mut total_held = 0;
+    for i in 0..100u16 {
+        let mut c = Conversation::new(
+            SocketAddr::from(([10, 0, 0, 1], 2000 + i)),
+            addr("10.0.0.2:80"),
+            [1, 2],
+        );
+        // A hole at the start of the body, then 4 KiB out of order behind it.
+        c.handshake()
+            .client_sends(b"POST / HTTP/1.1\r\nContent-Length: 8192\r\n\r\n", 1000);
+        c.next_seq[0] = c.next_seq[0].wrapping_add(100);
+        c.client_sends(&[b'x'; 4096], 1000);
+        for s in c.segments {
+            p.on_segment(s, &mut out);
+            assert!(p.held_bytes() <= budget, "held {}", p.held_bytes());
+        }
+        total_held += 4096;
+    }
+    assert!(total_held > budget);
+    let s = finish(&mut p, &mut out);
+    assert!(s.flows_evicted_memory > 0, "{s}");
+    assert_eq!(
+        s.flows_evicted_memory + s.flows_open_at_end,
+        100,
+        "every flow ends evicted or at the end"
+    );
+}
+
+#[test]
+fn garbage_payloads_never_panic_and_add_up() {
+    let mut x = 0x9e37_79b9_u32;
+    let mut rnd = move || {
+        x ^= x << 13;
+        x ^= x >> 17;
+        x ^= x << 5;
+        x
+    };
+    let mut p = Pipeline::new(PipelineConfig {
+        max_flows: 50,
+        memory_budget: 256 * 1024,
+        ..cfg()
+    });
+    let mut out = Vec::new();
+    for i in 0..20_000u64 {
+        let len = (rnd() % 1500) as usize;
+        let mut payload: Vec<u8> = (0..len).map(|_| rnd() as u8).collect();
+        if rnd() % 4 == 0 {
+            payload.splice(0..0, b"GET / HTTP/1.1\r\n".iter().copied());
+        }
+        let port = 1000 + (rnd() % 80) as u16;
+        let (a, b) = (SocketAddr::from(([10, 0, 0, 1], port)), addr("10.0.0.2:80"));
+        let (src, dst) = if rnd() % 3 == 0 { (b, a) } else { (a, b) };
+        p.on_segment(
+            Segment {
+                src,
+                dst,
+                seq: rnd(),
+                ack: rnd(),
+                flags: TcpFlags((rnd() & 0x1f) as u8),
+                ts_ns: i * 1_000_000,
+                payload: Bytes::from(payload),
+            },
+            &mut out,
+        );
+        if i % 100 == 0 {
+            p.on_tick(i * 1_000_000, &mut out);
+        }
+        out.clear();
+    }
+    finish(&mut p, &mut out);
+}
+
+#[test]
+fn responses_are_paired_with_requests_in_order() {
+    let mut c = Conversation::new(
+        addr("10.0.0.1:5000"),
+        addr("10.0.0.2:80"),
+        [u32::MAX - 10, 7],
+    );
+    c.handshake()
+        .client_sends(b"HEAD /h HTTP/1.1\r\n\r\nGET /g HTTP/1.1\r\n\r\n", 9)
+        // HEAD: Content-Length but no body; then a 100 and a 200 with a chunked body.
+        .server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 99\r\n\r\n", 5)
+        .server_sends(b"HTTP/1.1 100 Continue\r\n\r\n", 5)
+        .server_sends(
+            b"HTTP/1.1 404 NF\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+            5,
+        )
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    let pairs: Vec<(u64, u16, u64)> = out
+        .iter()
+        .filter_map(|e| match e {
+            PipelineEvent::Response(r) => {
+                Some((r.seq_in_flow, r.response.status, r.response.body_len))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(pairs, vec![(0, 200, 0), (1, 404, 3)], "{s}");
+    assert_eq!(
+        (s.responses, s.responses_informational, s.responses_unpaired),
+        (2, 1, 0)
+    );
+    // Each response event follows its request's event.
+    let first_resp = out
+        .iter()
+        .position(|e| matches!(e, PipelineEvent::Response(_)))
+        .unwrap();
+    assert!(
+        out[..first_resp]
+            .iter()
+            .any(|e| matches!(e, PipelineEvent::Request(_)))
+    );
+}

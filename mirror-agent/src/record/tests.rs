@@ -1,0 +1,110 @@
+use super::*;
+
+fn sample(raw: &'static [u8], headers: Vec<(&str, &'static [u8])>) -> CapturedRequest {
+    CapturedRequest {
+        src: "[2001:db8::1]:40000".parse().unwrap(),
+        dst: "127.0.0.1:8080".parse().unwrap(),
+        flow_id: 7,
+        seq_in_flow: 3,
+        request: Request {
+            raw: Bytes::from_static(raw),
+            head_len: raw.len() - 2,
+            method: "POST".into(),
+            target: "/a?b=c".into(),
+            version: Version::Http11,
+            headers: headers
+                .into_iter()
+                .map(|(n, v)| Header {
+                    name: n.into(),
+                    value: Bytes::from_static(v),
+                })
+                .collect(),
+            framing: BodyFraming::ContentLength(2),
+            body_len: 2,
+            ts_ns: 1_700_000_000_123_456_789,
+            end_ts_ns: 1_700_000_000_223_456_789,
+            te_and_cl: false,
+        },
+    }
+}
+
+#[test]
+fn round_trips_including_non_utf8_header_values() {
+    let c = sample(
+        b"POST /a?b=c HTTP/1.1\r\nHOST: h\r\nX-Bin: \xff\xfe\r\nContent-Length: 2\r\n\r\nhi",
+        vec![
+            ("HOST", b"h"),
+            ("X-Bin", b"\xff\xfe"),
+            ("Content-Length", b"2"),
+        ],
+    );
+    let line = to_line(&c);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["src"], "[2001:db8::1]:40000");
+    assert_eq!(v["host"], "h");
+    assert_eq!(v["version"], "HTTP/1.1");
+    assert_eq!(v["headers"][0], serde_json::json!(["HOST", "h"]));
+    assert_eq!(v["headers"][1][2], "//4=");
+    assert_eq!(read_line(&line).unwrap(), c);
+}
+
+#[test]
+fn host_null_when_absent_and_minimal_lines_read() {
+    let c = sample(b"POST /a?b=c HTTP/1.1\r\n\r\nhi", vec![]);
+    let line = to_line(&c);
+    assert!(line.contains("\"host\":null"));
+    let minimal = r#"{"ts_ns":5,"src":"1.2.3.4:5","dst":"[::1]:80","method":"GET","target":"/","version":"HTTP/1.0","host":null,"headers":[],"body_len":0,"raw":"R0VUIC8gSFRUUC8xLjANCg0K"}"#;
+    let r = read_line(minimal).unwrap();
+    assert_eq!(&r.request.raw[..], b"GET / HTTP/1.0\r\n\r\n");
+    assert_eq!(r.request.head_len, 18);
+    assert_eq!(r.request.framing, BodyFraming::None);
+    assert_eq!(r.request.end_ts_ns, 5);
+}
+
+#[test]
+fn bad_lines_are_one_line_errors() {
+    for (text, want) in [
+        ("", "not a request record"),
+        ("{}", "not a request record"),
+        (
+            r#"{"ts_ns":5,"src":"nope","dst":"[::1]:80","method":"GET","target":"/","version":"HTTP/1.0","host":null,"headers":[],"body_len":0,"raw":""}"#,
+            "field src",
+        ),
+        (
+            r#"{"ts_ns":5,"src":"1.2.3.4:5","dst":"[::1]:80","method":"GET","target":"/","version":"HTTP/1.0","host":null,"headers":[],"body_len":0,"raw":"!!"}"#,
+            "field raw",
+        ),
+        (
+            r#"{"ts_ns":5,"src":"1.2.3.4:5","dst":"[::1]:80","method":"GET","target":"/","version":"HTTP/7","host":null,"headers":[],"body_len":0,"raw":""}"#,
+            "field version",
+        ),
+    ] {
+        let e = read_line(text).unwrap_err().to_string();
+        assert!(e.contains(want), "{text}: {e}");
+        assert!(!e.contains('\n'), "{e}");
+    }
+}
+
+#[test]
+fn writer_and_reader_agree_and_file_is_0600() {
+    let dir = std::env::temp_dir().join(format!("mirror-record-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("r.jsonl");
+    // A pre-existing world-readable file must end up 0600 too.
+    std::fs::write(&path, "old").unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let a = sample(b"POST /a?b=c HTTP/1.1\r\n\r\nhi", vec![]);
+    let mut b = a.clone();
+    b.seq_in_flow = 4;
+    let mut w = RecordWriter::create(path.to_str().unwrap()).unwrap();
+    w.write(&a).unwrap();
+    w.write(&b).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600);
+    let f = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    let back: Vec<_> = RecordReader::new(f).map(|r| r.unwrap()).collect();
+    assert_eq!(back, vec![a, b]);
+    std::fs::remove_dir_all(&dir).unwrap();
+}
