@@ -112,7 +112,10 @@ pub struct RunArgs {
     pub record: Option<String>,
 
     // ---- replay ----
-    /// Mirror: URL[,percent=P][,name=NAME] (repeatable). Percent defaults to 100.
+    /// Mirror: http://HOST[:PORT][,percent=P][,name=NAME] (repeatable; replaces the config
+    /// file's mirrors). Percent defaults to 100: Traefik's default is 0 because a proxy config may
+    /// declare a mirror before switching it on, but a mirror named here is meant to receive
+    /// traffic (Envoy's default is 100 too). https is not supported yet.
     #[arg(
         long = "mirror",
         env = "MIRROR_MIRRORS",
@@ -134,11 +137,11 @@ pub struct RunArgs {
         help_heading = "Replay"
     )]
     pub speed: f64,
-    /// Add or set a header on mirrored requests: 'Name: value' (repeatable).
+    /// Add or set a header on mirrored requests: 'Name: value' (repeatable; not split on ';',
+    /// which header values may contain).
     #[arg(
         long = "mirror-header",
         env = "MIRROR_MIRROR_HEADERS",
-        value_delimiter = ';',
         help_heading = "Replay"
     )]
     pub mirror_headers: Vec<String>,
@@ -150,25 +153,18 @@ pub struct RunArgs {
         help_heading = "Replay"
     )]
     pub strip_headers: Vec<String>,
-    /// Host header: keep (default), mirror (the mirror's authority), or suffix (append --host-suffix).
-    #[arg(
-        long,
-        env = "MIRROR_HOST_MODE",
-        default_value = "keep",
-        help_heading = "Replay"
-    )]
-    pub host_mode: String,
-    /// Suffix for --host-mode suffix (Envoy appends "-shadow").
-    #[arg(
-        long,
-        env = "MIRROR_HOST_SUFFIX",
-        default_value = "-shadow",
-        help_heading = "Replay"
-    )]
-    pub host_suffix: String,
-    /// Send bodies to mirrors (false: no body, Content-Length: 0).
-    #[arg(long, env = "MIRROR_MIRROR_BODY", default_value_t = true, action = clap::ArgAction::Set, help_heading = "Replay")]
-    pub mirror_body: bool,
+    // Options below without a clap default are `Option` so that a value from the config file is
+    // only overridden by a flag actually given; their defaults live in `config`.
+    /// Host header: keep (the default), mirror (the mirror's authority), or suffix (append
+    /// --host-suffix before the port).
+    #[arg(long, env = "MIRROR_HOST_MODE", help_heading = "Replay")]
+    pub host_mode: Option<String>,
+    /// Suffix for --host-mode suffix [default: -shadow, as Envoy appends].
+    #[arg(long, env = "MIRROR_HOST_SUFFIX", help_heading = "Replay")]
+    pub host_suffix: Option<String>,
+    /// Send bodies to mirrors [default: true] (false: no body, Content-Length: 0).
+    #[arg(long, env = "MIRROR_MIRROR_BODY", action = clap::ArgAction::Set, help_heading = "Replay")]
+    pub mirror_body: Option<bool>,
     /// Skip requests whose body is larger than this (counted).
     #[arg(long, env = "MIRROR_MAX_BODY_SIZE", help_heading = "Replay")]
     pub max_body_size: Option<u64>,
@@ -197,28 +193,13 @@ pub struct RunArgs {
         help_heading = "Replay"
     )]
     pub header_match: Vec<String>,
-    /// Per-mirror queue length; a full queue drops the copy (counted).
-    #[arg(
-        long,
-        env = "MIRROR_QUEUE_SIZE",
-        default_value_t = 4096,
-        help_heading = "Replay"
-    )]
-    pub queue_size: usize,
-    /// Per-mirror maximum connections.
-    #[arg(
-        long,
-        env = "MIRROR_MAX_CONNECTIONS",
-        default_value_t = 32,
-        help_heading = "Replay"
-    )]
-    pub max_connections: usize,
-    /// Per-request timeout to a mirror, in milliseconds.
-    #[arg(
-        long,
-        env = "MIRROR_TIMEOUT_MS",
-        default_value_t = 5000,
-        help_heading = "Replay"
-    )]
-    pub timeout_ms: u64,
+    /// Per-mirror queue length [default: 4096]; a full queue drops the copy (counted).
+    #[arg(long, env = "MIRROR_QUEUE_SIZE", help_heading = "Replay")]
+    pub queue_size: Option<usize>,
+    /// Per-mirror maximum connections [default: 32].
+    #[arg(long, env = "MIRROR_MAX_CONNECTIONS", help_heading = "Replay")]
+    pub max_connections: Option<usize>,
+    /// Per-request timeout to a mirror, in milliseconds [default: 5000].
+    #[arg(long, env = "MIRROR_TIMEOUT_MS", help_heading = "Replay")]
+    pub timeout_ms: Option<u64>,
 }

@@ -1,1 +1,229 @@
-//! Replay of captured requests to mirror services.
+//! Replay of captured requests to mirror services: the [`Replayer`] facade.
+//!
+//! Data flow per captured request: [`Replayer::submit`] (synchronous, never blocks) → for each
+//! mirror: [`sampler`] → [`filter`] → [`rewrite`] → the mirror's bounded queue
+//! ([`dispatcher`]) → its keep-alive [`pool`] → response read and discarded, status and latency
+//! into [`stats`]. Mirrors share nothing but the request bytes (`Bytes`, reference counted), so a
+//! slow or dead mirror only drops its own copies. Mirror specs and options are parsed in [`spec`]
+//! and `crate::config`.
+
+pub mod dispatcher;
+pub mod filter;
+pub mod pool;
+pub mod rewrite;
+pub mod sampler;
+pub mod spec;
+pub mod stats;
+#[doc(hidden)]
+pub mod testutil;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use crate::http::Version;
+use crate::http::request::HttpLimits;
+use crate::http::response::ExpectedResponse;
+use crate::pipeline::CapturedRequest;
+use dispatcher::{Dispatcher, Job, Phase};
+use filter::Filter;
+use pool::{OnConnect, Outgoing, Pool, PoolConfig};
+use rewrite::{RewriteOptions, Rewriter, Skip};
+use sampler::Sampler;
+use spec::MirrorSpec;
+use stats::{DropReason, MirrorStats, Outcome, ReplaySnapshot, ReplayStats, Ticket};
+
+/// Everything the replayer needs; built from [`crate::config::Settings`] or directly in tests.
+#[derive(Clone)]
+pub struct ReplayConfig {
+    pub mirrors: Vec<MirrorSpec>,
+    /// Share of flows the kernel captures (the largest mirror percent unless set).
+    pub capture_percent: f64,
+    pub rewrite: RewriteOptions,
+    pub filter: Filter,
+    pub queue_size: usize,
+    pub max_connections: usize,
+    pub timeout: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    /// See [`OnConnect`]: live mode tells the kernel to ignore the agent's own flows.
+    pub on_connect: Option<OnConnect>,
+    /// Sampling seed; random per run unless set (tests).
+    pub seed: Option<u64>,
+    pub limits: HttpLimits,
+}
+
+impl ReplayConfig {
+    /// Defaults for everything but the mirrors (capture percent: the largest mirror percent).
+    pub fn new(mirrors: Vec<MirrorSpec>) -> Self {
+        let capture_percent = mirrors.iter().map(|m| m.percent).fold(0.0, f64::max);
+        Self {
+            mirrors,
+            capture_percent,
+            rewrite: RewriteOptions::default(),
+            filter: Filter::default(),
+            queue_size: 4096,
+            max_connections: 32,
+            timeout: Duration::from_secs(5),
+            backoff_min: Duration::from_millis(50),
+            backoff_max: Duration::from_secs(5),
+            on_connect: None,
+            seed: None,
+            limits: HttpLimits::default(),
+        }
+    }
+}
+
+struct Mirror {
+    sampler: Sampler,
+    rewriter: Rewriter,
+    dispatcher: Dispatcher,
+}
+
+/// Replays captured requests to every configured mirror.
+pub struct Replayer {
+    mirrors: Vec<Mirror>,
+    filter: Filter,
+    stats: Arc<ReplayStats>,
+    phase: watch::Sender<Phase>,
+    closed: AtomicBool,
+}
+
+impl Replayer {
+    /// Starts one dispatcher per mirror. Must be called inside a tokio runtime.
+    pub fn start(cfg: ReplayConfig) -> Self {
+        let seed = cfg.seed.unwrap_or_else(rand::random);
+        let (phase, phase_rx) = watch::channel(Phase::Running);
+        let mut mirrors = Vec::with_capacity(cfg.mirrors.len());
+        for (i, spec) in cfg.mirrors.iter().enumerate() {
+            let probability = Sampler::probability(spec.percent, cfg.capture_percent);
+            let stats = Arc::new(MirrorStats::new(
+                spec.name.clone(),
+                spec.percent,
+                probability,
+            ));
+            let pool = Pool::new(
+                PoolConfig {
+                    host: spec.host.clone(),
+                    port: spec.port,
+                    max_connections: cfg.max_connections,
+                    backoff_min: cfg.backoff_min,
+                    backoff_max: cfg.backoff_max,
+                    on_connect: cfg.on_connect.clone(),
+                    limits: cfg.limits.clone(),
+                },
+                stats,
+            );
+            mirrors.push(Mirror {
+                sampler: Sampler::new(probability, sampler::mirror_seed(seed, i)),
+                rewriter: Rewriter::new(cfg.rewrite.clone(), spec.authority()),
+                dispatcher: Dispatcher::start(pool, cfg.queue_size, cfg.timeout, phase_rx.clone()),
+            });
+        }
+        let stats = Arc::new(ReplayStats::new(
+            mirrors.iter().map(|m| m.dispatcher.stats.clone()).collect(),
+        ));
+        Self {
+            mirrors,
+            filter: cfg.filter,
+            stats,
+            phase,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Offers one captured request to every mirror. Never blocks: each mirror samples it,
+    /// filters, rewrites (or shares `raw` as is) and queues it, or counts why not.
+    pub fn submit(&self, captured: &CapturedRequest) {
+        let req = &captured.request;
+        self.stats.on_submit();
+        let closed = self.closed.load(Ordering::Relaxed);
+        // Evaluated once, on first need.
+        let mut verdict: Option<bool> = None;
+        for m in &self.mirrors {
+            if !m.sampler.sample() {
+                continue;
+            }
+            let ticket = Ticket::new(m.dispatcher.stats.clone());
+            if closed {
+                ticket.resolve(Outcome::Dropped(DropReason::Shutdown));
+                continue;
+            }
+            // CONNECT is never mirrored: the mirror would open a tunnel to the client's target.
+            let pass = *verdict
+                .get_or_insert_with(|| req.method != "CONNECT" && self.filter.check(req).is_ok());
+            if !pass {
+                ticket.resolve(Outcome::Dropped(DropReason::Filtered));
+                continue;
+            }
+            let bytes = match m.rewriter.apply(req) {
+                Ok(b) => b,
+                Err(Skip::BodyTooLarge) => {
+                    ticket.resolve(Outcome::Dropped(DropReason::BodyTooLarge));
+                    continue;
+                }
+            };
+            let out = Outgoing {
+                bytes,
+                expected: ExpectedResponse {
+                    head: req.method == "HEAD",
+                    connect: false,
+                },
+                keep_alive: keeps_alive(req),
+            };
+            m.dispatcher.offer(Job { out, ticket });
+        }
+    }
+
+    /// Shared live counters (for the progress line and metrics).
+    pub fn stats(&self) -> Arc<ReplayStats> {
+        self.stats.clone()
+    }
+
+    pub fn snapshot(&self) -> ReplaySnapshot {
+        self.stats.snapshot()
+    }
+
+    /// Stops intake, sends what is queued for up to `grace`, then abandons the rest (counted as
+    /// shutdown drops). Returns the final counters, for which the identity holds exactly.
+    pub async fn shutdown(&self, grace: Duration) -> ReplaySnapshot {
+        self.closed.store(true, Ordering::Relaxed);
+        let _ = self.phase.send(Phase::Drain);
+        let all = async {
+            for m in &self.mirrors {
+                m.dispatcher.join().await;
+            }
+        };
+        tokio::pin!(all);
+        if tokio::time::timeout(grace, &mut all).await.is_err() {
+            let _ = self.phase.send(Phase::Abort);
+            all.await;
+        }
+        self.stats.snapshot()
+    }
+}
+
+impl Drop for Replayer {
+    fn drop(&mut self) {
+        let _ = self.phase.send(Phase::Abort);
+    }
+}
+
+/// Whether the connection stays usable after this request (RFC 9112 9.3): HTTP/1.1 unless
+/// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+fn keeps_alive(req: &crate::http::Request) -> bool {
+    let has = |token: &str| {
+        req.headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
+    match req.version {
+        Version::Http11 => !has("close"),
+        Version::Http10 => has("keep-alive"),
+        Version::Http09 => false,
+    }
+}

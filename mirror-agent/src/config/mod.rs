@@ -1,0 +1,448 @@
+//! One validated [`Settings`] from the command line and the optional YAML config file.
+//!
+//! Owns merging (a flag given on the command line overrides the file; `--mirror` flags replace
+//! the file's mirrors as a whole), defaults of the replay options, and start-time checks. Every
+//! error is one line; `main` maps [`ConfigError`] to exit status 2. It does not run anything.
+
+pub mod file;
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::cli::RunArgs;
+use crate::replay::ReplayConfig;
+use crate::replay::filter::{Filter, FilterError};
+use crate::replay::rewrite::{self, HostMode, RewriteError, RewriteOptions};
+use crate::replay::spec::{self, MirrorSpec, SpecError};
+use file::{FileConfig, MirrorEntry, Mirroring};
+
+/// Defaults of options that the file may also set.
+pub const DEFAULT_QUEUE_SIZE: usize = 4096;
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
+pub const DEFAULT_HOST_SUFFIX: &str = "-shadow";
+/// The kernel's port map holds this many ports.
+pub const MAX_PORTS: usize = 64;
+
+/// A configuration problem; printed as one line, exit status 2.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("config {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    /// Syntax, unknown field, or a value refused while reading the file.
+    #[error("config {path}: line {line} column {column}: {msg}")]
+    Yaml {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        msg: String,
+    },
+    /// A problem found after reading: `field` is the path in the file; line when known.
+    #[error("config {path}{}: {field}: {msg}", line.map(|l| format!(": line {l}")).unwrap_or_default())]
+    Invalid {
+        path: PathBuf,
+        line: Option<usize>,
+        field: String,
+        msg: String,
+    },
+    #[error("--mirror: {0}")]
+    Mirror(#[from] SpecError),
+    #[error("{0}")]
+    Filter(#[from] FilterError),
+    #[error("{0}")]
+    Rewrite(#[from] RewriteError),
+    /// A flag value out of range.
+    #[error("{flag}: {msg}")]
+    Flag { flag: &'static str, msg: String },
+    /// Two mirrors with one name would share a table row.
+    #[error("two mirrors are named `{0}`; give each a distinct name")]
+    DuplicateName(String),
+    /// A mirror that is the primary itself would mirror traffic onto itself, forever.
+    #[error(
+        "mirror `{name}` ({addr}) is the primary itself: a local address on captured port {port}"
+    )]
+    MirrorIsPrimary {
+        name: String,
+        addr: SocketAddr,
+        port: u16,
+    },
+}
+
+impl ConfigError {
+    /// Exit status for a configuration error (usage error, as clap uses).
+    pub const EXIT_CODE: i32 = 2;
+}
+
+/// Everything the run modes need, validated.
+#[derive(Clone)]
+pub struct Settings {
+    pub iface: Option<String>,
+    /// Captured ports (flags, else the file's `ports`, else the primary's port).
+    pub ports: Vec<u16>,
+    pub capture_percent: f64,
+    pub from: Option<PathBuf>,
+    pub speed: f64,
+    /// Mirrors, rewrite and filter options, limits; `on_connect` is set by the live mode.
+    pub replay: ReplayConfig,
+    /// The primary's name from the file (Traefik `name`/`service`), for display.
+    pub primary: Option<String>,
+}
+
+impl Settings {
+    /// Reads `--config` if given and merges it with the flags.
+    pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
+        let file = match &args.config {
+            None => None,
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+                Some((path.as_path(), text))
+            }
+        };
+        Self::from_parts(args, file.as_ref().map(|(p, t)| (*p, t.as_str())))
+    }
+
+    /// Merges flags with a file's text (`path` only names it in errors).
+    pub fn from_parts(args: &RunArgs, file: Option<(&Path, &str)>) -> Result<Self, ConfigError> {
+        let (path, text, fc) = match file {
+            Some((path, text)) => (path.to_path_buf(), text, parse_file(path, text)?),
+            None => (PathBuf::new(), "", FileConfig::default()),
+        };
+        let invalid = |field: &str, needle: Option<&str>, msg: String| ConfigError::Invalid {
+            path: path.clone(),
+            line: needle.and_then(|n| line_of(text, n)),
+            field: field.into(),
+            msg,
+        };
+        let (mirroring, where_) =
+            find_mirroring(&fc).map_err(|m| invalid("http.services", None, m))?;
+
+        // Mirrors: flags replace the file's.
+        let mut mirrors = Vec::new();
+        if !args.mirrors.is_empty() {
+            for m in &args.mirrors {
+                mirrors.push(spec::parse_mirror(m)?);
+            }
+        } else if let Some(mr) = mirroring {
+            for (i, entry) in mr.mirrors.iter().enumerate() {
+                let field = format!("{where_}.mirrors[{i}]");
+                let m = file_mirror(entry, &fc)
+                    .map_err(|msg| invalid(&field, Some(&entry.name), msg))?;
+                mirrors.push(m);
+            }
+        }
+        for (i, m) in mirrors.iter().enumerate() {
+            if mirrors[..i].iter().any(|o| o.name == m.name) {
+                return Err(ConfigError::DuplicateName(m.name.clone()));
+            }
+        }
+
+        // Ports: flags, else the file's list, else the primary's port.
+        let ports: Vec<u16> = if !args.ports.is_empty() {
+            args.ports
+                .iter()
+                .map(|&p| match p {
+                    1..=65535 => Ok(p as u16),
+                    _ => Err(ConfigError::Flag {
+                        flag: "--port",
+                        msg: format!("{p} is not in 1-65535"),
+                    }),
+                })
+                .collect::<Result<_, _>>()?
+        } else if let Some(ps) = &fc.ports {
+            ps.iter().map(|p| p.0).collect()
+        } else {
+            primary_port(mirroring, &fc).into_iter().collect()
+        };
+        if ports.len() > MAX_PORTS {
+            return Err(ConfigError::Flag {
+                flag: "--port",
+                msg: format!("{} ports given, at most {MAX_PORTS}", ports.len()),
+            });
+        }
+
+        let largest = mirrors.iter().map(|m| m.percent).fold(0.0, f64::max);
+        let capture_percent = match (args.capture_percent, &fc.capture_percent) {
+            (Some(p), _) => spec::parse_percent(&p.to_string())
+                .filter(|p| *p > 0.0)
+                .ok_or_else(|| ConfigError::Flag {
+                    flag: "--capture-percent",
+                    msg: format!("{p} is not in (0, 100]"),
+                })?,
+            (None, Some(p)) => p.0,
+            (None, None) if largest > 0.0 => largest,
+            (None, None) => 100.0,
+        };
+        if let Some(m) = mirrors.iter().find(|m| m.percent > capture_percent) {
+            return Err(ConfigError::Flag {
+                flag: "--capture-percent",
+                msg: format!(
+                    "{capture_percent} is below mirror `{}`'s {}%: it could not get its share",
+                    m.name, m.percent
+                ),
+            });
+        }
+
+        let list = |flag: &[String], file: &Option<Vec<String>>| {
+            if flag.is_empty() {
+                file.clone().unwrap_or_default()
+            } else {
+                flag.to_vec()
+            }
+        };
+        let set_headers = if args.mirror_headers.is_empty() {
+            fc.mirror_headers
+                .iter()
+                .flatten()
+                .map(|h| h.0.clone())
+                .collect()
+        } else {
+            args.mirror_headers
+                .iter()
+                .map(|h| rewrite::parse_header(h))
+                .collect::<Result<_, _>>()?
+        };
+        let strip_headers = list(&args.strip_headers, &fc.strip_headers)
+            .iter()
+            .map(|h| rewrite::parse_header_name(h))
+            .collect::<Result<_, _>>()?;
+        let host_mode = args.host_mode.as_ref().or(fc.host_mode.as_ref());
+        let host_suffix = args
+            .host_suffix
+            .clone()
+            .or(fc.host_suffix.clone())
+            .unwrap_or_else(|| DEFAULT_HOST_SUFFIX.into());
+        let host = match host_mode {
+            None => HostMode::Keep,
+            Some(m) => HostMode::parse(m, &host_suffix)?,
+        };
+        let mirror_body = args
+            .mirror_body
+            .or(mirroring.and_then(|m| m.mirror_body))
+            .or(fc.mirror_body)
+            .unwrap_or(true);
+        let max_body_size = match args.max_body_size {
+            Some(n) => Some(n),
+            None => mirroring
+                .and_then(|m| m.max_body_size)
+                .or(fc.max_body_size)
+                .and_then(|l| l.0),
+        };
+        let filter = Filter::new(
+            &list(&args.methods, &fc.methods),
+            &list(&args.path_allow, &fc.path_allow),
+            &list(&args.path_deny, &fc.path_deny),
+            &list(&args.header_match, &fc.header_match),
+        )?;
+        let positive = |flag: &'static str, v: Option<u64>, file: Option<u64>, default: u64| match v
+        {
+            Some(0) => Err(ConfigError::Flag {
+                flag,
+                msg: "must be at least 1".into(),
+            }),
+            Some(v) => Ok(v),
+            None => Ok(file.unwrap_or(default)),
+        };
+        let queue_size = positive(
+            "--queue-size",
+            args.queue_size.map(|v| v as u64),
+            fc.queue_size.map(|v| v.0),
+            DEFAULT_QUEUE_SIZE as u64,
+        )?;
+        let max_connections = positive(
+            "--max-connections",
+            args.max_connections.map(|v| v as u64),
+            fc.max_connections.map(|v| v.0),
+            DEFAULT_MAX_CONNECTIONS as u64,
+        )?;
+        let timeout_ms = positive(
+            "--timeout-ms",
+            args.timeout_ms,
+            fc.timeout_ms.map(|v| v.0),
+            DEFAULT_TIMEOUT_MS,
+        )?;
+        if !(args.speed.is_finite() && args.speed >= 0.0) {
+            return Err(ConfigError::Flag {
+                flag: "--speed",
+                msg: format!("{} is not a number >= 0", args.speed),
+            });
+        }
+
+        let mut replay = ReplayConfig::new(mirrors);
+        replay.capture_percent = capture_percent;
+        replay.rewrite = RewriteOptions {
+            set_headers,
+            strip_headers,
+            host,
+            mirror_body,
+            max_body_size,
+        };
+        replay.filter = filter;
+        replay.queue_size = queue_size as usize;
+        replay.max_connections = max_connections as usize;
+        replay.timeout = Duration::from_millis(timeout_ms);
+        replay.limits.max_head_bytes = args.max_head_bytes;
+        replay.limits.max_headers = args.max_headers;
+        Ok(Settings {
+            iface: args.iface.clone().or(fc.interface.clone()),
+            ports,
+            capture_percent,
+            from: args.from.clone(),
+            speed: args.speed,
+            replay,
+            primary: mirroring.and_then(|m| m.name.clone().or(m.service.clone())),
+        })
+    }
+
+    /// Refuses a mirror that resolves to a local address on a captured port: it is the primary
+    /// itself (mirroring it would feed its own traffic back, forever). Names that do not resolve
+    /// now are not an error (the mirror may come up later); they are logged.
+    pub async fn check_not_primary(&self) -> Result<(), ConfigError> {
+        for m in &self.replay.mirrors {
+            if !self.ports.contains(&m.port) {
+                continue;
+            }
+            let lookup = tokio::net::lookup_host((m.host.as_str(), m.port));
+            let addrs = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+                Ok(Ok(a)) => a.collect::<Vec<_>>(),
+                _ => {
+                    tracing::warn!(mirror = %m.name, host = %m.host, "mirror does not resolve yet");
+                    continue;
+                }
+            };
+            if let Some(addr) = addrs.into_iter().find(|a| is_local(a.ip())) {
+                return Err(ConfigError::MirrorIsPrimary {
+                    name: m.name.clone(),
+                    addr,
+                    port: m.port,
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// An address of this host: binding a socket to it succeeds only if it is local.
+fn is_local(ip: IpAddr) -> bool {
+    ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    serde_yaml::from_str(text).map_err(|e| {
+        let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
+        // serde_yaml appends " at line L column C"; the location is already in front.
+        let msg = e.to_string();
+        let msg = match msg.rfind(" at line ") {
+            Some(i) => msg[..i].to_string(),
+            None => msg,
+        };
+        ConfigError::Yaml {
+            path: path.to_path_buf(),
+            line,
+            column,
+            msg,
+        }
+    })
+}
+
+/// The mirroring block and its field path: top level, `spec.mirroring`, or the only
+/// `http.services.<svc>.mirroring`.
+fn find_mirroring(fc: &FileConfig) -> Result<(Option<&Mirroring>, String), String> {
+    if let Some(m) = &fc.mirroring {
+        return Ok((Some(m), "mirroring".into()));
+    }
+    if let Some(s) = &fc.spec {
+        return Ok((Some(&s.mirroring), "spec.mirroring".into()));
+    }
+    let found: Vec<_> = fc
+        .http
+        .iter()
+        .flat_map(|h| &h.services)
+        .filter_map(|(name, svc)| svc.mirroring.as_ref().map(|m| (name, m)))
+        .collect();
+    match found.as_slice() {
+        [] => Ok((None, String::new())),
+        [(name, m)] => Ok((Some(m), format!("http.services.{name}.mirroring"))),
+        many => Err(format!(
+            "{} services have a mirroring block ({}); the agent mirrors one, keep only it",
+            many.len(),
+            many.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+/// The first server URL of a file-provider service (`name` or `name@provider`).
+fn service_url(fc: &FileConfig, name: &str) -> Option<Result<(String, u16), String>> {
+    let name = name.split('@').next().unwrap_or(name);
+    let svc = fc.http.as_ref()?.services.get(name)?;
+    let url = svc.load_balancer.as_ref()?.servers.first()?.url.as_ref()?;
+    Some(spec::parse_url(url, url.trim_end_matches('/')).map_err(|e| e.to_string()))
+}
+
+fn primary_port(m: Option<&Mirroring>, fc: &FileConfig) -> Option<u16> {
+    let m = m?;
+    if let Some(p) = m.port {
+        return Some(p.0);
+    }
+    service_url(fc, m.service.as_deref().or(m.name.as_deref())?)?
+        .ok()
+        .map(|(_, p)| p)
+}
+
+/// A mirror entry to a spec: `url`, else `host` (default: the name, `name.namespace` when a
+/// namespace is given, as Kubernetes DNS resolves it) with `port`, else the file provider's
+/// service of that name.
+fn file_mirror(e: &MirrorEntry, fc: &FileConfig) -> Result<MirrorSpec, String> {
+    let percent = e.percent.map_or(spec::DEFAULT_PERCENT, |p| p.0);
+    let (host, port) = if let Some(u) = &e.url {
+        (u.host.clone(), u.port)
+    } else if let Some(p) = e.port {
+        let host = match (&e.host, &e.namespace) {
+            (Some(h), _) => h.0.clone(),
+            (None, Some(ns)) => format!("{}.{ns}", e.name),
+            (None, None) => e.name.clone(),
+        };
+        (host, p.0)
+    } else if let Some(r) = service_url(fc, &e.name) {
+        r?
+    } else {
+        return Err(format!(
+            "mirror `{}` has no port: set `port` (or `url`, or define service `{}` under http.services)",
+            e.name, e.name
+        ));
+    };
+    if e.url.is_none() && e.host.is_none() {
+        // The name becomes a DNS name; make sure it is one.
+        spec::parse_url(&e.name, &format!("http://{host}:{port}")).map_err(|_| {
+            format!(
+                "mirror name `{}` is not a host name; set `host` or `url`",
+                e.name
+            )
+        })?;
+    }
+    Ok(MirrorSpec {
+        name: e.name.clone(),
+        host,
+        port,
+        percent,
+    })
+}
+
+/// 1-based line of the first occurrence of `needle`, to place errors found after parsing.
+fn line_of(text: &str, needle: &str) -> Option<usize> {
+    text.lines().position(|l| l.contains(needle)).map(|i| i + 1)
+}
+
+#[cfg(test)]
+mod tests;

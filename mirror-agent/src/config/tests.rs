@@ -1,0 +1,382 @@
+use super::*;
+use crate::cli::Cli;
+use clap::Parser;
+
+fn args(flags: &[&str]) -> RunArgs {
+    let mut argv = vec!["mirror-agent"];
+    argv.extend_from_slice(flags);
+    Cli::try_parse_from(argv).expect("flags parse").run
+}
+
+fn load(flags: &[&str], yaml: &str) -> Result<Settings, ConfigError> {
+    Settings::from_parts(&args(flags), Some((Path::new("agent.yaml"), yaml)))
+}
+
+fn err(flags: &[&str], yaml: Option<&str>) -> String {
+    let r = match yaml {
+        Some(y) => load(flags, y),
+        None => Settings::from_parts(&args(flags), None),
+    };
+    let e = r.err().expect("expected an error").to_string();
+    assert!(!e.contains('\n'), "one line: {e}");
+    e
+}
+
+/// Traefik's documented TraefikService example, verbatim, plus the interface.
+const TRAEFIK_EXAMPLE: &str = "\
+apiVersion: traefik.io/v1alpha1
+kind: TraefikService
+metadata:
+  name: app-multi-mirror
+  namespace: default
+spec:
+  mirroring:
+    name: app-stable
+    port: 80
+    mirrors:
+      - name: app-v2
+        port: 80
+        percent: 100
+      - name: app-v3
+        port: 80
+        percent: 50
+interface: eth0
+";
+
+#[test]
+fn traefik_kubernetes_example() {
+    let s = load(&[], TRAEFIK_EXAMPLE).unwrap();
+    assert_eq!(s.iface.as_deref(), Some("eth0"));
+    assert_eq!(s.ports, vec![80], "the primary's port is captured");
+    assert_eq!(s.primary.as_deref(), Some("app-stable"));
+    assert_eq!(s.capture_percent, 100.0);
+    let m = &s.replay.mirrors;
+    assert_eq!(m.len(), 2);
+    assert_eq!(
+        (
+            m[0].name.as_str(),
+            m[0].host.as_str(),
+            m[0].port,
+            m[0].percent
+        ),
+        ("app-v2", "app-v2", 80, 100.0)
+    );
+    assert_eq!(
+        (
+            m[1].name.as_str(),
+            m[1].host.as_str(),
+            m[1].port,
+            m[1].percent
+        ),
+        ("app-v3", "app-v3", 80, 50.0)
+    );
+    assert_eq!(s.replay.capture_percent, 100.0);
+    assert_eq!(s.replay.queue_size, DEFAULT_QUEUE_SIZE);
+    assert!(s.replay.rewrite.mirror_body);
+}
+
+#[test]
+fn bare_mirroring_block_with_agent_settings() {
+    let yaml = "\
+mirroring: {name: app-stable, port: 80, mirrors: [{name: app-v2, port: 80, percent: 100}, {name: app-v3, port: 80, percent: 50}]}
+interface: eth0
+mirrors_note: x
+";
+    // Unknown top-level key is refused, with its line.
+    let e = err(&[], Some(yaml));
+    assert!(
+        e.starts_with("config agent.yaml: line 3 column 1: unknown field `mirrors_note`"),
+        "{e}"
+    );
+    let yaml = yaml.replace("mirrors_note: x\n", "");
+    let yaml = format!(
+        "{yaml}hostMode: suffix\nstrip-headers: [Authorization]\nmirrorHeaders: ['X-Mirrored-By: mirror-agent']\n\
+         queueSize: 10\ntimeoutMs: 250\nmethods: [GET]\ncapturePercent: 100\n"
+    );
+    let s = load(&[], &yaml).unwrap();
+    assert_eq!(s.replay.mirrors.len(), 2);
+    assert_eq!(s.replay.rewrite.host, HostMode::Suffix("-shadow".into()));
+    assert_eq!(
+        s.replay.rewrite.strip_headers,
+        vec!["Authorization".to_string()]
+    );
+    assert_eq!(
+        s.replay.rewrite.set_headers,
+        vec![("X-Mirrored-By".into(), "mirror-agent".into())]
+    );
+    assert_eq!(
+        (s.replay.queue_size, s.replay.timeout),
+        (10, Duration::from_millis(250))
+    );
+}
+
+#[test]
+fn traefik_file_provider_shape() {
+    let yaml = "\
+http:
+  routers:
+    r: {rule: \"Host(`x`)\", service: mirrored-api}
+  services:
+    mirrored-api:
+      mirroring:
+        service: appv1
+        mirrorBody: false
+        maxBodySize: 1024
+        mirrors:
+          - name: appv2@file
+            percent: 10
+    appv1:
+      loadBalancer:
+        servers:
+          - url: http://10.0.0.4:8080/
+    appv2:
+      loadBalancer:
+        servers:
+          - url: http://10.0.0.5:9090/
+";
+    let s = load(&[], yaml).unwrap();
+    assert_eq!(s.ports, vec![8080]);
+    let m = &s.replay.mirrors[0];
+    assert_eq!(
+        (m.host.as_str(), m.port, m.percent),
+        ("10.0.0.5", 9090, 10.0)
+    );
+    assert_eq!(s.capture_percent, 10.0, "largest mirror percent");
+    assert!(!s.replay.rewrite.mirror_body);
+    assert_eq!(s.replay.rewrite.max_body_size, Some(1024));
+}
+
+#[test]
+fn mirror_host_url_and_namespace() {
+    let yaml = "\
+mirroring:
+  name: app
+  port: 8080
+  mirrors:
+    - {name: a, port: 81, host: 10.1.2.3}
+    - {name: b, url: 'http://[::1]:82'}
+    - {name: c, port: 83, namespace: shadow}
+";
+    let s = load(&[], yaml).unwrap();
+    let hp: Vec<_> = s
+        .replay
+        .mirrors
+        .iter()
+        .map(|m| (m.host.as_str(), m.port))
+        .collect();
+    assert_eq!(hp, vec![("10.1.2.3", 81), ("::1", 82), ("c.shadow", 83)]);
+}
+
+#[test]
+fn flags_override_the_file() {
+    let s = load(
+        &[
+            "--mirror",
+            "http://127.0.0.1:9000,name=local,percent=30",
+            "--iface",
+            "lo",
+            "--port",
+            "8080",
+            "--queue-size",
+            "7",
+            "--mirror-body=false",
+            "--host-mode",
+            "mirror",
+        ],
+        &format!("{TRAEFIK_EXAMPLE}queueSize: 100\nmirrorBody: true\nmaxConnections: 3\n"),
+    )
+    .unwrap();
+    assert_eq!(s.iface.as_deref(), Some("lo"));
+    assert_eq!(s.ports, vec![8080]);
+    assert_eq!(
+        s.replay.mirrors.len(),
+        1,
+        "--mirror replaces the file's mirrors"
+    );
+    assert_eq!(s.replay.mirrors[0].name, "local");
+    assert_eq!(s.capture_percent, 30.0);
+    assert_eq!(s.replay.queue_size, 7);
+    assert_eq!(
+        s.replay.max_connections, 3,
+        "not given as a flag: the file's value"
+    );
+    assert!(!s.replay.rewrite.mirror_body);
+    assert_eq!(s.replay.rewrite.host, HostMode::Mirror);
+}
+
+#[test]
+fn file_errors_name_line_and_field() {
+    let bad = |from: &str, to: &str| TRAEFIK_EXAMPLE.replace(from, to);
+    let cases = [
+        (
+            bad("percent: 50", "percent: 150"),
+            "line 16",
+            "spec.mirroring.mirrors[1].percent: percent 150 is not between 0 and 100",
+        ),
+        (
+            bad("percent: 50", "percnt: 50"),
+            "line 16",
+            "unknown field `percnt`",
+        ),
+        (
+            bad(
+                "        port: 80\n        percent: 100",
+                "        port: http\n        percent: 100",
+            ),
+            "line 12",
+            "named port `http` is not supported",
+        ),
+        (
+            bad("    port: 80\n    mirrors", "    port: 0\n    mirrors"),
+            "line 9",
+            "port 0 is not in 1-65535",
+        ),
+        (
+            bad("interface: eth0", "interface: [eth0"),
+            "line",
+            "interface",
+        ),
+        (
+            bad(
+                "      - name: app-v3\n        port: 80\n",
+                "      - name: app-v3\n",
+            ),
+            "line 14",
+            "spec.mirroring.mirrors[1]: mirror `app-v3` has no port",
+        ),
+        (
+            format!("{TRAEFIK_EXAMPLE}capturePercent: 0\n"),
+            "line 18",
+            "capture percent 0 is not in (0, 100]",
+        ),
+        (
+            format!("{TRAEFIK_EXAMPLE}mirrorHeaders: ['X bad: 1']\n"),
+            "line 18",
+            "bad header `X bad: 1`",
+        ),
+        (
+            bad(
+                "name: app-v3\n        port: 80",
+                "name: app-v3\n        url: https://x:443",
+            ),
+            "line 15",
+            "scheme `https` is not supported",
+        ),
+        (
+            bad("name: app-v3", "name: app_v3/x"),
+            "line 14",
+            "not a host name",
+        ),
+    ];
+    for (yaml, line, want) in cases {
+        let e = err(&[], Some(&yaml));
+        assert!(e.starts_with("config agent.yaml"), "{e}");
+        assert!(e.contains(line), "want {line}: {e}");
+        assert!(e.contains(want), "want {want}: {e}");
+    }
+    let e = Settings::load(&args(&["--config", "/nonexistent/agent.yaml"]))
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.starts_with("config /nonexistent/agent.yaml: No such file"),
+        "{e}"
+    );
+}
+
+#[test]
+fn bad_flag_values_are_one_line() {
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--mirror", "https://x:443"],
+            "--mirror: mirror `https://x:443`: scheme `https` is not supported",
+        ),
+        (
+            &["--mirror", "http://x,weight=2"],
+            "unknown option `weight`",
+        ),
+        (&["--mirror", "http://x,percent=101"], "percent `101`"),
+        (
+            &[
+                "--mirror",
+                "http://a:1,name=x",
+                "--mirror",
+                "http://b:1,name=x",
+            ],
+            "two mirrors are named `x`",
+        ),
+        (
+            &["--mirror", "http://a:1", "--capture-percent", "50"],
+            "--capture-percent: 50 is below mirror",
+        ),
+        (
+            &["--capture-percent", "0"],
+            "--capture-percent: 0 is not in (0, 100]",
+        ),
+        (&["--port", "70000"], "--port: 70000 is not in 1-65535"),
+        (&["--queue-size", "0"], "--queue-size: must be at least 1"),
+        (&["--host-mode", "proxy"], "bad host mode `proxy`"),
+        (&["--mirror-header", "NoColon"], "bad header `NoColon`"),
+        (&["--strip-header", "a b"], "bad header name `a b`"),
+        (&["--path-allow", "(x"], "bad path regex `(x`"),
+        (&["--header-match", "x"], "bad header match `x`"),
+        (&["--speed=-1"], "--speed: -1 is not a number >= 0"),
+    ];
+    for (flags, want) in cases {
+        let e = err(flags, None);
+        assert!(e.contains(want), "{flags:?}: want {want}: {e}");
+    }
+}
+
+#[test]
+fn defaults_without_file() {
+    let s = Settings::from_parts(
+        &args(&[
+            "--mirror",
+            "http://10.0.0.5:8080,name=app-v2",
+            "--mirror",
+            "http://10.0.0.6:8080,percent=50,name=app-v3",
+        ]),
+        None,
+    )
+    .unwrap();
+    assert_eq!(s.capture_percent, 100.0);
+    assert_eq!(s.replay.mirrors[1].percent, 50.0);
+    assert_eq!(s.replay.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
+    assert_eq!(s.replay.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert!(s.ports.is_empty());
+}
+
+#[tokio::test]
+async fn mirror_that_is_the_primary_is_refused() {
+    let s = Settings::from_parts(
+        &args(&[
+            "--mirror",
+            "http://127.0.0.1:8080,name=me",
+            "--port",
+            "8080",
+        ]),
+        None,
+    )
+    .unwrap();
+    let e = s.check_not_primary().await.unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "mirror `me` (127.0.0.1:8080) is the primary itself: a local address on captured port 8080"
+    );
+    // Another port, or a non-local address on the port, is fine. 192.0.2.1 (TEST-NET-1) is only
+    // bound, never sent to.
+    let s = Settings::from_parts(
+        &args(&[
+            "--mirror",
+            "http://127.0.0.1:8081",
+            "--mirror",
+            "http://192.0.2.1:8080",
+            "--port",
+            "8080",
+        ]),
+        None,
+    )
+    .unwrap();
+    s.check_not_primary().await.unwrap();
+}

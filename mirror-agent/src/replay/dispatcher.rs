@@ -1,0 +1,134 @@
+//! One mirror's bounded queue and the task that drains it into the connection pool.
+//!
+//! Owns isolation: the capture side only ever calls [`Dispatcher::offer`], a `try_send` that
+//! never waits; a full queue is a counted drop. The drain task runs at most `max_connections`
+//! exchanges at once, each under the per-request timeout, so a slow or dead mirror backs up only
+//! its own queue.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::{mpsc, watch};
+use tokio::task::{JoinHandle, JoinSet};
+
+use super::pool::{Outgoing, Pool};
+use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
+
+/// A copy waiting for, or being sent to, a mirror.
+#[derive(Debug)]
+pub struct Job {
+    pub out: Outgoing,
+    pub ticket: Ticket,
+}
+
+/// The producer side of one mirror.
+pub struct Dispatcher {
+    tx: mpsc::Sender<Job>,
+    pub stats: Arc<MirrorStats>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Stop signals shared by all dispatchers: `Drain` stops intake and sends what is queued;
+/// `Abort` also abandons what is queued and in flight (counted as shutdown drops).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Phase {
+    Running,
+    Drain,
+    Abort,
+}
+
+impl Dispatcher {
+    /// Starts the drain task on the current tokio runtime.
+    pub fn start(
+        pool: Pool,
+        queue_size: usize,
+        timeout: Duration,
+        phase: watch::Receiver<Phase>,
+    ) -> Self {
+        let (tx, rx) = mpsc::channel(queue_size.max(1));
+        let stats = pool.stats_handle();
+        let task = tokio::spawn(drain(Arc::new(pool), rx, timeout, phase));
+        Self {
+            tx,
+            stats,
+            task: std::sync::Mutex::new(Some(task)),
+        }
+    }
+
+    /// Queues a copy without waiting. A full or closed queue resolves the ticket as a drop.
+    pub fn offer(&self, job: Job) {
+        match self.tx.try_send(job) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(job)) => {
+                job.ticket.resolve(Outcome::Dropped(DropReason::QueueFull));
+            }
+            Err(mpsc::error::TrySendError::Closed(job)) => {
+                job.ticket.resolve(Outcome::Dropped(DropReason::Shutdown));
+            }
+        }
+    }
+
+    /// Waits for the drain task to end (after a `Drain` or `Abort` phase).
+    pub async fn join(&self) {
+        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        if let Some(task) = task {
+            let _ = task.await;
+        }
+    }
+}
+
+async fn drain(
+    pool: Arc<Pool>,
+    mut rx: mpsc::Receiver<Job>,
+    timeout: Duration,
+    mut phase: watch::Receiver<Phase>,
+) {
+    let mut running = JoinSet::new();
+    loop {
+        while running.try_join_next().is_some() {}
+        if *phase.borrow() >= Phase::Drain {
+            // No new copies; what is already queued is still sent.
+            rx.close();
+        }
+        let job = tokio::select! {
+            biased;
+            changed = phase.changed() => {
+                // A dropped sender (replayer gone without shutdown) is an abort.
+                if changed.is_err() || *phase.borrow() == Phase::Abort { break; }
+                continue;
+            }
+            job = rx.recv() => match job { Some(job) => job, None => break },
+        };
+        let permit = tokio::select! {
+            biased;
+            _ = phase.wait_for(|p| *p == Phase::Abort) => break,
+            p = pool.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+        };
+        let pool = pool.clone();
+        running.spawn(async move {
+            let _permit = permit;
+            let outcome = match tokio::time::timeout(timeout, pool.send(&job.out)).await {
+                Err(_) => Outcome::Timeout,
+                Ok(Ok(Some(a))) => Outcome::Answered {
+                    status: a.status,
+                    latency: a.latency,
+                },
+                Ok(Ok(None)) => Outcome::Dropped(DropReason::Backoff),
+                Ok(Err(kind)) => Outcome::Error(kind),
+            };
+            job.ticket.resolve(outcome);
+        });
+    }
+    // Let in-flight exchanges finish unless aborted; aborted ones drop their tickets unresolved,
+    // which counts them as shutdown drops. Copies still queued are dropped with `rx` likewise.
+    let aborted = tokio::select! {
+        biased;
+        _ = phase.wait_for(|p| *p == Phase::Abort) => true,
+        _ = async { while running.join_next().await.is_some() {} } => false,
+    };
+    if aborted {
+        running.abort_all();
+        while running.join_next().await.is_some() {}
+    }
+    drop(rx);
+}

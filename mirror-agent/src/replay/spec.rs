@@ -1,0 +1,243 @@
+//! Mirror specifications: `--mirror URL[,percent=P][,name=NAME]` and the validated [`MirrorSpec`]
+//! both the command line and the config file produce.
+//!
+//! Owns parsing and validation of one mirror's address, share and name. It does not resolve
+//! names (that happens when connecting, so cluster DNS changes are followed) and does not know
+//! about the config file.
+//!
+//! Percent defaults to 100. Traefik's `mirrors[].percent` defaults to 0, which makes sense in a
+//! proxy config where a mirror can be declared and switched on later; a mirror named on our command
+//! line is meant to receive traffic, so ours defaults to 100, as Envoy's `runtime_fraction` does.
+
+use thiserror::Error;
+
+/// Default share of captured requests a mirror receives, in percent.
+pub const DEFAULT_PERCENT: f64 = 100.0;
+
+/// One mirror: where to send copies and which share of requests.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MirrorSpec {
+    /// Label used in the exit table and metrics.
+    pub name: String,
+    /// Host as written: a DNS name, an IPv4 address, or an IPv6 address without brackets.
+    pub host: String,
+    pub port: u16,
+    /// Share of requests this mirror receives, 0-100.
+    pub percent: f64,
+}
+
+impl MirrorSpec {
+    /// `host:port` as it goes into a Host header (`[::1]:8080` for IPv6).
+    pub fn authority(&self) -> String {
+        if self.host.contains(':') {
+            format!("[{}]:{}", self.host, self.port)
+        } else {
+            format!("{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// Why a mirror specification was refused. Each message is one line naming the bad part.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum SpecError {
+    /// The URL part is empty.
+    #[error("mirror `{spec}`: missing URL (expected http://HOST:PORT)")]
+    MissingUrl { spec: String },
+    /// A scheme other than `http://` (TLS to mirrors is not supported yet).
+    #[error("mirror `{spec}`: scheme `{scheme}` is not supported (only http:// for now)")]
+    UnsupportedScheme { spec: String, scheme: String },
+    /// The URL is not `http://HOST[:PORT][/]`.
+    #[error("mirror `{spec}`: bad URL: {why}")]
+    BadUrl { spec: String, why: &'static str },
+    /// An option other than `percent=` or `name=`.
+    #[error("mirror `{spec}`: unknown option `{key}` (expected percent=P or name=NAME)")]
+    UnknownKey { spec: String, key: String },
+    /// The same option given twice.
+    #[error("mirror `{spec}`: option `{key}` given twice")]
+    DuplicateKey { spec: String, key: String },
+    /// Percent is not a number in 0-100.
+    #[error("mirror `{spec}`: percent `{value}` is not a number between 0 and 100")]
+    BadPercent { spec: String, value: String },
+    /// Empty name.
+    #[error("mirror `{spec}`: name must not be empty")]
+    EmptyName { spec: String },
+}
+
+/// Parses `URL[,percent=P][,name=NAME]`. Name defaults to the URL's authority.
+pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
+    let spec = spec.trim();
+    let mut parts = spec.split(',');
+    let url = parts.next().unwrap_or("").trim();
+    if url.is_empty() {
+        return Err(SpecError::MissingUrl { spec: spec.into() });
+    }
+    let (host, port) = parse_url(spec, url)?;
+    let mut percent = None;
+    let mut name = None;
+    for opt in parts {
+        let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
+        let key = key.trim();
+        let value = value.trim();
+        let slot_taken = match key {
+            "percent" => percent
+                .replace(parse_percent(value).ok_or_else(|| SpecError::BadPercent {
+                    spec: spec.into(),
+                    value: value.into(),
+                })?)
+                .is_some(),
+            "name" => {
+                if value.is_empty() {
+                    return Err(SpecError::EmptyName { spec: spec.into() });
+                }
+                name.replace(value.to_string()).is_some()
+            }
+            _ => {
+                return Err(SpecError::UnknownKey {
+                    spec: spec.into(),
+                    key: key.into(),
+                });
+            }
+        };
+        if slot_taken {
+            return Err(SpecError::DuplicateKey {
+                spec: spec.into(),
+                key: key.into(),
+            });
+        }
+    }
+    let mut out = MirrorSpec {
+        name: String::new(),
+        host,
+        port,
+        percent: percent.unwrap_or(DEFAULT_PERCENT),
+    };
+    out.name = name.unwrap_or_else(|| out.authority());
+    Ok(out)
+}
+
+/// A percent in 0-100 (fractions allowed), or `None`.
+pub fn parse_percent(value: &str) -> Option<f64> {
+    let p: f64 = value.parse().ok()?;
+    (p.is_finite() && (0.0..=100.0).contains(&p)).then_some(p)
+}
+
+/// Parses `http://HOST[:PORT][/]` into host and port (default 80).
+///
+/// Hand-written rather than using the `url` crate: we accept a narrow grammar (no userinfo, no
+/// path, no query, http only) and must reject everything else with a precise one-line reason,
+/// which is less code than post-checking a general URL parser's output.
+pub fn parse_url(spec: &str, url: &str) -> Result<(String, u16), SpecError> {
+    let bad = |why| SpecError::BadUrl {
+        spec: spec.into(),
+        why,
+    };
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(bad("expected http://HOST:PORT"));
+    };
+    if !scheme.eq_ignore_ascii_case("http") {
+        return Err(SpecError::UnsupportedScheme {
+            spec: spec.into(),
+            scheme: scheme.into(),
+        });
+    }
+    // A single trailing slash is harmless; any other path would suggest we rewrite targets,
+    // which we do not (the mirror receives the client's request target unchanged).
+    let authority = rest.strip_suffix('/').unwrap_or(rest);
+    if authority.contains(['/', '?', '#']) {
+        return Err(bad(
+            "a path, query or fragment is not allowed (requests keep their own target)",
+        ));
+    }
+    if authority.contains('@') {
+        return Err(bad("user info is not allowed"));
+    }
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (addr, after) = v6.split_once(']').ok_or_else(|| bad("unclosed `[`"))?;
+        if addr.parse::<std::net::Ipv6Addr>().is_err() {
+            return Err(bad("invalid IPv6 address"));
+        }
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(|| bad("junk after `]`"))?),
+        };
+        (addr, port)
+    } else {
+        match authority.rsplit_once(':') {
+            Some((h, p)) => (h, Some(p)),
+            None => (authority, None),
+        }
+    };
+    if host.is_empty() {
+        return Err(bad("missing host"));
+    }
+    if !authority.starts_with('[')
+        && !host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.' || b == b'_')
+    {
+        return Err(bad("invalid character in host"));
+    }
+    let port = match port {
+        None => 80,
+        Some(p) => match p.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(bad("port must be 1-65535")),
+            Ok(p) => p,
+        },
+    };
+    Ok((host.to_string(), port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_spec() {
+        let m = parse_mirror("http://10.0.0.6:8080,percent=50,name=app-v3").unwrap();
+        assert_eq!(m.name, "app-v3");
+        assert_eq!(m.host, "10.0.0.6");
+        assert_eq!(m.port, 8080);
+        assert_eq!(m.percent, 50.0);
+    }
+
+    #[test]
+    fn defaults() {
+        let m = parse_mirror("http://app-v2").unwrap();
+        assert_eq!((m.host.as_str(), m.port, m.percent), ("app-v2", 80, 100.0));
+        assert_eq!(m.name, "app-v2:80");
+        let m = parse_mirror("http://[::1]:9000/").unwrap();
+        assert_eq!((m.host.as_str(), m.port), ("::1", 9000));
+        assert_eq!(m.authority(), "[::1]:9000");
+        let m = parse_mirror("http://h:1,name=x, percent=0.5").unwrap();
+        assert_eq!((m.name.as_str(), m.percent), ("x", 0.5));
+    }
+
+    #[test]
+    fn errors_are_one_line_and_precise() {
+        let cases = [
+            ("", "missing URL"),
+            ("https://a:443", "scheme `https` is not supported"),
+            ("10.0.0.5:8080", "expected http://HOST:PORT"),
+            ("http://a:8080/api", "path"),
+            ("http://a:0", "port must be 1-65535"),
+            ("http://a:70000", "port must be 1-65535"),
+            ("http://:80", "missing host"),
+            ("http://a b:80", "invalid character"),
+            ("http://[::1:80", "unclosed"),
+            ("http://[zz]:80", "invalid IPv6"),
+            ("http://u@a:80", "user info"),
+            ("http://a,weight=3", "unknown option `weight`"),
+            ("http://a,percent=101", "percent `101`"),
+            ("http://a,percent=-1", "percent `-1`"),
+            ("http://a,percent=NaN", "percent `NaN`"),
+            ("http://a,percent=", "percent ``"),
+            ("http://a,name=", "name must not be empty"),
+            ("http://a,name=x,name=y", "given twice"),
+        ];
+        for (spec, want) in cases {
+            let err = parse_mirror(spec).expect_err(spec).to_string();
+            assert!(err.contains(want), "{spec}: {err}");
+            assert!(!err.contains('\n'), "{spec}: {err}");
+        }
+    }
+}

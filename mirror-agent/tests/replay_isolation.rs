@@ -1,0 +1,224 @@
+//! Isolation: broken mirrors (down, silent, slow, resetting) only lose their own copies, every
+//! lost copy is counted, and a healthy mirror next to them gets every request.
+
+mod replay_common;
+
+use std::time::Duration;
+
+use mirror_agent::replay::Replayer;
+use mirror_agent::replay::stats::{DropReason, ErrorKind};
+use replay_common::*;
+
+fn get(i: usize) -> mirror_agent::pipeline::CapturedRequest {
+    one(format!("GET /r/{i} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_of_two_mirrors() {
+    let full = TestMirror::start(Behavior::Ok).await;
+    let half = TestMirror::start(Behavior::Ok).await;
+    let mut cfg = config(vec![full.spec("full", 100.0), half.spec("half", 50.0)]);
+    cfg.timeout = Duration::from_secs(5);
+    let replayer = Replayer::start(cfg);
+    let n = 4000;
+    for i in 0..n {
+        replayer.submit(&get(i));
+        if i % 500 == 499 {
+            // Bounded bursts: the queue (4096) never fills, so no copy is dropped.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    wait_until("full mirror has all", Duration::from_secs(20), || {
+        full.count() == n
+    })
+    .await;
+    let snap = finish(&replayer).await;
+    let (f, h) = (&snap.mirrors[0], &snap.mirrors[1]);
+    assert_eq!(
+        (f.sampled, f.sent, f.status[1]),
+        (n as u64, n as u64, n as u64),
+        "{f:?}"
+    );
+    let share = h.sampled as f64 * 100.0 / n as f64;
+    // Binomial(4000, 0.5): 1 sd = 0.8 points; 2.5 points is > 3 sd.
+    assert!((share - 50.0).abs() <= 2.5, "half mirror share {share}");
+    assert_eq!(h.status[1], h.sampled, "{h:?}");
+    assert_eq!(half.count() as u64, h.sampled);
+    assert_eq!(snap.completeness(), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broken_mirrors_do_not_hurt_the_healthy_one() {
+    let healthy = TestMirror::start(Behavior::Ok).await;
+    let silent = TestMirror::start(Behavior::Never).await;
+    let resetting = TestMirror::start(Behavior::Reset).await;
+    let down = dead_addr().await;
+    let mut specs = vec![
+        healthy.spec("healthy", 100.0),
+        silent.spec("silent", 100.0),
+        resetting.spec("reset", 100.0),
+    ];
+    specs.push(mirror_agent::replay::spec::MirrorSpec {
+        name: "down".into(),
+        host: down.ip().to_string(),
+        port: down.port(),
+        percent: 100.0,
+    });
+    let mut cfg = config(specs);
+    cfg.timeout = Duration::from_millis(200);
+    cfg.queue_size = 16;
+    cfg.max_connections = 4;
+    let replayer = Replayer::start(cfg);
+    let n = 300;
+    for i in 0..n {
+        replayer.submit(&get(i));
+        // Paced so the healthy mirror's small queue (sized to make the broken ones overflow)
+        // keeps up.
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    wait_until_or(
+        "healthy mirror has all",
+        Duration::from_secs(20),
+        || healthy.count() == n,
+        || replayer.snapshot().table(),
+    )
+    .await;
+    let snap = finish(&replayer).await;
+    let by = |name: &str| {
+        snap.mirrors
+            .iter()
+            .find(|m| m.name == name)
+            .unwrap()
+            .clone()
+    };
+    let (h, s, r, d) = (by("healthy"), by("silent"), by("reset"), by("down"));
+    for m in [&h, &s, &r, &d] {
+        assert_eq!(
+            m.sampled, n as u64,
+            "every mirror samples every request: {m:?}"
+        );
+    }
+    assert_eq!(h.status[1], n as u64, "{h:?}");
+    assert_eq!(h.dropped_count() + h.error_count() + h.timeouts, 0, "{h:?}");
+    // Silent: each copy is a timeout, or dropped because the queue was full behind timeouts,
+    // or still queued at shutdown.
+    assert_eq!(s.answered() + s.error_count(), 0, "{s:?}");
+    assert!(s.timeouts >= 4, "{s:?}");
+    assert_eq!(
+        s.timeouts + s.drop_count(DropReason::QueueFull) + s.drop_count(DropReason::Shutdown),
+        n as u64,
+        "{s:?}"
+    );
+    // Resetting: I/O errors (or drops behind them), never an answer.
+    assert_eq!(r.answered(), 0, "{r:?}");
+    assert!(r.error(ErrorKind::Io) > 0, "{r:?}");
+    assert_eq!(
+        r.error(ErrorKind::Io) + r.dropped_count(),
+        n as u64,
+        "{r:?}"
+    );
+    // Down: connect errors while probing, the rest dropped during backoff.
+    assert_eq!(
+        d.answered() + d.timeouts + d.error(ErrorKind::Io),
+        0,
+        "{d:?}"
+    );
+    assert!(d.error(ErrorKind::Connect) >= 1, "{d:?}");
+    assert_eq!(
+        d.error(ErrorKind::Connect) + d.dropped_count(),
+        n as u64,
+        "{d:?}"
+    );
+    assert!(
+        d.drop_count(DropReason::Backoff) > 0,
+        "backoff spares a dead mirror: {d:?}"
+    );
+    let table = snap.table();
+    for name in ["healthy", "silent", "reset", "down"] {
+        assert!(table.contains(name), "{table}");
+    }
+    println!("{table}");
+}
+
+/// A mirror answering 500 after 2 s: counted as 5xx with its latency; its queue overflows
+/// (counted) while the healthy mirror gets everything.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn slow_500_mirror() {
+    let healthy = TestMirror::start(Behavior::Ok).await;
+    let slow = TestMirror::start(Behavior::Slow500(Duration::from_secs(2))).await;
+    let mut cfg = config(vec![
+        healthy.spec("healthy", 100.0),
+        slow.spec("slow", 100.0),
+    ]);
+    cfg.timeout = Duration::from_secs(4);
+    cfg.queue_size = 2;
+    cfg.max_connections = 2;
+    let replayer = Replayer::start(cfg);
+    let n = 20;
+    for i in 0..n {
+        replayer.submit(&get(i));
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    wait_until_or(
+        "healthy mirror has all",
+        Duration::from_secs(5),
+        || healthy.count() == n,
+        || replayer.snapshot().table(),
+    )
+    .await;
+    // The slow mirror holds 2 exchanges, 1 copy waiting for a connection and 2 queued; the
+    // rest overflow its queue.
+    wait_until("slow mirror answered twice", Duration::from_secs(5), || {
+        replayer.snapshot().mirrors[1].status[4] == 2
+    })
+    .await;
+    let snap = replayer.snapshot();
+    let s = &snap.mirrors[1];
+    assert!(
+        s.drop_count(DropReason::QueueFull) >= (n - 5) as u64,
+        "{s:?}"
+    );
+    assert!(
+        s.p50.unwrap() >= Duration::from_secs(2),
+        "latency is recorded: {s:?}"
+    );
+    let snap = replayer.shutdown(Duration::from_millis(100)).await;
+    let s = &snap.mirrors[1];
+    assert!(s.balanced() && s.in_flight == 0, "{s:?}");
+    assert_eq!(
+        s.status[4] + s.drop_count(DropReason::QueueFull) + s.drop_count(DropReason::Shutdown),
+        n as u64,
+        "{s:?}"
+    );
+    let h = &snap.mirrors[0];
+    assert_eq!(h.status[1], n as u64, "{h:?}");
+}
+
+/// submit never blocks: with a mirror that never answers and a tiny queue, thousands of
+/// submits return and are all accounted for; shutdown abandons the rest, counted.
+#[tokio::test]
+async fn full_queue_drops_and_shutdown_accounts() {
+    let silent = TestMirror::start(Behavior::Never).await;
+    let mut cfg = config(vec![silent.spec("silent", 100.0)]);
+    cfg.queue_size = 4;
+    cfg.max_connections = 1;
+    cfg.timeout = Duration::from_secs(30);
+    let replayer = Replayer::start(cfg);
+    for i in 0..5000 {
+        replayer.submit(&get(i));
+    }
+    let snap = replayer.shutdown(Duration::from_millis(100)).await;
+    let s = &snap.mirrors[0];
+    assert_eq!(s.sampled, 5000);
+    assert!(s.drop_count(DropReason::QueueFull) >= 5000 - 5, "{s:?}");
+    assert!(
+        s.drop_count(DropReason::Shutdown) >= 1,
+        "the stuck request is abandoned: {s:?}"
+    );
+    assert_eq!(s.in_flight, 0);
+    assert!(s.balanced(), "{s:?}");
+    // After shutdown, submits are counted as shutdown drops.
+    replayer.submit(&get(0));
+    let s = replayer.snapshot().mirrors[0].clone();
+    assert!(s.balanced() && s.sampled == 5001, "{s:?}");
+}
