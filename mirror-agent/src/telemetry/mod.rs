@@ -312,3 +312,87 @@ impl Telemetry {
         self.server.take();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn otlp_is_off_without_endpoint() {
+        let c = TelemetryConfig::from_parts(None, None, None, None, env_of(&[])).unwrap();
+        assert!(c.otlp.is_none() && c.metrics_addr.is_none());
+        assert_eq!(c.traceparent, TraceparentMode::Rewrite);
+    }
+
+    #[test]
+    fn flags_and_environment() {
+        let c = TelemetryConfig::from_parts(
+            Some("127.0.0.1:9464"),
+            Some("http://collector:4317"),
+            Some("grpc"),
+            Some("strip"),
+            env_of(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
+        )
+        .unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        let o = c.otlp.unwrap();
+        assert_eq!(o.protocol, OtlpProtocol::Grpc, "the flag wins");
+        assert_eq!(o.endpoint.as_deref(), Some("http://collector:4317"));
+        assert!(o.traces);
+        assert_eq!(c.traceparent, TraceparentMode::Strip);
+
+        let c = TelemetryConfig::from_parts(
+            None,
+            None,
+            None,
+            None,
+            env_of(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_TRACES_EXPORTER", "none"),
+            ]),
+        )
+        .unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(o.endpoint, None, "the exporter reads the variables itself");
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+        assert!(!o.traces);
+
+        let c = TelemetryConfig::from_parts(
+            None,
+            Some("http://c:4318"),
+            None,
+            None,
+            env_of(&[("OTEL_SDK_DISABLED", "true")]),
+        )
+        .unwrap();
+        assert!(c.otlp.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        let e = |m, ep, p, t| {
+            TelemetryConfig::from_parts(m, ep, p, t, env_of(&[]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(Some("nonsense"), None, None, None).contains("--metrics-addr"));
+        assert!(e(None, Some("collector:4317"), None, None).contains("--otlp-endpoint"));
+        assert!(e(None, None, Some("thrift"), None).contains("--otlp-protocol"));
+        assert!(e(None, None, None, Some("drop")).contains("--otlp-traceparent"));
+        let err = TelemetryConfig::from_parts(None, None, Some("x"), None, env_of(&[]));
+        assert_eq!(err.unwrap_err().exit_code(), 2);
+    }
+}
