@@ -196,6 +196,10 @@ pub struct RunArgs {
     /// Per-mirror queue length [default: 4096]; a full queue drops the copy (counted).
     #[arg(long, env = "MIRROR_QUEUE_SIZE", help_heading = "Replay")]
     pub queue_size: Option<usize>,
+    /// Per-mirror bound on queued request bytes [default: 67108864]; over it a copy is dropped
+    /// (counted as queue full) unless the queue is empty.
+    #[arg(long, env = "MIRROR_MAX_QUEUE_BYTES", help_heading = "Replay")]
+    pub max_queue_bytes: Option<u64>,
     /// Per-mirror maximum connections [default: 32].
     #[arg(long, env = "MIRROR_MAX_CONNECTIONS", help_heading = "Replay")]
     pub max_connections: Option<usize>,

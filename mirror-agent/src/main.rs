@@ -18,6 +18,9 @@ fn main() {
         None if cli.run.pcap.is_none() && cli.run.from.is_none() => {
             std::process::exit(run_live(&cli.run))
         }
+        None if cli.run.from.is_some() => {
+            std::process::exit(mirror_agent::app::from::main(&cli.run));
+        }
         None if cli.run.pcap.is_some() => {
             std::process::exit(mirror_agent::app::offline::main(&cli.run));
         }

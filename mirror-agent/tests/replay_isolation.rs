@@ -222,3 +222,30 @@ async fn full_queue_drops_and_shutdown_accounts() {
     let s = replayer.snapshot().mirrors[0].clone();
     assert!(s.balanced() && s.sampled == 5001, "{s:?}");
 }
+
+/// The queue is bounded in bytes too: big uploads behind a stuck mirror do not pin memory.
+#[tokio::test] // current-thread runtime: the drain task cannot run during the submit loop
+async fn queue_bounded_in_bytes() {
+    let silent = TestMirror::start(Behavior::Never).await;
+    let mut cfg = config(vec![silent.spec("silent", 100.0)]);
+    cfg.max_queue_bytes = 1000;
+    let replayer = Replayer::start(cfg);
+    let body = "x".repeat(400 - 52);
+    let req = one(format!(
+        "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .as_bytes());
+    assert_eq!(req.request.raw.len(), 400);
+    for _ in 0..10 {
+        replayer.submit(&req);
+    }
+    let s = replayer.snapshot().mirrors[0].clone();
+    assert_eq!(
+        s.drop_count(DropReason::QueueFull),
+        8,
+        "two 400-byte copies fit in 1000: {s:?}"
+    );
+    let s = replayer.shutdown(Duration::from_millis(50)).await.mirrors[0].clone();
+    assert!(s.balanced() && s.in_flight == 0, "{s:?}");
+}

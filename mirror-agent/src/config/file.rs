@@ -57,6 +57,8 @@ pub struct FileConfig {
     pub header_match: Option<Vec<String>>,
     #[serde(alias = "queue-size")]
     pub queue_size: Option<Positive>,
+    #[serde(alias = "max-queue-bytes")]
+    pub max_queue_bytes: Option<Positive>,
     #[serde(alias = "max-connections")]
     pub max_connections: Option<Positive>,
     #[serde(alias = "timeout-ms")]

@@ -22,6 +22,7 @@ use file::{FileConfig, MirrorEntry, Mirroring};
 /// Defaults of options that the file may also set.
 pub const DEFAULT_QUEUE_SIZE: usize = 4096;
 pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
 pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
 pub const DEFAULT_HOST_SUFFIX: &str = "-shadow";
 /// The kernel's port map holds this many ports.
@@ -263,6 +264,12 @@ impl Settings {
             fc.max_connections.map(|v| v.0),
             DEFAULT_MAX_CONNECTIONS as u64,
         )?;
+        let max_queue_bytes = positive(
+            "--max-queue-bytes",
+            args.max_queue_bytes,
+            fc.max_queue_bytes.map(|v| v.0),
+            DEFAULT_MAX_QUEUE_BYTES,
+        )?;
         let timeout_ms = positive(
             "--timeout-ms",
             args.timeout_ms,
@@ -288,6 +295,7 @@ impl Settings {
         replay.filter = filter;
         replay.queue_size = queue_size as usize;
         replay.max_connections = max_connections as usize;
+        replay.max_queue_bytes = max_queue_bytes;
         replay.timeout = Duration::from_millis(timeout_ms);
         replay.limits.max_head_bytes = args.max_head_bytes;
         replay.limits.max_headers = args.max_headers;

@@ -91,7 +91,7 @@ mirrors_note: x
     let yaml = yaml.replace("mirrors_note: x\n", "");
     let yaml = format!(
         "{yaml}hostMode: suffix\nstrip-headers: [Authorization]\nmirrorHeaders: ['X-Mirrored-By: mirror-agent']\n\
-         queueSize: 10\ntimeoutMs: 250\nmethods: [GET]\ncapturePercent: 100\n"
+         queueSize: 10\ntimeoutMs: 250\nmaxQueueBytes: 4096\nmethods: [GET]\ncapturePercent: 100\n"
     );
     let s = load(&[], &yaml).unwrap();
     assert_eq!(s.replay.mirrors.len(), 2);

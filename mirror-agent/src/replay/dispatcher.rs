@@ -3,9 +3,11 @@
 //! Owns isolation: the capture side only ever calls [`Dispatcher::offer`], a `try_send` that
 //! never waits; a full queue is a counted drop. The drain task runs at most `max_connections`
 //! exchanges at once, each under the per-request timeout, so a slow or dead mirror backs up only
-//! its own queue.
+//! its own queue. The queue is bounded in copies and in bytes: copies share the request's
+//! `Bytes`, but a queue of 4096 ten-MiB uploads would still pin 40 GiB.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, watch};
@@ -24,6 +26,9 @@ pub struct Job {
 /// The producer side of one mirror.
 pub struct Dispatcher {
     tx: mpsc::Sender<Job>,
+    /// Request bytes waiting in the queue, and their bound.
+    queued_bytes: Arc<AtomicU64>,
+    max_queue_bytes: u64,
     pub stats: Arc<MirrorStats>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -42,14 +47,24 @@ impl Dispatcher {
     pub fn start(
         pool: Pool,
         queue_size: usize,
+        max_queue_bytes: u64,
         timeout: Duration,
         phase: watch::Receiver<Phase>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue_size.max(1));
         let stats = pool.stats_handle();
-        let task = tokio::spawn(drain(Arc::new(pool), rx, timeout, phase));
+        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let task = tokio::spawn(drain(
+            Arc::new(pool),
+            rx,
+            queued_bytes.clone(),
+            timeout,
+            phase,
+        ));
         Self {
             tx,
+            queued_bytes,
+            max_queue_bytes,
             stats,
             task: std::sync::Mutex::new(Some(task)),
         }
@@ -57,7 +72,20 @@ impl Dispatcher {
 
     /// Queues a copy without waiting. A full or closed queue resolves the ticket as a drop.
     pub fn offer(&self, job: Job) {
-        match self.tx.try_send(job) {
+        let len = job.out.bytes.len() as u64;
+        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
+        // Over the byte bound the copy is dropped, unless the queue is empty: a single request
+        // larger than the bound must still be sendable.
+        if before > 0 && before + len > self.max_queue_bytes {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+            job.ticket.resolve(Outcome::Dropped(DropReason::QueueFull));
+            return;
+        }
+        let result = self.tx.try_send(job);
+        if result.is_err() {
+            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        }
+        match result {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(job)) => {
                 job.ticket.resolve(Outcome::Dropped(DropReason::QueueFull));
@@ -66,6 +94,12 @@ impl Dispatcher {
                 job.ticket.resolve(Outcome::Dropped(DropReason::Shutdown));
             }
         }
+    }
+
+    /// Share of the queue in use, 0 to 1.
+    pub fn queue_fill(&self) -> f64 {
+        let max = self.tx.max_capacity();
+        (max - self.tx.capacity()) as f64 / max as f64
     }
 
     /// Waits for the drain task to end (after a `Drain` or `Abort` phase).
@@ -80,6 +114,7 @@ impl Dispatcher {
 async fn drain(
     pool: Arc<Pool>,
     mut rx: mpsc::Receiver<Job>,
+    queued_bytes: Arc<AtomicU64>,
     timeout: Duration,
     mut phase: watch::Receiver<Phase>,
 ) {
@@ -99,6 +134,7 @@ async fn drain(
             }
             job = rx.recv() => match job { Some(job) => job, None => break },
         };
+        queued_bytes.fetch_sub(job.out.bytes.len() as u64, Ordering::Relaxed);
         let permit = tokio::select! {
             biased;
             _ = phase.wait_for(|p| *p == Phase::Abort) => break,

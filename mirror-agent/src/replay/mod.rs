@@ -44,6 +44,8 @@ pub struct ReplayConfig {
     pub rewrite: RewriteOptions,
     pub filter: Filter,
     pub queue_size: usize,
+    /// Per-mirror bound on queued request bytes (a full queue by bytes is a `QueueFull` drop).
+    pub max_queue_bytes: u64,
     pub max_connections: usize,
     pub timeout: Duration,
     pub backoff_min: Duration,
@@ -64,9 +66,10 @@ impl ReplayConfig {
             capture_percent,
             rewrite: RewriteOptions::default(),
             filter: Filter::default(),
-            queue_size: 4096,
-            max_connections: 32,
-            timeout: Duration::from_secs(5),
+            queue_size: crate::config::DEFAULT_QUEUE_SIZE,
+            max_queue_bytes: crate::config::DEFAULT_MAX_QUEUE_BYTES,
+            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            timeout: Duration::from_millis(crate::config::DEFAULT_TIMEOUT_MS),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             on_connect: None,
@@ -119,7 +122,13 @@ impl Replayer {
             mirrors.push(Mirror {
                 sampler: Sampler::new(probability, sampler::mirror_seed(seed, i)),
                 rewriter: Rewriter::new(cfg.rewrite.clone(), spec.authority()),
-                dispatcher: Dispatcher::start(pool, cfg.queue_size, cfg.timeout, phase_rx.clone()),
+                dispatcher: Dispatcher::start(
+                    pool,
+                    cfg.queue_size,
+                    cfg.max_queue_bytes,
+                    cfg.timeout,
+                    phase_rx.clone(),
+                ),
             });
         }
         let stats = Arc::new(ReplayStats::new(
@@ -175,6 +184,14 @@ impl Replayer {
             };
             m.dispatcher.offer(Job { out, ticket });
         }
+    }
+
+    /// The fullest mirror queue, 0 to 1 (recorded replay paces itself on it).
+    pub fn max_queue_fill(&self) -> f64 {
+        self.mirrors
+            .iter()
+            .map(|m| m.dispatcher.queue_fill())
+            .fold(0.0, f64::max)
     }
 
     /// Shared live counters (for the progress line and metrics).

@@ -269,6 +269,7 @@ impl Pool {
         }
         let mut events = Vec::new();
         let mut received = false;
+        let mut start_check = StartCheck::default();
         loop {
             let n = conn
                 .stream
@@ -279,6 +280,12 @@ impl Pool {
                 conn.framer.finish(self.now_ns(), &mut events);
             } else {
                 received = true;
+                if !start_check.feed(&conn.buf[..n]) {
+                    return Err(Failure {
+                        kind: ErrorKind::BadResponse,
+                        untouched: false,
+                    });
+                }
                 conn.framer.push(&conn.buf[..n], self.now_ns(), &mut events);
             }
             for ev in events.drain(..) {
@@ -316,6 +323,57 @@ impl Pool {
                     io_err(true)
                 });
             }
+        }
+    }
+}
+
+/// Checks that a response starts with `HTTP/` (after optional blank lines).
+///
+/// The response framer resynchronises on garbage, as a passive observer must; as the client we
+/// know a response must start right here, so garbage fails the exchange at once instead of
+/// waiting for the timeout (RFC 9112 4: a status line starts with the HTTP-version).
+#[derive(Debug, Default)]
+struct StartCheck {
+    matched: usize,
+}
+
+impl StartCheck {
+    const PREFIX: &'static [u8] = b"HTTP/";
+
+    /// False as soon as the bytes cannot start a response.
+    fn feed(&mut self, data: &[u8]) -> bool {
+        for &b in data {
+            if self.matched == Self::PREFIX.len() {
+                return true;
+            }
+            if self.matched == 0 && (b == b'\r' || b == b'\n') {
+                continue;
+            }
+            if b != Self::PREFIX[self.matched] {
+                return false;
+            }
+            self.matched += 1;
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::StartCheck;
+
+    #[test]
+    fn start_check_every_split() {
+        let good = b"\r\nHTTP/1.1 200 OK\r\n";
+        for split in 0..good.len() {
+            let mut c = StartCheck::default();
+            assert!(
+                c.feed(&good[..split]) && c.feed(&good[split..]),
+                "split {split}"
+            );
+        }
+        for bad in [&b"garbage"[..], b"HTTX/1.1", b"\nhttp/1.1"] {
+            assert!(!StartCheck::default().feed(bad), "{bad:?}");
         }
     }
 }

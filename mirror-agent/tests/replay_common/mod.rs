@@ -210,7 +210,7 @@ pub fn config(mirrors: Vec<MirrorSpec>) -> ReplayConfig {
 
 /// Polls `cond` every 10 ms up to `limit`; panics with `what` when it never holds.
 pub async fn wait_until(what: &str, limit: Duration, cond: impl FnMut() -> bool) {
-    wait_until_or(what, limit, cond, || String::new()).await
+    wait_until_or(what, limit, cond, String::new).await
 }
 
 /// [`wait_until`], printing `context()` (e.g. the replayer's counters) when it fails.

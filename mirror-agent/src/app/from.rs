@@ -1,0 +1,205 @@
+//! `--from FILE.jsonl`: replays a recording made with `--record` to the mirrors.
+//!
+//! Owns the recorded-replay driver: read records in order, pace them (`--speed`), hand them to a
+//! [`Session`] (a tokio runtime plus a [`Replayer`], reusable by the other run modes), print a
+//! progress line every few seconds and the per-mirror table at the end. Pacing:
+//! - `--speed 1` keeps the recorded gaps between requests (from `ts_ns`), `--speed 10` divides
+//!   them by ten;
+//! - `--speed 0` is as fast as the mirrors take it: there is no live primary to protect, so the
+//!   reader waits (up to one request timeout) while a mirror's queue is more than 3/4 full, instead
+//!   of dropping copies; a mirror that stays stuck still only drops its own (counted).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use crate::cli::RunArgs;
+use crate::config::{ConfigError, Settings};
+use crate::pipeline::CapturedRequest;
+use crate::record::{RecordError, RecordReader};
+use crate::replay::stats::ReplaySnapshot;
+use crate::replay::{ReplayConfig, Replayer};
+
+/// How often the progress line is printed.
+pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long queued copies may still be sent at the end.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why `--from` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum FromError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("--from {path}: {source}")]
+    Open {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("--from needs at least one --mirror (or mirrors in --config)")]
+    NoMirrors,
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+}
+
+/// A running replayer with its own runtime; `submit` may be called from any thread.
+pub struct Session {
+    runtime: tokio::runtime::Runtime,
+    replayer: Replayer,
+    timeout: Duration,
+}
+
+impl Session {
+    pub fn start(cfg: ReplayConfig) -> Result<Self, FromError> {
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("mirror-replay")
+            .enable_all()
+            .build()
+            .map_err(FromError::Runtime)?;
+        let timeout = cfg.timeout;
+        let replayer = {
+            let _guard = runtime.enter();
+            Replayer::start(cfg)
+        };
+        Ok(Self {
+            runtime,
+            replayer,
+            timeout,
+        })
+    }
+
+    pub fn replayer(&self) -> &Replayer {
+        &self.replayer
+    }
+
+    pub fn submit(&self, req: &CapturedRequest) {
+        self.replayer.submit(req);
+    }
+
+    /// Waits (up to one request timeout) until every mirror's queue is at most 3/4 full.
+    pub fn wait_for_room(&self) {
+        let deadline = Instant::now() + self.timeout;
+        while self.replayer.max_queue_fill() > 0.75 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Sends what is queued (up to `grace`) and returns the final counters.
+    pub fn finish(self, grace: Duration) -> ReplaySnapshot {
+        let snap = self.runtime.block_on(self.replayer.shutdown(grace));
+        self.runtime.shutdown_timeout(Duration::from_millis(100));
+        snap
+    }
+}
+
+/// Counters of a `--from` run.
+#[derive(Debug)]
+pub struct FromReport {
+    pub records: u64,
+    /// Lines that are not records (counted, the first error kept); the rest is replayed.
+    pub bad_lines: u64,
+    pub first_bad: Option<String>,
+    pub replay: ReplaySnapshot,
+}
+
+/// Replays `path` with `settings`; `progress` receives a line every [`PROGRESS_EVERY`].
+pub fn run(
+    settings: &Settings,
+    path: &Path,
+    mut progress: impl FnMut(&str),
+) -> Result<FromReport, FromError> {
+    if settings.replay.mirrors.is_empty() {
+        return Err(FromError::NoMirrors);
+    }
+    let file = File::open(path).map_err(|source| FromError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let session = Session::start(settings.replay.clone())?;
+    let speed = settings.speed;
+    let started = Instant::now();
+    let mut first_ts: Option<u64> = None;
+    let (mut records, mut bad_lines, mut first_bad) = (0u64, 0u64, None);
+    let mut last_progress = (Instant::now(), session.replayer().snapshot());
+    for item in RecordReader::new(BufReader::new(file)) {
+        let req = match item {
+            Ok(r) => r,
+            Err(e @ RecordError::Io { .. }) => {
+                // The file cannot be read further: stop here, replay what was read.
+                first_bad.get_or_insert_with(|| e.to_string());
+                bad_lines += 1;
+                break;
+            }
+            Err(e) => {
+                first_bad.get_or_insert_with(|| e.to_string());
+                bad_lines += 1;
+                continue;
+            }
+        };
+        records += 1;
+        if speed > 0.0 {
+            let base = *first_ts.get_or_insert(req.request.ts_ns);
+            let offset = req.request.ts_ns.saturating_sub(base) as f64 / speed;
+            let due = started + Duration::from_nanos(offset as u64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        } else {
+            session.wait_for_room();
+        }
+        session.submit(&req);
+        if last_progress.0.elapsed() >= PROGRESS_EVERY {
+            let snap = session.replayer().snapshot();
+            progress(&snap.progress_line(Some(&last_progress.1), last_progress.0.elapsed()));
+            last_progress = (Instant::now(), snap);
+        }
+    }
+    Ok(FromReport {
+        records,
+        bad_lines,
+        first_bad,
+        replay: session.finish(DRAIN_GRACE),
+    })
+}
+
+/// The `--from` entry point of the binary: exit status 0 done, 1 the file could not be
+/// replayed completely, 2 bad flags or config.
+pub fn main(args: &RunArgs) -> i32 {
+    let settings = match Settings::load(args) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mirror-agent: {e}");
+            return ConfigError::EXIT_CODE;
+        }
+    };
+    let Some(path) = settings.from.clone() else {
+        eprintln!("mirror-agent: --from is not set");
+        return ConfigError::EXIT_CODE;
+    };
+    match run(&settings, &path, |line| eprintln!("mirror-agent: {line}")) {
+        Ok(report) => {
+            eprint!("{}", report.replay.table());
+            eprintln!(
+                "records replayed: {}; bad lines: {}",
+                report.records, report.bad_lines
+            );
+            match report.first_bad {
+                Some(e) => {
+                    eprintln!("mirror-agent: error: {}: {e}", path.display());
+                    1
+                }
+                None => 0,
+            }
+        }
+        Err(e @ (FromError::Config(_) | FromError::NoMirrors)) => {
+            eprintln!("mirror-agent: {e}");
+            ConfigError::EXIT_CODE
+        }
+        Err(e) => {
+            eprintln!("mirror-agent: error: {e}");
+            1
+        }
+    }
+}

@@ -1,0 +1,143 @@
+//! Mirror responses are read with correct framing and discarded; a connection is reused only
+//! after a cleanly delimited response.
+
+mod replay_common;
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use mirror_agent::http::Request;
+use mirror_agent::replay::Replayer;
+use mirror_agent::replay::stats::ErrorKind;
+use replay_common::*;
+
+fn respond(req: &Request) -> (Vec<u8>, bool) {
+    let r = |s: &str, close| (s.as_bytes().to_vec(), close);
+    match req.target.as_str() {
+        "/chunked" => r(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\nX-T: 1\r\n\r\n",
+            false,
+        ),
+        // HEAD: the Content-Length describes the GET body, none follows.
+        "/head" => r("HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n", false),
+        "/204" => r("HTTP/1.1 204 No Content\r\n\r\n", false),
+        "/304" => r(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 50\r\n\r\n",
+            false,
+        ),
+        "/continue" => r(
+            "HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nyes",
+            false,
+        ),
+        "/close-delimited" => r("HTTP/1.1 200 OK\r\n\r\nbody until close", true),
+        "/server-close" => r(
+            "HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok",
+            true,
+        ),
+        "/bad" => r("garbage that is not HTTP\r\n\r\n", false),
+        other => panic!("unexpected target {other}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn response_framing_and_connection_reuse() {
+    let mirror = TestMirror::start(Behavior::Script(Arc::new(respond))).await;
+    let mut cfg = config(vec![mirror.spec("m", 100.0)]);
+    cfg.max_connections = 1; // sequential: the connection sequence below is deterministic
+    cfg.timeout = Duration::from_secs(5);
+    let replayer = Replayer::start(cfg);
+    let seq = [
+        ("GET", "/chunked"),
+        ("HEAD", "/head"),
+        ("GET", "/204"),
+        ("GET", "/304"),
+        ("POST", "/continue"),
+        ("GET", "/close-delimited"), // not reused: the body ends at close
+        ("GET", "/chunked"),         // connection 2
+        ("GET", "/server-close"),    // the mirror closes after answering
+        ("GET", "/chunked"),         // connection 3 (closed idle connection detected or retried)
+        ("GET", "/bad"),             // bad response: error, connection dropped
+        ("GET", "/chunked"),         // connection 4
+    ];
+    for (method, target) in seq {
+        let body = if method == "POST" {
+            "Content-Length: 2\r\nExpect: 100-continue\r\n\r\nhi"
+        } else {
+            "\r\n"
+        };
+        replayer.submit(&one(format!(
+            "{method} {target} HTTP/1.1\r\nHost: h\r\n{body}"
+        )
+        .as_bytes()));
+    }
+    wait_until_or(
+        "all resolved",
+        Duration::from_secs(10),
+        || {
+            let m = &replayer.snapshot().mirrors[0];
+            m.in_flight == 0 && m.sampled == seq.len() as u64
+        },
+        || replayer.snapshot().table(),
+    )
+    .await;
+    let snap = finish(&replayer).await;
+    let m = &snap.mirrors[0];
+    assert_eq!(m.status, [0, 9, 1, 0, 0], "{m:?}");
+    assert_eq!(m.error(ErrorKind::BadResponse), 1, "{m:?}");
+    assert_eq!(m.error_count(), 1, "{m:?}");
+    assert_eq!(m.connects, 4, "{m:?}");
+    assert_eq!(mirror.connections.load(Ordering::SeqCst), 4);
+    assert!(m.retries <= 1, "{m:?}");
+    // A retry follows a write into a connection the mirror had already closed: the mirror never
+    // read it, so every request arrives exactly once.
+    assert_eq!(mirror.count(), seq.len());
+}
+
+/// A 101 answer turns the connection into a tunnel: counted as a final 1xx, never reused.
+#[tokio::test]
+async fn switching_protocols_is_not_reused() {
+    let mirror = TestMirror::start(Behavior::Script(Arc::new(|_: &Request| {
+        (b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n".to_vec(), false)
+    })))
+    .await;
+    let mut cfg = config(vec![mirror.spec("m", 100.0)]);
+    cfg.max_connections = 1;
+    let replayer = Replayer::start(cfg);
+    for _ in 0..2 {
+        replayer.submit(&one(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ));
+    }
+    wait_until("both answered", Duration::from_secs(5), || {
+        replayer.snapshot().mirrors[0].status[0] == 2
+    })
+    .await;
+    let snap = finish(&replayer).await;
+    assert_eq!(snap.mirrors[0].connects, 2);
+}
+
+/// `Connection: close` from the client (and HTTP/1.0 without keep-alive): the mirror will close,
+/// so the agent does not keep the connection.
+#[tokio::test]
+async fn client_connection_close_is_honoured() {
+    let mirror = TestMirror::start(Behavior::Ok).await;
+    let mut cfg = config(vec![mirror.spec("m", 100.0)]);
+    cfg.max_connections = 1;
+    let replayer = Replayer::start(cfg);
+    replayer.submit(&one(
+        b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
+    ));
+    replayer.submit(&one(b"GET /b HTTP/1.0\r\n\r\n"));
+    replayer.submit(&one(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(&one(b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n"));
+    wait_until("4 answered", Duration::from_secs(5), || {
+        replayer.snapshot().mirrors[0].status[1] == 4
+    })
+    .await;
+    let snap = finish(&replayer).await;
+    assert_eq!(
+        snap.mirrors[0].connects, 3,
+        "/a and /b close, /c and /d share one"
+    );
+}
