@@ -17,6 +17,7 @@
 //! telemetry.shutdown().await;                   // final OTLP export
 //! ```
 
+pub mod compare;
 pub mod model;
 mod otel;
 mod prometheus;
@@ -200,6 +201,7 @@ impl Telemetry {
         let snapshots = Arc::new(Mutex::new(Snapshots::default()));
         let client_prom = request::new_family();
         let server_prom = request::new_family();
+        let difference_prom = request::new_difference_family();
         let mut registry = Registry::default();
         registry.register_collector(Box::new(prometheus::SnapshotCollector {
             snapshots: snapshots.clone(),
@@ -216,6 +218,12 @@ impl Telemetry {
             PromUnit::Seconds,
             server_prom.clone(),
         );
+        registry.register_with_unit(
+            "mirror_compare_latency_difference",
+            "Mirror latency minus the primary's for the same request",
+            PromUnit::Seconds,
+            difference_prom.clone(),
+        );
         let endpoint = Arc::new(prometheus::Endpoint {
             registry,
             ready: Default::default(),
@@ -231,7 +239,9 @@ impl Telemetry {
         let instruments = Arc::new(request::Instruments {
             client_prom,
             server_prom,
+            difference_prom,
             client_otel: otel.as_ref().map(|o| o.client_hist.clone()),
+            difference_otel: otel.as_ref().map(|o| o.difference_hist.clone()),
             server_otel: otel.as_ref().map(|o| o.server_hist.clone()),
             tracer,
         });
@@ -256,15 +266,22 @@ impl Telemetry {
         pipeline: Option<&PipelineStats>,
         replay: Option<&ReplaySnapshot>,
     ) {
-        let new = Snapshots {
-            kernel: kernel.copied(),
-            pipeline: pipeline.cloned(),
-            replay: replay.cloned(),
+        let mut s = match self.snapshots.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
         };
-        match self.snapshots.lock() {
-            Ok(mut s) => *s = new,
-            Err(p) => *p.into_inner() = new,
-        }
+        s.kernel = kernel.copied();
+        s.pipeline = pipeline.cloned();
+        s.replay = replay.cloned();
+    }
+
+    /// Replaces the comparison counters (`--compare`), like [`Self::update_from`].
+    pub fn update_compare(&self, compare: Option<&compare::CompareSnapshot>) {
+        let mut s = match self.snapshots.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.compare = compare.cloned();
     }
 
     /// `/readyz` answers 200 once set (capture attached, or the pcap/recording opened).

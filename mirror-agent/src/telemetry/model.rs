@@ -70,6 +70,7 @@ pub struct Snapshots {
     pub kernel: Option<Counters>,
     pub pipeline: Option<PipelineStats>,
     pub replay: Option<ReplaySnapshot>,
+    pub compare: Option<super::compare::CompareSnapshot>,
 }
 
 /// One exported metric: its OpenTelemetry name, kind, unit, help, and how to read it.
@@ -145,6 +146,17 @@ fn per_mirror(
         }
     }
 }
+fn per_compare(
+    s: &Snapshots,
+    out: &mut Vec<Point>,
+    f: fn(&super::compare::MirrorCompare, &str, &mut Vec<Point>),
+) {
+    if let Some(c) = &s.compare {
+        for m in &c.mirrors {
+            f(m, &m.name, out)
+        }
+    }
+}
 fn directions(ps: &PipelineStats) -> [(&'static str, &StreamStats); 2] {
     [("client", &ps.client), ("server", &ps.server)]
 }
@@ -153,6 +165,7 @@ const MIRROR: &str = "mirror.name";
 const REASON: &str = "reason";
 const DIRECTION: &str = "direction";
 const ERROR_TYPE: &str = "error.type";
+const KIND: &str = "kind";
 const STATUS_CLASS: &str = "http.response.status_class";
 
 const DROP_REASONS: [(DropReason, &str); 5] = [
@@ -532,6 +545,46 @@ pub static DEFS: &[MetricDef] = &[
                     attrs: vec![(MIRROR, name.to_string())],
                     value: Value::F64(c),
                 });
+            }
+        },
+    },
+    // ---- primary vs mirror comparison (`--compare`) ----
+    MetricDef {
+        name: "mirror.compare.requests",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Mirrored requests compared with the primary's response.",
+        read: |s, o| per_compare(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.compared)),
+    },
+    MetricDef {
+        name: "mirror.compare.mismatches",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Compared requests whose mirror answer differed from the primary's, by kind.",
+        read: |s, o| {
+            per_compare(s, o, |m, n, o| {
+                p(o, &[(MIRROR, n), (KIND, "status_class")], m.status_class);
+                p(o, &[(MIRROR, n), (KIND, "status_code")], m.status_code);
+                p(o, &[(MIRROR, n), (KIND, "no_response")], m.no_response);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.unpaired",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Comparisons that could not be made, by reason (primary_missing: the primary's response never came; evicted: table full; primary_only: no mirror outcome).",
+        read: |s, o| {
+            if let Some(c) = &s.compare {
+                for m in &c.mirrors {
+                    p(
+                        o,
+                        &[(MIRROR, &m.name), (REASON, "primary_missing")],
+                        m.primary_missing,
+                    );
+                }
+                p(o, &[(REASON, "evicted")], c.evicted);
+                p(o, &[(REASON, "primary_only")], c.primary_unmatched);
             }
         },
     },

@@ -18,7 +18,7 @@ use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
 use super::model::{DEFS, Kind, Snapshots, Value};
-use super::request::DURATION_BUCKETS;
+use super::request::{DIFFERENCE_BUCKETS, DURATION_BUCKETS};
 use super::{OtlpConfig, OtlpProtocol, TelemetryError};
 
 /// Providers kept alive for the run; [`Otel::shutdown`] flushes them.
@@ -27,6 +27,7 @@ pub(super) struct Otel {
     tracers: Option<SdkTracerProvider>,
     pub client_hist: Histogram<f64>,
     pub server_hist: Histogram<f64>,
+    pub difference_hist: Histogram<f64>,
 }
 
 fn resource(cfg: &OtlpConfig) -> Resource {
@@ -169,21 +170,28 @@ impl Otel {
             .build();
         let meter = meters.meter("mirror-agent");
         register_observables(&meter, snapshots);
-        let hist = |name: &'static str, help: &'static str| {
+        let hist = |name: &'static str, help: &'static str, buckets: &[f64]| {
             meter
                 .f64_histogram(name)
                 .with_unit("s")
                 .with_description(help)
-                .with_boundaries(DURATION_BUCKETS.to_vec())
+                .with_boundaries(buckets.to_vec())
                 .build()
         };
         let client_hist = hist(
             "http.client.request.duration",
             "Duration of mirrored requests, request sent to response read.",
+            &DURATION_BUCKETS,
         );
         let server_hist = hist(
             "http.server.request.duration",
             "Primary's duration seen on the wire: last request byte to first response byte.",
+            &DURATION_BUCKETS,
+        );
+        let difference_hist = hist(
+            "mirror.compare.latency_difference",
+            "Mirror latency minus the primary's for the same request.",
+            &DIFFERENCE_BUCKETS,
         );
         let tracers = if cfg.traces {
             Some(
@@ -200,6 +208,7 @@ impl Otel {
             tracers,
             client_hist,
             server_hist,
+            difference_hist,
         })
     }
 

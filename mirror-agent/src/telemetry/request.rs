@@ -30,8 +30,18 @@ pub const DURATION_BUCKETS: [f64; 14] = [
 pub(super) type Labels = Vec<(&'static str, String)>;
 pub(super) type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
 
+/// Mirror minus primary latency, seconds: symmetric around 0.
+pub const DIFFERENCE_BUCKETS: [f64; 17] = [
+    -5.0, -1.0, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, 0.0, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0, 5.0,
+];
+
 pub(super) fn new_family() -> HistFamily {
     Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS))
+}
+
+pub(super) fn new_difference_family() -> HistFamily {
+    Family::new_with_constructor(|| Histogram::new(DIFFERENCE_BUCKETS))
 }
 
 /// `http.request.method` per the semantic conventions: known methods as is, others `_OTHER`.
@@ -81,7 +91,9 @@ impl RequestResult {
 pub(super) struct Instruments {
     pub client_prom: HistFamily,
     pub server_prom: HistFamily,
+    pub difference_prom: HistFamily,
     pub client_otel: Option<OtelHistogram<f64>>,
+    pub difference_otel: Option<OtelHistogram<f64>>,
     pub server_otel: Option<OtelHistogram<f64>>,
     pub tracer: Option<MirrorTracer>,
 }
@@ -167,6 +179,20 @@ impl MirrorRequestRecorder {
         }
     }
 
+    /// Records one comparison's latency difference (`mirror.compare.latency_difference`).
+    pub fn record_comparison(&self, mirror: &str, v: &super::compare::Verdict) {
+        let Some(d) = v.latency_difference else {
+            return;
+        };
+        self.inner
+            .difference_prom
+            .get_or_create(&vec![("mirror_name", mirror.to_string())])
+            .observe(d);
+        if let Some(h) = &self.inner.difference_otel {
+            h.record(d, &[KeyValue::new("mirror.name", mirror.to_string())]);
+        }
+    }
+
     /// Starts the telemetry of one copy about to be sent: the span (if tracing is on) and the
     /// bytes to send (with `traceparent` handled per the configured mode). Call
     /// [`InFlight::finish`] with the outcome.
@@ -184,9 +210,14 @@ impl MirrorRequestRecorder {
             }
             None => (None, raw.clone()),
         };
-        let method = super::trace::find_trace_headers(raw)
-            .map(|h| h.method)
-            .unwrap_or_default();
+        // The method is the request line's first token (RFC 9112 3); no head parse needed.
+        let method = raw
+            .iter()
+            .take(32)
+            .position(|&b| b == b' ')
+            .and_then(|n| std::str::from_utf8(&raw[..n]).ok())
+            .unwrap_or_default()
+            .to_string();
         let f = InFlight {
             recorder: self.clone(),
             mirror: mirror.to_string(),

@@ -53,6 +53,15 @@ pub(super) fn all() -> Snapshots {
         }),
         pipeline: Some(ps),
         replay: Some(replay_snapshot()),
+        compare: Some(crate::telemetry::compare::CompareSnapshot {
+            mirrors: vec![crate::telemetry::compare::MirrorCompare {
+                name: "app-v2".into(),
+                compared: 3,
+                status_class: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
     }
 }
 
