@@ -170,6 +170,14 @@ impl MirrorRequestRecorder {
             return;
         };
         let secs = duration.as_secs_f64();
+        tracing::trace!(
+            mirror,
+            method,
+            ?result,
+            secs,
+            server_address,
+            "mirror request"
+        );
         self.inner
             .client_prom
             .get_or_create(&prom_labels(&l))
