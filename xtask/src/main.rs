@@ -8,6 +8,8 @@ mod setup;
 mod test;
 mod util;
 
+mod bench_pipeline;
+
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -40,7 +42,8 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => anyhow::bail!("demo is not wired yet"),
         Command::Bench { which } => match which.as_str() {
             "capture" => bench_capture::run(),
-            other => anyhow::bail!("unknown benchmark {other:?} (known: capture)"),
+            "pipeline" => bench_pipeline::run(),
+            other => anyhow::bail!("unknown benchmark {other:?} (known: capture, pipeline)"),
         },
     }
 }

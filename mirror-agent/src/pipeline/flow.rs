@@ -18,23 +18,6 @@ use crate::http::request::{RequestEvent, RequestFramer};
 use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
 use crate::reassembly::{Stream, StreamEvent};
 
-/// Direction-independent connection key: the two endpoints in a fixed order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    lo: SocketAddr,
-    hi: SocketAddr,
-}
-
-impl FlowKey {
-    pub fn new(a: SocketAddr, b: SocketAddr) -> Self {
-        if a <= b {
-            Self { lo: a, hi: b }
-        } else {
-            Self { lo: b, hi: a }
-        }
-    }
-}
-
 /// Scratch buffers reused across calls so the hot path does not allocate.
 #[derive(Default)]
 pub(super) struct Scratch {
@@ -76,6 +59,8 @@ pub(super) struct Flow {
     /// Last LRU stamp given to this flow (see the pipeline's LRU queue).
     pub touch: u64,
     pub last_ns: u64,
+    /// Listed in the pipeline's set of flows with holes.
+    pub in_holes: bool,
     state: State,
 }
 
@@ -88,6 +73,7 @@ impl Flow {
             id,
             touch: 0,
             last_ns: now_ns,
+            in_holes: false,
             state: State::Undecided {
                 pending: Vec::new(),
                 bytes: 0,
@@ -153,6 +139,14 @@ impl Flow {
             };
             let server = if client == seg.src { seg.dst } else { seg.src };
             let held = std::mem::take(pending);
+            // Picked up mid-connection (no SYN seen): the server stream may start inside a
+            // response, so its framer skips to the first status line.
+            let midstream = !seg.flags.syn() && !held.iter().any(|s| s.flags.syn());
+            let resp = if midstream {
+                ResponseFramer::new_midstream(cfg.http.clone())
+            } else {
+                ResponseFramer::new(cfg.http.clone())
+            };
             self.state = State::Decided(Box::new(Decided {
                 client,
                 server,
@@ -161,7 +155,7 @@ impl Flow {
                     Stream::new(cfg.stream.clone()),
                 ],
                 req: None,
-                resp: ResponseFramer::new(cfg.http.clone()),
+                resp,
                 awaiting: VecDeque::new(),
                 next_seq: 0,
                 client_midstream: false,
@@ -221,6 +215,26 @@ impl Flow {
         sc.stream = evs;
     }
 
+    /// Memory budget: gives up the holes of both directions now and releases what waited
+    /// behind them (counted by reassembly as bound gaps).
+    pub fn shed(
+        &mut self,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        let State::Decided(d) = &mut self.state else {
+            return;
+        };
+        let mut evs = std::mem::take(&mut sc.stream);
+        for dir in [C2S, S2C] {
+            d.streams[dir].shed(self.last_ns, &mut evs);
+            d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
+        }
+        sc.stream = evs;
+    }
+
     /// Ends the flow: remaining holes are lost, framers finish, counters are folded in.
     pub fn close(
         mut self,
@@ -241,11 +255,11 @@ impl Flow {
                     d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
                 }
                 sc.stream = evs;
-                if let Some(req) = d.req.as_mut() {
-                    if !d.client_ignored {
-                        req.finish(&mut sc.req);
-                        d.on_requests(self.id, stats, sc, out);
-                    }
+                if let Some(req) = d.req.as_mut()
+                    && !d.client_ignored
+                {
+                    req.finish(&mut sc.req);
+                    d.on_requests(self.id, stats, sc, out);
                 }
                 if let Some(req) = d.req.as_ref() {
                     stats.client_bytes_framer_ignored += req.stats().ignored_bytes;

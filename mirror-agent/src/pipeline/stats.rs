@@ -75,6 +75,8 @@ pub struct ResponseDrops {
     pub malformed: Counted,
     pub truncated: Counted,
     pub too_many_headers: Counted,
+    /// Bytes before the first status line of a connection picked up mid-stream.
+    pub midstream: Counted,
 }
 
 impl ResponseDrops {
@@ -85,6 +87,7 @@ impl ResponseDrops {
             ResponseDropReason::Malformed => self.malformed.add(bytes),
             ResponseDropReason::Truncated => self.truncated.add(bytes),
             ResponseDropReason::TooManyHeaders => self.too_many_headers.add(bytes),
+            ResponseDropReason::Midstream => self.midstream.add(bytes),
         }
     }
 
@@ -96,6 +99,7 @@ impl ResponseDrops {
             self.malformed,
             self.truncated,
             self.too_many_headers,
+            self.midstream,
         ];
         all.iter().fold(Counted::default(), |a, c| Counted {
             count: a.count + c.count,
@@ -133,8 +137,12 @@ pub struct PipelineStats {
     pub flows_idle_expired: u64,
     /// Evicted because `max_flows` were tracked (least recently active first).
     pub flows_evicted_max_flows: u64,
-    /// Evicted because the global memory budget was exceeded.
+    /// Evicted because the global memory budget was exceeded and shedding their out-of-order
+    /// bytes was not enough (partial requests held).
     pub flows_evicted_memory: u64,
+    /// Times the memory budget made a flow give up its holes early (the gaps are counted in
+    /// the reassembly counters as bound gaps).
+    pub memory_sheds: u64,
     /// Still open when the input ended.
     pub flows_open_at_end: u64,
     /// Ended without ever knowing which side was the client (their payload is `undecided_bytes`).
@@ -311,6 +319,7 @@ impl fmt::Display for PipelineStats {
             ("flows_idle_expired", self.flows_idle_expired),
             ("flows_evicted_max_flows", self.flows_evicted_max_flows),
             ("flows_evicted_memory", self.flows_evicted_memory),
+            ("memory_sheds", self.memory_sheds),
             ("flows_open_at_end", self.flows_open_at_end),
             ("flows_undecided", self.flows_undecided),
             ("flows_not_http", self.flows_not_http),

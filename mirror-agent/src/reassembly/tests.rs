@@ -398,6 +398,21 @@ fn flush_runs_up_to_a_pending_fin_and_ends() {
 }
 
 #[test]
+fn shed_releases_what_is_held_but_keeps_waiting_for_the_tail() {
+    let mut h = H::new();
+    h.push(0, SYN, b"", 0);
+    h.push(3, NONE, b"c", 1);
+    h.push(6, FIN, b"", 2); // FIN at offset 5: bytes 3..5 still to come
+    h.s.shed(7, &mut h.out);
+    assert_eq!(h.trace(), ["gap 2", "\"c\""]);
+    assert_eq!(h.s.buffered_bytes(), 0);
+    assert_eq!(h.s.stats().gaps_bound, 1);
+    h.push(4, NONE, b"de", 8);
+    assert_eq!(h.trace(), ["\"de\"", "fin"]);
+    assert_accounting(&h.s);
+}
+
+#[test]
 fn segment_beyond_any_window_is_dropped_as_overflow() {
     let mut h = H::new();
     h.push(0, SYN, b"", 0);
