@@ -11,6 +11,7 @@ mod flow;
 mod stats;
 mod table;
 
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
@@ -143,6 +144,12 @@ impl PipelineConfig {
     }
 }
 
+/// How long a closed connection's late segments are recognised (Linux TIME_WAIT: 60 s).
+const TIME_WAIT_NS: u64 = 60_000_000_000;
+
+/// At most this many closed connections are remembered.
+const MAX_CLOSED: usize = 65536;
+
 /// Why a flow left the table.
 #[derive(Clone, Copy)]
 enum EndReason {
@@ -163,6 +170,11 @@ pub struct Pipeline {
     /// Flows with out-of-order bytes (their `in_holes` is set), polled on ticks for gap
     /// timeouts. May hold slots of ended flows; those are skipped.
     with_holes: Vec<Slot>,
+    /// Connections closed by FIN/FIN or RST, with their close time: their late retransmissions
+    /// must not start a new, mid-stream flow (that would produce a request twice). Bounded
+    /// (oldest forgotten first) and forgotten after `TIME_WAIT_NS`.
+    closed: HashMap<FlowKey, u64>,
+    closed_order: VecDeque<(FlowKey, u64)>,
     stats: PipelineStats,
     scratch: Scratch,
 }
@@ -175,6 +187,8 @@ impl Pipeline {
             next_flow_id: 0,
             held_bytes: 0,
             with_holes: Vec::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
             stats: PipelineStats::default(),
             scratch: Scratch::default(),
         }
@@ -218,6 +232,15 @@ impl Pipeline {
                 if seg.payload.is_empty() && !seg.flags.syn() {
                     self.stats.segments_no_flow += 1;
                     return;
+                }
+                if let Some(&closed_at) = self.closed.get(&key) {
+                    if !seg.flags.syn() && seg.ts_ns.saturating_sub(closed_at) < TIME_WAIT_NS {
+                        self.stats.segments_after_close += 1;
+                        self.stats.after_close_bytes += seg.payload.len() as u64;
+                        return;
+                    }
+                    // A new connection on the same addresses (or TIME_WAIT is over).
+                    self.closed.remove(&key);
                 }
                 while self.flows.len() >= self.cfg.max_flows {
                     let Some(old) = self.flows.oldest() else {
@@ -289,6 +312,21 @@ impl Pipeline {
         self.with_holes.clear();
     }
 
+    fn remember_closed(&mut self, key: FlowKey, at_ns: u64) {
+        self.closed.insert(key, at_ns);
+        self.closed_order.push_back((key, at_ns));
+        while let Some(&(k, t)) = self.closed_order.front() {
+            let stale = at_ns.saturating_sub(t) >= TIME_WAIT_NS;
+            if !stale && self.closed_order.len() <= MAX_CLOSED.min(self.cfg.max_flows.max(16)) {
+                break;
+            }
+            self.closed_order.pop_front();
+            if self.closed.get(&k) == Some(&t) {
+                self.closed.remove(&k);
+            }
+        }
+    }
+
     /// Budget bookkeeping after a flow changed; ends it if it closed.
     fn after_update(&mut self, slot: Slot, before: usize, out: &mut Vec<PipelineEvent>) {
         let Some(flow) = self.flows.get_mut(slot) else {
@@ -306,9 +344,15 @@ impl Pipeline {
     }
 
     fn end_flow(&mut self, slot: Slot, why: EndReason, out: &mut Vec<PipelineEvent>) {
+        let Some(key) = self.flows.key(slot) else {
+            return;
+        };
         let Some(flow) = self.flows.remove(slot) else {
             return;
         };
+        if matches!(why, EndReason::Closed) {
+            self.remember_closed(key, flow.last_ns);
+        }
         self.held_bytes = self.held_bytes.saturating_sub(flow.buffered());
         let s = &mut self.stats;
         match why {

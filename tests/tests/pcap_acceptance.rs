@@ -485,6 +485,16 @@ fn binary_records_json_lines_with_mode_0600() {
     assert_eq!(&back.request.headers[1].value[..], b"\xfe");
     assert!(j[0]["ts_ns"].as_u64() < j[1]["ts_ns"].as_u64());
 
+    // `--record -`: the same lines on stdout.
+    let out = std::process::Command::new(agent_binary())
+        .arg("--pcap")
+        .arg(&pcap)
+        .args(["--port", "8080", "--record", "-"])
+        .output()
+        .expect("run mirror-agent");
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), text);
+
     // Bad input through the binary: one line on stderr, exit status 1, no panic.
     let junk = dir.join("junk.pcap");
     std::fs::write(&junk, b"definitely not a capture").expect("write junk");
@@ -569,4 +579,52 @@ fn damaged_corpus_files_lose_requests_but_never_invent_them() {
         }
     }
     assert!(damaged_runs > 100, "{damaged_runs}");
+}
+
+/// Responses are paired with their requests in order, also when a hole on the client side
+/// delays a request behind its response (the response waits for the client side).
+#[test]
+fn responses_pair_with_their_requests() {
+    let Some(dir) = corpus() else { return };
+    let pairs = |file: &str| {
+        let (reqs, report, events) = run(&dir.join(file), config());
+        let status: BTreeMap<(u64, u64), u16> = events
+            .iter()
+            .filter_map(|e| match e {
+                PipelineEvent::Response(r) => Some(((r.flow_id, r.seq_in_flow), r.response.status)),
+                _ => None,
+            })
+            .collect();
+        let list: Vec<Option<u16>> = reqs
+            .iter()
+            .map(|r| status.get(&(r.flow_id, r.seq_in_flow)).copied())
+            .collect();
+        (list, report)
+    };
+    // tshark (http.request_in) pairs these; frame 35's 200 answers a request the capture lost
+    // entirely (client bytes 10702-11977 never captured), so it is unpaired.
+    let (list, report) = pairs("zeek/http__zero-length-bodies-with-drops.pcap");
+    let want = [302, 200, 302, 200, 200, 200, 200].map(Some);
+    assert_eq!(list, want);
+    assert_eq!(report.pipeline.responses_unpaired, 1);
+    assert_eq!(report.pipeline.client.gaps, 2);
+    // Complete captures: every request answered.
+    for (file, n) in [
+        ("suricata-verify/http-protocol-nodup__input.pcap", 40),
+        ("suricata-verify/http-range-file__input.pcap", 15),
+        (
+            "suricata-verify/filestore-filecontainer-http__filecontainer-http.pcap",
+            11,
+        ),
+        ("suricata-verify/http-mime-truncated__input.pcap", 8),
+        ("zeek/http__pipelined-requests.pcap", 5),
+        ("zeek/http__http-body-match.pcap", 10),
+        ("pcapplusplus/four_ipv6_http_streams.pcap", 9),
+        ("pcapplusplus/one_tcp_stream_max_seq.pcap", 2),
+    ] {
+        let (list, report) = pairs(file);
+        assert_eq!(list.len(), n, "{file}");
+        assert!(list.iter().all(Option::is_some), "{file}: {list:?}");
+        assert_eq!(report.pipeline.responses_unpaired, 0, "{file}");
+    }
 }

@@ -55,11 +55,17 @@ fuzz_target!(|data: &[u8]| {
     let mut raw = 0u64;
     for ev in &out {
         if let RequestEvent::Request(req) = ev {
-            assert!(req.head_len <= req.raw.len(), "head longer than the request");
+            assert!(
+                req.head_len <= req.raw.len(),
+                "head longer than the request"
+            );
             assert!(req.head_len <= limits.max_head_bytes, "head over the limit");
             assert!(req.headers.len() <= limits.max_headers, "too many headers");
             raw += req.raw.len() as u64;
         }
     }
-    assert!(raw <= pushed, "requests hold more bytes ({raw}) than were pushed ({pushed})");
+    assert!(
+        raw <= pushed,
+        "requests hold more bytes ({raw}) than were pushed ({pushed})"
+    );
 });

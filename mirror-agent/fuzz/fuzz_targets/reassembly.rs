@@ -27,7 +27,10 @@ fn u32_at(d: &[u8], i: usize) -> Option<u32> {
 /// Checks what must hold after any call, and the events it produced.
 fn check(s: &Stream, cfg: &StreamConfig, out: &mut Vec<StreamEvent>, ended: &mut bool) {
     let st = s.stats();
-    assert!(st.bytes_delivered <= st.bytes_offered, "delivered more than offered: {st:?}");
+    assert!(
+        st.bytes_delivered <= st.bytes_offered,
+        "delivered more than offered: {st:?}"
+    );
     assert_eq!(
         st.bytes_offered,
         st.bytes_delivered + st.discarded_bytes() + s.buffered_bytes() as u64,
@@ -66,8 +69,11 @@ fuzz_target!(|data: &[u8]| {
     let mut i = 5;
     while i < data.len() {
         let kind = data[i];
-        let (Some(seq), Some(dt), Some(len)) = (u32_at(data, i + 1), u16_at(data, i + 5), u16_at(data, i + 7))
-        else {
+        let (Some(seq), Some(dt), Some(len)) = (
+            u32_at(data, i + 1),
+            u16_at(data, i + 5),
+            u16_at(data, i + 7),
+        ) else {
             break;
         };
         i += 9;

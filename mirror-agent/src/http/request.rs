@@ -3,7 +3,7 @@
 //! [`RequestFramer`] owns one client→server byte stream. Bytes arrive in pieces split anywhere;
 //! each request comes out whole (head and body, the exact wire bytes) so it can be replayed.
 //! Heads are parsed with httparse once their end has been seen; body framing (Content-Length,
-//! chunked) and resync are done here (see [`super::head`] for why those are hand-written).
+//! chunked) and resync are done here (see the `head` module for why those are hand-written).
 //!
 //! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy). Only a
 //! request that spans pushes is accumulated, once, in a buffer bounded by the head limit plus
@@ -160,6 +160,23 @@ struct Cur<'a> {
 }
 
 /// Cuts one client→server byte stream into requests.
+///
+/// ```
+/// use bytes::Bytes;
+/// use mirror_agent::http::request::{HttpLimits, RequestEvent, RequestFramer};
+///
+/// let mut framer = RequestFramer::new(HttpLimits::default(), false);
+/// let mut events = Vec::new();
+/// framer.push(&Bytes::from_static(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nh"), 10, &mut events);
+/// framer.push(&Bytes::from_static(b"iGET /b HTTP/1.1\r\n\r\n"), 20, &mut events);
+/// framer.finish(&mut events);
+/// let RequestEvent::Request(first) = &events[0] else { panic!() };
+/// assert_eq!((first.target.as_str(), first.body_len, first.ts_ns, first.end_ts_ns), ("/a", 2, 10, 20));
+/// assert_eq!(&first.raw[..], b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+/// assert_eq!(events.len(), 2);
+/// let s = framer.stats();
+/// assert_eq!(s.pushed_bytes, s.request_bytes + s.dropped_bytes + s.ignored_bytes);
+/// ```
 #[derive(Debug)]
 pub struct RequestFramer {
     limits: HttpLimits,
@@ -189,6 +206,10 @@ pub struct RequestFramer {
     resync: Option<(RequestDropReason, u64)>,
     stats: RequestFramerStats,
 }
+
+/// Most buffer reserved ahead on the word of a Content-Length: a client's claim alone must
+/// not commit memory; past this the buffer grows as bytes arrive.
+pub(super) const MAX_RESERVE: u64 = 256 * 1024;
 
 /// Above this capacity the accumulation buffer is released rather than kept for reuse.
 const KEEP_ACC_CAPACITY: usize = 64 * 1024;
@@ -257,7 +278,7 @@ impl RequestFramer {
             let pending = &data[cur.start..cur.pos];
             let body_hint = match self.state {
                 State::Body { remaining } if self.skipping.is_none() => {
-                    remaining.min(self.limits.max_body_bytes) as usize
+                    remaining.min(MAX_RESERVE) as usize
                 }
                 _ => 0,
             };

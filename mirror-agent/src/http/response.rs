@@ -101,6 +101,10 @@ pub struct ResponseFramerStats {
     /// Bytes of emitted responses (heads and bodies).
     pub response_bytes: u64,
     pub dropped_bytes: u64,
+    /// Dropped responses whose head had been read, so they took a queued
+    /// [`ExpectedResponse`] (a gap or the stream end in the body, an invalid Content-Length).
+    /// With the `Final` events this tells exactly how many queued requests were answered.
+    pub answers_dropped: u64,
     /// Blank lines between responses, and everything after a tunnel starts.
     pub ignored_bytes: u64,
     pub gap_bytes: u64,
@@ -148,9 +152,23 @@ struct Current {
     framing: BodyFraming,
     /// After this response the stream is a tunnel (101, or 2xx to CONNECT).
     tunnel_after: bool,
+    /// This response took a queued expectation.
+    took_expectation: bool,
 }
 
 /// Cuts one server→client byte stream into responses.
+///
+/// ```
+/// use mirror_agent::http::request::HttpLimits;
+/// use mirror_agent::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
+///
+/// let mut framer = ResponseFramer::new(HttpLimits::default());
+/// framer.expect(ExpectedResponse { head: true, connect: false });
+/// let mut events = Vec::new();
+/// framer.push(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 7, &mut events);
+/// let ResponseEvent::Final(r) = &events[1] else { panic!() };
+/// assert_eq!((r.status, r.body_len), (200, 0)); // HEAD: no body whatever the headers say
+/// ```
 #[derive(Debug)]
 pub struct ResponseFramer {
     limits: HttpLimits,
@@ -229,6 +247,12 @@ impl ResponseFramer {
     /// Bytes held in memory (a head or one line in progress); at most `max_head_bytes + 1`.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len()
+    }
+
+    /// A final response's head has been read (taking its request's expectation) and its body
+    /// is not complete yet.
+    pub fn response_open(&self) -> bool {
+        self.current.is_some()
     }
 
     /// Requests queued and not yet answered by a final response.
@@ -394,6 +418,9 @@ impl ResponseFramer {
 
     fn drop_item(&mut self, reason: ResponseDropReason, out: &mut Vec<ResponseEvent>) {
         let bytes = self.item_len;
+        if self.current.is_some_and(|c| c.took_expectation) {
+            self.stats.answers_dropped += 1;
+        }
         self.reset_item();
         match &mut self.resync {
             Some((r, b)) if *r == reason => *b += bytes,

@@ -346,3 +346,59 @@ fn gap_inside_a_known_body_keeps_responses_paired() {
     assert_eq!(finals(&out)[0].status, 404);
     assert_eq!(out.len(), 2);
 }
+
+#[test]
+fn too_many_headers_in_a_response() {
+    let limits = HttpLimits {
+        max_headers: 2,
+        ..HttpLimits::default()
+    };
+    let bad = b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    let mut msg = bad.to_vec();
+    msg.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let mut f = ResponseFramer::new(limits);
+    let mut out = Vec::new();
+    f.push(&msg, 1, &mut out);
+    f.finish(2, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::TooManyHeaders,
+            bytes: bad.len() as u64
+        }
+    );
+    assert_eq!(finals(&out)[0].status, 204);
+}
+
+#[test]
+fn answers_dropped_tells_which_drops_took_an_expectation() {
+    let mut f = ResponseFramer::new(HttpLimits::default());
+    for _ in 0..4 {
+        f.expect(GET);
+    }
+    let mut out = Vec::new();
+    // 1: a gap inside its body (head read: takes an expectation).
+    f.push(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab",
+        1,
+        &mut out,
+    );
+    assert!(f.response_open());
+    f.gap(2, &mut out);
+    f.push(
+        b"cdefghHTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        2,
+        &mut out,
+    );
+    // 2: invalid Content-Length (head read: takes one). 3: a head cut by a gap (does not).
+    f.push(b"HTTP/1.1 200 OK\r\nConte", 3, &mut out);
+    f.gap(5, &mut out);
+    f.push(b"\r\nHTTP/1.1 204 No Content\r\n\r\n", 4, &mut out);
+    f.finish(5, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(f.stats().answers_dropped, 2, "{out:?}");
+    assert_eq!(finals(&out).len(), 1);
+    assert_eq!(f.pending_expectations(), 1);
+    assert!(!f.response_open());
+}

@@ -123,6 +123,11 @@ pub struct PipelineStats {
     pub other_port_bytes: u64,
     /// Segments with neither payload nor SYN for a connection not tracked (late ACKs, FINs).
     pub segments_no_flow: u64,
+    /// Segments (without SYN) of a connection that already closed with FIN/FIN or RST: late
+    /// retransmissions. Dropped, so a retransmitted request is not produced twice.
+    pub segments_after_close: u64,
+    /// Payload bytes of those segments.
+    pub after_close_bytes: u64,
     /// Segments given to a tracked connection.
     pub segments_to_flows: u64,
 
@@ -214,10 +219,13 @@ pub(crate) fn add_stream(into: &mut StreamStats, s: &StreamStats) {
 impl PipelineStats {
     /// The identities between counters; `Err` names the first that does not hold.
     pub fn check_balance(&self) -> Result<(), String> {
-        let seg = self.segments_other_port + self.segments_no_flow + self.segments_to_flows;
+        let seg = self.segments_other_port
+            + self.segments_no_flow
+            + self.segments_after_close
+            + self.segments_to_flows;
         if seg != self.segments {
             return Err(format!(
-                "segments {} != other_port + no_flow + to_flows {seg}",
+                "segments {} != other_port + no_flow + after_close + to_flows {seg}",
                 self.segments
             ));
         }
@@ -245,13 +253,17 @@ impl PipelineStats {
             return Err(format!("{} flows still active", self.flows_active));
         }
         let (c, s) = (&self.client, &self.server);
-        let offered =
-            self.other_port_bytes + self.undecided_bytes + c.bytes_offered + s.bytes_offered;
+        let offered = self.other_port_bytes
+            + self.after_close_bytes
+            + self.undecided_bytes
+            + c.bytes_offered
+            + s.bytes_offered;
         if offered != self.payload_bytes {
             return Err(format!(
-                "payload_bytes {} != other_port {} + undecided {} + client offered {} + server offered {}",
+                "payload_bytes {} != other_port {} + after_close {} + undecided {} + client offered {} + server offered {}",
                 self.payload_bytes,
                 self.other_port_bytes,
+                self.after_close_bytes,
                 self.undecided_bytes,
                 c.bytes_offered,
                 s.bytes_offered
@@ -314,6 +326,8 @@ impl fmt::Display for PipelineStats {
             ("payload_bytes", self.payload_bytes),
             ("segments_other_port", self.segments_other_port),
             ("segments_no_flow", self.segments_no_flow),
+            ("segments_after_close", self.segments_after_close),
+            ("ignored.after_close_bytes", self.after_close_bytes),
             ("flows", self.flows),
             ("flows_closed", self.flows_closed),
             ("flows_idle_expired", self.flows_idle_expired),

@@ -89,6 +89,10 @@ impl FlowTable {
         slot
     }
 
+    pub fn key(&self, slot: Slot) -> Option<FlowKey> {
+        self.slots.get(slot as usize)?.as_ref().map(|(k, _)| *k)
+    }
+
     pub fn get(&self, slot: Slot) -> Option<&Flow> {
         self.slots.get(slot as usize)?.as_ref().map(|(_, f)| f)
     }

@@ -469,3 +469,30 @@ fn memory_stays_bounded_under_a_flood_of_tiny_out_of_order_segments() {
         assert_accounting(&s);
     }
 }
+
+/// One stream that drops bytes for every reason there is: each counter moves, and the
+/// identity `offered = delivered + discarded + held` holds at every step (checked in `H::push`).
+#[test]
+fn accounting_identity_holds_with_every_kind_of_drop() {
+    let mut h = H::with(timeout_cfg(100));
+    h.push(1000, SYN, b"", 0);
+    h.push(996, NONE, b"xxxxxa", 1); // offsets -5..1: 5 before the start, "a" new
+    h.push(1001, NONE, b"abc", 2); // "a" again (retransmitted), "bc" new
+    h.push(1006, NONE, b"fg", 3); // held: hole at offsets 3..5
+    h.push(1005, NONE, b"eXgh", 4); // "X" conflicts with the held "f", "g" is a duplicate
+    assert_eq!(h.s.buffered_bytes(), 4);
+    h.push(1004 + (1 << 30), NONE, b"far", 5); // 2^30 past the delivery point (offset 3)
+    h.push(1009, FIN, b"ij", 200); // the hole at offset 3 times out first
+    h.push(1011, NONE, b"after", 201);
+    assert_eq!(h.trace(), ["\"abc\"", "gap 1", "\"efghij\"", "fin"]);
+    let st = h.s.stats();
+    assert_eq!(st.bytes_offered, 6 + 3 + 2 + 4 + 3 + 2 + 5);
+    assert_eq!(st.bytes_delivered, 9);
+    assert_eq!(st.before_start_bytes, 5);
+    assert_eq!(st.retransmitted_bytes, 3);
+    assert_eq!(st.overlap_conflict_bytes, 1);
+    assert_eq!(st.overflow_bytes, 3);
+    assert_eq!(st.after_end_bytes, 5);
+    assert_eq!((st.gaps, st.gap_bytes, st.gaps_timeout), (1, 1, 1));
+    assert_eq!(h.s.buffered_bytes(), 0);
+}

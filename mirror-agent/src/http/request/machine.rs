@@ -339,7 +339,7 @@ impl RequestFramer {
                     self.skipping = Some(RequestDropReason::BodyTooLarge);
                     self.discard_view(cur);
                 } else if self.spanning {
-                    self.acc.reserve(n as usize);
+                    self.acc.reserve(n.min(super::MAX_RESERVE) as usize);
                 }
                 self.state = State::Body { remaining: n };
             }

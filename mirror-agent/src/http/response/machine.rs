@@ -4,8 +4,8 @@
 use super::super::head::{self, TransferEncoding};
 use super::super::{BodyFraming, Version};
 use super::{
-    Cur, Current, HEAD_STATE, HeaderFraming, RESYNC_STATE, Response, ResponseDropReason,
-    ResponseEvent, ResponseFramer, STATUS_PREFIX, State,
+    Cur, Current, ExpectedResponse, HEAD_STATE, HeaderFraming, RESYNC_STATE, Response,
+    ResponseDropReason, ResponseEvent, ResponseFramer, STATUS_PREFIX, State,
 };
 
 impl ResponseFramer {
@@ -177,12 +177,13 @@ impl ResponseFramer {
                 let consumed = self.item_len;
                 self.discard_view(cur);
                 self.seen_message = true;
-                self.expected.pop_front();
+                let took_expectation = self.expected.pop_front().is_some();
                 self.current = Some(Current {
                     status: 200,
                     version: Version::Http09,
                     framing: BodyFraming::CloseDelimited,
                     tunnel_after: false,
+                    took_expectation,
                 });
                 self.body_len = consumed;
                 self.state = State::Close;
@@ -281,10 +282,13 @@ impl ResponseFramer {
         out: &mut Vec<ResponseEvent>,
     ) {
         let informational = (100..200).contains(&status) && status != 101;
-        let expected = if informational {
-            self.expected.front().copied().unwrap_or_default()
+        let (expected, took_expectation) = if informational {
+            (self.expected.front().copied().unwrap_or_default(), false)
         } else {
-            self.expected.pop_front().unwrap_or_default()
+            match self.expected.pop_front() {
+                Some(e) => (e, true),
+                None => (ExpectedResponse::default(), false),
+            }
         };
         let connect_ok = expected.connect && (200..300).contains(&status);
         let no_body = (100..200).contains(&status)
@@ -301,6 +305,9 @@ impl ResponseFramer {
                 HeaderFraming::Close => BodyFraming::CloseDelimited,
                 HeaderFraming::Invalid => {
                     // Item 5: an invalid Content-Length makes the response unframeable.
+                    if took_expectation {
+                        self.stats.answers_dropped += 1;
+                    }
                     self.drop_item(ResponseDropReason::Malformed, out);
                     self.state = RESYNC_STATE;
                     return;
@@ -312,6 +319,7 @@ impl ResponseFramer {
             version,
             framing,
             tunnel_after: status == 101 || connect_ok,
+            took_expectation,
         });
         self.state = match framing {
             BodyFraming::ContentLength(n) if n > 0 => State::Body { remaining: n },
@@ -333,6 +341,9 @@ impl ResponseFramer {
             _ => self.body_len,
         };
         if self.damaged {
+            if c.took_expectation {
+                self.stats.answers_dropped += 1;
+            }
             let bytes = self.item_len;
             self.stats.dropped_bytes += bytes;
             out.push(ResponseEvent::Dropped {
