@@ -3,12 +3,11 @@
 //! Each command lives in its own module; this file only dispatches.
 
 mod bench_capture;
+mod bench_pipeline;
 mod ebpf;
 mod setup;
 mod test;
 mod util;
-
-mod bench_pipeline;
 
 use clap::{Parser, Subcommand};
 
