@@ -94,6 +94,10 @@ pub struct CompareSnapshot {
     pub primary_unmatched: u64,
     /// Entries pushed out because the table was full.
     pub evicted: u64,
+    /// Filled by [`super::primary::PrimaryObserver::fill`]: requests forgotten unanswered
+    /// (bound reached) and responses whose request was not known.
+    pub primary_requests_evicted: u64,
+    pub primary_responses_unknown: u64,
 }
 
 #[derive(Debug, Default)]

@@ -20,6 +20,7 @@
 pub mod compare;
 pub mod model;
 mod otel;
+pub mod primary;
 mod prometheus;
 pub mod request;
 pub mod trace;
@@ -36,6 +37,7 @@ use crate::capture::ebpf::Counters;
 use crate::pipeline::PipelineStats;
 use crate::replay::stats::ReplaySnapshot;
 pub use model::Snapshots;
+pub use primary::PrimaryObserver;
 pub use request::{InFlight, MirrorRequestRecorder, PrimaryRecorder, RequestResult};
 pub use trace::{MirrorTracer, TraceparentMode};
 
