@@ -206,4 +206,24 @@ pub struct RunArgs {
     /// Per-request timeout to a mirror, in milliseconds [default: 5000].
     #[arg(long, env = "MIRROR_TIMEOUT_MS", help_heading = "Replay")]
     pub timeout_ms: Option<u64>,
+
+    // ---- telemetry ----
+    /// Serve Prometheus metrics on HOST:PORT: /metrics, /healthz (alive) and /readyz (capture
+    /// attached or source open).
+    #[arg(long, env = "MIRROR_METRICS_ADDR", help_heading = "Telemetry")]
+    pub metrics_addr: Option<String>,
+    /// Export metrics and mirror spans with OTLP to this base URL (e.g. http://collector:4318;
+    /// http/protobuf appends /v1/metrics and /v1/traces). Without it OTLP is on when
+    /// OTEL_EXPORTER_OTLP_ENDPOINT (or a per-signal endpoint) is set; the other OTEL_* variables
+    /// (OTEL_METRIC_EXPORT_INTERVAL, OTEL_SERVICE_NAME, OTEL_EXPORTER_OTLP_HEADERS,
+    /// OTEL_RESOURCE_ATTRIBUTES, OTEL_SDK_DISABLED, OTEL_TRACES_EXPORTER=none) apply.
+    #[arg(long, help_heading = "Telemetry")]
+    pub otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc or http/protobuf [default: http/protobuf, as the specification].
+    #[arg(long, env = "OTEL_EXPORTER_OTLP_PROTOCOL", help_heading = "Telemetry")]
+    pub otlp_protocol: Option<String>,
+    /// What a mirror receives as W3C `traceparent` when the client sent one: rewrite (a child
+    /// of the mirror span, the default), keep (the client's), or strip (with tracestate).
+    #[arg(long, env = "MIRROR_OTLP_TRACEPARENT", help_heading = "Telemetry")]
+    pub otlp_traceparent: Option<String>,
 }

@@ -15,3 +15,4 @@ pub mod pipeline;
 pub mod reassembly;
 pub mod record;
 pub mod replay;
+pub mod telemetry;

@@ -1,0 +1,428 @@
+//! Telemetry: the agent's metrics (Prometheus endpoint and OTLP), the per-request duration
+//! histograms, and the mirror spans with W3C trace context.
+//!
+//! Owns every `opentelemetry*` and `prometheus_client` import of the crate (the OpenTelemetry
+//! APIs churn; one module absorbs it). It counts nothing itself: the stages keep cumulative
+//! counters, and the driver hands their snapshots to [`Telemetry::update_from`] about once a
+//! second; both exporters report those values as they are. What happens per request goes
+//! through [`MirrorRequestRecorder`] (replay dispatcher) and [`PrimaryRecorder`] (paired
+//! primary responses).
+//!
+//! Driver use (the replay side needs the small `ReplayConfig::telemetry`/`compare` hook on
+//! branch `wt/telemetry-wiring`):
+//! ```ignore
+//! let telemetry = Telemetry::start(TelemetryConfig::from_args(&args)?).await?; // e.exit_code()
+//! replay_cfg.telemetry = Some(telemetry.recorder());      // per-copy histogram + span
+//! let hub = CompareHub::new(mirror_names, ttl, 65536, Some(telemetry.recorder())); // --compare
+//! replay_cfg.compare = Some(hub.clone());
+//! let mut primary = PrimaryObserver::new(telemetry.primary_recorder(), Some(hub.clone()), 65536);
+//! telemetry.set_ready(true);                              // capture attached / source open
+//! // for every PipelineEvent: primary.on_event(&ev)
+//! // every second:
+//! telemetry.update_from(kernel.as_ref(), Some(&pipeline_stats), Some(&replayer.snapshot()));
+//! hub.expire();
+//! let mut c = hub.snapshot();
+//! primary.fill(&mut c);
+//! telemetry.update_compare(Some(&c));
+//! // on exit: print c.table(), then
+//! telemetry.shutdown().await;                             // final OTLP export
+//! ```
+
+pub mod compare;
+pub mod model;
+mod otel;
+pub mod primary;
+mod prometheus;
+pub mod request;
+pub mod trace;
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use prometheus_client::registry::{Registry, Unit as PromUnit};
+use thiserror::Error;
+
+use crate::capture::ebpf::Counters;
+use crate::pipeline::PipelineStats;
+use crate::replay::stats::ReplaySnapshot;
+pub use model::Snapshots;
+pub use primary::PrimaryObserver;
+pub use request::{InFlight, MirrorRequestRecorder, PrimaryRecorder, RequestResult};
+pub use trace::{MirrorTracer, TraceparentMode};
+
+/// Why telemetry could not start (reported as one line, exit status 2 for bad flags).
+#[derive(Debug, Error)]
+pub enum TelemetryError {
+    #[error("cannot listen on --metrics-addr {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("bad --metrics-addr `{0}`: expected HOST:PORT, e.g. 0.0.0.0:9464")]
+    BadMetricsAddr(String),
+    #[error("bad --otlp-protocol `{0}`: expected grpc or http/protobuf")]
+    BadProtocol(String),
+    #[error("bad --otlp-traceparent `{0}`: expected rewrite, keep or strip")]
+    BadTraceparentMode(String),
+    #[error("bad --otlp-endpoint `{0}`: expected an http:// or https:// URL")]
+    BadEndpoint(String),
+    #[error("OTLP exporter: {0}")]
+    Otlp(String),
+}
+
+impl TelemetryError {
+    /// Exit status: 2 for configuration errors, 1 for runtime failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            TelemetryError::Bind { .. } | TelemetryError::Otlp(_) => 1,
+            _ => 2,
+        }
+    }
+}
+
+/// `--otlp-protocol` (or `OTEL_EXPORTER_OTLP_PROTOCOL`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (collector port 4317).
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (port 4318): the specification's default.
+    #[default]
+    HttpProtobuf,
+}
+
+impl OtlpProtocol {
+    pub fn parse(s: &str) -> Result<Self, TelemetryError> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "grpc" => Ok(Self::Grpc),
+            "http/protobuf" | "http" => Ok(Self::HttpProtobuf),
+            _ => Err(TelemetryError::BadProtocol(s.into())),
+        }
+    }
+}
+
+/// OTLP export settings.
+#[derive(Debug, Clone, Default)]
+pub struct OtlpConfig {
+    /// Base URL; `None` lets the exporter read `OTEL_EXPORTER_OTLP_[METRICS_|TRACES_]ENDPOINT`.
+    pub endpoint: Option<String>,
+    pub protocol: OtlpProtocol,
+    /// `None`: `OTEL_METRIC_EXPORT_INTERVAL` or the SDK's 60 s.
+    pub export_interval: Option<Duration>,
+    /// `None`: `OTEL_SERVICE_NAME`, else `mirror-agent`.
+    pub service_name: Option<String>,
+    /// Export a span per mirrored request.
+    pub traces: bool,
+}
+
+/// What [`Telemetry::start`] sets up.
+#[derive(Debug, Clone, Default)]
+pub struct TelemetryConfig {
+    /// Serve `/metrics`, `/healthz`, `/readyz` here.
+    pub metrics_addr: Option<SocketAddr>,
+    pub otlp: Option<OtlpConfig>,
+    pub traceparent: TraceparentMode,
+}
+
+impl TelemetryConfig {
+    /// From the command line (`cli::RunArgs`) and the standard environment: OTLP is on when
+    /// `--otlp-endpoint` or any `OTEL_EXPORTER_OTLP_*ENDPOINT` is set, unless
+    /// `OTEL_SDK_DISABLED=true`.
+    pub fn from_args(args: &crate::cli::RunArgs) -> Result<Self, TelemetryError> {
+        let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self::from_parts(
+            args.metrics_addr.as_deref(),
+            args.otlp_endpoint.as_deref(),
+            args.otlp_protocol.as_deref(),
+            args.otlp_traceparent.as_deref(),
+            env,
+        )
+    }
+
+    /// [`Self::from_args`] with the environment passed in (testable without `set_var`).
+    pub fn from_parts(
+        metrics_addr: Option<&str>,
+        otlp_endpoint: Option<&str>,
+        otlp_protocol: Option<&str>,
+        traceparent: Option<&str>,
+        env: impl Fn(&str) -> Option<String>,
+    ) -> Result<Self, TelemetryError> {
+        let metrics_addr = match metrics_addr {
+            None => None,
+            Some(a) => Some(
+                std::net::ToSocketAddrs::to_socket_addrs(a)
+                    .ok()
+                    .and_then(|mut it| it.next())
+                    .ok_or_else(|| TelemetryError::BadMetricsAddr(a.into()))?,
+            ),
+        };
+        if let Some(e) = otlp_endpoint
+            && !(e.starts_with("http://") || e.starts_with("https://"))
+        {
+            return Err(TelemetryError::BadEndpoint(e.into()));
+        }
+        let protocol = match otlp_protocol
+            .map(str::to_string)
+            .or_else(|| env("OTEL_EXPORTER_OTLP_PROTOCOL"))
+        {
+            Some(p) => OtlpProtocol::parse(&p)?,
+            None => OtlpProtocol::default(),
+        };
+        let traceparent = match traceparent {
+            Some(m) => TraceparentMode::parse(m)
+                .ok_or_else(|| TelemetryError::BadTraceparentMode(m.into()))?,
+            None => TraceparentMode::default(),
+        };
+        let disabled = env("OTEL_SDK_DISABLED").is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        let from_env = [
+            "OTEL_EXPORTER_OTLP_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+            "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+        ]
+        .iter()
+        .any(|k| env(k).is_some());
+        let otlp = (!disabled && (otlp_endpoint.is_some() || from_env)).then(|| OtlpConfig {
+            endpoint: otlp_endpoint.map(str::to_string),
+            protocol,
+            export_interval: None,
+            service_name: None,
+            traces: env("OTEL_TRACES_EXPORTER").is_none_or(|v| v != "none"),
+        });
+        Ok(Self {
+            metrics_addr,
+            otlp,
+            traceparent,
+        })
+    }
+}
+
+/// The running telemetry. Dropping it stops the endpoint; call [`Self::shutdown`] for the
+/// final OTLP export.
+pub struct Telemetry {
+    snapshots: Arc<Mutex<Snapshots>>,
+    endpoint: Arc<prometheus::Endpoint>,
+    server: Option<prometheus::Server>,
+    otel: Option<Arc<otel::Otel>>,
+    instruments: Arc<request::Instruments>,
+}
+
+impl Telemetry {
+    /// Starts the endpoint and exporters on the current tokio runtime (multi-threaded: the
+    /// OTLP gRPC channel runs on it while the SDK's export thread blocks on it).
+    pub async fn start(cfg: TelemetryConfig) -> Result<Self, TelemetryError> {
+        let snapshots = Arc::new(Mutex::new(Snapshots::default()));
+        let client_prom = request::new_family();
+        let server_prom = request::new_family();
+        let difference_prom = request::new_difference_family();
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(prometheus::SnapshotCollector {
+            snapshots: snapshots.clone(),
+        }));
+        registry.register_with_unit(
+            "http_client_request_duration",
+            "Duration of mirrored requests, request sent to response read",
+            PromUnit::Seconds,
+            client_prom.clone(),
+        );
+        registry.register_with_unit(
+            "http_server_request_duration",
+            "Primary's duration seen on the wire, last request byte to first response byte",
+            PromUnit::Seconds,
+            server_prom.clone(),
+        );
+        registry.register_with_unit(
+            "mirror_compare_latency_difference",
+            "Mirror latency minus the primary's for the same request",
+            PromUnit::Seconds,
+            difference_prom.clone(),
+        );
+        let endpoint = Arc::new(prometheus::Endpoint {
+            registry,
+            ready: Default::default(),
+        });
+        let otel = match &cfg.otlp {
+            Some(o) => Some(Arc::new(otel::Otel::start(o, &snapshots)?)),
+            None => None,
+        };
+        let tracer = otel
+            .as_ref()
+            .and_then(|o| o.tracer_provider())
+            .map(|p| MirrorTracer::new(p, cfg.traceparent));
+        let instruments = Arc::new(request::Instruments {
+            client_prom,
+            server_prom,
+            difference_prom,
+            client_otel: otel.as_ref().map(|o| o.client_hist.clone()),
+            difference_otel: otel.as_ref().map(|o| o.difference_hist.clone()),
+            server_otel: otel.as_ref().map(|o| o.server_hist.clone()),
+            tracer,
+        });
+        let server = match cfg.metrics_addr {
+            Some(a) => Some(prometheus::Server::start(a, endpoint.clone()).await?),
+            None => None,
+        };
+        Ok(Self {
+            snapshots,
+            endpoint,
+            server,
+            otel,
+            instruments,
+        })
+    }
+
+    /// Replaces the exported values with the stages' latest cumulative snapshots. `None` for
+    /// a stage that does not run (its metrics are then absent, not zero).
+    pub fn update_from(
+        &self,
+        kernel: Option<&Counters>,
+        pipeline: Option<&PipelineStats>,
+        replay: Option<&ReplaySnapshot>,
+    ) {
+        let mut s = match self.snapshots.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.kernel = kernel.copied();
+        s.pipeline = pipeline.cloned();
+        s.replay = replay.cloned();
+    }
+
+    /// Replaces the comparison counters (`--compare`), like [`Self::update_from`].
+    pub fn update_compare(&self, compare: Option<&compare::CompareSnapshot>) {
+        let mut s = match self.snapshots.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.compare = compare.cloned();
+    }
+
+    /// `/readyz` answers 200 once set (capture attached, or the pcap/recording opened).
+    pub fn set_ready(&self, ready: bool) {
+        self.endpoint.ready.store(ready, Ordering::Relaxed);
+    }
+
+    /// The per-copy hook for the replay dispatchers.
+    pub fn recorder(&self) -> MirrorRequestRecorder {
+        MirrorRequestRecorder {
+            inner: self.instruments.clone(),
+        }
+    }
+
+    /// The hook for the primary's paired responses.
+    pub fn primary_recorder(&self) -> PrimaryRecorder {
+        PrimaryRecorder {
+            inner: self.instruments.clone(),
+        }
+    }
+
+    /// The address `/metrics` is served on (the bound port when `:0` was asked).
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.server.as_ref().map(|s| s.addr)
+    }
+
+    /// The `/metrics` text as served now.
+    pub fn render_prometheus(&self) -> String {
+        self.endpoint.render().unwrap_or_default()
+    }
+
+    /// Exports pending OTLP data now (blocking the calling thread on the export; run it on a
+    /// blocking thread).
+    pub async fn flush(&self) {
+        if let Some(o) = self.otel.clone() {
+            let _ = tokio::task::spawn_blocking(move || o.flush()).await;
+        }
+    }
+
+    /// Final OTLP export, then stops the endpoint.
+    pub async fn shutdown(mut self) {
+        if let Some(o) = self.otel.take() {
+            let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
+        }
+        self.server.take();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env_of(pairs: &'static [(&'static str, &'static str)]) -> impl Fn(&str) -> Option<String> {
+        move |k| {
+            pairs
+                .iter()
+                .find(|(n, _)| *n == k)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    #[test]
+    fn otlp_is_off_without_endpoint() {
+        let c = TelemetryConfig::from_parts(None, None, None, None, env_of(&[])).unwrap();
+        assert!(c.otlp.is_none() && c.metrics_addr.is_none());
+        assert_eq!(c.traceparent, TraceparentMode::Rewrite);
+    }
+
+    #[test]
+    fn flags_and_environment() {
+        let c = TelemetryConfig::from_parts(
+            Some("127.0.0.1:9464"),
+            Some("http://collector:4317"),
+            Some("grpc"),
+            Some("strip"),
+            env_of(&[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf")]),
+        )
+        .unwrap();
+        assert_eq!(c.metrics_addr, Some("127.0.0.1:9464".parse().unwrap()));
+        let o = c.otlp.unwrap();
+        assert_eq!(o.protocol, OtlpProtocol::Grpc, "the flag wins");
+        assert_eq!(o.endpoint.as_deref(), Some("http://collector:4317"));
+        assert!(o.traces);
+        assert_eq!(c.traceparent, TraceparentMode::Strip);
+
+        let c = TelemetryConfig::from_parts(
+            None,
+            None,
+            None,
+            None,
+            env_of(&[
+                (
+                    "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
+                    "http://c:4318/v1/traces",
+                ),
+                ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+                ("OTEL_TRACES_EXPORTER", "none"),
+            ]),
+        )
+        .unwrap();
+        let o = c.otlp.unwrap();
+        assert_eq!(o.endpoint, None, "the exporter reads the variables itself");
+        assert_eq!(o.protocol, OtlpProtocol::HttpProtobuf);
+        assert!(!o.traces);
+
+        let c = TelemetryConfig::from_parts(
+            None,
+            Some("http://c:4318"),
+            None,
+            None,
+            env_of(&[("OTEL_SDK_DISABLED", "true")]),
+        )
+        .unwrap();
+        assert!(c.otlp.is_none());
+    }
+
+    #[test]
+    fn bad_values_are_one_line_errors() {
+        let e = |m, ep, p, t| {
+            TelemetryConfig::from_parts(m, ep, p, t, env_of(&[]))
+                .unwrap_err()
+                .to_string()
+        };
+        assert!(e(Some("nonsense"), None, None, None).contains("--metrics-addr"));
+        assert!(e(None, Some("collector:4317"), None, None).contains("--otlp-endpoint"));
+        assert!(e(None, None, Some("thrift"), None).contains("--otlp-protocol"));
+        assert!(e(None, None, None, Some("drop")).contains("--otlp-traceparent"));
+        let err = TelemetryConfig::from_parts(None, None, Some("x"), None, env_of(&[]));
+        assert_eq!(err.unwrap_err().exit_code(), 2);
+    }
+}

@@ -1,0 +1,612 @@
+//! The metrics model: which cumulative counters and gauges the agent exports, under which
+//! OpenTelemetry name, unit and attributes, computed from the latest stage snapshots.
+//!
+//! Owns the one table ([`DEFS`]) that both exporters read: the Prometheus collector
+//! (`prometheus.rs`) and the OTLP observable instruments (`otel.rs`). The stages keep their own
+//! cumulative counters; the driver hands their snapshots to [`Snapshots`] once a second and the
+//! exporters report those values as they are, so nothing is counted twice. Per-request
+//! histograms live in `request.rs`. No exporter types here.
+
+use crate::capture::ebpf::Counters;
+use crate::pipeline::PipelineStats;
+use crate::reassembly::StreamStats;
+use crate::replay::stats::{DropReason, ErrorKind, ReplaySnapshot};
+
+/// Cumulative (monotonic) or point-in-time value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Counter,
+    Gauge,
+}
+
+/// Units that change a Prometheus name (`_bytes`, `_ratio`), or annotations that do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unit {
+    /// UCUM `By`; Prometheus suffix `_bytes`.
+    Bytes,
+    /// UCUM `1`; Prometheus suffix `_ratio`.
+    Ratio,
+    /// A UCUM annotation such as `{packet}`: no Prometheus suffix.
+    Count(&'static str),
+}
+
+impl Unit {
+    /// The UCUM unit string OpenTelemetry carries.
+    pub fn ucum(self) -> &'static str {
+        match self {
+            Unit::Bytes => "By",
+            Unit::Ratio => "1",
+            Unit::Count(a) => a,
+        }
+    }
+}
+
+/// One data point: attributes (OpenTelemetry keys) and a value.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Point {
+    pub attrs: Vec<(&'static str, String)>,
+    pub value: Value,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Value {
+    U64(u64),
+    F64(f64),
+}
+
+impl Value {
+    pub fn as_f64(self) -> f64 {
+        match self {
+            Value::U64(v) => v as f64,
+            Value::F64(v) => v,
+        }
+    }
+}
+
+/// The latest snapshot of each stage; `None` where the stage does not run (no kernel capture
+/// in pcap mode, no replay when only recording).
+#[derive(Debug, Clone, Default)]
+pub struct Snapshots {
+    pub kernel: Option<Counters>,
+    pub pipeline: Option<PipelineStats>,
+    pub replay: Option<ReplaySnapshot>,
+    pub compare: Option<super::compare::CompareSnapshot>,
+}
+
+/// One exported metric: its OpenTelemetry name, kind, unit, help, and how to read it.
+pub struct MetricDef {
+    pub name: &'static str,
+    pub kind: Kind,
+    pub unit: Unit,
+    pub help: &'static str,
+    pub read: fn(&Snapshots, &mut Vec<Point>),
+}
+
+impl std::fmt::Debug for MetricDef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MetricDef")
+            .field("name", &self.name)
+            .finish()
+    }
+}
+
+impl MetricDef {
+    /// The name Prometheus shows: dots to underscores, the unit suffix, `_total` for counters
+    /// (what prometheus-client's encoder and the Collector's Prometheus exporter both produce).
+    pub fn prometheus_name(&self) -> String {
+        let mut n = prometheus_base(self.name);
+        match self.unit {
+            Unit::Bytes => n.push_str("_bytes"),
+            Unit::Ratio => n.push_str("_ratio"),
+            Unit::Count(_) => {}
+        }
+        if self.kind == Kind::Counter {
+            n.push_str("_total");
+        }
+        n
+    }
+
+    pub fn points(&self, s: &Snapshots) -> Vec<Point> {
+        let mut out = Vec::new();
+        (self.read)(s, &mut out);
+        out
+    }
+}
+
+/// OpenTelemetry name or attribute key to Prometheus form.
+pub fn prometheus_base(name: &str) -> String {
+    name.replace('.', "_")
+}
+
+fn p(out: &mut Vec<Point>, attrs: &[(&'static str, &str)], v: u64) {
+    out.push(Point {
+        attrs: attrs.iter().map(|(k, v)| (*k, (*v).to_string())).collect(),
+        value: Value::U64(v),
+    });
+}
+
+fn kernel(s: &Snapshots, out: &mut Vec<Point>, f: fn(&Counters, &mut Vec<Point>)) {
+    if let Some(k) = &s.kernel {
+        f(k, out)
+    }
+}
+fn pipeline(s: &Snapshots, out: &mut Vec<Point>, f: fn(&PipelineStats, &mut Vec<Point>)) {
+    if let Some(ps) = &s.pipeline {
+        f(ps, out)
+    }
+}
+fn per_mirror(
+    s: &Snapshots,
+    out: &mut Vec<Point>,
+    f: fn(&crate::replay::stats::MirrorSnapshot, &str, &mut Vec<Point>),
+) {
+    if let Some(r) = &s.replay {
+        for m in &r.mirrors {
+            f(m, &m.name, out)
+        }
+    }
+}
+fn per_compare(
+    s: &Snapshots,
+    out: &mut Vec<Point>,
+    f: fn(&super::compare::MirrorCompare, &str, &mut Vec<Point>),
+) {
+    if let Some(c) = &s.compare {
+        for m in &c.mirrors {
+            f(m, &m.name, out)
+        }
+    }
+}
+fn directions(ps: &PipelineStats) -> [(&'static str, &StreamStats); 2] {
+    [("client", &ps.client), ("server", &ps.server)]
+}
+
+const MIRROR: &str = "mirror.name";
+const REASON: &str = "reason";
+const DIRECTION: &str = "direction";
+const ERROR_TYPE: &str = "error.type";
+const KIND: &str = "kind";
+const STATUS_CLASS: &str = "http.response.status_class";
+
+const DROP_REASONS: [(DropReason, &str); 5] = [
+    (DropReason::Filtered, "filtered"),
+    (DropReason::BodyTooLarge, "body_too_large"),
+    (DropReason::QueueFull, "queue_full"),
+    (DropReason::Backoff, "backoff"),
+    (DropReason::Shutdown, "shutdown"),
+];
+const ERROR_KINDS: [(ErrorKind, &str); 3] = [
+    (ErrorKind::Connect, "connect"),
+    (ErrorKind::Io, "io"),
+    (ErrorKind::BadResponse, "bad_response"),
+];
+
+const PACKET: Unit = Unit::Count("{packet}");
+const REQUEST: Unit = Unit::Count("{request}");
+const FLOW: Unit = Unit::Count("{flow}");
+
+/// Every snapshot-driven metric the agent exports. Histograms are in `request.rs`.
+pub static DEFS: &[MetricDef] = &[
+    // ---- kernel classifier (per-CPU counters summed) ----
+    MetricDef {
+        name: "mirror.kernel.packets.seen",
+        kind: Kind::Counter,
+        unit: PACKET,
+        help: "Packets the TC classifier looked at.",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.seen)),
+    },
+    MetricDef {
+        name: "mirror.kernel.packets.matched",
+        kind: Kind::Counter,
+        unit: PACKET,
+        help: "TCP packets to a configured port.",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.matched)),
+    },
+    MetricDef {
+        name: "mirror.kernel.packets.sampled_out",
+        kind: Kind::Counter,
+        unit: PACKET,
+        help: "Matched packets of flows not sampled (capture percent).",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.sampled_out)),
+    },
+    MetricDef {
+        name: "mirror.kernel.records",
+        kind: Kind::Counter,
+        unit: Unit::Count("{record}"),
+        help: "Records written to the ring buffer.",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.records)),
+    },
+    MetricDef {
+        name: "mirror.kernel.packets.dropped",
+        kind: Kind::Counter,
+        unit: PACKET,
+        help: "Matched packets meant for userspace that did not reach it, by reason (ring_full: ring buffer reserve failed).",
+        read: |s, o| {
+            kernel(s, o, |k, o| {
+                p(o, &[(REASON, "ring_full")], k.ring_full);
+                p(o, &[(REASON, "load_error")], k.load_error);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.kernel.packets.truncated",
+        kind: Kind::Counter,
+        unit: PACKET,
+        help: "Packets whose payload was cut to the record limit.",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.truncated)),
+    },
+    MetricDef {
+        name: "mirror.kernel.packets.skipped",
+        kind: Kind::Counter,
+        unit: PACKET,
+        help: "Packets deliberately not recorded, by reason (ignored: the agent's own flows; empty: no payload; unparseable headers).",
+        read: |s, o| {
+            kernel(s, o, |k, o| {
+                p(o, &[(REASON, "ignored")], k.ignored);
+                p(o, &[(REASON, "empty")], k.empty);
+                p(o, &[(REASON, "unparseable")], k.unparseable);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.kernel.payload.size",
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "TCP payload bytes written to the ring buffer.",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.payload_bytes)),
+    },
+    // ---- flow table and reassembly ----
+    MetricDef {
+        name: "mirror.pipeline.segments",
+        kind: Kind::Counter,
+        unit: Unit::Count("{segment}"),
+        help: "Segments handed to the pipeline.",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.segments)),
+    },
+    MetricDef {
+        name: "mirror.flows.opened",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "Connections tracked.",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.flows)),
+    },
+    MetricDef {
+        name: "mirror.flows.active",
+        kind: Kind::Gauge,
+        unit: FLOW,
+        help: "Connections tracked now.",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.flows_active)),
+    },
+    MetricDef {
+        name: "mirror.flows.closed",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "Connections ended by FIN in both directions or by RST.",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.flows_closed)),
+    },
+    MetricDef {
+        name: "mirror.flows.evicted",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "Connections the flow table gave up, by reason (idle timeout, max_flows, memory budget).",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                p(o, &[(REASON, "idle")], ps.flows_idle_expired);
+                p(o, &[(REASON, "max_flows")], ps.flows_evicted_max_flows);
+                p(o, &[(REASON, "memory")], ps.flows_evicted_memory);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.flows.skipped",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "Connections not framed as HTTP/1.x, by reason.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                p(o, &[(REASON, "not_http")], ps.flows_not_http);
+                p(o, &[(REASON, "h2")], ps.flows_h2);
+                p(o, &[(REASON, "tunnel")], ps.flows_tunnel);
+                p(o, &[(REASON, "undecided")], ps.flows_undecided);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.reassembly.gaps",
+        kind: Kind::Counter,
+        unit: Unit::Count("{gap}"),
+        help: "Holes in a TCP stream declared lost, by direction and reason (timeout, bound: out-of-order buffer full, end: flow ended).",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                for (d, st) in directions(ps) {
+                    p(o, &[(DIRECTION, d), (REASON, "timeout")], st.gaps_timeout);
+                    p(o, &[(DIRECTION, d), (REASON, "bound")], st.gaps_bound);
+                    p(o, &[(DIRECTION, d), (REASON, "end")], st.gaps_end);
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.reassembly.gap.size",
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "Stream bytes lost in gaps, by direction.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                for (d, st) in directions(ps) {
+                    p(o, &[(DIRECTION, d)], st.gap_bytes);
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.reassembly.discarded.size",
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "Payload bytes the reassembler discarded, by direction and reason.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                for (d, st) in directions(ps) {
+                    p(
+                        o,
+                        &[(DIRECTION, d), (REASON, "overflow")],
+                        st.overflow_bytes,
+                    );
+                    p(
+                        o,
+                        &[(DIRECTION, d), (REASON, "retransmitted")],
+                        st.retransmitted_bytes,
+                    );
+                    p(
+                        o,
+                        &[(DIRECTION, d), (REASON, "before_start")],
+                        st.before_start_bytes,
+                    );
+                    p(
+                        o,
+                        &[(DIRECTION, d), (REASON, "after_end")],
+                        st.after_end_bytes,
+                    );
+                }
+            })
+        },
+    },
+    // ---- HTTP framing ----
+    MetricDef {
+        name: "mirror.http.requests",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Requests framed from client streams.",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.requests)),
+    },
+    MetricDef {
+        name: "mirror.http.request.parse_errors",
+        kind: Kind::Counter,
+        unit: Unit::Count("{error}"),
+        help: "Client byte runs that did not become requests, by error type.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                let d = &ps.request_drops;
+                for (t, c) in [
+                    ("gap", d.gap),
+                    ("head_too_large", d.head_too_large),
+                    ("too_many_headers", d.too_many_headers),
+                    ("malformed", d.malformed),
+                    ("truncated", d.truncated),
+                    ("body_too_large", d.body_too_large),
+                    ("midstream", d.midstream),
+                ] {
+                    p(o, &[(ERROR_TYPE, t)], c.count);
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.http.responses",
+        kind: Kind::Counter,
+        unit: Unit::Count("{response}"),
+        help: "Primary's final responses paired with their request (egress capture).",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.responses)),
+    },
+    MetricDef {
+        name: "mirror.http.response.parse_errors",
+        kind: Kind::Counter,
+        unit: Unit::Count("{error}"),
+        help: "Server byte runs that did not become responses, by error type.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                let d = &ps.response_drops;
+                for (t, c) in [
+                    ("gap", d.gap),
+                    ("head_too_large", d.head_too_large),
+                    ("malformed", d.malformed),
+                    ("truncated", d.truncated),
+                    ("too_many_headers", d.too_many_headers),
+                ] {
+                    p(o, &[(ERROR_TYPE, t)], c.count);
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.http.pairing.misses",
+        kind: Kind::Counter,
+        unit: Unit::Count("{message}"),
+        help: "Requests and responses that could not be paired, by reason.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                p(o, &[(REASON, "unpaired_response")], ps.responses_unpaired);
+                p(o, &[(REASON, "unanswered_request")], ps.requests_unanswered);
+                p(o, &[(REASON, "lost_response")], ps.responses_lost);
+            })
+        },
+    },
+    // ---- replay, per mirror ----
+    MetricDef {
+        name: "mirror.replay.captured",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Requests handed to the replayer.",
+        read: |s, o| {
+            if let Some(r) = &s.replay {
+                p(o, &[], r.captured)
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.requests.sampled",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Copies a mirror's sampler took.",
+        read: |s, o| per_mirror(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.sampled)),
+    },
+    MetricDef {
+        name: "mirror.requests.sent",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Copies fully written to a mirror.",
+        read: |s, o| per_mirror(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.sent)),
+    },
+    MetricDef {
+        name: "mirror.requests.responses",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Copies answered by a mirror, by status class.",
+        read: |s, o| {
+            per_mirror(s, o, |m, n, o| {
+                for (i, c) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
+                    p(o, &[(MIRROR, n), (STATUS_CLASS, c)], m.status[i]);
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.requests.errors",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Copies that failed at the mirror, by error type.",
+        read: |s, o| {
+            per_mirror(s, o, |m, n, o| {
+                for (k, t) in ERROR_KINDS {
+                    p(o, &[(MIRROR, n), (ERROR_TYPE, t)], m.error(k));
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.requests.timeouts",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Copies without a complete response within the per-request timeout.",
+        read: |s, o| per_mirror(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.timeouts)),
+    },
+    MetricDef {
+        name: "mirror.requests.dropped",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Sampled copies not sent, by reason.",
+        read: |s, o| {
+            per_mirror(s, o, |m, n, o| {
+                for (r, t) in DROP_REASONS {
+                    p(o, &[(MIRROR, n), (REASON, t)], m.drop_count(r));
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.requests.retries",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Copies re-sent once on a fresh connection after a kept-alive one was found closed.",
+        read: |s, o| per_mirror(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.retries)),
+    },
+    MetricDef {
+        name: "mirror.connections.opened",
+        kind: Kind::Counter,
+        unit: Unit::Count("{connection}"),
+        help: "Connections opened to a mirror.",
+        read: |s, o| per_mirror(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.connects)),
+    },
+    MetricDef {
+        name: "mirror.queue.depth",
+        kind: Kind::Gauge,
+        unit: REQUEST,
+        help: "Copies sampled for a mirror and not yet resolved (queued or in flight).",
+        read: |s, o| per_mirror(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.in_flight)),
+    },
+    MetricDef {
+        name: "mirror.completeness",
+        kind: Kind::Gauge,
+        unit: Unit::Ratio,
+        help: "Requests delivered to the best 100% mirror over requests captured.",
+        read: |s, o| {
+            if let Some((name, c)) = s.replay.as_ref().and_then(|r| r.completeness_of()) {
+                o.push(Point {
+                    attrs: vec![(MIRROR, name.to_string())],
+                    value: Value::F64(c),
+                });
+            }
+        },
+    },
+    // ---- primary vs mirror comparison (`--compare`) ----
+    MetricDef {
+        name: "mirror.compare.requests",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Mirrored requests compared with the primary's response.",
+        read: |s, o| per_compare(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.compared)),
+    },
+    MetricDef {
+        name: "mirror.compare.mismatches",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Compared requests whose mirror answer differed from the primary's, by kind.",
+        read: |s, o| {
+            per_compare(s, o, |m, n, o| {
+                p(o, &[(MIRROR, n), (KIND, "status_class")], m.status_class);
+                p(o, &[(MIRROR, n), (KIND, "status_code")], m.status_code);
+                p(o, &[(MIRROR, n), (KIND, "no_response")], m.no_response);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.unpaired",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Comparisons that could not be made, by reason (primary_missing: the primary's response never came; evicted: table full; primary_only: no mirror outcome; request_evicted: request forgotten unanswered; response_unknown: response to an unknown request).",
+        read: |s, o| {
+            if let Some(c) = &s.compare {
+                for m in &c.mirrors {
+                    p(
+                        o,
+                        &[(MIRROR, &m.name), (REASON, "primary_missing")],
+                        m.primary_missing,
+                    );
+                }
+                p(o, &[(REASON, "evicted")], c.evicted);
+                p(o, &[(REASON, "primary_only")], c.primary_unmatched);
+                p(
+                    o,
+                    &[(REASON, "request_evicted")],
+                    c.primary_requests_evicted,
+                );
+                p(
+                    o,
+                    &[(REASON, "response_unknown")],
+                    c.primary_responses_unknown,
+                );
+            }
+        },
+    },
+];
+
+#[cfg(test)]
+mod tests;
+
+/// Snapshots with every stage present and non-trivial values (tests of the exporters).
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) fn full() -> super::Snapshots {
+        super::tests::all()
+    }
+}

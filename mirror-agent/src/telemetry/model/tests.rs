@@ -1,0 +1,198 @@
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use super::*;
+use crate::replay::stats::{MirrorStats, Outcome, ReplayStats, Ticket};
+
+fn replay_snapshot() -> ReplaySnapshot {
+    let a = Arc::new(MirrorStats::new("app-v2".into(), 100.0, 1.0));
+    let b = Arc::new(MirrorStats::new("app-v3".into(), 50.0, 0.5));
+    let stats = ReplayStats::new(vec![a.clone(), b.clone()]);
+    let lat = std::time::Duration::from_millis(2);
+    let outcomes = [
+        Outcome::Answered {
+            status: 200,
+            latency: lat,
+        },
+        Outcome::Answered {
+            status: 503,
+            latency: lat,
+        },
+        Outcome::Error(ErrorKind::Io),
+        Outcome::Timeout,
+        Outcome::Dropped(DropReason::QueueFull),
+    ];
+    for o in outcomes {
+        Ticket::new(a.clone()).resolve(o);
+    }
+    Ticket::new(b.clone()).resolve(Outcome::Dropped(DropReason::Filtered));
+    for _ in 0..6 {
+        stats.on_submit();
+    }
+    for _ in 0..3 {
+        a.on_sent();
+    }
+    stats.snapshot()
+}
+
+pub(super) fn all() -> Snapshots {
+    let mut ps = PipelineStats {
+        requests: 7,
+        flows: 3,
+        flows_active: 1,
+        ..Default::default()
+    };
+    ps.client.gaps_timeout = 2;
+    ps.request_drops.malformed.count = 4;
+    Snapshots {
+        kernel: Some(Counters {
+            seen: 100,
+            matched: 90,
+            ring_full: 3,
+            ..Default::default()
+        }),
+        pipeline: Some(ps),
+        replay: Some(replay_snapshot()),
+        compare: Some(crate::telemetry::compare::CompareSnapshot {
+            mirrors: vec![crate::telemetry::compare::MirrorCompare {
+                name: "app-v2".into(),
+                compared: 3,
+                status_class: 1,
+                ..Default::default()
+            }],
+            ..Default::default()
+        }),
+    }
+}
+
+fn value(s: &Snapshots, name: &str, attrs: &[(&str, &str)]) -> Option<f64> {
+    let def = DEFS.iter().find(|d| d.name == name).expect(name);
+    def.points(s)
+        .into_iter()
+        .find(|p| {
+            attrs
+                .iter()
+                .all(|(k, v)| p.attrs.iter().any(|(pk, pv)| pk == k && pv == v))
+        })
+        .map(|p| p.value.as_f64())
+}
+
+#[test]
+fn names_are_unique_and_prometheus_safe() {
+    let mut seen = HashSet::new();
+    for d in DEFS {
+        assert!(seen.insert(d.name), "duplicate {}", d.name);
+        assert!(d.name.starts_with("mirror."), "{}", d.name);
+        let p = d.prometheus_name();
+        assert!(
+            p.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
+            "{p}"
+        );
+        // OpenMetrics reserves these suffixes for the series of one family.
+        let base = prometheus_base(d.name);
+        for bad in ["_created", "_total", "_info", "_bucket", "_count", "_sum"] {
+            assert!(!base.ends_with(bad), "{base} ends with {bad}");
+        }
+    }
+}
+
+#[test]
+fn prometheus_names_follow_the_otel_mapping() {
+    let find = |n: &str| DEFS.iter().find(|d| d.name == n).unwrap().prometheus_name();
+    assert_eq!(
+        find("mirror.kernel.packets.dropped"),
+        "mirror_kernel_packets_dropped_total"
+    );
+    assert_eq!(
+        find("mirror.reassembly.gap.size"),
+        "mirror_reassembly_gap_size_bytes_total"
+    );
+    assert_eq!(find("mirror.completeness"), "mirror_completeness_ratio");
+    assert_eq!(find("mirror.queue.depth"), "mirror_queue_depth");
+}
+
+#[test]
+fn values_come_from_the_snapshots() {
+    let s = all();
+    assert_eq!(value(&s, "mirror.kernel.packets.seen", &[]), Some(100.0));
+    assert_eq!(
+        value(
+            &s,
+            "mirror.kernel.packets.dropped",
+            &[("reason", "ring_full")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(value(&s, "mirror.http.requests", &[]), Some(7.0));
+    assert_eq!(
+        value(
+            &s,
+            "mirror.reassembly.gaps",
+            &[("direction", "client"), ("reason", "timeout")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mirror.http.request.parse_errors",
+            &[("error.type", "malformed")]
+        ),
+        Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mirror.requests.responses",
+            &[
+                ("mirror.name", "app-v2"),
+                ("http.response.status_class", "5xx")
+            ]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mirror.requests.dropped",
+            &[("mirror.name", "app-v3"), ("reason", "filtered")]
+        ),
+        Some(1.0)
+    );
+}
+
+#[test]
+fn absent_stages_export_nothing() {
+    let s = Snapshots::default();
+    for d in DEFS {
+        assert!(d.points(&s).is_empty(), "{} exported without data", d.name);
+    }
+}
+
+/// The exported per-mirror series add up to `sampled`, as the replay identity says: nothing
+/// the replay counts is missing from the metrics.
+#[test]
+fn per_mirror_series_account_for_every_sampled_copy() {
+    let s = all();
+    for m in &s.replay.as_ref().unwrap().mirrors {
+        let sum_of = |name: &str| -> f64 {
+            let def = DEFS.iter().find(|d| d.name == name).unwrap();
+            def.points(&s)
+                .iter()
+                .filter(|p| p.attrs.contains(&("mirror.name", m.name.clone())))
+                .map(|p| p.value.as_f64())
+                .sum()
+        };
+        let parts = sum_of("mirror.requests.responses")
+            + sum_of("mirror.requests.errors")
+            + sum_of("mirror.requests.timeouts")
+            + sum_of("mirror.requests.dropped")
+            + sum_of("mirror.queue.depth");
+        assert_eq!(parts, sum_of("mirror.requests.sampled"), "{}", m.name);
+        assert!(parts > 0.0);
+    }
+    assert_eq!(
+        value(&s, "mirror.completeness", &[("mirror.name", "app-v2")]),
+        Some(0.5)
+    );
+}

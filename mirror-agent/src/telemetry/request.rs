@@ -1,0 +1,385 @@
+//! Per-request instruments: `http.client.request.duration` for each mirrored copy,
+//! `http.server.request.duration` for the primary's exchanges seen on the wire, and the mirror
+//! span of each copy.
+//!
+//! Owns [`MirrorRequestRecorder`], the cheap cloneable handle the replay dispatcher calls once per
+//! copy, and [`PrimaryRecorder`] for the pipeline's paired responses. Both record into the
+//! Prometheus histogram families and, when OTLP is on, into the OpenTelemetry histograms.
+//! Attribute values are bounded: methods outside RFC 9110's set become `_OTHER` (semantic
+//! conventions), status codes outside 100-599 are not recorded.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use opentelemetry::KeyValue;
+use opentelemetry::metrics::Histogram as OtelHistogram;
+use opentelemetry::trace::{Span as _, Status};
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::Histogram;
+
+use super::trace::MirrorTracer;
+use crate::replay::stats::{DropReason, ErrorKind, Outcome};
+
+/// Bucket boundaries in seconds, as the HTTP semantic conventions advise for
+/// `http.*.request.duration`.
+pub const DURATION_BUCKETS: [f64; 14] = [
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0,
+];
+
+pub(super) type Labels = Vec<(&'static str, String)>;
+pub(super) type HistFamily = Family<Labels, Histogram, fn() -> Histogram>;
+
+/// Mirror minus primary latency, seconds: symmetric around 0.
+pub const DIFFERENCE_BUCKETS: [f64; 17] = [
+    -5.0, -1.0, -0.25, -0.1, -0.05, -0.025, -0.01, -0.005, 0.0, 0.005, 0.01, 0.025, 0.05, 0.1,
+    0.25, 1.0, 5.0,
+];
+
+pub(super) fn new_family() -> HistFamily {
+    Family::new_with_constructor(|| Histogram::new(DURATION_BUCKETS))
+}
+
+pub(super) fn new_difference_family() -> HistFamily {
+    Family::new_with_constructor(|| Histogram::new(DIFFERENCE_BUCKETS))
+}
+
+/// `http.request.method` per the semantic conventions: known methods as is, others `_OTHER`.
+pub fn normalize_method(m: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN.iter().find(|k| **k == m).copied().unwrap_or("_OTHER")
+}
+
+/// `url.path` of a request target: origin-form up to `?`, or the path of an absolute-form.
+pub fn url_path(target: &str) -> &str {
+    let t = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => target,
+    };
+    t.split(['?', '#']).next().unwrap_or(t)
+}
+
+/// How one copy ended, as the telemetry sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RequestResult {
+    /// A final response with this status.
+    Status(u16),
+    /// No response: the semantic-convention `error.type` value (`timeout`, `connect`, ...).
+    Error(&'static str),
+}
+
+impl RequestResult {
+    /// From the replay outcome; `None` for copies never sent (drops are counted, not timed).
+    pub fn from_outcome(o: &Outcome) -> Option<(Self, Option<Duration>)> {
+        match *o {
+            Outcome::Answered { status, latency } => Some((Self::Status(status), Some(latency))),
+            Outcome::Timeout => Some((Self::Error("timeout"), None)),
+            Outcome::Error(ErrorKind::Connect) => Some((Self::Error("connect"), None)),
+            Outcome::Error(ErrorKind::Io) => Some((Self::Error("io"), None)),
+            Outcome::Error(ErrorKind::BadResponse) => Some((Self::Error("bad_response"), None)),
+            Outcome::Dropped(DropReason::Backoff) => None,
+            Outcome::Dropped(_) => None,
+        }
+    }
+}
+
+pub(super) struct Instruments {
+    pub client_prom: HistFamily,
+    pub server_prom: HistFamily,
+    pub difference_prom: HistFamily,
+    pub client_otel: Option<OtelHistogram<f64>>,
+    pub difference_otel: Option<OtelHistogram<f64>>,
+    pub server_otel: Option<OtelHistogram<f64>>,
+    pub tracer: Option<MirrorTracer>,
+}
+
+fn labels(
+    method: &str,
+    result: RequestResult,
+    server_address: &str,
+    mirror: Option<&str>,
+) -> Option<Labels> {
+    let mut l: Labels = vec![("http.request.method", normalize_method(method).to_string())];
+    match result {
+        RequestResult::Status(s) if (100..600).contains(&s) => {
+            l.push(("http.response.status_code", s.to_string()))
+        }
+        RequestResult::Status(_) => return None,
+        RequestResult::Error(e) => l.push(("error.type", e.to_string())),
+    }
+    l.push(("server.address", server_address.to_string()));
+    if let Some(m) = mirror {
+        l.push(("mirror.name", m.to_string()));
+    }
+    Some(l)
+}
+
+/// Prometheus label names (Prometheus 2.x accepts no dots).
+fn prom_key(k: &'static str) -> &'static str {
+    match k {
+        "http.request.method" => "http_request_method",
+        "http.response.status_code" => "http_response_status_code",
+        "error.type" => "error_type",
+        "server.address" => "server_address",
+        "mirror.name" => "mirror_name",
+        other => other,
+    }
+}
+
+fn prom_labels(l: &Labels) -> Labels {
+    l.iter().map(|(k, v)| (prom_key(k), v.clone())).collect()
+}
+
+fn otel_attrs(l: &Labels) -> Vec<KeyValue> {
+    l.iter()
+        .map(|(k, v)| match (*k, v.parse::<i64>()) {
+            ("http.response.status_code", Ok(n)) => KeyValue::new(*k, n),
+            _ => KeyValue::new(*k, v.clone()),
+        })
+        .collect()
+}
+
+/// The hook the replay dispatcher calls per copy. Cloning is an `Arc` clone.
+#[derive(Clone)]
+pub struct MirrorRequestRecorder {
+    pub(super) inner: Arc<Instruments>,
+}
+
+impl std::fmt::Debug for MirrorRequestRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("MirrorRequestRecorder")
+    }
+}
+
+impl MirrorRequestRecorder {
+    /// Records one copy's duration (`http.client.request.duration`).
+    pub fn record(
+        &self,
+        mirror: &str,
+        method: &str,
+        result: RequestResult,
+        duration: Duration,
+        server_address: &str,
+    ) {
+        let Some(l) = labels(method, result, server_address, Some(mirror)) else {
+            return;
+        };
+        let secs = duration.as_secs_f64();
+        tracing::trace!(
+            mirror,
+            method,
+            ?result,
+            secs,
+            server_address,
+            "mirror request"
+        );
+        self.inner
+            .client_prom
+            .get_or_create(&prom_labels(&l))
+            .observe(secs);
+        if let Some(h) = &self.inner.client_otel {
+            h.record(secs, &otel_attrs(&l));
+        }
+    }
+
+    /// Records one comparison's latency difference (`mirror.compare.latency_difference`).
+    pub fn record_comparison(&self, mirror: &str, v: &super::compare::Verdict) {
+        let Some(d) = v.latency_difference else {
+            return;
+        };
+        self.inner
+            .difference_prom
+            .get_or_create(&vec![("mirror_name", mirror.to_string())])
+            .observe(d);
+        if let Some(h) = &self.inner.difference_otel {
+            h.record(d, &[KeyValue::new("mirror.name", mirror.to_string())]);
+        }
+    }
+
+    /// Starts the telemetry of one copy about to be sent: the span (if tracing is on) and the
+    /// bytes to send (with `traceparent` handled per the configured mode). Call
+    /// [`InFlight::finish`] with the outcome.
+    pub fn start(
+        &self,
+        mirror: &str,
+        server_address: &str,
+        server_port: Option<u16>,
+        raw: &Bytes,
+    ) -> (InFlight, Bytes) {
+        let (span, bytes) = match &self.inner.tracer {
+            Some(t) => {
+                let (s, b) = t.mirror_trace_context(mirror, server_address, server_port, raw);
+                (Some(s), b)
+            }
+            None => (None, raw.clone()),
+        };
+        // The method is the request line's first token (RFC 9112 3); no head parse needed.
+        let method = raw
+            .iter()
+            .take(32)
+            .position(|&b| b == b' ')
+            .and_then(|n| std::str::from_utf8(&raw[..n]).ok())
+            .unwrap_or_default()
+            .to_string();
+        let f = InFlight {
+            recorder: self.clone(),
+            mirror: mirror.to_string(),
+            server_address: server_address.to_string(),
+            method,
+            started: Instant::now(),
+            span,
+        };
+        (f, bytes)
+    }
+}
+
+/// One copy between [`MirrorRequestRecorder::start`] and its outcome.
+pub struct InFlight {
+    recorder: MirrorRequestRecorder,
+    mirror: String,
+    server_address: String,
+    method: String,
+    started: Instant,
+    span: Option<opentelemetry_sdk::trace::Span>,
+}
+
+impl InFlight {
+    /// Ends the span and records the duration (the replay's measured latency when answered,
+    /// else the time since `start`). Drops end the span as an error and record no duration.
+    pub fn finish(mut self, outcome: &Outcome) {
+        let res = RequestResult::from_outcome(outcome);
+        if let Some((result, latency)) = res {
+            let d = latency.unwrap_or_else(|| self.started.elapsed());
+            self.recorder
+                .record(&self.mirror, &self.method, result, d, &self.server_address);
+        }
+        if let Some(mut span) = self.span.take() {
+            match res {
+                Some((RequestResult::Status(s), _)) => {
+                    span.set_attribute(KeyValue::new("http.response.status_code", s as i64));
+                    // Client spans: 4xx and 5xx are errors (HTTP semantic conventions).
+                    if s >= 400 {
+                        span.set_attribute(KeyValue::new("error.type", s.to_string()));
+                        span.set_status(Status::error(""));
+                    }
+                }
+                Some((RequestResult::Error(e), _)) => {
+                    span.set_attribute(KeyValue::new("error.type", e));
+                    span.set_status(Status::error(e));
+                }
+                None => {
+                    span.set_attribute(KeyValue::new("error.type", "not_sent"));
+                    span.set_status(Status::error("not sent"));
+                }
+            }
+            span.end();
+        }
+    }
+}
+
+/// Records the primary's exchanges as observed on the wire (`http.server.request.duration`,
+/// last request byte to first response byte).
+#[derive(Clone)]
+pub struct PrimaryRecorder {
+    pub(super) inner: Arc<Instruments>,
+}
+
+impl std::fmt::Debug for PrimaryRecorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PrimaryRecorder")
+    }
+}
+
+impl PrimaryRecorder {
+    pub fn record(&self, method: &str, status: u16, duration: Duration, server_address: &str) {
+        let Some(l) = labels(method, RequestResult::Status(status), server_address, None) else {
+            return;
+        };
+        let secs = duration.as_secs_f64();
+        self.inner
+            .server_prom
+            .get_or_create(&prom_labels(&l))
+            .observe(secs);
+        if let Some(h) = &self.inner.server_otel {
+            h.record(secs, &otel_attrs(&l));
+        }
+    }
+
+    /// From a paired request and response: capture timestamps in nanoseconds.
+    pub fn record_pair(
+        &self,
+        req: &crate::pipeline::CapturedRequest,
+        resp: &crate::pipeline::CapturedResponse,
+    ) {
+        let d = Duration::from_nanos(resp.response.ts_ns.saturating_sub(req.request.end_ts_ns));
+        self.record(
+            &req.request.method,
+            resp.response.status,
+            d,
+            &req.dst.ip().to_string(),
+        );
+    }
+}
+
+#[cfg(test)]
+mod cost {
+    /// Prints the per-copy cost of the hooks (a table, no assertion on time). Run with
+    /// `cargo test --release -p mirror-agent --lib telemetry::request::cost -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: prints a table"]
+    async fn per_copy_cost() {
+        use std::time::{Duration, Instant};
+
+        use super::super::trace::TraceparentMode;
+        use super::super::{OtlpConfig, Telemetry, TelemetryConfig};
+        use crate::replay::stats::Outcome;
+
+        // OTLP on (to an endpoint nobody answers: exports fail quietly, the hooks still run).
+        let t = Telemetry::start(TelemetryConfig {
+            metrics_addr: None,
+            otlp: Some(OtlpConfig {
+                endpoint: Some("http://127.0.0.1:9".into()),
+                export_interval: Some(Duration::from_secs(3600)),
+                traces: true,
+                ..Default::default()
+            }),
+            traceparent: TraceparentMode::Rewrite,
+        })
+        .await
+        .unwrap();
+        let rec = t.recorder();
+        let raw = bytes::Bytes::from_static(
+            b"GET /orders/42 HTTP/1.1\r\nHost: shop\r\nUser-Agent: x\r\nAccept: */*\r\n\
+              traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        );
+        let n = 20_000u32;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            rec.record(
+                "app-v2",
+                "GET",
+                super::RequestResult::Status(200),
+                Duration::from_millis(2),
+                "10.0.0.5",
+            );
+        }
+        let record = t0.elapsed() / n;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let (f, _b) = rec.start("app-v2", "10.0.0.5", Some(8080), &raw);
+            f.finish(&Outcome::Answered {
+                status: 200,
+                latency: Duration::from_millis(2),
+            });
+        }
+        let span = t0.elapsed() / n;
+        println!("| hook | per copy |\n|---|---|");
+        println!("| record (Prometheus + OTLP histogram) | {record:?} |");
+        println!("| start+finish (span, traceparent rewrite, histogram) | {span:?} |");
+    }
+}
