@@ -3,20 +3,23 @@
 //! Owns the wiring only: settings from flags and the config file, the kernel ignore map hooked
 //! into the replayer's connections (no replay loops), capture timestamps moved to wall-clock
 //! time, the pipeline driven from capture batches and idle ticks, and the end report (capture
-//! line on stdout, pipeline summary and mirror table on stderr). Capture itself is
+//! line on stdout, pipeline summary and mirror table on stderr), and the telemetry (metrics
+//! endpoint, OTLP) fed from the stages' snapshots about once a second. Capture itself is
 //! [`super::live`], the stages are the library's.
 
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::app::from::DRAIN_GRACE;
-use crate::capture::ebpf::FlowIgnore;
+use crate::capture::Segment;
+use crate::capture::ebpf::{Counters, FlowIgnore};
 use crate::cli::RunArgs;
 use crate::config::{ConfigError, Settings};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent, PipelineStats};
 use crate::record::RecordWriter;
 use crate::replay::Replayer;
 use crate::replay::stats::ReplaySnapshot;
+use crate::telemetry::{PrimaryObserver, Telemetry, TelemetryConfig};
 
 use super::live;
 
@@ -51,6 +54,13 @@ pub fn main(args: &RunArgs) -> i32 {
     };
     // Responses are only on the ring when the egress classifier runs.
     pipeline_cfg.responses = args.compare;
+    let telemetry_cfg = match TelemetryConfig::from_args(args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("mirror-agent: {e}");
+            return e.exit_code();
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -62,7 +72,13 @@ pub fn main(args: &RunArgs) -> i32 {
             return 1;
         }
     };
-    runtime.block_on(run(settings, opts, pipeline_cfg, args.record.clone()))
+    runtime.block_on(run(
+        settings,
+        opts,
+        pipeline_cfg,
+        args.record.clone(),
+        telemetry_cfg,
+    ))
 }
 
 /// The flags with what the config file settled (interface, ports, capture percent) filled in,
@@ -84,21 +100,29 @@ async fn run(
     opts: live::LiveOptions,
     pipeline_cfg: PipelineConfig,
     record: Option<String>,
+    telemetry_cfg: TelemetryConfig,
 ) -> i32 {
     let mirrors = !settings.replay.mirrors.is_empty();
     if mirrors && let Err(e) = settings.check_not_primary().await {
         eprintln!("mirror-agent: {e}");
         return ConfigError::EXIT_CODE;
     }
-    let mut writer = match record.as_deref().map(RecordWriter::create).transpose() {
+    let writer = match record.as_deref().map(RecordWriter::create).transpose() {
         Ok(w) => w,
         Err(e) => {
             eprintln!("mirror-agent: {e}");
             return ConfigError::EXIT_CODE;
         }
     };
-    // The replayer connects before capture is attached only if a request arrives first, which
-    // cannot happen; the slot is filled by `on_start` before the first batch.
+    let telemetry = match Telemetry::start(telemetry_cfg).await {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("mirror-agent: {e}");
+            return e.exit_code();
+        }
+    };
+    // Requests only arrive after capture is attached, and capture is attached only after the
+    // slot is filled (`LiveSink::started`), so no mirror connection misses the ignore map.
     let ignore: Arc<OnceLock<FlowIgnore>> = Arc::default();
     let slot = ignore.clone();
     settings.replay.on_connect = Some(Arc::new(move |local, remote| {
@@ -112,64 +136,49 @@ async fn run(
     }));
     let replayer = mirrors.then(|| Replayer::start(settings.replay.clone()));
     let progress = replayer.as_ref().map(|r| r.spawn_progress(PROGRESS_EVERY));
-
-    let mut pipeline = Pipeline::new(pipeline_cfg);
-    let mut events = Vec::new();
-    let mut record_error = None;
-    let mut handle = |events: &mut Vec<PipelineEvent>| {
-        for ev in events.drain(..) {
-            let PipelineEvent::Request(r) = ev else {
-                continue;
-            };
-            if let Some(w) = writer.as_mut().filter(|_| record_error.is_none())
-                && let Err(e) = w.write(&r)
-            {
-                record_error = Some(e);
-            }
-            if let Some(rep) = &replayer {
-                rep.submit(&r);
-            }
-        }
+    let primary = pipeline_cfg
+        .responses
+        .then(|| PrimaryObserver::new(telemetry.primary_recorder(), None, MAX_PRIMARY_WAITING));
+    let mut driver = Driver {
+        pipeline: Pipeline::new(pipeline_cfg),
+        events: Vec::new(),
+        writer,
+        record_error: None,
+        replayer,
+        telemetry,
+        primary,
+        ignore,
+        wall_offset: wall_minus_monotonic_ns(),
+        next_tick: 0,
+        kernel: None,
     };
-    let wall_offset = wall_minus_monotonic_ns();
-    let mut next_tick = 0u64;
-    let result = live::run(
-        opts,
-        |ig| {
-            let _ = ignore.set(ig);
-        },
-        |batch| {
-            for mut seg in batch {
-                seg.ts_ns = seg.ts_ns.wrapping_add(wall_offset);
-                pipeline.on_segment(seg, &mut events);
-            }
-            let now = monotonic_ns().wrapping_add(wall_offset);
-            if now >= next_tick {
-                pipeline.on_tick(now, &mut events);
-                next_tick = now + TICK_NS;
-            }
-            handle(&mut events);
-        },
-    )
-    .await;
-    pipeline.finish(&mut events);
-    handle(&mut events);
+    let result = live::run(opts, &mut driver).await;
+    driver.pipeline.finish(&mut driver.events);
+    driver.handle_events();
     if let Some(p) = progress {
         p.abort();
     }
-    let replay = match &replayer {
+    let replay = match &driver.replayer {
         Some(r) => Some(r.shutdown(DRAIN_GRACE).await),
         None => None,
     };
-    let flushed = writer.as_mut().map(|w| w.flush()).transpose();
+    let flushed = driver.writer.as_mut().map(|w| w.flush()).transpose();
+    let pipeline_stats = driver.pipeline.stats();
     let summary = match result {
         Ok(s) => s,
         Err(e) => {
             eprintln!("mirror-agent: {e}");
+            driver.telemetry.shutdown().await;
             return e.exit_code();
         }
     };
-    report(&pipeline.stats(), replay.as_ref());
+    driver.telemetry.update_from(
+        Some(&summary.kernel),
+        Some(&pipeline_stats),
+        replay.as_ref(),
+    );
+    driver.telemetry.shutdown().await;
+    report(&pipeline_stats, replay.as_ref());
     // The capture line goes to stdout (tests and scripts parse it) unless stdout carries the
     // recording.
     if record.as_deref() == Some("-") {
@@ -177,11 +186,86 @@ async fn run(
     } else {
         println!("{summary}");
     }
-    if let Some(e) = record_error.or(flushed.err()) {
+    if let Some(e) = driver.record_error.or(flushed.err()) {
         eprintln!("mirror-agent: error: recording: {e}");
         return 1;
     }
     0
+}
+
+/// Bound on primary requests waiting for their response in the telemetry observer.
+const MAX_PRIMARY_WAITING: usize = 65536;
+
+/// The consumer of live capture: pipeline, then recording, replay and telemetry.
+struct Driver {
+    pipeline: Pipeline,
+    events: Vec<PipelineEvent>,
+    writer: Option<RecordWriter>,
+    record_error: Option<crate::record::RecordError>,
+    replayer: Option<Replayer>,
+    telemetry: Telemetry,
+    primary: Option<PrimaryObserver>,
+    ignore: Arc<OnceLock<FlowIgnore>>,
+    /// Added to the kernel's monotonic stamps to get Unix time.
+    wall_offset: u64,
+    next_tick: u64,
+    kernel: Option<Counters>,
+}
+
+impl Driver {
+    fn handle_events(&mut self) {
+        for ev in self.events.drain(..) {
+            if let Some(p) = self.primary.as_mut() {
+                p.on_event(&ev);
+            }
+            let PipelineEvent::Request(r) = ev else {
+                continue;
+            };
+            if let Some(w) = self.writer.as_mut().filter(|_| self.record_error.is_none())
+                && let Err(e) = w.write(&r)
+            {
+                self.record_error = Some(e);
+            }
+            if let Some(rep) = &self.replayer {
+                rep.submit(&r);
+            }
+        }
+    }
+}
+
+impl live::LiveSink for Driver {
+    fn started(&mut self, ignore: FlowIgnore) {
+        let _ = self.ignore.set(ignore);
+        self.telemetry.set_ready(true);
+    }
+
+    fn segments(&mut self, batch: Vec<Segment>) {
+        for mut seg in batch {
+            seg.ts_ns = seg.ts_ns.wrapping_add(self.wall_offset);
+            self.pipeline.on_segment(seg, &mut self.events);
+        }
+        let now = monotonic_ns().wrapping_add(self.wall_offset);
+        if now >= self.next_tick {
+            self.pipeline.on_tick(now, &mut self.events);
+            self.next_tick = now + TICK_NS;
+        }
+        self.handle_events();
+    }
+
+    fn kernel_counters(&mut self, counters: &Counters) {
+        self.kernel = Some(*counters);
+        let replay = self.replayer.as_ref().map(Replayer::snapshot);
+        self.telemetry.update_from(
+            self.kernel.as_ref(),
+            Some(&self.pipeline.stats()),
+            replay.as_ref(),
+        );
+        if let Some(p) = &self.primary {
+            let mut c = crate::telemetry::compare::CompareSnapshot::default();
+            p.fill(&mut c);
+            self.telemetry.update_compare(Some(&c));
+        }
+    }
 }
 
 fn report(pipeline: &PipelineStats, replay: Option<&ReplaySnapshot>) {

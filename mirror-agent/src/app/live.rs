@@ -22,7 +22,9 @@ use crate::cli::RunArgs;
 /// Interval of the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 /// Interval of the empty batches handed to the sink when the ring is quiet.
-const IDLE_TICK: Duration = Duration::from_millis(200);
+pub const IDLE_TICK: Duration = Duration::from_millis(200);
+/// How often the kernel counters are handed to the sink.
+const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 /// Validated live-mode settings.
 #[derive(Debug, Clone)]
@@ -158,16 +160,20 @@ impl std::fmt::Display for LiveSummary {
     }
 }
 
-/// Runs live capture until SIGINT/SIGTERM or the duration ends, handing every batch to `sink`
-/// (and an empty batch every [`IDLE_TICK`], so the consumer's timers run on a quiet link).
-///
-/// `on_start` receives the ignore handle once attached (the replay stage registers its own
-/// connections with it).
-pub async fn run(
-    opts: LiveOptions,
-    on_start: impl FnOnce(FlowIgnore),
-    mut sink: impl FnMut(Vec<Segment>),
-) -> Result<LiveSummary, LiveError> {
+/// What live capture hands its consumer. All methods run on the capture task, so they must not
+/// block (the replay stage only enqueues).
+pub trait LiveSink {
+    /// Capture is attached; `ignore` registers the agent's own connections (no replay loops).
+    fn started(&mut self, ignore: FlowIgnore);
+    /// A batch of segments, or an empty one every [`IDLE_TICK`] so the consumer's timers (gap
+    /// timeouts, idle expiry) run on a quiet link.
+    fn segments(&mut self, batch: Vec<Segment>);
+    /// The kernel counters, about once a second (for metrics).
+    fn kernel_counters(&mut self, _counters: &Counters) {}
+}
+
+/// Runs live capture until SIGINT/SIGTERM or the duration ends, handing everything to `sink`.
+pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSummary, LiveError> {
     let mut pcap = opts
         .write_pcap
         .as_deref()
@@ -183,7 +189,7 @@ pub async fn run(
     let mut sigterm = sig(SignalKind::terminate())?;
 
     let mut capture = LiveCapture::start(opts.capture.clone())?;
-    on_start(capture.flow_ignore());
+    sink.started(capture.flow_ignore());
     tracing::info!(
         iface = %opts.capture.iface,
         mode = ?capture.mode(),
@@ -196,6 +202,7 @@ pub async fn run(
     progress.tick().await;
     let mut idle = tokio::time::interval(IDLE_TICK);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
+    let mut counters_due = tokio::time::Instant::now();
     loop {
         tokio::select! {
             batch = capture.next_batch() => {
@@ -207,7 +214,7 @@ pub async fn run(
                         p.write(seg)?;
                     }
                 }
-                sink(batch);
+                sink.segments(batch);
             }
             _ = progress.tick() => {
                 let k = capture.counters()?;
@@ -221,7 +228,13 @@ pub async fn run(
             }
             // An empty batch lets the consumer run its timers (gap timeouts, idle expiry)
             // while no packet arrives.
-            _ = idle.tick() => sink(Vec::new()),
+            _ = idle.tick() => {
+                sink.segments(Vec::new());
+                if counters_due.elapsed() >= COUNTERS_EVERY {
+                    counters_due = tokio::time::Instant::now();
+                    sink.kernel_counters(&capture.counters()?);
+                }
+            }
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
@@ -237,7 +250,7 @@ pub async fn run(
         }
     }
     if !pending.is_empty() {
-        sink(pending);
+        sink.segments(pending);
     }
     summary.kernel = capture.counters()?;
     if let Some(p) = pcap.take() {
