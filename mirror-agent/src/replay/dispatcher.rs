@@ -33,6 +33,15 @@ pub struct Dispatcher {
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
+/// Per-mirror telemetry: the duration histogram and span of each copy.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub recorder: crate::telemetry::MirrorRequestRecorder,
+    pub mirror: String,
+    pub host: String,
+    pub port: u16,
+}
+
 /// Stop signals shared by all dispatchers: `Drain` stops intake and sends what is queued;
 /// `Abort` also abandons what is queued and in flight (counted as shutdown drops).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -50,6 +59,7 @@ impl Dispatcher {
         max_queue_bytes: u64,
         timeout: Duration,
         phase: watch::Receiver<Phase>,
+        telemetry: Option<Telemetry>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue_size.max(1));
         let stats = pool.stats_handle();
@@ -60,6 +70,7 @@ impl Dispatcher {
             queued_bytes.clone(),
             timeout,
             phase,
+            telemetry.map(Arc::new),
         ));
         Self {
             tx,
@@ -117,6 +128,7 @@ async fn drain(
     queued_bytes: Arc<AtomicU64>,
     timeout: Duration,
     mut phase: watch::Receiver<Phase>,
+    telemetry: Option<Arc<Telemetry>>,
 ) {
     let mut running = JoinSet::new();
     loop {
@@ -141,9 +153,20 @@ async fn drain(
             p = pool.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let pool = pool.clone();
+        let telemetry = telemetry.clone();
         running.spawn(async move {
             let _permit = permit;
-            let outcome = match tokio::time::timeout(timeout, pool.send(&job.out)).await {
+            let Job { mut out, ticket } = job;
+            // The span starts as the copy leaves the queue; `traceparent` is rewritten per
+            // `--otlp-traceparent` (only its value bytes change).
+            let flight = telemetry.as_ref().map(|t| {
+                let (flight, bytes) =
+                    t.recorder
+                        .start(&t.mirror, &t.host, Some(t.port), &out.bytes);
+                out.bytes = bytes;
+                flight
+            });
+            let outcome = match tokio::time::timeout(timeout, pool.send(&out)).await {
                 Err(_) => Outcome::Timeout,
                 Ok(Ok(Some(a))) => Outcome::Answered {
                     status: a.status,
@@ -152,7 +175,10 @@ async fn drain(
                 Ok(Ok(None)) => Outcome::Dropped(DropReason::Backoff),
                 Ok(Err(kind)) => Outcome::Error(kind),
             };
-            job.ticket.resolve(outcome);
+            if let Some(flight) = flight {
+                flight.finish(&outcome);
+            }
+            ticket.resolve(outcome);
         });
     }
     // Let in-flight exchanges finish unless aborted; aborted ones drop their tickets unresolved,

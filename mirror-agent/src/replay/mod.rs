@@ -55,6 +55,8 @@ pub struct ReplayConfig {
     /// Sampling seed; random per run unless set (tests).
     pub seed: Option<u64>,
     pub limits: HttpLimits,
+    /// Per-copy duration histogram and mirror span (`crate::telemetry`); `None`: off.
+    pub telemetry: Option<crate::telemetry::MirrorRequestRecorder>,
 }
 
 impl ReplayConfig {
@@ -75,6 +77,7 @@ impl ReplayConfig {
             on_connect: None,
             seed: None,
             limits: HttpLimits::default(),
+            telemetry: None,
         }
     }
 }
@@ -128,6 +131,12 @@ impl Replayer {
                     cfg.max_queue_bytes,
                     cfg.timeout,
                     phase_rx.clone(),
+                    cfg.telemetry.clone().map(|recorder| dispatcher::Telemetry {
+                        recorder,
+                        mirror: spec.name.clone(),
+                        host: spec.host.clone(),
+                        port: spec.port,
+                    }),
                 ),
             });
         }
