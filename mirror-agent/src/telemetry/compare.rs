@@ -11,7 +11,11 @@
 //! lines; they need the response bodies, which neither side keeps today.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use super::request::MirrorRequestRecorder;
+use crate::replay::stats::Outcome;
 
 /// Identifies one captured request in a run: `(flow_id, seq_in_flow)`.
 pub type RequestKey = (u64, u64);
@@ -250,6 +254,103 @@ impl Comparator {
     }
 }
 
+/// A [`Comparator`] shared by the pipeline driver (primary side) and the replay dispatchers
+/// (mirror side), with its own monotonic clock for expiry (capture timestamps and replay
+/// timestamps are different clocks), recording each verdict's latency difference.
+#[derive(Clone)]
+pub struct CompareHub {
+    inner: Arc<Mutex<Comparator>>,
+    epoch: Instant,
+    names: Arc<Vec<String>>,
+    recorder: Option<MirrorRequestRecorder>,
+}
+
+impl std::fmt::Debug for CompareHub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CompareHub")
+            .field("mirrors", &self.names)
+            .finish()
+    }
+}
+
+impl CompareHub {
+    /// `mirror_names` in the replayer's mirror order (the index the dispatchers pass).
+    pub fn new(
+        mirror_names: Vec<String>,
+        ttl: Duration,
+        max_entries: usize,
+        recorder: Option<MirrorRequestRecorder>,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Comparator::new(&mirror_names, ttl, max_entries))),
+            epoch: Instant::now(),
+            names: Arc::new(mirror_names),
+            recorder,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut Comparator) -> T) -> T {
+        match self.inner.lock() {
+            Ok(mut c) => f(&mut c),
+            Err(p) => f(&mut p.into_inner()),
+        }
+    }
+
+    fn emit(&self, v: &Verdict) {
+        let name = self.names.get(v.mirror).map_or("", String::as_str);
+        if let Some(kind) = v.mismatch {
+            tracing::debug!(
+                mirror = name,
+                flow = v.key.0,
+                seq = v.key.1,
+                kind = kind.as_str(),
+                primary = v.primary.status,
+                mirror_side = ?v.mirror_side,
+                "primary/mirror mismatch"
+            );
+        }
+        if let Some(r) = &self.recorder {
+            r.record_comparison(name, v);
+        }
+    }
+
+    /// The primary's final response to `key`.
+    pub fn primary(&self, key: RequestKey, side: PrimarySide) {
+        let now = self.now();
+        let verdicts = self.with(|c| c.on_primary(key, side, now));
+        for v in &verdicts {
+            self.emit(v);
+        }
+    }
+
+    /// Mirror `mirror`'s outcome for `key`. Copies never sent (drops) are not compared.
+    pub fn mirror(&self, key: RequestKey, mirror: usize, outcome: &Outcome) {
+        let side = match *outcome {
+            Outcome::Answered { status, latency } => MirrorSide::Answered { status, latency },
+            Outcome::Error(_) | Outcome::Timeout => MirrorSide::NoResponse,
+            Outcome::Dropped(_) => return,
+        };
+        let now = self.now();
+        if let Some(v) = self.with(|c| c.on_mirror(key, mirror, side, now)) {
+            self.emit(&v);
+        }
+    }
+
+    /// Expires entries past the ttl; call about once a second with the metrics update.
+    pub fn expire(&self) {
+        let now = self.now();
+        self.with(|c| c.expire(now));
+    }
+
+    pub fn snapshot(&self) -> CompareSnapshot {
+        self.with(|c| c.snapshot())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -318,5 +419,30 @@ mod tests {
         assert_eq!(s.mirrors[0].primary_missing, 1);
         assert_eq!(s.primary_unmatched, 2);
         assert_eq!(s.mirrors[0].compared, 0);
+    }
+
+    #[test]
+    fn hub_converts_outcomes_and_skips_drops() {
+        use crate::replay::stats::{DropReason, ErrorKind};
+        let hub = CompareHub::new(vec!["a".into()], Duration::from_secs(5), 16, None);
+        hub.primary((1, 0), p(200, 5));
+        hub.primary((1, 1), p(200, 5));
+        hub.primary((1, 2), p(404, 5));
+        hub.mirror(
+            (1, 0),
+            0,
+            &Outcome::Answered {
+                status: 503,
+                latency: ms(1),
+            },
+        );
+        hub.mirror((1, 1), 0, &Outcome::Error(ErrorKind::Connect));
+        hub.mirror((1, 2), 0, &Outcome::Dropped(DropReason::QueueFull));
+        let s = hub.snapshot();
+        assert_eq!(s.mirrors[0].compared, 2);
+        assert_eq!(s.mirrors[0].status_class, 1);
+        assert_eq!(s.mirrors[0].no_response, 1);
+        hub.expire();
+        assert_eq!(hub.snapshot().primary_unmatched, 0, "ttl not reached");
     }
 }
