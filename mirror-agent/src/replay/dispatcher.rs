@@ -21,6 +21,8 @@ use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
 pub struct Job {
     pub out: Outgoing,
     pub ticket: Ticket,
+    /// `(flow_id, seq_in_flow)` of the captured request, for the primary/mirror comparison.
+    pub key: (u64, u64),
 }
 
 /// The producer side of one mirror.
@@ -40,6 +42,8 @@ pub struct Telemetry {
     pub mirror: String,
     pub host: String,
     pub port: u16,
+    /// The comparison hub and this mirror's index in it (`--compare`).
+    pub compare: Option<(crate::telemetry::compare::CompareHub, usize)>,
 }
 
 /// Stop signals shared by all dispatchers: `Drain` stops intake and sends what is queued;
@@ -156,7 +160,11 @@ async fn drain(
         let telemetry = telemetry.clone();
         running.spawn(async move {
             let _permit = permit;
-            let Job { mut out, ticket } = job;
+            let Job {
+                mut out,
+                ticket,
+                key,
+            } = job;
             // The span starts as the copy leaves the queue; `traceparent` is rewritten per
             // `--otlp-traceparent` (only its value bytes change).
             let flight = telemetry.as_ref().map(|t| {
@@ -177,6 +185,9 @@ async fn drain(
             };
             if let Some(flight) = flight {
                 flight.finish(&outcome);
+            }
+            if let Some((hub, index)) = telemetry.as_ref().and_then(|t| t.compare.as_ref()) {
+                hub.mirror(key, *index, &outcome);
             }
             ticket.resolve(outcome);
         });

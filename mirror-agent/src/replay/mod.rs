@@ -57,6 +57,9 @@ pub struct ReplayConfig {
     pub limits: HttpLimits,
     /// Per-copy duration histogram and mirror span (`crate::telemetry`); `None`: off.
     pub telemetry: Option<crate::telemetry::MirrorRequestRecorder>,
+    /// Primary/mirror comparison (`--compare`); needs `telemetry`. Mirror indexes are the
+    /// order of `mirrors`.
+    pub compare: Option<crate::telemetry::compare::CompareHub>,
 }
 
 impl ReplayConfig {
@@ -78,6 +81,7 @@ impl ReplayConfig {
             seed: None,
             limits: HttpLimits::default(),
             telemetry: None,
+            compare: None,
         }
     }
 }
@@ -136,6 +140,7 @@ impl Replayer {
                         mirror: spec.name.clone(),
                         host: spec.host.clone(),
                         port: spec.port,
+                        compare: cfg.compare.clone().map(|hub| (hub, i)),
                     }),
                 ),
             });
@@ -191,7 +196,11 @@ impl Replayer {
                 },
                 keep_alive: keeps_alive(req),
             };
-            m.dispatcher.offer(Job { out, ticket });
+            m.dispatcher.offer(Job {
+                out,
+                ticket,
+                key: (captured.flow_id, captured.seq_in_flow),
+            });
         }
     }
 
