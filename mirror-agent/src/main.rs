@@ -21,6 +21,11 @@ fn main() {
         None if cli.run.from.is_some() => {
             std::process::exit(mirror_agent::app::from::main(&cli.run));
         }
+        None if cli.run.pcap.is_some()
+            && (!cli.run.mirrors.is_empty() || cli.run.config.is_some()) =>
+        {
+            std::process::exit(mirror_agent::app::from::pcap_main(&cli.run));
+        }
         None if cli.run.pcap.is_some() => {
             std::process::exit(mirror_agent::app::offline::main(&cli.run));
         }

@@ -9,15 +9,16 @@
 mod direction;
 mod flow;
 mod stats;
+mod table;
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 
 use bytes::Bytes;
 
 pub use direction::starts_like_request;
-pub use flow::FlowKey;
 pub use stats::{Counted, PipelineStats, RequestDrops, ResponseDrops};
+pub use table::FlowKey;
 
 use crate::capture::Segment;
 use crate::cli::RunArgs;
@@ -26,6 +27,7 @@ use crate::http::request::HttpLimits;
 use crate::http::response::Response;
 use crate::reassembly::StreamConfig;
 use flow::{Flow, Scratch};
+use table::{FlowTable, Slot};
 
 /// A request with the connection it was seen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -142,6 +144,12 @@ impl PipelineConfig {
     }
 }
 
+/// How long a closed connection's late segments are recognised (Linux TIME_WAIT: 60 s).
+const TIME_WAIT_NS: u64 = 60_000_000_000;
+
+/// At most this many closed connections are remembered.
+const MAX_CLOSED: usize = 65536;
+
 /// Why a flow left the table.
 #[derive(Clone, Copy)]
 enum EndReason {
@@ -155,17 +163,18 @@ enum EndReason {
 /// The flow table and everything downstream of capture up to requests.
 pub struct Pipeline {
     cfg: PipelineConfig,
-    flows: HashMap<FlowKey, Flow>,
-    /// Least recently active first; entries whose stamp no longer matches the flow's are stale
-    /// (the flow was touched again later) and skipped. Compacted when it grows past twice the
-    /// table, so it stays O(flows).
-    lru: VecDeque<(FlowKey, u64)>,
-    next_touch: u64,
+    flows: FlowTable,
     next_flow_id: u64,
     /// Sum of `Flow::buffered` over all flows.
     held_bytes: usize,
-    /// Flows with out-of-order bytes, polled on ticks for gap timeouts.
-    with_holes: HashSet<FlowKey>,
+    /// Flows with out-of-order bytes (their `in_holes` is set), polled on ticks for gap
+    /// timeouts. May hold slots of ended flows; those are skipped.
+    with_holes: Vec<Slot>,
+    /// Connections closed by FIN/FIN or RST, with their close time: their late retransmissions
+    /// must not start a new, mid-stream flow (that would produce a request twice). Bounded
+    /// (oldest forgotten first) and forgotten after `TIME_WAIT_NS`.
+    closed: HashMap<FlowKey, u64>,
+    closed_order: VecDeque<(FlowKey, u64)>,
     stats: PipelineStats,
     scratch: Scratch,
 }
@@ -174,12 +183,12 @@ impl Pipeline {
     pub fn new(cfg: PipelineConfig) -> Self {
         Self {
             cfg,
-            flows: HashMap::new(),
-            lru: VecDeque::new(),
-            next_touch: 0,
+            flows: FlowTable::default(),
             next_flow_id: 0,
             held_bytes: 0,
-            with_holes: HashSet::new(),
+            with_holes: Vec::new(),
+            closed: HashMap::new(),
+            closed_order: VecDeque::new(),
             stats: PipelineStats::default(),
             scratch: Scratch::default(),
         }
@@ -201,6 +210,11 @@ impl Pipeline {
         self.held_bytes
     }
 
+    /// Flows tracked right now (at most `max_flows`).
+    pub fn active_flows(&self) -> usize {
+        self.flows.len()
+    }
+
     pub fn on_segment(&mut self, seg: Segment, out: &mut Vec<PipelineEvent>) {
         self.stats.segments += 1;
         self.stats.payload_bytes += seg.payload.len() as u64;
@@ -212,131 +226,134 @@ impl Pipeline {
             return;
         }
         let key = FlowKey::new(seg.src, seg.dst);
-        if !self.flows.contains_key(&key) {
-            if seg.payload.is_empty() && !seg.flags.syn() {
-                self.stats.segments_no_flow += 1;
-                return;
-            }
-            while self.flows.len() >= self.cfg.max_flows {
-                if !self.evict_lru(EndReason::MaxFlows, false, out) {
-                    break;
+        let slot = match self.flows.lookup(&key) {
+            Some(slot) => slot,
+            None => {
+                if seg.payload.is_empty() && !seg.flags.syn() {
+                    self.stats.segments_no_flow += 1;
+                    return;
                 }
+                if let Some(&closed_at) = self.closed.get(&key) {
+                    if !seg.flags.syn() && seg.ts_ns.saturating_sub(closed_at) < TIME_WAIT_NS {
+                        self.stats.segments_after_close += 1;
+                        self.stats.after_close_bytes += seg.payload.len() as u64;
+                        return;
+                    }
+                    // A new connection on the same addresses (or TIME_WAIT is over).
+                    self.closed.remove(&key);
+                }
+                while self.flows.len() >= self.cfg.max_flows {
+                    let Some(old) = self.flows.oldest() else {
+                        break;
+                    };
+                    self.end_flow(old, EndReason::MaxFlows, out);
+                }
+                self.stats.flows += 1;
+                self.next_flow_id += 1;
+                self.flows
+                    .insert(key, Flow::new(self.next_flow_id - 1, seg.ts_ns))
             }
-            self.flows
-                .insert(key, Flow::new(self.next_flow_id, seg.ts_ns));
-            self.next_flow_id += 1;
-            self.stats.flows += 1;
-        }
+        };
         self.stats.segments_to_flows += 1;
-        self.touch(key);
-        let flow = self.flows.get_mut(&key).expect("inserted above");
+        self.flows.touch(slot);
+        let flow = self.flows.get_mut(slot).expect("slot just looked up");
         let before = flow.buffered();
         flow.on_segment(seg, &self.cfg, &mut self.stats, &mut self.scratch, out);
-        self.after_update(key, before, out);
+        self.after_update(slot, before, out);
+        // Over budget: the least recently active flow holding out-of-order bytes gives up its
+        // holes (cheap, the connection goes on); if only partial requests are left, the least
+        // recently active flow holding bytes is ended.
         while self.held_bytes > self.cfg.memory_budget {
-            if !self.evict_lru(EndReason::Memory, true, out) {
-                break;
+            if let Some(victim) = self.flows.oldest_where(Flow::has_holes) {
+                let flow = self.flows.get_mut(victim).expect("current slot");
+                let before = flow.buffered();
+                flow.shed(&self.cfg, &mut self.stats, &mut self.scratch, out);
+                self.stats.memory_sheds += 1;
+                self.after_update(victim, before, out);
+                continue;
             }
+            let Some(victim) = self.flows.oldest_where(|f| f.buffered() > 0) else {
+                break;
+            };
+            self.end_flow(victim, EndReason::Memory, out);
         }
     }
 
     /// Time passes (capture time): gap timeouts and idle expiry.
     pub fn on_tick(&mut self, now_ns: u64, out: &mut Vec<PipelineEvent>) {
-        let keys: Vec<FlowKey> = self.with_holes.iter().copied().collect();
-        for key in keys {
-            let Some(flow) = self.flows.get_mut(&key) else {
-                self.with_holes.remove(&key);
+        for slot in std::mem::take(&mut self.with_holes) {
+            let Some(flow) = self.flows.get_mut(slot) else {
                 continue;
             };
+            if !flow.in_holes {
+                continue;
+            }
+            // Re-listed by `after_update` if it still has holes.
+            flow.in_holes = false;
             let before = flow.buffered();
             flow.poll(now_ns, &self.cfg, &mut self.stats, &mut self.scratch, out);
-            self.after_update(key, before, out);
+            self.after_update(slot, before, out);
         }
-        while let Some(&(key, stamp)) = self.lru.front() {
-            match self.flows.get(&key) {
-                Some(f) if f.touch == stamp => {
-                    if now_ns.saturating_sub(f.last_ns) < self.cfg.flow_idle_ns {
-                        break;
-                    }
-                    self.lru.pop_front();
-                    self.end_flow(key, EndReason::Idle, out);
-                }
-                _ => {
-                    self.lru.pop_front();
-                }
+        while let Some(slot) = self.flows.oldest() {
+            let f = self.flows.get(slot).expect("current slot");
+            if now_ns.saturating_sub(f.last_ns) < self.cfg.flow_idle_ns {
+                break;
             }
+            self.end_flow(slot, EndReason::Idle, out);
         }
     }
 
     /// End of input: every flow ends, holes are declared lost, partial requests counted.
     pub fn finish(&mut self, out: &mut Vec<PipelineEvent>) {
         // Oldest first, so events come out in a stable order.
-        let mut keys: Vec<(u64, FlowKey)> = self.flows.iter().map(|(k, f)| (f.id, *k)).collect();
-        keys.sort_unstable_by_key(|k| k.0);
-        for (_, key) in keys {
-            self.end_flow(key, EndReason::AtEnd, out);
+        for slot in self.flows.all_by_id() {
+            self.end_flow(slot, EndReason::AtEnd, out);
         }
-        self.lru.clear();
+        self.with_holes.clear();
     }
 
-    fn touch(&mut self, key: FlowKey) {
-        self.next_touch += 1;
-        if let Some(f) = self.flows.get_mut(&key) {
-            f.touch = self.next_touch;
-        }
-        self.lru.push_back((key, self.next_touch));
-        if self.lru.len() > 2 * self.flows.len() + 64 {
-            let flows = &self.flows;
-            self.lru
-                .retain(|(k, s)| flows.get(k).is_some_and(|f| f.touch == *s));
+    fn remember_closed(&mut self, key: FlowKey, at_ns: u64) {
+        self.closed.insert(key, at_ns);
+        self.closed_order.push_back((key, at_ns));
+        while let Some(&(k, t)) = self.closed_order.front() {
+            let stale = at_ns.saturating_sub(t) >= TIME_WAIT_NS;
+            if !stale && self.closed_order.len() <= MAX_CLOSED.min(self.cfg.max_flows.max(16)) {
+                break;
+            }
+            self.closed_order.pop_front();
+            if self.closed.get(&k) == Some(&t) {
+                self.closed.remove(&k);
+            }
         }
     }
 
     /// Budget bookkeeping after a flow changed; ends it if it closed.
-    fn after_update(&mut self, key: FlowKey, before: usize, out: &mut Vec<PipelineEvent>) {
-        let Some(flow) = self.flows.get(&key) else {
+    fn after_update(&mut self, slot: Slot, before: usize, out: &mut Vec<PipelineEvent>) {
+        let Some(flow) = self.flows.get_mut(slot) else {
             return;
         };
         let after = flow.buffered();
         self.held_bytes = (self.held_bytes + after).saturating_sub(before);
-        if flow.has_holes() {
-            self.with_holes.insert(key);
-        } else {
-            self.with_holes.remove(&key);
+        if flow.has_holes() && !flow.in_holes {
+            flow.in_holes = true;
+            self.with_holes.push(slot);
         }
         if flow.is_closed() {
-            self.end_flow(key, EndReason::Closed, out);
+            self.end_flow(slot, EndReason::Closed, out);
         }
     }
 
-    /// Ends the least recently active flow (holding bytes, if `holding`). False if none.
-    fn evict_lru(&mut self, why: EndReason, holding: bool, out: &mut Vec<PipelineEvent>) -> bool {
-        let mut i = 0;
-        while i < self.lru.len() {
-            let (key, stamp) = self.lru[i];
-            match self.flows.get(&key) {
-                Some(f) if f.touch == stamp => {
-                    if !holding || f.buffered() > 0 {
-                        self.lru.remove(i);
-                        self.end_flow(key, why, out);
-                        return true;
-                    }
-                    i += 1;
-                }
-                _ => {
-                    self.lru.remove(i);
-                }
-            }
-        }
-        false
-    }
-
-    fn end_flow(&mut self, key: FlowKey, why: EndReason, out: &mut Vec<PipelineEvent>) {
-        let Some(flow) = self.flows.remove(&key) else {
+    fn end_flow(&mut self, slot: Slot, why: EndReason, out: &mut Vec<PipelineEvent>) {
+        let Some(key) = self.flows.key(slot) else {
             return;
         };
+        let Some(flow) = self.flows.remove(slot) else {
+            return;
+        };
+        if matches!(why, EndReason::Closed) {
+            self.remember_closed(key, flow.last_ns);
+        }
         self.held_bytes = self.held_bytes.saturating_sub(flow.buffered());
-        self.with_holes.remove(&key);
         let s = &mut self.stats;
         match why {
             EndReason::Closed => s.flows_closed += 1,

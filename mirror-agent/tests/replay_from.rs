@@ -205,3 +205,49 @@ fn binary_from_prints_the_table() {
     );
     assert_eq!(mirror.count(), 10);
 }
+
+/// A real capture through the whole pipeline to a mirror: the mirror receives exactly the
+/// requests `--record` writes for the same file, byte for byte.
+#[test]
+fn pcap_corpus_to_mirror() {
+    let pcap = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/pcaps/suricata-verify/http-protocol-nodup__input.pcap");
+    if !pcap.exists() {
+        eprintln!("SKIP pcap_corpus_to_mirror: {} is absent", pcap.display());
+        return;
+    }
+    let rt = server_runtime();
+    let mirror = rt.block_on(TestMirror::start(Behavior::Ok));
+    let rec = TempFile::new("pcap-rec.jsonl", "");
+    let url = format!("http://{},name=shadow", mirror.addr);
+    let (code, stderr) = agent(&[
+        "--pcap",
+        pcap.to_str().unwrap(),
+        "--record",
+        rec.0.to_str().unwrap(),
+        "--mirror",
+        &url,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let recorded: Vec<_> = std::fs::read_to_string(&rec.0)
+        .unwrap()
+        .lines()
+        .map(|l| record::read_line(l).unwrap().request.raw)
+        .collect();
+    assert!(
+        recorded.len() >= 40,
+        "the capture holds 40+ requests: {}",
+        recorded.len()
+    );
+    let mut got: Vec<_> = mirror.received().into_iter().map(|r| r.raw).collect();
+    let mut want = recorded.clone();
+    got.sort();
+    want.sort();
+    assert!(
+        got == want,
+        "mirror got {} requests, recorded {}",
+        got.len(),
+        want.len()
+    );
+    assert!(stderr.contains("shadow"), "{stderr}");
+}

@@ -249,3 +249,35 @@ async fn queue_bounded_in_bytes() {
     let s = replayer.shutdown(Duration::from_millis(50)).await.mirrors[0].clone();
     assert!(s.balanced() && s.in_flight == 0, "{s:?}");
 }
+
+/// The kernel captures 50% of flows; a 50% mirror then takes every captured request and a 25%
+/// mirror half of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shares_scaled_by_capture_percent() {
+    let a = TestMirror::start(Behavior::Ok).await;
+    let b = TestMirror::start(Behavior::Ok).await;
+    let mut cfg = config(vec![a.spec("fifty", 50.0), b.spec("quarter", 25.0)]);
+    cfg.capture_percent = 50.0;
+    let replayer = Replayer::start(cfg);
+    let n = 2000;
+    for i in 0..n {
+        replayer.submit(&get(i));
+        if i % 200 == 199 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    wait_until("fifty has all", Duration::from_secs(20), || a.count() == n).await;
+    let snap = finish(&replayer).await;
+    assert_eq!(snap.mirrors[0].sampled, n as u64);
+    let share = snap.mirrors[1].sampled as f64 * 100.0 / n as f64;
+    // Binomial(2000, 0.5): 1 sd = 1.1 points.
+    assert!(
+        (share - 50.0).abs() <= 3.5,
+        "quarter mirror takes half the captured: {share}"
+    );
+    assert_eq!(
+        snap.completeness(),
+        Some(1.0),
+        "fifty takes every captured request"
+    );
+}

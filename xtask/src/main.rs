@@ -3,6 +3,7 @@
 //! Each command lives in its own module; this file only dispatches.
 
 mod bench_capture;
+mod bench_pipeline;
 mod ebpf;
 mod setup;
 mod test;
@@ -40,7 +41,8 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => anyhow::bail!("demo is not wired yet"),
         Command::Bench { which } => match which.as_str() {
             "capture" => bench_capture::run(),
-            other => anyhow::bail!("unknown benchmark {other:?} (known: capture)"),
+            "pipeline" => bench_pipeline::run(),
+            other => anyhow::bail!("unknown benchmark {other:?} (known: capture, pipeline)"),
         },
     }
 }

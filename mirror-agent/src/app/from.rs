@@ -1,4 +1,5 @@
-//! `--from FILE.jsonl`: replays a recording made with `--record` to the mirrors.
+//! `--from FILE.jsonl`: replays a recording made with `--record` to the mirrors; also
+//! `--pcap FILE --mirror ...` ([`pcap_main`]): a capture file through the pipeline to the mirrors.
 //!
 //! Owns the recorded-replay driver: read records in order, pace them (`--speed`), hand them to a
 //! [`Session`] (a tokio runtime plus a [`Replayer`], reusable by the other run modes), print a
@@ -162,6 +163,57 @@ pub fn run(
         first_bad,
         replay: session.finish(DRAIN_GRACE),
     })
+}
+
+/// `--pcap FILE` with mirrors: the pcap driver ([`crate::app::offline`]) feeds the replayer,
+/// as fast as the mirrors take it (like `--from --speed 0`). Prints the pcap summary and the
+/// mirror table; exit status as [`main`].
+pub fn pcap_main(args: &RunArgs) -> i32 {
+    let settings = match Settings::load(args) {
+        Ok(s) if s.replay.mirrors.is_empty() => {
+            eprintln!("mirror-agent: {}", FromError::NoMirrors);
+            return ConfigError::EXIT_CODE;
+        }
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mirror-agent: {e}");
+            return ConfigError::EXIT_CODE;
+        }
+    };
+    let session = match Session::start(settings.replay.clone()) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mirror-agent: error: {e}");
+            return 1;
+        }
+    };
+    let result = crate::app::offline::run(args, |r| {
+        session.wait_for_room();
+        session.submit(r);
+    });
+    let snap = session.finish(DRAIN_GRACE);
+    let code = match result {
+        Ok(report) => {
+            eprint!("{report}");
+            match &report.source_error {
+                Some(e) => {
+                    eprintln!("mirror-agent: error: {e}");
+                    1
+                }
+                None => 0,
+            }
+        }
+        Err(e @ crate::app::offline::OfflineError::Config(_)) => {
+            eprintln!("mirror-agent: {e}");
+            return ConfigError::EXIT_CODE;
+        }
+        Err(e) => {
+            eprintln!("mirror-agent: error: {e}");
+            1
+        }
+    };
+    eprint!("{}", snap.table());
+    code
 }
 
 /// The `--from` entry point of the binary: exit status 0 done, 1 the file could not be

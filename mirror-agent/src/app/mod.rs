@@ -1,4 +1,4 @@
-//! Runners of the agent's modes: the async wiring around the library stages.
+//! Run modes: the thin async drivers that connect a source, the pipeline and the outputs.
 
 pub mod from;
 pub mod live;

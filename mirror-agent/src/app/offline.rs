@@ -110,10 +110,10 @@ pub fn run(
     let mut write_error = None;
     let mut report = process_file(path, cfg, |ev| {
         if let PipelineEvent::Request(r) = ev {
-            if let Some(w) = writer.as_mut().filter(|_| write_error.is_none()) {
-                if let Err(e) = w.write(&r) {
-                    write_error = Some(e);
-                }
+            if let Some(w) = writer.as_mut().filter(|_| write_error.is_none())
+                && let Err(e) = w.write(&r)
+            {
+                write_error = Some(e);
             }
             on_request(&r);
         }

@@ -81,7 +81,7 @@ impl ConfigError {
 }
 
 /// Everything the run modes need, validated.
-#[derive(Clone)]
+#[derive(Debug, Clone)]
 pub struct Settings {
     pub iface: Option<String>,
     /// Captured ports (flags, else the file's `ports`, else the primary's port).
@@ -276,6 +276,12 @@ impl Settings {
             fc.timeout_ms.map(|v| v.0),
             DEFAULT_TIMEOUT_MS,
         )?;
+        if args.from.is_some() && args.pcap.is_some() {
+            return Err(ConfigError::Flag {
+                flag: "--from",
+                msg: "replays a recording; it cannot be combined with --pcap".into(),
+            });
+        }
         if !(args.speed.is_finite() && args.speed >= 0.0) {
             return Err(ConfigError::Flag {
                 flag: "--speed",

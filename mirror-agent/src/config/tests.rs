@@ -17,7 +17,7 @@ fn err(flags: &[&str], yaml: Option<&str>) -> String {
         Some(y) => load(flags, y),
         None => Settings::from_parts(&args(flags), None),
     };
-    let e = r.err().expect("expected an error").to_string();
+    let e = r.expect_err("expected an error").to_string();
     assert!(!e.contains('\n'), "one line: {e}");
     e
 }
@@ -320,6 +320,10 @@ fn bad_flag_values_are_one_line() {
         (&["--strip-header", "a b"], "bad header name `a b`"),
         (&["--path-allow", "(x"], "bad path regex `(x`"),
         (&["--header-match", "x"], "bad header match `x`"),
+        (
+            &["--from", "a.jsonl", "--pcap", "b.pcap"],
+            "--from: replays a recording; it cannot be combined with --pcap",
+        ),
         (&["--speed=-1"], "--speed: -1 is not a number >= 0"),
     ];
     for (flags, want) in cases {
@@ -379,4 +383,33 @@ async fn mirror_that_is_the_primary_is_refused() {
     )
     .unwrap();
     s.check_not_primary().await.unwrap();
+}
+
+#[test]
+fn two_mirroring_services_are_ambiguous() {
+    let yaml = "\
+http:
+  services:
+    a: {mirroring: {service: x, mirrors: [{name: m, port: 1}]}}
+    b: {mirroring: {service: y, mirrors: [{name: n, port: 2}]}}
+";
+    let e = err(&[], Some(yaml));
+    assert!(
+        e.contains("2 services have a mirroring block (a, b)"),
+        "{e}"
+    );
+}
+
+#[test]
+fn traefik_default_max_body_size_is_unlimited() {
+    let yaml = TRAEFIK_EXAMPLE.replace(
+        "    port: 80\n    mirrors",
+        "    port: 80\n    maxBodySize: -1\n    mirrors",
+    );
+    assert_eq!(load(&[], &yaml).unwrap().replay.rewrite.max_body_size, None);
+    let yaml = TRAEFIK_EXAMPLE.replace(
+        "    port: 80\n    mirrors",
+        "    port: 80\n    maxBodySize: -2\n    mirrors",
+    );
+    assert!(err(&[], Some(&yaml)).contains("maxBodySize -2: expected bytes or -1"));
 }

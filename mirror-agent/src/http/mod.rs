@@ -7,6 +7,35 @@
 //!
 //! Not owned here: reassembly (bytes arrive in order, with gaps reported), pairing requests
 //! with responses, and counting drops per flow (the pipeline sums the framers' events).
+//!
+//! # Framing decisions (RFC 9112), and where they depart from other tools
+//! - **Transfer-Encoding with Content-Length**: chunked wins (section 6.3 item 3) and the
+//!   request is flagged `te_and_cl` (a request-smuggling signal). Empty list elements are
+//!   ignored, so `,\tchunked,` is chunked. A final coding other than chunked cannot be framed.
+//! - **Several Content-Length values**: identical ones count as one (RFC 9110 8.6); different
+//!   ones, or a non-numeric value, cannot be framed.
+//! - **Framing errors** (the two above, broken chunk framing) are unrecoverable (6.3 item 5: the
+//!   server answers 400 and closes): the rest of the client stream is one `Malformed` drop.
+//!   Resyncing there could turn a smuggled body into a request the primary never served.
+//!   A bad head (bad field syntax, unknown version) is dropped and the framer resyncs at the
+//!   next request line; limits of ours (head size, header count, body size) drop the request
+//!   and carry on, since the primary may well have served it.
+//! - **Chunked**: extensions, trailers and bare-LF line ends are accepted; `raw` keeps them.
+//! - **Request line without a version** (HTTP/0.9 style): `Version::Http09`. If header lines
+//!   follow (seen in the wild, and tshark reads them) they are parsed up to the empty line;
+//!   a lone line is complete when the stream ends or a gap follows.
+//! - **Upgrade / CONNECT**: the request is emitted; if the next bytes start a request line the
+//!   server declined (407, an h2c upgrade not taken) and framing goes on, else `Tunnel` and the
+//!   rest is ignored (counted). The HTTP/2 preface gives `Http2`, likewise.
+//! - **Gaps**: the request a gap falls in is dropped (`Gap`); if the gap lies inside a body of
+//!   known length the framer skips to that body's end, else it resyncs at the next line that
+//!   is a plausible request line. Bytes are never joined across a gap.
+//! - **`Expect: 100-continue`**: nothing special; the body follows on the stream. A client
+//!   that gets a final status instead and skips the body closes the connection (RFC 9110
+//!   10.1.1), so that request ends as `Truncated`: its head alone would hang a mirror.
+//! - **Responses**: 1xx are informational (several may come before the final one), 101 and a
+//!   2xx to CONNECT make the stream a tunnel, HEAD/204/304 have no body, no length means
+//!   close-delimited, and a first response without a status line is an HTTP/0.9 body to close.
 
 mod head;
 pub mod request;

@@ -3,7 +3,7 @@
 //! [`RequestFramer`] owns one client→server byte stream. Bytes arrive in pieces split anywhere;
 //! each request comes out whole (head and body, the exact wire bytes) so it can be replayed.
 //! Heads are parsed with httparse once their end has been seen; body framing (Content-Length,
-//! chunked) and resync are done here (see [`super::head`] for why those are hand-written).
+//! chunked) and resync are done here (see the `head` module for why those are hand-written).
 //!
 //! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy). Only a
 //! request that spans pushes is accumulated, once, in a buffer bounded by the head limit plus
@@ -16,8 +16,13 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::head::{self, Plausible};
-use super::{BodyFraming, Header, Request, Version};
+use super::head;
+use super::{BodyFraming, Request, Version};
+
+mod machine;
+mod parse;
+
+use parse::ParsedHead;
 
 /// Bounds on what a framer buffers.
 #[derive(Debug, Clone)]
@@ -142,20 +147,8 @@ enum State {
     },
     /// Tunnel or HTTP/2: bytes are counted and ignored.
     Ignore,
-}
-
-/// The parsed head of the request in progress. Header values are offsets into `raw`, so they
-/// become slices of it without a copy.
-#[derive(Debug)]
-struct ParsedHead {
-    method: String,
-    target: String,
-    version: Version,
-    headers: Vec<(String, usize, usize)>,
-    framing: BodyFraming,
-    te_and_cl: bool,
-    /// Upgrade or CONNECT: the stream is a tunnel after this request.
-    tunnel: bool,
+    /// After a framing error: the rest of the stream is dropped as malformed.
+    Discard,
 }
 
 /// One pushed buffer being consumed. The view (bytes of the current item kept so far) is
@@ -167,6 +160,23 @@ struct Cur<'a> {
 }
 
 /// Cuts one client→server byte stream into requests.
+///
+/// ```
+/// use bytes::Bytes;
+/// use mirror_agent::http::request::{HttpLimits, RequestEvent, RequestFramer};
+///
+/// let mut framer = RequestFramer::new(HttpLimits::default(), false);
+/// let mut events = Vec::new();
+/// framer.push(&Bytes::from_static(b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nh"), 10, &mut events);
+/// framer.push(&Bytes::from_static(b"iGET /b HTTP/1.1\r\n\r\n"), 20, &mut events);
+/// framer.finish(&mut events);
+/// let RequestEvent::Request(first) = &events[0] else { panic!() };
+/// assert_eq!((first.target.as_str(), first.body_len, first.ts_ns, first.end_ts_ns), ("/a", 2, 10, 20));
+/// assert_eq!(&first.raw[..], b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
+/// assert_eq!(events.len(), 2);
+/// let s = framer.stats();
+/// assert_eq!(s.pushed_bytes, s.request_bytes + s.dropped_bytes + s.ignored_bytes);
+/// ```
 #[derive(Debug)]
 pub struct RequestFramer {
     limits: HttpLimits,
@@ -184,15 +194,22 @@ pub struct RequestFramer {
     parsed: Option<ParsedHead>,
     body_len: u64,
     trailer_len: usize,
-    /// The body is being skipped (too large): nothing but the current line is kept.
-    skipping: bool,
+    /// The body is being skipped by its framing, and why (too large, or a gap inside it):
+    /// nothing but the current line is kept, and the request ends as a drop.
+    skipping: Option<RequestDropReason>,
     /// The last request was an Upgrade or CONNECT; the next bytes decide whether the stream
     /// became a tunnel.
     tunnel_pending: bool,
+    /// Reused buffer for header value offsets.
+    value_at_pool: Vec<(usize, usize)>,
     /// Bytes discarded while resyncing, not yet reported, and why.
     resync: Option<(RequestDropReason, u64)>,
     stats: RequestFramerStats,
 }
+
+/// Most buffer reserved ahead on the word of a Content-Length: a client's claim alone must
+/// not commit memory; past this the buffer grows as bytes arrive.
+pub(super) const MAX_RESERVE: u64 = 256 * 1024;
 
 /// Above this capacity the accumulation buffer is released rather than kept for reuse.
 const KEEP_ACC_CAPACITY: usize = 64 * 1024;
@@ -217,8 +234,9 @@ impl RequestFramer {
             parsed: None,
             body_len: 0,
             trailer_len: 0,
-            skipping: false,
+            skipping: None,
             tunnel_pending: false,
+            value_at_pool: Vec::new(),
             resync: None,
             stats: RequestFramerStats::default(),
         };
@@ -259,8 +277,8 @@ impl RequestFramer {
         if !self.spanning && cur.start < cur.pos {
             let pending = &data[cur.start..cur.pos];
             let body_hint = match self.state {
-                State::Body { remaining } if !self.skipping => {
-                    remaining.min(self.limits.max_body_bytes) as usize
+                State::Body { remaining } if self.skipping.is_none() => {
+                    remaining.min(MAX_RESERVE) as usize
                 }
                 _ => 0,
             };
@@ -271,16 +289,38 @@ impl RequestFramer {
     }
 
     /// `len` bytes are missing at this point: drop the request in progress and resync at the
-    /// next request line.
+    /// next request line (or, when the gap lies inside a body of known length, at the end of
+    /// that body).
     pub fn gap(&mut self, len: u64, out: &mut Vec<RequestEvent>) {
         self.stats.gap_bytes += len;
-        if self.state == State::Ignore {
+        if matches!(self.state, State::Ignore | State::Discard) {
             return;
         }
         if self.tunnel_pending {
             // Unknown whether the upgrade was taken; nothing after a gap can be trusted.
             self.enter_tunnel(out);
             return;
+        }
+        match self.state {
+            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
+                // The gap lies inside a body of known length: this request is lost, but the
+                // next one starts where the framing says. Skip to it rather than resync by
+                // lines (which would miss a request that follows a body not ending in LF).
+                if self.skipping.is_none() {
+                    self.skipping = Some(RequestDropReason::Gap);
+                    if self.spanning {
+                        self.release_acc();
+                        self.spanning = false;
+                    }
+                }
+                let remaining = remaining - len;
+                self.state = match self.state {
+                    State::Body { .. } => State::Body { remaining },
+                    _ => State::ChunkData { remaining },
+                };
+                return;
+            }
+            _ => {}
         }
         let tentative = matches!(
             self.state,
@@ -316,7 +356,12 @@ impl RequestFramer {
             | State::SkipLine => self.discard_item_into_resync(),
             _ => {
                 if !self.emit_v09_if_complete(out) && self.item_len > 0 {
-                    self.drop_item(RequestDropReason::Truncated, out);
+                    // A request already lost to a gap keeps that reason.
+                    let reason = match self.skipping {
+                        Some(RequestDropReason::Gap) => RequestDropReason::Gap,
+                        _ => RequestDropReason::Truncated,
+                    };
+                    self.drop_item(reason, out);
                 }
             }
         }
@@ -377,7 +422,7 @@ impl RequestFramer {
         self.parsed = None;
         self.body_len = 0;
         self.trailer_len = 0;
-        self.skipping = false;
+        self.skipping = None;
         if self.spanning {
             self.release_acc();
             self.spanning = false;
@@ -453,6 +498,18 @@ impl RequestFramer {
         };
     }
 
+    /// The body length cannot be determined (conflicting Content-Length, a final transfer
+    /// coding other than chunked, broken chunk framing). RFC 9112 6.3 calls this unrecoverable:
+    /// the server answers 400 and closes the connection, so nothing after it on this stream
+    /// reached the primary as a request. Resyncing could even turn a smuggled body into a
+    /// request the primary never processed. Everything from here is dropped as Malformed.
+    fn fail_stream(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        self.drop_item(RequestDropReason::Malformed, out);
+        cur.start = cur.pos;
+        self.tunnel_pending = false;
+        self.state = State::Discard;
+    }
+
     /// An HTTP/0.9-style request line with nothing after it: complete as it is when the stream
     /// ends or a gap follows (such clients send one line and wait).
     fn emit_v09_if_complete(&mut self, out: &mut Vec<RequestEvent>) -> bool {
@@ -485,424 +542,5 @@ impl RequestFramer {
         out.push(RequestEvent::Request(request));
         self.reset_item();
         true
-    }
-
-    // ---- the state machine ----
-
-    fn step(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
-        let data: &Bytes = cur.data;
-        let avail = &data[cur.pos..];
-        match self.state {
-            State::Ignore => {
-                self.stats.ignored_bytes += avail.len() as u64;
-                cur.pos = cur.data.len();
-                cur.start = cur.pos;
-            }
-            State::SkipLine => {
-                let n = head::find_line_end(avail).unwrap_or(avail.len());
-                if let Some((_, b)) = &mut self.resync {
-                    *b += n as u64;
-                }
-                cur.pos += n;
-                cur.start = cur.pos;
-                if cur.data[cur.pos - 1] == b'\n' {
-                    self.state = State::Head {
-                        line_start: 0,
-                        tentative: true,
-                    };
-                }
-            }
-            State::Head {
-                line_start,
-                tentative,
-            } => self.step_head(cur, line_start, tentative, out),
-            State::Body { remaining } => {
-                let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping {
-                    self.skip(cur, n);
-                } else {
-                    self.take(cur, n);
-                }
-                let remaining = remaining - n as u64;
-                self.state = State::Body { remaining };
-                if remaining == 0 {
-                    self.complete(cur, out);
-                }
-            }
-            State::ChunkSize { line_start } => {
-                let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, RequestDropReason::Malformed, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
-                let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
-                    self.fail(cur, RequestDropReason::Malformed, true, out);
-                    return;
-                };
-                let size = body_len - self.body_len;
-                self.body_len = body_len;
-                if self.skipping {
-                    self.discard_view(cur);
-                } else {
-                    let wire_body = self.item_len - self.head_len as u64;
-                    if wire_body.saturating_add(size) > self.limits.max_body_bytes {
-                        self.skipping = true;
-                        self.discard_view(cur);
-                    }
-                }
-                self.state = if size == 0 {
-                    State::Trailer {
-                        line_start: self.view(cur).len(),
-                    }
-                } else {
-                    State::ChunkData { remaining: size }
-                };
-            }
-            State::ChunkData { remaining } => {
-                let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping {
-                    self.skip(cur, n);
-                } else {
-                    self.take(cur, n);
-                }
-                let remaining = remaining - n as u64;
-                self.state = if remaining == 0 {
-                    State::ChunkEnd {
-                        line_start: self.view(cur).len(),
-                    }
-                } else {
-                    State::ChunkData { remaining }
-                };
-            }
-            State::ChunkEnd { line_start } => {
-                let limit = line_start + 2;
-                let complete = self.take_line(cur, limit);
-                if !complete {
-                    if self.view(cur).len() > limit {
-                        self.fail(cur, RequestDropReason::Malformed, false, out);
-                    }
-                    return;
-                }
-                if !head::is_blank_line(&self.view(cur)[line_start..]) {
-                    self.fail(cur, RequestDropReason::Malformed, true, out);
-                    return;
-                }
-                if self.skipping {
-                    self.discard_view(cur);
-                }
-                self.state = State::ChunkSize {
-                    line_start: self.view(cur).len(),
-                };
-            }
-            State::Trailer { line_start } => {
-                // The trailer section shares the head limit (it is a field section too).
-                let room = self.limits.max_head_bytes.saturating_sub(self.trailer_len);
-                let limit = line_start + room;
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let line = &self.view(cur)[line_start..];
-                let blank = head::is_blank_line(line);
-                self.trailer_len += line.len();
-                if blank {
-                    self.complete(cur, out);
-                } else {
-                    if self.skipping {
-                        self.discard_view(cur);
-                    }
-                    self.state = State::Trailer {
-                        line_start: self.view(cur).len(),
-                    };
-                }
-            }
-        }
-    }
-
-    /// A resync candidate is not a request line: its bytes join the resync (skipping to the
-    /// next line end unless at a line start), or, right after an Upgrade/CONNECT request, the
-    /// stream is a tunnel from here.
-    fn reject_candidate(
-        &mut self,
-        cur: &mut Cur<'_>,
-        at_line_start: bool,
-        out: &mut Vec<RequestEvent>,
-    ) {
-        cur.start = cur.pos;
-        if self.tunnel_pending {
-            self.enter_tunnel(out);
-            return;
-        }
-        self.discard_item_into_resync();
-        self.state = if at_line_start {
-            State::Head {
-                line_start: 0,
-                tentative: true,
-            }
-        } else {
-            State::SkipLine
-        };
-    }
-
-    /// The bytes after an Upgrade/CONNECT request are not HTTP/1.x: ignore the rest.
-    fn enter_tunnel(&mut self, out: &mut Vec<RequestEvent>) {
-        self.tunnel_pending = false;
-        out.push(RequestEvent::Tunnel);
-        self.stats.ignored_bytes += self.item_len;
-        self.reset_item();
-        self.state = State::Ignore;
-    }
-
-    /// Consumes up to and including the next line end, but never lets the view grow past
-    /// `limit + 1` bytes (so an endless line stays bounded; the caller fails a view longer
-    /// than `limit`). Returns whether a line end was consumed.
-    fn take_line(&mut self, cur: &mut Cur<'_>, limit: usize) -> bool {
-        let data: &Bytes = cur.data;
-        let avail = &data[cur.pos..];
-        let room = limit.saturating_add(1).saturating_sub(self.view(cur).len());
-        let window = &avail[..avail.len().min(room.max(1))];
-        match head::find_line_end(window) {
-            Some(n) => {
-                self.take(cur, n);
-                true
-            }
-            None => {
-                self.take(cur, window.len());
-                false
-            }
-        }
-    }
-
-    fn step_head(
-        &mut self,
-        cur: &mut Cur<'_>,
-        line_start: usize,
-        tentative: bool,
-        out: &mut Vec<RequestEvent>,
-    ) {
-        let max_head = self.limits.max_head_bytes;
-        let complete = self.take_line(cur, max_head);
-        let view_len = self.view(cur).len();
-        if view_len > max_head {
-            if tentative {
-                self.reject_candidate(cur, complete, out);
-            } else {
-                self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
-            }
-            return;
-        }
-        if !complete {
-            if tentative && line_start == 0 && head::method_prefix(self.view(cur)) == Plausible::No
-            {
-                self.reject_candidate(cur, false, out);
-            }
-            return;
-        }
-        let line = &self.view(cur)[line_start..];
-        if line_start == 0 {
-            if head::is_blank_line(line) {
-                // RFC 9112 section 2.2: empty lines before a request line are ignored.
-                if tentative && !self.tunnel_pending {
-                    self.discard_item_into_resync();
-                } else {
-                    self.stats.ignored_bytes += self.item_len;
-                    self.reset_item();
-                }
-                cur.start = cur.pos;
-                return;
-            }
-            if tentative && !head::plausible_request_line(line) {
-                self.reject_candidate(cur, true, out);
-                return;
-            }
-            // After an Upgrade or CONNECT request, another request line means the server
-            // declined (e.g. 407 to CONNECT, an h2c upgrade not taken): keep framing.
-            let h2 = line == head::H2_PREFACE_LINE;
-            let v09 = head::versionless_request_line(line)
-                .is_some()
-                .then_some(line.len());
-            self.tunnel_pending = false;
-            if tentative {
-                self.flush_resync(out);
-            }
-            if h2 {
-                out.push(RequestEvent::Http2);
-                self.stats.ignored_bytes += self.item_len;
-                self.reset_item();
-                cur.start = cur.pos;
-                self.state = State::Ignore;
-                return;
-            }
-            self.v09_line = v09;
-            self.state = State::Head {
-                line_start: view_len,
-                tentative: false,
-            };
-            return;
-        }
-        if !head::is_blank_line(line) {
-            self.state = State::Head {
-                line_start: view_len,
-                tentative: false,
-            };
-            return;
-        }
-        self.head_len = view_len;
-        match self.parse_head(cur) {
-            Ok(parsed) => {
-                self.parsed = Some(parsed);
-                self.start_body(cur, out);
-            }
-            Err(reason) => self.fail(cur, reason, true, out),
-        }
-    }
-
-    fn parse_head(&self, cur: &Cur<'_>) -> Result<ParsedHead, RequestDropReason> {
-        let view = self.view(cur);
-        let max = self.limits.max_headers;
-        let mut storage = vec![httparse::EMPTY_HEADER; max];
-        let (method, target, version, headers): (&[u8], &[u8], Version, &[httparse::Header<'_>]) =
-            if let Some(first) = self.v09_line {
-                let (method, target) = head::versionless_request_line(&view[..first])
-                    .ok_or(RequestDropReason::Malformed)?;
-                match httparse::parse_headers(&view[first..], &mut storage) {
-                    Ok(httparse::Status::Complete((n, headers))) if first + n == view.len() => {
-                        (method, target, Version::Http09, headers)
-                    }
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(RequestDropReason::TooManyHeaders);
-                    }
-                    _ => return Err(RequestDropReason::Malformed),
-                }
-            } else {
-                let mut req = httparse::Request::new(&mut storage);
-                match req.parse(view) {
-                    Ok(httparse::Status::Complete(n)) if n == view.len() => {}
-                    Err(httparse::Error::TooManyHeaders) => {
-                        return Err(RequestDropReason::TooManyHeaders);
-                    }
-                    _ => return Err(RequestDropReason::Malformed),
-                }
-                let version = match req.version {
-                    Some(0) => Version::Http10,
-                    Some(1) => Version::Http11,
-                    _ => return Err(RequestDropReason::Malformed),
-                };
-                let method = req.method.ok_or(RequestDropReason::Malformed)?.as_bytes();
-                let target = req.path.ok_or(RequestDropReason::Malformed)?.as_bytes();
-                (method, target, version, req.headers)
-            };
-        let (framing, te_and_cl) =
-            head::request_framing(headers).map_err(|()| RequestDropReason::Malformed)?;
-        let base = view.as_ptr() as usize;
-        let tunnel = method == b"CONNECT"
-            || (headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-                && head::header_has_token(headers, "connection", b"upgrade"));
-        Ok(ParsedHead {
-            method: String::from_utf8_lossy(method).into_owned(),
-            target: String::from_utf8_lossy(target).into_owned(),
-            version,
-            headers: headers
-                .iter()
-                .map(|h| {
-                    let at = h.value.as_ptr() as usize - base;
-                    (h.name.to_owned(), at, at + h.value.len())
-                })
-                .collect(),
-            framing,
-            te_and_cl,
-            tunnel,
-        })
-    }
-
-    fn start_body(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
-        let framing = self
-            .parsed
-            .as_ref()
-            .map_or(BodyFraming::None, |p| p.framing);
-        match framing {
-            BodyFraming::ContentLength(n) => {
-                self.body_len = n;
-                if n > self.limits.max_body_bytes {
-                    self.skipping = true;
-                    self.discard_view(cur);
-                } else if self.spanning {
-                    self.acc.reserve(n as usize);
-                }
-                self.state = State::Body { remaining: n };
-            }
-            BodyFraming::Chunked => {
-                self.state = State::ChunkSize {
-                    line_start: self.view(cur).len(),
-                };
-            }
-            BodyFraming::None | BodyFraming::CloseDelimited => self.complete(cur, out),
-        }
-    }
-
-    /// The request in progress is complete: emit it (or its BodyTooLarge drop).
-    fn complete(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
-        let parsed = self.parsed.take();
-        let tunnel = parsed.as_ref().is_some_and(|p| p.tunnel);
-        if self.skipping {
-            let bytes = self.item_len;
-            self.stats.dropped_bytes += bytes;
-            out.push(RequestEvent::Dropped {
-                reason: RequestDropReason::BodyTooLarge,
-                bytes,
-            });
-            cur.start = cur.pos;
-        } else if let Some(p) = parsed {
-            let raw = if self.spanning {
-                self.spanning = false;
-                self.acc.split().freeze()
-            } else {
-                cur.data.slice(cur.start..cur.pos)
-            };
-            cur.start = cur.pos;
-            let headers = p
-                .headers
-                .into_iter()
-                .map(|(name, a, b)| Header {
-                    name,
-                    value: raw.slice(a..b),
-                })
-                .collect();
-            self.stats.requests += 1;
-            self.stats.request_bytes += raw.len() as u64;
-            out.push(RequestEvent::Request(Request {
-                head_len: self.head_len,
-                method: p.method,
-                target: p.target,
-                version: p.version,
-                headers,
-                framing: p.framing,
-                body_len: self.body_len,
-                ts_ns: self.item_ts,
-                end_ts_ns: self.last_ts,
-                te_and_cl: p.te_and_cl,
-                raw,
-            }));
-        }
-        self.reset_item();
-        // Upgrade / CONNECT: what follows decides. Bytes that cannot start a request line
-        // make the stream a tunnel (Tunnel event, ignored from there); a request line means
-        // the server declined and the client carried on in HTTP/1.x.
-        self.tunnel_pending = tunnel;
-        self.state = State::Head {
-            line_start: 0,
-            tentative: tunnel,
-        };
     }
 }

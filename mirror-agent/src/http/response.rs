@@ -14,7 +14,9 @@
 
 use std::collections::VecDeque;
 
-use super::head::{self, TransferEncoding};
+use super::head;
+
+mod machine;
 use super::{BodyFraming, Version, request::HttpLimits};
 
 /// One response, final or informational (1xx).
@@ -50,6 +52,8 @@ pub enum ResponseDropReason {
     Truncated,
     /// More than `max_headers` header fields.
     TooManyHeaders,
+    /// The stream was picked up mid-way: bytes before the first status line.
+    Midstream,
 }
 
 impl ResponseDropReason {
@@ -61,6 +65,7 @@ impl ResponseDropReason {
             Self::Malformed => "malformed",
             Self::Truncated => "truncated",
             Self::TooManyHeaders => "too_many_headers",
+            Self::Midstream => "midstream",
         }
     }
 }
@@ -96,6 +101,10 @@ pub struct ResponseFramerStats {
     /// Bytes of emitted responses (heads and bodies).
     pub response_bytes: u64,
     pub dropped_bytes: u64,
+    /// Dropped responses whose head had been read, so they took a queued
+    /// [`ExpectedResponse`] (a gap or the stream end in the body, an invalid Content-Length).
+    /// With the `Final` events this tells exactly how many queued requests were answered.
+    pub answers_dropped: u64,
     /// Blank lines between responses, and everything after a tunnel starts.
     pub ignored_bytes: u64,
     pub gap_bytes: u64,
@@ -143,9 +152,23 @@ struct Current {
     framing: BodyFraming,
     /// After this response the stream is a tunnel (101, or 2xx to CONNECT).
     tunnel_after: bool,
+    /// This response took a queued expectation.
+    took_expectation: bool,
 }
 
 /// Cuts one server→client byte stream into responses.
+///
+/// ```
+/// use mirror_agent::http::request::HttpLimits;
+/// use mirror_agent::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
+///
+/// let mut framer = ResponseFramer::new(HttpLimits::default());
+/// framer.expect(ExpectedResponse { head: true, connect: false });
+/// let mut events = Vec::new();
+/// framer.push(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", 7, &mut events);
+/// let ResponseEvent::Final(r) = &events[1] else { panic!() };
+/// assert_eq!((r.status, r.body_len), (200, 0)); // HEAD: no body whatever the headers say
+/// ```
 #[derive(Debug)]
 pub struct ResponseFramer {
     limits: HttpLimits,
@@ -161,6 +184,11 @@ pub struct ResponseFramer {
     body_len: u64,
     trailer_len: usize,
     current: Option<Current>,
+    /// A gap fell inside the current response's body: it ends as a Gap drop.
+    damaged: bool,
+    /// A response head was seen (or a drop happened): an HTTP/0.9 response is only possible
+    /// as the first thing on a stream.
+    seen_message: bool,
     resync: Option<(ResponseDropReason, u64)>,
     stats: ResponseFramerStats,
 }
@@ -195,9 +223,21 @@ impl ResponseFramer {
             body_len: 0,
             trailer_len: 0,
             current: None,
+            damaged: false,
+            seen_message: false,
             resync: None,
             stats: ResponseFramerStats::default(),
         }
+    }
+
+    /// For a stream picked up without its start: bytes are skipped (counted as
+    /// [`ResponseDropReason::Midstream`]) until a line starts with a status line.
+    pub fn new_midstream(limits: HttpLimits) -> Self {
+        let mut f = Self::new(limits);
+        f.seen_message = true;
+        f.resync = Some((ResponseDropReason::Midstream, 0));
+        f.state = RESYNC_STATE;
+        f
     }
 
     pub fn stats(&self) -> &ResponseFramerStats {
@@ -207,6 +247,12 @@ impl ResponseFramer {
     /// Bytes held in memory (a head or one line in progress); at most `max_head_bytes + 1`.
     pub fn buffered_bytes(&self) -> usize {
         self.buf.len()
+    }
+
+    /// A final response's head has been read (taking its request's expectation) and its body
+    /// is not complete yet.
+    pub fn response_open(&self) -> bool {
+        self.current.is_some()
     }
 
     /// Requests queued and not yet answered by a final response.
@@ -241,8 +287,21 @@ impl ResponseFramer {
 
     pub fn gap(&mut self, len: u64, out: &mut Vec<ResponseEvent>) {
         self.stats.gap_bytes += len;
+        self.seen_message = true;
         match self.state {
             State::Tunnel => return,
+            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
+                // Inside a body of known length: this response is lost (reported as a Gap
+                // drop when it ends) but the next one starts where the framing says, so the
+                // framer stays paired with its requests.
+                self.damaged = true;
+                let remaining = remaining - len;
+                self.state = match self.state {
+                    State::Body { .. } => State::Body { remaining },
+                    _ => State::ChunkData { remaining },
+                };
+                return;
+            }
             State::SkipLine
             | State::Head {
                 tentative: true, ..
@@ -272,12 +331,18 @@ impl ResponseFramer {
             } => self.discard_item_into_resync(),
             _ => {
                 if self.item_len > 0 {
-                    self.drop_item(ResponseDropReason::Truncated, out);
+                    let reason = if self.damaged {
+                        ResponseDropReason::Gap
+                    } else {
+                        ResponseDropReason::Truncated
+                    };
+                    self.drop_item(reason, out);
                 }
             }
         }
         self.flush_resync(out);
         self.reset_item();
+        self.seen_message = false;
         self.state = HEAD_STATE;
     }
 
@@ -332,6 +397,7 @@ impl ResponseFramer {
         self.body_len = 0;
         self.trailer_len = 0;
         self.current = None;
+        self.damaged = false;
         if self.spanning {
             self.buf.clear();
             self.spanning = false;
@@ -352,6 +418,9 @@ impl ResponseFramer {
 
     fn drop_item(&mut self, reason: ResponseDropReason, out: &mut Vec<ResponseEvent>) {
         let bytes = self.item_len;
+        if self.current.is_some_and(|c| c.took_expectation) {
+            self.stats.answers_dropped += 1;
+        }
         self.reset_item();
         match &mut self.resync {
             Some((r, b)) if *r == reason => *b += bytes,
@@ -384,324 +453,6 @@ impl ResponseFramer {
             RESYNC_STATE
         } else {
             State::SkipLine
-        };
-    }
-
-    // ---- the state machine ----
-
-    fn step(&mut self, cur: &mut Cur<'_>, out: &mut Vec<ResponseEvent>) {
-        let data = cur.data;
-        let avail = &data[cur.pos..];
-        match self.state {
-            State::Tunnel => {
-                self.stats.ignored_bytes += avail.len() as u64;
-                cur.pos = data.len();
-                cur.start = cur.pos;
-            }
-            State::SkipLine => {
-                let n = head::find_line_end(avail).unwrap_or(avail.len());
-                if let Some((_, b)) = &mut self.resync {
-                    *b += n as u64;
-                }
-                cur.pos += n;
-                cur.start = cur.pos;
-                if data[cur.pos - 1] == b'\n' {
-                    self.state = RESYNC_STATE;
-                }
-            }
-            State::Head {
-                line_start,
-                tentative,
-            } => self.step_head(cur, line_start, tentative, out),
-            State::Body { remaining } => {
-                let n = remaining.min(avail.len() as u64);
-                cur.pos += n as usize;
-                self.item_len += n;
-                cur.start = cur.pos;
-                self.state = State::Body {
-                    remaining: remaining - n,
-                };
-                if remaining == n {
-                    self.complete(out);
-                }
-            }
-            State::Close => {
-                self.item_len += avail.len() as u64;
-                self.body_len += avail.len() as u64;
-                cur.pos = data.len();
-                cur.start = cur.pos;
-            }
-            State::ChunkSize { line_start } => {
-                let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, ResponseDropReason::Malformed, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
-                let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
-                    self.fail(cur, ResponseDropReason::Malformed, true, out);
-                    return;
-                };
-                let size = body_len - self.body_len;
-                self.body_len = body_len;
-                self.discard_view(cur);
-                self.state = if size == 0 {
-                    State::Trailer { line_start: 0 }
-                } else {
-                    State::ChunkData { remaining: size }
-                };
-            }
-            State::ChunkData { remaining } => {
-                let n = remaining.min(avail.len() as u64);
-                cur.pos += n as usize;
-                self.item_len += n;
-                cur.start = cur.pos;
-                self.state = if remaining == n {
-                    State::ChunkEnd { line_start: 0 }
-                } else {
-                    State::ChunkData {
-                        remaining: remaining - n,
-                    }
-                };
-            }
-            State::ChunkEnd { line_start } => {
-                let limit = line_start + 2;
-                let complete = self.take_line(cur, limit);
-                if !complete {
-                    if self.view(cur).len() > limit {
-                        self.fail(cur, ResponseDropReason::Malformed, false, out);
-                    }
-                    return;
-                }
-                if !head::is_blank_line(&self.view(cur)[line_start..]) {
-                    self.fail(cur, ResponseDropReason::Malformed, true, out);
-                    return;
-                }
-                self.discard_view(cur);
-                self.state = State::ChunkSize { line_start: 0 };
-            }
-            State::Trailer { line_start } => {
-                let room = self.limits.max_head_bytes.saturating_sub(self.trailer_len);
-                let limit = line_start + room;
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, ResponseDropReason::HeadTooLarge, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let line = &self.view(cur)[line_start..];
-                let blank = head::is_blank_line(line);
-                self.trailer_len += line.len();
-                self.discard_view(cur);
-                if blank {
-                    self.complete(out);
-                } else {
-                    self.state = State::Trailer { line_start: 0 };
-                }
-            }
-        }
-    }
-
-    fn step_head(
-        &mut self,
-        cur: &mut Cur<'_>,
-        line_start: usize,
-        tentative: bool,
-        out: &mut Vec<ResponseEvent>,
-    ) {
-        let max_head = self.limits.max_head_bytes;
-        let complete = self.take_line(cur, max_head);
-        let view_len = self.view(cur).len();
-        if view_len > max_head {
-            if tentative {
-                self.discard_item_into_resync();
-                cur.start = cur.pos;
-                self.state = if complete {
-                    RESYNC_STATE
-                } else {
-                    State::SkipLine
-                };
-            } else {
-                self.fail(cur, ResponseDropReason::HeadTooLarge, complete, out);
-            }
-            return;
-        }
-        let view = self.view(cur);
-        if line_start == 0 && tentative {
-            // Resyncing: the line must start like a status line.
-            let n = view.len().min(STATUS_PREFIX.len());
-            if view[..n] != STATUS_PREFIX[..n] {
-                self.discard_item_into_resync();
-                cur.start = cur.pos;
-                self.state = if complete {
-                    RESYNC_STATE
-                } else {
-                    State::SkipLine
-                };
-                return;
-            }
-        }
-        if !complete {
-            return;
-        }
-        let line = &view[line_start..];
-        if line_start == 0 {
-            if head::is_blank_line(line) {
-                // Blank lines between messages are ignored (RFC 9112 section 2.2).
-                if tentative {
-                    self.discard_item_into_resync();
-                } else {
-                    self.stats.ignored_bytes += self.item_len;
-                    self.reset_item();
-                }
-                cur.start = cur.pos;
-                return;
-            }
-            if tentative {
-                self.flush_resync(out);
-            }
-            self.state = State::Head {
-                line_start: view_len,
-                tentative: false,
-            };
-            return;
-        }
-        if !head::is_blank_line(line) {
-            self.state = State::Head {
-                line_start: view_len,
-                tentative: false,
-            };
-            return;
-        }
-        let parsed = self.parse_head(view);
-        self.head_len = view_len;
-        match parsed {
-            Ok((status, version, body)) => {
-                self.discard_view(cur);
-                self.start_body(status, version, body, out);
-            }
-            Err(reason) => self.fail(cur, reason, true, out),
-        }
-    }
-
-    /// Parses a complete head; returns status, version and what the headers say of the body.
-    fn parse_head(&self, view: &[u8]) -> Result<(u16, Version, HeaderFraming), ResponseDropReason> {
-        let mut storage = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut resp = httparse::Response::new(&mut storage);
-        match resp.parse(view) {
-            Ok(httparse::Status::Complete(n)) if n == view.len() => {}
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(ResponseDropReason::TooManyHeaders);
-            }
-            _ => return Err(ResponseDropReason::Malformed),
-        }
-        let version = match resp.version {
-            Some(0) => Version::Http10,
-            Some(1) => Version::Http11,
-            _ => return Err(ResponseDropReason::Malformed),
-        };
-        let status = resp.code.ok_or(ResponseDropReason::Malformed)?;
-        let headers = &*resp.headers;
-        let framing = match head::transfer_encoding(headers) {
-            TransferEncoding::Chunked => HeaderFraming::Chunked,
-            // RFC 9112 6.3 item 4: a response whose final coding is not chunked runs to close.
-            TransferEncoding::Other => HeaderFraming::Close,
-            TransferEncoding::Absent => match head::content_length(headers) {
-                Ok(Some(n)) => HeaderFraming::Length(n),
-                Ok(None) => HeaderFraming::Close,
-                Err(()) => HeaderFraming::Invalid,
-            },
-        };
-        Ok((status, version, framing))
-    }
-
-    /// RFC 9112 section 6.3: which body the response has, given its request.
-    fn start_body(
-        &mut self,
-        status: u16,
-        version: Version,
-        headers: HeaderFraming,
-        out: &mut Vec<ResponseEvent>,
-    ) {
-        let informational = (100..200).contains(&status) && status != 101;
-        let expected = if informational {
-            self.expected.front().copied().unwrap_or_default()
-        } else {
-            self.expected.pop_front().unwrap_or_default()
-        };
-        let connect_ok = expected.connect && (200..300).contains(&status);
-        let no_body = (100..200).contains(&status)
-            || status == 204
-            || status == 304
-            || expected.head
-            || connect_ok;
-        let framing = if no_body {
-            BodyFraming::None
-        } else {
-            match headers {
-                HeaderFraming::Chunked => BodyFraming::Chunked,
-                HeaderFraming::Length(n) => BodyFraming::ContentLength(n),
-                HeaderFraming::Close => BodyFraming::CloseDelimited,
-                HeaderFraming::Invalid => {
-                    // Item 5: an invalid Content-Length makes the response unframeable.
-                    self.drop_item(ResponseDropReason::Malformed, out);
-                    self.state = RESYNC_STATE;
-                    return;
-                }
-            }
-        };
-        self.current = Some(Current {
-            status,
-            version,
-            framing,
-            tunnel_after: status == 101 || connect_ok,
-        });
-        self.state = match framing {
-            BodyFraming::ContentLength(n) if n > 0 => State::Body { remaining: n },
-            BodyFraming::Chunked => State::ChunkSize { line_start: 0 },
-            BodyFraming::CloseDelimited => State::Close,
-            _ => {
-                self.complete(out);
-                return;
-            }
-        };
-    }
-
-    fn complete(&mut self, out: &mut Vec<ResponseEvent>) {
-        let Some(c) = self.current else {
-            return;
-        };
-        let body_len = match c.framing {
-            BodyFraming::ContentLength(n) => n,
-            _ => self.body_len,
-        };
-        let response = Response {
-            status: c.status,
-            version: c.version,
-            head_len: self.head_len,
-            framing: c.framing,
-            body_len,
-            ts_ns: self.item_ts,
-            end_ts_ns: self.last_ts,
-        };
-        self.stats.responses += 1;
-        self.stats.response_bytes += self.item_len;
-        out.push(if (100..200).contains(&c.status) && c.status != 101 {
-            ResponseEvent::Informational(response)
-        } else {
-            ResponseEvent::Final(response)
-        });
-        self.reset_item();
-        self.state = if c.tunnel_after {
-            State::Tunnel
-        } else {
-            HEAD_STATE
         };
     }
 }

@@ -183,7 +183,7 @@ fn drops_truncated_gap_malformed_too_large() {
         1,
         &mut out,
     );
-    f.gap(3, &mut out);
+    f.gap(30, &mut out);
     f.push(b"xyzHTTP/1.1 204 No Content\r\n\r\n", 2, &mut out);
     f.finish(3, &mut out);
     check_accounting(&f, &out);
@@ -194,8 +194,9 @@ fn drops_truncated_gap_malformed_too_large() {
             bytes: 41 + 30
         }
     );
-    // The lost response, then "xyzHTTP/1.1 204...": its line does not start with a status
-    // line, so it is skipped to the line end (with the blank line after it): one Gap drop.
+    // The gap went past the body's end, so the framer resyncs by lines: the line
+    // "xyzHTTP/1.1 204..." does not start with a status line and is skipped to its end (with
+    // the blank line after it): one Gap drop.
     assert_eq!(out.len(), 1, "{out:?}");
 
     let msg = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
@@ -271,4 +272,133 @@ proptest! {
         f.finish(2, &mut out);
         check_accounting(&f, &out);
     }
+}
+
+#[test]
+fn http09_response_is_body_until_close() {
+    // Shape of the answer in suricata-verify http-missing-protocol: no status line at all.
+    let ev = splits(&[GET], b"xzscxc#$#AzMTax4wG=$#$vxxd");
+    let f = finals(&ev);
+    assert_eq!(ev.len(), 1);
+    assert_eq!((f[0].status, f[0].version), (200, super::Version::Http09));
+    assert_eq!(f[0].body_len, 26);
+    assert_eq!(f[0].head_len, 0);
+    // Only as the first thing on a stream: after a response, garbage is malformed.
+    let ev = splits(&[GET], b"HTTP/1.1 204 No Content\r\n\r\ngarbage\r\n");
+    assert_eq!(
+        ev[1],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::Malformed,
+            bytes: 9
+        }
+    );
+}
+
+#[test]
+fn midstream_response_stream_resyncs_at_a_status_line() {
+    let msg =
+        b"tail of a body\r\nmore HTTP/1.1 200\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    let whole = {
+        let mut f = ResponseFramer::new_midstream(HttpLimits::default());
+        let mut out = Vec::new();
+        f.push(msg, 1, &mut out);
+        f.finish(2, &mut out);
+        check_accounting(&f, &out);
+        out
+    };
+    for i in 0..=msg.len() {
+        let mut f = ResponseFramer::new_midstream(HttpLimits::default());
+        let mut out = Vec::new();
+        f.push(&msg[..i], 1, &mut out);
+        f.push(&msg[i..], 1, &mut out);
+        f.finish(2, &mut out);
+        assert_eq!(out, whole, "split at {i}");
+    }
+    assert_eq!(
+        whole[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::Midstream,
+            bytes: 35
+        }
+    );
+    assert_eq!(finals(&whole)[0].body_len, 2);
+}
+
+#[test]
+fn gap_inside_a_known_body_keeps_responses_paired() {
+    let mut f = ResponseFramer::new(HttpLimits::default());
+    let mut out = Vec::new();
+    let head = b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nxx";
+    f.push(head, 1, &mut out);
+    f.gap(50, &mut out);
+    let mut rest = vec![b'y'; 48];
+    rest.extend_from_slice(b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n");
+    f.push(&rest, 2, &mut out);
+    f.finish(3, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::Gap,
+            bytes: head.len() as u64 + 48
+        }
+    );
+    assert_eq!(finals(&out)[0].status, 404);
+    assert_eq!(out.len(), 2);
+}
+
+#[test]
+fn too_many_headers_in_a_response() {
+    let limits = HttpLimits {
+        max_headers: 2,
+        ..HttpLimits::default()
+    };
+    let bad = b"HTTP/1.1 200 OK\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n";
+    let mut msg = bad.to_vec();
+    msg.extend_from_slice(b"HTTP/1.1 204 No Content\r\n\r\n");
+    let mut f = ResponseFramer::new(limits);
+    let mut out = Vec::new();
+    f.push(&msg, 1, &mut out);
+    f.finish(2, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(
+        out[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::TooManyHeaders,
+            bytes: bad.len() as u64
+        }
+    );
+    assert_eq!(finals(&out)[0].status, 204);
+}
+
+#[test]
+fn answers_dropped_tells_which_drops_took_an_expectation() {
+    let mut f = ResponseFramer::new(HttpLimits::default());
+    for _ in 0..4 {
+        f.expect(GET);
+    }
+    let mut out = Vec::new();
+    // 1: a gap inside its body (head read: takes an expectation).
+    f.push(
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nab",
+        1,
+        &mut out,
+    );
+    assert!(f.response_open());
+    f.gap(2, &mut out);
+    f.push(
+        b"cdefghHTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        2,
+        &mut out,
+    );
+    // 2: invalid Content-Length (head read: takes one). 3: a head cut by a gap (does not).
+    f.push(b"HTTP/1.1 200 OK\r\nConte", 3, &mut out);
+    f.gap(5, &mut out);
+    f.push(b"\r\nHTTP/1.1 204 No Content\r\n\r\n", 4, &mut out);
+    f.finish(5, &mut out);
+    check_accounting(&f, &out);
+    assert_eq!(f.stats().answers_dropped, 2, "{out:?}");
+    assert_eq!(finals(&out).len(), 1);
+    assert_eq!(f.pending_expectations(), 1);
+    assert!(!f.response_open());
 }

@@ -3,7 +3,12 @@
 //! Owns the per-connection wiring: segments go to the stream of their direction; in-order
 //! client bytes go to the [`RequestFramer`], server bytes to the [`ResponseFramer`] (told what
 //! each request was, so HEAD and CONNECT responses frame right); final responses are paired with
-//! requests in order. Everything it drops it counts in [`PipelineStats`].
+//! requests in order ([`pairing`]). A response must not overtake its request: while the client
+//! side waits for a hole or is in the middle of a request, server bytes wait (bounded). Late
+//! segments of a connection that already closed are the pipeline's business (its TIME_WAIT
+//! set), not this module's. Everything it drops it counts in [`PipelineStats`].
+
+mod pairing;
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -12,28 +17,11 @@ use bytes::Bytes;
 
 use super::direction::{self, Hint};
 use super::stats::{PipelineStats, add_stream};
-use super::{CapturedRequest, CapturedResponse, PipelineConfig, PipelineEvent};
-use crate::capture::Segment;
+use super::{PipelineConfig, PipelineEvent};
+use crate::capture::{Segment, TcpFlags};
 use crate::http::request::{RequestEvent, RequestFramer};
-use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
+use crate::http::response::{ResponseEvent, ResponseFramer};
 use crate::reassembly::{Stream, StreamEvent};
-
-/// Direction-independent connection key: the two endpoints in a fixed order.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    lo: SocketAddr,
-    hi: SocketAddr,
-}
-
-impl FlowKey {
-    pub fn new(a: SocketAddr, b: SocketAddr) -> Self {
-        if a <= b {
-            Self { lo: a, hi: b }
-        } else {
-            Self { lo: b, hi: a }
-        }
-    }
-}
 
 /// Scratch buffers reused across calls so the hot path does not allocate.
 #[derive(Default)]
@@ -51,6 +39,9 @@ struct Decided {
     streams: [Stream; 2],
     req: Option<RequestFramer>,
     resp: ResponseFramer,
+    /// Server stream events held while the client stream waits for a hole (see `handle`).
+    held_server: VecDeque<StreamEvent>,
+    held_server_bytes: usize,
     /// Sequence numbers (within the flow) of requests still waiting for their response.
     awaiting: VecDeque<u64>,
     next_seq: u64,
@@ -76,6 +67,8 @@ pub(super) struct Flow {
     /// Last LRU stamp given to this flow (see the pipeline's LRU queue).
     pub touch: u64,
     pub last_ns: u64,
+    /// Listed in the pipeline's set of flows with holes.
+    pub in_holes: bool,
     state: State,
 }
 
@@ -88,6 +81,7 @@ impl Flow {
             id,
             touch: 0,
             last_ns: now_ns,
+            in_holes: false,
             state: State::Undecided {
                 pending: Vec::new(),
                 bytes: 0,
@@ -104,6 +98,7 @@ impl Flow {
                     + d.streams[1].buffered_bytes()
                     + d.req.as_ref().map_or(0, RequestFramer::buffered_bytes)
                     + d.resp.buffered_bytes()
+                    + d.held_server_bytes
             }
         }
     }
@@ -138,6 +133,11 @@ impl Flow {
                 Hint::SenderIsClient => seg.src,
                 Hint::SenderIsServer => seg.dst,
                 Hint::Unknown => {
+                    // A bare ACK says nothing and carries nothing: not worth a slot.
+                    let flags = seg.flags.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST);
+                    if seg.payload.is_empty() && flags == 0 {
+                        return;
+                    }
                     *bytes += seg.payload.len();
                     pending.push(seg);
                     // Bounded: beyond the cap the oldest held segment is given up (counted).
@@ -153,6 +153,14 @@ impl Flow {
             };
             let server = if client == seg.src { seg.dst } else { seg.src };
             let held = std::mem::take(pending);
+            // Picked up mid-connection (no SYN seen): the server stream may start inside a
+            // response, so its framer skips to the first status line.
+            let midstream = !seg.flags.syn() && !held.iter().any(|s| s.flags.syn());
+            let resp = if midstream {
+                ResponseFramer::new_midstream(cfg.http.clone())
+            } else {
+                ResponseFramer::new(cfg.http.clone())
+            };
             self.state = State::Decided(Box::new(Decided {
                 client,
                 server,
@@ -161,7 +169,9 @@ impl Flow {
                     Stream::new(cfg.stream.clone()),
                 ],
                 req: None,
-                resp: ResponseFramer::new(cfg.http.clone()),
+                resp,
+                held_server: VecDeque::new(),
+                held_server_bytes: 0,
                 awaiting: VecDeque::new(),
                 next_seq: 0,
                 client_midstream: false,
@@ -221,6 +231,26 @@ impl Flow {
         sc.stream = evs;
     }
 
+    /// Memory budget: gives up the holes of both directions now and releases what waited
+    /// behind them (counted by reassembly as bound gaps).
+    pub fn shed(
+        &mut self,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        let State::Decided(d) = &mut self.state else {
+            return;
+        };
+        let mut evs = std::mem::take(&mut sc.stream);
+        for dir in [C2S, S2C] {
+            d.streams[dir].shed(self.last_ns, &mut evs);
+            d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
+        }
+        sc.stream = evs;
+    }
+
     /// Ends the flow: remaining holes are lost, framers finish, counters are folded in.
     pub fn close(
         mut self,
@@ -241,12 +271,13 @@ impl Flow {
                     d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
                 }
                 sc.stream = evs;
-                if let Some(req) = d.req.as_mut() {
-                    if !d.client_ignored {
-                        req.finish(&mut sc.req);
-                        d.on_requests(self.id, stats, sc, out);
-                    }
+                if let Some(req) = d.req.as_mut()
+                    && !d.client_ignored
+                {
+                    req.finish(&mut sc.req);
+                    d.on_requests(self.id, stats, sc, out);
                 }
+                d.release_server(self.id, stats, sc, out);
                 if let Some(req) = d.req.as_ref() {
                     stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
                     if d.client_ignored {
@@ -284,40 +315,119 @@ impl Decided {
         out: &mut Vec<PipelineEvent>,
     ) {
         for ev in evs.drain(..) {
+            if let StreamEvent::Data { bytes, .. } = &ev
+                && cfg.tap_streams
+            {
+                out.push(PipelineEvent::StreamData {
+                    flow_id,
+                    from_client: dir == C2S,
+                    bytes: bytes.clone(),
+                });
+            }
             match ev {
-                StreamEvent::Data { bytes, ts_ns } => {
-                    if cfg.tap_streams {
-                        out.push(PipelineEvent::StreamData {
-                            flow_id,
-                            from_client: dir == C2S,
-                            bytes: bytes.clone(),
-                        });
-                    }
-                    if dir == C2S {
-                        self.client_data(flow_id, bytes, ts_ns, cfg, stats, sc, out);
-                    } else if self.server_ignored {
-                        stats.server_bytes_ignored += bytes.len() as u64;
-                    } else {
-                        self.resp.push(&bytes, ts_ns, &mut sc.resp);
-                        self.on_responses(flow_id, stats, sc, out);
-                    }
-                }
-                StreamEvent::Gap { len, .. } => {
-                    if dir == C2S {
-                        if let Some(req) = self.req.as_mut().filter(|_| !self.client_ignored) {
-                            req.gap(len, &mut sc.req);
-                            self.on_requests(flow_id, stats, sc, out);
-                        }
-                    } else if !self.server_ignored {
-                        self.resp.gap(len, &mut sc.resp);
-                        self.on_responses(flow_id, stats, sc, out);
-                    }
-                }
                 StreamEvent::End { reset } => {
                     self.ended[dir] = true;
                     self.reset |= reset;
                 }
+                ev if dir == C2S => self.client_event(flow_id, ev, cfg, stats, sc, out),
+                ev => {
+                    // A response must not overtake the request it answers, or it is paired
+                    // with the wrong one (or none): while the client side waits for a hole or
+                    // is in the middle of a request, server bytes wait too (bounded by the
+                    // per-direction buffer; beyond it they are framed at once).
+                    if self.client_busy()
+                        && !self.server_ignored
+                        && self.held_server_bytes < cfg.stream.max_buffered_bytes
+                    {
+                        if let StreamEvent::Data { bytes, .. } = &ev {
+                            self.held_server_bytes += bytes.len();
+                        }
+                        self.held_server.push_back(ev);
+                    } else {
+                        self.release_server(flow_id, stats, sc, out);
+                        self.server_event(flow_id, ev, stats, sc, out);
+                    }
+                }
             }
+        }
+        if dir == C2S && !self.client_busy() {
+            self.release_server(flow_id, stats, sc, out);
+        }
+    }
+
+    /// The client side has a hole or a request in progress.
+    fn client_busy(&self) -> bool {
+        !self.client_ignored
+            && (self.streams[C2S].buffered_bytes() > 0
+                || self
+                    .req
+                    .as_ref()
+                    .is_some_and(|r| r.stats().in_progress() > 0))
+    }
+
+    /// Frames server bytes held while the client side was busy.
+    fn release_server(
+        &mut self,
+        flow_id: u64,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        while let Some(ev) = self.held_server.pop_front() {
+            if let StreamEvent::Data { bytes, .. } = &ev {
+                self.held_server_bytes -= bytes.len();
+            }
+            self.server_event(flow_id, ev, stats, sc, out);
+        }
+    }
+
+    fn client_event(
+        &mut self,
+        flow_id: u64,
+        ev: StreamEvent,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        match ev {
+            StreamEvent::Data { bytes, ts_ns } => {
+                self.client_data(flow_id, bytes, ts_ns, cfg, stats, sc, out)
+            }
+            StreamEvent::Gap { len, .. } => {
+                if let Some(req) = self.req.as_mut().filter(|_| !self.client_ignored) {
+                    req.gap(len, &mut sc.req);
+                    self.on_requests(flow_id, stats, sc, out);
+                }
+            }
+            StreamEvent::End { .. } => {}
+        }
+    }
+
+    fn server_event(
+        &mut self,
+        flow_id: u64,
+        ev: StreamEvent,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        match ev {
+            StreamEvent::Data { bytes, ts_ns } => {
+                if self.server_ignored {
+                    stats.server_bytes_ignored += bytes.len() as u64;
+                } else {
+                    self.resp.push(&bytes, ts_ns, &mut sc.resp);
+                    self.on_responses(flow_id, stats, sc, out);
+                }
+            }
+            StreamEvent::Gap { len, .. } => {
+                if !self.server_ignored {
+                    self.resp.gap(len, &mut sc.resp);
+                    self.on_responses(flow_id, stats, sc, out);
+                }
+            }
+            StreamEvent::End { .. } => {}
         }
     }
 
@@ -360,103 +470,5 @@ impl Decided {
         };
         req.push(&bytes, ts_ns, &mut sc.req);
         self.on_requests(flow_id, stats, sc, out);
-    }
-
-    fn on_requests(
-        &mut self,
-        flow_id: u64,
-        stats: &mut PipelineStats,
-        sc: &mut Scratch,
-        out: &mut Vec<PipelineEvent>,
-    ) {
-        for ev in sc.req.drain(..) {
-            match ev {
-                RequestEvent::Request(request) => {
-                    let len = request.raw.len() as u64;
-                    stats.requests += 1;
-                    stats.request_bytes += len;
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    if !self.server_ignored {
-                        self.resp.expect(ExpectedResponse {
-                            head: request.method == "HEAD",
-                            connect: request.method == "CONNECT",
-                        });
-                        self.awaiting.push_back(seq);
-                    }
-                    out.push(PipelineEvent::Request(CapturedRequest {
-                        src: self.client,
-                        dst: self.server,
-                        flow_id,
-                        seq_in_flow: seq,
-                        request,
-                    }));
-                }
-                RequestEvent::Dropped { reason, bytes } => {
-                    stats.request_drops.add(reason, bytes);
-                }
-                RequestEvent::Tunnel => {
-                    stats.flows_tunnel += 1;
-                    self.client_ignored = true;
-                }
-                RequestEvent::Http2 => {
-                    stats.flows_h2 += 1;
-                    self.client_ignored = true;
-                    self.server_ignored = true;
-                }
-            }
-        }
-    }
-
-    fn on_responses(
-        &mut self,
-        flow_id: u64,
-        stats: &mut PipelineStats,
-        sc: &mut Scratch,
-        out: &mut Vec<PipelineEvent>,
-    ) {
-        // Pairing. The framer takes a request's expectation when the response head is parsed,
-        // so a response dropped after its head (a gap in its body) took one with it, and one
-        // dropped in its head did not. `awaiting.len() - pending` is the number of expectations
-        // taken and not yet answered; every Final still to come in this batch needs one, and
-        // at most one more belongs to a body still open at the end of the batch (body bytes are
-        // never buffered, head bytes are: that tells an open body from an open head).
-        let pending = self.resp.pending_expectations();
-        let mut finals_left = sc
-            .resp
-            .iter()
-            .filter(|e| matches!(e, ResponseEvent::Final(_)))
-            .count();
-        let open_body = self.resp.stats().in_progress() > 0 && self.resp.buffered_bytes() == 0;
-        for ev in sc.resp.drain(..) {
-            match ev {
-                ResponseEvent::Informational(_) => stats.responses_informational += 1,
-                ResponseEvent::Final(response) => {
-                    finals_left -= 1;
-                    match self.awaiting.pop_front() {
-                        Some(seq) => {
-                            stats.responses += 1;
-                            out.push(PipelineEvent::Response(CapturedResponse {
-                                client: self.client,
-                                server: self.server,
-                                flow_id,
-                                seq_in_flow: seq,
-                                response,
-                            }));
-                        }
-                        None => stats.responses_unpaired += 1,
-                    }
-                }
-                ResponseEvent::Dropped { reason, bytes } => {
-                    stats.response_drops.add(reason, bytes);
-                    let taken = self.awaiting.len().saturating_sub(pending);
-                    let extra = taken.saturating_sub(finals_left);
-                    if extra >= 2 || (extra == 1 && !open_body) {
-                        self.awaiting.pop_front();
-                        stats.responses_lost += 1;
-                    }
-                }
-            }
-        }
     }
 }

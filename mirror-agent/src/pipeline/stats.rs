@@ -75,6 +75,8 @@ pub struct ResponseDrops {
     pub malformed: Counted,
     pub truncated: Counted,
     pub too_many_headers: Counted,
+    /// Bytes before the first status line of a connection picked up mid-stream.
+    pub midstream: Counted,
 }
 
 impl ResponseDrops {
@@ -85,6 +87,7 @@ impl ResponseDrops {
             ResponseDropReason::Malformed => self.malformed.add(bytes),
             ResponseDropReason::Truncated => self.truncated.add(bytes),
             ResponseDropReason::TooManyHeaders => self.too_many_headers.add(bytes),
+            ResponseDropReason::Midstream => self.midstream.add(bytes),
         }
     }
 
@@ -96,6 +99,7 @@ impl ResponseDrops {
             self.malformed,
             self.truncated,
             self.too_many_headers,
+            self.midstream,
         ];
         all.iter().fold(Counted::default(), |a, c| Counted {
             count: a.count + c.count,
@@ -119,6 +123,11 @@ pub struct PipelineStats {
     pub other_port_bytes: u64,
     /// Segments with neither payload nor SYN for a connection not tracked (late ACKs, FINs).
     pub segments_no_flow: u64,
+    /// Segments (without SYN) of a connection that already closed with FIN/FIN or RST: late
+    /// retransmissions. Dropped, so a retransmitted request is not produced twice.
+    pub segments_after_close: u64,
+    /// Payload bytes of those segments.
+    pub after_close_bytes: u64,
     /// Segments given to a tracked connection.
     pub segments_to_flows: u64,
 
@@ -133,8 +142,12 @@ pub struct PipelineStats {
     pub flows_idle_expired: u64,
     /// Evicted because `max_flows` were tracked (least recently active first).
     pub flows_evicted_max_flows: u64,
-    /// Evicted because the global memory budget was exceeded.
+    /// Evicted because the global memory budget was exceeded and shedding their out-of-order
+    /// bytes was not enough (partial requests held).
     pub flows_evicted_memory: u64,
+    /// Times the memory budget made a flow give up its holes early (the gaps are counted in
+    /// the reassembly counters as bound gaps).
+    pub memory_sheds: u64,
     /// Still open when the input ended.
     pub flows_open_at_end: u64,
     /// Ended without ever knowing which side was the client (their payload is `undecided_bytes`).
@@ -206,10 +219,13 @@ pub(crate) fn add_stream(into: &mut StreamStats, s: &StreamStats) {
 impl PipelineStats {
     /// The identities between counters; `Err` names the first that does not hold.
     pub fn check_balance(&self) -> Result<(), String> {
-        let seg = self.segments_other_port + self.segments_no_flow + self.segments_to_flows;
+        let seg = self.segments_other_port
+            + self.segments_no_flow
+            + self.segments_after_close
+            + self.segments_to_flows;
         if seg != self.segments {
             return Err(format!(
-                "segments {} != other_port + no_flow + to_flows {seg}",
+                "segments {} != other_port + no_flow + after_close + to_flows {seg}",
                 self.segments
             ));
         }
@@ -237,13 +253,17 @@ impl PipelineStats {
             return Err(format!("{} flows still active", self.flows_active));
         }
         let (c, s) = (&self.client, &self.server);
-        let offered =
-            self.other_port_bytes + self.undecided_bytes + c.bytes_offered + s.bytes_offered;
+        let offered = self.other_port_bytes
+            + self.after_close_bytes
+            + self.undecided_bytes
+            + c.bytes_offered
+            + s.bytes_offered;
         if offered != self.payload_bytes {
             return Err(format!(
-                "payload_bytes {} != other_port {} + undecided {} + client offered {} + server offered {}",
+                "payload_bytes {} != other_port {} + after_close {} + undecided {} + client offered {} + server offered {}",
                 self.payload_bytes,
                 self.other_port_bytes,
+                self.after_close_bytes,
                 self.undecided_bytes,
                 c.bytes_offered,
                 s.bytes_offered
@@ -306,11 +326,14 @@ impl fmt::Display for PipelineStats {
             ("payload_bytes", self.payload_bytes),
             ("segments_other_port", self.segments_other_port),
             ("segments_no_flow", self.segments_no_flow),
+            ("segments_after_close", self.segments_after_close),
+            ("ignored.after_close_bytes", self.after_close_bytes),
             ("flows", self.flows),
             ("flows_closed", self.flows_closed),
             ("flows_idle_expired", self.flows_idle_expired),
             ("flows_evicted_max_flows", self.flows_evicted_max_flows),
             ("flows_evicted_memory", self.flows_evicted_memory),
+            ("memory_sheds", self.memory_sheds),
             ("flows_open_at_end", self.flows_open_at_end),
             ("flows_undecided", self.flows_undecided),
             ("flows_not_http", self.flows_not_http),

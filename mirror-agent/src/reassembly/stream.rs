@@ -158,6 +158,8 @@ impl Stream {
 
     /// Feeds one segment. A SYN sets the initial sequence number (its data, TCP Fast Open,
     /// starts at `seq + 1`); without a SYN the stream starts at the first segment seen.
+    /// A later SYN does not restart the stream: when a connection's 4-tuple is reused, the
+    /// pipeline replaces the `Stream`.
     pub fn push(
         &mut self,
         seq: u32,
@@ -220,6 +222,13 @@ impl Stream {
     /// If a FIN was seen, the stream then ends.
     pub fn flush(&mut self, out: &mut Vec<StreamEvent>) {
         while self.declare_first_hole(self.last_ts, GapCause::End, out) {}
+    }
+
+    /// Releases every byte held now, declaring the holes before them lost (counted as
+    /// `gaps_bound`). For the pipeline's global memory budget: unlike `flush`, it does not give up
+    /// the bytes between the last held piece and a FIN, which may still arrive.
+    pub fn shed(&mut self, now_ns: u64, out: &mut Vec<StreamEvent>) {
+        while !self.ooo.is_empty() && self.declare_first_hole(now_ns, GapCause::Bound, out) {}
     }
 
     /// Out-of-order bytes held right now (for the global memory budget).

@@ -398,6 +398,21 @@ fn flush_runs_up_to_a_pending_fin_and_ends() {
 }
 
 #[test]
+fn shed_releases_what_is_held_but_keeps_waiting_for_the_tail() {
+    let mut h = H::new();
+    h.push(0, SYN, b"", 0);
+    h.push(3, NONE, b"c", 1);
+    h.push(6, FIN, b"", 2); // FIN at offset 5: bytes 3..5 still to come
+    h.s.shed(7, &mut h.out);
+    assert_eq!(h.trace(), ["gap 2", "\"c\""]);
+    assert_eq!(h.s.buffered_bytes(), 0);
+    assert_eq!(h.s.stats().gaps_bound, 1);
+    h.push(4, NONE, b"de", 8);
+    assert_eq!(h.trace(), ["\"de\"", "fin"]);
+    assert_accounting(&h.s);
+}
+
+#[test]
 fn segment_beyond_any_window_is_dropped_as_overflow() {
     let mut h = H::new();
     h.push(0, SYN, b"", 0);
@@ -453,4 +468,31 @@ fn memory_stays_bounded_under_a_flood_of_tiny_out_of_order_segments() {
         assert_eq!(s.buffered_bytes(), 0);
         assert_accounting(&s);
     }
+}
+
+/// One stream that drops bytes for every reason there is: each counter moves, and the
+/// identity `offered = delivered + discarded + held` holds at every step (checked in `H::push`).
+#[test]
+fn accounting_identity_holds_with_every_kind_of_drop() {
+    let mut h = H::with(timeout_cfg(100));
+    h.push(1000, SYN, b"", 0);
+    h.push(996, NONE, b"xxxxxa", 1); // offsets -5..1: 5 before the start, "a" new
+    h.push(1001, NONE, b"abc", 2); // "a" again (retransmitted), "bc" new
+    h.push(1006, NONE, b"fg", 3); // held: hole at offsets 3..5
+    h.push(1005, NONE, b"eXgh", 4); // "X" conflicts with the held "f", "g" is a duplicate
+    assert_eq!(h.s.buffered_bytes(), 4);
+    h.push(1004 + (1 << 30), NONE, b"far", 5); // 2^30 past the delivery point (offset 3)
+    h.push(1009, FIN, b"ij", 200); // the hole at offset 3 times out first
+    h.push(1011, NONE, b"after", 201);
+    assert_eq!(h.trace(), ["\"abc\"", "gap 1", "\"efghij\"", "fin"]);
+    let st = h.s.stats();
+    assert_eq!(st.bytes_offered, 6 + 3 + 2 + 4 + 3 + 2 + 5);
+    assert_eq!(st.bytes_delivered, 9);
+    assert_eq!(st.before_start_bytes, 5);
+    assert_eq!(st.retransmitted_bytes, 3);
+    assert_eq!(st.overlap_conflict_bytes, 1);
+    assert_eq!(st.overflow_bytes, 3);
+    assert_eq!(st.after_end_bytes, 5);
+    assert_eq!((st.gaps, st.gap_bytes, st.gaps_timeout), (1, 1, 1));
+    assert_eq!(h.s.buffered_bytes(), 0);
 }

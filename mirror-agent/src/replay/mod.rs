@@ -6,6 +6,16 @@
 //! into [`stats`]. Mirrors share nothing but the request bytes (`Bytes`, reference counted), so a
 //! slow or dead mirror only drops its own copies. Mirror specs and options are parsed in [`spec`]
 //! and `crate::config`.
+//!
+//! Wiring a run mode (as `app::from` does for recordings and pcap files):
+//! 1. `config::Settings::load(&args)?` (exit 2 on error), then, in live mode,
+//!    `settings.check_not_primary().await?` (refuses a mirror that is the primary itself);
+//! 2. live mode sets `settings.replay.on_connect` to put each (local, remote) pair into the
+//!    kernel's ignore map, so replayed requests are never captured again;
+//! 3. `Replayer::start(settings.replay)` inside a tokio runtime (or `app::from::Session`);
+//! 4. `submit(&captured)` for every request from the pipeline, from any thread;
+//! 5. every few seconds `snapshot().progress_line(..)`; at exit `shutdown(grace).await` and
+//!    print `table()`.
 
 pub mod dispatcher;
 pub mod filter;
@@ -83,6 +93,22 @@ impl ReplayConfig {
             telemetry: None,
             compare: None,
         }
+    }
+}
+
+impl std::fmt::Debug for ReplayConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ReplayConfig")
+            .field("mirrors", &self.mirrors)
+            .field("capture_percent", &self.capture_percent)
+            .field("rewrite", &self.rewrite)
+            .field("filter", &self.filter)
+            .field("queue_size", &self.queue_size)
+            .field("max_queue_bytes", &self.max_queue_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("timeout", &self.timeout)
+            .field("on_connect", &self.on_connect.is_some())
+            .finish_non_exhaustive()
     }
 }
 
@@ -215,6 +241,28 @@ impl Replayer {
     /// Shared live counters (for the progress line and metrics).
     pub fn stats(&self) -> Arc<ReplayStats> {
         self.stats.clone()
+    }
+
+    /// Logs the progress line every `every` (info level, target `mirror_agent::progress`)
+    /// until the returned task is aborted or the replayer is dropped.
+    pub fn spawn_progress(&self, every: Duration) -> tokio::task::JoinHandle<()> {
+        let stats = Arc::downgrade(&self.stats);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            tick.tick().await;
+            let mut prev: Option<(tokio::time::Instant, ReplaySnapshot)> = None;
+            loop {
+                tick.tick().await;
+                let Some(stats) = stats.upgrade() else { break };
+                let snap = stats.snapshot();
+                let now = tokio::time::Instant::now();
+                let elapsed = prev.as_ref().map_or(every, |(t, _)| now - *t);
+                let line = snap.progress_line(prev.as_ref().map(|(_, s)| s), elapsed);
+                tracing::info!(target: "mirror_agent::progress", "{line}");
+                prev = Some((now, snap));
+            }
+        })
     }
 
     pub fn snapshot(&self) -> ReplaySnapshot {

@@ -10,7 +10,7 @@
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;
-use etherparse::{EtherType, IpNumber, LaxNetSlice, LaxSlicedPacket, TcpSlice};
+use etherparse::{EtherType, IpFragOffset, IpNumber, LaxNetSlice, LaxSlicedPacket, TcpSlice};
 
 use super::frag::{Defragmenter, FragKey};
 use crate::capture::{Segment, TcpFlags};
@@ -130,7 +130,7 @@ impl PacketDecoder {
 
     /// IP layer of a sliced frame; `depth` counts GRE encapsulations already removed.
     fn net(&mut self, sliced: &LaxSlicedPacket<'_>, ts_ns: u64, depth: u8) -> Option<Segment> {
-        let (src, dst, p) = match &sliced.net {
+        let (src, dst, p, fragmented) = match &sliced.net {
             Some(LaxNetSlice::Ipv4(v4)) => {
                 let h = v4.header();
                 let p = v4.payload();
@@ -155,7 +155,7 @@ impl PacketDecoder {
                     )?;
                     return self.reassembled(src, dst, &whole, ts_ns);
                 }
-                (src, dst, p)
+                (src, dst, p, p.fragmented)
             }
             Some(LaxNetSlice::Ipv6(v6)) => {
                 let h = v6.header();
@@ -164,28 +164,33 @@ impl PacketDecoder {
                     IpAddr::V6(h.source_addr()),
                     IpAddr::V6(h.destination_addr()),
                 );
-                if p.fragmented && p.ip_number == IpNumber::TCP {
+                // etherparse 0.19 decodes the IPv6 Fragment header's offset and M flag from
+                // the wrong bits (fixed in 0.21), and its `fragmented` flag with them; read them
+                // per RFC 8200 4.5: 13-bit offset, 2 reserved bits, M as the lowest bit.
+                let frag = v6.extensions().clone().into_iter().find_map(|e| match e {
+                    etherparse::Ipv6ExtensionSlice::Fragment(f) => {
+                        let raw = f.slice();
+                        let word = u16::from_be_bytes([raw[2], raw[3]]);
+                        Some((word >> 3, word & 1 == 1, f.identification()))
+                    }
+                    _ => None,
+                });
+                let fragmenting = frag.is_some_and(|(off, more, _)| off != 0 || more);
+                if let Some((off, more, id)) = frag.filter(|_| fragmenting)
+                    && p.ip_number == IpNumber::TCP
+                {
                     self.stats.fragments += 1;
-                    let frag = v6.extensions().clone().into_iter().find_map(|e| match e {
-                        etherparse::Ipv6ExtensionSlice::Fragment(f) => Some(f),
-                        _ => None,
-                    })?;
+                    let offset = IpFragOffset::try_new(off).ok()?;
                     let key = FragKey {
                         src,
                         dst,
-                        id: frag.identification(),
+                        id,
                         proto: 6,
                     };
-                    let whole = self.defrag.add(
-                        key,
-                        frag.fragment_offset(),
-                        frag.more_fragments(),
-                        p.payload,
-                        ts_ns,
-                    )?;
+                    let whole = self.defrag.add(key, offset, more, p.payload, ts_ns)?;
                     return self.reassembled(src, dst, &whole, ts_ns);
                 }
-                (src, dst, p)
+                (src, dst, p, fragmenting)
             }
             Some(LaxNetSlice::Arp(_)) => {
                 self.stats.non_ip += 1;
@@ -200,7 +205,7 @@ impl PacketDecoder {
                 return None;
             }
         };
-        if p.ip_number == IpNumber::GRE && !p.fragmented && depth < MAX_GRE_DEPTH {
+        if p.ip_number == IpNumber::GRE && !fragmented && depth < MAX_GRE_DEPTH {
             // GRE (RFC 2784/2890), e.g. ERSPAN-less port mirroring through a tunnel: decode the
             // inner packet. Fragmented GRE datagrams are not reassembled (counted as non-TCP).
             return match gre_inner(p.payload) {
@@ -214,7 +219,7 @@ impl PacketDecoder {
                 }
             };
         }
-        if p.ip_number != IpNumber::TCP || p.fragmented {
+        if p.ip_number != IpNumber::TCP || fragmented {
             self.stats.non_tcp += 1;
             return None;
         }

@@ -219,6 +219,47 @@ pub fn fragment_ipv4(ip: &[u8], max_payload: usize) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// Splits an IPv6 packet (no extension headers) into fragments with a Fragment header
+/// (RFC 8200 4.5), each carrying at most `max_payload` (rounded down to 8) payload bytes.
+pub fn fragment_ipv6(ip: &[u8], max_payload: usize, id: u32) -> Vec<Vec<u8>> {
+    let (head, payload) = ip.split_at(40);
+    let next = head[6];
+    let step = (max_payload / 8).max(1) * 8;
+    let chunks: Vec<&[u8]> = payload.chunks(step).collect();
+    let n = chunks.len();
+    chunks
+        .into_iter()
+        .enumerate()
+        .map(|(i, c)| {
+            let mut p = head.to_vec();
+            p[4..6].copy_from_slice(&((8 + c.len()) as u16).to_be_bytes());
+            p[6] = 44; // Fragment header
+            let off_m = (((i * step) / 8) as u16) << 3 | u16::from(i + 1 < n);
+            p.extend_from_slice(&[next, 0]);
+            p.extend_from_slice(&off_m.to_be_bytes());
+            p.extend_from_slice(&id.to_be_bytes());
+            p.extend_from_slice(c);
+            p
+        })
+        .collect()
+}
+
+/// `inner` (an IP packet) inside IPv4 + GRE (RFC 2784, with the key option of RFC 2890).
+pub fn gre_ipv4(inner: &[u8]) -> Vec<u8> {
+    let v6 = inner.first().is_some_and(|b| b >> 4 == 6);
+    let mut gre = vec![0x20, 0x00]; // K bit: a 4-byte key follows the protocol type
+    gre.extend_from_slice(if v6 { &[0x86, 0xdd] } else { &[0x08, 0x00] });
+    gre.extend_from_slice(&[0, 0, 0, 42]);
+    gre.extend_from_slice(inner);
+    let total = (20 + gre.len()) as u16;
+    let mut p = vec![
+        0x45, 0, 0, 0, 0, 1, 0, 0, 64, 47, 0, 0, 192, 168, 0, 1, 192, 168, 0, 2,
+    ];
+    p[2..4].copy_from_slice(&total.to_be_bytes());
+    p.extend_from_slice(&gre);
+    p
+}
+
 /// A pcap file (nanosecond timestamps, little endian) of `frames` (capture time, bytes).
 pub fn pcap_file(linktype: u32, frames: &[(u64, Vec<u8>)]) -> Vec<u8> {
     let header = PcapHeader {

@@ -177,3 +177,64 @@ fn garbage_frames_are_counted_not_fatal() {
     let (_, stats, _) = read_all(synth::pcap_file(147, &frames));
     assert_eq!(stats.unsupported_link, 4);
 }
+
+#[test]
+fn ipv6_fragments_and_gre_are_decoded() {
+    let segs = conversation(true);
+    let mut frames = Vec::new();
+    for (i, s) in segs.iter().enumerate() {
+        for f in synth::fragment_ipv6(&synth::ip_packet(s), 16, i as u32) {
+            frames.push((s.ts_ns, synth::frame(SynthLink::Raw, &f)));
+        }
+    }
+    let mut src = PcapSource::new(std::io::Cursor::new(synth::pcap_file(101, &frames))).unwrap();
+    let mut got = Vec::new();
+    while let Some(s) = src.next_segment().expect("reads") {
+        got.push(s);
+    }
+    let stats = src.decoder.stats.clone();
+    assert_eq!(got, segs, "{stats:?} {:?}", src.decoder.defrag.stats);
+    assert!(stats.balanced(), "{stats:?}");
+
+    for v6 in [false, true] {
+        let segs = conversation(v6);
+        let frames: Vec<(u64, Vec<u8>)> = segs
+            .iter()
+            .map(|s| {
+                let outer = synth::gre_ipv4(&synth::ip_packet(s));
+                (
+                    s.ts_ns,
+                    synth::frame(SynthLink::Ethernet { vlans: 1 }, &outer),
+                )
+            })
+            .collect();
+        let (got, stats, err) = read_all(synth::pcap_file(1, &frames));
+        assert!(err.is_none());
+        assert_eq!(got, segs, "inner v6={v6}");
+        assert_eq!(stats.gre_decapsulated, segs.len() as u64);
+    }
+}
+#[test]
+fn dbg_v6_frag() {
+    let segs = conversation(true);
+    for f in synth::fragment_ipv6(&synth::ip_packet(&segs[0]), 16, 1) {
+        let sl = etherparse::LaxSlicedPacket::from_ip(&f).unwrap();
+        if let Some(etherparse::LaxNetSlice::Ipv6(v6)) = &sl.net {
+            let p = v6.payload();
+            let fr = v6.extensions().clone().into_iter().find_map(|e| match e {
+                etherparse::Ipv6ExtensionSlice::Fragment(f) => Some(f),
+                _ => None,
+            });
+            eprintln!(
+                "len {} frag {} num {:?} fr {:?} stop {:?}",
+                p.payload.len(),
+                p.fragmented,
+                p.ip_number,
+                fr.map(|f| (f.fragment_offset(), f.more_fragments(), f.identification())),
+                sl.stop_err
+            );
+        } else {
+            eprintln!("net {:?} stop {:?}", sl.net.is_some(), sl.stop_err);
+        }
+    }
+}

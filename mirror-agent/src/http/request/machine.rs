@@ -1,0 +1,403 @@
+//! The request framer's state machine: one step consumes bytes of a push in the current state
+//! (head lines, Content-Length body, chunk-size lines, chunk data, trailers, tunnel).
+
+use bytes::Bytes;
+
+use super::super::head::{self, Plausible};
+use super::super::{BodyFraming, Request};
+use super::parse::parse_head;
+use super::{Cur, RequestDropReason, RequestEvent, RequestFramer, State};
+
+impl RequestFramer {
+    // ---- the state machine ----
+
+    pub(super) fn step(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        let data: &Bytes = cur.data;
+        let avail = &data[cur.pos..];
+        match self.state {
+            State::Ignore => {
+                self.stats.ignored_bytes += avail.len() as u64;
+                cur.pos = cur.data.len();
+                cur.start = cur.pos;
+            }
+            State::Discard => {
+                if let Some((_, b)) = &mut self.resync {
+                    *b += avail.len() as u64;
+                }
+                cur.pos = data.len();
+                cur.start = cur.pos;
+            }
+            State::SkipLine => {
+                let n = head::find_line_end(avail).unwrap_or(avail.len());
+                if let Some((_, b)) = &mut self.resync {
+                    *b += n as u64;
+                }
+                cur.pos += n;
+                cur.start = cur.pos;
+                if cur.data[cur.pos - 1] == b'\n' {
+                    self.state = State::Head {
+                        line_start: 0,
+                        tentative: true,
+                    };
+                }
+            }
+            State::Head {
+                line_start,
+                tentative,
+            } => self.step_head(cur, line_start, tentative, out),
+            State::Body { remaining } => {
+                let n = remaining.min(avail.len() as u64) as usize;
+                if self.skipping.is_some() {
+                    self.skip(cur, n);
+                } else {
+                    self.take(cur, n);
+                }
+                let remaining = remaining - n as u64;
+                self.state = State::Body { remaining };
+                if remaining == 0 {
+                    self.complete(cur, out);
+                }
+            }
+            State::ChunkSize { line_start } => {
+                let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
+                let complete = self.take_line(cur, limit);
+                if self.view(cur).len() > limit {
+                    self.fail_stream(cur, out);
+                    return;
+                }
+                if !complete {
+                    return;
+                }
+                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
+                let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
+                    self.fail_stream(cur, out);
+                    return;
+                };
+                let size = body_len - self.body_len;
+                self.body_len = body_len;
+                if self.skipping.is_some() {
+                    self.discard_view(cur);
+                } else {
+                    let wire_body = self.item_len - self.head_len as u64;
+                    if wire_body.saturating_add(size) > self.limits.max_body_bytes {
+                        self.skipping = Some(RequestDropReason::BodyTooLarge);
+                        self.discard_view(cur);
+                    }
+                }
+                self.state = if size == 0 {
+                    State::Trailer {
+                        line_start: self.view(cur).len(),
+                    }
+                } else {
+                    State::ChunkData { remaining: size }
+                };
+            }
+            State::ChunkData { remaining } => {
+                let n = remaining.min(avail.len() as u64) as usize;
+                if self.skipping.is_some() {
+                    self.skip(cur, n);
+                } else {
+                    self.take(cur, n);
+                }
+                let remaining = remaining - n as u64;
+                self.state = if remaining == 0 {
+                    State::ChunkEnd {
+                        line_start: self.view(cur).len(),
+                    }
+                } else {
+                    State::ChunkData { remaining }
+                };
+            }
+            State::ChunkEnd { line_start } => {
+                let limit = line_start + 2;
+                let complete = self.take_line(cur, limit);
+                if !complete {
+                    if self.view(cur).len() > limit {
+                        self.fail_stream(cur, out);
+                    }
+                    return;
+                }
+                if !head::is_blank_line(&self.view(cur)[line_start..]) {
+                    self.fail_stream(cur, out);
+                    return;
+                }
+                if self.skipping.is_some() {
+                    self.discard_view(cur);
+                }
+                self.state = State::ChunkSize {
+                    line_start: self.view(cur).len(),
+                };
+            }
+            State::Trailer { line_start } => {
+                // The trailer section shares the head limit (it is a field section too).
+                let room = self.limits.max_head_bytes.saturating_sub(self.trailer_len);
+                let limit = line_start + room;
+                let complete = self.take_line(cur, limit);
+                if self.view(cur).len() > limit {
+                    self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
+                    return;
+                }
+                if !complete {
+                    return;
+                }
+                let line = &self.view(cur)[line_start..];
+                let blank = head::is_blank_line(line);
+                self.trailer_len += line.len();
+                if blank {
+                    self.complete(cur, out);
+                } else {
+                    if self.skipping.is_some() {
+                        self.discard_view(cur);
+                    }
+                    self.state = State::Trailer {
+                        line_start: self.view(cur).len(),
+                    };
+                }
+            }
+        }
+    }
+
+    /// A resync candidate is not a request line: its bytes join the resync (skipping to the
+    /// next line end unless at a line start), or, right after an Upgrade/CONNECT request, the
+    /// stream is a tunnel from here.
+    fn reject_candidate(
+        &mut self,
+        cur: &mut Cur<'_>,
+        at_line_start: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        cur.start = cur.pos;
+        if self.tunnel_pending {
+            self.enter_tunnel(out);
+            return;
+        }
+        self.discard_item_into_resync();
+        self.state = if at_line_start {
+            State::Head {
+                line_start: 0,
+                tentative: true,
+            }
+        } else {
+            State::SkipLine
+        };
+    }
+
+    /// The bytes after an Upgrade/CONNECT request are not HTTP/1.x: ignore the rest.
+    pub(super) fn enter_tunnel(&mut self, out: &mut Vec<RequestEvent>) {
+        self.tunnel_pending = false;
+        out.push(RequestEvent::Tunnel);
+        self.stats.ignored_bytes += self.item_len;
+        self.reset_item();
+        self.state = State::Ignore;
+    }
+
+    /// Consumes up to and including the next line end, but never lets the view grow past
+    /// `limit + 1` bytes (so an endless line stays bounded; the caller fails a view longer
+    /// than `limit`). Returns whether a line end was consumed.
+    fn take_line(&mut self, cur: &mut Cur<'_>, limit: usize) -> bool {
+        let data: &Bytes = cur.data;
+        let avail = &data[cur.pos..];
+        let room = limit.saturating_add(1).saturating_sub(self.view(cur).len());
+        let window = &avail[..avail.len().min(room.max(1))];
+        match head::find_line_end(window) {
+            Some(n) => {
+                self.take(cur, n);
+                true
+            }
+            None => {
+                self.take(cur, window.len());
+                false
+            }
+        }
+    }
+
+    fn step_head(
+        &mut self,
+        cur: &mut Cur<'_>,
+        line_start: usize,
+        tentative: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        let max_head = self.limits.max_head_bytes;
+        if line_start == 0 && !tentative && !self.spanning && cur.start == cur.pos {
+            // Fast path: a head that starts here and ends within this push is found and
+            // parsed by one httparse call. Anything else (a partial head, blank lines, a
+            // versionless line, the h2 preface, errors) takes the line-by-line path below.
+            let data: &Bytes = cur.data;
+            let window = &data[cur.pos..data.len().min(cur.pos + max_head)];
+            if window.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
+                let pool = std::mem::take(&mut self.value_at_pool);
+                if let Ok((n, parsed)) =
+                    parse_head(window, None, self.limits.max_headers, false, pool)
+                {
+                    self.take(cur, n);
+                    self.head_len = n;
+                    if parsed.framing_ok {
+                        self.parsed = Some(parsed);
+                        self.start_body(cur, out);
+                    } else {
+                        self.fail_stream(cur, out);
+                    }
+                    return;
+                }
+            }
+        }
+        let complete = self.take_line(cur, max_head);
+        let view_len = self.view(cur).len();
+        if view_len > max_head {
+            if tentative {
+                self.reject_candidate(cur, complete, out);
+            } else {
+                self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
+            }
+            return;
+        }
+        if !complete {
+            if tentative && line_start == 0 && head::method_prefix(self.view(cur)) == Plausible::No
+            {
+                self.reject_candidate(cur, false, out);
+            }
+            return;
+        }
+        let line = &self.view(cur)[line_start..];
+        if line_start == 0 {
+            if head::is_blank_line(line) {
+                // RFC 9112 section 2.2: empty lines before a request line are ignored.
+                if tentative && !self.tunnel_pending {
+                    self.discard_item_into_resync();
+                } else {
+                    self.stats.ignored_bytes += self.item_len;
+                    self.reset_item();
+                }
+                cur.start = cur.pos;
+                return;
+            }
+            if tentative && !head::plausible_request_line(line) {
+                self.reject_candidate(cur, true, out);
+                return;
+            }
+            // After an Upgrade or CONNECT request, another request line means the server
+            // declined (e.g. 407 to CONNECT, an h2c upgrade not taken): keep framing.
+            let h2 = line == head::H2_PREFACE_LINE;
+            let v09 = head::versionless_request_line(line)
+                .is_some()
+                .then_some(line.len());
+            self.tunnel_pending = false;
+            if tentative {
+                self.flush_resync(out);
+            }
+            if h2 {
+                out.push(RequestEvent::Http2);
+                self.stats.ignored_bytes += self.item_len;
+                self.reset_item();
+                cur.start = cur.pos;
+                self.state = State::Ignore;
+                return;
+            }
+            self.v09_line = v09;
+            self.state = State::Head {
+                line_start: view_len,
+                tentative: false,
+            };
+            return;
+        }
+        if !head::is_blank_line(line) {
+            self.state = State::Head {
+                line_start: view_len,
+                tentative: false,
+            };
+            return;
+        }
+        self.head_len = view_len;
+        let pool = std::mem::take(&mut self.value_at_pool);
+        let max_headers = self.limits.max_headers;
+        let result = parse_head(self.view(cur), self.v09_line, max_headers, true, pool);
+        match result {
+            Ok((_, parsed)) if !parsed.framing_ok => self.fail_stream(cur, out),
+            Ok((_, parsed)) => {
+                self.parsed = Some(parsed);
+                self.start_body(cur, out);
+            }
+            Err(reason) => self.fail(
+                cur,
+                reason.unwrap_or(RequestDropReason::Malformed),
+                true,
+                out,
+            ),
+        }
+    }
+
+    fn start_body(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        let framing = self
+            .parsed
+            .as_ref()
+            .map_or(BodyFraming::None, |p| p.framing);
+        match framing {
+            BodyFraming::ContentLength(n) => {
+                self.body_len = n;
+                if n > self.limits.max_body_bytes {
+                    self.skipping = Some(RequestDropReason::BodyTooLarge);
+                    self.discard_view(cur);
+                } else if self.spanning {
+                    self.acc.reserve(n.min(super::MAX_RESERVE) as usize);
+                }
+                self.state = State::Body { remaining: n };
+            }
+            BodyFraming::Chunked => {
+                self.state = State::ChunkSize {
+                    line_start: self.view(cur).len(),
+                };
+            }
+            BodyFraming::None | BodyFraming::CloseDelimited => self.complete(cur, out),
+        }
+    }
+
+    /// The request in progress is complete: emit it (or its BodyTooLarge drop).
+    pub(super) fn complete(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        let parsed = self.parsed.take();
+        let tunnel = parsed.as_ref().is_some_and(|p| p.tunnel);
+        if let Some(reason) = self.skipping {
+            let bytes = self.item_len;
+            self.stats.dropped_bytes += bytes;
+            out.push(RequestEvent::Dropped { reason, bytes });
+            cur.start = cur.pos;
+        } else if let Some(p) = parsed {
+            let raw = if self.spanning {
+                self.spanning = false;
+                self.acc.split().freeze()
+            } else {
+                cur.data.slice(cur.start..cur.pos)
+            };
+            cur.start = cur.pos;
+            let mut headers = p.headers;
+            for (h, &(a, b)) in headers.iter_mut().zip(&p.value_at) {
+                h.value = raw.slice(a..b);
+            }
+            self.value_at_pool = p.value_at;
+            self.stats.requests += 1;
+            self.stats.request_bytes += raw.len() as u64;
+            out.push(RequestEvent::Request(Request {
+                head_len: self.head_len,
+                method: p.method,
+                target: p.target,
+                version: p.version,
+                headers,
+                framing: p.framing,
+                body_len: self.body_len,
+                ts_ns: self.item_ts,
+                end_ts_ns: self.last_ts,
+                te_and_cl: p.te_and_cl,
+                raw,
+            }));
+        }
+        self.reset_item();
+        // Upgrade / CONNECT: what follows decides. Bytes that cannot start a request line
+        // make the stream a tunnel (Tunnel event, ignored from there); a request line means
+        // the server declined and the client carried on in HTTP/1.x.
+        self.tunnel_pending = tunnel;
+        self.state = State::Head {
+            line_start: 0,
+            tentative: tunnel,
+        };
+    }
+}

@@ -1,0 +1,78 @@
+//! Replay throughput and cost, printed as a table (no assertions on timing). Run with:
+//! `cargo test --release -p mirror-agent --test replay_bench -- --ignored --nocapture`
+//!
+//! Measures, against a fast loopback mirror (in this process): the cost of `submit` on the
+//! calling (capture) thread, the end-to-end rate, and the process CPU time per mirrored request
+//! (agent side and the test mirror together, so an upper bound for the agent).
+
+mod replay_common;
+
+use std::time::{Duration, Instant};
+
+use mirror_agent::replay::Replayer;
+use replay_common::*;
+
+fn cpu_time() -> Duration {
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: getrusage writes into the struct we own.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints a table; run with --ignored --nocapture"]
+async fn replay_throughput() {
+    println!(
+        "{:<28} {:>9} {:>12} {:>12} {:>14} {:>9}",
+        "case", "requests", "submit ns", "req/s", "cpu us/req", "dropped"
+    );
+    for (case, body, conns) in [
+        ("GET, 8 conns", 0usize, 8),
+        ("GET, 32 conns", 0, 32),
+        ("POST 16 KiB, 8 conns", 16 << 10, 8),
+    ] {
+        let mirror = TestMirror::start(Behavior::Ok).await;
+        let mut cfg = config(vec![mirror.spec("m", 100.0)]);
+        cfg.max_connections = conns;
+        cfg.timeout = Duration::from_secs(5);
+        let replayer = Replayer::start(cfg);
+        let raw = if body == 0 {
+            "GET /bench?x=1 HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
+                .to_string()
+        } else {
+            format!(
+                "POST /bench HTTP/1.1\r\nHost: bench\r\nContent-Length: {body}\r\n\r\n{}",
+                "x".repeat(body)
+            )
+        };
+        let req = one(raw.as_bytes());
+        let n = 50_000u64;
+        let (cpu0, t0) = (cpu_time(), Instant::now());
+        let mut submit_ns = 0u128;
+        for i in 0..n {
+            let s = Instant::now();
+            replayer.submit(&req);
+            submit_ns += s.elapsed().as_nanos();
+            if i % 1000 == 999 {
+                // Offered at a bounded rate so the queue (4096) measures throughput, not drops.
+                while replayer.max_queue_fill() > 0.5 {
+                    tokio::time::sleep(Duration::from_micros(200)).await;
+                }
+            }
+        }
+        let snap = replayer.shutdown(Duration::from_secs(30)).await;
+        let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
+        let m = &snap.mirrors[0];
+        println!(
+            "{:<28} {:>9} {:>12.0} {:>12.0} {:>14.1} {:>9}",
+            case,
+            m.status[1],
+            submit_ns as f64 / n as f64,
+            m.status[1] as f64 / wall.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / m.status[1].max(1) as f64,
+            m.dropped_count()
+        );
+        assert!(m.balanced());
+    }
+}

@@ -1,0 +1,266 @@
+//! `cargo xtask bench pipeline`: synthesized captures from memory through the pipeline, one
+//! thread (= one core), printed as a table. Always measured in release: a debug xtask re-runs
+//! itself with `--release`. Rates are per CPU second of the benchmark thread
+//! (`CLOCK_THREAD_CPUTIME_ID`), so a busy shared machine slows the run but not the figure; the
+//! wall-clock rate is printed next to it.
+
+use std::hint::black_box;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use mirror_agent::app::offline;
+use mirror_agent::capture::Segment;
+use mirror_agent::capture::pcap::PcapSource;
+use mirror_agent::capture::pcap::synth::{self, Conversation, SynthLink};
+use mirror_agent::pipeline::{Pipeline, PipelineConfig, PipelineEvent};
+
+pub fn run() -> Result<()> {
+    if cfg!(debug_assertions) {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args([
+                "run",
+                "--release",
+                "--quiet",
+                "-p",
+                "xtask",
+                "--",
+                "bench",
+                "pipeline",
+            ])
+            .status()
+            .context("re-running the benchmark in release")?;
+        if !status.success() {
+            bail!("release benchmark failed: {status}");
+        }
+        return Ok(());
+    }
+    println!("pipeline benchmark: release build, 1 thread, best of 5 runs");
+    println!(
+        "{:<52} {:>12} {:>18} {:>18}",
+        "case", "per run", "per core (CPU)", "wall clock"
+    );
+    let small = small_requests(false);
+    let reqs = count_requests(&small);
+    row(
+        "small keep-alive GETs, segments in memory",
+        reqs,
+        "req",
+        time_segments(&small, false),
+        |n, t| format!("{:.0}k req/s", n as f64 / t / 1e3),
+    );
+    let with_resp = small_requests(true);
+    row(
+        "small keep-alive GETs + 204 responses paired",
+        reqs,
+        "req",
+        time_segments(&with_resp, true),
+        |n, t| format!("{:.0}k req/s", n as f64 / t / 1e3),
+    );
+    let pcap = synth::pcap_file(1, &synth::frames(SynthLink::Ethernet { vlans: 0 }, &small));
+    row(
+        "small keep-alive GETs, Ethernet pcap in memory",
+        reqs,
+        "req",
+        time_pcap(&pcap),
+        |n, t| format!("{:.0}k req/s", n as f64 / t / 1e3),
+    );
+    for (mss, name) in [
+        (1448, "1 MiB POST bodies, 1448 B segments"),
+        (65_483, "1 MiB POST bodies, 64 KiB (GRO) segments"),
+    ] {
+        let (segs, body) = large_bodies(mss);
+        row(name, body, "B", time_segments(&segs, false), |n, t| {
+            format!("{:.0} MB/s", n as f64 / t / 1e6)
+        });
+    }
+    Ok(())
+}
+
+fn row(name: &str, n: u64, unit: &str, t: Times, rate: impl Fn(u64, f64) -> String) {
+    let per_run = if unit == "B" {
+        format!("{} MiB", n >> 20)
+    } else {
+        format!("{n} {unit}")
+    };
+    println!(
+        "{name:<52} {per_run:>12} {:>18} {:>18}",
+        rate(n, t.cpu),
+        rate(n, t.wall)
+    );
+}
+
+/// Best CPU and wall seconds over the runs.
+#[derive(Clone, Copy)]
+struct Times {
+    cpu: f64,
+    wall: f64,
+}
+
+/// CPU time consumed by this thread.
+fn thread_cpu() -> Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: `ts` is a valid, writable timespec; the clock id is a constant the kernel knows.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    assert_eq!(rc, 0, "clock_gettime(CLOCK_THREAD_CPUTIME_ID)");
+    Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+/// Measures `f` (wall, cpu) around the part it times itself.
+struct Clock {
+    wall: Instant,
+    cpu: Duration,
+}
+
+impl Clock {
+    fn start() -> Self {
+        Self {
+            wall: Instant::now(),
+            cpu: thread_cpu(),
+        }
+    }
+    fn stop(self) -> (Duration, Duration) {
+        (self.wall.elapsed(), thread_cpu() - self.cpu)
+    }
+}
+
+const CONNS: u16 = 100;
+const PER_CONN: usize = 2000;
+
+/// 100 connections x 2000 keep-alive GETs (about 90 bytes each, one segment per request),
+/// interleaved across connections like a busy server's ingress.
+fn small_requests(responses: bool) -> Vec<Segment> {
+    let mut convs: Vec<Conversation> = (0..CONNS)
+        .map(|i| {
+            let mut c = Conversation::new(
+                SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 40000)),
+                "10.0.0.1:8080".parse().expect("addr"),
+                [1000, 5000],
+            );
+            c.handshake();
+            c
+        })
+        .collect();
+    for n in 0..PER_CONN {
+        for c in convs.iter_mut() {
+            let req = format!(
+                "GET /api/v1/items/{n}?q=abc HTTP/1.1\r\nHost: svc.local\r\nUser-Agent: bench\r\n\r\n"
+            );
+            c.client_sends(req.as_bytes(), 1448);
+            if responses {
+                c.server_sends(b"HTTP/1.1 204 No Content\r\n\r\n", 1448);
+            }
+        }
+    }
+    let mut all: Vec<Segment> = convs.into_iter().flat_map(|c| c.segments).collect();
+    all.sort_by_key(|s| s.ts_ns);
+    all
+}
+
+/// 64 POSTs with a 1 MiB body each on 8 connections, body in `mss`-byte segments.
+fn large_bodies(mss: usize) -> (Vec<Segment>, u64) {
+    let body = vec![b'x'; 1 << 20];
+    let mut segs = Vec::new();
+    let mut total = 0;
+    for i in 0..8u16 {
+        let mut c = Conversation::new(
+            SocketAddr::from(([10, 2, 0, i as u8], 40000)),
+            "10.0.0.1:8080".parse().expect("addr"),
+            [1, 1],
+        );
+        c.handshake();
+        for _ in 0..8 {
+            let head = format!(
+                "POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            );
+            let mut req = head.into_bytes();
+            req.extend_from_slice(&body);
+            c.client_sends(&req, mss);
+            total += body.len() as u64;
+        }
+        segs.extend(c.segments);
+    }
+    (segs, total)
+}
+
+fn count_requests(segs: &[Segment]) -> u64 {
+    segs.iter()
+        .filter(|s| s.payload.starts_with(b"GET "))
+        .count() as u64
+}
+
+fn cfg(responses: bool) -> PipelineConfig {
+    PipelineConfig {
+        ports: vec![8080],
+        responses,
+        ..PipelineConfig::default()
+    }
+}
+
+/// Best wall time of 5 runs of the pipeline over `segs` (a fresh pipeline each run).
+fn time_segments(segs: &[Segment], responses: bool) -> Times {
+    best_of(5, || {
+        let input = segs.to_vec();
+        let mut p = Pipeline::new(cfg(responses));
+        let mut out = Vec::with_capacity(64);
+        let mut n = 0u64;
+        let t = Clock::start();
+        for s in input {
+            p.on_segment(s, &mut out);
+            n += out
+                .drain(..)
+                .filter(|e| matches!(e, PipelineEvent::Request(_)))
+                .count() as u64;
+        }
+        p.finish(&mut out);
+        let el = t.stop();
+        black_box(n);
+        let s = p.stats();
+        assert_eq!(
+            s.request_drops.total().count,
+            0,
+            "benchmark input must frame cleanly:\n{s}"
+        );
+        el
+    })
+}
+
+fn time_pcap(bytes: &[u8]) -> Times {
+    best_of(5, || {
+        let copy = bytes.to_vec();
+        let t = Clock::start();
+        let mut src = PcapSource::new(std::io::Cursor::new(copy)).expect("synthesized pcap");
+        let mut p = Pipeline::new(cfg(false));
+        let mut n = 0u64;
+        offline::drive(&mut src, &mut p, |e| {
+            if matches!(e, PipelineEvent::Request(_)) {
+                n += 1;
+            }
+        })
+        .expect("synthesized pcap reads");
+        black_box(n);
+        t.stop()
+    })
+}
+
+fn best_of(runs: usize, mut f: impl FnMut() -> (Duration, Duration)) -> Times {
+    let all: Vec<(Duration, Duration)> = (0..runs).map(|_| f()).collect();
+    Times {
+        wall: all
+            .iter()
+            .map(|t| t.0)
+            .min()
+            .expect("runs > 0")
+            .as_secs_f64(),
+        cpu: all
+            .iter()
+            .map(|t| t.1)
+            .min()
+            .expect("runs > 0")
+            .as_secs_f64(),
+    }
+}
