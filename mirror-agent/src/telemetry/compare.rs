@@ -94,6 +94,38 @@ pub struct CompareSnapshot {
     pub primary_unmatched: u64,
     /// Entries pushed out because the table was full.
     pub evicted: u64,
+    /// Filled by [`super::primary::PrimaryObserver::fill`]: requests forgotten unanswered
+    /// (bound reached) and responses whose request was not known.
+    pub primary_requests_evicted: u64,
+    pub primary_responses_unknown: u64,
+}
+
+impl CompareSnapshot {
+    /// The comparison columns of the exit table: one row per mirror, then the losses.
+    pub fn table(&self) -> String {
+        use std::fmt::Write as _;
+        let mut t = format!(
+            "{:<16} {:>9} {:>12} {:>11} {:>11} {:>15}\n",
+            "mirror", "compared", "status_class", "status_code", "no_response", "primary_missing"
+        );
+        for m in &self.mirrors {
+            let _ = writeln!(
+                t,
+                "{:<16} {:>9} {:>12} {:>11} {:>11} {:>15}",
+                m.name, m.compared, m.status_class, m.status_code, m.no_response, m.primary_missing
+            );
+        }
+        let _ = writeln!(
+            t,
+            "comparison: primary only {}, table evictions {}, requests forgotten unanswered {}, \
+             responses to unknown requests {}",
+            self.primary_unmatched,
+            self.evicted,
+            self.primary_requests_evicted,
+            self.primary_responses_unknown
+        );
+        t
+    }
 }
 
 #[derive(Debug, Default)]
@@ -439,6 +471,9 @@ mod tests {
         hub.mirror((1, 1), 0, &Outcome::Error(ErrorKind::Connect));
         hub.mirror((1, 2), 0, &Outcome::Dropped(DropReason::QueueFull));
         let s = hub.snapshot();
+        let table = s.table();
+        assert!(table.starts_with("mirror "), "{table}");
+        assert!(table.lines().nth(1).unwrap().starts_with("a "), "{table}");
         assert_eq!(s.mirrors[0].compared, 2);
         assert_eq!(s.mirrors[0].status_class, 1);
         assert_eq!(s.mirrors[0].no_response, 1);

@@ -8,18 +8,30 @@
 //! through [`MirrorRequestRecorder`] (replay dispatcher) and [`PrimaryRecorder`] (paired
 //! primary responses).
 //!
-//! Driver use:
+//! Driver use (the replay side needs the small `ReplayConfig::telemetry`/`compare` hook on
+//! branch `wt/telemetry-wiring`):
 //! ```ignore
-//! let telemetry = Telemetry::start(TelemetryConfig::from_args(&args)?).await?;
-//! let recorder = telemetry.recorder();          // give to the replayer's dispatchers
-//! telemetry.set_ready(true);                    // capture attached / source open
-//! loop { telemetry.update_from(Some(&kernel), Some(&pipeline_stats), Some(&replay_snapshot)); ... }
-//! telemetry.shutdown().await;                   // final OTLP export
+//! let telemetry = Telemetry::start(TelemetryConfig::from_args(&args)?).await?; // e.exit_code()
+//! replay_cfg.telemetry = Some(telemetry.recorder());      // per-copy histogram + span
+//! let hub = CompareHub::new(mirror_names, ttl, 65536, Some(telemetry.recorder())); // --compare
+//! replay_cfg.compare = Some(hub.clone());
+//! let mut primary = PrimaryObserver::new(telemetry.primary_recorder(), Some(hub.clone()), 65536);
+//! telemetry.set_ready(true);                              // capture attached / source open
+//! // for every PipelineEvent: primary.on_event(&ev)
+//! // every second:
+//! telemetry.update_from(kernel.as_ref(), Some(&pipeline_stats), Some(&replayer.snapshot()));
+//! hub.expire();
+//! let mut c = hub.snapshot();
+//! primary.fill(&mut c);
+//! telemetry.update_compare(Some(&c));
+//! // on exit: print c.table(), then
+//! telemetry.shutdown().await;                             // final OTLP export
 //! ```
 
 pub mod compare;
 pub mod model;
 mod otel;
+pub mod primary;
 mod prometheus;
 pub mod request;
 pub mod trace;
@@ -36,6 +48,7 @@ use crate::capture::ebpf::Counters;
 use crate::pipeline::PipelineStats;
 use crate::replay::stats::ReplaySnapshot;
 pub use model::Snapshots;
+pub use primary::PrimaryObserver;
 pub use request::{InFlight, MirrorRequestRecorder, PrimaryRecorder, RequestResult};
 pub use trace::{MirrorTracer, TraceparentMode};
 

@@ -573,7 +573,7 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.compare.unpaired",
         kind: Kind::Counter,
         unit: REQUEST,
-        help: "Comparisons that could not be made, by reason (primary_missing: the primary's response never came; evicted: table full; primary_only: no mirror outcome).",
+        help: "Comparisons that could not be made, by reason (primary_missing: the primary's response never came; evicted: table full; primary_only: no mirror outcome; request_evicted: request forgotten unanswered; response_unknown: response to an unknown request).",
         read: |s, o| {
             if let Some(c) = &s.compare {
                 for m in &c.mirrors {
@@ -585,6 +585,16 @@ pub static DEFS: &[MetricDef] = &[
                 }
                 p(o, &[(REASON, "evicted")], c.evicted);
                 p(o, &[(REASON, "primary_only")], c.primary_unmatched);
+                p(
+                    o,
+                    &[(REASON, "request_evicted")],
+                    c.primary_requests_evicted,
+                );
+                p(
+                    o,
+                    &[(REASON, "response_unknown")],
+                    c.primary_responses_unknown,
+                );
             }
         },
     },

@@ -325,3 +325,61 @@ impl PrimaryRecorder {
         );
     }
 }
+
+#[cfg(test)]
+mod cost {
+    /// Prints the per-copy cost of the hooks (a table, no assertion on time). Run with
+    /// `cargo test --release -p mirror-agent --lib telemetry::request::cost -- --ignored --nocapture`.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    #[ignore = "benchmark: prints a table"]
+    async fn per_copy_cost() {
+        use std::time::{Duration, Instant};
+
+        use super::super::trace::TraceparentMode;
+        use super::super::{OtlpConfig, Telemetry, TelemetryConfig};
+        use crate::replay::stats::Outcome;
+
+        // OTLP on (to an endpoint nobody answers: exports fail quietly, the hooks still run).
+        let t = Telemetry::start(TelemetryConfig {
+            metrics_addr: None,
+            otlp: Some(OtlpConfig {
+                endpoint: Some("http://127.0.0.1:9".into()),
+                export_interval: Some(Duration::from_secs(3600)),
+                traces: true,
+                ..Default::default()
+            }),
+            traceparent: TraceparentMode::Rewrite,
+        })
+        .await
+        .unwrap();
+        let rec = t.recorder();
+        let raw = bytes::Bytes::from_static(
+            b"GET /orders/42 HTTP/1.1\r\nHost: shop\r\nUser-Agent: x\r\nAccept: */*\r\n\
+              traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
+        );
+        let n = 20_000u32;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            rec.record(
+                "app-v2",
+                "GET",
+                super::RequestResult::Status(200),
+                Duration::from_millis(2),
+                "10.0.0.5",
+            );
+        }
+        let record = t0.elapsed() / n;
+        let t0 = Instant::now();
+        for _ in 0..n {
+            let (f, _b) = rec.start("app-v2", "10.0.0.5", Some(8080), &raw);
+            f.finish(&Outcome::Answered {
+                status: 200,
+                latency: Duration::from_millis(2),
+            });
+        }
+        let span = t0.elapsed() / n;
+        println!("| hook | per copy |\n|---|---|");
+        println!("| record (Prometheus + OTLP histogram) | {record:?} |");
+        println!("| start+finish (span, traceparent rewrite, histogram) | {span:?} |");
+    }
+}

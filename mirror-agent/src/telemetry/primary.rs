@@ -1,0 +1,211 @@
+//! The primary's side from the pipeline's events: remembers each request's method and last-byte
+//! time until its paired response arrives, then records `http.server.request.duration` and
+//! hands the primary's status and latency to the comparison.
+//!
+//! Owns that bounded memory: a [`crate::pipeline::CapturedResponse`] names its request only by
+//! `(flow_id, seq_in_flow)`, so the request's details wait here. Requests never answered
+//! (one-sided captures) leave in FIFO order when the bound is reached, counted in `evicted`.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Duration;
+
+use super::compare::{CompareHub, PrimarySide, RequestKey};
+use super::request::PrimaryRecorder;
+use crate::pipeline::PipelineEvent;
+
+#[derive(Debug)]
+struct Waiting {
+    method: String,
+    end_ts_ns: u64,
+    server: String,
+}
+
+/// Driven by the pipeline driver with every [`PipelineEvent`] (single-threaded).
+#[derive(Debug)]
+pub struct PrimaryObserver {
+    waiting: HashMap<RequestKey, Waiting>,
+    order: VecDeque<RequestKey>,
+    max: usize,
+    recorder: PrimaryRecorder,
+    hub: Option<CompareHub>,
+    /// Requests forgotten unanswered because `max` were waiting.
+    pub evicted: u64,
+    /// Responses recorded.
+    pub paired: u64,
+    /// Responses whose request was not (or no longer) known.
+    pub unknown: u64,
+}
+
+impl PrimaryObserver {
+    pub fn new(recorder: PrimaryRecorder, hub: Option<CompareHub>, max_waiting: usize) -> Self {
+        Self {
+            waiting: HashMap::new(),
+            order: VecDeque::new(),
+            max: max_waiting.max(1),
+            recorder,
+            hub,
+            evicted: 0,
+            paired: 0,
+            unknown: 0,
+        }
+    }
+
+    pub fn on_event(&mut self, ev: &PipelineEvent) {
+        match ev {
+            PipelineEvent::Request(r) => {
+                let key = (r.flow_id, r.seq_in_flow);
+                while self.waiting.len() >= self.max {
+                    match self.order.pop_front() {
+                        Some(old) => {
+                            if self.waiting.remove(&old).is_some() {
+                                self.evicted += 1;
+                            }
+                        }
+                        None => break,
+                    }
+                }
+                self.order.push_back(key);
+                self.waiting.insert(
+                    key,
+                    Waiting {
+                        method: r.request.method.clone(),
+                        end_ts_ns: r.request.end_ts_ns,
+                        server: r.dst.ip().to_string(),
+                    },
+                );
+            }
+            PipelineEvent::Response(resp) => {
+                let key = (resp.flow_id, resp.seq_in_flow);
+                let Some(w) = self.waiting.remove(&key) else {
+                    self.unknown += 1;
+                    return;
+                };
+                // `order` keeps the key until it reaches the front; removal there is a no-op.
+                self.paired += 1;
+                let latency = Duration::from_nanos(resp.response.ts_ns.saturating_sub(w.end_ts_ns));
+                self.recorder
+                    .record(&w.method, resp.response.status, latency, &w.server);
+                if let Some(h) = &self.hub {
+                    h.primary(
+                        key,
+                        PrimarySide {
+                            status: resp.response.status,
+                            latency,
+                        },
+                    );
+                }
+            }
+            _ => {}
+        }
+        // Keys already answered pile up at the front of `order`; drop them so it stays bounded.
+        while let Some(k) = self.order.front() {
+            if self.waiting.contains_key(k) {
+                break;
+            }
+            self.order.pop_front();
+        }
+    }
+
+    /// Adds this observer's losses to the comparison counters before export.
+    pub fn fill(&self, snap: &mut super::compare::CompareSnapshot) {
+        snap.primary_requests_evicted = self.evicted;
+        snap.primary_responses_unknown = self.unknown;
+    }
+
+    /// Requests waiting for their response now.
+    pub fn waiting(&self) -> usize {
+        self.waiting.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::response::Response;
+    use crate::http::{BodyFraming, Version};
+    use crate::pipeline::{CapturedRequest, CapturedResponse};
+    use crate::replay::testutil::request;
+
+    fn req(seq: u64, end_ts_ns: u64) -> PipelineEvent {
+        let mut r = request(b"GET /x HTTP/1.1\r\nHost: a\r\n\r\n");
+        r.end_ts_ns = end_ts_ns;
+        PipelineEvent::Request(CapturedRequest {
+            src: "10.0.0.1:4000".parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+            flow_id: 1,
+            seq_in_flow: seq,
+            request: r,
+        })
+    }
+
+    fn resp(seq: u64, status: u16, ts_ns: u64) -> PipelineEvent {
+        PipelineEvent::Response(CapturedResponse {
+            client: "10.0.0.1:4000".parse().unwrap(),
+            server: "10.0.0.2:80".parse().unwrap(),
+            flow_id: 1,
+            seq_in_flow: seq,
+            response: Response {
+                status,
+                version: Version::Http11,
+                head_len: 0,
+                framing: BodyFraming::None,
+                body_len: 0,
+                ts_ns,
+                end_ts_ns: ts_ns,
+            },
+        })
+    }
+
+    async fn telemetry() -> super::super::Telemetry {
+        super::super::Telemetry::start(Default::default())
+            .await
+            .unwrap()
+    }
+
+    #[tokio::test]
+    async fn pipelined_responses_pair_in_order_and_feed_the_comparison() {
+        let t = telemetry().await;
+        let hub = CompareHub::new(vec!["m".into()], Duration::from_secs(9), 16, None);
+        let mut o = PrimaryObserver::new(t.primary_recorder(), Some(hub.clone()), 8);
+        // Pipelined: three requests, then their responses.
+        for (seq, end) in [(0, 1_000), (1, 2_000), (2, 3_000)] {
+            o.on_event(&req(seq, end));
+        }
+        o.on_event(&resp(0, 200, 5_001_000));
+        o.on_event(&resp(1, 503, 6_002_000));
+        o.on_event(&resp(7, 200, 9_000_000));
+        assert_eq!((o.paired, o.unknown, o.waiting()), (2, 1, 1));
+        hub.mirror(
+            (1, 1),
+            0,
+            &crate::replay::stats::Outcome::Answered {
+                status: 200,
+                latency: Duration::from_millis(1),
+            },
+        );
+        let s = hub.snapshot();
+        assert_eq!((s.mirrors[0].compared, s.mirrors[0].status_class), (1, 1));
+        let text = t.render_prometheus();
+        assert!(
+            text.contains(
+                "http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"503\",server_address=\"10.0.0.2\"} 1"
+            ),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn unanswered_requests_are_bounded_and_counted() {
+        let t = telemetry().await;
+        let mut o = PrimaryObserver::new(t.primary_recorder(), None, 4);
+        for seq in 0..10 {
+            o.on_event(&req(seq, 0));
+        }
+        assert_eq!((o.waiting(), o.evicted), (4, 6));
+        for seq in 6..10 {
+            o.on_event(&resp(seq, 200, 1));
+        }
+        assert_eq!((o.waiting(), o.paired), (0, 4));
+        assert!(o.order.is_empty());
+    }
+}
