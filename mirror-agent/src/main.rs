@@ -1,7 +1,6 @@
 //! mirror-agent command line entry point: parse flags, pick the mode, map errors to exit codes.
 
 use clap::Parser;
-use mirror_agent::app::live;
 use mirror_agent::cli::{Cli, Command};
 
 fn main() {
@@ -16,7 +15,7 @@ fn main() {
     match cli.command {
         Some(Command::Check) => std::process::exit(mirror_agent::check::run()),
         None if cli.run.pcap.is_none() && cli.run.from.is_none() => {
-            std::process::exit(run_live(&cli.run))
+            std::process::exit(mirror_agent::app::agent::main(&cli.run))
         }
         None if cli.run.from.is_some() => {
             std::process::exit(mirror_agent::app::from::main(&cli.run));
@@ -32,38 +31,6 @@ fn main() {
         None => {
             eprintln!("mirror-agent: not wired yet");
             std::process::exit(1);
-        }
-    }
-}
-
-/// Live capture. The pipeline (reassembly, HTTP, replay) plugs into the sink.
-fn run_live(args: &mirror_agent::cli::RunArgs) -> i32 {
-    let opts = match live::options_from_args(args) {
-        Ok(o) => o,
-        Err(e) => {
-            eprintln!("mirror-agent: {e}");
-            return e.exit_code();
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("mirror-agent: cannot start the runtime: {e}");
-            return 1;
-        }
-    };
-    match runtime.block_on(live::run(opts, |_ignore| {}, |_segments| {})) {
-        Ok(summary) => {
-            println!("{summary}");
-            0
-        }
-        Err(e) => {
-            eprintln!("mirror-agent: {e}");
-            e.exit_code()
         }
     }
 }

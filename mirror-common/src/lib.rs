@@ -190,3 +190,46 @@ mod pod {
     unsafe impl aya::Pod for super::RecordHeader {}
     unsafe impl aya::Pod for super::FlowKey {}
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4]) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        out[..4].copy_from_slice(&a);
+        out
+    }
+
+    #[test]
+    fn flow_hash_is_the_same_in_both_directions() {
+        let (c, s) = (v4([10, 0, 0, 2]), v4([10, 0, 0, 1]));
+        for port in [1u16, 80, 40000, 65535] {
+            assert_eq!(
+                flow_hash(7, &c, port, &s, 8080),
+                flow_hash(7, &s, 8080, &c, port)
+            );
+        }
+    }
+
+    #[test]
+    fn flow_hash_depends_on_seed_ports_and_addresses() {
+        let (c, s) = (v4([10, 0, 0, 2]), v4([10, 0, 0, 1]));
+        let base = flow_hash(7, &c, 40000, &s, 80);
+        assert_ne!(base, flow_hash(8, &c, 40000, &s, 80));
+        assert_ne!(base, flow_hash(7, &c, 40001, &s, 80));
+        assert_ne!(base, flow_hash(7, &v4([10, 0, 0, 3]), 40000, &s, 80));
+    }
+
+    #[test]
+    fn sampling_share_follows_basis_points() {
+        let s = v4([10, 0, 0, 1]);
+        let kept = (0..10_000u16)
+            .filter(|p| sampled(flow_hash(1, &v4([10, 0, 0, 2]), 1024 + p, &s, 80), 2500))
+            .count();
+        // 10000 flows at 25%: mean 2500, sd ~43; 6 sd margin.
+        assert!((2240..=2760).contains(&kept), "kept {kept}");
+        assert!(!sampled(12345, 0));
+        assert!((0..1000u64).all(|h| sampled(h.wrapping_mul(0x9e37_79b9), 10000)));
+    }
+}

@@ -151,9 +151,6 @@ fn ten_mib_upload_captured_byte_exact() {
     if !privileged_or_skip("ten_mib_upload_captured_byte_exact") {
         return;
     }
-    let dir = TempDir::new("upload");
-    let topo = Topology::new();
-    let body = dir.path().join("body.bin");
     // Not compressible, not repeating at any short period: a simple LCG.
     let mut x: u32 = 12345;
     let data: Vec<u8> = (0..10 << 20)
@@ -162,19 +159,141 @@ fn ten_mib_upload_captured_byte_exact() {
             (x >> 16) as u8
         })
         .collect();
-    std::fs::write(&body, &data).unwrap();
-    let url = format!("http://{}:{PORT}/upload", Topology::SERVER_V4);
-    let summary = capture_and_compare(dir.path(), &topo, Topology::SERVER_V4, 1, || {
+    for (host, url_host) in [
+        (Topology::SERVER_V4, Topology::SERVER_V4.to_owned()),
+        (Topology::SERVER_V6, format!("[{}]", Topology::SERVER_V6)),
+    ] {
+        let dir = TempDir::new("upload");
+        let topo = Topology::new();
+        let body = dir.path().join("body.bin");
+        std::fs::write(&body, &data).unwrap();
+        let url = format!("http://{url_host}:{PORT}/upload");
+        let summary = capture_and_compare(dir.path(), &topo, host, 1, || {
+            curl(
+                &topo,
+                &["--data-binary", &format!("@{}", body.display()), &url],
+            );
+        });
+        assert!(summary.get("bytes") >= 10 << 20, "{host}: {summary:?}");
+        // GRO/TSO: far fewer records than 1448-byte segments would need.
+        assert!(
+            summary.get("records") < (10 << 20) / 1448,
+            "{host}: expected multi-segment skbs, got {} records: {summary:?}",
+            summary.get("records")
+        );
+    }
+}
+
+#[test]
+fn vlan_tagged_requests_captured_on_the_parent_interface() {
+    if !privileged_or_skip("vlan_tagged_requests_captured_on_the_parent_interface") {
+        return;
+    }
+    let dir = TempDir::new("vlan");
+    let topo = Topology::new();
+    // VLAN 100 on both veth ends; the agent attaches to the untagged parent.
+    for (ns, parent, addr) in [
+        (&topo.server, &topo.server_if, "10.78.0.1/24"),
+        (&topo.client, &topo.client_if, "10.78.0.2/24"),
+    ] {
+        let out = ns
+            .command("ip")
+            .args([
+                "link", "add", "link", parent, "name", "vl100", "type", "vlan", "id", "100",
+            ])
+            .output()
+            .expect("run ip");
+        if !out.status.success() {
+            // A kernel feature, not a privilege: skipping is the honest outcome here.
+            eprintln!(
+                "SKIPPED vlan_tagged_requests_captured_on_the_parent_interface: kernel without \
+                 802.1Q support: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return;
+        }
+        ns.run(&["ip", "addr", "add", addr, "dev", "vl100"]);
+        ns.run(&["ip", "link", "set", "vl100", "up"]);
+    }
+    let url = format!("http://10.78.0.1:{PORT}");
+    capture_and_compare(dir.path(), &topo, "10.78.0.1", 2, || {
+        curl(&topo, &[&format!("{url}/tagged")]);
         curl(
             &topo,
-            &["--data-binary", &format!("@{}", body.display()), &url],
+            &[
+                "--data-binary",
+                &"v".repeat(3000),
+                &format!("{url}/tagged-post"),
+            ],
         );
     });
-    assert!(summary.get("bytes") >= 10 << 20, "{summary:?}");
-    // GRO/TSO: far fewer records than 1448-byte segments would need.
-    assert!(
-        summary.get("records") < (10 << 20) / 1448,
-        "expected multi-segment skbs, got {} records: {summary:?}",
-        summary.get("records")
+}
+
+/// On `lo` every packet passes egress and then ingress: each direction must be recorded once,
+/// also with the response classifier (`--compare`) attached.
+#[test]
+fn loopback_records_each_packet_once() {
+    if !privileged_or_skip("loopback_records_each_packet_once") {
+        return;
+    }
+    let dir = TempDir::new("lo");
+    let ns = mirror_tests::NetNs::new();
+    let _server = start_recording_server(&ns, "127.0.0.1", PORT, dir.path());
+    let pcap = dir.path().join("agent.pcap");
+    let mut agent = Agent::start(
+        &ns,
+        &[
+            "--iface",
+            "lo",
+            "--port",
+            &PORT.to_string(),
+            "--compare",
+            "--write-pcap",
+            pcap.to_str().unwrap(),
+        ],
+        dir.path(),
     );
+    let body = "z".repeat(20000);
+    let out = ns
+        .command("curl")
+        .args([
+            "-sS",
+            "--fail",
+            "--max-time",
+            "10",
+            "-o",
+            "/dev/null",
+            "-H",
+            "Expect:",
+            "--data-binary",
+            &body,
+        ])
+        .arg(format!("http://127.0.0.1:{PORT}/lo"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let server_saw = received(dir.path(), 1);
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{}", agent.log());
+    let (port, bytes) = server_saw.iter().next().unwrap();
+    let flows = mirror_tests::oracle::tshark_flow_sizes(&pcap);
+    let (_, client_bytes, syn) = flows[port];
+    assert!(syn, "client SYN recorded");
+    assert_eq!(
+        client_bytes,
+        bytes.len() as u64,
+        "request bytes recorded exactly once: {flows:?}"
+    );
+    let response = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok";
+    let (_, server_bytes, _) = flows[&PORT];
+    assert_eq!(
+        server_bytes,
+        response.len() as u64,
+        "response bytes recorded exactly once: {flows:?}"
+    );
+    assert_counters_balance(&summary);
 }

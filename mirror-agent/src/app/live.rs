@@ -6,6 +6,8 @@
 //! segments is the caller's business: they are handed to a sink (the pipeline plugs in there).
 
 mod pcap_out;
+#[cfg(test)]
+mod tests;
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -19,6 +21,8 @@ use crate::cli::RunArgs;
 
 /// Interval of the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// Interval of the empty batches handed to the sink when the ring is quiet.
+const IDLE_TICK: Duration = Duration::from_millis(200);
 
 /// Validated live-mode settings.
 #[derive(Debug, Clone)]
@@ -154,7 +158,8 @@ impl std::fmt::Display for LiveSummary {
     }
 }
 
-/// Runs live capture until SIGINT/SIGTERM or the duration ends, handing every batch to `sink`.
+/// Runs live capture until SIGINT/SIGTERM or the duration ends, handing every batch to `sink`
+/// (and an empty batch every [`IDLE_TICK`], so the consumer's timers run on a quiet link).
 ///
 /// `on_start` receives the ignore handle once attached (the replay stage registers its own
 /// connections with it).
@@ -189,6 +194,8 @@ pub async fn run(
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.tick().await;
+    let mut idle = tokio::time::interval(IDLE_TICK);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     loop {
         tokio::select! {
             batch = capture.next_batch() => {
@@ -212,6 +219,9 @@ pub async fn run(
                     "capture progress"
                 );
             }
+            // An empty batch lets the consumer run its timers (gap timeouts, idle expiry)
+            // while no packet arrives.
+            _ = idle.tick() => sink(Vec::new()),
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,

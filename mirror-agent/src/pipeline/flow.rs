@@ -294,6 +294,7 @@ impl Flow {
                 stats.requests_unanswered += d.awaiting.len() as u64;
                 let rs = d.resp.stats();
                 stats.response_bytes += rs.response_bytes;
+                stats.response_answers_dropped += rs.answers_dropped;
                 stats.server_bytes_framer_ignored += rs.ignored_bytes;
                 add_stream(&mut stats.client, d.streams[C2S].stats());
                 add_stream(&mut stats.server, d.streams[S2C].stats());

@@ -189,6 +189,9 @@ pub struct PipelineStats {
     pub requests_unanswered: u64,
     /// Requests whose response was lost (a response drop consumed their place in line).
     pub responses_lost: u64,
+    /// Dropped responses that had taken a request's place in line, as the response framer
+    /// counted them (must equal `responses_lost`: checked by `check_balance_at_end`).
+    pub response_answers_dropped: u64,
     /// Wire bytes of all responses (heads and bodies, 1xx included).
     pub response_bytes: u64,
     /// Server bytes lost before a response, by reason.
@@ -291,6 +294,12 @@ impl PipelineStats {
                 self.request_drops.total().bytes,
                 self.client_bytes_ignored,
                 self.client_bytes_framer_ignored
+            ));
+        }
+        if self.responses_lost != self.response_answers_dropped {
+            return Err(format!(
+                "responses_lost {} != dropped answers seen by the response framer {}",
+                self.responses_lost, self.response_answers_dropped
             ));
         }
         let framed = self.response_bytes

@@ -493,3 +493,53 @@ fn late_retransmission_after_close_is_not_a_second_request() {
     let s = finish(&mut p, &mut out);
     assert_eq!((s.flows, s.requests), (2, 4));
 }
+
+#[test]
+fn megabyte_header_line_and_100k_tiny_chunks() {
+    // A 1 MiB header line: dropped as too large (counted), bounded memory, and the connection
+    // goes on with the next request.
+    let mut big = b"GET /big HTTP/1.1\r\nX-Long: ".to_vec();
+    big.extend(std::iter::repeat_n(b'a', 1 << 20));
+    big.extend_from_slice(b"\r\n\r\n");
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:80"), [1, 2]);
+    c.handshake()
+        .client_sends(&big, 1448)
+        .client_sends(GET, 100)
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = Vec::new();
+    let mut peak = 0;
+    for s in c.segments {
+        p.on_segment(s, &mut out);
+        peak = peak.max(p.held_bytes());
+    }
+    let s = finish(&mut p, &mut out);
+    assert!(peak <= 2 * 64 * 1024, "held {peak} bytes for one head");
+    assert_eq!(s.request_drops.head_too_large.count, 1);
+    let r = requests(&out);
+    assert_eq!(r.len(), 1);
+    assert_eq!(&r[0].request.raw[..], GET);
+
+    // 100k one-byte chunks, each in its own segment.
+    const HEAD: &[u8] = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let mut body = Vec::new();
+    for _ in 0..100_000 {
+        body.extend_from_slice(b"1\r\nx\r\n");
+    }
+    body.extend_from_slice(b"0\r\n\r\n");
+    let mut c = Conversation::new(addr("10.0.0.1:5001"), addr("10.0.0.2:80"), [1, 2]);
+    c.handshake()
+        .client_sends(
+            b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            100,
+        )
+        .client_sends(&body, 6)
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].request.body_len, 100_000);
+    assert_eq!(s.request_bytes, (HEAD.len() + body.len()) as u64);
+}

@@ -65,19 +65,18 @@ impl Decided {
         sc: &mut Scratch,
         out: &mut Vec<PipelineEvent>,
     ) {
-        // Pairing. The framer takes a request's expectation when the response head is parsed,
-        // so a response dropped after its head (a gap in its body) took one with it, and one
+        // The framer takes a request's expectation when the response head is parsed, so a
+        // response dropped after its head (a gap in its body) took one with it, and one
         // dropped in its head did not. `awaiting.len() - pending` is the number of expectations
         // taken and not yet answered; every Final still to come in this batch needs one, and
-        // at most one more belongs to a body still open at the end of the batch (body bytes are
-        // never buffered, head bytes are: that tells an open body from an open head).
+        // one more belongs to the response still open at the end of the batch, if any.
         let pending = self.resp.pending_expectations();
         let mut finals_left = sc
             .resp
             .iter()
             .filter(|e| matches!(e, ResponseEvent::Final(_)))
             .count();
-        let open_body = self.resp.stats().in_progress() > 0 && self.resp.buffered_bytes() == 0;
+        let open_body = self.resp.response_open();
         for ev in sc.resp.drain(..) {
             match ev {
                 ResponseEvent::Informational(_) => stats.responses_informational += 1,
