@@ -21,6 +21,8 @@ use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
 pub struct Job {
     pub out: Outgoing,
     pub ticket: Ticket,
+    /// `(flow_id, seq_in_flow)` of the captured request, for the primary/mirror comparison.
+    pub key: (u64, u64),
 }
 
 /// The producer side of one mirror.
@@ -31,6 +33,17 @@ pub struct Dispatcher {
     max_queue_bytes: u64,
     pub stats: Arc<MirrorStats>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
+}
+
+/// Per-mirror telemetry: the duration histogram and span of each copy.
+#[derive(Debug, Clone)]
+pub struct Telemetry {
+    pub recorder: crate::telemetry::MirrorRequestRecorder,
+    pub mirror: String,
+    pub host: String,
+    pub port: u16,
+    /// The comparison hub and this mirror's index in it (`--compare`).
+    pub compare: Option<(crate::telemetry::compare::CompareHub, usize)>,
 }
 
 /// Stop signals shared by all dispatchers: `Drain` stops intake and sends what is queued;
@@ -50,6 +63,7 @@ impl Dispatcher {
         max_queue_bytes: u64,
         timeout: Duration,
         phase: watch::Receiver<Phase>,
+        telemetry: Option<Telemetry>,
     ) -> Self {
         let (tx, rx) = mpsc::channel(queue_size.max(1));
         let stats = pool.stats_handle();
@@ -60,6 +74,7 @@ impl Dispatcher {
             queued_bytes.clone(),
             timeout,
             phase,
+            telemetry.map(Arc::new),
         ));
         Self {
             tx,
@@ -117,6 +132,7 @@ async fn drain(
     queued_bytes: Arc<AtomicU64>,
     timeout: Duration,
     mut phase: watch::Receiver<Phase>,
+    telemetry: Option<Arc<Telemetry>>,
 ) {
     let mut running = JoinSet::new();
     loop {
@@ -141,9 +157,24 @@ async fn drain(
             p = pool.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
         };
         let pool = pool.clone();
+        let telemetry = telemetry.clone();
         running.spawn(async move {
             let _permit = permit;
-            let outcome = match tokio::time::timeout(timeout, pool.send(&job.out)).await {
+            let Job {
+                mut out,
+                ticket,
+                key,
+            } = job;
+            // The span starts as the copy leaves the queue; `traceparent` is rewritten per
+            // `--otlp-traceparent` (only its value bytes change).
+            let flight = telemetry.as_ref().map(|t| {
+                let (flight, bytes) =
+                    t.recorder
+                        .start(&t.mirror, &t.host, Some(t.port), &out.bytes);
+                out.bytes = bytes;
+                flight
+            });
+            let outcome = match tokio::time::timeout(timeout, pool.send(&out)).await {
                 Err(_) => Outcome::Timeout,
                 Ok(Ok(Some(a))) => Outcome::Answered {
                     status: a.status,
@@ -152,7 +183,13 @@ async fn drain(
                 Ok(Ok(None)) => Outcome::Dropped(DropReason::Backoff),
                 Ok(Err(kind)) => Outcome::Error(kind),
             };
-            job.ticket.resolve(outcome);
+            if let Some(flight) = flight {
+                flight.finish(&outcome);
+            }
+            if let Some((hub, index)) = telemetry.as_ref().and_then(|t| t.compare.as_ref()) {
+                hub.mirror(key, *index, &outcome);
+            }
+            ticket.resolve(outcome);
         });
     }
     // Let in-flight exchanges finish unless aborted; aborted ones drop their tickets unresolved,

@@ -65,6 +65,11 @@ pub struct ReplayConfig {
     /// Sampling seed; random per run unless set (tests).
     pub seed: Option<u64>,
     pub limits: HttpLimits,
+    /// Per-copy duration histogram and mirror span (`crate::telemetry`); `None`: off.
+    pub telemetry: Option<crate::telemetry::MirrorRequestRecorder>,
+    /// Primary/mirror comparison (`--compare`); needs `telemetry`. Mirror indexes are the
+    /// order of `mirrors`.
+    pub compare: Option<crate::telemetry::compare::CompareHub>,
 }
 
 impl ReplayConfig {
@@ -85,6 +90,8 @@ impl ReplayConfig {
             on_connect: None,
             seed: None,
             limits: HttpLimits::default(),
+            telemetry: None,
+            compare: None,
         }
     }
 }
@@ -154,6 +161,13 @@ impl Replayer {
                     cfg.max_queue_bytes,
                     cfg.timeout,
                     phase_rx.clone(),
+                    cfg.telemetry.clone().map(|recorder| dispatcher::Telemetry {
+                        recorder,
+                        mirror: spec.name.clone(),
+                        host: spec.host.clone(),
+                        port: spec.port,
+                        compare: cfg.compare.clone().map(|hub| (hub, i)),
+                    }),
                 ),
             });
         }
@@ -208,7 +222,11 @@ impl Replayer {
                 },
                 keep_alive: keeps_alive(req),
             };
-            m.dispatcher.offer(Job { out, ticket });
+            m.dispatcher.offer(Job {
+                out,
+                ticket,
+                key: (captured.flow_id, captured.seq_in_flow),
+            });
         }
     }
 
