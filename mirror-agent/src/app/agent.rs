@@ -19,6 +19,7 @@ use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent, PipelineStats};
 use crate::record::RecordWriter;
 use crate::replay::Replayer;
 use crate::replay::stats::ReplaySnapshot;
+use crate::telemetry::compare::{CompareHub, CompareSnapshot};
 use crate::telemetry::{PrimaryObserver, Telemetry, TelemetryConfig};
 
 use super::live;
@@ -134,11 +135,28 @@ async fn run(
             tracing::warn!(%local, %remote, error = %e, "cannot register a mirror connection");
         }
     }));
+    settings.replay.telemetry = Some(telemetry.recorder());
+    // With --compare the primary's responses are captured too: each mirrored copy's status and
+    // latency is compared with the primary's answer to the same request.
+    let compare = pipeline_cfg.responses.then(|| {
+        let names = settings.replay.mirrors.iter().map(|m| m.name.clone());
+        CompareHub::new(
+            names.collect(),
+            COMPARE_TTL,
+            MAX_PRIMARY_WAITING,
+            Some(telemetry.recorder()),
+        )
+    });
+    settings.replay.compare = compare.clone();
     let replayer = mirrors.then(|| Replayer::start(settings.replay.clone()));
     let progress = replayer.as_ref().map(|r| r.spawn_progress(PROGRESS_EVERY));
-    let primary = pipeline_cfg
-        .responses
-        .then(|| PrimaryObserver::new(telemetry.primary_recorder(), None, MAX_PRIMARY_WAITING));
+    let primary = pipeline_cfg.responses.then(|| {
+        PrimaryObserver::new(
+            telemetry.primary_recorder(),
+            compare.clone(),
+            MAX_PRIMARY_WAITING,
+        )
+    });
     let mut driver = Driver {
         pipeline: Pipeline::new(pipeline_cfg),
         events: Vec::new(),
@@ -147,6 +165,7 @@ async fn run(
         replayer,
         telemetry,
         primary,
+        compare,
         ignore,
         wall_offset: wall_minus_monotonic_ns(),
         next_tick: 0,
@@ -177,8 +196,13 @@ async fn run(
         Some(&pipeline_stats),
         replay.as_ref(),
     );
+    let compared = driver.compare_snapshot();
+    driver.telemetry.update_compare(compared.as_ref());
     driver.telemetry.shutdown().await;
     report(&pipeline_stats, replay.as_ref());
+    if let Some(c) = &compared {
+        eprint!("{}", c.table());
+    }
     // The capture line goes to stdout (tests and scripts parse it) unless stdout carries the
     // recording.
     if record.as_deref() == Some("-") {
@@ -193,6 +217,8 @@ async fn run(
     0
 }
 
+/// How long a request waits for its other side (primary or mirror) in the comparison.
+const COMPARE_TTL: Duration = Duration::from_secs(30);
 /// Bound on primary requests waiting for their response in the telemetry observer.
 const MAX_PRIMARY_WAITING: usize = 65536;
 
@@ -205,6 +231,7 @@ struct Driver {
     replayer: Option<Replayer>,
     telemetry: Telemetry,
     primary: Option<PrimaryObserver>,
+    compare: Option<CompareHub>,
     ignore: Arc<OnceLock<FlowIgnore>>,
     /// Added to the kernel's monotonic stamps to get Unix time.
     wall_offset: u64,
@@ -230,6 +257,17 @@ impl Driver {
                 rep.submit(&r);
             }
         }
+    }
+}
+
+impl Driver {
+    /// Primary-vs-mirror comparison counters so far (`--compare`).
+    fn compare_snapshot(&self) -> Option<CompareSnapshot> {
+        let (hub, primary) = (self.compare.as_ref()?, self.primary.as_ref()?);
+        hub.expire();
+        let mut c = hub.snapshot();
+        primary.fill(&mut c);
+        Some(c)
     }
 }
 
@@ -260,9 +298,7 @@ impl live::LiveSink for Driver {
             Some(&self.pipeline.stats()),
             replay.as_ref(),
         );
-        if let Some(p) = &self.primary {
-            let mut c = crate::telemetry::compare::CompareSnapshot::default();
-            p.fill(&mut c);
+        if let Some(c) = self.compare_snapshot() {
             self.telemetry.update_compare(Some(&c));
         }
     }
