@@ -32,6 +32,8 @@ const TEST_PACKAGES: &[&str] = &[
     "iproute2",
     "python3",
     "procps",
+    // The telemetry tests scrape the agent with a real Prometheus.
+    "prometheus",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]
