@@ -31,6 +31,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = HttpLimits {
         max_head_bytes: 256 + (control >> 8 & 0xFFF) as usize,
         max_headers: 1 + (control >> 20 & 0x3F) as usize,
+        ..HttpLimits::default()
     };
     let mut framer = RequestFramer::new(limits.clone(), control & 1 != 0);
     let gaps = control & 2 != 0;

@@ -29,6 +29,7 @@ fuzz_target!(|data: &[u8]| {
     let limits = HttpLimits {
         max_head_bytes: 256 + (control >> 8 & 0xFFF) as usize,
         max_headers: 1 + (control >> 20 & 0x3F) as usize,
+        ..HttpLimits::default()
     };
     let mut framer = ResponseFramer::new(limits.clone());
     // Up to 8 expected requests; bits 32.. give HEAD / CONNECT for each.

@@ -7,7 +7,7 @@
 //!
 //! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy). Only a
 //! request that spans pushes is accumulated, once, in a buffer bounded by the head limit plus
-//! the body limit.
+//! the body limit plus one chunk-size or trailer line (itself within the head limit).
 //!
 //! Accounting: every pushed byte ends up in exactly one of: a request's `raw`, a
 //! [`RequestEvent::Dropped`], or the ignored bytes (blank lines between requests, tunnel and
@@ -254,7 +254,8 @@ impl RequestFramer {
         &self.stats
     }
 
-    /// Bytes held in memory for the request in progress.
+    /// Bytes held in memory for the request in progress; at most
+    /// `2 * max_head_bytes + max_body_bytes + 1`.
     pub fn buffered_bytes(&self) -> usize {
         self.acc.len()
     }

@@ -243,7 +243,11 @@ fn hundred_thousand_tiny_chunks() {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 256,
+        failure_persistence: super::tests::regressions(),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_input_is_accounted(
