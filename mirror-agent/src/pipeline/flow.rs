@@ -42,6 +42,10 @@ struct Decided {
     /// Server stream events held while the client stream waits for a hole (see `handle`).
     held_server: VecDeque<StreamEvent>,
     held_server_bytes: usize,
+    /// The response framer's `answers_dropped` already accounted for.
+    answers_seen: u64,
+    /// Answer drops counted by the framer whose Dropped event has not come yet.
+    answers_owed: u64,
     /// Sequence numbers (within the flow) of requests still waiting for their response.
     awaiting: VecDeque<u64>,
     next_seq: u64,
@@ -172,6 +176,8 @@ impl Flow {
                 resp,
                 held_server: VecDeque::new(),
                 held_server_bytes: 0,
+                answers_seen: 0,
+                answers_owed: 0,
                 awaiting: VecDeque::new(),
                 next_seq: 0,
                 client_midstream: false,

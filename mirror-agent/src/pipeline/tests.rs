@@ -543,3 +543,30 @@ fn megabyte_header_line_and_100k_tiny_chunks() {
     assert_eq!(r[0].request.body_len, 100_000);
     assert_eq!(s.request_bytes, (HEAD.len() + body.len()) as u64);
 }
+
+#[test]
+fn a_final_after_a_dropped_answer_is_not_paired_with_its_request() {
+    // The response to the only request loses bytes of its body (an answer drop), then a second
+    // response comes that no request waits for. (The fuzz input that broke pairing had this
+    // shape within one batch; this test has it across batches.)
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:80"), [1, 2]);
+    c.step_ns = 1_000_000;
+    c.handshake()
+        .client_sends(GET, 100)
+        .server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n", 100)
+        .server_sends(b"01234", 100)
+        .server_sends(b"56789", 100)
+        .server_sends(b"HTTP/1.1 204 No Content\r\n\r\n", 100);
+    let mut segs = c.segments;
+    let lost = segs.remove(5);
+    assert_eq!(&lost.payload[..], b"01234");
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, segs);
+    p.on_tick(lost.ts_ns + 5_000_000_000, &mut out);
+    let s = finish(&mut p, &mut out);
+    assert!(
+        !out.iter().any(|e| matches!(e, PipelineEvent::Response(_))),
+        "{out:?}"
+    );
+    assert_eq!((s.responses_lost, s.responses_unpaired), (1, 1), "{s}");
+}

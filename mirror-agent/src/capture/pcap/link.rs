@@ -164,17 +164,7 @@ impl PacketDecoder {
                     IpAddr::V6(h.source_addr()),
                     IpAddr::V6(h.destination_addr()),
                 );
-                // etherparse 0.19 decodes the IPv6 Fragment header's offset and M flag from
-                // the wrong bits (fixed in 0.21), and its `fragmented` flag with them; read them
-                // per RFC 8200 4.5: 13-bit offset, 2 reserved bits, M as the lowest bit.
-                let frag = v6.extensions().clone().into_iter().find_map(|e| match e {
-                    etherparse::Ipv6ExtensionSlice::Fragment(f) => {
-                        let raw = f.slice();
-                        let word = u16::from_be_bytes([raw[2], raw[3]]);
-                        Some((word >> 3, word & 1 == 1, f.identification()))
-                    }
-                    _ => None,
-                });
+                let frag = ipv6_fragment(h.next_header().0, v6.extensions().slice());
                 let fragmenting = frag.is_some_and(|(off, more, _)| off != 0 || more);
                 if let Some((off, more, id)) = frag.filter(|_| fragmenting)
                     && p.ip_number == IpNumber::TCP
@@ -252,6 +242,42 @@ impl PacketDecoder {
         }
         seg
     }
+}
+
+/// The Fragment header of an IPv6 packet, if its extension chain has one: (offset in 8-byte
+/// units, more fragments, identification).
+///
+/// Hand-written, bounds-checked walk over the chain instead of etherparse's iterator: in 0.19
+/// that iterator reads out of bounds (unchecked slicing, found by the `pcap_pipeline` fuzz
+/// target) on a lax-parsed packet whose payload length is 0 and whose hop-by-hop header
+/// claims more bytes than there are; and 0.19 decodes the Fragment header's offset and M flag
+/// from the wrong bits (fixed in 0.21). RFC 8200 4.5: 13-bit offset, 2 reserved bits, M last.
+fn ipv6_fragment(first: u8, exts: &[u8]) -> Option<(u16, bool, u32)> {
+    let (mut next, mut pos) = (first, 0usize);
+    // At most a handful of extension headers precede a fragment header (RFC 8200 4.1).
+    for _ in 0..8 {
+        let h = exts.get(pos..)?;
+        match next {
+            44 => {
+                let word = u16::from_be_bytes([*h.get(2)?, *h.get(3)?]);
+                let id = u32::from_be_bytes(h.get(4..8)?.try_into().ok()?);
+                return Some((word >> 3, word & 1 == 1, id));
+            }
+            // Hop-by-hop, routing, destination options: length in 8-byte units, not counting
+            // the first 8 bytes.
+            0 | 43 | 60 => {
+                next = *h.first()?;
+                pos += (usize::from(*h.get(1)?) + 1) * 8;
+            }
+            // Authentication header: length in 4-byte units, not counting the first 2.
+            51 => {
+                next = *h.first()?;
+                pos += (usize::from(*h.get(1)?) + 2) * 4;
+            }
+            _ => return None,
+        }
+    }
+    None
 }
 
 /// GRE in GRE in GRE is where decoding stops (bounded recursion).

@@ -66,23 +66,30 @@ impl Decided {
         out: &mut Vec<PipelineEvent>,
     ) {
         // The framer takes a request's expectation when the response head is parsed, so a
-        // response dropped after its head (a gap in its body) took one with it, and one
-        // dropped in its head did not. `awaiting.len() - pending` is the number of expectations
-        // taken and not yet answered; every Final still to come in this batch needs one, and
-        // one more belongs to the response still open at the end of the batch, if any.
+        // response dropped after its head (a gap in its body) took one with it (the framer
+        // counts those: `answers_dropped`), one dropped in its head did not, and a final
+        // response whose head came when no request was waiting took none (`awaiting.len() -
+        // pending` is then 0). Answer drops of this batch pop the oldest waiting request, in
+        // event order; only a batch holding a non-answer drop, then a final, then an answer drop
+        // would pair that final one request late, and that needs a framing error right before
+        // a good response on one connection.
         let pending = self.resp.pending_expectations();
-        let mut finals_left = sc
-            .resp
-            .iter()
-            .filter(|e| matches!(e, ResponseEvent::Final(_)))
-            .count();
-        let open_body = self.resp.response_open();
+        // The framer counts an answer drop when it happens and reports the Dropped event when
+        // the next message starts (drops are merged), possibly in a later batch: carry them.
+        let answers = self.resp.stats().answers_dropped;
+        self.answers_owed += answers.saturating_sub(self.answers_seen);
+        self.answers_seen = answers;
         for ev in sc.resp.drain(..) {
             match ev {
                 ResponseEvent::Informational(_) => stats.responses_informational += 1,
                 ResponseEvent::Final(response) => {
-                    finals_left -= 1;
-                    match self.awaiting.pop_front() {
+                    let took = self.awaiting.len() > pending;
+                    let seq = if took {
+                        self.awaiting.pop_front()
+                    } else {
+                        None
+                    };
+                    match seq {
                         Some(seq) => {
                             stats.responses += 1;
                             out.push(PipelineEvent::Response(CapturedResponse {
@@ -98,9 +105,8 @@ impl Decided {
                 }
                 ResponseEvent::Dropped { reason, bytes } => {
                     stats.response_drops.add(reason, bytes);
-                    let taken = self.awaiting.len().saturating_sub(pending);
-                    let extra = taken.saturating_sub(finals_left);
-                    if extra >= 2 || (extra == 1 && !open_body) {
+                    if self.answers_owed > 0 && !self.awaiting.is_empty() {
+                        self.answers_owed -= 1;
                         self.awaiting.pop_front();
                         stats.responses_lost += 1;
                     }
