@@ -130,7 +130,11 @@ fn bad_flags_exit_2_with_one_line() {
     }
     let mut cases: Vec<(Vec<&str>, &str, &[&str])> = vec![
         (vec!["--iface", "lo"], "no ports", &[]),
-        (vec!["--iface", "lo", "--port", "0"], "0 is not in 1-65535", &[]),
+        (
+            vec!["--iface", "lo", "--port", "0"],
+            "0 is not in 1-65535",
+            &[],
+        ),
         (
             vec!["--iface", "lo", "--port", "70000"],
             "70000 is not in 1-65535",

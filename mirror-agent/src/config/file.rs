@@ -217,13 +217,14 @@ scalar!(Percent, "a percent", |v| {
         .ok_or_else(|| format!("percent {v} is not between 0 and 100"))
 });
 
-/// The kernel's flow capture share: (0, 100].
+/// The kernel's flow capture share: [0, 100] (0 captures nothing, which only a capture-only
+/// run can want: with mirrors it is below their percent and refused there).
 #[derive(Debug, Clone, Copy)]
 pub struct CapturePercent(pub f64);
 scalar!(CapturePercent, "a percent", |v| {
     match v.number().and_then(|n| spec::parse_percent(&n.to_string())) {
-        Some(p) if p > 0.0 => Ok(CapturePercent(p)),
-        _ => Err(format!("capture percent {v} is not in (0, 100]")),
+        Some(p) => Ok(CapturePercent(p)),
+        None => Err(format!("capture percent {v} is not in [0, 100]")),
     }
 });
 

@@ -172,12 +172,12 @@ impl Settings {
 
         let largest = mirrors.iter().map(|m| m.percent).fold(0.0, f64::max);
         let capture_percent = match (args.capture_percent, &fc.capture_percent) {
-            (Some(p), _) => spec::parse_percent(&p.to_string())
-                .filter(|p| *p > 0.0)
-                .ok_or_else(|| ConfigError::Flag {
+            (Some(p), _) => {
+                spec::parse_percent(&p.to_string()).ok_or_else(|| ConfigError::Flag {
                     flag: "--capture-percent",
-                    msg: format!("{p} is not in (0, 100]"),
-                })?,
+                    msg: format!("{p} is not in [0, 100]"),
+                })?
+            }
             (None, Some(p)) => p.0,
             (None, None) if largest > 0.0 => largest,
             (None, None) => 100.0,

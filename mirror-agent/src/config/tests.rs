@@ -245,9 +245,9 @@ fn file_errors_name_line_and_field() {
             "spec.mirroring.mirrors[1]: mirror `app-v3` has no port",
         ),
         (
-            format!("{TRAEFIK_EXAMPLE}capturePercent: 0\n"),
+            format!("{TRAEFIK_EXAMPLE}capturePercent: 101\n"),
             "line 18",
-            "capture percent 0 is not in (0, 100]",
+            "capture percent 101 is not in [0, 100]",
         ),
         (
             format!("{TRAEFIK_EXAMPLE}mirrorHeaders: ['X bad: 1']\n"),
@@ -310,8 +310,8 @@ fn bad_flag_values_are_one_line() {
             "--capture-percent: 50 is below mirror",
         ),
         (
-            &["--capture-percent", "0"],
-            "--capture-percent: 0 is not in (0, 100]",
+            &["--capture-percent=-1"],
+            "--capture-percent: -1 is not in [0, 100]",
         ),
         (&["--port", "70000"], "--port: 70000 is not in 1-65535"),
         (&["--queue-size", "0"], "--queue-size: must be at least 1"),
