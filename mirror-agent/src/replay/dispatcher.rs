@@ -1,18 +1,22 @@
 //! One mirror's bounded queue and the task that drains it into the connection pool.
 //!
 //! Owns isolation: the capture side only ever calls [`Dispatcher::offer`], a `try_send` that
-//! never waits; a full queue is a counted drop. The drain task runs at most `max_connections`
-//! exchanges at once, each under the per-request timeout, so a slow or dead mirror backs up only
-//! its own queue. The queue is bounded in copies and in bytes: copies share the request's
+//! never waits; a full queue is a counted drop. The drain task runs `max_connections` workers,
+//! each owning at most one connection and sending one batch (one copy, or several pipelined
+//! when the queue backs up; see [`pipeline`]) at a time under the per-request timeout, so a slow
+//! or dead mirror backs up only its own queue. The queue is bounded in copies and in bytes: copies share the request's
 //! `Bytes`, but a queue of 4096 ten-MiB uploads would still pin 40 GiB.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use tokio::sync::{mpsc, watch};
+use std::collections::VecDeque;
+
+use tokio::sync::{Mutex, mpsc, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
+use super::pipeline;
 use super::pool::{Outgoing, Pool};
 use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
 
@@ -111,60 +115,90 @@ impl Dispatcher {
     }
 }
 
+/// Queue depth from which workers pipeline: below it every queued copy can have a connection of
+/// its own; above it the queue is backing up and the alternative to pipelining is shedding.
+const PIPELINE_BACKLOG: usize = 64;
+
+/// Runs `max_connections` workers until the queue is closed and empty (`Drain`) or `Abort`.
 async fn drain(
     pool: Arc<Pool>,
-    mut rx: mpsc::Receiver<Job>,
+    rx: mpsc::Receiver<Job>,
+    queued_bytes: Arc<AtomicU64>,
+    timeout: Duration,
+    phase: watch::Receiver<Phase>,
+) {
+    let rx = Arc::new(Mutex::new(rx));
+    let mut workers = JoinSet::new();
+    for _ in 0..pool.max_connections() {
+        workers.spawn(worker(
+            pool.clone(),
+            rx.clone(),
+            queued_bytes.clone(),
+            timeout,
+            phase.clone(),
+        ));
+    }
+    while workers.join_next().await.is_some() {}
+    // Copies still queued (after an abort) drop their tickets with `rx`: shutdown drops.
+}
+
+/// One connection's worth of sending: takes a batch from the queue, sends it on its own
+/// connection under the per-request timeout, repeats. Workers replace a task per request: no
+/// spawn, permit or join per copy, and a connection stays with one worker.
+async fn worker(
+    pool: Arc<Pool>,
+    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
     queued_bytes: Arc<AtomicU64>,
     timeout: Duration,
     mut phase: watch::Receiver<Phase>,
 ) {
-    let mut running = JoinSet::new();
+    let mut conn = None;
+    let mut batch = VecDeque::with_capacity(pipeline::MAX_BATCH);
     loop {
-        while running.try_join_next().is_some() {}
-        if *phase.borrow() >= Phase::Drain {
-            // No new copies; what is already queued is still sent.
-            rx.close();
-        }
-        let job = tokio::select! {
-            biased;
-            changed = phase.changed() => {
-                // A dropped sender (replayer gone without shutdown) is an abort.
-                if changed.is_err() || *phase.borrow() == Phase::Abort { break; }
-                continue;
+        {
+            let mut rx = rx.lock().await;
+            match *phase.borrow() {
+                Phase::Abort => return,
+                // No new copies; what is already queued is still sent.
+                Phase::Drain => rx.close(),
+                Phase::Running => {}
             }
-            job = rx.recv() => match job { Some(job) => job, None => break },
-        };
-        queued_bytes.fetch_sub(job.out.bytes.len() as u64, Ordering::Relaxed);
-        let permit = tokio::select! {
-            biased;
-            _ = phase.wait_for(|p| *p == Phase::Abort) => break,
-            p = pool.permits.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
-        };
-        let pool = pool.clone();
-        running.spawn(async move {
-            let _permit = permit;
-            let outcome = match tokio::time::timeout(timeout, pool.send(&job.out)).await {
-                Err(_) => Outcome::Timeout,
-                Ok(Ok(Some(a))) => Outcome::Answered {
-                    status: a.status,
-                    latency: a.latency,
-                },
-                Ok(Ok(None)) => Outcome::Dropped(DropReason::Backoff),
-                Ok(Err(kind)) => Outcome::Error(kind),
+            let job = tokio::select! {
+                biased;
+                changed = phase.changed() => {
+                    // A dropped sender (replayer gone without shutdown) is an abort.
+                    if changed.is_err() || *phase.borrow() == Phase::Abort { return; }
+                    continue;
+                }
+                job = rx.recv() => match job { Some(job) => job, None => return },
             };
-            job.ticket.resolve(outcome);
-        });
+            let mut bytes = job.out.bytes.len();
+            let mut more = pipeline::pipelinable(&job);
+            batch.push_back(job);
+            if more && rx.len() >= PIPELINE_BACKLOG {
+                while more && batch.len() < pipeline::MAX_BATCH && bytes < pipeline::MAX_BATCH_BYTES
+                {
+                    let Ok(job) = rx.try_recv() else { break };
+                    bytes += job.out.bytes.len();
+                    more = pipeline::pipelinable(&job);
+                    batch.push_back(job);
+                }
+            }
+            queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        }
+        let deadline = tokio::time::Instant::now() + timeout;
+        let finished = tokio::select! {
+            biased;
+            // Aborted: the copies in the batch drop their tickets unresolved (shutdown drops).
+            _ = phase.wait_for(|p| *p == Phase::Abort) => return,
+            r = tokio::time::timeout_at(deadline, pipeline::run(&pool, &mut conn, &mut batch)) => r.is_ok(),
+        };
+        if !finished {
+            // The connection is mid-exchange: never reused.
+            conn = None;
+            for job in batch.drain(..) {
+                job.ticket.resolve(Outcome::Timeout);
+            }
+        }
     }
-    // Let in-flight exchanges finish unless aborted; aborted ones drop their tickets unresolved,
-    // which counts them as shutdown drops. Copies still queued are dropped with `rx` likewise.
-    let aborted = tokio::select! {
-        biased;
-        _ = phase.wait_for(|p| *p == Phase::Abort) => true,
-        _ = async { while running.join_next().await.is_some() {} } => false,
-    };
-    if aborted {
-        running.abort_all();
-        while running.join_next().await.is_some() {}
-    }
-    drop(rx);
 }

@@ -19,6 +19,7 @@
 
 pub mod dispatcher;
 pub mod filter;
+pub mod pipeline;
 pub mod pool;
 pub mod rewrite;
 pub mod sampler;
