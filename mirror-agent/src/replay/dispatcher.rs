@@ -117,7 +117,7 @@ impl Dispatcher {
 
 /// Queue depth from which workers pipeline: below it every queued copy can have a connection of
 /// its own; above it the queue is backing up and the alternative to pipelining is shedding.
-const PIPELINE_BACKLOG: usize = 64;
+const PIPELINE_BACKLOG: usize = 16;
 
 /// Runs `max_connections` workers until the queue is closed and empty (`Drain`) or `Abort`.
 async fn drain(

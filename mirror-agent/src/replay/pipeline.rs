@@ -25,7 +25,7 @@ use crate::http::response::ResponseEvent;
 use crate::http::{BodyFraming, Version};
 
 /// Most requests pipelined in one batch.
-pub const MAX_BATCH: usize = 32;
+pub const MAX_BATCH: usize = 128;
 /// Largest request that may be followed by another in the same batch.
 pub const MAX_PIPELINED_REQUEST: usize = 16 * 1024;
 /// Request bytes after which a batch takes no more requests.
