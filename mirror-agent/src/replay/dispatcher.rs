@@ -173,7 +173,7 @@ async fn worker(
                 job = rx.recv() => match job { Some(job) => job, None => return },
             };
             let mut bytes = job.out.bytes.len();
-            let mut more = pipeline::pipelinable(&job);
+            let mut more = pipeline::may_pipeline(conn.as_ref()) && pipeline::pipelinable(&job);
             batch.push_back(job);
             if more && rx.len() >= PIPELINE_BACKLOG {
                 while more && batch.len() < pipeline::MAX_BATCH && bytes < pipeline::MAX_BATCH_BYTES

@@ -5,7 +5,9 @@
 //! the connection (RFC 9112 9.3.2): written in one go, answered in order, each response resolving
 //! its own copy with its own latency. Pipelining saves a round trip, a wake-up and two syscalls
 //! per request, which is what lets one mirror connection keep up with a busy primary on a small
-//! node. Only requests that are safe to pipeline start or continue a batch (see [`pipelinable`]).
+//! node. Only requests that are safe to pipeline start or continue a batch (see [`pipelinable`]),
+//! and only on a connection that answered its previous batch promptly (see [`PROMPT`]): a fresh
+//! connection, or one to a slow mirror, carries one request at a time.
 //!
 //! Failures: a copy whose response had begun gets the error; copies still unanswered when the
 //! connection closes at a response boundary (the keep-alive race of RFC 9112 9.3.1 on a reused
@@ -34,6 +36,15 @@ pub const MAX_BATCH_BYTES: usize = 256 * 1024;
 /// non-blocking read); more recently used ones are written to directly, and a close found then
 /// is the keep-alive race, retried.
 const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
+/// A connection pipelines only after answering its previous batch within this time: requests
+/// written behind a slow response would wait in the mirror's socket buffer (and time out there)
+/// instead of in our queue, and a slow or stuck mirror is not made to take more at once.
+const PROMPT: Duration = Duration::from_millis(200);
+
+/// Whether the worker may gather a pipelined batch for this connection (see [`PROMPT`]).
+pub fn may_pipeline(conn: Option<&Conn>) -> bool {
+    conn.is_some_and(|c| c.prompt)
+}
 
 /// Whether another request may be written after this one before its response arrived.
 ///
@@ -103,9 +114,11 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
             }
         }
         let Some(conn) = slot.as_mut() else { return };
+        let start = Instant::now();
         match attempt(pool, conn, batch, &mut counted_sent).await {
             Ok(reusable) => {
                 conn.last_used = Instant::now();
+                conn.prompt = start.elapsed() <= PROMPT;
                 if !reusable {
                     *slot = None;
                 }

@@ -56,6 +56,8 @@ pub struct Conn {
     pub(super) wbuf: Vec<u8>,
     pub(super) events: Vec<ResponseEvent>,
     pub(super) last_used: Instant,
+    /// The previous batch was answered promptly: the next one may be pipelined.
+    pub(super) prompt: bool,
 }
 
 impl Conn {
@@ -190,6 +192,7 @@ impl Pool {
             wbuf: Vec::new(),
             events: Vec::new(),
             last_used: Instant::now(),
+            prompt: false,
         })
     }
 }
