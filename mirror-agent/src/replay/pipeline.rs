@@ -288,3 +288,7 @@ async fn write_batch(
     }
     Ok(())
 }
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
