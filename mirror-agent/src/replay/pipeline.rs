@@ -122,6 +122,10 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
                 if !reusable {
                     *slot = None;
                 }
+                // `attempt` answers the whole batch when it succeeds; never carry a copy over.
+                for job in batch.drain(..) {
+                    job.ticket.resolve(Outcome::Error(ErrorKind::BadResponse));
+                }
                 return;
             }
             Err(f) => {
@@ -183,10 +187,14 @@ async fn attempt(
         }
         let mut outcome = None;
         for ev in events.drain(..) {
-            if outcome.is_some() {
+            match outcome {
                 // Anything after the last expected response: the connection is not reused.
-                outcome = Some(Ok(false));
-                continue;
+                Some(Ok(_)) => {
+                    outcome = Some(Ok(false));
+                    continue;
+                }
+                Some(Err(_)) => continue,
+                None => {}
             }
             match ev {
                 ResponseEvent::Informational(_) => {}

@@ -220,3 +220,63 @@ async fn close_mid_pipeline_retries_the_unanswered_once() {
         "each processed once"
     );
 }
+
+/// Garbage after the first answer of a pipelined batch: that copy is answered; the framer
+/// resynchronises on garbage, so the others wait for the per-request timeout (applied by the
+/// worker, as here) and every copy is still accounted for.
+#[tokio::test]
+async fn garbage_mid_pipeline_fails_the_rest() {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let task = tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = vec![0u8; 64 * 1024];
+        let mut got = Vec::new();
+        let mut answered = 0;
+        loop {
+            let Ok(n) = s.read(&mut buf).await else {
+                return;
+            };
+            if n == 0 {
+                return;
+            }
+            got.extend_from_slice(&buf[..n]);
+            let heads = got.windows(4).filter(|w| w == b"\r\n\r\n").count();
+            let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+            if answered == 0 && heads >= 1 {
+                s.write_all(ok).await.unwrap();
+                answered = 1;
+            }
+            if answered == 1 && heads >= 5 {
+                s.write_all(ok).await.unwrap();
+                s.write_all(b"garbage, not a status line\r\n\r\n")
+                    .await
+                    .unwrap();
+                answered = 2;
+            }
+        }
+    });
+    let (pool, stats) = pool(addr);
+    let mut slot = None;
+    let mut batch = VecDeque::from([get(&stats, 0)]);
+    run(&pool, &mut slot, &mut batch).await;
+    let mut batch: VecDeque<Job> = (1..=4).map(|i| get(&stats, i)).collect();
+    let timed_out = tokio::time::timeout(
+        Duration::from_millis(500),
+        run(&pool, &mut slot, &mut batch),
+    )
+    .await
+    .is_err();
+    task.abort();
+    for job in batch.drain(..) {
+        job.ticket.resolve(Outcome::Timeout);
+    }
+    let s = stats.snapshot();
+    check_balanced(&s);
+    assert!(timed_out, "{s:?}");
+    assert_eq!(
+        (s.status[1], s.error_count() + s.timeouts, s.sent),
+        (2, 3, 5),
+        "{s:?}"
+    );
+}
