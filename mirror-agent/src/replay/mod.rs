@@ -19,6 +19,7 @@
 
 pub mod dispatcher;
 pub mod filter;
+pub mod pipeline;
 pub mod pool;
 pub mod rewrite;
 pub mod sampler;
@@ -226,6 +227,7 @@ impl Replayer {
                 out,
                 ticket,
                 key: (captured.flow_id, captured.seq_in_flow),
+                flight: None,
             });
         }
     }

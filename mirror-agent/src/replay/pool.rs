@@ -1,9 +1,10 @@
 //! One mirror's keep-alive connection pool: bounded connections, reconnect with backoff, and the
 //! request/response exchange on a connection.
 //!
-//! Owns TCP to the mirror. Requests are written as given (the bytes come from [`super::rewrite`]);
-//! responses are read and discarded, framed by [`ResponseFramer`] so a kept-alive connection is
-//! only reused when the previous response ended cleanly. It does not queue or sample.
+//! Owns TCP to the mirror: connecting (bound source, loop exclusion hook) and backoff. The
+//! exchange on a connection (write, read and frame the responses, reuse only after a cleanly
+//! ended response) is [`super::pipeline`]; each connection belongs to one dispatcher worker, so
+//! the pool keeps no idle list. It does not queue or sample.
 
 use std::io;
 use std::net::SocketAddr;
@@ -12,14 +13,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
-use tokio::sync::Semaphore;
 
 use super::stats::{ErrorKind, MirrorStats};
 use crate::http::request::HttpLimits;
 use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
-use crate::http::{BodyFraming, Version};
 
 /// Called with (local, remote) after the socket is bound and before it connects, so the live
 /// capture can exclude the agent's own connections (no mirror loops).
@@ -49,26 +47,26 @@ impl std::fmt::Debug for PoolConfig {
     }
 }
 
-/// An open connection and the framer of its response stream.
+/// An open connection, the framer of its response stream and its reusable buffers.
 pub struct Conn {
-    stream: TcpStream,
-    framer: ResponseFramer,
-    buf: Vec<u8>,
+    pub(super) stream: TcpStream,
+    pub(super) framer: ResponseFramer,
+    pub(super) buf: Vec<u8>,
+    /// Pipelined requests are gathered here before one write.
+    pub(super) wbuf: Vec<u8>,
+    pub(super) events: Vec<ResponseEvent>,
+    pub(super) last_used: Instant,
+    /// The previous batch was answered promptly: the next one may be pipelined.
+    pub(super) prompt: bool,
 }
 
-/// The outcome of one exchange that produced a final response.
-#[derive(Debug, Clone, Copy)]
-pub struct Answer {
-    pub status: u16,
-    pub latency: Duration,
-}
-
-/// A failed exchange. `untouched`: the mirror sent no byte back, so on a reused connection the
-/// request may be retried once on a fresh one (the keep-alive race of RFC 9112 9.3.1).
-#[derive(Debug, Clone, Copy)]
-struct Failure {
-    kind: ErrorKind,
-    untouched: bool,
+impl Conn {
+    /// An idle connection must have nothing to read: EOF means the mirror closed it, data
+    /// means it sent something unsolicited. Either way it is not reused.
+    pub(super) fn still_open(&self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    }
 }
 
 /// The request to send and what the framer must know about its response.
@@ -89,9 +87,6 @@ struct Backoff {
 pub struct Pool {
     cfg: PoolConfig,
     stats: Arc<MirrorStats>,
-    /// Bounds connections: one permit per open or opening connection in use.
-    pub(crate) permits: Arc<Semaphore>,
-    idle: Mutex<Vec<Conn>>,
     backoff: Mutex<Backoff>,
     /// While the mirror is failing, one request at a time probes it; the others are dropped.
     probing: AtomicBool,
@@ -100,16 +95,21 @@ pub struct Pool {
 
 impl Pool {
     pub fn new(cfg: PoolConfig, stats: Arc<MirrorStats>) -> Self {
-        let n = cfg.max_connections.max(1);
         Self {
             cfg,
             stats,
-            permits: Arc::new(Semaphore::new(n)),
-            idle: Mutex::new(Vec::with_capacity(n)),
             backoff: Mutex::new(Backoff::default()),
             probing: AtomicBool::new(false),
             epoch: Instant::now(),
         }
+    }
+
+    pub(super) fn stats(&self) -> &MirrorStats {
+        &self.stats
+    }
+
+    pub(super) fn now_ns(&self) -> u64 {
+        self.epoch.elapsed().as_nanos() as u64
     }
 
     pub fn stats_handle(&self) -> Arc<MirrorStats> {
@@ -120,59 +120,9 @@ impl Pool {
         self.cfg.max_connections.max(1)
     }
 
-    /// Sends one request and reads its response. `Ok(None)`: not attempted, the mirror is in
-    /// reconnect backoff. Marks the copy sent (once) through `stats` when fully written.
-    pub async fn send(&self, out: &Outgoing) -> Result<Option<Answer>, ErrorKind> {
-        let mut sent = false;
-        if let Some(mut conn) = self.take_idle() {
-            match self.exchange(&mut conn, out, &mut sent).await {
-                Ok((answer, reusable)) => {
-                    if reusable && out.keep_alive {
-                        self.put_idle(conn);
-                    }
-                    return Ok(Some(answer));
-                }
-                Err(f) if f.untouched => self.stats.on_retry(),
-                Err(f) => return Err(f.kind),
-            }
-        }
-        let Some(mut conn) = self.connect_or_backoff().await? else {
-            return Ok(None);
-        };
-        let (answer, reusable) = self
-            .exchange(&mut conn, out, &mut sent)
-            .await
-            .map_err(|f| f.kind)?;
-        if reusable && out.keep_alive {
-            self.put_idle(conn);
-        }
-        Ok(Some(answer))
-    }
-
-    /// Most recently used idle connection that is still open (LIFO keeps few connections warm).
-    fn take_idle(&self) -> Option<Conn> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(conn) = idle.pop() {
-            // An idle connection must have nothing to read: EOF means the mirror closed it,
-            // data means it sent something unsolicited. Either way it is not reused.
-            let mut probe = [0u8; 1];
-            match conn.stream.try_read(&mut probe) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Some(conn),
-                _ => continue,
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, conn: Conn) {
-        if let Ok(mut idle) = self.idle.lock()
-            && idle.len() < self.max_connections()
-        {
-            idle.push(conn);
-        }
-    }
-
-    async fn connect_or_backoff(&self) -> Result<Option<Conn>, ErrorKind> {
+    /// An open connection, or `Ok(None)` while the mirror is in reconnect backoff (one
+    /// caller at a time probes a failing mirror).
+    pub(super) async fn connect_or_backoff(&self) -> Result<Option<Conn>, ErrorKind> {
         let failing = {
             let b = self.backoff.lock().map_err(|_| ErrorKind::Connect)?;
             if b.until.is_some_and(|t| Instant::now() < t) {
@@ -238,92 +188,12 @@ impl Pool {
         Ok(Conn {
             stream,
             framer: ResponseFramer::new(self.cfg.limits.clone()),
-            buf: vec![0; 16 * 1024],
+            buf: vec![0; 32 * 1024],
+            wbuf: Vec::new(),
+            events: Vec::new(),
+            last_used: Instant::now(),
+            prompt: false,
         })
-    }
-
-    fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
-    }
-
-    /// Writes the request and reads until its final response is complete. Returns the answer
-    /// and whether the connection may carry another request.
-    async fn exchange(
-        &self,
-        conn: &mut Conn,
-        out: &Outgoing,
-        sent: &mut bool,
-    ) -> Result<(Answer, bool), Failure> {
-        let io_err = |untouched| Failure {
-            kind: ErrorKind::Io,
-            untouched,
-        };
-        let start = Instant::now();
-        conn.framer.expect(out.expected);
-        conn.stream
-            .write_all(&out.bytes)
-            .await
-            .map_err(|_| io_err(true))?;
-        if !std::mem::replace(sent, true) {
-            self.stats.on_sent();
-        }
-        let mut events = Vec::new();
-        let mut received = false;
-        let mut start_check = StartCheck::default();
-        loop {
-            let n = conn
-                .stream
-                .read(&mut conn.buf)
-                .await
-                .map_err(|_| io_err(!received))?;
-            if n == 0 {
-                conn.framer.finish(self.now_ns(), &mut events);
-            } else {
-                received = true;
-                if !start_check.feed(&conn.buf[..n]) {
-                    return Err(Failure {
-                        kind: ErrorKind::BadResponse,
-                        untouched: false,
-                    });
-                }
-                conn.framer.push(&conn.buf[..n], self.now_ns(), &mut events);
-            }
-            for ev in events.drain(..) {
-                match ev {
-                    ResponseEvent::Informational(_) => {}
-                    ResponseEvent::Dropped { .. } => {
-                        return Err(Failure {
-                            kind: ErrorKind::BadResponse,
-                            untouched: false,
-                        });
-                    }
-                    ResponseEvent::Final(r) => {
-                        // Reuse only a cleanly delimited HTTP/1.1 response on an open connection;
-                        // 101 turns the connection into a tunnel.
-                        let reusable = n > 0
-                            && r.version == Version::Http11
-                            && r.status != 101
-                            && r.framing != BodyFraming::CloseDelimited;
-                        let answer = Answer {
-                            status: r.status,
-                            latency: start.elapsed(),
-                        };
-                        return Ok((answer, reusable));
-                    }
-                }
-            }
-            if n == 0 {
-                // Closed before a final response: no byte at all is the keep-alive race.
-                return Err(if received {
-                    Failure {
-                        kind: ErrorKind::BadResponse,
-                        untouched: false,
-                    }
-                } else {
-                    io_err(true)
-                });
-            }
-        }
     }
 }
 
@@ -333,7 +203,7 @@ impl Pool {
 /// know a response must start right here, so garbage fails the exchange at once instead of
 /// waiting for the timeout (RFC 9112 4: a status line starts with the HTTP-version).
 #[derive(Debug, Default)]
-struct StartCheck {
+pub(super) struct StartCheck {
     matched: usize,
 }
 
@@ -341,7 +211,7 @@ impl StartCheck {
     const PREFIX: &'static [u8] = b"HTTP/";
 
     /// False as soon as the bytes cannot start a response.
-    fn feed(&mut self, data: &[u8]) -> bool {
+    pub(super) fn feed(&mut self, data: &[u8]) -> bool {
         for &b in data {
             if self.matched == Self::PREFIX.len() {
                 return true;

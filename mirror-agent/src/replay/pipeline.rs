@@ -1,0 +1,302 @@
+//! One batch of copies on one mirror connection: write, then read the responses in order.
+//!
+//! Owns the exchange on a connection that [`super::dispatcher`]'s workers keep between batches.
+//! A batch is one request, or, when the mirror's queue backs up, several requests pipelined on
+//! the connection (RFC 9112 9.3.2): written in one go, answered in order, each response resolving
+//! its own copy with its own latency. Pipelining saves a round trip, a wake-up and two syscalls
+//! per request, which is what lets one mirror connection keep up with a busy primary on a small
+//! node. Only requests that are safe to pipeline start or continue a batch (see [`pipelinable`]),
+//! and only on a connection that answered its previous batch promptly (see [`PROMPT`]): a fresh
+//! connection, or one to a slow mirror, carries one request at a time.
+//!
+//! Failures: a copy whose response had begun gets the error; copies still unanswered when the
+//! connection closes at a response boundary (the keep-alive race of RFC 9112 9.3.1 on a reused
+//! connection, or the server closing after an earlier pipelined response) are retried once on a
+//! fresh connection, as RFC 9112 9.3.2 asks of a pipelining client.
+
+use std::collections::VecDeque;
+use std::io;
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use super::dispatcher::Job;
+use super::pool::{Conn, Pool, StartCheck};
+use super::stats::{DropReason, ErrorKind, Outcome};
+use crate::http::response::ResponseEvent;
+use crate::http::{BodyFraming, Version};
+
+/// Most requests pipelined in one batch.
+pub const MAX_BATCH: usize = 128;
+/// Largest request that may be followed by another in the same batch.
+pub const MAX_PIPELINED_REQUEST: usize = 16 * 1024;
+/// Request bytes after which a batch takes no more requests.
+pub const MAX_BATCH_BYTES: usize = 256 * 1024;
+/// An idle connection unused for longer than this is checked for a close before reuse (a
+/// non-blocking read); more recently used ones are written to directly, and a close found then
+/// is the keep-alive race, retried.
+const IDLE_CHECK_AFTER: Duration = Duration::from_millis(100);
+/// A connection pipelines only after answering its previous batch within this time: requests
+/// written behind a slow response would wait in the mirror's socket buffer (and time out there)
+/// instead of in our queue, and a slow or stuck mirror is not made to take more at once.
+const PROMPT: Duration = Duration::from_millis(200);
+
+/// Whether the worker may gather a pipelined batch for this connection (see [`PROMPT`]).
+pub fn may_pipeline(conn: Option<&Conn>) -> bool {
+    conn.is_some_and(|c| c.prompt)
+}
+
+/// Whether another request may be written after this one before its response arrived.
+///
+/// Not after `Connection: close` or HTTP/1.0 (the server closes after answering), not after a
+/// non-idempotent method (RFC 9112 9.3.2: a retry after a close could apply it twice), and not
+/// after a large body (the next request would wait behind it without need).
+pub fn pipelinable(job: &Job) -> bool {
+    let b = &job.out.bytes;
+    if !job.out.keep_alive || b.len() > MAX_PIPELINED_REQUEST {
+        return false;
+    }
+    let line_end = b.iter().position(|&c| c == b'\n').unwrap_or(b.len());
+    let line = b[..line_end].strip_suffix(b"\r").unwrap_or(&b[..line_end]);
+    let method = line.split(|&c| c == b' ').next().unwrap_or_default();
+    line.ends_with(b" HTTP/1.1")
+        && matches!(
+            method,
+            b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+        )
+}
+
+/// Why an attempt on a connection failed.
+#[derive(Debug, Clone, Copy)]
+struct Failure {
+    kind: ErrorKind,
+    /// No byte of the front copy's response arrived: it may be retried on a new connection.
+    untouched: bool,
+    /// The connection had answered requests of this batch before it failed.
+    answered: bool,
+}
+
+/// Sends every copy of `batch` and resolves it (answered, error or backoff drop), using and
+/// keeping the connection in `slot`. Copies left in `batch` when the caller drops this future
+/// (timeout, abort) are the caller's to resolve; `slot` must then be cleared.
+pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>) {
+    // Copies at the front of `batch` already counted as sent (once per copy, also on retry).
+    let mut counted_sent = 0usize;
+    let mut retried = false;
+    while !batch.is_empty() {
+        if let Some(conn) = slot
+            && conn.last_used.elapsed() > IDLE_CHECK_AFTER
+            && !conn.still_open()
+        {
+            *slot = None;
+        }
+        let reused = slot.is_some();
+        if slot.is_none() {
+            match pool.connect_or_backoff().await {
+                Ok(Some(c)) => *slot = Some(c),
+                Ok(None) => {
+                    for job in batch.drain(..) {
+                        job.resolve(Outcome::Dropped(DropReason::Backoff));
+                    }
+                    return;
+                }
+                Err(kind) => {
+                    // The first copy paid for the attempt; the mirror is now in backoff, where
+                    // the others would have been dropped one by one.
+                    if let Some(job) = batch.pop_front() {
+                        job.resolve(Outcome::Error(kind));
+                    }
+                    for job in batch.drain(..) {
+                        job.resolve(Outcome::Dropped(DropReason::Backoff));
+                    }
+                    return;
+                }
+            }
+        }
+        let Some(conn) = slot.as_mut() else { return };
+        let start = Instant::now();
+        match attempt(pool, conn, batch, &mut counted_sent).await {
+            Ok(reusable) => {
+                conn.last_used = Instant::now();
+                conn.prompt = start.elapsed() <= PROMPT;
+                if !reusable {
+                    *slot = None;
+                }
+                // `attempt` answers the whole batch when it succeeds; never carry a copy over.
+                for job in batch.drain(..) {
+                    job.resolve(Outcome::Error(ErrorKind::BadResponse));
+                }
+                return;
+            }
+            Err(f) => {
+                *slot = None;
+                if f.untouched && (reused || f.answered) && !retried {
+                    retried = true;
+                    for _ in 0..batch.len() {
+                        pool.stats().on_retry();
+                    }
+                    continue;
+                }
+                for job in batch.drain(..) {
+                    job.resolve(Outcome::Error(f.kind));
+                }
+                return;
+            }
+        }
+    }
+}
+
+/// One attempt: writes the whole batch, then reads responses until every copy is answered.
+/// Returns whether the connection may carry another batch.
+async fn attempt(
+    pool: &Pool,
+    conn: &mut Conn,
+    batch: &mut VecDeque<Job>,
+    counted_sent: &mut usize,
+) -> Result<bool, Failure> {
+    let start = Instant::now();
+    let io_err = |untouched, answered| Failure {
+        kind: ErrorKind::Io,
+        untouched,
+        answered,
+    };
+    for job in batch.iter() {
+        conn.framer.expect(job.out.expected);
+    }
+    write_batch(pool, conn, batch, counted_sent)
+        .await
+        .map_err(|_| io_err(true, false))?;
+    let mut answered = false;
+    // Bytes of the front copy's response (or its 1xx) have arrived.
+    let mut partial = false;
+    let mut start_check = StartCheck::default();
+    let mut events = std::mem::take(&mut conn.events);
+    let result = loop {
+        let n = match conn.stream.read(&mut conn.buf).await {
+            Ok(n) => n,
+            Err(_) => break Err(io_err(!partial, answered)),
+        };
+        if n == 0 {
+            conn.framer.finish(pool.now_ns(), &mut events);
+        } else {
+            partial = true;
+            if !start_check.feed(&conn.buf[..n]) {
+                break Err(bad_response(answered));
+            }
+            conn.framer.push(&conn.buf[..n], pool.now_ns(), &mut events);
+        }
+        let mut outcome = None;
+        for ev in events.drain(..) {
+            match outcome {
+                // Anything after the last expected response: the connection is not reused.
+                Some(Ok(_)) => {
+                    outcome = Some(Ok(false));
+                    continue;
+                }
+                Some(Err(_)) => continue,
+                None => {}
+            }
+            match ev {
+                ResponseEvent::Informational(_) => {}
+                ResponseEvent::Dropped { .. } => outcome = Some(Err(bad_response(answered))),
+                ResponseEvent::Final(r) => {
+                    let Some(job) = batch.pop_front() else {
+                        outcome = Some(Ok(false));
+                        continue;
+                    };
+                    *counted_sent = counted_sent.saturating_sub(1);
+                    // Reuse only a cleanly delimited HTTP/1.1 response on an open connection;
+                    // 101 turns the connection into a tunnel.
+                    let reusable = n > 0
+                        && job.out.keep_alive
+                        && r.version == Version::Http11
+                        && r.status != 101
+                        && r.framing != BodyFraming::CloseDelimited;
+                    job.resolve(Outcome::Answered {
+                        status: r.status,
+                        latency: start.elapsed(),
+                    });
+                    answered = true;
+                    partial = false;
+                    if batch.is_empty() {
+                        outcome = Some(Ok(reusable));
+                    } else if !reusable {
+                        // The server ends the connection here; the rest were never answered.
+                        outcome = Some(Err(io_err(true, true)));
+                    }
+                }
+            }
+        }
+        if let Some(o) = outcome {
+            break match o {
+                Ok(reusable) => Ok(reusable && conn.framer.stats().in_progress() == 0),
+                other => other,
+            };
+        }
+        if n == 0 {
+            // Closed before every response: no byte of the front one is the keep-alive race.
+            break Err(if partial {
+                bad_response(answered)
+            } else {
+                io_err(true, answered)
+            });
+        }
+    };
+    conn.events = events;
+    result
+}
+
+fn bad_response(answered: bool) -> Failure {
+    Failure {
+        kind: ErrorKind::BadResponse,
+        untouched: false,
+        answered,
+    }
+}
+
+/// Writes every request of the batch, one syscall when it fits the socket buffer, and counts
+/// each copy sent once its last byte is written.
+async fn write_batch(
+    pool: &Pool,
+    conn: &mut Conn,
+    batch: &VecDeque<Job>,
+    counted_sent: &mut usize,
+) -> io::Result<()> {
+    let mut mark = |i: usize| {
+        if i >= *counted_sent {
+            pool.stats().on_sent();
+            *counted_sent = i + 1;
+        }
+    };
+    if batch.len() == 1 {
+        conn.stream.write_all(&batch[0].out.bytes).await?;
+        mark(0);
+        return Ok(());
+    }
+    // Small requests are copied into one buffer (a few hundred bytes each: cheaper than a
+    // syscall per request, and simpler to resume than a partially written IoSlice list).
+    conn.wbuf.clear();
+    let mut ends = Vec::with_capacity(batch.len());
+    for job in batch {
+        conn.wbuf.extend_from_slice(&job.out.bytes);
+        ends.push(conn.wbuf.len());
+    }
+    let mut off = 0;
+    let mut next = 0;
+    while off < conn.wbuf.len() {
+        let n = conn.stream.write(&conn.wbuf[off..]).await?;
+        if n == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        off += n;
+        while next < ends.len() && ends[next] <= off {
+            mark(next);
+            next += 1;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
