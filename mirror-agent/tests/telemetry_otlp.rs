@@ -101,6 +101,9 @@ async fn metrics_arrive(protocol: OtlpProtocol, receiver: Receiver) {
     assert_eq!(attr(&a, "mirror.name").as_deref(), Some("app-v2"));
     assert!(receiver.service_names().iter().all(|n| n == "mirror-agent"));
     assert!(!receiver.service_names().is_empty());
+    let exports = telemetry.otlp_snapshot().expect("OTLP is on");
+    assert!(exports.metric_exports_ok >= 1, "{exports:?}");
+    assert_eq!(exports.metric_exports_failed, 0, "{exports:?}");
     telemetry.shutdown().await;
 }
 
@@ -189,6 +192,16 @@ async fn span_links_to_client(protocol: OtlpProtocol, receiver: Receiver) {
         Some(2),
         "STATUS_CODE_ERROR"
     );
+    let exports = telemetry.otlp_snapshot().expect("OTLP is on");
+    assert_eq!(
+        (
+            exports.spans_started,
+            exports.spans_exported,
+            exports.spans_failed
+        ),
+        (2, 2, 0),
+        "{exports:?}"
+    );
     telemetry.shutdown().await;
 }
 
@@ -200,4 +213,60 @@ async fn spans_over_grpc_link_to_the_client_trace() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn spans_over_http_protobuf_link_to_the_client_trace() {
     span_links_to_client(OtlpProtocol::HttpProtobuf, Receiver::http().await).await;
+}
+
+/// A collector that is down: every export fails, and the failures are counted (and exported on
+/// `/metrics`), not only logged.
+async fn collector_down(protocol: OtlpProtocol) {
+    // A loopback port nobody listens on: bound, then closed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let telemetry = Telemetry::start(TelemetryConfig {
+        metrics_addr: None,
+        otlp: Some(OtlpConfig {
+            endpoint: Some(format!("http://127.0.0.1:{port}")),
+            protocol,
+            export_interval: Some(Duration::from_secs(3600)),
+            service_name: None,
+            traces: true,
+        }),
+        traceparent: TraceparentMode::Rewrite,
+    })
+    .await
+    .expect("telemetry starts even when the collector is down");
+    let raw = Bytes::from_static(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n");
+    let (flight, _) = telemetry
+        .recorder()
+        .start("app-v2", "10.0.0.5", Some(8080), &raw);
+    flight.finish(&Outcome::Timeout);
+    telemetry.flush().await;
+    let exports = telemetry.otlp_snapshot().expect("OTLP is on");
+    assert_eq!(exports.metric_exports_ok, 0, "{exports:?}");
+    assert!(exports.metric_exports_failed >= 1, "{exports:?}");
+    assert_eq!(
+        (exports.spans_started, exports.spans_failed),
+        (1, 1),
+        "{exports:?}"
+    );
+    telemetry.update_from(None, None, None);
+    let text = telemetry.render_prometheus();
+    let failed = text
+        .lines()
+        .find(|l| l.starts_with("mirror_otlp_exports_total{") && l.contains("outcome=\"failed\""))
+        .unwrap_or_else(|| panic!("no failed-export series in:\n{text}"));
+    assert!(!failed.ends_with(" 0"), "{failed}");
+    telemetry.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_down_grpc_failures_are_counted() {
+    collector_down(OtlpProtocol::Grpc).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn collector_down_http_failures_are_counted() {
+    collector_down(OtlpProtocol::HttpProtobuf).await;
 }

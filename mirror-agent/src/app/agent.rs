@@ -198,10 +198,13 @@ async fn run(
     );
     let compared = driver.compare_snapshot();
     driver.telemetry.update_compare(compared.as_ref());
-    driver.telemetry.shutdown().await;
+    let exports = driver.telemetry.shutdown().await;
     report(&pipeline_stats, replay.as_ref());
     if let Some(c) = &compared {
         eprint!("{}", c.table());
+    }
+    if let Some(e) = exports {
+        eprintln!("{}", e.line());
     }
     // The capture line goes to stdout (tests and scripts parse it) unless stdout carries the
     // recording.

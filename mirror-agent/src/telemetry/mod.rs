@@ -29,6 +29,7 @@
 //! ```
 
 pub mod compare;
+pub mod export_stats;
 pub mod model;
 mod otel;
 pub mod primary;
@@ -47,6 +48,7 @@ use thiserror::Error;
 use crate::capture::ebpf::Counters;
 use crate::pipeline::PipelineStats;
 use crate::replay::stats::ReplaySnapshot;
+use export_stats::{ExportSnapshot, ExportStats};
 pub use model::Snapshots;
 pub use primary::PrimaryObserver;
 pub use request::{InFlight, MirrorRequestRecorder, PrimaryRecorder, RequestResult};
@@ -204,6 +206,8 @@ pub struct Telemetry {
     endpoint: Arc<prometheus::Endpoint>,
     server: Option<prometheus::Server>,
     otel: Option<Arc<otel::Otel>>,
+    /// Outcomes of the OTLP exports (only with OTLP on).
+    export_stats: Option<Arc<ExportStats>>,
     instruments: Arc<request::Instruments>,
 }
 
@@ -241,14 +245,16 @@ impl Telemetry {
             registry,
             ready: Default::default(),
         });
-        let otel = match &cfg.otlp {
-            Some(o) => Some(Arc::new(otel::Otel::start(o, &snapshots)?)),
-            None => None,
+        let export_stats = cfg.otlp.as_ref().map(|_| Arc::new(ExportStats::default()));
+        let otel = match (&cfg.otlp, &export_stats) {
+            (Some(o), Some(stats)) => Some(Arc::new(otel::Otel::start(o, &snapshots, stats)?)),
+            _ => None,
         };
         let tracer = otel
             .as_ref()
-            .and_then(|o| o.tracer_provider())
-            .map(|p| MirrorTracer::new(p, cfg.traceparent));
+            .zip(export_stats.as_ref())
+            .and_then(|(o, stats)| Some((o.tracer_provider()?, stats.clone())))
+            .map(|(p, stats)| MirrorTracer::new(p, cfg.traceparent, stats));
         let instruments = Arc::new(request::Instruments {
             client_prom,
             server_prom,
@@ -267,6 +273,7 @@ impl Telemetry {
             endpoint,
             server,
             otel,
+            export_stats,
             instruments,
         })
     }
@@ -286,6 +293,12 @@ impl Telemetry {
         s.kernel = kernel.copied();
         s.pipeline = pipeline.cloned();
         s.replay = replay.cloned();
+        s.otlp = self.otlp_snapshot();
+    }
+
+    /// The OTLP exports' outcomes so far (`None` without OTLP).
+    pub fn otlp_snapshot(&self) -> Option<ExportSnapshot> {
+        self.export_stats.as_ref().map(|s| s.snapshot())
     }
 
     /// Replaces the comparison counters (`--compare`), like [`Self::update_from`].
@@ -334,12 +347,14 @@ impl Telemetry {
         }
     }
 
-    /// Final OTLP export, then stops the endpoint.
-    pub async fn shutdown(mut self) {
+    /// Final OTLP export, then stops the endpoint. Returns the OTLP exports' outcomes after
+    /// that final export (`None` without OTLP), for the exit summary.
+    pub async fn shutdown(mut self) -> Option<ExportSnapshot> {
         if let Some(o) = self.otel.take() {
             let _ = tokio::task::spawn_blocking(move || o.shutdown()).await;
         }
         self.server.take();
+        self.otlp_snapshot()
     }
 }
 

@@ -71,6 +71,8 @@ pub struct Snapshots {
     pub pipeline: Option<PipelineStats>,
     pub replay: Option<ReplaySnapshot>,
     pub compare: Option<super::compare::CompareSnapshot>,
+    /// The agent's own OTLP exports (only with OTLP on).
+    pub otlp: Option<super::export_stats::ExportSnapshot>,
 }
 
 /// One exported metric: its OpenTelemetry name, kind, unit, help, and how to read it.
@@ -595,6 +597,40 @@ pub static DEFS: &[MetricDef] = &[
                     &[(REASON, "response_unknown")],
                     c.primary_responses_unknown,
                 );
+            }
+        },
+    },
+    // ---- the agent's own OTLP export ----
+    MetricDef {
+        name: "mirror.otlp.exports",
+        kind: Kind::Counter,
+        unit: Unit::Count("{export}"),
+        help: "OTLP metric export attempts by outcome (ok, failed: the collector refused or was unreachable).",
+        read: |s, o| {
+            if let Some(e) = &s.otlp {
+                p(
+                    o,
+                    &[("signal", "metrics"), ("outcome", "ok")],
+                    e.metric_exports_ok,
+                );
+                p(
+                    o,
+                    &[("signal", "metrics"), ("outcome", "failed")],
+                    e.metric_exports_failed,
+                );
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.otlp.spans",
+        kind: Kind::Counter,
+        unit: Unit::Count("{span}"),
+        help: "Mirror spans by outcome: started, exported, failed (batch refused); started minus both is pending or dropped by the SDK's queue.",
+        read: |s, o| {
+            if let Some(e) = &s.otlp {
+                p(o, &[("outcome", "started")], e.spans_started);
+                p(o, &[("outcome", "exported")], e.spans_exported);
+                p(o, &[("outcome", "failed")], e.spans_failed);
             }
         },
     },

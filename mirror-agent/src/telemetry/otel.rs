@@ -2,7 +2,8 @@
 //! the meter provider whose observable instruments read the model's snapshots, and the tracer
 //! provider behind the mirror spans.
 //!
-//! Owns the providers and their shutdown (final flush). The standard `OTEL_*` variables are
+//! Owns the providers and their shutdown (final flush), and counts every export's outcome in
+//! [`ExportStats`]. The standard `OTEL_*` variables are
 //! honoured by the SDK and exporter themselves (endpoint, per-signal endpoints, headers,
 //! timeout, `OTEL_METRIC_EXPORT_INTERVAL`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_SERVICE_NAME`,
 //! `OTEL_TRACES_SAMPLER`); what the command line sets explicitly wins over them.
@@ -14,9 +15,13 @@ use opentelemetry::KeyValue;
 use opentelemetry::metrics::{Histogram, Meter, MeterProvider as _};
 use opentelemetry_otlp::{MetricExporter, Protocol, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::trace::{SdkTracerProvider, SpanData, SpanExporter as SdkSpanExporter};
 
+use super::export_stats::ExportStats;
 use super::model::{DEFS, Kind, Snapshots, Value};
 use super::request::{DIFFERENCE_BUCKETS, DURATION_BUCKETS};
 use super::{OtlpConfig, OtlpProtocol, TelemetryError};
@@ -53,54 +58,85 @@ fn endpoint(cfg: &OtlpConfig, signal_path: &str) -> Option<String> {
     })
 }
 
-fn metric_exporter(cfg: &OtlpConfig) -> Result<MetricExporter, TelemetryError> {
-    let ep = endpoint(cfg, "/v1/metrics");
-    let built = match cfg.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = MetricExporter::builder()
-                .with_tonic()
-                .with_protocol(Protocol::Grpc);
-            if let Some(ep) = ep {
-                b = b.with_endpoint(ep);
+/// Builds one signal's OTLP exporter (`MetricExporter` or `SpanExporter`: their builders have
+/// the same methods but no common trait, hence a macro rather than a generic function).
+macro_rules! otlp_exporter {
+    ($exporter:ty, $cfg:expr, $signal_path:literal) => {{
+        let cfg: &OtlpConfig = $cfg;
+        let ep = endpoint(cfg, $signal_path);
+        let built = match cfg.protocol {
+            OtlpProtocol::Grpc => {
+                let mut b = <$exporter>::builder()
+                    .with_tonic()
+                    .with_protocol(Protocol::Grpc);
+                if let Some(ep) = ep {
+                    b = b.with_endpoint(ep);
+                }
+                b.build()
             }
-            b.build()
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = MetricExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary);
-            if let Some(ep) = ep {
-                b = b.with_endpoint(ep);
+            OtlpProtocol::HttpProtobuf => {
+                let mut b = <$exporter>::builder()
+                    .with_http()
+                    .with_protocol(Protocol::HttpBinary);
+                if let Some(ep) = ep {
+                    b = b.with_endpoint(ep);
+                }
+                b.build()
             }
-            b.build()
-        }
-    };
-    built.map_err(|e| TelemetryError::Otlp(e.to_string()))
+        };
+        built.map_err(|e| TelemetryError::Otlp(e.to_string()))
+    }};
 }
 
-fn span_exporter(cfg: &OtlpConfig) -> Result<SpanExporter, TelemetryError> {
-    let ep = endpoint(cfg, "/v1/traces");
-    let built = match cfg.protocol {
-        OtlpProtocol::Grpc => {
-            let mut b = SpanExporter::builder()
-                .with_tonic()
-                .with_protocol(Protocol::Grpc);
-            if let Some(ep) = ep {
-                b = b.with_endpoint(ep);
-            }
-            b.build()
-        }
-        OtlpProtocol::HttpProtobuf => {
-            let mut b = SpanExporter::builder()
-                .with_http()
-                .with_protocol(Protocol::HttpBinary);
-            if let Some(ep) = ep {
-                b = b.with_endpoint(ep);
-            }
-            b.build()
-        }
-    };
-    built.map_err(|e| TelemetryError::Otlp(e.to_string()))
+/// An exporter that counts what its inner exporter achieved in [`ExportStats`]: the SDK only
+/// logs a failed export (and not at all without its internal-logs feature).
+#[derive(Debug)]
+struct Counted<E> {
+    inner: E,
+    stats: Arc<ExportStats>,
+}
+
+impl<E: PushMetricExporter> PushMetricExporter for Counted<E> {
+    async fn export(&self, metrics: &ResourceMetrics) -> OTelSdkResult {
+        let r = self.inner.export(metrics).await;
+        self.stats
+            .metrics_exported(r.as_ref().map(|_| ()).map_err(|e| e as _));
+        r
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn temporality(&self) -> Temporality {
+        self.inner.temporality()
+    }
+}
+
+impl<E: SdkSpanExporter> SdkSpanExporter for Counted<E> {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let n = batch.len();
+        let r = self.inner.export(batch).await;
+        self.stats
+            .spans_exported(n, r.as_ref().map(|_| ()).map_err(|e| e as _));
+        r
+    }
+
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.inner.shutdown_with_timeout(timeout)
+    }
+
+    fn force_flush(&self) -> OTelSdkResult {
+        self.inner.force_flush()
+    }
+
+    fn set_resource(&mut self, resource: &Resource) {
+        self.inner.set_resource(resource)
+    }
 }
 
 /// Registers one observable instrument per model entry; each reads the latest snapshots.
@@ -158,9 +194,14 @@ impl Otel {
     pub fn start(
         cfg: &OtlpConfig,
         snapshots: &Arc<Mutex<Snapshots>>,
+        stats: &Arc<ExportStats>,
     ) -> Result<Self, TelemetryError> {
         let resource = resource(cfg);
-        let mut reader = PeriodicReader::builder(metric_exporter(cfg)?);
+        let metrics = Counted {
+            inner: otlp_exporter!(MetricExporter, cfg, "/v1/metrics")?,
+            stats: stats.clone(),
+        };
+        let mut reader = PeriodicReader::builder(metrics);
         if let Some(i) = cfg.export_interval {
             reader = reader.with_interval(i);
         }
@@ -196,7 +237,10 @@ impl Otel {
         let tracers = if cfg.traces {
             Some(
                 SdkTracerProvider::builder()
-                    .with_batch_exporter(span_exporter(cfg)?)
+                    .with_batch_exporter(Counted {
+                        inner: otlp_exporter!(SpanExporter, cfg, "/v1/traces")?,
+                        stats: stats.clone(),
+                    })
                     .with_resource(resource)
                     .build(),
             )

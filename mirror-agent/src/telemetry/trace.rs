@@ -7,6 +7,7 @@
 //! formatting the header value itself is the SDK's `TraceContextPropagator`.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use bytes::{Bytes, BytesMut};
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
@@ -17,6 +18,7 @@ use opentelemetry::{Context, KeyValue};
 use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
+use super::export_stats::ExportStats;
 use super::request::{normalize_method, url_path};
 
 /// What the mirror receives as `traceparent`.
@@ -188,6 +190,8 @@ pub fn apply_mode(raw: &Bytes, h: &TraceHeaders, mode: TraceparentMode, child: &
 pub struct MirrorTracer {
     tracer: SdkTracer,
     pub mode: TraceparentMode,
+    /// Counts started spans, so the ones the SDK never exported show (see `export_stats`).
+    stats: Arc<ExportStats>,
 }
 
 impl std::fmt::Debug for MirrorTracer {
@@ -199,10 +203,15 @@ impl std::fmt::Debug for MirrorTracer {
 }
 
 impl MirrorTracer {
-    pub(super) fn new(provider: &SdkTracerProvider, mode: TraceparentMode) -> Self {
+    pub(super) fn new(
+        provider: &SdkTracerProvider,
+        mode: TraceparentMode,
+        stats: Arc<ExportStats>,
+    ) -> Self {
         Self {
             tracer: provider.tracer("mirror-agent"),
             mode,
+            stats,
         }
     }
 
@@ -248,6 +257,7 @@ impl MirrorTracer {
             .with_attributes(attrs)
             .with_links(links)
             .start_with_context(&self.tracer, &Context::new());
+        self.stats.span_started();
         let bytes = match client {
             Some(_) if self.mode == TraceparentMode::Rewrite => {
                 use opentelemetry::trace::Span as _;

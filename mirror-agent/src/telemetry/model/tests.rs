@@ -62,6 +62,13 @@ pub(super) fn all() -> Snapshots {
             }],
             ..Default::default()
         }),
+        otlp: Some(crate::telemetry::export_stats::ExportSnapshot {
+            metric_exports_ok: 4,
+            metric_exports_failed: 1,
+            spans_started: 9,
+            spans_exported: 6,
+            spans_failed: 2,
+        }),
     }
 }
 
@@ -75,6 +82,25 @@ fn value(s: &Snapshots, name: &str, attrs: &[(&str, &str)]) -> Option<f64> {
                 .all(|(k, v)| p.attrs.iter().any(|(pk, pv)| pk == k && pv == v))
         })
         .map(|p| p.value.as_f64())
+}
+
+#[test]
+fn otlp_export_outcomes() {
+    let s = all();
+    let v = |name, attrs: &[(&str, &str)]| value(&s, name, attrs);
+    assert_eq!(
+        v("mirror.otlp.exports", &[("outcome", "failed")]),
+        Some(1.0)
+    );
+    assert_eq!(v("mirror.otlp.exports", &[("outcome", "ok")]), Some(4.0));
+    assert_eq!(v("mirror.otlp.spans", &[("outcome", "started")]), Some(9.0));
+    assert_eq!(v("mirror.otlp.spans", &[("outcome", "failed")]), Some(2.0));
+    let none = Snapshots::default();
+    assert_eq!(
+        value(&none, "mirror.otlp.spans", &[]),
+        None,
+        "absent without OTLP"
+    );
 }
 
 #[test]

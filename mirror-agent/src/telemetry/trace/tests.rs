@@ -10,7 +10,7 @@ fn req(extra: &str) -> Bytes {
 
 fn tracer(mode: TraceparentMode) -> (SdkTracerProvider, MirrorTracer) {
     let p = SdkTracerProvider::builder().build();
-    let t = MirrorTracer::new(&p, mode);
+    let t = MirrorTracer::new(&p, mode, Default::default());
     (p, t)
 }
 
