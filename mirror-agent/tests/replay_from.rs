@@ -2,6 +2,7 @@
 //! status 2 with one line for bad replay flags and config files.
 
 mod replay_common;
+mod telemetry_common;
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -12,7 +13,9 @@ use mirror_agent::app::from;
 use mirror_agent::cli::Cli;
 use mirror_agent::config::Settings;
 use mirror_agent::record;
+use mirror_agent::telemetry::{OtlpConfig, OtlpProtocol, TelemetryConfig, TraceparentMode};
 use replay_common::*;
+use telemetry_common::otlp::{Receiver, attr, points};
 
 /// A temp file removed on drop.
 struct TempFile(PathBuf);
@@ -57,6 +60,11 @@ fn recording(n: usize, gap_ms: u64) -> (String, Vec<mirror_agent::pipeline::Capt
     (text, reqs)
 }
 
+/// No metrics endpoint, no OTLP.
+fn no_telemetry() -> TelemetryConfig {
+    TelemetryConfig::from_parts(None, None, None, None, |_| None).unwrap()
+}
+
 fn settings(flags: &[&str]) -> Settings {
     let mut argv = vec!["mirror-agent"];
     argv.extend_from_slice(flags);
@@ -78,7 +86,7 @@ fn replays_a_recording_byte_identical() {
         "--queue-size",
         "8",
     ]);
-    let report = from::run(&s, &file.0, |_| {}).unwrap();
+    let report = from::run(&s, no_telemetry(), &file.0, |_| {}).unwrap();
     assert_eq!((report.records, report.bad_lines), (60, 1));
     assert!(
         report
@@ -102,6 +110,49 @@ fn replays_a_recording_byte_identical() {
     assert!(got == want, "the mirror got exactly the recorded bytes");
 }
 
+/// A recorded replay exports the same per-mirror metrics and spans as live mode.
+#[test]
+fn recorded_replay_exports_metrics_and_spans() {
+    let rt = server_runtime();
+    let mirror = rt.block_on(TestMirror::start(Behavior::Ok));
+    let receiver = rt.block_on(Receiver::grpc());
+    let (text, _) = recording(20, 1);
+    let file = TempFile::new("otlp.jsonl", &text);
+    let url = format!("http://{},name=m", mirror.addr);
+    let s = settings(&["--from", file.0.to_str().unwrap(), "--mirror", &url]);
+    let telemetry = TelemetryConfig {
+        metrics_addr: None,
+        otlp: Some(OtlpConfig {
+            endpoint: Some(receiver.url()),
+            protocol: OtlpProtocol::Grpc,
+            export_interval: Some(Duration::from_secs(3600)),
+            service_name: None,
+            traces: true,
+        }),
+        traceparent: TraceparentMode::Rewrite,
+    };
+    let report = from::run(&s, telemetry, &file.0, |_| {}).unwrap();
+    assert_eq!(report.replay.mirrors[0].status[1], 20);
+    let otlp = report.otlp.expect("OTLP was on");
+    assert!(otlp.metric_exports_ok >= 1, "{otlp:?}");
+    assert_eq!(
+        (
+            otlp.spans_started,
+            otlp.spans_exported,
+            otlp.metric_exports_failed
+        ),
+        (20, 20, 0),
+        "{otlp:?}"
+    );
+    // The final export (at shutdown) carries the final counters.
+    let sent = receiver.metrics_named("mirror.requests.sent");
+    let last = sent.last().expect("mirror.requests.sent exported");
+    let (a, v) = points(last).remove(0);
+    assert_eq!(attr(&a, "mirror.name").as_deref(), Some("m"));
+    assert_eq!(v, 20.0);
+    assert_eq!(receiver.spans().len(), 20);
+}
+
 #[test]
 fn speed_paces_by_recorded_time() {
     let rt = server_runtime();
@@ -123,7 +174,7 @@ fn speed_paces_by_recorded_time() {
             speed,
         ]);
         let t0 = Instant::now();
-        let report = from::run(&s, &file.0, |_| {}).unwrap();
+        let report = from::run(&s, no_telemetry(), &file.0, |_| {}).unwrap();
         // Lower bounds only: a loaded machine may be slower, never faster than the pace.
         assert!(
             t0.elapsed() >= at_least,
@@ -171,6 +222,21 @@ fn binary_bad_flags_exit_2_with_one_line() {
             "expected http://HOST:PORT",
         ),
         (vec!["--from", f], "needs at least one --mirror"),
+        (
+            vec!["--from", f, "--mirror", "http://x:80", "--compare"],
+            "--compare needs the primary's responses",
+        ),
+        (
+            vec![
+                "--from",
+                f,
+                "--mirror",
+                "http://x:80",
+                "--otlp-protocol",
+                "thrift",
+            ],
+            "bad --otlp-protocol",
+        ),
         (
             vec!["--from", f, "--config", bad_yaml.0.to_str().unwrap()],
             "line 7 column 16: mirroring.mirrors[0].percent: percent 250",

@@ -21,6 +21,8 @@ use crate::pipeline::CapturedRequest;
 use crate::record::{RecordError, RecordReader};
 use crate::replay::stats::ReplaySnapshot;
 use crate::replay::{ReplayConfig, Replayer};
+use crate::telemetry::export_stats::ExportSnapshot;
+use crate::telemetry::{Telemetry, TelemetryConfig, TelemetryError};
 
 /// How often the progress line is printed.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -41,17 +43,25 @@ pub enum FromError {
     NoMirrors,
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    #[error("--compare needs the primary's responses: live capture or --pcap, not --from")]
+    CompareWithoutPrimary,
 }
 
-/// A running replayer with its own runtime; `submit` may be called from any thread.
+/// A running replayer with its own runtime and the run's telemetry (`--metrics-addr`, OTLP:
+/// the same per-mirror metrics and spans as live mode); `submit` may be called from any thread.
 pub struct Session {
     runtime: tokio::runtime::Runtime,
     replayer: Replayer,
+    telemetry: Telemetry,
+    /// Copies the replay counters into the telemetry once a second.
+    metrics_task: tokio::task::JoinHandle<()>,
     timeout: Duration,
 }
 
 impl Session {
-    pub fn start(cfg: ReplayConfig) -> Result<Self, FromError> {
+    pub fn start(mut cfg: ReplayConfig, telemetry: TelemetryConfig) -> Result<Self, FromError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mirror-replay")
@@ -59,13 +69,21 @@ impl Session {
             .build()
             .map_err(FromError::Runtime)?;
         let timeout = cfg.timeout;
-        let replayer = {
+        let telemetry = runtime.block_on(Telemetry::start(telemetry))?;
+        cfg.telemetry = Some(telemetry.recorder());
+        let (replayer, metrics_task) = {
             let _guard = runtime.enter();
-            Replayer::start(cfg)
+            let replayer = Replayer::start(cfg);
+            let task = spawn_metrics_updates(&telemetry, replayer.stats());
+            (replayer, task)
         };
+        // The input (file) is open and the mirrors are set up: ready.
+        telemetry.set_ready(true);
         Ok(Self {
             runtime,
             replayer,
+            telemetry,
+            metrics_task,
             timeout,
         })
     }
@@ -86,12 +104,31 @@ impl Session {
         }
     }
 
-    /// Sends what is queued (up to `grace`) and returns the final counters.
-    pub fn finish(self, grace: Duration) -> ReplaySnapshot {
+    /// Sends what is queued (up to `grace`), exports the final counters (OTLP's last export)
+    /// and returns them, with the OTLP exports' outcomes when OTLP is on.
+    pub fn finish(self, grace: Duration) -> (ReplaySnapshot, Option<ExportSnapshot>) {
         let snap = self.runtime.block_on(self.replayer.shutdown(grace));
+        self.metrics_task.abort();
+        self.telemetry.update_from(None, None, Some(&snap));
+        let exports = self.runtime.block_on(self.telemetry.shutdown());
         self.runtime.shutdown_timeout(Duration::from_millis(100));
-        snap
+        (snap, exports)
     }
+}
+
+/// Hands the replay counters to the telemetry every second until aborted.
+fn spawn_metrics_updates(
+    telemetry: &Telemetry,
+    stats: std::sync::Arc<crate::replay::stats::ReplayStats>,
+) -> tokio::task::JoinHandle<()> {
+    let handle = telemetry.updater();
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            tick.tick().await;
+            handle.update_from(None, None, Some(&stats.snapshot()));
+        }
+    })
 }
 
 /// Counters of a `--from` run.
@@ -102,11 +139,14 @@ pub struct FromReport {
     pub bad_lines: u64,
     pub first_bad: Option<String>,
     pub replay: ReplaySnapshot,
+    /// The OTLP exports' outcomes (with OTLP on).
+    pub otlp: Option<ExportSnapshot>,
 }
 
 /// Replays `path` with `settings`; `progress` receives a line every [`PROGRESS_EVERY`].
 pub fn run(
     settings: &Settings,
+    telemetry: TelemetryConfig,
     path: &Path,
     mut progress: impl FnMut(&str),
 ) -> Result<FromReport, FromError> {
@@ -117,7 +157,7 @@ pub fn run(
         path: path.to_path_buf(),
         source,
     })?;
-    let session = Session::start(settings.replay.clone())?;
+    let session = Session::start(settings.replay.clone(), telemetry)?;
     let speed = settings.speed;
     let started = Instant::now();
     let mut first_ts: Option<u64> = None;
@@ -157,11 +197,13 @@ pub fn run(
             last_progress = (Instant::now(), snap);
         }
     }
+    let (replay, otlp) = session.finish(DRAIN_GRACE);
     Ok(FromReport {
         records,
         bad_lines,
         first_bad,
-        replay: session.finish(DRAIN_GRACE),
+        replay,
+        otlp,
     })
 }
 
@@ -180,8 +222,19 @@ pub fn pcap_main(args: &RunArgs) -> i32 {
             return ConfigError::EXIT_CODE;
         }
     };
-    let session = match Session::start(settings.replay.clone()) {
+    let telemetry = match telemetry_config(args) {
+        Ok(t) => t,
+        Err((e, code)) => {
+            eprintln!("mirror-agent: {e}");
+            return code;
+        }
+    };
+    let session = match Session::start(settings.replay.clone(), telemetry) {
         Ok(s) => s,
+        Err(FromError::Telemetry(e)) => {
+            eprintln!("mirror-agent: {e}");
+            return e.exit_code();
+        }
         Err(e) => {
             eprintln!("mirror-agent: error: {e}");
             return 1;
@@ -191,7 +244,7 @@ pub fn pcap_main(args: &RunArgs) -> i32 {
         session.wait_for_room();
         session.submit(r);
     });
-    let snap = session.finish(DRAIN_GRACE);
+    let (snap, otlp) = session.finish(DRAIN_GRACE);
     let code = match result {
         Ok(report) => {
             eprint!("{report}");
@@ -213,7 +266,24 @@ pub fn pcap_main(args: &RunArgs) -> i32 {
         }
     };
     eprint!("{}", snap.table());
+    if let Some(o) = otlp {
+        eprintln!("{}", o.line());
+    }
     code
+}
+
+/// The telemetry flags of a replay run. `--compare` is refused: with `--from` there is no
+/// primary response to compare with, and with `--pcap` the offline comparison is not built.
+fn telemetry_config(args: &RunArgs) -> Result<TelemetryConfig, (String, i32)> {
+    if args.compare {
+        let e = if args.from.is_some() {
+            FromError::CompareWithoutPrimary.to_string()
+        } else {
+            "--compare is not supported with --pcap yet: use live capture".to_string()
+        };
+        return Err((e, ConfigError::EXIT_CODE));
+    }
+    TelemetryConfig::from_args(args).map_err(|e| (e.to_string(), e.exit_code()))
 }
 
 /// The `--from` entry point of the binary: exit status 0 done, 1 the file could not be
@@ -230,9 +300,21 @@ pub fn main(args: &RunArgs) -> i32 {
         eprintln!("mirror-agent: --from is not set");
         return ConfigError::EXIT_CODE;
     };
-    match run(&settings, &path, |line| eprintln!("mirror-agent: {line}")) {
+    let telemetry = match telemetry_config(args) {
+        Ok(t) => t,
+        Err((e, code)) => {
+            eprintln!("mirror-agent: {e}");
+            return code;
+        }
+    };
+    match run(&settings, telemetry, &path, |line| {
+        eprintln!("mirror-agent: {line}")
+    }) {
         Ok(report) => {
             eprint!("{}", report.replay.table());
+            if let Some(o) = report.otlp {
+                eprintln!("{}", o.line());
+            }
             eprintln!(
                 "records replayed: {}; bad lines: {}",
                 report.records, report.bad_lines
@@ -244,6 +326,10 @@ pub fn main(args: &RunArgs) -> i32 {
                 }
                 None => 0,
             }
+        }
+        Err(FromError::Telemetry(e)) => {
+            eprintln!("mirror-agent: {e}");
+            e.exit_code()
         }
         Err(e @ (FromError::Config(_) | FromError::NoMirrors)) => {
             eprintln!("mirror-agent: {e}");

@@ -199,6 +199,32 @@ impl TelemetryConfig {
     }
 }
 
+/// Updates the exported values from a task other than the one owning [`Telemetry`].
+#[derive(Debug, Clone)]
+pub struct SnapshotUpdater {
+    snapshots: Arc<Mutex<Snapshots>>,
+    export_stats: Option<Arc<ExportStats>>,
+}
+
+impl SnapshotUpdater {
+    /// As [`Telemetry::update_from`].
+    pub fn update_from(
+        &self,
+        kernel: Option<&Counters>,
+        pipeline: Option<&PipelineStats>,
+        replay: Option<&ReplaySnapshot>,
+    ) {
+        let mut s = match self.snapshots.lock() {
+            Ok(s) => s,
+            Err(p) => p.into_inner(),
+        };
+        s.kernel = kernel.copied();
+        s.pipeline = pipeline.cloned();
+        s.replay = replay.cloned();
+        s.otlp = self.export_stats.as_ref().map(|e| e.snapshot());
+    }
+}
+
 /// The running telemetry. Dropping it stops the endpoint; call [`Self::shutdown`] for the
 /// final OTLP export.
 pub struct Telemetry {
@@ -286,14 +312,15 @@ impl Telemetry {
         pipeline: Option<&PipelineStats>,
         replay: Option<&ReplaySnapshot>,
     ) {
-        let mut s = match self.snapshots.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
-        s.kernel = kernel.copied();
-        s.pipeline = pipeline.cloned();
-        s.replay = replay.cloned();
-        s.otlp = self.otlp_snapshot();
+        self.updater().update_from(kernel, pipeline, replay)
+    }
+
+    /// A handle that does [`Self::update_from`] from another task.
+    pub fn updater(&self) -> SnapshotUpdater {
+        SnapshotUpdater {
+            snapshots: self.snapshots.clone(),
+            export_stats: self.export_stats.clone(),
+        }
     }
 
     /// The OTLP exports' outcomes so far (`None` without OTLP).
