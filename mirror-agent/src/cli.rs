@@ -56,6 +56,16 @@ pub struct RunArgs {
     /// Also capture the primary's responses (egress), to pair them with requests.
     #[arg(long, env = "MIRROR_COMPARE", help_heading = "Capture")]
     pub compare: bool,
+    /// How the classifiers attach: `auto` (TCX, else clsact + tc filter on kernels before 6.6),
+    /// `tcx` (TCX or fail), `tc` (clsact + tc filter; a filter left by a killed agent is
+    /// removed at the next start).
+    #[arg(
+        long,
+        env = "MIRROR_ATTACH",
+        default_value = "auto",
+        help_heading = "Capture"
+    )]
+    pub attach: String,
     /// Read packets from a pcap or pcapng file instead of an interface.
     #[arg(long, env = "MIRROR_PCAP", help_heading = "Capture")]
     pub pcap: Option<PathBuf>,

@@ -51,6 +51,7 @@ fn ignored_flow_is_not_captured() {
         capture_basis_points: 10000,
         ring_size: 1 << 20,
         capture_responses: false,
+        attach: Default::default(),
     };
 
     let (segments, counters, ignored_local, plain_local) = std::thread::scope(|s| {

@@ -1,5 +1,7 @@
-//! Privileged: attach lifetime (nothing of ours stays attached after SIGTERM or SIGKILL), two
-//! agents on one interface, and bad flags (exit status 2, one line, nothing attached).
+//! Privileged: attach lifetime (nothing of ours stays attached after SIGTERM or SIGKILL), the
+//! classic tc attachment (`--attach tc`: captures, detaches on exit, a killed agent's filters are
+//! removed at the next start), two agents on one interface, and bad flags (exit status 2, one
+//! line, nothing attached).
 
 use std::time::{Duration, Instant};
 
@@ -56,6 +58,98 @@ fn nothing_stays_attached_after_sigterm_or_sigkill() {
         // TCX links go with the last fd; the kernel may release them a moment after exit.
         wait_detached(&topo, Duration::from_secs(5));
     }
+}
+
+fn curl_once(topo: &Topology, path: &str) {
+    let out = topo
+        .client
+        .command("curl")
+        .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"])
+        .arg(format!("http://{}:{PORT}{path}", Topology::SERVER_V4))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The clsact + netlink path (what kernels before 6.6 get), forced with `--attach tc`.
+#[test]
+fn tc_attach_captures_and_cleans_up_after_kill() {
+    if !privileged_or_skip("tc_attach_captures_and_cleans_up_after_kill") {
+        return;
+    }
+    let dir = TempDir::new("tc-attach");
+    let topo = Topology::new();
+    let _server = start_recording_server(&topo.server, Topology::SERVER_V4, PORT, dir.path());
+    let pcap = dir.path().join("tc.pcap");
+    let base = [
+        "--iface",
+        &topo.server_if,
+        "--port",
+        "8080",
+        "--attach",
+        "tc",
+    ];
+    let classic = |on: &[String]| {
+        on.iter().all(|l| l.starts_with("tc/"))
+            && on.iter().filter(|l| l.contains("mirror_ingress")).count() == 1
+            && on.iter().filter(|l| l.contains("mirror_egress")).count() == 1
+    };
+
+    // 1. Captures like TCX, and SIGTERM removes both filters.
+    let mut args = base.to_vec();
+    args.extend(["--compare", "--write-pcap", pcap.to_str().unwrap()]);
+    let mut agent = Agent::start(&topo.server, &args, dir.path());
+    let on = attached_programs(&topo.server, &topo.server_if);
+    assert!(classic(&on), "one tc filter per hook, no TCX link: {on:?}");
+    curl_once(&topo, "/tc");
+    std::thread::sleep(Duration::from_millis(200));
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "{}", agent.log());
+    assert!(summary.get("segments") > 0, "{summary:?}: {}", agent.log());
+    // Keyed by destination port: the request (ingress filter) and the response to the
+    // client's port (egress filter, --compare).
+    let flows = tshark_flow_sizes(&pcap);
+    assert_eq!(flows.len(), 2, "one request and its response: {flows:?}");
+    assert!(
+        flows
+            .values()
+            .all(|(pkts, bytes, _)| *pkts > 0 && *bytes > 0),
+        "both directions captured through the tc filters: {flows:?}"
+    );
+    assert!(flows.contains_key(&PORT), "{flows:?}");
+    wait_detached(&topo, Duration::from_secs(5));
+
+    // 2. A killed agent leaves its filters (the kernel does not own them as it owns TCX
+    //    links); the next agent removes them before attaching its own.
+    let mut killed = Agent::start(&topo.server, &args[..6], dir.path());
+    killed.stop(libc::SIGKILL);
+    std::thread::sleep(Duration::from_millis(300));
+    let left = attached_programs(&topo.server, &topo.server_if);
+    assert!(
+        left.iter().any(|l| l.contains("mirror_ingress")),
+        "the killed agent's filter is still there: {left:?}"
+    );
+    let mut next = Agent::start(&topo.server, &args[..6], dir.path());
+    let on = attached_programs(&topo.server, &topo.server_if);
+    assert_eq!(
+        on.iter().filter(|l| l.contains("mirror_ingress")).count(),
+        1,
+        "only the new agent's filter: {on:?}: {}",
+        next.log()
+    );
+    assert!(
+        next.log()
+            .contains("removed a tc filter left by a killed agent"),
+        "{}",
+        next.log()
+    );
+    let (status, _) = next.stop(libc::SIGTERM);
+    assert!(status.success(), "{}", next.log());
+    wait_detached(&topo, Duration::from_secs(5));
 }
 
 #[test]
@@ -160,6 +254,11 @@ fn bad_flags_exit_2_with_one_line() {
                 "3000",
             ],
             "power of two",
+            &[],
+        ),
+        (
+            vec!["--iface", "lo", "--port", "80", "--attach", "xdp"],
+            "invalid --attach `xdp`",
             &[],
         ),
     ];

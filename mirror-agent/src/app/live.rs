@@ -16,7 +16,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 pub use self::pcap_out::{PcapOut, PcapOutError};
 use crate::capture::Segment;
-use crate::capture::ebpf::{CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig};
+use crate::capture::ebpf::{
+    AttachPolicy, CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig,
+};
 use crate::cli::RunArgs;
 
 /// Interval of the progress line.
@@ -108,6 +110,12 @@ pub fn options_from_args(args: &RunArgs) -> Result<LiveOptions, LiveError> {
         Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
         Some(d) => return usage(format!("invalid --duration {d}: must be > 0 seconds")),
     };
+    let Some(attach) = AttachPolicy::parse(&args.attach) else {
+        return usage(format!(
+            "invalid --attach `{}`: expected auto, tcx or tc",
+            args.attach
+        ));
+    };
     if let Some(reason) = crate::check::missing_privileges() {
         return usage(reason);
     }
@@ -122,6 +130,7 @@ pub fn options_from_args(args: &RunArgs) -> Result<LiveOptions, LiveError> {
             capture_basis_points: (percent * 100.0).round() as u32,
             ring_size: ring as u32,
             capture_responses: args.compare,
+            attach,
         },
         duration,
         write_pcap: args.write_pcap.clone(),

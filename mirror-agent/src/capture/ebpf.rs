@@ -22,7 +22,7 @@ use mirror_common::{config, maps};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
-pub use self::attach::{AttachMode, ifindex};
+pub use self::attach::{AttachMode, AttachPolicy, ifindex};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
 use super::Segment;
@@ -40,6 +40,8 @@ pub struct LiveConfig {
     pub ring_size: u32,
     /// Also attach the egress classifier (the primary's responses).
     pub capture_responses: bool,
+    /// TCX, classic tc, or TCX with the tc fallback (`--attach`).
+    pub attach: AttachPolicy,
 }
 
 impl LiveConfig {
@@ -179,7 +181,7 @@ impl LiveCapture {
                 }
             })?;
 
-        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.capture_responses)?;
+        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.capture_responses, cfg.attach)?;
         let mode = attached.mode();
         tracing::info!(
             iface = %cfg.iface,

@@ -31,6 +31,29 @@ pub enum AttachMode {
     Netlink,
 }
 
+/// Which attachment the operator allows (`--attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachPolicy {
+    /// TCX, or clsact + netlink where TCX is refused (kernels before 6.6).
+    #[default]
+    Auto,
+    /// TCX only: fail rather than leave filters that could outlive a killed agent.
+    Tcx,
+    /// clsact + netlink only: for hosts whose other TC users expect classic filters.
+    Tc,
+}
+
+impl AttachPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "tcx" => Some(Self::Tcx),
+            "tc" => Some(Self::Tc),
+            _ => None,
+        }
+    }
+}
+
 /// What [`attach`] attached. TCX links are owned by the programs inside `Ebpf` and go with it;
 /// netlink filters are owned here and detached on drop together with their state files.
 pub struct Attached {
@@ -113,8 +136,14 @@ fn hardware_type(iface: &str) -> std::io::Result<u16> {
     Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
-/// Loads and attaches the ingress classifier, and the egress one when `responses` is set.
-pub fn attach(ebpf: &mut Ebpf, iface: &str, responses: bool) -> Result<Attached, CaptureError> {
+/// Loads and attaches the ingress classifier, and the egress one when `responses` is set, as
+/// `policy` allows.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    responses: bool,
+    policy: AttachPolicy,
+) -> Result<Attached, CaptureError> {
     let mut wanted = vec![(programs::INGRESS, TcAttachType::Ingress)];
     if responses {
         wanted.push((programs::EGRESS, TcAttachType::Egress));
@@ -123,6 +152,12 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, responses: bool) -> Result<Attached,
         mode: AttachMode::Tcx,
         netlink: Vec::new(),
     };
+    if policy == AttachPolicy::Tc {
+        attached.mode = AttachMode::Netlink;
+        remove_stale_filters(iface);
+        // Fails when clsact is already there, which is what we want.
+        let _ = qdisc_add_clsact(iface);
+    }
     for (name, hook) in wanted {
         let program: &mut SchedClassifier = ebpf
             .program_mut(name)
@@ -143,6 +178,9 @@ pub fn attach(ebpf: &mut Ebpf, iface: &str, responses: bool) -> Result<Attached,
         };
         match tcx {
             Ok(_) => {}
+            Err(source) if policy == AttachPolicy::Tcx => {
+                return Err(CaptureError::Program { name, source });
+            }
             Err(tcx_error) => {
                 if attached.mode == AttachMode::Tcx {
                     tracing::info!(error = %tcx_error, "TCX attach failed, falling back to clsact + netlink");
