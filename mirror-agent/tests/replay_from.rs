@@ -13,7 +13,7 @@ use mirror_agent::app::from;
 use mirror_agent::cli::Cli;
 use mirror_agent::config::Settings;
 use mirror_agent::record;
-use mirror_agent::telemetry::{OtlpConfig, OtlpProtocol, TelemetryConfig, TraceparentMode};
+use mirror_agent::telemetry::{OtlpProtocol, TelemetryConfig};
 use replay_common::*;
 use telemetry_common::otlp::{Receiver, attr, points};
 
@@ -120,17 +120,7 @@ fn recorded_replay_exports_metrics_and_spans() {
     let file = TempFile::new("otlp.jsonl", &text);
     let url = format!("http://{},name=m", mirror.addr);
     let s = settings(&["--from", file.0.to_str().unwrap(), "--mirror", &url]);
-    let telemetry = TelemetryConfig {
-        metrics_addr: None,
-        otlp: Some(OtlpConfig {
-            endpoint: Some(receiver.url()),
-            protocol: OtlpProtocol::Grpc,
-            export_interval: Some(Duration::from_secs(3600)),
-            service_name: None,
-            traces: true,
-        }),
-        traceparent: TraceparentMode::Rewrite,
-    };
+    let telemetry = telemetry_common::otlp_only(receiver.url(), OtlpProtocol::Grpc);
     let report = from::run(&s, telemetry, &file.0, |_| {}).unwrap();
     assert_eq!(report.replay.mirrors[0].status[1], 20);
     let otlp = report.otlp.expect("OTLP was on");

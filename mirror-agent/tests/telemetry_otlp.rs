@@ -9,9 +9,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use mirror_agent::replay::stats::{MirrorStats, Outcome, ReplayStats, Ticket};
-use mirror_agent::telemetry::{
-    OtlpConfig, OtlpProtocol, RequestResult, Telemetry, TelemetryConfig, TraceparentMode,
-};
+use mirror_agent::telemetry::{OtlpProtocol, RequestResult, Telemetry};
 use telemetry_common::otlp::{Receiver, attr, points, wait};
 
 const CLIENT_TRACE: &str = "4bf92f3577b34da6a3ce929d0e0e4736";
@@ -35,20 +33,9 @@ fn replay_snapshot() -> mirror_agent::replay::stats::ReplaySnapshot {
 }
 
 async fn start(receiver: &Receiver, protocol: OtlpProtocol) -> Telemetry {
-    Telemetry::start(TelemetryConfig {
-        metrics_addr: None,
-        otlp: Some(OtlpConfig {
-            endpoint: Some(receiver.url()),
-            protocol,
-            // Long: the test flushes explicitly, so what arrives is what the flush sent.
-            export_interval: Some(Duration::from_secs(3600)),
-            service_name: None,
-            traces: true,
-        }),
-        traceparent: TraceparentMode::Rewrite,
-    })
-    .await
-    .expect("telemetry starts")
+    Telemetry::start(telemetry_common::otlp_only(receiver.url(), protocol))
+        .await
+        .expect("telemetry starts")
 }
 
 async fn metrics_arrive(protocol: OtlpProtocol, receiver: Receiver) {
@@ -224,17 +211,10 @@ async fn collector_down(protocol: OtlpProtocol) {
         .local_addr()
         .unwrap()
         .port();
-    let telemetry = Telemetry::start(TelemetryConfig {
-        metrics_addr: None,
-        otlp: Some(OtlpConfig {
-            endpoint: Some(format!("http://127.0.0.1:{port}")),
-            protocol,
-            export_interval: Some(Duration::from_secs(3600)),
-            service_name: None,
-            traces: true,
-        }),
-        traceparent: TraceparentMode::Rewrite,
-    })
+    let telemetry = Telemetry::start(telemetry_common::otlp_only(
+        format!("http://127.0.0.1:{port}"),
+        protocol,
+    ))
     .await
     .expect("telemetry starts even when the collector is down");
     let raw = Bytes::from_static(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n");

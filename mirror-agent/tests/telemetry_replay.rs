@@ -10,9 +10,7 @@ mod telemetry_common;
 use std::time::Duration;
 
 use mirror_agent::replay::Replayer;
-use mirror_agent::telemetry::{
-    OtlpConfig, OtlpProtocol, Telemetry, TelemetryConfig, TraceparentMode,
-};
+use mirror_agent::telemetry::{OtlpProtocol, Telemetry};
 use replay_common::{Behavior, TestMirror, config, finish, one, wait_until};
 use telemetry_common::otlp::{Receiver, wait};
 
@@ -26,17 +24,10 @@ fn hex(b: &[u8]) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replayed_copies_carry_child_trace_context() {
     let receiver = Receiver::grpc().await;
-    let telemetry = Telemetry::start(TelemetryConfig {
-        metrics_addr: None,
-        otlp: Some(OtlpConfig {
-            endpoint: Some(receiver.url()),
-            protocol: OtlpProtocol::Grpc,
-            export_interval: Some(Duration::from_secs(3600)),
-            service_name: None,
-            traces: true,
-        }),
-        traceparent: TraceparentMode::Rewrite,
-    })
+    let telemetry = Telemetry::start(telemetry_common::otlp_only(
+        receiver.url(),
+        OtlpProtocol::Grpc,
+    ))
     .await
     .unwrap();
     let mirror = TestMirror::start(Behavior::Ok).await;

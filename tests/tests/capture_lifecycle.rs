@@ -173,30 +173,16 @@ fn second_agent_on_same_interface_does_not_break_the_first() {
         ],
         dir.path(),
     );
-    let request = || {
-        let out = topo
-            .client
-            .command("curl")
-            .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"])
-            .arg(format!("http://{}:{PORT}/x", Topology::SERVER_V4))
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
     let mut second = Agent::start(
         &topo.server,
         &["--iface", &topo.server_if, "--port", "8080"],
         dir.path(),
     );
-    request();
+    curl_once(&topo, "/x");
     // Let the second agent drain before stopping it, then kill it the hard way.
     std::thread::sleep(Duration::from_millis(200));
     let (_, _) = second.stop(libc::SIGKILL);
-    request();
+    curl_once(&topo, "/x");
     let (status, summary) = first.stop(libc::SIGTERM);
     assert!(status.success(), "{}", first.log());
     let flows = tshark_flow_sizes(&pcap);

@@ -211,23 +211,13 @@ pub fn run(
 /// as fast as the mirrors take it (like `--from --speed 0`). Prints the pcap summary and the
 /// mirror table; exit status as [`main`].
 pub fn pcap_main(args: &RunArgs) -> i32 {
-    let settings = match Settings::load(args) {
-        Ok(s) if s.replay.mirrors.is_empty() => {
+    let (settings, telemetry) = match load(args) {
+        Ok((s, _)) if s.replay.mirrors.is_empty() => {
             eprintln!("mirror-agent: {}", FromError::NoMirrors);
             return ConfigError::EXIT_CODE;
         }
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("mirror-agent: {e}");
-            return ConfigError::EXIT_CODE;
-        }
-    };
-    let telemetry = match telemetry_config(args) {
-        Ok(t) => t,
-        Err((e, code)) => {
-            eprintln!("mirror-agent: {e}");
-            return code;
-        }
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let session = match Session::start(settings.replay.clone(), telemetry) {
         Ok(s) => s,
@@ -272,40 +262,37 @@ pub fn pcap_main(args: &RunArgs) -> i32 {
     code
 }
 
-/// The telemetry flags of a replay run. `--compare` is refused: with `--from` there is no
-/// primary response to compare with, and with `--pcap` the offline comparison is not built.
-fn telemetry_config(args: &RunArgs) -> Result<TelemetryConfig, (String, i32)> {
+/// The settings and telemetry flags of a replay run, or the exit status after printing the one
+/// line that says what is wrong. `--compare` is refused: with `--from` there is no primary
+/// response to compare with, and with `--pcap` the offline comparison is not built.
+fn load(args: &RunArgs) -> Result<(Settings, TelemetryConfig), i32> {
+    let fail = |e: &dyn std::fmt::Display, code: i32| {
+        eprintln!("mirror-agent: {e}");
+        code
+    };
+    let settings = Settings::load(args).map_err(|e| fail(&e, ConfigError::EXIT_CODE))?;
     if args.compare {
         let e = if args.from.is_some() {
             FromError::CompareWithoutPrimary.to_string()
         } else {
             "--compare is not supported with --pcap yet: use live capture".to_string()
         };
-        return Err((e, ConfigError::EXIT_CODE));
+        return Err(fail(&e, ConfigError::EXIT_CODE));
     }
-    TelemetryConfig::from_args(args).map_err(|e| (e.to_string(), e.exit_code()))
+    let telemetry = TelemetryConfig::from_args(args).map_err(|e| fail(&e, e.exit_code()))?;
+    Ok((settings, telemetry))
 }
 
 /// The `--from` entry point of the binary: exit status 0 done, 1 the file could not be
 /// replayed completely, 2 bad flags or config.
 pub fn main(args: &RunArgs) -> i32 {
-    let settings = match Settings::load(args) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("mirror-agent: {e}");
-            return ConfigError::EXIT_CODE;
-        }
+    let (settings, telemetry) = match load(args) {
+        Ok(loaded) => loaded,
+        Err(code) => return code,
     };
     let Some(path) = settings.from.clone() else {
         eprintln!("mirror-agent: --from is not set");
         return ConfigError::EXIT_CODE;
-    };
-    let telemetry = match telemetry_config(args) {
-        Ok(t) => t,
-        Err((e, code)) => {
-            eprintln!("mirror-agent: {e}");
-            return code;
-        }
     };
     match run(&settings, telemetry, &path, |line| {
         eprintln!("mirror-agent: {line}")
