@@ -1,56 +1,33 @@
 //! A client byte stream cut at arbitrary points into `RequestFramer`.
 //!
-//! Input format: `control u64 LE | stream bytes`. The control word seeds the split points and
-//! says whether the stream is picked up mid-stream and where gaps fall; `seed_corpus.py` writes
-//! captured client streams with a zero control word.
+//! Input format: `control u64 LE | stream bytes` (see `common`). Bit 0 of the control word says
+//! whether the stream is picked up mid-stream; `seed_corpus.py` writes captured client streams
+//! with a zero control word.
 #![no_main]
+
+#[path = "common/mod.rs"]
+mod common;
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use mirror_agent::http::request::{HttpLimits, RequestEvent, RequestFramer};
-
-/// Split points from a small xorshift generator (not the fuzzer's own, so a seed file replays
-/// the same splits on every run).
-struct Splits(u64);
-
-impl Splits {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0 | 1;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
+use mirror_agent::http::request::{RequestEvent, RequestFramer};
 
 fuzz_target!(|data: &[u8]| {
-    let Some(control) = data.get(..8) else { return };
-    let control = u64::from_le_bytes(control.try_into().expect("8 bytes"));
-    let stream = Bytes::copy_from_slice(&data[8..]);
-    let limits = HttpLimits {
-        max_head_bytes: 256 + (control >> 8 & 0xFFF) as usize,
-        max_headers: 1 + (control >> 20 & 0x3F) as usize,
-        ..HttpLimits::default()
+    let Some(input) = common::Input::decode(data) else {
+        return;
     };
-    let mut framer = RequestFramer::new(limits.clone(), control & 1 != 0);
-    let gaps = control & 2 != 0;
-    // Chunk sizes up to 1..=2^k, so some inputs arrive a byte at a time and some whole.
-    let max_chunk = 1u64 << (control >> 2 & 0xF);
-    let mut splits = Splits(control);
+    let stream = Bytes::copy_from_slice(input.stream);
+    let limits = input.limits.clone();
+    let mut framer = RequestFramer::new(limits.clone(), input.control & 1 != 0);
     let mut out = Vec::new();
-    let mut pos = 0;
     let mut pushed = 0u64;
-    while pos < stream.len() {
-        let n = (1 + splits.next() % max_chunk) as usize;
-        let end = (pos + n).min(stream.len());
-        if gaps && splits.next() % 16 == 0 {
-            framer.gap((end - pos) as u64, &mut out);
+    for (range, gap) in input.pieces() {
+        if gap {
+            framer.gap(range.len() as u64, &mut out);
         } else {
-            framer.push(&stream.slice(pos..end), pos as u64, &mut out);
-            pushed += (end - pos) as u64;
+            pushed += range.len() as u64;
+            framer.push(&stream.slice(range.clone()), range.start as u64, &mut out);
         }
-        pos = end;
     }
     framer.finish(&mut out);
     let mut raw = 0u64;

@@ -1,37 +1,21 @@
 //! A server byte stream cut at arbitrary points into `ResponseFramer`.
 //!
-//! Input format: `control u64 LE | stream bytes`, as for `http_request`. The control word also
+//! Input format: `control u64 LE | stream bytes`, see `common`. The control word also
 //! says what requests the responses answer (HEAD, CONNECT, or plain), one bit pair each.
 #![no_main]
 
+#[path = "common/mod.rs"]
+mod common;
+
 use libfuzzer_sys::fuzz_target;
-use mirror_agent::http::request::HttpLimits;
 use mirror_agent::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
 
-/// Split points from a small xorshift generator (see `http_request`).
-struct Splits(u64);
-
-impl Splits {
-    fn next(&mut self) -> u64 {
-        let mut x = self.0 | 1;
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0 = x;
-        x
-    }
-}
-
 fuzz_target!(|data: &[u8]| {
-    let Some(control) = data.get(..8) else { return };
-    let control = u64::from_le_bytes(control.try_into().expect("8 bytes"));
-    let stream = &data[8..];
-    let limits = HttpLimits {
-        max_head_bytes: 256 + (control >> 8 & 0xFFF) as usize,
-        max_headers: 1 + (control >> 20 & 0x3F) as usize,
-        ..HttpLimits::default()
+    let Some(input) = common::Input::decode(data) else {
+        return;
     };
-    let mut framer = ResponseFramer::new(limits.clone());
+    let (control, stream) = (input.control, input.stream);
+    let mut framer = ResponseFramer::new(input.limits.clone());
     // Up to 8 expected requests; bits 32.. give HEAD / CONNECT for each.
     let expected = 1 + (control >> 26 & 0x7);
     for k in 0..expected {
@@ -41,20 +25,13 @@ fuzz_target!(|data: &[u8]| {
             connect: bits & 2 != 0,
         });
     }
-    let gaps = control & 2 != 0;
-    let max_chunk = 1u64 << (control >> 2 & 0xF);
-    let mut splits = Splits(control);
     let mut out = Vec::new();
-    let mut pos = 0;
-    while pos < stream.len() {
-        let n = (1 + splits.next() % max_chunk) as usize;
-        let end = (pos + n).min(stream.len());
-        if gaps && splits.next() % 16 == 0 {
-            framer.gap((end - pos) as u64, &mut out);
+    for (range, gap) in input.pieces() {
+        if gap {
+            framer.gap(range.len() as u64, &mut out);
         } else {
-            framer.push(&stream[pos..end], pos as u64, &mut out);
+            framer.push(&stream[range.clone()], range.start as u64, &mut out);
         }
-        pos = end;
     }
     framer.finish(stream.len() as u64, &mut out);
     for ev in &out {
