@@ -1,5 +1,7 @@
-//! Privileged: a connection registered with `FlowIgnore` before it connects is never captured
-//! (the replay stage's protection against loops), while an ordinary one next to it is.
+//! Privileged: a connection whose local endpoint is registered with `FlowIgnore` before it
+//! connects is never captured (the replay stage's protection against loops), while an ordinary
+//! one next to it is. The registration names a different remote than the one connected to: the
+//! map is keyed by the local endpoint only, as it must be when NAT rewrites the remote end.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -13,6 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const PORT: u16 = 8080;
 
+/// An address nothing is sent to: the remote named at registration, standing for the pre-NAT
+/// address of a mirror.
+const DECOY: &str = "10.77.0.99:9";
+
 /// One request on a socket bound to the client address, registered as ignored first if asked.
 async fn request(server: SocketAddr, ignore: Option<&FlowIgnore>) -> SocketAddr {
     let sock = tokio::net::TcpSocket::new_v4().unwrap();
@@ -20,7 +26,7 @@ async fn request(server: SocketAddr, ignore: Option<&FlowIgnore>) -> SocketAddr 
         .unwrap();
     let local = sock.local_addr().unwrap();
     if let Some(ignore) = ignore {
-        ignore.ignore(local, server).unwrap();
+        ignore.ignore(local, DECOY.parse().unwrap()).unwrap();
     }
     let mut stream = sock.connect(server).await.unwrap();
     stream
