@@ -71,7 +71,7 @@ pub mod counter {
     pub const UNPARSEABLE: u32 = 7;
     /// Matched packets without payload and without SYN/FIN/RST (pure ACKs), not recorded.
     pub const EMPTY: u32 = 8;
-    /// Matched packets of flows in the ignore map (the agent's own mirror traffic).
+    /// Matched packets from or to an endpoint in the ignore map (the agent's own mirror traffic).
     pub const IGNORED: u32 = 9;
     /// Matched packets whose payload could not be copied out of the skb (should stay 0).
     pub const LOAD_ERROR: u32 = 10;
