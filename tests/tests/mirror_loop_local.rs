@@ -10,6 +10,8 @@
 //! - `mirror_on_lo_gets_each_request_once`: captured == N, the mirror gets each request exactly
 //!   once (after a quiet period long enough for copies of copies to show), and the kernel's
 //!   `ignored` counter is > 0: the ignore map did the work.
+//! - `mirror_on_lo_ipv6_gets_each_request_once`: the same over IPv6 (primary on `::1`, mirror
+//!   on fd78::2 added to `lo`).
 //! - `without_the_ignore_map_the_copies_loop`: the same with `MIRROR_DISABLE_IGNORE_MAP=1` (a
 //!   test aid read by the agent): each copy is captured and replayed again; after a short,
 //!   bounded run the agent captured more than N and the mirror got more than N. This is what
@@ -25,12 +27,13 @@
 //!   Needs `nft` (nftables): fails under `MIRROR_REQUIRE_PRIVILEGED=1` without it, else skips
 //!   saying why.
 
+use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
 use mirror_tests::agent::{Agent, Summary};
 use mirror_tests::mirror::{Behavior, RecordingServer, assert_same_requests};
-use mirror_tests::scenario::stop_agent;
+use mirror_tests::scenario::{stop_agent, url};
 use mirror_tests::{NetNs, TempDir, privileged_or_skip, wait_for_port};
 
 const PORT: u16 = 8080;
@@ -39,6 +42,11 @@ const PRIMARY: &str = "127.0.0.1";
 const MIRROR: &str = "127.0.0.2";
 /// Only exists as the DNAT rule's match: nothing listens there.
 const NAT_ADDR: &str = "127.0.0.3";
+
+/// IPv6: the primary on `::1`, the mirror on an address the test adds to `lo` (IPv6 has one
+/// loopback address, not a /8).
+const PRIMARY_V6: &str = "::1";
+const MIRROR_V6: &str = "fd78::2";
 
 /// The namespace and its two servers; the servers are dropped before the namespace.
 struct Local {
@@ -49,17 +57,25 @@ struct Local {
 
 impl Local {
     fn new() -> Self {
+        Self::with_addrs(PRIMARY, MIRROR)
+    }
+
+    fn with_addrs(primary: &str, mirror: &str) -> Self {
         let ns = NetNs::new();
-        let primary = RecordingServer::start(
-            &ns,
-            format!("{PRIMARY}:{PORT}").parse().unwrap(),
-            Behavior::Ok,
-        );
-        let mirror = RecordingServer::start(
-            &ns,
-            format!("{MIRROR}:{PORT}").parse().unwrap(),
-            Behavior::Ok,
-        );
+        if mirror == MIRROR_V6 {
+            ns.run(&[
+                "ip",
+                "-6",
+                "addr",
+                "add",
+                &format!("{MIRROR_V6}/128"),
+                "dev",
+                "lo",
+            ]);
+        }
+        let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), PORT);
+        let primary = RecordingServer::start(&ns, at(primary), Behavior::Ok);
+        let mirror = RecordingServer::start(&ns, at(mirror), Behavior::Ok);
         wait_for_port(&ns, PORT, Duration::from_secs(5));
         Self {
             primary,
@@ -76,14 +92,16 @@ impl Local {
         Agent::start_with_env(&self.ns, &args, env, dir.path())
     }
 
-    /// `n` requests with curl (one keep-alive connection), all answered by the primary.
+    /// `n` requests with curl (one keep-alive connection), all answered by the primary. URLs are
+    /// listed one by one with globbing off (`-g`): IPv6 brackets are not a glob.
     fn drive(&self, n: usize) {
+        let base = url(self.primary.addr);
         let out = self
             .ns
             .command("curl")
-            .args(["-sS", "--max-time", "30", "-o", "/dev/null"])
+            .args(["-sS", "-g", "--max-time", "30"])
             .args(["-H", "X-Loop: lo"])
-            .arg(format!("http://{PRIMARY}:{PORT}/loop/[1-{n}]"))
+            .args((1..=n).map(|i| format!("{base}/loop/{i}")))
             .output()
             .expect("run curl");
         assert!(
@@ -152,6 +170,18 @@ fn mirror_on_lo_gets_each_request_once() {
     let dir = TempDir::new("loop-lo");
     let local = Local::new();
     let mut agent = local.agent(&dir, &format!("http://{MIRROR}:{PORT}"), &[]);
+    assert_no_loop(&local, &mut agent);
+}
+
+#[test]
+fn mirror_on_lo_ipv6_gets_each_request_once() {
+    if !privileged_or_skip("mirror_on_lo_ipv6_gets_each_request_once") {
+        return;
+    }
+    let dir = TempDir::new("loop-lo6");
+    let local = Local::with_addrs(PRIMARY_V6, MIRROR_V6);
+    let mirror = url(local.mirror.addr);
+    let mut agent = local.agent(&dir, &mirror, &[]);
     assert_no_loop(&local, &mut agent);
 }
 
