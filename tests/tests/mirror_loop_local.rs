@@ -71,6 +71,8 @@ impl Local {
                 &format!("{MIRROR_V6}/128"),
                 "dev",
                 "lo",
+                // Usable at once: a tentative address (duplicate detection) cannot be bound.
+                "nodad",
             ]);
         }
         let at = |ip: &str| SocketAddr::new(ip.parse().unwrap(), PORT);
