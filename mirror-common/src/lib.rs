@@ -1,7 +1,7 @@
 //! Types the kernel program and the agent must agree on, byte for byte.
 //!
 //! `#![no_std]`, `#[repr(C)]`, explicit-width integers, no implicit padding.
-//! Owns: the ring-buffer record header, the flow key of the ignore map, the config and counter
+//! Owns: the ring-buffer record header, the endpoint key of the ignore map, the config and counter
 //! indices, the map names and the flow hash used for sampling (so userspace and tests can predict
 //! which flows the kernel keeps). Nothing else lives here.
 #![no_std]
@@ -13,8 +13,8 @@ pub const MAX_PAYLOAD: usize = 65536;
 /// Upper bound on ports in the port map (the kernel map's `max_entries`).
 pub const MAX_PORTS: u32 = 64;
 
-/// Default number of entries of the LRU map of flows never to capture (the agent's own mirror
-/// connections).
+/// Default number of entries of the LRU map of endpoints never to capture (the local ends of the
+/// agent's own mirror connections).
 pub const IGNORE_ENTRIES: u32 = 16384;
 
 /// Map names, as they appear in the object file.
@@ -71,7 +71,7 @@ pub mod counter {
     pub const UNPARSEABLE: u32 = 7;
     /// Matched packets without payload and without SYN/FIN/RST (pure ACKs), not recorded.
     pub const EMPTY: u32 = 8;
-    /// Matched packets of flows in the ignore map (the agent's own mirror traffic).
+    /// Matched packets from or to an endpoint in the ignore map (the agent's own mirror traffic).
     pub const IGNORED: u32 = 9;
     /// Matched packets whose payload could not be copied out of the skb (should stay 0).
     pub const LOAD_ERROR: u32 = 10;
@@ -134,17 +134,30 @@ pub struct RecordHeader {
 pub const HEADER_LEN: usize = 72;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == HEADER_LEN);
 
-/// Key of the ignore map: one direction of a flow. Userspace inserts both directions, so the
-/// kernel looks a packet up as it comes.
+/// Key of the ignore map: the *local* end of one of the agent's own mirror connections (its
+/// address and the ephemeral port it is bound to).
+///
+/// Keyed by the local end, not the 4-tuple, because NAT rewrites the other end: a mirror URL
+/// DNAT-ed (output hook) to a local service on the captured port reaches the ingress hook with
+/// the post-NAT destination, which the agent's socket never sees; its own address and port are
+/// unchanged. The classifiers look up both ends of every matched packet (source and destination),
+/// so requests and responses of such a connection are skipped on either hook.
+///
+/// No other socket of this host holds the same local endpoint while the agent's is open (the
+/// agent `bind`s it, which is exclusive), so a match is the agent's own traffic; userspace removes
+/// the entry shortly after the connection is closed, before the port can be reused.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct FlowKey {
-    pub saddr: [u8; 16],
-    pub daddr: [u8; 16],
-    pub sport: u16,
-    pub dport: u16,
+pub struct EndpointKey {
+    /// Network byte order; IPv4 in the first 4 bytes, the rest zero.
+    pub addr: [u8; 16],
+    /// Host byte order.
+    pub port: u16,
+    /// [`family::IPV4`] or [`family::IPV6`]: `7f00:2::` and `127.0.0.2` have the same bytes.
+    pub family: u8,
+    pub _pad: u8,
 }
-const _: () = assert!(core::mem::size_of::<FlowKey>() == 36);
+const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
 
 /// Direction-independent hash of a flow, used for per-flow sampling.
 ///
@@ -188,7 +201,7 @@ mod pod {
     // SAFETY: both are repr(C), made only of integers and byte arrays, with no padding (asserted
     // by size above), so every bit pattern is valid.
     unsafe impl aya::Pod for super::RecordHeader {}
-    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::EndpointKey {}
 }
 
 #[cfg(test)]

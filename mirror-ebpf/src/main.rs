@@ -22,7 +22,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mirror_common::{
-    FlowKey, HEADER_LEN, IGNORE_ENTRIES, MAX_PAYLOAD, MAX_PORTS, RecordHeader, config, counter,
+    EndpointKey, HEADER_LEN, IGNORE_ENTRIES, MAX_PAYLOAD, MAX_PORTS, RecordHeader, config, counter,
     direction, flow_hash, record_flags, sampled,
 };
 
@@ -44,9 +44,11 @@ static MIRROR_CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 #[map]
 static MIRROR_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter::LEN, 0);
 
-/// Flows never to capture: the agent's own connections to mirrors (both directions inserted).
+/// Endpoints never to capture: the local ends of the agent's own connections to mirrors. A packet
+/// from or to one of them is the agent's own traffic (see [`EndpointKey`]).
 #[map]
-static MIRROR_IGNORE: LruHashMap<FlowKey, u8> = LruHashMap::with_max_entries(IGNORE_ENTRIES, 0);
+static MIRROR_IGNORE: LruHashMap<EndpointKey, u8> =
+    LruHashMap::with_max_entries(IGNORE_ENTRIES, 0);
 
 /// A record being assembled.
 #[repr(C)]
@@ -109,14 +111,7 @@ fn process(ctx: &TcContext, dir: u8) {
     }
     count(counter::MATCHED, 1);
 
-    let key = FlowKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-    };
-    // SAFETY: read-only lookup.
-    if unsafe { MIRROR_IGNORE.get(&key) }.is_some() {
+    if is_ignored(&pkt) {
         count(counter::IGNORED, 1);
         return;
     }
@@ -139,6 +134,27 @@ fn process(ctx: &TcContext, dir: u8) {
         return;
     }
     emit(ctx, &pkt, dir);
+}
+
+/// Whether either end of the packet is the local end of one of the agent's own connections.
+/// Both ends are looked up on both hooks: the agent's request has its endpoint as source, the
+/// mirror's answer as destination, and NAT may have changed the other end.
+#[inline(always)]
+fn is_ignored(pkt: &Packet) -> bool {
+    let src = EndpointKey {
+        addr: pkt.saddr,
+        port: pkt.sport,
+        family: pkt.family,
+        _pad: 0,
+    };
+    let dst = EndpointKey {
+        addr: pkt.daddr,
+        port: pkt.dport,
+        family: pkt.family,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookups of values we do not keep.
+    unsafe { MIRROR_IGNORE.get(&src).is_some() || MIRROR_IGNORE.get(&dst).is_some() }
 }
 
 #[inline(always)]

@@ -42,11 +42,17 @@ impl Summary {
 impl Agent {
     /// Starts `mirror-agent args...` in `ns`, logs in `dir`, and waits until it has attached.
     pub fn start(ns: &NetNs, args: &[&str], dir: &Path) -> Self {
+        Self::start_with_env(ns, args, &[], dir)
+    }
+
+    /// [`start`](Self::start) with extra environment variables.
+    pub fn start_with_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
         let tag = crate::unique_name("agent-");
         let stdout = dir.join(format!("{tag}.out"));
         let stderr = dir.join(format!("{tag}.err"));
         let mut cmd = ns.command(binary().to_str().expect("utf-8 path"));
         cmd.args(args)
+            .envs(env.iter().copied())
             .env("NO_COLOR", "1")
             .env("RUST_LOG", "info")
             .stdout(Stdio::from(

@@ -63,7 +63,9 @@ pub struct RecordingServer {
 impl RecordingServer {
     /// Listens on `addr` inside `ns` and serves with `behavior`.
     pub fn start(ns: &NetNs, addr: SocketAddr, behavior: Behavior) -> Self {
-        let listener = ns.enter(|| TcpListener::bind(addr).expect("bind recording server"));
+        let listener = ns.enter(|| {
+            TcpListener::bind(addr).unwrap_or_else(|e| panic!("bind recording server {addr}: {e}"))
+        });
         listener.set_nonblocking(true).expect("nonblocking");
         let received: Arc<Mutex<Vec<Received>>> = Arc::default();
         let stop = Arc::new(AtomicBool::new(false));

@@ -1,10 +1,15 @@
 //! Mirrors and the capture must not feed each other, and bad mirror flags fail cleanly.
 //!
-//! - Privileged: a mirror listening on the captured port, reached over the captured interface
-//!   (an address in the client namespace, on the veth the agent captures, egress classifier on
-//!   too): requests captured == requests the client sent, and the mirror gets each exactly once.
-//! - Privileged: a mirror that is the primary itself (the node's own address and the captured
-//!   port, by address and by name) is refused at start with exit status 2 and one line.
+//! - Privileged: a mirror listening on the captured port behind the captured interface (an
+//!   address in the client namespace, on the veth the agent captures, egress classifier on too):
+//!   requests captured == requests the client sent, and the mirror gets each exactly once. The
+//!   replayed requests leave through the veth's egress and are never seen by the ingress
+//!   classifier, so this checks delivery and accounting there, not the ignore map; the loops the
+//!   map prevents (a mirror on `lo`, or behind DNAT) are `mirror_loop_local.rs`.
+//! - Privileged: a mirror that is the primary itself is refused at start with exit status 2 and
+//!   one line: the primary's wildcard listener reached by the node's address, by `localhost`
+//!   and by IPv6, and a primary that is the only listener on the port; a distinct listener on
+//!   the mirror's own address next to the primary is accepted.
 //! - Bad `--mirror` values: exit status 2 and one line naming the problem.
 
 use std::net::SocketAddr;
@@ -80,6 +85,37 @@ fn replayed_requests_are_not_captured_again() {
     assert_eq!(summary.get("ring_full"), 0, "{summary:?}");
 }
 
+/// Runs the agent on the node's veth with `--mirror mirror` for at most 2 s; status and stderr.
+fn run_agent(topo: &Topology, mirror: &str) -> (Option<i32>, String) {
+    let out = topo
+        .server
+        .command(binary().to_str().unwrap())
+        .args([
+            "--iface",
+            &topo.server_if,
+            "--port",
+            &PRIMARY_PORT.to_string(),
+        ])
+        .args(["--mirror", mirror, "--duration", "2"])
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("run agent");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn assert_refused(topo: &Topology, mirror: &str, why: &str) {
+    let (code, err) = run_agent(topo, mirror);
+    assert_eq!(code, Some(2), "{mirror}: {err}");
+    assert_eq!(err.trim().lines().count(), 1, "{mirror}: one line: {err}");
+    assert!(
+        err.contains("is the primary itself") && err.contains(why),
+        "{mirror}: the line says why ({why}): {err}"
+    );
+}
+
 #[test]
 fn a_mirror_that_is_the_primary_is_refused() {
     let test = "a_mirror_that_is_the_primary_is_refused";
@@ -87,33 +123,38 @@ fn a_mirror_that_is_the_primary_is_refused() {
         return;
     }
     let topo = Topology::new();
-    let primary = start_primary(&topo, Family::V4);
+    // A dual-stack wildcard primary serves every local address on the port.
+    let wildcard = SocketAddr::new("::".parse().unwrap(), PRIMARY_PORT);
+    let primary = RecordingServer::start(&topo.server, wildcard, Behavior::Ok);
+    wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(5));
     for mirror in [
-        url(primary.addr),
+        format!("http://{}:{PRIMARY_PORT}", Topology::SERVER_V4),
         format!("http://localhost:{PRIMARY_PORT},name=self"),
         format!("http://[{}]:{PRIMARY_PORT}", Topology::SERVER_V6),
     ] {
-        let out = topo
-            .server
-            .command(binary().to_str().unwrap())
-            .args([
-                "--iface",
-                &topo.server_if,
-                "--port",
-                &PRIMARY_PORT.to_string(),
-            ])
-            .args(["--mirror", &mirror, "--duration", "2"])
-            .env("NO_COLOR", "1")
-            .output()
-            .expect("run agent");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{mirror}: {err}");
-        assert_eq!(err.trim().lines().count(), 1, "{mirror}: one line: {err}");
-        assert!(
-            err.contains("primary"),
-            "{mirror}: the line says why: {err}"
-        );
+        assert_refused(&topo, &mirror, "wildcard listener");
     }
+    assert_eq!(primary.count(), 0, "nothing was sent to the primary");
+
+    // A primary bound to the node's address only: reaching it is refused; a distinct service
+    // bound to 127.0.0.1 on the same port is a mirror like any other. Fresh namespaces: the
+    // wildcard listener may outlive its drop for a moment in a process forked by a parallel test
+    // (until that child execs), so the port is not bound again in the same namespace.
+    let topo = Topology::new();
+    let primary = start_primary(&topo, Family::V4);
+    assert_refused(&topo, &url(primary.addr), "the only listener");
+    let local = SocketAddr::new("127.0.0.1".parse().unwrap(), PRIMARY_PORT);
+    let _other = RecordingServer::start(&topo.server, local, Behavior::Ok);
+    let (code, err) = run_agent(&topo, &url(local));
+    assert_eq!(
+        code,
+        Some(0),
+        "a distinct local listener is accepted: {err}"
+    );
+    assert!(
+        err.contains("not the primary"),
+        "and the log says why: {err}"
+    );
     assert_eq!(primary.count(), 0, "nothing was sent to the primary");
 }
 

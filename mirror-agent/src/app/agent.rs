@@ -26,6 +26,10 @@ use super::live;
 
 /// How often (capture time) gap timeouts and idle expiry run.
 const TICK_NS: u64 = 100_000_000;
+/// Test aid, not a product option: `MIRROR_DISABLE_IGNORE_MAP=1` leaves the agent's own mirror
+/// connections out of the kernel ignore map, so a test can show the replay loop the map prevents
+/// (`tests/tests/mirror_loop.rs`). Warned about at start; never set it in production.
+pub const DISABLE_IGNORE_ENV: &str = "MIRROR_DISABLE_IGNORE_MAP";
 /// How often the mirror progress line is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 
@@ -125,16 +129,30 @@ async fn run(
     // Requests only arrive after capture is attached, and capture is attached only after the
     // slot is filled (`LiveSink::started`), so no mirror connection misses the ignore map.
     let ignore: Arc<OnceLock<FlowIgnore>> = Arc::default();
-    let slot = ignore.clone();
-    settings.replay.on_connect = Some(Arc::new(move |local, remote| {
-        if let Some(ig) = slot.get()
-            && let Err(e) = ig.ignore(local, remote)
-        {
-            // The LRU map never refuses an insert; an error here is a kernel-side failure and
-            // the flow may be captured back (the pipeline would then see the mirror's port).
-            tracing::warn!(%local, %remote, error = %e, "cannot register a mirror connection");
-        }
-    }));
+    if std::env::var_os(DISABLE_IGNORE_ENV).is_some_and(|v| v == "1") {
+        tracing::warn!(
+            "{DISABLE_IGNORE_ENV}=1: the agent's own mirror connections are NOT excluded from \
+             capture (test aid: a mirror on the captured interface and port will loop)"
+        );
+    } else {
+        let slot = ignore.clone();
+        settings.replay.on_connect = Some(Arc::new(move |local, remote| {
+            if let Some(ig) = slot.get()
+                && let Err(e) = ig.ignore(local, remote)
+            {
+                // The LRU map never refuses an insert; an error here is a kernel-side failure
+                // and the flow may be captured back (the pipeline would then see the mirror's
+                // port).
+                tracing::warn!(%local, %remote, error = %e, "cannot register a mirror connection");
+            }
+        }));
+        let slot = ignore.clone();
+        settings.replay.on_close = Some(Arc::new(move |local, _remote| {
+            if let Some(ig) = slot.get() {
+                ig.closed(local);
+            }
+        }));
+    }
     settings.replay.telemetry = Some(telemetry.recorder());
     // With --compare the primary's responses are captured too: each mirrored copy's status and
     // latency is compared with the primary's answer to the same request.
@@ -295,6 +313,11 @@ impl live::LiveSink for Driver {
 
     fn kernel_counters(&mut self, counters: &Counters) {
         self.kernel = Some(*counters);
+        // Lift the exclusion of mirror connections closed a while ago (their ports may be
+        // handed to other sockets).
+        if let Some(ig) = self.ignore.get() {
+            ig.purge();
+        }
         let replay = self.replayer.as_ref().map(Replayer::snapshot);
         self.telemetry.update_from(
             self.kernel.as_ref(),

@@ -5,6 +5,7 @@
 //! error is one line; `main` maps [`ConfigError`] to exit status 2. It does not run anything.
 
 pub mod file;
+pub mod listeners;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -64,14 +65,15 @@ pub enum ConfigError {
     /// Two mirrors with one name would share a table row.
     #[error("two mirrors are named `{0}`; give each a distinct name")]
     DuplicateName(String),
-    /// A mirror that is the primary itself would mirror traffic onto itself, forever.
-    #[error(
-        "mirror `{name}` ({addr}) is the primary itself: a local address on captured port {port}"
-    )]
+    /// A mirror that is the primary itself would receive every request twice (and, without the
+    /// kernel ignore map, its own copies again, forever).
+    #[error("mirror `{name}` ({addr}) is the primary itself: {why}")]
     MirrorIsPrimary {
         name: String,
         addr: SocketAddr,
         port: u16,
+        /// What showed it (the listener that would accept, or the primary's own name).
+        why: String,
     },
 }
 
@@ -93,6 +95,10 @@ pub struct Settings {
     pub replay: ReplayConfig,
     /// The primary's name from the file (Traefik `name`/`service`), for display.
     pub primary: Option<String>,
+    /// Where the primary's name points: host (the file provider's server URL, else the name,
+    /// `name.namespace` with a namespace) and port. A mirror resolving to the same address and
+    /// port is the primary itself.
+    pub primary_endpoint: Option<(String, u16)>,
 }
 
 impl Settings {
@@ -313,34 +319,70 @@ impl Settings {
             speed: args.speed,
             replay,
             primary: mirroring.and_then(|m| m.name.clone().or(m.service.clone())),
+            primary_endpoint: primary_endpoint(mirroring, &fc),
         })
     }
 
-    /// Refuses a mirror that resolves to a local address on a captured port: it is the primary
-    /// itself (mirroring it would feed its own traffic back, forever). Names that do not resolve
-    /// now are not an error (the mirror may come up later); they are logged.
+    /// Refuses a mirror that is the primary itself: mirroring the primary onto itself doubles
+    /// every request it serves. Two ways to tell:
+    ///
+    /// - the mirror resolves to a local address on a captured port, and the listening socket
+    ///   that would accept its connections is the primary's: the only listener on that port, or a
+    ///   wildcard one (see [`listeners::classify`]). A listener bound to the mirror's own address
+    ///   next to another listener on the port is a distinct service and is allowed; the kernel
+    ///   ignore map then keeps its copies from being captured again;
+    /// - the config names the primary and the mirror resolves to the primary's address and port.
+    ///
+    /// Names that do not resolve yet are let through with a warning (the mirror counts its
+    /// connect errors).
     pub async fn check_not_primary(&self) -> Result<(), ConfigError> {
+        let primary = match &self.primary_endpoint {
+            Some((host, port)) => resolve(host, *port).await.unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let mut listening: Option<Vec<SocketAddr>> = None;
         for m in &self.replay.mirrors {
+            let Some(addrs) = resolve(&m.host, m.port).await else {
+                tracing::warn!(mirror = %m.name, host = %m.host, "mirror does not resolve yet");
+                continue;
+            };
+            let refuse = |addr: SocketAddr, why: String| ConfigError::MirrorIsPrimary {
+                name: m.name.clone(),
+                addr,
+                port: m.port,
+                why,
+            };
+            if let Some(&addr) = addrs.iter().find(|a| primary.contains(a)) {
+                let name = self.primary.as_deref().unwrap_or("?");
+                return Err(refuse(addr, format!("the primary `{name}` resolves to it")));
+            }
             if !self.ports.contains(&m.port) {
                 continue;
             }
-            let lookup = tokio::net::lookup_host((m.host.as_str(), m.port));
-            let addrs = match tokio::time::timeout(Duration::from_secs(2), lookup).await {
-                Ok(Ok(a)) => a.collect::<Vec<_>>(),
-                _ => {
-                    tracing::warn!(mirror = %m.name, host = %m.host, "mirror does not resolve yet");
-                    continue;
+            for addr in addrs.into_iter().filter(|a| is_local(a.ip())) {
+                let listeners = listening.get_or_insert_with(listeners::read);
+                let verdict = listeners::classify(listeners, addr);
+                if let Some(why) = verdict.refusal(m.port) {
+                    return Err(refuse(addr, why));
                 }
-            };
-            if let Some(addr) = addrs.into_iter().find(|a| is_local(a.ip())) {
-                return Err(ConfigError::MirrorIsPrimary {
-                    name: m.name.clone(),
-                    addr,
-                    port: m.port,
-                });
+                tracing::info!(mirror = %m.name, %addr, ?verdict,
+                    "local mirror on a captured port is not the primary; \
+                     its copies are kept out of the capture by the kernel ignore map");
             }
         }
         Ok(())
+    }
+}
+
+/// Addresses of `host:port`, or `None` when it does not resolve within 2 s.
+async fn resolve(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
+    let lookup = tokio::net::lookup_host((host, port));
+    match tokio::time::timeout(Duration::from_secs(2), lookup).await {
+        Ok(Ok(a)) => Some(
+            a.map(|a| SocketAddr::new(a.ip().to_canonical(), a.port()))
+                .collect(),
+        ),
+        _ => None,
     }
 }
 
@@ -402,6 +444,21 @@ fn service_url(fc: &FileConfig, name: &str) -> Option<Result<(String, u16), Stri
     let svc = fc.http.as_ref()?.services.get(name)?;
     let url = svc.load_balancer.as_ref()?.servers.first()?.url.as_ref()?;
     Some(spec::parse_url(url, url.trim_end_matches('/')).map_err(|e| e.to_string()))
+}
+
+/// The primary's host and port: the file provider's server URL, else its name (`name.namespace`
+/// with a namespace, as Kubernetes DNS resolves it) on the primary port.
+fn primary_endpoint(m: Option<&Mirroring>, fc: &FileConfig) -> Option<(String, u16)> {
+    let mr = m?;
+    let name = mr.service.as_deref().or(mr.name.as_deref())?;
+    if let Some(Ok(url)) = service_url(fc, name) {
+        return Some(url);
+    }
+    let host = match &mr.namespace {
+        Some(ns) => format!("{name}.{ns}"),
+        None => name.to_owned(),
+    };
+    Some((host, primary_port(m, fc)?))
 }
 
 fn primary_port(m: Option<&Mirroring>, fc: &FileConfig) -> Option<u16> {

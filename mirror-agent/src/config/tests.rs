@@ -351,38 +351,90 @@ fn defaults_without_file() {
     assert!(s.ports.is_empty());
 }
 
+fn mirror_flags(mirrors: &[String], port: u16) -> Settings {
+    let mut argv: Vec<String> = Vec::new();
+    for m in mirrors {
+        argv.extend(["--mirror".into(), m.clone()]);
+    }
+    argv.extend(["--port".into(), port.to_string()]);
+    let refs: Vec<&str> = argv.iter().map(String::as_str).collect();
+    Settings::from_parts(&args(&refs), None).unwrap()
+}
+
+/// A real listener on 127.0.0.1 with a free port; the listener logic itself is tested with
+/// synthetic /proc content in `listeners`.
+fn listen(ip: &str, port: u16) -> std::net::TcpListener {
+    std::net::TcpListener::bind((ip, port)).unwrap()
+}
+
 #[tokio::test]
 async fn mirror_that_is_the_primary_is_refused() {
-    let s = Settings::from_parts(
-        &args(&[
-            "--mirror",
-            "http://127.0.0.1:8080,name=me",
-            "--port",
-            "8080",
-        ]),
-        None,
-    )
-    .unwrap();
+    let primary = listen("127.0.0.1", 0);
+    let port = primary.local_addr().unwrap().port();
+    let s = mirror_flags(&[format!("http://127.0.0.1:{port},name=me")], port);
     let e = s.check_not_primary().await.unwrap_err().to_string();
     assert_eq!(
         e,
-        "mirror `me` (127.0.0.1:8080) is the primary itself: a local address on captured port 8080"
+        format!(
+            "mirror `me` (127.0.0.1:{port}) is the primary itself: it reaches 127.0.0.1:{port}, \
+             the only listener on captured port {port}"
+        )
     );
     // Another port, or a non-local address on the port, is fine. 192.0.2.1 (TEST-NET-1) is only
     // bound, never sent to.
-    let s = Settings::from_parts(
-        &args(&[
-            "--mirror",
-            "http://127.0.0.1:8081",
-            "--mirror",
-            "http://192.0.2.1:8080",
-            "--port",
-            "8080",
-        ]),
-        None,
-    )
-    .unwrap();
+    let s = mirror_flags(
+        &[
+            format!("http://127.0.0.1:{}", port.wrapping_add(1).max(1)),
+            format!("http://192.0.2.1:{port}"),
+        ],
+        port,
+    );
     s.check_not_primary().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_distinct_local_listener_on_the_captured_port_is_a_mirror() {
+    let primary = listen("127.0.0.1", 0);
+    let port = primary.local_addr().unwrap().port();
+    let _mirror = listen("127.0.0.2", port);
+    let s = mirror_flags(&[format!("http://127.0.0.2:{port},name=v2")], port);
+    s.check_not_primary().await.unwrap();
+    // An address nothing accepts at (a NAT target, or down) is not the primary either.
+    let s = mirror_flags(&[format!("http://127.0.0.3:{port},name=v3")], port);
+    s.check_not_primary().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_local_mirror_on_a_port_nothing_listens_on_is_refused() {
+    // Bind and close to find a port that is (very likely) free.
+    let port = listen("127.0.0.1", 0).local_addr().unwrap().port();
+    let s = mirror_flags(&[format!("http://127.0.0.2:{port},name=early")], port);
+    let e = s.check_not_primary().await.unwrap_err().to_string();
+    assert!(e.contains("nothing listens on captured port"), "{e}");
+}
+
+#[tokio::test]
+async fn a_mirror_at_the_named_primary_is_refused() {
+    // The primary's name resolves to the mirror's address and port (even off the captured
+    // ports: `--port` overrides the primary's).
+    let yaml = "\
+mirroring:
+  name: localhost
+  port: 9
+  mirrors:
+    - name: copy
+      url: http://127.0.0.1:9
+";
+    let s = load(&["--port", "8080"], yaml).unwrap();
+    assert_eq!(s.primary_endpoint, Some(("localhost".into(), 9)));
+    let e = s.check_not_primary().await.unwrap_err().to_string();
+    assert_eq!(
+        e,
+        "mirror `copy` (127.0.0.1:9) is the primary itself: the primary `localhost` resolves to it"
+    );
+    let file = TRAEFIK_EXAMPLE.replace("name: app-stable", "name: app-stable\n    namespace: prod");
+    let s = load(&[], &file).unwrap();
+    assert_eq!(s.primary_endpoint, Some(("app-stable.prod".into(), 80)));
 }
 
 #[test]

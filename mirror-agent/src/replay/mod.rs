@@ -10,8 +10,10 @@
 //! Wiring a run mode (as `app::from` does for recordings and pcap files):
 //! 1. `config::Settings::load(&args)?` (exit 2 on error), then, in live mode,
 //!    `settings.check_not_primary().await?` (refuses a mirror that is the primary itself);
-//! 2. live mode sets `settings.replay.on_connect` to put each (local, remote) pair into the
-//!    kernel's ignore map, so replayed requests are never captured again;
+//! 2. live mode sets `settings.replay.on_connect` to put the local end of each mirror connection
+//!    into the kernel's ignore map before its SYN leaves, so replayed requests are never captured
+//!    again (NAT cannot change that end), and `on_close` to remove it shortly after the
+//!    connection is closed, before the kernel can hand its port to another socket;
 //! 3. `Replayer::start(settings.replay)` inside a tokio runtime (or `app::from::Session`);
 //! 4. `submit(&captured)` for every request from the pipeline, from any thread;
 //! 5. every few seconds `snapshot().progress_line(..)`; at exit `shutdown(grace).await` and
@@ -63,6 +65,9 @@ pub struct ReplayConfig {
     pub backoff_max: Duration,
     /// See [`OnConnect`]: live mode tells the kernel to ignore the agent's own flows.
     pub on_connect: Option<OnConnect>,
+    /// Called when a connection registered with `on_connect` is closed (live mode lifts the
+    /// kernel exclusion shortly after).
+    pub on_close: Option<OnConnect>,
     /// Sampling seed; random per run unless set (tests).
     pub seed: Option<u64>,
     pub limits: HttpLimits,
@@ -89,6 +94,7 @@ impl ReplayConfig {
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
             on_connect: None,
+            on_close: None,
             seed: None,
             limits: HttpLimits::default(),
             telemetry: None,
@@ -149,6 +155,7 @@ impl Replayer {
                     backoff_min: cfg.backoff_min,
                     backoff_max: cfg.backoff_max,
                     on_connect: cfg.on_connect.clone(),
+                    on_close: cfg.on_close.clone(),
                     limits: cfg.limits.clone(),
                 },
                 stats,

@@ -139,6 +139,7 @@ fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
         on_connect: None,
+        on_close: None,
         limits: HttpLimits::default(),
     };
     (Pool::new(cfg, stats.clone()), stats)

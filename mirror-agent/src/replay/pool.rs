@@ -20,7 +20,9 @@ use crate::http::request::HttpLimits;
 use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
 
 /// Called with (local, remote) after the socket is bound and before it connects, so the live
-/// capture can exclude the agent's own connections (no mirror loops).
+/// capture can exclude the agent's own connections (no mirror loops). The same type serves as the
+/// close hook ([`PoolConfig::on_close`]), called when a connection (or a failed attempt) is
+/// dropped, so the exclusion can be lifted before its local port is reused.
 pub type OnConnect = Arc<dyn Fn(SocketAddr, SocketAddr) + Send + Sync>;
 
 /// Connection settings of one mirror.
@@ -33,6 +35,9 @@ pub struct PoolConfig {
     pub backoff_min: Duration,
     pub backoff_max: Duration,
     pub on_connect: Option<OnConnect>,
+    /// Called with the same (local, remote) once the socket registered by `on_connect` is
+    /// dropped (a closed connection or a failed connect).
+    pub on_close: Option<OnConnect>,
     pub limits: HttpLimits,
 }
 
@@ -43,7 +48,24 @@ impl std::fmt::Debug for PoolConfig {
             .field("port", &self.port)
             .field("max_connections", &self.max_connections)
             .field("on_connect", &self.on_connect.is_some())
+            .field("on_close", &self.on_close.is_some())
             .finish_non_exhaustive()
+    }
+}
+
+/// Runs the close hook when dropped: owned by a [`Conn`], or by a connect attempt until it
+/// becomes one.
+pub(super) struct CloseHook {
+    hook: Option<OnConnect>,
+    local: SocketAddr,
+    remote: SocketAddr,
+}
+
+impl Drop for CloseHook {
+    fn drop(&mut self) {
+        if let Some(h) = &self.hook {
+            h(self.local, self.remote);
+        }
     }
 }
 
@@ -58,6 +80,8 @@ pub struct Conn {
     pub(super) last_used: Instant,
     /// The previous batch was answered promptly: the next one may be pipelined.
     pub(super) prompt: bool,
+    /// Declared after `stream`: the hook runs once the socket is closed.
+    pub(super) _close: CloseHook,
 }
 
 impl Conn {
@@ -182,6 +206,11 @@ impl Pool {
         if let Some(hook) = &self.cfg.on_connect {
             hook(local, remote);
         }
+        let close = CloseHook {
+            hook: self.cfg.on_close.clone(),
+            local,
+            remote,
+        };
         let stream = socket.connect(remote).await?;
         stream.set_nodelay(true)?;
         self.stats.on_connect();
@@ -193,6 +222,7 @@ impl Pool {
             events: Vec::new(),
             last_used: Instant::now(),
             prompt: false,
+            _close: close,
         })
     }
 }

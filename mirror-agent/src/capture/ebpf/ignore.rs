@@ -1,22 +1,44 @@
-//! The ignore list: flows the classifier must never capture (the agent's own mirror connections),
-//! so a mirror listening on a captured interface and port does not create a replay loop.
+//! The ignore list: the local ends of the agent's own mirror connections, which the classifier
+//! must never capture, so a mirror listening on a captured interface and port (directly, or
+//! behind a DNAT rule) does not create a replay loop.
 //!
-//! Use: bind the mirror socket to port 0, read its local address, [`FlowIgnore::ignore`] it with
-//! the mirror's address, then connect. The kernel map is an LRU, so a forgotten entry ages out
-//! instead of filling the map.
+//! Keyed by the local endpoint (address + ephemeral port), not by the 4-tuple: NAT in the output
+//! path rewrites the mirror's end, which the agent's socket never sees, but leaves the agent's
+//! own end alone. The classifier looks up both ends of every matched packet (see
+//! [`mirror_common::EndpointKey`]).
+//!
+//! Use: bind the mirror socket to port 0, read its local address, [`FlowIgnore::ignore`] it, then
+//! connect; when the socket is dropped, [`FlowIgnore::closed`] schedules the removal. The entry
+//! stays [`FORGET_DELAY`] longer, for the FIN and ACKs still in flight through the classifier;
+//! then it is removed (by [`FlowIgnore::purge`], run on every registration and periodically by
+//! the live driver), so a later socket given the same port is captured again. The kernel map is
+//! an LRU, so even a missed removal ages out instead of filling the map.
 
+use std::collections::VecDeque;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, MapData};
-use mirror_common::{FlowKey, maps};
+use mirror_common::{EndpointKey, family, maps};
 
 use super::CaptureError;
+
+/// How long an entry outlives its connection. On `lo` the last packets of a close are queued to
+/// the backlog and classified later; a second covers that with a wide margin, while the kernel's
+/// `bind(port 0)` hands out a just-freed port again only after cycling through the range.
+pub const FORGET_DELAY: Duration = Duration::from_secs(1);
 
 /// Cloneable handle to the kernel ignore map.
 #[derive(Clone)]
 pub struct FlowIgnore {
-    map: Arc<Mutex<HashMap<MapData, FlowKey, u8>>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+struct Inner {
+    map: HashMap<MapData, EndpointKey, u8>,
+    /// Endpoints of closed connections and when to remove them (FIFO: one delay for all).
+    closing: VecDeque<(Instant, EndpointKey)>,
 }
 
 impl std::fmt::Debug for FlowIgnore {
@@ -25,51 +47,99 @@ impl std::fmt::Debug for FlowIgnore {
     }
 }
 
-/// The map key of the direction `src -> dst`.
-pub fn flow_key(src: SocketAddr, dst: SocketAddr) -> FlowKey {
-    FlowKey {
-        saddr: octets(src.ip()),
-        daddr: octets(dst.ip()),
-        sport: src.port(),
-        dport: dst.port(),
+/// The map key of a local endpoint. IPv4-mapped IPv6 addresses are stored as IPv4, which is what
+/// the wire carries for such sockets.
+pub fn endpoint_key(ep: SocketAddr) -> EndpointKey {
+    let mut addr = [0u8; 16];
+    let fam = match ep.ip().to_canonical() {
+        IpAddr::V4(v4) => {
+            addr[..4].copy_from_slice(&v4.octets());
+            family::IPV4
+        }
+        IpAddr::V6(v6) => {
+            addr = v6.octets();
+            family::IPV6
+        }
+    };
+    EndpointKey {
+        addr,
+        port: ep.port(),
+        family: fam,
+        _pad: 0,
     }
-}
-
-/// Address bytes as the classifier stores them: IPv4 in the first 4 bytes. IPv4-mapped IPv6
-/// addresses are stored as IPv4, which is what the wire carries for such sockets.
-fn octets(ip: IpAddr) -> [u8; 16] {
-    let mut out = [0u8; 16];
-    match ip.to_canonical() {
-        IpAddr::V4(v4) => out[..4].copy_from_slice(&v4.octets()),
-        IpAddr::V6(v6) => out = v6.octets(),
-    }
-    out
 }
 
 impl FlowIgnore {
-    pub(super) fn new(map: HashMap<MapData, FlowKey, u8>) -> Self {
+    pub(super) fn new(map: HashMap<MapData, EndpointKey, u8>) -> Self {
         Self {
-            map: Arc::new(Mutex::new(map)),
+            inner: Arc::new(Mutex::new(Inner {
+                map,
+                closing: VecDeque::new(),
+            })),
         }
     }
 
-    /// Never capture the connection between `local` and `remote` (both directions).
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Never capture the connection whose local end is `local` (`remote` is where it goes
+    /// before any NAT; only logged, since NAT may change it).
     pub fn ignore(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), CaptureError> {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        for key in [flow_key(local, remote), flow_key(remote, local)] {
-            map.insert(key, 1, 0).map_err(|source| CaptureError::Map {
+        let key = endpoint_key(local);
+        let mut inner = self.lock();
+        inner.purge(Instant::now());
+        // A pending removal of the same endpoint (a port the agent got again) must not remove
+        // the new registration.
+        inner.closing.retain(|(_, k)| *k != key);
+        tracing::trace!(%local, %remote, "ignoring the agent's own connection");
+        inner
+            .map
+            .insert(key, 1, 0)
+            .map_err(|source| CaptureError::Map {
                 name: maps::IGNORE,
                 source,
-            })?;
-        }
-        Ok(())
+            })
     }
 
-    /// Removes a connection registered with [`ignore`](Self::ignore) (missing entries are fine).
-    pub fn forget(&self, local: SocketAddr, remote: SocketAddr) {
-        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        for key in [flow_key(local, remote), flow_key(remote, local)] {
-            let _ = map.remove(&key);
+    /// The connection registered with [`ignore`](Self::ignore) is closed: remove it after
+    /// [`FORGET_DELAY`].
+    pub fn closed(&self, local: SocketAddr) {
+        let mut inner = self.lock();
+        inner
+            .closing
+            .push_back((Instant::now() + FORGET_DELAY, endpoint_key(local)));
+    }
+
+    /// Removes the entries whose delay has passed.
+    pub fn purge(&self) {
+        self.lock().purge(Instant::now());
+    }
+
+    /// Removes a connection registered with [`ignore`](Self::ignore) now (missing entries are
+    /// fine).
+    pub fn forget(&self, local: SocketAddr, _remote: SocketAddr) {
+        let key = endpoint_key(local);
+        let mut inner = self.lock();
+        inner.closing.retain(|(_, k)| *k != key);
+        let _ = inner.map.remove(&key);
+    }
+
+    /// Endpoints waiting for their removal (for tests and diagnostics).
+    pub fn pending_removals(&self) -> usize {
+        self.lock().closing.len()
+    }
+}
+
+impl Inner {
+    fn purge(&mut self, now: Instant) {
+        while let Some(&(due, key)) = self.closing.front() {
+            if due > now {
+                break;
+            }
+            self.closing.pop_front();
+            // Missing is fine: the LRU may have evicted it.
+            let _ = self.map.remove(&key);
         }
     }
 }
@@ -82,11 +152,19 @@ mod tests {
     fn keys_store_ipv4_in_first_bytes_and_unmap_v4_mapped() {
         let a: SocketAddr = "10.1.2.3:80".parse().unwrap();
         let b: SocketAddr = "[::ffff:10.1.2.3]:80".parse().unwrap();
-        let c: SocketAddr = "127.0.0.1:5000".parse().unwrap();
-        assert_eq!(flow_key(a, c), flow_key(b, c));
-        assert_eq!(&flow_key(a, c).saddr[..4], &[10, 1, 2, 3]);
-        assert_eq!(flow_key(a, c).saddr[4..], [0u8; 12]);
-        assert_eq!(flow_key(a, c).sport, 80);
-        assert_eq!(flow_key(c, a).dport, 80);
+        assert_eq!(endpoint_key(a), endpoint_key(b));
+        assert_eq!(&endpoint_key(a).addr[..4], &[10, 1, 2, 3]);
+        assert_eq!(endpoint_key(a).addr[4..], [0u8; 12]);
+        assert_eq!(endpoint_key(a).port, 80);
+        assert_eq!(endpoint_key(a).family, family::IPV4);
+    }
+
+    #[test]
+    fn families_with_the_same_bytes_are_distinct_keys() {
+        let v4: SocketAddr = "127.0.0.2:80".parse().unwrap();
+        let v6: SocketAddr = "[7f00:2::]:80".parse().unwrap();
+        assert_eq!(endpoint_key(v4).addr, endpoint_key(v6).addr);
+        assert_ne!(endpoint_key(v4), endpoint_key(v6));
+        assert_eq!(endpoint_key(v6).family, family::IPV6);
     }
 }
