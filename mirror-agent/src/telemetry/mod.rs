@@ -306,6 +306,7 @@ impl Telemetry {
     pub fn recorder(&self) -> MirrorRequestRecorder {
         MirrorRequestRecorder {
             inner: self.instruments.clone(),
+            series: Default::default(),
         }
     }
 
