@@ -276,7 +276,7 @@ impl MirrorRequestRecorder {
         let (span, bytes) = match &self.inner.tracer {
             Some(t) => {
                 let (s, b) = t.mirror_trace_context(mirror, server_address, server_port, raw);
-                (Some(s), b)
+                (Some(Box::new(s)), b)
             }
             None => (None, raw.clone()),
         };
@@ -305,7 +305,9 @@ pub struct InFlight {
     /// Already normalized (`_OTHER` for unknown methods).
     method: &'static str,
     started: Instant,
-    span: Option<opentelemetry_sdk::trace::Span>,
+    /// Boxed: a span is 288 bytes, and every queued copy carries an `InFlight` through the
+    /// mirror's queue and batches (moved several times); without tracing this stays 8 bytes.
+    span: Option<Box<opentelemetry_sdk::trace::Span>>,
 }
 
 impl InFlight {
