@@ -1,394 +1,517 @@
 //! `cargo xtask bench mirror`: the agent at the primary's full rate, in namespaces.
 //!
-//! wrk (client namespace) drives nginx, the primary (node namespace), for 30 s without the
-//! agent and then 30 s with the agent capturing the primary's port and mirroring every request
-//! to a second nginx (mirrors namespace, over its own veth). Printed: requests served and
-//! mirrored, completeness with the agent's named loss counters, agent CPU time per mirrored
-//! request (utime + stime from /proc/PID/stat), agent peak RSS (VmHWM), and the primary's
-//! throughput and p99 with the agent against without. The agent is the release build.
+//! wrk (client namespace) drives nginx, the primary (node namespace), without the agent, then
+//! with the agent capturing the primary's port and mirroring every request to a second nginx
+//! (mirrors namespace, over its own veth), then with the agent in comparison mode (`--compare`:
+//! the primary's responses are captured too and compared with the mirror's). Each run lasts
+//! `MIRROR_BENCH_SECS` (20 s), back to back, for each CPU layout:
+//!
+//! - `pinned`: wrk and the primary nginx on CPU 0 (the node's busy core), the mirror nginx on
+//!   CPU 1 (stands for another host, where a mirror normally runs) and the agent on CPU 1 (stands
+//!   for the node's spare core); the same pinning in the run without the agent. This is the fair
+//!   measure of what the agent costs the primary.
+//! - `shared`: nothing pinned, everything shares every CPU. On a 2-vCPU machine the mirror nginx
+//!   then does as much work as the primary on the same cores, so the with-agent run loses about a
+//!   third of the CPU to the mirror itself; kept so nothing is hidden.
+//!
+//! Printed in one table, a row per run: load average before it, primary throughput (ratio to the
+//! same layout's run without the agent) and p99, requests captured and mirrored, completeness
+//! and its shortfall by counter (queue full / everything else), agent CPU time per mirrored
+//! request (utime + stime from /proc/PID/stat over the loaded phase plus 2 s of drain), the CPU
+//! shares of agent, primary and mirror, each CPU's busy share (softirq in brackets, from
+//! /proc/stat: the classifier and the veth transmit run there) and the agent's peak RSS
+//! (VmHWM). Then the issue 4 targets per layout and the cost of comparison mode.
+//!
+//! Knobs (environment): `MIRROR_BENCH_SECS`, `MIRROR_BENCH_LAYOUTS` (`pinned,shared`),
+//! `MIRROR_BENCH_COMPARE=0` (skip the comparison run), `MIRROR_BENCH_AGENT` (an agent binary to
+//! use instead of building the release one, for before/after pairs), and any `MIRROR_*` option
+//! of the agent itself (e.g. `MIRROR_QUEUE_SIZE`), which the agent inherits and the bench prints.
 
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
+mod measure;
+mod world;
+
+use std::path::PathBuf;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
 use crate::util::{is_root, sh, target_dir};
+use measure::{AgentTable, Wrk};
+use world::{MIRROR, NS, PORT, PRIMARY, World, ns_cmd_on};
 
-const NS: [&str; 3] = ["mbench-client", "mbench-node", "mbench-mirrors"];
-const PRIMARY: &str = "10.210.0.1";
-const MIRROR: &str = "10.211.0.2";
-const PORT: u16 = 8080;
-const SECS: u64 = 30;
+const DEFAULT_SECS: u64 = 20;
+/// After wrk stops, the agent finishes what is queued before CPU and memory are read.
+const DRAIN: Duration = Duration::from_secs(2);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Layout {
+    Pinned,
+    Shared,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Pinned => "pinned",
+            Self::Shared => "shared",
+        }
+    }
+
+    /// CPU lists for (wrk and the primary, the mirror nginx, the agent).
+    fn cpus(self, ncpu: usize) -> [String; 3] {
+        match self {
+            Self::Pinned => ["0".into(), "1".into(), "1".into()],
+            Self::Shared => {
+                let all = format!("0-{}", ncpu - 1);
+                [all.clone(), all.clone(), all]
+            }
+        }
+    }
+
+    fn describe(self, ncpu: usize) -> String {
+        let [node, mirror, agent] = self.cpus(ncpu);
+        format!(
+            "wrk + primary nginx on CPU {node}, mirror nginx on CPU {mirror}, agent on CPU {agent}"
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Without,
+    With,
+    Compare,
+}
+
+impl Mode {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Without => "off",
+            Self::With => "on",
+            Self::Compare => "on, --compare",
+        }
+    }
+}
+
+struct Run {
+    layout: Layout,
+    mode: Mode,
+    load: String,
+    wrk: Wrk,
+    wall: f64,
+    primary_cpu: f64,
+    mirror_cpu: f64,
+    busy: String,
+    agent: Option<AgentRun>,
+}
+
+struct AgentRun {
+    cpu: f64,
+    rss_kib: u64,
+    table: AgentTable,
+    capture: Option<String>,
+    losses: Vec<String>,
+    compare: Option<String>,
+}
+
+impl AgentRun {
+    /// The kernel's ring-buffer reserve failures (`ring_full=` in the capture line).
+    fn ring_full(&self) -> u64 {
+        self.capture
+            .as_deref()
+            .and_then(|c| c.split_once("ring_full="))
+            .and_then(|(_, v)| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+    fn us_per(&self) -> f64 {
+        self.cpu * 1e6 / self.table.sent.max(1) as f64
+    }
+    fn completeness(&self) -> f64 {
+        self.table.sent as f64 / self.table.captured.max(1) as f64
+    }
+}
+
+struct Settings {
+    secs: u64,
+    layouts: Vec<Layout>,
+    compare: bool,
+    agent_bin: PathBuf,
+    ncpu: usize,
+}
 
 pub fn run() -> Result<()> {
     if !is_root() {
         bail!("bench mirror needs root (namespaces, eBPF)");
     }
-    crate::setup::run(crate::setup::Scope::All)?;
-    crate::ebpf::build()?;
-    sh(Command::new("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "mirror-agent",
-        "--bin",
-        "mirror-agent",
-    ]))?;
-    let agent_bin = target_dir().join("release/mirror-agent");
-    let mut world = World::default();
-    let r = bench(&mut world, &agent_bin);
-    drop(world);
-    r
-}
-
-fn bench(world: &mut World, agent_bin: &Path) -> Result<()> {
-    world.create()?;
-    let dir = world.dir.clone();
-    for (ns, name, host) in [(NS[1], "primary", PRIMARY), (NS[2], "mirror", MIRROR)] {
-        let conf = dir.join(format!("{name}.conf"));
-        std::fs::write(&conf, nginx_conf(&dir, name, host))?;
-        world.spawn(
-            ns_cmd(ns, "nginx").args(["-c", conf.to_str().unwrap(), "-g", "daemon off;"]),
-            &dir,
-            name,
-        )?;
-        wait_port(ns, host)?;
-    }
-    let url = format!("http://{PRIMARY}:{PORT}/bench");
-    // Warm-up, then the baseline.
-    wrk(&url, 2)?;
-    println!("bench mirror: {SECS} s of wrk without the agent ...");
-    let base = wrk(&url, SECS)?;
-
-    let agent = world.spawn(
-        ns_cmd(NS[1], agent_bin.to_str().unwrap())
-            .args(["--iface", "mbn", "--port", &PORT.to_string()])
-            .args(["--mirror", &format!("http://{MIRROR}:{PORT},name=fast")])
-            .env("NO_COLOR", "1"),
-        &dir,
-        "agent",
-    )?;
-    let err_path = dir.join("agent.err");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !std::fs::read_to_string(&err_path)?.contains("capturing;") {
-        if Instant::now() > deadline {
-            bail!(
-                "agent did not start: {}",
-                std::fs::read_to_string(&err_path)?
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let pid = world.children[agent].id();
-    // nginx runs with `master_process off`: the child (exec'd by `ip netns exec`) serves.
-    let (primary_pid, mirror_pid) = (world.children[0].id(), world.children[1].id());
-    let cpu0 = cpu_secs(pid)?;
-    let (p0, m0) = (cpu_secs(primary_pid)?, cpu_secs(mirror_pid)?);
-    let t0 = Instant::now();
-    println!("bench mirror: {SECS} s of wrk with the agent mirroring 100% ...");
-    let with = wrk(&url, SECS)?;
-    // Let the replay finish what is queued before reading CPU and memory.
-    std::thread::sleep(Duration::from_secs(2));
-    let cpu = cpu_secs(pid)? - cpu0;
-    let wall = t0.elapsed().as_secs_f64();
-    let (pcpu, mcpu) = (cpu_secs(primary_pid)? - p0, cpu_secs(mirror_pid)? - m0);
-    let hwm = vm_hwm_kib(pid)?;
-    world.interrupt(agent, Duration::from_secs(30))?;
-    let log = std::fs::read_to_string(&err_path)?;
-    let out = std::fs::read_to_string(dir.join("agent.out"))?;
-    let (captured, sent, detail) = mirror_row(&log).context("no mirror table in the agent log")?;
-
-    let completeness = sent as f64 / captured.max(1) as f64;
-    let us_per = cpu * 1e6 / sent.max(1) as f64;
-    let rss_mib = hwm as f64 / 1024.0;
-    let tput = with.rps / base.rps;
-    let p99 = with.p99_ms / base.p99_ms;
-    let ok = |b: bool| if b { "met" } else { "MISSED" };
-    println!();
-    println!("| measure | value | target |");
-    println!("|---|---|---|");
-    println!(
-        "| requests served (wrk, with agent) | {} | |",
-        with.requests
-    );
-    println!("| requests captured by the agent | {captured} | |");
-    println!("| requests mirrored (fully written to the mirror) | {sent} | |");
-    println!(
-        "| completeness (mirrored / captured) | {:.3}% | >= 99.9%: {} |",
-        completeness * 100.0,
-        ok(completeness >= 0.999)
-    );
-    println!(
-        "| mirrored / served | {:.3}% | |",
-        sent as f64 * 100.0 / with.requests.max(1) as f64
-    );
-    println!(
-        "| agent CPU per mirrored request | {us_per:.1} us ({cpu:.1} s CPU) | <= 20 us: {} |",
-        ok(us_per <= 20.0)
-    );
-    println!(
-        "| agent peak RSS (VmHWM) | {rss_mib:.1} MiB | <= 64 MiB: {} |",
-        ok(rss_mib <= 64.0)
-    );
-    println!(
-        "| primary throughput without / with agent | {:.0} / {:.0} req/s (ratio {tput:.3}) | >= 0.95: {} |",
-        base.rps,
-        with.rps,
-        ok(tput >= 0.95)
-    );
-    println!(
-        "| primary p99 without / with agent | {:.2} / {:.2} ms (ratio {p99:.2}) | |",
-        base.p99_ms, with.p99_ms
-    );
-    println!(
-        "| CPU share over the {wall:.0} s with the agent: agent / primary nginx / mirror nginx | {:.0}% / {:.0}% / {:.0}% of one core | |",
-        cpu * 100.0 / wall,
-        pcpu * 100.0 / wall,
-        mcpu * 100.0 / wall
-    );
-    println!();
-    println!("loss counters: {detail}");
-    if let Some(l) = out.lines().rev().find(|l| l.contains("records=")) {
-        println!("capture: {l}");
-    }
-    if let Some(l) = log
-        .lines()
-        .find(|l| l.starts_with("lost") || l.contains("lost."))
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let secs = env("MIRROR_BENCH_SECS").map_or(Ok(DEFAULT_SECS), |v| v.parse())?;
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut layouts = Vec::new();
+    for l in env("MIRROR_BENCH_LAYOUTS")
+        .as_deref()
+        .unwrap_or("pinned,shared")
+        .split(',')
     {
-        println!("pipeline: {}", l.trim());
+        match l.trim() {
+            "pinned" if ncpu < 2 => {
+                println!(
+                    "bench mirror: skipping the pinned layout: it needs 2 CPUs, this machine has {ncpu}"
+                );
+            }
+            "pinned" => layouts.push(Layout::Pinned),
+            "shared" => layouts.push(Layout::Shared),
+            other => bail!("MIRROR_BENCH_LAYOUTS: unknown layout {other:?} (pinned, shared)"),
+        }
     }
-    for l in log.lines().filter(|l| {
-        let t = l.trim_start();
-        (t.starts_with("lost.") || t.starts_with("dropped.") || t.starts_with("evicted"))
-            && !t.ends_with(" 0")
-    }) {
-        println!("pipeline loss: {}", l.trim());
-    }
+    let compare = env("MIRROR_BENCH_COMPARE").is_none_or(|v| v != "0");
+    let agent_bin = match env("MIRROR_BENCH_AGENT") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            crate::setup::run(crate::setup::Scope::All)?;
+            crate::ebpf::build()?;
+            sh(Command::new("cargo").args([
+                "build",
+                "--release",
+                "-p",
+                "mirror-agent",
+                "--bin",
+                "mirror-agent",
+            ]))?;
+            target_dir().join("release/mirror-agent")
+        }
+    };
+    let s = Settings {
+        secs,
+        layouts,
+        compare,
+        agent_bin,
+        ncpu,
+    };
+    let load = measure::loadavg();
+    let mut world = World::default();
+    let runs = bench(&mut world, &s);
+    drop(world);
+    report(&s, &load, &runs?);
     Ok(())
 }
 
-struct Wrk {
-    requests: u64,
-    rps: f64,
-    p99_ms: f64,
-}
-
-fn wrk(url: &str, secs: u64) -> Result<Wrk> {
-    let out = ns_cmd(NS[0], "wrk")
-        .args([
-            "-t",
-            "2",
-            "-c",
-            "32",
-            "-d",
-            &format!("{secs}s"),
-            "--latency",
-            url,
-        ])
-        .output()?;
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    if !out.status.success() {
-        bail!("wrk failed: {}", String::from_utf8_lossy(&out.stderr));
+fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
+    world.create()?;
+    let primary = world.nginx(NS[1], "primary", PRIMARY)?;
+    let mirror = world.nginx(NS[2], "mirror", MIRROR)?;
+    let mut runs = Vec::new();
+    for (li, &layout) in s.layouts.iter().enumerate() {
+        let [node_cpus, mirror_cpus, _] = layout.cpus(s.ncpu);
+        world::pin(world.pid(primary), &node_cpus)?;
+        world::pin(world.pid(mirror), &mirror_cpus)?;
+        // Warm-up.
+        wrk(s, layout, 2)?;
+        let mut modes = vec![Mode::Without, Mode::With];
+        if s.compare && li == 0 {
+            modes.push(Mode::Compare);
+        }
+        for mode in modes {
+            println!(
+                "bench mirror: {} s of wrk, layout {}, agent: {} ...",
+                s.secs,
+                layout.name(),
+                mode.name()
+            );
+            runs.push(one(world, s, layout, mode, (primary, mirror))?);
+        }
     }
-    let find = |prefix: &str| {
-        text.lines()
-            .map(str::trim)
-            .find(|l| l.starts_with(prefix))
-            .map(|l| l[prefix.len()..].trim().to_owned())
-    };
-    let requests = text
-        .lines()
-        .find(|l| l.contains(" requests in "))
-        .and_then(|l| l.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .context("wrk: no request count")?;
-    let rps = find("Requests/sec:")
-        .and_then(|v| v.parse().ok())
-        .context("wrk: no Requests/sec")?;
-    let p99 = find("99%").context("wrk: no 99% latency")?;
-    Ok(Wrk {
-        requests,
-        rps,
-        p99_ms: parse_ms(&p99)?,
-    })
+    Ok(runs)
 }
 
-fn parse_ms(v: &str) -> Result<f64> {
-    let (num, mult) = if let Some(n) = v.strip_suffix("us") {
-        (n, 1e-3)
-    } else if let Some(n) = v.strip_suffix("ms") {
-        (n, 1.0)
-    } else if let Some(n) = v.strip_suffix('s') {
-        (n, 1e3)
+fn wrk(s: &Settings, layout: Layout, secs: u64) -> Result<Wrk> {
+    let [node_cpus, _, _] = layout.cpus(s.ncpu);
+    let url = format!("http://{PRIMARY}:{PORT}/bench");
+    measure::run_wrk(ns_cmd_on(NS[0], Some(&node_cpus), "wrk").args([
+        "-t",
+        "2",
+        "-c",
+        "32",
+        "-d",
+        &format!("{secs}s"),
+        "--latency",
+        &url,
+    ]))
+}
+
+fn one(
+    world: &mut World,
+    s: &Settings,
+    layout: Layout,
+    mode: Mode,
+    (primary, mirror): (usize, usize),
+) -> Result<Run> {
+    let load = measure::loadavg();
+    let name = format!("agent-{}-{mode:?}", layout.name());
+    let agent = if mode == Mode::Without {
+        None
     } else {
-        bail!("latency {v:?}")
-    };
-    Ok(num.parse::<f64>()? * mult)
-}
-
-/// `captured`, the `fast` mirror's `sent`, and its loss detail line, from the exit table.
-fn mirror_row(log: &str) -> Option<(u64, u64, String)> {
-    let row = log.lines().rev().find(|l| l.starts_with("fast "))?;
-    let sent = row.split_whitespace().nth(3)?.parse().ok()?;
-    let detail = log
-        .lines()
-        .rev()
-        .find(|l| l.trim_start().starts_with("fast: dropped:"))?
-        .trim()
-        .to_owned();
-    let captured = log
-        .lines()
-        .rev()
-        .find_map(|l| l.strip_prefix("captured requests: "))?
-        .split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()?;
-    Some((captured, sent, detail))
-}
-
-fn cpu_secs(pid: u32) -> Result<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    // Fields after the `(comm)`: state is field 3, utime 14, stime 15 (proc(5)).
-    let rest = &stat[stat.rfind(')').context("stat")? + 2..];
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks: u64 = f[11].parse::<u64>()? + f[12].parse::<u64>()?;
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    Ok(ticks as f64 / hz)
-}
-
-fn vm_hwm_kib(pid: u32) -> Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .context("no VmHWM")
-}
-
-fn nginx_conf(dir: &Path, name: &str, host: &str) -> String {
-    let d = dir.display();
-    format!(
-        "master_process off;\nworker_processes 1;\npid {d}/{name}.pid;\nerror_log {d}/{name}.error.log;\n\
-         events {{ worker_connections 1024; }}\n\
-         http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
-         client_body_temp_path {d}/{name}-body;\n\
-         server {{\n    listen {host}:{PORT};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
-    )
-}
-
-/// Namespaces, processes and a temp dir; removed on drop (also on error).
-#[derive(Default)]
-struct World {
-    children: Vec<Child>,
-    created: Vec<&'static str>,
-    dir: std::path::PathBuf,
-}
-
-impl World {
-    fn create(&mut self) -> Result<()> {
-        self.dir = std::env::temp_dir().join(format!("mirror-bench-{}", std::process::id()));
-        std::fs::create_dir_all(&self.dir)?;
-        for ns in NS {
-            let _ = Command::new("ip")
-                .args(["netns", "del", ns])
-                .stderr(Stdio::null())
-                .status();
-            ip(&["netns", "add", ns])?;
-            self.created.push(ns);
-            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        let [_, _, agent_cpus] = layout.cpus(s.ncpu);
+        let mut cmd = ns_cmd_on(NS[1], Some(&agent_cpus), s.agent_bin.to_str().unwrap());
+        cmd.args(["--iface", "mbn", "--port", &PORT.to_string()])
+            .args(["--mirror", &format!("http://{MIRROR}:{PORT},name=fast")])
+            .env("NO_COLOR", "1");
+        if mode == Mode::Compare {
+            cmd.arg("--compare");
         }
-        ip(&[
-            "link", "add", "mbn", "netns", NS[1], "type", "veth", "peer", "name", "mbc", "netns",
-            NS[0],
-        ])?;
-        ip(&[
-            "link", "add", "mbu", "netns", NS[1], "type", "veth", "peer", "name", "mbm", "netns",
-            NS[2],
-        ])?;
-        for (ns, dev, addr) in [
-            (NS[1], "mbn", "10.210.0.1/24"),
-            (NS[0], "mbc", "10.210.0.2/24"),
-            (NS[1], "mbu", "10.211.0.1/24"),
-            (NS[2], "mbm", "10.211.0.2/24"),
-        ] {
-            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
-            ip(&["-n", ns, "link", "set", dev, "up"])?;
-        }
-        Ok(())
-    }
-
-    fn spawn(&mut self, cmd: &mut Command, dir: &Path, name: &str) -> Result<usize> {
-        let child = cmd
-            .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.join(format!("{name}.out")))?)
-            .stderr(std::fs::File::create(dir.join(format!("{name}.err")))?)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.children.push(child);
-        Ok(self.children.len() - 1)
-    }
-
-    fn interrupt(&mut self, i: usize, timeout: Duration) -> Result<()> {
-        let c = &mut self.children[i];
-        // SAFETY: kill(2) on the PID of our own child.
-        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
-        let deadline = Instant::now() + timeout;
-        while c.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                bail!("agent did not stop within {timeout:?}");
+        let i = world.spawn(&mut cmd, &name)?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !world.read(&format!("{name}.err"))?.contains("capturing;") {
+            if Instant::now() > deadline || world.children[i].try_wait()?.is_some() {
+                bail!(
+                    "agent did not start: {}",
+                    world.read(&format!("{name}.err"))?
+                );
             }
             std::thread::sleep(Duration::from_millis(50));
         }
-        Ok(())
-    }
-}
-
-impl Drop for World {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
+        Some(i)
+    };
+    let (pp, mp) = (world.pid(primary), world.pid(mirror));
+    let a0 = agent.map(|i| measure::cpu_secs(world.pid(i))).transpose()?;
+    let (p0, m0, c0) = (
+        measure::cpu_secs(pp)?,
+        measure::cpu_secs(mp)?,
+        measure::cpu_times(),
+    );
+    let t0 = Instant::now();
+    let w = wrk(s, layout, s.secs)?;
+    std::thread::sleep(DRAIN);
+    let wall = t0.elapsed().as_secs_f64();
+    let busy = measure::cpu_busy(&c0, &measure::cpu_times());
+    let (primary_cpu, mirror_cpu) = (measure::cpu_secs(pp)? - p0, measure::cpu_secs(mp)? - m0);
+    let agent = match (agent, a0) {
+        (Some(i), Some(a0)) => {
+            let pid = world.pid(i);
+            let cpu = measure::cpu_secs(pid)? - a0;
+            let rss_kib = measure::vm_hwm_kib(pid)?;
+            world.interrupt(i, Duration::from_secs(30))?;
+            let log = world.read(&format!("{name}.err"))?;
+            let out = world.read(&format!("{name}.out"))?;
+            Some(AgentRun {
+                cpu,
+                rss_kib,
+                table: measure::parse_agent_table(&log).with_context(|| {
+                    format!("no mirror table in the agent log {name}.err:\n{log}")
+                })?,
+                capture: out
+                    .lines()
+                    .rev()
+                    .find(|l| l.contains("records="))
+                    .map(str::to_owned),
+                losses: log
+                    .lines()
+                    .map(str::trim)
+                    .filter(|t| {
+                        (t.starts_with("lost.")
+                            || t.starts_with("dropped.")
+                            || t.starts_with("evicted"))
+                            && !t.ends_with(" 0")
+                    })
+                    .map(str::to_owned)
+                    .collect(),
+                compare: compare_table(&log),
+            })
         }
-        for ns in self.created.drain(..) {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        _ => None,
+    };
+    Ok(Run {
+        layout,
+        mode,
+        load,
+        wrk: w,
+        wall,
+        primary_cpu,
+        mirror_cpu,
+        busy,
+        agent,
+    })
+}
+
+/// The comparison table the agent prints on exit with `--compare`.
+fn compare_table(log: &str) -> Option<String> {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("mirror") && l.contains("compared"))?;
+    let end = lines[start..]
+        .iter()
+        .position(|l| l.starts_with("comparison:"))
+        .map_or(lines.len(), |e| start + e + 1);
+    Some(lines[start..end].join("\n"))
+}
+
+fn report(s: &Settings, load: &str, runs: &[Run]) {
+    let commit = Command::new("git")
+        .args(["describe", "--always", "--dirty"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default();
+    let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find_map(|l| l.strip_prefix("model name"))
+                .map(|v| v.trim_start_matches([' ', '\t', ':']).to_owned())
+        })
+        .unwrap_or_default();
+    let knobs: Vec<String> = std::env::vars()
+        .filter(|(k, _)| k.starts_with("MIRROR_") && !k.starts_with("MIRROR_BENCH_"))
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect();
+    println!();
+    println!(
+        "machine: {} CPUs, {cpu_model}; commit {commit}; agent {}; load average before the bench {load}",
+        s.ncpu,
+        s.agent_bin.display()
+    );
+    println!(
+        "agent settings from the environment: {}",
+        if knobs.is_empty() {
+            "none (defaults)".into()
+        } else {
+            knobs.join(" ")
         }
-        let _ = std::fs::remove_dir_all(&self.dir);
+    );
+    for l in &s.layouts {
+        println!("layout {}: {}", l.name(), l.describe(s.ncpu));
     }
-}
-
-fn ns_cmd(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
-    c
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
+    println!(
+        "each run: wrk -t 2 -c 32 for {} s (keep-alive GET), back to back; mirror 100% to one nginx",
+        s.secs
+    );
+    println!();
+    println!(
+        "| layout | agent | load before | primary req/s | ratio | p99 ms | captured | mirrored | completeness (mirrored / captured) | mirrored / served | shortfall: queue full / other; kernel ring full | agent CPU / mirrored req | CPU share agent / primary / mirror | CPU busy % (softirq) per CPU | agent RSS |"
+    );
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in runs {
+        let base = base_of(runs, r.layout);
+        let ratio = base.map_or("-".into(), |b| format!("{:.3}", r.wrk.rps / b.wrk.rps));
+        let share = |cpu: f64| format!("{:.0}%", cpu * 100.0 / r.wall);
+        let (captured, mirrored, compl, served, short, us, agent_share, rss) = match &r.agent {
+            None => Default::default(),
+            Some(a) => (
+                a.table.captured.to_string(),
+                a.table.sent.to_string(),
+                format!("{:.3}%", a.completeness() * 100.0),
+                format!(
+                    "{:.3}%",
+                    a.table.sent as f64 * 100.0 / r.wrk.requests.max(1) as f64
+                ),
+                format!(
+                    "{} / {}; {}",
+                    a.table.queue_full,
+                    a.table.other_loss(),
+                    a.ring_full()
+                ),
+                format!("{:.1} us", a.us_per()),
+                share(a.cpu),
+                format!("{:.1} MiB", a.rss_kib as f64 / 1024.0),
+            ),
+        };
+        let dash = |v: String| if v.is_empty() { "-".into() } else { v };
+        println!(
+            "| {} | {} | {} | {:.0} | {ratio} | {:.2} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |",
+            r.layout.name(),
+            r.mode.name(),
+            r.load,
+            r.wrk.rps,
+            r.wrk.p99_ms,
+            dash(captured),
+            dash(mirrored),
+            dash(compl),
+            dash(served),
+            dash(short),
+            dash(us),
+            dash(agent_share),
+            share(r.primary_cpu),
+            share(r.mirror_cpu),
+            r.busy,
+            dash(rss),
         );
     }
-    Ok(())
+    println!();
+    for r in runs {
+        let Some(a) = &r.agent else { continue };
+        let tag = format!("{} / {}", r.layout.name(), r.mode.name());
+        println!(
+            "[{tag}] wrk served {}, agent captured {}, sampled {}, mirrored {}; agent CPU {:.1} s, \
+             {:.1} us per captured request; replay: {}",
+            r.wrk.requests,
+            a.table.captured,
+            a.table.sampled,
+            a.table.sent,
+            a.cpu,
+            a.cpu * 1e6 / a.table.captured.max(1) as f64,
+            a.table.detail
+        );
+        if let Some(c) = &a.capture {
+            println!("[{tag}] capture: {c}");
+        }
+        for l in &a.losses {
+            println!("[{tag}] pipeline loss: {l}");
+        }
+        if let Some(c) = &a.compare {
+            for l in c.lines() {
+                println!("[{tag}] compare: {l}");
+            }
+        }
+    }
+    println!();
+    let ok = |b: bool| if b { "met" } else { "MISSED" };
+    for r in runs.iter().filter(|r| r.mode == Mode::With) {
+        let (Some(a), Some(b)) = (&r.agent, base_of(runs, r.layout)) else {
+            continue;
+        };
+        let ratio = r.wrk.rps / b.wrk.rps;
+        let rss = a.rss_kib as f64 / 1024.0;
+        println!(
+            "targets, layout {}: completeness {:.3}% (>= 99.9%: {}; shortfall {} = queue full {} + other {}; \
+             kernel ring full {}); \
+             agent CPU {:.1} us per mirrored request (<= 20: {}); RSS {rss:.1} MiB (<= 64: {}); \
+             throughput ratio {ratio:.3} (>= 0.95: {})",
+            r.layout.name(),
+            a.completeness() * 100.0,
+            ok(a.completeness() >= 0.999),
+            a.table.shortfall(),
+            a.table.queue_full,
+            a.table.other_loss(),
+            a.ring_full(),
+            a.us_per(),
+            ok(a.us_per() <= 20.0),
+            ok(rss <= 64.0),
+            ok(ratio >= 0.95),
+        );
+    }
+    for c in runs.iter().filter(|r| r.mode == Mode::Compare) {
+        let with = runs
+            .iter()
+            .find(|r| r.layout == c.layout && r.mode == Mode::With);
+        let (Some(b), Some(w), Some(ca)) = (base_of(runs, c.layout), with, &c.agent) else {
+            continue;
+        };
+        let Some(wa) = &w.agent else { continue };
+        println!(
+            "comparison mode's cost, layout {}: throughput ratio {:.3} without --compare, {:.3} with; \
+             agent CPU per mirrored request {:.1} us without, {:.1} us with ({:+.0}%)",
+            c.layout.name(),
+            w.wrk.rps / b.wrk.rps,
+            c.wrk.rps / b.wrk.rps,
+            wa.us_per(),
+            ca.us_per(),
+            (ca.us_per() / wa.us_per() - 1.0) * 100.0
+        );
+    }
 }
 
-fn wait_port(ns: &str, host: &str) -> Result<()> {
-    let want = format!("{host}:{PORT}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = ns_cmd(ns, "ss").arg("-Hltn").output()?;
-        if String::from_utf8_lossy(&out.stdout).contains(&want) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("nginx does not listen on {want} in {ns}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn base_of(runs: &[Run], layout: Layout) -> Option<&Run> {
+    runs.iter()
+        .find(|r| r.layout == layout && r.mode == Mode::Without)
 }

@@ -406,3 +406,55 @@ fn answers_dropped_tells_which_drops_took_an_expectation() {
     assert_eq!(f.pending_expectations(), 1);
     assert!(!f.response_open());
 }
+
+/// The whole-head fast path (one httparse call when a head arrives in one push) against the
+/// line-by-line path (`splits` compares every split and byte-by-byte pushes with the whole).
+#[test]
+fn whole_head_fast_path_agrees_with_line_by_line() {
+    // Bare LF line ends, and a leading blank line (ignored, RFC 9112 2.2).
+    let ev = splits(
+        &[GET, GET],
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok\r\nHTTP/1.1 304 Not Modified\r\nETag: x\r\n\r\n",
+    );
+    let f = finals(&ev);
+    assert_eq!(
+        f.iter().map(|r| (r.status, r.body_len)).collect::<Vec<_>>(),
+        [(200, 2), (304, 0)]
+    );
+    // Conflicting Content-Length: unframeable, dropped as malformed.
+    let ev = splits(
+        &[GET],
+        b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nab",
+    );
+    assert!(finals(&ev).is_empty(), "{ev:?}");
+    assert!(
+        ev.iter().any(|e| matches!(
+            e,
+            ResponseEvent::Dropped {
+                reason: ResponseDropReason::Malformed,
+                ..
+            }
+        )),
+        "{ev:?}"
+    );
+    // HTTP/1.0 without a length: close-delimited.
+    let ev = splits(
+        &[GET],
+        b"HTTP/1.0 200 OK\r\nServer: x\r\n\r\nbody until close",
+    );
+    assert_eq!(finals(&ev)[0].framing, BodyFraming::CloseDelimited);
+    assert_eq!(finals(&ev)[0].body_len, 16);
+    // A head larger than max_head_bytes arriving whole is not taken by the fast path.
+    let mut big = b"HTTP/1.1 200 OK\r\nX-Big: ".to_vec();
+    big.resize(big.len() + HttpLimits::default().max_head_bytes, b'a');
+    big.extend_from_slice(b"\r\nContent-Length: 0\r\n\r\n");
+    let ev = feed(&[GET], &[&big]);
+    assert!(finals(&ev).is_empty(), "{ev:?}");
+    assert!(matches!(
+        ev[0],
+        ResponseEvent::Dropped {
+            reason: ResponseDropReason::HeadTooLarge,
+            ..
+        }
+    ));
+}

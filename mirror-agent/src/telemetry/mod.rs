@@ -346,6 +346,7 @@ impl Telemetry {
     pub fn recorder(&self) -> MirrorRequestRecorder {
         MirrorRequestRecorder {
             inner: self.instruments.clone(),
+            series: Default::default(),
         }
     }
 

@@ -1,12 +1,17 @@
 //! The response framer's state machine: one step consumes bytes of a push in the current
 //! state (head lines, body by length, chunks, close-delimited body, tunnel).
 
+use std::mem::MaybeUninit;
+
 use super::super::head::{self, TransferEncoding};
 use super::super::{BodyFraming, Version};
 use super::{
     Cur, Current, ExpectedResponse, HEAD_STATE, HeaderFraming, RESYNC_STATE, Response,
     ResponseDropReason, ResponseEvent, ResponseFramer, STATUS_PREFIX, State,
 };
+
+/// Header slots kept on the stack when parsing a head (the default `max_headers`).
+const STACK_HEADERS: usize = 128;
 
 impl ResponseFramer {
     // ---- the state machine ----
@@ -138,6 +143,23 @@ impl ResponseFramer {
         out: &mut Vec<ResponseEvent>,
     ) {
         let max_head = self.limits.max_head_bytes;
+        if line_start == 0 && !tentative && !self.spanning && cur.start == cur.pos {
+            // Fast path: a head that starts here with a status line and ends within this push
+            // is found and parsed by one httparse call (a mirror's responses mostly arrive
+            // whole). Anything else (a partial head, blank lines, HTTP/0.9, errors) takes the
+            // line-by-line path below, which reports it.
+            let window = &cur.data[cur.pos..cur.data.len().min(cur.pos + max_head)];
+            if window.starts_with(b"HTTP/")
+                && let Ok((n, (status, version, body))) = self.parse_head(window, false)
+            {
+                self.take(cur, n);
+                self.head_len = n;
+                self.seen_message = true;
+                self.discard_view(cur);
+                self.start_body(status, version, body, out);
+                return;
+            }
+        }
         let complete = self.take_line(cur, max_head);
         let view_len = self.view(cur).len();
         if view_len > max_head {
@@ -230,7 +252,7 @@ impl ResponseFramer {
             };
             return;
         }
-        let parsed = self.parse_head(view);
+        let parsed = self.parse_head(view, true).map(|(_, head)| head);
         self.head_len = view_len;
         self.seen_message = true;
         match parsed {
@@ -242,17 +264,35 @@ impl ResponseFramer {
         }
     }
 
-    /// Parses a complete head; returns status, version and what the headers say of the body.
-    fn parse_head(&self, view: &[u8]) -> Result<(u16, Version, HeaderFraming), ResponseDropReason> {
-        let mut storage = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-        let mut resp = httparse::Response::new(&mut storage);
-        match resp.parse(view) {
-            Ok(httparse::Status::Complete(n)) if n == view.len() => {}
+    /// Parses a head at the start of `view`; returns its length, status, version and what the
+    /// headers say of the body. `exact`: `view` is exactly the head (else more may follow it;
+    /// an incomplete head is `Malformed` either way, callers that may see one fall back).
+    fn parse_head(
+        &self,
+        view: &[u8],
+        exact: bool,
+    ) -> Result<(usize, (u16, Version, HeaderFraming)), ResponseDropReason> {
+        // Header slots on the stack for the usual limit: a heap vector per response (4 KiB
+        // for 128 slots, filled) was a visible share of the replay client's cost.
+        let max = self.limits.max_headers;
+        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
+        let mut heap = Vec::new();
+        let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max <= STACK_HEADERS {
+            &mut stack[..max]
+        } else {
+            heap.resize_with(max, MaybeUninit::uninit);
+            &mut heap
+        };
+        let mut resp = httparse::Response::new(&mut []);
+        let len = match httparse::ParserConfig::default()
+            .parse_response_with_uninit_headers(&mut resp, view, slots)
+        {
+            Ok(httparse::Status::Complete(n)) if !exact || n == view.len() => n,
             Err(httparse::Error::TooManyHeaders) => {
                 return Err(ResponseDropReason::TooManyHeaders);
             }
             _ => return Err(ResponseDropReason::Malformed),
-        }
+        };
         let version = match resp.version {
             Some(0) => Version::Http10,
             Some(1) => Version::Http11,
@@ -270,7 +310,7 @@ impl ResponseFramer {
                 Err(()) => HeaderFraming::Invalid,
             },
         };
-        Ok((status, version, framing))
+        Ok((len, (status, version, framing)))
     }
 
     /// RFC 9112 section 6.3: which body the response has, given its request.

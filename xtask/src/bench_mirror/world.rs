@@ -1,0 +1,185 @@
+//! The bench's namespaces and processes: client, node (primary + agent) and mirrors, joined by
+//! two veth pairs; everything is removed on drop, also when the bench fails.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+
+pub const NS: [&str; 3] = ["mbench-client", "mbench-node", "mbench-mirrors"];
+pub const PRIMARY: &str = "10.210.0.1";
+pub const MIRROR: &str = "10.211.0.2";
+pub const PORT: u16 = 8080;
+
+/// Namespaces, processes and a temp dir; removed on drop (also on error).
+#[derive(Default)]
+pub struct World {
+    pub children: Vec<Child>,
+    created: Vec<&'static str>,
+    pub dir: PathBuf,
+}
+
+impl World {
+    pub fn create(&mut self) -> Result<()> {
+        self.dir = std::env::temp_dir().join(format!("mirror-bench-{}", std::process::id()));
+        std::fs::create_dir_all(&self.dir)?;
+        for ns in NS {
+            let _ = Command::new("ip")
+                .args(["netns", "del", ns])
+                .stderr(Stdio::null())
+                .status();
+            ip(&["netns", "add", ns])?;
+            self.created.push(ns);
+            ip(&["-n", ns, "link", "set", "lo", "up"])?;
+        }
+        ip(&[
+            "link", "add", "mbn", "netns", NS[1], "type", "veth", "peer", "name", "mbc", "netns",
+            NS[0],
+        ])?;
+        ip(&[
+            "link", "add", "mbu", "netns", NS[1], "type", "veth", "peer", "name", "mbm", "netns",
+            NS[2],
+        ])?;
+        for (ns, dev, addr) in [
+            (NS[1], "mbn", "10.210.0.1/24"),
+            (NS[0], "mbc", "10.210.0.2/24"),
+            (NS[1], "mbu", "10.211.0.1/24"),
+            (NS[2], "mbm", "10.211.0.2/24"),
+        ] {
+            ip(&["-n", ns, "addr", "add", addr, "dev", dev])?;
+            ip(&["-n", ns, "link", "set", dev, "up"])?;
+        }
+        Ok(())
+    }
+
+    /// Starts nginx (`primary` or `mirror`) in `ns`, listening on `host`; returns its index.
+    pub fn nginx(&mut self, ns: &str, name: &str, host: &str) -> Result<usize> {
+        let conf = self.dir.join(format!("{name}.conf"));
+        std::fs::write(&conf, nginx_conf(&self.dir, name, host))?;
+        let i = self.spawn(
+            ns_cmd(ns, "nginx").args(["-c", conf.to_str().unwrap(), "-g", "daemon off;"]),
+            name,
+        )?;
+        wait_port(ns, host)?;
+        Ok(i)
+    }
+
+    /// Spawns with stdout/stderr into `<dir>/<name>.out|.err`; returns the child's index.
+    pub fn spawn(&mut self, cmd: &mut Command, name: &str) -> Result<usize> {
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(std::fs::File::create(self.dir.join(format!("{name}.out")))?)
+            .stderr(std::fs::File::create(self.dir.join(format!("{name}.err")))?)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.children.push(child);
+        Ok(self.children.len() - 1)
+    }
+
+    pub fn pid(&self, i: usize) -> u32 {
+        self.children[i].id()
+    }
+
+    /// SIGINT to our own child `i`, then waits for it to exit.
+    pub fn interrupt(&mut self, i: usize, timeout: Duration) -> Result<()> {
+        let c = &mut self.children[i];
+        // SAFETY: kill(2) on the PID of our own child.
+        unsafe { libc::kill(c.id() as i32, libc::SIGINT) };
+        let deadline = Instant::now() + timeout;
+        while c.try_wait()?.is_none() {
+            if Instant::now() > deadline {
+                bail!("agent did not stop within {timeout:?}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(())
+    }
+
+    pub fn read(&self, file: &str) -> Result<String> {
+        std::fs::read_to_string(self.dir.join(file)).with_context(|| format!("reading {file}"))
+    }
+}
+
+impl Drop for World {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for ns in self.created.drain(..) {
+            let _ = Command::new("ip").args(["netns", "del", ns]).status();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// One nginx worker (`master_process off`: the process `ip netns exec` execs is the server).
+fn nginx_conf(dir: &Path, name: &str, host: &str) -> String {
+    let d = dir.display();
+    format!(
+        "master_process off;\nworker_processes 1;\npid {d}/{name}.pid;\nerror_log {d}/{name}.error.log;\n\
+         events {{ worker_connections 1024; }}\n\
+         http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
+         client_body_temp_path {d}/{name}-body;\n\
+         server {{\n    listen {host}:{PORT};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+    )
+}
+
+/// `ip netns exec NS [taskset -c CPUS] PROGRAM`: `ip` and `taskset` exec, so the child's PID is
+/// the program's.
+pub fn ns_cmd_on(ns: &str, cpus: Option<&str>, program: &str) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns]);
+    if let Some(cpus) = cpus {
+        c.args(["taskset", "-c", cpus]);
+    }
+    c.arg(program);
+    c
+}
+
+pub fn ns_cmd(ns: &str, program: &str) -> Command {
+    ns_cmd_on(ns, None, program)
+}
+
+/// Sets the CPU affinity of every thread of a running process (`taskset -a -p -c`).
+pub fn pin(pid: u32, cpus: &str) -> Result<()> {
+    let out = Command::new("taskset")
+        .args(["-a", "-p", "-c", cpus, &pid.to_string()])
+        .output()
+        .context("running taskset (util-linux)")?;
+    if !out.status.success() {
+        bail!(
+            "taskset -a -p -c {cpus} {pid}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn ip(args: &[&str]) -> Result<()> {
+    let out = Command::new("ip").args(args).output()?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+fn wait_port(ns: &str, host: &str) -> Result<()> {
+    let want = format!("{host}:{PORT}");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ns_cmd(ns, "ss").arg("-Hltn").output()?;
+        if String::from_utf8_lossy(&out.stdout).contains(&want) {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!("nginx does not listen on {want} in {ns}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
