@@ -152,6 +152,7 @@ mod tests {
                 body_len: 0,
                 ts_ns,
                 end_ts_ns: ts_ns,
+                capture: None,
             },
         })
     }

@@ -37,6 +37,7 @@ impl ResponseFramer {
             } => self.step_head(cur, line_start, tentative, out),
             State::Body { remaining } => {
                 let n = remaining.min(avail.len() as u64);
+                self.capture_body(&avail[..n as usize]);
                 cur.pos += n as usize;
                 self.item_len += n;
                 cur.start = cur.pos;
@@ -48,6 +49,7 @@ impl ResponseFramer {
                 }
             }
             State::Close => {
+                self.capture_body(avail);
                 self.item_len += avail.len() as u64;
                 self.body_len += avail.len() as u64;
                 cur.pos = data.len();
@@ -79,6 +81,7 @@ impl ResponseFramer {
             }
             State::ChunkData { remaining } => {
                 let n = remaining.min(avail.len() as u64);
+                self.capture_body(&avail[..n as usize]);
                 cur.pos += n as usize;
                 self.item_len += n;
                 cur.start = cur.pos;
@@ -231,6 +234,10 @@ impl ResponseFramer {
             return;
         }
         let parsed = self.parse_head(view);
+        if parsed.is_ok() && self.capture_limit.is_some() {
+            let head = view.to_vec();
+            self.capture_head(head);
+        }
         self.head_len = view_len;
         self.seen_message = true;
         match parsed {
@@ -366,12 +373,18 @@ impl ResponseFramer {
             body_len,
             ts_ns: self.item_ts,
             end_ts_ns: self.last_ts,
+            capture: None,
         };
         self.stats.responses += 1;
         self.stats.response_bytes += self.item_len;
         out.push(if (100..200).contains(&c.status) && c.status != 101 {
             ResponseEvent::Informational(response)
         } else {
+            let mut response = response;
+            response.capture = self.capture.take().map(|mut cap| {
+                cap.body_len = body_len;
+                cap
+            });
             ResponseEvent::Final(response)
         });
         self.reset_item();
