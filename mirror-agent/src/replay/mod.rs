@@ -150,6 +150,11 @@ impl Replayer {
                     backoff_max: cfg.backoff_max,
                     on_connect: cfg.on_connect.clone(),
                     limits: cfg.limits.clone(),
+                    capture: cfg
+                        .compare
+                        .as_ref()
+                        .filter(|_| cfg.telemetry.is_some())
+                        .and_then(|h| h.capture_limit()),
                 },
                 stats,
             );

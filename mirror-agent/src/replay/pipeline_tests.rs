@@ -140,6 +140,7 @@ fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
         backoff_max: Duration::from_millis(100),
         on_connect: None,
         limits: HttpLimits::default(),
+        capture: None,
     };
     (Pool::new(cfg, stats.clone()), stats)
 }

@@ -34,6 +34,9 @@ pub struct PoolConfig {
     pub backoff_max: Duration,
     pub on_connect: Option<OnConnect>,
     pub limits: HttpLimits,
+    /// Keep each response's head and this many decoded body bytes for the comparison
+    /// (`--compare`); `None`, the default, keeps nothing.
+    pub capture: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -187,7 +190,7 @@ impl Pool {
         self.stats.on_connect();
         Ok(Conn {
             stream,
-            framer: ResponseFramer::new(self.cfg.limits.clone()),
+            framer: ResponseFramer::new(self.cfg.limits.clone()).with_capture(self.cfg.capture),
             buf: vec![0; 32 * 1024],
             wbuf: Vec::new(),
             events: Vec::new(),

@@ -63,6 +63,9 @@ pub enum RuleError {
     /// `--diff-log-rate 0`.
     #[error("--diff-log-rate 0: must be at least 1 line per second")]
     ZeroRate,
+    /// A comparison flag without `--compare`.
+    #[error("{0} needs --compare")]
+    NeedsCompare(&'static str),
 }
 
 impl FromStr for BodyMode {
@@ -222,6 +225,34 @@ impl CompareRules {
             }
         }
         Ok(r)
+    }
+
+    /// From the command line: `None` without `--compare` (then no comparison flag may be
+    /// given). `--strip-header` names are redacted in the diff log.
+    pub fn from_args(a: &crate::cli::RunArgs) -> Result<Option<Self>, RuleError> {
+        if !a.compare {
+            let given = [
+                ("--compare-body", a.compare_body.is_some()),
+                ("--compare-body-limit", a.compare_body_limit.is_some()),
+                ("--compare-ignore", !a.compare_ignore.is_empty()),
+                ("--diff-log", a.diff_log.is_some()),
+                ("--diff-log-rate", a.diff_log_rate.is_some()),
+            ];
+            return match given.iter().find(|(_, g)| *g) {
+                Some((flag, _)) => Err(RuleError::NeedsCompare(flag)),
+                None => Ok(None),
+            };
+        }
+        if a.diff_log_rate == Some(0) {
+            return Err(RuleError::ZeroRate);
+        }
+        Self::new(
+            &a.compare_ignore,
+            a.compare_body.as_deref(),
+            a.compare_body_limit,
+            &a.strip_headers,
+        )
+        .map(Some)
     }
 
     /// Body bytes each side keeps per response (`None` would keep nothing; `Some(0)`: the
