@@ -59,7 +59,9 @@ pub fn compare_bodies(
         BodyMode::Auto => super::headers::says_json(p) && super::headers::says_json(m),
         BodyMode::Exact | BodyMode::Off => false,
     };
-    if want_json && !truncated {
+    // Identical bytes are identical JSON values too: the common case costs a memcmp, no parse.
+    let identical = p.body == m.body && p.body_len == m.body_len;
+    if want_json && !truncated && !identical {
         if let (Ok(a), Ok(b)) = (
             serde_json::from_slice::<Value>(&p.body),
             serde_json::from_slice::<Value>(&m.body),
@@ -86,7 +88,9 @@ pub fn compare_bodies(
         .map(|i| i as u64)
         .or_else(|| (p.body_len != m.body_len).then(|| p.body.len().min(m.body.len()) as u64));
     BodyVerdict {
-        mode: if want_json {
+        mode: if want_json && identical && !truncated {
+            UsedMode::Json
+        } else if want_json {
             UsedMode::ExactFallback
         } else {
             UsedMode::Exact

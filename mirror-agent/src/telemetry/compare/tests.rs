@@ -212,3 +212,69 @@ fn captures_over_the_budget_are_dropped_and_counted() {
     c.expire(20_000_000_000);
     assert_eq!((c.held_bytes(), c.pending()), (0, 0));
 }
+
+/// Prints what comparison mode adds per response (no timing assertion: a table to read with
+/// `cargo test --release -p mirror-agent --lib per_response_cost -- --nocapture`). Checks only
+/// that the work measured did what it should.
+#[test]
+fn per_response_cost_printed() {
+    use crate::http::request::HttpLimits;
+    use crate::http::response::{ResponseEvent, ResponseFramer};
+    use std::time::Instant;
+    const N: usize = 2000;
+    let body: String = format!(
+        "{{\"items\":[{}],\"ts\":1}}",
+        (0..60)
+            .map(|i| format!("{{\"id\":{i},\"name\":\"item-{i}\"}}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let frame = |limit: Option<usize>| {
+        let mut f = ResponseFramer::new(HttpLimits::default()).with_capture(limit);
+        let mut ev = Vec::new();
+        let t = Instant::now();
+        let mut kept = 0;
+        for _ in 0..N {
+            f.push(resp.as_bytes(), 1, &mut ev);
+            for e in ev.drain(..) {
+                if let ResponseEvent::Final(r) = e {
+                    kept += r.capture.map_or(0, |c| c.body.len());
+                }
+            }
+        }
+        (t.elapsed().as_nanos() as f64 / N as f64, kept)
+    };
+    let (off, kept_off) = frame(None);
+    let (on, kept_on) = frame(Some(rules::DEFAULT_BODY_LIMIT));
+    assert_eq!((kept_off, kept_on), (0, N * body.len()));
+    let p = json_cap(&body);
+    let m = json_cap(&body.replace("\"ts\":1", "\"ts\":2"));
+    let r = rules::CompareRules::new(&["json:$.ts".into()], None, None, &[]).unwrap();
+    let t = Instant::now();
+    for _ in 0..N {
+        assert!(!content::compare(&r, &p, &m).body_mismatch());
+    }
+    let json = t.elapsed().as_nanos() as f64 / N as f64;
+    let t = Instant::now();
+    for _ in 0..N {
+        assert!(!content::compare(&r, &p, &p).body_mismatch());
+    }
+    let same = t.elapsed().as_nanos() as f64 / N as f64;
+    let exact = rules::CompareRules::new(&[], Some("exact"), None, &[]).unwrap();
+    let t = Instant::now();
+    for _ in 0..N {
+        assert!(!content::compare(&exact, &p, &p).body_mismatch());
+    }
+    let exact = t.elapsed().as_nanos() as f64 / N as f64;
+    eprintln!(
+        "per response ({} B JSON body): framing without capture {off:.0} ns, with capture \
+         {on:.0} ns (+{:.0} ns, each side); comparison thread: headers + json body {json:.0} ns \
+         (identical bytes: {same:.0} ns), headers + exact body {exact:.0} ns",
+        body.len(),
+        on - off
+    );
+}
