@@ -61,24 +61,26 @@ pub fn compare_bodies(
     };
     // Identical bytes are identical JSON values too: the common case costs a memcmp, no parse.
     let identical = p.body == m.body && p.body_len == m.body_len;
-    if want_json && !truncated && !identical {
-        if let (Ok(a), Ok(b)) = (
-            serde_json::from_slice::<Value>(&p.body),
-            serde_json::from_slice::<Value>(&m.body),
-        ) {
-            let mut paths = Vec::new();
-            let mut more = false;
-            let mut at = Vec::new();
-            walk(rules, &a, &b, &mut at, &mut paths, &mut more);
-            return BodyVerdict {
-                mode: UsedMode::Json,
-                differs: !paths.is_empty(),
-                paths,
-                more_paths: more,
-                first_difference: None,
-                truncated,
-            };
-        }
+    let parsed = if want_json && !truncated && !identical {
+        serde_json::from_slice::<Value>(&p.body)
+            .ok()
+            .zip(serde_json::from_slice::<Value>(&m.body).ok())
+    } else {
+        None
+    };
+    if let Some((a, b)) = parsed {
+        let mut paths = Vec::new();
+        let mut more = false;
+        let mut at = Vec::new();
+        walk(rules, &a, &b, &mut at, &mut paths, &mut more);
+        return BodyVerdict {
+            mode: UsedMode::Json,
+            differs: !paths.is_empty(),
+            paths,
+            more_paths: more,
+            first_difference: None,
+            truncated,
+        };
     }
     let first = p
         .body
@@ -88,9 +90,8 @@ pub fn compare_bodies(
         .map(|i| i as u64)
         .or_else(|| (p.body_len != m.body_len).then(|| p.body.len().min(m.body.len()) as u64));
     BodyVerdict {
-        mode: if want_json && identical && !truncated {
-            UsedMode::Json
-        } else if want_json {
+        // Identical bytes were compared exactly (no parse), whatever was asked.
+        mode: if want_json && !identical {
             UsedMode::ExactFallback
         } else {
             UsedMode::Exact
@@ -288,7 +289,7 @@ mod tests {
         let v = compare_bodies(&r, &p, &m);
         assert_eq!(
             (v.mode, v.differs, v.truncated),
-            (UsedMode::ExactFallback, false, true)
+            (UsedMode::Exact, false, true)
         );
         m.body_len = 101;
         let v = compare_bodies(&r, &p, &m);
