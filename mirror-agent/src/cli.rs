@@ -217,6 +217,41 @@ pub struct RunArgs {
     #[arg(long, env = "MIRROR_TIMEOUT_MS", help_heading = "Replay")]
     pub timeout_ms: Option<u64>,
 
+    // ---- comparison (with --compare) ----
+    /// How bodies are compared: auto (json when both sides say application/json, else exact),
+    /// exact (decoded bytes and length), json (values, ignoring json: paths; not JSON on either
+    /// side: exact), or off (headers only) [default: auto]. Headers and bodies are compared only
+    /// when both statuses are equal; different Content-Encoding is a header mismatch and the
+    /// bodies are then not compared.
+    #[arg(long, env = "MIRROR_COMPARE_BODY", help_heading = "Comparison")]
+    pub compare_body: Option<String>,
+    /// Decoded body bytes kept per response on each side [default: 65536]; a longer body is
+    /// compared on this prefix and counted as truncated.
+    #[arg(long, env = "MIRROR_COMPARE_BODY_LIMIT", help_heading = "Comparison")]
+    pub compare_body_limit: Option<usize>,
+    /// Ignore in the comparison (repeatable): header:NAME, or json:PATH with PATH like
+    /// $.a.b[*].c ([N] an element, [*] any element, .* any member; the node and all under it).
+    /// Always ignored: date, server, age, expires, etag, last-modified, set-cookie,
+    /// content-length, transfer-encoding, connection, keep-alive, x-request-id, traceparent,
+    /// tracestate.
+    #[arg(
+        long = "compare-ignore",
+        env = "MIRROR_COMPARE_IGNORE",
+        value_delimiter = ',',
+        help_heading = "Comparison"
+    )]
+    pub compare_ignore: Vec<String>,
+    /// Write one JSON line per mismatching request to FILE (mode 0600): time, mirror, method,
+    /// path, both statuses and latencies, kinds, differing headers, JSON paths, body excerpts.
+    /// Credentials (Authorization, Cookie, stripped or ignored headers, token-like query
+    /// parameters) are written as [redacted].
+    #[arg(long, env = "MIRROR_DIFF_LOG", help_heading = "Comparison")]
+    pub diff_log: Option<PathBuf>,
+    /// Most --diff-log lines per second [default: 10]; lines over it are counted as
+    /// diff_log_suppressed.
+    #[arg(long, env = "MIRROR_DIFF_LOG_RATE", help_heading = "Comparison")]
+    pub diff_log_rate: Option<u32>,
+
     // ---- telemetry ----
     /// Serve Prometheus metrics on HOST:PORT: /metrics, /healthz (alive) and /readyz (capture
     /// attached or source open).

@@ -85,6 +85,9 @@ pub struct PipelineConfig {
     pub tap_streams: bool,
     /// Segments held per flow while its direction is unknown.
     pub max_pending_segments: usize,
+    /// With `responses`: keep each response's head and this many decoded body bytes
+    /// ([`crate::http::response::ResponseCapture`], for `--compare`); `None` keeps nothing.
+    pub capture_responses: Option<usize>,
 }
 
 impl Default for PipelineConfig {
@@ -99,6 +102,7 @@ impl Default for PipelineConfig {
             responses: true,
             tap_streams: false,
             max_pending_segments: 64,
+            capture_responses: None,
         }
     }
 }
@@ -140,6 +144,7 @@ impl PipelineConfig {
             responses: true,
             tap_streams: false,
             max_pending_segments: 64,
+            capture_responses: None,
         })
     }
 }

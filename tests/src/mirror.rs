@@ -27,6 +27,64 @@ pub enum Behavior {
     Error500After(Duration),
     /// Records the request, then resets the connection (SO_LINGER 0).
     Reset,
+    /// A small JSON API for the comparison tests (see [`json_api`]), as the primary or the
+    /// mirror answers it.
+    JsonApi(ApiSide),
+}
+
+/// Which side of the comparison a [`Behavior::JsonApi`] server plays.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ApiSide {
+    Primary,
+    Mirror,
+}
+
+/// The JSON API: `/a`, `/b` and `/c` (query ignored), each answer with a `Date`, `Server` and
+/// `X-Request-Id` that differ on every response (ignored by the comparison by default).
+/// The primary answers every path 200 with Content-Length. The mirror answers `/a` with 500,
+/// `/b` with the field `count` different, and `/c` with the same JSON written differently
+/// (other key order and spacing) in chunked coding. Anything else: 404 on both sides.
+pub fn json_api(side: ApiSide, request: &[u8], index: usize) -> Vec<u8> {
+    let line =
+        String::from_utf8_lossy(&request[..find(request, b"\r\n").unwrap_or(0)]).into_owned();
+    let target = line.split(' ').nth(1).unwrap_or("");
+    let path = target.split('?').next().unwrap_or("");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let (status, body, chunked) = match (side, path) {
+        (ApiSide::Primary, "/a") => (200, r#"{"path":"/a","ok":true}"#.to_string(), false),
+        (ApiSide::Mirror, "/a") => (500, r#"{"error":"boom"}"#.to_string(), false),
+        (ApiSide::Primary, "/b") => (200, r#"{"id":2,"name":"bee","count":3}"#.to_string(), false),
+        (ApiSide::Mirror, "/b") => (200, r#"{"id":2,"name":"bee","count":4}"#.to_string(), false),
+        (ApiSide::Primary, "/c") => (200, r#"{"id":3,"items":[1,2,3]}"#.to_string(), false),
+        (ApiSide::Mirror, "/c") => (200, r#"{ "items": [1, 2, 3], "id": 3 }"#.to_string(), true),
+        _ => (404, r#"{"error":"not found"}"#.to_string(), false),
+    };
+    let reason = match status {
+        200 => "OK",
+        500 => "Internal Server Error",
+        _ => "Not Found",
+    };
+    let server = match side {
+        ApiSide::Primary => "api-primary",
+        ApiSide::Mirror => "api-mirror",
+    };
+    let mut out = format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nServer: {server}\r\n\
+         Date: {stamp}\r\nX-Request-Id: {side:?}-{index}-{stamp}\r\n"
+    );
+    if chunked {
+        let (a, b) = body.split_at(body.len() / 2);
+        out.push_str(&format!(
+            "Transfer-Encoding: chunked\r\n\r\n{:x}\r\n{a}\r\n{:x}\r\n{b}\r\n0\r\n\r\n",
+            a.len(),
+            b.len()
+        ));
+    } else {
+        out.push_str(&format!("Content-Length: {}\r\n\r\n{body}", body.len()));
+    }
+    out.into_bytes()
 }
 
 /// One request as received.
@@ -149,6 +207,10 @@ fn serve(
         while let Some(len) = request_len(&buf) {
             let bytes: Vec<u8> = buf.drain(..len).collect();
             let summary = summarize(&bytes);
+            let api = match behavior {
+                Behavior::JsonApi(side) => json_api(side, &bytes, index),
+                _ => Vec::new(),
+            };
             rec.lock().unwrap().push(Received { peer, index, bytes });
             index += 1;
             match behavior {
@@ -173,6 +235,11 @@ fn serve(
                 Behavior::Reset => {
                     reset(&conn);
                     return;
+                }
+                Behavior::JsonApi(_) => {
+                    if conn.write_all(&api).is_err() {
+                        return;
+                    }
                 }
             }
         }

@@ -42,8 +42,13 @@ pub fn url(addr: SocketAddr) -> String {
 
 /// The primary and its address.
 pub fn start_primary(topo: &Topology, family: Family) -> RecordingServer {
+    start_primary_with(topo, family, Behavior::Ok)
+}
+
+/// The primary, answering with `behavior`.
+pub fn start_primary_with(topo: &Topology, family: Family, behavior: Behavior) -> RecordingServer {
     let addr = SocketAddr::new(family.server_ip(), PRIMARY_PORT);
-    let s = RecordingServer::start(&topo.server, addr, Behavior::Ok);
+    let s = RecordingServer::start(&topo.server, addr, behavior);
     wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(5));
     s
 }

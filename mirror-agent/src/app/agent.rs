@@ -19,6 +19,8 @@ use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent, PipelineStats};
 use crate::record::RecordWriter;
 use crate::replay::Replayer;
 use crate::replay::stats::ReplaySnapshot;
+use crate::telemetry::compare::difflog::{self, DiffLog};
+use crate::telemetry::compare::rules::CompareRules;
 use crate::telemetry::compare::{CompareHub, CompareSnapshot};
 use crate::telemetry::{PrimaryObserver, Telemetry, TelemetryConfig};
 
@@ -59,6 +61,28 @@ pub fn main(args: &RunArgs) -> i32 {
     };
     // Responses are only on the ring when the egress classifier runs.
     pipeline_cfg.responses = args.compare;
+    let rules = match CompareRules::from_args(args) {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("mirror-agent: {e}");
+            return ConfigError::EXIT_CODE;
+        }
+    };
+    pipeline_cfg.capture_responses = rules.as_ref().map(CompareRules::capture_limit);
+    let diff_log = match (&args.diff_log, &rules) {
+        (Some(path), Some(r)) => match DiffLog::create(
+            path,
+            args.diff_log_rate.unwrap_or(difflog::DEFAULT_RATE),
+            r.redacted_headers.clone(),
+        ) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                eprintln!("mirror-agent: {e}");
+                return ConfigError::EXIT_CODE;
+            }
+        },
+        _ => None,
+    };
     let telemetry_cfg = match TelemetryConfig::from_args(args) {
         Ok(c) => c,
         Err(e) => {
@@ -83,6 +107,7 @@ pub fn main(args: &RunArgs) -> i32 {
         pipeline_cfg,
         args.record.clone(),
         telemetry_cfg,
+        rules.map(|r| (r, diff_log)),
     ))
 }
 
@@ -106,6 +131,7 @@ async fn run(
     pipeline_cfg: PipelineConfig,
     record: Option<String>,
     telemetry_cfg: TelemetryConfig,
+    content: Option<(CompareRules, Option<DiffLog>)>,
 ) -> i32 {
     let mirrors = !settings.replay.mirrors.is_empty();
     if mirrors && let Err(e) = settings.check_not_primary().await {
@@ -158,12 +184,17 @@ async fn run(
     // latency is compared with the primary's answer to the same request.
     let compare = pipeline_cfg.responses.then(|| {
         let names = settings.replay.mirrors.iter().map(|m| m.name.clone());
-        CompareHub::new(
+        let hub = CompareHub::new(
             names.collect(),
             COMPARE_TTL,
             MAX_PRIMARY_WAITING,
             Some(telemetry.recorder()),
-        )
+        );
+        // Headers and bodies too (both sides keep them only in this mode), and --diff-log.
+        match content {
+            Some((rules, log)) => hub.with_content(rules, log),
+            None => hub,
+        }
     });
     settings.replay.compare = compare.clone();
     let replayer = mirrors.then(|| Replayer::start(settings.replay.clone()));
@@ -214,6 +245,10 @@ async fn run(
         Some(&pipeline_stats),
         replay.as_ref(),
     );
+    if let Some(hub) = &driver.compare {
+        // Verdicts still queued for the comparison thread, and the diff log, land first.
+        hub.flush(COMPARE_FLUSH);
+    }
     let compared = driver.compare_snapshot();
     driver.telemetry.update_compare(compared.as_ref());
     let exports = driver.telemetry.shutdown().await;
@@ -240,6 +275,8 @@ async fn run(
 
 /// How long a request waits for its other side (primary or mirror) in the comparison.
 const COMPARE_TTL: Duration = Duration::from_secs(30);
+/// How long the end of a run waits for the comparison thread to catch up.
+const COMPARE_FLUSH: Duration = Duration::from_secs(5);
 /// Bound on primary requests waiting for their response in the telemetry observer.
 const MAX_PRIMARY_WAITING: usize = 65536;
 
@@ -262,9 +299,9 @@ struct Driver {
 
 impl Driver {
     fn handle_events(&mut self) {
-        for ev in self.events.drain(..) {
+        for mut ev in self.events.drain(..) {
             if let Some(p) = self.primary.as_mut() {
-                p.on_event(&ev);
+                p.on_event_mut(&mut ev);
             }
             let PipelineEvent::Request(r) = ev else {
                 continue;

@@ -16,7 +16,10 @@ use std::collections::VecDeque;
 
 use super::head;
 
+mod capture;
 mod machine;
+pub use capture::ResponseCapture;
+
 use super::{BodyFraming, Version, request::HttpLimits};
 
 /// One response, final or informational (1xx).
@@ -31,6 +34,9 @@ pub struct Response {
     pub ts_ns: u64,
     /// Time of the last byte.
     pub end_ts_ns: u64,
+    /// Head and body prefix, only from a framer built [`ResponseFramer::with_capture`] (final
+    /// responses only).
+    pub capture: Option<Box<ResponseCapture>>,
 }
 
 impl Response {
@@ -191,6 +197,10 @@ pub struct ResponseFramer {
     seen_message: bool,
     resync: Option<(ResponseDropReason, u64)>,
     stats: ResponseFramerStats,
+    /// Body prefix kept per response (`Some`: capture on, see [`ResponseCapture`]).
+    capture_limit: Option<usize>,
+    /// The capture of the response in progress.
+    capture: Option<Box<ResponseCapture>>,
 }
 
 struct Cur<'a> {
@@ -227,6 +237,8 @@ impl ResponseFramer {
             seen_message: false,
             resync: None,
             stats: ResponseFramerStats::default(),
+            capture_limit: None,
+            capture: None,
         }
     }
 
@@ -244,9 +256,10 @@ impl ResponseFramer {
         &self.stats
     }
 
-    /// Bytes held in memory (a head or one line in progress); at most `max_head_bytes + 1`.
+    /// Bytes held in memory (a head or one line in progress, at most `max_head_bytes + 1`,
+    /// plus the capture of the response in progress when capture is on).
     pub fn buffered_bytes(&self) -> usize {
-        self.buf.len()
+        self.buf.len() + self.capture_held()
     }
 
     /// A final response's head has been read (taking its request's expectation) and its body
@@ -398,6 +411,7 @@ impl ResponseFramer {
         self.trailer_len = 0;
         self.current = None;
         self.damaged = false;
+        self.capture = None;
         if self.spanning {
             self.buf.clear();
             self.spanning = false;

@@ -164,7 +164,8 @@ impl Flow {
                 ResponseFramer::new_midstream(cfg.http.clone())
             } else {
                 ResponseFramer::new(cfg.http.clone())
-            };
+            }
+            .with_capture(cfg.capture_responses);
             self.state = State::Decided(Box::new(Decided {
                 client,
                 server,

@@ -19,6 +19,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use super::pipeline;
 use super::pool::{Outgoing, Pool};
 use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
+use crate::http::response::ResponseCapture;
 
 /// A copy waiting for, or being sent to, a mirror.
 pub struct Job {
@@ -44,10 +45,16 @@ impl std::fmt::Debug for Job {
 impl Job {
     /// Every outcome of a copy goes through here: telemetry first, then the counters.
     pub fn resolve(self, outcome: Outcome) {
+        self.resolve_with(outcome, None);
+    }
+
+    /// [`Self::resolve`] with the mirror's captured response (head and body prefix), which
+    /// the pool keeps only for the comparison (`--compare`).
+    pub fn resolve_with(self, outcome: Outcome, capture: Option<Box<ResponseCapture>>) {
         if let Some((flight, telemetry)) = self.flight {
             flight.finish(&outcome);
             if let Some((hub, index)) = &telemetry.compare {
-                hub.mirror(self.key, *index, &outcome);
+                hub.mirror_with(self.key, *index, &outcome, capture);
             }
         }
         self.ticket.resolve(outcome);

@@ -157,6 +157,11 @@ impl Replayer {
                     on_connect: cfg.on_connect.clone(),
                     on_close: cfg.on_close.clone(),
                     limits: cfg.limits.clone(),
+                    capture: cfg
+                        .compare
+                        .as_ref()
+                        .filter(|_| cfg.telemetry.is_some())
+                        .and_then(|h| h.capture_limit()),
                 },
                 stats,
             );

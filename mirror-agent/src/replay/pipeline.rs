@@ -212,10 +212,14 @@ async fn attempt(
                         && r.version == Version::Http11
                         && r.status != 101
                         && r.framing != BodyFraming::CloseDelimited;
-                    job.resolve(Outcome::Answered {
-                        status: r.status,
-                        latency: start.elapsed(),
-                    });
+                    // `capture` is `None` unless the comparison asked the pool to keep it.
+                    job.resolve_with(
+                        Outcome::Answered {
+                            status: r.status,
+                            latency: start.elapsed(),
+                        },
+                        r.capture,
+                    );
                     answered = true;
                     partial = false;
                     if batch.is_empty() {

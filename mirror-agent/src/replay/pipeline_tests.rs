@@ -141,6 +141,7 @@ fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
         on_connect: None,
         on_close: None,
         limits: HttpLimits::default(),
+        capture: None,
     };
     (Pool::new(cfg, stats.clone()), stats)
 }

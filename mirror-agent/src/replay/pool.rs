@@ -39,6 +39,9 @@ pub struct PoolConfig {
     /// dropped (a closed connection or a failed connect).
     pub on_close: Option<OnConnect>,
     pub limits: HttpLimits,
+    /// Keep each response's head and this many decoded body bytes for the comparison
+    /// (`--compare`); `None`, the default, keeps nothing.
+    pub capture: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -216,7 +219,7 @@ impl Pool {
         self.stats.on_connect();
         Ok(Conn {
             stream,
-            framer: ResponseFramer::new(self.cfg.limits.clone()),
+            framer: ResponseFramer::new(self.cfg.limits.clone()).with_capture(self.cfg.capture),
             buf: vec![0; 32 * 1024],
             wbuf: Vec::new(),
             events: Vec::new(),

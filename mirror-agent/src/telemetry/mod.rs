@@ -13,18 +13,20 @@
 //! ```ignore
 //! let telemetry = Telemetry::start(TelemetryConfig::from_args(&args)?).await?; // e.exit_code()
 //! replay_cfg.telemetry = Some(telemetry.recorder());      // per-copy histogram + span
-//! let hub = CompareHub::new(mirror_names, ttl, 65536, Some(telemetry.recorder())); // --compare
-//! replay_cfg.compare = Some(hub.clone());
+//! let hub = CompareHub::new(mirror_names, ttl, 65536, Some(telemetry.recorder())) // --compare
+//!     .with_content(CompareRules::from_args(&args)?.unwrap(), diff_log); // headers, bodies
+//! pipeline_cfg.capture_responses = hub.capture_limit();  // the primary's side keeps them
+//! replay_cfg.compare = Some(hub.clone());                 // the mirror pool's side too
 //! let mut primary = PrimaryObserver::new(telemetry.primary_recorder(), Some(hub.clone()), 65536);
 //! telemetry.set_ready(true);                              // capture attached / source open
-//! // for every PipelineEvent: primary.on_event(&ev)
+//! // for every PipelineEvent: primary.on_event_mut(&mut ev)
 //! // every second:
 //! telemetry.update_from(kernel.as_ref(), Some(&pipeline_stats), Some(&replayer.snapshot()));
 //! hub.expire();
 //! let mut c = hub.snapshot();
 //! primary.fill(&mut c);
 //! telemetry.update_compare(Some(&c));
-//! // on exit: print c.table(), then
+//! // on exit: hub.flush(timeout) before the last snapshot, print c.table(), then
 //! telemetry.shutdown().await;                             // final OTLP export
 //! ```
 

@@ -568,7 +568,68 @@ pub static DEFS: &[MetricDef] = &[
                 p(o, &[(MIRROR, n), (KIND, "status_class")], m.status_class);
                 p(o, &[(MIRROR, n), (KIND, "status_code")], m.status_code);
                 p(o, &[(MIRROR, n), (KIND, "no_response")], m.no_response);
+                p(o, &[(MIRROR, n), (KIND, "header")], m.header);
+                p(o, &[(MIRROR, n), (KIND, "body")], m.body);
             })
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.body_truncated",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Bodies compared on their first --compare-body-limit bytes only.",
+        read: |s, o| per_compare(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.body_truncated)),
+    },
+    MetricDef {
+        name: "mirror.compare.content_skipped",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Requests with equal statuses whose headers and body were not compared (a capture over the memory budget, or the comparison queue full).",
+        read: |s, o| per_compare(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.content_skipped)),
+    },
+    MetricDef {
+        name: "mirror.compare.captures_dropped",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Captured responses or verdicts the comparison could not keep, by reason (over_budget: capture memory budget; queue_full: comparison thread queue).",
+        read: |s, o| {
+            if let Some(c) = &s.compare {
+                p(o, &[(REASON, "over_budget")], c.captures_over_budget);
+                p(o, &[(REASON, "queue_full")], c.content_queue_full);
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.diff_log.lines",
+        kind: Kind::Counter,
+        unit: Unit::Count("{line}"),
+        help: "--diff-log lines written.",
+        read: |s, o| {
+            if let Some(c) = &s.compare {
+                p(o, &[], c.diff_log.lines);
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.diff_log.suppressed",
+        kind: Kind::Counter,
+        unit: Unit::Count("{line}"),
+        help: "--diff-log lines not written because of --diff-log-rate (diff_log_suppressed).",
+        read: |s, o| {
+            if let Some(c) = &s.compare {
+                p(o, &[], c.diff_log.suppressed);
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.diff_log.errors",
+        kind: Kind::Counter,
+        unit: Unit::Count("{line}"),
+        help: "--diff-log lines that could not be written.",
+        read: |s, o| {
+            if let Some(c) = &s.compare {
+                p(o, &[], c.diff_log.errors);
+            }
         },
     },
     MetricDef {

@@ -9,13 +9,16 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use super::compare::{CompareHub, PrimarySide, RequestKey};
+use super::compare::{CompareHub, PrimaryInfo, PrimarySide, RequestKey};
 use super::request::PrimaryRecorder;
+use crate::http::response::ResponseCapture;
 use crate::pipeline::PipelineEvent;
 
 #[derive(Debug)]
 struct Waiting {
     method: String,
+    /// The request target, kept only with content comparison on (diff log).
+    target: String,
     end_ts_ns: u64,
     server: String,
 }
@@ -51,6 +54,24 @@ impl PrimaryObserver {
     }
 
     pub fn on_event(&mut self, ev: &PipelineEvent) {
+        self.observe(ev, None);
+    }
+
+    /// [`Self::on_event`] that moves the response's capture (if any) into the comparison
+    /// instead of copying it.
+    pub fn on_event_mut(&mut self, ev: &mut PipelineEvent) {
+        let capture = match ev {
+            PipelineEvent::Response(r) => r.response.capture.take(),
+            _ => None,
+        };
+        self.observe(ev, capture);
+    }
+
+    fn observe(&mut self, ev: &PipelineEvent, capture: Option<Box<ResponseCapture>>) {
+        let content = self
+            .hub
+            .as_ref()
+            .is_some_and(|h| h.capture_limit().is_some());
         match ev {
             PipelineEvent::Request(r) => {
                 let key = (r.flow_id, r.seq_in_flow);
@@ -69,6 +90,11 @@ impl PrimaryObserver {
                     key,
                     Waiting {
                         method: r.request.method.clone(),
+                        target: if content {
+                            r.request.target.clone()
+                        } else {
+                            String::new()
+                        },
                         end_ts_ns: r.request.end_ts_ns,
                         server: r.dst.ip().to_string(),
                     },
@@ -86,13 +112,18 @@ impl PrimaryObserver {
                 self.recorder
                     .record(&w.method, resp.response.status, latency, &w.server);
                 if let Some(h) = &self.hub {
-                    h.primary(
-                        key,
-                        PrimarySide {
-                            status: resp.response.status,
-                            latency,
-                        },
-                    );
+                    let side = PrimarySide {
+                        status: resp.response.status,
+                        latency,
+                    };
+                    let info = content.then(|| PrimaryInfo {
+                        method: w.method,
+                        target: w.target,
+                        capture: capture
+                            .or_else(|| resp.response.capture.clone())
+                            .map(|b| *b),
+                    });
+                    h.primary_with(key, side, info);
                 }
             }
             _ => {}
@@ -152,6 +183,7 @@ mod tests {
                 body_len: 0,
                 ts_ns,
                 end_ts_ns: ts_ns,
+                capture: None,
             },
         })
     }

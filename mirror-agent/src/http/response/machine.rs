@@ -42,6 +42,7 @@ impl ResponseFramer {
             } => self.step_head(cur, line_start, tentative, out),
             State::Body { remaining } => {
                 let n = remaining.min(avail.len() as u64);
+                self.capture_body(&avail[..n as usize]);
                 cur.pos += n as usize;
                 self.item_len += n;
                 cur.start = cur.pos;
@@ -53,6 +54,7 @@ impl ResponseFramer {
                 }
             }
             State::Close => {
+                self.capture_body(avail);
                 self.item_len += avail.len() as u64;
                 self.body_len += avail.len() as u64;
                 cur.pos = data.len();
@@ -84,6 +86,7 @@ impl ResponseFramer {
             }
             State::ChunkData { remaining } => {
                 let n = remaining.min(avail.len() as u64);
+                self.capture_body(&avail[..n as usize]);
                 cur.pos += n as usize;
                 self.item_len += n;
                 cur.start = cur.pos;
@@ -152,6 +155,9 @@ impl ResponseFramer {
             if window.starts_with(b"HTTP/")
                 && let Ok((n, (status, version, body))) = self.parse_head(window, false)
             {
+                if self.capture_limit.is_some() {
+                    self.capture_head(window[..n].to_vec());
+                }
                 self.take(cur, n);
                 self.head_len = n;
                 self.seen_message = true;
@@ -253,6 +259,10 @@ impl ResponseFramer {
             return;
         }
         let parsed = self.parse_head(view, true).map(|(_, head)| head);
+        if parsed.is_ok() && self.capture_limit.is_some() {
+            let head = view.to_vec();
+            self.capture_head(head);
+        }
         self.head_len = view_len;
         self.seen_message = true;
         match parsed {
@@ -406,12 +416,18 @@ impl ResponseFramer {
             body_len,
             ts_ns: self.item_ts,
             end_ts_ns: self.last_ts,
+            capture: None,
         };
         self.stats.responses += 1;
         self.stats.response_bytes += self.item_len;
         out.push(if (100..200).contains(&c.status) && c.status != 101 {
             ResponseEvent::Informational(response)
         } else {
+            let mut response = response;
+            response.capture = self.capture.take().map(|mut cap| {
+                cap.body_len = body_len;
+                cap
+            });
             ResponseEvent::Final(response)
         });
         self.reset_item();

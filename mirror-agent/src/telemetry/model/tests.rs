@@ -58,8 +58,14 @@ pub(super) fn all() -> Snapshots {
                 name: "app-v2".into(),
                 compared: 3,
                 status_class: 1,
+                body: 1,
                 ..Default::default()
             }],
+            diff_log: crate::telemetry::compare::difflog::DiffLogStats {
+                lines: 2,
+                suppressed: 5,
+                errors: 0,
+            },
             ..Default::default()
         }),
         otlp: Some(crate::telemetry::export_stats::ExportSnapshot {
@@ -221,4 +227,26 @@ fn per_mirror_series_account_for_every_sampled_copy() {
         value(&s, "mirror.completeness", &[("mirror.name", "app-v2")]),
         Some(0.5)
     );
+}
+
+#[test]
+fn comparison_kinds_and_diff_log_counters() {
+    let s = all();
+    assert_eq!(
+        value(
+            &s,
+            "mirror.compare.mismatches",
+            &[("mirror.name", "app-v2"), ("kind", "body")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        value(&s, "mirror.compare.mismatches", &[("kind", "header")]),
+        Some(0.0)
+    );
+    assert_eq!(
+        value(&s, "mirror.compare.diff_log.suppressed", &[]),
+        Some(5.0)
+    );
+    assert_eq!(value(&s, "mirror.compare.diff_log.lines", &[]), Some(2.0));
 }

@@ -1,0 +1,298 @@
+//! Body comparison of two captured responses: `exact` bytes (the decoded body prefixes and the
+//! full decoded lengths), or `json` (both parse with serde_json: values compared structurally,
+//! ignoring the `json:` paths; either side not JSON falls back to exact).
+//!
+//! A body longer than the capture limit is compared on its prefix and the verdict says
+//! `truncated`; a truncated body never parses as JSON, so it is compared exactly.
+
+use serde_json::Value;
+
+use super::rules::{BodyMode, CompareRules, Step};
+use crate::http::response::ResponseCapture;
+
+/// At most this many differing JSON paths are reported per request.
+pub const MAX_PATHS: usize = 8;
+
+/// How the bodies were compared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UsedMode {
+    Exact,
+    Json,
+    /// `json` was asked (or implied) but a side did not parse.
+    ExactFallback,
+}
+
+impl UsedMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Exact => "exact",
+            Self::Json => "json",
+            Self::ExactFallback => "exact (not JSON)",
+        }
+    }
+}
+
+/// What the body comparison found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyVerdict {
+    pub mode: UsedMode,
+    pub differs: bool,
+    /// JSON mode: the first differing paths (`$.a[0].b`), at most [`MAX_PATHS`].
+    pub paths: Vec<String>,
+    /// More paths differ than listed.
+    pub more_paths: bool,
+    /// Exact mode: offset of the first differing byte (or the shorter length).
+    pub first_difference: Option<u64>,
+    /// A side's body was longer than the limit: compared on the prefix.
+    pub truncated: bool,
+}
+
+/// Compares the bodies under `rules` (mode `Off` is the caller's to skip).
+pub fn compare_bodies(
+    rules: &CompareRules,
+    p: &ResponseCapture,
+    m: &ResponseCapture,
+) -> BodyVerdict {
+    let truncated = p.truncated || m.truncated;
+    let want_json = match rules.body {
+        BodyMode::Json => true,
+        BodyMode::Auto => super::headers::says_json(p) && super::headers::says_json(m),
+        BodyMode::Exact | BodyMode::Off => false,
+    };
+    // Identical bytes are identical JSON values too: the common case costs a memcmp, no parse.
+    let identical = p.body == m.body && p.body_len == m.body_len;
+    let parsed = if want_json && !truncated && !identical {
+        serde_json::from_slice::<Value>(&p.body)
+            .ok()
+            .zip(serde_json::from_slice::<Value>(&m.body).ok())
+    } else {
+        None
+    };
+    if let Some((a, b)) = parsed {
+        let mut paths = Vec::new();
+        let mut more = false;
+        let mut at = Vec::new();
+        walk(rules, &a, &b, &mut at, &mut paths, &mut more);
+        return BodyVerdict {
+            mode: UsedMode::Json,
+            differs: !paths.is_empty(),
+            paths,
+            more_paths: more,
+            first_difference: None,
+            truncated,
+        };
+    }
+    let first = p
+        .body
+        .iter()
+        .zip(&m.body)
+        .position(|(a, b)| a != b)
+        .map(|i| i as u64)
+        .or_else(|| (p.body_len != m.body_len).then(|| p.body.len().min(m.body.len()) as u64));
+    BodyVerdict {
+        // Identical bytes were compared exactly (no parse), whatever was asked.
+        mode: if want_json && !identical {
+            UsedMode::ExactFallback
+        } else {
+            UsedMode::Exact
+        },
+        differs: first.is_some(),
+        paths: Vec::new(),
+        more_paths: false,
+        first_difference: first,
+        truncated,
+    }
+}
+
+fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
+    // 1 and 1.0 are the same JSON number (RFC 8259 6 defines no distinction).
+    a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+}
+
+fn render(at: &[Step<'_>]) -> String {
+    let mut s = String::from("$");
+    for step in at {
+        match step {
+            Step::Key(k)
+                if !k.is_empty()
+                    && k.chars()
+                        .all(|c| c.is_alphanumeric() || c == '_' || c == '-') =>
+            {
+                s.push('.');
+                s.push_str(k);
+            }
+            Step::Key(k) => {
+                s.push('[');
+                s.push_str(&Value::String(k.to_string()).to_string());
+                s.push(']');
+            }
+            Step::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+fn differ(at: &[Step<'_>], paths: &mut Vec<String>, more: &mut bool) {
+    if paths.len() < MAX_PATHS {
+        paths.push(render(at));
+    } else {
+        *more = true;
+    }
+}
+
+/// Depth-first over both values; a node whose location an ignore pattern names is skipped
+/// with everything under it. serde_json's default recursion limit (128) bounds the depth.
+fn walk<'a>(
+    rules: &CompareRules,
+    a: &'a Value,
+    b: &'a Value,
+    at: &mut Vec<Step<'a>>,
+    paths: &mut Vec<String>,
+    more: &mut bool,
+) {
+    if !at.is_empty() && rules.json_ignored(at) {
+        return;
+    }
+    if *more {
+        return;
+    }
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            for (k, va) in x {
+                at.push(Step::Key(k));
+                match y.get(k) {
+                    Some(vb) => walk(rules, va, vb, at, paths, more),
+                    None if !rules.json_ignored(at) => differ(at, paths, more),
+                    None => {}
+                }
+                at.pop();
+            }
+            for k in y.keys().filter(|k| !x.contains_key(*k)) {
+                at.push(Step::Key(k));
+                if !rules.json_ignored(at) {
+                    differ(at, paths, more);
+                }
+                at.pop();
+            }
+        }
+        (Value::Array(x), Value::Array(y)) => {
+            for i in 0..x.len().max(y.len()) {
+                at.push(Step::Index(i));
+                match (x.get(i), y.get(i)) {
+                    (Some(va), Some(vb)) => walk(rules, va, vb, at, paths, more),
+                    _ if !rules.json_ignored(at) => differ(at, paths, more),
+                    _ => {}
+                }
+                at.pop();
+            }
+        }
+        (Value::Number(x), Value::Number(y)) => {
+            if !numbers_equal(x, y) {
+                differ(at, paths, more);
+            }
+        }
+        _ => {
+            if a != b {
+                differ(at, paths, more);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cap(ct: &str, body: &str) -> ResponseCapture {
+        ResponseCapture {
+            head: format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n\r\n").into_bytes(),
+            body: body.as_bytes().to_vec(),
+            body_len: body.len() as u64,
+            truncated: false,
+        }
+    }
+    const J: &str = "application/json";
+
+    fn rules(ignores: &[&str]) -> CompareRules {
+        let v: Vec<String> = ignores.iter().map(|s| s.to_string()).collect();
+        CompareRules::new(&v, None, None, &[]).unwrap()
+    }
+
+    #[test]
+    fn json_compares_values_and_ignores_paths() {
+        let p = cap(
+            J,
+            r#"{"id":1,"items":[{"v":1,"ts":10},{"v":2,"ts":11}],"name":"x","n":1.0}"#,
+        );
+        let m = cap(
+            J,
+            r#"{"name":"x","n":1,"items":[{"ts":99,"v":1},{"v":3,"ts":12}],"id":1}"#,
+        );
+        let v = compare_bodies(&rules(&[]), &p, &m);
+        assert_eq!(v.mode, UsedMode::Json);
+        assert_eq!(v.paths, ["$.items[0].ts", "$.items[1].ts", "$.items[1].v"]);
+        let v = compare_bodies(&rules(&["json:$.items[*].ts"]), &p, &m);
+        assert_eq!(v.paths, ["$.items[1].v"]);
+        let v = compare_bodies(&rules(&["json:items[*].ts", "json:$.items[1].v"]), &p, &m);
+        assert!(!v.differs, "{v:?}");
+        // A whole subtree, a missing member, an extra element, a type change.
+        let v = compare_bodies(&rules(&["json:$.items"]), &p, &m);
+        assert!(!v.differs);
+        let v = compare_bodies(
+            &rules(&[]),
+            &cap(J, r#"{"a":[1,2],"b":"1","odd key":1}"#),
+            &cap(J, r#"{"a":[1,2,3],"b":1,"c":null}"#),
+        );
+        assert_eq!(v.paths, ["$.a[2]", "$.b", r#"$["odd key"]"#, "$.c"]);
+    }
+
+    #[test]
+    fn paths_are_bounded() {
+        let a: Vec<String> = (0..50).map(|i| format!("\"k{i}\":{i}")).collect();
+        let b: Vec<String> = (0..50).map(|i| format!("\"k{i}\":{}", i + 1)).collect();
+        let v = compare_bodies(
+            &rules(&[]),
+            &cap(J, &format!("{{{}}}", a.join(","))),
+            &cap(J, &format!("{{{}}}", b.join(","))),
+        );
+        assert_eq!((v.paths.len(), v.more_paths), (MAX_PATHS, true));
+    }
+
+    #[test]
+    fn exact_mode_fallback_and_truncation() {
+        let r = rules(&[]);
+        // Not JSON on one side: exact.
+        let v = compare_bodies(&r, &cap(J, "{\"a\":1}"), &cap(J, "<html>"));
+        assert_eq!(
+            (v.mode, v.differs, v.first_difference),
+            (UsedMode::ExactFallback, true, Some(0))
+        );
+        // text/plain: exact; same bytes are equal, JSON-equal but differently spaced is not.
+        let v = compare_bodies(&r, &cap("text/plain", "{\"a\":1}"), &cap(J, "{ \"a\": 1 }"));
+        assert_eq!((v.mode, v.first_difference), (UsedMode::Exact, Some(1)));
+        assert!(
+            !compare_bodies(&r, &cap("text/plain", "same"), &cap("text/plain", "same")).differs
+        );
+        // Forced json mode parses whatever the content type says.
+        let json = CompareRules::new(&[], Some("json"), None, &[]).unwrap();
+        let v = compare_bodies(
+            &json,
+            &cap("text/plain", "{\"a\":1}"),
+            &cap("text/plain", "{ \"a\": 1 }"),
+        );
+        assert_eq!((v.mode, v.differs), (UsedMode::Json, false));
+        // Truncated: equal prefixes and equal lengths are equal (flagged), different lengths not.
+        let mut p = cap(J, "{\"a\":");
+        p.truncated = true;
+        p.body_len = 100;
+        let mut m = p.clone();
+        let v = compare_bodies(&r, &p, &m);
+        assert_eq!(
+            (v.mode, v.differs, v.truncated),
+            (UsedMode::Exact, false, true)
+        );
+        m.body_len = 101;
+        let v = compare_bodies(&r, &p, &m);
+        assert_eq!((v.differs, v.first_difference), (true, Some(5)));
+    }
+}

@@ -1,0 +1,280 @@
+use super::*;
+use crate::replay::stats::Outcome;
+
+fn ms(n: u64) -> Duration {
+    Duration::from_millis(n)
+}
+fn p(status: u16, lat: u64) -> PrimarySide {
+    PrimarySide {
+        status,
+        latency: ms(lat),
+    }
+}
+fn m(status: u16, lat: u64) -> MirrorSide {
+    MirrorSide::Answered {
+        status,
+        latency: ms(lat),
+    }
+}
+
+#[test]
+fn either_side_first_gives_one_verdict() {
+    let names = ["a".to_string(), "b".to_string()];
+    let mut c = Comparator::new(&names, Duration::from_secs(10), 100);
+    // Mirror first, then primary.
+    assert!(c.on_mirror((1, 0), 0, m(500, 30), 1).is_none());
+    let v = c.on_primary((1, 0), p(200, 10), 2);
+    assert_eq!(v.len(), 1);
+    assert_eq!(v[0].mismatch, Some(MismatchKind::StatusClass));
+    assert!((v[0].latency_difference.unwrap() - 0.020).abs() < 1e-9);
+    // Primary first, then a late second mirror on the same request.
+    let v = c.on_mirror((1, 0), 1, m(200, 5), 3).unwrap();
+    assert_eq!(v.mismatch, None);
+    // A different code in the same class, and no response.
+    c.on_primary((1, 1), p(200, 10), 4);
+    assert_eq!(
+        c.on_mirror((1, 1), 0, m(204, 10), 5).unwrap().mismatch,
+        Some(MismatchKind::StatusCode)
+    );
+    assert_eq!(
+        c.on_mirror((1, 1), 1, MirrorSide::NoResponse, 6)
+            .unwrap()
+            .mismatch,
+        Some(MismatchKind::NoResponse)
+    );
+    let s = c.snapshot();
+    assert_eq!((s.mirrors[0].compared, s.mirrors[1].compared), (2, 2));
+    assert_eq!(s.mirrors[0].status_class, 1);
+    assert_eq!(s.mirrors[0].status_code, 1);
+    assert_eq!(s.mirrors[1].no_response, 1);
+}
+
+#[test]
+fn expiry_and_eviction_are_counted() {
+    let names = ["a".to_string()];
+    let mut c = Comparator::new(&names, ms(100), 2);
+    c.on_mirror((1, 0), 0, m(200, 1), 0);
+    c.on_primary((2, 0), p(200, 1), 0);
+    // Full: the oldest (a waiting mirror outcome) is evicted.
+    c.on_primary((3, 0), p(200, 1), 0);
+    assert_eq!(c.pending(), 2);
+    c.expire(200_000_000);
+    assert_eq!(c.pending(), 0);
+    let s = c.snapshot();
+    assert_eq!(s.evicted, 1);
+    assert_eq!(s.mirrors[0].primary_missing, 1);
+    assert_eq!(s.primary_unmatched, 2);
+    assert_eq!(s.mirrors[0].compared, 0);
+}
+
+#[test]
+fn hub_converts_outcomes_and_skips_drops() {
+    use crate::replay::stats::{DropReason, ErrorKind};
+    let hub = CompareHub::new(vec!["a".into()], Duration::from_secs(5), 16, None);
+    hub.primary((1, 0), p(200, 5));
+    hub.primary((1, 1), p(200, 5));
+    hub.primary((1, 2), p(404, 5));
+    hub.mirror(
+        (1, 0),
+        0,
+        &Outcome::Answered {
+            status: 503,
+            latency: ms(1),
+        },
+    );
+    hub.mirror((1, 1), 0, &Outcome::Error(ErrorKind::Connect));
+    hub.mirror((1, 2), 0, &Outcome::Dropped(DropReason::QueueFull));
+    let s = hub.snapshot();
+    let table = s.table();
+    assert!(table.starts_with("mirror "), "{table}");
+    assert!(table.lines().nth(1).unwrap().starts_with("a "), "{table}");
+    assert_eq!(s.mirrors[0].compared, 2);
+    assert_eq!(s.mirrors[0].status_class, 1);
+    assert_eq!(s.mirrors[0].no_response, 1);
+    hub.expire();
+    assert_eq!(hub.snapshot().primary_unmatched, 0, "ttl not reached");
+}
+
+fn json_cap(body: &str) -> ResponseCapture {
+    ResponseCapture {
+        head: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: x\r\n\r\n".to_vec(),
+        body: body.as_bytes().to_vec(),
+        body_len: body.len() as u64,
+        truncated: false,
+    }
+}
+
+fn info(target: &str, body: &str) -> Option<PrimaryInfo> {
+    Some(PrimaryInfo {
+        method: "GET".into(),
+        target: target.into(),
+        capture: Some(json_cap(body)),
+    })
+}
+
+fn answered(status: u16) -> Outcome {
+    Outcome::Answered {
+        status,
+        latency: ms(2),
+    }
+}
+
+#[test]
+fn hub_compares_content_only_for_equal_statuses_and_logs_mismatches() {
+    let path = std::env::temp_dir().join(format!("mirror-hub-difflog-{}", std::process::id()));
+    let log = difflog::DiffLog::create(&path, 100, Default::default()).unwrap();
+    let rules = rules::CompareRules::new(&["json:$.ts".into()], None, None, &[]).unwrap();
+    let hub = CompareHub::new(vec!["m".into()], Duration::from_secs(5), 64, None)
+        .with_content(rules, Some(log));
+    assert_eq!(hub.capture_limit(), Some(rules::DEFAULT_BODY_LIMIT));
+    let cases: [(&str, &str, u16, &str); 5] = [
+        // primary body, target, mirror status, mirror body
+        (r#"{"a":1}"#, "/a", 500, r#"{"a":9}"#), // status only (bodies not compared)
+        (r#"{"a":1}"#, "/b", 200, r#"{"a":2}"#), // body
+        (r#"{"a":1,"ts":1}"#, "/c", 200, r#"{"a":1,"ts":2}"#), // ignored path: equal
+        (r#"{"a":1}"#, "/d", 200, r#"{"a":1}"#), // equal
+        (r#"{"a":1}"#, "/e", 200, r#"{"a":1}"#), // mirror first, capture missing: skipped
+    ];
+    for (i, (pb, target, status, mb)) in cases.iter().enumerate() {
+        let key = (7, i as u64);
+        let side = PrimarySide {
+            status: 200,
+            latency: ms(1),
+        };
+        let mirror_cap = (i != 4).then(|| Box::new(json_cap(mb)));
+        if i == 4 {
+            hub.mirror_with(key, 0, &answered(*status), mirror_cap);
+            hub.primary_with(key, side, info(target, pb));
+        } else {
+            hub.primary_with(key, side, info(target, pb));
+            hub.mirror_with(key, 0, &answered(*status), mirror_cap);
+        }
+    }
+    hub.flush(Duration::from_secs(5));
+    let s = hub.snapshot();
+    let m = &s.mirrors[0];
+    assert_eq!(
+        (m.compared, m.status_class, m.header, m.body),
+        (5, 1, 0, 1),
+        "{s:?}"
+    );
+    assert_eq!(m.content_skipped, 1);
+    assert_eq!(s.diff_log.lines, 2);
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["path"], "/a");
+    assert_eq!(lines[0]["kinds"], serde_json::json!(["status_class"]));
+    assert_eq!(lines[1]["path"], "/b");
+    assert_eq!(lines[1]["kinds"], serde_json::json!(["body"]));
+    assert_eq!(lines[1]["json_paths"], serde_json::json!(["$.a"]));
+    assert!(
+        s.table().lines().next().unwrap().contains("body"),
+        "{}",
+        s.table()
+    );
+    let _ = std::fs::remove_file(&path);
+    // Entries fully compared leave the table at once, with their captures.
+    assert_eq!(hub.with(|c| (c.pending(), c.held_bytes())), (0, 0));
+}
+
+#[test]
+fn captures_over_the_budget_are_dropped_and_counted() {
+    let names = ["a".to_string(), "b".to_string()];
+    let mut c = Comparator::new(&names, Duration::from_secs(10), 100).with_max_held(300);
+    let big = "x".repeat(150);
+    let p = PrimarySide {
+        status: 200,
+        latency: ms(1),
+    };
+    c.on_primary_with((1, 0), p, info("/1", &big), 0);
+    let held = c.held_bytes();
+    assert!(held > 150, "{held}");
+    // No room for a second primary capture: kept without it.
+    c.on_primary_with((1, 1), p, info("/2", &big), 0);
+    assert_eq!(
+        (c.held_bytes(), c.snapshot().captures_over_budget),
+        (held, 1)
+    );
+    let v = c
+        .on_mirror_with((1, 1), 0, m(200, 1), Some(json_cap("{}")), 0)
+        .unwrap();
+    assert!(v.info.as_ref().unwrap().capture.is_none() && v.mirror_capture.is_some());
+    // Both mirrors compared: the first entry and its capture go.
+    c.on_mirror_with((1, 0), 0, m(200, 1), None, 0);
+    c.on_mirror_with((1, 0), 1, m(200, 1), None, 0);
+    assert_eq!(c.held_bytes(), 0);
+    // Expired entries give their bytes back too.
+    c.on_mirror_with((2, 0), 0, m(200, 1), Some(json_cap("{}")), 0);
+    assert!(c.held_bytes() > 0);
+    c.expire(20_000_000_000);
+    assert_eq!((c.held_bytes(), c.pending()), (0, 0));
+}
+
+/// Prints what comparison mode adds per response (no timing assertion: a table to read with
+/// `cargo test --release -p mirror-agent --lib per_response_cost -- --nocapture`). Checks only
+/// that the work measured did what it should.
+#[test]
+fn per_response_cost_printed() {
+    use crate::http::request::HttpLimits;
+    use crate::http::response::{ResponseEvent, ResponseFramer};
+    use std::time::Instant;
+    const N: usize = 2000;
+    let body: String = format!(
+        "{{\"items\":[{}],\"ts\":1}}",
+        (0..60)
+            .map(|i| format!("{{\"id\":{i},\"name\":\"item-{i}\"}}"))
+            .collect::<Vec<_>>()
+            .join(",")
+    );
+    let resp = format!(
+        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: x\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let frame = |limit: Option<usize>| {
+        let mut f = ResponseFramer::new(HttpLimits::default()).with_capture(limit);
+        let mut ev = Vec::new();
+        let t = Instant::now();
+        let mut kept = 0;
+        for _ in 0..N {
+            f.push(resp.as_bytes(), 1, &mut ev);
+            for e in ev.drain(..) {
+                if let ResponseEvent::Final(r) = e {
+                    kept += r.capture.map_or(0, |c| c.body.len());
+                }
+            }
+        }
+        (t.elapsed().as_nanos() as f64 / N as f64, kept)
+    };
+    let (off, kept_off) = frame(None);
+    let (on, kept_on) = frame(Some(rules::DEFAULT_BODY_LIMIT));
+    assert_eq!((kept_off, kept_on), (0, N * body.len()));
+    let p = json_cap(&body);
+    let m = json_cap(&body.replace("\"ts\":1", "\"ts\":2"));
+    let r = rules::CompareRules::new(&["json:$.ts".into()], None, None, &[]).unwrap();
+    let t = Instant::now();
+    for _ in 0..N {
+        assert!(!content::compare(&r, &p, &m).body_mismatch());
+    }
+    let json = t.elapsed().as_nanos() as f64 / N as f64;
+    let t = Instant::now();
+    for _ in 0..N {
+        assert!(!content::compare(&r, &p, &p).body_mismatch());
+    }
+    let same = t.elapsed().as_nanos() as f64 / N as f64;
+    let exact = rules::CompareRules::new(&[], Some("exact"), None, &[]).unwrap();
+    let t = Instant::now();
+    for _ in 0..N {
+        assert!(!content::compare(&exact, &p, &p).body_mismatch());
+    }
+    let exact = t.elapsed().as_nanos() as f64 / N as f64;
+    eprintln!(
+        "per response ({} B JSON body): framing without capture {off:.0} ns, with capture \
+         {on:.0} ns (+{:.0} ns, each side); comparison thread: headers + json body {json:.0} ns \
+         (identical bytes: {same:.0} ns), headers + exact body {exact:.0} ns",
+        body.len(),
+        on - off
+    );
+}
