@@ -133,7 +133,8 @@ impl Dispatcher {
     }
 
     /// Queues a copy without waiting. A full or closed queue resolves the ticket as a drop.
-    pub fn offer(&self, job: Job) {
+    /// Queues `job`, or resolves it as dropped (counted) and returns `false`.
+    pub fn offer(&self, job: Job) -> bool {
         let len = job.out.bytes.len() as u64;
         let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
         // Over the byte bound the copy is dropped, unless the queue is empty: a single request
@@ -141,19 +142,21 @@ impl Dispatcher {
         if before > 0 && before + len > self.max_queue_bytes {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
             job.resolve(Outcome::Dropped(DropReason::QueueFull));
-            return;
+            return false;
         }
         let result = self.tx.try_send(job);
         if result.is_err() {
             self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
         }
         match result {
-            Ok(()) => {}
+            Ok(()) => true,
             Err(mpsc::error::TrySendError::Full(job)) => {
                 job.resolve(Outcome::Dropped(DropReason::QueueFull));
+                false
             }
             Err(mpsc::error::TrySendError::Closed(job)) => {
                 job.resolve(Outcome::Dropped(DropReason::Shutdown));
+                false
             }
         }
     }

@@ -132,6 +132,8 @@ pub struct Replayer {
     stats: Arc<ReplayStats>,
     phase: watch::Sender<Phase>,
     closed: AtomicBool,
+    /// Told of copies that will never be sent (`--compare`, with telemetry on).
+    compare: Option<crate::telemetry::compare::CompareHub>,
 }
 
 impl Replayer {
@@ -189,6 +191,7 @@ impl Replayer {
         ));
         Self {
             mirrors,
+            compare: cfg.compare.clone().filter(|_| cfg.telemetry.is_some()),
             filter: cfg.filter,
             stats,
             phase,
@@ -204,13 +207,23 @@ impl Replayer {
         let closed = self.closed.load(Ordering::Relaxed);
         // Evaluated once, on first need.
         let mut verdict: Option<bool> = None;
+        let key = (captured.flow_id, captured.seq_in_flow);
+        // The comparison learns of every copy that will never be sent, so it does not wait
+        // for it (with `--compare` only).
+        let not_mirrored = || {
+            if let Some(hub) = &self.compare {
+                hub.not_mirrored(key);
+            }
+        };
         for m in &self.mirrors {
             if !m.sampler.sample() {
+                not_mirrored();
                 continue;
             }
             let ticket = Ticket::new(m.dispatcher.stats.clone());
             if closed {
                 ticket.resolve(Outcome::Dropped(DropReason::Shutdown));
+                not_mirrored();
                 continue;
             }
             // CONNECT is never mirrored: the mirror would open a tunnel to the client's target.
@@ -218,12 +231,14 @@ impl Replayer {
                 .get_or_insert_with(|| req.method != "CONNECT" && self.filter.check(req).is_ok());
             if !pass {
                 ticket.resolve(Outcome::Dropped(DropReason::Filtered));
+                not_mirrored();
                 continue;
             }
             let bytes = match m.rewriter.apply(req) {
                 Ok(b) => b,
                 Err(Skip::BodyTooLarge) => {
                     ticket.resolve(Outcome::Dropped(DropReason::BodyTooLarge));
+                    not_mirrored();
                     continue;
                 }
             };
@@ -235,12 +250,15 @@ impl Replayer {
                 },
                 keep_alive: keeps_alive(req),
             };
-            m.dispatcher.offer(Job {
+            let queued = m.dispatcher.offer(Job {
                 out,
                 ticket,
-                key: (captured.flow_id, captured.seq_in_flow),
+                key,
                 flight: None,
             });
+            if !queued {
+                not_mirrored();
+            }
         }
     }
 

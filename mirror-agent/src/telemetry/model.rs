@@ -636,7 +636,7 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.compare.unpaired",
         kind: Kind::Counter,
         unit: REQUEST,
-        help: "Comparisons that could not be made, by reason (primary_missing: the primary's response never came; evicted: table full; primary_only: no mirror outcome; request_evicted: request forgotten unanswered; response_unknown: response to an unknown request).",
+        help: "Comparisons that could not be made, by reason (primary_missing: the primary's response never came; evicted: table full; primary_only: the primary answered but no outcome came for a copy that was queued (copies not sampled or dropped unsent are not waited for); request_evicted: request forgotten unanswered; response_unknown: response to an unknown request).",
         read: |s, o| {
             if let Some(c) = &s.compare {
                 for m in &c.mirrors {

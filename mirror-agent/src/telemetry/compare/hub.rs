@@ -132,13 +132,19 @@ impl CompareHub {
         let side = match *outcome {
             Outcome::Answered { status, latency } => MirrorSide::Answered { status, latency },
             Outcome::Error(_) | Outcome::Timeout => MirrorSide::NoResponse,
-            Outcome::Dropped(_) => return,
+            Outcome::Dropped(_) => return self.not_mirrored(key),
         };
         let capture = capture.filter(|_| self.content.is_some()).map(|b| *b);
         let now = self.now();
         if let Some(v) = self.with(|c| c.on_mirror_with(key, mirror, side, capture, now)) {
             self.emit(v);
         }
+    }
+
+    /// A mirror will not answer `key`: its copy was not sampled or was dropped unsent.
+    pub fn not_mirrored(&self, key: RequestKey) {
+        let now = self.now();
+        self.with(|c| c.on_not_mirrored(key, now));
     }
 
     /// Expires entries past the ttl; call about once a second with the metrics update.

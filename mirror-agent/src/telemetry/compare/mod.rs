@@ -217,6 +217,10 @@ struct Entry {
     waiting: Vec<Waiting>,
     /// Mirrors already compared (the primary stays for late mirrors).
     compared: usize,
+    /// Mirrors that will never answer this request: the copy was not sampled, or dropped
+    /// before it was sent. Counted so the entry (and the primary's capture) can go as soon as
+    /// every mirror is settled, instead of waiting for the ttl or an eviction.
+    not_mirrored: usize,
     /// Capture bytes this entry holds (counted in `Comparator::held`).
     held: usize,
 }
@@ -351,7 +355,10 @@ impl Comparator {
     /// Every mirror compared: the entry (and the primary's capture) can go.
     fn release_if_done(&mut self, key: RequestKey) {
         let n = self.stats.mirrors.len();
-        if self.entries.get(&key).is_some_and(|e| e.compared >= n)
+        if self
+            .entries
+            .get(&key)
+            .is_some_and(|e| e.compared + e.not_mirrored >= n)
             && let Some(e) = self.entries.remove(&key)
         {
             self.held -= e.held;
@@ -447,6 +454,13 @@ impl Comparator {
                 None
             }
         }
+    }
+
+    /// `mirror` will not answer `key` (not sampled, or dropped before sending): nothing to
+    /// compare for it, and the entry goes once every mirror is settled.
+    pub fn on_not_mirrored(&mut self, key: RequestKey, now_ns: u64) {
+        self.entry(key, now_ns).not_mirrored += 1;
+        self.release_if_done(key);
     }
 
     /// Drops entries older than the ttl, counting what never got its other side.

@@ -278,3 +278,27 @@ fn per_response_cost_printed() {
         on - off
     );
 }
+
+#[test]
+fn copies_never_sent_do_not_keep_the_entry_waiting() {
+    let names = ["all".to_string(), "half".to_string()];
+    let mut c = Comparator::new(&names, Duration::from_secs(10), 100);
+    // Request 1: the 50% mirror did not sample it; told before the primary answers.
+    c.on_not_mirrored((1, 0), 0);
+    c.on_primary((1, 0), p(200, 1), 1);
+    assert_eq!(c.pending(), 1, "still waiting for the first mirror");
+    assert!(c.on_mirror((1, 0), 0, m(200, 2), 2).is_some());
+    assert_eq!(c.pending(), 0, "every mirror settled: the entry is gone");
+    // Request 2: dropped for both mirrors (queue full) after the primary answered.
+    c.on_primary((1, 1), p(200, 1), 3);
+    c.on_not_mirrored((1, 1), 4);
+    c.on_not_mirrored((1, 1), 4);
+    assert_eq!(c.pending(), 0);
+    c.expire(u64::MAX);
+    let s = c.snapshot();
+    assert_eq!(
+        (s.evicted, s.primary_unmatched, s.mirrors[0].compared),
+        (0, 0, 1),
+        "nothing was waiting for a copy that was never sent: {s:?}"
+    );
+}
