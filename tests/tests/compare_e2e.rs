@@ -247,3 +247,53 @@ fn headers_bodies_and_diff_log_through_the_binary() {
     );
     assert!(!text.contains(SECRET), "{text}");
 }
+
+/// Bad comparison values: one line naming the problem, exit status 2, before anything attaches.
+#[test]
+fn bad_comparison_flags_exit_2_with_one_line() {
+    if !mirror_tests::agent::binary().is_file() {
+        eprintln!("SKIPPED bad_comparison_flags_exit_2_with_one_line: agent binary missing");
+        assert_ne!(
+            std::env::var("MIRROR_REQUIRE_PRIVILEGED").as_deref(),
+            Ok("1"),
+            "the agent binary is required"
+        );
+        return;
+    }
+    let base = [
+        "--iface",
+        "lo",
+        "--port",
+        "8080",
+        "--mirror",
+        "http://127.0.0.1:9",
+    ];
+    for (extra, want) in [
+        (
+            &["--compare", "--compare-ignore", "cookie:x"][..],
+            "unknown kind",
+        ),
+        (
+            &["--compare", "--compare-ignore", "json:$.a["][..],
+            "bad JSON path",
+        ),
+        (
+            &["--compare", "--compare-body", "fuzzy"][..],
+            "--compare-body",
+        ),
+        (
+            &["--diff-log", "/tmp/never-written.jsonl"][..],
+            "needs --compare",
+        ),
+        (
+            &["--compare", "--diff-log-rate", "0"][..],
+            "--diff-log-rate",
+        ),
+    ] {
+        let args: Vec<&str> = base.iter().chain(extra).copied().collect();
+        let (code, stderr) = mirror_tests::agent::run_to_exit(&args, &[]);
+        assert_eq!(code, Some(2), "{extra:?}: {stderr}");
+        assert_eq!(stderr.trim().lines().count(), 1, "{extra:?}: {stderr}");
+        assert!(stderr.contains(want), "{extra:?}: {stderr}");
+    }
+}
