@@ -15,10 +15,19 @@ fn main() {
     println!("cargo::rerun-if-env-changed=MIRROR_EBPF_OBJECT");
     println!("cargo::rerun-if-changed=build.rs");
 
-    let object = match std::env::var_os("MIRROR_EBPF_OBJECT") {
-        Some(p) => Some(PathBuf::from(p)),
-        None => target_dir().map(|t| t.join(RELATIVE)),
-    };
+    let explicit = std::env::var_os("MIRROR_EBPF_OBJECT").map(PathBuf::from);
+    if let Some(p) = &explicit
+        && !p.is_file()
+    {
+        // Not watched: its directory could be anything (`/`, where cargo would scan the whole
+        // filesystem on every build); the variable is watched, so fixing it rebuilds.
+        println!(
+            "cargo::warning=MIRROR_EBPF_OBJECT={} is not a file: the eBPF object is not embedded",
+            p.display()
+        );
+        return;
+    }
+    let object = explicit.or_else(|| target_dir().map(|t| t.join(RELATIVE)));
     let Some(object) = object else {
         println!(
             "cargo::warning=cannot find the cargo target dir (no CACHEDIR.TAG above OUT_DIR): \
