@@ -36,9 +36,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::netns::ns_cmd_on;
 use crate::util::{is_root, sh, target_dir};
 use measure::{AgentTable, Wrk};
-use world::{MIRROR, NS, PORT, PRIMARY, World, ns_cmd_on};
+use world::{MIRROR, NS, PORT, PRIMARY, World};
 
 const DEFAULT_SECS: u64 = 20;
 /// After wrk stops, the agent finishes what is queued before CPU and memory are read.

@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::netns::{ip, ns_cmd, wait_port};
 use crate::util::{is_root, sh, target_dir};
 
 const NS_CLIENT: &str = "mdemo-client";
@@ -120,7 +121,7 @@ fn demo(world: &mut World, agent_bin: &Path) -> Result<()> {
             ]),
             &dir,
         )?;
-        wait_port(ns, host, PORT)?;
+        wait_port(ns, host, PORT, check_interrupt)?;
     }
     say(&format!(
         "   app-stable on {PRIMARY}:{PORT}; app-v2 on {APP_V2}:{PORT}; app-v3 on {APP_V3}:{PORT}"
@@ -355,41 +356,6 @@ impl Drop for World {
         if !self.dir.as_os_str().is_empty() {
             let _ = std::fs::remove_dir_all(&self.dir);
         }
-    }
-}
-
-fn ns_cmd(ns: &str, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns, program]);
-    c
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-/// Waits until `host:port` listens in `ns` (checked with ss, no connection made).
-fn wait_port(ns: &str, host: &str, port: u16) -> Result<()> {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let want = format!("{host}:{port}");
-    loop {
-        check_interrupt()?;
-        let out = ns_cmd(ns, "ss").arg("-Hltn").output()?;
-        if String::from_utf8_lossy(&out.stdout).contains(&want) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("nothing listens on {want} in {ns}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 

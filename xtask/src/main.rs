@@ -7,6 +7,7 @@ mod bench_mirror;
 mod bench_pipeline;
 mod demo;
 mod ebpf;
+mod netns;
 mod setup;
 mod test;
 mod util;

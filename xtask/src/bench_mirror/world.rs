@@ -7,6 +7,8 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::netns::{ip, ns_cmd, wait_port};
+
 pub const NS: [&str; 3] = ["mbench-client", "mbench-node", "mbench-mirrors"];
 pub const PRIMARY: &str = "10.210.0.1";
 pub const MIRROR: &str = "10.211.0.2";
@@ -61,7 +63,7 @@ impl World {
             ns_cmd(ns, "nginx").args(["-c", conf.to_str().unwrap(), "-g", "daemon off;"]),
             name,
         )?;
-        wait_port(ns, host)?;
+        wait_port(ns, host, PORT, || Ok(()))?;
         Ok(i)
     }
 
@@ -126,22 +128,6 @@ fn nginx_conf(dir: &Path, name: &str, host: &str) -> String {
     )
 }
 
-/// `ip netns exec NS [taskset -c CPUS] PROGRAM`: `ip` and `taskset` exec, so the child's PID is
-/// the program's.
-pub fn ns_cmd_on(ns: &str, cpus: Option<&str>, program: &str) -> Command {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]);
-    if let Some(cpus) = cpus {
-        c.args(["taskset", "-c", cpus]);
-    }
-    c.arg(program);
-    c
-}
-
-pub fn ns_cmd(ns: &str, program: &str) -> Command {
-    ns_cmd_on(ns, None, program)
-}
-
 /// Sets the CPU affinity of every thread of a running process (`taskset -a -p -c`).
 pub fn pin(pid: u32, cpus: &str) -> Result<()> {
     let out = Command::new("taskset")
@@ -155,31 +141,4 @@ pub fn pin(pid: u32, cpus: &str) -> Result<()> {
         );
     }
     Ok(())
-}
-
-fn ip(args: &[&str]) -> Result<()> {
-    let out = Command::new("ip").args(args).output()?;
-    if !out.status.success() {
-        bail!(
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
-
-fn wait_port(ns: &str, host: &str) -> Result<()> {
-    let want = format!("{host}:{PORT}");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let out = ns_cmd(ns, "ss").arg("-Hltn").output()?;
-        if String::from_utf8_lossy(&out.stdout).contains(&want) {
-            return Ok(());
-        }
-        if Instant::now() > deadline {
-            bail!("nginx does not listen on {want} in {ns}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
