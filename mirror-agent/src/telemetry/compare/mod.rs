@@ -352,13 +352,16 @@ impl Comparator {
         }
     }
 
-    /// Every mirror compared: the entry (and the primary's capture) can go.
+    /// The primary answered and every mirror is compared or will never answer: the entry (and
+    /// the primary's capture) can go. Until the primary's response is in, the entry stays even
+    /// when no mirror will answer, so that response finds it settled instead of waiting for a
+    /// mirror until the ttl (and counting as `primary only`).
     fn release_if_done(&mut self, key: RequestKey) {
         let n = self.stats.mirrors.len();
         if self
             .entries
             .get(&key)
-            .is_some_and(|e| e.compared + e.not_mirrored >= n)
+            .is_some_and(|e| e.primary.is_some() && e.compared + e.not_mirrored >= n)
             && let Some(e) = self.entries.remove(&key)
         {
             self.held -= e.held;

@@ -302,3 +302,20 @@ fn copies_never_sent_do_not_keep_the_entry_waiting() {
         "nothing was waiting for a copy that was never sent: {s:?}"
     );
 }
+
+#[test]
+fn a_copy_dropped_before_the_primary_answers_leaves_nothing_waiting() {
+    let names = ["only".to_string()];
+    let mut c = Comparator::new(&names, Duration::from_secs(10), 100);
+    // Queue full: the replayer says so before the primary's response is captured.
+    c.on_not_mirrored((7, 0), 0);
+    assert_eq!(c.pending(), 1, "kept until the primary's response arrives");
+    assert!(c.on_primary((7, 0), p(200, 1), 1).is_empty());
+    assert_eq!(c.pending(), 0, "settled: released, not waiting for a mirror");
+    // A request whose primary response never comes expires without counting anything.
+    c.on_not_mirrored((7, 1), 2);
+    c.expire(u64::MAX);
+    let s = c.snapshot();
+    assert_eq!((s.primary_unmatched, s.evicted), (0, 0), "{s:?}");
+    assert_eq!(s.mirrors[0].primary_missing, 0, "{s:?}");
+}
