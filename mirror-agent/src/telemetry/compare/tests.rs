@@ -311,7 +311,11 @@ fn a_copy_dropped_before_the_primary_answers_leaves_nothing_waiting() {
     c.on_not_mirrored((7, 0), 0);
     assert_eq!(c.pending(), 1, "kept until the primary's response arrives");
     assert!(c.on_primary((7, 0), p(200, 1), 1).is_empty());
-    assert_eq!(c.pending(), 0, "settled: released, not waiting for a mirror");
+    assert_eq!(
+        c.pending(),
+        0,
+        "settled: released, not waiting for a mirror"
+    );
     // A request whose primary response never comes expires without counting anything.
     c.on_not_mirrored((7, 1), 2);
     c.expire(u64::MAX);
