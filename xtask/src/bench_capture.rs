@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
-use crate::util::{sh, target_dir};
+use crate::util::sh;
 
 const SERVER: &str = "10.88.0.1";
 const CLIENT: &str = "10.88.0.2";
@@ -90,17 +90,7 @@ pub fn run() -> anyhow::Result<()> {
         crate::util::is_root(),
         "bench capture needs root (namespaces, BPF)"
     );
-    crate::setup::run(crate::setup::Scope::All)?;
-    crate::ebpf::build()?;
-    sh(Command::new("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "mirror-agent",
-        "--bin",
-        "mirror-agent",
-    ]))?;
-    let agent = target_dir().join("release/mirror-agent");
+    let agent = crate::ebpf::release_agent()?;
 
     let dir = std::env::temp_dir().join(format!("mirror-bench-capture-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;

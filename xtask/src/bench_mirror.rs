@@ -37,7 +37,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use crate::netns::ns_cmd_on;
-use crate::util::{is_root, sh, target_dir};
+use crate::util::is_root;
 use measure::{AgentTable, Wrk};
 use world::{MIRROR, NS, PORT, PRIMARY, World};
 
@@ -169,19 +169,7 @@ pub fn run() -> Result<()> {
     let compare = env("MIRROR_BENCH_COMPARE").is_none_or(|v| v != "0");
     let agent_bin = match env("MIRROR_BENCH_AGENT") {
         Some(p) => PathBuf::from(p),
-        None => {
-            crate::setup::run(crate::setup::Scope::All)?;
-            crate::ebpf::build()?;
-            sh(Command::new("cargo").args([
-                "build",
-                "--release",
-                "-p",
-                "mirror-agent",
-                "--bin",
-                "mirror-agent",
-            ]))?;
-            target_dir().join("release/mirror-agent")
-        }
+        None => crate::ebpf::release_agent()?,
     };
     let s = Settings {
         secs,

@@ -60,3 +60,19 @@ fn path_with_cargo_bin() -> std::ffi::OsString {
     }
     std::env::join_paths(parts).unwrap_or_default()
 }
+
+/// What the benchmarks run: everything set up, the object built and embedded in a release agent.
+/// Returns the agent's path.
+pub fn release_agent() -> anyhow::Result<PathBuf> {
+    setup::run(Scope::All)?;
+    build()?;
+    sh(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "mirror-agent",
+        "--bin",
+        "mirror-agent",
+    ]))?;
+    Ok(target_dir().join("release/mirror-agent"))
+}

@@ -24,6 +24,18 @@ pub struct ResponseCapture {
 }
 
 impl ResponseCapture {
+    /// A complete `200 OK` capture with `fields` (each ending in CRLF) and `body`: the
+    /// comparison tests' building block.
+    #[cfg(test)]
+    pub(crate) fn ok_200(fields: &str, body: &str) -> Self {
+        Self {
+            head: format!("HTTP/1.1 200 OK\r\n{fields}\r\n").into_bytes(),
+            body: body.as_bytes().to_vec(),
+            body_len: body.len() as u64,
+            truncated: false,
+        }
+    }
+
     /// Header fields in wire order, names as sent. A head that does not parse (it parsed once
     /// in the framer, so only with a different `max_headers`) gives what parsed.
     pub fn headers(&self) -> Vec<(&str, &[u8])> {

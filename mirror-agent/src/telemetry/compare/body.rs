@@ -204,12 +204,7 @@ mod tests {
     use super::*;
 
     fn cap(ct: &str, body: &str) -> ResponseCapture {
-        ResponseCapture {
-            head: format!("HTTP/1.1 200 OK\r\nContent-Type: {ct}\r\n\r\n").into_bytes(),
-            body: body.as_bytes().to_vec(),
-            body_len: body.len() as u64,
-            truncated: false,
-        }
+        ResponseCapture::ok_200(&format!("Content-Type: {ct}\r\n"), body)
     }
     const J: &str = "application/json";
 

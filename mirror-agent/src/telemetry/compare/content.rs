@@ -71,12 +71,7 @@ mod tests {
     use super::*;
 
     fn cap(head: &str, body: &str) -> ResponseCapture {
-        ResponseCapture {
-            head: format!("HTTP/1.1 200 OK\r\n{head}\r\n").into_bytes(),
-            body: body.as_bytes().to_vec(),
-            body_len: body.len() as u64,
-            truncated: false,
-        }
+        ResponseCapture::ok_200(head, body)
     }
 
     #[test]
