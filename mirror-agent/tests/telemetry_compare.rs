@@ -13,6 +13,25 @@ use mirror_agent::telemetry::compare::{CompareHub, PrimarySide};
 use mirror_agent::telemetry::{Telemetry, TelemetryConfig};
 use replay_common::{Behavior, TestMirror, captured, config, finish, wait_until};
 
+/// A replayer to `mirror` (as `app-v2`, 100%) whose outcomes go to a comparison hub, set up by
+/// `hub` (content comparison or not).
+fn compared_replayer(
+    telemetry: &Telemetry,
+    mirror: &TestMirror,
+    hub: impl FnOnce(CompareHub) -> CompareHub,
+) -> (CompareHub, Replayer) {
+    let hub = hub(CompareHub::new(
+        vec!["app-v2".into()],
+        Duration::from_secs(30),
+        1024,
+        Some(telemetry.recorder()),
+    ));
+    let mut cfg = config(vec![mirror.spec("app-v2", 100.0)]);
+    cfg.telemetry = Some(telemetry.recorder());
+    cfg.compare = Some(hub.clone());
+    (hub, Replayer::start(cfg))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_500_on_one_path_is_exactly_one_mismatch() {
     let telemetry = Telemetry::start(TelemetryConfig::default()).await.unwrap();
@@ -28,16 +47,7 @@ async fn a_500_on_one_path_is_exactly_one_mismatch() {
         )
     })))
     .await;
-    let hub = CompareHub::new(
-        vec!["app-v2".into()],
-        Duration::from_secs(30),
-        1024,
-        Some(telemetry.recorder()),
-    );
-    let mut cfg = config(vec![mirror.spec("app-v2", 100.0)]);
-    cfg.telemetry = Some(telemetry.recorder());
-    cfg.compare = Some(hub.clone());
-    let replayer = Replayer::start(cfg);
+    let (hub, replayer) = compared_replayer(&telemetry, &mirror, |h| h);
 
     // One keep-alive connection with three pipelined requests: keys (1, 0), (1, 1), (1, 2).
     let reqs = captured(
@@ -122,17 +132,9 @@ async fn headers_and_bodies_through_the_replay_path() {
         )
     })))
     .await;
-    let hub = CompareHub::new(
-        vec!["app-v2".into()],
-        Duration::from_secs(30),
-        1024,
-        Some(telemetry.recorder()),
-    )
-    .with_content(CompareRules::default(), None);
-    let mut cfg = config(vec![mirror.spec("app-v2", 100.0)]);
-    cfg.telemetry = Some(telemetry.recorder());
-    cfg.compare = Some(hub.clone());
-    let replayer = Replayer::start(cfg);
+    let (hub, replayer) = compared_replayer(&telemetry, &mirror, |h| {
+        h.with_content(CompareRules::default(), None)
+    });
     let reqs = captured(
         b"GET /same HTTP/1.1\r\nHost: s\r\n\r\nGET /diff HTTP/1.1\r\nHost: s\r\n\r\n\
           GET /hdr HTTP/1.1\r\nHost: s\r\n\r\nGET /big HTTP/1.1\r\nHost: s\r\n\r\n",
