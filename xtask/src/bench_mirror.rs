@@ -14,6 +14,18 @@
 //!   then does as much work as the primary on the same cores, so the with-agent run loses about a
 //!   third of the CPU to the mirror itself; kept so nothing is hidden.
 //!
+//! The ratio's baseline brackets the run with the agent: `off` runs before and after it, and the
+//! ratio divides by their mean, so a drift of the VM over the minute (seen: 0.85-1.08 between
+//! single back-to-back pairs of the same code) shows as the spread of the two `off` rows instead
+//! of passing for the agent's cost.
+//!
+//! Then, in the first layout, a paced pair (`paced off` / `paced on`): each wrk connection waits
+//! `PACE_MS` after every response, which holds the primary at a fraction of its full rate, so the
+//! mirror nginx and the agent have CPU to spare. At the full rate on 2 vCPUs the mirror nginx
+//! (one writev per response) and the agent share CPU 1 and together need about as much as wrk
+//! and the primary on CPU 0, so completeness there measures which core saturates first; the
+//! paced pair measures the agent's own completeness and its latency cost to the primary.
+//!
 //! Printed in one table, a row per run: load average before it, primary throughput (ratio to the
 //! same layout's run without the agent) and p99, requests captured and mirrored, completeness
 //! and its shortfall by counter (queue full / everything else), agent CPU time per mirrored
@@ -42,6 +54,8 @@ use measure::{AgentTable, Wrk};
 use world::{MIRROR, NS, PORT, PRIMARY, World};
 
 const DEFAULT_SECS: u64 = 30;
+/// Delay after each response on every wrk connection in the paced runs (wrk's Lua `delay()`).
+const PACE_MS: u32 = 1;
 /// After wrk stops, the agent finishes what is queued before CPU and memory are read.
 const DRAIN: Duration = Duration::from_secs(2);
 
@@ -98,6 +112,8 @@ impl Mode {
 struct Run {
     layout: Layout,
     mode: Mode,
+    /// wrk paced (see `PACE_MS`) rather than at full rate.
+    paced: bool,
     load: String,
     wrk: Wrk,
     wall: f64,
@@ -105,6 +121,16 @@ struct Run {
     mirror_cpu: f64,
     busy: String,
     agent: Option<AgentRun>,
+}
+
+impl Run {
+    fn label(&self) -> String {
+        if self.paced {
+            format!("paced, {}", self.mode.name())
+        } else {
+            self.mode.name().to_owned()
+        }
+    }
 }
 
 struct AgentRun {
@@ -196,28 +222,38 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
         world::pin(world.pid(primary), &node_cpus)?;
         world::pin(world.pid(mirror), &mirror_cpus)?;
         // Warm-up.
-        wrk(s, layout, 2)?;
-        let mut modes = vec![Mode::Without, Mode::With];
+        wrk(world, s, layout, 2, false)?;
+        // `off` before and after `on`: the ratio's baseline is their mean.
+        let mut plan = vec![
+            (Mode::Without, false),
+            (Mode::With, false),
+            (Mode::Without, false),
+        ];
         if s.compare && li == 0 {
-            modes.push(Mode::Compare);
+            plan.push((Mode::Compare, false));
         }
-        for mode in modes {
+        if li == 0 {
+            plan.extend([(Mode::Without, true), (Mode::With, true)]);
+        }
+        for (mode, paced) in plan {
             println!(
-                "bench mirror: {} s of wrk, layout {}, agent: {} ...",
+                "bench mirror: {} s of wrk{}, layout {}, agent: {} ...",
                 s.secs,
+                if paced { " (paced)" } else { "" },
                 layout.name(),
                 mode.name()
             );
-            runs.push(one(world, s, layout, mode, (primary, mirror))?);
+            runs.push(one(world, s, layout, mode, paced, (primary, mirror))?);
         }
     }
     Ok(runs)
 }
 
-fn wrk(s: &Settings, layout: Layout, secs: u64) -> Result<Wrk> {
+fn wrk(world: &World, s: &Settings, layout: Layout, secs: u64, paced: bool) -> Result<Wrk> {
     let [node_cpus, _, _] = layout.cpus(s.ncpu);
     let url = format!("http://{PRIMARY}:{PORT}/bench");
-    measure::run_wrk(ns_cmd_on(NS[0], Some(&node_cpus), "wrk").args([
+    let mut cmd = ns_cmd_on(NS[0], Some(&node_cpus), "wrk");
+    cmd.args([
         "-t",
         "2",
         "-c",
@@ -225,8 +261,16 @@ fn wrk(s: &Settings, layout: Layout, secs: u64) -> Result<Wrk> {
         "-d",
         &format!("{secs}s"),
         "--latency",
-        &url,
-    ]))
+    ]);
+    if paced {
+        let script = world.dir.join("pace.lua");
+        std::fs::write(
+            &script,
+            format!("function delay()\n  return {PACE_MS}\nend\n"),
+        )?;
+        cmd.args(["-s", script.to_str().context("temp dir path")?]);
+    }
+    measure::run_wrk(cmd.arg(&url))
 }
 
 fn one(
@@ -234,10 +278,15 @@ fn one(
     s: &Settings,
     layout: Layout,
     mode: Mode,
+    paced: bool,
     (primary, mirror): (usize, usize),
 ) -> Result<Run> {
     let load = measure::loadavg();
-    let name = format!("agent-{}-{mode:?}", layout.name());
+    let name = format!(
+        "agent-{}-{mode:?}{}",
+        layout.name(),
+        if paced { "-paced" } else { "" }
+    );
     let agent = if mode == Mode::Without {
         None
     } else {
@@ -270,7 +319,7 @@ fn one(
         measure::cpu_times(),
     );
     let t0 = Instant::now();
-    let w = wrk(s, layout, s.secs)?;
+    let w = wrk(world, s, layout, s.secs, paced)?;
     std::thread::sleep(DRAIN);
     let wall = t0.elapsed().as_secs_f64();
     let busy = measure::cpu_busy(&c0, &measure::cpu_times());
@@ -313,6 +362,7 @@ fn one(
     Ok(Run {
         layout,
         mode,
+        paced,
         load,
         wrk: w,
         wall,
@@ -372,7 +422,9 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
         println!("layout {}: {}", l.name(), l.describe(s.ncpu));
     }
     println!(
-        "each run: wrk -t 2 -c 32 for {} s (keep-alive GET), back to back; mirror 100% to one nginx",
+        "each run: wrk -t 2 -c 32 for {} s (keep-alive GET), back to back; mirror 100% to one nginx; \
+         ratio = primary req/s / mean of the same layout's `off` runs (before and after); paced: \
+         each connection waits {PACE_MS} ms after every response",
         s.secs
     );
     println!();
@@ -381,8 +433,8 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
-        let base = base_of(runs, r.layout);
-        let ratio = base.map_or("-".into(), |b| format!("{:.3}", r.wrk.rps / b.wrk.rps));
+        let ratio = base_rps(runs, r.layout, r.paced)
+            .map_or("-".into(), |b| format!("{:.3}", r.wrk.rps / b));
         let share = |cpu: f64| format!("{:.0}%", cpu * 100.0 / r.wall);
         let (captured, mirrored, compl, served, short, us, agent_share, rss) = match &r.agent {
             None => Default::default(),
@@ -409,7 +461,7 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
         println!(
             "| {} | {} | {} | {:.0} | {ratio} | {:.2} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |",
             r.layout.name(),
-            r.mode.name(),
+            r.label(),
             r.load,
             r.wrk.rps,
             r.wrk.p99_ms,
@@ -429,7 +481,7 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     println!();
     for r in runs {
         let Some(a) = &r.agent else { continue };
-        let tag = format!("{} / {}", r.layout.name(), r.mode.name());
+        let tag = format!("{} / {}", r.layout.name(), r.label());
         println!(
             "[{tag}] wrk served {}, agent captured {}, sampled {}, mirrored {}; agent CPU {:.1} s, \
              {:.1} us per captured request; replay: {}",
@@ -455,11 +507,11 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     }
     println!();
     let ok = |b: bool| if b { "met" } else { "MISSED" };
-    for r in runs.iter().filter(|r| r.mode == Mode::With) {
-        let (Some(a), Some(b)) = (&r.agent, base_of(runs, r.layout)) else {
+    for r in runs.iter().filter(|r| r.mode == Mode::With && !r.paced) {
+        let (Some(a), Some(b)) = (&r.agent, base_rps(runs, r.layout, false)) else {
             continue;
         };
-        let ratio = r.wrk.rps / b.wrk.rps;
+        let ratio = r.wrk.rps / b;
         let rss = a.rss_kib as f64 / 1024.0;
         println!(
             "targets, layout {}: completeness {:.3}% (>= 99.9%: {}; shortfall {} = queue full {} + other {}; \
@@ -479,11 +531,38 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
             ok(ratio >= 0.95),
         );
     }
+    for r in runs.iter().filter(|r| r.mode == Mode::With && r.paced) {
+        let (Some(a), Some(full), Some(off)) = (
+            &r.agent,
+            base_rps(runs, r.layout, false),
+            runs.iter()
+                .find(|o| o.layout == r.layout && o.paced && o.mode == Mode::Without),
+        ) else {
+            continue;
+        };
+        println!(
+            "paced, layout {}: primary at {:.0} req/s ({:.0}% of its full rate): completeness {:.3}% \
+             (>= 99.9%: {}; shortfall {} = queue full {} + other {}; kernel ring full {}); \
+             agent CPU {:.1} us per mirrored request; primary p99 {:.2} ms without the agent, {:.2} ms with",
+            r.layout.name(),
+            r.wrk.rps,
+            r.wrk.rps * 100.0 / full,
+            a.completeness() * 100.0,
+            ok(a.completeness() >= 0.999),
+            a.table.shortfall(),
+            a.table.queue_full,
+            a.table.other_loss(),
+            a.ring_full(),
+            a.us_per(),
+            off.wrk.p99_ms,
+            r.wrk.p99_ms,
+        );
+    }
     for c in runs.iter().filter(|r| r.mode == Mode::Compare) {
         let with = runs
             .iter()
-            .find(|r| r.layout == c.layout && r.mode == Mode::With);
-        let (Some(b), Some(w), Some(ca)) = (base_of(runs, c.layout), with, &c.agent) else {
+            .find(|r| r.layout == c.layout && r.mode == Mode::With && !r.paced);
+        let (Some(b), Some(w), Some(ca)) = (base_rps(runs, c.layout, false), with, &c.agent) else {
             continue;
         };
         let Some(wa) = &w.agent else { continue };
@@ -491,8 +570,8 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
             "comparison mode's cost, layout {}: throughput ratio {:.3} without --compare, {:.3} with; \
              agent CPU per mirrored request {:.1} us without, {:.1} us with ({:+.0}%)",
             c.layout.name(),
-            w.wrk.rps / b.wrk.rps,
-            c.wrk.rps / b.wrk.rps,
+            w.wrk.rps / b,
+            c.wrk.rps / b,
             wa.us_per(),
             ca.us_per(),
             (ca.us_per() / wa.us_per() - 1.0) * 100.0
@@ -500,7 +579,13 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     }
 }
 
-fn base_of(runs: &[Run], layout: Layout) -> Option<&Run> {
-    runs.iter()
-        .find(|r| r.layout == layout && r.mode == Mode::Without)
+/// The mean primary throughput of the runs without the agent in this layout and pacing (the
+/// `off` runs bracketing the one with the agent).
+fn base_rps(runs: &[Run], layout: Layout, paced: bool) -> Option<f64> {
+    let off: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.layout == layout && r.paced == paced && r.mode == Mode::Without)
+        .map(|r| r.wrk.rps)
+        .collect();
+    (!off.is_empty()).then(|| off.iter().sum::<f64>() / off.len() as f64)
 }
