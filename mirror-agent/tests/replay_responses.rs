@@ -44,7 +44,10 @@ fn respond(req: &Request) -> (Vec<u8>, bool) {
 async fn response_framing_and_connection_reuse() {
     let mirror = TestMirror::start(Behavior::Script(Arc::new(respond))).await;
     let mut cfg = config(vec![mirror.spec("m", 100.0)]);
-    cfg.max_connections = 1; // sequential: the connection sequence below is deterministic
+    // One connection: the connection sequence below is deterministic. The copies are queued at
+    // once, so they are pipelined behind each other where allowed; copies written behind a
+    // response that ends the connection are retried one at a time (counted as retries).
+    cfg.max_connections = 1;
     cfg.timeout = Duration::from_secs(5);
     let replayer = Replayer::start(cfg);
     let seq = [
@@ -88,9 +91,8 @@ async fn response_framing_and_connection_reuse() {
     assert_eq!(m.error_count(), 1, "{m:?}");
     assert_eq!(m.connects, 4, "{m:?}");
     assert_eq!(mirror.connections.load(Ordering::SeqCst), 4);
-    assert!(m.retries <= 1, "{m:?}");
-    // A retry follows a write into a connection the mirror had already closed: the mirror never
-    // read it, so every request arrives exactly once.
+    // A retry follows a write into a connection the mirror had already closed (or behind a
+    // response that closed it): the mirror never read it, so every request arrives exactly once.
     assert_eq!(mirror.count(), seq.len());
 }
 

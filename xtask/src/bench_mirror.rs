@@ -30,8 +30,8 @@
 //! same layout's run without the agent) and p99, requests captured and mirrored, completeness
 //! and its shortfall by counter (queue full / everything else), agent CPU time per mirrored
 //! request (utime + stime from /proc/PID/stat over the loaded phase plus 2 s of drain), the CPU
-//! shares of agent, primary and mirror, each CPU's busy share (softirq in brackets, from
-//! /proc/stat: the classifier and the veth transmit run there) and the agent's peak RSS
+//! shares of agent, primary and mirror, each CPU's busy share (softirq and steal in brackets, from
+//! /proc/stat: the classifier and the veth transmit run in softirq; steal is the hypervisor) and the agent's peak RSS
 //! (VmHWM). Then the issue 4 targets per layout and the cost of comparison mode.
 //!
 //! Knobs (environment): `MIRROR_BENCH_SECS`, `MIRROR_BENCH_LAYOUTS` (`pinned,shared`),
@@ -429,7 +429,7 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     );
     println!();
     println!(
-        "| layout | agent | load before | primary req/s | ratio | p99 ms | captured | mirrored | completeness (mirrored / captured) | mirrored / served | shortfall: queue full / other; kernel ring full | agent CPU / mirrored req | CPU share agent / primary / mirror | CPU busy % (softirq) per CPU | agent RSS |"
+        "| layout | agent | load before | primary req/s | ratio | p99 ms | captured | mirrored | completeness (mirrored / captured) | mirrored / served | shortfall: queue full / other; kernel ring full | agent CPU / mirrored req | CPU share agent / primary / mirror | CPU busy % (softirq, steal) per CPU | agent RSS |"
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {

@@ -1,19 +1,26 @@
 //! One mirror's bounded queue and the task that drains it into the connection pool.
 //!
-//! Owns isolation: the capture side only ever calls [`Dispatcher::offer`], a `try_send` that
-//! never waits; a full queue is a counted drop. The drain task runs `max_connections` workers,
-//! each owning at most one connection and sending one batch (one copy, or several pipelined
-//! when the queue backs up; see [`pipeline`]) at a time under the per-request timeout, so a slow
-//! or dead mirror backs up only its own queue. The queue is bounded in copies and in bytes: copies share the request's
+//! Owns isolation and ordering. The capture side only ever calls [`Dispatcher::offer`], which
+//! never waits: a full queue is a counted drop. `max_connections` workers each own at most one
+//! connection and send one batch at a time under the per-request timeout, so a slow or dead
+//! mirror backs up only its own queue.
+//!
+//! Ordering: the queue keeps one FIFO per client connection (flow), and a flow has at most one
+//! batch in flight. So the mirror receives a client connection's requests in the client's order,
+//! and a request is written only after the previous one of its flow was answered, or right
+//! behind it on the same connection when both may be pipelined (see [`pipeline`]): a POST and
+//! the GET that follows it reach the mirror in the order the primary saw them. Flows with copies
+//! waiting take turns for the next free worker, so a slow request holds up only its own flow.
+//!
+//! The bound is shared by all flows, in copies and in bytes: copies share the request's
 //! `Bytes`, but a queue of 4096 ten-MiB uploads would still pin 40 GiB.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use std::collections::VecDeque;
-
-use tokio::sync::{Mutex, mpsc, watch};
+use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::pipeline;
@@ -83,12 +90,106 @@ pub struct Telemetry {
     pub compare: Option<(crate::telemetry::compare::CompareHub, usize)>,
 }
 
+/// The copies of one client connection waiting for this mirror.
+#[derive(Default)]
+struct FlowQueue {
+    jobs: VecDeque<Job>,
+    /// A worker is sending a batch of this flow: the next one waits for its outcome.
+    busy: bool,
+}
+
+#[derive(Default)]
+struct QueueState {
+    /// Flows with copies waiting or a batch in flight (an entry leaves when neither holds).
+    flows: HashMap<u64, FlowQueue>,
+    /// Flows with copies waiting and no batch in flight, in the order they became ready.
+    ready: VecDeque<u64>,
+    /// The workers are gone (drained or aborted): offers are shutdown drops.
+    closed: bool,
+}
+
+/// The per-flow queues and the bound they share.
+struct Queue {
+    state: Mutex<QueueState>,
+    /// Signalled when a flow becomes ready.
+    ready: Notify,
+    /// Copies and request bytes waiting (not yet taken by a worker).
+    len: AtomicUsize,
+    bytes: AtomicU64,
+    max_len: usize,
+    max_bytes: u64,
+}
+
+impl Queue {
+    /// Counts copies leaving the queue (taken by a worker or abandoned).
+    fn release(&self, copies: usize, bytes: usize) {
+        self.len.fetch_sub(copies, Ordering::Relaxed);
+        self.bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+    }
+
+    /// Closes the queue and drops what it holds: each ticket resolves as a shutdown drop.
+    fn abandon(&self) {
+        let flows = {
+            let Ok(mut st) = self.state.lock() else {
+                return;
+            };
+            st.closed = true;
+            st.ready.clear();
+            std::mem::take(&mut st.flows)
+        };
+        for flow in flows.into_values() {
+            let bytes = flow.jobs.iter().map(|j| j.out.bytes.len()).sum();
+            self.release(flow.jobs.len(), bytes);
+        }
+    }
+
+    /// Takes the next ready flow's batch into `batch` and marks the flow busy; `None` when no
+    /// flow is ready.
+    fn take(&self, batch: &mut VecDeque<Job>, conn: Option<&super::pool::Conn>) -> Option<u64> {
+        let mut st = self.state.lock().ok()?;
+        let st = &mut *st;
+        while let Some(id) = st.ready.pop_front() {
+            let Some(flow) = st.flows.get_mut(&id) else {
+                continue;
+            };
+            if flow.busy || flow.jobs.is_empty() {
+                continue;
+            }
+            flow.busy = true;
+            take_batch(&mut flow.jobs, batch, conn);
+            return Some(id);
+        }
+        None
+    }
+
+    /// The batch of flow `id` is done: the flow's next copies become ready, or it is forgotten.
+    fn done(&self, id: u64) {
+        let became_ready = {
+            let Ok(mut guard) = self.state.lock() else {
+                return;
+            };
+            let st = &mut *guard;
+            let Some(flow) = st.flows.get_mut(&id) else {
+                return;
+            };
+            flow.busy = false;
+            if flow.jobs.is_empty() {
+                st.flows.remove(&id);
+                false
+            } else {
+                st.ready.push_back(id);
+                true
+            }
+        };
+        if became_ready {
+            self.ready.notify_one();
+        }
+    }
+}
+
 /// The producer side of one mirror.
 pub struct Dispatcher {
-    tx: mpsc::Sender<Job>,
-    /// Request bytes waiting in the queue, and their bound.
-    queued_bytes: Arc<AtomicU64>,
-    max_queue_bytes: u64,
+    queue: Arc<Queue>,
     pub stats: Arc<MirrorStats>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -103,7 +204,7 @@ pub enum Phase {
 }
 
 impl Dispatcher {
-    /// Starts the drain task on the current tokio runtime.
+    /// Starts the drain task (`max_connections` workers) on the current tokio runtime.
     pub fn start(
         pool: Pool,
         queue_size: usize,
@@ -112,59 +213,73 @@ impl Dispatcher {
         phase: watch::Receiver<Phase>,
         telemetry: Option<Telemetry>,
     ) -> Self {
-        let (tx, rx) = mpsc::channel(queue_size.max(1));
         let stats = pool.stats_handle();
-        let queued_bytes = Arc::new(AtomicU64::new(0));
+        let queue = Arc::new(Queue {
+            state: Mutex::default(),
+            ready: Notify::new(),
+            len: AtomicUsize::new(0),
+            bytes: AtomicU64::new(0),
+            max_len: queue_size.max(1),
+            max_bytes: max_queue_bytes,
+        });
         let task = tokio::spawn(drain(
             Arc::new(pool),
-            rx,
-            queued_bytes.clone(),
+            queue.clone(),
             timeout,
             phase,
             telemetry.map(Arc::new),
         ));
         Self {
-            tx,
-            queued_bytes,
-            max_queue_bytes,
+            queue,
             stats,
             task: std::sync::Mutex::new(Some(task)),
         }
     }
 
-    /// Queues a copy without waiting. A full or closed queue resolves the ticket as a drop.
-    /// Queues `job`, or resolves it as dropped (counted) and returns `false`.
+    /// Queues `job` behind the earlier copies of its flow without waiting, or resolves it as
+    /// dropped (counted) and returns `false`.
     pub fn offer(&self, job: Job) -> bool {
-        let len = job.out.bytes.len() as u64;
-        let before = self.queued_bytes.fetch_add(len, Ordering::Relaxed);
-        // Over the byte bound the copy is dropped, unless the queue is empty: a single request
-        // larger than the bound must still be sendable.
-        if before > 0 && before + len > self.max_queue_bytes {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        let q = &self.queue;
+        if q.len.fetch_add(1, Ordering::Relaxed) >= q.max_len {
+            q.len.fetch_sub(1, Ordering::Relaxed);
             job.resolve(Outcome::Dropped(DropReason::QueueFull));
             return false;
         }
-        let result = self.tx.try_send(job);
-        if result.is_err() {
-            self.queued_bytes.fetch_sub(len, Ordering::Relaxed);
+        let len = job.out.bytes.len() as u64;
+        let before = q.bytes.fetch_add(len, Ordering::Relaxed);
+        // Over the byte bound the copy is dropped, unless the queue is empty: a single request
+        // larger than the bound must still be sendable.
+        if before > 0 && before + len > q.max_bytes {
+            q.release(1, len as usize);
+            job.resolve(Outcome::Dropped(DropReason::QueueFull));
+            return false;
         }
-        match result {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(job)) => {
-                job.resolve(Outcome::Dropped(DropReason::QueueFull));
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(job)) => {
+        let id = job.key.0;
+        let mut st = match q.state.lock() {
+            Ok(st) if !st.closed => st,
+            _ => {
+                q.release(1, len as usize);
                 job.resolve(Outcome::Dropped(DropReason::Shutdown));
-                false
+                return false;
             }
+        };
+        let flow = st.flows.entry(id).or_default();
+        flow.jobs.push_back(job);
+        let became_ready = !flow.busy && flow.jobs.len() == 1;
+        if became_ready {
+            st.ready.push_back(id);
         }
+        drop(st);
+        if became_ready {
+            // Stores a permit when no worker is waiting yet: the flow cannot be missed.
+            q.ready.notify_one();
+        }
+        true
     }
 
     /// Share of the queue in use, 0 to 1.
     pub fn queue_fill(&self) -> f64 {
-        let max = self.tx.max_capacity();
-        (max - self.tx.capacity()) as f64 / max as f64
+        self.queue.len.load(Ordering::Relaxed) as f64 / self.queue.max_len as f64
     }
 
     /// Waits for the drain task to end (after a `Drain` or `Abort` phase).
@@ -176,42 +291,35 @@ impl Dispatcher {
     }
 }
 
-/// Queue depth from which workers pipeline: below it every queued copy can have a connection of
-/// its own; above it the queue is backing up and the alternative to pipelining is shedding.
-const PIPELINE_BACKLOG: usize = 16;
-
-/// Runs `max_connections` workers until the queue is closed and empty (`Drain`) or `Abort`.
+/// Runs `max_connections` workers until the queue is drained (`Drain`) or `Abort`.
 async fn drain(
     pool: Arc<Pool>,
-    rx: mpsc::Receiver<Job>,
-    queued_bytes: Arc<AtomicU64>,
+    queue: Arc<Queue>,
     timeout: Duration,
     phase: watch::Receiver<Phase>,
     telemetry: Option<Arc<Telemetry>>,
 ) {
-    let rx = Arc::new(Mutex::new(rx));
     let mut workers = JoinSet::new();
     for _ in 0..pool.max_connections() {
         workers.spawn(worker(
             pool.clone(),
-            rx.clone(),
-            queued_bytes.clone(),
+            queue.clone(),
             timeout,
             phase.clone(),
             telemetry.clone(),
         ));
     }
     while workers.join_next().await.is_some() {}
-    // Copies still queued (after an abort) drop their tickets with `rx`: shutdown drops.
+    // After an abort (or a copy offered as the last worker left): shutdown drops.
+    queue.abandon();
 }
 
-/// One connection's worth of sending: takes a batch from the queue, sends it on its own
+/// One connection's worth of sending: takes the next ready flow's batch, sends it on its own
 /// connection under the per-request timeout, repeats. Workers replace a task per request: no
 /// spawn, permit or join per copy, and a connection stays with one worker.
 async fn worker(
     pool: Arc<Pool>,
-    rx: Arc<Mutex<mpsc::Receiver<Job>>>,
-    queued_bytes: Arc<AtomicU64>,
+    queue: Arc<Queue>,
     timeout: Duration,
     mut phase: watch::Receiver<Phase>,
     telemetry: Option<Arc<Telemetry>>,
@@ -219,37 +327,25 @@ async fn worker(
     let mut conn = None;
     let mut batch = VecDeque::with_capacity(pipeline::MAX_BATCH);
     loop {
-        {
-            let mut rx = rx.lock().await;
-            match *phase.borrow() {
-                Phase::Abort => return,
-                // No new copies; what is already queued is still sent.
-                Phase::Drain => rx.close(),
-                Phase::Running => {}
-            }
-            let job = tokio::select! {
-                biased;
-                changed = phase.changed() => {
-                    // A dropped sender (replayer gone without shutdown) is an abort.
-                    if changed.is_err() || *phase.borrow() == Phase::Abort { return; }
-                    continue;
-                }
-                job = rx.recv() => match job { Some(job) => job, None => return },
-            };
-            let mut bytes = job.out.bytes.len();
-            let mut more = pipeline::may_pipeline(conn.as_ref()) && pipeline::pipelinable(&job);
-            batch.push_back(job);
-            if more && rx.len() >= PIPELINE_BACKLOG {
-                while more && batch.len() < pipeline::MAX_BATCH && bytes < pipeline::MAX_BATCH_BYTES
-                {
-                    let Ok(job) = rx.try_recv() else { break };
-                    bytes += job.out.bytes.len();
-                    more = pipeline::pipelinable(&job);
-                    batch.push_back(job);
-                }
-            }
-            queued_bytes.fetch_sub(bytes as u64, Ordering::Relaxed);
+        let current = *phase.borrow_and_update();
+        if current == Phase::Abort {
+            return;
         }
+        let Some(flow) = queue.take(&mut batch, conn.as_ref()) else {
+            if current == Phase::Drain {
+                // Nothing ready: flows still in flight are finished by their own workers.
+                return;
+            }
+            tokio::select! {
+                biased;
+                // A dropped sender (replayer gone without shutdown) is an abort.
+                changed = phase.changed() => if changed.is_err() { return },
+                () = queue.ready.notified() => {}
+            }
+            continue;
+        };
+        let bytes = batch.iter().map(|j: &Job| j.out.bytes.len()).sum();
+        queue.release(batch.len(), bytes);
         if let Some(t) = &telemetry {
             // Copies retried from an earlier batch already have their span.
             for job in batch.iter_mut().filter(|j| j.flight.is_none()) {
@@ -270,5 +366,28 @@ async fn worker(
                 job.resolve(Outcome::Timeout);
             }
         }
+        queue.done(flow);
+    }
+}
+
+/// Moves the next batch of a flow: its first copy, and the copies queued behind it while they
+/// may be pipelined on this connection (see [`pipeline::may_pipeline`]), within the batch
+/// bounds. The flow keeps the rest in order.
+fn take_batch(
+    jobs: &mut VecDeque<Job>,
+    batch: &mut VecDeque<Job>,
+    conn: Option<&super::pool::Conn>,
+) {
+    let Some(first) = jobs.pop_front() else {
+        return;
+    };
+    let mut bytes = first.out.bytes.len();
+    let mut more = pipeline::may_pipeline(conn) && pipeline::pipelinable(&first);
+    batch.push_back(first);
+    while more && batch.len() < pipeline::MAX_BATCH && bytes < pipeline::MAX_BATCH_BYTES {
+        let Some(job) = jobs.pop_front() else { break };
+        bytes += job.out.bytes.len();
+        more = pipeline::pipelinable(&job);
+        batch.push_back(job);
     }
 }

@@ -83,6 +83,10 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
     // Copies at the front of `batch` already counted as sent (once per copy, also on retry).
     let mut counted_sent = 0usize;
     let mut retried = false;
+    // After a retry the copies go one at a time: RFC 9112 9.3.2 forbids pipelining right after
+    // establishing the connection that retries a failed pipeline (the first remaining request
+    // may be what made the server close, and would take the others down with it again).
+    let mut one_at_a_time = false;
     while !batch.is_empty() {
         if let Some(conn) = slot
             && conn.last_used.elapsed() > IDLE_CHECK_AFTER
@@ -115,12 +119,16 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
         }
         let Some(conn) = slot.as_mut() else { return };
         let start = Instant::now();
-        match attempt(pool, conn, batch, &mut counted_sent).await {
+        let n = if one_at_a_time { 1 } else { batch.len() };
+        match attempt(pool, conn, batch, n, &mut counted_sent).await {
             Ok(reusable) => {
                 conn.last_used = Instant::now();
                 conn.prompt = start.elapsed() <= PROMPT;
                 if !reusable {
                     *slot = None;
+                }
+                if one_at_a_time {
+                    continue;
                 }
                 // `attempt` answers the whole batch when it succeeds; never carry a copy over.
                 for job in batch.drain(..) {
@@ -128,10 +136,25 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
                 }
                 return;
             }
+            Err(f) if one_at_a_time => {
+                // Only the front copy was written. Unanswered on a reused connection (the
+                // keep-alive race), it goes once more on a fresh one; otherwise it fails. The
+                // rest go on a new connection either way.
+                *slot = None;
+                if f.untouched && reused {
+                    pool.stats().on_retry();
+                    continue;
+                }
+                if let Some(job) = batch.pop_front() {
+                    counted_sent = counted_sent.saturating_sub(1);
+                    job.resolve(Outcome::Error(f.kind));
+                }
+            }
             Err(f) => {
                 *slot = None;
                 if f.untouched && (reused || f.answered) && !retried {
                     retried = true;
+                    one_at_a_time = batch.len() > 1;
                     for _ in 0..batch.len() {
                         pool.stats().on_retry();
                     }
@@ -146,12 +169,14 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
     }
 }
 
-/// One attempt: writes the whole batch, then reads responses until every copy is answered.
-/// Returns whether the connection may carry another batch.
+/// One attempt: writes the first `n` copies of the batch, then reads responses until each of
+/// them is answered (and removed from the batch). Returns whether the connection may carry
+/// another batch.
 async fn attempt(
     pool: &Pool,
     conn: &mut Conn,
     batch: &mut VecDeque<Job>,
+    n: usize,
     counted_sent: &mut usize,
 ) -> Result<bool, Failure> {
     let start = Instant::now();
@@ -160,10 +185,11 @@ async fn attempt(
         untouched,
         answered,
     };
-    for job in batch.iter() {
+    for job in batch.iter().take(n) {
         conn.framer.expect(job.out.expected);
     }
-    write_batch(pool, conn, batch, counted_sent)
+    let mut unanswered = n;
+    write_batch(pool, conn, batch, n, counted_sent)
         .await
         .map_err(|_| io_err(true, false))?;
     let mut answered = false;
@@ -200,10 +226,11 @@ async fn attempt(
                 ResponseEvent::Informational(_) => {}
                 ResponseEvent::Dropped { .. } => outcome = Some(Err(bad_response(answered))),
                 ResponseEvent::Final(r) => {
-                    let Some(job) = batch.pop_front() else {
+                    let Some(job) = batch.pop_front().filter(|_| unanswered > 0) else {
                         outcome = Some(Ok(false));
                         continue;
                     };
+                    unanswered -= 1;
                     *counted_sent = counted_sent.saturating_sub(1);
                     // Reuse only a cleanly delimited HTTP/1.1 response on an open connection;
                     // 101 turns the connection into a tunnel.
@@ -222,7 +249,7 @@ async fn attempt(
                     );
                     answered = true;
                     partial = false;
-                    if batch.is_empty() {
+                    if unanswered == 0 {
                         outcome = Some(Ok(reusable));
                     } else if !reusable {
                         // The server ends the connection here; the rest were never answered.
@@ -236,6 +263,13 @@ async fn attempt(
                 Ok(reusable) => Ok(reusable && conn.framer.stats().in_progress() == 0),
                 other => other,
             };
+        }
+        if n > 0 {
+            // More is expected. A server without TCP_NODELAY holds its next small write (the
+            // next pipelined response, or a body written after its head) until this data is
+            // acknowledged (Nagle), while our delayed ACK waits up to 40 ms: acknowledge now.
+            // Costs a syscall only on reads that leave the exchange unfinished.
+            let _ = conn.stream.set_quickack(true);
         }
         if n == 0 {
             // Closed before every response: no byte of the front one is the keep-alive race.
@@ -258,12 +292,13 @@ fn bad_response(answered: bool) -> Failure {
     }
 }
 
-/// Writes every request of the batch, one syscall when it fits the socket buffer, and counts
-/// each copy sent once its last byte is written.
+/// Writes the first `n` requests of the batch, one syscall when they fit the socket buffer,
+/// and counts each copy sent once its last byte is written.
 async fn write_batch(
     pool: &Pool,
     conn: &mut Conn,
     batch: &VecDeque<Job>,
+    n: usize,
     counted_sent: &mut usize,
 ) -> io::Result<()> {
     let mut mark = |i: usize| {
@@ -272,7 +307,7 @@ async fn write_batch(
             *counted_sent = i + 1;
         }
     };
-    if batch.len() == 1 {
+    if n == 1 {
         conn.stream.write_all(&batch[0].out.bytes).await?;
         mark(0);
         return Ok(());
@@ -280,8 +315,8 @@ async fn write_batch(
     // Small requests are copied into one buffer (a few hundred bytes each: cheaper than a
     // syscall per request, and simpler to resume than a partially written IoSlice list).
     conn.wbuf.clear();
-    let mut ends = Vec::with_capacity(batch.len());
-    for job in batch {
+    let mut ends = Vec::with_capacity(n);
+    for job in batch.iter().take(n) {
         conn.wbuf.extend_from_slice(&job.out.bytes);
         ends.push(conn.wbuf.len());
     }

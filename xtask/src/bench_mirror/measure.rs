@@ -91,7 +91,9 @@ pub fn loadavg() -> String {
 }
 
 /// Per-CPU (busy, softirq, total) jiffies from /proc/stat; busy excludes idle and iowait.
-pub fn cpu_times() -> Vec<(u64, u64, u64)> {
+/// Per CPU: (busy, softirq, steal, total) ticks from /proc/stat (proc(5)); busy includes
+/// steal, the time the hypervisor ran someone else while this vCPU wanted to run.
+pub fn cpu_times() -> Vec<(u64, u64, u64, u64)> {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     stat.lines()
         .filter(|l| l.starts_with("cpu") && l.as_bytes().get(3).is_some_and(u8::is_ascii_digit))
@@ -103,23 +105,26 @@ pub fn cpu_times() -> Vec<(u64, u64, u64)> {
                 .collect();
             let total: u64 = v.iter().take(8).sum();
             let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
-            (total - idle, v.get(6).copied().unwrap_or(0), total)
+            let at = |i: usize| v.get(i).copied().unwrap_or(0);
+            (total - idle, at(6), at(7), total)
         })
         .collect()
 }
 
-/// Busy share of each CPU between two [`cpu_times`] samples, e.g. `98/71` (percent), with
-/// the softirq share in brackets.
-pub fn cpu_busy(before: &[(u64, u64, u64)], after: &[(u64, u64, u64)]) -> String {
+/// Busy share of each CPU between two [`cpu_times`] samples, e.g. `98 (20, 3) / 71 (9, 2)`
+/// (percent), with the softirq and steal shares in brackets.
+pub fn cpu_busy(before: &[(u64, u64, u64, u64)], after: &[(u64, u64, u64, u64)]) -> String {
     before
         .iter()
         .zip(after)
         .map(|(b, a)| {
-            let total = (a.2 - b.2).max(1) as f64;
+            let total = (a.3 - b.3).max(1) as f64;
+            let pct = |x: u64, y: u64| (x - y) as f64 * 100.0 / total;
             format!(
-                "{:.0} ({:.0})",
-                (a.0 - b.0) as f64 * 100.0 / total,
-                (a.1 - b.1) as f64 * 100.0 / total
+                "{:.0} ({:.0}, {:.0})",
+                pct(a.0, b.0),
+                pct(a.1, b.1),
+                pct(a.2, b.2)
             )
         })
         .collect::<Vec<_>>()
