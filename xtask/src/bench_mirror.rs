@@ -19,6 +19,12 @@
 //! single back-to-back pairs of the same code) shows as the spread of the two `off` rows instead
 //! of passing for the agent's cost.
 //!
+//! The mirror is `fast-mirror` (tests/src/bin/fast-mirror.rs, hyper with `pipeline_flush`), one
+//! thread, pinned like the mirror nginx was: the issue's "fast mirror". nginx answers pipelined
+//! requests with one writev (one TCP segment) per response, so as a mirror it needs as much CPU
+//! per request as the primary; on 2 vCPUs that makes the mirror, not the agent, the limit. The
+//! first layout also runs the agent against an nginx mirror (`on, nginx mirror`) to show that.
+//!
 //! Then, in the first layout, a paced pair (`paced off` / `paced on`): each wrk connection waits
 //! `PACE_MS` after every response, which holds the primary at a fraction of its full rate, so the
 //! mirror nginx and the agent have CPU to spare. At the full rate on 2 vCPUs the mirror nginx
@@ -48,10 +54,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
-use crate::netns::ns_cmd_on;
+use crate::netns::{ns_cmd, ns_cmd_on, wait_port};
 use crate::util::is_root;
 use measure::{AgentTable, Wrk};
-use world::{MIRROR, NS, PORT, PRIMARY, World};
+use world::{FAST_PORT, MIRROR, NS, PORT, PRIMARY, World};
 
 const DEFAULT_SECS: u64 = 30;
 /// Delay after each response on every wrk connection in the paced runs (wrk's Lua `delay()`).
@@ -87,9 +93,16 @@ impl Layout {
     fn describe(self, ncpu: usize) -> String {
         let [node, mirror, agent] = self.cpus(ncpu);
         format!(
-            "wrk + primary nginx on CPU {node}, mirror nginx on CPU {mirror}, agent on CPU {agent}"
+            "wrk + primary nginx on CPU {node}, mirror (fast-mirror or nginx) on CPU {mirror}, agent on CPU {agent}"
         )
     }
+}
+
+/// Which server plays the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum MirrorKind {
+    Fast,
+    Nginx,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -109,11 +122,18 @@ impl Mode {
     }
 }
 
-struct Run {
+/// What one run measures.
+#[derive(Debug, Clone, Copy)]
+struct Plan {
     layout: Layout,
     mode: Mode,
     /// wrk paced (see `PACE_MS`) rather than at full rate.
     paced: bool,
+    mirror: MirrorKind,
+}
+
+struct Run {
+    plan: Plan,
     load: String,
     wrk: Wrk,
     wall: f64,
@@ -123,13 +143,16 @@ struct Run {
     agent: Option<AgentRun>,
 }
 
-impl Run {
+impl Plan {
     fn label(&self) -> String {
+        let mut l = self.mode.name().to_owned();
         if self.paced {
-            format!("paced, {}", self.mode.name())
-        } else {
-            self.mode.name().to_owned()
+            l = format!("paced, {l}");
         }
+        if self.mirror == MirrorKind::Nginx && self.mode != Mode::Without {
+            l.push_str(", nginx mirror");
+        }
+        l
     }
 }
 
@@ -165,6 +188,7 @@ struct Settings {
     layouts: Vec<Layout>,
     compare: bool,
     agent_bin: PathBuf,
+    fast_mirror_bin: PathBuf,
     ncpu: usize,
 }
 
@@ -197,11 +221,21 @@ pub fn run() -> Result<()> {
         Some(p) => PathBuf::from(p),
         None => crate::ebpf::release_agent()?,
     };
+    crate::util::sh(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "mirror-tests",
+        "--bin",
+        "fast-mirror",
+    ]))?;
+    let fast_mirror_bin = crate::util::target_dir().join("release/fast-mirror");
     let s = Settings {
         secs,
         layouts,
         compare,
         agent_bin,
+        fast_mirror_bin,
         ncpu,
     };
     let load = measure::loadavg();
@@ -215,35 +249,59 @@ pub fn run() -> Result<()> {
 fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
     world.create()?;
     let primary = world.nginx(NS[1], "primary", PRIMARY)?;
-    let mirror = world.nginx(NS[2], "mirror", MIRROR)?;
+    let nginx_mirror = world.nginx(NS[2], "mirror", MIRROR)?;
+    let fast_mirror = world.spawn(
+        ns_cmd(
+            NS[2],
+            s.fast_mirror_bin.to_str().context("fast-mirror path")?,
+        )
+        .arg(format!("{MIRROR}:{FAST_PORT}")),
+        "fast-mirror",
+    )?;
+    wait_port(NS[2], MIRROR, FAST_PORT, || Ok(()))?;
     let mut runs = Vec::new();
     for (li, &layout) in s.layouts.iter().enumerate() {
         let [node_cpus, mirror_cpus, _] = layout.cpus(s.ncpu);
         world::pin(world.pid(primary), &node_cpus)?;
-        world::pin(world.pid(mirror), &mirror_cpus)?;
+        world::pin(world.pid(nginx_mirror), &mirror_cpus)?;
+        world::pin(world.pid(fast_mirror), &mirror_cpus)?;
         // Warm-up.
         wrk(world, s, layout, 2, false)?;
         // `off` before and after `on`: the ratio's baseline is their mean.
+        use MirrorKind::{Fast, Nginx};
         let mut plan = vec![
-            (Mode::Without, false),
-            (Mode::With, false),
-            (Mode::Without, false),
+            (Mode::Without, false, Fast),
+            (Mode::With, false, Fast),
+            (Mode::Without, false, Fast),
         ];
+        if li == 0 {
+            plan.push((Mode::With, false, Nginx));
+        }
         if s.compare && li == 0 {
-            plan.push((Mode::Compare, false));
+            plan.push((Mode::Compare, false, Fast));
         }
         if li == 0 {
-            plan.extend([(Mode::Without, true), (Mode::With, true)]);
+            plan.extend([(Mode::Without, true, Fast), (Mode::With, true, Fast)]);
         }
-        for (mode, paced) in plan {
+        for (mode, paced, kind) in plan {
+            let plan = Plan {
+                layout,
+                mode,
+                paced,
+                mirror: kind,
+            };
             println!(
                 "bench mirror: {} s of wrk{}, layout {}, agent: {} ...",
                 s.secs,
                 if paced { " (paced)" } else { "" },
                 layout.name(),
-                mode.name()
+                plan.label()
             );
-            runs.push(one(world, s, layout, mode, paced, (primary, mirror))?);
+            let mirror = match kind {
+                Fast => fast_mirror,
+                Nginx => nginx_mirror,
+            };
+            runs.push(one(world, s, plan, (primary, mirror))?);
         }
     }
     Ok(runs)
@@ -276,24 +334,35 @@ fn wrk(world: &World, s: &Settings, layout: Layout, secs: u64, paced: bool) -> R
 fn one(
     world: &mut World,
     s: &Settings,
-    layout: Layout,
-    mode: Mode,
-    paced: bool,
+    plan: Plan,
     (primary, mirror): (usize, usize),
 ) -> Result<Run> {
+    let Plan {
+        layout,
+        mode,
+        paced,
+        mirror: kind,
+    } = plan;
     let load = measure::loadavg();
     let name = format!(
-        "agent-{}-{mode:?}{}",
+        "agent-{}-{mode:?}-{kind:?}{}",
         layout.name(),
         if paced { "-paced" } else { "" }
     );
+    let mirror_port = match kind {
+        MirrorKind::Fast => FAST_PORT,
+        MirrorKind::Nginx => PORT,
+    };
     let agent = if mode == Mode::Without {
         None
     } else {
         let [_, _, agent_cpus] = layout.cpus(s.ncpu);
         let mut cmd = ns_cmd_on(NS[1], Some(&agent_cpus), s.agent_bin.to_str().unwrap());
         cmd.args(["--iface", "mbn", "--port", &PORT.to_string()])
-            .args(["--mirror", &format!("http://{MIRROR}:{PORT},name=fast")])
+            .args([
+                "--mirror",
+                &format!("http://{MIRROR}:{mirror_port},name=fast"),
+            ])
             .env("NO_COLOR", "1");
         if mode == Mode::Compare {
             cmd.arg("--compare");
@@ -360,9 +429,7 @@ fn one(
         _ => None,
     };
     Ok(Run {
-        layout,
-        mode,
-        paced,
+        plan,
         load,
         wrk: w,
         wall,
@@ -422,7 +489,7 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
         println!("layout {}: {}", l.name(), l.describe(s.ncpu));
     }
     println!(
-        "each run: wrk -t 2 -c 32 for {} s (keep-alive GET), back to back; mirror 100% to one nginx; \
+        "each run: wrk -t 2 -c 32 for {} s (keep-alive GET), back to back; mirror 100% to fast-mirror (or nginx where named); \
          ratio = primary req/s / mean of the same layout's `off` runs (before and after); paced: \
          each connection waits {PACE_MS} ms after every response",
         s.secs
@@ -433,7 +500,7 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     );
     println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
-        let ratio = base_rps(runs, r.layout, r.paced)
+        let ratio = base_rps(runs, r.plan.layout, r.plan.paced)
             .map_or("-".into(), |b| format!("{:.3}", r.wrk.rps / b));
         let share = |cpu: f64| format!("{:.0}%", cpu * 100.0 / r.wall);
         let (captured, mirrored, compl, served, short, us, agent_share, rss) = match &r.agent {
@@ -460,8 +527,8 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
         let dash = |v: String| if v.is_empty() { "-".into() } else { v };
         println!(
             "| {} | {} | {} | {:.0} | {ratio} | {:.2} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |",
-            r.layout.name(),
-            r.label(),
+            r.plan.layout.name(),
+            r.plan.label(),
             r.load,
             r.wrk.rps,
             r.wrk.p99_ms,
@@ -481,7 +548,7 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     println!();
     for r in runs {
         let Some(a) = &r.agent else { continue };
-        let tag = format!("{} / {}", r.layout.name(), r.label());
+        let tag = format!("{} / {}", r.plan.layout.name(), r.plan.label());
         println!(
             "[{tag}] wrk served {}, agent captured {}, sampled {}, mirrored {}; agent CPU {:.1} s, \
              {:.1} us per captured request; replay: {}",
@@ -507,18 +574,26 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     }
     println!();
     let ok = |b: bool| if b { "met" } else { "MISSED" };
-    for r in runs.iter().filter(|r| r.mode == Mode::With && !r.paced) {
-        let (Some(a), Some(b)) = (&r.agent, base_rps(runs, r.layout, false)) else {
+    for r in runs
+        .iter()
+        .filter(|r| r.plan.mode == Mode::With && !r.plan.paced)
+    {
+        let (Some(a), Some(b)) = (&r.agent, base_rps(runs, r.plan.layout, false)) else {
             continue;
         };
         let ratio = r.wrk.rps / b;
         let rss = a.rss_kib as f64 / 1024.0;
         println!(
-            "targets, layout {}: completeness {:.3}% (>= 99.9%: {}; shortfall {} = queue full {} + other {}; \
+            "targets, layout {} ({}): completeness {:.3}% (>= 99.9%: {}; shortfall {} = queue full {} + other {}; \
              kernel ring full {}); \
              agent CPU {:.1} us per mirrored request (<= 20: {}); RSS {rss:.1} MiB (<= 64: {}); \
              throughput ratio {ratio:.3} (>= 0.95: {})",
-            r.layout.name(),
+            r.plan.layout.name(),
+            if r.plan.mirror == MirrorKind::Fast {
+                "fast mirror"
+            } else {
+                "nginx mirror"
+            },
             a.completeness() * 100.0,
             ok(a.completeness() >= 0.999),
             a.table.shortfall(),
@@ -531,12 +606,16 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
             ok(ratio >= 0.95),
         );
     }
-    for r in runs.iter().filter(|r| r.mode == Mode::With && r.paced) {
+    for r in runs
+        .iter()
+        .filter(|r| r.plan.mode == Mode::With && r.plan.paced)
+    {
         let (Some(a), Some(full), Some(off)) = (
             &r.agent,
-            base_rps(runs, r.layout, false),
-            runs.iter()
-                .find(|o| o.layout == r.layout && o.paced && o.mode == Mode::Without),
+            base_rps(runs, r.plan.layout, false),
+            runs.iter().find(|o| {
+                o.plan.layout == r.plan.layout && o.plan.paced && o.plan.mode == Mode::Without
+            }),
         ) else {
             continue;
         };
@@ -544,7 +623,7 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
             "paced, layout {}: primary at {:.0} req/s ({:.0}% of its full rate): completeness {:.3}% \
              (>= 99.9%: {}; shortfall {} = queue full {} + other {}; kernel ring full {}); \
              agent CPU {:.1} us per mirrored request; primary p99 {:.2} ms without the agent, {:.2} ms with",
-            r.layout.name(),
+            r.plan.layout.name(),
             r.wrk.rps,
             r.wrk.rps * 100.0 / full,
             a.completeness() * 100.0,
@@ -558,18 +637,22 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
             r.wrk.p99_ms,
         );
     }
-    for c in runs.iter().filter(|r| r.mode == Mode::Compare) {
-        let with = runs
-            .iter()
-            .find(|r| r.layout == c.layout && r.mode == Mode::With && !r.paced);
-        let (Some(b), Some(w), Some(ca)) = (base_rps(runs, c.layout, false), with, &c.agent) else {
+    for c in runs.iter().filter(|r| r.plan.mode == Mode::Compare) {
+        let with = runs.iter().find(|r| {
+            r.plan.layout == c.plan.layout
+                && r.plan.mode == Mode::With
+                && !r.plan.paced
+                && r.plan.mirror == MirrorKind::Fast
+        });
+        let (Some(b), Some(w), Some(ca)) = (base_rps(runs, c.plan.layout, false), with, &c.agent)
+        else {
             continue;
         };
         let Some(wa) = &w.agent else { continue };
         println!(
             "comparison mode's cost, layout {}: throughput ratio {:.3} without --compare, {:.3} with; \
              agent CPU per mirrored request {:.1} us without, {:.1} us with ({:+.0}%)",
-            c.layout.name(),
+            c.plan.layout.name(),
             w.wrk.rps / b,
             c.wrk.rps / b,
             wa.us_per(),
@@ -584,7 +667,9 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
 fn base_rps(runs: &[Run], layout: Layout, paced: bool) -> Option<f64> {
     let off: Vec<f64> = runs
         .iter()
-        .filter(|r| r.layout == layout && r.paced == paced && r.mode == Mode::Without)
+        .filter(|r| {
+            r.plan.layout == layout && r.plan.paced == paced && r.plan.mode == Mode::Without
+        })
         .map(|r| r.wrk.rps)
         .collect();
     (!off.is_empty()).then(|| off.iter().sum::<f64>() / off.len() as f64)

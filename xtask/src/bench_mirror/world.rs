@@ -13,6 +13,8 @@ pub const NS: [&str; 3] = ["mbench-client", "mbench-node", "mbench-mirrors"];
 pub const PRIMARY: &str = "10.210.0.1";
 pub const MIRROR: &str = "10.211.0.2";
 pub const PORT: u16 = 8080;
+/// The fast mirror's port (the nginx mirror listens on `PORT`).
+pub const FAST_PORT: u16 = 8081;
 
 /// Namespaces, processes and a temp dir; removed on drop (also on error).
 #[derive(Default)]
