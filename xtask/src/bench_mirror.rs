@@ -40,6 +40,10 @@
 //! /proc/stat: the classifier and the veth transmit run in softirq; steal is the hypervisor) and the agent's peak RSS
 //! (VmHWM). Then the issue 4 targets per layout and the cost of comparison mode.
 //!
+//! The agent's classifiers are timed by the kernel (`kernel.bpf_stats_enabled`, on for the
+//! bench, restored after): nanoseconds per packet and the share of a CPU they took, which is the
+//! agent's direct cost on the CPU that processes the primary's packets.
+//!
 //! Knobs (environment): `MIRROR_BENCH_SECS`, `MIRROR_BENCH_LAYOUTS` (`pinned,shared`),
 //! `MIRROR_BENCH_COMPARE=0` (skip the comparison run), `MIRROR_BENCH_AGENT` (an agent binary to
 //! use instead of building the release one, for before/after pairs), and any `MIRROR_*` option
@@ -156,7 +160,17 @@ impl Plan {
     }
 }
 
+/// The agent's classifiers over the loaded phase (kernel BPF statistics): the agent's cost on
+/// the CPUs that process the primary's packets.
+struct Classifier {
+    ns_per_packet: f64,
+    packets: u64,
+    /// Run time over the phase's wall time: the share of one CPU.
+    cpu_share: f64,
+}
+
 struct AgentRun {
+    classifier: Option<Classifier>,
     cpu: f64,
     rss_kib: u64,
     table: AgentTable,
@@ -239,6 +253,8 @@ pub fn run() -> Result<()> {
         ncpu,
     };
     let load = measure::loadavg();
+    // The classifiers' own run time per packet (printed per run); restored on return.
+    let _bpf_stats = measure::BpfStats::enable();
     let mut world = World::default();
     let runs = bench(&mut world, &s);
     drop(world);
@@ -382,6 +398,7 @@ fn one(
     };
     let (pp, mp) = (world.pid(primary), world.pid(mirror));
     let a0 = agent.map(|i| measure::cpu_secs(world.pid(i))).transpose()?;
+    let k0 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
     let (p0, m0, c0) = (
         measure::cpu_secs(pp)?,
         measure::cpu_secs(mp)?,
@@ -391,6 +408,7 @@ fn one(
     let w = wrk(world, s, layout, s.secs, paced)?;
     std::thread::sleep(DRAIN);
     let wall = t0.elapsed().as_secs_f64();
+    let k1 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
     let busy = measure::cpu_busy(&c0, &measure::cpu_times());
     let (primary_cpu, mirror_cpu) = (measure::cpu_secs(pp)? - p0, measure::cpu_secs(mp)? - m0);
     let agent = match (agent, a0) {
@@ -424,6 +442,14 @@ fn one(
                     .map(str::to_owned)
                     .collect(),
                 compare: compare_table(&log),
+                classifier: match (k0, k1) {
+                    (Some(a), Some(b)) if b.1 > a.1 => Some(Classifier {
+                        ns_per_packet: (b.0 - a.0) as f64 / (b.1 - a.1) as f64,
+                        packets: b.1 - a.1,
+                        cpu_share: (b.0 - a.0) as f64 / (wall * 1e9),
+                    }),
+                    _ => None,
+                },
             })
         }
         _ => None,
@@ -562,6 +588,14 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
         );
         if let Some(c) = &a.capture {
             println!("[{tag}] capture: {c}");
+        }
+        if let Some(k) = &a.classifier {
+            println!(
+                "[{tag}] classifier (kernel BPF statistics): {:.0} ns per packet, {} packets, {:.1}% of one CPU",
+                k.ns_per_packet,
+                k.packets,
+                k.cpu_share * 100.0
+            );
         }
         for l in &a.losses {
             println!("[{tag}] pipeline loss: {l}");

@@ -83,6 +83,56 @@ pub fn vm_hwm_kib(pid: u32) -> Result<u64> {
         .context("no VmHWM")
 }
 
+/// Run time (ns) and run count summed over the BPF programs a process holds open, from
+/// /proc/PID/fdinfo (the kernel counts them only while `kernel.bpf_stats_enabled` is 1).
+pub fn bpf_prog_stats(pid: u32) -> (u64, u64) {
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return (0, 0);
+    };
+    let mut total = (0, 0);
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        if !info.contains("prog_type:") {
+            continue;
+        }
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .unwrap_or(0)
+        };
+        total.0 += field("run_time_ns:");
+        total.1 += field("run_cnt:");
+    }
+    total
+}
+
+/// Turns on the kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`, off by default:
+/// it adds two clock reads per program run) and restores the previous value on drop.
+pub struct BpfStats {
+    previous: Option<String>,
+}
+
+const BPF_STATS: &str = "/proc/sys/kernel/bpf_stats_enabled";
+
+impl BpfStats {
+    pub fn enable() -> Self {
+        let previous = std::fs::read_to_string(BPF_STATS).ok();
+        let _ = std::fs::write(BPF_STATS, "1");
+        Self { previous }
+    }
+}
+
+impl Drop for BpfStats {
+    fn drop(&mut self) {
+        if let Some(p) = &self.previous {
+            let _ = std::fs::write(BPF_STATS, p.trim());
+        }
+    }
+}
+
 /// The 1, 5 and 15 minute load averages.
 pub fn loadavg() -> String {
     std::fs::read_to_string("/proc/loadavg")
