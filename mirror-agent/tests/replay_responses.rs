@@ -143,3 +143,57 @@ async fn client_connection_close_is_honoured() {
         "/a and /b close, /c and /d share one"
     );
 }
+
+/// A mirror that refuses a large upload early (413 as soon as it has the head, as a server
+/// with a body size limit does) and closes with most of the body unread, which resets the
+/// connection under the agent's write: the copy counts as answered 4xx, not as an I/O error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn early_answer_to_a_large_upload_is_the_outcome() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let mut head = Vec::new();
+            let mut buf = vec![0u8; 4096];
+            while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => head.extend_from_slice(&buf[..n]),
+                }
+            }
+            let _ = s
+                .write_all(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                .await;
+            // Dropped with unread body bytes: the kernel answers the agent with a reset.
+        }
+    });
+    let spec = mirror_agent::replay::spec::MirrorSpec {
+        name: "m".into(),
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        percent: 100.0,
+    };
+    let mut cfg = config(vec![spec]);
+    cfg.timeout = Duration::from_secs(5);
+    let replayer = Replayer::start(cfg);
+    let body = vec![b'x'; 10 << 20];
+    let mut raw = format!(
+        "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    raw.extend_from_slice(&body);
+    replayer.submit(&one(&raw));
+    wait_until_or(
+        "the upload resolved",
+        Duration::from_secs(10),
+        || replayer.snapshot().mirrors[0].in_flight == 0,
+        || replayer.snapshot().table(),
+    )
+    .await;
+    let snap = finish(&replayer).await;
+    server.abort();
+    let m = &snap.mirrors[0];
+    assert_eq!((m.status[3], m.error_count()), (1, 0), "{m:?}");
+}

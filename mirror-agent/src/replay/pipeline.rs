@@ -189,9 +189,17 @@ async fn attempt(
         conn.framer.expect(job.out.expected);
     }
     let mut unanswered = n;
-    write_batch(pool, conn, batch, n, counted_sent)
-        .await
-        .map_err(|_| io_err(true, false))?;
+    if let Err(e) = write_batch(pool, conn, batch, n, counted_sent).await {
+        // A mirror may answer before the whole request arrived (413 to a large upload) and
+        // close; the write then fails, but its answer is still in our receive buffer, ahead of
+        // the reset: read it. Any other write error fails the attempt at once.
+        if !matches!(
+            e.kind(),
+            io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset
+        ) {
+            return Err(io_err(true, false));
+        }
+    }
     let mut answered = false;
     // Bytes of the front copy's response (or its 1xx) have arrived.
     let mut partial = false;
