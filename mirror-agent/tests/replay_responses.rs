@@ -168,13 +168,7 @@ async fn early_answer_to_a_large_upload_is_the_outcome() {
             // Dropped with unread body bytes: the kernel answers the agent with a reset.
         }
     });
-    let spec = mirror_agent::replay::spec::MirrorSpec {
-        name: "m".into(),
-        host: addr.ip().to_string(),
-        port: addr.port(),
-        percent: 100.0,
-    };
-    let mut cfg = config(vec![spec]);
+    let mut cfg = config(vec![spec(addr, "m", 100.0)]);
     cfg.timeout = Duration::from_secs(5);
     let replayer = Replayer::start(cfg);
     let body = vec![b'x'; 10 << 20];

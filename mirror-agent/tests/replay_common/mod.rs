@@ -33,12 +33,24 @@ pub enum Behavior {
     Reset,
     /// Custom response bytes per request; `close` closes the connection after writing.
     Script(Script),
+    /// `200 OK` like `Ok`, after the delay this returns for the request.
+    Delayed(Arc<dyn Fn(&Request) -> Duration + Send + Sync>),
+}
+
+/// What a test mirror saw, in its order (all connections): a request arriving (fully read)
+/// or being answered, by target.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Event {
+    Arrived(String),
+    Answered(String),
 }
 
 /// A mirror service on loopback. Stops (aborts its tasks) on drop.
 pub struct TestMirror {
     pub addr: SocketAddr,
     received: Arc<Mutex<Vec<Request>>>,
+    /// Arrivals and answers in the mirror's order.
+    pub events: Arc<Mutex<Vec<Event>>>,
     pub peers: Arc<Mutex<Vec<SocketAddr>>>,
     pub connections: Arc<AtomicUsize>,
     task: tokio::task::JoinHandle<()>,
@@ -59,9 +71,15 @@ impl TestMirror {
         let listener = TcpListener::bind(bind).await.expect("bind test mirror");
         let addr = listener.local_addr().unwrap();
         let received = Arc::new(Mutex::new(Vec::new()));
+        let events = Arc::new(Mutex::new(Vec::new()));
         let peers = Arc::new(Mutex::new(Vec::new()));
         let connections = Arc::new(AtomicUsize::new(0));
-        let (r, p, c) = (received.clone(), peers.clone(), connections.clone());
+        let (r, e, p, c) = (
+            received.clone(),
+            events.clone(),
+            peers.clone(),
+            connections.clone(),
+        );
         let task = tokio::spawn(async move {
             let mut conns = tokio::task::JoinSet::new();
             loop {
@@ -70,13 +88,14 @@ impl TestMirror {
                 };
                 p.lock().unwrap().push(peer);
                 c.fetch_add(1, Ordering::SeqCst);
-                conns.spawn(serve(stream, behavior.clone(), r.clone()));
+                conns.spawn(serve(stream, behavior.clone(), r.clone(), e.clone()));
                 while conns.try_join_next().is_some() {}
             }
         });
         Self {
             addr,
             received,
+            events,
             peers,
             connections,
             task,
@@ -92,16 +111,26 @@ impl TestMirror {
     }
 
     pub fn spec(&self, name: &str, percent: f64) -> MirrorSpec {
-        MirrorSpec {
-            name: name.into(),
-            host: self.addr.ip().to_string(),
-            port: self.addr.port(),
-            percent,
-        }
+        spec(self.addr, name, percent)
     }
 }
 
-async fn serve(mut stream: TcpStream, behavior: Behavior, received: Arc<Mutex<Vec<Request>>>) {
+/// A mirror spec for a server at `addr` (a test mirror or a server of the test's own).
+pub fn spec(addr: SocketAddr, name: &str, percent: f64) -> MirrorSpec {
+    MirrorSpec {
+        name: name.into(),
+        host: addr.ip().to_string(),
+        port: addr.port(),
+        percent,
+    }
+}
+
+async fn serve(
+    mut stream: TcpStream,
+    behavior: Behavior,
+    received: Arc<Mutex<Vec<Request>>>,
+    log: Arc<Mutex<Vec<Event>>>,
+) {
     let mut framer = RequestFramer::new(
         HttpLimits {
             max_body_bytes: 1 << 30,
@@ -122,8 +151,18 @@ async fn serve(mut stream: TcpStream, behavior: Behavior, received: Arc<Mutex<Ve
                 panic!("test mirror got a non-request event: {ev:?}");
             };
             received.lock().unwrap().push(req.clone());
+            log.lock().unwrap().push(Event::Arrived(req.target.clone()));
+            let answered = || {
+                log.lock()
+                    .unwrap()
+                    .push(Event::Answered(req.target.clone()))
+            };
             match &behavior {
-                Behavior::Ok => {
+                Behavior::Ok | Behavior::Delayed(_) => {
+                    if let Behavior::Delayed(delay) = &behavior {
+                        tokio::time::sleep(delay(&req)).await;
+                    }
+                    answered();
                     if stream
                         .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                         .await
