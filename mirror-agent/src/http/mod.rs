@@ -37,6 +37,7 @@
 //!   2xx to CONNECT make the stream a tunnel, HEAD/204/304 have no body, no length means
 //!   close-delimited, and a first response without a status line is an HTTP/0.9 body to close.
 
+mod body;
 mod head;
 pub mod request;
 pub mod response;

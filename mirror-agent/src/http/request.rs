@@ -16,6 +16,7 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::body::{self, BodyState};
 use super::head;
 use super::{BodyFraming, Request, Version};
 
@@ -125,39 +126,17 @@ enum State {
     SkipLine,
     /// Reading head lines; `line_start` is the offset of the current line in the view.
     /// `tentative`: resyncing; the first line must pass the plausibility check.
-    Head {
-        line_start: usize,
-        tentative: bool,
-    },
-    Body {
-        remaining: u64,
-    },
-    ChunkSize {
-        line_start: usize,
-    },
-    ChunkData {
-        remaining: u64,
-    },
-    /// The line end after chunk data.
-    ChunkEnd {
-        line_start: usize,
-    },
-    Trailer {
-        line_start: usize,
-    },
+    Head { line_start: usize, tentative: bool },
+    /// In the body (Content-Length or chunked, trailers included).
+    Body(BodyState),
     /// Tunnel or HTTP/2: bytes are counted and ignored.
     Ignore,
     /// After a framing error: the rest of the stream is dropped as malformed.
     Discard,
 }
 
-/// One pushed buffer being consumed. The view (bytes of the current item kept so far) is
-/// `data[start..pos]` unless the item began in an earlier push (then it is `acc`).
-struct Cur<'a> {
-    data: &'a Bytes,
-    pos: usize,
-    start: usize,
-}
+/// One pushed buffer being consumed (a request that lies in it becomes a slice of it).
+type Cur<'a> = body::Cur<'a, Bytes>;
 
 /// Cuts one client→server byte stream into requests.
 ///
@@ -263,11 +242,7 @@ impl RequestFramer {
     pub fn push(&mut self, data: &Bytes, ts_ns: u64, out: &mut Vec<RequestEvent>) {
         self.stats.pushed_bytes += data.len() as u64;
         self.last_ts = ts_ns;
-        let mut cur = Cur {
-            data,
-            pos: 0,
-            start: 0,
-        };
+        let mut cur = Cur::new(data);
         while cur.pos < data.len() {
             if self.item_len == 0 && self.state != State::Ignore {
                 self.item_ts = ts_ns;
@@ -278,7 +253,7 @@ impl RequestFramer {
         if !self.spanning && cur.start < cur.pos {
             let pending = &data[cur.start..cur.pos];
             let body_hint = match self.state {
-                State::Body { remaining } if self.skipping.is_none() => {
+                State::Body(BodyState::Length { remaining }) if self.skipping.is_none() => {
                     remaining.min(MAX_RESERVE) as usize
                 }
                 _ => 0,
@@ -302,26 +277,21 @@ impl RequestFramer {
             self.enter_tunnel(out);
             return;
         }
-        match self.state {
-            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
-                // The gap lies inside a body of known length: this request is lost, but the
-                // next one starts where the framing says. Skip to it rather than resync by
-                // lines (which would miss a request that follows a body not ending in LF).
-                if self.skipping.is_none() {
-                    self.skipping = Some(RequestDropReason::Gap);
-                    if self.spanning {
-                        self.release_acc();
-                        self.spanning = false;
-                    }
+        if let State::Body(body) = self.state
+            && let Some(after) = body.after_gap(len)
+        {
+            // The gap lies inside a body of known length: this request is lost, but the
+            // next one starts where the framing says. Skip to it rather than resync by
+            // lines (which would miss a request that follows a body not ending in LF).
+            if self.skipping.is_none() {
+                self.skipping = Some(RequestDropReason::Gap);
+                if self.spanning {
+                    self.release_acc();
+                    self.spanning = false;
                 }
-                let remaining = remaining - len;
-                self.state = match self.state {
-                    State::Body { .. } => State::Body { remaining },
-                    _ => State::ChunkData { remaining },
-                };
-                return;
             }
-            _ => {}
+            self.state = State::Body(after);
+            return;
         }
         let tentative = matches!(
             self.state,
@@ -375,23 +345,6 @@ impl RequestFramer {
     }
 
     // ---- view management ----
-
-    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
-        if self.spanning {
-            &self.acc
-        } else {
-            &cur.data[cur.start..cur.pos]
-        }
-    }
-
-    /// Consumes `n` bytes into the view.
-    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
-        if self.spanning {
-            self.acc.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
-        }
-        cur.pos += n;
-        self.item_len += n as u64;
-    }
 
     /// Consumes `n` bytes without keeping them; the view is emptied.
     fn skip(&mut self, cur: &mut Cur<'_>, n: usize) {

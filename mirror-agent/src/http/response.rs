@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 
-use super::head;
+use super::body::{self, BodyState};
 
 mod capture;
 mod machine;
@@ -130,21 +130,8 @@ enum State {
         line_start: usize,
         tentative: bool,
     },
-    Body {
-        remaining: u64,
-    },
-    ChunkSize {
-        line_start: usize,
-    },
-    ChunkData {
-        remaining: u64,
-    },
-    ChunkEnd {
-        line_start: usize,
-    },
-    Trailer {
-        line_start: usize,
-    },
+    /// In a body of known length or a chunked one (trailers included).
+    Body(BodyState),
     /// Close-delimited body: runs to the end of the stream.
     Close,
     Tunnel,
@@ -203,11 +190,8 @@ pub struct ResponseFramer {
     capture: Option<Box<ResponseCapture>>,
 }
 
-struct Cur<'a> {
-    data: &'a [u8],
-    pos: usize,
-    start: usize,
-}
+/// One pushed buffer being consumed.
+type Cur<'a> = body::Cur<'a, [u8]>;
 
 const HEAD_STATE: State = State::Head {
     line_start: 0,
@@ -281,11 +265,7 @@ impl ResponseFramer {
     pub fn push(&mut self, data: &[u8], ts_ns: u64, out: &mut Vec<ResponseEvent>) {
         self.stats.pushed_bytes += data.len() as u64;
         self.last_ts = ts_ns;
-        let mut cur = Cur {
-            data,
-            pos: 0,
-            start: 0,
-        };
+        let mut cur = Cur::new(data);
         while cur.pos < data.len() {
             if self.item_len == 0 {
                 self.item_ts = ts_ns;
@@ -301,20 +281,18 @@ impl ResponseFramer {
     pub fn gap(&mut self, len: u64, out: &mut Vec<ResponseEvent>) {
         self.stats.gap_bytes += len;
         self.seen_message = true;
+        if let State::Body(body) = self.state
+            && let Some(after) = body.after_gap(len)
+        {
+            // Inside a body of known length: this response is lost (reported as a Gap
+            // drop when it ends) but the next one starts where the framing says, so the
+            // framer stays paired with its requests.
+            self.damaged = true;
+            self.state = State::Body(after);
+            return;
+        }
         match self.state {
             State::Tunnel => return,
-            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
-                // Inside a body of known length: this response is lost (reported as a Gap
-                // drop when it ends) but the next one starts where the framing says, so the
-                // framer stays paired with its requests.
-                self.damaged = true;
-                let remaining = remaining - len;
-                self.state = match self.state {
-                    State::Body { .. } => State::Body { remaining },
-                    _ => State::ChunkData { remaining },
-                };
-                return;
-            }
             State::SkipLine
             | State::Head {
                 tentative: true, ..
@@ -361,47 +339,12 @@ impl ResponseFramer {
 
     // ---- view and drops ----
 
-    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
-        if self.spanning {
-            &self.buf
-        } else {
-            &cur.data[cur.start..cur.pos]
-        }
-    }
-
-    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
-        if self.spanning {
-            self.buf.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
-        }
-        cur.pos += n;
-        self.item_len += n as u64;
-    }
-
     fn discard_view(&mut self, cur: &mut Cur<'_>) {
         if self.spanning {
             self.buf.clear();
             self.spanning = false;
         }
         cur.start = cur.pos;
-    }
-
-    /// See `RequestFramer::take_line`: consumes through the next LF without letting the view
-    /// grow past `limit + 1`.
-    fn take_line(&mut self, cur: &mut Cur<'_>, limit: usize) -> bool {
-        let data = cur.data;
-        let avail = &data[cur.pos..];
-        let room = limit.saturating_add(1).saturating_sub(self.view(cur).len());
-        let window = &avail[..avail.len().min(room.max(1))];
-        match head::find_line_end(window) {
-            Some(n) => {
-                self.take(cur, n);
-                true
-            }
-            None => {
-                self.take(cur, window.len());
-                false
-            }
-        }
     }
 
     fn reset_item(&mut self) {

@@ -1,8 +1,11 @@
 //! The request framer's state machine: one step consumes bytes of a push in the current state
-//! (head lines, Content-Length body, chunk-size lines, chunk data, trailers, tunnel).
+//! (head lines, tunnel, resync); body states are stepped by the shared [`BodyFramer`], whose
+//! hooks are implemented here: a request keeps its body bytes for replay unless it is being
+//! skipped, and broken chunk framing drops the rest of the stream.
 
 use bytes::Bytes;
 
+use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, Plausible};
 use super::super::{BodyFraming, Request};
 use super::parse::parse_head;
@@ -45,115 +48,7 @@ impl RequestFramer {
                 line_start,
                 tentative,
             } => self.step_head(cur, line_start, tentative, out),
-            State::Body { remaining } => {
-                let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping.is_some() {
-                    self.skip(cur, n);
-                } else {
-                    self.take(cur, n);
-                }
-                let remaining = remaining - n as u64;
-                self.state = State::Body { remaining };
-                if remaining == 0 {
-                    self.complete(cur, out);
-                }
-            }
-            State::ChunkSize { line_start } => {
-                let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail_stream(cur, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
-                let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
-                    self.fail_stream(cur, out);
-                    return;
-                };
-                let size = body_len - self.body_len;
-                self.body_len = body_len;
-                if self.skipping.is_some() {
-                    self.discard_view(cur);
-                } else {
-                    let wire_body = self.item_len - self.head_len as u64;
-                    if wire_body.saturating_add(size) > self.limits.max_body_bytes {
-                        self.skipping = Some(RequestDropReason::BodyTooLarge);
-                        self.discard_view(cur);
-                    }
-                }
-                self.state = if size == 0 {
-                    State::Trailer {
-                        line_start: self.view(cur).len(),
-                    }
-                } else {
-                    State::ChunkData { remaining: size }
-                };
-            }
-            State::ChunkData { remaining } => {
-                let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping.is_some() {
-                    self.skip(cur, n);
-                } else {
-                    self.take(cur, n);
-                }
-                let remaining = remaining - n as u64;
-                self.state = if remaining == 0 {
-                    State::ChunkEnd {
-                        line_start: self.view(cur).len(),
-                    }
-                } else {
-                    State::ChunkData { remaining }
-                };
-            }
-            State::ChunkEnd { line_start } => {
-                let limit = line_start + 2;
-                let complete = self.take_line(cur, limit);
-                if !complete {
-                    if self.view(cur).len() > limit {
-                        self.fail_stream(cur, out);
-                    }
-                    return;
-                }
-                if !head::is_blank_line(&self.view(cur)[line_start..]) {
-                    self.fail_stream(cur, out);
-                    return;
-                }
-                if self.skipping.is_some() {
-                    self.discard_view(cur);
-                }
-                self.state = State::ChunkSize {
-                    line_start: self.view(cur).len(),
-                };
-            }
-            State::Trailer { line_start } => {
-                // The trailer section shares the head limit (it is a field section too).
-                let room = self.limits.max_head_bytes.saturating_sub(self.trailer_len);
-                let limit = line_start + room;
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let line = &self.view(cur)[line_start..];
-                let blank = head::is_blank_line(line);
-                self.trailer_len += line.len();
-                if blank {
-                    self.complete(cur, out);
-                } else {
-                    if self.skipping.is_some() {
-                        self.discard_view(cur);
-                    }
-                    self.state = State::Trailer {
-                        line_start: self.view(cur).len(),
-                    };
-                }
-            }
+            State::Body(body) => self.step_body(cur, body, out),
         }
     }
 
@@ -189,26 +84,6 @@ impl RequestFramer {
         self.stats.ignored_bytes += self.item_len;
         self.reset_item();
         self.state = State::Ignore;
-    }
-
-    /// Consumes up to and including the next line end, but never lets the view grow past
-    /// `limit + 1` bytes (so an endless line stays bounded; the caller fails a view longer
-    /// than `limit`). Returns whether a line end was consumed.
-    fn take_line(&mut self, cur: &mut Cur<'_>, limit: usize) -> bool {
-        let data: &Bytes = cur.data;
-        let avail = &data[cur.pos..];
-        let room = limit.saturating_add(1).saturating_sub(self.view(cur).len());
-        let window = &avail[..avail.len().min(room.max(1))];
-        match head::find_line_end(window) {
-            Some(n) => {
-                self.take(cur, n);
-                true
-            }
-            None => {
-                self.take(cur, window.len());
-                false
-            }
-        }
     }
 
     fn step_head(
@@ -341,12 +216,12 @@ impl RequestFramer {
                 } else if self.spanning {
                     self.acc.reserve(n.min(super::MAX_RESERVE) as usize);
                 }
-                self.state = State::Body { remaining: n };
+                self.state = State::Body(BodyState::Length { remaining: n });
             }
             BodyFraming::Chunked => {
-                self.state = State::ChunkSize {
+                self.state = State::Body(BodyState::ChunkSize {
                     line_start: self.view(cur).len(),
-                };
+                });
             }
             BodyFraming::None | BodyFraming::CloseDelimited => self.complete(cur, out),
         }
@@ -399,5 +274,98 @@ impl RequestFramer {
             line_start: 0,
             tentative: tunnel,
         };
+    }
+}
+
+impl BodyFramer for RequestFramer {
+    type Data = Bytes;
+    type Event = RequestEvent;
+
+    #[inline]
+    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
+        if self.spanning {
+            &self.acc
+        } else {
+            &cur.data[cur.start..cur.pos]
+        }
+    }
+
+    #[inline]
+    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
+        if self.spanning {
+            self.acc.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
+        }
+        cur.pos += n;
+        self.item_len += n as u64;
+    }
+
+    #[inline]
+    fn take_body(&mut self, cur: &mut Cur<'_>, n: usize) {
+        if self.skipping.is_some() {
+            self.skip(cur, n);
+        } else {
+            self.take(cur, n);
+        }
+    }
+
+    #[inline]
+    fn chunk_announced(&mut self, size: u64) {
+        if self.skipping.is_none() {
+            let wire_body = self.item_len - self.head_len as u64;
+            if wire_body.saturating_add(size) > self.limits.max_body_bytes {
+                self.skipping = Some(RequestDropReason::BodyTooLarge);
+            }
+        }
+    }
+
+    /// A request being skipped keeps nothing; one kept for replay keeps its framing lines.
+    #[inline]
+    fn framing_line_read(&mut self, cur: &mut Cur<'_>) {
+        if self.skipping.is_some() {
+            self.discard_view(cur);
+        }
+    }
+
+    #[inline]
+    fn set_body_state(&mut self, state: BodyState) {
+        self.state = State::Body(state);
+    }
+
+    #[inline]
+    fn body_len_mut(&mut self) -> &mut u64 {
+        &mut self.body_len
+    }
+
+    #[inline]
+    fn trailer_len_mut(&mut self) -> &mut usize {
+        &mut self.trailer_len
+    }
+
+    #[inline]
+    fn max_head_bytes(&self) -> usize {
+        self.limits.max_head_bytes
+    }
+
+    /// Broken chunk framing is unrecoverable for a request (see `fail_stream`).
+    fn framing_error(
+        &mut self,
+        cur: &mut Cur<'_>,
+        _at_line_start: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        self.fail_stream(cur, out);
+    }
+
+    fn trailer_too_large(
+        &mut self,
+        cur: &mut Cur<'_>,
+        at_line_start: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        self.fail(cur, RequestDropReason::HeadTooLarge, at_line_start, out);
+    }
+
+    fn end_message(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        self.complete(cur, out);
     }
 }
