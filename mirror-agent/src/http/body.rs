@@ -11,32 +11,7 @@
 //! shared steps cost what the two copies they replace did.
 
 use super::head;
-
-/// One pushed buffer being consumed. The view (bytes of the current item kept so far) is
-/// `data[start..pos]` unless the item began in an earlier push (then the framer's own buffer
-/// holds it). `D` is `Bytes` for the request framer (a request is a slice of the push) and
-/// `[u8]` for the response framer.
-pub(super) struct Cur<'a, D: ?Sized> {
-    pub(super) data: &'a D,
-    pub(super) pos: usize,
-    pub(super) start: usize,
-}
-
-impl<'a, D: ?Sized + AsRef<[u8]>> Cur<'a, D> {
-    pub(super) fn new(data: &'a D) -> Self {
-        Self {
-            data,
-            pos: 0,
-            start: 0,
-        }
-    }
-
-    /// The bytes of the push not consumed yet.
-    #[inline]
-    pub(super) fn avail(&self) -> &'a [u8] {
-        &self.data.as_ref()[self.pos..]
-    }
-}
+use super::stream::Cur;
 
 /// Where a framer is within a message body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -43,6 +43,7 @@ pub mod request;
 pub mod response;
 #[cfg(test)]
 mod response_tests;
+mod stream;
 #[cfg(test)]
 mod tests;
 

@@ -16,8 +16,9 @@
 
 use bytes::{Bytes, BytesMut};
 
-use super::body::{self, BodyState};
+use super::body::BodyState;
 use super::head;
+use super::stream::{self, PendingDrop};
 use super::{BodyFraming, Request, Version};
 
 mod machine;
@@ -136,7 +137,7 @@ enum State {
 }
 
 /// One pushed buffer being consumed (a request that lies in it becomes a slice of it).
-type Cur<'a> = body::Cur<'a, Bytes>;
+type Cur<'a> = stream::Cur<'a, Bytes>;
 
 /// Cuts one client→server byte stream into requests.
 ///
@@ -182,7 +183,7 @@ pub struct RequestFramer {
     /// Reused buffer for header value offsets.
     value_at_pool: Vec<(usize, usize)>,
     /// Bytes discarded while resyncing, not yet reported, and why.
-    resync: Option<(RequestDropReason, u64)>,
+    resync: PendingDrop<RequestDropReason>,
     stats: RequestFramerStats,
 }
 
@@ -216,11 +217,11 @@ impl RequestFramer {
             skipping: None,
             tunnel_pending: false,
             value_at_pool: Vec::new(),
-            resync: None,
+            resync: PendingDrop::none(),
             stats: RequestFramerStats::default(),
         };
         if midstream {
-            f.resync = Some((RequestDropReason::Midstream, 0));
+            let _ = f.resync.start(RequestDropReason::Midstream);
             f.state = State::Head {
                 line_start: 0,
                 tentative: true,
@@ -391,41 +392,30 @@ impl RequestFramer {
     fn drop_item(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
         let bytes = self.item_len;
         self.reset_item();
-        match &mut self.resync {
-            Some((r, b)) if *r == reason => *b += bytes,
-            _ => {
-                self.flush_resync(out);
-                self.resync = Some((reason, bytes));
-            }
-        }
+        let earlier = self.resync.add(reason, bytes);
+        self.report(earlier, out);
     }
 
     fn discard_item_into_resync(&mut self) {
         let bytes = self.item_len;
         self.reset_item();
-        match &mut self.resync {
-            Some((_, b)) => *b += bytes,
-            None => self.resync = Some((RequestDropReason::Malformed, bytes)),
-        }
+        self.resync.add_any(bytes, RequestDropReason::Malformed);
     }
 
     /// Begins (or continues) a resync for `reason`; a pending resync for another reason is
     /// reported first.
     fn start_resync(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
-        match self.resync {
-            Some((r, _)) if r == reason => {}
-            Some(_) => {
-                self.flush_resync(out);
-                self.resync = Some((reason, 0));
-            }
-            None => self.resync = Some((reason, 0)),
-        }
+        let earlier = self.resync.start(reason);
+        self.report(earlier, out);
     }
 
     fn flush_resync(&mut self, out: &mut Vec<RequestEvent>) {
-        if let Some((reason, bytes)) = self.resync.take()
-            && bytes > 0
-        {
+        let pending = self.resync.take();
+        self.report(pending, out);
+    }
+
+    fn report(&mut self, drop: Option<(RequestDropReason, u64)>, out: &mut Vec<RequestEvent>) {
+        if let Some((reason, bytes)) = drop {
             self.stats.dropped_bytes += bytes;
             out.push(RequestEvent::Dropped { reason, bytes });
         }

@@ -14,7 +14,8 @@
 
 use std::collections::VecDeque;
 
-use super::body::{self, BodyState};
+use super::body::BodyState;
+use super::stream::{self, PendingDrop};
 
 mod capture;
 mod machine;
@@ -182,7 +183,7 @@ pub struct ResponseFramer {
     /// A response head was seen (or a drop happened): an HTTP/0.9 response is only possible
     /// as the first thing on a stream.
     seen_message: bool,
-    resync: Option<(ResponseDropReason, u64)>,
+    resync: PendingDrop<ResponseDropReason>,
     stats: ResponseFramerStats,
     /// Body prefix kept per response (`Some`: capture on, see [`ResponseCapture`]).
     capture_limit: Option<usize>,
@@ -191,7 +192,7 @@ pub struct ResponseFramer {
 }
 
 /// One pushed buffer being consumed.
-type Cur<'a> = body::Cur<'a, [u8]>;
+type Cur<'a> = stream::Cur<'a, [u8]>;
 
 const HEAD_STATE: State = State::Head {
     line_start: 0,
@@ -219,7 +220,7 @@ impl ResponseFramer {
             current: None,
             damaged: false,
             seen_message: false,
-            resync: None,
+            resync: PendingDrop::none(),
             stats: ResponseFramerStats::default(),
             capture_limit: None,
             capture: None,
@@ -231,7 +232,7 @@ impl ResponseFramer {
     pub fn new_midstream(limits: HttpLimits) -> Self {
         let mut f = Self::new(limits);
         f.seen_message = true;
-        f.resync = Some((ResponseDropReason::Midstream, 0));
+        let _ = f.resync.start(ResponseDropReason::Midstream);
         f.state = RESYNC_STATE;
         f
     }
@@ -303,10 +304,8 @@ impl ResponseFramer {
                 }
             }
         }
-        if !matches!(self.resync, Some((ResponseDropReason::Gap, _))) {
-            self.flush_resync(out);
-            self.resync = Some((ResponseDropReason::Gap, 0));
-        }
+        let earlier = self.resync.start(ResponseDropReason::Gap);
+        self.report(earlier, out);
         self.state = RESYNC_STATE;
     }
 
@@ -365,9 +364,12 @@ impl ResponseFramer {
     }
 
     fn flush_resync(&mut self, out: &mut Vec<ResponseEvent>) {
-        if let Some((reason, bytes)) = self.resync.take()
-            && bytes > 0
-        {
+        let pending = self.resync.take();
+        self.report(pending, out);
+    }
+
+    fn report(&mut self, drop: Option<(ResponseDropReason, u64)>, out: &mut Vec<ResponseEvent>) {
+        if let Some((reason, bytes)) = drop {
             self.stats.dropped_bytes += bytes;
             out.push(ResponseEvent::Dropped { reason, bytes });
         }
@@ -379,22 +381,14 @@ impl ResponseFramer {
             self.stats.answers_dropped += 1;
         }
         self.reset_item();
-        match &mut self.resync {
-            Some((r, b)) if *r == reason => *b += bytes,
-            _ => {
-                self.flush_resync(out);
-                self.resync = Some((reason, bytes));
-            }
-        }
+        let earlier = self.resync.add(reason, bytes);
+        self.report(earlier, out);
     }
 
     fn discard_item_into_resync(&mut self) {
         let bytes = self.item_len;
         self.reset_item();
-        match &mut self.resync {
-            Some((_, b)) => *b += bytes,
-            None => self.resync = Some((ResponseDropReason::Malformed, bytes)),
-        }
+        self.resync.add_any(bytes, ResponseDropReason::Malformed);
     }
 
     fn fail(

@@ -24,17 +24,13 @@ impl RequestFramer {
                 cur.start = cur.pos;
             }
             State::Discard => {
-                if let Some((_, b)) = &mut self.resync {
-                    *b += avail.len() as u64;
-                }
+                self.resync.grow(avail.len() as u64);
                 cur.pos = data.len();
                 cur.start = cur.pos;
             }
             State::SkipLine => {
                 let n = head::find_line_end(avail).unwrap_or(avail.len());
-                if let Some((_, b)) = &mut self.resync {
-                    *b += n as u64;
-                }
+                self.resync.grow(n as u64);
                 cur.pos += n;
                 cur.start = cur.pos;
                 if cur.data[cur.pos - 1] == b'\n' {

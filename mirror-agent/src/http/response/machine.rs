@@ -25,9 +25,7 @@ impl ResponseFramer {
             }
             State::SkipLine => {
                 let n = head::find_line_end(avail).unwrap_or(avail.len());
-                if let Some((_, b)) = &mut self.resync {
-                    *b += n as u64;
-                }
+                self.resync.grow(n as u64);
                 cur.pos += n;
                 cur.start = cur.pos;
                 if data[cur.pos - 1] == b'\n' {
