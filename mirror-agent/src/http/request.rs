@@ -136,6 +136,27 @@ enum State {
     Discard,
 }
 
+const HEAD_STATE: State = State::Head {
+    line_start: 0,
+    tentative: false,
+};
+const RESYNC_STATE: State = State::Head {
+    line_start: 0,
+    tentative: true,
+};
+
+impl State {
+    /// Where to look for the next request line after bad bytes: at the next line start if
+    /// the last consumed byte ended a line, else after skipping to the next line end.
+    fn resync_at(at_line_start: bool) -> Self {
+        if at_line_start {
+            RESYNC_STATE
+        } else {
+            State::SkipLine
+        }
+    }
+}
+
 /// One pushed buffer being consumed (a request that lies in it becomes a slice of it).
 type Cur<'a> = stream::Cur<'a, Bytes>;
 
@@ -200,10 +221,7 @@ impl RequestFramer {
     pub fn new(limits: HttpLimits, midstream: bool) -> Self {
         let mut f = Self {
             limits,
-            state: State::Head {
-                line_start: 0,
-                tentative: false,
-            },
+            state: HEAD_STATE,
             acc: BytesMut::new(),
             spanning: false,
             item_len: 0,
@@ -222,10 +240,7 @@ impl RequestFramer {
         };
         if midstream {
             let _ = f.resync.start(RequestDropReason::Midstream);
-            f.state = State::Head {
-                line_start: 0,
-                tentative: true,
-            };
+            f.state = RESYNC_STATE;
         }
         f
     }
@@ -308,10 +323,7 @@ impl RequestFramer {
             self.drop_item(RequestDropReason::Gap, out);
         }
         self.start_resync(RequestDropReason::Gap, out);
-        self.state = State::Head {
-            line_start: 0,
-            tentative: true,
-        };
+        self.state = RESYNC_STATE;
     }
 
     /// The stream ended. The framer is then ready for a new stream (from its start).
@@ -339,10 +351,7 @@ impl RequestFramer {
         }
         self.flush_resync(out);
         self.reset_item();
-        self.state = State::Head {
-            line_start: 0,
-            tentative: false,
-        };
+        self.state = HEAD_STATE;
     }
 
     // ---- view management ----
@@ -432,14 +441,7 @@ impl RequestFramer {
     ) {
         self.drop_item(reason, out);
         cur.start = cur.pos;
-        self.state = if at_line_start {
-            State::Head {
-                line_start: 0,
-                tentative: true,
-            }
-        } else {
-            State::SkipLine
-        };
+        self.state = State::resync_at(at_line_start);
     }
 
     /// The body length cannot be determined (conflicting Content-Length, a final transfer

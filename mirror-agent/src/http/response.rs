@@ -203,6 +203,18 @@ const RESYNC_STATE: State = State::Head {
     tentative: true,
 };
 
+impl State {
+    /// Where to look for the next status line after bad bytes: at the next line start if
+    /// the last consumed byte ended a line, else after skipping to the next line end.
+    fn resync_at(at_line_start: bool) -> Self {
+        if at_line_start {
+            RESYNC_STATE
+        } else {
+            State::SkipLine
+        }
+    }
+}
+
 impl ResponseFramer {
     pub fn new(limits: HttpLimits) -> Self {
         Self {
@@ -400,11 +412,7 @@ impl ResponseFramer {
     ) {
         self.drop_item(reason, out);
         cur.start = cur.pos;
-        self.state = if at_line_start {
-            RESYNC_STATE
-        } else {
-            State::SkipLine
-        };
+        self.state = State::resync_at(at_line_start);
     }
 }
 

@@ -9,7 +9,7 @@ use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, Plausible};
 use super::super::{BodyFraming, Request};
 use super::parse::parse_head;
-use super::{Cur, RequestDropReason, RequestEvent, RequestFramer, State};
+use super::{Cur, RESYNC_STATE, RequestDropReason, RequestEvent, RequestFramer, State};
 
 impl RequestFramer {
     // ---- the state machine ----
@@ -34,10 +34,7 @@ impl RequestFramer {
                 cur.pos += n;
                 cur.start = cur.pos;
                 if cur.data[cur.pos - 1] == b'\n' {
-                    self.state = State::Head {
-                        line_start: 0,
-                        tentative: true,
-                    };
+                    self.state = RESYNC_STATE;
                 }
             }
             State::Head {
@@ -63,14 +60,7 @@ impl RequestFramer {
             return;
         }
         self.discard_item_into_resync();
-        self.state = if at_line_start {
-            State::Head {
-                line_start: 0,
-                tentative: true,
-            }
-        } else {
-            State::SkipLine
-        };
+        self.state = State::resync_at(at_line_start);
     }
 
     /// The bytes after an Upgrade/CONNECT request are not HTTP/1.x: ignore the rest.

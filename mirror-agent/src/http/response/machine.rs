@@ -81,11 +81,7 @@ impl ResponseFramer {
             if tentative {
                 self.discard_item_into_resync();
                 cur.start = cur.pos;
-                self.state = if complete {
-                    RESYNC_STATE
-                } else {
-                    State::SkipLine
-                };
+                self.state = State::resync_at(complete);
             } else {
                 self.fail(cur, ResponseDropReason::HeadTooLarge, complete, out);
             }
@@ -98,11 +94,7 @@ impl ResponseFramer {
             if view[..n] != STATUS_PREFIX[..n] {
                 self.discard_item_into_resync();
                 cur.start = cur.pos;
-                self.state = if complete {
-                    RESYNC_STATE
-                } else {
-                    State::SkipLine
-                };
+                self.state = State::resync_at(complete);
                 return;
             }
         }
