@@ -11,7 +11,7 @@
 //! shared steps cost what the two copies they replace did.
 
 use super::head;
-use super::stream::Cur;
+use super::stream::{Cur, Item};
 
 /// Where a framer is within a message body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,10 +60,8 @@ pub(super) trait BodyFramer {
     type Data: ?Sized + AsRef<[u8]>;
     type Event;
 
-    /// The bytes of the current item kept so far.
-    fn view<'s>(&'s self, cur: &'s Cur<'_, Self::Data>) -> &'s [u8];
-    /// Consumes `n` bytes into the view.
-    fn take(&mut self, cur: &mut Cur<'_, Self::Data>, n: usize);
+    fn item(&self) -> &Item;
+    fn item_mut(&mut self) -> &mut Item;
     /// Consumes `n` bytes of body data (of a Content-Length body or of a chunk).
     fn take_body(&mut self, cur: &mut Cur<'_, Self::Data>, n: usize);
     /// A chunk of `size` bytes was announced (`size` is already added to the body length).
@@ -71,10 +69,6 @@ pub(super) trait BodyFramer {
     /// A chunk-size, chunk-end or trailer line was read: the framer may let the view go.
     fn framing_line_read(&mut self, cur: &mut Cur<'_, Self::Data>);
     fn set_body_state(&mut self, state: BodyState);
-    /// Decoded body length so far (the sum of chunk sizes).
-    fn body_len_mut(&mut self) -> &mut u64;
-    /// Bytes of the trailer section so far.
-    fn trailer_len_mut(&mut self) -> &mut usize;
     fn max_head_bytes(&self) -> usize;
     /// The chunk framing is broken. `at_line_start`: the last consumed byte ended a line.
     fn framing_error(
@@ -92,6 +86,18 @@ pub(super) trait BodyFramer {
     );
     /// The body (and trailer section) is complete: the message ends here.
     fn end_message(&mut self, cur: &mut Cur<'_, Self::Data>, out: &mut Vec<Self::Event>);
+
+    /// The bytes of the current item kept so far.
+    #[inline]
+    fn view<'s>(&'s self, cur: &'s Cur<'_, Self::Data>) -> &'s [u8] {
+        self.item().view(cur)
+    }
+
+    /// Consumes `n` bytes into the view.
+    #[inline]
+    fn take(&mut self, cur: &mut Cur<'_, Self::Data>, n: usize) {
+        self.item_mut().take(cur, n);
+    }
 
     /// Consumes up to and including the next line end, but never lets the view grow past
     /// `limit + 1` bytes (so an endless line stays bounded; the caller fails a view longer
@@ -142,12 +148,12 @@ pub(super) trait BodyFramer {
                     return;
                 }
                 let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
-                let before = *self.body_len_mut();
+                let before = self.item().body_len;
                 let Some(body_len) = size.and_then(|s| before.checked_add(s)) else {
                     self.framing_error(cur, true, out);
                     return;
                 };
-                *self.body_len_mut() = body_len;
+                self.item_mut().body_len = body_len;
                 let size = body_len - before;
                 self.chunk_announced(size);
                 self.framing_line_read(cur);
@@ -192,7 +198,7 @@ pub(super) trait BodyFramer {
             BodyState::Trailer { line_start } => {
                 let room = self
                     .max_head_bytes()
-                    .saturating_sub(*self.trailer_len_mut());
+                    .saturating_sub(self.item().trailer_len);
                 let limit = line_start + room;
                 let complete = self.take_line(cur, limit);
                 if self.view(cur).len() > limit {
@@ -204,7 +210,7 @@ pub(super) trait BodyFramer {
                 }
                 let line = &self.view(cur)[line_start..];
                 let (blank, len) = (head::is_blank_line(line), line.len());
-                *self.trailer_len_mut() += len;
+                self.item_mut().trailer_len += len;
                 self.framing_line_read(cur);
                 if blank {
                     self.end_message(cur, out);

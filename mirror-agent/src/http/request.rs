@@ -18,7 +18,7 @@ use bytes::{Bytes, BytesMut};
 
 use super::body::BodyState;
 use super::head;
-use super::stream::{self, PendingDrop};
+use super::stream::{self, Item, PendingDrop};
 use super::{BodyFraming, Request, Version};
 
 mod machine;
@@ -182,19 +182,12 @@ type Cur<'a> = stream::Cur<'a, Bytes>;
 pub struct RequestFramer {
     limits: HttpLimits,
     state: State,
-    /// The view when the current item spans pushes.
-    acc: BytesMut,
-    spanning: bool,
-    /// Bytes consumed by the current item (request or resync candidate), kept or not.
-    item_len: u64,
-    item_ts: u64,
+    /// The request or resync candidate in progress.
+    item: Item,
     last_ts: u64,
-    head_len: usize,
     /// Length of the first line when it had no version (HTTP/0.9 style).
     v09_line: Option<usize>,
     parsed: Option<ParsedHead>,
-    body_len: u64,
-    trailer_len: usize,
     /// The body is being skipped by its framing, and why (too large, or a gap inside it):
     /// nothing but the current line is kept, and the request ends as a drop.
     skipping: Option<RequestDropReason>,
@@ -222,16 +215,10 @@ impl RequestFramer {
         let mut f = Self {
             limits,
             state: HEAD_STATE,
-            acc: BytesMut::new(),
-            spanning: false,
-            item_len: 0,
-            item_ts: 0,
+            item: Item::default(),
             last_ts: 0,
-            head_len: 0,
             v09_line: None,
             parsed: None,
-            body_len: 0,
-            trailer_len: 0,
             skipping: None,
             tunnel_pending: false,
             value_at_pool: Vec::new(),
@@ -252,7 +239,7 @@ impl RequestFramer {
     /// Bytes held in memory for the request in progress; at most
     /// `2 * max_head_bytes + max_body_bytes + 1`.
     pub fn buffered_bytes(&self) -> usize {
-        self.acc.len()
+        self.item.buf.len()
     }
 
     pub fn push(&mut self, data: &Bytes, ts_ns: u64, out: &mut Vec<RequestEvent>) {
@@ -260,13 +247,13 @@ impl RequestFramer {
         self.last_ts = ts_ns;
         let mut cur = Cur::new(data);
         while cur.pos < data.len() {
-            if self.item_len == 0 && self.state != State::Ignore {
-                self.item_ts = ts_ns;
+            if self.item.len == 0 && self.state != State::Ignore {
+                self.item.ts = ts_ns;
             }
             self.step(&mut cur, out);
         }
         // Keep the part of the view that lies in this buffer for the next push.
-        if !self.spanning && cur.start < cur.pos {
+        if !self.item.spanning && cur.start < cur.pos {
             let pending = &data[cur.start..cur.pos];
             let body_hint = match self.state {
                 State::Body(BodyState::Length { remaining }) if self.skipping.is_none() => {
@@ -274,9 +261,9 @@ impl RequestFramer {
                 }
                 _ => 0,
             };
-            self.acc.reserve(pending.len() + body_hint);
-            self.acc.extend_from_slice(pending);
-            self.spanning = true;
+            self.item.buf.reserve(pending.len() + body_hint);
+            self.item.buf.extend_from_slice(pending);
+            self.item.spanning = true;
         }
     }
 
@@ -301,9 +288,9 @@ impl RequestFramer {
             // lines (which would miss a request that follows a body not ending in LF).
             if self.skipping.is_none() {
                 self.skipping = Some(RequestDropReason::Gap);
-                if self.spanning {
+                if self.item.spanning {
                     self.release_acc();
-                    self.spanning = false;
+                    self.item.spanning = false;
                 }
             }
             self.state = State::Body(after);
@@ -319,7 +306,7 @@ impl RequestFramer {
         if tentative {
             // A resync candidate: its bytes belong to the resync already under way.
             self.discard_item_into_resync();
-        } else if !self.emit_v09_if_complete(out) && self.item_len > 0 {
+        } else if !self.emit_v09_if_complete(out) && self.item.len > 0 {
             self.drop_item(RequestDropReason::Gap, out);
         }
         self.start_resync(RequestDropReason::Gap, out);
@@ -328,7 +315,7 @@ impl RequestFramer {
 
     /// The stream ended. The framer is then ready for a new stream (from its start).
     pub fn finish(&mut self, out: &mut Vec<RequestEvent>) {
-        if self.tunnel_pending && self.item_len > 0 {
+        if self.tunnel_pending && self.item.len > 0 {
             self.enter_tunnel(out);
         }
         self.tunnel_pending = false;
@@ -339,7 +326,7 @@ impl RequestFramer {
             }
             | State::SkipLine => self.discard_item_into_resync(),
             _ => {
-                if !self.emit_v09_if_complete(out) && self.item_len > 0 {
+                if !self.emit_v09_if_complete(out) && self.item.len > 0 {
                     // A request already lost to a gap keeps that reason.
                     let reason = match self.skipping {
                         Some(RequestDropReason::Gap) => RequestDropReason::Gap,
@@ -359,37 +346,34 @@ impl RequestFramer {
     /// Consumes `n` bytes without keeping them; the view is emptied.
     fn skip(&mut self, cur: &mut Cur<'_>, n: usize) {
         cur.pos += n;
-        self.item_len += n as u64;
+        self.item.len += n as u64;
         self.discard_view(cur);
     }
 
     fn discard_view(&mut self, cur: &mut Cur<'_>) {
-        if self.spanning {
+        if self.item.spanning {
             self.release_acc();
-            self.spanning = false;
+            self.item.spanning = false;
         }
         cur.start = cur.pos;
     }
 
     fn release_acc(&mut self) {
-        if self.acc.capacity() > KEEP_ACC_CAPACITY {
-            self.acc = BytesMut::new();
+        if self.item.buf.capacity() > KEEP_ACC_CAPACITY {
+            self.item.buf = BytesMut::new();
         } else {
-            self.acc.clear();
+            self.item.buf.clear();
         }
     }
 
     fn reset_item(&mut self) {
-        self.item_len = 0;
-        self.head_len = 0;
+        self.item.reset_counts();
         self.v09_line = None;
         self.parsed = None;
-        self.body_len = 0;
-        self.trailer_len = 0;
         self.skipping = None;
-        if self.spanning {
+        if self.item.spanning {
             self.release_acc();
-            self.spanning = false;
+            self.item.spanning = false;
         }
     }
 
@@ -399,14 +383,14 @@ impl RequestFramer {
     /// follows, so a bad request and the garbage after it are one event. A pending resync for
     /// another reason is reported first.
     fn drop_item(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         self.reset_item();
         let earlier = self.resync.add(reason, bytes);
         self.report(earlier, out);
     }
 
     fn discard_item_into_resync(&mut self) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         self.reset_item();
         self.resync.add_any(bytes, RequestDropReason::Malformed);
     }
@@ -462,11 +446,11 @@ impl RequestFramer {
         let Some(first) = self.v09_line else {
             return false;
         };
-        if self.item_len != first as u64 || !self.spanning {
+        if self.item.len != first as u64 || !self.item.spanning {
             return false;
         }
-        let raw = self.acc.split().freeze();
-        self.spanning = false;
+        let raw = self.item.buf.split().freeze();
+        self.item.spanning = false;
         let Some((method, target)) = head::versionless_request_line(&raw) else {
             return false;
         };
@@ -478,7 +462,7 @@ impl RequestFramer {
             framing: BodyFraming::None,
             body_len: 0,
             head_len: raw.len(),
-            ts_ns: self.item_ts,
+            ts_ns: self.item.ts,
             end_ts_ns: self.last_ts,
             te_and_cl: false,
             raw,

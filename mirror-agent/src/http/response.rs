@@ -14,8 +14,10 @@
 
 use std::collections::VecDeque;
 
+use bytes::BytesMut;
+
 use super::body::BodyState;
-use super::stream::{self, PendingDrop};
+use super::stream::{self, Item, PendingDrop};
 
 mod capture;
 mod machine;
@@ -168,15 +170,9 @@ pub struct ResponseFramer {
     limits: HttpLimits,
     state: State,
     expected: VecDeque<ExpectedResponse>,
-    /// The view (current head or line) when it spans pushes.
-    buf: Vec<u8>,
-    spanning: bool,
-    item_len: u64,
-    item_ts: u64,
+    /// The response or resync candidate in progress; its view is a head or one line.
+    item: Item,
     last_ts: u64,
-    head_len: usize,
-    body_len: u64,
-    trailer_len: usize,
     current: Option<Current>,
     /// A gap fell inside the current response's body: it ends as a Gap drop.
     damaged: bool,
@@ -221,14 +217,8 @@ impl ResponseFramer {
             limits,
             state: HEAD_STATE,
             expected: VecDeque::new(),
-            buf: Vec::new(),
-            spanning: false,
-            item_len: 0,
-            item_ts: 0,
+            item: Item::default(),
             last_ts: 0,
-            head_len: 0,
-            body_len: 0,
-            trailer_len: 0,
             current: None,
             damaged: false,
             seen_message: false,
@@ -256,7 +246,7 @@ impl ResponseFramer {
     /// Bytes held in memory (a head or one line in progress, at most `max_head_bytes + 1`,
     /// plus the capture of the response in progress when capture is on).
     pub fn buffered_bytes(&self) -> usize {
-        self.buf.len() + self.capture_held()
+        self.item.buf.len() + self.capture_held()
     }
 
     /// A final response's head has been read (taking its request's expectation) and its body
@@ -280,14 +270,14 @@ impl ResponseFramer {
         self.last_ts = ts_ns;
         let mut cur = Cur::new(data);
         while cur.pos < data.len() {
-            if self.item_len == 0 {
-                self.item_ts = ts_ns;
+            if self.item.len == 0 {
+                self.item.ts = ts_ns;
             }
             self.step(&mut cur, out);
         }
-        if !self.spanning && cur.start < cur.pos {
-            self.buf.extend_from_slice(&data[cur.start..cur.pos]);
-            self.spanning = true;
+        if !self.item.spanning && cur.start < cur.pos {
+            self.item.buf.extend_from_slice(&data[cur.start..cur.pos]);
+            self.item.spanning = true;
         }
     }
 
@@ -311,7 +301,7 @@ impl ResponseFramer {
                 tentative: true, ..
             } => self.discard_item_into_resync(),
             _ => {
-                if self.item_len > 0 {
+                if self.item.len > 0 {
                     self.drop_item(ResponseDropReason::Gap, out);
                 }
             }
@@ -332,7 +322,7 @@ impl ResponseFramer {
                 tentative: true, ..
             } => self.discard_item_into_resync(),
             _ => {
-                if self.item_len > 0 {
+                if self.item.len > 0 {
                     let reason = if self.damaged {
                         ResponseDropReason::Gap
                     } else {
@@ -351,27 +341,24 @@ impl ResponseFramer {
     // ---- view and drops ----
 
     fn discard_view(&mut self, cur: &mut Cur<'_>) {
-        if self.spanning {
-            self.buf.clear();
-            self.spanning = false;
+        if self.item.spanning {
+            self.item.buf.clear();
+            self.item.spanning = false;
         }
         cur.start = cur.pos;
     }
 
     fn reset_item(&mut self) {
-        self.item_len = 0;
-        self.head_len = 0;
-        self.body_len = 0;
-        self.trailer_len = 0;
+        self.item.reset_counts();
         self.current = None;
         self.damaged = false;
         self.capture = None;
-        if self.spanning {
-            self.buf.clear();
-            self.spanning = false;
+        if self.item.spanning {
+            self.item.buf.clear();
+            self.item.spanning = false;
         }
-        if self.buf.capacity() > 2 * self.limits.max_head_bytes.max(4096) {
-            self.buf = Vec::new();
+        if self.item.buf.capacity() > 2 * self.limits.max_head_bytes.max(4096) {
+            self.item.buf = BytesMut::new();
         }
     }
 
@@ -388,7 +375,7 @@ impl ResponseFramer {
     }
 
     fn drop_item(&mut self, reason: ResponseDropReason, out: &mut Vec<ResponseEvent>) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         if self.current.is_some_and(|c| c.took_expectation) {
             self.stats.answers_dropped += 1;
         }
@@ -398,7 +385,7 @@ impl ResponseFramer {
     }
 
     fn discard_item_into_resync(&mut self) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         self.reset_item();
         self.resync.add_any(bytes, ResponseDropReason::Malformed);
     }

@@ -1,5 +1,8 @@
 //! What the request and response framers share about consuming a stream, apart from bodies
-//! (see the `body` module): the cursor over one push, and the drop pending while resyncing.
+//! (see the `body` module): the cursor over one push, the item in progress with its view, and
+//! the drop pending while resyncing.
+
+use bytes::BytesMut;
 
 /// One pushed buffer being consumed. The view (bytes of the current item kept so far) is
 /// `data[start..pos]` unless the item began in an earlier push (then the framer's own buffer
@@ -24,6 +27,55 @@ impl<'a, D: ?Sized + AsRef<[u8]>> Cur<'a, D> {
     #[inline]
     pub(super) fn avail(&self) -> &'a [u8] {
         &self.data.as_ref()[self.pos..]
+    }
+}
+
+/// The item in progress (a message, or bytes being tried as the start of one), as both
+/// framers track it.
+#[derive(Debug, Default)]
+pub(super) struct Item {
+    /// The view when the item spans pushes (else it is `data[start..pos]` of the [`Cur`]).
+    pub(super) buf: BytesMut,
+    pub(super) spanning: bool,
+    /// Bytes consumed by the item, kept or not.
+    pub(super) len: u64,
+    /// Time of the item's first byte.
+    pub(super) ts: u64,
+    pub(super) head_len: usize,
+    /// Decoded body length: the Content-Length, or the sum of chunk sizes so far.
+    pub(super) body_len: u64,
+    /// Bytes of the trailer section so far.
+    pub(super) trailer_len: usize,
+}
+
+impl Item {
+    /// The bytes of the item kept so far.
+    #[inline]
+    pub(super) fn view<'s, D: ?Sized + AsRef<[u8]>>(&'s self, cur: &'s Cur<'_, D>) -> &'s [u8] {
+        if self.spanning {
+            &self.buf
+        } else {
+            &cur.data.as_ref()[cur.start..cur.pos]
+        }
+    }
+
+    /// Consumes `n` bytes into the view.
+    #[inline]
+    pub(super) fn take<D: ?Sized + AsRef<[u8]>>(&mut self, cur: &mut Cur<'_, D>, n: usize) {
+        if self.spanning {
+            self.buf
+                .extend_from_slice(&cur.data.as_ref()[cur.pos..cur.pos + n]);
+        }
+        cur.pos += n;
+        self.len += n as u64;
+    }
+
+    /// Counters back to zero for the next item; the view buffer is left to the framer.
+    pub(super) fn reset_counts(&mut self) {
+        self.len = 0;
+        self.head_len = 0;
+        self.body_len = 0;
+        self.trailer_len = 0;
     }
 }
 

@@ -7,6 +7,7 @@ use bytes::Bytes;
 
 use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, Plausible};
+use super::super::stream::Item;
 use super::super::{BodyFraming, Request};
 use super::parse::parse_head;
 use super::{Cur, RESYNC_STATE, RequestDropReason, RequestEvent, RequestFramer, State};
@@ -67,7 +68,7 @@ impl RequestFramer {
     pub(super) fn enter_tunnel(&mut self, out: &mut Vec<RequestEvent>) {
         self.tunnel_pending = false;
         out.push(RequestEvent::Tunnel);
-        self.stats.ignored_bytes += self.item_len;
+        self.stats.ignored_bytes += self.item.len;
         self.reset_item();
         self.state = State::Ignore;
     }
@@ -80,7 +81,7 @@ impl RequestFramer {
         out: &mut Vec<RequestEvent>,
     ) {
         let max_head = self.limits.max_head_bytes;
-        if line_start == 0 && !tentative && !self.spanning && cur.start == cur.pos {
+        if line_start == 0 && !tentative && !self.item.spanning && cur.start == cur.pos {
             // Fast path: a head that starts here and ends within this push is found and
             // parsed by one httparse call. Anything else (a partial head, blank lines, a
             // versionless line, the h2 preface, errors) takes the line-by-line path below.
@@ -92,7 +93,7 @@ impl RequestFramer {
                     parse_head(window, None, self.limits.max_headers, false, pool)
                 {
                     self.take(cur, n);
-                    self.head_len = n;
+                    self.item.head_len = n;
                     if parsed.framing_ok {
                         self.parsed = Some(parsed);
                         self.start_body(cur, out);
@@ -127,7 +128,7 @@ impl RequestFramer {
                 if tentative && !self.tunnel_pending {
                     self.discard_item_into_resync();
                 } else {
-                    self.stats.ignored_bytes += self.item_len;
+                    self.stats.ignored_bytes += self.item.len;
                     self.reset_item();
                 }
                 cur.start = cur.pos;
@@ -149,7 +150,7 @@ impl RequestFramer {
             }
             if h2 {
                 out.push(RequestEvent::Http2);
-                self.stats.ignored_bytes += self.item_len;
+                self.stats.ignored_bytes += self.item.len;
                 self.reset_item();
                 cur.start = cur.pos;
                 self.state = State::Ignore;
@@ -169,7 +170,7 @@ impl RequestFramer {
             };
             return;
         }
-        self.head_len = view_len;
+        self.item.head_len = view_len;
         let pool = std::mem::take(&mut self.value_at_pool);
         let max_headers = self.limits.max_headers;
         let result = parse_head(self.view(cur), self.v09_line, max_headers, true, pool);
@@ -195,12 +196,12 @@ impl RequestFramer {
             .map_or(BodyFraming::None, |p| p.framing);
         match framing {
             BodyFraming::ContentLength(n) => {
-                self.body_len = n;
+                self.item.body_len = n;
                 if n > self.limits.max_body_bytes {
                     self.skipping = Some(RequestDropReason::BodyTooLarge);
                     self.discard_view(cur);
-                } else if self.spanning {
-                    self.acc.reserve(n.min(super::MAX_RESERVE) as usize);
+                } else if self.item.spanning {
+                    self.item.buf.reserve(n.min(super::MAX_RESERVE) as usize);
                 }
                 self.state = State::Body(BodyState::Length { remaining: n });
             }
@@ -218,14 +219,14 @@ impl RequestFramer {
         let parsed = self.parsed.take();
         let tunnel = parsed.as_ref().is_some_and(|p| p.tunnel);
         if let Some(reason) = self.skipping {
-            let bytes = self.item_len;
+            let bytes = self.item.len;
             self.stats.dropped_bytes += bytes;
             out.push(RequestEvent::Dropped { reason, bytes });
             cur.start = cur.pos;
         } else if let Some(p) = parsed {
-            let raw = if self.spanning {
-                self.spanning = false;
-                self.acc.split().freeze()
+            let raw = if self.item.spanning {
+                self.item.spanning = false;
+                self.item.buf.split().freeze()
             } else {
                 cur.data.slice(cur.start..cur.pos)
             };
@@ -238,14 +239,14 @@ impl RequestFramer {
             self.stats.requests += 1;
             self.stats.request_bytes += raw.len() as u64;
             out.push(RequestEvent::Request(Request {
-                head_len: self.head_len,
+                head_len: self.item.head_len,
                 method: p.method,
                 target: p.target,
                 version: p.version,
                 headers,
                 framing: p.framing,
-                body_len: self.body_len,
-                ts_ns: self.item_ts,
+                body_len: self.item.body_len,
+                ts_ns: self.item.ts,
                 end_ts_ns: self.last_ts,
                 te_and_cl: p.te_and_cl,
                 raw,
@@ -268,21 +269,13 @@ impl BodyFramer for RequestFramer {
     type Event = RequestEvent;
 
     #[inline]
-    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
-        if self.spanning {
-            &self.acc
-        } else {
-            &cur.data[cur.start..cur.pos]
-        }
+    fn item(&self) -> &Item {
+        &self.item
     }
 
     #[inline]
-    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
-        if self.spanning {
-            self.acc.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
-        }
-        cur.pos += n;
-        self.item_len += n as u64;
+    fn item_mut(&mut self) -> &mut Item {
+        &mut self.item
     }
 
     #[inline]
@@ -297,7 +290,7 @@ impl BodyFramer for RequestFramer {
     #[inline]
     fn chunk_announced(&mut self, size: u64) {
         if self.skipping.is_none() {
-            let wire_body = self.item_len - self.head_len as u64;
+            let wire_body = self.item.len - self.item.head_len as u64;
             if wire_body.saturating_add(size) > self.limits.max_body_bytes {
                 self.skipping = Some(RequestDropReason::BodyTooLarge);
             }
@@ -315,16 +308,6 @@ impl BodyFramer for RequestFramer {
     #[inline]
     fn set_body_state(&mut self, state: BodyState) {
         self.state = State::Body(state);
-    }
-
-    #[inline]
-    fn body_len_mut(&mut self) -> &mut u64 {
-        &mut self.body_len
-    }
-
-    #[inline]
-    fn trailer_len_mut(&mut self) -> &mut usize {
-        &mut self.trailer_len
     }
 
     #[inline]

@@ -5,6 +5,7 @@
 
 use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, TransferEncoding};
+use super::super::stream::Item;
 use super::super::{BodyFraming, Version};
 use super::{
     Cur, Current, ExpectedResponse, HEAD_STATE, HeaderFraming, RESYNC_STATE, Response,
@@ -39,8 +40,8 @@ impl ResponseFramer {
             State::Body(body) => self.step_body(cur, body, out),
             State::Close => {
                 self.capture_body(avail);
-                self.item_len += avail.len() as u64;
-                self.body_len += avail.len() as u64;
+                self.item.len += avail.len() as u64;
+                self.item.body_len += avail.len() as u64;
                 cur.pos = data.len();
                 cur.start = cur.pos;
             }
@@ -55,7 +56,7 @@ impl ResponseFramer {
         out: &mut Vec<ResponseEvent>,
     ) {
         let max_head = self.limits.max_head_bytes;
-        if line_start == 0 && !tentative && !self.spanning && cur.start == cur.pos {
+        if line_start == 0 && !tentative && !self.item.spanning && cur.start == cur.pos {
             // Fast path: a head that starts here with a status line and ends within this push
             // is found and parsed by one httparse call (a mirror's responses mostly arrive
             // whole). Anything else (a partial head, blank lines, HTTP/0.9, errors) takes the
@@ -68,7 +69,7 @@ impl ResponseFramer {
                     self.capture_head(window[..n].to_vec());
                 }
                 self.take(cur, n);
-                self.head_len = n;
+                self.item.head_len = n;
                 self.seen_message = true;
                 self.discard_view(cur);
                 self.start_body(status, version, body, out);
@@ -103,7 +104,7 @@ impl ResponseFramer {
             // (body only, until close), as tshark and curl --http0.9 read it.
             let n = view.len().min(5);
             if view[..n] != b"HTTP/"[..n] && !head::is_blank_line(view) && view != b"\r" {
-                let consumed = self.item_len;
+                let consumed = self.item.len;
                 self.discard_view(cur);
                 self.seen_message = true;
                 let took_expectation = self.expected.pop_front().is_some();
@@ -114,7 +115,7 @@ impl ResponseFramer {
                     tunnel_after: false,
                     took_expectation,
                 });
-                self.body_len = consumed;
+                self.item.body_len = consumed;
                 self.state = State::Close;
                 return;
             }
@@ -137,7 +138,7 @@ impl ResponseFramer {
                 if tentative {
                     self.discard_item_into_resync();
                 } else {
-                    self.stats.ignored_bytes += self.item_len;
+                    self.stats.ignored_bytes += self.item.len;
                     self.reset_item();
                 }
                 cur.start = cur.pos;
@@ -164,7 +165,7 @@ impl ResponseFramer {
             let head = view.to_vec();
             self.capture_head(head);
         }
-        self.head_len = view_len;
+        self.item.head_len = view_len;
         self.seen_message = true;
         match parsed {
             Ok((status, version, body)) => {
@@ -283,13 +284,13 @@ impl ResponseFramer {
         };
         let body_len = match c.framing {
             BodyFraming::ContentLength(n) => n,
-            _ => self.body_len,
+            _ => self.item.body_len,
         };
         if self.damaged {
             if c.took_expectation {
                 self.stats.answers_dropped += 1;
             }
-            let bytes = self.item_len;
+            let bytes = self.item.len;
             self.stats.dropped_bytes += bytes;
             out.push(ResponseEvent::Dropped {
                 reason: ResponseDropReason::Gap,
@@ -306,15 +307,15 @@ impl ResponseFramer {
         let response = Response {
             status: c.status,
             version: c.version,
-            head_len: self.head_len,
+            head_len: self.item.head_len,
             framing: c.framing,
             body_len,
-            ts_ns: self.item_ts,
+            ts_ns: self.item.ts,
             end_ts_ns: self.last_ts,
             capture: None,
         };
         self.stats.responses += 1;
-        self.stats.response_bytes += self.item_len;
+        self.stats.response_bytes += self.item.len;
         out.push(if (100..200).contains(&c.status) && c.status != 101 {
             ResponseEvent::Informational(response)
         } else {
@@ -339,30 +340,20 @@ impl BodyFramer for ResponseFramer {
     type Event = ResponseEvent;
 
     #[inline]
-    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
-        if self.spanning {
-            &self.buf
-        } else {
-            &cur.data[cur.start..cur.pos]
-        }
+    fn item(&self) -> &Item {
+        &self.item
     }
 
     #[inline]
-    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
-        if self.spanning {
-            self.buf.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
-        }
-        cur.pos += n;
-        self.item_len += n as u64;
+    fn item_mut(&mut self) -> &mut Item {
+        &mut self.item
     }
 
-    /// Body bytes are counted (and captured when capture is on), never buffered; the view
-    /// is empty in a body (the head was let go when the body started).
     #[inline]
     fn take_body(&mut self, cur: &mut Cur<'_>, n: usize) {
         self.capture_body(&cur.data[cur.pos..cur.pos + n]);
         cur.pos += n;
-        self.item_len += n as u64;
+        self.item.len += n as u64;
         cur.start = cur.pos;
     }
 
@@ -377,16 +368,6 @@ impl BodyFramer for ResponseFramer {
     #[inline]
     fn set_body_state(&mut self, state: BodyState) {
         self.state = State::Body(state);
-    }
-
-    #[inline]
-    fn body_len_mut(&mut self) -> &mut u64 {
-        &mut self.body_len
-    }
-
-    #[inline]
-    fn trailer_len_mut(&mut self) -> &mut usize {
-        &mut self.trailer_len
     }
 
     #[inline]
