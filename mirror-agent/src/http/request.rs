@@ -226,7 +226,7 @@ impl RequestFramer {
             stats: RequestFramerStats::default(),
         };
         if midstream {
-            let _ = f.resync.start(RequestDropReason::Midstream);
+            f.resync = PendingDrop::from_start(RequestDropReason::Midstream);
             f.state = RESYNC_STATE;
         }
         f

@@ -234,7 +234,7 @@ impl ResponseFramer {
     pub fn new_midstream(limits: HttpLimits) -> Self {
         let mut f = Self::new(limits);
         f.seen_message = true;
-        let _ = f.resync.start(ResponseDropReason::Midstream);
+        f.resync = PendingDrop::from_start(ResponseDropReason::Midstream);
         f.state = RESYNC_STATE;
         f
     }

@@ -90,6 +90,11 @@ impl<R: Copy + PartialEq> PendingDrop<R> {
         Self(None)
     }
 
+    /// A resync for `reason` under way from the first byte (a stream picked up mid-way).
+    pub(super) fn from_start(reason: R) -> Self {
+        Self(Some((reason, 0)))
+    }
+
     /// A resync for `reason` begins (or goes on, if one for `reason` is pending).
     #[must_use]
     pub(super) fn start(&mut self, reason: R) -> Option<(R, u64)> {
