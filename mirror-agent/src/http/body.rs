@@ -54,7 +54,8 @@ impl BodyState {
     }
 }
 
-/// What a framer provides so that [`BodyFramer::step_body`] can frame its bodies.
+/// What a framer provides so that the shared steps can run on it: [`BodyFramer::step_body`]
+/// for bodies, and [`BodyFramer::take_line`] (bounded line taking, which head parsing uses too).
 pub(super) trait BodyFramer {
     /// What one push is (`Bytes` or `[u8]`).
     type Data: ?Sized + AsRef<[u8]>;
