@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::agent::{Agent, Summary};
 use crate::mirror::{Behavior, MirrorTable, RecordingServer};
-use crate::{Topology, wait_for_port};
+use crate::{NetNs, Topology, wait_for_port};
 
 pub const PRIMARY_PORT: u16 = 8080;
 
@@ -92,8 +92,12 @@ pub fn stop_agent(agent: &mut Agent) -> (Summary, MirrorTable) {
 
 /// Runs curl in the client namespace (`-sS --max-time 30`, no `Expect: 100-continue`).
 pub fn curl(topo: &Topology, args: &[&str]) -> Output {
-    topo.client
-        .command("curl")
+    curl_in(&topo.client, args)
+}
+
+/// Runs curl in `ns` (`-sS --max-time 30`, no `Expect: 100-continue`).
+pub fn curl_in(ns: &NetNs, args: &[&str]) -> Output {
+    ns.command("curl")
         .args(["-sS", "--max-time", "30", "-H", "Expect:"])
         .args(args)
         .output()
@@ -109,6 +113,24 @@ pub fn curl_ok(topo: &Topology, args: &[&str]) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     out.stdout
+}
+
+/// curl that must be answered with a 2xx (`--fail`), the response body discarded: for tests
+/// that only need the request to have been served (the capture tests compare what was sent).
+pub fn curl_served(topo: &Topology, args: &[&str]) {
+    curl_served_in(&topo.client, args);
+}
+
+/// [`curl_served`] in `ns`.
+pub fn curl_served_in(ns: &NetNs, args: &[&str]) {
+    let mut all = vec!["--fail", "-o", "/dev/null"];
+    all.extend_from_slice(args);
+    let out = curl_in(ns, &all);
+    assert!(
+        out.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Bytes that do not compress or repeat at a short period (an LCG), for bodies.

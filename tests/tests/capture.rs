@@ -8,33 +8,10 @@ use std::path::Path;
 
 use mirror_tests::agent::{Agent, Summary};
 use mirror_tests::oracle::{received, start_recording_server, tshark_client_streams};
+use mirror_tests::scenario::{curl_served, curl_served_in};
 use mirror_tests::{TempDir, Topology, privileged_or_skip};
 
 const PORT: u16 = 8080;
-
-fn curl(topo: &Topology, args: &[&str]) {
-    let out = topo
-        .client
-        .command("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--max-time",
-            "30",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Expect:",
-        ])
-        .args(args)
-        .output()
-        .expect("run curl");
-    assert!(
-        out.status.success(),
-        "curl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
 
 fn assert_counters_balance(s: &Summary) {
     let accounted = s.get("ignored")
@@ -116,9 +93,9 @@ fn small_requests_ipv4_and_ipv6_captured_byte_exact() {
         let topo = Topology::new();
         let url = format!("http://{url_host}:{PORT}");
         let summary = capture_and_compare(dir.path(), &topo, host, 4, || {
-            curl(&topo, &[&format!("{url}/")]);
-            curl(&topo, &[&format!("{url}/path?q=1"), "-H", "X-Trace: abc"]);
-            curl(
+            curl_served(&topo, &[&format!("{url}/")]);
+            curl_served(&topo, &[&format!("{url}/path?q=1"), "-H", "X-Trace: abc"]);
+            curl_served(
                 &topo,
                 &[
                     "-X",
@@ -128,7 +105,7 @@ fn small_requests_ipv4_and_ipv6_captured_byte_exact() {
                     &format!("{url}/form"),
                 ],
             );
-            curl(
+            curl_served(
                 &topo,
                 &[
                     "-X",
@@ -169,7 +146,7 @@ fn ten_mib_upload_captured_byte_exact() {
         std::fs::write(&body, &data).unwrap();
         let url = format!("http://{url_host}:{PORT}/upload");
         let summary = capture_and_compare(dir.path(), &topo, host, 1, || {
-            curl(
+            curl_served(
                 &topo,
                 &["--data-binary", &format!("@{}", body.display()), &url],
             );
@@ -217,8 +194,8 @@ fn vlan_tagged_requests_captured_on_the_parent_interface() {
     }
     let url = format!("http://10.78.0.1:{PORT}");
     capture_and_compare(dir.path(), &topo, "10.78.0.1", 2, || {
-        curl(&topo, &[&format!("{url}/tagged")]);
-        curl(
+        curl_served(&topo, &[&format!("{url}/tagged")]);
+        curl_served(
             &topo,
             &[
                 "--data-binary",
@@ -254,28 +231,8 @@ fn loopback_records_each_packet_once() {
         dir.path(),
     );
     let body = "z".repeat(20000);
-    let out = ns
-        .command("curl")
-        .args([
-            "-sS",
-            "--fail",
-            "--max-time",
-            "10",
-            "-o",
-            "/dev/null",
-            "-H",
-            "Expect:",
-            "--data-binary",
-            &body,
-        ])
-        .arg(format!("http://127.0.0.1:{PORT}/lo"))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let url = format!("http://127.0.0.1:{PORT}/lo");
+    curl_served_in(&ns, &["--data-binary", &body, &url]);
     let server_saw = received(dir.path(), 1);
     let (status, summary) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{}", agent.log());

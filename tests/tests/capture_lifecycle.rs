@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use mirror_tests::agent::{Agent, attached_programs, binary, run_to_exit};
 use mirror_tests::oracle::{start_recording_server, tshark_flow_sizes};
+use mirror_tests::scenario::curl_served;
 use mirror_tests::{TempDir, Topology, is_root, privileged_or_skip};
 
 const PORT: u16 = 8080;
@@ -60,19 +61,9 @@ fn nothing_stays_attached_after_sigterm_or_sigkill() {
     }
 }
 
-fn curl_once(topo: &Topology, path: &str) {
-    let out = topo
-        .client
-        .command("curl")
-        .args(["-sS", "--fail", "--max-time", "10", "-o", "/dev/null"])
-        .arg(format!("http://{}:{PORT}{path}", Topology::SERVER_V4))
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+/// The server's URL for `path` (requests the agent sees on the server's veth end).
+fn server_url(path: &str) -> String {
+    format!("http://{}:{PORT}{path}", Topology::SERVER_V4)
 }
 
 /// The clsact + netlink path (what kernels before 6.6 get), forced with `--attach tc`.
@@ -105,7 +96,7 @@ fn tc_attach_captures_and_cleans_up_after_kill() {
     let mut agent = Agent::start(&topo.server, &args, dir.path());
     let on = attached_programs(&topo.server, &topo.server_if);
     assert!(classic(&on), "one tc filter per hook, no TCX link: {on:?}");
-    curl_once(&topo, "/tc");
+    curl_served(&topo, &[&server_url("/tc")]);
     std::thread::sleep(Duration::from_millis(200));
     let (status, summary) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "{}", agent.log());
@@ -178,11 +169,11 @@ fn second_agent_on_same_interface_does_not_break_the_first() {
         &["--iface", &topo.server_if, "--port", "8080"],
         dir.path(),
     );
-    curl_once(&topo, "/x");
+    curl_served(&topo, &[&server_url("/x")]);
     // Let the second agent drain before stopping it, then kill it the hard way.
     std::thread::sleep(Duration::from_millis(200));
     let (_, _) = second.stop(libc::SIGKILL);
-    curl_once(&topo, "/x");
+    curl_served(&topo, &[&server_url("/x")]);
     let (status, summary) = first.stop(libc::SIGTERM);
     assert!(status.success(), "{}", first.log());
     let flows = tshark_flow_sizes(&pcap);

@@ -3,7 +3,10 @@
 //! Owns [`Request`] and the framers: [`request::RequestFramer`] cuts a client byte stream into
 //! requests, keeping the exact wire bytes; [`response::ResponseFramer`] cuts a server byte stream
 //! into responses (used to pair primary responses and to read mirror responses). Framers are
-//! plain state machines: bytes in, events out, no I/O and no clock.
+//! plain state machines: bytes in, events out, no I/O and no clock. What the two framers do
+//! alike is written once: body framing (Content-Length, chunks, trailers) in `body`, the item
+//! in progress, the cursor over a push and the drop pending while resyncing in `stream`, and
+//! head-level helpers (header slots, lines, framing rules) in `head`.
 //!
 //! Not owned here: reassembly (bytes arrive in order, with gaps reported), pairing requests
 //! with responses, and counting drops per flow (the pipeline sums the framers' events).
@@ -37,11 +40,13 @@
 //!   2xx to CONNECT make the stream a tunnel, HEAD/204/304 have no body, no length means
 //!   close-delimited, and a first response without a status line is an HTTP/0.9 body to close.
 
+mod body;
 mod head;
 pub mod request;
 pub mod response;
 #[cfg(test)]
 mod response_tests;
+mod stream;
 #[cfg(test)]
 mod tests;
 

@@ -16,7 +16,9 @@
 
 use bytes::{Bytes, BytesMut};
 
+use super::body::BodyState;
 use super::head;
+use super::stream::{self, Item, PendingDrop};
 use super::{BodyFraming, Request, Version};
 
 mod machine;
@@ -125,39 +127,38 @@ enum State {
     SkipLine,
     /// Reading head lines; `line_start` is the offset of the current line in the view.
     /// `tentative`: resyncing; the first line must pass the plausibility check.
-    Head {
-        line_start: usize,
-        tentative: bool,
-    },
-    Body {
-        remaining: u64,
-    },
-    ChunkSize {
-        line_start: usize,
-    },
-    ChunkData {
-        remaining: u64,
-    },
-    /// The line end after chunk data.
-    ChunkEnd {
-        line_start: usize,
-    },
-    Trailer {
-        line_start: usize,
-    },
+    Head { line_start: usize, tentative: bool },
+    /// In the body (Content-Length or chunked, trailers included).
+    Body(BodyState),
     /// Tunnel or HTTP/2: bytes are counted and ignored.
     Ignore,
     /// After a framing error: the rest of the stream is dropped as malformed.
     Discard,
 }
 
-/// One pushed buffer being consumed. The view (bytes of the current item kept so far) is
-/// `data[start..pos]` unless the item began in an earlier push (then it is `acc`).
-struct Cur<'a> {
-    data: &'a Bytes,
-    pos: usize,
-    start: usize,
+const HEAD_STATE: State = State::Head {
+    line_start: 0,
+    tentative: false,
+};
+const RESYNC_STATE: State = State::Head {
+    line_start: 0,
+    tentative: true,
+};
+
+impl State {
+    /// Where to look for the next request line after bad bytes: at the next line start if
+    /// the last consumed byte ended a line, else after skipping to the next line end.
+    fn resync_at(at_line_start: bool) -> Self {
+        if at_line_start {
+            RESYNC_STATE
+        } else {
+            State::SkipLine
+        }
+    }
 }
+
+/// One pushed buffer being consumed (a request that lies in it becomes a slice of it).
+type Cur<'a> = stream::Cur<'a, Bytes>;
 
 /// Cuts one client→server byte stream into requests.
 ///
@@ -181,19 +182,12 @@ struct Cur<'a> {
 pub struct RequestFramer {
     limits: HttpLimits,
     state: State,
-    /// The view when the current item spans pushes.
-    acc: BytesMut,
-    spanning: bool,
-    /// Bytes consumed by the current item (request or resync candidate), kept or not.
-    item_len: u64,
-    item_ts: u64,
+    /// The request or resync candidate in progress.
+    item: Item,
     last_ts: u64,
-    head_len: usize,
     /// Length of the first line when it had no version (HTTP/0.9 style).
     v09_line: Option<usize>,
     parsed: Option<ParsedHead>,
-    body_len: u64,
-    trailer_len: usize,
     /// The body is being skipped by its framing, and why (too large, or a gap inside it):
     /// nothing but the current line is kept, and the request ends as a drop.
     skipping: Option<RequestDropReason>,
@@ -203,7 +197,7 @@ pub struct RequestFramer {
     /// Reused buffer for header value offsets.
     value_at_pool: Vec<(usize, usize)>,
     /// Bytes discarded while resyncing, not yet reported, and why.
-    resync: Option<(RequestDropReason, u64)>,
+    resync: PendingDrop<RequestDropReason>,
     stats: RequestFramerStats,
 }
 
@@ -220,32 +214,20 @@ impl RequestFramer {
     pub fn new(limits: HttpLimits, midstream: bool) -> Self {
         let mut f = Self {
             limits,
-            state: State::Head {
-                line_start: 0,
-                tentative: false,
-            },
-            acc: BytesMut::new(),
-            spanning: false,
-            item_len: 0,
-            item_ts: 0,
+            state: HEAD_STATE,
+            item: Item::default(),
             last_ts: 0,
-            head_len: 0,
             v09_line: None,
             parsed: None,
-            body_len: 0,
-            trailer_len: 0,
             skipping: None,
             tunnel_pending: false,
             value_at_pool: Vec::new(),
-            resync: None,
+            resync: PendingDrop::none(),
             stats: RequestFramerStats::default(),
         };
         if midstream {
-            f.resync = Some((RequestDropReason::Midstream, 0));
-            f.state = State::Head {
-                line_start: 0,
-                tentative: true,
-            };
+            f.resync = PendingDrop::from_start(RequestDropReason::Midstream);
+            f.state = RESYNC_STATE;
         }
         f
     }
@@ -257,35 +239,31 @@ impl RequestFramer {
     /// Bytes held in memory for the request in progress; at most
     /// `2 * max_head_bytes + max_body_bytes + 1`.
     pub fn buffered_bytes(&self) -> usize {
-        self.acc.len()
+        self.item.buf.len()
     }
 
     pub fn push(&mut self, data: &Bytes, ts_ns: u64, out: &mut Vec<RequestEvent>) {
         self.stats.pushed_bytes += data.len() as u64;
         self.last_ts = ts_ns;
-        let mut cur = Cur {
-            data,
-            pos: 0,
-            start: 0,
-        };
+        let mut cur = Cur::new(data);
         while cur.pos < data.len() {
-            if self.item_len == 0 && self.state != State::Ignore {
-                self.item_ts = ts_ns;
+            if self.item.len == 0 && self.state != State::Ignore {
+                self.item.ts = ts_ns;
             }
             self.step(&mut cur, out);
         }
         // Keep the part of the view that lies in this buffer for the next push.
-        if !self.spanning && cur.start < cur.pos {
+        if !self.item.spanning && cur.start < cur.pos {
             let pending = &data[cur.start..cur.pos];
             let body_hint = match self.state {
-                State::Body { remaining } if self.skipping.is_none() => {
+                State::Body(BodyState::Length { remaining }) if self.skipping.is_none() => {
                     remaining.min(MAX_RESERVE) as usize
                 }
                 _ => 0,
             };
-            self.acc.reserve(pending.len() + body_hint);
-            self.acc.extend_from_slice(pending);
-            self.spanning = true;
+            self.item.buf.reserve(pending.len() + body_hint);
+            self.item.buf.extend_from_slice(pending);
+            self.item.spanning = true;
         }
     }
 
@@ -302,26 +280,21 @@ impl RequestFramer {
             self.enter_tunnel(out);
             return;
         }
-        match self.state {
-            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
-                // The gap lies inside a body of known length: this request is lost, but the
-                // next one starts where the framing says. Skip to it rather than resync by
-                // lines (which would miss a request that follows a body not ending in LF).
-                if self.skipping.is_none() {
-                    self.skipping = Some(RequestDropReason::Gap);
-                    if self.spanning {
-                        self.release_acc();
-                        self.spanning = false;
-                    }
+        if let State::Body(body) = self.state
+            && let Some(after) = body.after_gap(len)
+        {
+            // The gap lies inside a body of known length: this request is lost, but the
+            // next one starts where the framing says. Skip to it rather than resync by
+            // lines (which would miss a request that follows a body not ending in LF).
+            if self.skipping.is_none() {
+                self.skipping = Some(RequestDropReason::Gap);
+                if self.item.spanning {
+                    self.release_acc();
+                    self.item.spanning = false;
                 }
-                let remaining = remaining - len;
-                self.state = match self.state {
-                    State::Body { .. } => State::Body { remaining },
-                    _ => State::ChunkData { remaining },
-                };
-                return;
             }
-            _ => {}
+            self.state = State::Body(after);
+            return;
         }
         let tentative = matches!(
             self.state,
@@ -333,19 +306,16 @@ impl RequestFramer {
         if tentative {
             // A resync candidate: its bytes belong to the resync already under way.
             self.discard_item_into_resync();
-        } else if !self.emit_v09_if_complete(out) && self.item_len > 0 {
+        } else if !self.emit_v09_if_complete(out) && self.item.len > 0 {
             self.drop_item(RequestDropReason::Gap, out);
         }
         self.start_resync(RequestDropReason::Gap, out);
-        self.state = State::Head {
-            line_start: 0,
-            tentative: true,
-        };
+        self.state = RESYNC_STATE;
     }
 
     /// The stream ended. The framer is then ready for a new stream (from its start).
     pub fn finish(&mut self, out: &mut Vec<RequestEvent>) {
-        if self.tunnel_pending && self.item_len > 0 {
+        if self.tunnel_pending && self.item.len > 0 {
             self.enter_tunnel(out);
         }
         self.tunnel_pending = false;
@@ -356,7 +326,7 @@ impl RequestFramer {
             }
             | State::SkipLine => self.discard_item_into_resync(),
             _ => {
-                if !self.emit_v09_if_complete(out) && self.item_len > 0 {
+                if !self.emit_v09_if_complete(out) && self.item.len > 0 {
                     // A request already lost to a gap keeps that reason.
                     let reason = match self.skipping {
                         Some(RequestDropReason::Gap) => RequestDropReason::Gap,
@@ -368,65 +338,42 @@ impl RequestFramer {
         }
         self.flush_resync(out);
         self.reset_item();
-        self.state = State::Head {
-            line_start: 0,
-            tentative: false,
-        };
+        self.state = HEAD_STATE;
     }
 
     // ---- view management ----
 
-    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
-        if self.spanning {
-            &self.acc
-        } else {
-            &cur.data[cur.start..cur.pos]
-        }
-    }
-
-    /// Consumes `n` bytes into the view.
-    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
-        if self.spanning {
-            self.acc.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
-        }
-        cur.pos += n;
-        self.item_len += n as u64;
-    }
-
     /// Consumes `n` bytes without keeping them; the view is emptied.
     fn skip(&mut self, cur: &mut Cur<'_>, n: usize) {
         cur.pos += n;
-        self.item_len += n as u64;
+        self.item.len += n as u64;
         self.discard_view(cur);
     }
 
     fn discard_view(&mut self, cur: &mut Cur<'_>) {
-        if self.spanning {
+        if self.item.spanning {
             self.release_acc();
-            self.spanning = false;
+            self.item.spanning = false;
         }
         cur.start = cur.pos;
     }
 
     fn release_acc(&mut self) {
-        if self.acc.capacity() > KEEP_ACC_CAPACITY {
-            self.acc = BytesMut::new();
+        if self.item.buf.capacity() > KEEP_ACC_CAPACITY {
+            self.item.buf = BytesMut::new();
         } else {
-            self.acc.clear();
+            self.item.buf.clear();
         }
     }
 
     fn reset_item(&mut self) {
-        self.item_len = 0;
-        self.head_len = 0;
+        self.item.reset_counts();
         self.v09_line = None;
         self.parsed = None;
-        self.body_len = 0;
-        self.trailer_len = 0;
         self.skipping = None;
-        if self.spanning {
+        if self.item.spanning {
             self.release_acc();
-            self.spanning = false;
+            self.item.spanning = false;
         }
     }
 
@@ -436,43 +383,32 @@ impl RequestFramer {
     /// follows, so a bad request and the garbage after it are one event. A pending resync for
     /// another reason is reported first.
     fn drop_item(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         self.reset_item();
-        match &mut self.resync {
-            Some((r, b)) if *r == reason => *b += bytes,
-            _ => {
-                self.flush_resync(out);
-                self.resync = Some((reason, bytes));
-            }
-        }
+        let earlier = self.resync.add(reason, bytes);
+        self.report(earlier, out);
     }
 
     fn discard_item_into_resync(&mut self) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         self.reset_item();
-        match &mut self.resync {
-            Some((_, b)) => *b += bytes,
-            None => self.resync = Some((RequestDropReason::Malformed, bytes)),
-        }
+        self.resync.add_any(bytes, RequestDropReason::Malformed);
     }
 
     /// Begins (or continues) a resync for `reason`; a pending resync for another reason is
     /// reported first.
     fn start_resync(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
-        match self.resync {
-            Some((r, _)) if r == reason => {}
-            Some(_) => {
-                self.flush_resync(out);
-                self.resync = Some((reason, 0));
-            }
-            None => self.resync = Some((reason, 0)),
-        }
+        let earlier = self.resync.start(reason);
+        self.report(earlier, out);
     }
 
     fn flush_resync(&mut self, out: &mut Vec<RequestEvent>) {
-        if let Some((reason, bytes)) = self.resync.take()
-            && bytes > 0
-        {
+        let pending = self.resync.take();
+        self.report(pending, out);
+    }
+
+    fn report(&mut self, drop: Option<(RequestDropReason, u64)>, out: &mut Vec<RequestEvent>) {
+        if let Some((reason, bytes)) = drop {
             self.stats.dropped_bytes += bytes;
             out.push(RequestEvent::Dropped { reason, bytes });
         }
@@ -489,14 +425,7 @@ impl RequestFramer {
     ) {
         self.drop_item(reason, out);
         cur.start = cur.pos;
-        self.state = if at_line_start {
-            State::Head {
-                line_start: 0,
-                tentative: true,
-            }
-        } else {
-            State::SkipLine
-        };
+        self.state = State::resync_at(at_line_start);
     }
 
     /// The body length cannot be determined (conflicting Content-Length, a final transfer
@@ -517,11 +446,11 @@ impl RequestFramer {
         let Some(first) = self.v09_line else {
             return false;
         };
-        if self.item_len != first as u64 || !self.spanning {
+        if self.item.len != first as u64 || !self.item.spanning {
             return false;
         }
-        let raw = self.acc.split().freeze();
-        self.spanning = false;
+        let raw = self.item.buf.split().freeze();
+        self.item.spanning = false;
         let Some((method, target)) = head::versionless_request_line(&raw) else {
             return false;
         };
@@ -533,7 +462,7 @@ impl RequestFramer {
             framing: BodyFraming::None,
             body_len: 0,
             head_len: raw.len(),
-            ts_ns: self.item_ts,
+            ts_ns: self.item.ts,
             end_ts_ns: self.last_ts,
             te_and_cl: false,
             raw,

@@ -14,7 +14,10 @@
 
 use std::collections::VecDeque;
 
-use super::head;
+use bytes::BytesMut;
+
+use super::body::BodyState;
+use super::stream::{self, Item, PendingDrop};
 
 mod capture;
 mod machine;
@@ -130,21 +133,8 @@ enum State {
         line_start: usize,
         tentative: bool,
     },
-    Body {
-        remaining: u64,
-    },
-    ChunkSize {
-        line_start: usize,
-    },
-    ChunkData {
-        remaining: u64,
-    },
-    ChunkEnd {
-        line_start: usize,
-    },
-    Trailer {
-        line_start: usize,
-    },
+    /// In a body of known length or a chunked one (trailers included).
+    Body(BodyState),
     /// Close-delimited body: runs to the end of the stream.
     Close,
     Tunnel,
@@ -180,22 +170,16 @@ pub struct ResponseFramer {
     limits: HttpLimits,
     state: State,
     expected: VecDeque<ExpectedResponse>,
-    /// The view (current head or line) when it spans pushes.
-    buf: Vec<u8>,
-    spanning: bool,
-    item_len: u64,
-    item_ts: u64,
+    /// The response or resync candidate in progress; its view is a head or one line.
+    item: Item,
     last_ts: u64,
-    head_len: usize,
-    body_len: u64,
-    trailer_len: usize,
     current: Option<Current>,
     /// A gap fell inside the current response's body: it ends as a Gap drop.
     damaged: bool,
     /// A response head was seen (or a drop happened): an HTTP/0.9 response is only possible
     /// as the first thing on a stream.
     seen_message: bool,
-    resync: Option<(ResponseDropReason, u64)>,
+    resync: PendingDrop<ResponseDropReason>,
     stats: ResponseFramerStats,
     /// Body prefix kept per response (`Some`: capture on, see [`ResponseCapture`]).
     capture_limit: Option<usize>,
@@ -203,11 +187,8 @@ pub struct ResponseFramer {
     capture: Option<Box<ResponseCapture>>,
 }
 
-struct Cur<'a> {
-    data: &'a [u8],
-    pos: usize,
-    start: usize,
-}
+/// One pushed buffer being consumed.
+type Cur<'a> = stream::Cur<'a, [u8]>;
 
 const HEAD_STATE: State = State::Head {
     line_start: 0,
@@ -218,24 +199,30 @@ const RESYNC_STATE: State = State::Head {
     tentative: true,
 };
 
+impl State {
+    /// Where to look for the next status line after bad bytes: at the next line start if
+    /// the last consumed byte ended a line, else after skipping to the next line end.
+    fn resync_at(at_line_start: bool) -> Self {
+        if at_line_start {
+            RESYNC_STATE
+        } else {
+            State::SkipLine
+        }
+    }
+}
+
 impl ResponseFramer {
     pub fn new(limits: HttpLimits) -> Self {
         Self {
             limits,
             state: HEAD_STATE,
             expected: VecDeque::new(),
-            buf: Vec::new(),
-            spanning: false,
-            item_len: 0,
-            item_ts: 0,
+            item: Item::default(),
             last_ts: 0,
-            head_len: 0,
-            body_len: 0,
-            trailer_len: 0,
             current: None,
             damaged: false,
             seen_message: false,
-            resync: None,
+            resync: PendingDrop::none(),
             stats: ResponseFramerStats::default(),
             capture_limit: None,
             capture: None,
@@ -247,7 +234,7 @@ impl ResponseFramer {
     pub fn new_midstream(limits: HttpLimits) -> Self {
         let mut f = Self::new(limits);
         f.seen_message = true;
-        f.resync = Some((ResponseDropReason::Midstream, 0));
+        f.resync = PendingDrop::from_start(ResponseDropReason::Midstream);
         f.state = RESYNC_STATE;
         f
     }
@@ -259,7 +246,7 @@ impl ResponseFramer {
     /// Bytes held in memory (a head or one line in progress, at most `max_head_bytes + 1`,
     /// plus the capture of the response in progress when capture is on).
     pub fn buffered_bytes(&self) -> usize {
-        self.buf.len() + self.capture_held()
+        self.item.buf.len() + self.capture_held()
     }
 
     /// A final response's head has been read (taking its request's expectation) and its body
@@ -281,54 +268,46 @@ impl ResponseFramer {
     pub fn push(&mut self, data: &[u8], ts_ns: u64, out: &mut Vec<ResponseEvent>) {
         self.stats.pushed_bytes += data.len() as u64;
         self.last_ts = ts_ns;
-        let mut cur = Cur {
-            data,
-            pos: 0,
-            start: 0,
-        };
+        let mut cur = Cur::new(data);
         while cur.pos < data.len() {
-            if self.item_len == 0 {
-                self.item_ts = ts_ns;
+            if self.item.len == 0 {
+                self.item.ts = ts_ns;
             }
             self.step(&mut cur, out);
         }
-        if !self.spanning && cur.start < cur.pos {
-            self.buf.extend_from_slice(&data[cur.start..cur.pos]);
-            self.spanning = true;
+        if !self.item.spanning && cur.start < cur.pos {
+            self.item.buf.extend_from_slice(&data[cur.start..cur.pos]);
+            self.item.spanning = true;
         }
     }
 
     pub fn gap(&mut self, len: u64, out: &mut Vec<ResponseEvent>) {
         self.stats.gap_bytes += len;
         self.seen_message = true;
+        if let State::Body(body) = self.state
+            && let Some(after) = body.after_gap(len)
+        {
+            // Inside a body of known length: this response is lost (reported as a Gap
+            // drop when it ends) but the next one starts where the framing says, so the
+            // framer stays paired with its requests.
+            self.damaged = true;
+            self.state = State::Body(after);
+            return;
+        }
         match self.state {
             State::Tunnel => return,
-            State::Body { remaining } | State::ChunkData { remaining } if len < remaining => {
-                // Inside a body of known length: this response is lost (reported as a Gap
-                // drop when it ends) but the next one starts where the framing says, so the
-                // framer stays paired with its requests.
-                self.damaged = true;
-                let remaining = remaining - len;
-                self.state = match self.state {
-                    State::Body { .. } => State::Body { remaining },
-                    _ => State::ChunkData { remaining },
-                };
-                return;
-            }
             State::SkipLine
             | State::Head {
                 tentative: true, ..
             } => self.discard_item_into_resync(),
             _ => {
-                if self.item_len > 0 {
+                if self.item.len > 0 {
                     self.drop_item(ResponseDropReason::Gap, out);
                 }
             }
         }
-        if !matches!(self.resync, Some((ResponseDropReason::Gap, _))) {
-            self.flush_resync(out);
-            self.resync = Some((ResponseDropReason::Gap, 0));
-        }
+        let earlier = self.resync.start(ResponseDropReason::Gap);
+        self.report(earlier, out);
         self.state = RESYNC_STATE;
     }
 
@@ -343,7 +322,7 @@ impl ResponseFramer {
                 tentative: true, ..
             } => self.discard_item_into_resync(),
             _ => {
-                if self.item_len > 0 {
+                if self.item.len > 0 {
                     let reason = if self.damaged {
                         ResponseDropReason::Gap
                     } else {
@@ -361,97 +340,54 @@ impl ResponseFramer {
 
     // ---- view and drops ----
 
-    fn view<'s>(&'s self, cur: &'s Cur<'_>) -> &'s [u8] {
-        if self.spanning {
-            &self.buf
-        } else {
-            &cur.data[cur.start..cur.pos]
-        }
-    }
-
-    fn take(&mut self, cur: &mut Cur<'_>, n: usize) {
-        if self.spanning {
-            self.buf.extend_from_slice(&cur.data[cur.pos..cur.pos + n]);
-        }
-        cur.pos += n;
-        self.item_len += n as u64;
-    }
-
     fn discard_view(&mut self, cur: &mut Cur<'_>) {
-        if self.spanning {
-            self.buf.clear();
-            self.spanning = false;
+        if self.item.spanning {
+            self.item.buf.clear();
+            self.item.spanning = false;
         }
         cur.start = cur.pos;
     }
 
-    /// See `RequestFramer::take_line`: consumes through the next LF without letting the view
-    /// grow past `limit + 1`.
-    fn take_line(&mut self, cur: &mut Cur<'_>, limit: usize) -> bool {
-        let data = cur.data;
-        let avail = &data[cur.pos..];
-        let room = limit.saturating_add(1).saturating_sub(self.view(cur).len());
-        let window = &avail[..avail.len().min(room.max(1))];
-        match head::find_line_end(window) {
-            Some(n) => {
-                self.take(cur, n);
-                true
-            }
-            None => {
-                self.take(cur, window.len());
-                false
-            }
-        }
-    }
-
     fn reset_item(&mut self) {
-        self.item_len = 0;
-        self.head_len = 0;
-        self.body_len = 0;
-        self.trailer_len = 0;
+        self.item.reset_counts();
         self.current = None;
         self.damaged = false;
         self.capture = None;
-        if self.spanning {
-            self.buf.clear();
-            self.spanning = false;
+        if self.item.spanning {
+            self.item.buf.clear();
+            self.item.spanning = false;
         }
-        if self.buf.capacity() > 2 * self.limits.max_head_bytes.max(4096) {
-            self.buf = Vec::new();
+        if self.item.buf.capacity() > 2 * self.limits.max_head_bytes.max(4096) {
+            self.item.buf = BytesMut::new();
         }
     }
 
     fn flush_resync(&mut self, out: &mut Vec<ResponseEvent>) {
-        if let Some((reason, bytes)) = self.resync.take()
-            && bytes > 0
-        {
+        let pending = self.resync.take();
+        self.report(pending, out);
+    }
+
+    fn report(&mut self, drop: Option<(ResponseDropReason, u64)>, out: &mut Vec<ResponseEvent>) {
+        if let Some((reason, bytes)) = drop {
             self.stats.dropped_bytes += bytes;
             out.push(ResponseEvent::Dropped { reason, bytes });
         }
     }
 
     fn drop_item(&mut self, reason: ResponseDropReason, out: &mut Vec<ResponseEvent>) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         if self.current.is_some_and(|c| c.took_expectation) {
             self.stats.answers_dropped += 1;
         }
         self.reset_item();
-        match &mut self.resync {
-            Some((r, b)) if *r == reason => *b += bytes,
-            _ => {
-                self.flush_resync(out);
-                self.resync = Some((reason, bytes));
-            }
-        }
+        let earlier = self.resync.add(reason, bytes);
+        self.report(earlier, out);
     }
 
     fn discard_item_into_resync(&mut self) {
-        let bytes = self.item_len;
+        let bytes = self.item.len;
         self.reset_item();
-        match &mut self.resync {
-            Some((_, b)) => *b += bytes,
-            None => self.resync = Some((ResponseDropReason::Malformed, bytes)),
-        }
+        self.resync.add_any(bytes, ResponseDropReason::Malformed);
     }
 
     fn fail(
@@ -463,11 +399,7 @@ impl ResponseFramer {
     ) {
         self.drop_item(reason, out);
         cur.start = cur.pos;
-        self.state = if at_line_start {
-            RESYNC_STATE
-        } else {
-            State::SkipLine
-        };
+        self.state = State::resync_at(at_line_start);
     }
 }
 

@@ -66,6 +66,10 @@ fn splits(expect: &[ExpectedResponse], msg: &[u8]) -> Vec<ResponseEvent> {
     whole
 }
 
+fn dropped(reason: ResponseDropReason, bytes: u64) -> ResponseEvent {
+    ResponseEvent::Dropped { reason, bytes }
+}
+
 fn finals(events: &[ResponseEvent]) -> Vec<&Response> {
     events
         .iter()
@@ -168,13 +172,7 @@ fn drops_truncated_gap_malformed_too_large() {
         &[GET],
         &[b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc"],
     );
-    assert_eq!(
-        ev,
-        [ResponseEvent::Dropped {
-            reason: ResponseDropReason::Truncated,
-            bytes: 41
-        }]
-    );
+    assert_eq!(ev, [dropped(ResponseDropReason::Truncated, 41)]);
 
     let mut f = ResponseFramer::new(HttpLimits::default());
     let mut out = Vec::new();
@@ -187,13 +185,7 @@ fn drops_truncated_gap_malformed_too_large() {
     f.push(b"xyzHTTP/1.1 204 No Content\r\n\r\n", 2, &mut out);
     f.finish(3, &mut out);
     check_accounting(&f, &out);
-    assert_eq!(
-        out[0],
-        ResponseEvent::Dropped {
-            reason: ResponseDropReason::Gap,
-            bytes: 41 + 30
-        }
-    );
+    assert_eq!(out[0], dropped(ResponseDropReason::Gap, 41 + 30));
     // The gap went past the body's end, so the framer resyncs by lines: the line
     // "xyzHTTP/1.1 204..." does not start with a status line and is skipped to its end (with
     // the blank line after it): one Gap drop.
@@ -201,13 +193,7 @@ fn drops_truncated_gap_malformed_too_large() {
 
     let msg = b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n";
     let ev = splits(&[GET, GET], msg);
-    assert_eq!(
-        ev[0],
-        ResponseEvent::Dropped {
-            reason: ResponseDropReason::Malformed,
-            bytes: 57
-        }
-    );
+    assert_eq!(ev[0], dropped(ResponseDropReason::Malformed, 57));
     assert_eq!(finals(&ev)[0].status, 200);
 
     let mut big = b"HTTP/1.1 200 OK\r\nX: ".to_vec();
@@ -223,10 +209,7 @@ fn drops_truncated_gap_malformed_too_large() {
     check_accounting(&f, &out);
     assert_eq!(
         out,
-        [ResponseEvent::Dropped {
-            reason: ResponseDropReason::HeadTooLarge,
-            bytes: big.len() as u64
-        }]
+        [dropped(ResponseDropReason::HeadTooLarge, big.len() as u64)]
     );
 }
 
@@ -289,13 +272,7 @@ fn http09_response_is_body_until_close() {
     assert_eq!(f[0].head_len, 0);
     // Only as the first thing on a stream: after a response, garbage is malformed.
     let ev = splits(&[GET], b"HTTP/1.1 204 No Content\r\n\r\ngarbage\r\n");
-    assert_eq!(
-        ev[1],
-        ResponseEvent::Dropped {
-            reason: ResponseDropReason::Malformed,
-            bytes: 9
-        }
-    );
+    assert_eq!(ev[1], dropped(ResponseDropReason::Malformed, 9));
 }
 
 #[test]
@@ -318,13 +295,7 @@ fn midstream_response_stream_resyncs_at_a_status_line() {
         f.finish(2, &mut out);
         assert_eq!(out, whole, "split at {i}");
     }
-    assert_eq!(
-        whole[0],
-        ResponseEvent::Dropped {
-            reason: ResponseDropReason::Midstream,
-            bytes: 35
-        }
-    );
+    assert_eq!(whole[0], dropped(ResponseDropReason::Midstream, 35));
     assert_eq!(finals(&whole)[0].body_len, 2);
 }
 
@@ -342,10 +313,7 @@ fn gap_inside_a_known_body_keeps_responses_paired() {
     check_accounting(&f, &out);
     assert_eq!(
         out[0],
-        ResponseEvent::Dropped {
-            reason: ResponseDropReason::Gap,
-            bytes: head.len() as u64 + 48
-        }
+        dropped(ResponseDropReason::Gap, head.len() as u64 + 48)
     );
     assert_eq!(finals(&out)[0].status, 404);
     assert_eq!(out.len(), 2);
@@ -367,10 +335,7 @@ fn too_many_headers_in_a_response() {
     check_accounting(&f, &out);
     assert_eq!(
         out[0],
-        ResponseEvent::Dropped {
-            reason: ResponseDropReason::TooManyHeaders,
-            bytes: bad.len() as u64
-        }
+        dropped(ResponseDropReason::TooManyHeaders, bad.len() as u64)
     );
     assert_eq!(finals(&out)[0].status, 204);
 }

@@ -100,6 +100,10 @@ fn splits(msg: &[u8]) -> Vec<RequestEvent> {
     assert_every_split(&HttpLimits::default(), false, msg)
 }
 
+fn dropped(reason: RequestDropReason, bytes: u64) -> RequestEvent {
+    RequestEvent::Dropped { reason, bytes }
+}
+
 fn requests(events: &[RequestEvent]) -> Vec<&Request> {
     events
         .iter()
@@ -206,10 +210,7 @@ fn odd_te_head_without_body_is_truncated_not_invented() {
     let ev = splits(msg);
     assert_eq!(
         ev,
-        [RequestEvent::Dropped {
-            reason: RequestDropReason::Truncated,
-            bytes: msg.len() as u64
-        }]
+        [dropped(RequestDropReason::Truncated, msg.len() as u64)]
     );
 }
 
@@ -317,10 +318,7 @@ fn gap_beyond_the_body_drops_request_and_resyncs() {
     assert_eq!(out.len(), 2, "{out:?}");
     assert_eq!(
         out[0],
-        RequestEvent::Dropped {
-            reason: RequestDropReason::Gap,
-            bytes: head.len() as u64 + 8
-        }
+        dropped(RequestDropReason::Gap, head.len() as u64 + 8)
     );
     assert_eq!(requests(&out)[0].target, "/b");
     assert_eq!(f.stats().gap_bytes, 200);
@@ -350,10 +348,7 @@ fn gap_inside_a_known_body_keeps_the_request_boundary() {
         check_accounting(&f, &out);
         assert_eq!(
             out[0],
-            RequestEvent::Dropped {
-                reason: RequestDropReason::Gap,
-                bytes: head.len() as u64 + tail
-            }
+            dropped(RequestDropReason::Gap, head.len() as u64 + tail)
         );
         assert_eq!(requests(&out)[0].target, "/b");
         assert_eq!(out.len(), 2, "{out:?}");
@@ -409,13 +404,7 @@ fn midstream_start_skips_to_a_request_line() {
         b"dy of something\r\nHost: x\r\nGETX / HTTP/1.1\r\nGET /ok HTTP/1.1\r\nHost: h\r\n\r\n";
     let ev = assert_every_split(&HttpLimits::default(), true, msg);
     assert_eq!(ev.len(), 2, "{ev:?}");
-    assert_eq!(
-        ev[0],
-        RequestEvent::Dropped {
-            reason: RequestDropReason::Midstream,
-            bytes: 43
-        }
-    );
+    assert_eq!(ev[0], dropped(RequestDropReason::Midstream, 43));
     assert_eq!(requests(&ev)[0].target, "/ok");
 }
 
@@ -450,13 +439,7 @@ fn head_too_large_one_megabyte_line_stays_bounded() {
     sent += 4;
     f.finish(&mut out);
     check_accounting(&f, &out);
-    assert_eq!(
-        out[0],
-        RequestEvent::Dropped {
-            reason: RequestDropReason::HeadTooLarge,
-            bytes: sent
-        }
-    );
+    assert_eq!(out[0], dropped(RequestDropReason::HeadTooLarge, sent));
     assert_eq!(requests(&out)[0].target, "/next");
     assert_eq!(out.len(), 2);
 }
@@ -475,13 +458,7 @@ fn too_many_headers() {
     let bad = msg.len() as u64;
     msg.extend_from_slice(b"GET /ok HTTP/1.1\r\n\r\n");
     let ev = assert_every_split(&limits, false, &msg);
-    assert_eq!(
-        ev[0],
-        RequestEvent::Dropped {
-            reason: RequestDropReason::TooManyHeaders,
-            bytes: bad
-        }
-    );
+    assert_eq!(ev[0], dropped(RequestDropReason::TooManyHeaders, bad));
     assert_eq!(requests(&ev)[0].target, "/ok");
 }
 
@@ -492,10 +469,7 @@ fn assert_malformed_then_ok(bad: &[u8]) {
     assert_eq!(
         ev,
         [
-            RequestEvent::Dropped {
-                reason: RequestDropReason::Malformed,
-                bytes: bad.len() as u64
-            },
+            dropped(RequestDropReason::Malformed, bad.len() as u64),
             ev[1].clone()
         ],
         "{:?}",
@@ -519,10 +493,7 @@ fn assert_framing_error_drops_the_rest(bad: &[u8]) {
     let ev = splits(&msg);
     assert_eq!(
         ev,
-        [RequestEvent::Dropped {
-            reason: RequestDropReason::Malformed,
-            bytes: msg.len() as u64
-        }],
+        [dropped(RequestDropReason::Malformed, msg.len() as u64)],
         "{:?}",
         String::from_utf8_lossy(bad)
     );
@@ -553,10 +524,7 @@ fn conflicting_content_lengths_where_tshark_disagrees() {
     let msg = b"POST /w HTTP/1.1\r\nHost: h\r\nContent-Length:3\r\nContent-Length:54\r\n\r\nabcPOST /e HTTP/1.1\r\nHost: h\r\nContent-Length:3\r\n\r\nxyzPOST /b HTTP/1.1\r\nHost: h\r\nContent-Length:3\r\n\r\nbad";
     assert_eq!(
         splits(msg),
-        [RequestEvent::Dropped {
-            reason: RequestDropReason::Malformed,
-            bytes: msg.len() as u64
-        }]
+        [dropped(RequestDropReason::Malformed, msg.len() as u64)]
     );
 }
 
@@ -582,10 +550,7 @@ fn truncated_at_finish() {
     let msg = b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\nabc";
     assert_eq!(
         splits(msg),
-        [RequestEvent::Dropped {
-            reason: RequestDropReason::Truncated,
-            bytes: msg.len() as u64
-        }]
+        [dropped(RequestDropReason::Truncated, msg.len() as u64)]
     );
 }
 
@@ -605,10 +570,7 @@ fn body_too_large_is_skipped_by_its_framing() {
         let ev = assert_every_split(&limits, false, &msg);
         assert_eq!(
             ev[0],
-            RequestEvent::Dropped {
-                reason: RequestDropReason::BodyTooLarge,
-                bytes: big.len() as u64
-            }
+            dropped(RequestDropReason::BodyTooLarge, big.len() as u64)
         );
         let rs = requests(&ev);
         assert_eq!(rs.len(), 2);
@@ -644,10 +606,7 @@ fn hundred_thousand_tiny_chunks() {
     check_accounting(&f, &out);
     assert_eq!(
         out,
-        [RequestEvent::Dropped {
-            reason: RequestDropReason::BodyTooLarge,
-            bytes: msg.len() as u64
-        }]
+        [dropped(RequestDropReason::BodyTooLarge, msg.len() as u64)]
     );
 }
 
@@ -866,10 +825,7 @@ fn trailer_section_too_large() {
     let ev = assert_every_split(&limits, false, &msg);
     assert_eq!(
         ev[0],
-        RequestEvent::Dropped {
-            reason: RequestDropReason::HeadTooLarge,
-            bytes: bad.len() as u64
-        }
+        dropped(RequestDropReason::HeadTooLarge, bad.len() as u64)
     );
     assert_eq!(requests(&ev)[0].target, "/ok");
 }

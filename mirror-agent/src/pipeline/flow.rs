@@ -230,12 +230,7 @@ impl Flow {
         let State::Decided(d) = &mut self.state else {
             return;
         };
-        let mut evs = std::mem::take(&mut sc.stream);
-        for dir in [C2S, S2C] {
-            d.streams[dir].poll(now_ns, &mut evs);
-            d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
-        }
-        sc.stream = evs;
+        d.each_stream(self.id, cfg, stats, sc, out, |s, evs| s.poll(now_ns, evs));
     }
 
     /// Memory budget: gives up the holes of both directions now and releases what waited
@@ -250,12 +245,8 @@ impl Flow {
         let State::Decided(d) = &mut self.state else {
             return;
         };
-        let mut evs = std::mem::take(&mut sc.stream);
-        for dir in [C2S, S2C] {
-            d.streams[dir].shed(self.last_ns, &mut evs);
-            d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
-        }
-        sc.stream = evs;
+        let now_ns = self.last_ns;
+        d.each_stream(self.id, cfg, stats, sc, out, |s, evs| s.shed(now_ns, evs));
     }
 
     /// Ends the flow: remaining holes are lost, framers finish, counters are folded in.
@@ -272,12 +263,7 @@ impl Flow {
                 stats.undecided_bytes += *bytes as u64;
             }
             State::Decided(d) => {
-                let mut evs = std::mem::take(&mut sc.stream);
-                for dir in [C2S, S2C] {
-                    d.streams[dir].flush(&mut evs);
-                    d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
-                }
-                sc.stream = evs;
+                d.each_stream(self.id, cfg, stats, sc, out, |s, evs| s.flush(evs));
                 if let Some(req) = d.req.as_mut()
                     && !d.client_ignored
                 {
@@ -311,6 +297,24 @@ impl Flow {
 }
 
 impl Decided {
+    /// Runs `op` on the stream of each direction (client's first) and frames what it releases.
+    fn each_stream(
+        &mut self,
+        flow_id: u64,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+        mut op: impl FnMut(&mut Stream, &mut Vec<StreamEvent>),
+    ) {
+        let mut evs = std::mem::take(&mut sc.stream);
+        for dir in [C2S, S2C] {
+            op(&mut self.streams[dir], &mut evs);
+            self.handle(flow_id, dir, &mut evs, cfg, stats, sc, out);
+        }
+        sc.stream = evs;
+    }
+
     #[allow(clippy::too_many_arguments)] // the pipeline's parts, borrowed separately
     fn handle(
         &mut self,

@@ -1,12 +1,16 @@
 //! The request framer's state machine: one step consumes bytes of a push in the current state
-//! (head lines, Content-Length body, chunk-size lines, chunk data, trailers, tunnel).
+//! (head lines, tunnel, resync); body states are stepped by the shared [`BodyFramer`], whose
+//! hooks are implemented here: a request keeps its body bytes for replay unless it is being
+//! skipped, and broken chunk framing drops the rest of the stream.
 
 use bytes::Bytes;
 
+use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, Plausible};
+use super::super::stream::Item;
 use super::super::{BodyFraming, Request};
 use super::parse::parse_head;
-use super::{Cur, RequestDropReason, RequestEvent, RequestFramer, State};
+use super::{Cur, RESYNC_STATE, RequestDropReason, RequestEvent, RequestFramer, State};
 
 impl RequestFramer {
     // ---- the state machine ----
@@ -21,139 +25,24 @@ impl RequestFramer {
                 cur.start = cur.pos;
             }
             State::Discard => {
-                if let Some((_, b)) = &mut self.resync {
-                    *b += avail.len() as u64;
-                }
+                self.resync.grow(avail.len() as u64);
                 cur.pos = data.len();
                 cur.start = cur.pos;
             }
             State::SkipLine => {
                 let n = head::find_line_end(avail).unwrap_or(avail.len());
-                if let Some((_, b)) = &mut self.resync {
-                    *b += n as u64;
-                }
+                self.resync.grow(n as u64);
                 cur.pos += n;
                 cur.start = cur.pos;
                 if cur.data[cur.pos - 1] == b'\n' {
-                    self.state = State::Head {
-                        line_start: 0,
-                        tentative: true,
-                    };
+                    self.state = RESYNC_STATE;
                 }
             }
             State::Head {
                 line_start,
                 tentative,
             } => self.step_head(cur, line_start, tentative, out),
-            State::Body { remaining } => {
-                let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping.is_some() {
-                    self.skip(cur, n);
-                } else {
-                    self.take(cur, n);
-                }
-                let remaining = remaining - n as u64;
-                self.state = State::Body { remaining };
-                if remaining == 0 {
-                    self.complete(cur, out);
-                }
-            }
-            State::ChunkSize { line_start } => {
-                let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail_stream(cur, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
-                let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
-                    self.fail_stream(cur, out);
-                    return;
-                };
-                let size = body_len - self.body_len;
-                self.body_len = body_len;
-                if self.skipping.is_some() {
-                    self.discard_view(cur);
-                } else {
-                    let wire_body = self.item_len - self.head_len as u64;
-                    if wire_body.saturating_add(size) > self.limits.max_body_bytes {
-                        self.skipping = Some(RequestDropReason::BodyTooLarge);
-                        self.discard_view(cur);
-                    }
-                }
-                self.state = if size == 0 {
-                    State::Trailer {
-                        line_start: self.view(cur).len(),
-                    }
-                } else {
-                    State::ChunkData { remaining: size }
-                };
-            }
-            State::ChunkData { remaining } => {
-                let n = remaining.min(avail.len() as u64) as usize;
-                if self.skipping.is_some() {
-                    self.skip(cur, n);
-                } else {
-                    self.take(cur, n);
-                }
-                let remaining = remaining - n as u64;
-                self.state = if remaining == 0 {
-                    State::ChunkEnd {
-                        line_start: self.view(cur).len(),
-                    }
-                } else {
-                    State::ChunkData { remaining }
-                };
-            }
-            State::ChunkEnd { line_start } => {
-                let limit = line_start + 2;
-                let complete = self.take_line(cur, limit);
-                if !complete {
-                    if self.view(cur).len() > limit {
-                        self.fail_stream(cur, out);
-                    }
-                    return;
-                }
-                if !head::is_blank_line(&self.view(cur)[line_start..]) {
-                    self.fail_stream(cur, out);
-                    return;
-                }
-                if self.skipping.is_some() {
-                    self.discard_view(cur);
-                }
-                self.state = State::ChunkSize {
-                    line_start: self.view(cur).len(),
-                };
-            }
-            State::Trailer { line_start } => {
-                // The trailer section shares the head limit (it is a field section too).
-                let room = self.limits.max_head_bytes.saturating_sub(self.trailer_len);
-                let limit = line_start + room;
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, RequestDropReason::HeadTooLarge, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let line = &self.view(cur)[line_start..];
-                let blank = head::is_blank_line(line);
-                self.trailer_len += line.len();
-                if blank {
-                    self.complete(cur, out);
-                } else {
-                    if self.skipping.is_some() {
-                        self.discard_view(cur);
-                    }
-                    self.state = State::Trailer {
-                        line_start: self.view(cur).len(),
-                    };
-                }
-            }
+            State::Body(body) => self.step_body(cur, body, out),
         }
     }
 
@@ -172,43 +61,16 @@ impl RequestFramer {
             return;
         }
         self.discard_item_into_resync();
-        self.state = if at_line_start {
-            State::Head {
-                line_start: 0,
-                tentative: true,
-            }
-        } else {
-            State::SkipLine
-        };
+        self.state = State::resync_at(at_line_start);
     }
 
     /// The bytes after an Upgrade/CONNECT request are not HTTP/1.x: ignore the rest.
     pub(super) fn enter_tunnel(&mut self, out: &mut Vec<RequestEvent>) {
         self.tunnel_pending = false;
         out.push(RequestEvent::Tunnel);
-        self.stats.ignored_bytes += self.item_len;
+        self.stats.ignored_bytes += self.item.len;
         self.reset_item();
         self.state = State::Ignore;
-    }
-
-    /// Consumes up to and including the next line end, but never lets the view grow past
-    /// `limit + 1` bytes (so an endless line stays bounded; the caller fails a view longer
-    /// than `limit`). Returns whether a line end was consumed.
-    fn take_line(&mut self, cur: &mut Cur<'_>, limit: usize) -> bool {
-        let data: &Bytes = cur.data;
-        let avail = &data[cur.pos..];
-        let room = limit.saturating_add(1).saturating_sub(self.view(cur).len());
-        let window = &avail[..avail.len().min(room.max(1))];
-        match head::find_line_end(window) {
-            Some(n) => {
-                self.take(cur, n);
-                true
-            }
-            None => {
-                self.take(cur, window.len());
-                false
-            }
-        }
     }
 
     fn step_head(
@@ -219,7 +81,7 @@ impl RequestFramer {
         out: &mut Vec<RequestEvent>,
     ) {
         let max_head = self.limits.max_head_bytes;
-        if line_start == 0 && !tentative && !self.spanning && cur.start == cur.pos {
+        if line_start == 0 && !tentative && !self.item.spanning && cur.start == cur.pos {
             // Fast path: a head that starts here and ends within this push is found and
             // parsed by one httparse call. Anything else (a partial head, blank lines, a
             // versionless line, the h2 preface, errors) takes the line-by-line path below.
@@ -231,7 +93,7 @@ impl RequestFramer {
                     parse_head(window, None, self.limits.max_headers, false, pool)
                 {
                     self.take(cur, n);
-                    self.head_len = n;
+                    self.item.head_len = n;
                     if parsed.framing_ok {
                         self.parsed = Some(parsed);
                         self.start_body(cur, out);
@@ -266,7 +128,7 @@ impl RequestFramer {
                 if tentative && !self.tunnel_pending {
                     self.discard_item_into_resync();
                 } else {
-                    self.stats.ignored_bytes += self.item_len;
+                    self.stats.ignored_bytes += self.item.len;
                     self.reset_item();
                 }
                 cur.start = cur.pos;
@@ -288,7 +150,7 @@ impl RequestFramer {
             }
             if h2 {
                 out.push(RequestEvent::Http2);
-                self.stats.ignored_bytes += self.item_len;
+                self.stats.ignored_bytes += self.item.len;
                 self.reset_item();
                 cur.start = cur.pos;
                 self.state = State::Ignore;
@@ -308,7 +170,7 @@ impl RequestFramer {
             };
             return;
         }
-        self.head_len = view_len;
+        self.item.head_len = view_len;
         let pool = std::mem::take(&mut self.value_at_pool);
         let max_headers = self.limits.max_headers;
         let result = parse_head(self.view(cur), self.v09_line, max_headers, true, pool);
@@ -334,19 +196,19 @@ impl RequestFramer {
             .map_or(BodyFraming::None, |p| p.framing);
         match framing {
             BodyFraming::ContentLength(n) => {
-                self.body_len = n;
+                self.item.body_len = n;
                 if n > self.limits.max_body_bytes {
                     self.skipping = Some(RequestDropReason::BodyTooLarge);
                     self.discard_view(cur);
-                } else if self.spanning {
-                    self.acc.reserve(n.min(super::MAX_RESERVE) as usize);
+                } else if self.item.spanning {
+                    self.item.buf.reserve(n.min(super::MAX_RESERVE) as usize);
                 }
-                self.state = State::Body { remaining: n };
+                self.state = State::Body(BodyState::Length { remaining: n });
             }
             BodyFraming::Chunked => {
-                self.state = State::ChunkSize {
+                self.state = State::Body(BodyState::ChunkSize {
                     line_start: self.view(cur).len(),
-                };
+                });
             }
             BodyFraming::None | BodyFraming::CloseDelimited => self.complete(cur, out),
         }
@@ -357,14 +219,14 @@ impl RequestFramer {
         let parsed = self.parsed.take();
         let tunnel = parsed.as_ref().is_some_and(|p| p.tunnel);
         if let Some(reason) = self.skipping {
-            let bytes = self.item_len;
+            let bytes = self.item.len;
             self.stats.dropped_bytes += bytes;
             out.push(RequestEvent::Dropped { reason, bytes });
             cur.start = cur.pos;
         } else if let Some(p) = parsed {
-            let raw = if self.spanning {
-                self.spanning = false;
-                self.acc.split().freeze()
+            let raw = if self.item.spanning {
+                self.item.spanning = false;
+                self.item.buf.split().freeze()
             } else {
                 cur.data.slice(cur.start..cur.pos)
             };
@@ -377,14 +239,14 @@ impl RequestFramer {
             self.stats.requests += 1;
             self.stats.request_bytes += raw.len() as u64;
             out.push(RequestEvent::Request(Request {
-                head_len: self.head_len,
+                head_len: self.item.head_len,
                 method: p.method,
                 target: p.target,
                 version: p.version,
                 headers,
                 framing: p.framing,
-                body_len: self.body_len,
-                ts_ns: self.item_ts,
+                body_len: self.item.body_len,
+                ts_ns: self.item.ts,
                 end_ts_ns: self.last_ts,
                 te_and_cl: p.te_and_cl,
                 raw,
@@ -399,5 +261,80 @@ impl RequestFramer {
             line_start: 0,
             tentative: tunnel,
         };
+    }
+}
+
+impl BodyFramer for RequestFramer {
+    type Data = Bytes;
+    type Event = RequestEvent;
+
+    #[inline]
+    fn item(&self) -> &Item {
+        &self.item
+    }
+
+    #[inline]
+    fn item_mut(&mut self) -> &mut Item {
+        &mut self.item
+    }
+
+    #[inline]
+    fn take_body(&mut self, cur: &mut Cur<'_>, n: usize) {
+        if self.skipping.is_some() {
+            self.skip(cur, n);
+        } else {
+            self.take(cur, n);
+        }
+    }
+
+    #[inline]
+    fn chunk_announced(&mut self, size: u64) {
+        if self.skipping.is_none() {
+            let wire_body = self.item.len - self.item.head_len as u64;
+            if wire_body.saturating_add(size) > self.limits.max_body_bytes {
+                self.skipping = Some(RequestDropReason::BodyTooLarge);
+            }
+        }
+    }
+
+    /// A request being skipped keeps nothing; one kept for replay keeps its framing lines.
+    #[inline]
+    fn framing_line_read(&mut self, cur: &mut Cur<'_>) {
+        if self.skipping.is_some() {
+            self.discard_view(cur);
+        }
+    }
+
+    #[inline]
+    fn set_body_state(&mut self, state: BodyState) {
+        self.state = State::Body(state);
+    }
+
+    #[inline]
+    fn max_head_bytes(&self) -> usize {
+        self.limits.max_head_bytes
+    }
+
+    /// Broken chunk framing is unrecoverable for a request (see `fail_stream`).
+    fn framing_error(
+        &mut self,
+        cur: &mut Cur<'_>,
+        _at_line_start: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        self.fail_stream(cur, out);
+    }
+
+    fn trailer_too_large(
+        &mut self,
+        cur: &mut Cur<'_>,
+        at_line_start: bool,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        self.fail(cur, RequestDropReason::HeadTooLarge, at_line_start, out);
+    }
+
+    fn end_message(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
+        self.complete(cur, out);
     }
 }

@@ -1,16 +1,11 @@
 //! Parsing a complete request head with httparse (or a versionless request line plus header
 //! fields) into the fields of a [`Request`](crate::http::Request), and deciding its framing.
 
-use std::mem::MaybeUninit;
-
 use bytes::Bytes;
 
 use super::super::head;
 use super::super::{BodyFraming, Header, Version};
 use super::RequestDropReason;
-
-/// Header slots kept on the stack when parsing a head (the default `max_headers`).
-const STACK_HEADERS: usize = 128;
 
 /// The parsed head of the request in progress. Header values are offsets into `raw`, so they
 /// become slices of it without a copy.
@@ -40,38 +35,24 @@ pub(super) fn parse_head(
     v09_line: Option<usize>,
     max: usize,
     exact: bool,
-    mut value_at: Vec<(usize, usize)>,
+    value_at: Vec<(usize, usize)>,
 ) -> Result<(usize, ParsedHead), Option<RequestDropReason>> {
     use RequestDropReason::{Malformed, TooManyHeaders};
-    value_at.clear();
-    // Header slots on the stack for the usual limit (no allocation per request).
-    let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-    let mut heap = Vec::new();
-    let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max <= STACK_HEADERS {
-        &mut stack[..max]
-    } else {
-        heap.resize_with(max, MaybeUninit::uninit);
-        &mut heap
-    };
-    let mut storage = Vec::new();
-    let (len, method, target, version, headers): (
-        usize,
-        &[u8],
-        &[u8],
-        Version,
-        &[httparse::Header<'_>],
-    ) = if let Some(first) = v09_line {
+    if let Some(first) = v09_line {
         let (method, target) = head::versionless_request_line(&view[..first]).ok_or(Malformed)?;
         // Rare path (no request line for httparse): initialised slots on the heap.
+        let mut storage = Vec::new();
         storage.resize(max, httparse::EMPTY_HEADER);
-        match httparse::parse_headers(&view[first..], &mut storage) {
+        return match httparse::parse_headers(&view[first..], &mut storage) {
             Ok(httparse::Status::Complete((n, headers))) if first + n == view.len() => {
-                (view.len(), method, target, Version::Http09, headers)
+                let parsed = parsed_head(view, method, target, Version::Http09, headers, value_at);
+                Ok((view.len(), parsed))
             }
-            Err(httparse::Error::TooManyHeaders) => return Err(Some(TooManyHeaders)),
-            _ => return Err(Some(Malformed)),
-        }
-    } else {
+            Err(httparse::Error::TooManyHeaders) => Err(Some(TooManyHeaders)),
+            _ => Err(Some(Malformed)),
+        };
+    }
+    head::with_header_slots(max, |slots| {
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(view, slots) {
             Ok(httparse::Status::Complete(n)) if !exact || n == view.len() => n,
@@ -86,8 +67,21 @@ pub(super) fn parse_head(
         };
         let method = req.method.ok_or(Malformed)?.as_bytes();
         let target = req.path.ok_or(Malformed)?.as_bytes();
-        (len, method, target, version, req.headers)
-    };
+        let parsed = parsed_head(view, method, target, version, req.headers, value_at);
+        Ok((len, parsed))
+    })
+}
+
+/// The [`ParsedHead`] of a head parsed from `view`: framing decided, header values recorded
+/// as offsets into `view` (in the reused `value_at`).
+fn parsed_head(
+    view: &[u8],
+    method: &[u8],
+    target: &[u8],
+    version: Version,
+    headers: &[httparse::Header<'_>],
+    mut value_at: Vec<(usize, usize)>,
+) -> ParsedHead {
     let (framing_ok, (framing, te_and_cl)) = match head::request_framing(headers) {
         Ok(f) => (true, f),
         Err(()) => (false, (BodyFraming::None, false)),
@@ -98,11 +92,12 @@ pub(super) fn parse_head(
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
             && head::header_has_token(headers, "connection", b"upgrade"));
+    value_at.clear();
     value_at.extend(headers.iter().map(|h| {
         let at = h.value.as_ptr() as usize - base;
         (at, at + h.value.len())
     }));
-    let parsed = ParsedHead {
+    ParsedHead {
         method: String::from_utf8_lossy(method).into_owned(),
         target: String::from_utf8_lossy(target).into_owned(),
         version,
@@ -118,6 +113,5 @@ pub(super) fn parse_head(
         framing_ok,
         te_and_cl,
         tunnel,
-    };
-    Ok((len, parsed))
+    }
 }

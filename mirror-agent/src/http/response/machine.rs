@@ -1,17 +1,16 @@
 //! The response framer's state machine: one step consumes bytes of a push in the current
-//! state (head lines, body by length, chunks, close-delimited body, tunnel).
+//! state (head lines, close-delimited body, tunnel, resync); body states are stepped by the
+//! shared [`BodyFramer`], whose hooks are implemented here: a response keeps no body bytes
+//! (only the capture prefix, when on), and broken chunk framing drops it and resyncs.
 
-use std::mem::MaybeUninit;
-
+use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, TransferEncoding};
+use super::super::stream::Item;
 use super::super::{BodyFraming, Version};
 use super::{
     Cur, Current, ExpectedResponse, HEAD_STATE, HeaderFraming, RESYNC_STATE, Response,
     ResponseDropReason, ResponseEvent, ResponseFramer, STATUS_PREFIX, State,
 };
-
-/// Header slots kept on the stack when parsing a head (the default `max_headers`).
-const STACK_HEADERS: usize = 128;
 
 impl ResponseFramer {
     // ---- the state machine ----
@@ -27,9 +26,7 @@ impl ResponseFramer {
             }
             State::SkipLine => {
                 let n = head::find_line_end(avail).unwrap_or(avail.len());
-                if let Some((_, b)) = &mut self.resync {
-                    *b += n as u64;
-                }
+                self.resync.grow(n as u64);
                 cur.pos += n;
                 cur.start = cur.pos;
                 if data[cur.pos - 1] == b'\n' {
@@ -40,100 +37,13 @@ impl ResponseFramer {
                 line_start,
                 tentative,
             } => self.step_head(cur, line_start, tentative, out),
-            State::Body { remaining } => {
-                let n = remaining.min(avail.len() as u64);
-                self.capture_body(&avail[..n as usize]);
-                cur.pos += n as usize;
-                self.item_len += n;
-                cur.start = cur.pos;
-                self.state = State::Body {
-                    remaining: remaining - n,
-                };
-                if remaining == n {
-                    self.complete(out);
-                }
-            }
+            State::Body(body) => self.step_body(cur, body, out),
             State::Close => {
                 self.capture_body(avail);
-                self.item_len += avail.len() as u64;
-                self.body_len += avail.len() as u64;
+                self.item.len += avail.len() as u64;
+                self.item.body_len += avail.len() as u64;
                 cur.pos = data.len();
                 cur.start = cur.pos;
-            }
-            State::ChunkSize { line_start } => {
-                let limit = line_start + head::MAX_CHUNK_LINE.min(self.limits.max_head_bytes);
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, ResponseDropReason::Malformed, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
-                let Some(body_len) = size.and_then(|s| self.body_len.checked_add(s)) else {
-                    self.fail(cur, ResponseDropReason::Malformed, true, out);
-                    return;
-                };
-                let size = body_len - self.body_len;
-                self.body_len = body_len;
-                self.discard_view(cur);
-                self.state = if size == 0 {
-                    State::Trailer { line_start: 0 }
-                } else {
-                    State::ChunkData { remaining: size }
-                };
-            }
-            State::ChunkData { remaining } => {
-                let n = remaining.min(avail.len() as u64);
-                self.capture_body(&avail[..n as usize]);
-                cur.pos += n as usize;
-                self.item_len += n;
-                cur.start = cur.pos;
-                self.state = if remaining == n {
-                    State::ChunkEnd { line_start: 0 }
-                } else {
-                    State::ChunkData {
-                        remaining: remaining - n,
-                    }
-                };
-            }
-            State::ChunkEnd { line_start } => {
-                let limit = line_start + 2;
-                let complete = self.take_line(cur, limit);
-                if !complete {
-                    if self.view(cur).len() > limit {
-                        self.fail(cur, ResponseDropReason::Malformed, false, out);
-                    }
-                    return;
-                }
-                if !head::is_blank_line(&self.view(cur)[line_start..]) {
-                    self.fail(cur, ResponseDropReason::Malformed, true, out);
-                    return;
-                }
-                self.discard_view(cur);
-                self.state = State::ChunkSize { line_start: 0 };
-            }
-            State::Trailer { line_start } => {
-                let room = self.limits.max_head_bytes.saturating_sub(self.trailer_len);
-                let limit = line_start + room;
-                let complete = self.take_line(cur, limit);
-                if self.view(cur).len() > limit {
-                    self.fail(cur, ResponseDropReason::HeadTooLarge, complete, out);
-                    return;
-                }
-                if !complete {
-                    return;
-                }
-                let line = &self.view(cur)[line_start..];
-                let blank = head::is_blank_line(line);
-                self.trailer_len += line.len();
-                self.discard_view(cur);
-                if blank {
-                    self.complete(out);
-                } else {
-                    self.state = State::Trailer { line_start: 0 };
-                }
             }
         }
     }
@@ -146,7 +56,7 @@ impl ResponseFramer {
         out: &mut Vec<ResponseEvent>,
     ) {
         let max_head = self.limits.max_head_bytes;
-        if line_start == 0 && !tentative && !self.spanning && cur.start == cur.pos {
+        if line_start == 0 && !tentative && !self.item.spanning && cur.start == cur.pos {
             // Fast path: a head that starts here with a status line and ends within this push
             // is found and parsed by one httparse call (a mirror's responses mostly arrive
             // whole). Anything else (a partial head, blank lines, HTTP/0.9, errors) takes the
@@ -159,7 +69,7 @@ impl ResponseFramer {
                     self.capture_head(window[..n].to_vec());
                 }
                 self.take(cur, n);
-                self.head_len = n;
+                self.item.head_len = n;
                 self.seen_message = true;
                 self.discard_view(cur);
                 self.start_body(status, version, body, out);
@@ -172,11 +82,7 @@ impl ResponseFramer {
             if tentative {
                 self.discard_item_into_resync();
                 cur.start = cur.pos;
-                self.state = if complete {
-                    RESYNC_STATE
-                } else {
-                    State::SkipLine
-                };
+                self.state = State::resync_at(complete);
             } else {
                 self.fail(cur, ResponseDropReason::HeadTooLarge, complete, out);
             }
@@ -189,11 +95,7 @@ impl ResponseFramer {
             if view[..n] != STATUS_PREFIX[..n] {
                 self.discard_item_into_resync();
                 cur.start = cur.pos;
-                self.state = if complete {
-                    RESYNC_STATE
-                } else {
-                    State::SkipLine
-                };
+                self.state = State::resync_at(complete);
                 return;
             }
         }
@@ -202,7 +104,7 @@ impl ResponseFramer {
             // (body only, until close), as tshark and curl --http0.9 read it.
             let n = view.len().min(5);
             if view[..n] != b"HTTP/"[..n] && !head::is_blank_line(view) && view != b"\r" {
-                let consumed = self.item_len;
+                let consumed = self.item.len;
                 self.discard_view(cur);
                 self.seen_message = true;
                 let took_expectation = self.expected.pop_front().is_some();
@@ -213,7 +115,7 @@ impl ResponseFramer {
                     tunnel_after: false,
                     took_expectation,
                 });
-                self.body_len = consumed;
+                self.item.body_len = consumed;
                 self.state = State::Close;
                 return;
             }
@@ -236,7 +138,7 @@ impl ResponseFramer {
                 if tentative {
                     self.discard_item_into_resync();
                 } else {
-                    self.stats.ignored_bytes += self.item_len;
+                    self.stats.ignored_bytes += self.item.len;
                     self.reset_item();
                 }
                 cur.start = cur.pos;
@@ -263,7 +165,7 @@ impl ResponseFramer {
             let head = view.to_vec();
             self.capture_head(head);
         }
-        self.head_len = view_len;
+        self.item.head_len = view_len;
         self.seen_message = true;
         match parsed {
             Ok((status, version, body)) => {
@@ -282,45 +184,37 @@ impl ResponseFramer {
         view: &[u8],
         exact: bool,
     ) -> Result<(usize, (u16, Version, HeaderFraming)), ResponseDropReason> {
-        // Header slots on the stack for the usual limit: a heap vector per response (4 KiB
-        // for 128 slots, filled) was a visible share of the replay client's cost.
-        let max = self.limits.max_headers;
-        let mut stack = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; STACK_HEADERS];
-        let mut heap = Vec::new();
-        let slots: &mut [MaybeUninit<httparse::Header<'_>>] = if max <= STACK_HEADERS {
-            &mut stack[..max]
-        } else {
-            heap.resize_with(max, MaybeUninit::uninit);
-            &mut heap
-        };
-        let mut resp = httparse::Response::new(&mut []);
-        let len = match httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, view, slots)
-        {
-            Ok(httparse::Status::Complete(n)) if !exact || n == view.len() => n,
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(ResponseDropReason::TooManyHeaders);
-            }
-            _ => return Err(ResponseDropReason::Malformed),
-        };
-        let version = match resp.version {
-            Some(0) => Version::Http10,
-            Some(1) => Version::Http11,
-            _ => return Err(ResponseDropReason::Malformed),
-        };
-        let status = resp.code.ok_or(ResponseDropReason::Malformed)?;
-        let headers = &*resp.headers;
-        let framing = match head::transfer_encoding(headers) {
-            TransferEncoding::Chunked => HeaderFraming::Chunked,
-            // RFC 9112 6.3 item 4: a response whose final coding is not chunked runs to close.
-            TransferEncoding::Other => HeaderFraming::Close,
-            TransferEncoding::Absent => match head::content_length(headers) {
-                Ok(Some(n)) => HeaderFraming::Length(n),
-                Ok(None) => HeaderFraming::Close,
-                Err(()) => HeaderFraming::Invalid,
-            },
-        };
-        Ok((len, (status, version, framing)))
+        head::with_header_slots(self.limits.max_headers, |slots| {
+            let mut resp = httparse::Response::new(&mut []);
+            let len = match httparse::ParserConfig::default()
+                .parse_response_with_uninit_headers(&mut resp, view, slots)
+            {
+                Ok(httparse::Status::Complete(n)) if !exact || n == view.len() => n,
+                Err(httparse::Error::TooManyHeaders) => {
+                    return Err(ResponseDropReason::TooManyHeaders);
+                }
+                _ => return Err(ResponseDropReason::Malformed),
+            };
+            let version = match resp.version {
+                Some(0) => Version::Http10,
+                Some(1) => Version::Http11,
+                _ => return Err(ResponseDropReason::Malformed),
+            };
+            let status = resp.code.ok_or(ResponseDropReason::Malformed)?;
+            let headers = &*resp.headers;
+            let framing = match head::transfer_encoding(headers) {
+                TransferEncoding::Chunked => HeaderFraming::Chunked,
+                // RFC 9112 6.3 item 4: a response whose final coding is not chunked runs to
+                // close.
+                TransferEncoding::Other => HeaderFraming::Close,
+                TransferEncoding::Absent => match head::content_length(headers) {
+                    Ok(Some(n)) => HeaderFraming::Length(n),
+                    Ok(None) => HeaderFraming::Close,
+                    Err(()) => HeaderFraming::Invalid,
+                },
+            };
+            Ok((len, (status, version, framing)))
+        })
     }
 
     /// RFC 9112 section 6.3: which body the response has, given its request.
@@ -372,8 +266,10 @@ impl ResponseFramer {
             took_expectation,
         });
         self.state = match framing {
-            BodyFraming::ContentLength(n) if n > 0 => State::Body { remaining: n },
-            BodyFraming::Chunked => State::ChunkSize { line_start: 0 },
+            BodyFraming::ContentLength(n) if n > 0 => {
+                State::Body(BodyState::Length { remaining: n })
+            }
+            BodyFraming::Chunked => State::Body(BodyState::ChunkSize { line_start: 0 }),
             BodyFraming::CloseDelimited => State::Close,
             _ => {
                 self.complete(out);
@@ -388,13 +284,13 @@ impl ResponseFramer {
         };
         let body_len = match c.framing {
             BodyFraming::ContentLength(n) => n,
-            _ => self.body_len,
+            _ => self.item.body_len,
         };
         if self.damaged {
             if c.took_expectation {
                 self.stats.answers_dropped += 1;
             }
-            let bytes = self.item_len;
+            let bytes = self.item.len;
             self.stats.dropped_bytes += bytes;
             out.push(ResponseEvent::Dropped {
                 reason: ResponseDropReason::Gap,
@@ -411,15 +307,15 @@ impl ResponseFramer {
         let response = Response {
             status: c.status,
             version: c.version,
-            head_len: self.head_len,
+            head_len: self.item.head_len,
             framing: c.framing,
             body_len,
-            ts_ns: self.item_ts,
+            ts_ns: self.item.ts,
             end_ts_ns: self.last_ts,
             capture: None,
         };
         self.stats.responses += 1;
-        self.stats.response_bytes += self.item_len;
+        self.stats.response_bytes += self.item.len;
         out.push(if (100..200).contains(&c.status) && c.status != 101 {
             ResponseEvent::Informational(response)
         } else {
@@ -436,5 +332,70 @@ impl ResponseFramer {
         } else {
             HEAD_STATE
         };
+    }
+}
+
+impl BodyFramer for ResponseFramer {
+    type Data = [u8];
+    type Event = ResponseEvent;
+
+    #[inline]
+    fn item(&self) -> &Item {
+        &self.item
+    }
+
+    #[inline]
+    fn item_mut(&mut self) -> &mut Item {
+        &mut self.item
+    }
+
+    #[inline]
+    fn take_body(&mut self, cur: &mut Cur<'_>, n: usize) {
+        self.capture_body(&cur.data[cur.pos..cur.pos + n]);
+        cur.pos += n;
+        self.item.len += n as u64;
+        cur.start = cur.pos;
+    }
+
+    #[inline]
+    fn chunk_announced(&mut self, _size: u64) {}
+
+    #[inline]
+    fn framing_line_read(&mut self, cur: &mut Cur<'_>) {
+        self.discard_view(cur);
+    }
+
+    #[inline]
+    fn set_body_state(&mut self, state: BodyState) {
+        self.state = State::Body(state);
+    }
+
+    #[inline]
+    fn max_head_bytes(&self) -> usize {
+        self.limits.max_head_bytes
+    }
+
+    /// Broken chunk framing: this response is dropped and the framer resyncs at the next
+    /// status line.
+    fn framing_error(
+        &mut self,
+        cur: &mut Cur<'_>,
+        at_line_start: bool,
+        out: &mut Vec<ResponseEvent>,
+    ) {
+        self.fail(cur, ResponseDropReason::Malformed, at_line_start, out);
+    }
+
+    fn trailer_too_large(
+        &mut self,
+        cur: &mut Cur<'_>,
+        at_line_start: bool,
+        out: &mut Vec<ResponseEvent>,
+    ) {
+        self.fail(cur, ResponseDropReason::HeadTooLarge, at_line_start, out);
+    }
+
+    fn end_message(&mut self, _cur: &mut Cur<'_>, out: &mut Vec<ResponseEvent>) {
+        self.complete(out);
     }
 }
