@@ -195,6 +195,16 @@ pub(crate) fn transfer_encoding(headers: &[httparse::Header<'_>]) -> TransferEnc
     }
 }
 
+/// Whether a `Connection` header lists `token` (RFC 9110 7.6.1: a comma-separated list of
+/// case-insensitive tokens, possibly over several fields).
+pub(crate) fn has_connection_token(headers: &[httparse::Header<'_>], token: &[u8]) -> bool {
+    headers
+        .iter()
+        .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+        .flat_map(|h| h.value.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+}
+
 /// The Content-Length, from every Content-Length field and list element.
 ///
 /// RFC 9112 section 6.3 says a message with an invalid Content-Length is unrecoverable. Decision:

@@ -37,6 +37,9 @@ pub struct Response {
     pub ts_ns: u64,
     /// Time of the last byte.
     pub end_ts_ns: u64,
+    /// The head carries `Connection: close`: the server closes the connection after this
+    /// response (RFC 9112 9.6), so no further request may be sent on it.
+    pub close: bool,
     /// Head and body prefix, only from a framer built [`ResponseFramer::with_capture`] (final
     /// responses only).
     pub capture: Option<Box<ResponseCapture>>,
@@ -150,6 +153,17 @@ struct Current {
     tunnel_after: bool,
     /// This response took a queued expectation.
     took_expectation: bool,
+    close: bool,
+}
+
+/// What a response head says: status, version, body framing by its headers, and whether the
+/// server closes after it.
+#[derive(Debug, Clone, Copy)]
+struct ParsedHead {
+    status: u16,
+    version: Version,
+    framing: HeaderFraming,
+    close: bool,
 }
 
 /// Cuts one server→client byte stream into responses.

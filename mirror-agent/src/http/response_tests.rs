@@ -93,6 +93,18 @@ fn content_length_and_chunked_keepalive() {
     assert_eq!(f[1].framing, BodyFraming::Chunked);
 }
 
+/// `Connection: close` is a token of a list, in any case, possibly in a second field.
+#[test]
+fn connection_close_is_reported() {
+    let msg = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: keep-alive\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: Upgrade-Insecure , CLOSE\r\n\r\n\
+HTTP/1.1 200 OK\r\nConnection: foo\r\nContent-Length: 0\r\nconnection: close\r\n\r\n\
+HTTP/1.1 200 OK\r\nContent-Length: 0\r\nX-Connection: close\r\n\r\n";
+    let ev = splits(&[GET, GET, GET, GET], msg);
+    let closes: Vec<bool> = finals(&ev).iter().map(|r| r.close).collect();
+    assert_eq!(closes, [false, true, true, false]);
+}
+
 #[test]
 fn head_204_304_have_no_body() {
     let msg = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\nHTTP/1.1 204 No Content\r\nContent-Length: 7\r\n\r\nHTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";

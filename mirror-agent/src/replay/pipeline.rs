@@ -240,11 +240,13 @@ async fn attempt(
                     };
                     unanswered -= 1;
                     *counted_sent = counted_sent.saturating_sub(1);
-                    // Reuse only a cleanly delimited HTTP/1.1 response on an open connection;
-                    // 101 turns the connection into a tunnel.
+                    // Reuse only a cleanly delimited HTTP/1.1 response on an open connection
+                    // that the server does not close (`Connection: close`); 101 turns the
+                    // connection into a tunnel.
                     let reusable = n > 0
                         && job.out.keep_alive
                         && r.version == Version::Http11
+                        && !r.close
                         && r.status != 101
                         && r.framing != BodyFraming::CloseDelimited;
                     // `capture` is `None` unless the comparison asked the pool to keep it.

@@ -183,6 +183,7 @@ mod tests {
                 body_len: 0,
                 ts_ns,
                 end_ts_ns: ts_ns,
+                close: false,
                 capture: None,
             },
         })

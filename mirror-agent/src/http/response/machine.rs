@@ -8,7 +8,7 @@ use super::super::head::{self, TransferEncoding};
 use super::super::stream::Item;
 use super::super::{BodyFraming, Version};
 use super::{
-    Cur, Current, ExpectedResponse, HEAD_STATE, HeaderFraming, RESYNC_STATE, Response,
+    Cur, Current, ExpectedResponse, HEAD_STATE, HeaderFraming, ParsedHead, RESYNC_STATE, Response,
     ResponseDropReason, ResponseEvent, ResponseFramer, STATUS_PREFIX, State,
 };
 
@@ -63,7 +63,7 @@ impl ResponseFramer {
             // line-by-line path below, which reports it.
             let window = &cur.data[cur.pos..cur.data.len().min(cur.pos + max_head)];
             if window.starts_with(b"HTTP/")
-                && let Ok((n, (status, version, body))) = self.parse_head(window, false)
+                && let Ok((n, head)) = self.parse_head(window, false)
             {
                 if self.capture_limit.is_some() {
                     self.capture_head(window[..n].to_vec());
@@ -72,7 +72,7 @@ impl ResponseFramer {
                 self.item.head_len = n;
                 self.seen_message = true;
                 self.discard_view(cur);
-                self.start_body(status, version, body, out);
+                self.start_body(head, out);
                 return;
             }
         }
@@ -114,6 +114,8 @@ impl ResponseFramer {
                     framing: BodyFraming::CloseDelimited,
                     tunnel_after: false,
                     took_expectation,
+                    // The body runs to the close.
+                    close: true,
                 });
                 self.item.body_len = consumed;
                 self.state = State::Close;
@@ -168,9 +170,9 @@ impl ResponseFramer {
         self.item.head_len = view_len;
         self.seen_message = true;
         match parsed {
-            Ok((status, version, body)) => {
+            Ok(head) => {
                 self.discard_view(cur);
-                self.start_body(status, version, body, out);
+                self.start_body(head, out);
             }
             Err(reason) => self.fail(cur, reason, true, out),
         }
@@ -183,7 +185,7 @@ impl ResponseFramer {
         &self,
         view: &[u8],
         exact: bool,
-    ) -> Result<(usize, (u16, Version, HeaderFraming)), ResponseDropReason> {
+    ) -> Result<(usize, ParsedHead), ResponseDropReason> {
         head::with_header_slots(self.limits.max_headers, |slots| {
             let mut resp = httparse::Response::new(&mut []);
             let len = match httparse::ParserConfig::default()
@@ -213,18 +215,28 @@ impl ResponseFramer {
                     Err(()) => HeaderFraming::Invalid,
                 },
             };
-            Ok((len, (status, version, framing)))
+            // RFC 9112 9.6: the server closes after this response.
+            let close = head::has_connection_token(headers, b"close");
+            Ok((
+                len,
+                ParsedHead {
+                    status,
+                    version,
+                    framing,
+                    close,
+                },
+            ))
         })
     }
 
     /// RFC 9112 section 6.3: which body the response has, given its request.
-    fn start_body(
-        &mut self,
-        status: u16,
-        version: Version,
-        headers: HeaderFraming,
-        out: &mut Vec<ResponseEvent>,
-    ) {
+    fn start_body(&mut self, head: ParsedHead, out: &mut Vec<ResponseEvent>) {
+        let ParsedHead {
+            status,
+            version,
+            framing: headers,
+            close,
+        } = head;
         let informational = (100..200).contains(&status) && status != 101;
         let (expected, took_expectation) = if informational {
             (self.expected.front().copied().unwrap_or_default(), false)
@@ -264,6 +276,7 @@ impl ResponseFramer {
             framing,
             tunnel_after: status == 101 || connect_ok,
             took_expectation,
+            close,
         });
         self.state = match framing {
             BodyFraming::ContentLength(n) if n > 0 => {
@@ -312,6 +325,7 @@ impl ResponseFramer {
             body_len,
             ts_ns: self.item.ts,
             end_ts_ns: self.last_ts,
+            close: c.close,
             capture: None,
         };
         self.stats.responses += 1;
