@@ -23,7 +23,14 @@ use tokio::net::TcpListener;
 async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
     // Drain the body so the connection stays usable; its bytes are not needed.
     let _ = req.into_body().collect().await;
-    Ok(Response::new(Full::new(Bytes::from_static(b"ok\n"))))
+    // The primary nginx's `return 200 "ok\n"` answer (its default type): `--compare` runs find
+    // the same headers on both sides.
+    let mut resp = Response::new(Full::new(Bytes::from_static(b"ok\n")));
+    resp.headers_mut().insert(
+        hyper::header::CONTENT_TYPE,
+        hyper::header::HeaderValue::from_static("text/plain"),
+    );
+    Ok(resp)
 }
 
 fn main() -> anyhow::Result<()> {
