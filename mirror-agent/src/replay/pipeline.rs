@@ -1,8 +1,9 @@
 //! One batch of copies on one mirror connection: write, then read the responses in order.
 //!
 //! Owns the exchange on a connection that [`super::dispatcher`]'s workers keep between batches.
-//! A batch is one request, or, when the mirror's queue backs up, several requests pipelined on
-//! the connection (RFC 9112 9.3.2): written in one go, answered in order, each response resolving
+//! A batch is one request, or, when copies of one client connection wait behind each other,
+//! several of them pipelined on the connection (RFC 9112 9.3.2): written in one go, answered in
+//! order, each response resolving
 //! its own copy with its own latency. Pipelining saves a round trip, a wake-up and two syscalls
 //! per request, which is what lets one mirror connection keep up with a busy primary on a small
 //! node. Only requests that are safe to pipeline start or continue a batch (see [`pipelinable`]),
@@ -12,7 +13,10 @@
 //! Failures: a copy whose response had begun gets the error; copies still unanswered when the
 //! connection closes at a response boundary (the keep-alive race of RFC 9112 9.3.1 on a reused
 //! connection, or the server closing after an earlier pipelined response) are retried once on a
-//! fresh connection, as RFC 9112 9.3.2 asks of a pipelining client.
+//! fresh connection, as RFC 9112 9.3.2 asks of a pipelining client, and one at a time there (it
+//! forbids pipelining right after establishing the retrying connection). A response with
+//! `Connection: close` ends the connection's use. A mirror that answers before the request was
+//! fully written (413 to a large upload) and resets the connection still gets its answer read.
 
 use std::collections::VecDeque;
 use std::io;
