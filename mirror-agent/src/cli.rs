@@ -213,6 +213,12 @@ pub struct RunArgs {
     /// Per-mirror maximum connections [default: 32].
     #[arg(long, env = "MIRROR_MAX_CONNECTIONS", help_heading = "Replay")]
     pub max_connections: Option<usize>,
+    /// Order of a client connection's copies at a mirror: connection (the default: in the
+    /// client's order, the next one written after the previous one was answered, as on the
+    /// primary) or none (copies of one connection may be in flight at once on several mirror
+    /// connections: more throughput for a hot connection to a slow mirror, no ordering).
+    #[arg(long, env = "MIRROR_ORDERING", help_heading = "Replay")]
+    pub ordering: Option<String>,
     /// Per-request timeout to a mirror, in milliseconds [default: 5000].
     #[arg(long, env = "MIRROR_TIMEOUT_MS", help_heading = "Replay")]
     pub timeout_ms: Option<u64>,

@@ -104,3 +104,38 @@ async fn each_client_connection_keeps_its_order_at_the_mirror() {
         }
     }
 }
+
+/// `--ordering none`: the copies of one client connection go out on their own, so a GET does
+/// not wait for the slow POST before it (more throughput for a hot connection, no ordering).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_ordering_a_connection_s_copies_overlap() {
+    let mirror = TestMirror::start(Behavior::Delayed(Arc::new(|req| {
+        if req.method == "POST" {
+            Duration::from_millis(300)
+        } else {
+            Duration::ZERO
+        }
+    })))
+    .await;
+    let mut cfg = config(vec![mirror.spec("unordered", 100.0)]);
+    cfg.timeout = Duration::from_secs(10);
+    cfg.max_connections = 4;
+    cfg.ordered = false;
+    let replayer = Replayer::start(cfg);
+    replayer.submit(&request(0, 0)); // POST, answered after 300 ms
+    replayer.submit(&request(0, 1)); // GET
+    wait_until_or(
+        "both answered",
+        Duration::from_secs(10),
+        || replayer.snapshot().mirrors[0].status[1] == 2,
+        || replayer.snapshot().table(),
+    )
+    .await;
+    finish(&replayer).await;
+    let log = mirror.events.lock().unwrap().clone();
+    let at = |e: Event| log.iter().position(|x| *x == e).expect("logged");
+    assert!(
+        at(Event::Arrived("/f0/1".into())) < at(Event::Answered("/f0/0".into())),
+        "the GET went out while the POST was pending: {log:?}"
+    );
+}

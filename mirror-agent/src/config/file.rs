@@ -61,6 +61,8 @@ pub struct FileConfig {
     pub max_queue_bytes: Option<Positive>,
     #[serde(alias = "max-connections")]
     pub max_connections: Option<Positive>,
+    /// `connection` (the default) or `none`, as `--ordering`.
+    pub ordering: Option<String>,
     #[serde(alias = "timeout-ms")]
     pub timeout_ms: Option<Positive>,
 }

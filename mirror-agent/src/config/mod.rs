@@ -282,6 +282,21 @@ impl Settings {
             fc.timeout_ms.map(|v| v.0),
             DEFAULT_TIMEOUT_MS,
         )?;
+        let ordered = match args
+            .ordering
+            .as_ref()
+            .or(fc.ordering.as_ref())
+            .map(String::as_str)
+        {
+            None | Some("connection") => true,
+            Some("none") => false,
+            Some(other) => {
+                return Err(ConfigError::Flag {
+                    flag: "--ordering",
+                    msg: format!("{other:?} is not connection or none"),
+                });
+            }
+        };
         if args.from.is_some() && args.pcap.is_some() {
             return Err(ConfigError::Flag {
                 flag: "--from",
@@ -307,6 +322,7 @@ impl Settings {
         replay.filter = filter;
         replay.queue_size = queue_size as usize;
         replay.max_connections = max_connections as usize;
+        replay.ordered = ordered;
         replay.max_queue_bytes = max_queue_bytes;
         replay.timeout = Duration::from_millis(timeout_ms);
         replay.limits.max_head_bytes = args.max_head_bytes;

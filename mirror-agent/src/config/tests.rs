@@ -182,8 +182,12 @@ fn flags_override_the_file() {
             "--mirror-body=false",
             "--host-mode",
             "mirror",
+            "--ordering",
+            "none",
         ],
-        &format!("{TRAEFIK_EXAMPLE}queueSize: 100\nmirrorBody: true\nmaxConnections: 3\n"),
+        &format!(
+            "{TRAEFIK_EXAMPLE}queueSize: 100\nmirrorBody: true\nmaxConnections: 3\nordering: connection\n"
+        ),
     )
     .unwrap();
     assert_eq!(s.iface.as_deref(), Some("lo"));
@@ -202,6 +206,12 @@ fn flags_override_the_file() {
     );
     assert!(!s.replay.rewrite.mirror_body);
     assert_eq!(s.replay.rewrite.host, HostMode::Mirror);
+    assert!(
+        !s.replay.ordered,
+        "--ordering none over the file's connection"
+    );
+    let s = load(&[], &format!("{TRAEFIK_EXAMPLE}ordering: none\n")).unwrap();
+    assert!(!s.replay.ordered, "the file's ordering");
 }
 
 #[test]
@@ -325,6 +335,10 @@ fn bad_flag_values_are_one_line() {
             "--from: replays a recording; it cannot be combined with --pcap",
         ),
         (&["--speed=-1"], "--speed: -1 is not a number >= 0"),
+        (
+            &["--ordering", "fifo"],
+            "--ordering: \"fifo\" is not connection or none",
+        ),
     ];
     for (flags, want) in cases {
         let e = err(flags, None);
@@ -348,6 +362,10 @@ fn defaults_without_file() {
     assert_eq!(s.replay.mirrors[1].percent, 50.0);
     assert_eq!(s.replay.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
     assert_eq!(s.replay.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert!(
+        s.replay.ordered,
+        "in order per client connection by default"
+    );
     assert!(s.ports.is_empty());
 }
 

@@ -11,6 +11,7 @@
 //! behind it on the same connection when both may be pipelined (see [`pipeline`]): a POST and
 //! the GET that follows it reach the mirror in the order the primary saw them. Flows with copies
 //! waiting take turns for the next free worker, so a slow request holds up only its own flow.
+//! With `--ordering none` each copy is a line of its own (see [`Job::line`]).
 //!
 //! The bound is shared by all flows, in copies and in bytes: copies share the request's
 //! `Bytes`, but a queue of 4096 ten-MiB uploads would still pin 40 GiB.
@@ -32,6 +33,9 @@ use crate::http::response::ResponseCapture;
 pub struct Job {
     pub out: Outgoing,
     pub ticket: Ticket,
+    /// The queue line the copy waits in, behind the earlier copies of the same line: the
+    /// client connection's flow id (ordered), or a number of its own.
+    pub line: u64,
     /// `(flow_id, seq_in_flow)` of the captured request, for the primary/mirror comparison.
     pub key: (u64, u64),
     /// Set when a worker takes the copy: its span and duration histogram, and where its outcome
@@ -254,7 +258,7 @@ impl Dispatcher {
             job.resolve(Outcome::Dropped(DropReason::QueueFull));
             return false;
         }
-        let id = job.key.0;
+        let id = job.line;
         let mut st = match q.state.lock() {
             Ok(st) if !st.closed => st,
             _ => {

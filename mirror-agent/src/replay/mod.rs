@@ -31,7 +31,7 @@ pub mod stats;
 pub mod testutil;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::watch;
@@ -60,6 +60,9 @@ pub struct ReplayConfig {
     /// Per-mirror bound on queued request bytes (a full queue by bytes is a `QueueFull` drop).
     pub max_queue_bytes: u64,
     pub max_connections: usize,
+    /// A client connection's copies reach each mirror in order, one batch in flight at a time
+    /// (`--ordering connection`, the default); `false`: each copy on its own.
+    pub ordered: bool,
     pub timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
@@ -90,6 +93,7 @@ impl ReplayConfig {
             queue_size: crate::config::DEFAULT_QUEUE_SIZE,
             max_queue_bytes: crate::config::DEFAULT_MAX_QUEUE_BYTES,
             max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            ordered: true,
             timeout: Duration::from_millis(crate::config::DEFAULT_TIMEOUT_MS),
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
@@ -132,6 +136,10 @@ pub struct Replayer {
     stats: Arc<ReplayStats>,
     phase: watch::Sender<Phase>,
     closed: AtomicBool,
+    ordered: bool,
+    /// Numbers the copies when they are not ordered by client connection: each is its own
+    /// line in the mirrors' queues.
+    unordered_seq: AtomicU64,
     /// Told of copies that will never be sent (`--compare`, with telemetry on).
     compare: Option<crate::telemetry::compare::CompareHub>,
 }
@@ -196,6 +204,8 @@ impl Replayer {
             stats,
             phase,
             closed: AtomicBool::new(false),
+            ordered: cfg.ordered,
+            unordered_seq: AtomicU64::new(0),
         }
     }
 
@@ -208,6 +218,11 @@ impl Replayer {
         // Evaluated once, on first need.
         let mut verdict: Option<bool> = None;
         let key = (captured.flow_id, captured.seq_in_flow);
+        let line = if self.ordered {
+            captured.flow_id
+        } else {
+            self.unordered_seq.fetch_add(1, Ordering::Relaxed)
+        };
         // The comparison learns of every copy that will never be sent, so it does not wait
         // for it (with `--compare` only).
         let not_mirrored = || {
@@ -253,6 +268,7 @@ impl Replayer {
             let queued = m.dispatcher.offer(Job {
                 out,
                 ticket,
+                line,
                 key,
                 flight: None,
             });

@@ -21,6 +21,7 @@ fn job(stats: &Arc<MirrorStats>, raw: &str, keep_alive: bool) -> Job {
             keep_alive,
         },
         ticket: Ticket::new(stats.clone()),
+        line: 0,
         key: (0, 0),
         flight: None,
     }
