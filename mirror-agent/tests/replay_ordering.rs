@@ -25,6 +25,18 @@ fn request(flow: u64, seq: u64) -> mirror_agent::pipeline::CapturedRequest {
     c
 }
 
+/// A mirror that answers POSTs after `delay` and everything else at once.
+async fn slow_posts(delay: Duration) -> TestMirror {
+    TestMirror::start(Behavior::Delayed(Arc::new(move |req| {
+        if req.method == "POST" {
+            delay
+        } else {
+            Duration::ZERO
+        }
+    })))
+    .await
+}
+
 /// `/f{flow}/{seq}` of an event.
 fn flow_seq(e: &Event) -> (u64, u64) {
     let (Event::Arrived(t) | Event::Answered(t)) = e;
@@ -41,14 +53,7 @@ fn flow_seq(e: &Event) -> (u64, u64) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_connection_keeps_its_order_at_the_mirror() {
     // POSTs are answered after 20 ms, everything else at once.
-    let mirror = TestMirror::start(Behavior::Delayed(Arc::new(|req| {
-        if req.method == "POST" {
-            Duration::from_millis(20)
-        } else {
-            Duration::ZERO
-        }
-    })))
-    .await;
+    let mirror = slow_posts(Duration::from_millis(20)).await;
     let mut cfg = config(vec![mirror.spec("ordered", 100.0)]);
     cfg.timeout = Duration::from_secs(10);
     cfg.max_connections = 8;
@@ -109,14 +114,7 @@ async fn each_client_connection_keeps_its_order_at_the_mirror() {
 /// not wait for the slow POST before it (more throughput for a hot connection, no ordering).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn without_ordering_a_connection_s_copies_overlap() {
-    let mirror = TestMirror::start(Behavior::Delayed(Arc::new(|req| {
-        if req.method == "POST" {
-            Duration::from_millis(300)
-        } else {
-            Duration::ZERO
-        }
-    })))
-    .await;
+    let mirror = slow_posts(Duration::from_millis(300)).await;
     let mut cfg = config(vec![mirror.spec("unordered", 100.0)]);
     cfg.timeout = Duration::from_secs(10);
     cfg.max_connections = 4;
