@@ -9,6 +9,7 @@ pub mod app;
 pub mod capture;
 pub mod check;
 pub mod cli;
+pub mod compare;
 pub mod config;
 pub mod http;
 pub mod pipeline;

@@ -29,6 +29,9 @@ use crate::reassembly::StreamConfig;
 use flow::{Flow, Scratch};
 use table::{FlowTable, Slot};
 
+/// Identifies one captured request in a run: `(flow_id, seq_in_flow)`.
+pub type RequestKey = (u64, u64);
+
 /// A request with the connection it was seen on.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CapturedRequest {
@@ -41,6 +44,13 @@ pub struct CapturedRequest {
     /// Position of this request on its connection, from 0.
     pub seq_in_flow: u64,
     pub request: Request,
+}
+
+impl CapturedRequest {
+    /// This request's identity in the run.
+    pub fn key(&self) -> RequestKey {
+        (self.flow_id, self.seq_in_flow)
+    }
 }
 
 /// The primary's final response to the request `(flow_id, seq_in_flow)`.
@@ -86,7 +96,7 @@ pub struct PipelineConfig {
     /// Segments held per flow while its direction is unknown.
     pub max_pending_segments: usize,
     /// With `responses`: keep each response's head and this many decoded body bytes
-    /// ([`crate::http::response::ResponseCapture`], for `--compare`); `None` keeps nothing.
+    /// ([`crate::http::response::ResponseSample`], for `--compare`); `None` keeps nothing.
     pub capture_responses: Option<usize>,
 }
 

@@ -26,7 +26,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{BodyFraming, Header, Request, Version};
+use crate::http::{BodyFraming, Header, Request, TraceFields, Version, keeps_alive};
 use crate::pipeline::CapturedRequest;
 
 /// Why a record could not be written or read.
@@ -192,12 +192,16 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
         Some(other) => return Err(field("framing", format!("{other:?}"))),
         None => derive_framing(&headers, l.body_len),
     };
+    let keep_alive = keeps_alive(version, &headers);
+    let trace = TraceFields::scan_head(&raw, head_len);
     Ok(CapturedRequest {
         src,
         dst,
         flow_id: l.flow_id,
         seq_in_flow: l.seq_in_flow,
         request: Request {
+            keep_alive,
+            trace,
             raw,
             head_len,
             method: l.method,

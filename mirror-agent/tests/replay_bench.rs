@@ -9,7 +9,7 @@ mod replay_common;
 
 use std::time::{Duration, Instant};
 
-use mirror_agent::replay::Replayer;
+use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
 fn cpu_time() -> Duration {
@@ -36,7 +36,7 @@ async fn replay_throughput() {
         let mut cfg = config(vec![mirror.spec("m", 100.0)]);
         cfg.max_connections = conns;
         cfg.timeout = Duration::from_secs(5);
-        let replayer = Replayer::start(cfg);
+        let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
         let raw = if body == 0 {
             "GET /bench?x=1 HTTP/1.1\r\nHost: bench\r\nUser-Agent: wrk\r\nAccept: */*\r\n\r\n"
                 .to_string()
@@ -52,7 +52,7 @@ async fn replay_throughput() {
         let mut submit_ns = 0u128;
         for i in 0..n {
             let s = Instant::now();
-            replayer.submit(&req);
+            replayer.submit(req.clone());
             submit_ns += s.elapsed().as_nanos();
             if i % 1000 == 999 {
                 // Offered at a bounded rate so the queue (4096) measures throughput, not drops.

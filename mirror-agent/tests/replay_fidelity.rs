@@ -6,10 +6,10 @@ mod replay_common;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use mirror_agent::replay::Replayer;
 use mirror_agent::replay::filter::Filter;
 use mirror_agent::replay::rewrite::{HostMode, RewriteOptions};
 use mirror_agent::replay::stats::DropReason;
+use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
 /// GET with odd header case/order/spacing, a 10 MiB POST, a chunked upload with extensions and
@@ -19,7 +19,7 @@ async fn byte_identical(bind: &str) {
     let mut cfg = config(vec![mirror.spec("m", 100.0)]);
     cfg.max_connections = 1; // one connection: order is preserved and reuse is visible
     cfg.timeout = Duration::from_secs(10);
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
 
     let mut stream = Vec::new();
     stream.extend_from_slice(
@@ -46,7 +46,7 @@ async fn byte_identical(bind: &str) {
     let reqs = captured(&stream);
     assert_eq!(reqs.len(), 203);
     for r in &reqs {
-        replayer.submit(r);
+        replayer.submit(r.clone());
     }
     wait_until(
         "all requests at the mirror",
@@ -99,9 +99,9 @@ async fn rewrite_options_end_to_end() {
         mirror_body: false,
         max_body_size: None,
     };
-    let replayer = Replayer::start(cfg);
-    replayer.submit(&one(b"POST /p HTTP/1.1\r\nHost: primary\r\nAuthorization: Bearer s\r\nContent-Length: 5\r\n\r\nhello"));
-    replayer.submit(&one(b"PUT /c HTTP/1.1\r\nHost: primary\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"));
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    replayer.submit(one(b"POST /p HTTP/1.1\r\nHost: primary\r\nAuthorization: Bearer s\r\nContent-Length: 5\r\n\r\nhello"));
+    replayer.submit(one(b"PUT /c HTTP/1.1\r\nHost: primary\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"));
     wait_until("2 requests", Duration::from_secs(5), || mirror.count() == 2).await;
     let got = mirror.received();
     let host = mirror.addr.to_string();
@@ -134,7 +134,7 @@ async fn max_body_size_and_filters_are_counted() {
         &[],
     )
     .unwrap();
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let reqs = [
         &b"GET /api/a HTTP/1.1\r\nHost: h\r\n\r\n"[..], // sent
         b"POST /api/b HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nabcd", // sent
@@ -145,7 +145,7 @@ async fn max_body_size_and_filters_are_counted() {
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", // never mirrored
     ];
     for r in reqs {
-        replayer.submit(&one(r));
+        replayer.submit(one(r));
     }
     wait_until("2 requests", Duration::from_secs(5), || mirror.count() == 2).await;
     let snap = finish(&replayer).await;
@@ -167,13 +167,16 @@ async fn on_connect_runs_after_bind_before_connect() {
     let (seen2, peers) = (seen.clone(), mirror.peers.clone());
     let mut cfg = config(vec![mirror.spec("m", 100.0)]);
     cfg.max_connections = 2;
-    cfg.on_connect = Some(Arc::new(move |local, remote| {
-        // Before connect, the server cannot have accepted this local address.
-        let accepted = peers.lock().unwrap().contains(&local);
-        seen2.lock().unwrap().push((local, remote, accepted));
-    }));
-    let replayer = Replayer::start(cfg);
-    replayer.submit(&one(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+    let hooks = ConnectionHooks {
+        opened: Some(Arc::new(move |local, remote| {
+            // Before connect, the server cannot have accepted this local address.
+            let accepted = peers.lock().unwrap().contains(&local);
+            seen2.lock().unwrap().push((local, remote, accepted));
+        })),
+        closed: None,
+    };
+    let replayer = Replayer::start(cfg, hooks, NoObserver);
+    replayer.submit(one(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
     wait_until("1 request", Duration::from_secs(5), || mirror.count() == 1).await;
     finish(&replayer).await;
     let seen = seen.lock().unwrap().clone();

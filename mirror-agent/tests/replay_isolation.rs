@@ -5,8 +5,8 @@ mod replay_common;
 
 use std::time::Duration;
 
-use mirror_agent::replay::Replayer;
 use mirror_agent::replay::stats::{DropReason, ErrorKind};
+use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
 fn get(i: usize) -> mirror_agent::pipeline::CapturedRequest {
@@ -19,10 +19,10 @@ async fn shares_of_two_mirrors() {
     let half = TestMirror::start(Behavior::Ok).await;
     let mut cfg = config(vec![full.spec("full", 100.0), half.spec("half", 50.0)]);
     cfg.timeout = Duration::from_secs(5);
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 4000;
     for i in 0..n {
-        replayer.submit(&get(i));
+        replayer.submit(get(i));
         if i % 500 == 499 {
             // Bounded bursts: the queue (4096) never fills, so no copy is dropped.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -68,10 +68,10 @@ async fn broken_mirrors_do_not_hurt_the_healthy_one() {
     cfg.timeout = Duration::from_millis(200);
     cfg.queue_size = 16;
     cfg.max_connections = 4;
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 300;
     for i in 0..n {
-        replayer.submit(&get(i));
+        replayer.submit(get(i));
         // Paced so the healthy mirror's small queue (sized to make the broken ones overflow)
         // keeps up.
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -153,10 +153,10 @@ async fn slow_500_mirror() {
     cfg.timeout = Duration::from_secs(4);
     cfg.queue_size = 2;
     cfg.max_connections = 2;
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 20;
     for i in 0..n {
-        replayer.submit(&get(i));
+        replayer.submit(get(i));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     wait_until_or(
@@ -203,9 +203,9 @@ async fn full_queue_drops_and_shutdown_accounts() {
     cfg.queue_size = 4;
     cfg.max_connections = 1;
     cfg.timeout = Duration::from_secs(30);
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     for i in 0..5000 {
-        replayer.submit(&get(i));
+        replayer.submit(get(i));
     }
     let snap = replayer.shutdown(Duration::from_millis(100)).await;
     let s = &snap.mirrors[0];
@@ -218,7 +218,7 @@ async fn full_queue_drops_and_shutdown_accounts() {
     assert_eq!(s.in_flight, 0);
     assert!(s.balanced(), "{s:?}");
     // After shutdown, submits are counted as shutdown drops.
-    replayer.submit(&get(0));
+    replayer.submit(get(0));
     let s = replayer.snapshot().mirrors[0].clone();
     assert!(s.balanced() && s.sampled == 5001, "{s:?}");
 }
@@ -229,7 +229,7 @@ async fn queue_bounded_in_bytes() {
     let silent = TestMirror::start(Behavior::Never).await;
     let mut cfg = config(vec![silent.spec("silent", 100.0)]);
     cfg.max_queue_bytes = 1000;
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let body = "x".repeat(400 - 52);
     let req = one(format!(
         "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{body}",
@@ -238,7 +238,7 @@ async fn queue_bounded_in_bytes() {
     .as_bytes());
     assert_eq!(req.request.raw.len(), 400);
     for _ in 0..10 {
-        replayer.submit(&req);
+        replayer.submit(req.clone());
     }
     let s = replayer.snapshot().mirrors[0].clone();
     assert_eq!(
@@ -258,10 +258,10 @@ async fn shares_scaled_by_capture_percent() {
     let b = TestMirror::start(Behavior::Ok).await;
     let mut cfg = config(vec![a.spec("fifty", 50.0), b.spec("quarter", 25.0)]);
     cfg.capture_percent = 50.0;
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 2000;
     for i in 0..n {
-        replayer.submit(&get(i));
+        replayer.submit(get(i));
         if i % 200 == 199 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use mirror_agent::replay::Replayer;
+use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
 /// nginx in its own prefix directory; killed (by PID) and removed on drop.
@@ -86,7 +86,7 @@ async fn nginx_mirror_with_keepalive_limit() {
     let mut cfg = config(vec![spec]);
     cfg.max_connections = 4;
     cfg.timeout = Duration::from_secs(5);
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 600;
     let reqs = [
         one(b"GET / HTTP/1.1\r\nHost: mirror\r\nUser-Agent: t\r\n\r\n"),
@@ -95,7 +95,7 @@ async fn nginx_mirror_with_keepalive_limit() {
         one(b"POST / HTTP/1.1\r\nHost: mirror\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
     ];
     for i in 0..n {
-        replayer.submit(&reqs[i % reqs.len()]);
+        replayer.submit(reqs[i % reqs.len()].clone());
         if i % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

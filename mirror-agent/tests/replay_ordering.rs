@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirror_agent::replay::Replayer;
+use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
 /// Request `seq` of client connection `flow`: every third one a POST.
@@ -57,12 +57,12 @@ async fn each_client_connection_keeps_its_order_at_the_mirror() {
     let mut cfg = config(vec![mirror.spec("ordered", 100.0)]);
     cfg.timeout = Duration::from_secs(10);
     cfg.max_connections = 8;
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let (flows, per_flow) = (24u64, 12u64);
     // Interleaved as many concurrent clients would be captured: seq 0 of every flow, then 1...
     for seq in 0..per_flow {
         for flow in 0..flows {
-            replayer.submit(&request(flow, seq));
+            replayer.submit(request(flow, seq));
         }
     }
     let total = (flows * per_flow) as usize;
@@ -119,9 +119,9 @@ async fn without_ordering_a_connection_s_copies_overlap() {
     cfg.timeout = Duration::from_secs(10);
     cfg.max_connections = 4;
     cfg.ordered = false;
-    let replayer = Replayer::start(cfg);
-    replayer.submit(&request(0, 0)); // POST, answered after 300 ms
-    replayer.submit(&request(0, 1)); // GET
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    replayer.submit(request(0, 0)); // POST, answered after 300 ms
+    replayer.submit(request(0, 1)); // GET
     wait_until_or(
         "both answered",
         Duration::from_secs(10),

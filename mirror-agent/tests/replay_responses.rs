@@ -8,8 +8,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use mirror_agent::http::Request;
-use mirror_agent::replay::Replayer;
 use mirror_agent::replay::stats::ErrorKind;
+use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
 fn respond(req: &Request) -> (Vec<u8>, bool) {
@@ -49,7 +49,7 @@ async fn response_framing_and_connection_reuse() {
     // response that ends the connection are retried one at a time (counted as retries).
     cfg.max_connections = 1;
     cfg.timeout = Duration::from_secs(5);
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let seq = [
         ("GET", "/chunked"),
         ("HEAD", "/head"),
@@ -69,7 +69,7 @@ async fn response_framing_and_connection_reuse() {
         } else {
             "\r\n"
         };
-        replayer.submit(&one(format!(
+        replayer.submit(one(format!(
             "{method} {target} HTTP/1.1\r\nHost: h\r\n{body}"
         )
         .as_bytes()));
@@ -105,9 +105,9 @@ async fn switching_protocols_is_not_reused() {
     .await;
     let mut cfg = config(vec![mirror.spec("m", 100.0)]);
     cfg.max_connections = 1;
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     for _ in 0..2 {
-        replayer.submit(&one(
+        replayer.submit(one(
             b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         ));
     }
@@ -126,13 +126,13 @@ async fn client_connection_close_is_honoured() {
     let mirror = TestMirror::start(Behavior::Ok).await;
     let mut cfg = config(vec![mirror.spec("m", 100.0)]);
     cfg.max_connections = 1;
-    let replayer = Replayer::start(cfg);
-    replayer.submit(&one(
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    replayer.submit(one(
         b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     ));
-    replayer.submit(&one(b"GET /b HTTP/1.0\r\n\r\n"));
-    replayer.submit(&one(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"));
-    replayer.submit(&one(b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(one(b"GET /b HTTP/1.0\r\n\r\n"));
+    replayer.submit(one(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(one(b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n"));
     wait_until("4 answered", Duration::from_secs(5), || {
         replayer.snapshot().mirrors[0].status[1] == 4
     })
@@ -170,7 +170,7 @@ async fn early_answer_to_a_large_upload_is_the_outcome() {
     });
     let mut cfg = config(vec![spec(addr, "m", 100.0)]);
     cfg.timeout = Duration::from_secs(5);
-    let replayer = Replayer::start(cfg);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let body = vec![b'x'; 10 << 20];
     let mut raw = format!(
         "POST /upload HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n",
@@ -178,7 +178,7 @@ async fn early_answer_to_a_large_upload_is_the_outcome() {
     )
     .into_bytes();
     raw.extend_from_slice(&body);
-    replayer.submit(&one(&raw));
+    replayer.submit(one(&raw));
     wait_until_or(
         "the upload resolved",
         Duration::from_secs(10),

@@ -8,9 +8,9 @@ mod replay_common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use mirror_agent::replay::Replayer;
-use mirror_agent::telemetry::compare::{CompareHub, PrimarySide};
-use mirror_agent::telemetry::{Telemetry, TelemetryConfig};
+use mirror_agent::compare::{CompareHub, PrimarySide};
+use mirror_agent::replay::{ConnectionHooks, Replayer};
+use mirror_agent::telemetry::{ReplayTelemetry, Telemetry, TelemetryConfig};
 use replay_common::{Behavior, TestMirror, captured, config, finish, wait_until};
 
 /// A replayer to `mirror` (as `app-v2`, 100%) whose outcomes go to a comparison hub, set up by
@@ -19,17 +19,17 @@ fn compared_replayer(
     telemetry: &Telemetry,
     mirror: &TestMirror,
     hub: impl FnOnce(CompareHub) -> CompareHub,
-) -> (CompareHub, Replayer) {
+) -> (CompareHub, Replayer<(ReplayTelemetry, CompareHub)>) {
     let hub = hub(CompareHub::new(
         vec!["app-v2".into()],
         Duration::from_secs(30),
         1024,
-        Some(telemetry.recorder()),
+        Some(telemetry.compare_subscriber()),
     ));
-    let mut cfg = config(vec![mirror.spec("app-v2", 100.0)]);
-    cfg.telemetry = Some(telemetry.recorder());
-    cfg.compare = Some(hub.clone());
-    (hub, Replayer::start(cfg))
+    let cfg = config(vec![mirror.spec("app-v2", 100.0)]);
+    let observer = (telemetry.replay_observer(&cfg.mirrors), hub.clone());
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), observer);
+    (hub, replayer)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -61,7 +61,7 @@ async fn a_500_on_one_path_is_exactly_one_mismatch() {
     // The primary's response arrives before the copy for the first request, after for the rest.
     hub.primary((1, 0), ok);
     for r in &reqs {
-        replayer.submit(r);
+        replayer.submit(r.clone());
     }
     wait_until("three copies answered", Duration::from_secs(5), || {
         replayer.snapshot().mirrors[0].answered() == 3
@@ -90,7 +90,7 @@ async fn a_500_on_one_path_is_exactly_one_mismatch() {
 
 /// The primary's response to `target` as the pipeline would capture it: framed (with capture
 /// on) from the bytes on the wire.
-fn primary_capture(wire: &[u8]) -> mirror_agent::http::response::ResponseCapture {
+fn primary_capture(wire: &[u8]) -> mirror_agent::http::response::ResponseSample {
     use mirror_agent::http::request::HttpLimits;
     use mirror_agent::http::response::{ResponseEvent, ResponseFramer};
     let mut f = ResponseFramer::new(HttpLimits::default()).with_capture(Some(64 * 1024));
@@ -104,8 +104,8 @@ fn primary_capture(wire: &[u8]) -> mirror_agent::http::response::ResponseCapture
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn headers_and_bodies_through_the_replay_path() {
-    use mirror_agent::telemetry::compare::PrimaryInfo;
-    use mirror_agent::telemetry::compare::rules::CompareRules;
+    use mirror_agent::compare::PrimaryInfo;
+    use mirror_agent::compare::rules::CompareRules;
     let telemetry = Telemetry::start(TelemetryConfig::default()).await.unwrap();
     let big = "z".repeat(100_000);
     let big2 = big.clone();
@@ -141,7 +141,7 @@ async fn headers_and_bodies_through_the_replay_path() {
     );
     assert_eq!(reqs.len(), 4);
     for r in &reqs {
-        replayer.submit(r);
+        replayer.submit(r.clone());
     }
     let primary_json = r#"{"a":"x","b":[1,2]}"#;
     for (seq, target) in ["/same", "/diff", "/hdr", "/big"].iter().enumerate() {

@@ -8,9 +8,9 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use mirror_agent::capture::ebpf::Counters;
+use mirror_agent::compare::{Comparator, CompareSnapshot, MirrorSide, PrimarySide};
 use mirror_agent::pipeline::PipelineStats;
 use mirror_agent::replay::stats::{MirrorStats, ReplaySnapshot};
-use mirror_agent::telemetry::compare::{Comparator, CompareSnapshot, MirrorSide, PrimarySide};
 use mirror_agent::telemetry::{RequestResult, Telemetry, TelemetryConfig};
 use telemetry_common::prometheus::Prometheus;
 
@@ -161,9 +161,10 @@ async fn exported() -> BTreeSet<String> {
         Duration::from_millis(2),
         "10.0.0.5",
     );
-    rec.record_comparison("app-v2", &verdict);
-    t.primary_recorder()
-        .record("GET", 200, Duration::from_millis(1), "10.0.0.2");
+    // What the comparison tells its subscriber (telemetry) in a run.
+    let subscriber = t.compare_subscriber();
+    subscriber.verdict("app-v2", &verdict);
+    subscriber.primary_exchange("GET", 200, Duration::from_millis(1), "10.0.0.2");
     t.render_prometheus()
         .lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

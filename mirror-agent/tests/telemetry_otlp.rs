@@ -118,14 +118,18 @@ async fn span_links_to_client(protocol: OtlpProtocol, receiver: Receiver) {
     let raw = Bytes::from(format!(
         "GET /orders/42?full=1 HTTP/1.1\r\nHost: shop\r\ntraceparent: 00-{CLIENT_TRACE}-{CLIENT_SPAN}-01\r\nX-B: 2\r\n\r\n"
     ));
-    let (flight, sent) = recorder.start("app-v2", "10.0.0.5", Some(8080), &raw);
+    let mut copy = telemetry_common::copy(&raw);
+    let flight = recorder.start("app-v2", "10.0.0.5", Some(8080), &mut copy);
+    let sent = copy.bytes;
     flight.finish(&Outcome::Answered {
         status: 200,
         latency: Duration::from_millis(4),
     });
     // A copy without trace context: a span without links, bytes untouched.
     let plain = Bytes::from_static(b"DELETE /x HTTP/1.1\r\nHost: shop\r\n\r\n");
-    let (flight, plain_sent) = recorder.start("app-v2", "10.0.0.5", Some(8080), &plain);
+    let mut copy = telemetry_common::copy(&plain);
+    let flight = recorder.start("app-v2", "10.0.0.5", Some(8080), &mut copy);
+    let plain_sent = copy.bytes;
     flight.finish(&Outcome::Timeout);
     assert_eq!(plain_sent, plain);
     telemetry.flush().await;
@@ -218,9 +222,12 @@ async fn collector_down(protocol: OtlpProtocol) {
     .await
     .expect("telemetry starts even when the collector is down");
     let raw = Bytes::from_static(b"GET /x HTTP/1.1\r\nHost: shop\r\n\r\n");
-    let (flight, _) = telemetry
-        .recorder()
-        .start("app-v2", "10.0.0.5", Some(8080), &raw);
+    let flight = telemetry.recorder().start(
+        "app-v2",
+        "10.0.0.5",
+        Some(8080),
+        &mut telemetry_common::copy(&raw),
+    );
     flight.finish(&Outcome::Timeout);
     telemetry.flush().await;
     let exports = telemetry.otlp_snapshot().expect("OTLP is on");

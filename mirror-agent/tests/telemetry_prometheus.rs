@@ -9,8 +9,8 @@ mod telemetry_common;
 use std::time::Duration;
 
 use mirror_agent::pipeline::PipelineStats;
-use mirror_agent::replay::Replayer;
 use mirror_agent::replay::spec::MirrorSpec;
+use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use mirror_agent::telemetry::{RequestResult, Telemetry, TelemetryConfig};
 use replay_common::{Behavior, TestMirror, config, one, wait_until};
 use telemetry_common::prometheus::{Prometheus, value};
@@ -53,9 +53,9 @@ fn prometheus_scrapes_mirror_metrics() {
             port: mirror.addr.port(),
             percent: 100.0,
         };
-        let replayer = Replayer::start(config(vec![spec]));
+        let replayer = Replayer::start(config(vec![spec]), ConnectionHooks::default(), NoObserver);
         for _ in 0..REQUESTS {
-            replayer.submit(&one(b"GET /x HTTP/1.1\r\nHost: app\r\n\r\n"));
+            replayer.submit(one(b"GET /x HTTP/1.1\r\nHost: app\r\n\r\n"));
         }
         wait_until("mirror answered every copy", Duration::from_secs(5), || {
             replayer.snapshot().mirrors[0].status[1] == REQUESTS

@@ -9,7 +9,7 @@ mod telemetry_common;
 
 use std::time::Duration;
 
-use mirror_agent::replay::Replayer;
+use mirror_agent::replay::{ConnectionHooks, Replayer};
 use mirror_agent::telemetry::{OtlpProtocol, Telemetry};
 use replay_common::{Behavior, TestMirror, config, finish, one, wait_until};
 use telemetry_common::otlp::{Receiver, wait};
@@ -31,16 +31,16 @@ async fn replayed_copies_carry_child_trace_context() {
     .await
     .unwrap();
     let mirror = TestMirror::start(Behavior::Ok).await;
-    let mut cfg = config(vec![mirror.spec("app-v2", 100.0)]);
-    cfg.telemetry = Some(telemetry.recorder());
-    let replayer = Replayer::start(cfg);
+    let cfg = config(vec![mirror.spec("app-v2", 100.0)]);
+    let observer = telemetry.replay_observer(&cfg.mirrors);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), observer);
 
     let traced = format!(
         "POST /pay HTTP/1.1\r\nHost: shop\r\nTraceParent: 00-{CLIENT_TRACE}-{CLIENT_SPAN}-01\r\ntracestate: congo=t61rcWkgMzE\r\nContent-Length: 3\r\n\r\nabc"
     );
     let plain = "GET /health HTTP/1.1\r\nHost: shop\r\n\r\n";
-    replayer.submit(&one(traced.as_bytes()));
-    replayer.submit(&one(plain.as_bytes()));
+    replayer.submit(one(traced.as_bytes()));
+    replayer.submit(one(plain.as_bytes()));
     wait_until("both copies arrive", Duration::from_secs(5), || {
         mirror.count() == 2
     })

@@ -14,15 +14,15 @@ use crate::app::from::DRAIN_GRACE;
 use crate::capture::Segment;
 use crate::capture::ebpf::{Counters, FlowIgnore};
 use crate::cli::RunArgs;
+use crate::compare::difflog::{self, DiffLog};
+use crate::compare::rules::CompareRules;
+use crate::compare::{CompareHub, CompareSnapshot, PrimaryObserver};
 use crate::config::{ConfigError, Settings};
 use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent, PipelineStats};
 use crate::record::RecordWriter;
-use crate::replay::Replayer;
 use crate::replay::stats::ReplaySnapshot;
-use crate::telemetry::compare::difflog::{self, DiffLog};
-use crate::telemetry::compare::rules::CompareRules;
-use crate::telemetry::compare::{CompareHub, CompareSnapshot};
-use crate::telemetry::{PrimaryObserver, Telemetry, TelemetryConfig};
+use crate::replay::{ConnectionHooks, Replayer};
+use crate::telemetry::{ReplayTelemetry, Telemetry, TelemetryConfig};
 
 use super::live;
 
@@ -126,7 +126,7 @@ fn effective_args(args: &RunArgs, settings: &Settings) -> RunArgs {
 }
 
 async fn run(
-    mut settings: Settings,
+    settings: Settings,
     opts: live::LiveOptions,
     pipeline_cfg: PipelineConfig,
     record: Option<String>,
@@ -155,6 +155,7 @@ async fn run(
     // Requests only arrive after capture is attached, and capture is attached only after the
     // slot is filled (`LiveSink::started`), so no mirror connection misses the ignore map.
     let ignore: Arc<OnceLock<FlowIgnore>> = Arc::default();
+    let mut hooks = ConnectionHooks::default();
     if std::env::var_os(DISABLE_IGNORE_ENV).is_some_and(|v| v == "1") {
         tracing::warn!(
             "{DISABLE_IGNORE_ENV}=1: the agent's own mirror connections are NOT excluded from \
@@ -162,7 +163,7 @@ async fn run(
         );
     } else {
         let slot = ignore.clone();
-        settings.replay.on_connect = Some(Arc::new(move |local, remote| {
+        hooks.opened = Some(Arc::new(move |local, remote| {
             if let Some(ig) = slot.get()
                 && let Err(e) = ig.ignore(local, remote)
             {
@@ -173,13 +174,12 @@ async fn run(
             }
         }));
         let slot = ignore.clone();
-        settings.replay.on_close = Some(Arc::new(move |local, _remote| {
+        hooks.closed = Some(Arc::new(move |local, _remote| {
             if let Some(ig) = slot.get() {
                 ig.closed(local);
             }
         }));
     }
-    settings.replay.telemetry = Some(telemetry.recorder());
     // With --compare the primary's responses are captured too: each mirrored copy's status and
     // latency is compared with the primary's answer to the same request.
     let compare = pipeline_cfg.responses.then(|| {
@@ -188,7 +188,7 @@ async fn run(
             names.collect(),
             COMPARE_TTL,
             MAX_PRIMARY_WAITING,
-            Some(telemetry.recorder()),
+            Some(telemetry.compare_subscriber()),
         );
         // Headers and bodies too (both sides keep them only in this mode), and --diff-log.
         match content {
@@ -196,16 +196,15 @@ async fn run(
             None => hub,
         }
     });
-    settings.replay.compare = compare.clone();
-    let replayer = mirrors.then(|| Replayer::start(settings.replay.clone()));
+    let observer = (
+        Some(telemetry.replay_observer(&settings.replay.mirrors)),
+        compare.clone(),
+    );
+    let replayer = mirrors.then(|| Replayer::start(settings.replay.clone(), hooks, observer));
     let progress = replayer.as_ref().map(|r| r.spawn_progress(PROGRESS_EVERY));
-    let primary = pipeline_cfg.responses.then(|| {
-        PrimaryObserver::new(
-            telemetry.primary_recorder(),
-            compare.clone(),
-            MAX_PRIMARY_WAITING,
-        )
-    });
+    let primary = compare
+        .clone()
+        .map(|hub| PrimaryObserver::new(hub, MAX_PRIMARY_WAITING));
     let mut driver = Driver {
         pipeline: Pipeline::new(pipeline_cfg),
         events: Vec::new(),
@@ -286,7 +285,7 @@ struct Driver {
     events: Vec<PipelineEvent>,
     writer: Option<RecordWriter>,
     record_error: Option<crate::record::RecordError>,
-    replayer: Option<Replayer>,
+    replayer: Option<Replayer<(Option<ReplayTelemetry>, Option<CompareHub>)>>,
     telemetry: Telemetry,
     primary: Option<PrimaryObserver>,
     compare: Option<CompareHub>,
@@ -312,7 +311,7 @@ impl Driver {
                 self.record_error = Some(e);
             }
             if let Some(rep) = &self.replayer {
-                rep.submit(&r);
+                rep.submit(r);
             }
         }
     }

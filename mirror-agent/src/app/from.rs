@@ -20,9 +20,9 @@ use crate::config::{ConfigError, Settings};
 use crate::pipeline::CapturedRequest;
 use crate::record::{RecordError, RecordReader};
 use crate::replay::stats::ReplaySnapshot;
-use crate::replay::{ReplayConfig, Replayer};
+use crate::replay::{ConnectionHooks, ReplayConfig, Replayer};
 use crate::telemetry::export_stats::ExportSnapshot;
-use crate::telemetry::{Telemetry, TelemetryConfig, TelemetryError};
+use crate::telemetry::{ReplayTelemetry, Telemetry, TelemetryConfig, TelemetryError};
 
 /// How often the progress line is printed.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -53,7 +53,7 @@ pub enum FromError {
 /// the same per-mirror metrics and spans as live mode); `submit` may be called from any thread.
 pub struct Session {
     runtime: tokio::runtime::Runtime,
-    replayer: Replayer,
+    replayer: Replayer<ReplayTelemetry>,
     telemetry: Telemetry,
     /// Copies the replay counters into the telemetry once a second.
     metrics_task: tokio::task::JoinHandle<()>,
@@ -61,7 +61,7 @@ pub struct Session {
 }
 
 impl Session {
-    pub fn start(mut cfg: ReplayConfig, telemetry: TelemetryConfig) -> Result<Self, FromError> {
+    pub fn start(cfg: ReplayConfig, telemetry: TelemetryConfig) -> Result<Self, FromError> {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .thread_name("mirror-replay")
@@ -70,10 +70,10 @@ impl Session {
             .map_err(FromError::Runtime)?;
         let timeout = cfg.timeout;
         let telemetry = runtime.block_on(Telemetry::start(telemetry))?;
-        cfg.telemetry = Some(telemetry.recorder());
+        let observer = telemetry.replay_observer(&cfg.mirrors);
         let (replayer, metrics_task) = {
             let _guard = runtime.enter();
-            let replayer = Replayer::start(cfg);
+            let replayer = Replayer::start(cfg, ConnectionHooks::default(), observer);
             let task = spawn_metrics_updates(&telemetry, replayer.stats());
             (replayer, task)
         };
@@ -88,11 +88,11 @@ impl Session {
         })
     }
 
-    pub fn replayer(&self) -> &Replayer {
+    pub fn replayer(&self) -> &Replayer<ReplayTelemetry> {
         &self.replayer
     }
 
-    pub fn submit(&self, req: &CapturedRequest) {
+    pub fn submit(&self, req: CapturedRequest) {
         self.replayer.submit(req);
     }
 
@@ -190,7 +190,7 @@ pub fn run(
         } else {
             session.wait_for_room();
         }
-        session.submit(&req);
+        session.submit(req);
         if last_progress.0.elapsed() >= PROGRESS_EVERY {
             let snap = session.replayer().snapshot();
             progress(&snap.progress_line(Some(&last_progress.1), last_progress.0.elapsed()));
@@ -232,7 +232,7 @@ pub fn pcap_main(args: &RunArgs) -> i32 {
     };
     let result = crate::app::offline::run(args, |r| {
         session.wait_for_room();
-        session.submit(r);
+        session.submit(r.clone());
     });
     let (snap, otlp) = session.finish(DRAIN_GRACE);
     let code = match result {

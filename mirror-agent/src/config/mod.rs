@@ -20,11 +20,7 @@ use crate::replay::rewrite::{self, HostMode, RewriteError, RewriteOptions};
 use crate::replay::spec::{self, MirrorSpec, SpecError};
 use file::{FileConfig, MirrorEntry, Mirroring};
 
-/// Defaults of options that the file may also set.
-pub const DEFAULT_QUEUE_SIZE: usize = 4096;
-pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
-pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
-pub const DEFAULT_TIMEOUT_MS: u64 = 5000;
+/// Suffix of `--host-mode suffix` when `--host-suffix` is not given (Envoy's).
 pub const DEFAULT_HOST_SUFFIX: &str = "-shadow";
 /// The kernel's port map holds this many ports.
 pub const MAX_PORTS: usize = 64;
@@ -258,29 +254,30 @@ impl Settings {
             Some(v) => Ok(v),
             None => Ok(file.unwrap_or(default)),
         };
+        let defaults = ReplayConfig::new(Vec::new());
         let queue_size = positive(
             "--queue-size",
             args.queue_size.map(|v| v as u64),
             fc.queue_size.map(|v| v.0),
-            DEFAULT_QUEUE_SIZE as u64,
+            defaults.queue_size as u64,
         )?;
         let max_connections = positive(
             "--max-connections",
             args.max_connections.map(|v| v as u64),
             fc.max_connections.map(|v| v.0),
-            DEFAULT_MAX_CONNECTIONS as u64,
+            defaults.max_connections as u64,
         )?;
         let max_queue_bytes = positive(
             "--max-queue-bytes",
             args.max_queue_bytes,
             fc.max_queue_bytes.map(|v| v.0),
-            DEFAULT_MAX_QUEUE_BYTES,
+            defaults.max_queue_bytes,
         )?;
         let timeout_ms = positive(
             "--timeout-ms",
             args.timeout_ms,
             fc.timeout_ms.map(|v| v.0),
-            DEFAULT_TIMEOUT_MS,
+            defaults.timeout.as_millis() as u64,
         )?;
         let ordered = match args
             .ordering

@@ -71,7 +71,7 @@ fn traefik_kubernetes_example() {
         ("app-v3", "app-v3", 80, 50.0)
     );
     assert_eq!(s.replay.capture_percent, 100.0);
-    assert_eq!(s.replay.queue_size, DEFAULT_QUEUE_SIZE);
+    assert_eq!(s.replay.queue_size, crate::replay::DEFAULT_QUEUE_SIZE);
     assert!(s.replay.rewrite.mirror_body);
 }
 
@@ -360,8 +360,11 @@ fn defaults_without_file() {
     .unwrap();
     assert_eq!(s.capture_percent, 100.0);
     assert_eq!(s.replay.mirrors[1].percent, 50.0);
-    assert_eq!(s.replay.timeout, Duration::from_millis(DEFAULT_TIMEOUT_MS));
-    assert_eq!(s.replay.max_connections, DEFAULT_MAX_CONNECTIONS);
+    assert_eq!(s.replay.timeout, crate::replay::DEFAULT_TIMEOUT);
+    assert_eq!(
+        s.replay.max_connections,
+        crate::replay::DEFAULT_MAX_CONNECTIONS
+    );
     assert!(
         s.replay.ordered,
         "in order per client connection by default"

@@ -88,7 +88,126 @@ pub enum BodyFraming {
     CloseDelimited,
 }
 
-/// One complete HTTP request as the client sent it.
+/// Where one header field sits in a message's bytes, as byte offsets: the whole field line
+/// (from its name to after its line end) and its value (without surrounding whitespace).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FieldAt {
+    pub line: (usize, usize),
+    pub value: (usize, usize),
+}
+
+impl FieldAt {
+    /// The field whose value lies at `value` in `bytes`: its line runs from after the
+    /// previous line end to after the next one. Looks only at that one line.
+    pub fn around_value(bytes: &[u8], value: (usize, usize)) -> Self {
+        let start = bytes[..value.0]
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |i| i + 1);
+        let end = bytes[value.1..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map_or(bytes.len(), |i| value.1 + i + 1);
+        Self {
+            line: (start, end),
+            value,
+        }
+    }
+
+    /// This field moved by `delta` bytes (its head was rebuilt around it).
+    pub fn shifted(self, from: usize, to: usize) -> Self {
+        let m = |x: usize| x - from + to;
+        Self {
+            line: (m(self.line.0), m(self.line.1)),
+            value: (m(self.value.0), m(self.value.1)),
+        }
+    }
+}
+
+/// The W3C trace context fields of a request, located by the framer so that nothing
+/// downstream parses the head again to find them.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TraceFields {
+    /// The single `traceparent` field; `None` when absent or repeated (a repeated one is
+    /// invalid, W3C trace context 3.2).
+    pub traceparent: Option<FieldAt>,
+    /// Every `tracestate` field, in order.
+    pub tracestate: Vec<FieldAt>,
+}
+
+impl TraceFields {
+    /// From the header names and the offsets of their values in `raw` (wire order).
+    pub fn locate<'a>(
+        raw: &[u8],
+        fields: impl IntoIterator<Item = (&'a str, (usize, usize))>,
+    ) -> Self {
+        let mut out = Self::default();
+        let mut parents = 0;
+        for (name, value) in fields {
+            if name.eq_ignore_ascii_case("traceparent") {
+                parents += 1;
+                out.traceparent = Some(FieldAt::around_value(raw, value));
+            } else if name.eq_ignore_ascii_case("tracestate") {
+                out.tracestate.push(FieldAt::around_value(raw, value));
+            }
+        }
+        if parents > 1 {
+            out.traceparent = None;
+        }
+        out
+    }
+
+    /// Scans the head (`raw[..head_len]`) line by line for the trace fields: for requests
+    /// that did not come from the framer (a recording read back, a test).
+    pub fn scan_head(raw: &[u8], head_len: usize) -> Self {
+        let head = &raw[..head_len.min(raw.len())];
+        let mut fields = Vec::new();
+        // The request line first, then one field per line (the empty line has no colon).
+        for line in head.split_inclusive(|&b| b == b'\n').skip(1) {
+            let Some(colon) = line.iter().position(|&b| b == b':') else {
+                continue;
+            };
+            let Ok(name) = std::str::from_utf8(&line[..colon]) else {
+                continue;
+            };
+            let value = line[colon + 1..].trim_ascii();
+            let from = value.as_ptr() as usize - head.as_ptr() as usize;
+            fields.push((name, (from, from + value.len())));
+        }
+        Self::locate(raw, fields)
+    }
+
+    /// The value of the single `traceparent` field in `bytes`, as text.
+    pub fn traceparent_value<'a>(&self, bytes: &'a [u8]) -> Option<&'a str> {
+        let (a, b) = self.traceparent?.value;
+        std::str::from_utf8(bytes.get(a..b)?).ok()
+    }
+
+    /// The value of the last `tracestate` field in `bytes`, as text.
+    pub fn tracestate_value<'a>(&self, bytes: &'a [u8]) -> Option<&'a str> {
+        let (a, b) = self.tracestate.last()?.value;
+        std::str::from_utf8(bytes.get(a..b)?).ok()
+    }
+}
+
+/// Whether the connection stays usable after a request (RFC 9112 9.3): HTTP/1.1 unless
+/// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+pub fn keeps_alive(version: Version, headers: &[Header]) -> bool {
+    let has = |token: &str| {
+        headers
+            .iter()
+            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
+            .flat_map(|h| h.value.split(|&b| b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
+    };
+    match version {
+        Version::Http11 => !has("close"),
+        Version::Http10 => has("keep-alive"),
+        Version::Http09 => false,
+    }
+}
+
+/// One complete HTTP request as the client sent it, with what the framer learned of it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Request {
     /// The exact request bytes: head and body, chunked framing included.
@@ -109,6 +228,10 @@ pub struct Request {
     /// Both Transfer-Encoding and Content-Length were present (RFC 9112 6.3: TE wins); flagged
     /// because it is a request-smuggling signal.
     pub te_and_cl: bool,
+    /// The connection stays usable after this request ([`keeps_alive`]).
+    pub keep_alive: bool,
+    /// Where the trace context fields sit in `raw`.
+    pub trace: TraceFields,
 }
 
 impl Request {

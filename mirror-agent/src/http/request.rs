@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use super::body::BodyState;
 use super::head;
 use super::stream::{self, Item, PendingDrop};
-use super::{BodyFraming, Request, Version};
+use super::{BodyFraming, Request, TraceFields, Version};
 
 mod machine;
 mod parse;
@@ -84,6 +84,10 @@ impl RequestDropReason {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[allow(
+    clippy::large_enum_variant,
+    reason = "requests are by far the most frequent event; boxing them would allocate per request"
+)]
 pub enum RequestEvent {
     Request(Request),
     /// Bytes skipped, with the reason. `bytes` counts stream bytes discarded.
@@ -465,6 +469,8 @@ impl RequestFramer {
             ts_ns: self.item.ts,
             end_ts_ns: self.last_ts,
             te_and_cl: false,
+            keep_alive: false,
+            trace: TraceFields::default(),
             raw,
         };
         self.stats.requests += 1;

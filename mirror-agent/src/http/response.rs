@@ -19,9 +19,9 @@ use bytes::BytesMut;
 use super::body::BodyState;
 use super::stream::{self, Item, PendingDrop};
 
-mod capture;
 mod machine;
-pub use capture::ResponseCapture;
+mod sample;
+pub use sample::ResponseSample;
 
 use super::{BodyFraming, Version, request::HttpLimits};
 
@@ -42,7 +42,7 @@ pub struct Response {
     pub close: bool,
     /// Head and body prefix, only from a framer built [`ResponseFramer::with_capture`] (final
     /// responses only).
-    pub capture: Option<Box<ResponseCapture>>,
+    pub capture: Option<Box<ResponseSample>>,
 }
 
 impl Response {
@@ -195,10 +195,10 @@ pub struct ResponseFramer {
     seen_message: bool,
     resync: PendingDrop<ResponseDropReason>,
     stats: ResponseFramerStats,
-    /// Body prefix kept per response (`Some`: capture on, see [`ResponseCapture`]).
+    /// Body prefix kept per response (`Some`: capture on, see [`ResponseSample`]).
     capture_limit: Option<usize>,
     /// The capture of the response in progress.
-    capture: Option<Box<ResponseCapture>>,
+    capture: Option<Box<ResponseSample>>,
 }
 
 /// One pushed buffer being consumed.

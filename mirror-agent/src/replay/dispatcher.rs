@@ -8,7 +8,7 @@
 //! Ordering: the queue keeps one FIFO per client connection (flow), and a flow has at most one
 //! batch in flight. So the mirror receives a client connection's requests in the client's order,
 //! and a request is written only after the previous one of its flow was answered, or right
-//! behind it on the same connection when both may be pipelined (see [`pipeline`]): a POST and
+//! behind it on the same connection when both may be pipelined (see [`exchange`]): a POST and
 //! the GET that follows it reach the mirror in the order the primary saw them. Flows with copies
 //! waiting take turns for the next free worker, so a slow request holds up only its own flow.
 //! With `--ordering none` each copy is a line of its own (see [`Job::line`]).
@@ -24,97 +24,115 @@ use std::time::Duration;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
-use super::pipeline;
-use super::pool::{Outgoing, Pool};
+use super::exchange::{self, Batch};
+use super::observer::{MirrorCopy, NotSent, ReplayObserver};
+use super::pool::{Conn, Pool};
 use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
-use crate::http::response::ResponseCapture;
+use crate::http::response::ResponseSample;
+use crate::pipeline::RequestKey;
 
-/// A copy waiting for, or being sent to, a mirror.
-pub struct Job {
-    pub out: Outgoing,
+/// A copy waiting for, or being sent to, a mirror; `F` is the observer's per-copy state.
+pub struct Job<F> {
+    pub copy: MirrorCopy,
     pub ticket: Ticket,
     /// The queue line the copy waits in, behind the earlier copies of the same line: the
     /// client connection's flow id (ordered), or a number of its own.
     pub line: u64,
-    /// `(flow_id, seq_in_flow)` of the captured request, for the primary/mirror comparison.
-    pub key: (u64, u64),
-    /// Set when a worker takes the copy: its span and duration histogram, and where its outcome
-    /// goes for the comparison.
-    pub flight: Option<(crate::telemetry::InFlight, Arc<Telemetry>)>,
+    /// The observer's state, from when a worker takes the copy ([`ReplayObserver::sending`]).
+    pub flight: Option<F>,
 }
 
-impl std::fmt::Debug for Job {
+impl<F> std::fmt::Debug for Job<F> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Job")
-            .field("out", &self.out)
-            .field("key", &self.key)
-            .field("traced", &self.flight.is_some())
+            .field("key", &self.copy.key())
+            .field("bytes", &self.copy.bytes.len())
+            .field("taken", &self.flight.is_some())
             .finish()
     }
 }
 
-impl Job {
-    /// Every outcome of a copy goes through here: telemetry first, then the counters.
-    pub fn resolve(self, outcome: Outcome) {
-        self.resolve_with(outcome, None);
-    }
-
-    /// [`Self::resolve`] with the mirror's captured response (head and body prefix), which
-    /// the pool keeps only for the comparison (`--compare`).
-    pub fn resolve_with(self, outcome: Outcome, capture: Option<Box<ResponseCapture>>) {
-        if let Some((flight, telemetry)) = self.flight {
-            flight.finish(&outcome);
-            if let Some((hub, index)) = &telemetry.compare {
-                hub.mirror_with(self.key, *index, &outcome, capture);
-            }
-        }
-        self.ticket.resolve(outcome);
-    }
-
-    /// Starts the copy's span; `traceparent` is rewritten per `--otlp-traceparent` (only its
-    /// value bytes change).
-    fn start_flight(&mut self, telemetry: &Arc<Telemetry>) {
-        let t = telemetry;
-        let (flight, bytes) = t
-            .recorder
-            .start(&t.mirror, &t.host, Some(t.port), &self.out.bytes);
-        self.out.bytes = bytes;
-        self.flight = Some((flight, telemetry.clone()));
-    }
+/// One mirror's observer and its index: where every outcome of its copies is told.
+pub struct Tell<O> {
+    pub mirror: usize,
+    pub observer: Arc<O>,
 }
 
-/// Per-mirror telemetry: the duration histogram and span of each copy.
-#[derive(Debug, Clone)]
-pub struct Telemetry {
-    pub recorder: crate::telemetry::MirrorRequestRecorder,
-    pub mirror: String,
-    pub host: String,
-    pub port: u16,
-    /// The comparison hub and this mirror's index in it (`--compare`).
-    pub compare: Option<(crate::telemetry::compare::CompareHub, usize)>,
+impl<O: ReplayObserver> Tell<O> {
+    /// Every outcome of a copy goes through here: the observer first, then the counters.
+    pub fn resolve(&self, job: Job<O::Flight>, outcome: Outcome) {
+        self.resolve_with(job, outcome, None);
+    }
+
+    /// [`Self::resolve`] with the mirror's response sample (head and body prefix), which the
+    /// pool keeps only when the observer asked for it.
+    pub fn resolve_with(
+        &self,
+        job: Job<O::Flight>,
+        outcome: Outcome,
+        mut sample: Option<Box<ResponseSample>>,
+    ) {
+        match (job.flight, outcome) {
+            (Some(flight), _) => {
+                self.observer
+                    .finished(self.mirror, &job.copy, flight, &outcome, &mut sample);
+            }
+            (None, Outcome::Dropped(reason)) => {
+                self.observer
+                    .not_sent(self.mirror, job.copy.key(), NotSent::Dropped(reason));
+            }
+            // Only drops end a copy before a worker took it.
+            (None, _) => {}
+        }
+        job.ticket.resolve(outcome);
+    }
+
+    /// The worker took the copy: the observer starts its flight (and may change the bytes).
+    fn take(&self, job: &mut Job<O::Flight>) {
+        if job.flight.is_none() {
+            job.flight = Some(self.observer.sending(self.mirror, &mut job.copy));
+        }
+    }
 }
 
 /// The copies of one client connection waiting for this mirror.
-#[derive(Default)]
-struct FlowQueue {
-    jobs: VecDeque<Job>,
+struct FlowQueue<F> {
+    jobs: VecDeque<Job<F>>,
     /// A worker is sending a batch of this flow: the next one waits for its outcome.
     busy: bool,
 }
 
-#[derive(Default)]
-struct QueueState {
+impl<F> Default for FlowQueue<F> {
+    fn default() -> Self {
+        Self {
+            jobs: VecDeque::new(),
+            busy: false,
+        }
+    }
+}
+
+struct QueueState<F> {
     /// Flows with copies waiting or a batch in flight (an entry leaves when neither holds).
-    flows: HashMap<u64, FlowQueue>,
+    flows: HashMap<u64, FlowQueue<F>>,
     /// Flows with copies waiting and no batch in flight, in the order they became ready.
     ready: VecDeque<u64>,
     /// The workers are gone (drained or aborted): offers are shutdown drops.
     closed: bool,
 }
 
+impl<F> Default for QueueState<F> {
+    fn default() -> Self {
+        Self {
+            flows: HashMap::new(),
+            ready: VecDeque::new(),
+            closed: false,
+        }
+    }
+}
+
 /// The per-flow queues and the bound they share.
-struct Queue {
-    state: Mutex<QueueState>,
+struct Queue<F> {
+    state: Mutex<QueueState<F>>,
     /// Signalled when a flow becomes ready.
     ready: Notify,
     /// Copies and request bytes waiting (not yet taken by a worker).
@@ -124,7 +142,7 @@ struct Queue {
     max_bytes: u64,
 }
 
-impl Queue {
+impl<F> Queue<F> {
     /// Counts copies leaving the queue (taken by a worker or abandoned).
     fn release(&self, copies: usize, bytes: usize) {
         self.len.fetch_sub(copies, Ordering::Relaxed);
@@ -142,14 +160,14 @@ impl Queue {
             std::mem::take(&mut st.flows)
         };
         for flow in flows.into_values() {
-            let bytes = flow.jobs.iter().map(|j| j.out.bytes.len()).sum();
+            let bytes = flow.jobs.iter().map(|j| j.copy.bytes.len()).sum();
             self.release(flow.jobs.len(), bytes);
         }
     }
 
     /// Takes the next ready flow's batch into `batch` and marks the flow busy; `None` when no
     /// flow is ready.
-    fn take(&self, batch: &mut VecDeque<Job>, conn: Option<&super::pool::Conn>) -> Option<u64> {
+    fn take(&self, batch: &mut Batch<F>, conn: Option<&Conn>) -> Option<u64> {
         let mut st = self.state.lock().ok()?;
         let st = &mut *st;
         while let Some(id) = st.ready.pop_front() {
@@ -192,8 +210,9 @@ impl Queue {
 }
 
 /// The producer side of one mirror.
-pub struct Dispatcher {
-    queue: Arc<Queue>,
+pub struct Dispatcher<O: ReplayObserver> {
+    queue: Arc<Queue<O::Flight>>,
+    tell: Arc<Tell<O>>,
     pub stats: Arc<MirrorStats>,
     task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -207,7 +226,7 @@ pub enum Phase {
     Abort,
 }
 
-impl Dispatcher {
+impl<O: ReplayObserver> Dispatcher<O> {
     /// Starts the drain task (`max_connections` workers) on the current tokio runtime.
     pub fn start(
         pool: Pool,
@@ -215,7 +234,7 @@ impl Dispatcher {
         max_queue_bytes: u64,
         timeout: Duration,
         phase: watch::Receiver<Phase>,
-        telemetry: Option<Telemetry>,
+        tell: Tell<O>,
     ) -> Self {
         let stats = pool.stats_handle();
         let queue = Arc::new(Queue {
@@ -226,15 +245,17 @@ impl Dispatcher {
             max_len: queue_size.max(1),
             max_bytes: max_queue_bytes,
         });
+        let tell = Arc::new(tell);
         let task = tokio::spawn(drain(
             Arc::new(pool),
             queue.clone(),
             timeout,
             phase,
-            telemetry.map(Arc::new),
+            tell.clone(),
         ));
         Self {
             queue,
+            tell,
             stats,
             task: std::sync::Mutex::new(Some(task)),
         }
@@ -242,20 +263,22 @@ impl Dispatcher {
 
     /// Queues `job` behind the earlier copies of its flow without waiting, or resolves it as
     /// dropped (counted) and returns `false`.
-    pub fn offer(&self, job: Job) -> bool {
+    pub fn offer(&self, job: Job<O::Flight>) -> bool {
         let q = &self.queue;
         if q.len.fetch_add(1, Ordering::Relaxed) >= q.max_len {
             q.len.fetch_sub(1, Ordering::Relaxed);
-            job.resolve(Outcome::Dropped(DropReason::QueueFull));
+            self.tell
+                .resolve(job, Outcome::Dropped(DropReason::QueueFull));
             return false;
         }
-        let len = job.out.bytes.len() as u64;
+        let len = job.copy.bytes.len() as u64;
         let before = q.bytes.fetch_add(len, Ordering::Relaxed);
         // Over the byte bound the copy is dropped, unless the queue is empty: a single request
         // larger than the bound must still be sendable.
         if before > 0 && before + len > q.max_bytes {
             q.release(1, len as usize);
-            job.resolve(Outcome::Dropped(DropReason::QueueFull));
+            self.tell
+                .resolve(job, Outcome::Dropped(DropReason::QueueFull));
             return false;
         }
         let id = job.line;
@@ -263,7 +286,8 @@ impl Dispatcher {
             Ok(st) if !st.closed => st,
             _ => {
                 q.release(1, len as usize);
-                job.resolve(Outcome::Dropped(DropReason::Shutdown));
+                self.tell
+                    .resolve(job, Outcome::Dropped(DropReason::Shutdown));
                 return false;
             }
         };
@@ -281,6 +305,20 @@ impl Dispatcher {
         true
     }
 
+    /// Tells the observer of a copy that never reached the queue (not sampled, filtered, too
+    /// large, shut down) and counts it: `ticket` is the copy's.
+    pub fn not_sent(&self, key: RequestKey, ticket: Ticket, reason: DropReason) {
+        let why = NotSent::Dropped(reason);
+        self.tell.observer.not_sent(self.tell.mirror, key, why);
+        ticket.resolve(Outcome::Dropped(reason));
+    }
+
+    /// Tells the observer that this mirror's sampling passed the request over.
+    pub fn not_sampled(&self, key: RequestKey) {
+        let why = NotSent::NotSampled;
+        self.tell.observer.not_sent(self.tell.mirror, key, why);
+    }
+
     /// Share of the queue in use, 0 to 1.
     pub fn queue_fill(&self) -> f64 {
         self.queue.len.load(Ordering::Relaxed) as f64 / self.queue.max_len as f64
@@ -296,12 +334,12 @@ impl Dispatcher {
 }
 
 /// Runs `max_connections` workers until the queue is drained (`Drain`) or `Abort`.
-async fn drain(
+async fn drain<O: ReplayObserver>(
     pool: Arc<Pool>,
-    queue: Arc<Queue>,
+    queue: Arc<Queue<O::Flight>>,
     timeout: Duration,
     phase: watch::Receiver<Phase>,
-    telemetry: Option<Arc<Telemetry>>,
+    tell: Arc<Tell<O>>,
 ) {
     let mut workers = JoinSet::new();
     for _ in 0..pool.max_connections() {
@@ -310,7 +348,7 @@ async fn drain(
             queue.clone(),
             timeout,
             phase.clone(),
-            telemetry.clone(),
+            tell.clone(),
         ));
     }
     while workers.join_next().await.is_some() {}
@@ -321,15 +359,15 @@ async fn drain(
 /// One connection's worth of sending: takes the next ready flow's batch, sends it on its own
 /// connection under the per-request timeout, repeats. Workers replace a task per request: no
 /// spawn, permit or join per copy, and a connection stays with one worker.
-async fn worker(
+async fn worker<O: ReplayObserver>(
     pool: Arc<Pool>,
-    queue: Arc<Queue>,
+    queue: Arc<Queue<O::Flight>>,
     timeout: Duration,
     mut phase: watch::Receiver<Phase>,
-    telemetry: Option<Arc<Telemetry>>,
+    tell: Arc<Tell<O>>,
 ) {
     let mut conn = None;
-    let mut batch = VecDeque::with_capacity(pipeline::MAX_BATCH);
+    let mut batch = VecDeque::with_capacity(exchange::MAX_BATCH);
     loop {
         let current = *phase.borrow_and_update();
         if current == Phase::Abort {
@@ -348,26 +386,23 @@ async fn worker(
             }
             continue;
         };
-        let bytes = batch.iter().map(|j: &Job| j.out.bytes.len()).sum();
+        let bytes = batch.iter().map(|j| j.copy.bytes.len()).sum();
         queue.release(batch.len(), bytes);
-        if let Some(t) = &telemetry {
-            // Copies retried from an earlier batch already have their span.
-            for job in batch.iter_mut().filter(|j| j.flight.is_none()) {
-                job.start_flight(t);
-            }
+        for job in batch.iter_mut() {
+            tell.take(job);
         }
         let deadline = tokio::time::Instant::now() + timeout;
         let finished = tokio::select! {
             biased;
             // Aborted: the copies in the batch drop their tickets unresolved (shutdown drops).
             _ = phase.wait_for(|p| *p == Phase::Abort) => return,
-            r = tokio::time::timeout_at(deadline, pipeline::run(&pool, &mut conn, &mut batch)) => r.is_ok(),
+            r = tokio::time::timeout_at(deadline, exchange::run(&pool, &tell, &mut conn, &mut batch)) => r.is_ok(),
         };
         if !finished {
             // The connection is mid-exchange: never reused.
             conn = None;
             for job in batch.drain(..) {
-                job.resolve(Outcome::Timeout);
+                tell.resolve(job, Outcome::Timeout);
             }
         }
         queue.done(flow);
@@ -375,23 +410,19 @@ async fn worker(
 }
 
 /// Moves the next batch of a flow: its first copy, and the copies queued behind it while they
-/// may be pipelined on this connection (see [`pipeline::may_pipeline`]), within the batch
+/// may be pipelined on this connection (see [`exchange::may_pipeline`]), within the batch
 /// bounds. The flow keeps the rest in order.
-fn take_batch(
-    jobs: &mut VecDeque<Job>,
-    batch: &mut VecDeque<Job>,
-    conn: Option<&super::pool::Conn>,
-) {
+fn take_batch<F>(jobs: &mut VecDeque<Job<F>>, batch: &mut Batch<F>, conn: Option<&Conn>) {
     let Some(first) = jobs.pop_front() else {
         return;
     };
-    let mut bytes = first.out.bytes.len();
-    let mut more = pipeline::may_pipeline(conn) && pipeline::pipelinable(&first);
+    let mut bytes = first.copy.bytes.len();
+    let mut more = exchange::may_pipeline(conn) && exchange::pipelinable(&first.copy);
     batch.push_back(first);
-    while more && batch.len() < pipeline::MAX_BATCH && bytes < pipeline::MAX_BATCH_BYTES {
+    while more && batch.len() < exchange::MAX_BATCH && bytes < exchange::MAX_BATCH_BYTES {
         let Some(job) = jobs.pop_front() else { break };
-        bytes += job.out.bytes.len();
-        more = pipeline::pipelinable(&job);
+        bytes += job.copy.bytes.len();
+        more = exchange::pipelinable(&job.copy);
         batch.push_back(job);
     }
 }

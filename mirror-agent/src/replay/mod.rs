@@ -2,33 +2,34 @@
 //!
 //! Data flow per captured request: [`Replayer::submit`] (synchronous, never blocks) → for each
 //! mirror: [`sampler`] → [`filter`] → [`rewrite`] → the mirror's bounded queue
-//! ([`dispatcher`]) → its keep-alive [`pool`] → response read and discarded, status and latency
-//! into [`stats`]. Mirrors share nothing but the request bytes (`Bytes`, reference counted), so a
-//! slow or dead mirror only drops its own copies. Mirror specs and options are parsed in [`spec`]
-//! and `crate::config`.
+//! ([`dispatcher`]) → a worker's keep-alive connection from the [`pool`] → the [`exchange`]
+//! (write, read and frame the response, which is discarded) → status and latency into
+//! [`stats`]. Mirrors share nothing but the captured request (reference counted), so a slow or
+//! dead mirror only drops its own copies.
 //!
-//! Wiring a run mode (as `app::from` does for recordings and pcap files):
-//! 1. `config::Settings::load(&args)?` (exit 2 on error), then, in live mode,
-//!    `settings.check_not_primary().await?` (refuses a mirror that is the primary itself);
-//! 2. live mode sets `settings.replay.on_connect` to put the local end of each mirror connection
-//!    into the kernel's ignore map before its SYN leaves, so replayed requests are never captured
-//!    again (NAT cannot change that end), and `on_close` to remove it shortly after the
-//!    connection is closed, before the kernel can hand its port to another socket;
-//! 3. `Replayer::start(settings.replay)` inside a tokio runtime (or `app::from::Session`);
-//! 4. `submit(&captured)` for every request from the pipeline, from any thread;
-//! 5. every few seconds `snapshot().progress_line(..)`; at exit `shutdown(grace).await` and
+//! Owns its interface outward ([`observer`]): the app passes a [`ReplayObserver`] (telemetry,
+//! comparison, or both) and the [`ConnectionHooks`] (the kernel ignore map) to
+//! [`Replayer::start`]; replay imports neither the exporters, the comparison nor the config.
+//! [`ReplayConfig`] holds replay's own settings with their defaults; `config` fills it from
+//! flags and the config file.
+//!
+//! Wiring a run mode (as `app` does):
+//! 1. `Replayer::start(cfg, hooks, observer)` inside a tokio runtime;
+//! 2. `submit(captured)` for every request from the pipeline, from any thread;
+//! 3. every few seconds `snapshot().progress_line(..)`; at exit `shutdown(grace).await` and
 //!    print `table()`.
 
 pub mod dispatcher;
+pub mod exchange;
 pub mod filter;
-pub mod pipeline;
+pub mod observer;
 pub mod pool;
 pub mod rewrite;
 pub mod sampler;
 pub mod spec;
 pub mod stats;
-#[doc(hidden)]
-pub mod testutil;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -36,20 +37,28 @@ use std::time::Duration;
 
 use tokio::sync::watch;
 
-use crate::http::Version;
 use crate::http::request::HttpLimits;
-use crate::http::response::ExpectedResponse;
 use crate::pipeline::CapturedRequest;
-use dispatcher::{Dispatcher, Job, Phase};
+use dispatcher::{Dispatcher, Job, Phase, Tell};
 use filter::Filter;
-use pool::{OnConnect, Outgoing, Pool, PoolConfig};
+pub use observer::{ConnectionHooks, MirrorCopy, NoObserver, NotSent, ReplayObserver};
+use pool::{Pool, PoolConfig};
 use rewrite::{RewriteOptions, Rewriter, Skip};
 use sampler::Sampler;
 use spec::MirrorSpec;
-use stats::{DropReason, MirrorStats, Outcome, ReplaySnapshot, ReplayStats, Ticket};
+use stats::{DropReason, MirrorStats, ReplaySnapshot, ReplayStats, Ticket};
 
-/// Everything the replayer needs; built from [`crate::config::Settings`] or directly in tests.
-#[derive(Clone)]
+/// Per-mirror queue length.
+pub const DEFAULT_QUEUE_SIZE: usize = 4096;
+/// Per-mirror connections (one worker each).
+pub const DEFAULT_MAX_CONNECTIONS: usize = 32;
+/// Per-mirror bound on queued request bytes.
+pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
+/// Per-request timeout to a mirror.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
+
+/// Replay's own settings, with their defaults ([`Self::new`]).
+#[derive(Debug, Clone)]
 pub struct ReplayConfig {
     pub mirrors: Vec<MirrorSpec>,
     /// Share of flows the kernel captures (the largest mirror percent unless set).
@@ -66,19 +75,10 @@ pub struct ReplayConfig {
     pub timeout: Duration,
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    /// See [`OnConnect`]: live mode tells the kernel to ignore the agent's own flows.
-    pub on_connect: Option<OnConnect>,
-    /// Called when a connection registered with `on_connect` is closed (live mode lifts the
-    /// kernel exclusion shortly after).
-    pub on_close: Option<OnConnect>,
     /// Sampling seed; random per run unless set (tests).
     pub seed: Option<u64>,
+    /// Limits of the mirrors' response framing.
     pub limits: HttpLimits,
-    /// Per-copy duration histogram and mirror span (`crate::telemetry`); `None`: off.
-    pub telemetry: Option<crate::telemetry::MirrorRequestRecorder>,
-    /// Primary/mirror comparison (`--compare`); needs `telemetry`. Mirror indexes are the
-    /// order of `mirrors`.
-    pub compare: Option<crate::telemetry::compare::CompareHub>,
 }
 
 impl ReplayConfig {
@@ -90,48 +90,28 @@ impl ReplayConfig {
             capture_percent,
             rewrite: RewriteOptions::default(),
             filter: Filter::default(),
-            queue_size: crate::config::DEFAULT_QUEUE_SIZE,
-            max_queue_bytes: crate::config::DEFAULT_MAX_QUEUE_BYTES,
-            max_connections: crate::config::DEFAULT_MAX_CONNECTIONS,
+            queue_size: DEFAULT_QUEUE_SIZE,
+            max_queue_bytes: DEFAULT_MAX_QUEUE_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
             ordered: true,
-            timeout: Duration::from_millis(crate::config::DEFAULT_TIMEOUT_MS),
+            timeout: DEFAULT_TIMEOUT,
             backoff_min: Duration::from_millis(50),
             backoff_max: Duration::from_secs(5),
-            on_connect: None,
-            on_close: None,
             seed: None,
             limits: HttpLimits::default(),
-            telemetry: None,
-            compare: None,
         }
     }
 }
 
-impl std::fmt::Debug for ReplayConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ReplayConfig")
-            .field("mirrors", &self.mirrors)
-            .field("capture_percent", &self.capture_percent)
-            .field("rewrite", &self.rewrite)
-            .field("filter", &self.filter)
-            .field("queue_size", &self.queue_size)
-            .field("max_queue_bytes", &self.max_queue_bytes)
-            .field("max_connections", &self.max_connections)
-            .field("timeout", &self.timeout)
-            .field("on_connect", &self.on_connect.is_some())
-            .finish_non_exhaustive()
-    }
-}
-
-struct Mirror {
+struct Mirror<O: ReplayObserver> {
     sampler: Sampler,
     rewriter: Rewriter,
-    dispatcher: Dispatcher,
+    dispatcher: Dispatcher<O>,
 }
 
-/// Replays captured requests to every configured mirror.
-pub struct Replayer {
-    mirrors: Vec<Mirror>,
+/// Replays captured requests to every configured mirror; `O` hears about every copy.
+pub struct Replayer<O: ReplayObserver = NoObserver> {
+    mirrors: Vec<Mirror<O>>,
     filter: Filter,
     stats: Arc<ReplayStats>,
     phase: watch::Sender<Phase>,
@@ -140,13 +120,13 @@ pub struct Replayer {
     /// Numbers the copies when they are not ordered by client connection: each is its own
     /// line in the mirrors' queues.
     unordered_seq: AtomicU64,
-    /// Told of copies that will never be sent (`--compare`, with telemetry on).
-    compare: Option<crate::telemetry::compare::CompareHub>,
 }
 
-impl Replayer {
+impl<O: ReplayObserver> Replayer<O> {
     /// Starts one dispatcher per mirror. Must be called inside a tokio runtime.
-    pub fn start(cfg: ReplayConfig) -> Self {
+    pub fn start(cfg: ReplayConfig, hooks: ConnectionHooks, observer: O) -> Self {
+        let observer = Arc::new(observer);
+        let sample = observer.response_sample_limit();
         let seed = cfg.seed.unwrap_or_else(rand::random);
         let (phase, phase_rx) = watch::channel(Phase::Running);
         let mut mirrors = Vec::with_capacity(cfg.mirrors.len());
@@ -164,14 +144,9 @@ impl Replayer {
                     max_connections: cfg.max_connections,
                     backoff_min: cfg.backoff_min,
                     backoff_max: cfg.backoff_max,
-                    on_connect: cfg.on_connect.clone(),
-                    on_close: cfg.on_close.clone(),
+                    hooks: hooks.clone(),
                     limits: cfg.limits.clone(),
-                    capture: cfg
-                        .compare
-                        .as_ref()
-                        .filter(|_| cfg.telemetry.is_some())
-                        .and_then(|h| h.capture_limit()),
+                    sample,
                 },
                 stats,
             );
@@ -184,13 +159,10 @@ impl Replayer {
                     cfg.max_queue_bytes,
                     cfg.timeout,
                     phase_rx.clone(),
-                    cfg.telemetry.clone().map(|recorder| dispatcher::Telemetry {
-                        recorder,
-                        mirror: spec.name.clone(),
-                        host: spec.host.clone(),
-                        port: spec.port,
-                        compare: cfg.compare.clone().map(|hub| (hub, i)),
-                    }),
+                    Tell {
+                        mirror: i,
+                        observer: observer.clone(),
+                    },
                 ),
             });
         }
@@ -199,7 +171,6 @@ impl Replayer {
         ));
         Self {
             mirrors,
-            compare: cfg.compare.clone().filter(|_| cfg.telemetry.is_some()),
             filter: cfg.filter,
             stats,
             phase,
@@ -210,71 +181,55 @@ impl Replayer {
     }
 
     /// Offers one captured request to every mirror. Never blocks: each mirror samples it,
-    /// filters, rewrites (or shares `raw` as is) and queues it, or counts why not.
-    pub fn submit(&self, captured: &CapturedRequest) {
+    /// filters, rewrites (or shares `raw` as is) and queues it, or counts why not and tells
+    /// the observer.
+    pub fn submit(&self, captured: impl Into<Arc<CapturedRequest>>) {
+        let captured: Arc<CapturedRequest> = captured.into();
         let req = &captured.request;
         self.stats.on_submit();
         let closed = self.closed.load(Ordering::Relaxed);
         // Evaluated once, on first need.
         let mut verdict: Option<bool> = None;
-        let key = (captured.flow_id, captured.seq_in_flow);
+        let key = captured.key();
         let line = if self.ordered {
             captured.flow_id
         } else {
             self.unordered_seq.fetch_add(1, Ordering::Relaxed)
         };
-        // The comparison learns of every copy that will never be sent, so it does not wait
-        // for it (with `--compare` only).
-        let not_mirrored = || {
-            if let Some(hub) = &self.compare {
-                hub.not_mirrored(key);
-            }
-        };
         for m in &self.mirrors {
             if !m.sampler.sample() {
-                not_mirrored();
+                m.dispatcher.not_sampled(key);
                 continue;
             }
             let ticket = Ticket::new(m.dispatcher.stats.clone());
             if closed {
-                ticket.resolve(Outcome::Dropped(DropReason::Shutdown));
-                not_mirrored();
+                m.dispatcher.not_sent(key, ticket, DropReason::Shutdown);
                 continue;
             }
             // CONNECT is never mirrored: the mirror would open a tunnel to the client's target.
             let pass = *verdict
                 .get_or_insert_with(|| req.method != "CONNECT" && self.filter.check(req).is_ok());
             if !pass {
-                ticket.resolve(Outcome::Dropped(DropReason::Filtered));
-                not_mirrored();
+                m.dispatcher.not_sent(key, ticket, DropReason::Filtered);
                 continue;
             }
-            let bytes = match m.rewriter.apply(req) {
+            let (bytes, trace) = match m.rewriter.apply(req) {
                 Ok(b) => b,
                 Err(Skip::BodyTooLarge) => {
-                    ticket.resolve(Outcome::Dropped(DropReason::BodyTooLarge));
-                    not_mirrored();
+                    m.dispatcher.not_sent(key, ticket, DropReason::BodyTooLarge);
                     continue;
                 }
             };
-            let out = Outgoing {
-                bytes,
-                expected: ExpectedResponse {
-                    head: req.method == "HEAD",
-                    connect: false,
+            m.dispatcher.offer(Job {
+                copy: MirrorCopy {
+                    request: captured.clone(),
+                    bytes,
+                    trace,
                 },
-                keep_alive: keeps_alive(req),
-            };
-            let queued = m.dispatcher.offer(Job {
-                out,
                 ticket,
                 line,
-                key,
                 flight: None,
             });
-            if !queued {
-                not_mirrored();
-            }
         }
     }
 
@@ -336,25 +291,8 @@ impl Replayer {
     }
 }
 
-impl Drop for Replayer {
+impl<O: ReplayObserver> Drop for Replayer<O> {
     fn drop(&mut self) {
         let _ = self.phase.send(Phase::Abort);
-    }
-}
-
-/// Whether the connection stays usable after this request (RFC 9112 9.3): HTTP/1.1 unless
-/// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
-fn keeps_alive(req: &crate::http::Request) -> bool {
-    let has = |token: &str| {
-        req.headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    };
-    match req.version {
-        Version::Http11 => !has("close"),
-        Version::Http10 => has("keep-alive"),
-        Version::Http09 => false,
     }
 }

@@ -3,7 +3,7 @@
 //!
 //! Owns TCP to the mirror: connecting (bound source, loop exclusion hook) and backoff. The
 //! exchange on a connection (write, read and frame the responses, reuse only after a cleanly
-//! ended response) is [`super::pipeline`]; each connection belongs to one dispatcher worker, so
+//! ended response) is [`super::exchange`]; each connection belongs to one dispatcher worker, so
 //! the pool keeps no idle list. It does not queue or sample.
 
 use std::io;
@@ -12,18 +12,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tokio::net::{TcpSocket, TcpStream};
 
+use super::observer::{ConnectionHook, ConnectionHooks};
 use super::stats::{ErrorKind, MirrorStats};
 use crate::http::request::HttpLimits;
-use crate::http::response::{ExpectedResponse, ResponseEvent, ResponseFramer};
-
-/// Called with (local, remote) after the socket is bound and before it connects, so the live
-/// capture can exclude the agent's own connections (no mirror loops). The same type serves as the
-/// close hook ([`PoolConfig::on_close`]), called when a connection (or a failed attempt) is
-/// dropped, so the exclusion can be lifted before its local port is reused.
-pub type OnConnect = Arc<dyn Fn(SocketAddr, SocketAddr) + Send + Sync>;
+use crate::http::response::{ResponseEvent, ResponseFramer};
 
 /// Connection settings of one mirror.
 #[derive(Clone)]
@@ -34,14 +28,12 @@ pub struct PoolConfig {
     /// First reconnect delay after a failed connect; doubles per failure up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
-    pub on_connect: Option<OnConnect>,
-    /// Called with the same (local, remote) once the socket registered by `on_connect` is
-    /// dropped (a closed connection or a failed connect).
-    pub on_close: Option<OnConnect>,
+    /// Told of each connection's socket before it connects and after it closes.
+    pub hooks: ConnectionHooks,
     pub limits: HttpLimits,
-    /// Keep each response's head and this many decoded body bytes for the comparison
-    /// (`--compare`); `None`, the default, keeps nothing.
-    pub capture: Option<usize>,
+    /// Keep each response's head and this many decoded body bytes for the observer (the
+    /// comparison); `None`, the default, keeps nothing.
+    pub sample: Option<usize>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -50,8 +42,7 @@ impl std::fmt::Debug for PoolConfig {
             .field("host", &self.host)
             .field("port", &self.port)
             .field("max_connections", &self.max_connections)
-            .field("on_connect", &self.on_connect.is_some())
-            .field("on_close", &self.on_close.is_some())
+            .field("hooks", &self.hooks)
             .finish_non_exhaustive()
     }
 }
@@ -59,7 +50,7 @@ impl std::fmt::Debug for PoolConfig {
 /// Runs the close hook when dropped: owned by a [`Conn`], or by a connect attempt until it
 /// becomes one.
 pub(super) struct CloseHook {
-    hook: Option<OnConnect>,
+    hook: Option<ConnectionHook>,
     local: SocketAddr,
     remote: SocketAddr,
 }
@@ -94,15 +85,6 @@ impl Conn {
         let mut probe = [0u8; 1];
         matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
-}
-
-/// The request to send and what the framer must know about its response.
-#[derive(Debug, Clone)]
-pub struct Outgoing {
-    pub bytes: Bytes,
-    pub expected: ExpectedResponse,
-    /// The request allows the connection to stay open (HTTP/1.1 without `Connection: close`).
-    pub keep_alive: bool,
 }
 
 #[derive(Debug, Default)]
@@ -197,7 +179,7 @@ impl Pool {
         };
         // Bind to the source address the kernel would pick for this destination (a connected
         // UDP socket reveals it without sending anything) and an ephemeral port, so the full
-        // 4-tuple is known before the SYN leaves (see OnConnect).
+        // 4-tuple is known before the SYN leaves (see ConnectionHooks::opened).
         let udp = std::net::UdpSocket::bind(if remote.is_ipv4() {
             "0.0.0.0:0"
         } else {
@@ -206,11 +188,11 @@ impl Pool {
         udp.connect(remote)?;
         socket.bind(SocketAddr::new(udp.local_addr()?.ip(), 0))?;
         let local = socket.local_addr()?;
-        if let Some(hook) = &self.cfg.on_connect {
+        if let Some(hook) = &self.cfg.hooks.opened {
             hook(local, remote);
         }
         let close = CloseHook {
-            hook: self.cfg.on_close.clone(),
+            hook: self.cfg.hooks.closed.clone(),
             local,
             remote,
         };
@@ -219,7 +201,7 @@ impl Pool {
         self.stats.on_connect();
         Ok(Conn {
             stream,
-            framer: ResponseFramer::new(self.cfg.limits.clone()).with_capture(self.cfg.capture),
+            framer: ResponseFramer::new(self.cfg.limits.clone()).with_capture(self.cfg.sample),
             buf: vec![0; 32 * 1024],
             wbuf: Vec::new(),
             events: Vec::new(),

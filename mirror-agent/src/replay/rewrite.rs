@@ -9,7 +9,7 @@
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
-use crate::http::{BodyFraming, Request};
+use crate::http::{BodyFraming, Request, TraceFields};
 
 /// Why a rewrite option was refused.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -126,8 +126,8 @@ impl Rewriter {
         }
     }
 
-    /// The bytes to send for `req`.
-    pub fn apply(&self, req: &Request) -> Result<Bytes, Skip> {
+    /// The bytes to send for `req`, and where its trace context fields sit in them.
+    pub fn apply(&self, req: &Request) -> Result<(Bytes, TraceFields), Skip> {
         if self.opts.mirror_body
             && let Some(max) = self.opts.max_body_size
             && req.body_len > max
@@ -135,12 +135,14 @@ impl Rewriter {
             return Err(Skip::BodyTooLarge);
         }
         if self.identity {
-            return Ok(req.raw.clone());
+            return Ok((req.raw.clone(), req.trace.clone()));
         }
         Ok(self.rebuild(req))
     }
 
-    fn rebuild(&self, req: &Request) -> Bytes {
+    /// The request with its head rebuilt once; the trace fields are located while the lines
+    /// are copied, so nothing parses the new head again.
+    fn rebuild(&self, req: &Request) -> (Bytes, TraceFields) {
         let head_len = req.head_len.min(req.raw.len());
         let head = &req.raw[..head_len];
         let drop_body = !self.opts.mirror_body && req.framing != BodyFraming::None;
@@ -148,6 +150,8 @@ impl Rewriter {
         let mut set_done = vec![false; self.opts.set_headers.len()];
         let mut host_done = false;
         let mut length_done = false;
+        // Trace context fields kept as they were: (name, value range in `out`).
+        let mut trace_fields: Vec<(&str, (usize, usize))> = Vec::new();
         let mut lines = Lines { buf: head, pos: 0 };
         // Request line unchanged.
         if let Some(line) = lines.next() {
@@ -204,6 +208,16 @@ impl Rewriter {
                 continue;
             }
             keep_continuation = true;
+            if eq("traceparent", name) || eq("tracestate", name) {
+                let value = trim_ows(&content[name.len().min(content.len() - 1) + 1..]);
+                let from = out.len() + (value.as_ptr() as usize - line.as_ptr() as usize);
+                let name = if eq("traceparent", name) {
+                    "traceparent"
+                } else {
+                    "tracestate"
+                };
+                trace_fields.push((name, (from, from + value.len())));
+            }
             out.put_slice(line);
         }
         if drop_body && !length_done {
@@ -224,7 +238,9 @@ impl Rewriter {
         if !drop_body {
             out.put_slice(&req.raw[head_len..]);
         }
-        out.freeze()
+        let out = out.freeze();
+        let trace = TraceFields::locate(&out, trace_fields);
+        (out, trace)
     }
 
     fn host_value(&self, original: &str) -> String {

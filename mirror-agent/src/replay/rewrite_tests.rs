@@ -14,7 +14,7 @@ const GET: &[u8] = b"GET /a?b=1 HTTP/1.1\r\nhOST: example.com:8080\r\nX-Odd-CASE
 #[test]
 fn identity_is_the_same_bytes_without_copy() {
     let req = request(GET);
-    let out = rw(RewriteOptions::default()).apply(&req).unwrap();
+    let out = rw(RewriteOptions::default()).apply(&req).unwrap().0;
     assert_eq!(out, req.raw);
     assert_eq!(
         out.as_ptr(),
@@ -33,7 +33,7 @@ fn set_strip_keep_untouched_lines_exact() {
         strip_headers: vec!["authorization".into()],
         ..Default::default()
     };
-    let out = rw(opts).apply(&request(GET)).unwrap();
+    let out = rw(opts).apply(&request(GET)).unwrap().0;
     assert_eq!(
         s(&out),
         "GET /a?b=1 HTTP/1.1\r\nhOST: example.com:8080\r\nx-odd-case: new\r\nX-Mirrored-By: mirror-agent\r\n\r\n"
@@ -48,7 +48,7 @@ fn set_replaces_every_duplicate_once() {
         ..Default::default()
     };
     assert_eq!(
-        s(&rw(opts).apply(&req).unwrap()),
+        s(&rw(opts).apply(&req).unwrap().0),
         "GET / HTTP/1.1\r\nA: x\r\nB: 2\r\n\r\n"
     );
 }
@@ -62,7 +62,8 @@ fn host_modes() {
             ..Default::default()
         })
         .apply(&req)
-        .unwrap();
+        .unwrap()
+        .0;
         s(&out).lines().nth(1).unwrap().to_string()
     };
     assert_eq!(host(HostMode::Mirror), "hOST: 10.0.0.5:8080");
@@ -76,7 +77,8 @@ fn host_modes() {
         ..Default::default()
     })
     .apply(&no_port)
-    .unwrap();
+    .unwrap()
+    .0;
     assert_eq!(s(&out), "GET / HTTP/1.1\r\nHost: api-shadow\r\n\r\n");
     // HTTP/1.0 without Host: mirror mode adds one.
     let old = request(b"GET / HTTP/1.0\r\n\r\n");
@@ -85,7 +87,8 @@ fn host_modes() {
         ..Default::default()
     })
     .apply(&old)
-    .unwrap();
+    .unwrap()
+    .0;
     assert_eq!(s(&out), "GET / HTTP/1.0\r\nHost: 10.0.0.5:8080\r\n\r\n");
 }
 
@@ -96,7 +99,7 @@ fn no_body_content_length() {
         mirror_body: false,
         ..Default::default()
     };
-    let out = rw(opts).apply(&req).unwrap();
+    let out = rw(opts).apply(&req).unwrap().0;
     assert_eq!(
         s(&out),
         "POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\nX: y\r\n\r\n"
@@ -113,7 +116,7 @@ fn no_body_chunked_drops_framing_and_trailers() {
         mirror_body: false,
         ..Default::default()
     };
-    let out = rw(opts).apply(&req).unwrap();
+    let out = rw(opts).apply(&req).unwrap().0;
     assert_eq!(
         s(&out),
         "POST /u HTTP/1.1\r\nContent-Length: 0\r\nHost: h\r\n\r\n"
@@ -124,7 +127,7 @@ fn no_body_chunked_drops_framing_and_trailers() {
         mirror_body: false,
         ..Default::default()
     };
-    assert_eq!(rw(opts).apply(&get).unwrap(), get.raw);
+    assert_eq!(rw(opts).apply(&get).unwrap().0, get.raw);
 }
 
 #[test]
@@ -136,7 +139,7 @@ fn body_kept_after_rebuilt_head() {
         set_headers: vec![("X".into(), "1".into())],
         ..Default::default()
     };
-    let out = rw(opts).apply(&req).unwrap();
+    let out = rw(opts).apply(&req).unwrap().0;
     assert_eq!(
         s(&out),
         "POST /u HTTP/1.1\r\nTransfer-Encoding: chunked\r\nX: 1\r\n\r\n5;ext=1\r\nhello\r\n0\r\n\r\n"
@@ -154,7 +157,7 @@ fn bare_lf_and_obs_fold_follow_their_field() {
         ..Default::default()
     };
     assert_eq!(
-        s(&rw(opts).apply(&req).unwrap()),
+        s(&rw(opts).apply(&req).unwrap().0),
         "GET / HTTP/1.1\nB: 2\n\n"
     );
     let opts = RewriteOptions {
@@ -162,7 +165,7 @@ fn bare_lf_and_obs_fold_follow_their_field() {
         ..Default::default()
     };
     assert_eq!(
-        s(&rw(opts).apply(&req).unwrap()),
+        s(&rw(opts).apply(&req).unwrap().0),
         "GET / HTTP/1.1\nA: 1\n  folded\n\n"
     );
 }
@@ -175,7 +178,10 @@ fn max_body_size() {
         mirror_body: body,
         ..Default::default()
     };
-    assert_eq!(rw(opts(4, true)).apply(&req), Err(Skip::BodyTooLarge));
+    assert_eq!(
+        rw(opts(4, true)).apply(&req).map(|o| o.0),
+        Err(Skip::BodyTooLarge)
+    );
     assert!(rw(opts(5, true)).apply(&req).is_ok());
     // Without bodies the size does not matter (Traefik applies maxBodySize only with mirrorBody).
     assert!(rw(opts(4, false)).apply(&req).is_ok());
@@ -203,4 +209,37 @@ fn option_parsing() {
             .to_string()
             .contains("keep, mirror or suffix")
     );
+}
+
+#[test]
+fn trace_fields_are_located_in_the_rebuilt_head() {
+    let req = request(
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Drop: 1\r\ntraceparent:  00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01 \r\ntracestate: k=v\r\n\r\n",
+    );
+    let opts = RewriteOptions {
+        strip_headers: vec!["X-Drop".into()],
+        set_headers: vec![("X-Mirrored-By".into(), "agent".into())],
+        ..RewriteOptions::default()
+    };
+    let (out, trace) = rw(opts).apply(&req).unwrap();
+    assert_eq!(
+        trace.traceparent_value(&out),
+        Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")
+    );
+    assert_eq!(trace.tracestate_value(&out), Some("k=v"));
+    let line = trace.traceparent.unwrap().line;
+    assert!(
+        std::str::from_utf8(&out[line.0..line.1])
+            .unwrap()
+            .starts_with("traceparent:")
+    );
+    assert!(
+        std::str::from_utf8(&out[line.0..line.1])
+            .unwrap()
+            .ends_with("\r\n")
+    );
+    // Without options the framer's own positions are passed on.
+    let (same, trace) = rw(RewriteOptions::default()).apply(&req).unwrap();
+    assert_eq!(same, req.raw);
+    assert_eq!(trace, req.trace);
 }

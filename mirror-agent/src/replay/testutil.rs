@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::http::{BodyFraming, Header, Request, Version};
+use crate::http::{BodyFraming, Header, Request, TraceFields, Version, keeps_alive};
 
 /// Parses one complete request (head and body) from `raw`.
 pub fn request(raw: &[u8]) -> Request {
@@ -35,16 +35,19 @@ pub fn request(raw: &[u8]) -> Request {
     } else {
         (BodyFraming::None, 0)
     };
+    let version = if req.version == Some(0) {
+        Version::Http10
+    } else {
+        Version::Http11
+    };
     Request {
         raw: Bytes::copy_from_slice(raw),
         head_len,
         method: req.method.unwrap().to_string(),
         target: req.path.unwrap().to_string(),
-        version: if req.version == Some(0) {
-            Version::Http10
-        } else {
-            Version::Http11
-        },
+        version,
+        keep_alive: keeps_alive(version, &headers),
+        trace: TraceFields::scan_head(raw, head_len),
         headers,
         framing,
         body_len,
@@ -71,5 +74,21 @@ fn chunked_len(mut body: &[u8]) -> u64 {
         total += n;
         body = &body[nl + 1 + n as usize..];
         body = body.strip_prefix(b"\r\n").unwrap_or(body);
+    }
+}
+
+/// A mirror copy of the request in `raw` (flow 1, first request), bytes as captured.
+pub fn copy(raw: &[u8]) -> crate::replay::MirrorCopy {
+    let request = request(raw);
+    crate::replay::MirrorCopy {
+        bytes: request.raw.clone(),
+        trace: request.trace.clone(),
+        request: std::sync::Arc::new(crate::pipeline::CapturedRequest {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+            flow_id: 1,
+            seq_in_flow: 0,
+            request,
+        }),
     }
 }

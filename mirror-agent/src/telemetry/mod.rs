@@ -4,39 +4,32 @@
 //! Owns every `opentelemetry*` and `prometheus_client` import of the crate (the OpenTelemetry
 //! APIs churn; one module absorbs it). It counts nothing itself: the stages keep cumulative
 //! counters, and the driver hands their snapshots to [`Telemetry::update_from`] about once a
-//! second; both exporters report those values as they are. What happens per request goes
-//! through [`MirrorRequestRecorder`] (replay dispatcher) and [`PrimaryRecorder`] (paired
-//! primary responses).
+//! second; both exporters report those values as they are. What happens per request arrives
+//! by subscription ([`observer`]): [`ReplayTelemetry`] is replay's observer (a span and a
+//! duration per copy) and [`CompareTelemetry`] the comparison's subscriber (the primary's
+//! durations, latency differences). Telemetry imports the stages it listens to, never the
+//! other way round.
 //!
-//! Driver use (the replay side needs the small `ReplayConfig::telemetry`/`compare` hook on
-//! branch `wt/telemetry-wiring`):
+//! Driver use (as `app` does):
 //! ```ignore
-//! let telemetry = Telemetry::start(TelemetryConfig::from_args(&args)?).await?; // e.exit_code()
-//! replay_cfg.telemetry = Some(telemetry.recorder());      // per-copy histogram + span
-//! let hub = CompareHub::new(mirror_names, ttl, 65536, Some(telemetry.recorder())) // --compare
-//!     .with_content(CompareRules::from_args(&args)?.unwrap(), diff_log); // headers, bodies
-//! pipeline_cfg.capture_responses = hub.capture_limit();  // the primary's side keeps them
-//! replay_cfg.compare = Some(hub.clone());                 // the mirror pool's side too
-//! let mut primary = PrimaryObserver::new(telemetry.primary_recorder(), Some(hub.clone()), 65536);
+//! let telemetry = Telemetry::start(config.telemetry).await?;   // AppError on failure
+//! let replay_observer = telemetry.replay_observer(&replay_cfg.mirrors);
+//! let hub = CompareHub::new(names, ttl, max, Some(telemetry.compare_subscriber()));
 //! telemetry.set_ready(true);                              // capture attached / source open
-//! // for every PipelineEvent: primary.on_event_mut(&mut ev)
 //! // every second:
 //! telemetry.update_from(kernel.as_ref(), Some(&pipeline_stats), Some(&replayer.snapshot()));
-//! hub.expire();
-//! let mut c = hub.snapshot();
-//! primary.fill(&mut c);
-//! telemetry.update_compare(Some(&c));
-//! // on exit: hub.flush(timeout) before the last snapshot, print c.table(), then
+//! telemetry.update_compare(Some(&compare_snapshot));
+//! // on exit:
 //! telemetry.shutdown().await;                             // final OTLP export
 //! ```
 
-pub mod compare;
 pub mod export_stats;
 pub mod model;
+pub mod observer;
 mod otel;
-pub mod primary;
 mod prometheus;
 pub mod request;
+pub mod semconv;
 pub mod trace;
 
 use std::net::SocketAddr;
@@ -52,7 +45,7 @@ use crate::pipeline::PipelineStats;
 use crate::replay::stats::ReplaySnapshot;
 use export_stats::{ExportSnapshot, ExportStats};
 pub use model::Snapshots;
-pub use primary::PrimaryObserver;
+pub use observer::{CompareTelemetry, ReplayTelemetry};
 pub use request::{InFlight, MirrorRequestRecorder, PrimaryRecorder, RequestResult};
 pub use trace::{MirrorTracer, TraceparentMode};
 
@@ -331,7 +324,7 @@ impl Telemetry {
     }
 
     /// Replaces the comparison counters (`--compare`), like [`Self::update_from`].
-    pub fn update_compare(&self, compare: Option<&compare::CompareSnapshot>) {
+    pub fn update_compare(&self, compare: Option<&crate::compare::CompareSnapshot>) {
         let mut s = match self.snapshots.lock() {
             Ok(s) => s,
             Err(p) => p.into_inner(),
@@ -357,6 +350,19 @@ impl Telemetry {
         PrimaryRecorder {
             inner: self.instruments.clone(),
         }
+    }
+
+    /// Replay's observer for these mirrors (in the replayer's order).
+    pub fn replay_observer(&self, mirrors: &[crate::replay::spec::MirrorSpec]) -> ReplayTelemetry {
+        ReplayTelemetry::new(self.recorder(), mirrors)
+    }
+
+    /// The comparison's subscriber.
+    pub fn compare_subscriber(&self) -> Arc<dyn crate::compare::CompareSubscriber> {
+        Arc::new(CompareTelemetry {
+            mirrors: self.recorder(),
+            primary: self.primary_recorder(),
+        })
     }
 
     /// The address `/metrics` is served on (the bound port when `:0` was asked).

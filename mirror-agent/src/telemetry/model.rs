@@ -70,7 +70,7 @@ pub struct Snapshots {
     pub kernel: Option<Counters>,
     pub pipeline: Option<PipelineStats>,
     pub replay: Option<ReplaySnapshot>,
-    pub compare: Option<super::compare::CompareSnapshot>,
+    pub compare: Option<crate::compare::CompareSnapshot>,
     /// The agent's own OTLP exports (only with OTLP on).
     pub otlp: Option<super::export_stats::ExportSnapshot>,
 }
@@ -151,7 +151,7 @@ fn per_mirror(
 fn per_compare(
     s: &Snapshots,
     out: &mut Vec<Point>,
-    f: fn(&super::compare::MirrorCompare, &str, &mut Vec<Point>),
+    f: fn(&crate::compare::MirrorCompare, &str, &mut Vec<Point>),
 ) {
     if let Some(c) = &s.compare {
         for m in &c.mirrors {

@@ -12,14 +12,15 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use opentelemetry::KeyValue;
 use opentelemetry::metrics::Histogram as OtelHistogram;
 use opentelemetry::trace::{Span as _, Status};
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::Histogram;
 
+use super::semconv::normalize_method;
 use super::trace::MirrorTracer;
+use crate::replay::MirrorCopy;
 use crate::replay::stats::{DropReason, ErrorKind, Outcome};
 
 /// Bucket boundaries in seconds, as the HTTP semantic conventions advise for
@@ -43,26 +44,6 @@ pub(super) fn new_family() -> HistFamily {
 
 pub(super) fn new_difference_family() -> HistFamily {
     Family::new_with_constructor(|| Histogram::new(DIFFERENCE_BUCKETS))
-}
-
-/// `http.request.method` per the semantic conventions: known methods as is, others `_OTHER`.
-pub fn normalize_method(m: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN.iter().find(|k| **k == m).copied().unwrap_or("_OTHER")
-}
-
-/// `url.path` of a request target: origin-form up to `?`, or the path of an absolute-form.
-pub fn url_path(target: &str) -> &str {
-    let t = match target.find("://") {
-        Some(i) => {
-            let rest = &target[i + 3..];
-            rest.find('/').map_or("/", |j| &rest[j..])
-        }
-        None => target,
-    };
-    t.split(['?', '#']).next().unwrap_or(t)
 }
 
 /// How one copy ended, as the telemetry sees it.
@@ -250,7 +231,7 @@ impl MirrorRequestRecorder {
     }
 
     /// Records one comparison's latency difference (`mirror.compare.latency_difference`).
-    pub fn record_comparison(&self, mirror: &str, v: &super::compare::Verdict) {
+    pub(super) fn record_comparison(&self, mirror: &str, v: &crate::compare::Verdict) {
         let Some(d) = v.latency_difference else {
             return;
         };
@@ -263,38 +244,27 @@ impl MirrorRequestRecorder {
         }
     }
 
-    /// Starts the telemetry of one copy about to be sent: the span (if tracing is on) and the
-    /// bytes to send (with `traceparent` handled per the configured mode). Call
-    /// [`InFlight::finish`] with the outcome.
+    /// Starts the telemetry of one copy about to be sent: the span (if tracing is on), with
+    /// the copy's `traceparent` handled per the configured mode. Call [`InFlight::finish`]
+    /// with the outcome.
     pub fn start(
         &self,
         mirror: &str,
         server_address: &str,
         server_port: Option<u16>,
-        raw: &Bytes,
-    ) -> (InFlight, Bytes) {
-        let (span, bytes) = match &self.inner.tracer {
-            Some(t) => {
-                let (s, b) = t.mirror_trace_context(mirror, server_address, server_port, raw);
-                (Some(Box::new(s)), b)
-            }
-            None => (None, raw.clone()),
-        };
-        // The method is the request line's first token (RFC 9112 3); no head parse needed.
-        let method = raw
-            .iter()
-            .take(32)
-            .position(|&b| b == b' ')
-            .and_then(|n| std::str::from_utf8(&raw[..n]).ok())
-            .unwrap_or_default();
-        let f = InFlight {
+        copy: &mut MirrorCopy,
+    ) -> InFlight {
+        let span =
+            self.inner.tracer.as_ref().map(|t| {
+                Box::new(t.mirror_trace_context(mirror, server_address, server_port, copy))
+            });
+        InFlight {
             recorder: self.clone(),
             series: self.series_for(mirror, server_address),
-            method: normalize_method(method),
+            method: normalize_method(&copy.request.request.method),
             started: Instant::now(),
             span,
-        };
-        (f, bytes)
+        }
     }
 }
 
@@ -371,21 +341,6 @@ impl PrimaryRecorder {
             h.record(secs, &otel_attrs(&l));
         }
     }
-
-    /// From a paired request and response: capture timestamps in nanoseconds.
-    pub fn record_pair(
-        &self,
-        req: &crate::pipeline::CapturedRequest,
-        resp: &crate::pipeline::CapturedResponse,
-    ) {
-        let d = Duration::from_nanos(resp.response.ts_ns.saturating_sub(req.request.end_ts_ns));
-        self.record(
-            &req.request.method,
-            resp.response.status,
-            d,
-            &req.dst.ip().to_string(),
-        );
-    }
 }
 
 #[cfg(test)]
@@ -415,7 +370,7 @@ mod cost {
         .await
         .unwrap();
         let rec = t.recorder();
-        let raw = bytes::Bytes::from_static(
+        let copy = crate::replay::testutil::copy(
             b"GET /orders/42 HTTP/1.1\r\nHost: shop\r\nUser-Agent: x\r\nAccept: */*\r\n\
               traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n\r\n",
         );
@@ -433,7 +388,7 @@ mod cost {
         let record = t0.elapsed() / n;
         let t0 = Instant::now();
         for _ in 0..n {
-            let (f, _b) = rec.start("app-v2", "10.0.0.5", Some(8080), &raw);
+            let f = rec.start("app-v2", "10.0.0.5", Some(8080), &mut copy.clone());
             f.finish(&Outcome::Answered {
                 status: 200,
                 latency: Duration::from_millis(2),

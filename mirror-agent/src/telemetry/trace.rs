@@ -1,15 +1,16 @@
 //! W3C trace context for mirrored requests: find the client's `traceparent`, start a client span
 //! linked to the primary's trace, and give the mirror a `traceparent` that is a child of that span.
 //!
-//! Owns the header surgery: the request head is parsed with httparse and only the value bytes of
-//! the one `traceparent` line are replaced (rewrite) or that line and `tracestate` removed
-//! (strip), so every other byte of the request stays as the client sent it. Parsing and
-//! formatting the header value itself is the SDK's `TraceContextPropagator`.
+//! Owns the header surgery: the framer located the `traceparent` and `tracestate` fields (they
+//! travel with the copy as [`TraceFields`]), and only the value bytes of the one `traceparent`
+//! line are replaced (rewrite) or that line and `tracestate` removed (strip), so every other
+//! byte of the request stays as the client sent it. Parsing and formatting the header value
+//! itself is the SDK's `TraceContextPropagator`.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::BytesMut;
 use opentelemetry::propagation::{Extractor, TextMapPropagator};
 use opentelemetry::trace::{
     Link, SpanContext, SpanKind, TraceContextExt, Tracer as _, TracerProvider as _,
@@ -19,7 +20,9 @@ use opentelemetry_sdk::propagation::TraceContextPropagator;
 use opentelemetry_sdk::trace::{SdkTracer, SdkTracerProvider, Span};
 
 use super::export_stats::ExportStats;
-use super::request::{normalize_method, url_path};
+use super::semconv::{normalize_method, url_path};
+use crate::http::{FieldAt, TraceFields};
+use crate::replay::MirrorCopy;
 
 /// What the mirror receives as `traceparent`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,68 +48,17 @@ impl TraceparentMode {
     }
 }
 
-/// Where the trace headers sit in a request's bytes.
-#[derive(Debug, Default, PartialEq, Eq)]
-pub struct TraceHeaders {
-    pub method: String,
-    pub target: String,
-    /// The single `traceparent` line: (line start, value start, value end, line end).
-    /// `None` if absent, or present more than once (invalid per W3C trace context 3.2).
-    pub traceparent: Option<(usize, usize, usize, usize)>,
-    pub traceparent_value: Option<String>,
-    /// `tracestate` lines (line start, line end).
-    pub tracestate_lines: Vec<(usize, usize)>,
-    pub tracestate_value: Option<String>,
+/// The client's `traceparent` and `tracestate` values, as the propagator reads them.
+struct ClientHeaders<'a> {
+    traceparent: &'a str,
+    tracestate: Option<&'a str>,
 }
 
-/// Parses the head of `raw` (a complete request). `None` if it is not a parseable HTTP/1.x head.
-pub fn find_trace_headers(raw: &[u8]) -> Option<TraceHeaders> {
-    let head_end = raw.windows(4).position(|w| w == b"\r\n\r\n")? + 4;
-    let lines = raw[..head_end].iter().filter(|&&b| b == b'\n').count();
-    let mut headers = vec![httparse::EMPTY_HEADER; lines];
-    let mut req = httparse::Request::new(&mut headers);
-    match req.parse(&raw[..head_end]) {
-        Ok(httparse::Status::Complete(_)) => {}
-        _ => return None,
-    }
-    let base = raw.as_ptr() as usize;
-    let mut out = TraceHeaders {
-        method: req.method.unwrap_or_default().to_string(),
-        target: req.path.unwrap_or_default().to_string(),
-        ..Default::default()
-    };
-    let mut parents = 0;
-    for h in req.headers.iter() {
-        let name_start = h.name.as_ptr() as usize - base;
-        let value_start = h.value.as_ptr() as usize - base;
-        let value_end = value_start + h.value.len();
-        let line_end = raw[value_end..head_end]
-            .iter()
-            .position(|&b| b == b'\n')
-            .map_or(head_end, |p| value_end + p + 1);
-        if h.name.eq_ignore_ascii_case("traceparent") {
-            parents += 1;
-            out.traceparent = Some((name_start, value_start, value_end, line_end));
-            out.traceparent_value = std::str::from_utf8(h.value).ok().map(str::to_string);
-        } else if h.name.eq_ignore_ascii_case("tracestate") {
-            out.tracestate_lines.push((name_start, line_end));
-            out.tracestate_value = std::str::from_utf8(h.value).ok().map(str::to_string);
-        }
-    }
-    if parents > 1 {
-        out.traceparent = None;
-        out.traceparent_value = None;
-    }
-    Some(out)
-}
-
-struct OneHeader<'a>(&'a TraceHeaders);
-
-impl Extractor for OneHeader<'_> {
+impl Extractor for ClientHeaders<'_> {
     fn get(&self, key: &str) -> Option<&str> {
         match key {
-            "traceparent" => self.0.traceparent_value.as_deref(),
-            "tracestate" => self.0.tracestate_value.as_deref(),
+            "traceparent" => Some(self.traceparent),
+            "tracestate" => self.tracestate,
             _ => None,
         }
     }
@@ -139,13 +91,17 @@ fn well_formed(v: &str) -> bool {
     version != "ff" && (version != "00" || parts.next().is_none())
 }
 
-/// The client's span context from the request's `traceparent`, if present and valid.
-pub fn client_span_context(h: &TraceHeaders) -> Option<SpanContext> {
-    h.traceparent?;
-    if !well_formed(h.traceparent_value.as_deref()?.trim()) {
+/// The client's span context from the copy's `traceparent`, if present and valid.
+pub fn client_span_context(bytes: &[u8], trace: &TraceFields) -> Option<SpanContext> {
+    let traceparent = trace.traceparent_value(bytes)?.trim();
+    if !well_formed(traceparent) {
         return None;
     }
-    let cx = TraceContextPropagator::new().extract(&OneHeader(h));
+    let headers = ClientHeaders {
+        traceparent,
+        tracestate: trace.tracestate_value(bytes),
+    };
+    let cx = TraceContextPropagator::new().extract(&headers);
     let sc = cx.span().span_context().clone();
     sc.is_valid().then_some(sc)
 }
@@ -158,20 +114,43 @@ pub fn traceparent_for(sc: &SpanContext) -> String {
     carrier.remove("traceparent").unwrap_or_default()
 }
 
-/// Applies `mode` to the request bytes: the same `Bytes` when nothing changes.
-pub fn apply_mode(raw: &Bytes, h: &TraceHeaders, mode: TraceparentMode, child: &str) -> Bytes {
-    match (mode, h.traceparent) {
-        (TraceparentMode::Keep, _) | (_, None) => raw.clone(),
-        (TraceparentMode::Rewrite, Some((_, vs, ve, _))) => {
+/// Applies `mode` to the copy's bytes, keeping `copy.trace` true; nothing changes (the same
+/// `Bytes`) without a single `traceparent` or in keep mode. Rewrite replaces only the value
+/// bytes; strip removes the `traceparent` and `tracestate` lines.
+pub fn apply_mode(copy: &mut MirrorCopy, mode: TraceparentMode, child: &str) {
+    let Some(tp) = copy.trace.traceparent else {
+        return;
+    };
+    let raw = &copy.bytes;
+    match mode {
+        TraceparentMode::Keep => {}
+        TraceparentMode::Rewrite => {
+            let (vs, ve) = tp.value;
             let mut out = BytesMut::with_capacity(raw.len() - (ve - vs) + child.len());
             out.extend_from_slice(&raw[..vs]);
             out.extend_from_slice(child.as_bytes());
             out.extend_from_slice(&raw[ve..]);
-            out.freeze()
+            // Fields after the value moved by the difference in length.
+            let moved = |f: FieldAt| {
+                if f.line.0 > vs {
+                    f.shifted(ve, vs + child.len())
+                } else {
+                    f
+                }
+            };
+            copy.trace = TraceFields {
+                traceparent: Some(FieldAt {
+                    line: (tp.line.0, tp.line.1 - ve + vs + child.len()),
+                    value: (vs, vs + child.len()),
+                }),
+                tracestate: copy.trace.tracestate.iter().copied().map(moved).collect(),
+            };
+            copy.bytes = out.freeze();
         }
-        (TraceparentMode::Strip, Some((ls, _, _, le))) => {
-            let mut cut: Vec<(usize, usize)> = h.tracestate_lines.clone();
-            cut.push((ls, le));
+        TraceparentMode::Strip => {
+            let mut cut: Vec<(usize, usize)> =
+                copy.trace.tracestate.iter().map(|f| f.line).collect();
+            cut.push(tp.line);
             cut.sort_unstable();
             let mut out = BytesMut::with_capacity(raw.len());
             let mut at = 0;
@@ -180,7 +159,8 @@ pub fn apply_mode(raw: &Bytes, h: &TraceHeaders, mode: TraceparentMode, child: &
                 at = e;
             }
             out.extend_from_slice(&raw[at..]);
-            out.freeze()
+            copy.trace = TraceFields::default();
+            copy.bytes = out.freeze();
         }
     }
 }
@@ -215,35 +195,35 @@ impl MirrorTracer {
         }
     }
 
-    /// The self-contained per-request step: starts the client span for one copy of `raw` to
-    /// `mirror`, linked to the client's trace when `raw` carries a valid `traceparent`, and
-    /// returns the bytes to send (with the `traceparent` per [`Self::mode`]).
+    /// The self-contained per-copy step: starts the client span for one copy to `mirror`,
+    /// linked to the client's trace when the copy carries a valid `traceparent`, and applies
+    /// [`Self::mode`] to the copy's bytes. Reads what the framer learned; parses nothing.
     pub fn mirror_trace_context(
         &self,
         mirror: &str,
         server_address: &str,
         server_port: Option<u16>,
-        raw: &Bytes,
-    ) -> (Span, Bytes) {
-        let h = find_trace_headers(raw).unwrap_or_default();
-        let method = normalize_method(&h.method);
+        copy: &mut MirrorCopy,
+    ) -> Span {
+        let req = &copy.request.request;
+        let method = normalize_method(&req.method);
         let name = if method == "_OTHER" { "HTTP" } else { method };
         let mut attrs = vec![
             KeyValue::new("http.request.method", method),
-            KeyValue::new("url.path", url_path(&h.target).to_string()),
+            KeyValue::new("url.path", url_path(&req.target).to_string()),
             KeyValue::new("server.address", server_address.to_string()),
             KeyValue::new("mirror.name", mirror.to_string()),
         ];
         if let Some(port) = server_port {
-            attrs.push(KeyValue::new("server.port", port as i64));
+            attrs.push(KeyValue::new("server.port", i64::from(port)));
         }
         if method == "_OTHER" {
             attrs.push(KeyValue::new(
                 "http.request.method_original",
-                h.method.clone(),
+                req.method.clone(),
             ));
         }
-        let client = client_span_context(&h);
+        let client = client_span_context(&copy.bytes, &copy.trace);
         let links = client
             .iter()
             .map(|sc| Link::with_context(sc.clone()))
@@ -258,17 +238,17 @@ impl MirrorTracer {
             .with_links(links)
             .start_with_context(&self.tracer, &Context::new());
         self.stats.span_started();
-        let bytes = match client {
+        match client {
             Some(_) if self.mode == TraceparentMode::Rewrite => {
                 use opentelemetry::trace::Span as _;
-                apply_mode(raw, &h, self.mode, &traceparent_for(span.span_context()))
+                apply_mode(copy, self.mode, &traceparent_for(span.span_context()));
             }
             // An invalid traceparent is left alone in rewrite mode: we cannot tell what the
             // client meant, and the bytes stay as sent.
-            _ if self.mode == TraceparentMode::Rewrite => raw.clone(),
-            _ => apply_mode(raw, &h, self.mode, ""),
-        };
-        (span, bytes)
+            _ if self.mode == TraceparentMode::Rewrite => {}
+            _ => apply_mode(copy, self.mode, ""),
+        }
+        span
     }
 }
 

@@ -13,7 +13,7 @@ use mirror_agent::http::Request;
 use mirror_agent::http::request::{HttpLimits, RequestEvent, RequestFramer};
 use mirror_agent::pipeline::CapturedRequest;
 use mirror_agent::replay::spec::MirrorSpec;
-use mirror_agent::replay::{ReplayConfig, Replayer};
+use mirror_agent::replay::{ReplayConfig, ReplayObserver, Replayer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -269,7 +269,9 @@ pub async fn wait_until_or(
 }
 
 /// Shuts down and checks the accounting identity of every mirror.
-pub async fn finish(replayer: &Replayer) -> mirror_agent::replay::stats::ReplaySnapshot {
+pub async fn finish<O: ReplayObserver>(
+    replayer: &Replayer<O>,
+) -> mirror_agent::replay::stats::ReplaySnapshot {
     let snap = replayer.shutdown(Duration::from_secs(2)).await;
     for m in &snap.mirrors {
         assert_eq!(

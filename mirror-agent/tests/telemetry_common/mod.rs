@@ -24,3 +24,27 @@ pub fn otlp_only(endpoint: String, protocol: OtlpProtocol) -> TelemetryConfig {
         traceparent: TraceparentMode::Rewrite,
     }
 }
+
+/// One mirror copy of the single request in `raw`, framed by the agent's own request framer
+/// (so the trace fields are where the framer puts them), bytes as captured.
+pub fn copy(raw: &[u8]) -> mirror_agent::replay::MirrorCopy {
+    use mirror_agent::http::request::{HttpLimits, RequestEvent, RequestFramer};
+    let mut framer = RequestFramer::new(HttpLimits::default(), false);
+    let mut events = Vec::new();
+    framer.push(&bytes::Bytes::copy_from_slice(raw), 1, &mut events);
+    framer.finish(&mut events);
+    let Some(RequestEvent::Request(request)) = events.into_iter().next() else {
+        panic!("test input is not one request");
+    };
+    mirror_agent::replay::MirrorCopy {
+        bytes: request.raw.clone(),
+        trace: request.trace.clone(),
+        request: std::sync::Arc::new(mirror_agent::pipeline::CapturedRequest {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.0.0.2:80".parse().unwrap(),
+            flow_id: 1,
+            seq_in_flow: 0,
+            request,
+        }),
+    }
+}

@@ -8,7 +8,7 @@ use bytes::Bytes;
 use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, Plausible};
 use super::super::stream::Item;
-use super::super::{BodyFraming, Request};
+use super::super::{BodyFraming, Request, TraceFields, keeps_alive};
 use super::parse::parse_head;
 use super::{Cur, RESYNC_STATE, RequestDropReason, RequestEvent, RequestFramer, State};
 
@@ -235,6 +235,14 @@ impl RequestFramer {
             for (h, &(a, b)) in headers.iter_mut().zip(&p.value_at) {
                 h.value = raw.slice(a..b);
             }
+            let trace = TraceFields::locate(
+                &raw,
+                headers
+                    .iter()
+                    .map(|h| h.name.as_str())
+                    .zip(p.value_at.iter().copied()),
+            );
+            let keep_alive = keeps_alive(p.version, &headers);
             self.value_at_pool = p.value_at;
             self.stats.requests += 1;
             self.stats.request_bytes += raw.len() as u64;
@@ -249,6 +257,8 @@ impl RequestFramer {
                 ts_ns: self.item.ts,
                 end_ts_ns: self.last_ts,
                 te_and_cl: p.te_and_cl,
+                keep_alive,
+                trace,
                 raw,
             }));
         }

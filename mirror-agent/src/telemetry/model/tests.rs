@@ -53,15 +53,15 @@ pub(super) fn all() -> Snapshots {
         }),
         pipeline: Some(ps),
         replay: Some(replay_snapshot()),
-        compare: Some(crate::telemetry::compare::CompareSnapshot {
-            mirrors: vec![crate::telemetry::compare::MirrorCompare {
+        compare: Some(crate::compare::CompareSnapshot {
+            mirrors: vec![crate::compare::MirrorCompare {
                 name: "app-v2".into(),
                 compared: 3,
                 status_class: 1,
                 body: 1,
                 ..Default::default()
             }],
-            diff_log: crate::telemetry::compare::difflog::DiffLogStats {
+            diff_log: crate::compare::difflog::DiffLogStats {
                 lines: 2,
                 suppressed: 5,
                 errors: 0,

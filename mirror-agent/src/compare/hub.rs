@@ -11,18 +11,19 @@ use super::difflog::DiffLog;
 use super::rules::CompareRules;
 use super::worker::Content;
 use super::{
-    Comparator, CompareSnapshot, MirrorSide, PrimaryInfo, PrimarySide, RequestKey, Verdict,
+    Comparator, CompareSnapshot, CompareSubscriber, MirrorSide, PrimaryInfo, PrimarySide,
+    RequestKey, Verdict,
 };
-use crate::http::response::ResponseCapture;
+use crate::http::response::ResponseSample;
 use crate::replay::stats::Outcome;
-use crate::telemetry::request::MirrorRequestRecorder;
+use crate::replay::{MirrorCopy, NotSent, ReplayObserver};
 
 #[derive(Clone)]
 pub struct CompareHub {
     inner: Arc<Mutex<Comparator>>,
     epoch: Instant,
     names: Arc<Vec<String>>,
-    recorder: Option<MirrorRequestRecorder>,
+    subscriber: Option<Arc<dyn CompareSubscriber>>,
     content: Option<Arc<Content>>,
 }
 
@@ -36,18 +37,19 @@ impl std::fmt::Debug for CompareHub {
 }
 
 impl CompareHub {
-    /// `mirror_names` in the replayer's mirror order (the index the dispatchers pass).
+    /// `mirror_names` in the replayer's mirror order (the index the dispatchers pass);
+    /// `subscriber` hears every verdict and every primary exchange (telemetry).
     pub fn new(
         mirror_names: Vec<String>,
         ttl: Duration,
         max_entries: usize,
-        recorder: Option<MirrorRequestRecorder>,
+        subscriber: Option<Arc<dyn CompareSubscriber>>,
     ) -> Self {
         Self {
             inner: Arc::new(Mutex::new(Comparator::new(&mirror_names, ttl, max_entries))),
             epoch: Instant::now(),
             names: Arc::new(mirror_names),
-            recorder,
+            subscriber,
             content: None,
         }
     }
@@ -92,11 +94,24 @@ impl CompareHub {
                 "primary/mirror mismatch"
             );
         }
-        if let Some(r) = &self.recorder {
-            r.record_comparison(name, &v);
+        if let Some(s) = &self.subscriber {
+            s.verdict(name, &v);
         }
         if let Some(c) = &self.content {
             c.submit(v);
+        }
+    }
+
+    /// Tells the subscriber of one primary exchange seen on the wire.
+    pub(super) fn primary_exchange(
+        &self,
+        method: &str,
+        status: u16,
+        latency: Duration,
+        server: &str,
+    ) {
+        if let Some(s) = &self.subscriber {
+            s.primary_exchange(method, status, latency, server);
         }
     }
 
@@ -127,7 +142,7 @@ impl CompareHub {
         key: RequestKey,
         mirror: usize,
         outcome: &Outcome,
-        capture: Option<Box<ResponseCapture>>,
+        capture: Option<Box<ResponseSample>>,
     ) {
         let side = match *outcome {
             Outcome::Answered { status, latency } => MirrorSide::Answered { status, latency },
@@ -163,5 +178,33 @@ impl CompareHub {
 
     pub fn snapshot(&self) -> CompareSnapshot {
         self.with(|c| c.snapshot())
+    }
+}
+
+/// The comparison's mirror side: each copy's outcome (and the mirror's response sample, with
+/// content comparison on) meets the primary's answer to the same request; copies that never
+/// leave settle their entry at once, so it does not wait for an outcome that cannot come.
+impl ReplayObserver for CompareHub {
+    type Flight = ();
+
+    fn sending(&self, _: usize, _: &mut MirrorCopy) {}
+
+    fn not_sent(&self, _: usize, key: RequestKey, _: NotSent) {
+        self.not_mirrored(key);
+    }
+
+    fn finished(
+        &self,
+        mirror: usize,
+        copy: &MirrorCopy,
+        (): (),
+        outcome: &Outcome,
+        response: &mut Option<Box<ResponseSample>>,
+    ) {
+        self.mirror_with(copy.key(), mirror, outcome, response.take());
+    }
+
+    fn response_sample_limit(&self) -> Option<usize> {
+        self.capture_limit()
     }
 }

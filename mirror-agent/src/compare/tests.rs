@@ -95,8 +95,8 @@ fn hub_converts_outcomes_and_skips_drops() {
     assert_eq!(hub.snapshot().primary_unmatched, 0, "ttl not reached");
 }
 
-fn json_cap(body: &str) -> ResponseCapture {
-    ResponseCapture {
+fn json_cap(body: &str) -> ResponseSample {
+    ResponseSample {
         head: b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nDate: x\r\n\r\n".to_vec(),
         body: body.as_bytes().to_vec(),
         body_len: body.len() as u64,

@@ -24,11 +24,15 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::dispatcher::Job;
+use super::dispatcher::{Job, Tell};
+use super::observer::{MirrorCopy, ReplayObserver};
 use super::pool::{Conn, Pool, StartCheck};
 use super::stats::{DropReason, ErrorKind, Outcome};
-use crate::http::response::ResponseEvent;
+use crate::http::response::{ExpectedResponse, ResponseEvent};
 use crate::http::{BodyFraming, Version};
+
+/// The copies one worker sends on its connection in one go.
+pub type Batch<F> = VecDeque<Job<F>>;
 
 /// Most requests pipelined in one batch.
 pub const MAX_BATCH: usize = 128;
@@ -54,20 +58,25 @@ pub fn may_pipeline(conn: Option<&Conn>) -> bool {
 ///
 /// Not after `Connection: close` or HTTP/1.0 (the server closes after answering), not after a
 /// non-idempotent method (RFC 9112 9.3.2: a retry after a close could apply it twice), and not
-/// after a large body (the next request would wait behind it without need).
-pub fn pipelinable(job: &Job) -> bool {
-    let b = &job.out.bytes;
-    if !job.out.keep_alive || b.len() > MAX_PIPELINED_REQUEST {
-        return false;
-    }
-    let line_end = b.iter().position(|&c| c == b'\n').unwrap_or(b.len());
-    let line = b[..line_end].strip_suffix(b"\r").unwrap_or(&b[..line_end]);
-    let method = line.split(|&c| c == b' ').next().unwrap_or_default();
-    line.ends_with(b" HTTP/1.1")
+/// after a large body (the next request would wait behind it without need). Decided from what
+/// the framer learned; the bytes are not looked at again.
+pub fn pipelinable(copy: &MirrorCopy) -> bool {
+    let req = &copy.request.request;
+    req.keep_alive
+        && copy.bytes.len() <= MAX_PIPELINED_REQUEST
+        && req.version == Version::Http11
         && matches!(
-            method,
-            b"GET" | b"HEAD" | b"OPTIONS" | b"PUT" | b"DELETE" | b"TRACE"
+            req.method.as_str(),
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         )
+}
+
+/// What the response framer must know of the copy's response.
+fn expected(copy: &MirrorCopy) -> ExpectedResponse {
+    ExpectedResponse {
+        head: copy.request.request.method == "HEAD",
+        connect: false,
+    }
 }
 
 /// Why an attempt on a connection failed.
@@ -83,7 +92,12 @@ struct Failure {
 /// Sends every copy of `batch` and resolves it (answered, error or backoff drop), using and
 /// keeping the connection in `slot`. Copies left in `batch` when the caller drops this future
 /// (timeout, abort) are the caller's to resolve; `slot` must then be cleared.
-pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>) {
+pub async fn run<O: ReplayObserver>(
+    pool: &Pool,
+    tell: &Tell<O>,
+    slot: &mut Option<Conn>,
+    batch: &mut Batch<O::Flight>,
+) {
     // Copies at the front of `batch` already counted as sent (once per copy, also on retry).
     let mut counted_sent = 0usize;
     let mut retried = false;
@@ -104,7 +118,7 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
                 Ok(Some(c)) => *slot = Some(c),
                 Ok(None) => {
                     for job in batch.drain(..) {
-                        job.resolve(Outcome::Dropped(DropReason::Backoff));
+                        tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
                     }
                     return;
                 }
@@ -112,10 +126,10 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
                     // The first copy paid for the attempt; the mirror is now in backoff, where
                     // the others would have been dropped one by one.
                     if let Some(job) = batch.pop_front() {
-                        job.resolve(Outcome::Error(kind));
+                        tell.resolve(job, Outcome::Error(kind));
                     }
                     for job in batch.drain(..) {
-                        job.resolve(Outcome::Dropped(DropReason::Backoff));
+                        tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
                     }
                     return;
                 }
@@ -124,7 +138,7 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
         let Some(conn) = slot.as_mut() else { return };
         let start = Instant::now();
         let n = if one_at_a_time { 1 } else { batch.len() };
-        match attempt(pool, conn, batch, n, &mut counted_sent).await {
+        match attempt(pool, tell, conn, batch, n, &mut counted_sent).await {
             Ok(reusable) => {
                 conn.last_used = Instant::now();
                 conn.prompt = start.elapsed() <= PROMPT;
@@ -136,7 +150,7 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
                 }
                 // `attempt` answers the whole batch when it succeeds; never carry a copy over.
                 for job in batch.drain(..) {
-                    job.resolve(Outcome::Error(ErrorKind::BadResponse));
+                    tell.resolve(job, Outcome::Error(ErrorKind::BadResponse));
                 }
                 return;
             }
@@ -151,7 +165,7 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
                 }
                 if let Some(job) = batch.pop_front() {
                     counted_sent = counted_sent.saturating_sub(1);
-                    job.resolve(Outcome::Error(f.kind));
+                    tell.resolve(job, Outcome::Error(f.kind));
                 }
             }
             Err(f) => {
@@ -165,7 +179,7 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
                     continue;
                 }
                 for job in batch.drain(..) {
-                    job.resolve(Outcome::Error(f.kind));
+                    tell.resolve(job, Outcome::Error(f.kind));
                 }
                 return;
             }
@@ -176,10 +190,11 @@ pub async fn run(pool: &Pool, slot: &mut Option<Conn>, batch: &mut VecDeque<Job>
 /// One attempt: writes the first `n` copies of the batch, then reads responses until each of
 /// them is answered (and removed from the batch). Returns whether the connection may carry
 /// another batch.
-async fn attempt(
+async fn attempt<O: ReplayObserver>(
     pool: &Pool,
+    tell: &Tell<O>,
     conn: &mut Conn,
-    batch: &mut VecDeque<Job>,
+    batch: &mut Batch<O::Flight>,
     n: usize,
     counted_sent: &mut usize,
 ) -> Result<bool, Failure> {
@@ -190,7 +205,7 @@ async fn attempt(
         answered,
     };
     for job in batch.iter().take(n) {
-        conn.framer.expect(job.out.expected);
+        conn.framer.expect(expected(&job.copy));
     }
     let mut unanswered = n;
     if let Err(e) = write_batch(pool, conn, batch, n, counted_sent).await {
@@ -248,13 +263,14 @@ async fn attempt(
                     // that the server does not close (`Connection: close`); 101 turns the
                     // connection into a tunnel.
                     let reusable = n > 0
-                        && job.out.keep_alive
+                        && job.copy.request.request.keep_alive
                         && r.version == Version::Http11
                         && !r.close
                         && r.status != 101
                         && r.framing != BodyFraming::CloseDelimited;
-                    // `capture` is `None` unless the comparison asked the pool to keep it.
-                    job.resolve_with(
+                    // `capture` is `None` unless the observer asked the pool to keep it.
+                    tell.resolve_with(
+                        job,
                         Outcome::Answered {
                             status: r.status,
                             latency: start.elapsed(),
@@ -308,10 +324,10 @@ fn bad_response(answered: bool) -> Failure {
 
 /// Writes the first `n` requests of the batch, one syscall when they fit the socket buffer,
 /// and counts each copy sent once its last byte is written.
-async fn write_batch(
+async fn write_batch<F>(
     pool: &Pool,
     conn: &mut Conn,
-    batch: &VecDeque<Job>,
+    batch: &Batch<F>,
     n: usize,
     counted_sent: &mut usize,
 ) -> io::Result<()> {
@@ -322,7 +338,7 @@ async fn write_batch(
         }
     };
     if n == 1 {
-        conn.stream.write_all(&batch[0].out.bytes).await?;
+        conn.stream.write_all(&batch[0].copy.bytes).await?;
         mark(0);
         return Ok(());
     }
@@ -331,7 +347,7 @@ async fn write_batch(
     conn.wbuf.clear();
     let mut ends = Vec::with_capacity(n);
     for job in batch.iter().take(n) {
-        conn.wbuf.extend_from_slice(&job.out.bytes);
+        conn.wbuf.extend_from_slice(&job.copy.bytes);
         ends.push(conn.wbuf.len());
     }
     let mut off = 0;
@@ -351,5 +367,5 @@ async fn write_batch(
 }
 
 #[cfg(test)]
-#[path = "pipeline_tests.rs"]
+#[path = "exchange_tests.rs"]
 mod tests;

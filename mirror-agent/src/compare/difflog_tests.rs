@@ -3,15 +3,15 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::*;
-use crate::http::response::ResponseCapture;
-use crate::telemetry::compare::rules::CompareRules;
-use crate::telemetry::compare::{MismatchKind, PrimaryInfo, PrimarySide, content};
+use crate::compare::rules::CompareRules;
+use crate::compare::{MismatchKind, PrimaryInfo, PrimarySide, content};
+use crate::http::response::ResponseSample;
 
-fn cap(head: &str, body: &str) -> ResponseCapture {
-    ResponseCapture::ok_200(head, body)
+fn cap(head: &str, body: &str) -> ResponseSample {
+    ResponseSample::ok_200(head, body)
 }
 
-fn verdict(p: ResponseCapture, m: ResponseCapture, target: &str) -> Verdict {
+fn verdict(p: ResponseSample, m: ResponseSample, target: &str) -> Verdict {
     Verdict {
         key: (1, 2),
         mirror: 0,

@@ -8,7 +8,7 @@
 use super::body::{BodyVerdict, compare_bodies};
 use super::headers::{HeaderDiff, content_encoding, diff_headers};
 use super::rules::{BodyMode, CompareRules};
-use crate::http::response::ResponseCapture;
+use crate::http::response::ResponseSample;
 
 /// Why the bodies were not compared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,7 +45,7 @@ impl ContentVerdict {
 }
 
 /// Compares the primary's and the mirror's captured responses.
-pub fn compare(rules: &CompareRules, p: &ResponseCapture, m: &ResponseCapture) -> ContentVerdict {
+pub fn compare(rules: &CompareRules, p: &ResponseSample, m: &ResponseSample) -> ContentVerdict {
     let mut headers = diff_headers(rules, p, m);
     let (ep, em) = (content_encoding(p), content_encoding(m));
     let body = if ep != em {
@@ -70,8 +70,8 @@ pub fn compare(rules: &CompareRules, p: &ResponseCapture, m: &ResponseCapture) -
 mod tests {
     use super::*;
 
-    fn cap(head: &str, body: &str) -> ResponseCapture {
-        ResponseCapture::ok_200(head, body)
+    fn cap(head: &str, body: &str) -> ResponseSample {
+        ResponseSample::ok_200(head, body)
     }
 
     #[test]

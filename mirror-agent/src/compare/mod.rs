@@ -8,7 +8,7 @@
 //! machine: callers pass time in, it emits [`Verdict`]s and keeps the status counters.
 //!
 //! With `--compare`, both sides also keep the response head and a bounded prefix of the decoded
-//! body ([`crate::http::response::ResponseCapture`]); the table holds those within a byte
+//! body ([`crate::http::response::ResponseSample`]); the table holds those within a byte
 //! budget (over it a capture is dropped and counted). [`CompareHub`] hands each verdict to a
 //! comparison thread ([`worker`]) that, when the statuses are equal, compares headers
 //! ([`headers`]) and bodies ([`body`], [`content`]) under the [`rules`], counts header and body
@@ -24,6 +24,7 @@ pub mod content;
 pub mod difflog;
 pub mod headers;
 mod hub;
+pub mod primary;
 pub mod rules;
 mod worker;
 
@@ -32,11 +33,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub use hub::CompareHub;
+pub use primary::PrimaryObserver;
 
-use crate::http::response::ResponseCapture;
+use crate::http::response::ResponseSample;
 
-/// Identifies one captured request in a run: `(flow_id, seq_in_flow)`.
-pub type RequestKey = (u64, u64);
+pub use crate::pipeline::RequestKey;
+
+/// What the comparison tells the rest of the agent. Telemetry subscribes to it (histograms of
+/// the primary's durations and of latency differences), so comparison never imports an
+/// exporter and runs the same with telemetry off.
+pub trait CompareSubscriber: Send + Sync {
+    /// The primary answered a request: method, status, last request byte to first response
+    /// byte, and the server's address, as seen on the wire.
+    fn primary_exchange(&self, method: &str, status: u16, latency: Duration, server: &str);
+    /// One mirror's verdict for one request (`mirror` is its name).
+    fn verdict(&self, mirror: &str, verdict: &Verdict);
+}
 
 /// Bytes of captured heads and bodies the comparison table holds at most.
 pub const DEFAULT_HELD_BYTES: usize = 64 << 20;
@@ -57,7 +69,7 @@ pub struct PrimaryInfo {
     pub method: String,
     pub target: String,
     /// The primary's response head and body prefix (`None`: not captured or over budget).
-    pub capture: Option<ResponseCapture>,
+    pub capture: Option<ResponseSample>,
 }
 
 /// One mirror's side: a final status and latency, or no response.
@@ -85,7 +97,7 @@ pub struct Verdict {
     /// The primary's request and response details (content comparison on).
     pub info: Option<Arc<PrimaryInfo>>,
     /// The mirror's response head and body prefix (content comparison on).
-    pub mirror_capture: Option<Arc<ResponseCapture>>,
+    pub mirror_capture: Option<Arc<ResponseSample>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -207,7 +219,7 @@ impl CompareSnapshot {
     }
 }
 
-type Waiting = (usize, MirrorSide, Option<Arc<ResponseCapture>>);
+type Waiting = (usize, MirrorSide, Option<Arc<ResponseSample>>);
 
 #[derive(Debug, Default)]
 struct Entry {
@@ -384,7 +396,7 @@ impl Comparator {
         let bytes = info
             .as_ref()
             .and_then(|i| i.capture.as_ref())
-            .map_or(0, ResponseCapture::held_bytes);
+            .map_or(0, ResponseSample::held_bytes);
         let mut held = 0;
         if bytes > 0 {
             if self.admit(bytes) {
@@ -432,7 +444,7 @@ impl Comparator {
         key: RequestKey,
         mirror: usize,
         side: MirrorSide,
-        capture: Option<ResponseCapture>,
+        capture: Option<ResponseSample>,
         now_ns: u64,
     ) -> Option<Verdict> {
         let e = self.entry(key, now_ns);
@@ -445,7 +457,7 @@ impl Comparator {
                 Some(v)
             }
             None => {
-                let bytes = capture.as_ref().map_or(0, ResponseCapture::held_bytes);
+                let bytes = capture.as_ref().map_or(0, ResponseSample::held_bytes);
                 let capture = match capture {
                     Some(c) if bytes == 0 || self.admit(bytes) => Some(Arc::new(c)),
                     _ => None,

@@ -8,7 +8,7 @@
 use serde_json::Value;
 
 use super::rules::{BodyMode, CompareRules, Step};
-use crate::http::response::ResponseCapture;
+use crate::http::response::ResponseSample;
 
 /// At most this many differing JSON paths are reported per request.
 pub const MAX_PATHS: usize = 8;
@@ -48,11 +48,7 @@ pub struct BodyVerdict {
 }
 
 /// Compares the bodies under `rules` (mode `Off` is the caller's to skip).
-pub fn compare_bodies(
-    rules: &CompareRules,
-    p: &ResponseCapture,
-    m: &ResponseCapture,
-) -> BodyVerdict {
+pub fn compare_bodies(rules: &CompareRules, p: &ResponseSample, m: &ResponseSample) -> BodyVerdict {
     let truncated = p.truncated || m.truncated;
     let want_json = match rules.body {
         BodyMode::Json => true,
@@ -203,8 +199,8 @@ fn walk<'a>(
 mod tests {
     use super::*;
 
-    fn cap(ct: &str, body: &str) -> ResponseCapture {
-        ResponseCapture::ok_200(&format!("Content-Type: {ct}\r\n"), body)
+    fn cap(ct: &str, body: &str) -> ResponseSample {
+        ResponseSample::ok_200(&format!("Content-Type: {ct}\r\n"), body)
     }
     const J: &str = "application/json";
 

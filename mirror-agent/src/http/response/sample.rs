@@ -12,7 +12,7 @@ use super::ResponseFramer;
 
 /// The head and body prefix of one final response.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct ResponseCapture {
+pub struct ResponseSample {
     /// The head as received: status line and header fields through the blank line.
     pub head: Vec<u8>,
     /// The decoded body (no chunk framing), at most the capture limit.
@@ -23,7 +23,7 @@ pub struct ResponseCapture {
     pub truncated: bool,
 }
 
-impl ResponseCapture {
+impl ResponseSample {
     /// A complete `200 OK` capture with `fields` (each ending in CRLF) and `body`: the
     /// comparison tests' building block.
     #[cfg(test)]
@@ -67,9 +67,9 @@ impl ResponseFramer {
     /// Starts the capture of a response whose head is `head` (capture on only).
     pub(super) fn capture_head(&mut self, head: Vec<u8>) {
         if self.capture_limit.is_some() {
-            self.capture = Some(Box::new(ResponseCapture {
+            self.capture = Some(Box::new(ResponseSample {
                 head,
-                ..ResponseCapture::default()
+                ..ResponseSample::default()
             }));
         }
     }

@@ -1,6 +1,6 @@
 //! The primary's side from the pipeline's events: remembers each request's method and last-byte
-//! time until its paired response arrives, then records `http.server.request.duration` and
-//! hands the primary's status and latency to the comparison.
+//! time until its paired response arrives, then hands the primary's status and latency to the
+//! comparison (whose subscriber, telemetry, records `http.server.request.duration`).
 //!
 //! Owns that bounded memory: a [`crate::pipeline::CapturedResponse`] names its request only by
 //! `(flow_id, seq_in_flow)`, so the request's details wait here. Requests never answered
@@ -9,9 +9,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::time::Duration;
 
-use super::compare::{CompareHub, PrimaryInfo, PrimarySide, RequestKey};
-use super::request::PrimaryRecorder;
-use crate::http::response::ResponseCapture;
+use super::{CompareHub, CompareSnapshot, PrimaryInfo, PrimarySide, RequestKey};
+use crate::http::response::ResponseSample;
 use crate::pipeline::PipelineEvent;
 
 #[derive(Debug)]
@@ -29,8 +28,7 @@ pub struct PrimaryObserver {
     waiting: HashMap<RequestKey, Waiting>,
     order: VecDeque<RequestKey>,
     max: usize,
-    recorder: PrimaryRecorder,
-    hub: Option<CompareHub>,
+    hub: CompareHub,
     /// Requests forgotten unanswered because `max` were waiting.
     pub evicted: u64,
     /// Responses recorded.
@@ -40,12 +38,11 @@ pub struct PrimaryObserver {
 }
 
 impl PrimaryObserver {
-    pub fn new(recorder: PrimaryRecorder, hub: Option<CompareHub>, max_waiting: usize) -> Self {
+    pub fn new(hub: CompareHub, max_waiting: usize) -> Self {
         Self {
             waiting: HashMap::new(),
             order: VecDeque::new(),
             max: max_waiting.max(1),
-            recorder,
             hub,
             evicted: 0,
             paired: 0,
@@ -67,11 +64,8 @@ impl PrimaryObserver {
         self.observe(ev, capture);
     }
 
-    fn observe(&mut self, ev: &PipelineEvent, capture: Option<Box<ResponseCapture>>) {
-        let content = self
-            .hub
-            .as_ref()
-            .is_some_and(|h| h.capture_limit().is_some());
+    fn observe(&mut self, ev: &PipelineEvent, capture: Option<Box<ResponseSample>>) {
+        let content = self.hub.capture_limit().is_some();
         match ev {
             PipelineEvent::Request(r) => {
                 let key = (r.flow_id, r.seq_in_flow);
@@ -109,22 +103,20 @@ impl PrimaryObserver {
                 // `order` keeps the key until it reaches the front; removal there is a no-op.
                 self.paired += 1;
                 let latency = Duration::from_nanos(resp.response.ts_ns.saturating_sub(w.end_ts_ns));
-                self.recorder
-                    .record(&w.method, resp.response.status, latency, &w.server);
-                if let Some(h) = &self.hub {
-                    let side = PrimarySide {
-                        status: resp.response.status,
-                        latency,
-                    };
-                    let info = content.then(|| PrimaryInfo {
-                        method: w.method,
-                        target: w.target,
-                        capture: capture
-                            .or_else(|| resp.response.capture.clone())
-                            .map(|b| *b),
-                    });
-                    h.primary_with(key, side, info);
-                }
+                self.hub
+                    .primary_exchange(&w.method, resp.response.status, latency, &w.server);
+                let side = PrimarySide {
+                    status: resp.response.status,
+                    latency,
+                };
+                let info = content.then(|| PrimaryInfo {
+                    method: w.method,
+                    target: w.target,
+                    capture: capture
+                        .or_else(|| resp.response.capture.clone())
+                        .map(|b| *b),
+                });
+                self.hub.primary_with(key, side, info);
             }
             _ => {}
         }
@@ -138,7 +130,7 @@ impl PrimaryObserver {
     }
 
     /// Adds this observer's losses to the comparison counters before export.
-    pub fn fill(&self, snap: &mut super::compare::CompareSnapshot) {
+    pub fn fill(&self, snap: &mut CompareSnapshot) {
         snap.primary_requests_evicted = self.evicted;
         snap.primary_responses_unknown = self.unknown;
     }
@@ -189,17 +181,28 @@ mod tests {
         })
     }
 
-    async fn telemetry() -> super::super::Telemetry {
-        super::super::Telemetry::start(Default::default())
-            .await
-            .unwrap()
+    /// Hears what the comparison reports, as telemetry would.
+    #[derive(Default)]
+    struct Heard(std::sync::Mutex<Vec<(String, u16, Duration, String)>>);
+
+    impl crate::compare::CompareSubscriber for Heard {
+        fn primary_exchange(&self, method: &str, status: u16, latency: Duration, server: &str) {
+            let mut v = self.0.lock().unwrap();
+            v.push((method.into(), status, latency, server.into()));
+        }
+        fn verdict(&self, _mirror: &str, _verdict: &crate::compare::Verdict) {}
     }
 
-    #[tokio::test]
-    async fn pipelined_responses_pair_in_order_and_feed_the_comparison() {
-        let t = telemetry().await;
-        let hub = CompareHub::new(vec!["m".into()], Duration::from_secs(9), 16, None);
-        let mut o = PrimaryObserver::new(t.primary_recorder(), Some(hub.clone()), 8);
+    #[test]
+    fn pipelined_responses_pair_in_order_and_feed_the_comparison() {
+        let heard = std::sync::Arc::new(Heard::default());
+        let hub = CompareHub::new(
+            vec!["m".into()],
+            Duration::from_secs(9),
+            16,
+            Some(heard.clone()),
+        );
+        let mut o = PrimaryObserver::new(hub.clone(), 8);
         // Pipelined: three requests, then their responses.
         for (seq, end) in [(0, 1_000), (1, 2_000), (2, 3_000)] {
             o.on_event(&req(seq, end));
@@ -218,19 +221,30 @@ mod tests {
         );
         let s = hub.snapshot();
         assert_eq!((s.mirrors[0].compared, s.mirrors[0].status_class), (1, 1));
-        let text = t.render_prometheus();
-        assert!(
-            text.contains(
-                "http_server_request_duration_seconds_count{http_request_method=\"GET\",http_response_status_code=\"503\",server_address=\"10.0.0.2\"} 1"
-            ),
-            "{text}"
+        let heard = heard.0.lock().unwrap();
+        assert_eq!(
+            *heard,
+            vec![
+                (
+                    "GET".into(),
+                    200,
+                    Duration::from_millis(5),
+                    "10.0.0.2".into()
+                ),
+                (
+                    "GET".into(),
+                    503,
+                    Duration::from_millis(6),
+                    "10.0.0.2".into()
+                ),
+            ]
         );
     }
 
-    #[tokio::test]
-    async fn unanswered_requests_are_bounded_and_counted() {
-        let t = telemetry().await;
-        let mut o = PrimaryObserver::new(t.primary_recorder(), None, 4);
+    #[test]
+    fn unanswered_requests_are_bounded_and_counted() {
+        let hub = CompareHub::new(vec!["m".into()], Duration::from_secs(9), 16, None);
+        let mut o = PrimaryObserver::new(hub, 4);
         for seq in 0..10 {
             o.on_event(&req(seq, 0));
         }

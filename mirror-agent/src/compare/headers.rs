@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use super::rules::CompareRules;
-use crate::http::response::ResponseCapture;
+use crate::http::response::ResponseSample;
 
 /// One header that differs: both sides' values (empty list: absent on that side).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -17,7 +17,7 @@ pub struct HeaderDiff {
 }
 
 /// Lower-case name → values in wire order, without the ignored names.
-fn grouped<'c>(c: &'c ResponseCapture, rules: &CompareRules) -> BTreeMap<String, Vec<&'c [u8]>> {
+fn grouped<'c>(c: &'c ResponseSample, rules: &CompareRules) -> BTreeMap<String, Vec<&'c [u8]>> {
     let mut m: BTreeMap<String, Vec<&[u8]>> = BTreeMap::new();
     for (name, value) in c.headers() {
         let lower = name.to_ascii_lowercase();
@@ -40,8 +40,8 @@ fn strings(v: Option<&Vec<&[u8]>>) -> Vec<String> {
 /// The headers that differ, sorted by name.
 pub fn diff_headers(
     rules: &CompareRules,
-    p: &ResponseCapture,
-    m: &ResponseCapture,
+    p: &ResponseSample,
+    m: &ResponseSample,
 ) -> Vec<HeaderDiff> {
     let (gp, gm) = (grouped(p, rules), grouped(m, rules));
     let mut names: Vec<&String> = gp.keys().chain(gm.keys()).collect();
@@ -59,7 +59,7 @@ pub fn diff_headers(
 }
 
 /// The value of the first field named `lower_name`, trimmed and lower-cased.
-pub fn value_of(c: &ResponseCapture, lower_name: &str) -> Option<String> {
+pub fn value_of(c: &ResponseSample, lower_name: &str) -> Option<String> {
     c.headers()
         .into_iter()
         .find(|(n, _)| n.eq_ignore_ascii_case(lower_name))
@@ -67,13 +67,13 @@ pub fn value_of(c: &ResponseCapture, lower_name: &str) -> Option<String> {
 }
 
 /// Content-Encoding, with `identity` and absence the same.
-pub fn content_encoding(c: &ResponseCapture) -> Option<String> {
+pub fn content_encoding(c: &ResponseSample) -> Option<String> {
     value_of(c, "content-encoding").filter(|v| !v.is_empty() && v != "identity")
 }
 
 /// Content-Type says JSON: `application/json` or any `+json` structured syntax suffix
 /// (RFC 6839 3.1).
-pub fn says_json(c: &ResponseCapture) -> bool {
+pub fn says_json(c: &ResponseSample) -> bool {
     value_of(c, "content-type").is_some_and(|v| {
         let media = v.split(';').next().unwrap_or("").trim();
         media == "application/json" || media.ends_with("+json")
@@ -84,8 +84,8 @@ pub fn says_json(c: &ResponseCapture) -> bool {
 mod tests {
     use super::*;
 
-    pub(crate) fn cap(head: &str, body: &str) -> ResponseCapture {
-        ResponseCapture::ok_200(head, body)
+    pub(crate) fn cap(head: &str, body: &str) -> ResponseSample {
+        ResponseSample::ok_200(head, body)
     }
 
     #[test]

@@ -3,31 +3,39 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
-use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
 use crate::http::request::HttpLimits;
-use crate::http::response::ExpectedResponse;
-use crate::replay::pool::{Outgoing, PoolConfig};
+use crate::replay::observer::NoObserver;
+use crate::replay::pool::PoolConfig;
 use crate::replay::stats::{MirrorSnapshot, MirrorStats, Ticket};
+use crate::replay::testutil;
 
-fn job(stats: &Arc<MirrorStats>, raw: &str, keep_alive: bool) -> Job {
+fn job(stats: &Arc<MirrorStats>, raw: &str, keep_alive: bool) -> Job<()> {
+    let mut copy = testutil::copy(raw.as_bytes());
+    Arc::get_mut(&mut copy.request)
+        .expect("a fresh copy")
+        .request
+        .keep_alive = keep_alive;
     Job {
-        out: Outgoing {
-            bytes: Bytes::copy_from_slice(raw.as_bytes()),
-            expected: ExpectedResponse::default(),
-            keep_alive,
-        },
+        copy,
         ticket: Ticket::new(stats.clone()),
         line: 0,
-        key: (0, 0),
         flight: None,
     }
 }
 
-fn get(stats: &Arc<MirrorStats>, i: usize) -> Job {
+/// Outcomes go to the counters only.
+fn tell() -> Tell<NoObserver> {
+    Tell {
+        mirror: 0,
+        observer: Arc::new(NoObserver),
+    }
+}
+
+fn get(stats: &Arc<MirrorStats>, i: usize) -> Job<()> {
     job(
         stats,
         &format!("GET /{i} HTTP/1.1\r\nHost: m\r\n\r\n"),
@@ -57,7 +65,11 @@ fn pipelinable_rules() {
         ("PATCH / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", true, false),
         (big.as_str(), true, false),
     ] {
-        assert_eq!(pipelinable(&job(&s, raw, keep_alive)), want, "{raw:.40}");
+        assert_eq!(
+            pipelinable(&job(&s, raw, keep_alive).copy),
+            want,
+            "{raw:.40}"
+        );
     }
 }
 
@@ -139,10 +151,9 @@ fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
         max_connections: 1,
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
-        on_connect: None,
-        on_close: None,
+        hooks: Default::default(),
         limits: HttpLimits::default(),
-        capture: None,
+        sample: None,
     };
     (Pool::new(cfg, stats.clone()), stats)
 }
@@ -159,13 +170,13 @@ async fn pipelined_batch_is_answered_in_order_on_one_connection() {
     let mut slot = None;
     // A fresh connection carries one request; once answered promptly it may pipeline.
     let mut batch = VecDeque::from([get(&stats, 0)]);
-    run(&pool, &mut slot, &mut batch).await;
+    run(&pool, &tell(), &mut slot, &mut batch).await;
     assert!(
         may_pipeline(slot.as_ref()),
         "a prompt answer allows pipelining"
     );
-    let mut batch: VecDeque<Job> = (1..=100).map(|i| get(&stats, i)).collect();
-    run(&pool, &mut slot, &mut batch).await;
+    let mut batch: VecDeque<Job<()>> = (1..=100).map(|i| get(&stats, i)).collect();
+    run(&pool, &tell(), &mut slot, &mut batch).await;
     assert!(batch.is_empty());
     let s = stats.snapshot();
     check_balanced(&s);
@@ -191,10 +202,10 @@ async fn close_mid_pipeline_retries_the_unanswered_once() {
     let (pool, stats) = pool(srv.addr);
     let mut slot = None;
     let mut batch = VecDeque::from([get(&stats, 0)]);
-    run(&pool, &mut slot, &mut batch).await;
+    run(&pool, &tell(), &mut slot, &mut batch).await;
     // Answers 1-4 on the first connection, then it closes; 5-8 go on a second one.
-    let mut batch: VecDeque<Job> = (1..=8).map(|i| get(&stats, i)).collect();
-    run(&pool, &mut slot, &mut batch).await;
+    let mut batch: VecDeque<Job<()>> = (1..=8).map(|i| get(&stats, i)).collect();
+    run(&pool, &tell(), &mut slot, &mut batch).await;
     let s = stats.snapshot();
     check_balanced(&s);
     assert_eq!(
@@ -212,8 +223,8 @@ async fn close_mid_pipeline_retries_the_unanswered_once() {
     // retries) on a third, which answers 5, the last with `Connection: close`, so the last 4
     // go on a fourth without a write into the closing one. Every copy is answered and nothing
     // is processed twice.
-    let mut batch: VecDeque<Job> = (9..=18).map(|i| get(&stats, i)).collect();
-    run(&pool, &mut slot, &mut batch).await;
+    let mut batch: VecDeque<Job<()>> = (9..=18).map(|i| get(&stats, i)).collect();
+    run(&pool, &tell(), &mut slot, &mut batch).await;
     let s = stats.snapshot();
     check_balanced(&s);
     assert_eq!(
@@ -270,11 +281,11 @@ async fn garbage_mid_pipeline_fails_the_rest() {
     let (pool, stats) = pool(addr);
     let mut slot = None;
     let mut batch = VecDeque::from([get(&stats, 0)]);
-    run(&pool, &mut slot, &mut batch).await;
-    let mut batch: VecDeque<Job> = (1..=4).map(|i| get(&stats, i)).collect();
+    run(&pool, &tell(), &mut slot, &mut batch).await;
+    let mut batch: VecDeque<Job<()>> = (1..=4).map(|i| get(&stats, i)).collect();
     let timed_out = tokio::time::timeout(
         Duration::from_millis(500),
-        run(&pool, &mut slot, &mut batch),
+        run(&pool, &tell(), &mut slot, &mut batch),
     )
     .await
     .is_err();

@@ -1,0 +1,22 @@
+//! Attribute values by the OpenTelemetry semantic conventions, shared by the histograms and the
+//! spans: bounded method names and the `url.path` of a request target.
+
+/// `http.request.method` per the semantic conventions: known methods as is, others `_OTHER`.
+pub fn normalize_method(m: &str) -> &'static str {
+    const KNOWN: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    KNOWN.iter().find(|k| **k == m).copied().unwrap_or("_OTHER")
+}
+
+/// `url.path` of a request target: origin-form up to `?`, or the path of an absolute-form.
+pub fn url_path(target: &str) -> &str {
+    let t = match target.find("://") {
+        Some(i) => {
+            let rest = &target[i + 3..];
+            rest.find('/').map_or("/", |j| &rest[j..])
+        }
+        None => target,
+    };
+    t.split(['?', '#']).next().unwrap_or(t)
+}
