@@ -25,7 +25,7 @@ use tokio::io::unix::AsyncFd;
 pub use self::attach::{AttachMode, AttachPolicy, ifindex};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
-use super::Segment;
+use super::{Segment, clock};
 
 /// What to capture and how.
 #[derive(Debug, Clone)]
@@ -120,6 +120,8 @@ pub struct LiveCapture {
     counters: PerCpuArray<MapData, u64>,
     ignore: FlowIgnore,
     mode: AttachMode,
+    /// Added to the kernel's monotonic stamps: segments leave in Unix time.
+    wall_offset_ns: u64,
     // Last field: dropped after the maps, detaching the programs (TCX links close with it).
     _attached: attach::Attached,
     _ebpf: Ebpf,
@@ -197,6 +199,7 @@ impl LiveCapture {
             counters,
             ignore,
             mode,
+            wall_offset_ns: clock::wall_minus_monotonic_ns(),
             _attached: attached,
             _ebpf: ebpf,
         })
@@ -246,7 +249,7 @@ impl LiveCapture {
         let ring = self.ring.get_mut();
         while out.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            match record::decode(&item) {
+            match record::decode(&item, self.wall_offset_ns) {
                 Some(seg) => out.push(seg),
                 // The kernel writes only well-formed records; a short one means a version skew.
                 None => tracing::warn!(len = item.len(), "malformed ring-buffer record"),

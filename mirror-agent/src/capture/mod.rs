@@ -1,8 +1,10 @@
 //! Capture sources: where TCP segments come from.
 //!
 //! Owns [`Segment`], the unit every source produces and the pipeline consumes. Sources: pcap files
-//! ([`pcap`]) and the live eBPF ring buffer ([`ebpf`]). A source never interprets TCP or HTTP.
+//! ([`pcap`]) and the live eBPF ring buffer ([`ebpf`]). Every source stamps its segments in Unix
+//! time ([`clock`]). A source never interprets TCP or HTTP.
 
+pub mod clock;
 pub mod ebpf;
 pub mod pcap;
 
@@ -47,7 +49,8 @@ pub struct Segment {
     pub seq: u32,
     pub ack: u32,
     pub flags: TcpFlags,
-    /// Capture time in nanoseconds (pcap: since the Unix epoch; live: kernel monotonic clock).
+    /// Capture time in nanoseconds since the Unix epoch, whatever the source: pcap files carry it,
+    /// the live source converts the kernel's monotonic stamps once, on decoding ([`clock`]).
     pub ts_ns: u64,
     pub payload: Bytes,
 }

@@ -20,8 +20,9 @@ pub fn header(record: &[u8]) -> Option<RecordHeader> {
 /// One record (header + payload) to a segment. `None` when the record is malformed.
 ///
 /// The kernel writes one record per skb, so the segment's `seq` is the skb's; the payload is
-/// copied out because the ring slot is released right after.
-pub fn decode(record: &[u8]) -> Option<Segment> {
+/// copied out because the ring slot is released right after. The kernel's monotonic stamp plus
+/// `wall_offset_ns` ([`crate::capture::clock::wall_minus_monotonic_ns`]) becomes the segment's Unix time.
+pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
     let h = header(record)?;
     let payload = record.get(HEADER_LEN..HEADER_LEN + h.captured_len as usize)?;
     Some(Segment {
@@ -30,7 +31,7 @@ pub fn decode(record: &[u8]) -> Option<Segment> {
         seq: h.seq,
         ack: h.ack,
         flags: TcpFlags(h.tcp_flags),
-        ts_ns: h.ts_ns,
+        ts_ns: h.ts_ns.wrapping_add(wall_offset_ns),
         payload: Bytes::copy_from_slice(payload),
     })
 }
@@ -91,7 +92,7 @@ mod tests {
     #[test]
     fn decodes_ipv4_record() {
         let rec = encode(&hdr(family::IPV4, 5), b"GET /");
-        let seg = decode(&rec).expect("valid record");
+        let seg = decode(&rec, 0).expect("valid record");
         assert_eq!(seg.src, "10.0.0.1:40000".parse().unwrap());
         assert_eq!(seg.dst, "10.0.0.2:8080".parse().unwrap());
         assert_eq!(seg.seq, 0xffff_fff0);
@@ -102,21 +103,31 @@ mod tests {
     }
 
     #[test]
+    fn monotonic_stamp_becomes_unix_time() {
+        // 1.5 s after boot, booted at 2024-01-01T00:00:00Z.
+        let mut h = hdr(family::IPV4, 0);
+        h.ts_ns = 1_500_000_000;
+        let boot = 1_704_067_200_000_000_000;
+        let seg = decode(&encode(&h, b""), boot).expect("valid record");
+        assert_eq!(seg.ts_ns, 1_704_067_201_500_000_000);
+    }
+
+    #[test]
     fn decodes_ipv6_record() {
         let rec = encode(&hdr(family::IPV6, 3), b"abc");
-        let seg = decode(&rec).expect("valid record");
+        let seg = decode(&rec, 0).expect("valid record");
         assert_eq!(seg.src, "[::1]:40000".parse().unwrap());
         assert_eq!(seg.dst, "[fd00::2]:8080".parse().unwrap());
     }
 
     #[test]
     fn rejects_short_and_bad_records() {
-        assert!(decode(&[0u8; 10]).is_none());
+        assert!(decode(&[0u8; 10], 0).is_none());
         // Header says 10 bytes follow, only 3 do.
         let mut h = hdr(family::IPV4, 10);
         h.captured_len = 10;
-        assert!(decode(&encode(&h, b"abc")).is_none());
+        assert!(decode(&encode(&h, b"abc"), 0).is_none());
         // Unknown family.
-        assert!(decode(&encode(&hdr(9, 0), b"")).is_none());
+        assert!(decode(&encode(&hdr(9, 0), b""), 0).is_none());
     }
 }
