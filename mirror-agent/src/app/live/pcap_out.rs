@@ -143,6 +143,7 @@ mod tests {
             seq: u32::MAX - 10,
             ack: 5,
             flags: TcpFlags(TcpFlags::ACK | TcpFlags::PSH),
+            direction: None,
             ts_ns: 1,
             payload: Bytes::from(payload.clone()),
         };

@@ -3,9 +3,9 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use bytes::Bytes;
-use mirror_common::{HEADER_LEN, RecordHeader, family};
+use mirror_common::{HEADER_LEN, RecordHeader, direction, family};
 
-use crate::capture::{Segment, TcpFlags};
+use crate::capture::{Segment, SegmentDirection, TcpFlags};
 
 /// Reads the header at the start of a record.
 pub fn header(record: &[u8]) -> Option<RecordHeader> {
@@ -31,9 +31,20 @@ pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
         seq: h.seq,
         ack: h.ack,
         flags: TcpFlags(h.tcp_flags),
+        direction: hook_direction(h.direction),
         ts_ns: h.ts_ns.wrapping_add(wall_offset_ns),
         payload: Bytes::copy_from_slice(payload),
     })
+}
+
+/// The hook that wrote the record tells who sent the packet (see `mirror_common::direction`). An
+/// unknown value (a newer kernel object) is no evidence rather than a malformed record.
+fn hook_direction(hook: u8) -> Option<SegmentDirection> {
+    match hook {
+        direction::INGRESS => Some(SegmentDirection::FromClient),
+        direction::EGRESS => Some(SegmentDirection::FromServer),
+        _ => None,
+    }
 }
 
 fn addr(fam: u8, bytes: &[u8; 16], port: u16) -> Option<SocketAddr> {
@@ -99,7 +110,19 @@ mod tests {
         assert_eq!(seg.ack, 7);
         assert!(seg.flags.ack() && !seg.flags.syn());
         assert_eq!(seg.ts_ns, 42);
+        assert_eq!(seg.direction, Some(SegmentDirection::FromClient));
         assert_eq!(&seg.payload[..], b"GET /");
+    }
+
+    #[test]
+    fn the_hook_gives_the_direction() {
+        let mut h = hdr(family::IPV4, 0);
+        h.direction = direction::EGRESS;
+        let seg = decode(&encode(&h, b""), 0).expect("valid record");
+        assert_eq!(seg.direction, Some(SegmentDirection::FromServer));
+        h.direction = 7;
+        let seg = decode(&encode(&h, b""), 0).expect("unknown hook is not malformed");
+        assert_eq!(seg.direction, None);
     }
 
     #[test]
