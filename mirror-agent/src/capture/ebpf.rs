@@ -2,7 +2,7 @@
 //!
 //! Owns loading the object built by `cargo xtask build-ebpf` (embedded at build time, see
 //! `build.rs`), configuring its maps, attaching the classifiers ([`attach`]), reading the ring
-//! buffer with tokio's `AsyncFd` and turning records into [`Segment`]s ([`record`]), the kernel
+//! buffer with tokio's `AsyncFd` and turning records into [`Segment`]s ([`decode`]), the kernel
 //! counters ([`counters`]) and the ignore list of the agent's own connections ([`ignore`]).
 //! It does not interpret TCP streams or HTTP.
 //!
@@ -10,8 +10,8 @@
 
 mod attach;
 pub mod counters;
+pub mod decode;
 pub mod ignore;
-pub mod record;
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -249,7 +249,7 @@ impl LiveCapture {
         let ring = self.ring.get_mut();
         while out.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            match record::decode(&item, self.wall_offset_ns) {
+            match decode::decode(&item, self.wall_offset_ns) {
                 Some(seg) => out.push(seg),
                 // The kernel writes only well-formed records; a short one means a version skew.
                 None => tracing::warn!(len = item.len(), "malformed ring-buffer record"),

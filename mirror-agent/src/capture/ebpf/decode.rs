@@ -1,4 +1,5 @@
 //! Decoding of ring-buffer records into [`Segment`]s. Pure and unprivileged, so it is unit-tested.
+//! (Not called `record`: [`crate::record`] is the `--record` output.)
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
