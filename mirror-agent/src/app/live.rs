@@ -152,7 +152,7 @@ impl std::fmt::Display for LiveSummary {
         write!(
             f,
             "segments={} bytes={} seen={} matched={} records={} ring_full={} sampled_out={} \
-             ignored={} empty={} truncated={} unparseable={} load_errors={}",
+             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -164,7 +164,8 @@ impl std::fmt::Display for LiveSummary {
             k.empty,
             k.truncated,
             k.unparseable,
-            k.load_error
+            k.load_error,
+            k.malformed_records
         )
     }
 }

@@ -120,8 +120,8 @@ pub struct LiveCapture {
     counters: PerCpuArray<MapData, u64>,
     ignore: FlowIgnore,
     mode: AttachMode,
-    /// Added to the kernel's monotonic stamps: segments leave in Unix time.
-    wall_offset_ns: u64,
+    /// Stamps segments in Unix time and counts malformed records.
+    decoder: decode::RingDecoder,
     // Last field: dropped after the maps, detaching the programs (TCX links close with it).
     _attached: attach::Attached,
     _ebpf: Ebpf,
@@ -199,7 +199,7 @@ impl LiveCapture {
             counters,
             ignore,
             mode,
-            wall_offset_ns: clock::wall_minus_monotonic_ns(),
+            decoder: decode::RingDecoder::new(clock::wall_minus_monotonic_ns()),
             _attached: attached,
             _ebpf: ebpf,
         })
@@ -215,9 +215,11 @@ impl LiveCapture {
         self.ignore.clone()
     }
 
-    /// Sums of the per-CPU kernel counters.
+    /// Sums of the per-CPU kernel counters, and the reader's own.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        Counters::read(&self.counters)
+        let mut c = Counters::read(&self.counters)?;
+        c.malformed_records = self.decoder.malformed();
+        Ok(c)
     }
 
     /// Waits for records and returns the segments they hold (at most a batch of them).
@@ -249,11 +251,7 @@ impl LiveCapture {
         let ring = self.ring.get_mut();
         while out.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            match decode::decode(&item, self.wall_offset_ns) {
-                Some(seg) => out.push(seg),
-                // The kernel writes only well-formed records; a short one means a version skew.
-                None => tracing::warn!(len = item.len(), "malformed ring-buffer record"),
-            }
+            self.decoder.push(&item, out);
         }
     }
 

@@ -8,6 +8,46 @@ use mirror_common::{HEADER_LEN, RecordHeader, direction, family};
 
 use crate::capture::{Segment, SegmentDirection, TcpFlags};
 
+/// Decodes ring records into segments and counts the ones it must refuse.
+#[derive(Debug, Default)]
+pub struct RingDecoder {
+    wall_offset_ns: u64,
+    malformed: u64,
+}
+
+impl RingDecoder {
+    /// `wall_offset_ns` turns the kernel's stamps into Unix time (see [`decode`]).
+    pub fn new(wall_offset_ns: u64) -> Self {
+        Self {
+            wall_offset_ns,
+            malformed: 0,
+        }
+    }
+
+    /// Appends the segment `record` holds to `out`, or counts the record as malformed.
+    pub fn push(&mut self, record: &[u8], out: &mut Vec<Segment>) {
+        match decode(record, self.wall_offset_ns) {
+            Some(seg) => out.push(seg),
+            None => {
+                self.malformed += 1;
+                // The kernel writes only well-formed records; a bad one means a version skew
+                // between the agent and the object, so it repeats per packet: warned once,
+                // counted always.
+                if self.malformed == 1 {
+                    tracing::warn!(len = record.len(), "malformed ring-buffer record (counted)");
+                } else {
+                    tracing::trace!(len = record.len(), "malformed ring-buffer record");
+                }
+            }
+        }
+    }
+
+    /// Records refused so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}
+
 /// Reads the header at the start of a record.
 pub fn header(record: &[u8]) -> Option<RecordHeader> {
     if record.len() < HEADER_LEN {
@@ -142,6 +182,19 @@ mod tests {
         let seg = decode(&rec, 0).expect("valid record");
         assert_eq!(seg.src, "[::1]:40000".parse().unwrap());
         assert_eq!(seg.dst, "[fd00::2]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn the_ring_decoder_counts_what_it_refuses() {
+        let mut d = RingDecoder::new(1000);
+        let mut out = Vec::new();
+        d.push(&encode(&hdr(family::IPV4, 5), b"GET /"), &mut out);
+        d.push(&[0u8; 10], &mut out);
+        d.push(&encode(&hdr(9, 0), b""), &mut out);
+        d.push(&encode(&hdr(family::IPV6, 3), b"abc"), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].ts_ns, 1042);
+        assert_eq!(d.malformed(), 2);
     }
 
     #[test]
