@@ -129,7 +129,7 @@ pub fn options_from_args(args: &RunArgs) -> Result<LiveOptions, LiveError> {
             ports,
             capture_basis_points: (percent * 100.0).round() as u32,
             ring_size: ring as u32,
-            capture_responses: args.compare,
+            attach_egress: args.compare,
             attach,
         },
         duration,

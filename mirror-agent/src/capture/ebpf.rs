@@ -38,8 +38,8 @@ pub struct LiveConfig {
     pub capture_basis_points: u32,
     /// Ring-buffer size in bytes: a power of two, at least one page.
     pub ring_size: u32,
-    /// Also attach the egress classifier (the primary's responses).
-    pub capture_responses: bool,
+    /// Also attach the egress classifier (the primary's responses, `--compare`).
+    pub attach_egress: bool,
     /// TCX, classic tc, or TCX with the tc fallback (`--attach`).
     pub attach: AttachPolicy,
 }
@@ -183,14 +183,14 @@ impl LiveCapture {
                 }
             })?;
 
-        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.capture_responses, cfg.attach)?;
+        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.attach_egress, cfg.attach)?;
         let mode = attached.mode();
         tracing::info!(
             iface = %cfg.iface,
             ports = ?cfg.ports,
             basis_points = cfg.capture_basis_points,
             ring_bytes = cfg.ring_size,
-            responses = cfg.capture_responses,
+            egress = cfg.attach_egress,
             mode = ?mode,
             "capture attached"
         );
