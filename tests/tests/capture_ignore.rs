@@ -67,7 +67,7 @@ fn with_capture<T: Send>(
         ports,
         capture_basis_points: 10000,
         ring_size: 1 << 20,
-        capture_responses: false,
+        attach_egress: false,
         attach: Default::default(),
     };
     std::thread::scope(|s| {

@@ -1,8 +1,8 @@
 //! The agent's main mode: live capture → pipeline → recording and replay to the mirrors.
 //!
 //! Owns the wiring only: settings from flags and the config file, the kernel ignore map hooked
-//! into the replayer's connections (no replay loops), capture timestamps moved to wall-clock
-//! time, the pipeline driven from capture batches and idle ticks, and the end report (capture
+//! into the replayer's connections (no replay loops), the pipeline driven from capture batches
+//! and idle ticks on the capture's clock ([`crate::capture::clock`]), and the end report (capture
 //! line on stdout, pipeline summary and mirror table on stderr), and the telemetry (metrics
 //! endpoint, OTLP) fed from the stages' snapshots about once a second. Capture itself is
 //! [`super::live`], the stages are the library's.
@@ -11,8 +11,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use crate::app::from::DRAIN_GRACE;
-use crate::capture::Segment;
 use crate::capture::ebpf::{Counters, FlowIgnore};
+use crate::capture::{Segment, clock};
 use crate::cli::RunArgs;
 use crate::compare::difflog::{self, DiffLog};
 use crate::compare::rules::CompareRules;
@@ -215,7 +215,6 @@ async fn run(
         primary,
         compare,
         ignore,
-        wall_offset: wall_minus_monotonic_ns(),
         next_tick: 0,
         kernel: None,
     };
@@ -290,8 +289,6 @@ struct Driver {
     primary: Option<PrimaryObserver>,
     compare: Option<CompareHub>,
     ignore: Arc<OnceLock<FlowIgnore>>,
-    /// Added to the kernel's monotonic stamps to get Unix time.
-    wall_offset: u64,
     next_tick: u64,
     kernel: Option<Counters>,
 }
@@ -335,11 +332,10 @@ impl live::LiveSink for Driver {
     }
 
     fn segments(&mut self, batch: Vec<Segment>) {
-        for mut seg in batch {
-            seg.ts_ns = seg.ts_ns.wrapping_add(self.wall_offset);
+        for seg in batch {
             self.pipeline.on_segment(seg, &mut self.events);
         }
-        let now = monotonic_ns().wrapping_add(self.wall_offset);
+        let now = clock::wall_clock_ns();
         if now >= self.next_tick {
             self.pipeline.on_tick(now, &mut self.events);
             self.next_tick = now + TICK_NS;
@@ -371,24 +367,4 @@ fn report(pipeline: &PipelineStats, replay: Option<&ReplaySnapshot>) {
     if let Some(r) = replay {
         eprint!("{}", r.table());
     }
-}
-
-fn clock_ns(clock: libc::clockid_t) -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime only writes the timespec we pass; both clocks always exist on Linux.
-    unsafe { libc::clock_gettime(clock, &mut ts) };
-    (ts.tv_sec as u64) * 1_000_000_000 + ts.tv_nsec as u64
-}
-
-/// The kernel stamps records with `bpf_ktime_get_ns` (CLOCK_MONOTONIC).
-fn monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_MONOTONIC)
-}
-
-/// Added to a monotonic stamp it gives Unix time, as recordings and pcap files carry.
-fn wall_minus_monotonic_ns() -> u64 {
-    clock_ns(libc::CLOCK_REALTIME).wrapping_sub(monotonic_ns())
 }

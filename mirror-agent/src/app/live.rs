@@ -129,7 +129,7 @@ pub fn options_from_args(args: &RunArgs) -> Result<LiveOptions, LiveError> {
             ports,
             capture_basis_points: (percent * 100.0).round() as u32,
             ring_size: ring as u32,
-            capture_responses: args.compare,
+            attach_egress: args.compare,
             attach,
         },
         duration,
@@ -152,7 +152,7 @@ impl std::fmt::Display for LiveSummary {
         write!(
             f,
             "segments={} bytes={} seen={} matched={} records={} ring_full={} sampled_out={} \
-             ignored={} empty={} truncated={} unparseable={} load_errors={}",
+             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -164,7 +164,8 @@ impl std::fmt::Display for LiveSummary {
             k.empty,
             k.truncated,
             k.unparseable,
-            k.load_error
+            k.load_error,
+            k.malformed_records
         )
     }
 }

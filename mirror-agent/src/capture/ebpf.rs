@@ -2,7 +2,7 @@
 //!
 //! Owns loading the object built by `cargo xtask build-ebpf` (embedded at build time, see
 //! `build.rs`), configuring its maps, attaching the classifiers ([`attach`]), reading the ring
-//! buffer with tokio's `AsyncFd` and turning records into [`Segment`]s ([`record`]), the kernel
+//! buffer with tokio's `AsyncFd` and turning records into [`Segment`]s ([`decode`]), the kernel
 //! counters ([`counters`]) and the ignore list of the agent's own connections ([`ignore`]).
 //! It does not interpret TCP streams or HTTP.
 //!
@@ -10,8 +10,8 @@
 
 mod attach;
 pub mod counters;
+pub mod decode;
 pub mod ignore;
-pub mod record;
 
 use std::os::fd::AsRawFd;
 use std::time::Duration;
@@ -25,7 +25,7 @@ use tokio::io::unix::AsyncFd;
 pub use self::attach::{AttachMode, AttachPolicy, ifindex};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
-use super::Segment;
+use super::{Segment, clock};
 
 /// What to capture and how.
 #[derive(Debug, Clone)]
@@ -38,8 +38,8 @@ pub struct LiveConfig {
     pub capture_basis_points: u32,
     /// Ring-buffer size in bytes: a power of two, at least one page.
     pub ring_size: u32,
-    /// Also attach the egress classifier (the primary's responses).
-    pub capture_responses: bool,
+    /// Also attach the egress classifier (the primary's responses, `--compare`).
+    pub attach_egress: bool,
     /// TCX, classic tc, or TCX with the tc fallback (`--attach`).
     pub attach: AttachPolicy,
 }
@@ -120,6 +120,8 @@ pub struct LiveCapture {
     counters: PerCpuArray<MapData, u64>,
     ignore: FlowIgnore,
     mode: AttachMode,
+    /// Stamps segments in Unix time and counts malformed records.
+    decoder: decode::RingDecoder,
     // Last field: dropped after the maps, detaching the programs (TCX links close with it).
     _attached: attach::Attached,
     _ebpf: Ebpf,
@@ -181,14 +183,14 @@ impl LiveCapture {
                 }
             })?;
 
-        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.capture_responses, cfg.attach)?;
+        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.attach_egress, cfg.attach)?;
         let mode = attached.mode();
         tracing::info!(
             iface = %cfg.iface,
             ports = ?cfg.ports,
             basis_points = cfg.capture_basis_points,
             ring_bytes = cfg.ring_size,
-            responses = cfg.capture_responses,
+            egress = cfg.attach_egress,
             mode = ?mode,
             "capture attached"
         );
@@ -197,6 +199,7 @@ impl LiveCapture {
             counters,
             ignore,
             mode,
+            decoder: decode::RingDecoder::new(clock::wall_minus_monotonic_ns()),
             _attached: attached,
             _ebpf: ebpf,
         })
@@ -212,9 +215,11 @@ impl LiveCapture {
         self.ignore.clone()
     }
 
-    /// Sums of the per-CPU kernel counters.
+    /// Sums of the per-CPU kernel counters, and the reader's own.
     pub fn counters(&self) -> Result<Counters, CaptureError> {
-        Counters::read(&self.counters)
+        let mut c = Counters::read(&self.counters)?;
+        c.malformed_records = self.decoder.malformed();
+        Ok(c)
     }
 
     /// Waits for records and returns the segments they hold (at most a batch of them).
@@ -246,11 +251,7 @@ impl LiveCapture {
         let ring = self.ring.get_mut();
         while out.len() < MAX_BATCH {
             let Some(item) = ring.next() else { break };
-            match record::decode(&item) {
-                Some(seg) => out.push(seg),
-                // The kernel writes only well-formed records; a short one means a version skew.
-                None => tracing::warn!(len = item.len(), "malformed ring-buffer record"),
-            }
+            self.decoder.push(&item, out);
         }
     }
 

@@ -1,8 +1,10 @@
 //! Capture sources: where TCP segments come from.
 //!
 //! Owns [`Segment`], the unit every source produces and the pipeline consumes. Sources: pcap files
-//! ([`pcap`]) and the live eBPF ring buffer ([`ebpf`]). A source never interprets TCP or HTTP.
+//! ([`pcap`]) and the live eBPF ring buffer ([`ebpf`]). Every source stamps its segments in Unix
+//! time ([`clock`]). A source never interprets TCP or HTTP.
 
+pub mod clock;
 pub mod ebpf;
 pub mod pcap;
 
@@ -35,6 +37,16 @@ impl TcpFlags {
     }
 }
 
+/// Which end of the connection sent a segment, as the capture source knows it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentDirection {
+    /// Sent by the client: the live ingress classifier, which matched the destination port.
+    FromClient,
+    /// Sent by the server: the live egress classifier (`--compare`), which matched the source
+    /// port.
+    FromServer,
+}
+
 /// One TCP segment as seen by a capture source.
 ///
 /// `payload` is the TCP payload only. A live GRO/TSO skb may be split by the kernel into several
@@ -47,7 +59,11 @@ pub struct Segment {
     pub seq: u32,
     pub ack: u32,
     pub flags: TcpFlags,
-    /// Capture time in nanoseconds (pcap: since the Unix epoch; live: kernel monotonic clock).
+    /// Who sent it, when the source knows: the live source from the classifier hook that saw it;
+    /// `None` for pcap files, where the pipeline infers it from ports, SYN and payload.
+    pub direction: Option<SegmentDirection>,
+    /// Capture time in nanoseconds since the Unix epoch, whatever the source: pcap files carry it,
+    /// the live source converts the kernel's monotonic stamps once, on decoding ([`clock`]).
     pub ts_ns: u64,
     pub payload: Bytes,
 }

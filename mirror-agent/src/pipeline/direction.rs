@@ -1,11 +1,12 @@
 //! Which side of a connection is the client.
 //!
-//! Owns the rules, in order: a configured port (the server's); the SYN without ACK (its sender
-//! is the client; a SYN+ACK's receiver is); the first payload (a request line is the client's, a
-//! status line the server's). Captures that start mid-connection, even with the server's
-//! response (suricata-verify `tcp-stream-after-swap`), need the last rule.
+//! Owns the rules, in order: the capture source's direction (the live classifier knows which hook
+//! saw the packet); a configured port (the server's); the SYN without ACK (its sender is the
+//! client; a SYN+ACK's receiver is); the first payload (a request line is the client's, a status
+//! line the server's). Captures that start mid-connection, even with the server's response
+//! (suricata-verify `tcp-stream-after-swap`), need the last rule.
 
-use crate::capture::Segment;
+use crate::capture::{Segment, SegmentDirection};
 
 /// What one segment says about its sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -18,8 +19,13 @@ pub enum Hint {
     Unknown,
 }
 
-/// Direction evidence from one segment, ports first.
+/// Direction evidence from one segment: the source's direction first, then ports.
 pub fn hint(seg: &Segment, ports: &[u16]) -> Hint {
+    match seg.direction {
+        Some(SegmentDirection::FromClient) => return Hint::SenderIsClient,
+        Some(SegmentDirection::FromServer) => return Hint::SenderIsServer,
+        None => {}
+    }
     if !ports.is_empty() {
         if ports.contains(&seg.dst.port()) {
             return Hint::SenderIsClient;
@@ -63,7 +69,72 @@ fn is_method_byte(b: u8) -> bool {
 
 #[cfg(test)]
 mod tests {
+    use bytes::Bytes;
+
     use super::*;
+    use crate::capture::TcpFlags;
+
+    /// A segment from 10.0.0.1:40000 to 10.0.0.2:8080.
+    fn seg(direction: Option<SegmentDirection>, flags: u8, payload: &'static [u8]) -> Segment {
+        Segment {
+            src: "10.0.0.1:40000".parse().unwrap(),
+            dst: "10.0.0.2:8080".parse().unwrap(),
+            seq: 1,
+            ack: 1,
+            flags: TcpFlags(flags),
+            direction,
+            ts_ns: 0,
+            payload: Bytes::from_static(payload),
+        }
+    }
+
+    #[test]
+    fn the_source_direction_decides_when_nothing_else_does() {
+        // Ports that match neither end, a bare ACK, a payload that is neither line.
+        let ports = [9999];
+        let from_client = seg(
+            Some(SegmentDirection::FromClient),
+            TcpFlags::ACK,
+            b"\x16\x03",
+        );
+        assert_eq!(hint(&from_client, &ports), Hint::SenderIsClient);
+        let from_server = seg(Some(SegmentDirection::FromServer), TcpFlags::ACK, b"body");
+        assert_eq!(hint(&from_server, &ports), Hint::SenderIsServer);
+        assert_eq!(hint(&from_server, &[]), Hint::SenderIsServer);
+    }
+
+    #[test]
+    fn the_source_direction_comes_first() {
+        // The egress hook saw it, though it is addressed to a server port and looks like a request.
+        let s = seg(
+            Some(SegmentDirection::FromServer),
+            TcpFlags::SYN,
+            b"GET / HTTP/1.1\r\n",
+        );
+        assert_eq!(hint(&s, &[8080]), Hint::SenderIsServer);
+    }
+
+    #[test]
+    fn without_a_source_direction_the_rules_are_unchanged() {
+        let ack = TcpFlags::ACK;
+        assert_eq!(hint(&seg(None, ack, b""), &[8080]), Hint::SenderIsClient);
+        assert_eq!(hint(&seg(None, ack, b""), &[40000]), Hint::SenderIsServer);
+        assert_eq!(
+            hint(&seg(None, TcpFlags::SYN, b""), &[]),
+            Hint::SenderIsClient
+        );
+        let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
+        assert_eq!(hint(&seg(None, syn_ack, b""), &[]), Hint::SenderIsServer);
+        assert_eq!(
+            hint(&seg(None, ack, b"GET / HTTP/1.1\r\n"), &[]),
+            Hint::SenderIsClient
+        );
+        assert_eq!(
+            hint(&seg(None, ack, b"HTTP/1.1 200 OK\r\n"), &[]),
+            Hint::SenderIsServer
+        );
+        assert_eq!(hint(&seg(None, ack, b"\x16\x03"), &[9999]), Hint::Unknown);
+    }
 
     #[test]
     fn request_lines() {

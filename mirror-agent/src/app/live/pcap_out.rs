@@ -39,8 +39,6 @@ pub enum PcapOutError {
 /// Writes segments as Ethernet frames.
 pub struct PcapOut {
     writer: PcapWriter<BufWriter<File>>,
-    /// Added to kernel monotonic timestamps to get wall-clock time.
-    realtime_offset_ns: i128,
     pub frames: u64,
 }
 
@@ -57,15 +55,12 @@ impl PcapOut {
             ..PcapHeader::default()
         };
         let writer = PcapWriter::with_header(BufWriter::new(file), header)?;
-        Ok(Self {
-            writer,
-            realtime_offset_ns: realtime_offset_ns(),
-            frames: 0,
-        })
+        Ok(Self { writer, frames: 0 })
     }
 
     pub fn write(&mut self, seg: &Segment) -> Result<(), PcapOutError> {
-        let ts = Duration::from_nanos((seg.ts_ns as i128 + self.realtime_offset_ns).max(0) as u64);
+        // Segments are already stamped in Unix time by the capture source.
+        let ts = Duration::from_nanos(seg.ts_ns);
         let mut offset = 0usize;
         loop {
             let end = (offset + MAX_FRAME_PAYLOAD).min(seg.payload.len());
@@ -89,20 +84,6 @@ impl PcapOut {
         self.writer.into_writer().flush()?;
         Ok(self.frames)
     }
-}
-
-/// CLOCK_REALTIME - CLOCK_MONOTONIC, in ns (bpf_ktime_get_ns is CLOCK_MONOTONIC).
-fn realtime_offset_ns() -> i128 {
-    let now = |clock| {
-        let mut ts = libc::timespec {
-            tv_sec: 0,
-            tv_nsec: 0,
-        };
-        // SAFETY: valid clock id and out pointer.
-        unsafe { libc::clock_gettime(clock, &mut ts) };
-        ts.tv_sec as i128 * 1_000_000_000 + ts.tv_nsec as i128
-    };
-    now(libc::CLOCK_REALTIME) - now(libc::CLOCK_MONOTONIC)
 }
 
 fn frame(
@@ -162,6 +143,7 @@ mod tests {
             seq: u32::MAX - 10,
             ack: 5,
             flags: TcpFlags(TcpFlags::ACK | TcpFlags::PSH),
+            direction: None,
             ts_ns: 1,
             payload: Bytes::from(payload.clone()),
         };

@@ -136,16 +136,16 @@ fn hardware_type(iface: &str) -> std::io::Result<u16> {
     Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
-/// Loads and attaches the ingress classifier, and the egress one when `responses` is set, as
+/// Loads and attaches the ingress classifier, and the egress one when `egress` is set, as
 /// `policy` allows.
 pub fn attach(
     ebpf: &mut Ebpf,
     iface: &str,
-    responses: bool,
+    egress: bool,
     policy: AttachPolicy,
 ) -> Result<Attached, CaptureError> {
     let mut wanted = vec![(programs::INGRESS, TcAttachType::Ingress)];
-    if responses {
+    if egress {
         wanted.push((programs::EGRESS, TcAttachType::Egress));
     }
     let mut attached = Attached {

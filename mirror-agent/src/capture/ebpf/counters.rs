@@ -1,11 +1,12 @@
-//! The kernel's per-CPU counters, summed.
+//! The kernel's per-CPU counters, summed, and the ring reader's own.
 
 use aya::maps::{MapData, PerCpuArray};
 use mirror_common::{counter, maps};
 
 use super::CaptureError;
 
-/// Totals over all CPUs of the classifier counters (see `mirror_common::counter`).
+/// Totals over all CPUs of the classifier counters (see `mirror_common::counter`), plus what the
+/// ring reader counts in user space.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Counters {
     pub seen: u64,
@@ -19,6 +20,8 @@ pub struct Counters {
     pub empty: u64,
     pub ignored: u64,
     pub load_error: u64,
+    /// User space: records the reader could not decode (among `records`; should stay 0).
+    pub malformed_records: u64,
 }
 
 impl Counters {
@@ -42,6 +45,8 @@ impl Counters {
             empty: get(counter::EMPTY)?,
             ignored: get(counter::IGNORED)?,
             load_error: get(counter::LOAD_ERROR)?,
+            // Not a kernel counter: LiveCapture::counters fills it in.
+            malformed_records: 0,
         })
     }
 

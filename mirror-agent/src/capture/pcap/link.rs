@@ -321,6 +321,7 @@ fn tcp_segment(src: IpAddr, dst: IpAddr, tcp: &[u8], ts_ns: u64) -> Option<Segme
         seq: t.sequence_number(),
         ack: t.acknowledgment_number(),
         flags: TcpFlags(t.header_slice()[13]),
+        direction: None,
         ts_ns,
         payload: Bytes::copy_from_slice(t.payload()),
     })

@@ -70,6 +70,7 @@ impl Conversation {
             seq,
             ack,
             flags: TcpFlags(flags),
+            direction: None,
             ts_ns: self.ts_ns,
             payload: Bytes::copy_from_slice(payload),
         });

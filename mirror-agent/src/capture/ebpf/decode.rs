@@ -1,0 +1,210 @@
+//! Decoding of ring-buffer records into [`Segment`]s. Pure and unprivileged, so it is unit-tested.
+//! (Not called `record`: [`crate::record`] is the `--record` output.)
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+
+use bytes::Bytes;
+use mirror_common::{HEADER_LEN, RecordHeader, direction, family};
+
+use crate::capture::{Segment, SegmentDirection, TcpFlags};
+
+/// Decodes ring records into segments and counts the ones it must refuse.
+#[derive(Debug, Default)]
+pub struct RingDecoder {
+    wall_offset_ns: u64,
+    malformed: u64,
+}
+
+impl RingDecoder {
+    /// `wall_offset_ns` turns the kernel's stamps into Unix time (see [`decode`]).
+    pub fn new(wall_offset_ns: u64) -> Self {
+        Self {
+            wall_offset_ns,
+            malformed: 0,
+        }
+    }
+
+    /// Appends the segment `record` holds to `out`, or counts the record as malformed.
+    pub fn push(&mut self, record: &[u8], out: &mut Vec<Segment>) {
+        match decode(record, self.wall_offset_ns) {
+            Some(seg) => out.push(seg),
+            None => {
+                self.malformed += 1;
+                // The kernel writes only well-formed records; a bad one means a version skew
+                // between the agent and the object, so it repeats per packet: warned once,
+                // counted always.
+                if self.malformed == 1 {
+                    tracing::warn!(len = record.len(), "malformed ring-buffer record (counted)");
+                } else {
+                    tracing::trace!(len = record.len(), "malformed ring-buffer record");
+                }
+            }
+        }
+    }
+
+    /// Records refused so far.
+    pub fn malformed(&self) -> u64 {
+        self.malformed
+    }
+}
+
+/// Reads the header at the start of a record.
+pub fn header(record: &[u8]) -> Option<RecordHeader> {
+    if record.len() < HEADER_LEN {
+        return None;
+    }
+    // SAFETY: RecordHeader is repr(C) plain integers (any bit pattern valid) and the slice holds
+    // at least its size; read_unaligned because ring records are only 8-byte aligned by contract.
+    Some(unsafe { std::ptr::read_unaligned(record.as_ptr().cast::<RecordHeader>()) })
+}
+
+/// One record (header + payload) to a segment. `None` when the record is malformed.
+///
+/// The kernel writes one record per skb, so the segment's `seq` is the skb's; the payload is
+/// copied out because the ring slot is released right after. The kernel's monotonic stamp plus
+/// `wall_offset_ns` ([`crate::capture::clock::wall_minus_monotonic_ns`]) becomes the segment's Unix time.
+pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
+    let h = header(record)?;
+    let payload = record.get(HEADER_LEN..HEADER_LEN + h.captured_len as usize)?;
+    Some(Segment {
+        src: addr(h.family, &h.saddr, h.sport)?,
+        dst: addr(h.family, &h.daddr, h.dport)?,
+        seq: h.seq,
+        ack: h.ack,
+        flags: TcpFlags(h.tcp_flags),
+        direction: hook_direction(h.direction),
+        ts_ns: h.ts_ns.wrapping_add(wall_offset_ns),
+        payload: Bytes::copy_from_slice(payload),
+    })
+}
+
+/// The hook that wrote the record tells who sent the packet (see `mirror_common::direction`). An
+/// unknown value (a newer kernel object) is no evidence rather than a malformed record.
+fn hook_direction(hook: u8) -> Option<SegmentDirection> {
+    match hook {
+        direction::INGRESS => Some(SegmentDirection::FromClient),
+        direction::EGRESS => Some(SegmentDirection::FromServer),
+        _ => None,
+    }
+}
+
+fn addr(fam: u8, bytes: &[u8; 16], port: u16) -> Option<SocketAddr> {
+    let ip = match fam {
+        family::IPV4 => IpAddr::V4(Ipv4Addr::new(bytes[0], bytes[1], bytes[2], bytes[3])),
+        family::IPV6 => IpAddr::V6(Ipv6Addr::from(*bytes)),
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
+/// Encodes a record as the kernel does; used by tests and by tools that synthesize records.
+pub fn encode(h: &RecordHeader, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(HEADER_LEN + payload.len());
+    // SAFETY: RecordHeader is repr(C) without padding (size asserted in mirror-common).
+    let raw =
+        unsafe { std::slice::from_raw_parts((h as *const RecordHeader).cast::<u8>(), HEADER_LEN) };
+    out.extend_from_slice(raw);
+    out.extend_from_slice(payload);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(fam: u8, len: u32) -> RecordHeader {
+        let mut saddr = [0u8; 16];
+        let mut daddr = [0u8; 16];
+        if fam == family::IPV4 {
+            saddr[..4].copy_from_slice(&[10, 0, 0, 1]);
+            daddr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        } else {
+            saddr = Ipv6Addr::LOCALHOST.octets();
+            daddr = "fd00::2".parse::<Ipv6Addr>().unwrap().octets();
+        }
+        RecordHeader {
+            ts_ns: 42,
+            saddr,
+            daddr,
+            sport: 40000,
+            dport: 8080,
+            seq: 0xffff_fff0,
+            ack: 7,
+            payload_len: len,
+            captured_len: len,
+            payload_offset: 66,
+            tcp_flags: TcpFlags::ACK | TcpFlags::PSH,
+            family: fam,
+            direction: 0,
+            flags: 0,
+            _pad: [0; 6],
+        }
+    }
+
+    #[test]
+    fn decodes_ipv4_record() {
+        let rec = encode(&hdr(family::IPV4, 5), b"GET /");
+        let seg = decode(&rec, 0).expect("valid record");
+        assert_eq!(seg.src, "10.0.0.1:40000".parse().unwrap());
+        assert_eq!(seg.dst, "10.0.0.2:8080".parse().unwrap());
+        assert_eq!(seg.seq, 0xffff_fff0);
+        assert_eq!(seg.ack, 7);
+        assert!(seg.flags.ack() && !seg.flags.syn());
+        assert_eq!(seg.ts_ns, 42);
+        assert_eq!(seg.direction, Some(SegmentDirection::FromClient));
+        assert_eq!(&seg.payload[..], b"GET /");
+    }
+
+    #[test]
+    fn the_hook_gives_the_direction() {
+        let mut h = hdr(family::IPV4, 0);
+        h.direction = direction::EGRESS;
+        let seg = decode(&encode(&h, b""), 0).expect("valid record");
+        assert_eq!(seg.direction, Some(SegmentDirection::FromServer));
+        h.direction = 7;
+        let seg = decode(&encode(&h, b""), 0).expect("unknown hook is not malformed");
+        assert_eq!(seg.direction, None);
+    }
+
+    #[test]
+    fn monotonic_stamp_becomes_unix_time() {
+        // 1.5 s after boot, booted at 2024-01-01T00:00:00Z.
+        let mut h = hdr(family::IPV4, 0);
+        h.ts_ns = 1_500_000_000;
+        let boot = 1_704_067_200_000_000_000;
+        let seg = decode(&encode(&h, b""), boot).expect("valid record");
+        assert_eq!(seg.ts_ns, 1_704_067_201_500_000_000);
+    }
+
+    #[test]
+    fn decodes_ipv6_record() {
+        let rec = encode(&hdr(family::IPV6, 3), b"abc");
+        let seg = decode(&rec, 0).expect("valid record");
+        assert_eq!(seg.src, "[::1]:40000".parse().unwrap());
+        assert_eq!(seg.dst, "[fd00::2]:8080".parse().unwrap());
+    }
+
+    #[test]
+    fn the_ring_decoder_counts_what_it_refuses() {
+        let mut d = RingDecoder::new(1000);
+        let mut out = Vec::new();
+        d.push(&encode(&hdr(family::IPV4, 5), b"GET /"), &mut out);
+        d.push(&[0u8; 10], &mut out);
+        d.push(&encode(&hdr(9, 0), b""), &mut out);
+        d.push(&encode(&hdr(family::IPV6, 3), b"abc"), &mut out);
+        assert_eq!(out.len(), 2);
+        assert_eq!(out[0].ts_ns, 1042);
+        assert_eq!(d.malformed(), 2);
+    }
+
+    #[test]
+    fn rejects_short_and_bad_records() {
+        assert!(decode(&[0u8; 10], 0).is_none());
+        // Header says 10 bytes follow, only 3 do.
+        let mut h = hdr(family::IPV4, 10);
+        h.captured_len = 10;
+        assert!(decode(&encode(&h, b"abc"), 0).is_none());
+        // Unknown family.
+        assert!(decode(&encode(&hdr(9, 0), b""), 0).is_none());
+    }
+}
