@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::dispatcher::{Job, Tell};
+use super::job::{Job, Tell};
 use super::observer::{MirrorCopy, ReplayObserver};
 use super::pool::{Conn, Pool, StartCheck};
 use super::stats::{DropReason, ErrorKind, Outcome};

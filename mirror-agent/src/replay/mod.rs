@@ -22,6 +22,7 @@
 pub mod dispatcher;
 pub mod exchange;
 pub mod filter;
+pub mod job;
 pub mod observer;
 pub mod pool;
 pub mod rewrite;
