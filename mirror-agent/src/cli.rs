@@ -1,8 +1,8 @@
 //! Command-line flags. Every flag can also be set through a `MIRROR_*` environment variable.
 //!
-//! Owns parsing and validation of what the operator typed; it does not run anything. Values
-//! that need more than a type check (mirror specs, config files) are validated by the module
-//! that owns them and reported as one line with exit status 2.
+//! Owns the clap types: what the operator can type, grouped, with type checks only. `config`
+//! is the only reader of these structs: it validates every value once and builds each stage's
+//! settings; `main` only picks the subcommand.
 
 use std::path::PathBuf;
 
@@ -28,10 +28,28 @@ pub enum Command {
     Check,
 }
 
-/// Flags of the main mode: capture (live or pcap), then record and/or replay.
+/// Flags of the main mode, in groups: where requests come from (capture), the limits of the
+/// stages, what happens to them (replay, comparison), what is written (output) and exported
+/// (telemetry). Read by `config` only, which builds each stage's own settings from them.
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
-    // ---- capture ----
+    #[command(flatten)]
+    pub capture: CaptureArgs,
+    #[command(flatten)]
+    pub limits: LimitArgs,
+    #[command(flatten)]
+    pub replay: ReplayArgs,
+    #[command(flatten)]
+    pub compare: CompareArgs,
+    #[command(flatten)]
+    pub output: OutputArgs,
+    #[command(flatten)]
+    pub telemetry: TelemetryArgs,
+}
+
+/// Where segments come from: an interface (live) or a pcap file, and which of them.
+#[derive(Debug, Args, Clone)]
+pub struct CaptureArgs {
     /// Interface to capture on (live mode).
     #[arg(long, env = "MIRROR_IFACE", help_heading = "Capture")]
     pub iface: Option<String>,
@@ -53,9 +71,6 @@ pub struct RunArgs {
     /// Stop after this many seconds (default: run until SIGINT/SIGTERM).
     #[arg(long, env = "MIRROR_DURATION", help_heading = "Capture")]
     pub duration: Option<f64>,
-    /// Also capture the primary's responses (egress), to pair them with requests.
-    #[arg(long, env = "MIRROR_COMPARE", help_heading = "Capture")]
-    pub compare: bool,
     /// How the classifiers attach: `auto` (TCX, else clsact + tc filter on kernels before 6.6),
     /// `tcx` (TCX or fail), `tc` (clsact + tc filter; a filter left by a killed agent is
     /// removed at the next start).
@@ -69,11 +84,11 @@ pub struct RunArgs {
     /// Read packets from a pcap or pcapng file instead of an interface.
     #[arg(long, env = "MIRROR_PCAP", help_heading = "Capture")]
     pub pcap: Option<PathBuf>,
-    /// Write the segments captured live to a pcap file (for offline debugging).
-    #[arg(long, env = "MIRROR_WRITE_PCAP", help_heading = "Capture")]
-    pub write_pcap: Option<PathBuf>,
+}
 
-    // ---- reassembly and HTTP limits ----
+/// Bounds of reassembly and HTTP framing.
+#[derive(Debug, Args, Clone)]
+pub struct LimitArgs {
     /// Maximum flows tracked at once; beyond it the least recently active is evicted (counted).
     #[arg(
         long,
@@ -115,13 +130,11 @@ pub struct RunArgs {
         help_heading = "Limits"
     )]
     pub max_headers: usize,
+}
 
-    // ---- output ----
-    /// Write every request as a JSON line to FILE (`-` for stdout). Created with mode 0600.
-    #[arg(long, env = "MIRROR_RECORD", help_heading = "Output")]
-    pub record: Option<String>,
-
-    // ---- replay ----
+/// Mirrors and what they receive; `--from` replays a recording instead of capturing.
+#[derive(Debug, Args, Clone)]
+pub struct ReplayArgs {
     /// Mirror: http://HOST[:PORT][,percent=P][,name=NAME] (repeatable; replaces the config
     /// file's mirrors). Percent defaults to 100: Traefik's default is 0 because a proxy config may
     /// declare a mirror before switching it on, but a mirror named here is meant to receive
@@ -222,8 +235,15 @@ pub struct RunArgs {
     /// Per-request timeout to a mirror, in milliseconds [default: 5000].
     #[arg(long, env = "MIRROR_TIMEOUT_MS", help_heading = "Replay")]
     pub timeout_ms: Option<u64>,
+}
 
-    // ---- comparison (with --compare) ----
+/// Primary-vs-mirror comparison.
+#[derive(Debug, Args, Clone)]
+pub struct CompareArgs {
+    /// Compare each mirrored copy with the primary's answer: live capture also captures the
+    /// primary's responses (egress), a pcap file pairs those it holds.
+    #[arg(long, env = "MIRROR_COMPARE", help_heading = "Comparison")]
+    pub compare: bool,
     /// How bodies are compared: auto (json when both sides say application/json, else exact),
     /// exact (decoded bytes and length), json (values, ignoring json: paths; not JSON on either
     /// side: exact), or off (headers only) [default: auto]. Headers and bodies are compared only
@@ -257,8 +277,23 @@ pub struct RunArgs {
     /// diff_log_suppressed.
     #[arg(long, env = "MIRROR_DIFF_LOG_RATE", help_heading = "Comparison")]
     pub diff_log_rate: Option<u32>,
+}
 
-    // ---- telemetry ----
+/// Files written besides the mirrors' copies.
+#[derive(Debug, Args, Clone)]
+pub struct OutputArgs {
+    /// Write every request as a JSON line to FILE (`-` for stdout). Created with mode 0600.
+    #[arg(long, env = "MIRROR_RECORD", help_heading = "Output")]
+    pub record: Option<String>,
+
+    /// Write the segments captured live to a pcap file (for offline debugging).
+    #[arg(long, env = "MIRROR_WRITE_PCAP", help_heading = "Output")]
+    pub write_pcap: Option<PathBuf>,
+}
+
+/// Metrics and traces.
+#[derive(Debug, Args, Clone)]
+pub struct TelemetryArgs {
     /// Serve Prometheus metrics on HOST:PORT: /metrics, /healthz (alive) and /readyz (capture
     /// attached or source open).
     #[arg(long, env = "MIRROR_METRICS_ADDR", help_heading = "Telemetry")]

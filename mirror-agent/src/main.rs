@@ -1,4 +1,5 @@
-//! mirror-agent command line entry point: parse flags, pick the mode, map errors to exit codes.
+//! mirror-agent command line entry point: parse flags, pick the mode, print the one error line
+//! and exit with its status.
 
 use clap::Parser;
 use mirror_agent::cli::{Cli, Command};
@@ -12,25 +13,15 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    match cli.command {
-        Some(Command::Check) => std::process::exit(mirror_agent::check::run()),
-        None if cli.run.pcap.is_none() && cli.run.from.is_none() => {
-            std::process::exit(mirror_agent::app::agent::main(&cli.run))
-        }
-        None if cli.run.from.is_some() => {
-            std::process::exit(mirror_agent::app::from::main(&cli.run));
-        }
-        None if cli.run.pcap.is_some()
-            && (!cli.run.mirrors.is_empty() || cli.run.config.is_some()) =>
-        {
-            std::process::exit(mirror_agent::app::from::pcap_main(&cli.run));
-        }
-        None if cli.run.pcap.is_some() => {
-            std::process::exit(mirror_agent::app::offline::main(&cli.run));
-        }
-        None => {
-            eprintln!("mirror-agent: not wired yet");
-            std::process::exit(1);
-        }
-    }
+    let code = match cli.command {
+        Some(Command::Check) => mirror_agent::check::run(),
+        None => match mirror_agent::app::run(&cli.run) {
+            Ok(()) => 0,
+            Err(e) => {
+                eprintln!("mirror-agent: {e}");
+                e.exit_code()
+            }
+        },
+    };
+    std::process::exit(code);
 }

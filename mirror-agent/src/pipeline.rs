@@ -21,7 +21,6 @@ pub use stats::{Counted, PipelineStats, RequestDrops, ResponseDrops};
 pub use table::FlowKey;
 
 use crate::capture::Segment;
-use crate::cli::RunArgs;
 use crate::http::Request;
 use crate::http::request::HttpLimits;
 use crate::http::response::Response;
@@ -114,48 +113,6 @@ impl Default for PipelineConfig {
             max_pending_segments: 64,
             capture_responses: None,
         }
-    }
-}
-
-/// A flag value the pipeline cannot use.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// `--port` outside 1..=65535.
-    #[error("--port {0}: not a TCP port (1-65535)")]
-    BadPort(u32),
-}
-
-impl PipelineConfig {
-    /// Bounds from the command line.
-    pub fn from_run_args(a: &RunArgs) -> Result<Self, ConfigError> {
-        let ports = a
-            .ports
-            .iter()
-            .map(|&p| match u16::try_from(p) {
-                Ok(p) if p != 0 => Ok(p),
-                _ => Err(ConfigError::BadPort(p)),
-            })
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(Self {
-            ports,
-            max_flows: a.max_flows.max(1),
-            memory_budget: a.memory_budget,
-            stream: StreamConfig {
-                max_buffered_bytes: a.flow_buffer,
-                gap_timeout_ns: a.gap_timeout_ms.saturating_mul(1_000_000),
-                ..StreamConfig::default()
-            },
-            http: HttpLimits {
-                max_head_bytes: a.max_head_bytes,
-                max_headers: a.max_headers,
-                ..HttpLimits::default()
-            },
-            flow_idle_ns: a.flow_idle_secs.saturating_mul(1_000_000_000),
-            responses: true,
-            tap_streams: false,
-            max_pending_segments: 64,
-            capture_responses: None,
-        })
     }
 }
 

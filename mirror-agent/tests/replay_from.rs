@@ -62,7 +62,7 @@ fn recording(n: usize, gap_ms: u64) -> (String, Vec<mirror_agent::pipeline::Capt
 
 /// No metrics endpoint, no OTLP.
 fn no_telemetry() -> TelemetryConfig {
-    TelemetryConfig::from_parts(None, None, None, None, |_| None).unwrap()
+    TelemetryConfig::default()
 }
 
 fn settings(flags: &[&str]) -> Settings {

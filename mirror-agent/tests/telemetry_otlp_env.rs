@@ -7,7 +7,7 @@ mod telemetry_common;
 use std::time::Duration;
 
 use mirror_agent::replay::stats::{MirrorStats, ReplayStats};
-use mirror_agent::telemetry::{Telemetry, TelemetryConfig};
+use mirror_agent::telemetry::Telemetry;
 use telemetry_common::otlp::{Receiver, attr, points, wait};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -20,7 +20,9 @@ async fn otel_environment_variables_are_honoured() {
         std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "300");
         std::env::set_var("OTEL_SERVICE_NAME", "node-7-agent");
     }
-    let cfg = TelemetryConfig::from_parts(None, None, None, None, |k| std::env::var(k).ok())
+    // No telemetry flag: everything comes from the environment, read by the agent's config.
+    let cli = <mirror_agent::cli::Cli as clap::Parser>::try_parse_from(["mirror-agent"]).unwrap();
+    let cfg = mirror_agent::config::telemetry::build(&cli.run.telemetry)
         .expect("config from the environment");
     assert!(
         cfg.otlp.is_some(),

@@ -1,5 +1,4 @@
-//! `--from FILE.jsonl`: replays a recording made with `--record` to the mirrors; also
-//! `--pcap FILE --mirror ...` ([`pcap_main`]): a capture file through the pipeline to the mirrors.
+//! `--from FILE.jsonl`: replays a recording made with `--record` to the mirrors.
 //!
 //! Owns the recorded-replay driver: read records in order, pace them (`--speed`), hand them to a
 //! [`Session`] (a tokio runtime plus a [`Replayer`], reusable by the other run modes), print a
@@ -15,8 +14,8 @@ use std::io::BufReader;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use crate::cli::RunArgs;
-use crate::config::{ConfigError, Settings};
+use super::AppError;
+use crate::config::Settings;
 use crate::pipeline::CapturedRequest;
 use crate::record::{RecordError, RecordReader};
 use crate::replay::stats::ReplaySnapshot;
@@ -24,16 +23,14 @@ use crate::replay::{ConnectionHooks, ReplayConfig, Replayer};
 use crate::telemetry::export_stats::ExportSnapshot;
 use crate::telemetry::{ReplayTelemetry, Telemetry, TelemetryConfig, TelemetryError};
 
+pub use super::outputs::DRAIN_GRACE;
+
 /// How often the progress line is printed.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
-/// How long queued copies may still be sent at the end.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why `--from` could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum FromError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
     #[error("--from {path}: {source}")]
     Open {
         path: PathBuf,
@@ -45,8 +42,17 @@ pub enum FromError {
     Runtime(std::io::Error),
     #[error(transparent)]
     Telemetry(#[from] TelemetryError),
-    #[error("--compare needs the primary's responses: live capture or --pcap, not --from")]
-    CompareWithoutPrimary,
+}
+
+impl FromError {
+    /// 2 for what the operator must fix (no mirrors, bad telemetry flags), 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            FromError::NoMirrors => 2,
+            FromError::Telemetry(e) => e.exit_code(),
+            FromError::Open { .. } | FromError::Runtime(_) => 1,
+        }
+    }
 }
 
 /// A running replayer with its own runtime and the run's telemetry (`--metrics-addr`, OTLP:
@@ -207,124 +213,25 @@ pub fn run(
     })
 }
 
-/// `--pcap FILE` with mirrors: the pcap driver ([`crate::app::offline`]) feeds the replayer,
-/// as fast as the mirrors take it (like `--from --speed 0`). Prints the pcap summary and the
-/// mirror table; exit status as [`main`].
-pub fn pcap_main(args: &RunArgs) -> i32 {
-    let (settings, telemetry) = match load(args) {
-        Ok((s, _)) if s.replay.mirrors.is_empty() => {
-            eprintln!("mirror-agent: {}", FromError::NoMirrors);
-            return ConfigError::EXIT_CODE;
-        }
-        Ok(loaded) => loaded,
-        Err(code) => return code,
+/// The `--from` mode: replays the recording, prints the mirror table; a file with bad lines
+/// is reported after the rest was replayed.
+pub fn main(settings: &Settings) -> Result<(), AppError> {
+    let Some(path) = settings.from.clone() else {
+        return Ok(());
     };
-    let session = match Session::start(settings.replay.clone(), telemetry) {
-        Ok(s) => s,
-        Err(FromError::Telemetry(e)) => {
-            eprintln!("mirror-agent: {e}");
-            return e.exit_code();
-        }
-        Err(e) => {
-            eprintln!("mirror-agent: error: {e}");
-            return 1;
-        }
-    };
-    let result = crate::app::offline::run(args, |r| {
-        session.wait_for_room();
-        session.submit(r.clone());
-    });
-    let (snap, otlp) = session.finish(DRAIN_GRACE);
-    let code = match result {
-        Ok(report) => {
-            eprint!("{report}");
-            match &report.source_error {
-                Some(e) => {
-                    eprintln!("mirror-agent: error: {e}");
-                    1
-                }
-                None => 0,
-            }
-        }
-        Err(e @ crate::app::offline::OfflineError::Config(_)) => {
-            eprintln!("mirror-agent: {e}");
-            return ConfigError::EXIT_CODE;
-        }
-        Err(e) => {
-            eprintln!("mirror-agent: error: {e}");
-            1
-        }
-    };
-    eprint!("{}", snap.table());
-    if let Some(o) = otlp {
+    let report = run(settings, settings.telemetry.clone(), &path, |line| {
+        eprintln!("mirror-agent: {line}")
+    })?;
+    eprint!("{}", report.replay.table());
+    if let Some(o) = report.otlp {
         eprintln!("{}", o.line());
     }
-    code
-}
-
-/// The settings and telemetry flags of a replay run, or the exit status after printing the one
-/// line that says what is wrong. `--compare` is refused: with `--from` there is no primary
-/// response to compare with, and with `--pcap` the offline comparison is not built.
-fn load(args: &RunArgs) -> Result<(Settings, TelemetryConfig), i32> {
-    let fail = |e: &dyn std::fmt::Display, code: i32| {
-        eprintln!("mirror-agent: {e}");
-        code
-    };
-    let settings = Settings::load(args).map_err(|e| fail(&e, ConfigError::EXIT_CODE))?;
-    if args.compare {
-        let e = if args.from.is_some() {
-            FromError::CompareWithoutPrimary.to_string()
-        } else {
-            "--compare is not supported with --pcap yet: use live capture".to_string()
-        };
-        return Err(fail(&e, ConfigError::EXIT_CODE));
-    }
-    let telemetry = TelemetryConfig::from_args(args).map_err(|e| fail(&e, e.exit_code()))?;
-    Ok((settings, telemetry))
-}
-
-/// The `--from` entry point of the binary: exit status 0 done, 1 the file could not be
-/// replayed completely, 2 bad flags or config.
-pub fn main(args: &RunArgs) -> i32 {
-    let (settings, telemetry) = match load(args) {
-        Ok(loaded) => loaded,
-        Err(code) => return code,
-    };
-    let Some(path) = settings.from.clone() else {
-        eprintln!("mirror-agent: --from is not set");
-        return ConfigError::EXIT_CODE;
-    };
-    match run(&settings, telemetry, &path, |line| {
-        eprintln!("mirror-agent: {line}")
-    }) {
-        Ok(report) => {
-            eprint!("{}", report.replay.table());
-            if let Some(o) = report.otlp {
-                eprintln!("{}", o.line());
-            }
-            eprintln!(
-                "records replayed: {}; bad lines: {}",
-                report.records, report.bad_lines
-            );
-            match report.first_bad {
-                Some(e) => {
-                    eprintln!("mirror-agent: error: {}: {e}", path.display());
-                    1
-                }
-                None => 0,
-            }
-        }
-        Err(FromError::Telemetry(e)) => {
-            eprintln!("mirror-agent: {e}");
-            e.exit_code()
-        }
-        Err(e @ (FromError::Config(_) | FromError::NoMirrors)) => {
-            eprintln!("mirror-agent: {e}");
-            ConfigError::EXIT_CODE
-        }
-        Err(e) => {
-            eprintln!("mirror-agent: error: {e}");
-            1
-        }
+    eprintln!(
+        "records replayed: {}; bad lines: {}",
+        report.records, report.bad_lines
+    );
+    match report.first_bad {
+        Some(e) => Err(AppError::Incomplete(format!("{}: {e}", path.display()))),
+        None => Ok(()),
     }
 }

@@ -16,10 +16,7 @@ use tokio::signal::unix::{SignalKind, signal};
 
 pub use self::pcap_out::{PcapOut, PcapOutError};
 use crate::capture::Segment;
-use crate::capture::ebpf::{
-    AttachPolicy, CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig,
-};
-use crate::cli::RunArgs;
+use crate::capture::ebpf::{CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig};
 
 /// Interval of the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -69,72 +66,19 @@ impl LiveError {
     }
 }
 
-/// Checks the live-mode flags and the environment, without touching the kernel's BPF state.
-pub fn options_from_args(args: &RunArgs) -> Result<LiveOptions, LiveError> {
-    let usage = |s: String| Err(LiveError::Usage(s));
-    let Some(iface) = args.iface.clone() else {
-        return usage("live mode needs --iface".into());
-    };
-    if args.ports.is_empty() {
-        return usage("no ports to capture: give at least one --port".into());
-    }
-    let mut ports = Vec::with_capacity(args.ports.len());
-    for &p in &args.ports {
-        if p == 0 || p > 65535 {
-            return usage(format!("invalid port {p}: must be 1-65535"));
-        }
-        if !ports.contains(&(p as u16)) {
-            ports.push(p as u16);
-        }
-    }
-    if ports.len() > mirror_common::MAX_PORTS as usize {
-        return usage(format!(
-            "too many ports: at most {}",
-            mirror_common::MAX_PORTS
-        ));
-    }
-    let percent = args.capture_percent.unwrap_or(100.0);
-    if !(0.0..=100.0).contains(&percent) {
-        return usage(format!(
-            "invalid --capture-percent {percent}: must be 0-100"
-        ));
-    }
-    let ring = args.ring_buffer_size;
-    if !ring.is_power_of_two() || !(4096..=1 << 31).contains(&ring) {
-        return usage(format!(
-            "invalid --ring-buffer-size {ring}: must be a power of two between 4096 and 2^31"
-        ));
-    }
-    let duration = match args.duration {
-        None => None,
-        Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
-        Some(d) => return usage(format!("invalid --duration {d}: must be > 0 seconds")),
-    };
-    let Some(attach) = AttachPolicy::parse(&args.attach) else {
-        return usage(format!(
-            "invalid --attach `{}`: expected auto, tcx or tc",
-            args.attach
-        ));
-    };
+/// Checks what the flags cannot: privileges, BPF support and the interface, without touching
+/// the kernel's BPF state (the flags themselves were validated by `config`).
+pub fn check_environment(capture: &LiveConfig) -> Result<(), LiveError> {
     if let Some(reason) = crate::check::missing_privileges() {
-        return usage(reason);
+        return Err(LiveError::Usage(reason));
     }
     if !crate::check::bpf_syscall_available() {
-        return usage("this kernel has no BPF support (bpf syscall missing)".into());
+        return Err(LiveError::Usage(
+            "this kernel has no BPF support (bpf syscall missing)".into(),
+        ));
     }
-    crate::capture::ebpf::ifindex(&iface)?;
-    Ok(LiveOptions {
-        capture: LiveConfig {
-            iface,
-            ports,
-            capture_basis_points: (percent * 100.0).round() as u32,
-            ring_size: ring as u32,
-            attach_egress: args.compare,
-            attach,
-        },
-        duration,
-        write_pcap: args.write_pcap.clone(),
-    })
+    crate::capture::ebpf::ifindex(&capture.iface)?;
+    Ok(())
 }
 
 /// What a live run saw, for the final summary and for tests.

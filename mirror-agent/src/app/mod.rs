@@ -1,6 +1,86 @@
-//! Run modes: the thin async drivers that connect a source, the pipeline and the outputs.
+//! Run modes: the thin drivers that connect a source, the pipeline and the outputs.
+//!
+//! One skeleton for every mode: `config` settles the [`Settings`](crate::config::Settings),
+//! a source (live capture in [`agent`] and [`live`], a pcap file in [`offline`], a recording
+//! in [`from`]) feeds the pipeline, and the pipeline's events go to one fan-out of outputs
+//! ([`outputs`]: record, replay, comparison, telemetry). Every failure is one [`AppError`],
+//! printed once by [`run`] with its exit status.
 
 pub mod agent;
 pub mod from;
 pub mod live;
 pub mod offline;
+pub mod outputs;
+
+use crate::cli::RunArgs;
+use crate::config::{ConfigError, Settings};
+use crate::record::RecordError;
+use crate::telemetry::TelemetryError;
+
+/// Why a run failed; [`AppError::exit_code`] is the process status.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// Bad flags, config file or environment the operator must fix: nothing was attached.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Live capture could not start or stopped.
+    #[error(transparent)]
+    Live(#[from] live::LiveError),
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// The recording (`--record`) cannot be created.
+    #[error("{0}")]
+    Output(RecordError),
+    /// The diff log (`--diff-log`) cannot be created.
+    #[error("{0}")]
+    DiffLog(String),
+    /// A recording replay (`--from`) could not start or read its file.
+    #[error(transparent)]
+    From(#[from] from::FromError),
+    /// The pcap file cannot be opened.
+    #[error(transparent)]
+    Pcap(#[from] crate::capture::pcap::PcapError),
+    #[error("cannot start the async runtime: {0}")]
+    Runtime(std::io::Error),
+    /// The run went through but lost output or input it had to report (a recording write, a
+    /// file that ended early); the message says what.
+    #[error("error: {0}")]
+    Incomplete(String),
+}
+
+impl AppError {
+    /// 2 for what the operator must fix before anything runs, 1 for runtime failures.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            AppError::Config(_) | AppError::Output(_) | AppError::DiffLog(_) => {
+                ConfigError::EXIT_CODE
+            }
+            AppError::Live(e) => e.exit_code(),
+            AppError::Telemetry(e) => e.exit_code(),
+            AppError::From(e) => e.exit_code(),
+            AppError::Pcap(_) | AppError::Runtime(_) | AppError::Incomplete(_) => 1,
+        }
+    }
+}
+
+/// The main mode from the command line: live capture, a pcap file, or a recording.
+pub fn run(args: &RunArgs) -> Result<(), AppError> {
+    let settings = Settings::load(args)?;
+    if settings.from.is_some() {
+        from::main(&settings)
+    } else if settings.pcap.is_some() {
+        offline::main(&settings)
+    } else {
+        agent::main(settings)
+    }
+}
+
+/// A tokio runtime for the outputs (mirror connections, exporters).
+fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("mirror-agent")
+        .enable_all()
+        .build()
+        .map_err(AppError::Runtime)
+}

@@ -1,35 +1,26 @@
-//! pcap mode: read a capture file through the pipeline, record requests, print a summary.
+//! pcap mode: a capture file through the pipeline to the outputs (recording, mirrors,
+//! comparison with the primary's responses the file holds), then a summary.
 //!
 //! Owns the driving loop for files (segments in capture order, ticks from capture time, the
-//! end-of-file flush) and the end summary. Live capture has its own driver; both feed the same
-//! [`Pipeline`].
+//! end-of-file flush), the pace (as fast as the mirrors take it: there is no live primary to
+//! protect, so the reader waits while a mirror's queue is more than 3/4 full, up to one request
+//! timeout) and the end summary. Live capture has its own driver; both feed the same
+//! [`Pipeline`] and the same [`Outputs`].
 
 use std::fmt;
 use std::io::Read;
 use std::path::Path;
+use std::time::{Duration, Instant};
 
+use super::AppError;
+use super::outputs::Outputs;
 use crate::capture::pcap::{DecodeStats, FragStats, PcapError, PcapSource};
-use crate::cli::RunArgs;
-use crate::pipeline::{
-    CapturedRequest, ConfigError, Pipeline, PipelineConfig, PipelineEvent, PipelineStats,
-};
-use crate::record::{RecordError, RecordWriter};
+use crate::config::Settings;
+use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent, PipelineStats};
+use crate::replay::ConnectionHooks;
 
 /// How often (in capture time) gap timeouts and idle expiry run.
 const TICK_NS: u64 = 100_000_000;
-
-/// Why pcap mode could not run (a truncated file is not one: see [`OfflineReport::source_error`]).
-#[derive(Debug, thiserror::Error)]
-pub enum OfflineError {
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    #[error(transparent)]
-    Pcap(#[from] PcapError),
-    #[error(transparent)]
-    Record(#[from] RecordError),
-    #[error("--pcap is not set")]
-    NoPcap,
-}
 
 /// Everything counted in one run over a file.
 #[derive(Debug, Default)]
@@ -75,7 +66,7 @@ pub fn drive<R: Read>(
     result
 }
 
-/// Runs one capture file with `cfg`; `on_request` sees every request in capture order.
+/// Runs one capture file with `cfg`; `on_event` sees every event in capture order.
 pub fn process_file(
     path: &Path,
     cfg: PipelineConfig,
@@ -94,62 +85,57 @@ pub fn process_file(
     })
 }
 
-/// pcap mode from the command line: records with `--record`, hands requests to `on_request`
-/// (the replay stage plugs in here).
-pub fn run(
-    args: &RunArgs,
-    mut on_request: impl FnMut(&CapturedRequest),
-) -> Result<OfflineReport, OfflineError> {
-    let path = args.pcap.as_deref().ok_or(OfflineError::NoPcap)?;
-    let cfg = PipelineConfig::from_run_args(args)?;
-    let mut writer = args
-        .record
-        .as_deref()
-        .map(RecordWriter::create)
-        .transpose()?;
-    let mut write_error = None;
-    let mut report = process_file(path, cfg, |ev| {
-        if let PipelineEvent::Request(r) = ev {
-            if let Some(w) = writer.as_mut().filter(|_| write_error.is_none())
-                && let Err(e) = w.write(&r)
-            {
-                write_error = Some(e);
-            }
-            on_request(&r);
+/// pcap mode: the file's events to the outputs; prints the summary, the mirror and comparison
+/// tables. A file that ends early is reported after everything before the error was handled.
+pub fn main(settings: &Settings) -> Result<(), AppError> {
+    let Some(path) = settings.pcap.as_deref() else {
+        return Ok(());
+    };
+    let runtime = super::runtime()?;
+    let mut outputs = runtime.block_on(Outputs::start(settings, ConnectionHooks::default()))?;
+    let mut source = PcapSource::open(path)?;
+    outputs.ready();
+    let mut pipeline = Pipeline::new(settings.pipeline.clone());
+    let room_wait = settings.replay.timeout;
+    let mut metrics_due = Instant::now();
+    let source_error = drive(&mut source, &mut pipeline, |ev| {
+        if matches!(ev, PipelineEvent::Request(_)) {
+            wait_for_room(&outputs, room_wait);
         }
-    })?;
-    if let Some(e) = write_error {
-        return Err(e.into());
+        outputs.on_event(ev);
+        if metrics_due.elapsed() >= Duration::from_secs(1) {
+            metrics_due = Instant::now();
+            outputs.update_metrics(None, None);
+        }
+    })
+    .err();
+    let mut report = OfflineReport {
+        frames: source.frames(),
+        decode: source.decoder.stats.clone(),
+        frag: source.decoder.defrag.stats.clone(),
+        pipeline: pipeline.stats(),
+        records_written: 0,
+        source_error,
+    };
+    let out = runtime.block_on(outputs.finish(None, Some(&report.pipeline)));
+    runtime.shutdown_timeout(Duration::from_millis(100));
+    report.records_written = out.records_written;
+    eprint!("{report}");
+    out.print();
+    if let Some(e) = out.record_error {
+        return Err(AppError::Incomplete(format!("recording: {e}")));
     }
-    if let Some(w) = writer.as_mut() {
-        w.flush()?;
-        report.records_written = w.written();
+    match report.source_error {
+        Some(e) => Err(AppError::Incomplete(e.to_string())),
+        None => Ok(()),
     }
-    Ok(report)
 }
 
-/// The `--pcap` entry point of the binary: runs, prints the summary on stderr, returns the
-/// exit status (0 done, 1 the file could not be read to its end or output failed, 2 bad flags).
-pub fn main(args: &RunArgs) -> i32 {
-    match run(args, |_| {}) {
-        Ok(report) => {
-            eprint!("{report}");
-            match &report.source_error {
-                Some(e) => {
-                    eprintln!("mirror-agent: error: {e}");
-                    1
-                }
-                None => 0,
-            }
-        }
-        Err(e @ OfflineError::Config(_)) => {
-            eprintln!("mirror-agent: {e}");
-            2
-        }
-        Err(e) => {
-            eprintln!("mirror-agent: error: {e}");
-            1
-        }
+/// Waits (up to `limit`) until every mirror's queue is at most 3/4 full.
+fn wait_for_room(outputs: &Outputs, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while outputs.max_queue_fill() > 0.75 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

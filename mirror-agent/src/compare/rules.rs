@@ -227,34 +227,6 @@ impl CompareRules {
         Ok(r)
     }
 
-    /// From the command line: `None` without `--compare` (then no comparison flag may be
-    /// given). `--strip-header` names are redacted in the diff log.
-    pub fn from_args(a: &crate::cli::RunArgs) -> Result<Option<Self>, RuleError> {
-        if !a.compare {
-            let given = [
-                ("--compare-body", a.compare_body.is_some()),
-                ("--compare-body-limit", a.compare_body_limit.is_some()),
-                ("--compare-ignore", !a.compare_ignore.is_empty()),
-                ("--diff-log", a.diff_log.is_some()),
-                ("--diff-log-rate", a.diff_log_rate.is_some()),
-            ];
-            return match given.iter().find(|(_, g)| *g) {
-                Some((flag, _)) => Err(RuleError::NeedsCompare(flag)),
-                None => Ok(None),
-            };
-        }
-        if a.diff_log_rate == Some(0) {
-            return Err(RuleError::ZeroRate);
-        }
-        Self::new(
-            &a.compare_ignore,
-            a.compare_body.as_deref(),
-            a.compare_body_limit,
-            &a.strip_headers,
-        )
-        .map(Some)
-    }
-
     /// Body bytes each side keeps per response (`None` would keep nothing; `Some(0)`: the
     /// head only, with `--compare-body off`).
     pub fn capture_limit(&self) -> usize {

@@ -1,11 +1,19 @@
 //! One validated [`Settings`] from the command line and the optional YAML config file.
 //!
-//! Owns merging (a flag given on the command line overrides the file; `--mirror` flags replace
-//! the file's mirrors as a whole), defaults of the replay options, and start-time checks. Every
-//! error is one line; `main` maps [`ConfigError`] to exit status 2. It does not run anything.
+//! The only reader of the flags (`cli`) and of the YAML file: it merges them (a flag given on
+//! the command line overrides the file; `--mirror` flags replace the file's mirrors as a
+//! whole), validates each value once, and builds each stage's own config struct (the stages
+//! own those structs and their defaults): [`ReplayConfig`], [`PipelineConfig`], the live
+//! capture's [`LiveSettings`], [`TelemetryConfig`] and the comparison's [`CompareSettings`].
+//! Every error is one line, one [`ConfigError`]; the app maps it to exit status 2. It does not
+//! run anything.
 
+pub mod compare;
 pub mod file;
 pub mod listeners;
+pub mod live;
+pub mod pipeline;
+pub mod telemetry;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,11 +22,16 @@ use std::time::Duration;
 use thiserror::Error;
 
 use crate::cli::RunArgs;
+use crate::compare::rules::RuleError;
+use crate::pipeline::PipelineConfig;
 use crate::replay::ReplayConfig;
 use crate::replay::filter::{Filter, FilterError};
 use crate::replay::rewrite::{self, HostMode, RewriteError, RewriteOptions};
 use crate::replay::spec::{self, MirrorSpec, SpecError};
+use crate::telemetry::{TelemetryConfig, TelemetryError};
+pub use compare::CompareSettings;
 use file::{FileConfig, MirrorEntry, Mirroring};
+pub use live::LiveSettings;
 
 /// Suffix of `--host-mode suffix` when `--host-suffix` is not given (Envoy's).
 pub const DEFAULT_HOST_SUFFIX: &str = "-shadow";
@@ -55,6 +68,15 @@ pub enum ConfigError {
     Filter(#[from] FilterError),
     #[error("{0}")]
     Rewrite(#[from] RewriteError),
+    /// A comparison flag.
+    #[error(transparent)]
+    Compare(#[from] RuleError),
+    /// A telemetry flag or `OTEL_*` variable.
+    #[error(transparent)]
+    Telemetry(#[from] TelemetryError),
+    /// `--compare` with `--from`: a recording has no primary responses.
+    #[error("--compare needs the primary's responses: live capture or --pcap, not --from")]
+    CompareWithoutPrimary,
     /// A flag value out of range.
     #[error("{flag}: {msg}")]
     Flag { flag: &'static str, msg: String },
@@ -95,12 +117,23 @@ pub struct Settings {
     /// `name.namespace` with a namespace) and port. A mirror resolving to the same address and
     /// port is the primary itself.
     pub primary_endpoint: Option<(String, u16)>,
+    /// `--pcap FILE`: segments from a capture file instead of an interface.
+    pub pcap: Option<PathBuf>,
+    /// The pipeline's bounds; responses are framed with `--compare` and from pcap files.
+    pub pipeline: PipelineConfig,
+    /// `--compare`: the rules and the diff log.
+    pub compare: Option<CompareSettings>,
+    pub telemetry: TelemetryConfig,
+    /// `--record FILE` (`-`: stdout).
+    pub record: Option<String>,
+    /// Live capture's own flags (validated; the interface is checked when attaching).
+    pub live: LiveSettings,
 }
 
 impl Settings {
     /// Reads `--config` if given and merges it with the flags.
     pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
-        let file = match &args.config {
+        let file = match &args.replay.config {
             None => None,
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
@@ -130,8 +163,8 @@ impl Settings {
 
         // Mirrors: flags replace the file's.
         let mut mirrors = Vec::new();
-        if !args.mirrors.is_empty() {
-            for m in &args.mirrors {
+        if !args.replay.mirrors.is_empty() {
+            for m in &args.replay.mirrors {
                 mirrors.push(spec::parse_mirror(m)?);
             }
         } else if let Some(mr) = mirroring {
@@ -149,8 +182,9 @@ impl Settings {
         }
 
         // Ports: flags, else the file's list, else the primary's port.
-        let ports: Vec<u16> = if !args.ports.is_empty() {
-            args.ports
+        let ports: Vec<u16> = if !args.capture.ports.is_empty() {
+            args.capture
+                .ports
                 .iter()
                 .map(|&p| match p {
                     1..=65535 => Ok(p as u16),
@@ -173,7 +207,7 @@ impl Settings {
         }
 
         let largest = mirrors.iter().map(|m| m.percent).fold(0.0, f64::max);
-        let capture_percent = match (args.capture_percent, &fc.capture_percent) {
+        let capture_percent = match (args.capture.capture_percent, &fc.capture_percent) {
             (Some(p), _) => {
                 spec::parse_percent(&p.to_string()).ok_or_else(|| ConfigError::Flag {
                     flag: "--capture-percent",
@@ -201,24 +235,26 @@ impl Settings {
                 flag.to_vec()
             }
         };
-        let set_headers = if args.mirror_headers.is_empty() {
+        let set_headers = if args.replay.mirror_headers.is_empty() {
             fc.mirror_headers
                 .iter()
                 .flatten()
                 .map(|h| h.0.clone())
                 .collect()
         } else {
-            args.mirror_headers
+            args.replay
+                .mirror_headers
                 .iter()
                 .map(|h| rewrite::parse_header(h))
                 .collect::<Result<_, _>>()?
         };
-        let strip_headers = list(&args.strip_headers, &fc.strip_headers)
+        let strip_headers: Vec<String> = list(&args.replay.strip_headers, &fc.strip_headers)
             .iter()
             .map(|h| rewrite::parse_header_name(h))
             .collect::<Result<_, _>>()?;
-        let host_mode = args.host_mode.as_ref().or(fc.host_mode.as_ref());
+        let host_mode = args.replay.host_mode.as_ref().or(fc.host_mode.as_ref());
         let host_suffix = args
+            .replay
             .host_suffix
             .clone()
             .or(fc.host_suffix.clone())
@@ -228,11 +264,12 @@ impl Settings {
             Some(m) => HostMode::parse(m, &host_suffix)?,
         };
         let mirror_body = args
+            .replay
             .mirror_body
             .or(mirroring.and_then(|m| m.mirror_body))
             .or(fc.mirror_body)
             .unwrap_or(true);
-        let max_body_size = match args.max_body_size {
+        let max_body_size = match args.replay.max_body_size {
             Some(n) => Some(n),
             None => mirroring
                 .and_then(|m| m.max_body_size)
@@ -240,10 +277,10 @@ impl Settings {
                 .and_then(|l| l.0),
         };
         let filter = Filter::new(
-            &list(&args.methods, &fc.methods),
-            &list(&args.path_allow, &fc.path_allow),
-            &list(&args.path_deny, &fc.path_deny),
-            &list(&args.header_match, &fc.header_match),
+            &list(&args.replay.methods, &fc.methods),
+            &list(&args.replay.path_allow, &fc.path_allow),
+            &list(&args.replay.path_deny, &fc.path_deny),
+            &list(&args.replay.header_match, &fc.header_match),
         )?;
         let positive = |flag: &'static str, v: Option<u64>, file: Option<u64>, default: u64| match v
         {
@@ -257,29 +294,30 @@ impl Settings {
         let defaults = ReplayConfig::new(Vec::new());
         let queue_size = positive(
             "--queue-size",
-            args.queue_size.map(|v| v as u64),
+            args.replay.queue_size.map(|v| v as u64),
             fc.queue_size.map(|v| v.0),
             defaults.queue_size as u64,
         )?;
         let max_connections = positive(
             "--max-connections",
-            args.max_connections.map(|v| v as u64),
+            args.replay.max_connections.map(|v| v as u64),
             fc.max_connections.map(|v| v.0),
             defaults.max_connections as u64,
         )?;
         let max_queue_bytes = positive(
             "--max-queue-bytes",
-            args.max_queue_bytes,
+            args.replay.max_queue_bytes,
             fc.max_queue_bytes.map(|v| v.0),
             defaults.max_queue_bytes,
         )?;
         let timeout_ms = positive(
             "--timeout-ms",
-            args.timeout_ms,
+            args.replay.timeout_ms,
             fc.timeout_ms.map(|v| v.0),
             defaults.timeout.as_millis() as u64,
         )?;
         let ordered = match args
+            .replay
             .ordering
             .as_ref()
             .or(fc.ordering.as_ref())
@@ -294,18 +332,36 @@ impl Settings {
                 });
             }
         };
-        if args.from.is_some() && args.pcap.is_some() {
+        if args.replay.from.is_some() && args.capture.pcap.is_some() {
             return Err(ConfigError::Flag {
                 flag: "--from",
                 msg: "replays a recording; it cannot be combined with --pcap".into(),
             });
         }
-        if !(args.speed.is_finite() && args.speed >= 0.0) {
+        if !(args.replay.speed.is_finite() && args.replay.speed >= 0.0) {
             return Err(ConfigError::Flag {
                 flag: "--speed",
-                msg: format!("{} is not a number >= 0", args.speed),
+                msg: format!("{} is not a number >= 0", args.replay.speed),
             });
         }
+        let compare = compare::build(&args.compare, &strip_headers)?;
+        if compare.is_some() && args.replay.from.is_some() {
+            return Err(ConfigError::CompareWithoutPrimary);
+        }
+        let pipeline = pipeline::build(
+            &args.limits,
+            &ports,
+            compare.is_some() || args.capture.pcap.is_some(),
+            compare.as_ref().map(|c| c.rules.capture_limit()),
+        );
+        let mut live = live::build(
+            &args.capture,
+            args.capture.iface.clone().or(fc.interface.clone()),
+            &ports,
+            capture_percent,
+            compare.is_some(),
+        )?;
+        live.write_pcap = args.output.write_pcap.clone();
 
         let mut replay = ReplayConfig::new(mirrors);
         replay.capture_percent = capture_percent;
@@ -322,14 +378,20 @@ impl Settings {
         replay.ordered = ordered;
         replay.max_queue_bytes = max_queue_bytes;
         replay.timeout = Duration::from_millis(timeout_ms);
-        replay.limits.max_head_bytes = args.max_head_bytes;
-        replay.limits.max_headers = args.max_headers;
+        replay.limits.max_head_bytes = args.limits.max_head_bytes;
+        replay.limits.max_headers = args.limits.max_headers;
         Ok(Settings {
-            iface: args.iface.clone().or(fc.interface.clone()),
+            pcap: args.capture.pcap.clone(),
+            pipeline,
+            compare,
+            telemetry: telemetry::build(&args.telemetry)?,
+            record: args.output.record.clone(),
+            live,
+            iface: args.capture.iface.clone().or(fc.interface.clone()),
             ports,
             capture_percent,
-            from: args.from.clone(),
-            speed: args.speed,
+            from: args.replay.from.clone(),
+            speed: args.replay.speed,
             replay,
             primary: mirroring.and_then(|m| m.name.clone().or(m.service.clone())),
             primary_endpoint: primary_endpoint(mirroring, &fc),

@@ -486,3 +486,69 @@ fn traefik_default_max_body_size_is_unlimited() {
     );
     assert!(err(&[], Some(&yaml)).contains("maxBodySize -2: expected bytes or -1"));
 }
+
+/// Live capture's settings from the flags, as live mode checks them before attaching.
+fn live_check(flags: &[&str]) -> Result<crate::capture::ebpf::LiveConfig, ConfigError> {
+    Settings::load(&args(flags)).and_then(|s| s.live.capture())
+}
+
+fn usage_message(args: &[&str]) -> String {
+    match live_check(args) {
+        Err(e) => {
+            assert_eq!(ConfigError::EXIT_CODE, 2);
+            let msg = e.to_string();
+            assert_eq!(msg.lines().count(), 1, "one line: {msg}");
+            msg
+        }
+        other => panic!("{args:?}: expected a usage error, got {other:?}"),
+    }
+}
+
+#[test]
+fn rejects_bad_flags_with_one_line() {
+    assert!(usage_message(&["--port", "80"]).contains("--iface"));
+    assert!(usage_message(&["--iface", "lo"]).contains("no ports"));
+    assert!(
+        usage_message(&["--iface", "lo", "--port", "0"]).contains("--port: 0 is not in 1-65535")
+    );
+    assert!(
+        usage_message(&["--iface", "lo", "--port", "65536"])
+            .contains("--port: 65536 is not in 1-65535")
+    );
+    assert!(
+        usage_message(&[
+            "--iface",
+            "lo",
+            "--port",
+            "80",
+            "--capture-percent",
+            "100.5"
+        ])
+        .contains("--capture-percent")
+    );
+    assert!(
+        usage_message(&[
+            "--iface",
+            "lo",
+            "--port",
+            "80",
+            "--ring-buffer-size",
+            "12288"
+        ])
+        .contains("power of two")
+    );
+    assert!(
+        usage_message(&["--iface", "lo", "--port", "80", "--duration", "0"]).contains("--duration")
+    );
+}
+
+#[test]
+fn too_many_ports_rejected_and_duplicates_merged() {
+    let many: Vec<String> = (1..=65).map(|p| p.to_string()).collect();
+    let mut args = vec!["--iface", "lo", "--port"];
+    let joined = many.join(",");
+    args.push(&joined);
+    assert!(usage_message(&args).contains("65 ports given, at most 64"));
+    let s = live_check(&["--iface", "lo", "--port", "80,81,80"]).unwrap();
+    assert_eq!(s.ports, vec![80, 81], "duplicates merged");
+}

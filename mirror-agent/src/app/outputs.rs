@@ -1,0 +1,215 @@
+//! The one place where sources meet outputs: every pipeline event, from live capture or a pcap
+//! file, goes to the recording, the replay to the mirrors, the primary's side of the
+//! comparison and the telemetry, wired here the same way for every run mode.
+//!
+//! Owns that wiring only: which outputs run is settled by `config`, what each does is its
+//! module's. Replay hears about nothing but its own interface: the app composes its observer
+//! from telemetry's and the comparison's ([`Observer`]).
+
+use std::time::Duration;
+
+use super::AppError;
+use crate::capture::ebpf::Counters;
+use crate::compare::difflog::DiffLog;
+use crate::compare::{CompareHub, CompareSnapshot, PrimaryObserver};
+use crate::config::Settings;
+use crate::pipeline::{PipelineEvent, PipelineStats};
+use crate::record::{RecordError, RecordWriter};
+use crate::replay::stats::ReplaySnapshot;
+use crate::replay::{ConnectionHooks, Replayer};
+use crate::telemetry::export_stats::ExportSnapshot;
+use crate::telemetry::{ReplayTelemetry, Telemetry};
+
+/// Replay's observer in every run mode: telemetry's spans and histograms, then the comparison.
+pub type Observer = (Option<ReplayTelemetry>, Option<CompareHub>);
+
+/// How long a request waits for its other side (primary or mirror) in the comparison.
+const COMPARE_TTL: Duration = Duration::from_secs(30);
+/// How long the end of a run waits for the comparison thread to catch up.
+const COMPARE_FLUSH: Duration = Duration::from_secs(5);
+/// Bound on primary requests waiting for their response, and on comparison entries.
+const MAX_PRIMARY_WAITING: usize = 65536;
+/// How long queued copies may still be sent at the end.
+pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
+/// How often the mirror progress line is logged.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+
+/// The outputs of one run.
+pub struct Outputs {
+    writer: Option<RecordWriter>,
+    record_error: Option<RecordError>,
+    replayer: Option<Replayer<Observer>>,
+    progress: Option<tokio::task::JoinHandle<()>>,
+    /// The primary's side of the comparison (`--compare`).
+    primary: Option<PrimaryObserver>,
+    compare: Option<CompareHub>,
+    telemetry: Telemetry,
+    /// `--record -`: stdout carries the recording.
+    record_to_stdout: bool,
+}
+
+/// What the outputs counted, for the exit report.
+pub struct OutputsReport {
+    pub replay: Option<ReplaySnapshot>,
+    pub compare: Option<CompareSnapshot>,
+    pub otlp: Option<ExportSnapshot>,
+    pub record_error: Option<RecordError>,
+    pub record_to_stdout: bool,
+    pub records_written: u64,
+}
+
+impl Outputs {
+    /// Opens the recording and the diff log, starts the telemetry, the comparison and the
+    /// replayer (inside a tokio runtime). `hooks` tell live capture of the mirror connections.
+    pub async fn start(settings: &Settings, hooks: ConnectionHooks) -> Result<Self, AppError> {
+        let writer = settings
+            .record
+            .as_deref()
+            .map(RecordWriter::create)
+            .transpose()
+            .map_err(AppError::Output)?;
+        let telemetry = Telemetry::start(settings.telemetry.clone()).await?;
+        let mirrors = &settings.replay.mirrors;
+        let compare = match &settings.compare {
+            None => None,
+            Some(c) => {
+                let names = mirrors.iter().map(|m| m.name.clone()).collect();
+                let hub = CompareHub::new(
+                    names,
+                    COMPARE_TTL,
+                    MAX_PRIMARY_WAITING,
+                    Some(telemetry.compare_subscriber()),
+                );
+                let log = match &c.diff_log {
+                    Some((path, rate)) => Some(
+                        DiffLog::create(path, *rate, c.rules.redacted_headers.clone())
+                            .map_err(|e| AppError::DiffLog(e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                // Headers and bodies too (both sides keep them only in this mode).
+                Some(hub.with_content(c.rules.clone(), log))
+            }
+        };
+        let replayer = (!mirrors.is_empty()).then(|| {
+            let observer = (Some(telemetry.replay_observer(mirrors)), compare.clone());
+            Replayer::start(settings.replay.clone(), hooks, observer)
+        });
+        let progress = replayer.as_ref().map(|r| r.spawn_progress(PROGRESS_EVERY));
+        let primary = compare
+            .clone()
+            .map(|hub| PrimaryObserver::new(hub, MAX_PRIMARY_WAITING));
+        Ok(Self {
+            writer,
+            record_error: None,
+            replayer,
+            progress,
+            primary,
+            compare,
+            telemetry,
+            record_to_stdout: settings.record.as_deref() == Some("-"),
+        })
+    }
+
+    /// One event from the pipeline: never blocks (replay only enqueues).
+    pub fn on_event(&mut self, mut ev: PipelineEvent) {
+        if let Some(p) = self.primary.as_mut() {
+            p.on_event_mut(&mut ev);
+        }
+        let PipelineEvent::Request(r) = ev else {
+            return;
+        };
+        if let Some(w) = self.writer.as_mut().filter(|_| self.record_error.is_none())
+            && let Err(e) = w.write(&r)
+        {
+            self.record_error = Some(e);
+        }
+        if let Some(rep) = &self.replayer {
+            rep.submit(r);
+        }
+    }
+
+    /// The source is attached or open: `/readyz` answers 200.
+    pub fn ready(&self) {
+        self.telemetry.set_ready(true);
+    }
+
+    /// The fullest mirror queue, 0 to 1 (file sources pace themselves on it).
+    pub fn max_queue_fill(&self) -> f64 {
+        self.replayer.as_ref().map_or(0.0, Replayer::max_queue_fill)
+    }
+
+    /// Hands the stages' counters to the telemetry (about once a second).
+    pub fn update_metrics(&self, kernel: Option<&Counters>, pipeline: Option<&PipelineStats>) {
+        let replay = self.replayer.as_ref().map(Replayer::snapshot);
+        self.telemetry
+            .update_from(kernel, pipeline, replay.as_ref());
+        if let Some(c) = self.compare_snapshot() {
+            self.telemetry.update_compare(Some(&c));
+        }
+    }
+
+    /// Primary-vs-mirror comparison counters so far (`--compare`).
+    fn compare_snapshot(&self) -> Option<CompareSnapshot> {
+        let (hub, primary) = (self.compare.as_ref()?, self.primary.as_ref()?);
+        hub.expire();
+        let mut c = hub.snapshot();
+        primary.fill(&mut c);
+        Some(c)
+    }
+
+    /// Sends what is queued (up to [`DRAIN_GRACE`]), flushes the recording and the
+    /// comparison, exports the final counters and stops the telemetry.
+    pub async fn finish(
+        mut self,
+        kernel: Option<&Counters>,
+        pipeline: Option<&PipelineStats>,
+    ) -> OutputsReport {
+        if let Some(p) = self.progress.take() {
+            p.abort();
+        }
+        let replay = match &self.replayer {
+            Some(r) => Some(r.shutdown(DRAIN_GRACE).await),
+            None => None,
+        };
+        let mut records_written = 0;
+        if let Some(w) = self.writer.as_mut() {
+            if let Err(e) = w.flush() {
+                self.record_error.get_or_insert(e);
+            }
+            records_written = w.written();
+        }
+        self.telemetry
+            .update_from(kernel, pipeline, replay.as_ref());
+        if let Some(hub) = &self.compare {
+            // Verdicts still queued for the comparison thread, and the diff log, land first.
+            hub.flush(COMPARE_FLUSH);
+        }
+        let compare = self.compare_snapshot();
+        self.telemetry.update_compare(compare.as_ref());
+        let otlp = self.telemetry.shutdown().await;
+        OutputsReport {
+            replay,
+            compare,
+            otlp,
+            record_error: self.record_error,
+            record_to_stdout: self.record_to_stdout,
+            records_written,
+        }
+    }
+}
+
+impl OutputsReport {
+    /// The mirror table, the comparison table and the OTLP line, on stderr.
+    pub fn print(&self) {
+        if let Some(r) = &self.replay {
+            eprint!("{}", r.table());
+        }
+        if let Some(c) = &self.compare {
+            eprint!("{}", c.table());
+        }
+        if let Some(e) = &self.otlp {
+            eprintln!("{}", e.line());
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! The capture flags into [`LiveSettings`]: what live capture attaches, validated before
+//! anything touches the kernel. The interface is resolved, and privileges and BPF support are
+//! checked, when the app starts the capture.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::ConfigError;
+use crate::capture::ebpf::{AttachPolicy, LiveConfig};
+use crate::cli::CaptureArgs;
+
+/// Live capture's settings: all but the interface and ports are validated here; those two are
+/// required only when capturing live ([`LiveSettings::capture`]).
+#[derive(Debug, Clone)]
+pub struct LiveSettings {
+    pub iface: Option<String>,
+    pub ports: Vec<u16>,
+    /// Share of flows the kernel captures, in basis points.
+    pub capture_basis_points: u32,
+    pub ring_size: u32,
+    pub attach: AttachPolicy,
+    /// The egress classifier runs too (`--compare`: the primary's responses).
+    pub attach_egress: bool,
+    /// Stop after this long (`--duration`).
+    pub duration: Option<Duration>,
+    /// `--write-pcap FILE`.
+    pub write_pcap: Option<PathBuf>,
+}
+
+impl LiveSettings {
+    /// What the kernel side needs; live mode requires an interface and at least one port.
+    pub fn capture(&self) -> Result<LiveConfig, ConfigError> {
+        let flag = |flag, msg: &str| ConfigError::Flag {
+            flag,
+            msg: msg.into(),
+        };
+        let Some(iface) = self.iface.clone() else {
+            return Err(flag("--iface", "live mode needs --iface"));
+        };
+        if self.ports.is_empty() {
+            return Err(flag(
+                "--port",
+                "no ports to capture: give at least one --port",
+            ));
+        }
+        Ok(LiveConfig {
+            iface,
+            ports: self.ports.clone(),
+            capture_basis_points: self.capture_basis_points,
+            ring_size: self.ring_size,
+            attach_egress: self.attach_egress,
+            attach: self.attach,
+        })
+    }
+}
+
+/// `ports` and `capture_percent` are the settled values (flags, else the config file).
+pub fn build(
+    a: &CaptureArgs,
+    iface: Option<String>,
+    ports: &[u16],
+    capture_percent: f64,
+    attach_egress: bool,
+) -> Result<LiveSettings, ConfigError> {
+    let ring = a.ring_buffer_size;
+    if !ring.is_power_of_two() || !(4096..=1 << 31).contains(&ring) {
+        return Err(ConfigError::Flag {
+            flag: "--ring-buffer-size",
+            msg: format!("{ring} is not a power of two between 4096 and 2^31"),
+        });
+    }
+    let duration = match a.duration {
+        None => None,
+        Some(d) if d.is_finite() && d > 0.0 => Some(Duration::from_secs_f64(d)),
+        Some(d) => {
+            return Err(ConfigError::Flag {
+                flag: "--duration",
+                msg: format!("{d} must be > 0 seconds"),
+            });
+        }
+    };
+    let Some(attach) = AttachPolicy::parse(&a.attach) else {
+        return Err(ConfigError::Flag {
+            flag: "--attach",
+            msg: format!("invalid --attach `{}`: expected auto, tcx or tc", a.attach),
+        });
+    };
+    let mut unique = Vec::with_capacity(ports.len());
+    for &p in ports {
+        if !unique.contains(&p) {
+            unique.push(p);
+        }
+    }
+    Ok(LiveSettings {
+        iface,
+        ports: unique,
+        capture_basis_points: (capture_percent * 100.0).round() as u32,
+        ring_size: ring as u32,
+        attach,
+        attach_egress,
+        duration,
+        write_pcap: None,
+    })
+}
