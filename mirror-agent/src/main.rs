@@ -2,7 +2,9 @@
 //! and exit with its status.
 
 use clap::Parser;
+use mirror_agent::app::AppError;
 use mirror_agent::cli::{Cli, Command};
+use mirror_agent::config::Settings;
 
 fn main() {
     let cli = Cli::parse();
@@ -15,7 +17,10 @@ fn main() {
         .init();
     let code = match cli.command {
         Some(Command::Check) => mirror_agent::check::run(),
-        None => match mirror_agent::app::run(&cli.run) {
+        None => match Settings::load(&cli.run)
+            .map_err(AppError::from)
+            .and_then(mirror_agent::app::run)
+        {
             Ok(()) => 0,
             Err(e) => {
                 eprintln!("mirror-agent: {e}");

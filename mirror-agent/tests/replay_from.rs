@@ -13,7 +13,7 @@ use mirror_agent::app::from;
 use mirror_agent::cli::Cli;
 use mirror_agent::config::Settings;
 use mirror_agent::record;
-use mirror_agent::telemetry::{OtlpProtocol, TelemetryConfig};
+use mirror_agent::telemetry::OtlpProtocol;
 use replay_common::*;
 use telemetry_common::otlp::{Receiver, attr, points};
 
@@ -60,11 +60,6 @@ fn recording(n: usize, gap_ms: u64) -> (String, Vec<mirror_agent::pipeline::Capt
     (text, reqs)
 }
 
-/// No metrics endpoint, no OTLP.
-fn no_telemetry() -> TelemetryConfig {
-    TelemetryConfig::default()
-}
-
 fn settings(flags: &[&str]) -> Settings {
     let mut argv = vec!["mirror-agent"];
     argv.extend_from_slice(flags);
@@ -86,7 +81,7 @@ fn replays_a_recording_byte_identical() {
         "--queue-size",
         "8",
     ]);
-    let report = from::run(&s, no_telemetry(), &file.0, |_| {}).unwrap();
+    let report = from::run(&s, &file.0, |_| {}).unwrap();
     assert_eq!((report.records, report.bad_lines), (60, 1));
     assert!(
         report
@@ -119,9 +114,10 @@ fn recorded_replay_exports_metrics_and_spans() {
     let (text, _) = recording(20, 1);
     let file = TempFile::new("otlp.jsonl", &text);
     let url = format!("http://{},name=m", mirror.addr);
-    let s = settings(&["--from", file.0.to_str().unwrap(), "--mirror", &url]);
+    let mut s = settings(&["--from", file.0.to_str().unwrap(), "--mirror", &url]);
     let telemetry = telemetry_common::otlp_only(receiver.url(), OtlpProtocol::Grpc);
-    let report = from::run(&s, telemetry, &file.0, |_| {}).unwrap();
+    s.telemetry = telemetry;
+    let report = from::run(&s, &file.0, |_| {}).unwrap();
     assert_eq!(report.replay.mirrors[0].status[1], 20);
     let otlp = report.otlp.expect("OTLP was on");
     assert!(otlp.metric_exports_ok >= 1, "{otlp:?}");
@@ -164,7 +160,7 @@ fn speed_paces_by_recorded_time() {
             speed,
         ]);
         let t0 = Instant::now();
-        let report = from::run(&s, no_telemetry(), &file.0, |_| {}).unwrap();
+        let report = from::run(&s, &file.0, |_| {}).unwrap();
         // Lower bounds only: a loaded machine may be slower, never faster than the pace.
         assert!(
             t0.elapsed() >= at_least,

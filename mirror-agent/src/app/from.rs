@@ -1,8 +1,9 @@
 //! `--from FILE.jsonl`: replays a recording made with `--record` to the mirrors.
 //!
-//! Owns the recorded-replay driver: read records in order, pace them (`--speed`), hand them to a
-//! [`Session`] (a tokio runtime plus a [`Replayer`], reusable by the other run modes), print a
-//! progress line every few seconds and the per-mirror table at the end. Pacing:
+//! Owns the recorded-replay source: read records in order, pace them (`--speed`), hand them to
+//! the same [`Outputs`] as the other run modes (replay and telemetry; a recording has no
+//! primary responses to compare), print a progress line every few seconds and the per-mirror
+//! table at the end. Pacing:
 //! - `--speed 1` keeps the recorded gaps between requests (from `ts_ns`), `--speed 10` divides
 //!   them by ten;
 //! - `--speed 0` is as fast as the mirrors take it: there is no live primary to protect, so the
@@ -15,15 +16,13 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::AppError;
+use super::outputs::Outputs;
 use crate::config::Settings;
-use crate::pipeline::CapturedRequest;
+use crate::pipeline::PipelineEvent;
 use crate::record::{RecordError, RecordReader};
+use crate::replay::ConnectionHooks;
 use crate::replay::stats::ReplaySnapshot;
-use crate::replay::{ConnectionHooks, ReplayConfig, Replayer};
 use crate::telemetry::export_stats::ExportSnapshot;
-use crate::telemetry::{ReplayTelemetry, Telemetry, TelemetryConfig, TelemetryError};
-
-pub use super::outputs::DRAIN_GRACE;
 
 /// How often the progress line is printed.
 pub const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -38,103 +37,16 @@ pub enum FromError {
     },
     #[error("--from needs at least one --mirror (or mirrors in --config)")]
     NoMirrors,
-    #[error("cannot start the async runtime: {0}")]
-    Runtime(std::io::Error),
-    #[error(transparent)]
-    Telemetry(#[from] TelemetryError),
 }
 
 impl FromError {
-    /// 2 for what the operator must fix (no mirrors, bad telemetry flags), 1 otherwise.
+    /// 2 for what the operator must fix (no mirrors), 1 for a file that cannot be opened.
     pub fn exit_code(&self) -> i32 {
         match self {
             FromError::NoMirrors => 2,
-            FromError::Telemetry(e) => e.exit_code(),
-            FromError::Open { .. } | FromError::Runtime(_) => 1,
+            FromError::Open { .. } => 1,
         }
     }
-}
-
-/// A running replayer with its own runtime and the run's telemetry (`--metrics-addr`, OTLP:
-/// the same per-mirror metrics and spans as live mode); `submit` may be called from any thread.
-pub struct Session {
-    runtime: tokio::runtime::Runtime,
-    replayer: Replayer<ReplayTelemetry>,
-    telemetry: Telemetry,
-    /// Copies the replay counters into the telemetry once a second.
-    metrics_task: tokio::task::JoinHandle<()>,
-    timeout: Duration,
-}
-
-impl Session {
-    pub fn start(cfg: ReplayConfig, telemetry: TelemetryConfig) -> Result<Self, FromError> {
-        let runtime = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .thread_name("mirror-replay")
-            .enable_all()
-            .build()
-            .map_err(FromError::Runtime)?;
-        let timeout = cfg.timeout;
-        let telemetry = runtime.block_on(Telemetry::start(telemetry))?;
-        let observer = telemetry.replay_observer(&cfg.mirrors);
-        let (replayer, metrics_task) = {
-            let _guard = runtime.enter();
-            let replayer = Replayer::start(cfg, ConnectionHooks::default(), observer);
-            let task = spawn_metrics_updates(&telemetry, replayer.stats());
-            (replayer, task)
-        };
-        // The input (file) is open and the mirrors are set up: ready.
-        telemetry.set_ready(true);
-        Ok(Self {
-            runtime,
-            replayer,
-            telemetry,
-            metrics_task,
-            timeout,
-        })
-    }
-
-    pub fn replayer(&self) -> &Replayer<ReplayTelemetry> {
-        &self.replayer
-    }
-
-    pub fn submit(&self, req: CapturedRequest) {
-        self.replayer.submit(req);
-    }
-
-    /// Waits (up to one request timeout) until every mirror's queue is at most 3/4 full.
-    pub fn wait_for_room(&self) {
-        let deadline = Instant::now() + self.timeout;
-        while self.replayer.max_queue_fill() > 0.75 && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(1));
-        }
-    }
-
-    /// Sends what is queued (up to `grace`), exports the final counters (OTLP's last export)
-    /// and returns them, with the OTLP exports' outcomes when OTLP is on.
-    pub fn finish(self, grace: Duration) -> (ReplaySnapshot, Option<ExportSnapshot>) {
-        let snap = self.runtime.block_on(self.replayer.shutdown(grace));
-        self.metrics_task.abort();
-        self.telemetry.update_from(None, None, Some(&snap));
-        let exports = self.runtime.block_on(self.telemetry.shutdown());
-        self.runtime.shutdown_timeout(Duration::from_millis(100));
-        (snap, exports)
-    }
-}
-
-/// Hands the replay counters to the telemetry every second until aborted.
-fn spawn_metrics_updates(
-    telemetry: &Telemetry,
-    stats: std::sync::Arc<crate::replay::stats::ReplayStats>,
-) -> tokio::task::JoinHandle<()> {
-    let handle = telemetry.updater();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            handle.update_from(None, None, Some(&stats.snapshot()));
-        }
-    })
 }
 
 /// Counters of a `--from` run.
@@ -149,26 +61,30 @@ pub struct FromReport {
     pub otlp: Option<ExportSnapshot>,
 }
 
-/// Replays `path` with `settings`; `progress` receives a line every [`PROGRESS_EVERY`].
+/// Replays `path` with `settings` (its mirrors, telemetry and pace); `progress` receives a
+/// line every [`PROGRESS_EVERY`].
 pub fn run(
     settings: &Settings,
-    telemetry: TelemetryConfig,
     path: &Path,
     mut progress: impl FnMut(&str),
-) -> Result<FromReport, FromError> {
+) -> Result<FromReport, AppError> {
     if settings.replay.mirrors.is_empty() {
-        return Err(FromError::NoMirrors);
+        return Err(FromError::NoMirrors.into());
     }
     let file = File::open(path).map_err(|source| FromError::Open {
         path: path.to_path_buf(),
         source,
     })?;
-    let session = Session::start(settings.replay.clone(), telemetry)?;
+    let runtime = super::runtime()?;
+    let mut outputs = runtime.block_on(Outputs::start(settings, ConnectionHooks::default()))?;
+    // The input (file) is open and the mirrors are set up: ready.
+    outputs.ready();
     let speed = settings.speed;
     let started = Instant::now();
     let mut first_ts: Option<u64> = None;
     let (mut records, mut bad_lines, mut first_bad) = (0u64, 0u64, None);
-    let mut last_progress = (Instant::now(), session.replayer().snapshot());
+    let mut last_progress = (Instant::now(), outputs.replay_snapshot());
+    let mut metrics_due = Instant::now();
     for item in RecordReader::new(BufReader::new(file)) {
         let req = match item {
             Ok(r) => r,
@@ -194,22 +110,29 @@ pub fn run(
                 std::thread::sleep(due - now);
             }
         } else {
-            session.wait_for_room();
+            super::offline::wait_for_room(&outputs, settings.replay.timeout);
         }
-        session.submit(req);
-        if last_progress.0.elapsed() >= PROGRESS_EVERY {
-            let snap = session.replayer().snapshot();
-            progress(&snap.progress_line(Some(&last_progress.1), last_progress.0.elapsed()));
-            last_progress = (Instant::now(), snap);
+        outputs.on_event(PipelineEvent::Request(req));
+        if metrics_due.elapsed() >= Duration::from_secs(1) {
+            metrics_due = Instant::now();
+            outputs.update_metrics(None, None);
+        }
+        if last_progress.0.elapsed() >= PROGRESS_EVERY
+            && let Some(snap) = outputs.replay_snapshot()
+        {
+            let line = snap.progress_line(last_progress.1.as_ref(), last_progress.0.elapsed());
+            progress(&line);
+            last_progress = (Instant::now(), Some(snap));
         }
     }
-    let (replay, otlp) = session.finish(DRAIN_GRACE);
+    let out = runtime.block_on(outputs.finish(None, None));
+    runtime.shutdown_timeout(Duration::from_millis(100));
     Ok(FromReport {
         records,
         bad_lines,
         first_bad,
-        replay,
-        otlp,
+        replay: out.replay.unwrap_or_default(),
+        otlp: out.otlp,
     })
 }
 
@@ -219,9 +142,7 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
     let Some(path) = settings.from.clone() else {
         return Ok(());
     };
-    let report = run(settings, settings.telemetry.clone(), &path, |line| {
-        eprintln!("mirror-agent: {line}")
-    })?;
+    let report = run(settings, &path, |line| eprintln!("mirror-agent: {line}"))?;
     eprint!("{}", report.replay.table());
     if let Some(o) = report.otlp {
         eprintln!("{}", o.line());

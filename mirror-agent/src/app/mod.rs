@@ -12,7 +12,6 @@ pub mod live;
 pub mod offline;
 pub mod outputs;
 
-use crate::cli::RunArgs;
 use crate::config::{ConfigError, Settings};
 use crate::record::RecordError;
 use crate::telemetry::TelemetryError;
@@ -63,9 +62,8 @@ impl AppError {
     }
 }
 
-/// The main mode from the command line: live capture, a pcap file, or a recording.
-pub fn run(args: &RunArgs) -> Result<(), AppError> {
-    let settings = Settings::load(args)?;
+/// The main mode: live capture, a pcap file, or a recording, as the settings say.
+pub fn run(settings: Settings) -> Result<(), AppError> {
     if settings.from.is_some() {
         from::main(&settings)
     } else if settings.pcap.is_some() {

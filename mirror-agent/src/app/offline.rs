@@ -132,7 +132,7 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
 }
 
 /// Waits (up to `limit`) until every mirror's queue is at most 3/4 full.
-fn wait_for_room(outputs: &Outputs, limit: Duration) {
+pub(super) fn wait_for_room(outputs: &Outputs, limit: Duration) {
     let deadline = Instant::now() + limit;
     while outputs.max_queue_fill() > 0.75 && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(1));

@@ -139,6 +139,11 @@ impl Outputs {
         self.replayer.as_ref().map_or(0.0, Replayer::max_queue_fill)
     }
 
+    /// The replay counters so far (`None` without mirrors).
+    pub fn replay_snapshot(&self) -> Option<ReplaySnapshot> {
+        self.replayer.as_ref().map(Replayer::snapshot)
+    }
+
     /// Hands the stages' counters to the telemetry (about once a second).
     pub fn update_metrics(&self, kernel: Option<&Counters>, pipeline: Option<&PipelineStats>) {
         let replay = self.replayer.as_ref().map(Replayer::snapshot);

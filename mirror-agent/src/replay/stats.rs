@@ -273,7 +273,7 @@ impl ReplayStats {
 }
 
 /// Counters of a whole run.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct ReplaySnapshot {
     /// Requests handed to the replayer (captured and framed).
     pub captured: u64,
