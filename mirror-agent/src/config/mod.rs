@@ -13,6 +13,7 @@ pub mod file;
 pub mod listeners;
 pub mod live;
 pub mod pipeline;
+pub mod replay;
 pub mod telemetry;
 
 use std::net::{IpAddr, SocketAddr};
@@ -25,8 +26,8 @@ use crate::cli::RunArgs;
 use crate::compare::rules::RuleError;
 use crate::pipeline::PipelineConfig;
 use crate::replay::ReplayConfig;
-use crate::replay::filter::{Filter, FilterError};
-use crate::replay::rewrite::{self, HostMode, RewriteError, RewriteOptions};
+use crate::replay::filter::FilterError;
+use crate::replay::rewrite::RewriteError;
 use crate::replay::spec::{self, MirrorSpec, SpecError};
 use crate::telemetry::{TelemetryConfig, TelemetryError};
 pub use compare::CompareSettings;
@@ -161,177 +162,9 @@ impl Settings {
         let (mirroring, where_) =
             find_mirroring(&fc).map_err(|m| invalid("http.services", None, m))?;
 
-        // Mirrors: flags replace the file's.
-        let mut mirrors = Vec::new();
-        if !args.replay.mirrors.is_empty() {
-            for m in &args.replay.mirrors {
-                mirrors.push(spec::parse_mirror(m)?);
-            }
-        } else if let Some(mr) = mirroring {
-            for (i, entry) in mr.mirrors.iter().enumerate() {
-                let field = format!("{where_}.mirrors[{i}]");
-                let m = file_mirror(entry, &fc)
-                    .map_err(|msg| invalid(&field, Some(&entry.name), msg))?;
-                mirrors.push(m);
-            }
-        }
-        for (i, m) in mirrors.iter().enumerate() {
-            if mirrors[..i].iter().any(|o| o.name == m.name) {
-                return Err(ConfigError::DuplicateName(m.name.clone()));
-            }
-        }
-
-        // Ports: flags, else the file's list, else the primary's port.
-        let ports: Vec<u16> = if !args.capture.ports.is_empty() {
-            args.capture
-                .ports
-                .iter()
-                .map(|&p| match p {
-                    1..=65535 => Ok(p as u16),
-                    _ => Err(ConfigError::Flag {
-                        flag: "--port",
-                        msg: format!("{p} is not in 1-65535"),
-                    }),
-                })
-                .collect::<Result<_, _>>()?
-        } else if let Some(ps) = &fc.ports {
-            ps.iter().map(|p| p.0).collect()
-        } else {
-            primary_port(mirroring, &fc).into_iter().collect()
-        };
-        if ports.len() > MAX_PORTS {
-            return Err(ConfigError::Flag {
-                flag: "--port",
-                msg: format!("{} ports given, at most {MAX_PORTS}", ports.len()),
-            });
-        }
-
-        let largest = mirrors.iter().map(|m| m.percent).fold(0.0, f64::max);
-        let capture_percent = match (args.capture.capture_percent, &fc.capture_percent) {
-            (Some(p), _) => {
-                spec::parse_percent(&p.to_string()).ok_or_else(|| ConfigError::Flag {
-                    flag: "--capture-percent",
-                    msg: format!("{p} is not in [0, 100]"),
-                })?
-            }
-            (None, Some(p)) => p.0,
-            (None, None) if largest > 0.0 => largest,
-            (None, None) => 100.0,
-        };
-        if let Some(m) = mirrors.iter().find(|m| m.percent > capture_percent) {
-            return Err(ConfigError::Flag {
-                flag: "--capture-percent",
-                msg: format!(
-                    "{capture_percent} is below mirror `{}`'s {}%: it could not get its share",
-                    m.name, m.percent
-                ),
-            });
-        }
-
-        let list = |flag: &[String], file: &Option<Vec<String>>| {
-            if flag.is_empty() {
-                file.clone().unwrap_or_default()
-            } else {
-                flag.to_vec()
-            }
-        };
-        let set_headers = if args.replay.mirror_headers.is_empty() {
-            fc.mirror_headers
-                .iter()
-                .flatten()
-                .map(|h| h.0.clone())
-                .collect()
-        } else {
-            args.replay
-                .mirror_headers
-                .iter()
-                .map(|h| rewrite::parse_header(h))
-                .collect::<Result<_, _>>()?
-        };
-        let strip_headers: Vec<String> = list(&args.replay.strip_headers, &fc.strip_headers)
-            .iter()
-            .map(|h| rewrite::parse_header_name(h))
-            .collect::<Result<_, _>>()?;
-        let host_mode = args.replay.host_mode.as_ref().or(fc.host_mode.as_ref());
-        let host_suffix = args
-            .replay
-            .host_suffix
-            .clone()
-            .or(fc.host_suffix.clone())
-            .unwrap_or_else(|| DEFAULT_HOST_SUFFIX.into());
-        let host = match host_mode {
-            None => HostMode::Keep,
-            Some(m) => HostMode::parse(m, &host_suffix)?,
-        };
-        let mirror_body = args
-            .replay
-            .mirror_body
-            .or(mirroring.and_then(|m| m.mirror_body))
-            .or(fc.mirror_body)
-            .unwrap_or(true);
-        let max_body_size = match args.replay.max_body_size {
-            Some(n) => Some(n),
-            None => mirroring
-                .and_then(|m| m.max_body_size)
-                .or(fc.max_body_size)
-                .and_then(|l| l.0),
-        };
-        let filter = Filter::new(
-            &list(&args.replay.methods, &fc.methods),
-            &list(&args.replay.path_allow, &fc.path_allow),
-            &list(&args.replay.path_deny, &fc.path_deny),
-            &list(&args.replay.header_match, &fc.header_match),
-        )?;
-        let positive = |flag: &'static str, v: Option<u64>, file: Option<u64>, default: u64| match v
-        {
-            Some(0) => Err(ConfigError::Flag {
-                flag,
-                msg: "must be at least 1".into(),
-            }),
-            Some(v) => Ok(v),
-            None => Ok(file.unwrap_or(default)),
-        };
-        let defaults = ReplayConfig::new(Vec::new());
-        let queue_size = positive(
-            "--queue-size",
-            args.replay.queue_size.map(|v| v as u64),
-            fc.queue_size.map(|v| v.0),
-            defaults.queue_size as u64,
-        )?;
-        let max_connections = positive(
-            "--max-connections",
-            args.replay.max_connections.map(|v| v as u64),
-            fc.max_connections.map(|v| v.0),
-            defaults.max_connections as u64,
-        )?;
-        let max_queue_bytes = positive(
-            "--max-queue-bytes",
-            args.replay.max_queue_bytes,
-            fc.max_queue_bytes.map(|v| v.0),
-            defaults.max_queue_bytes,
-        )?;
-        let timeout_ms = positive(
-            "--timeout-ms",
-            args.replay.timeout_ms,
-            fc.timeout_ms.map(|v| v.0),
-            defaults.timeout.as_millis() as u64,
-        )?;
-        let ordered = match args
-            .replay
-            .ordering
-            .as_ref()
-            .or(fc.ordering.as_ref())
-            .map(String::as_str)
-        {
-            None | Some("connection") => true,
-            Some("none") => false,
-            Some(other) => {
-                return Err(ConfigError::Flag {
-                    flag: "--ordering",
-                    msg: format!("{other:?} is not connection or none"),
-                });
-            }
-        };
+        let mirrors = mirrors(args, &fc, mirroring, &where_, &invalid)?;
+        let ports = ports(args, &fc, mirroring)?;
+        let capture_percent = capture_percent(args, &fc, &mirrors)?;
         if args.replay.from.is_some() && args.capture.pcap.is_some() {
             return Err(ConfigError::Flag {
                 flag: "--from",
@@ -344,7 +177,8 @@ impl Settings {
                 msg: format!("{} is not a number >= 0", args.replay.speed),
             });
         }
-        let compare = compare::build(&args.compare, &strip_headers)?;
+        let replay = replay::build(args, &fc, mirroring, mirrors, capture_percent)?;
+        let compare = compare::build(&args.compare, &replay.rewrite.strip_headers)?;
         if compare.is_some() && args.replay.from.is_some() {
             return Err(ConfigError::CompareWithoutPrimary);
         }
@@ -354,32 +188,15 @@ impl Settings {
             compare.is_some() || args.capture.pcap.is_some(),
             compare.as_ref().map(|c| c.rules.capture_limit()),
         );
+        let iface = args.capture.iface.clone().or(fc.interface.clone());
         let mut live = live::build(
             &args.capture,
-            args.capture.iface.clone().or(fc.interface.clone()),
+            iface.clone(),
             &ports,
             capture_percent,
             compare.is_some(),
         )?;
         live.write_pcap = args.output.write_pcap.clone();
-
-        let mut replay = ReplayConfig::new(mirrors);
-        replay.capture_percent = capture_percent;
-        replay.rewrite = RewriteOptions {
-            set_headers,
-            strip_headers,
-            host,
-            mirror_body,
-            max_body_size,
-        };
-        replay.filter = filter;
-        replay.queue_size = queue_size as usize;
-        replay.max_connections = max_connections as usize;
-        replay.ordered = ordered;
-        replay.max_queue_bytes = max_queue_bytes;
-        replay.timeout = Duration::from_millis(timeout_ms);
-        replay.limits.max_head_bytes = args.limits.max_head_bytes;
-        replay.limits.max_headers = args.limits.max_headers;
         Ok(Settings {
             pcap: args.capture.pcap.clone(),
             pipeline,
@@ -387,7 +204,7 @@ impl Settings {
             telemetry: telemetry::build(&args.telemetry)?,
             record: args.output.record.clone(),
             live,
-            iface: args.capture.iface.clone().or(fc.interface.clone()),
+            iface,
             ports,
             capture_percent,
             from: args.replay.from.clone(),
@@ -464,6 +281,97 @@ async fn resolve(host: &str, port: u16) -> Option<Vec<SocketAddr>> {
 /// An address of this host: binding a socket to it succeeds only if it is local.
 fn is_local(ip: IpAddr) -> bool {
     ip.is_loopback() || ip.is_unspecified() || std::net::UdpSocket::bind((ip, 0)).is_ok()
+}
+
+/// Mirrors: the flags' replace the file's; names are unique (one table row each).
+fn mirrors(
+    args: &RunArgs,
+    fc: &FileConfig,
+    mirroring: Option<&Mirroring>,
+    where_: &str,
+    invalid: &dyn Fn(&str, Option<&str>, String) -> ConfigError,
+) -> Result<Vec<MirrorSpec>, ConfigError> {
+    let mut mirrors = Vec::new();
+    if !args.replay.mirrors.is_empty() {
+        for m in &args.replay.mirrors {
+            mirrors.push(spec::parse_mirror(m)?);
+        }
+    } else if let Some(mr) = mirroring {
+        for (i, entry) in mr.mirrors.iter().enumerate() {
+            let field = format!("{where_}.mirrors[{i}]");
+            let m =
+                file_mirror(entry, fc).map_err(|msg| invalid(&field, Some(&entry.name), msg))?;
+            mirrors.push(m);
+        }
+    }
+    for (i, m) in mirrors.iter().enumerate() {
+        if mirrors[..i].iter().any(|o| o.name == m.name) {
+            return Err(ConfigError::DuplicateName(m.name.clone()));
+        }
+    }
+    Ok(mirrors)
+}
+
+/// Captured ports: the flags, else the file's list, else the primary's port; at most the
+/// kernel port map's size.
+fn ports(
+    args: &RunArgs,
+    fc: &FileConfig,
+    mirroring: Option<&Mirroring>,
+) -> Result<Vec<u16>, ConfigError> {
+    let ports: Vec<u16> = if !args.capture.ports.is_empty() {
+        args.capture
+            .ports
+            .iter()
+            .map(|&p| match p {
+                1..=65535 => Ok(p as u16),
+                _ => Err(ConfigError::Flag {
+                    flag: "--port",
+                    msg: format!("{p} is not in 1-65535"),
+                }),
+            })
+            .collect::<Result<_, _>>()?
+    } else if let Some(ps) = &fc.ports {
+        ps.iter().map(|p| p.0).collect()
+    } else {
+        primary_port(mirroring, fc).into_iter().collect()
+    };
+    if ports.len() > MAX_PORTS {
+        return Err(ConfigError::Flag {
+            flag: "--port",
+            msg: format!("{} ports given, at most {MAX_PORTS}", ports.len()),
+        });
+    }
+    Ok(ports)
+}
+
+/// The kernel's share of flows: the flag, else the file's, else the largest mirror percent
+/// (100 without mirrors); never below a mirror's own percent.
+fn capture_percent(
+    args: &RunArgs,
+    fc: &FileConfig,
+    mirrors: &[MirrorSpec],
+) -> Result<f64, ConfigError> {
+    let largest = mirrors.iter().map(|m| m.percent).fold(0.0, f64::max);
+    let capture_percent = match (args.capture.capture_percent, &fc.capture_percent) {
+        (Some(p), _) => spec::parse_percent(&p.to_string()).ok_or_else(|| ConfigError::Flag {
+            flag: "--capture-percent",
+            msg: format!("{p} is not in [0, 100]"),
+        })?,
+        (None, Some(p)) => p.0,
+        (None, None) if largest > 0.0 => largest,
+        (None, None) => 100.0,
+    };
+    if let Some(m) = mirrors.iter().find(|m| m.percent > capture_percent) {
+        return Err(ConfigError::Flag {
+            flag: "--capture-percent",
+            msg: format!(
+                "{capture_percent} is below mirror `{}`'s {}%: it could not get its share",
+                m.name, m.percent
+            ),
+        });
+    }
+    Ok(capture_percent)
 }
 
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {

@@ -1,5 +1,6 @@
 use super::*;
 use crate::cli::Cli;
+use crate::replay::rewrite::HostMode;
 use clap::Parser;
 
 fn args(flags: &[&str]) -> RunArgs {
