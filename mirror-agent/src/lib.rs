@@ -23,6 +23,8 @@ pub mod record;
 pub mod replay;
 pub mod telemetry;
 
+mod sync;
+
 // Used by the bin only (`main.rs` installs the log subscriber); cargo has no per-target
 // dependencies, so the lib acknowledges it here for `unused_crate_dependencies`.
 use tracing_subscriber as _;

@@ -86,10 +86,7 @@ impl ExportStats {
     }
 
     fn warn(&self, signal: Signal, e: &dyn std::fmt::Display) {
-        let mut last = match self.last_warned.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
+        let mut last = crate::sync::lock(&self.last_warned);
         if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
             tracing::warn!(?signal, error = %e, "OTLP export failed (counted in mirror.otlp.*; next warning in a minute at most)");
