@@ -1,9 +1,10 @@
 //! mirror-agent: passive HTTP/1.x traffic mirroring.
 //!
-//! Data flow (see `docs/` and the README): a capture source produces [`capture::Segment`]s; the
-//! [`pipeline`] keeps a flow table, reassembles each direction ([`reassembly`]) and frames HTTP
-//! ([`http`]); the resulting requests are recorded ([`record`]) and/or replayed to mirrors
-//! ([`replay`]). Everything between capture and replay is synchronous, I/O-free state machines.
+//! Data flow (see "How it works" in the README): a capture source produces
+//! [`capture::Segment`]s; the [`pipeline`] keeps a flow table, reassembles each direction
+//! ([`reassembly`]) and frames HTTP ([`http`]); the resulting requests are recorded ([`record`])
+//! and/or replayed to mirrors ([`replay`]). Everything between capture and replay is synchronous,
+//! I/O-free state machines.
 
 // The library names every dependency it uses; one it does not is a stale manifest line. Only the
 // lib target itself: its unit-test build also sees the dev-dependencies that only the integration
