@@ -13,6 +13,7 @@ use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
 fn cpu_time() -> Duration {
+    // SAFETY: rusage is plain C data (integers and timevals), for which all zeroes is valid.
     let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
     // SAFETY: getrusage writes into the struct we own.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };

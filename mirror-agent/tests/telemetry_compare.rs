@@ -2,7 +2,6 @@
 //! produces exactly one status-class mismatch; the others compare equal; every compared copy
 //! has a latency difference; the counters reach the Prometheus text.
 
-#[path = "replay_common/mod.rs"]
 mod replay_common;
 
 use std::sync::Arc;

@@ -2,7 +2,6 @@
 //! mirror metrics back through Prometheus's HTTP API. The values come from a real replay run:
 //! a loopback mirror server receiving copies from a real `Replayer`.
 
-#[path = "replay_common/mod.rs"]
 mod replay_common;
 mod telemetry_common;
 

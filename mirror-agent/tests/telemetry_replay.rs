@@ -3,7 +3,6 @@
 //! exported mirror span (every other byte as the client sent it), the span reaches a real OTLP
 //! receiver with a link to the client's trace, and the duration histogram counts every copy.
 
-#[path = "replay_common/mod.rs"]
 mod replay_common;
 mod telemetry_common;
 

@@ -198,9 +198,11 @@ pub fn sampled(hash: u64, basis_points: u64) -> bool {
 
 #[cfg(feature = "user")]
 mod pod {
-    // SAFETY: both are repr(C), made only of integers and byte arrays, with no padding (asserted
-    // by size above), so every bit pattern is valid.
+    // SAFETY: repr(C), made only of integers and byte arrays, with no padding (the size assert
+    // next to the struct equals the sum of its fields), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::RecordHeader {}
+    // SAFETY: as for `RecordHeader`: repr(C), integers and a byte array, no padding (size
+    // asserted to be 20, the sum of its fields), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::EndpointKey {}
 }
 

@@ -23,7 +23,7 @@
 //!   previous 4-tuple key (agent and object of commit d41f75a, mirror URL 10.99.0.3:P routed to
 //!   `lo` inside a scratch namespace so that its start-up check let it through, same DNAT rule,
 //!   20 requests, `--duration 4`): the mirror got 4,088 copies and the kernel `ignored` counter
-//!   stayed 0; this branch's agent in the same setup: 20 copies, `ignored=100`.
+//!   stayed 0; the agent keyed by local endpoint, same setup: 20 copies, `ignored=100`.
 //!   Needs `nft` (nftables): fails under `MIRROR_REQUIRE_PRIVILEGED=1` without it, else skips
 //!   saying why.
 

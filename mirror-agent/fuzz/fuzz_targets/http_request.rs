@@ -5,7 +5,6 @@
 //! with a zero control word.
 #![no_main]
 
-#[path = "common/mod.rs"]
 mod common;
 
 use bytes::Bytes;

@@ -4,7 +4,6 @@
 //! says what requests the responses answer (HEAD, CONNECT, or plain), one bit pair each.
 #![no_main]
 
-#[path = "common/mod.rs"]
 mod common;
 
 use libfuzzer_sys::fuzz_target;

@@ -75,10 +75,7 @@ impl CompareHub {
     }
 
     pub(super) fn with<T>(&self, f: impl FnOnce(&mut Comparator) -> T) -> T {
-        match self.inner.lock() {
-            Ok(mut c) => f(&mut c),
-            Err(p) => f(&mut p.into_inner()),
-        }
+        f(&mut crate::sync::lock(&self.inner))
     }
 
     fn emit(&self, v: Verdict) {

@@ -15,6 +15,7 @@ use super::content::{self, ContentVerdict};
 use super::difflog::DiffLog;
 use super::rules::CompareRules;
 use super::{Comparator, MirrorSide, Verdict};
+use crate::sync::lock;
 
 /// Verdicts waiting for the comparison thread at most.
 const QUEUE: usize = 4096;
@@ -30,10 +31,6 @@ pub(super) struct Content {
     pub(super) rules: Arc<CompareRules>,
     has_log: bool,
     inner: Arc<Mutex<Comparator>>,
-}
-
-fn lock(inner: &Mutex<Comparator>) -> std::sync::MutexGuard<'_, Comparator> {
-    inner.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The statuses are equal: headers and bodies are compared.

@@ -44,8 +44,6 @@ mod body;
 mod head;
 pub mod request;
 pub mod response;
-#[cfg(test)]
-mod response_tests;
 mod stream;
 #[cfg(test)]
 mod tests;

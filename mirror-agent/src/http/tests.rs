@@ -55,7 +55,8 @@ fn check_accounting(f: &RequestFramer, out: &[RequestEvent]) {
     assert_eq!(s.in_progress(), 0);
 }
 
-/// Proptest regressions are kept next to this file (`tests.proptest-regressions`), committed.
+/// Proptest regressions are kept next to the test file that found them
+/// (`tests.proptest-regressions` here, `response/tests.proptest-regressions`), committed.
 pub(super) fn regressions() -> Option<Box<dyn proptest::test_runner::FailurePersistence>> {
     Some(Box::new(
         proptest::test_runner::FileFailurePersistence::WithSource("proptest-regressions"),

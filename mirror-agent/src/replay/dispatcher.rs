@@ -30,6 +30,7 @@ use super::observer::{NotSent, ReplayObserver};
 use super::pool::{Conn, Pool};
 use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
 use crate::pipeline::RequestKey;
+use crate::sync::lock;
 
 /// The copies of one client connection waiting for this mirror.
 struct FlowQueue<F> {
@@ -88,9 +89,7 @@ impl<F> Queue<F> {
     /// Closes the queue and drops what it holds: each ticket resolves as a shutdown drop.
     fn abandon(&self) {
         let flows = {
-            let Ok(mut st) = self.state.lock() else {
-                return;
-            };
+            let mut st = lock(&self.state);
             st.closed = true;
             st.ready.clear();
             std::mem::take(&mut st.flows)
@@ -104,7 +103,7 @@ impl<F> Queue<F> {
     /// Takes the next ready flow's batch into `batch` and marks the flow busy; `None` when no
     /// flow is ready.
     fn take(&self, batch: &mut Batch<F>, conn: Option<&Conn>) -> Option<u64> {
-        let mut st = self.state.lock().ok()?;
+        let mut st = lock(&self.state);
         let st = &mut *st;
         while let Some(id) = st.ready.pop_front() {
             let Some(flow) = st.flows.get_mut(&id) else {
@@ -123,9 +122,7 @@ impl<F> Queue<F> {
     /// The batch of flow `id` is done: the flow's next copies become ready, or it is forgotten.
     fn done(&self, id: u64) {
         let became_ready = {
-            let Ok(mut guard) = self.state.lock() else {
-                return;
-            };
+            let mut guard = lock(&self.state);
             let st = &mut *guard;
             let Some(flow) = st.flows.get_mut(&id) else {
                 return;
@@ -218,15 +215,14 @@ impl<O: ReplayObserver> Dispatcher<O> {
             return false;
         }
         let id = job.line;
-        let mut st = match q.state.lock() {
-            Ok(st) if !st.closed => st,
-            _ => {
-                q.release(1, len as usize);
-                self.tell
-                    .resolve(job, Outcome::Dropped(DropReason::Shutdown));
-                return false;
-            }
-        };
+        let mut st = lock(&q.state);
+        if st.closed {
+            drop(st);
+            q.release(1, len as usize);
+            self.tell
+                .resolve(job, Outcome::Dropped(DropReason::Shutdown));
+            return false;
+        }
         let flow = st.flows.entry(id).or_default();
         flow.jobs.push_back(job);
         let became_ready = !flow.busy && flow.jobs.len() == 1;
@@ -262,7 +258,7 @@ impl<O: ReplayObserver> Dispatcher<O> {
 
     /// Waits for the drain task to end (after a `Drain` or `Abort` phase).
     pub async fn join(&self) {
-        let task = self.task.lock().ok().and_then(|mut t| t.take());
+        let task = lock(&self.task).take();
         if let Some(task) = task {
             let _ = task.await;
         }

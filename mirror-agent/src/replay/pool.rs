@@ -133,7 +133,7 @@ impl Pool {
     /// caller at a time probes a failing mirror).
     pub(super) async fn connect_or_backoff(&self) -> Result<Option<Conn>, ErrorKind> {
         let failing = {
-            let b = self.backoff.lock().map_err(|_| ErrorKind::Connect)?;
+            let b = crate::sync::lock(&self.backoff);
             if b.until.is_some_and(|t| Instant::now() < t) {
                 return Ok(None);
             }
@@ -146,7 +146,7 @@ impl Pool {
         if failing {
             self.probing.store(false, Ordering::Release);
         }
-        let mut b = self.backoff.lock().map_err(|_| ErrorKind::Connect)?;
+        let mut b = crate::sync::lock(&self.backoff);
         match result {
             Ok(conn) => {
                 *b = Backoff::default();

@@ -117,9 +117,7 @@ impl MirrorStats {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 self.status[class].fetch_add(1, Relaxed);
                 let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
-                if let Ok(mut h) = self.latency_us.lock() {
-                    let _ = h.record(us);
-                }
+                let _ = crate::sync::lock(&self.latency_us).record(us);
             }
             Outcome::Error(k) => {
                 self.errors[k as usize].fetch_add(1, Relaxed);
@@ -135,12 +133,16 @@ impl MirrorStats {
 
     pub fn snapshot(&self) -> MirrorSnapshot {
         let l = |a: &AtomicU64| a.load(Relaxed);
-        let (p50, p99) = match self.latency_us.lock() {
-            Ok(h) if !h.is_empty() => (
-                Some(Duration::from_micros(h.value_at_quantile(0.5))),
-                Some(Duration::from_micros(h.value_at_quantile(0.99))),
-            ),
-            _ => (None, None),
+        let (p50, p99) = {
+            let h = crate::sync::lock(&self.latency_us);
+            if h.is_empty() {
+                (None, None)
+            } else {
+                (
+                    Some(Duration::from_micros(h.value_at_quantile(0.5))),
+                    Some(Duration::from_micros(h.value_at_quantile(0.99))),
+                )
+            }
         };
         MirrorSnapshot {
             name: self.name.clone(),

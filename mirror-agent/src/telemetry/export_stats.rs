@@ -1,8 +1,8 @@
 //! What became of the agent's own OTLP exports: metric export attempts and span batches that
 //! reached the collector or failed, and spans the SDK never exported.
 //!
-//! Owns the counters only; the exporter wrappers in `otel.rs` and the tracer in `trace.rs`
-//! update them, and the model (`model.rs`) exports them like any stage counter, so a collector
+//! Owns the counters only; the exporter wrappers in `otel.rs` and the tracer in `trace/`
+//! update them, and the model (`model/`) exports them like any stage counter, so a collector
 //! that is down shows on `/metrics` and in the exit summary instead of in a log nobody reads.
 //!
 //! Accounting: every span the tracer started is exported, failed (its batch was refused), or
@@ -86,10 +86,7 @@ impl ExportStats {
     }
 
     fn warn(&self, signal: Signal, e: &dyn std::fmt::Display) {
-        let mut last = match self.last_warned.lock() {
-            Ok(l) => l,
-            Err(p) => p.into_inner(),
-        };
+        let mut last = crate::sync::lock(&self.last_warned);
         if last.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
             *last = Some(Instant::now());
             tracing::warn!(?signal, error = %e, "OTLP export failed (counted in mirror.otlp.*; next warning in a minute at most)");

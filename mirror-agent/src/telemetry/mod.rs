@@ -137,10 +137,7 @@ impl SnapshotUpdater {
         pipeline: Option<&PipelineStats>,
         replay: Option<&ReplaySnapshot>,
     ) {
-        let mut s = match self.snapshots.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut s = crate::sync::lock(&self.snapshots);
         s.kernel = kernel.copied();
         s.pipeline = pipeline.cloned();
         s.replay = replay.cloned();
@@ -253,10 +250,7 @@ impl Telemetry {
 
     /// Replaces the comparison counters (`--compare`), like [`Self::update_from`].
     pub fn update_compare(&self, compare: Option<&crate::compare::CompareSnapshot>) {
-        let mut s = match self.snapshots.lock() {
-            Ok(s) => s,
-            Err(p) => p.into_inner(),
-        };
+        let mut s = crate::sync::lock(&self.snapshots);
         s.compare = compare.cloned();
     }
 

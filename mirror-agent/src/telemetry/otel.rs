@@ -144,10 +144,7 @@ fn register_observables(meter: &Meter, snapshots: &Arc<Mutex<Snapshots>>) {
     for def in DEFS {
         let snaps = snapshots.clone();
         let read = move || -> Vec<super::model::Point> {
-            let s = match snaps.lock() {
-                Ok(s) => s,
-                Err(p) => p.into_inner(),
-            };
+            let s = crate::sync::lock(&snaps);
             def.points(&s)
         };
         let attrs = |pt: &super::model::Point| -> Vec<KeyValue> {

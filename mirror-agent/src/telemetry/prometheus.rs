@@ -41,10 +41,7 @@ pub(super) struct SnapshotCollector {
 impl Collector for SnapshotCollector {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Clone out of the lock: encoding must not hold it while the driver updates.
-        let snap = match self.snapshots.lock() {
-            Ok(s) => s.clone(),
-            Err(p) => p.into_inner().clone(),
-        };
+        let snap = crate::sync::lock(&self.snapshots).clone();
         for def in DEFS {
             let points = def.points(&snap);
             if points.is_empty() {

@@ -154,9 +154,7 @@ struct Series {
 
 impl MirrorSeries {
     fn record(&self, inner: &Instruments, method: &'static str, result: RequestResult, secs: f64) {
-        let Ok(mut by_result) = self.by_result.lock() else {
-            return;
-        };
+        let mut by_result = crate::sync::lock(&self.by_result);
         let series = by_result.entry((method, result)).or_insert_with(|| {
             let l = labels(method, result, &self.server_address, Some(&self.mirror))?;
             Some(Series {
@@ -214,7 +212,7 @@ impl MirrorRequestRecorder {
 
     /// The series of (mirror, server address), created on first use (a few per agent).
     fn series_for(&self, mirror: &str, server_address: &str) -> Arc<MirrorSeries> {
-        let mut all = self.series.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = crate::sync::lock(&self.series);
         if let Some(s) = all
             .iter()
             .find(|s| s.mirror == mirror && s.server_address == server_address)

@@ -23,6 +23,7 @@ use aya::maps::{HashMap, MapData};
 use mirror_common::{EndpointKey, family, maps};
 
 use super::CaptureError;
+use crate::sync::lock;
 
 /// How long an entry outlives its connection. On `lo` the last packets of a close are queued to
 /// the backlog and classified later; a second covers that with a wide margin, while the kernel's
@@ -79,15 +80,11 @@ impl FlowIgnore {
         }
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner())
-    }
-
     /// Never capture the connection whose local end is `local` (`remote` is where it goes
     /// before any NAT; only logged, since NAT may change it).
     pub fn ignore(&self, local: SocketAddr, remote: SocketAddr) -> Result<(), CaptureError> {
         let key = endpoint_key(local);
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         inner.purge(Instant::now());
         // A pending removal of the same endpoint (a port the agent got again) must not remove
         // the new registration.
@@ -105,7 +102,7 @@ impl FlowIgnore {
     /// The connection registered with [`ignore`](Self::ignore) is closed: remove it after
     /// [`FORGET_DELAY`].
     pub fn closed(&self, local: SocketAddr) {
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         inner
             .closing
             .push_back((Instant::now() + FORGET_DELAY, endpoint_key(local)));
@@ -113,21 +110,21 @@ impl FlowIgnore {
 
     /// Removes the entries whose delay has passed.
     pub fn purge(&self) {
-        self.lock().purge(Instant::now());
+        lock(&self.inner).purge(Instant::now());
     }
 
     /// Removes a connection registered with [`ignore`](Self::ignore) now (missing entries are
     /// fine).
     pub fn forget(&self, local: SocketAddr, _remote: SocketAddr) {
         let key = endpoint_key(local);
-        let mut inner = self.lock();
+        let mut inner = lock(&self.inner);
         inner.closing.retain(|(_, k)| *k != key);
         let _ = inner.map.remove(&key);
     }
 
     /// Endpoints waiting for their removal (for tests and diagnostics).
     pub fn pending_removals(&self) -> usize {
-        self.lock().closing.len()
+        lock(&self.inner).closing.len()
     }
 }
 

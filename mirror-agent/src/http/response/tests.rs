@@ -2,11 +2,9 @@
 
 use proptest::prelude::*;
 
-use super::BodyFraming;
-use super::request::HttpLimits;
-use super::response::{
-    ExpectedResponse, Response, ResponseDropReason, ResponseEvent, ResponseFramer,
-};
+use super::{ExpectedResponse, Response, ResponseDropReason, ResponseEvent, ResponseFramer};
+use crate::http::request::HttpLimits;
+use crate::http::{BodyFraming, Version};
 
 const GET: ExpectedResponse = ExpectedResponse {
     head: false,
@@ -240,7 +238,7 @@ fn hundred_thousand_tiny_chunks() {
 proptest! {
     #![proptest_config(ProptestConfig {
         cases: 256,
-        failure_persistence: super::tests::regressions(),
+        failure_persistence: crate::http::tests::regressions(),
         ..ProptestConfig::default()
     })]
 
@@ -279,7 +277,7 @@ fn http09_response_is_body_until_close() {
     let ev = splits(&[GET], b"xzscxc#$#AzMTax4wG=$#$vxxd");
     let f = finals(&ev);
     assert_eq!(ev.len(), 1);
-    assert_eq!((f[0].status, f[0].version), (200, super::Version::Http09));
+    assert_eq!((f[0].status, f[0].version), (200, Version::Http09));
     assert_eq!(f[0].body_len, 26);
     assert_eq!(f[0].head_len, 0);
     // Only as the first thing on a stream: after a response, garbage is malformed.

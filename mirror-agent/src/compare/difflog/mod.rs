@@ -321,5 +321,4 @@ pub fn rfc3339(t: SystemTime) -> String {
 }
 
 #[cfg(test)]
-#[path = "difflog_tests.rs"]
 mod tests;

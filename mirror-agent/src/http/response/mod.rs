@@ -21,6 +21,8 @@ use super::stream::{self, Item, PendingDrop};
 
 mod machine;
 mod sample;
+#[cfg(test)]
+mod tests;
 pub use sample::ResponseSample;
 
 use super::{BodyFraming, Version, request::HttpLimits};

@@ -312,5 +312,4 @@ impl<'a> Iterator for Lines<'a> {
 }
 
 #[cfg(test)]
-#[path = "rewrite_tests.rs"]
 mod tests;

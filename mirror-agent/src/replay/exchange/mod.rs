@@ -367,5 +367,4 @@ async fn write_batch<F>(
 }
 
 #[cfg(test)]
-#[path = "exchange_tests.rs"]
 mod tests;
