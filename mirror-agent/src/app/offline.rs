@@ -93,12 +93,10 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
     };
     let runtime = super::runtime()?;
     let mut outputs = runtime.block_on(Outputs::start(settings, ConnectionHooks::default()))?;
-    let mut source = PcapSource::open(path)?;
     outputs.ready();
-    let mut pipeline = Pipeline::new(settings.pipeline.clone());
     let room_wait = settings.replay.timeout;
     let mut metrics_due = Instant::now();
-    let source_error = drive(&mut source, &mut pipeline, |ev| {
+    let mut report = process_file(path, settings.pipeline.clone(), |ev| {
         if matches!(ev, PipelineEvent::Request(_)) {
             wait_for_room(&outputs, room_wait);
         }
@@ -107,16 +105,7 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
             metrics_due = Instant::now();
             outputs.update_metrics(None, None);
         }
-    })
-    .err();
-    let mut report = OfflineReport {
-        frames: source.frames(),
-        decode: source.decoder.stats.clone(),
-        frag: source.decoder.defrag.stats.clone(),
-        pipeline: pipeline.stats(),
-        records_written: 0,
-        source_error,
-    };
+    })?;
     let out = runtime.block_on(outputs.finish(None, Some(&report.pipeline)));
     runtime.shutdown_timeout(Duration::from_millis(100));
     report.records_written = out.records_written;

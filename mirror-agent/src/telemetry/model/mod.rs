@@ -219,6 +219,13 @@ pub static DEFS: &[MetricDef] = &[
         read: |s, o| kernel(s, o, |k, o| p(o, &[], k.records)),
     },
     MetricDef {
+        name: "mirror.kernel.records.malformed",
+        kind: Kind::Counter,
+        unit: Unit::Count("{record}"),
+        help: "Ring buffer records the agent could not decode (counted, their payload lost).",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.malformed_records)),
+    },
+    MetricDef {
         name: "mirror.kernel.packets.dropped",
         kind: Kind::Counter,
         unit: PACKET,

@@ -49,6 +49,7 @@ pub(super) fn all() -> Snapshots {
             seen: 100,
             matched: 90,
             ring_full: 3,
+            malformed_records: 2,
             ..Default::default()
         }),
         pipeline: Some(ps),
@@ -147,6 +148,7 @@ fn prometheus_names_follow_the_otel_mapping() {
 fn values_come_from_the_snapshots() {
     let s = all();
     assert_eq!(value(&s, "mirror.kernel.packets.seen", &[]), Some(100.0));
+    assert_eq!(value(&s, "mirror.kernel.records.malformed", &[]), Some(2.0));
     assert_eq!(
         value(
             &s,
