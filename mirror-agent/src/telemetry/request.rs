@@ -2,8 +2,9 @@
 //! `http.server.request.duration` for the primary's exchanges seen on the wire, and the mirror
 //! span of each copy.
 //!
-//! Owns [`MirrorRequestRecorder`], the cheap cloneable handle the replay dispatcher calls once per
-//! copy, and [`PrimaryRecorder`] for the pipeline's paired responses. Both record into the
+//! Owns [`MirrorRequestRecorder`], the cheap cloneable handle that telemetry's replay observer
+//! calls once per copy, and [`PrimaryRecorder`] for the primary's exchanges the comparison
+//! reports. Both record into the
 //! Prometheus histogram families and, when OTLP is on, into the OpenTelemetry histograms.
 //! Attribute values are bounded: methods outside RFC 9110's set become `_OTHER` (semantic
 //! conventions), status codes outside 100-599 are not recorded.
