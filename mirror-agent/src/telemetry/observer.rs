@@ -86,3 +86,28 @@ impl CompareSubscriber for CompareTelemetry {
         self.mirrors.record_comparison(mirror, verdict);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::compare::CompareSubscriber as _;
+    use crate::telemetry::Telemetry;
+
+    #[tokio::test]
+    async fn the_comparison_s_primary_exchanges_become_server_durations() {
+        let t = Telemetry::start(Default::default()).await.unwrap();
+        let subscriber = t.compare_subscriber();
+        subscriber.primary_exchange("GET", 200, Duration::from_millis(5), "10.0.0.2");
+        subscriber.primary_exchange("GET", 503, Duration::from_millis(6), "10.0.0.2");
+        let text = t.render_prometheus();
+        for status in ["200", "503"] {
+            assert!(
+                text.contains(&format!(
+                    "http_server_request_duration_seconds_count{{http_request_method=\"GET\",http_response_status_code=\"{status}\",server_address=\"10.0.0.2\"}} 1"
+                )),
+                "{text}"
+            );
+        }
+    }
+}

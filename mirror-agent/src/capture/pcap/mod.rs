@@ -8,6 +8,8 @@
 
 pub mod frag;
 pub mod link;
+/// Test and benchmark inputs only: built for the crate's own tests and with feature `synth`.
+#[cfg(any(test, feature = "synth"))]
 pub mod synth;
 
 use std::fs::File;

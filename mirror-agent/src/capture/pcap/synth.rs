@@ -2,8 +2,9 @@
 //!
 //! Owns building TCP conversations as [`Segment`]s and writing them as pcap or pcapng files with
 //! any supported link layer (etherparse builds the IP and TCP headers, pcap-file the container).
-//! Nothing here runs in production; it is public so integration tests and the pipeline
-//! benchmark can make the inputs they need without committing binary files.
+//! Nothing here runs in production: it is compiled for the crate's unit tests and with feature
+//! `synth` (the integration tests, the tests crate and the pipeline benchmark enable it), so
+//! they can make the inputs they need without committing binary files.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
