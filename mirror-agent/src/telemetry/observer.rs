@@ -91,7 +91,6 @@ impl CompareSubscriber for CompareTelemetry {
 mod tests {
     use std::time::Duration;
 
-    use crate::compare::CompareSubscriber as _;
     use crate::telemetry::Telemetry;
 
     #[tokio::test]
