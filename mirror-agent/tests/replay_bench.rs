@@ -53,7 +53,7 @@ async fn replay_throughput() {
         let mut submit_ns = 0u128;
         for i in 0..n {
             let s = Instant::now();
-            replayer.submit(req.clone());
+            replayer.submit(&req);
             submit_ns += s.elapsed().as_nanos();
             if i % 1000 == 999 {
                 // Offered at a bounded rate so the queue (4096) measures throughput, not drops.

@@ -46,7 +46,7 @@ async fn byte_identical(bind: &str) {
     let reqs = captured(&stream);
     assert_eq!(reqs.len(), 203);
     for r in &reqs {
-        replayer.submit(r.clone());
+        replayer.submit(r);
     }
     wait_until(
         "all requests at the mirror",
@@ -100,8 +100,8 @@ async fn rewrite_options_end_to_end() {
         max_body_size: None,
     };
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
-    replayer.submit(one(b"POST /p HTTP/1.1\r\nHost: primary\r\nAuthorization: Bearer s\r\nContent-Length: 5\r\n\r\nhello"));
-    replayer.submit(one(b"PUT /c HTTP/1.1\r\nHost: primary\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"));
+    replayer.submit(&one(b"POST /p HTTP/1.1\r\nHost: primary\r\nAuthorization: Bearer s\r\nContent-Length: 5\r\n\r\nhello"));
+    replayer.submit(&one(b"PUT /c HTTP/1.1\r\nHost: primary\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"));
     wait_until("2 requests", Duration::from_secs(5), || mirror.count() == 2).await;
     let got = mirror.received();
     let host = mirror.addr.to_string();
@@ -145,7 +145,7 @@ async fn max_body_size_and_filters_are_counted() {
         b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n", // never mirrored
     ];
     for r in reqs {
-        replayer.submit(one(r));
+        replayer.submit(&one(r));
     }
     wait_until("2 requests", Duration::from_secs(5), || mirror.count() == 2).await;
     let snap = finish(&replayer).await;
@@ -176,7 +176,7 @@ async fn on_connect_runs_after_bind_before_connect() {
         closed: None,
     };
     let replayer = Replayer::start(cfg, hooks, NoObserver);
-    replayer.submit(one(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(&one(b"GET / HTTP/1.1\r\nHost: h\r\n\r\n"));
     wait_until("1 request", Duration::from_secs(5), || mirror.count() == 1).await;
     finish(&replayer).await;
     let seen = seen.lock().unwrap().clone();

@@ -22,7 +22,7 @@ async fn shares_of_two_mirrors() {
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 4000;
     for i in 0..n {
-        replayer.submit(get(i));
+        replayer.submit(&get(i));
         if i % 500 == 499 {
             // Bounded bursts: the queue (4096) never fills, so no copy is dropped.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -71,7 +71,7 @@ async fn broken_mirrors_do_not_hurt_the_healthy_one() {
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 300;
     for i in 0..n {
-        replayer.submit(get(i));
+        replayer.submit(&get(i));
         // Paced so the healthy mirror's small queue (sized to make the broken ones overflow)
         // keeps up.
         tokio::time::sleep(Duration::from_millis(1)).await;
@@ -156,7 +156,7 @@ async fn slow_500_mirror() {
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 20;
     for i in 0..n {
-        replayer.submit(get(i));
+        replayer.submit(&get(i));
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
     wait_until_or(
@@ -205,7 +205,7 @@ async fn full_queue_drops_and_shutdown_accounts() {
     cfg.timeout = Duration::from_secs(30);
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     for i in 0..5000 {
-        replayer.submit(get(i));
+        replayer.submit(&get(i));
     }
     let snap = replayer.shutdown(Duration::from_millis(100)).await;
     let s = &snap.mirrors[0];
@@ -218,7 +218,7 @@ async fn full_queue_drops_and_shutdown_accounts() {
     assert_eq!(s.in_flight, 0);
     assert!(s.balanced(), "{s:?}");
     // After shutdown, submits are counted as shutdown drops.
-    replayer.submit(get(0));
+    replayer.submit(&get(0));
     let s = replayer.snapshot().mirrors[0].clone();
     assert!(s.balanced() && s.sampled == 5001, "{s:?}");
 }
@@ -238,7 +238,7 @@ async fn queue_bounded_in_bytes() {
     .as_bytes());
     assert_eq!(req.request.raw.len(), 400);
     for _ in 0..10 {
-        replayer.submit(req.clone());
+        replayer.submit(&req);
     }
     let s = replayer.snapshot().mirrors[0].clone();
     assert_eq!(
@@ -261,7 +261,7 @@ async fn shares_scaled_by_capture_percent() {
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 2000;
     for i in 0..n {
-        replayer.submit(get(i));
+        replayer.submit(&get(i));
         if i % 200 == 199 {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }

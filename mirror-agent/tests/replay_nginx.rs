@@ -95,7 +95,7 @@ async fn nginx_mirror_with_keepalive_limit() {
         one(b"POST / HTTP/1.1\r\nHost: mirror\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
     ];
     for i in 0..n {
-        replayer.submit(reqs[i % reqs.len()].clone());
+        replayer.submit(&reqs[i % reqs.len()]);
         if i % 50 == 49 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }

@@ -38,7 +38,7 @@ impl ReplayObserver for Recorder {
     type Flight = String;
 
     fn sending(&self, mirror: usize, copy: &mut MirrorCopy) -> String {
-        let target = copy.request.request.target.clone();
+        let target = copy.target().to_string();
         self.0
             .lock()
             .unwrap()
@@ -61,7 +61,7 @@ impl ReplayObserver for Recorder {
         outcome: &Outcome,
         _: &mut Option<Box<ResponseSample>>,
     ) {
-        assert_eq!(flight, copy.request.request.target, "the copy's own flight");
+        assert_eq!(flight, copy.target(), "the copy's own flight");
         let status = match outcome {
             Outcome::Answered { status, .. } => Some(*status),
             _ => None,
@@ -83,14 +83,14 @@ async fn a_copy_answered_and_copies_never_sent_are_heard_once_each() {
     cfg.filter = Filter::new(&[], &[], &["^/secret".into()], &[]).unwrap();
     let recorder = Recorder::default();
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), recorder.clone());
-    replayer.submit(one(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(&one(b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n"));
     wait_until("the copy answered", Duration::from_secs(5), || {
         recorder.heard().len() >= 3
     })
     .await;
     let mut secret = one(b"GET /secret HTTP/1.1\r\nHost: h\r\n\r\n");
     secret.seq_in_flow = 1;
-    replayer.submit(secret);
+    replayer.submit(&secret);
     let snap = finish(&replayer).await;
     let heard = recorder.heard();
     let sorted = |mut v: Vec<Heard>| {
@@ -130,7 +130,7 @@ async fn comparison_works_with_telemetry_off() {
     let hub = CompareHub::new(vec!["a".into()], Duration::from_secs(30), 64, None);
     let cfg = config(vec![mirror.spec("a", 100.0)]);
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), hub.clone());
-    replayer.submit(one(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(&one(b"GET /x HTTP/1.1\r\nHost: h\r\n\r\n"));
     hub.primary(
         (1, 0),
         PrimarySide {

@@ -62,7 +62,7 @@ async fn each_client_connection_keeps_its_order_at_the_mirror() {
     // Interleaved as many concurrent clients would be captured: seq 0 of every flow, then 1...
     for seq in 0..per_flow {
         for flow in 0..flows {
-            replayer.submit(request(flow, seq));
+            replayer.submit(&request(flow, seq));
         }
     }
     let total = (flows * per_flow) as usize;
@@ -120,8 +120,8 @@ async fn without_ordering_a_connection_s_copies_overlap() {
     cfg.max_connections = 4;
     cfg.ordered = false;
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
-    replayer.submit(request(0, 0)); // POST, answered after 300 ms
-    replayer.submit(request(0, 1)); // GET
+    replayer.submit(&request(0, 0)); // POST, answered after 300 ms
+    replayer.submit(&request(0, 1)); // GET
     wait_until_or(
         "both answered",
         Duration::from_secs(10),

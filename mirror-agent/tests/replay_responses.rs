@@ -69,7 +69,7 @@ async fn response_framing_and_connection_reuse() {
         } else {
             "\r\n"
         };
-        replayer.submit(one(format!(
+        replayer.submit(&one(format!(
             "{method} {target} HTTP/1.1\r\nHost: h\r\n{body}"
         )
         .as_bytes()));
@@ -107,7 +107,7 @@ async fn switching_protocols_is_not_reused() {
     cfg.max_connections = 1;
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     for _ in 0..2 {
-        replayer.submit(one(
+        replayer.submit(&one(
             b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
         ));
     }
@@ -127,12 +127,12 @@ async fn client_connection_close_is_honoured() {
     let mut cfg = config(vec![mirror.spec("m", 100.0)]);
     cfg.max_connections = 1;
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
-    replayer.submit(one(
+    replayer.submit(&one(
         b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: close\r\n\r\n",
     ));
-    replayer.submit(one(b"GET /b HTTP/1.0\r\n\r\n"));
-    replayer.submit(one(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"));
-    replayer.submit(one(b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(&one(b"GET /b HTTP/1.0\r\n\r\n"));
+    replayer.submit(&one(b"GET /c HTTP/1.1\r\nHost: h\r\n\r\n"));
+    replayer.submit(&one(b"GET /d HTTP/1.1\r\nHost: h\r\n\r\n"));
     wait_until("4 answered", Duration::from_secs(5), || {
         replayer.snapshot().mirrors[0].status[1] == 4
     })
@@ -178,7 +178,7 @@ async fn early_answer_to_a_large_upload_is_the_outcome() {
     )
     .into_bytes();
     raw.extend_from_slice(&body);
-    replayer.submit(one(&raw));
+    replayer.submit(&one(&raw));
     wait_until_or(
         "the upload resolved",
         Duration::from_secs(10),

@@ -60,7 +60,7 @@ async fn a_500_on_one_path_is_exactly_one_mismatch() {
     // The primary's response arrives before the copy for the first request, after for the rest.
     hub.primary((1, 0), ok);
     for r in &reqs {
-        replayer.submit(r.clone());
+        replayer.submit(r);
     }
     wait_until("three copies answered", Duration::from_secs(5), || {
         replayer.snapshot().mirrors[0].answered() == 3
@@ -140,7 +140,7 @@ async fn headers_and_bodies_through_the_replay_path() {
     );
     assert_eq!(reqs.len(), 4);
     for r in &reqs {
-        replayer.submit(r.clone());
+        replayer.submit(r);
     }
     let primary_json = r#"{"a":"x","b":[1,2]}"#;
     for (seq, target) in ["/same", "/diff", "/hdr", "/big"].iter().enumerate() {

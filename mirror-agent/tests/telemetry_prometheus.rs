@@ -54,7 +54,7 @@ fn prometheus_scrapes_mirror_metrics() {
         };
         let replayer = Replayer::start(config(vec![spec]), ConnectionHooks::default(), NoObserver);
         for _ in 0..REQUESTS {
-            replayer.submit(one(b"GET /x HTTP/1.1\r\nHost: app\r\n\r\n"));
+            replayer.submit(&one(b"GET /x HTTP/1.1\r\nHost: app\r\n\r\n"));
         }
         wait_until("mirror answered every copy", Duration::from_secs(5), || {
             replayer.snapshot().mirrors[0].status[1] == REQUESTS

@@ -38,8 +38,8 @@ async fn replayed_copies_carry_child_trace_context() {
         "POST /pay HTTP/1.1\r\nHost: shop\r\nTraceParent: 00-{CLIENT_TRACE}-{CLIENT_SPAN}-01\r\ntracestate: congo=t61rcWkgMzE\r\nContent-Length: 3\r\n\r\nabc"
     );
     let plain = "GET /health HTTP/1.1\r\nHost: shop\r\n\r\n";
-    replayer.submit(one(traced.as_bytes()));
-    replayer.submit(one(plain.as_bytes()));
+    replayer.submit(&one(traced.as_bytes()));
+    replayer.submit(&one(plain.as_bytes()));
     wait_until("both copies arrive", Duration::from_secs(5), || {
         mirror.count() == 2
     })

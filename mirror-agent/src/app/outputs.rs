@@ -125,7 +125,7 @@ impl Outputs {
             self.record_error = Some(e);
         }
         if let Some(rep) = &self.replayer {
-            rep.submit(r);
+            rep.submit(&r);
         }
     }
 

@@ -175,6 +175,19 @@ impl TraceFields {
         Self::locate(raw, fields)
     }
 
+    /// No trace field: the same for every request without trace context, shared.
+    pub const NONE: &'static TraceFields = &TraceFields {
+        traceparent: None,
+        tracestate: Vec::new(),
+    };
+
+    /// Shared when there is anything to share: most requests carry no trace context, and
+    /// then carry nothing (no allocation, one word in the request).
+    pub fn shared(self) -> Option<std::sync::Arc<Self>> {
+        (self.traceparent.is_some() || !self.tracestate.is_empty())
+            .then(|| std::sync::Arc::new(self))
+    }
+
     /// The value of the single `traceparent` field in `bytes`, as text.
     pub fn traceparent_value<'a>(&self, bytes: &'a [u8]) -> Option<&'a str> {
         let (a, b) = self.traceparent?.value;
@@ -228,8 +241,15 @@ pub struct Request {
     pub te_and_cl: bool,
     /// The connection stays usable after this request ([`keeps_alive`]).
     pub keep_alive: bool,
+    /// Where the trace context fields sit in `raw` (`None`: there are none).
+    pub trace: Option<std::sync::Arc<TraceFields>>,
+}
+
+impl Request {
     /// Where the trace context fields sit in `raw`.
-    pub trace: TraceFields,
+    pub fn trace_fields(&self) -> &TraceFields {
+        self.trace.as_deref().unwrap_or(TraceFields::NONE)
+    }
 }
 
 impl Request {

@@ -193,7 +193,7 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
         None => derive_framing(&headers, l.body_len),
     };
     let keep_alive = keeps_alive(version, &headers);
-    let trace = TraceFields::scan_head(&raw, head_len);
+    let trace = TraceFields::scan_head(&raw, head_len).shared();
     Ok(CapturedRequest {
         src,
         dst,

@@ -25,7 +25,7 @@ fn sample(raw: &'static [u8], headers: Vec<(&str, &'static [u8])>) -> CapturedRe
             end_ts_ns: 1_700_000_000_223_456_789,
             te_and_cl: false,
             keep_alive: true,
-            trace: Default::default(),
+            trace: None,
         },
     }
 }

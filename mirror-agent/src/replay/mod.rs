@@ -4,8 +4,8 @@
 //! mirror: [`sampler`] → [`filter`] → [`rewrite`] → the mirror's bounded queue
 //! ([`dispatcher`]) → a worker's keep-alive connection from the [`pool`] → the [`exchange`]
 //! (write, read and frame the response, which is discarded) → status and latency into
-//! [`stats`]. Mirrors share nothing but the captured request (reference counted), so a slow or
-//! dead mirror only drops its own copies.
+//! [`stats`]. Mirrors share nothing but the request bytes (`Bytes`, reference counted), so a
+//! slow or dead mirror only drops its own copies.
 //!
 //! Owns its interface outward ([`observer`]): the app passes a [`ReplayObserver`] (telemetry,
 //! comparison, or both) and the [`ConnectionHooks`] (the kernel ignore map) to
@@ -15,7 +15,7 @@
 //!
 //! Wiring a run mode (as `app` does):
 //! 1. `Replayer::start(cfg, hooks, observer)` inside a tokio runtime;
-//! 2. `submit(captured)` for every request from the pipeline, from any thread;
+//! 2. `submit(&captured)` for every request from the pipeline, from any thread;
 //! 3. every few seconds `snapshot().progress_line(..)`; at exit `shutdown(grace).await` and
 //!    print `table()`.
 
@@ -42,7 +42,7 @@ use crate::http::request::HttpLimits;
 use crate::pipeline::CapturedRequest;
 use dispatcher::{Dispatcher, Job, Phase, Tell};
 use filter::Filter;
-pub use observer::{ConnectionHooks, MirrorCopy, NoObserver, NotSent, ReplayObserver};
+pub use observer::{ConnectionHooks, CopyHead, MirrorCopy, NoObserver, NotSent, ReplayObserver};
 use pool::{Pool, PoolConfig};
 use rewrite::{RewriteOptions, Rewriter, Skip};
 use sampler::Sampler;
@@ -184,9 +184,9 @@ impl<O: ReplayObserver> Replayer<O> {
     /// Offers one captured request to every mirror. Never blocks: each mirror samples it,
     /// filters, rewrites (or shares `raw` as is) and queues it, or counts why not and tells
     /// the observer.
-    pub fn submit(&self, captured: impl Into<Arc<CapturedRequest>>) {
-        let captured: Arc<CapturedRequest> = captured.into();
+    pub fn submit(&self, captured: &CapturedRequest) {
         let req = &captured.request;
+        let head = CopyHead::of(captured);
         self.stats.on_submit();
         let closed = self.closed.load(Ordering::Relaxed);
         // Evaluated once, on first need.
@@ -222,11 +222,7 @@ impl<O: ReplayObserver> Replayer<O> {
                 }
             };
             m.dispatcher.offer(Job {
-                copy: MirrorCopy {
-                    request: captured.clone(),
-                    bytes,
-                    trace,
-                },
+                copy: MirrorCopy { bytes, head, trace },
                 ticket,
                 line,
                 flight: None,

@@ -17,28 +17,91 @@ use std::sync::Arc;
 use bytes::Bytes;
 
 use super::stats::{DropReason, Outcome};
-use crate::http::TraceFields;
 use crate::http::response::ResponseSample;
+use crate::http::{TraceFields, Version};
 use crate::pipeline::{CapturedRequest, RequestKey};
 
-/// One mirror's copy of a captured request: the bytes to send and the captured request with
-/// everything the framer learned of it (method, target, version, keep-alive, headers), so
-/// nothing downstream parses the bytes again.
+/// One mirror's copy of a captured request: the bytes to send and what the framer learned of
+/// the request (its identity, method, target, version, keep-alive, trace fields), so nothing
+/// downstream parses the bytes again. Small and allocation-free: the method and target are
+/// ranges of the request line, which no rewrite option changes.
 #[derive(Debug, Clone)]
 pub struct MirrorCopy {
-    /// Shared by every mirror's copy of the request.
-    pub request: Arc<CapturedRequest>,
     /// What goes on the wire: the client's bytes, or the head rebuilt once by the rewrite
     /// options; an observer may change them in [`ReplayObserver::sending`].
     pub bytes: Bytes,
-    /// Where the trace context fields sit in `bytes`.
-    pub trace: TraceFields,
+    pub head: CopyHead,
+    /// Where the trace context fields sit in `bytes` (`None`: there are none).
+    pub trace: Option<Arc<TraceFields>>,
+}
+
+/// The parts of a captured request every copy carries, by value.
+#[derive(Debug, Clone, Copy)]
+pub struct CopyHead {
+    pub key: RequestKey,
+    pub version: Version,
+    /// The connection stays usable after this request (RFC 9112 9.3).
+    pub keep_alive: bool,
+    /// End of the method in the request line (it starts the bytes).
+    method_end: u32,
+    /// The request target's range in the request line.
+    target: (u32, u32),
+}
+
+impl CopyHead {
+    /// From the captured request: the method and target are located in `raw`, where the framer
+    /// read them (a method or target that is not found there, e.g. not UTF-8, reads empty).
+    pub fn of(captured: &CapturedRequest) -> Self {
+        let req = &captured.request;
+        let raw = &req.raw[..];
+        let m = req.method.len();
+        let method_end = if raw.starts_with(req.method.as_bytes()) {
+            m
+        } else {
+            0
+        };
+        let t = (m + 1, m + 1 + req.target.len());
+        let target = if raw.get(t.0..t.1) == Some(req.target.as_bytes()) {
+            t
+        } else {
+            (0, 0)
+        };
+        Self {
+            key: captured.key(),
+            version: req.version,
+            keep_alive: req.keep_alive,
+            method_end: method_end as u32,
+            target: (target.0 as u32, target.1 as u32),
+        }
+    }
 }
 
 impl MirrorCopy {
     /// The request's identity in this run, for the comparison.
     pub fn key(&self) -> RequestKey {
-        self.request.key()
+        self.head.key
+    }
+
+    /// The request method, as the client sent it.
+    pub fn method(&self) -> &str {
+        self.text(0, self.head.method_end)
+    }
+
+    /// The request target, as the client sent it.
+    pub fn target(&self) -> &str {
+        self.text(self.head.target.0, self.head.target.1)
+    }
+
+    fn text(&self, from: u32, to: u32) -> &str {
+        self.bytes
+            .get(from as usize..to as usize)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or("")
+    }
+
+    /// Where the trace context fields sit in `bytes`.
+    pub fn trace_fields(&self) -> &TraceFields {
+        self.trace.as_deref().unwrap_or(TraceFields::NONE)
     }
 }
 

@@ -47,7 +47,7 @@ pub fn request(raw: &[u8]) -> Request {
         target: req.path.unwrap().to_string(),
         version,
         keep_alive: keeps_alive(version, &headers),
-        trace: TraceFields::scan_head(raw, head_len),
+        trace: TraceFields::scan_head(raw, head_len).shared(),
         headers,
         framing,
         body_len,
@@ -80,15 +80,16 @@ fn chunked_len(mut body: &[u8]) -> u64 {
 /// A mirror copy of the request in `raw` (flow 1, first request), bytes as captured.
 pub fn copy(raw: &[u8]) -> crate::replay::MirrorCopy {
     let request = request(raw);
+    let captured = crate::pipeline::CapturedRequest {
+        src: "10.0.0.1:40000".parse().unwrap(),
+        dst: "10.0.0.2:80".parse().unwrap(),
+        flow_id: 1,
+        seq_in_flow: 0,
+        request,
+    };
     crate::replay::MirrorCopy {
-        bytes: request.raw.clone(),
-        trace: request.trace.clone(),
-        request: std::sync::Arc::new(crate::pipeline::CapturedRequest {
-            src: "10.0.0.1:40000".parse().unwrap(),
-            dst: "10.0.0.2:80".parse().unwrap(),
-            flow_id: 1,
-            seq_in_flow: 0,
-            request,
-        }),
+        bytes: captured.request.raw.clone(),
+        trace: captured.request.trace.clone(),
+        head: crate::replay::CopyHead::of(&captured),
     }
 }

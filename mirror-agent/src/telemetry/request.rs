@@ -260,7 +260,7 @@ impl MirrorRequestRecorder {
         InFlight {
             recorder: self.clone(),
             series: self.series_for(mirror, server_address),
-            method: normalize_method(&copy.request.request.method),
+            method: normalize_method(copy.method()),
             started: Instant::now(),
             span,
         }

@@ -36,15 +36,16 @@ pub fn copy(raw: &[u8]) -> mirror_agent::replay::MirrorCopy {
     let Some(RequestEvent::Request(request)) = events.into_iter().next() else {
         panic!("test input is not one request");
     };
+    let captured = mirror_agent::pipeline::CapturedRequest {
+        src: "10.0.0.1:40000".parse().unwrap(),
+        dst: "10.0.0.2:80".parse().unwrap(),
+        flow_id: 1,
+        seq_in_flow: 0,
+        request,
+    };
     mirror_agent::replay::MirrorCopy {
-        bytes: request.raw.clone(),
-        trace: request.trace.clone(),
-        request: std::sync::Arc::new(mirror_agent::pipeline::CapturedRequest {
-            src: "10.0.0.1:40000".parse().unwrap(),
-            dst: "10.0.0.2:80".parse().unwrap(),
-            flow_id: 1,
-            seq_in_flow: 0,
-            request,
-        }),
+        bytes: captured.request.raw.clone(),
+        trace: captured.request.trace.clone(),
+        head: mirror_agent::replay::CopyHead::of(&captured),
     }
 }

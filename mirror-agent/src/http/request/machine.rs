@@ -241,7 +241,8 @@ impl RequestFramer {
                     .iter()
                     .map(|h| h.name.as_str())
                     .zip(p.value_at.iter().copied()),
-            );
+            )
+            .shared();
             let keep_alive = keeps_alive(p.version, &headers);
             self.value_at_pool = p.value_at;
             self.stats.requests += 1;

@@ -19,7 +19,7 @@ use bytes::{Bytes, BytesMut};
 use super::body::BodyState;
 use super::head;
 use super::stream::{self, Item, PendingDrop};
-use super::{BodyFraming, Request, TraceFields, Version};
+use super::{BodyFraming, Request, Version};
 
 mod machine;
 mod parse;
@@ -470,7 +470,7 @@ impl RequestFramer {
             end_ts_ns: self.last_ts,
             te_and_cl: false,
             keep_alive: false,
-            trace: TraceFields::default(),
+            trace: None,
             raw,
         };
         self.stats.requests += 1;

@@ -61,12 +61,11 @@ pub fn may_pipeline(conn: Option<&Conn>) -> bool {
 /// after a large body (the next request would wait behind it without need). Decided from what
 /// the framer learned; the bytes are not looked at again.
 pub fn pipelinable(copy: &MirrorCopy) -> bool {
-    let req = &copy.request.request;
-    req.keep_alive
+    copy.head.keep_alive
         && copy.bytes.len() <= MAX_PIPELINED_REQUEST
-        && req.version == Version::Http11
+        && copy.head.version == Version::Http11
         && matches!(
-            req.method.as_str(),
+            copy.method(),
             "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
         )
 }
@@ -74,7 +73,7 @@ pub fn pipelinable(copy: &MirrorCopy) -> bool {
 /// What the response framer must know of the copy's response.
 fn expected(copy: &MirrorCopy) -> ExpectedResponse {
     ExpectedResponse {
-        head: copy.request.request.method == "HEAD",
+        head: copy.method() == "HEAD",
         connect: false,
     }
 }
@@ -263,7 +262,7 @@ async fn attempt<O: ReplayObserver>(
                     // that the server does not close (`Connection: close`); 101 turns the
                     // connection into a tunnel.
                     let reusable = n > 0
-                        && job.copy.request.request.keep_alive
+                        && job.copy.head.keep_alive
                         && r.version == Version::Http11
                         && !r.close
                         && r.status != 101

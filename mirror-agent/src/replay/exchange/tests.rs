@@ -15,10 +15,7 @@ use crate::replay::testutil;
 
 fn job(stats: &Arc<MirrorStats>, raw: &str, keep_alive: bool) -> Job<()> {
     let mut copy = testutil::copy(raw.as_bytes());
-    Arc::get_mut(&mut copy.request)
-        .expect("a fresh copy")
-        .request
-        .keep_alive = keep_alive;
+    copy.head.keep_alive = keep_alive;
     Job {
         copy,
         ticket: Ticket::new(stats.clone()),

@@ -6,6 +6,8 @@
 //! `Bytes` (no copy). With options only the head is rebuilt, line by line from the wire head, so
 //! every line no option touches keeps its bytes (case, spacing, order); the body is appended as is.
 
+use std::sync::Arc;
+
 use bytes::{BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
@@ -127,7 +129,7 @@ impl Rewriter {
     }
 
     /// The bytes to send for `req`, and where its trace context fields sit in them.
-    pub fn apply(&self, req: &Request) -> Result<(Bytes, TraceFields), Skip> {
+    pub fn apply(&self, req: &Request) -> Result<(Bytes, Option<Arc<TraceFields>>), Skip> {
         if self.opts.mirror_body
             && let Some(max) = self.opts.max_body_size
             && req.body_len > max
@@ -142,7 +144,7 @@ impl Rewriter {
 
     /// The request with its head rebuilt once; the trace fields are located while the lines
     /// are copied, so nothing parses the new head again.
-    fn rebuild(&self, req: &Request) -> (Bytes, TraceFields) {
+    fn rebuild(&self, req: &Request) -> (Bytes, Option<Arc<TraceFields>>) {
         let head_len = req.head_len.min(req.raw.len());
         let head = &req.raw[..head_len];
         let drop_body = !self.opts.mirror_body && req.framing != BodyFraming::None;
@@ -239,7 +241,7 @@ impl Rewriter {
             out.put_slice(&req.raw[head_len..]);
         }
         let out = out.freeze();
-        let trace = TraceFields::locate(&out, trace_fields);
+        let trace = TraceFields::locate(&out, trace_fields).shared();
         (out, trace)
     }
 

@@ -222,6 +222,7 @@ fn trace_fields_are_located_in_the_rebuilt_head() {
         ..RewriteOptions::default()
     };
     let (out, trace) = rw(opts).apply(&req).unwrap();
+    let trace = trace.expect("trace fields located");
     assert_eq!(
         trace.traceparent_value(&out),
         Some("00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01")

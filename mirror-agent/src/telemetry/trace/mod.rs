@@ -118,7 +118,7 @@ pub fn traceparent_for(sc: &SpanContext) -> String {
 /// `Bytes`) without a single `traceparent` or in keep mode. Rewrite replaces only the value
 /// bytes; strip removes the `traceparent` and `tracestate` lines.
 pub fn apply_mode(copy: &mut MirrorCopy, mode: TraceparentMode, child: &str) {
-    let Some(tp) = copy.trace.traceparent else {
+    let Some(tp) = copy.trace_fields().traceparent else {
         return;
     };
     let raw = &copy.bytes;
@@ -143,13 +143,24 @@ pub fn apply_mode(copy: &mut MirrorCopy, mode: TraceparentMode, child: &str) {
                     line: (tp.line.0, tp.line.1 - ve + vs + child.len()),
                     value: (vs, vs + child.len()),
                 }),
-                tracestate: copy.trace.tracestate.iter().copied().map(moved).collect(),
-            };
+                tracestate: copy
+                    .trace_fields()
+                    .tracestate
+                    .iter()
+                    .copied()
+                    .map(moved)
+                    .collect(),
+            }
+            .shared();
             copy.bytes = out.freeze();
         }
         TraceparentMode::Strip => {
-            let mut cut: Vec<(usize, usize)> =
-                copy.trace.tracestate.iter().map(|f| f.line).collect();
+            let mut cut: Vec<(usize, usize)> = copy
+                .trace_fields()
+                .tracestate
+                .iter()
+                .map(|f| f.line)
+                .collect();
             cut.push(tp.line);
             cut.sort_unstable();
             let mut out = BytesMut::with_capacity(raw.len());
@@ -159,7 +170,7 @@ pub fn apply_mode(copy: &mut MirrorCopy, mode: TraceparentMode, child: &str) {
                 at = e;
             }
             out.extend_from_slice(&raw[at..]);
-            copy.trace = TraceFields::default();
+            copy.trace = None;
             copy.bytes = out.freeze();
         }
     }
@@ -205,12 +216,11 @@ impl MirrorTracer {
         server_port: Option<u16>,
         copy: &mut MirrorCopy,
     ) -> Span {
-        let req = &copy.request.request;
-        let method = normalize_method(&req.method);
+        let method = normalize_method(copy.method());
         let name = if method == "_OTHER" { "HTTP" } else { method };
         let mut attrs = vec![
             KeyValue::new("http.request.method", method),
-            KeyValue::new("url.path", url_path(&req.target).to_string()),
+            KeyValue::new("url.path", url_path(copy.target()).to_string()),
             KeyValue::new("server.address", server_address.to_string()),
             KeyValue::new("mirror.name", mirror.to_string()),
         ];
@@ -220,10 +230,10 @@ impl MirrorTracer {
         if method == "_OTHER" {
             attrs.push(KeyValue::new(
                 "http.request.method_original",
-                req.method.clone(),
+                copy.method().to_string(),
             ));
         }
-        let client = client_span_context(&copy.bytes, &copy.trace);
+        let client = client_span_context(&copy.bytes, copy.trace_fields());
         let links = client
             .iter()
             .map(|sc| Link::with_context(sc.clone()))

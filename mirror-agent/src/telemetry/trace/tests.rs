@@ -22,7 +22,7 @@ fn traced(t: &MirrorTracer, raw: &Bytes) -> (Span, Bytes) {
     let span = t.mirror_trace_context("m", "10.0.0.5", Some(8080), &mut c);
     // The fields still point at the fields in the bytes sent.
     let (strip, rewritten) = (t.mode == TraceparentMode::Strip, c.bytes != *raw);
-    if let Some(tp) = c.trace.traceparent {
+    if let Some(tp) = c.trace_fields().traceparent {
         assert!(!strip || !rewritten, "strip left a traceparent");
         let line = std::str::from_utf8(&c.bytes[tp.line.0..tp.line.1]).unwrap();
         assert!(
@@ -31,7 +31,7 @@ fn traced(t: &MirrorTracer, raw: &Bytes) -> (Span, Bytes) {
         );
         assert!(line.ends_with("\r\n"), "{line}");
     }
-    for ts in &c.trace.tracestate {
+    for ts in &c.trace_fields().tracestate {
         let line = std::str::from_utf8(&c.bytes[ts.line.0..ts.line.1]).unwrap();
         assert!(line.starts_with("tracestate:"), "{line}");
     }
@@ -48,13 +48,13 @@ fn tracer(mode: TraceparentMode) -> (SdkTracerProvider, MirrorTracer) {
 fn reads_the_single_traceparent_the_framer_located() {
     let raw = req(&format!("traceparent: {TP}\r\ntracestate: a=b\r\n"));
     let c = copy(&raw);
-    let tp = c.trace.traceparent.unwrap();
+    let tp = c.trace_fields().traceparent.unwrap();
     assert_eq!(&raw[tp.value.0..tp.value.1], TP.as_bytes());
     assert_eq!(
         &raw[tp.line.0..tp.line.1],
         format!("traceparent: {TP}\r\n").as_bytes()
     );
-    let sc = client_span_context(&c.bytes, &c.trace).unwrap();
+    let sc = client_span_context(&c.bytes, c.trace_fields()).unwrap();
     assert_eq!(
         sc.trace_id().to_string(),
         "4bf92f3577b34da6a3ce929d0e0e4736"
@@ -65,7 +65,7 @@ fn reads_the_single_traceparent_the_framer_located() {
 #[test]
 fn duplicate_or_invalid_traceparent_is_no_context() {
     let dup = copy(&req(&format!("traceparent: {TP}\r\nTraceparent: {TP}\r\n")));
-    assert_eq!(dup.trace.traceparent, None);
+    assert_eq!(dup.trace_fields().traceparent, None);
     for bad in [
         "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
         "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
@@ -74,7 +74,10 @@ fn duplicate_or_invalid_traceparent_is_no_context() {
         "garbage",
     ] {
         let c = copy(&req(&format!("traceparent: {bad}\r\n")));
-        assert!(client_span_context(&c.bytes, &c.trace).is_none(), "{bad}");
+        assert!(
+            client_span_context(&c.bytes, c.trace_fields()).is_none(),
+            "{bad}"
+        );
     }
 }
 
@@ -87,7 +90,7 @@ fn rewrite_changes_only_the_value_bytes() {
     let ours = span.span_context().clone();
     let expected = format!("00-{}-{}-01", ours.trace_id(), ours.span_id());
     assert_eq!(out.len(), raw.len());
-    let (vs, ve) = copy(&raw).trace.traceparent.unwrap().value;
+    let (vs, ve) = copy(&raw).trace_fields().traceparent.unwrap().value;
     assert_eq!(&out[..vs], &raw[..vs]);
     assert_eq!(&out[vs..ve], expected.as_bytes());
     assert_eq!(&out[ve..], &raw[ve..]);
@@ -97,9 +100,9 @@ fn rewrite_changes_only_the_value_bytes() {
     let mut c = copy(&long);
     let _s = t.mirror_trace_context("m", "h", None, &mut c);
     assert_eq!(c.bytes.len(), long.len() - 3);
-    assert_eq!(c.trace.tracestate_value(&c.bytes), Some("a=b"));
+    assert_eq!(c.trace_fields().tracestate_value(&c.bytes), Some("a=b"));
     assert!(
-        c.trace
+        c.trace_fields()
             .traceparent_value(&c.bytes)
             .unwrap()
             .starts_with("00-")
