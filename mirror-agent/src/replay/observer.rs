@@ -42,6 +42,8 @@ pub struct CopyHead {
     pub version: Version,
     /// The connection stays usable after this request (RFC 9112 9.3).
     pub keep_alive: bool,
+    /// The method when it is one of RFC 9110's (most requests): no UTF-8 check per use.
+    known_method: Option<&'static str>,
     /// End of the method in the request line (it starts the bytes).
     method_end: u32,
     /// The request target's range in the request line.
@@ -66,10 +68,14 @@ impl CopyHead {
         } else {
             (0, 0)
         };
+        const KNOWN: [&str; 9] = [
+            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+        ];
         Self {
             key: captured.key(),
             version: req.version,
             keep_alive: req.keep_alive,
+            known_method: KNOWN.iter().find(|k| **k == req.method).copied(),
             method_end: method_end as u32,
             target: (target.0 as u32, target.1 as u32),
         }
@@ -84,7 +90,10 @@ impl MirrorCopy {
 
     /// The request method, as the client sent it.
     pub fn method(&self) -> &str {
-        self.text(0, self.head.method_end)
+        match self.head.known_method {
+            Some(m) => m,
+            None => self.text(0, self.head.method_end),
+        }
     }
 
     /// The request target, as the client sent it.

@@ -235,14 +235,23 @@ impl RequestFramer {
             for (h, &(a, b)) in headers.iter_mut().zip(&p.value_at) {
                 h.value = raw.slice(a..b);
             }
-            let trace = TraceFields::locate(
-                &raw,
-                headers
-                    .iter()
-                    .map(|h| h.name.as_str())
-                    .zip(p.value_at.iter().copied()),
-            )
-            .shared();
+            // Most requests carry no trace context: only a name of the right length is looked
+            // at closer.
+            let trace = if headers
+                .iter()
+                .any(|h| matches!(h.name.len(), 10 | 11) && h.name.as_bytes()[0] | 0x20 == b't')
+            {
+                TraceFields::locate(
+                    &raw,
+                    headers
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .zip(p.value_at.iter().copied()),
+                )
+                .shared()
+            } else {
+                None
+            };
             let keep_alive = keeps_alive(p.version, &headers);
             self.value_at_pool = p.value_at;
             self.stats.requests += 1;
