@@ -282,13 +282,21 @@ pub struct CompareArgs {
 /// Files written besides the mirrors' copies.
 #[derive(Debug, Args, Clone)]
 pub struct OutputArgs {
-    /// Write every request as a JSON line to FILE (`-` for stdout). Created with mode 0600.
+    /// Write every request as a JSON line to FILE (`-` for stdout). Created with mode 0600;
+    /// never through a symlink; an existing file only with --overwrite.
     #[arg(long, env = "MIRROR_RECORD", help_heading = "Output")]
     pub record: Option<String>,
 
-    /// Write the segments captured live to a pcap file (for offline debugging).
+    /// Write the segments captured live to a pcap file (for offline debugging). Created with
+    /// mode 0600, like --record.
     #[arg(long, env = "MIRROR_WRITE_PCAP", help_heading = "Output")]
     pub write_pcap: Option<PathBuf>,
+
+    /// Replace an existing regular file given to --record, --diff-log or --write-pcap (it keeps
+    /// its owner and mode). Without it such a file is refused. FIFOs and character devices are
+    /// written as they are.
+    #[arg(long, env = "MIRROR_OVERWRITE", help_heading = "Output")]
+    pub overwrite: bool,
 }
 
 /// Metrics and traces.

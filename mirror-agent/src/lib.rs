@@ -24,6 +24,7 @@ pub mod record;
 pub mod replay;
 pub mod telemetry;
 
+mod output_file;
 mod sync;
 
 // Used by the bin only (`main.rs` installs the log subscriber); cargo has no per-target

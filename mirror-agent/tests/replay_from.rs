@@ -105,6 +105,31 @@ fn replays_a_recording_byte_identical() {
     assert!(got == want, "the mirror got exactly the recorded bytes");
 }
 
+/// A line that is not UTF-8 is one bad line: the records after it are replayed.
+#[test]
+fn a_non_utf8_line_is_skipped_and_the_rest_replayed() {
+    let rt = server_runtime();
+    let mirror = rt.block_on(TestMirror::start(Behavior::Ok));
+    let (text, _) = recording(3, 0);
+    let mut lines: Vec<&str> = text.lines().collect();
+    let tail = lines.split_off(1);
+    let mut bytes = format!("{}\n", lines[0]).into_bytes();
+    bytes.extend_from_slice(b"{\"src\": \"\xff\xfe not utf-8\"}\n");
+    for l in tail {
+        bytes.extend_from_slice(format!("{l}\n").as_bytes());
+    }
+    let path = std::env::temp_dir().join(format!("mirror-agent-{}-utf8.jsonl", std::process::id()));
+    std::fs::write(&path, &bytes).unwrap();
+    let file = TempFile(path);
+    let url = format!("http://{},name=m", mirror.addr);
+    let s = settings(&["--from", file.0.to_str().unwrap(), "--mirror", &url]);
+    let report = from::run(&s, &file.0, |_| {}).unwrap();
+    // The non-UTF-8 line and the recording's own bad line are skipped; all 3 records replayed.
+    assert_eq!((report.records, report.bad_lines), (3, 2));
+    assert_eq!(report.first_bad.as_deref(), Some("line 2: not UTF-8"));
+    assert_eq!(report.replay.mirrors[0].status[1], 3);
+}
+
 /// A recorded replay exports the same per-mirror metrics and spans as live mode.
 #[test]
 fn recorded_replay_exports_metrics_and_spans() {

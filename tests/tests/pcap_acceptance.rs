@@ -430,6 +430,8 @@ fn binary_records_json_lines_with_mode_0600() {
     )
     .expect("write capture");
     let record = dir.join("out.jsonl");
+    // The agent refuses to overwrite a file: start clean.
+    let _ = std::fs::remove_file(&record);
 
     let out = std::process::Command::new(agent_binary())
         .arg("--pcap")
@@ -495,7 +497,8 @@ fn binary_records_json_lines_with_mode_0600() {
     assert!(out.status.success());
     assert_eq!(String::from_utf8_lossy(&out.stdout), text);
 
-    // Bad input through the binary: one line on stderr, exit status 1, no panic.
+    // Bad input through the binary: one line on stderr naming the file, exit status 2 (bad
+    // input, as in every mode), no panic.
     let junk = dir.join("junk.pcap");
     std::fs::write(&junk, b"definitely not a capture").expect("write junk");
     let out = std::process::Command::new(agent_binary())
@@ -504,9 +507,22 @@ fn binary_records_json_lines_with_mode_0600() {
         .output()
         .expect("run");
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not a pcap"), "{stderr}");
+    assert!(stderr.contains(junk.to_str().unwrap()), "{stderr}");
+    // A directory given as --pcap, and a missing file: the same, naming the path.
+    for bad in [dir.to_path_buf(), dir.join("missing.pcap")] {
+        let out = std::process::Command::new(agent_binary())
+            .arg("--pcap")
+            .arg(&bad)
+            .output()
+            .expect("run");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(bad.to_str().unwrap()), "{stderr}");
+    }
 }
 
 /// Every corpus file cut short at several points, and with bytes flipped: no panic, one error

@@ -74,7 +74,65 @@ pub fn run() -> Result<()> {
             format!("{:.0} MB/s", n as f64 / t / 1e6)
         });
     }
+    // Hostile shape: many connections that never finish their headers, past the memory
+    // budget. The time per flow must not grow with the head size (each segment over the
+    // budget evicts one flow without scanning the others).
+    for head_bytes in [1024, 8192] {
+        let segs = unfinished_heads(UNFINISHED_FLOWS, head_bytes);
+        row(
+            &format!("{UNFINISHED_FLOWS} unfinished {} KiB heads, over budget", head_bytes >> 10),
+            u64::from(UNFINISHED_FLOWS),
+            "flows",
+            time_unfinished(&segs),
+            |n, t| format!("{:.0}k flows/s", n as f64 / t / 1e3),
+        );
+    }
     Ok(())
+}
+
+/// Flows in the unfinished-heads case.
+const UNFINISHED_FLOWS: u32 = 100_000;
+/// Memory budget of the unfinished-heads case: a fifth of the 1 KiB flows' bytes, so both
+/// head sizes run under eviction.
+const UNFINISHED_BUDGET: usize = 20 << 20;
+
+/// One segment per flow: a request head without its end, `head_bytes` long.
+fn unfinished_heads(flows: u32, head_bytes: usize) -> Vec<Segment> {
+    let head = format!(
+        "GET / HTTP/1.1\r\nX-Pad: {}\r\n",
+        "p".repeat(head_bytes.saturating_sub(32))
+    );
+    let server: SocketAddr = "10.255.0.1:8080".parse().expect("address");
+    (0..flows)
+        .flat_map(|i| {
+            let client = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1024));
+            let mut c = Conversation::new(client, server, [i, 0]);
+            c.client_sends(head.as_bytes(), 65_000);
+            c.segments
+        })
+        .collect()
+}
+
+/// Best of 3 runs of the unfinished-heads case; every flow ends truncated or evicted.
+fn time_unfinished(segs: &[Segment]) -> Times {
+    best_of(3, || {
+        let input = segs.to_vec();
+        let mut p = Pipeline::new(PipelineConfig {
+            memory_budget: UNFINISHED_BUDGET,
+            ..cfg(false)
+        });
+        let mut out = Vec::with_capacity(64);
+        let t = Clock::start();
+        for s in input {
+            p.on_segment(s, &mut out);
+            out.clear();
+        }
+        p.finish(&mut out);
+        let el = t.stop();
+        let s = p.stats();
+        assert_eq!(s.request_drops.truncated.count, segs.len() as u64, "{s}");
+        el
+    })
 }
 
 fn row(name: &str, n: u64, unit: &str, t: Times, rate: impl Fn(u64, f64) -> String) {

@@ -34,6 +34,7 @@ pub fn main(settings: Settings) -> Result<(), AppError> {
         capture,
         duration: settings.live.duration,
         write_pcap: settings.live.write_pcap.clone(),
+        overwrite: settings.live.overwrite,
     };
     super::runtime()?.block_on(run(settings, opts))
 }

@@ -36,9 +36,12 @@ pub enum AppError {
     /// A recording replay (`--from`) could not start or read its file.
     #[error(transparent)]
     From(#[from] from::FromError),
-    /// The pcap file cannot be opened.
-    #[error(transparent)]
-    Pcap(#[from] crate::capture::pcap::PcapError),
+    /// The pcap file cannot be opened or is not a capture: bad input, named.
+    #[error("--pcap {path}: {source}")]
+    Pcap {
+        path: String,
+        source: crate::capture::pcap::PcapError,
+    },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
     /// The run went through but lost output or input it had to report (a recording write, a
@@ -51,13 +54,14 @@ impl AppError {
     /// 2 for what the operator must fix before anything runs, 1 for runtime failures.
     pub fn exit_code(&self) -> i32 {
         match self {
-            AppError::Config(_) | AppError::Output(_) | AppError::DiffLog(_) => {
-                ConfigError::EXIT_CODE
-            }
+            AppError::Config(_)
+            | AppError::Output(_)
+            | AppError::DiffLog(_)
+            | AppError::Pcap { .. } => ConfigError::EXIT_CODE,
             AppError::Live(e) => e.exit_code(),
             AppError::Telemetry(e) => e.exit_code(),
             AppError::From(e) => e.exit_code(),
-            AppError::Pcap(_) | AppError::Runtime(_) | AppError::Incomplete(_) => 1,
+            AppError::Runtime(_) | AppError::Incomplete(_) => 1,
         }
     }
 }

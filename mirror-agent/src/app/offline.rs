@@ -105,6 +105,10 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
             metrics_due = Instant::now();
             outputs.update_metrics(None, None);
         }
+    })
+    .map_err(|source| AppError::Pcap {
+        path: path.display().to_string(),
+        source,
     })?;
     let out = runtime.block_on(outputs.finish(None, Some(&report.pipeline)));
     runtime.shutdown_timeout(Duration::from_millis(100));

@@ -65,7 +65,7 @@ impl Outputs {
         let writer = settings
             .record
             .as_deref()
-            .map(RecordWriter::create)
+            .map(|r| RecordWriter::create(r, settings.overwrite))
             .transpose()
             .map_err(AppError::Output)?;
         let telemetry = Telemetry::start(settings.telemetry.clone()).await?;
@@ -82,8 +82,13 @@ impl Outputs {
                 );
                 let log = match &c.diff_log {
                     Some((path, rate)) => Some(
-                        DiffLog::create(path, *rate, c.rules.redacted_headers.clone())
-                            .map_err(|e| AppError::DiffLog(e.to_string()))?,
+                        DiffLog::create(
+                            path,
+                            *rate,
+                            c.rules.redacted_headers.clone(),
+                            settings.overwrite,
+                        )
+                        .map_err(|e| AppError::DiffLog(e.to_string()))?,
                     ),
                     None => None,
                 };

@@ -63,6 +63,9 @@ pub enum RuleError {
     /// `--diff-log-rate 0`.
     #[error("--diff-log-rate 0: must be at least 1 line per second")]
     ZeroRate,
+    /// A size or rate flag over its bound.
+    #[error("{flag}: at most {max}")]
+    Bound { flag: &'static str, max: u64 },
     /// A comparison flag without `--compare`.
     #[error("{0} needs --compare")]
     NeedsCompare(&'static str),

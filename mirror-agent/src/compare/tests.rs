@@ -122,7 +122,8 @@ fn answered(status: u16) -> Outcome {
 #[test]
 fn hub_compares_content_only_for_equal_statuses_and_logs_mismatches() {
     let path = std::env::temp_dir().join(format!("mirror-hub-difflog-{}", std::process::id()));
-    let log = difflog::DiffLog::create(&path, 100, Default::default()).unwrap();
+    let _ = std::fs::remove_file(&path);
+    let log = difflog::DiffLog::create(&path, 100, Default::default(), false).unwrap();
     let rules = rules::CompareRules::new(&["json:$.ts".into()], None, None, &[]).unwrap();
     let hub = CompareHub::new(vec!["m".into()], Duration::from_secs(5), 64, None)
         .with_content(rules, Some(log));

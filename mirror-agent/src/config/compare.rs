@@ -6,6 +6,11 @@ use crate::cli::CompareArgs;
 use crate::compare::difflog::DEFAULT_RATE;
 use crate::compare::rules::{CompareRules, RuleError};
 
+/// Most `--diff-log` lines per second.
+pub const MAX_DIFF_LOG_RATE: u32 = 100_000;
+/// Most decoded body bytes kept per response and side (`--compare-body-limit`).
+pub const MAX_BODY_LIMIT: usize = 16 << 20;
+
 /// What `--compare` turns on: the rules, and the diff log (created when the run starts).
 #[derive(Debug, Clone)]
 pub struct CompareSettings {
@@ -32,6 +37,22 @@ pub fn build(a: &CompareArgs, stripped: &[String]) -> Result<Option<CompareSetti
     }
     if a.diff_log_rate == Some(0) {
         return Err(RuleError::ZeroRate);
+    }
+    if let Some(r) = a.diff_log_rate
+        && r > MAX_DIFF_LOG_RATE
+    {
+        return Err(RuleError::Bound {
+            flag: "--diff-log-rate",
+            max: u64::from(MAX_DIFF_LOG_RATE),
+        });
+    }
+    if let Some(l) = a.compare_body_limit
+        && l > MAX_BODY_LIMIT
+    {
+        return Err(RuleError::Bound {
+            flag: "--compare-body-limit",
+            max: MAX_BODY_LIMIT as u64,
+        });
     }
     let rules = CompareRules::new(
         &a.compare_ignore,

@@ -25,6 +25,8 @@ pub struct LiveSettings {
     pub duration: Option<Duration>,
     /// `--write-pcap FILE`.
     pub write_pcap: Option<PathBuf>,
+    /// `--overwrite`: `--write-pcap` may replace an existing regular file.
+    pub overwrite: bool,
 }
 
 impl LiveSettings {
@@ -100,5 +102,6 @@ pub fn build(
         attach_egress,
         duration,
         write_pcap: None,
+        overwrite: false,
     })
 }

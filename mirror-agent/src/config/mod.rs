@@ -47,6 +47,9 @@ pub enum ConfigError {
         path: PathBuf,
         source: std::io::Error,
     },
+    /// The file is larger than any config the agent reads.
+    #[error("config {path}: larger than {max} bytes")]
+    TooLarge { path: PathBuf, max: u64 },
     /// Syntax, unknown field, or a value refused while reading the file.
     #[error("config {path}: line {line} column {column}: {msg}")]
     Yaml {
@@ -127,6 +130,8 @@ pub struct Settings {
     pub telemetry: TelemetryConfig,
     /// `--record FILE` (`-`: stdout).
     pub record: Option<String>,
+    /// `--overwrite`: output files may replace existing regular files.
+    pub overwrite: bool,
     /// Live capture's own flags (validated; the interface is checked when attaching).
     pub live: LiveSettings,
 }
@@ -136,13 +141,7 @@ impl Settings {
     pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.replay.config {
             None => None,
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-                    path: path.clone(),
-                    source,
-                })?;
-                Some((path.as_path(), text))
-            }
+            Some(path) => Some((path.as_path(), read_bounded(path)?)),
         };
         Self::from_parts(args, file.as_ref().map(|(p, t)| (*p, t.as_str())))
     }
@@ -187,7 +186,7 @@ impl Settings {
             &ports,
             compare.is_some() || args.capture.pcap.is_some(),
             compare.as_ref().map(|c| c.rules.capture_limit()),
-        );
+        )?;
         let iface = args.capture.iface.clone().or(fc.interface.clone());
         let mut live = live::build(
             &args.capture,
@@ -197,12 +196,14 @@ impl Settings {
             compare.is_some(),
         )?;
         live.write_pcap = args.output.write_pcap.clone();
+        live.overwrite = args.output.overwrite;
         Ok(Settings {
             pcap: args.capture.pcap.clone(),
             pipeline,
             compare,
             telemetry: telemetry::build(&args.telemetry)?,
             record: args.output.record.clone(),
+            overwrite: args.output.overwrite,
             live,
             iface,
             ports,
@@ -374,7 +375,95 @@ fn capture_percent(
     Ok(capture_percent)
 }
 
+/// `value` of `flag` within `min..=max`, else one line naming the flag and the range.
+pub(crate) fn bounded<T: PartialOrd + std::fmt::Display + Copy>(
+    flag: &'static str,
+    value: T,
+    min: T,
+    max: T,
+) -> Result<T, ConfigError> {
+    if value < min || value > max {
+        return Err(ConfigError::Flag {
+            flag,
+            msg: format!("{value} is not in {min}..={max}"),
+        });
+    }
+    Ok(value)
+}
+
+/// Largest config file read: a Traefik-shaped file with many mirrors is a few KiB.
+pub const MAX_FILE_BYTES: u64 = 1 << 20;
+/// Deepest flow-style nesting (`[`, `{`) accepted; the shapes read need fewer than ten levels.
+pub const MAX_NESTING: usize = 64;
+
+/// The file's text, refused when larger than [`MAX_FILE_BYTES`] (read through a bound, so a
+/// growing file or a device cannot make it larger).
+fn read_bounded(path: &Path) -> Result<String, ConfigError> {
+    use std::io::Read as _;
+    let read = |source| ConfigError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file = std::fs::File::open(path).map_err(read)?;
+    let mut text = String::new();
+    file.take(MAX_FILE_BYTES + 1)
+        .read_to_string(&mut text)
+        .map_err(read)?;
+    if text.len() as u64 > MAX_FILE_BYTES {
+        return Err(ConfigError::TooLarge {
+            path: path.to_path_buf(),
+            max: MAX_FILE_BYTES,
+        });
+    }
+    Ok(text)
+}
+
+/// Refuses nesting deeper than [`MAX_NESTING`] before the YAML parser sees it: the parser's
+/// time grows faster than linearly with depth (100k levels took 32 s). Counted cheaply and on
+/// the safe side: flow brackets (`[`, `{`; every one counts, also inside quoted strings, since
+/// a config never holds 64 of them; not in comments), compact block entries on one line
+/// (`- - - x`, `? ? x`), and indentation (a level needs at least one more space).
+fn check_nesting(path: &Path, text: &str) -> Result<(), ConfigError> {
+    let deep = |n: usize| ConfigError::Yaml {
+        path: path.to_path_buf(),
+        line: n + 1,
+        column: 0,
+        msg: format!("nested deeper than {MAX_NESTING} levels"),
+    };
+    let mut depth = 0usize;
+    for (n, line) in text.lines().enumerate() {
+        let body = line.trim_start_matches([' ', '\t']);
+        let indent = line.len() - body.len();
+        let mut compact = 0;
+        let mut rest = body;
+        while let Some(r) = rest.strip_prefix("- ").or_else(|| rest.strip_prefix("? ")) {
+            compact += 1;
+            rest = r.trim_start_matches(' ');
+        }
+        if compact > MAX_NESTING || indent > 8 * MAX_NESTING {
+            return Err(deep(n));
+        }
+        // A `#` at the start or after whitespace begins a comment (YAML 1.2, 6.6).
+        let code = line
+            .char_indices()
+            .find(|&(i, c)| c == '#' && (i == 0 || line[..i].ends_with([' ', '\t'])))
+            .map_or(line, |(i, _)| &line[..i]);
+        for c in code.chars() {
+            match c {
+                '[' | '{' => depth += 1,
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => continue,
+            }
+            if depth > MAX_NESTING {
+                return Err(deep(n));
+            }
+        }
+    }
+    Ok(())
+}
+
 fn parse_file(path: &Path, text: &str) -> Result<FileConfig, ConfigError> {
+    check_nesting(path, text)?;
     serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));
         // serde_yaml appends " at line L column C"; the location is already in front.
@@ -458,6 +547,7 @@ fn primary_port(m: Option<&Mirroring>, fc: &FileConfig) -> Option<u16> {
 /// namespace is given, as Kubernetes DNS resolves it) with `port`, else the file provider's
 /// service of that name.
 fn file_mirror(e: &MirrorEntry, fc: &FileConfig) -> Result<MirrorSpec, String> {
+    spec::check_name(&e.name).map_err(|why| format!("name {:?}: {why}", e.name))?;
     let percent = e.percent.map_or(spec::DEFAULT_PERCENT, |p| p.0);
     let (host, port) = if let Some(u) = &e.url {
         (u.host.clone(), u.port)

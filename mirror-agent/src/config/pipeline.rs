@@ -1,5 +1,7 @@
-//! The limit flags and the captured ports into [`PipelineConfig`].
+//! The limit flags and the captured ports into [`PipelineConfig`]. Every limit has an upper
+//! bound too, so a typo cannot ask for a 32 GB allocation on the first request.
 
+use super::{ConfigError, bounded};
 use crate::cli::LimitArgs;
 use crate::http::request::HttpLimits;
 use crate::pipeline::PipelineConfig;
@@ -12,24 +14,31 @@ pub fn build(
     ports: &[u16],
     responses: bool,
     capture_responses: Option<usize>,
-) -> PipelineConfig {
-    PipelineConfig {
+) -> Result<PipelineConfig, ConfigError> {
+    Ok(PipelineConfig {
         ports: ports.to_vec(),
-        max_flows: a.max_flows.max(1),
-        memory_budget: a.memory_budget,
+        max_flows: bounded("--max-flows", a.max_flows, 1, 1 << 24)?,
+        memory_budget: bounded("--memory-budget", a.memory_budget, 1 << 16, 64 << 30)?,
         stream: StreamConfig {
-            max_buffered_bytes: a.flow_buffer,
-            gap_timeout_ns: a.gap_timeout_ms.saturating_mul(1_000_000),
+            max_buffered_bytes: bounded("--flow-buffer", a.flow_buffer, 4096, 1 << 30)?,
+            gap_timeout_ns: bounded("--gap-timeout-ms", a.gap_timeout_ms, 1, 600_000)?
+                * 1_000_000,
             ..StreamConfig::default()
         },
-        http: HttpLimits {
-            max_head_bytes: a.max_head_bytes,
-            max_headers: a.max_headers,
-            ..HttpLimits::default()
-        },
-        flow_idle_ns: a.flow_idle_secs.saturating_mul(1_000_000_000),
+        http: http_limits(a)?,
+        flow_idle_ns: bounded("--flow-idle-secs", a.flow_idle_secs, 1, 86_400)? * 1_000_000_000,
         responses,
         capture_responses,
         ..PipelineConfig::default()
-    }
+    })
+}
+
+/// Head limits, shared by the pipeline's framers and the mirrors' response framing.
+pub fn http_limits(a: &LimitArgs) -> Result<HttpLimits, ConfigError> {
+    Ok(HttpLimits {
+        max_head_bytes: bounded("--max-head-bytes", a.max_head_bytes, 1024, 16 << 20)?,
+        // Each header slot is allocated up front for every head parsed.
+        max_headers: bounded("--max-headers", a.max_headers, 1, 4096)?,
+        ..HttpLimits::default()
+    })
 }

@@ -74,13 +74,17 @@ pub fn build(
         &list(&args.replay.path_deny, &fc.path_deny),
         &list(&args.replay.header_match, &fc.header_match),
     )?;
-    let positive = |flag: &'static str, v: Option<u64>, file: Option<u64>, default: u64| match v {
-        Some(0) => Err(ConfigError::Flag {
-            flag,
-            msg: "must be at least 1".into(),
-        }),
-        Some(v) => Ok(v),
-        None => Ok(file.unwrap_or(default)),
+    // A flag, else the file's value, else the default; at least 1 and at most `max` (a typo
+    // must not size a queue or a pool to exhaust the machine).
+    let positive = |flag: &'static str, v: Option<u64>, file: Option<u64>, default: u64, max| {
+        match v.or(file) {
+            Some(0) => Err(ConfigError::Flag {
+                flag,
+                msg: "must be at least 1".into(),
+            }),
+            Some(v) => super::bounded(flag, v, 1, max),
+            None => Ok(default),
+        }
     };
     let defaults = ReplayConfig::new(Vec::new());
     let queue_size = positive(
@@ -88,24 +92,28 @@ pub fn build(
         args.replay.queue_size.map(|v| v as u64),
         fc.queue_size.map(|v| v.0),
         defaults.queue_size as u64,
+        1 << 20,
     )?;
     let max_connections = positive(
         "--max-connections",
         args.replay.max_connections.map(|v| v as u64),
         fc.max_connections.map(|v| v.0),
         defaults.max_connections as u64,
+        4096,
     )?;
     let max_queue_bytes = positive(
         "--max-queue-bytes",
         args.replay.max_queue_bytes,
         fc.max_queue_bytes.map(|v| v.0),
         defaults.max_queue_bytes,
+        64 << 30,
     )?;
     let timeout_ms = positive(
         "--timeout-ms",
         args.replay.timeout_ms,
         fc.timeout_ms.map(|v| v.0),
         defaults.timeout.as_millis() as u64,
+        3_600_000,
     )?;
     let ordered = match args
         .replay

@@ -326,6 +326,26 @@ fn bad_flag_values_are_one_line() {
         ),
         (&["--port", "70000"], "--port: 70000 is not in 1-65535"),
         (&["--queue-size", "0"], "--queue-size: must be at least 1"),
+        // Every size flag has an upper bound (1e9 header slots allocated 32 GB per head).
+        (&["--max-headers", "1000000000"], "--max-headers: 1000000000 is not in 1..=4096"),
+        (&["--max-head-bytes", "1"], "--max-head-bytes: 1 is not in 1024..=16777216"),
+        (&["--max-flows", "0"], "--max-flows: 0 is not in 1..=16777216"),
+        (&["--memory-budget", "1099511627776"], "--memory-budget: 1099511627776 is not in"),
+        (&["--flow-buffer", "1"], "--flow-buffer: 1 is not in 4096..="),
+        (&["--gap-timeout-ms", "0"], "--gap-timeout-ms: 0 is not in 1..=600000"),
+        (&["--flow-idle-secs", "0"], "--flow-idle-secs: 0 is not in 1..=86400"),
+        (&["--queue-size", "100000000"], "--queue-size: 100000000 is not in 1..=1048576"),
+        (&["--max-connections", "100000"], "--max-connections: 100000 is not in 1..=4096"),
+        (&["--timeout-ms", "99999999999"], "--timeout-ms: 99999999999 is not in 1..=3600000"),
+        (&["--max-queue-bytes", "99999999999999"], "--max-queue-bytes: 99999999999999 is not in"),
+        (
+            &["--compare", "--compare-body-limit", "999999999"],
+            "--compare-body-limit: at most 16777216",
+        ),
+        (
+            &["--compare", "--diff-log-rate", "999999999"],
+            "--diff-log-rate: at most 100000",
+        ),
         (&["--host-mode", "proxy"], "bad host mode `proxy`"),
         (&["--mirror-header", "NoColon"], "bad header `NoColon`"),
         (&["--strip-header", "a b"], "bad header name `a b`"),
@@ -552,4 +572,44 @@ fn too_many_ports_rejected_and_duplicates_merged() {
     assert!(usage_message(&args).contains("65 ports given, at most 64"));
     let s = live_check(&["--iface", "lo", "--port", "80,81,80"]).unwrap();
     assert_eq!(s.ports, vec![80, 81], "duplicates merged");
+}
+
+#[test]
+fn deep_or_large_config_files_are_refused_before_parsing() {
+    // Flow style 100k deep: took 32 s in the YAML parser; now one line at once.
+    let deep = format!("mirroring: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let e = load(&[], &deep).unwrap_err().to_string();
+    assert!(e.contains("nested deeper than 64 levels"), "{e}");
+    assert!(e.contains("line 1"), "{e}");
+    // Compact block entries on one line nest too.
+    let compact = format!("x:\n  {}a\n", "- ".repeat(10_000));
+    let e = load(&[], &compact).unwrap_err().to_string();
+    assert!(e.contains("nested deeper"), "{e}");
+    // Brackets in comments do not count; ordinary configs pass.
+    let ok = format!("# {}\nmirroring: {{name: app, port: 80, mirrors: [{{name: m, port: 81}}]}}\n", "[".repeat(100));
+    load(&[], &ok).unwrap();
+    // A file over the size bound is refused by size, without reading it all.
+    let dir = std::env::temp_dir().join(format!("mirror-cfg-big-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let big = dir.join("big.yaml");
+    std::fs::write(&big, vec![b'#'; MAX_FILE_BYTES as usize + 1]).unwrap();
+    let e = Settings::load(&args(&["--config", big.to_str().unwrap()]))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("larger than 1048576 bytes"), "{e}");
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn mirror_names_in_the_file_are_checked_like_the_flags() {
+    for (name, why) in [
+        ("\"app v2\"", "may hold only"),
+        ("\"a\\nforged log line\"", "may hold only"),
+        (&format!("{}", "n".repeat(64)), "1 to 63"),
+    ] {
+        let yaml = format!("mirroring:\n  name: app\n  port: 80\n  mirrors:\n    - name: {name}\n      port: 81\n      host: 10.0.0.5\n");
+        let e = load(&[], &yaml).unwrap_err().to_string();
+        assert!(e.contains(why), "{name}: {e}");
+        assert_eq!(e.lines().count(), 1, "{e}");
+    }
 }

@@ -232,11 +232,12 @@ impl Pipeline {
         let before = flow.buffered();
         flow.on_segment(seg, &self.cfg, &mut self.stats, &mut self.scratch, out);
         self.after_update(slot, before, out);
+        self.flows.note_held(slot);
         // Over budget: the least recently active flow holding out-of-order bytes gives up its
         // holes (cheap, the connection goes on); if only partial requests are left, the least
         // recently active flow holding bytes is ended.
         while self.held_bytes > self.cfg.memory_budget {
-            if let Some(victim) = self.flows.oldest_where(Flow::has_holes) {
+            if let Some(victim) = self.flows.oldest_with_holes() {
                 let flow = self.flows.get_mut(victim).expect("current slot");
                 let before = flow.buffered();
                 flow.shed(&self.cfg, &mut self.stats, &mut self.scratch, out);
@@ -244,7 +245,7 @@ impl Pipeline {
                 self.after_update(victim, before, out);
                 continue;
             }
-            let Some(victim) = self.flows.oldest_where(|f| f.buffered() > 0) else {
+            let Some(victim) = self.flows.oldest_holding() else {
                 break;
             };
             self.end_flow(victim, EndReason::Memory, out);

@@ -572,3 +572,72 @@ fn a_final_after_a_dropped_answer_is_not_paired_with_its_request() {
     );
     assert_eq!((s.responses_lost, s.responses_unpaired), (1, 1), "{s}");
 }
+
+#[test]
+fn budget_victims_are_found_without_scanning_every_flow() {
+    // Flows that each hold an unfinished head (no holes) past the memory budget: every segment
+    // over the budget needs a victim. Finding it once scanned every flow (for holes, then for
+    // bytes), so the time grew with flows x segments; the budget queues skip each entry once.
+    const N: u32 = 20_000;
+    let head = Bytes::from(format!("GET / HTTP/1.1\r\nX-Pad: {}\r\n", "p".repeat(8000)));
+    let budget = 1000 * head.len();
+    let mut p = Pipeline::new(PipelineConfig {
+        memory_budget: budget,
+        ..cfg()
+    });
+    let mut out = Vec::new();
+    for i in 0..N {
+        let client = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1024));
+        p.on_segment(
+            Segment {
+                src: client,
+                dst: addr("10.255.0.1:80"),
+                seq: i,
+                ack: 0,
+                flags: TcpFlags(TcpFlags::ACK | TcpFlags::PSH),
+                direction: None,
+                ts_ns: u64::from(i),
+                payload: head.clone(),
+            },
+            &mut out,
+        );
+        assert!(p.held_bytes() <= budget, "held {}", p.held_bytes());
+    }
+    let steps = p.flows.budget_steps;
+    assert!(
+        steps <= 4 * u64::from(N),
+        "{steps} queue entries looked at for {N} segments: victims are searched, not queued"
+    );
+    let s = finish(&mut p, &mut out);
+    assert_eq!(s.flows_evicted_memory, u64::from(N) - 1000, "{s}");
+    assert_eq!(s.request_drops.truncated.count, u64::from(N));
+}
+
+#[test]
+fn a_client_only_flow_closes_on_the_client_fin() {
+    // Live capture of requests only (no --compare): the server's side is never followed, so
+    // the client's FIN ends the flow; it used to wait 120 s and end as an idle eviction.
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    c.handshake().client_sends(GET, 1000).client_sends(POST, 1000).close();
+    let server_fin = c.segments.pop().expect("the server's FIN");
+    assert!(server_fin.flags.fin() && server_fin.src == addr("10.0.0.2:8080"));
+    let mut p = Pipeline::new(PipelineConfig {
+        ports: vec![8080],
+        responses: false,
+        ..cfg()
+    });
+    let out = run(&mut p, c.segments.clone());
+    assert_eq!(requests(&out).len(), 2);
+    assert_eq!(p.flows.len(), 0, "closed on the client's FIN");
+    let mut out = Vec::new();
+    let s = finish(&mut p, &mut out);
+    assert_eq!((s.flows_closed, s.flows_idle_expired), (1, 0), "{s}");
+
+    // Following both sides (pcap files, --compare), the flow waits for the server's FIN.
+    let mut p = Pipeline::new(PipelineConfig {
+        ports: vec![8080],
+        ..cfg()
+    });
+    run(&mut p, c.segments);
+    assert_eq!(p.flows.len(), 1);
+}

@@ -16,10 +16,8 @@
 //! addresses are written `[addr]:port`. Record files hold credentials (Authorization, cookies)
 //! and are created with mode 0600.
 
-use std::fs::OpenOptions;
 use std::io::{BufRead, BufWriter, Write};
 use std::net::SocketAddr;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -32,7 +30,10 @@ use crate::pipeline::CapturedRequest;
 /// Why a record could not be written or read.
 #[derive(Debug, thiserror::Error)]
 pub enum RecordError {
-    /// Creating or writing the file failed.
+    /// The recording could not be opened (see [`crate::output_file`]).
+    #[error("--record {0}")]
+    Create(crate::output_file::OutputFileError),
+    /// Writing (or reading) the file failed.
     #[error("record file {path}: {source}")]
     Io {
         path: String,
@@ -46,6 +47,12 @@ pub enum RecordError {
         #[source]
         source: serde_json::Error,
     },
+    /// The line is not UTF-8 (skipped, the rest is read).
+    #[error("line {line}: not UTF-8")]
+    NotUtf8 { line: u64 },
+    /// The line is longer than the bound (skipped, the rest is read).
+    #[error("line {line}: longer than {max} bytes")]
+    LineTooLong { line: u64, max: usize },
     /// A field has a value the format does not allow.
     #[error("line {line}: field {field}: {detail}")]
     Field {
@@ -252,24 +259,12 @@ pub struct RecordWriter {
 
 impl RecordWriter {
     /// `-` is stdout; anything else a file created (or truncated) with mode 0600.
-    pub fn create(target: &str) -> Result<Self, RecordError> {
-        let io = |source| RecordError::Io {
-            path: target.to_owned(),
-            source,
-        };
+    pub fn create(target: &str, overwrite: bool) -> Result<Self, RecordError> {
         let out: Box<dyn Write + Send> = if target == "-" {
             Box::new(std::io::stdout())
         } else {
-            let f = OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(target)
-                .map_err(io)?;
-            // `mode` applies only when the file is created; an existing file keeps its bits.
-            f.set_permissions(std::fs::Permissions::from_mode(0o600))
-                .map_err(io)?;
+            let f = crate::output_file::create(std::path::Path::new(target), overwrite)
+                .map_err(RecordError::Create)?;
             Box::new(f)
         };
         Ok(Self {
@@ -318,15 +313,26 @@ impl RecordWriter {
 pub struct RecordReader<R: BufRead> {
     input: R,
     line: u64,
-    buf: String,
+    buf: Vec<u8>,
+    max_line: usize,
 }
+
+/// Longest record line read: a request of the largest body kept (64 MiB by default) in base64
+/// with its head and fields fits; a longer line is skipped and counted.
+pub const MAX_LINE: usize = 128 << 20;
 
 impl<R: BufRead> RecordReader<R> {
     pub fn new(input: R) -> Self {
+        Self::with_max_line(input, MAX_LINE)
+    }
+
+    /// A reader that skips lines longer than `max_line` bytes.
+    pub fn with_max_line(input: R, max_line: usize) -> Self {
         Self {
             input,
             line: 0,
-            buf: String::new(),
+            buf: Vec::new(),
+            max_line,
         }
     }
 }
@@ -334,14 +340,22 @@ impl<R: BufRead> RecordReader<R> {
 impl<R: BufRead> Iterator for RecordReader<R> {
     type Item = Result<CapturedRequest, RecordError>;
 
+    /// The next record, or why the next line is not one. Bad lines (not UTF-8, too long, not
+    /// a record) are errors the caller counts and goes past; an I/O error ends the input.
     fn next(&mut self) -> Option<Self::Item> {
         loop {
             self.buf.clear();
             self.line += 1;
-            match self.input.read_line(&mut self.buf) {
-                Ok(0) => return None,
-                Ok(_) if self.buf.trim().is_empty() => continue,
-                Ok(_) => return Some(parse(self.buf.trim_end(), self.line)),
+            let line = self.line;
+            match read_bounded_line(&mut self.input, &mut self.buf, self.max_line) {
+                Ok(Line::End) => return None,
+                Ok(Line::TooLong) => {
+                    return Some(Err(RecordError::LineTooLong {
+                        line,
+                        max: self.max_line,
+                    }));
+                }
+                Ok(Line::Complete) => {}
                 Err(source) => {
                     return Some(Err(RecordError::Io {
                         path: "<input>".into(),
@@ -349,6 +363,71 @@ impl<R: BufRead> Iterator for RecordReader<R> {
                     }));
                 }
             }
+            let Ok(text) = std::str::from_utf8(&self.buf) else {
+                return Some(Err(RecordError::NotUtf8 { line }));
+            };
+            if text.trim().is_empty() {
+                continue;
+            }
+            return Some(parse(text.trim_end(), line));
+        }
+    }
+}
+
+/// How a bounded line read ended.
+enum Line {
+    /// No more input.
+    End,
+    /// A line (with its `\n`, or the last one without) is in the buffer.
+    Complete,
+    /// The line was longer than the bound: skipped to its end, not stored.
+    TooLong,
+}
+
+/// Reads up to and including the next `\n` into `buf`, storing at most `max` bytes. A longer
+/// line is skipped to its end; one that runs on past twice the bound (an endless input such as
+/// `/dev/zero`) ends the input with an error, so time and memory stay bounded.
+fn read_bounded_line(
+    input: &mut impl BufRead,
+    buf: &mut Vec<u8>,
+    max: usize,
+) -> std::io::Result<Line> {
+    let mut seen = 0usize;
+    loop {
+        let chunk = match input.fill_buf() {
+            Ok(c) => c,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if chunk.is_empty() {
+            return Ok(match seen {
+                0 => Line::End,
+                n if n > max => Line::TooLong,
+                _ => Line::Complete,
+            });
+        }
+        let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
+            Some(i) => (i + 1, true),
+            None => (chunk.len(), false),
+        };
+        seen += take;
+        if seen <= max {
+            buf.extend_from_slice(&chunk[..take]);
+        } else {
+            buf.clear();
+        }
+        input.consume(take);
+        if done {
+            return Ok(if seen > max {
+                Line::TooLong
+            } else {
+                Line::Complete
+            });
+        }
+        if seen > max.saturating_mul(2) {
+            return Err(std::io::Error::other(format!(
+                "line without end after {seen} bytes: the rest of the input is not read"
+            )));
         }
     }
 }

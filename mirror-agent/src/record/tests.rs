@@ -1,3 +1,5 @@
+use std::os::unix::fs::PermissionsExt;
+
 use super::*;
 
 fn sample(raw: &'static [u8], headers: Vec<(&str, &'static [u8])>) -> CapturedRequest {
@@ -92,13 +94,11 @@ fn writer_and_reader_agree_and_file_is_0600() {
     let dir = std::env::temp_dir().join(format!("mirror-record-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("r.jsonl");
-    // A pre-existing world-readable file must end up 0600 too.
-    std::fs::write(&path, "old").unwrap();
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let _ = std::fs::remove_file(&path);
     let a = sample(b"POST /a?b=c HTTP/1.1\r\n\r\nhi", vec![]);
     let mut b = a.clone();
     b.seq_in_flow = 4;
-    let mut w = RecordWriter::create(path.to_str().unwrap()).unwrap();
+    let mut w = RecordWriter::create(path.to_str().unwrap(), false).unwrap();
     w.write(&a).unwrap();
     w.write(&b).unwrap();
     w.flush().unwrap();
@@ -107,6 +107,54 @@ fn writer_and_reader_agree_and_file_is_0600() {
     assert_eq!(mode, 0o600);
     let f = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
     let back: Vec<_> = RecordReader::new(f).map(|r| r.unwrap()).collect();
-    assert_eq!(back, vec![a, b]);
+    assert_eq!(back, vec![a.clone(), b]);
+    // Now it exists: refused, one line naming it and the flag; untouched.
+    let e = RecordWriter::create(path.to_str().unwrap(), false).unwrap_err();
+    assert!(e.to_string().contains("--overwrite"), "{e}");
+    assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
+    // Overwritten on request, keeping the mode the operator gave it.
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let mut w = RecordWriter::create(path.to_str().unwrap(), true).unwrap();
+    w.write(&a).unwrap();
+    w.flush().unwrap();
+    drop(w);
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o640);
+    let f = std::io::BufReader::new(std::fs::File::open(&path).unwrap());
+    assert_eq!(RecordReader::new(f).count(), 1);
     std::fs::remove_dir_all(&dir).unwrap();
+}
+
+#[test]
+fn bad_lines_are_skipped_and_counted_and_the_rest_is_read() {
+    let a = to_line(&sample(b"POST /a?b=c HTTP/1.1\r\n\r\nhi", vec![]));
+    // A good record, a line that is not UTF-8, an overlong line, two good records.
+    let mut input = format!("{a}\n").into_bytes();
+    input.extend_from_slice(b"{\"src\": \"\xff\xfe\"}\n");
+    input.extend_from_slice(&vec![b'x'; 300]);
+    input.push(b'\n');
+    input.extend_from_slice(format!("{a}\n{a}\n").as_bytes());
+    let results: Vec<_> =
+        RecordReader::with_max_line(std::io::Cursor::new(input), 256).collect();
+    let good = results.iter().filter(|r| r.is_ok()).count();
+    assert_eq!(good, 3, "{results:?}");
+    assert!(matches!(results[1], Err(RecordError::NotUtf8 { line: 2 })), "{results:?}");
+    assert!(
+        matches!(results[2], Err(RecordError::LineTooLong { line: 3, max: 256 })),
+        "{results:?}"
+    );
+}
+
+#[test]
+fn an_endless_line_ends_the_input_in_bounded_time_and_memory() {
+    // Like `--from /dev/zero`: no newline, ever.
+    let zeros = std::io::BufReader::new(std::io::repeat(0));
+    let mut r = RecordReader::with_max_line(zeros, 4096);
+    match r.next() {
+        Some(Err(RecordError::Io { source, .. })) => {
+            assert!(source.to_string().contains("without end"), "{source}")
+        }
+        other => panic!("expected the input to end: {other:?}"),
+    }
+    assert!(r.buf.capacity() <= 2 * 4096 + 64 * 1024, "{}", r.buf.capacity());
 }

@@ -61,6 +61,34 @@ pub enum SpecError {
     /// Empty name.
     #[error("mirror `{spec}`: name must not be empty")]
     EmptyName { spec: String },
+    /// A name outside [`check_name`]'s rule; both shown escaped, so a newline cannot forge a
+    /// line of the agent's output.
+    #[error("mirror {spec:?}: name {name:?}: {why}")]
+    BadName {
+        spec: String,
+        name: String,
+        why: &'static str,
+    },
+}
+
+/// Longest mirror name, as a DNS label.
+pub const MAX_NAME_LEN: usize = 63;
+
+/// A name the operator gives a mirror: 1 to [`MAX_NAME_LEN`] ASCII letters, digits, `.`, `-`,
+/// `_` or `@` (Traefik's `name@provider`). Names become metric labels, log fields and rows of
+/// the exit table: no spaces, no control characters, bounded length. (A name the agent derives
+/// from the URL, `host:port`, is already made of a validated host and port.)
+pub fn check_name(name: &str) -> Result<(), &'static str> {
+    if name.is_empty() || name.len() > MAX_NAME_LEN {
+        return Err("must be 1 to 63 characters");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'-' | b'_' | b'@'))
+    {
+        return Err("may hold only letters, digits, `.`, `-`, `_` and `@`");
+    }
+    Ok(())
 }
 
 /// Parses `URL[,percent=P][,name=NAME]`. Name defaults to the URL's authority.
@@ -89,6 +117,11 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
                 if value.is_empty() {
                     return Err(SpecError::EmptyName { spec: spec.into() });
                 }
+                check_name(value).map_err(|why| SpecError::BadName {
+                    spec: spec.into(),
+                    name: value.into(),
+                    why,
+                })?;
                 name.replace(value.to_string()).is_some()
             }
             _ => {
@@ -233,11 +266,19 @@ mod tests {
             ("http://a,percent=", "percent ``"),
             ("http://a,name=", "name must not be empty"),
             ("http://a,name=x,name=y", "given twice"),
+            ("http://a,name=app v2", "may hold only"),
+            ("http://a,name=x\ny", "may hold only"),
+            ("http://a,name=x\u{1b}[31m", "may hold only"),
         ];
         for (spec, want) in cases {
             let err = parse_mirror(spec).expect_err(spec).to_string();
             assert!(err.contains(want), "{spec}: {err}");
             assert!(!err.contains('\n'), "{spec}: {err}");
         }
+        let long = format!("http://a,name={}", "n".repeat(MAX_NAME_LEN + 1));
+        let err = parse_mirror(&long).unwrap_err().to_string();
+        assert!(err.contains("1 to 63"), "{err}");
+        assert!(parse_mirror(&format!("http://a,name={}", "n".repeat(MAX_NAME_LEN))).is_ok());
+        assert!(parse_mirror("http://a,name=app-v2@kubernetescrd").is_ok());
     }
 }

@@ -31,6 +31,8 @@ pub struct LiveOptions {
     pub capture: LiveConfig,
     pub duration: Option<Duration>,
     pub write_pcap: Option<PathBuf>,
+    /// `--write-pcap` may replace an existing regular file.
+    pub overwrite: bool,
 }
 
 /// Why live mode stopped or never started. `exit_code` maps each to the process status.
@@ -55,7 +57,8 @@ impl LiveError {
     /// 2 for input the operator must fix (flags, privileges, interface, kernel), 1 otherwise.
     pub fn exit_code(&self) -> i32 {
         match self {
-            LiveError::Usage(_) => 2,
+            // A bad --write-pcap path is bad input, as in every mode.
+            LiveError::Usage(_) | LiveError::Pcap(PcapOutError::Create(_)) => 2,
             LiveError::Capture(
                 CaptureError::NoObject
                 | CaptureError::UnknownInterface(_)
@@ -131,7 +134,7 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     let mut pcap = opts
         .write_pcap
         .as_deref()
-        .map(PcapOut::create)
+        .map(|p| PcapOut::create(p, opts.overwrite))
         .transpose()?;
     let sig = |kind| {
         signal(kind).map_err(|source| LiveError::Io {

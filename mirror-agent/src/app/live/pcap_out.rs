@@ -24,12 +24,9 @@ pub const MAX_FRAME_PAYLOAD: usize = 60000;
 /// Errors writing the pcap file.
 #[derive(Debug, thiserror::Error)]
 pub enum PcapOutError {
-    #[error("cannot create pcap file {path}: {source}")]
-    Create {
-        path: String,
-        #[source]
-        source: std::io::Error,
-    },
+    /// The file could not be opened (see [`crate::output_file`]).
+    #[error("--write-pcap {0}")]
+    Create(crate::output_file::OutputFileError),
     #[error("writing pcap: {0}")]
     Write(#[from] pcap_file::PcapError),
     #[error("building a frame: {0}")]
@@ -43,11 +40,11 @@ pub struct PcapOut {
 }
 
 impl PcapOut {
-    pub fn create(path: &Path) -> Result<Self, PcapOutError> {
-        let file = File::create(path).map_err(|source| PcapOutError::Create {
-            path: path.display().to_string(),
-            source,
-        })?;
+    /// Opens `path` by the agent's output-file rules ([`crate::output_file`]): created 0600
+    /// (the frames hold requests in clear), never through a symlink, an existing file only with
+    /// `overwrite`.
+    pub fn create(path: &Path, overwrite: bool) -> Result<Self, PcapOutError> {
+        let file = crate::output_file::create(path, overwrite).map_err(PcapOutError::Create)?;
         let header = PcapHeader {
             snaplen: 262_144,
             datalink: DataLink::ETHERNET,
@@ -136,6 +133,7 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("mirror-pcap-out-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("t.pcap");
+        let _ = std::fs::remove_file(&path);
         let payload: Vec<u8> = (0..150_000u32).map(|i| i as u8).collect();
         let seg = Segment {
             src: "10.0.0.1:40000".parse().unwrap(),
@@ -147,9 +145,13 @@ mod tests {
             ts_ns: 1,
             payload: Bytes::from(payload.clone()),
         };
-        let mut out = PcapOut::create(&path).unwrap();
+        let mut out = PcapOut::create(&path, false).unwrap();
         out.write(&seg).unwrap();
         assert_eq!(out.finish().unwrap(), 3);
+        // It holds requests in clear: private, like --record.
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
 
         let mut reader = pcap_file::pcap::PcapReader::new(File::open(&path).unwrap()).unwrap();
         let mut got = Vec::new();

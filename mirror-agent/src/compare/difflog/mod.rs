@@ -57,11 +57,8 @@ pub struct DiffLogStats {
 
 /// A `--diff-log` file that cannot be created.
 #[derive(Debug, thiserror::Error)]
-#[error("--diff-log {path}: {source}")]
-pub struct DiffLogError {
-    path: String,
-    source: std::io::Error,
-}
+#[error("--diff-log {0}")]
+pub struct DiffLogError(crate::output_file::OutputFileError);
 
 pub struct DiffLog {
     file: File,
@@ -87,22 +84,15 @@ fn looks_secret(lower: &str) -> bool {
 impl DiffLog {
     /// Creates (truncates) `path` with mode 0600. `redacted`: lower-case header names the user
     /// strips or ignores.
-    pub fn create(path: &Path, rate: u32, redacted: HashSet<String>) -> Result<Self, DiffLogError> {
-        use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
-        let err = |source| DiffLogError {
-            path: path.display().to_string(),
-            source,
-        };
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(err)?;
-        // An existing file keeps its mode on open: tighten it.
-        file.set_permissions(std::fs::Permissions::from_mode(0o600))
-            .map_err(err)?;
+    /// Opens `path` by the agent's output-file rules ([`crate::output_file`]): created 0600,
+    /// never through a symlink, an existing file only with `overwrite`.
+    pub fn create(
+        path: &Path,
+        rate: u32,
+        redacted: HashSet<String>,
+        overwrite: bool,
+    ) -> Result<Self, DiffLogError> {
+        let file = crate::output_file::create(path, overwrite).map_err(DiffLogError)?;
         let rate = f64::from(rate.max(1));
         Ok(Self {
             file,

@@ -34,14 +34,18 @@ fn verdict(p: ResponseSample, m: ResponseSample, target: &str) -> Verdict {
     }
 }
 
+/// A path of the test's own; a leftover of an earlier run is removed (the log refuses to
+/// overwrite a file).
 fn temp(name: &str) -> std::path::PathBuf {
-    std::env::temp_dir().join(format!("mirror-difflog-{}-{name}", std::process::id()))
+    let p = std::env::temp_dir().join(format!("mirror-difflog-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_file(&p);
+    p
 }
 
 #[test]
 fn credentials_are_redacted_everywhere() {
     let path = temp("redact");
-    let log = DiffLog::create(&path, 10, HashSet::from(["x-internal".to_string()])).unwrap();
+    let log = DiffLog::create(&path, 10, HashSet::from(["x-internal".to_string()]), false).unwrap();
     let head = |auth: &str, n: &str| {
         format!(
             "Content-Type: application/json\r\nAuthorization: {auth}\r\nSet-Cookie: s={auth}\r\n\
@@ -137,7 +141,7 @@ fn rate_limit_counts_suppressed_lines_and_file_is_private() {
     let path = temp("rate");
     std::fs::write(&path, "old").unwrap();
     std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let mut log = DiffLog::create(&path, 3, HashSet::new()).unwrap();
+    let mut log = DiffLog::create(&path, 3, HashSet::new(), false).unwrap();
     assert_eq!(
         std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
         0o600
@@ -168,8 +172,7 @@ fn rate_limit_counts_suppressed_lines_and_file_is_private() {
 fn write_errors_are_counted_not_fatal() {
     // A file opened read-only fails every write (EBADF), as a full disk would.
     let path = temp("readonly");
-    std::fs::write(&path, "").unwrap();
-    let mut log = DiffLog::create(&path, 100, HashSet::new()).unwrap();
+    let mut log = DiffLog::create(&path, 100, HashSet::new(), false).unwrap();
     log.file = std::fs::File::open(&path).unwrap();
     let mut v = verdict(cap("", "a"), cap("", "b"), "/x");
     v.mismatch = Some(MismatchKind::StatusClass);

@@ -115,11 +115,16 @@ impl Flow {
         }
     }
 
-    /// FIN seen in both directions, or RST in either.
+    /// FIN seen in both directions, or RST in either; or, when the server's side is not
+    /// followed (live capture of requests only, or a flow that is not HTTP), the client's FIN:
+    /// every byte it sent has been framed, so nothing more can come that the agent would use,
+    /// and the connection must not wait for an idle expiry reported as an eviction.
     pub fn is_closed(&self) -> bool {
         match &self.state {
             State::Undecided { .. } => false,
-            State::Decided(d) => d.reset || (d.ended[0] && d.ended[1]),
+            State::Decided(d) => {
+                d.reset || (d.ended[0] && d.ended[1]) || (d.ended[C2S] && d.server_ignored)
+            }
         }
     }
 
