@@ -20,6 +20,13 @@ use telemetry_common::otlp::{Receiver, attr, points};
 /// A temp file removed on drop.
 struct TempFile(PathBuf);
 impl TempFile {
+    /// A path for the agent to create (it refuses to overwrite an existing file).
+    fn output(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("mirror-agent-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&p);
+        Self(p)
+    }
+
     fn new(name: &str, content: &str) -> Self {
         let p = std::env::temp_dir().join(format!("mirror-agent-{}-{name}", std::process::id()));
         std::fs::write(&p, content).unwrap();
@@ -295,7 +302,7 @@ fn pcap_corpus_to_mirror() {
     }
     let rt = server_runtime();
     let mirror = rt.block_on(TestMirror::start(Behavior::Ok));
-    let rec = TempFile::new("pcap-rec.jsonl", "");
+    let rec = TempFile::output("pcap-rec.jsonl");
     let url = format!("http://{},name=shadow", mirror.addr);
     let (code, stderr) = agent(&[
         "--pcap",

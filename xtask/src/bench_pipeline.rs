@@ -80,7 +80,10 @@ pub fn run() -> Result<()> {
     for head_bytes in [1024, 8192] {
         let segs = unfinished_heads(UNFINISHED_FLOWS, head_bytes);
         row(
-            &format!("{UNFINISHED_FLOWS} unfinished {} KiB heads, over budget", head_bytes >> 10),
+            &format!(
+                "{UNFINISHED_FLOWS} unfinished {} KiB heads, over budget",
+                head_bytes >> 10
+            ),
             u64::from(UNFINISHED_FLOWS),
             "flows",
             time_unfinished(&segs),

@@ -21,8 +21,7 @@ pub fn build(
         memory_budget: bounded("--memory-budget", a.memory_budget, 1 << 16, 64 << 30)?,
         stream: StreamConfig {
             max_buffered_bytes: bounded("--flow-buffer", a.flow_buffer, 4096, 1 << 30)?,
-            gap_timeout_ns: bounded("--gap-timeout-ms", a.gap_timeout_ms, 1, 600_000)?
-                * 1_000_000,
+            gap_timeout_ns: bounded("--gap-timeout-ms", a.gap_timeout_ms, 1, 600_000)? * 1_000_000,
             ..StreamConfig::default()
         },
         http: http_limits(a)?,

@@ -76,16 +76,16 @@ pub fn build(
     )?;
     // A flag, else the file's value, else the default; at least 1 and at most `max` (a typo
     // must not size a queue or a pool to exhaust the machine).
-    let positive = |flag: &'static str, v: Option<u64>, file: Option<u64>, default: u64, max| {
-        match v.or(file) {
+    let positive =
+        |flag: &'static str, v: Option<u64>, file: Option<u64>, default: u64, max| match v.or(file)
+        {
             Some(0) => Err(ConfigError::Flag {
                 flag,
                 msg: "must be at least 1".into(),
             }),
             Some(v) => super::bounded(flag, v, 1, max),
             None => Ok(default),
-        }
-    };
+        };
     let defaults = ReplayConfig::new(Vec::new());
     let queue_size = positive(
         "--queue-size",

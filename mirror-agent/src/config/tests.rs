@@ -274,7 +274,8 @@ fn file_errors_name_line_and_field() {
             "scheme `https` is not supported",
         ),
         (
-            bad("name: app-v3", "name: app_v3/x"),
+            // A valid mirror name that is not a host name, used as the host.
+            bad("name: app-v3", "name: app@v3"),
             "line 14",
             "not a host name",
         ),
@@ -327,17 +328,50 @@ fn bad_flag_values_are_one_line() {
         (&["--port", "70000"], "--port: 70000 is not in 1-65535"),
         (&["--queue-size", "0"], "--queue-size: must be at least 1"),
         // Every size flag has an upper bound (1e9 header slots allocated 32 GB per head).
-        (&["--max-headers", "1000000000"], "--max-headers: 1000000000 is not in 1..=4096"),
-        (&["--max-head-bytes", "1"], "--max-head-bytes: 1 is not in 1024..=16777216"),
-        (&["--max-flows", "0"], "--max-flows: 0 is not in 1..=16777216"),
-        (&["--memory-budget", "1099511627776"], "--memory-budget: 1099511627776 is not in"),
-        (&["--flow-buffer", "1"], "--flow-buffer: 1 is not in 4096..="),
-        (&["--gap-timeout-ms", "0"], "--gap-timeout-ms: 0 is not in 1..=600000"),
-        (&["--flow-idle-secs", "0"], "--flow-idle-secs: 0 is not in 1..=86400"),
-        (&["--queue-size", "100000000"], "--queue-size: 100000000 is not in 1..=1048576"),
-        (&["--max-connections", "100000"], "--max-connections: 100000 is not in 1..=4096"),
-        (&["--timeout-ms", "99999999999"], "--timeout-ms: 99999999999 is not in 1..=3600000"),
-        (&["--max-queue-bytes", "99999999999999"], "--max-queue-bytes: 99999999999999 is not in"),
+        (
+            &["--max-headers", "1000000000"],
+            "--max-headers: 1000000000 is not in 1..=4096",
+        ),
+        (
+            &["--max-head-bytes", "1"],
+            "--max-head-bytes: 1 is not in 1024..=16777216",
+        ),
+        (
+            &["--max-flows", "0"],
+            "--max-flows: 0 is not in 1..=16777216",
+        ),
+        (
+            &["--memory-budget", "1099511627776"],
+            "--memory-budget: 1099511627776 is not in",
+        ),
+        (
+            &["--flow-buffer", "1"],
+            "--flow-buffer: 1 is not in 4096..=",
+        ),
+        (
+            &["--gap-timeout-ms", "0"],
+            "--gap-timeout-ms: 0 is not in 1..=600000",
+        ),
+        (
+            &["--flow-idle-secs", "0"],
+            "--flow-idle-secs: 0 is not in 1..=86400",
+        ),
+        (
+            &["--queue-size", "100000000"],
+            "--queue-size: 100000000 is not in 1..=1048576",
+        ),
+        (
+            &["--max-connections", "100000"],
+            "--max-connections: 100000 is not in 1..=4096",
+        ),
+        (
+            &["--timeout-ms", "99999999999"],
+            "--timeout-ms: 99999999999 is not in 1..=3600000",
+        ),
+        (
+            &["--max-queue-bytes", "99999999999999"],
+            "--max-queue-bytes: 99999999999999 is not in",
+        ),
         (
             &["--compare", "--compare-body-limit", "999999999"],
             "--compare-body-limit: at most 16777216",
@@ -577,7 +611,11 @@ fn too_many_ports_rejected_and_duplicates_merged() {
 #[test]
 fn deep_or_large_config_files_are_refused_before_parsing() {
     // Flow style 100k deep: took 32 s in the YAML parser; now one line at once.
-    let deep = format!("mirroring: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    let deep = format!(
+        "mirroring: {}{}\n",
+        "[".repeat(100_000),
+        "]".repeat(100_000)
+    );
     let e = load(&[], &deep).unwrap_err().to_string();
     assert!(e.contains("nested deeper than 64 levels"), "{e}");
     assert!(e.contains("line 1"), "{e}");
@@ -586,7 +624,10 @@ fn deep_or_large_config_files_are_refused_before_parsing() {
     let e = load(&[], &compact).unwrap_err().to_string();
     assert!(e.contains("nested deeper"), "{e}");
     // Brackets in comments do not count; ordinary configs pass.
-    let ok = format!("# {}\nmirroring: {{name: app, port: 80, mirrors: [{{name: m, port: 81}}]}}\n", "[".repeat(100));
+    let ok = format!(
+        "# {}\nmirroring: {{name: app, port: 80, mirrors: [{{name: m, port: 81}}]}}\n",
+        "[".repeat(100)
+    );
     load(&[], &ok).unwrap();
     // A file over the size bound is refused by size, without reading it all.
     let dir = std::env::temp_dir().join(format!("mirror-cfg-big-{}", std::process::id()));
@@ -605,9 +646,11 @@ fn mirror_names_in_the_file_are_checked_like_the_flags() {
     for (name, why) in [
         ("\"app v2\"", "may hold only"),
         ("\"a\\nforged log line\"", "may hold only"),
-        (&format!("{}", "n".repeat(64)), "1 to 63"),
+        (&"n".repeat(64), "1 to 63"),
     ] {
-        let yaml = format!("mirroring:\n  name: app\n  port: 80\n  mirrors:\n    - name: {name}\n      port: 81\n      host: 10.0.0.5\n");
+        let yaml = format!(
+            "mirroring:\n  name: app\n  port: 80\n  mirrors:\n    - name: {name}\n      port: 81\n      host: 10.0.0.5\n"
+        );
         let e = load(&[], &yaml).unwrap_err().to_string();
         assert!(e.contains(why), "{name}: {e}");
         assert_eq!(e.lines().count(), 1, "{e}");

@@ -61,7 +61,11 @@ fn an_existing_file_is_refused_unless_overwrite_and_keeps_its_mode() {
     assert_eq!(std::fs::read(&p).unwrap(), b"old contents");
     create(&p, true).unwrap().write_all(b"new").unwrap();
     assert_eq!(std::fs::read(&p).unwrap(), b"new");
-    assert_eq!(mode(&p), 0o640, "the agent never chmods a file it did not create");
+    assert_eq!(
+        mode(&p),
+        0o640,
+        "the agent never chmods a file it did not create"
+    );
 }
 
 #[test]

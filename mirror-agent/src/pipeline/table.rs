@@ -183,9 +183,13 @@ impl FlowTable {
     }
 
     fn front_where(&mut self, which: Queue) -> Option<Slot> {
-        let (queue, pred): (&mut VecDeque<(Slot, u64)>, fn(&Flow) -> bool) = match which {
-            Queue::Holding => (&mut self.holding, |f| f.buffered() > 0),
-            Queue::Holed => (&mut self.holed, Flow::has_holes),
+        let pred: fn(&Flow) -> bool = match which {
+            Queue::Holding => |f| f.buffered() > 0,
+            Queue::Holed => Flow::has_holes,
+        };
+        let queue = match which {
+            Queue::Holding => &mut self.holding,
+            Queue::Holed => &mut self.holed,
         };
         while let Some(&(slot, stamp)) = queue.front() {
             #[cfg(test)]

@@ -618,7 +618,10 @@ fn a_client_only_flow_closes_on_the_client_fin() {
     // Live capture of requests only (no --compare): the server's side is never followed, so
     // the client's FIN ends the flow; it used to wait 120 s and end as an idle eviction.
     let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
-    c.handshake().client_sends(GET, 1000).client_sends(POST, 1000).close();
+    c.handshake()
+        .client_sends(GET, 1000)
+        .client_sends(POST, 1000)
+        .close();
     let server_fin = c.segments.pop().expect("the server's FIN");
     assert!(server_fin.flags.fin() && server_fin.src == addr("10.0.0.2:8080"));
     let mut p = Pipeline::new(PipelineConfig {

@@ -348,14 +348,14 @@ impl<R: BufRead> Iterator for RecordReader<R> {
             self.line += 1;
             let line = self.line;
             match read_bounded_line(&mut self.input, &mut self.buf, self.max_line) {
-                Ok(Line::End) => return None,
-                Ok(Line::TooLong) => {
+                Ok(LineRead::End) => return None,
+                Ok(LineRead::TooLong) => {
                     return Some(Err(RecordError::LineTooLong {
                         line,
                         max: self.max_line,
                     }));
                 }
-                Ok(Line::Complete) => {}
+                Ok(LineRead::Complete) => {}
                 Err(source) => {
                     return Some(Err(RecordError::Io {
                         path: "<input>".into(),
@@ -375,7 +375,7 @@ impl<R: BufRead> Iterator for RecordReader<R> {
 }
 
 /// How a bounded line read ended.
-enum Line {
+enum LineRead {
     /// No more input.
     End,
     /// A line (with its `\n`, or the last one without) is in the buffer.
@@ -391,7 +391,7 @@ fn read_bounded_line(
     input: &mut impl BufRead,
     buf: &mut Vec<u8>,
     max: usize,
-) -> std::io::Result<Line> {
+) -> std::io::Result<LineRead> {
     let mut seen = 0usize;
     loop {
         let chunk = match input.fill_buf() {
@@ -401,9 +401,9 @@ fn read_bounded_line(
         };
         if chunk.is_empty() {
             return Ok(match seen {
-                0 => Line::End,
-                n if n > max => Line::TooLong,
-                _ => Line::Complete,
+                0 => LineRead::End,
+                n if n > max => LineRead::TooLong,
+                _ => LineRead::Complete,
             });
         }
         let (take, done) = match chunk.iter().position(|&b| b == b'\n') {
@@ -419,9 +419,9 @@ fn read_bounded_line(
         input.consume(take);
         if done {
             return Ok(if seen > max {
-                Line::TooLong
+                LineRead::TooLong
             } else {
-                Line::Complete
+                LineRead::Complete
             });
         }
         if seen > max.saturating_mul(2) {

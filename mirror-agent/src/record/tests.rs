@@ -109,7 +109,9 @@ fn writer_and_reader_agree_and_file_is_0600() {
     let back: Vec<_> = RecordReader::new(f).map(|r| r.unwrap()).collect();
     assert_eq!(back, vec![a.clone(), b]);
     // Now it exists: refused, one line naming it and the flag; untouched.
-    let e = RecordWriter::create(path.to_str().unwrap(), false).unwrap_err();
+    let Err(e) = RecordWriter::create(path.to_str().unwrap(), false) else {
+        panic!("an existing file must be refused");
+    };
     assert!(e.to_string().contains("--overwrite"), "{e}");
     assert!(e.to_string().contains(path.to_str().unwrap()), "{e}");
     // Overwritten on request, keeping the mode the operator gave it.
@@ -131,16 +133,21 @@ fn bad_lines_are_skipped_and_counted_and_the_rest_is_read() {
     // A good record, a line that is not UTF-8, an overlong line, two good records.
     let mut input = format!("{a}\n").into_bytes();
     input.extend_from_slice(b"{\"src\": \"\xff\xfe\"}\n");
-    input.extend_from_slice(&vec![b'x'; 300]);
+    input.extend_from_slice(&vec![b'x'; 5000]);
     input.push(b'\n');
     input.extend_from_slice(format!("{a}\n{a}\n").as_bytes());
-    let results: Vec<_> =
-        RecordReader::with_max_line(std::io::Cursor::new(input), 256).collect();
+    let results: Vec<_> = RecordReader::with_max_line(std::io::Cursor::new(input), 4096).collect();
     let good = results.iter().filter(|r| r.is_ok()).count();
     assert_eq!(good, 3, "{results:?}");
-    assert!(matches!(results[1], Err(RecordError::NotUtf8 { line: 2 })), "{results:?}");
     assert!(
-        matches!(results[2], Err(RecordError::LineTooLong { line: 3, max: 256 })),
+        matches!(results[1], Err(RecordError::NotUtf8 { line: 2 })),
+        "{results:?}"
+    );
+    assert!(
+        matches!(
+            results[2],
+            Err(RecordError::LineTooLong { line: 3, max: 4096 })
+        ),
         "{results:?}"
     );
 }
@@ -156,5 +163,9 @@ fn an_endless_line_ends_the_input_in_bounded_time_and_memory() {
         }
         other => panic!("expected the input to end: {other:?}"),
     }
-    assert!(r.buf.capacity() <= 2 * 4096 + 64 * 1024, "{}", r.buf.capacity());
+    assert!(
+        r.buf.capacity() <= 2 * 4096 + 64 * 1024,
+        "{}",
+        r.buf.capacity()
+    );
 }
