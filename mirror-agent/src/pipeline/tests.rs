@@ -35,6 +35,20 @@ fn finish(p: &mut Pipeline, out: &mut Vec<PipelineEvent>) -> PipelineStats {
     s
 }
 
+/// The only segment of connection `i` (its own client address) to port 80: `payload`, no SYN.
+fn client_segment(i: u32, payload: &Bytes) -> Segment {
+    Segment {
+        src: SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1024)),
+        dst: addr("10.255.0.1:80"),
+        seq: i,
+        ack: 0,
+        flags: TcpFlags(TcpFlags::ACK | TcpFlags::PSH),
+        direction: None,
+        ts_ns: u64::from(i),
+        payload: payload.clone(),
+    }
+}
+
 const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: h\r\n\r\n";
 const POST: &[u8] = b"POST /b HTTP/1.1\r\nHost: h\r\nContent-Length: 5\r\n\r\nhello";
 
@@ -194,20 +208,7 @@ fn a_million_flows_stay_bounded_and_evictions_are_counted() {
     let mut out = Vec::new();
     let head = Bytes::from_static(b"GET /partial HTTP/1.1\r\nHost: x\r\n");
     for i in 0..N {
-        let client = SocketAddr::from(([10, (i >> 16) as u8, (i >> 8) as u8, i as u8], 1024));
-        p.on_segment(
-            Segment {
-                src: client,
-                dst: addr("10.255.0.1:80"),
-                seq: i,
-                ack: 0,
-                flags: TcpFlags(TcpFlags::ACK | TcpFlags::PSH),
-                direction: None,
-                ts_ns: u64::from(i),
-                payload: head.clone(),
-            },
-            &mut out,
-        );
+        p.on_segment(client_segment(i, &head), &mut out);
         assert!(p.flows.len() <= max_flows);
         assert!(p.flows.lru_len() <= 2 * max_flows + 64);
     }
@@ -587,20 +588,7 @@ fn budget_victims_are_found_without_scanning_every_flow() {
     });
     let mut out = Vec::new();
     for i in 0..N {
-        let client = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1024));
-        p.on_segment(
-            Segment {
-                src: client,
-                dst: addr("10.255.0.1:80"),
-                seq: i,
-                ack: 0,
-                flags: TcpFlags(TcpFlags::ACK | TcpFlags::PSH),
-                direction: None,
-                ts_ns: u64::from(i),
-                payload: head.clone(),
-            },
-            &mut out,
-        );
+        p.on_segment(client_segment(i, &head), &mut out);
         assert!(p.held_bytes() <= budget, "held {}", p.held_bytes());
     }
     let steps = p.flows.budget_steps;
