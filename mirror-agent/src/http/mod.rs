@@ -201,6 +201,16 @@ impl TraceFields {
     }
 }
 
+/// The method as one of RFC 9110's (section 9), as a static string; `None` for any other
+/// (extension methods, WebDAV's, ...). One list for the copies' heads and the telemetry's
+/// bounded `http.request.method` values.
+pub fn standard_method(m: &str) -> Option<&'static str> {
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    STANDARD.iter().find(|k| **k == m).copied()
+}
+
 /// Whether the connection stays usable after a request (RFC 9112 9.3): HTTP/1.1 unless
 /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
 pub fn keeps_alive(version: Version, headers: &[Header]) -> bool {

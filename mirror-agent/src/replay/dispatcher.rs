@@ -25,7 +25,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::exchange::{self, Batch};
-pub use super::job::{Job, Tell};
+use super::job::{Job, Tell};
 use super::observer::{NotSent, ReplayObserver};
 use super::pool::{Conn, Pool};
 use super::stats::{DropReason, MirrorStats, Outcome, Ticket};

@@ -40,8 +40,9 @@ use tokio::sync::watch;
 
 use crate::http::request::HttpLimits;
 use crate::pipeline::CapturedRequest;
-use dispatcher::{Dispatcher, Job, Phase, Tell};
+use dispatcher::{Dispatcher, Phase};
 use filter::Filter;
+use job::{Job, Tell};
 pub use observer::{ConnectionHooks, CopyHead, MirrorCopy, NoObserver, NotSent, ReplayObserver};
 use pool::{Pool, PoolConfig};
 use rewrite::{RewriteOptions, Rewriter, Skip};

@@ -68,14 +68,11 @@ impl CopyHead {
         } else {
             (0, 0)
         };
-        const KNOWN: [&str; 9] = [
-            "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-        ];
         Self {
             key: captured.key(),
             version: req.version,
             keep_alive: req.keep_alive,
-            known_method: KNOWN.iter().find(|k| **k == req.method).copied(),
+            known_method: crate::http::standard_method(&req.method),
             method_end: method_end as u32,
             target: (target.0 as u32, target.1 as u32),
         }

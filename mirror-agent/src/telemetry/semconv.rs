@@ -3,10 +3,7 @@
 
 /// `http.request.method` per the semantic conventions: known methods as is, others `_OTHER`.
 pub fn normalize_method(m: &str) -> &'static str {
-    const KNOWN: [&str; 9] = [
-        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
-    ];
-    KNOWN.iter().find(|k| **k == m).copied().unwrap_or("_OTHER")
+    crate::http::standard_method(m).unwrap_or("_OTHER")
 }
 
 /// `url.path` of a request target: origin-form up to `?`, or the path of an absolute-form.
