@@ -60,6 +60,11 @@ pub(super) trait BodyFramer {
     /// What one push is (`Bytes` or `[u8]`).
     type Data: ?Sized + AsRef<[u8]>;
     type Event;
+    /// Framing lines exactly as RFC 9112 section 7.1 writes them (CRLF line ends, well-formed
+    /// chunk extensions and trailer fields). The request framer is strict: a compliant server
+    /// rejects anything else and closes, so nothing framed leniently would be a request it
+    /// served. The response framer is lenient: responses are only compared.
+    const STRICT: bool;
 
     fn item(&self) -> &Item;
     fn item_mut(&mut self) -> &mut Item;
@@ -148,7 +153,7 @@ pub(super) trait BodyFramer {
                 if !complete {
                     return;
                 }
-                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..]);
+                let size = head::parse_chunk_size_line(&self.view(cur)[line_start..], Self::STRICT);
                 let before = self.item().body_len;
                 let Some(body_len) = size.and_then(|s| before.checked_add(s)) else {
                     self.framing_error(cur, true, out);
@@ -187,7 +192,13 @@ pub(super) trait BodyFramer {
                     }
                     return;
                 }
-                if !head::is_blank_line(&self.view(cur)[line_start..]) {
+                let line = &self.view(cur)[line_start..];
+                let ok = if Self::STRICT {
+                    line == b"\r\n"
+                } else {
+                    head::is_blank_line(line)
+                };
+                if !ok {
                     self.framing_error(cur, true, out);
                     return;
                 }
@@ -210,7 +221,16 @@ pub(super) trait BodyFramer {
                     return;
                 }
                 let line = &self.view(cur)[line_start..];
-                let (blank, len) = (head::is_blank_line(line), line.len());
+                let (blank, len) = if Self::STRICT {
+                    let blank = line == b"\r\n";
+                    if !blank && !head::is_strict_field_line(line) {
+                        self.framing_error(cur, true, out);
+                        return;
+                    }
+                    (blank, line.len())
+                } else {
+                    (head::is_blank_line(line), line.len())
+                };
                 self.item_mut().trailer_len += len;
                 self.framing_line_read(cur);
                 if blank {

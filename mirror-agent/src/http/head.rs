@@ -54,6 +54,10 @@ const MAX_METHOD_LEN: usize = 11;
 /// The first line of the HTTP/2 prior-knowledge preface (RFC 9113 section 3.4).
 pub(crate) const H2_PREFACE_LINE: &[u8] = b"PRI * HTTP/2.0\r\n";
 
+/// The method of the HTTP/2 preface, followed by its space. `PRI` exists only for the preface
+/// (RFC 9113 section 3.4), so a line that starts with it begins HTTP/2, not a request.
+pub(crate) const H2_METHOD: &[u8] = b"PRI ";
+
 /// Longest chunk-size line (size, extensions, line end) accepted. RFC 9112 sets no limit;
 /// extensions are rare and short, and an unbounded line would be unbounded memory.
 pub(crate) const MAX_CHUNK_LINE: usize = 4096;
@@ -152,8 +156,7 @@ pub(crate) fn versionless_request_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
     let line = trim_line_end(line);
     let sp = line.iter().position(|&b| b == b' ')?;
     let (method, target) = (&line[..sp], &line[sp + 1..]);
-    let token = |b: &u8| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(b);
-    if method.is_empty() || !method.iter().all(token) {
+    if method.is_empty() || !method.iter().all(|&b| is_tchar(b)) {
         return None;
     }
     if target.is_empty() || target.iter().any(|&b| b <= b' ' || b == 0x7f) {
@@ -165,22 +168,26 @@ pub(crate) fn versionless_request_line(line: &[u8]) -> Option<(&[u8], &[u8])> {
 /// What the Transfer-Encoding fields say.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum TransferEncoding {
-    /// No field, or only empty list elements.
+    /// No Transfer-Encoding field.
     Absent,
     /// The final coding is `chunked`.
     Chunked,
-    /// A coding list whose final coding is not `chunked`.
+    /// A field whose final coding is not `chunked`, or that names no coding at all (a field
+    /// with only empty list elements: the list `1#transfer-coding` needs one).
     Other,
 }
 
 /// Combines every Transfer-Encoding field in order and looks at the final coding. Empty list
-/// elements are ignored (RFC 9110 section 5.6.1), so `,\tchunked,` is chunked.
+/// elements are ignored (RFC 9110 section 5.6.1), so `,\tchunked,` is chunked; a field with
+/// nothing but empty elements is present without a coding: not chunked.
 pub(crate) fn transfer_encoding(headers: &[httparse::Header<'_>]) -> TransferEncoding {
+    let mut present = false;
     let mut last: Option<&[u8]> = None;
     for h in headers {
         if !h.name.eq_ignore_ascii_case("transfer-encoding") {
             continue;
         }
+        present = true;
         for element in h.value.split(|&b| b == b',') {
             let element = element.trim_ascii();
             if !element.is_empty() {
@@ -189,7 +196,8 @@ pub(crate) fn transfer_encoding(headers: &[httparse::Header<'_>]) -> TransferEnc
         }
     }
     match last {
-        None => TransferEncoding::Absent,
+        None if !present => TransferEncoding::Absent,
+        None => TransferEncoding::Other,
         Some(c) if c.eq_ignore_ascii_case(b"chunked") => TransferEncoding::Chunked,
         Some(_) => TransferEncoding::Other,
     }
@@ -253,10 +261,15 @@ pub(crate) fn header_has_token(headers: &[httparse::Header<'_>], name: &str, tok
 /// Body framing of a request (RFC 9112 section 6.3, items 3 to 6 for requests).
 /// Returns the framing and whether Transfer-Encoding and Content-Length were both present.
 /// `Err` when the body length cannot be determined: a final coding other than chunked (item 4:
-/// the server answers 400 and closes) or an invalid Content-Length (item 5).
-pub(crate) fn request_framing(headers: &[httparse::Header<'_>]) -> Result<(BodyFraming, bool), ()> {
+/// the server answers 400 and closes), an invalid Content-Length (item 5), or any
+/// Transfer-Encoding in an HTTP/1.0 request (section 6.1: treated as faulty framing).
+pub(crate) fn request_framing(
+    headers: &[httparse::Header<'_>],
+    http10: bool,
+) -> Result<(BodyFraming, bool), ()> {
     let cl = content_length(headers);
     match transfer_encoding(headers) {
+        TransferEncoding::Chunked | TransferEncoding::Other if http10 => Err(()),
         TransferEncoding::Chunked => {
             // Item 3: Transfer-Encoding overrides Content-Length, even an invalid one.
             let has_cl = headers
@@ -272,14 +285,96 @@ pub(crate) fn request_framing(headers: &[httparse::Header<'_>]) -> Result<(BodyF
     }
 }
 
-/// Parses a complete chunk-size line (line end included): hex size, optional whitespace, and
-/// optional `;` extensions, ended by CRLF or a bare LF.
+/// Whether `b` may appear in a token (RFC 9110 section 5.6.2).
+#[inline]
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Length of the token at the start of `s` (0 if none).
+fn token_len(s: &[u8]) -> usize {
+    s.iter().position(|&b| !is_tchar(b)).unwrap_or(s.len())
+}
+
+/// Length of the quoted-string at the start of `s` (RFC 9110 section 5.6.4), quotes
+/// included; `None` if it is not one or never closes.
+fn quoted_string_len(s: &[u8]) -> Option<usize> {
+    if s.first() != Some(&b'"') {
+        return None;
+    }
+    let mut i = 1;
+    while i < s.len() {
+        match s[i] {
+            b'"' => return Some(i + 1),
+            // quoted-pair: HTAB, SP, VCHAR or obs-text after the backslash.
+            b'\\'
+                if s.get(i + 1)
+                    .is_some_and(|&c| c == b'\t' || c >= b' ' && c != 0x7f) =>
+            {
+                i += 2
+            }
+            // qdtext: HTAB, SP, visible characters but `"` and `\`, obs-text.
+            b'\t' | b' ' | 0x21 | 0x23..=0x5b | 0x5d..=0x7e | 0x80..=0xff => i += 1,
+            _ => return None,
+        }
+    }
+    None
+}
+
+/// `s` without leading BWS (spaces and tabs).
+fn trim_bws_start(s: &[u8]) -> &[u8] {
+    let n = s
+        .iter()
+        .position(|&b| b != b' ' && b != b'\t')
+        .unwrap_or(s.len());
+    &s[n..]
+}
+
+/// Whether `exts` is a valid chunk-ext (RFC 9112 section 7.1.1):
+/// `*( BWS ";" BWS name [ BWS "=" BWS ( token / quoted-string ) ] )`. No whitespace after the
+/// last one, no empty name, no unbalanced quote.
+fn valid_chunk_extensions(mut exts: &[u8]) -> bool {
+    while !exts.is_empty() {
+        let Some(rest) = trim_bws_start(exts).strip_prefix(b";") else {
+            return false;
+        };
+        let rest = trim_bws_start(rest);
+        let name = token_len(rest);
+        if name == 0 {
+            return false;
+        }
+        exts = &rest[name..];
+        if let Some(value) = trim_bws_start(exts).strip_prefix(b"=") {
+            let value = trim_bws_start(value);
+            let n = match quoted_string_len(value) {
+                Some(n) => n,
+                None => token_len(value),
+            };
+            if n == 0 {
+                return false;
+            }
+            exts = &value[n..];
+        }
+    }
+    true
+}
+
+/// Parses a complete chunk-size line (line end included): hex size, then chunk extensions.
 ///
-/// Hand-written because `httparse::parse_chunk_size` rejects a bare LF line end (which many
-/// servers accept, so clients that send it are served) and treats an LF inside an extension as
-/// extension bytes.
-pub(crate) fn parse_chunk_size_line(line: &[u8]) -> Option<u64> {
-    let body = trim_line_end(line);
+/// `strict` (requests): exactly RFC 9112 section 7.1: the line ends in CRLF, extensions are
+/// well formed, nothing else follows the size. A server that rejects anything else (as strict
+/// ones do) closes the connection, so a lenient reading could replay what it never served.
+/// Lenient (responses, which are only compared): a bare LF line end and whitespace after the
+/// size are accepted, extensions are any bytes but CR and LF.
+///
+/// Hand-written because `httparse::parse_chunk_size` is neither: it accepts some malformed
+/// extensions yet rejects a bare LF line end.
+pub(crate) fn parse_chunk_size_line(line: &[u8], strict: bool) -> Option<u64> {
+    let body = if strict {
+        line.strip_suffix(b"\r\n")?
+    } else {
+        trim_line_end(line)
+    };
     let digits = body
         .iter()
         .position(|b| !b.is_ascii_hexdigit())
@@ -293,7 +388,11 @@ pub(crate) fn parse_chunk_size_line(line: &[u8]) -> Option<u64> {
         let d = (b as char).to_digit(16)? as u64;
         size = size.checked_mul(16)?.checked_add(d)?;
     }
-    let rest = body[digits..].trim_ascii_start();
+    let exts = &body[digits..];
+    if strict {
+        return valid_chunk_extensions(exts).then_some(size);
+    }
+    let rest = exts.trim_ascii_start();
     if rest.is_empty() || rest[0] == b';' {
         // Extensions: any bytes except a stray CR or LF (the line end was removed above).
         if rest.iter().any(|&b| b == b'\r' || b == b'\n') {
@@ -305,6 +404,39 @@ pub(crate) fn parse_chunk_size_line(line: &[u8]) -> Option<u64> {
     }
 }
 
+/// Whether a head (or trailer section) holds an LF not preceded by CR. RFC 9112 section 2.2
+/// lets a recipient accept a bare LF as a line end, and parsers differ: a primary that does
+/// not sees a different set of fields (or a different request) than one that does, so the
+/// request framer treats a bare LF in a head as malformed.
+pub(crate) fn has_bare_lf(head: &[u8]) -> bool {
+    let Some((&first, rest)) = head.split_first() else {
+        return false;
+    };
+    // Branch-free over the whole head, so the compiler vectorises it: this runs on every
+    // request, and almost never finds one.
+    let inner = rest.iter().zip(head).fold(false, |bad, (&b, &prev)| {
+        bad | ((b == b'\n') & (prev != b'\r'))
+    });
+    first == b'\n' || inner
+}
+
+/// Whether `line` (line end included) is a well-formed field line of a trailer section:
+/// `name ":" value CRLF`, a token name right before the colon, no control characters but HTAB
+/// in the value, and no leading whitespace (obs-fold, which RFC 9112 section 5.2 has a server
+/// reject).
+pub(crate) fn is_strict_field_line(line: &[u8]) -> bool {
+    let Some(line) = line.strip_suffix(b"\r\n") else {
+        return false;
+    };
+    let name = token_len(line);
+    if name == 0 || line.get(name) != Some(&b':') {
+        return false;
+    }
+    line[name + 1..]
+        .iter()
+        .all(|&b| b == b'\t' || (b >= b' ' && b != 0x7f))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -314,21 +446,66 @@ mod tests {
     }
 
     #[test]
-    fn chunk_size_lines() {
-        assert_eq!(parse_chunk_size_line(b"1a\r\n"), Some(26));
-        assert_eq!(parse_chunk_size_line(b"1A\n"), Some(26));
-        assert_eq!(parse_chunk_size_line(b"0\r\n"), Some(0));
-        assert_eq!(parse_chunk_size_line(b"5;name=\"v\"\r\n"), Some(5));
-        assert_eq!(parse_chunk_size_line(b"5 ; a=b;c\n"), Some(5));
-        assert_eq!(parse_chunk_size_line(b"\r\n"), None);
-        assert_eq!(parse_chunk_size_line(b"x\r\n"), None);
-        assert_eq!(parse_chunk_size_line(b"5 x\r\n"), None);
-        assert_eq!(parse_chunk_size_line(b"5;a\rb\r\n"), None);
-        assert_eq!(
-            parse_chunk_size_line(b"ffffffffffffffff\r\n"),
-            Some(u64::MAX)
-        );
-        assert_eq!(parse_chunk_size_line(b"10000000000000000\r\n"), None);
+    fn chunk_size_lines_lenient() {
+        let lenient = |l: &[u8]| parse_chunk_size_line(l, false);
+        assert_eq!(lenient(b"1a\r\n"), Some(26));
+        assert_eq!(lenient(b"1A\n"), Some(26));
+        assert_eq!(lenient(b"0\r\n"), Some(0));
+        assert_eq!(lenient(b"5;name=\"v\"\r\n"), Some(5));
+        assert_eq!(lenient(b"5 ; a=b;c\n"), Some(5));
+        assert_eq!(lenient(b"8 \n"), Some(8));
+        assert_eq!(lenient(b"\r\n"), None);
+        assert_eq!(lenient(b"x\r\n"), None);
+        assert_eq!(lenient(b"5 x\r\n"), None);
+        assert_eq!(lenient(b"5;a\rb\r\n"), None);
+        assert_eq!(lenient(b"ffffffffffffffff\r\n"), Some(u64::MAX));
+        assert_eq!(lenient(b"10000000000000000\r\n"), None);
+    }
+
+    #[test]
+    fn chunk_size_lines_strict() {
+        let strict = |l: &[u8]| parse_chunk_size_line(l, true);
+        assert_eq!(strict(b"1a\r\n"), Some(26));
+        assert_eq!(strict(b"0\r\n"), Some(0));
+        assert_eq!(strict(b"5;name=\"v\"\r\n"), Some(5));
+        assert_eq!(strict(b"5 ; a=b;c\r\n"), Some(5));
+        assert_eq!(strict(b"5;a = \"q\\\"x;y\"\t;b\r\n"), Some(5));
+        assert_eq!(strict(b"ffffffffffffffff\r\n"), Some(u64::MAX));
+        // Each of these is rejected by RFC 9112 7.1's grammar.
+        for bad in [
+            &b"1A\n"[..],
+            b"5\r\r;ABCD\r\n",
+            b"5 \r\n",
+            b"5\t\r\n",
+            b"5;\r\n",
+            b"5;a=\r\n",
+            b"5;a \r\n",
+            b"5;a=\"open\r\n",
+            b"5;=b\r\n",
+            b"5 x\r\n",
+            b"\r\n",
+            b"-5\r\n",
+            b"10000000000000000\r\n",
+        ] {
+            assert_eq!(strict(bad), None, "{:?}", String::from_utf8_lossy(bad));
+        }
+    }
+
+    #[test]
+    fn bare_line_feeds_and_trailer_lines() {
+        assert!(!has_bare_lf(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n"));
+        assert!(has_bare_lf(
+            b"GET / HTTP/1.1\r\nDummy: x\nContent-Length: 2\r\n\r\n"
+        ));
+        assert!(has_bare_lf(b"GET / HTTP/1.1\nHost: a\n\n"));
+        assert!(has_bare_lf(b"\n"));
+        assert!(is_strict_field_line(b"Expires: never\r\n"));
+        assert!(is_strict_field_line(b"X:\r\n"));
+        assert!(!is_strict_field_line(b" folded: x\r\n"));
+        assert!(!is_strict_field_line(b"Name : x\r\n"));
+        assert!(!is_strict_field_line(b"Name: x\n"));
+        assert!(!is_strict_field_line(b"Name: a\rb\r\n"));
+        assert!(!is_strict_field_line(b"no colon\r\n"));
     }
 
     #[test]
@@ -354,7 +531,11 @@ mod tests {
         );
         assert_eq!(
             transfer_encoding(&[hdr("Transfer-Encoding", b" , ")]),
-            TransferEncoding::Absent
+            TransferEncoding::Other
+        );
+        assert_eq!(
+            transfer_encoding(&[hdr("Transfer-Encoding", b"")]),
+            TransferEncoding::Other
         );
     }
 

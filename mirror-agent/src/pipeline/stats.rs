@@ -23,7 +23,9 @@ impl Counted {
     }
 }
 
-/// Request bytes that did not become requests, by reason.
+/// Request bytes that did not become requests, by reason. Most are losses; `after_close` and
+/// `after_te_and_cl` are requests the primary never served (sent after the connection ended
+/// for it), not mirrored on purpose.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RequestDrops {
     pub gap: Counted,
@@ -34,6 +36,11 @@ pub struct RequestDrops {
     pub body_too_large: Counted,
     /// Bytes before the first request line of a connection picked up mid-stream.
     pub midstream: Counted,
+    /// Requests (and other bytes) after a request that closes the connection.
+    pub after_close: Counted,
+    /// Requests (and other bytes) after a request with both Transfer-Encoding and
+    /// Content-Length, after which the server closes (RFC 9112 section 6.1).
+    pub after_te_and_cl: Counted,
 }
 
 impl RequestDrops {
@@ -46,12 +53,19 @@ impl RequestDrops {
             RequestDropReason::Truncated => self.truncated.add(bytes),
             RequestDropReason::BodyTooLarge => self.body_too_large.add(bytes),
             RequestDropReason::Midstream => self.midstream.add(bytes),
+            RequestDropReason::AfterClose => self.after_close.add(bytes),
+            RequestDropReason::AfterTeAndCl => self.after_te_and_cl.add(bytes),
         }
     }
 
     /// All reasons together.
     pub fn total(&self) -> Counted {
-        let all = [
+        sum(&[self.lost(), self.unserved()])
+    }
+
+    /// The reasons that are losses: bytes of requests the primary served (or may have).
+    pub fn lost(&self) -> Counted {
+        sum(&[
             self.gap,
             self.head_too_large,
             self.too_many_headers,
@@ -59,12 +73,20 @@ impl RequestDrops {
             self.truncated,
             self.body_too_large,
             self.midstream,
-        ];
-        all.iter().fold(Counted::default(), |a, c| Counted {
-            count: a.count + c.count,
-            bytes: a.bytes + c.bytes,
-        })
+        ])
     }
+
+    /// Bytes the client sent after the connection ended for the server: never served.
+    pub fn unserved(&self) -> Counted {
+        sum(&[self.after_close, self.after_te_and_cl])
+    }
+}
+
+fn sum(all: &[Counted]) -> Counted {
+    all.iter().fold(Counted::default(), |a, c| Counted {
+        count: a.count + c.count,
+        bytes: a.bytes + c.bytes,
+    })
 }
 
 /// Response bytes that did not become responses, by reason.
@@ -93,18 +115,14 @@ impl ResponseDrops {
 
     /// All reasons together.
     pub fn total(&self) -> Counted {
-        let all = [
+        sum(&[
             self.gap,
             self.head_too_large,
             self.malformed,
             self.truncated,
             self.too_many_headers,
             self.midstream,
-        ];
-        all.iter().fold(Counted::default(), |a, c| Counted {
-            count: a.count + c.count,
-            bytes: a.bytes + c.bytes,
-        })
+        ])
     }
 }
 
@@ -319,9 +337,10 @@ impl PipelineStats {
         Ok(())
     }
 
-    /// Requests lost to capture or parsing, as a count (drops of the request framer).
+    /// Requests lost to capture or parsing, as a count (drops of the request framer that are
+    /// losses).
     pub fn requests_lost(&self) -> u64 {
-        self.request_drops.total().count
+        self.request_drops.lost().count
     }
 }
 
@@ -379,7 +398,10 @@ impl fmt::Display for PipelineStats {
             ("lost.requests_truncated", d.truncated.count),
             ("lost.requests_body_too_large", d.body_too_large.count),
             ("lost.midstream_bytes", d.midstream.bytes),
-            ("lost.request_bytes", d.total().bytes),
+            ("lost.request_bytes", d.lost().bytes),
+            ("unserved.requests_after_close", d.after_close.count),
+            ("unserved.requests_after_te_and_cl", d.after_te_and_cl.count),
+            ("unserved.request_bytes", d.unserved().bytes),
             ("lost.responses_gap", r.gap.count),
             ("lost.responses_head_too_large", r.head_too_large.count),
             ("lost.responses_malformed", r.malformed.count),

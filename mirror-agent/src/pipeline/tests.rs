@@ -499,8 +499,9 @@ fn late_retransmission_after_close_is_not_a_second_request() {
 
 #[test]
 fn megabyte_header_line_and_100k_tiny_chunks() {
-    // A 1 MiB header line: dropped as too large (counted), bounded memory, and the connection
-    // goes on with the next request.
+    // A 1 MiB header line: dropped as too large (counted), with bounded memory. The head's end
+    // and framing are unknown, so the rest of the connection joins the drop; the next
+    // connection is framed as usual.
     let mut big = b"GET /big HTTP/1.1\r\nX-Long: ".to_vec();
     big.extend(std::iter::repeat_n(b'a', 1 << 20));
     big.extend_from_slice(b"\r\n\r\n");
@@ -509,19 +510,26 @@ fn megabyte_header_line_and_100k_tiny_chunks() {
         .client_sends(&big, 1448)
         .client_sends(GET, 100)
         .close();
+    let mut next = Conversation::new(addr("10.0.0.1:5001"), addr("10.0.0.2:80"), [3, 4]);
+    next.handshake().client_sends(GET, 100).close();
     let mut p = Pipeline::new(cfg());
     let mut out = Vec::new();
     let mut peak = 0;
-    for s in c.segments {
+    for s in c.segments.into_iter().chain(next.segments) {
         p.on_segment(s, &mut out);
         peak = peak.max(p.held_bytes());
     }
     let s = finish(&mut p, &mut out);
     assert!(peak <= 2 * 64 * 1024, "held {peak} bytes for one head");
     assert_eq!(s.request_drops.head_too_large.count, 1);
+    assert_eq!(
+        s.request_drops.head_too_large.bytes,
+        (big.len() + GET.len()) as u64
+    );
     let r = requests(&out);
     assert_eq!(r.len(), 1);
     assert_eq!(&r[0].request.raw[..], GET);
+    assert_eq!(r[0].src, addr("10.0.0.1:5001"));
 
     // 100k one-byte chunks, each in its own segment.
     const HEAD: &[u8] = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";

@@ -8,9 +8,9 @@ use bytes::Bytes;
 use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, Plausible};
 use super::super::stream::Item;
-use super::super::{BodyFraming, Request, TraceFields, keeps_alive};
+use super::super::{BodyFraming, Request, TraceFields};
 use super::parse::parse_head;
-use super::{Cur, RESYNC_STATE, RequestDropReason, RequestEvent, RequestFramer, State};
+use super::{Cur, HEAD_STATE, RESYNC_STATE, RequestDropReason, RequestEvent, RequestFramer, State};
 
 impl RequestFramer {
     // ---- the state machine ----
@@ -87,7 +87,9 @@ impl RequestFramer {
             // versionless line, the h2 preface, errors) takes the line-by-line path below.
             let data: &Bytes = cur.data;
             let window = &data[cur.pos..data.len().min(cur.pos + max_head)];
-            if window.first().is_some_and(|&b| b != b'\r' && b != b'\n') {
+            if window.first().is_some_and(|&b| b != b'\r' && b != b'\n')
+                && !window.starts_with(head::H2_METHOD)
+            {
                 let pool = std::mem::take(&mut self.value_at_pool);
                 if let Ok((n, parsed)) =
                     parse_head(window, None, self.limits.max_headers, false, pool)
@@ -98,7 +100,7 @@ impl RequestFramer {
                         self.parsed = Some(parsed);
                         self.start_body(cur, out);
                     } else {
-                        self.fail_stream(cur, out);
+                        self.fail_stream(cur, RequestDropReason::Malformed, out);
                     }
                     return;
                 }
@@ -138,15 +140,17 @@ impl RequestFramer {
                 self.reject_candidate(cur, true, out);
                 return;
             }
-            // After an Upgrade or CONNECT request, another request line means the server
-            // declined (e.g. 407 to CONNECT, an h2c upgrade not taken): keep framing.
-            let h2 = line == head::H2_PREFACE_LINE;
+            // After an Upgrade request, another request line means the server declined
+            // (an h2c upgrade not taken): keep framing. A `PRI` line is the HTTP/2 preface
+            // (RFC 9113 section 3.4: the method exists only for it), whatever its version.
+            let h2 = line.starts_with(head::H2_METHOD);
             let v09 = head::versionless_request_line(line)
                 .is_some()
                 .then_some(line.len());
             self.tunnel_pending = false;
             if tentative {
                 self.flush_resync(out);
+                self.resynced = true;
             }
             if h2 {
                 out.push(RequestEvent::Http2);
@@ -175,7 +179,9 @@ impl RequestFramer {
         let max_headers = self.limits.max_headers;
         let result = parse_head(self.view(cur), self.v09_line, max_headers, true, pool);
         match result {
-            Ok((_, parsed)) if !parsed.framing_ok => self.fail_stream(cur, out),
+            Ok((_, parsed)) if !parsed.framing_ok => {
+                self.fail_stream(cur, RequestDropReason::Malformed, out);
+            }
             Ok((_, parsed)) => {
                 self.parsed = Some(parsed);
                 self.start_body(cur, out);
@@ -214,16 +220,28 @@ impl RequestFramer {
         }
     }
 
-    /// The request in progress is complete: emit it (or its BodyTooLarge drop).
+    /// The request in progress is complete: emit it (or its drop, when its body was skipped).
     pub(super) fn complete(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
-        let parsed = self.parsed.take();
-        let tunnel = parsed.as_ref().is_some_and(|p| p.tunnel);
+        let Some(p) = self.parsed.take() else {
+            self.reset_item();
+            self.state = HEAD_STATE;
+            return;
+        };
+        let (tunnel, connect) = (p.tunnel, p.connect);
+        let ends_connection = if p.te_and_cl {
+            Some(RequestDropReason::AfterTeAndCl)
+        } else if !p.keep_alive {
+            Some(RequestDropReason::AfterClose)
+        } else {
+            None
+        };
         if let Some(reason) = self.skipping {
+            let reason = self.unserved.unwrap_or(reason);
             let bytes = self.item.len;
             self.stats.dropped_bytes += bytes;
             out.push(RequestEvent::Dropped { reason, bytes });
             cur.start = cur.pos;
-        } else if let Some(p) = parsed {
+        } else {
             let raw = if self.item.spanning {
                 self.item.spanning = false;
                 self.item.buf.split().freeze()
@@ -252,11 +270,8 @@ impl RequestFramer {
             } else {
                 None
             };
-            let keep_alive = keeps_alive(p.version, &headers);
             self.value_at_pool = p.value_at;
-            self.stats.requests += 1;
-            self.stats.request_bytes += raw.len() as u64;
-            out.push(RequestEvent::Request(Request {
+            let request = Request {
                 head_len: self.item.head_len,
                 method: p.method,
                 target: p.target,
@@ -267,26 +282,50 @@ impl RequestFramer {
                 ts_ns: self.item.ts,
                 end_ts_ns: self.last_ts,
                 te_and_cl: p.te_and_cl,
-                keep_alive,
+                keep_alive: p.keep_alive,
                 trace,
                 raw,
-            }));
+            };
+            self.emit(request, out);
         }
+        self.unserved = self.unserved.or(ends_connection);
         self.reset_item();
-        // Upgrade / CONNECT: what follows decides. Bytes that cannot start a request line
-        // make the stream a tunnel (Tunnel event, ignored from there); a request line means
-        // the server declined and the client carried on in HTTP/1.x.
+        if connect {
+            // RFC 9110 9.3.6: a CONNECT has no content; whatever follows its head is tunnel
+            // data (or, if the server refused, bytes it closed on).
+            self.enter_tunnel(out);
+            return;
+        }
+        // Upgrade: what follows decides. Bytes that cannot start a request line make the
+        // stream a tunnel (Tunnel event, ignored from there); a request line means the server
+        // declined and the client carried on in HTTP/1.x.
         self.tunnel_pending = tunnel;
         self.state = State::Head {
             line_start: 0,
             tentative: tunnel,
         };
     }
+
+    /// A complete request goes out, unless the connection already ended for the server: then
+    /// it is counted as a drop for that reason, one per request.
+    pub(super) fn emit(&mut self, request: Request, out: &mut Vec<RequestEvent>) {
+        let bytes = request.raw.len() as u64;
+        if let Some(reason) = self.unserved {
+            self.flush_resync(out);
+            self.stats.dropped_bytes += bytes;
+            out.push(RequestEvent::Dropped { reason, bytes });
+            return;
+        }
+        self.stats.requests += 1;
+        self.stats.request_bytes += bytes;
+        out.push(RequestEvent::Request(request));
+    }
 }
 
 impl BodyFramer for RequestFramer {
     type Data = Bytes;
     type Event = RequestEvent;
+    const STRICT: bool = true;
 
     #[inline]
     fn item(&self) -> &Item {
@@ -342,7 +381,7 @@ impl BodyFramer for RequestFramer {
         _at_line_start: bool,
         out: &mut Vec<RequestEvent>,
     ) {
-        self.fail_stream(cur, out);
+        self.fail_stream(cur, RequestDropReason::Malformed, out);
     }
 
     fn trailer_too_large(

@@ -57,8 +57,10 @@ pub enum RequestDropReason {
     HeadTooLarge,
     /// More than `max_headers` header fields.
     TooManyHeaders,
-    /// Not parseable as an HTTP/1.x request (bad head, conflicting Content-Length, unknown
-    /// final transfer coding, bad chunk framing).
+    /// Not an HTTP/1.x request as RFC 9112 asks a server to read one (bad head, a bare LF or
+    /// obs-fold in it, conflicting Content-Length, a final transfer coding other than chunked,
+    /// bad chunk framing). A server rejects it and closes, so the rest of the connection's
+    /// bytes join this drop.
     Malformed,
     /// The stream ended in the middle of a request.
     Truncated,
@@ -66,6 +68,14 @@ pub enum RequestDropReason {
     BodyTooLarge,
     /// The stream was picked up mid-way: bytes before the first request line.
     Midstream,
+    /// Sent after a request that ends the connection (`Connection: close`, HTTP/1.0 without
+    /// keep-alive, HTTP/0.9): the server closes after answering it and never reads these as
+    /// requests. Not a loss: the primary did not serve them either.
+    AfterClose,
+    /// Sent after a request with both Transfer-Encoding and Content-Length: RFC 9112 section
+    /// 6.1 has the server close after answering it, so these are not requests it served (they
+    /// are what a request-smuggling attempt hides). Not a loss.
+    AfterTeAndCl,
 }
 
 impl RequestDropReason {
@@ -79,7 +89,15 @@ impl RequestDropReason {
             Self::Truncated => "truncated",
             Self::BodyTooLarge => "body_too_large",
             Self::Midstream => "midstream",
+            Self::AfterClose => "after_close",
+            Self::AfterTeAndCl => "after_te_and_cl",
         }
+    }
+
+    /// Whether the bytes were requests the primary served (or may have), so that not
+    /// mirroring them is a loss. Bytes after the connection's end were never served.
+    pub fn is_loss(self) -> bool {
+        !matches!(self, Self::AfterClose | Self::AfterTeAndCl)
     }
 }
 
@@ -136,7 +154,8 @@ enum State {
     Body(BodyState),
     /// Tunnel or HTTP/2: bytes are counted and ignored.
     Ignore,
-    /// After a framing error: the rest of the stream is dropped as malformed.
+    /// The connection ended for the server (a framing error, a tunnel that cannot be
+    /// followed): the rest of the stream joins the pending drop.
     Discard,
 }
 
@@ -195,9 +214,18 @@ pub struct RequestFramer {
     /// The body is being skipped by its framing, and why (too large, or a gap inside it):
     /// nothing but the current line is kept, and the request ends as a drop.
     skipping: Option<RequestDropReason>,
-    /// The last request was an Upgrade or CONNECT; the next bytes decide whether the stream
-    /// became a tunnel.
+    /// The last request was an Upgrade; the next bytes decide whether the stream became a
+    /// tunnel.
     tunnel_pending: bool,
+    /// The request in progress was found by resyncing (after a gap, or in a stream picked up
+    /// mid-way): if its head turns out bad, the line taken for a request line was not one, so
+    /// resyncing goes on. In sync, a bad head is the client's, and ends the stream.
+    resynced: bool,
+    /// A request that ends the connection for the server was framed (see
+    /// [`RequestDropReason::AfterClose`] and [`RequestDropReason::AfterTeAndCl`]): what
+    /// follows is still framed, to count the requests, but every one becomes a drop for this
+    /// reason, as does anything else dropped from here.
+    unserved: Option<RequestDropReason>,
     /// Reused buffer for header value offsets.
     value_at_pool: Vec<(usize, usize)>,
     /// Bytes discarded while resyncing, not yet reported, and why.
@@ -225,6 +253,8 @@ impl RequestFramer {
             parsed: None,
             skipping: None,
             tunnel_pending: false,
+            resynced: false,
+            unserved: None,
             value_at_pool: Vec::new(),
             resync: PendingDrop::none(),
             stats: RequestFramerStats::default(),
@@ -342,6 +372,7 @@ impl RequestFramer {
         }
         self.flush_resync(out);
         self.reset_item();
+        self.unserved = None;
         self.state = HEAD_STATE;
     }
 
@@ -375,6 +406,7 @@ impl RequestFramer {
         self.v09_line = None;
         self.parsed = None;
         self.skipping = None;
+        self.resynced = false;
         if self.item.spanning {
             self.release_acc();
             self.item.spanning = false;
@@ -389,20 +421,21 @@ impl RequestFramer {
     fn drop_item(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
         let bytes = self.item.len;
         self.reset_item();
-        let earlier = self.resync.add(reason, bytes);
+        let earlier = self.resync.add(self.unserved.unwrap_or(reason), bytes);
         self.report(earlier, out);
     }
 
     fn discard_item_into_resync(&mut self) {
         let bytes = self.item.len;
         self.reset_item();
-        self.resync.add_any(bytes, RequestDropReason::Malformed);
+        let otherwise = self.unserved.unwrap_or(RequestDropReason::Malformed);
+        self.resync.add_any(bytes, otherwise);
     }
 
     /// Begins (or continues) a resync for `reason`; a pending resync for another reason is
     /// reported first.
     fn start_resync(&mut self, reason: RequestDropReason, out: &mut Vec<RequestEvent>) {
-        let earlier = self.resync.start(reason);
+        let earlier = self.resync.start(self.unserved.unwrap_or(reason));
         self.report(earlier, out);
     }
 
@@ -418,8 +451,10 @@ impl RequestFramer {
         }
     }
 
-    /// Drops the item for `reason` mid-stream and resyncs: at the next line start if the last
-    /// consumed byte ended a line, else after skipping to the next line end.
+    /// The head in progress is bad for `reason`. A head found by resyncing was a false
+    /// start: resync on, at the next line start if the last consumed byte ended a line, else
+    /// after skipping to the next line end. A head read in sync ends the stream
+    /// ([`Self::fail_stream`]).
     fn fail(
         &mut self,
         cur: &mut Cur<'_>,
@@ -427,18 +462,29 @@ impl RequestFramer {
         at_line_start: bool,
         out: &mut Vec<RequestEvent>,
     ) {
+        if !self.resynced {
+            self.fail_stream(cur, reason, out);
+            return;
+        }
         self.drop_item(reason, out);
         cur.start = cur.pos;
         self.state = State::resync_at(at_line_start);
     }
 
-    /// The body length cannot be determined (conflicting Content-Length, a final transfer
-    /// coding other than chunked, broken chunk framing). RFC 9112 6.3 calls this unrecoverable:
-    /// the server answers 400 and closes the connection, so nothing after it on this stream
-    /// reached the primary as a request. Resyncing could even turn a smuggled body into a
-    /// request the primary never processed. Everything from here is dropped as Malformed.
-    fn fail_stream(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
-        self.drop_item(RequestDropReason::Malformed, out);
+    /// The client's bytes stop being requests here: a head a server rejects (RFC 9112 asks it
+    /// to answer 400 and close for a malformed head or obs-fold), a body whose length cannot be
+    /// determined (section 6.3: unrecoverable), broken chunk framing, or a head larger than
+    /// the limits, whose end and framing are unknown. Nothing after it on this stream reached
+    /// the primary as a request it could frame the way the mirror would, and resyncing could
+    /// turn a smuggled body into a request the primary never processed: everything from here
+    /// joins this drop.
+    fn fail_stream(
+        &mut self,
+        cur: &mut Cur<'_>,
+        reason: RequestDropReason,
+        out: &mut Vec<RequestEvent>,
+    ) {
+        self.drop_item(reason, out);
         cur.start = cur.pos;
         self.tunnel_pending = false;
         self.state = State::Discard;
@@ -473,9 +519,7 @@ impl RequestFramer {
             trace: None,
             raw,
         };
-        self.stats.requests += 1;
-        self.stats.request_bytes += request.raw.len() as u64;
-        out.push(RequestEvent::Request(request));
+        self.emit(request, out);
         self.reset_item();
         true
     }

@@ -22,8 +22,13 @@ pub(super) struct ParsedHead {
     /// False when the body length cannot be determined (RFC 9112 6.3 items 4 and 5).
     pub(super) framing_ok: bool,
     pub(super) te_and_cl: bool,
-    /// Upgrade or CONNECT: the stream is a tunnel after this request.
+    /// Upgrade: the stream may be a tunnel after this request (the next bytes decide).
     pub(super) tunnel: bool,
+    /// CONNECT: the stream is a tunnel right after this request's head (RFC 9110 9.3.6: it
+    /// has no content; what follows is tunnel data whatever it looks like).
+    pub(super) connect: bool,
+    /// The connection stays open after this request (RFC 9112 section 9.3).
+    pub(super) keep_alive: bool,
 }
 
 /// Parses a head at the start of `view` (request line or, with `v09_line`, a versionless line,
@@ -44,7 +49,9 @@ pub(super) fn parse_head(
         let mut storage = Vec::new();
         storage.resize(max, httparse::EMPTY_HEADER);
         return match httparse::parse_headers(&view[first..], &mut storage) {
-            Ok(httparse::Status::Complete((n, headers))) if first + n == view.len() => {
+            Ok(httparse::Status::Complete((n, headers)))
+                if first + n == view.len() && !head::has_bare_lf(view) =>
+            {
                 let parsed = parsed_head(view, method, target, Version::Http09, headers, value_at);
                 Ok((view.len(), parsed))
             }
@@ -55,6 +62,10 @@ pub(super) fn parse_head(
     head::with_header_slots(max, |slots| {
         let mut req = httparse::Request::new(&mut []);
         let len = match req.parse_with_uninit_headers(view, slots) {
+            // httparse accepts a bare LF as a line end; the framer does not (see has_bare_lf).
+            Ok(httparse::Status::Complete(n)) if head::has_bare_lf(&view[..n]) => {
+                return Err(Some(Malformed));
+            }
             Ok(httparse::Status::Complete(n)) if !exact || n == view.len() => n,
             Ok(httparse::Status::Partial) if !exact => return Err(None),
             Err(httparse::Error::TooManyHeaders) => return Err(Some(TooManyHeaders)),
@@ -82,16 +93,22 @@ fn parsed_head(
     headers: &[httparse::Header<'_>],
     mut value_at: Vec<(usize, usize)>,
 ) -> ParsedHead {
-    let (framing_ok, (framing, te_and_cl)) = match head::request_framing(headers) {
-        Ok(f) => (true, f),
-        Err(()) => (false, (BodyFraming::None, false)),
+    let connect = method == b"CONNECT";
+    let (framing_ok, (framing, te_and_cl)) = if connect {
+        // No content whatever the fields say: the tunnel starts after the head.
+        (true, (BodyFraming::None, false))
+    } else {
+        match head::request_framing(headers, version == Version::Http10) {
+            Ok(f) => (true, f),
+            Err(()) => (false, (BodyFraming::None, false)),
+        }
     };
     let base = view.as_ptr() as usize;
-    let tunnel = method == b"CONNECT"
-        || (headers
+    let tunnel = !connect
+        && headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-            && head::header_has_token(headers, "connection", b"upgrade"));
+        && head::header_has_token(headers, "connection", b"upgrade");
     value_at.clear();
     value_at.extend(headers.iter().map(|h| {
         let at = h.value.as_ptr() as usize - base;
@@ -113,5 +130,11 @@ fn parsed_head(
         framing_ok,
         te_and_cl,
         tunnel,
+        connect,
+        keep_alive: match version {
+            Version::Http11 => !head::has_connection_token(headers, b"close"),
+            Version::Http10 => head::has_connection_token(headers, b"keep-alive"),
+            Version::Http09 => false,
+        },
     }
 }

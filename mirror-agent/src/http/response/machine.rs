@@ -352,6 +352,7 @@ impl ResponseFramer {
 impl BodyFramer for ResponseFramer {
     type Data = [u8];
     type Event = ResponseEvent;
+    const STRICT: bool = false;
 
     #[inline]
     fn item(&self) -> &Item {

@@ -411,6 +411,25 @@ pub static DEFS: &[MetricDef] = &[
         },
     },
     MetricDef {
+        name: "mirror.http.requests.unserved",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Requests a client sent after the connection ended for the server (after \
+               Connection: close, or after a request with both Transfer-Encoding and \
+               Content-Length), which the primary never served: not mirrored, by reason.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                let d = &ps.request_drops;
+                for (r, c) in [
+                    ("after_close", d.after_close),
+                    ("after_te_and_cl", d.after_te_and_cl),
+                ] {
+                    p(o, &[(REASON, r)], c.count);
+                }
+            })
+        },
+    },
+    MetricDef {
         name: "mirror.http.responses",
         kind: Kind::Counter,
         unit: Unit::Count("{response}"),

@@ -44,6 +44,7 @@ pub(super) fn all() -> Snapshots {
     };
     ps.client.gaps_timeout = 2;
     ps.request_drops.malformed.count = 4;
+    ps.request_drops.after_te_and_cl.count = 5;
     Snapshots {
         kernel: Some(Counters {
             seen: 100,
@@ -173,6 +174,14 @@ fn values_come_from_the_snapshots() {
             &[("error.type", "malformed")]
         ),
         Some(4.0)
+    );
+    assert_eq!(
+        value(
+            &s,
+            "mirror.http.requests.unserved",
+            &[("reason", "after_te_and_cl")]
+        ),
+        Some(5.0)
     );
     assert_eq!(
         value(
