@@ -330,6 +330,7 @@ impl Pipeline {
         let s = &mut self.stats;
         match why {
             EndReason::Closed => s.flows_closed += 1,
+            EndReason::Idle if flow.is_finished() => s.flows_idle_finished += 1,
             EndReason::Idle => s.flows_idle_expired += 1,
             EndReason::MaxFlows => s.flows_evicted_max_flows += 1,
             EndReason::Memory => s.flows_evicted_memory += 1,

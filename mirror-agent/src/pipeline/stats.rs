@@ -156,7 +156,11 @@ pub struct PipelineStats {
     pub flows_active: u64,
     /// Ended by FIN in both directions or by RST.
     pub flows_closed: u64,
-    /// Expired after `flow_idle` without a segment.
+    /// Ended after `flow_idle` without a segment, with nothing unfinished (the last request
+    /// complete, nothing held): a quiet connection retired, nothing lost.
+    pub flows_idle_finished: u64,
+    /// Expired after `flow_idle` without a segment in the middle of a request or response, or
+    /// holding bytes after a hole: what it held is lost (and counted where it was lost).
     pub flows_idle_expired: u64,
     /// Evicted because `max_flows` were tracked (least recently active first).
     pub flows_evicted_max_flows: u64,
@@ -252,13 +256,14 @@ impl PipelineStats {
         }
         let ended = self.flows_active
             + self.flows_closed
+            + self.flows_idle_finished
             + self.flows_idle_expired
             + self.flows_evicted_max_flows
             + self.flows_evicted_memory
             + self.flows_open_at_end;
         if ended != self.flows {
             return Err(format!(
-                "flows {} != active + closed + expired + evicted + open at end {ended}",
+                "flows {} != active + closed + idle + expired + evicted + open at end {ended}",
                 self.flows
             ));
         }
@@ -358,6 +363,7 @@ impl fmt::Display for PipelineStats {
             ("ignored.after_close_bytes", self.after_close_bytes),
             ("flows", self.flows),
             ("flows_closed", self.flows_closed),
+            ("flows_idle_finished", self.flows_idle_finished),
             ("flows_idle_expired", self.flows_idle_expired),
             ("flows_evicted_max_flows", self.flows_evicted_max_flows),
             ("flows_evicted_memory", self.flows_evicted_memory),

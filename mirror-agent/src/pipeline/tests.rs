@@ -201,6 +201,37 @@ fn idle_flows_expire_on_ticks() {
 }
 
 #[test]
+fn quiet_finished_connections_are_retired_not_evicted() {
+    // A keep-alive connection whose last request (and its response) is complete goes quiet:
+    // the idle timeout retires it, and that is no loss, so it is not an eviction.
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:80"), [1, 2]);
+    c.handshake()
+        .client_sends(GET, 100)
+        .server_sends(b"HTTP/1.1 204 No Content\r\n\r\n", 100);
+    let t0 = c.ts_ns;
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    p.on_tick(t0 + 121_000_000_000, &mut out);
+    assert_eq!(p.stats().flows_active, 0);
+    let s = finish(&mut p, &mut out);
+    assert_eq!((s.flows_idle_finished, s.flows_idle_expired), (1, 0), "{s}");
+    assert_eq!(s.request_drops.lost().count, 0);
+    assert_eq!(requests(&out).len(), 1);
+    // The same connection in the middle of its next request is an expiry that loses it.
+    let mut c = Conversation::new(addr("10.0.0.1:5001"), addr("10.0.0.2:80"), [1, 2]);
+    c.handshake()
+        .client_sends(GET, 100)
+        .client_sends(b"GET /half HTTP/1.1\r\n", 100);
+    let t0 = c.ts_ns;
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    p.on_tick(t0 + 121_000_000_000, &mut out);
+    let s = finish(&mut p, &mut out);
+    assert_eq!((s.flows_idle_finished, s.flows_idle_expired), (0, 1), "{s}");
+    assert_eq!(s.request_drops.truncated.count, 1);
+}
+
+#[test]
 fn a_million_flows_stay_bounded_and_evictions_are_counted() {
     const N: u32 = 1_000_000;
     let max_flows = 10_000;

@@ -107,6 +107,25 @@ impl Flow {
         }
     }
 
+    /// Nothing unfinished: no bytes waiting in reassembly or held back, no request or response
+    /// in the middle of its framing. Ending such a flow loses nothing (a quiet keep-alive
+    /// connection whose last request is complete).
+    pub fn is_finished(&self) -> bool {
+        match &self.state {
+            State::Undecided { bytes, .. } => *bytes == 0,
+            State::Decided(d) => {
+                d.streams[C2S].buffered_bytes() == 0
+                    && d.streams[S2C].buffered_bytes() == 0
+                    && d.held_server_bytes == 0
+                    && d
+                        .req
+                        .as_ref()
+                        .is_none_or(|r| d.client_ignored || r.stats().in_progress() == 0)
+                    && (d.server_ignored || d.resp.stats().in_progress() == 0)
+            }
+        }
+    }
+
     /// Out-of-order bytes waiting in reassembly (what a gap timeout can release).
     pub fn has_holes(&self) -> bool {
         match &self.state {

@@ -294,10 +294,19 @@ pub static DEFS: &[MetricDef] = &[
         read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.flows_closed)),
     },
     MetricDef {
+        name: "mirror.flows.idle_finished",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "Connections retired after the idle timeout with nothing unfinished (their last \
+               request complete): not a loss.",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.flows_idle_finished)),
+    },
+    MetricDef {
         name: "mirror.flows.evicted",
         kind: Kind::Counter,
         unit: FLOW,
-        help: "Connections the flow table gave up, by reason (idle timeout, max_flows, memory budget).",
+        help: "Connections the flow table gave up with something unfinished, by reason (idle \
+               timeout, max_flows, memory budget).",
         read: |s, o| {
             pipeline(s, o, |ps, o| {
                 p(o, &[(REASON, "idle")], ps.flows_idle_expired);
