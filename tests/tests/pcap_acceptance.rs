@@ -577,6 +577,24 @@ fn binary_records_json_lines_with_mode_0600() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not a pcap"), "{stderr}");
     assert!(stderr.contains(junk.to_str().unwrap()), "{stderr}");
+    // A file that breaks off after its first packets: they are processed, then the same
+    // (exit 2, one error line naming the file, after the summary).
+    let whole = std::fs::read(&pcap).expect("read pcap");
+    let cut = dir.join("cut.pcap");
+    std::fs::write(&cut, &whole[..whole.len() - 10]).expect("write cut pcap");
+    let out = std::process::Command::new(agent_binary())
+        .arg("--pcap")
+        .arg(&cut)
+        .args(["--port", "8080"])
+        .output()
+        .expect("run");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains(cut.to_str().unwrap()) && last.contains("truncated after"),
+        "{stderr}"
+    );
     // A directory given as --pcap, and a missing file: the same, naming the path.
     for bad in [dir.to_path_buf(), dir.join("missing.pcap")] {
         let out = std::process::Command::new(agent_binary())

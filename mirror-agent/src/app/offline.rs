@@ -118,8 +118,13 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
     if let Some(e) = out.record_error {
         return Err(AppError::Incomplete(format!("recording: {e}")));
     }
+    // A file that breaks off or turns corrupt is bad input like one that cannot be opened
+    // (exit 2, the path named), reported after what it held was processed and summarised.
     match report.source_error {
-        Some(e) => Err(AppError::Incomplete(e.to_string())),
+        Some(source) => Err(AppError::Pcap {
+            path: path.display().to_string(),
+            source,
+        }),
         None => Ok(()),
     }
 }

@@ -15,6 +15,8 @@ pub mod synth;
 use std::fs::File;
 use std::io::Read;
 use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use pcap_file::pcap::PcapReader;
 use pcap_file::pcapng::blocks::interface_description::InterfaceDescriptionOption;
@@ -48,7 +50,28 @@ pub enum PcapError {
 }
 
 /// The input with its already-read magic number put back in front.
-type Input<R> = std::io::Chain<std::io::Cursor<[u8; 4]>, R>;
+type Input<R> = std::io::Chain<std::io::Cursor<[u8; 4]>, EofWatch<R>>;
+
+/// pcap-file reads through a fixed 8 MB buffer and reports a record larger than that as an
+/// unexpected end of file. Watching whether the input really ended tells the two apart, so an
+/// oversized record is reported as such, not as a truncated file.
+const READ_BUFFER_BYTES: usize = 8_000_000;
+
+/// A reader that notes when its input ends (a read returns 0 bytes).
+struct EofWatch<R> {
+    inner: R,
+    ended: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for EofWatch<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        if n == 0 && !buf.is_empty() {
+            self.ended.store(true, Ordering::Relaxed);
+        }
+        Ok(n)
+    }
+}
 
 enum Format<R: Read> {
     Pcap {
@@ -88,6 +111,8 @@ pub struct PcapSource<R: Read = File> {
     frames: u64,
     last_ts_ns: u64,
     done: bool,
+    /// Set when the input has ended (see [`EofWatch`]).
+    input_ended: Arc<AtomicBool>,
 }
 
 impl PcapSource<File> {
@@ -106,17 +131,23 @@ impl<R: Read> PcapSource<R> {
     pub fn new(mut input: R) -> Result<Self, PcapError> {
         let mut magic = [0u8; 4];
         read_magic(&mut input, &mut magic)?;
-        let input = std::io::Cursor::new(magic).chain(input);
+        let input_ended = Arc::new(AtomicBool::new(false));
+        let watched = EofWatch {
+            inner: input,
+            ended: input_ended.clone(),
+        };
+        let input = std::io::Cursor::new(magic).chain(watched);
+        let ended = || input_ended.load(Ordering::Relaxed);
         let format = match magic {
             [0x0a, 0x0d, 0x0d, 0x0a] => Format::PcapNg {
-                reader: PcapNgReader::new(input).map_err(|e| map_err(e, 0))?,
+                reader: PcapNgReader::new(input).map_err(|e| map_err(e, 0, ended()))?,
                 interfaces: Vec::new(),
             },
             [0xd4, 0xc3, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0xc3, 0xd4]
             | [0x4d, 0x3c, 0xb2, 0xa1]
             | [0xa1, 0xb2, 0x3c, 0x4d] => {
-                let reader = PcapReader::new(input).map_err(|e| map_err(e, 0))?;
+                let reader = PcapReader::new(input).map_err(|e| map_err(e, 0, ended()))?;
                 let h = reader.header();
                 Format::Pcap {
                     link: LinkType::from_linktype(u32::from(h.datalink)),
@@ -132,6 +163,7 @@ impl<R: Read> PcapSource<R> {
             frames: 0,
             last_ts_ns: 0,
             done: false,
+            input_ended,
         })
     }
 
@@ -159,6 +191,8 @@ impl<R: Read> PcapSource<R> {
     /// Reads one frame; `Ok(None)` when it was not a segment (or the file ended: `done` set).
     fn next_frame(&mut self) -> Result<Option<Segment>, PcapError> {
         let frames = self.frames;
+        let ended = &self.input_ended;
+        let map_err = |e| map_err(e, frames, ended.load(Ordering::Relaxed));
         match &mut self.format {
             Format::Pcap {
                 reader,
@@ -169,7 +203,7 @@ impl<R: Read> PcapSource<R> {
                     self.finish();
                     return Ok(None);
                 };
-                let pkt = pkt.map_err(|e| map_err(e, frames))?;
+                let pkt = pkt.map_err(map_err)?;
                 let frac = if *nanos {
                     u64::from(pkt.ts_frac)
                 } else {
@@ -186,7 +220,7 @@ impl<R: Read> PcapSource<R> {
                     self.finish();
                     return Ok(None);
                 };
-                let block = block.map_err(|e| map_err(e, frames))?;
+                let block = block.map_err(map_err)?;
                 let (link, ts, data) = match block {
                     Block::SectionHeader(_) => {
                         interfaces.clear();
@@ -261,12 +295,21 @@ fn read_magic<R: Read>(input: &mut R, magic: &mut [u8; 4]) -> Result<(), PcapErr
     Ok(())
 }
 
-fn map_err(e: FileError, packets: u64) -> PcapError {
+/// `input_ended`: the input has really ended, so an incomplete record is a truncated file;
+/// otherwise the record did not fit pcap-file's read buffer.
+fn map_err(e: FileError, packets: u64, input_ended: bool) -> PcapError {
+    let incomplete = matches!(&e, FileError::IncompleteBuffer)
+        || matches!(&e, FileError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof);
     match e {
-        FileError::IncompleteBuffer => PcapError::Truncated { packets },
-        FileError::IoError(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => {
-            PcapError::Truncated { packets }
-        }
+        _ if incomplete && !input_ended => PcapError::Corrupt {
+            packets,
+            detail: format!(
+                "a record (or block) larger than {} MB, more than any capture holds per \
+                 packet; the file is not truncated",
+                READ_BUFFER_BYTES / 1_000_000
+            ),
+        },
+        _ if incomplete => PcapError::Truncated { packets },
         FileError::IoError(source) => PcapError::Io {
             path: "input".into(),
             source,

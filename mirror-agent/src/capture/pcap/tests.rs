@@ -240,3 +240,49 @@ fn ipv6_with_a_lying_hop_by_hop_header_is_not_read_out_of_bounds() {
     assert_eq!(stats.packets, 2);
     assert!(stats.balanced(), "{stats:?}");
 }
+
+/// A classic pcap file (LINKTYPE_RAW, microseconds) with a snap length large enough for any
+/// record, written here because pcap-file's writer holds records to 64 KiB.
+fn big_snaplen_pcap(records: &[Vec<u8>]) -> Vec<u8> {
+    let mut f = Vec::new();
+    f.extend_from_slice(&0xa1b2_c3d4u32.to_le_bytes());
+    f.extend_from_slice(&2u16.to_le_bytes());
+    f.extend_from_slice(&4u16.to_le_bytes());
+    f.extend_from_slice(&[0; 8]);
+    f.extend_from_slice(&u32::MAX.to_le_bytes());
+    f.extend_from_slice(&101u32.to_le_bytes());
+    for (i, r) in records.iter().enumerate() {
+        f.extend_from_slice(&(i as u32).to_le_bytes());
+        f.extend_from_slice(&0u32.to_le_bytes());
+        f.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        f.extend_from_slice(&(r.len() as u32).to_le_bytes());
+        f.extend_from_slice(r);
+    }
+    f
+}
+
+#[test]
+fn a_whole_record_over_the_read_buffer_is_not_called_truncated() {
+    // A 20 MiB record, whole, between two good packets: pcap-file cannot hold it in its 8 MB
+    // buffer. That is reported as an oversized record, not as a truncated file.
+    let segs = conversation(false);
+    let ip = |i: usize| synth::ip_packet(&segs[i]);
+    let records = [ip(0), vec![0x45; 20 << 20], ip(1)];
+    let (got, _, err) = read_all(big_snaplen_pcap(&records));
+    assert_eq!(got.len(), 1, "the packet before it is read");
+    match err {
+        Some(e @ PcapError::Corrupt { packets: 1, .. }) => {
+            assert!(e.to_string().contains("larger than 8 MB"), "{e}");
+            assert!(e.to_string().contains("not truncated"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    // A file cut inside a record that fits the buffer is truncated.
+    let file = big_snaplen_pcap(&[ip(0), vec![0x45; 1 << 20]]);
+    let (got, _, err) = read_all(file[..file.len() - 100].to_vec());
+    assert_eq!(got.len(), 1);
+    assert!(
+        matches!(err, Some(PcapError::Truncated { packets: 1 })),
+        "{err:?}"
+    );
+}

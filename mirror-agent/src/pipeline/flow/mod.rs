@@ -117,8 +117,7 @@ impl Flow {
                 d.streams[C2S].buffered_bytes() == 0
                     && d.streams[S2C].buffered_bytes() == 0
                     && d.held_server_bytes == 0
-                    && d
-                        .req
+                    && d.req
                         .as_ref()
                         .is_none_or(|r| d.client_ignored || r.stats().in_progress() == 0)
                     && (d.server_ignored || d.resp.stats().in_progress() == 0)
