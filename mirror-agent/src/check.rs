@@ -139,10 +139,37 @@ pub fn run() -> i32 {
             detail: "embedded at build time (cargo xtask build-ebpf)".into(),
         },
     ];
+    let seccomp = crate::privileges::seccomp_program();
+    let rows = rows.into_iter().chain([
+        Row {
+            item: "seccomp",
+            ok: seccomp.is_ok() && seccomp_available(),
+            required: false,
+            detail: match &seccomp {
+                Ok(_) if seccomp_available() => {
+                    "after setup: no exec, ptrace, BPF loading, modules, mounts, namespaces".into()
+                }
+                Ok(_) => "the kernel has no seccomp filter mode: runs without".into(),
+                Err(e) => format!("filter does not build here: {e}"),
+            },
+        },
+        Row {
+            item: "keeps (live)",
+            ok: true,
+            required: false,
+            detail: kept_line(crate::privileges::Needs::live(version, !tcx), tcx),
+        },
+        Row {
+            item: "keeps (other)",
+            ok: true,
+            required: false,
+            detail: "--pcap, --from: none, once the input is open".into(),
+        },
+    ]);
     let mut out = String::new();
     let _ = writeln!(out, "{:<14} {:<8} detail", "check", "status");
     let mut missing = Vec::new();
-    for r in &rows {
+    for r in rows {
         let status = match (r.ok, r.required) {
             (true, _) => "ok",
             (false, true) => "MISSING",
@@ -161,4 +188,27 @@ pub fn run() -> i32 {
         println!("live capture: not possible, missing {}", missing.join(", "));
         1
     }
+}
+
+/// What live capture keeps after attaching, for the check table.
+fn kept_line(needs: crate::privileges::Needs, tcx: bool) -> String {
+    let how = if tcx { "TCX" } else { "tc filters" };
+    format!(
+        "after attaching ({how}): {}; with --attach tc: {} (and CAP_NET_BIND_SERVICE for a \
+         metrics port below 1024)",
+        needs.describe(),
+        crate::privileges::Needs {
+            detach_tc_filters: true,
+            ..needs
+        }
+        .describe()
+    )
+}
+
+/// Whether the kernel supports seccomp filters (`Seccomp:` in /proc/self/status, and
+/// `PR_GET_SECCOMP` answering).
+fn seccomp_available() -> bool {
+    // SAFETY: PR_GET_SECCOMP takes no pointer arguments.
+    let r = unsafe { libc::prctl(libc::PR_GET_SECCOMP, 0, 0, 0, 0) };
+    r >= 0
 }

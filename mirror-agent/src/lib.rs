@@ -19,6 +19,7 @@ pub mod compare;
 pub mod config;
 pub mod http;
 pub mod pipeline;
+pub mod privileges;
 pub mod reassembly;
 pub mod record;
 pub mod replay;

@@ -11,7 +11,7 @@ use std::sync::{Arc, OnceLock};
 
 use super::AppError;
 use super::outputs::Outputs;
-use crate::capture::ebpf::{Counters, FlowIgnore};
+use crate::capture::ebpf::{AttachMode, AttachedCapture, Counters, FlowIgnore};
 use crate::capture::{Segment, clock};
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, PipelineEvent};
@@ -26,12 +26,35 @@ const TICK_NS: u64 = 100_000_000;
 /// (`tests/tests/mirror_loop.rs`). Warned about at start; never set it in production.
 pub const DISABLE_IGNORE_ENV: &str = "MIRROR_DISABLE_IGNORE_MAP";
 
-/// Live mode: checks the environment (nothing is attached when it fails), then runs.
+/// Live mode: checks the environment and the mirrors (nothing is attached when that fails),
+/// attaches, gives up the privileges it no longer needs, then runs.
+///
+/// The order matters: capabilities are per thread and threads inherit them, so attaching and
+/// confining happen here, on the main thread, while it is the only one; the runtime's threads
+/// start after, with only what the mode keeps. The mirror check resolves names on a runtime of
+/// its own, shut down (its threads joined) before attaching.
 pub fn main(settings: Settings) -> Result<(), AppError> {
     let capture = settings.live.capture()?;
     live::check_environment(&capture)?;
+    if !settings.replay.mirrors.is_empty() {
+        let prelude = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .map_err(AppError::Runtime)?;
+        prelude.block_on(settings.check_not_primary())?;
+    }
+    let attached = AttachedCapture::attach(capture.clone()).map_err(live::LiveError::from)?;
+    let needs = crate::privileges::Needs {
+        bind_low_port: super::binds_low_port(&settings),
+        ..crate::privileges::Needs::live(
+            crate::check::kernel_version(),
+            attached.mode() == AttachMode::Netlink,
+        )
+    };
+    crate::privileges::confine(needs)?;
     let opts = live::LiveOptions {
         capture,
+        attached,
         duration: settings.live.duration,
         write_pcap: settings.live.write_pcap.clone(),
         overwrite: settings.live.overwrite,
@@ -71,11 +94,8 @@ fn ignore_hooks(ignore: &Arc<OnceLock<FlowIgnore>>) -> ConnectionHooks {
 }
 
 async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError> {
-    if !settings.replay.mirrors.is_empty() {
-        settings.check_not_primary().await?;
-    }
-    // Requests only arrive after capture is attached, and capture is attached only after the
-    // slot is filled (`LiveSink::started`), so no mirror connection misses the ignore map.
+    // Requests only arrive once capture is read, and it is read only after the slot is filled
+    // (`LiveSink::started`), so no mirror connection misses the ignore map.
     let ignore: Arc<OnceLock<FlowIgnore>> = Arc::default();
     let outputs = Outputs::start(&settings, ignore_hooks(&ignore)).await?;
     let mut driver = Driver {

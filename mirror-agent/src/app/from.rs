@@ -66,15 +66,28 @@ pub struct FromReport {
 pub fn run(
     settings: &Settings,
     path: &Path,
-    mut progress: impl FnMut(&str),
+    progress: impl FnMut(&str),
 ) -> Result<FromReport, AppError> {
+    run_file(settings, open(settings, path)?, progress)
+}
+
+/// Opens the recording to replay (after checking there is a mirror to replay it to).
+fn open(settings: &Settings, path: &Path) -> Result<File, AppError> {
     if settings.replay.mirrors.is_empty() {
         return Err(FromError::NoMirrors.into());
     }
-    let file = File::open(path).map_err(|source| FromError::Open {
+    Ok(File::open(path).map_err(|source| FromError::Open {
         path: path.to_path_buf(),
         source,
-    })?;
+    })?)
+}
+
+/// [`run`] on a recording already open.
+fn run_file(
+    settings: &Settings,
+    file: File,
+    mut progress: impl FnMut(&str),
+) -> Result<FromReport, AppError> {
     let runtime = super::runtime()?;
     let mut outputs = runtime.block_on(Outputs::start(settings, ConnectionHooks::default()))?;
     // The input (file) is open and the mirrors are set up: ready.
@@ -142,7 +155,14 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
     let Some(path) = settings.from.clone() else {
         return Ok(());
     };
-    let report = run(settings, &path, |line| eprintln!("mirror-agent: {line}"))?;
+    let file = open(settings, &path)?;
+    // The input is open: nothing from here needs a privilege (see crate::privileges). Done
+    // before the runtime starts its threads, which inherit what this thread keeps.
+    crate::privileges::confine(crate::privileges::Needs {
+        bind_low_port: super::binds_low_port(settings),
+        ..Default::default()
+    })?;
+    let report = run_file(settings, file, |line| eprintln!("mirror-agent: {line}"))?;
     eprint!("{}", report.replay.table());
     if let Some(o) = report.otlp {
         eprintln!("{}", o.line());

@@ -44,6 +44,9 @@ pub enum AppError {
     },
     #[error("cannot start the async runtime: {0}")]
     Runtime(std::io::Error),
+    /// Giving up privileges failed: the agent does not run with more than it needs.
+    #[error(transparent)]
+    Confine(#[from] crate::privileges::ConfineError),
     /// The run went through but lost output or input it had to report (a recording write, a
     /// file that ended early); the message says what.
     #[error("error: {0}")]
@@ -61,7 +64,7 @@ impl AppError {
             AppError::Live(e) => e.exit_code(),
             AppError::Telemetry(e) => e.exit_code(),
             AppError::From(e) => e.exit_code(),
-            AppError::Runtime(_) | AppError::Incomplete(_) => 1,
+            AppError::Runtime(_) | AppError::Confine(_) | AppError::Incomplete(_) => 1,
         }
     }
 }
@@ -78,6 +81,15 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
 }
 
 /// A tokio runtime for the outputs (mirror connections, exporters).
+/// Whether the metrics endpoint binds a port below 1024, which needs `CAP_NET_BIND_SERVICE`
+/// (it binds after the agent gave up its other privileges).
+fn binds_low_port(settings: &Settings) -> bool {
+    settings
+        .telemetry
+        .metrics_addr
+        .is_some_and(|a| a.port() != 0 && a.port() < 1024)
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)

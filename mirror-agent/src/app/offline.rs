@@ -70,19 +70,27 @@ pub fn drive<R: Read>(
 pub fn process_file(
     path: &Path,
     cfg: PipelineConfig,
-    mut on_event: impl FnMut(PipelineEvent),
+    on_event: impl FnMut(PipelineEvent),
 ) -> Result<OfflineReport, PcapError> {
-    let mut source = PcapSource::open(path)?;
+    Ok(process_source(PcapSource::open(path)?, cfg, on_event))
+}
+
+/// [`process_file`] on a source already open.
+pub fn process_source(
+    mut source: PcapSource,
+    cfg: PipelineConfig,
+    mut on_event: impl FnMut(PipelineEvent),
+) -> OfflineReport {
     let mut pipeline = Pipeline::new(cfg);
     let source_error = drive(&mut source, &mut pipeline, &mut on_event).err();
-    Ok(OfflineReport {
+    OfflineReport {
         frames: source.frames(),
         decode: source.decoder.stats.clone(),
         frag: source.decoder.defrag.stats.clone(),
         pipeline: pipeline.stats(),
         records_written: 0,
         source_error,
-    })
+    }
 }
 
 /// pcap mode: the file's events to the outputs; prints the summary, the mirror and comparison
@@ -91,12 +99,23 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
     let Some(path) = settings.pcap.as_deref() else {
         return Ok(());
     };
+    let pcap_error = |source| AppError::Pcap {
+        path: path.display().to_string(),
+        source,
+    };
+    // The input is open: nothing from here needs a privilege (see crate::privileges). Done
+    // before the runtime starts its threads, which inherit what this thread keeps.
+    let source = PcapSource::open(path).map_err(pcap_error)?;
+    crate::privileges::confine(crate::privileges::Needs {
+        bind_low_port: super::binds_low_port(settings),
+        ..Default::default()
+    })?;
     let runtime = super::runtime()?;
     let mut outputs = runtime.block_on(Outputs::start(settings, ConnectionHooks::default()))?;
     outputs.ready();
     let room_wait = settings.replay.timeout;
     let mut metrics_due = Instant::now();
-    let mut report = process_file(path, settings.pipeline.clone(), |ev| {
+    let mut report = process_source(source, settings.pipeline.clone(), |ev| {
         if matches!(ev, PipelineEvent::Request(_)) {
             wait_for_room(&outputs, room_wait);
         }
@@ -105,11 +124,7 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
             metrics_due = Instant::now();
             outputs.update_metrics(None, None);
         }
-    })
-    .map_err(|source| AppError::Pcap {
-        path: path.display().to_string(),
-        source,
-    })?;
+    });
     let out = runtime.block_on(outputs.finish(None, Some(&report.pipeline)));
     runtime.shutdown_timeout(Duration::from_millis(100));
     report.records_written = out.records_written;
@@ -121,10 +136,7 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
     // A file that breaks off or turns corrupt is bad input like one that cannot be opened
     // (exit 2, the path named), reported after what it held was processed and summarised.
     match report.source_error {
-        Some(source) => Err(AppError::Pcap {
-            path: path.display().to_string(),
-            source,
-        }),
+        Some(source) => Err(pcap_error(source)),
         None => Ok(()),
     }
 }

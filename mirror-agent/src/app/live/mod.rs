@@ -16,7 +16,9 @@ use tokio::signal::unix::{SignalKind, signal};
 
 pub use self::pcap_out::{PcapOut, PcapOutError};
 use crate::capture::Segment;
-use crate::capture::ebpf::{CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig};
+use crate::capture::ebpf::{
+    AttachedCapture, CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig,
+};
 
 /// Interval of the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -26,9 +28,11 @@ pub const IDLE_TICK: Duration = Duration::from_millis(200);
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
 
 /// Validated live-mode settings.
-#[derive(Debug, Clone)]
 pub struct LiveOptions {
     pub capture: LiveConfig,
+    /// The classifiers, attached by the caller before the runtime started (see
+    /// [`crate::privileges`]); reading starts in [`run`].
+    pub attached: AttachedCapture,
     pub duration: Option<Duration>,
     pub write_pcap: Option<PathBuf>,
     /// `--write-pcap` may replace an existing regular file.
@@ -145,7 +149,7 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     let mut sigint = sig(SignalKind::interrupt())?;
     let mut sigterm = sig(SignalKind::terminate())?;
 
-    let mut capture = LiveCapture::start(opts.capture.clone())?;
+    let mut capture = opts.attached.start_reading()?;
     sink.started(capture.flow_ignore());
     tracing::info!(
         iface = %opts.capture.iface,

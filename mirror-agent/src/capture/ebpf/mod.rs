@@ -114,6 +114,19 @@ const MAX_BATCH: usize = 1024;
 /// Period of the userspace drain: records submitted without a wakeup wait at most this long.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
+/// Programs loaded, configured and attached; the ring buffer not read yet. Made without a
+/// tokio runtime, so the agent can attach (the part that needs privileges) before any other
+/// thread exists, then give the privileges up ([`crate::privileges`]) and start reading.
+pub struct AttachedCapture {
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    ignore: FlowIgnore,
+    mode: AttachMode,
+    // Last field: dropped after the maps, detaching the programs (TCX links close with it).
+    attached: attach::Attached,
+    ebpf: Ebpf,
+}
+
 /// A running capture: programs attached, ring buffer registered with tokio.
 pub struct LiveCapture {
     ring: AsyncFd<RingBuf<MapData>>,
@@ -128,10 +141,19 @@ pub struct LiveCapture {
 }
 
 impl LiveCapture {
-    /// Loads the object, configures it and attaches the classifiers to `cfg.iface`.
+    /// Loads the object, configures it, attaches the classifiers to `cfg.iface` and starts
+    /// reading ([`AttachedCapture::attach`] then [`AttachedCapture::start_reading`]).
     ///
     /// Must run inside a tokio runtime (the ring buffer is registered with its reactor).
     pub fn start(cfg: LiveConfig) -> Result<Self, CaptureError> {
+        AttachedCapture::attach(cfg)?.start_reading()
+    }
+}
+
+impl AttachedCapture {
+    /// Loads the object, configures it and attaches the classifiers to `cfg.iface`. Needs no
+    /// runtime.
+    pub fn attach(cfg: LiveConfig) -> Result<Self, CaptureError> {
         validate(&cfg)?;
         let data = object().ok_or(CaptureError::NoObject)?;
         let l2_len = attach::l2_len(&cfg.iface)?;
@@ -173,15 +195,6 @@ impl LiveCapture {
         let ignore = FlowIgnore::new(take(&mut ebpf, maps::IGNORE)?);
         let counters = take(&mut ebpf, maps::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
-        // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, until it is dropped
-        // together with the AsyncFd.
-        let ring =
-            unsafe { AsyncFd::register_with_interest(ring, Interest::READABLE) }.map_err(|e| {
-                CaptureError::Io {
-                    what: "registering the ring buffer with the reactor",
-                    source: std::io::Error::from(e),
-                }
-            })?;
 
         let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.attach_egress, cfg.attach)?;
         let mode = attached.mode();
@@ -199,12 +212,39 @@ impl LiveCapture {
             counters,
             ignore,
             mode,
-            decoder: decode::RingDecoder::new(clock::wall_minus_monotonic_ns()),
-            _attached: attached,
-            _ebpf: ebpf,
+            attached,
+            ebpf,
         })
     }
 
+    /// How the classifiers are attached.
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+
+    /// Registers the ring buffer with the current tokio runtime's reactor: records are read
+    /// from here on. Must run inside a tokio runtime.
+    pub fn start_reading(self) -> Result<LiveCapture, CaptureError> {
+        // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, until it is dropped
+        // together with the AsyncFd.
+        let ring = unsafe { AsyncFd::register_with_interest(self.ring, Interest::READABLE) }
+            .map_err(|e| CaptureError::Io {
+                what: "registering the ring buffer with the reactor",
+                source: std::io::Error::from(e),
+            })?;
+        Ok(LiveCapture {
+            ring,
+            counters: self.counters,
+            ignore: self.ignore,
+            mode: self.mode,
+            decoder: decode::RingDecoder::new(clock::wall_minus_monotonic_ns()),
+            _attached: self.attached,
+            _ebpf: self.ebpf,
+        })
+    }
+}
+
+impl LiveCapture {
     /// How the classifiers are attached.
     pub fn mode(&self) -> AttachMode {
         self.mode

@@ -1,0 +1,34 @@
+use super::*;
+
+#[test]
+fn each_mode_keeps_only_what_it_needs() {
+    assert_eq!(Needs::default().kept(), []);
+    assert_eq!(Needs::default().describe(), "none");
+    // TCX on a current kernel: nothing.
+    assert_eq!(Needs::live(Some((6, 18)), false).kept(), []);
+    // tc filters: NET_ADMIN to remove them at exit.
+    assert_eq!(
+        Needs::live(Some((6, 18)), true).kept(),
+        [Capability::CAP_NET_ADMIN]
+    );
+    // Older kernels need a capability for every bpf(2) command on the maps.
+    assert_eq!(
+        Needs::live(Some((6, 1)), true).kept(),
+        [Capability::CAP_NET_ADMIN, Capability::CAP_BPF]
+    );
+    assert_eq!(
+        Needs::live(Some((5, 4)), false).kept(),
+        [Capability::CAP_SYS_ADMIN]
+    );
+    let metrics = Needs {
+        bind_low_port: true,
+        ..Needs::default()
+    };
+    assert_eq!(metrics.describe(), "CAP_NET_BIND_SERVICE");
+}
+
+#[test]
+fn the_seccomp_program_compiles_for_this_machine() {
+    let program = seccomp_program().expect("compiles");
+    assert!(!program.is_empty());
+}
