@@ -30,8 +30,16 @@ fuzz_target!(|data: &[u8]| {
     }
     framer.finish(&mut out);
     let mut raw = 0u64;
+    // Once the connection ended for the server (a request that closes it, or one with both
+    // Transfer-Encoding and Content-Length), nothing after it may be mirrored.
+    let mut ended = false;
     for ev in &out {
+        if let RequestEvent::Dropped { reason, .. } = ev {
+            ended |= !reason.is_loss();
+        }
         if let RequestEvent::Request(req) = ev {
+            assert!(!ended, "a request mirrored after the connection ended");
+            ended |= req.te_and_cl || !req.keep_alive;
             assert!(
                 req.head_len <= req.raw.len(),
                 "head longer than the request"
