@@ -7,6 +7,7 @@ Needs tshark. Writes, per TCP connection direction:
   corpus/reassembly/     its segments in the `reassembly` target's record format
   corpus/http_request/   8 zero bytes + its payload, when it starts with a request line
   corpus/http_response/  8 zero bytes + its payload, when it starts with "HTTP/"
+and, per capture file, corpus/pcap_pipeline/ the file as it is (its first 256 KiB if larger).
 Neither the captures nor what this writes are committed (see .gitignore).
 """
 
@@ -19,6 +20,10 @@ import sys
 
 HERE = pathlib.Path(__file__).resolve().parent
 MAX_SEED = 64 * 1024
+# libFuzzer sizes its inputs by the largest seed: one multi-megabyte capture would make every
+# input that large and every run that slow. A prefix of a capture is still a capture (its last
+# record cut short, which the reader must handle anyway).
+MAX_PCAP_SEED = 256 * 1024
 REQUEST_LINE = re.compile(rb"^[A-Z][A-Z_-]{0,15} ")
 
 
@@ -58,10 +63,13 @@ def main():
     corpus = pathlib.Path(sys.argv[2]) if len(sys.argv) > 2 else HERE / "corpus"
     if not pcap_dir.is_dir():
         sys.exit(f"no capture corpus at {pcap_dir}")
-    for target in ("reassembly", "http_request", "http_response"):
+    counts = {"reassembly": 0, "http_request": 0, "http_response": 0, "pcap_pipeline": 0}
+    for target in counts:
         (corpus / target).mkdir(parents=True, exist_ok=True)
-    counts = {"reassembly": 0, "http_request": 0, "http_response": 0}
     for pcap in sorted(p for p in pcap_dir.rglob("*") if p.suffix in (".pcap", ".pcapng")):
+        seed = pcap.read_bytes()[:MAX_PCAP_SEED]
+        (corpus / "pcap_pipeline" / hashlib.sha1(seed).hexdigest()).write_bytes(seed)
+        counts["pcap_pipeline"] += 1
         dirs = {}
         for key, seq, flags, ts, payload in packets(pcap):
             dirs.setdefault(key, []).append((seq, flags, ts, payload))

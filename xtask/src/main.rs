@@ -1,4 +1,4 @@
-//! `cargo xtask`: project tasks (setup, build-ebpf, test, demo, bench).
+//! `cargo xtask`: project tasks (setup, build-ebpf, test, demo, bench, fuzz).
 //!
 //! Each command lives in its own module; this file only dispatches.
 
@@ -7,6 +7,7 @@ mod bench_mirror;
 mod bench_pipeline;
 mod demo;
 mod ebpf;
+mod fuzz;
 mod netns;
 mod setup;
 mod test;
@@ -23,7 +24,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Install what the build and tests need (Debian packages, nightly rust-src, bpf-linker).
+    /// Install what the build and tests need (Debian packages, nightly rust-src, bpf-linker,
+    /// cargo-fuzz).
     Setup,
     /// Build the eBPF object (installs the toolchain first if missing).
     BuildEbpf,
@@ -33,6 +35,16 @@ enum Command {
     Demo,
     /// Benchmarks: capture, pipeline, mirror.
     Bench { which: String },
+    /// Run each cargo-fuzz target of mirror-agent/fuzz for a fixed time; print a table; fail on
+    /// any crash, leak, timeout or out-of-memory artifact.
+    Fuzz {
+        /// Seconds per target.
+        #[arg(long, env = "MIRROR_FUZZ_SECS", default_value_t = fuzz::DEFAULT_SECS,
+              value_parser = clap::value_parser!(u64).range(1..))]
+        secs: u64,
+        /// Targets to run (default: every target `cargo fuzz list` names).
+        targets: Vec<String>,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +54,7 @@ fn main() -> anyhow::Result<()> {
         Command::BuildEbpf => ebpf::build().map(|_| ()),
         Command::Test => test::run(),
         Command::Demo => demo::run(),
+        Command::Fuzz { secs, targets } => fuzz::run(secs, &targets),
         Command::Bench { which } => match which.as_str() {
             "capture" => bench_capture::run(),
             "pipeline" => bench_pipeline::run(),

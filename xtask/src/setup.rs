@@ -13,6 +13,9 @@ use crate::util::{is_root, sh, succeeds};
 /// LLVM major version bpf-linker is built against (EBPF-NOTES: bpf-linker 0.13 + llvm-22).
 const LLVM: &str = "22";
 const BPF_LINKER_VERSION: &str = "0.13.0";
+/// cargo-fuzz for `cargo xtask fuzz` (and the smoke run of `cargo xtask test`); builds on the
+/// stable toolchain here, installed with its own lock file.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 /// Debian packages needed to build bpf-linker.
 const TOOLCHAIN_PACKAGES: &[&str] = &[
@@ -44,10 +47,14 @@ pub enum Scope {
     Ebpf,
     /// Also the test and benchmark tools.
     All,
+    /// Only what `cargo xtask fuzz` needs: nightly and cargo-fuzz. No Debian packages, so it
+    /// works without root (seeding, which needs tshark, is skipped with a reason instead).
+    Fuzz,
 }
 
 pub fn run(scope: Scope) -> anyhow::Result<()> {
-    let need_linker = !succeeds(Command::new(bpf_linker()).arg("--version"));
+    let need_linker =
+        scope != Scope::Fuzz && !succeeds(Command::new(cargo_bin("bpf-linker")).arg("--version"));
     let mut packages: Vec<&str> = Vec::new();
     if need_linker {
         packages.extend(TOOLCHAIN_PACKAGES);
@@ -63,19 +70,23 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if need_linker {
         install_bpf_linker()?;
     }
+    if scope != Scope::Ebpf && !succeeds(Command::new(cargo_bin("cargo-fuzz")).arg("--version")) {
+        install_cargo_fuzz()?;
+    }
     Ok(())
 }
 
-fn bpf_linker() -> String {
-    // `cargo install` puts it in ~/.cargo/bin, which may not be on PATH under sudo.
+/// A program `cargo install` put in ~/.cargo/bin, which may not be on PATH under sudo.
+fn cargo_bin(name: &str) -> String {
     match std::env::var_os("CARGO_HOME")
         .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cargo").into_os_string()))
     {
-        Some(home) if Path::new(&home).join("bin/bpf-linker").exists() => Path::new(&home)
-            .join("bin/bpf-linker")
+        Some(home) if Path::new(&home).join("bin").join(name).exists() => Path::new(&home)
+            .join("bin")
+            .join(name)
             .to_string_lossy()
             .into_owned(),
-        _ => "bpf-linker".into(),
+        _ => name.into(),
     }
 }
 
@@ -175,4 +186,15 @@ fn install_bpf_linker() -> anyhow::Result<()> {
             "--features",
             &format!("llvm-{LLVM}"),
         ]))
+}
+
+fn install_cargo_fuzz() -> anyhow::Result<()> {
+    eprintln!("xtask: installing cargo-fuzz {CARGO_FUZZ_VERSION} (about a minute)");
+    sh(Command::new("cargo").env_remove("CARGO_TARGET_DIR").args([
+        "install",
+        "cargo-fuzz",
+        "--locked",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }

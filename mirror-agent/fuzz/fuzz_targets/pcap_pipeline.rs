@@ -1,9 +1,8 @@
 //! A whole capture file through the pcap reader and the pipeline, with tight bounds.
 //!
-//! Input: the bytes of a pcap or pcapng file (seed with the shared corpus files as they are:
-//! `cp ../../shared/pcaps/*/*.pcap fuzz/corpus/pcap_pipeline/`). Checks: no panic; a bad file is
-//! an error value; the packet counters and every pipeline identity add up at the end; the
-//! memory the flows hold never exceeds the budget.
+//! Input: the bytes of a pcap or pcapng file (`seed_corpus.py` seeds it with the shared corpus
+//! files as they are). Checks: no panic; a bad file is an error value; the packet counters and
+//! every pipeline identity add up at the end; the memory the flows hold never exceeds the budget.
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
