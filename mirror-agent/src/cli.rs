@@ -72,8 +72,9 @@ pub struct CaptureArgs {
     #[arg(long, env = "MIRROR_DURATION", help_heading = "Capture")]
     pub duration: Option<f64>,
     /// How the classifiers attach: `auto` (TCX, else clsact + tc filter on kernels before 6.6),
-    /// `tcx` (TCX or fail), `tc` (clsact + tc filter; a filter left by a killed agent is
-    /// removed at the next start).
+    /// `tcx` (TCX or fail), `tc` (clsact + tc filter, removed on exit with the clsact the agent
+    /// created; a killed agent's filters are removed by the next agent in the same network
+    /// namespace; other filters are never touched).
     #[arg(
         long,
         env = "MIRROR_ATTACH",

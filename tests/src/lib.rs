@@ -12,6 +12,7 @@ pub mod netns;
 pub mod oracle;
 pub mod process;
 pub mod scenario;
+pub mod tc;
 
 pub use netns::{NetNs, Topology, unique_name};
 pub use process::{ChildGuard, wait_for_port};

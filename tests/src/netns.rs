@@ -63,6 +63,16 @@ impl NetNs {
         })
     }
 
+    /// Adds a veth pair `name`/`peer` with both ends inside this namespace, both up. The names
+    /// are the namespace's own: another namespace may use the same ones.
+    pub fn add_veth(&self, name: &str, peer: &str) {
+        self.run(&[
+            "ip", "link", "add", name, "type", "veth", "peer", "name", peer,
+        ]);
+        self.run(&["ip", "link", "set", name, "up"]);
+        self.run(&["ip", "link", "set", peer, "up"]);
+    }
+
     /// Runs a command in the namespace and asserts it succeeded; returns its stdout.
     pub fn run(&self, argv: &[&str]) -> String {
         let out = self

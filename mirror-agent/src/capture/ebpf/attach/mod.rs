@@ -1,0 +1,232 @@
+//! Attaching the classifiers and keeping track of what is attached.
+//!
+//! TCX links first (kernel >= 6.6): they live as long as the agent's file descriptor, so the
+//! kernel detaches them when the agent exits, even on SIGKILL, and several programs share the hook
+//! (another agent on the same interface keeps running). Where TCX is refused (older kernels), or
+//! with `--attach tc`, a clsact qdisc plus a netlink filter; such a filter outlives the process,
+//! so the agent removes its own on exit and the next agent removes a killed one's, recognising
+//! them with certainty and leaving every other filter alone ([`tc`]). [`netlink`] holds the
+//! rtnetlink requests.
+
+mod netlink;
+mod tc;
+
+use std::os::fd::AsFd;
+
+use aya::Ebpf;
+use aya::programs::SchedClassifier;
+use aya::programs::links::LinkOrder;
+use aya::programs::tc::{TcAttachOptions, TcAttachType};
+use mirror_common::programs;
+
+use self::netlink::Hook;
+use self::tc::{OwnProgram, TcAttachment};
+use super::CaptureError;
+
+/// How the classifiers ended up attached.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttachMode {
+    /// TCX links, removed by the kernel when the agent exits.
+    Tcx,
+    /// clsact qdisc + netlink filter, removed by the agent on exit or by the next agent started
+    /// in the same network namespace.
+    Netlink,
+}
+
+/// Which attachment the operator allows (`--attach`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AttachPolicy {
+    /// TCX, or clsact + netlink where TCX is refused (kernels before 6.6).
+    #[default]
+    Auto,
+    /// TCX only: fail rather than leave filters that could outlive a killed agent.
+    Tcx,
+    /// clsact + netlink only: for hosts whose other TC users expect classic filters.
+    Tc,
+}
+
+impl AttachPolicy {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "auto" => Some(Self::Auto),
+            "tcx" => Some(Self::Tcx),
+            "tc" => Some(Self::Tc),
+            _ => None,
+        }
+    }
+}
+
+/// What [`attach`] attached. TCX links are owned by the programs inside `Ebpf` and go with it;
+/// tc filters are owned by the [`TcAttachment`], which removes them on drop (drop it before the
+/// `Ebpf`).
+pub struct Attached {
+    mode: AttachMode,
+    _tc: Option<TcAttachment>,
+}
+
+impl Attached {
+    pub fn mode(&self) -> AttachMode {
+        self.mode
+    }
+}
+
+/// Index of `iface` in this network namespace.
+pub fn ifindex(iface: &str) -> Result<u32, CaptureError> {
+    let name = std::ffi::CString::new(iface)
+        .map_err(|_| CaptureError::UnknownInterface(iface.to_owned()))?;
+    // SAFETY: valid NUL-terminated string.
+    let index = unsafe { libc::if_nametoindex(name.as_ptr()) };
+    if index == 0 {
+        return Err(CaptureError::UnknownInterface(iface.to_owned()));
+    }
+    Ok(index)
+}
+
+/// Bytes of link-layer header the classifier sees before IP on `iface`: 14 on Ethernet-like
+/// devices (lo and veth included), 0 on L3 devices (tun, wireguard, ipip).
+pub fn l2_len(iface: &str) -> Result<u64, CaptureError> {
+    ifindex(iface)?;
+    let hw_type = hardware_type(iface).map_err(|source| CaptureError::Io {
+        what: "reading the interface hardware type",
+        source,
+    })?;
+    const ARPHRD_ETHER: u16 = 1;
+    const ARPHRD_LOOPBACK: u16 = 772;
+    Ok(if matches!(hw_type, ARPHRD_ETHER | ARPHRD_LOOPBACK) {
+        14
+    } else {
+        0
+    })
+}
+
+/// `SIOCGIFHWADDR`: the ARPHRD type, from the caller's network namespace (sysfs may show
+/// another namespace's view).
+fn hardware_type(iface: &str) -> std::io::Result<u16> {
+    // SAFETY: plain socket call; the fd is closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: ifreq is plain data; zeroed is a valid value.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req
+        .ifr_name
+        .iter_mut()
+        .zip(iface.bytes().take(libc::IFNAMSIZ - 1))
+    {
+        *dst = src as libc::c_char;
+    }
+    // SAFETY: fd is a socket and req a valid ifreq with the name set.
+    let r = unsafe { libc::ioctl(fd, libc::SIOCGIFHWADDR, &mut req) };
+    let err = std::io::Error::last_os_error();
+    // SAFETY: closing the fd we opened.
+    unsafe { libc::close(fd) };
+    if r < 0 {
+        return Err(err);
+    }
+    // SAFETY: SIOCGIFHWADDR fills the hwaddr member of the union.
+    Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
+}
+
+/// Loads and attaches the ingress classifier, and the egress one when `egress` is set, as
+/// `policy` allows.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    egress: bool,
+    policy: AttachPolicy,
+) -> Result<Attached, CaptureError> {
+    let index = ifindex(iface)?;
+    let mut wanted = vec![(programs::INGRESS, Hook::Ingress)];
+    if egress {
+        wanted.push((programs::EGRESS, Hook::Egress));
+    }
+    // Every program is loaded before anything is attached: the tc record names their ids and
+    // tags before the first filter exists, so no filter is ever unrecorded.
+    for &(name, _) in &wanted {
+        classifier(ebpf, name)?
+            .load()
+            .map_err(|source| CaptureError::Program { name, source })?;
+    }
+    if policy != AttachPolicy::Tc {
+        match attach_tcx(ebpf, iface, &wanted) {
+            Ok(()) => {
+                return Ok(Attached {
+                    mode: AttachMode::Tcx,
+                    _tc: None,
+                });
+            }
+            Err(e) if policy == AttachPolicy::Tcx => return Err(e),
+            Err(e) => {
+                tracing::info!(error = %e, "TCX attach failed, falling back to clsact + netlink")
+            }
+        }
+    }
+    let mut own = Vec::new();
+    for &(name, hook) in &wanted {
+        let info = classifier(ebpf, name)?
+            .info()
+            .map_err(|source| CaptureError::Program { name, source })?;
+        own.push(OwnProgram {
+            hook,
+            id: info.id(),
+            tag: info.tag(),
+            name: name.to_owned(),
+        });
+    }
+    let mut tc = TcAttachment::prepare(iface, index, own.clone())?;
+    for (&(name, _), program) in wanted.iter().zip(&own) {
+        let classifier = classifier(ebpf, name)?;
+        let fd = classifier
+            .fd()
+            .map_err(|source| CaptureError::Program { name, source })?;
+        tc.attach(fd.as_fd(), program)?;
+    }
+    Ok(Attached {
+        mode: AttachMode::Netlink,
+        _tc: Some(tc),
+    })
+}
+
+/// Attaches every program as a TCX link, or none: on a failure the links already made are
+/// detached, so the tc fallback does not run a program twice on one hook.
+fn attach_tcx(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    wanted: &[(&'static str, Hook)],
+) -> Result<(), CaptureError> {
+    let mut done = Vec::new();
+    for &(name, hook) in wanted {
+        let attach_type = match hook {
+            Hook::Ingress => TcAttachType::Ingress,
+            Hook::Egress => TcAttachType::Egress,
+        };
+        let result = classifier(ebpf, name)?.attach_with_options(
+            iface,
+            attach_type,
+            TcAttachOptions::TcxOrder(LinkOrder::default()),
+        );
+        match result {
+            Ok(id) => done.push((name, id)),
+            Err(source) => {
+                for (name, id) in done {
+                    if let Ok(program) = classifier(ebpf, name) {
+                        let _ = program.detach(id);
+                    }
+                }
+                return Err(CaptureError::Program { name, source });
+            }
+        }
+    }
+    Ok(())
+}
+
+fn classifier<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut SchedClassifier, CaptureError> {
+    ebpf.program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(|source| CaptureError::Program { name, source })
+}
