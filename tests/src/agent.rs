@@ -114,6 +114,23 @@ pub fn parse_summary(text: &str) -> Summary {
     )
 }
 
+/// Waits until none of our programs is attached to `iface` in `ns` (the kernel may release TCX
+/// links a moment after the agent exits); fails after `within`.
+pub fn wait_detached(ns: &NetNs, iface: &str, within: std::time::Duration) {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = attached_programs(ns, iface);
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "still attached after {within:?}: {left:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
 /// Our programs attached to `iface` in `ns`: TCX programs (queried with BPF_PROG_QUERY, which
 /// this machine's bpftool does not decode) and tc filters (`tc filter show`), named mirror_*.
 pub fn attached_programs(ns: &NetNs, iface: &str) -> Vec<String> {

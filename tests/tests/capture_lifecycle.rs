@@ -3,7 +3,7 @@
 //! removed at the next start), two agents on one interface, and bad flags (exit status 2, one
 //! line, nothing attached).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirror_tests::agent::{Agent, attached_programs, binary, run_to_exit};
 use mirror_tests::oracle::{start_recording_server, tshark_flow_sizes};
@@ -13,18 +13,7 @@ use mirror_tests::{TempDir, Topology, is_root, privileged_or_skip};
 const PORT: u16 = 8080;
 
 fn wait_detached(topo: &Topology, within: Duration) {
-    let deadline = Instant::now() + within;
-    loop {
-        let left = attached_programs(&topo.server, &topo.server_if);
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "still attached after {within:?}: {left:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    mirror_tests::agent::wait_detached(&topo.server, &topo.server_if, within);
 }
 
 #[test]

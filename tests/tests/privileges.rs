@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use mirror_tests::agent::{Agent, attached_programs, binary};
+use mirror_tests::agent::{Agent, binary, wait_detached};
 use mirror_tests::oracle::start_recording_server;
 use mirror_tests::process::ChildGuard;
 use mirror_tests::scenario::curl_served;
@@ -110,15 +110,7 @@ fn live_agent_keeps_only_what_its_attach_mode_needs() {
         let recorded = std::fs::read_to_string(&record).expect("recording");
         assert!(recorded.contains("/confined"), "{attach}: {recorded}");
         // Detached at exit, the tc filters with nothing but CAP_NET_ADMIN.
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !attached_programs(&topo.server, &topo.server_if).is_empty() {
-            assert!(
-                Instant::now() < deadline,
-                "{attach}: still attached: {:?}",
-                attached_programs(&topo.server, &topo.server_if)
-            );
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_detached(&topo.server, &topo.server_if, Duration::from_secs(5));
     }
 }
 
