@@ -633,6 +633,27 @@ fn requests_after_the_connection_ends_are_counted_not_replayed() {
 }
 
 #[test]
+fn an_http09_request_ends_the_connection_too() {
+    // Found by fuzzing: a versionless request completed by a gap, then a request line after
+    // the gap. An HTTP/0.9 server closes after answering: the later request is unserved.
+    let mut f = RequestFramer::new(HttpLimits::default(), false);
+    let mut out = Vec::new();
+    f.push(&Bytes::from_static(b"GET /old\r\n"), 1, &mut out);
+    f.gap(5, &mut out);
+    let next = b"GET /new HTTP/1.1\r\nHost: h\r\n\r\n";
+    f.push(&Bytes::from_static(next), 2, &mut out);
+    f.finish(&mut out);
+    check_accounting(&f, &out);
+    let rs = requests(&out);
+    assert_eq!(rs.len(), 1);
+    assert_eq!(rs[0].version, Version::Http09);
+    assert_eq!(
+        out.last(),
+        Some(&dropped(RequestDropReason::AfterClose, next.len() as u64))
+    );
+}
+
+#[test]
 fn connect_ends_http_on_the_connection() {
     // RFC 9110 9.3.6: no content; whatever follows the head is tunnel data, even a line that
     // looks like a request or a Content-Length's worth of bytes.

@@ -228,19 +228,16 @@ impl RequestFramer {
             return;
         };
         let (tunnel, connect) = (p.tunnel, p.connect);
-        let ends_connection = if p.te_and_cl {
-            Some(RequestDropReason::AfterTeAndCl)
-        } else if !p.keep_alive {
-            Some(RequestDropReason::AfterClose)
-        } else {
-            None
-        };
         if let Some(reason) = self.skipping {
+            // Skipped, yet the server read it: what follows is served or not as after any
+            // request.
+            let ends = ends_connection(p.te_and_cl, p.keep_alive);
             let reason = self.unserved.unwrap_or(reason);
             let bytes = self.item.len;
             self.stats.dropped_bytes += bytes;
             out.push(RequestEvent::Dropped { reason, bytes });
             cur.start = cur.pos;
+            self.unserved = self.unserved.or(ends);
         } else {
             let raw = if self.item.spanning {
                 self.item.spanning = false;
@@ -288,7 +285,6 @@ impl RequestFramer {
             };
             self.emit(request, out);
         }
-        self.unserved = self.unserved.or(ends_connection);
         self.reset_item();
         if connect {
             // RFC 9110 9.3.6: a CONNECT has no content; whatever follows its head is tunnel
@@ -307,7 +303,8 @@ impl RequestFramer {
     }
 
     /// A complete request goes out, unless the connection already ended for the server: then
-    /// it is counted as a drop for that reason, one per request.
+    /// it is counted as a drop for that reason, one per request. A request that ends the
+    /// connection makes what follows unserved.
     pub(super) fn emit(&mut self, request: Request, out: &mut Vec<RequestEvent>) {
         let bytes = request.raw.len() as u64;
         if let Some(reason) = self.unserved {
@@ -316,9 +313,23 @@ impl RequestFramer {
             out.push(RequestEvent::Dropped { reason, bytes });
             return;
         }
+        self.unserved = ends_connection(request.te_and_cl, request.keep_alive);
         self.stats.requests += 1;
         self.stats.request_bytes += bytes;
         out.push(RequestEvent::Request(request));
+    }
+}
+
+/// Why the connection ends for the server after a request, if it does: both Transfer-Encoding
+/// and Content-Length (RFC 9112 6.1), or no keep-alive (`Connection: close`, HTTP/1.0 without
+/// keep-alive, HTTP/0.9).
+fn ends_connection(te_and_cl: bool, keep_alive: bool) -> Option<RequestDropReason> {
+    if te_and_cl {
+        Some(RequestDropReason::AfterTeAndCl)
+    } else if !keep_alive {
+        Some(RequestDropReason::AfterClose)
+    } else {
+        None
     }
 }
 
