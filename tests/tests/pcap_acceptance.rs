@@ -565,15 +565,23 @@ fn binary_records_json_lines_with_mode_0600() {
 
     // Bad input through the binary: one line on stderr naming the file, exit status 2 (bad
     // input, as in every mode), no panic.
+    // `--pcap FILE` plus `args`: the exit status and stderr.
+    let run_bad = |file: &Path, args: &[&str]| {
+        let out = std::process::Command::new(agent_binary())
+            .arg("--pcap")
+            .arg(file)
+            .args(args)
+            .output()
+            .expect("run");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
     let junk = dir.join("junk.pcap");
     std::fs::write(&junk, b"definitely not a capture").expect("write junk");
-    let out = std::process::Command::new(agent_binary())
-        .arg("--pcap")
-        .arg(&junk)
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_bad(&junk, &[]);
+    assert_eq!(code, Some(2), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
     assert!(stderr.contains("not a pcap"), "{stderr}");
     assert!(stderr.contains(junk.to_str().unwrap()), "{stderr}");
@@ -582,14 +590,8 @@ fn binary_records_json_lines_with_mode_0600() {
     let whole = std::fs::read(&pcap).expect("read pcap");
     let cut = dir.join("cut.pcap");
     std::fs::write(&cut, &whole[..whole.len() - 10]).expect("write cut pcap");
-    let out = std::process::Command::new(agent_binary())
-        .arg("--pcap")
-        .arg(&cut)
-        .args(["--port", "8080"])
-        .output()
-        .expect("run");
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    let (code, stderr) = run_bad(&cut, &["--port", "8080"]);
+    assert_eq!(code, Some(2), "{stderr}");
     let last = stderr.lines().last().unwrap_or_default();
     assert!(
         last.contains(cut.to_str().unwrap()) && last.contains("truncated after"),
@@ -597,13 +599,8 @@ fn binary_records_json_lines_with_mode_0600() {
     );
     // A directory given as --pcap, and a missing file: the same, naming the path.
     for bad in [dir.to_path_buf(), dir.join("missing.pcap")] {
-        let out = std::process::Command::new(agent_binary())
-            .arg("--pcap")
-            .arg(&bad)
-            .output()
-            .expect("run");
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(2), "{stderr}");
+        let (code, stderr) = run_bad(&bad, &[]);
+        assert_eq!(code, Some(2), "{stderr}");
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(bad.to_str().unwrap()), "{stderr}");
     }

@@ -249,15 +249,6 @@ fn parse_decimal(digits: &[u8]) -> Option<u64> {
     })
 }
 
-/// Whether a comma-separated header (e.g. Connection) holds `token`, case-insensitively.
-pub(crate) fn header_has_token(headers: &[httparse::Header<'_>], name: &str, token: &[u8]) -> bool {
-    headers
-        .iter()
-        .filter(|h| h.name.eq_ignore_ascii_case(name))
-        .flat_map(|h| h.value.split(|&b| b == b','))
-        .any(|e| e.trim_ascii().eq_ignore_ascii_case(token))
-}
-
 /// Body framing of a request (RFC 9112 section 6.3, items 3 to 6 for requests).
 /// Returns the framing and whether Transfer-Encoding and Content-Length were both present.
 /// `Err` when the body length cannot be determined: a final coding other than chunked (item 4:

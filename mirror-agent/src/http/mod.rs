@@ -214,16 +214,21 @@ pub fn standard_method(m: &str) -> Option<&'static str> {
 /// Whether the connection stays usable after a request (RFC 9112 9.3): HTTP/1.1 unless
 /// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
 pub fn keeps_alive(version: Version, headers: &[Header]) -> bool {
-    let has = |token: &str| {
+    persists(version, |token| {
         headers
             .iter()
             .filter(|h| h.name.eq_ignore_ascii_case("connection"))
             .flat_map(|h| h.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token.as_bytes()))
-    };
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+    })
+}
+
+/// The rule of [`keeps_alive`], for any representation of the header fields:
+/// `connection_has(token)` says whether a `Connection` field lists `token`.
+pub(crate) fn persists(version: Version, connection_has: impl Fn(&[u8]) -> bool) -> bool {
     match version {
-        Version::Http11 => !has("close"),
-        Version::Http10 => has("keep-alive"),
+        Version::Http11 => !connection_has(b"close"),
+        Version::Http10 => connection_has(b"keep-alive"),
         Version::Http09 => false,
     }
 }

@@ -108,7 +108,7 @@ fn parsed_head(
         && headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
-        && head::header_has_token(headers, "connection", b"upgrade");
+        && head::has_connection_token(headers, b"upgrade");
     value_at.clear();
     value_at.extend(headers.iter().map(|h| {
         let at = h.value.as_ptr() as usize - base;
@@ -131,10 +131,6 @@ fn parsed_head(
         te_and_cl,
         tunnel,
         connect,
-        keep_alive: match version {
-            Version::Http11 => !head::has_connection_token(headers, b"close"),
-            Version::Http10 => head::has_connection_token(headers, b"keep-alive"),
-            Version::Http09 => false,
-        },
+        keep_alive: super::super::persists(version, |t| head::has_connection_token(headers, t)),
     }
 }
