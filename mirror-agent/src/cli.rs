@@ -298,6 +298,12 @@ pub struct OutputArgs {
     /// written as they are.
     #[arg(long, env = "MIRROR_OVERWRITE", help_heading = "Output")]
     pub overwrite: bool,
+
+    /// Memory for what --record and --write-pcap have not written yet, in bytes, each. They
+    /// write on their own threads; when a sink falls this far behind, it drops whole items for
+    /// itself only (counted: mirror.output.items.dropped), never capture or mirror copies.
+    #[arg(long, env = "MIRROR_OUTPUT_QUEUE_BYTES", default_value_t = 128 << 20, help_heading = "Output")]
+    pub output_queue_bytes: u64,
 }
 
 /// Metrics and traces.

@@ -26,6 +26,7 @@ pub mod replay;
 pub mod telemetry;
 
 mod output_file;
+pub mod output_queue;
 mod sync;
 
 // Used by the bin only (`main.rs` installs the log subscriber); cargo has no per-target

@@ -58,6 +58,7 @@ pub fn main(settings: Settings) -> Result<(), AppError> {
         duration: settings.live.duration,
         write_pcap: settings.live.write_pcap.clone(),
         overwrite: settings.live.overwrite,
+        pcap_queue: settings.output_queue,
     };
     super::runtime()?.block_on(run(settings, opts))
 }
@@ -125,7 +126,7 @@ async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError
     } else {
         println!("{summary}");
     }
-    match report.record_error {
+    match report.record_error() {
         Some(e) => Err(AppError::Incomplete(format!("recording: {e}"))),
         None => Ok(()),
     }
@@ -165,6 +166,10 @@ impl live::LiveSink for Driver {
             self.next_tick = now + TICK_NS;
         }
         self.handle_events();
+    }
+
+    fn output_started(&mut self, stats: crate::output_queue::OutputStats) {
+        self.outputs.watch(stats);
     }
 
     fn kernel_counters(&mut self, counters: &Counters) {

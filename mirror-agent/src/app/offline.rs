@@ -127,10 +127,10 @@ pub fn main(settings: &Settings) -> Result<(), AppError> {
     });
     let out = runtime.block_on(outputs.finish(None, Some(&report.pipeline)));
     runtime.shutdown_timeout(Duration::from_millis(100));
-    report.records_written = out.records_written;
+    report.records_written = out.records_written();
     eprint!("{report}");
     out.print();
-    if let Some(e) = out.record_error {
+    if let Some(e) = out.record_error() {
         return Err(AppError::Incomplete(format!("recording: {e}")));
     }
     // A file that breaks off or turns corrupt is bad input like one that cannot be opened

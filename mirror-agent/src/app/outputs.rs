@@ -13,6 +13,8 @@ use crate::capture::ebpf::Counters;
 use crate::compare::difflog::DiffLog;
 use crate::compare::{CompareHub, CompareSnapshot, PrimaryObserver};
 use crate::config::Settings;
+use crate::output_queue::{OutputQueue, OutputReport, OutputStats};
+use crate::pipeline::CapturedRequest;
 use crate::pipeline::{PipelineEvent, PipelineStats};
 use crate::record::{RecordError, RecordWriter};
 use crate::replay::stats::ReplaySnapshot;
@@ -33,11 +35,15 @@ const MAX_PRIMARY_WAITING: usize = 65536;
 pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 /// How often the mirror progress line is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// How long the end of a run waits for an output thread to write what is queued.
+pub const OUTPUT_FLUSH: Duration = Duration::from_secs(5);
 
 /// The outputs of one run.
 pub struct Outputs {
-    writer: Option<RecordWriter>,
-    record_error: Option<RecordError>,
+    /// `--record`, on its own thread ([`crate::output_queue`]).
+    record: Option<OutputQueue<CapturedRequest>>,
+    /// Every output thread's counters, for the metrics (the recording's, `--write-pcap`'s).
+    watched: Vec<OutputStats>,
     replayer: Option<Replayer<Observer>>,
     progress: Option<tokio::task::JoinHandle<()>>,
     /// The primary's side of the comparison (`--compare`).
@@ -53,21 +59,32 @@ pub struct OutputsReport {
     pub replay: Option<ReplaySnapshot>,
     pub compare: Option<CompareSnapshot>,
     pub otlp: Option<ExportSnapshot>,
-    pub record_error: Option<RecordError>,
+    /// How the recording ended (`--record`).
+    pub record: Option<OutputReport>,
     pub record_to_stdout: bool,
-    pub records_written: u64,
 }
 
 impl Outputs {
     /// Opens the recording and the diff log, starts the telemetry, the comparison and the
     /// replayer (inside a tokio runtime). `hooks` tell live capture of the mirror connections.
     pub async fn start(settings: &Settings, hooks: ConnectionHooks) -> Result<Self, AppError> {
-        let writer = settings
-            .record
-            .as_deref()
-            .map(|r| RecordWriter::create(r, settings.overwrite))
-            .transpose()
-            .map_err(AppError::Output)?;
+        let record = match settings.record.as_deref() {
+            None => None,
+            Some(target) => {
+                let writer =
+                    RecordWriter::create(target, settings.overwrite).map_err(AppError::Output)?;
+                let queue = OutputQueue::start("record", writer, settings.output_queue).map_err(
+                    |source| {
+                        AppError::Output(RecordError::Io {
+                            path: target.to_owned(),
+                            source,
+                        })
+                    },
+                )?;
+                Some(queue)
+            }
+        };
+        let watched = record.iter().map(OutputQueue::stats).collect();
         let telemetry = Telemetry::start(settings.telemetry.clone()).await?;
         let mirrors = &settings.replay.mirrors;
         let compare = match &settings.compare {
@@ -105,8 +122,8 @@ impl Outputs {
             .clone()
             .map(|hub| PrimaryObserver::new(hub, MAX_PRIMARY_WAITING));
         Ok(Self {
-            writer,
-            record_error: None,
+            record,
+            watched,
             replayer,
             progress,
             primary,
@@ -124,14 +141,19 @@ impl Outputs {
         let PipelineEvent::Request(r) = ev else {
             return;
         };
-        if let Some(w) = self.writer.as_mut().filter(|_| self.record_error.is_none())
-            && let Err(e) = w.write(&r)
-        {
-            self.record_error = Some(e);
-        }
         if let Some(rep) = &self.replayer {
             rep.submit(&r);
         }
+        if let Some(q) = &self.record {
+            // What the request holds in memory while it waits: its bytes and a little more.
+            let cost = r.request.raw.len() + 256;
+            q.submit(r, cost);
+        }
+    }
+
+    /// Counts an output thread started elsewhere (`--write-pcap`) in the metrics.
+    pub fn watch(&mut self, output: OutputStats) {
+        self.watched.push(output);
     }
 
     /// The source is attached or open: `/readyz` answers 200.
@@ -139,9 +161,12 @@ impl Outputs {
         self.telemetry.set_ready(true);
     }
 
-    /// The fullest mirror queue, 0 to 1 (file sources pace themselves on it).
+    /// The fullest mirror or recording queue, 0 to 1 (file sources pace themselves on it:
+    /// with no live primary to keep up with, a slow sink makes them wait rather than drop).
     pub fn max_queue_fill(&self) -> f64 {
-        self.replayer.as_ref().map_or(0.0, Replayer::max_queue_fill)
+        let mirrors = self.replayer.as_ref().map_or(0.0, Replayer::max_queue_fill);
+        let record = self.record.as_ref().map_or(0.0, OutputQueue::fill);
+        mirrors.max(record)
     }
 
     /// The replay counters so far (`None` without mirrors).
@@ -154,6 +179,7 @@ impl Outputs {
         let replay = self.replayer.as_ref().map(Replayer::snapshot);
         self.telemetry
             .update_from(kernel, pipeline, replay.as_ref());
+        self.telemetry.update_outputs(&self.watched);
         if let Some(c) = self.compare_snapshot() {
             self.telemetry.update_compare(Some(&c));
         }
@@ -182,15 +208,18 @@ impl Outputs {
             Some(r) => Some(r.shutdown(DRAIN_GRACE).await),
             None => None,
         };
-        let mut records_written = 0;
-        if let Some(w) = self.writer.as_mut() {
-            if let Err(e) = w.flush() {
-                self.record_error.get_or_insert(e);
-            }
-            records_written = w.written();
-        }
+        // A thread blocked on a sink that stopped reading is left behind; a tokio worker must
+        // not wait on it.
+        let record = self.record.take();
+        let record = match record {
+            Some(q) => tokio::task::spawn_blocking(move || q.finish(OUTPUT_FLUSH))
+                .await
+                .ok(),
+            None => None,
+        };
         self.telemetry
             .update_from(kernel, pipeline, replay.as_ref());
+        self.telemetry.update_outputs(&self.watched);
         if let Some(hub) = &self.compare {
             // Verdicts still queued for the comparison thread, and the diff log, land first.
             hub.flush(COMPARE_FLUSH);
@@ -202,16 +231,29 @@ impl Outputs {
             replay,
             compare,
             otlp,
-            record_error: self.record_error,
+            record,
             record_to_stdout: self.record_to_stdout,
-            records_written,
         }
     }
 }
 
 impl OutputsReport {
-    /// The mirror table, the comparison table and the OTLP line, on stderr.
+    /// Requests the recording wrote.
+    pub fn records_written(&self) -> u64 {
+        self.record.as_ref().map_or(0, |r| r.counters.written)
+    }
+
+    /// The recording's write error, if it had one (the run is then incomplete).
+    pub fn record_error(&self) -> Option<&str> {
+        self.record.as_ref().and_then(|r| r.error.as_deref())
+    }
+
+    /// The recording's block, the mirror table, the comparison table and the OTLP line, on
+    /// stderr.
     pub fn print(&self) {
+        if let Some(r) = &self.record {
+            eprint!("{}", r.summary());
+        }
         if let Some(r) = &self.replay {
             eprint!("{}", r.table());
         }

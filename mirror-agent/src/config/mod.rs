@@ -132,8 +132,28 @@ pub struct Settings {
     pub record: Option<String>,
     /// `--overwrite`: output files may replace existing regular files.
     pub overwrite: bool,
+    /// `--output-queue-bytes`: each output thread's queue (`--record`, `--write-pcap`).
+    pub output_queue: crate::output_queue::QueueLimits,
     /// Live capture's own flags (validated; the interface is checked when attaching).
     pub live: LiveSettings,
+}
+
+/// The bounds of each output thread's queue from `--output-queue-bytes`.
+fn output_queue(bytes: u64) -> Result<crate::output_queue::QueueLimits, ConfigError> {
+    const MIN: u64 = 1 << 16;
+    const MAX: u64 = 1 << 36;
+    if !(MIN..=MAX).contains(&bytes) {
+        return Err(ConfigError::Flag {
+            flag: "--output-queue-bytes",
+            msg: format!("{bytes} is not between {MIN} and {MAX}"),
+        });
+    }
+    Ok(crate::output_queue::QueueLimits {
+        // Items are requests or segments of at least tens of bytes each: the byte bound is the
+        // one that matters; this only keeps the channel's slots proportionate.
+        items: (bytes / 1024).clamp(1024, 1 << 20) as usize,
+        bytes: bytes as usize,
+    })
 }
 
 impl Settings {
@@ -197,6 +217,7 @@ impl Settings {
         )?;
         live.write_pcap = args.output.write_pcap.clone();
         live.overwrite = args.output.overwrite;
+        let output_queue = output_queue(args.output.output_queue_bytes)?;
         Ok(Settings {
             pcap: args.capture.pcap.clone(),
             pipeline,
@@ -204,6 +225,7 @@ impl Settings {
             telemetry: telemetry::build(&args.telemetry)?,
             record: args.output.record.clone(),
             overwrite: args.output.overwrite,
+            output_queue,
             live,
             iface,
             ports,

@@ -25,6 +25,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::http::{BodyFraming, Header, Request, TraceFields, Version, keeps_alive};
+use crate::output_queue::OutputWriter;
 use crate::pipeline::CapturedRequest;
 
 /// Why a record could not be written or read.
@@ -62,14 +63,15 @@ pub enum RecordError {
     },
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 #[serde(untagged)]
 enum HeaderEntry {
     Text(String, String),
-    Binary(String, String, String),
+    /// `[name, lossy_text, base64]`: the lossy text is for readers of the file, not for us.
+    Binary(String, serde::de::IgnoredAny, String),
 }
 
-#[derive(Serialize, Deserialize)]
+#[derive(Deserialize)]
 struct Line {
     ts_ns: u64,
     src: String,
@@ -81,7 +83,9 @@ struct Line {
     method: String,
     target: String,
     version: String,
-    host: Option<String>,
+    /// Written for readers of the file; the request's own Host header is the authority.
+    #[serde(default, rename = "host")]
+    _host: serde::de::IgnoredAny,
     headers: Vec<HeaderEntry>,
     body_len: u64,
     raw: String,
@@ -99,46 +103,122 @@ struct Line {
 
 /// One record line (without the newline).
 pub fn to_line(c: &CapturedRequest) -> String {
-    let r = &c.request;
-    let headers = r
-        .headers
-        .iter()
-        .map(|h| match std::str::from_utf8(&h.value) {
-            Ok(v) => HeaderEntry::Text(h.name.clone(), v.to_owned()),
-            Err(_) => HeaderEntry::Binary(
-                h.name.clone(),
-                String::from_utf8_lossy(&h.value).into_owned(),
-                B64.encode(&h.value),
-            ),
-        })
-        .collect();
-    let framing = match r.framing {
-        BodyFraming::None => "none",
-        BodyFraming::ContentLength(_) => "content-length",
-        BodyFraming::Chunked => "chunked",
-        BodyFraming::CloseDelimited => "close-delimited",
-    };
-    let line = Line {
-        ts_ns: r.ts_ns,
-        src: c.src.to_string(),
-        dst: c.dst.to_string(),
-        flow_id: c.flow_id,
-        seq_in_flow: c.seq_in_flow,
-        method: r.method.clone(),
-        target: r.target.clone(),
-        version: r.version.as_str().to_owned(),
-        host: r
-            .header("host")
-            .map(|v| String::from_utf8_lossy(v).into_owned()),
-        headers,
-        body_len: r.body_len,
-        raw: B64.encode(&r.raw),
-        head_len: Some(r.head_len),
-        framing: Some(framing.to_owned()),
-        end_ts_ns: Some(r.end_ts_ns),
-        te_and_cl: r.te_and_cl,
-    };
-    serde_json::to_string(&line).expect("a record always serializes")
+    let mut out = Vec::new();
+    encode_line(c, &mut out);
+    String::from_utf8(out).expect("JSON is UTF-8")
+}
+
+/// Appends one record line (without the newline) to `out`.
+///
+/// The hot path of `--record`: the line is serialized straight from the request, borrowing
+/// every field, and base64 is written through `Base64Display` into the same buffer, so a record
+/// costs no allocation beyond `out`'s growth (the same buffer is reused line after line). The
+/// shape is [`Line`]'s, which the reader parses.
+pub fn encode_line(c: &CapturedRequest, out: &mut Vec<u8>) {
+    let line = LineRef { c };
+    serde_json::to_writer(out, &line).expect("a record always serializes");
+}
+
+/// [`Line`], borrowed from a captured request (see [`encode_line`]).
+struct LineRef<'a> {
+    c: &'a CapturedRequest,
+}
+
+/// Bytes written as a base64 JSON string without an intermediate `String`.
+struct B64Str<'a>(&'a [u8]);
+
+impl Serialize for B64Str<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(&base64::display::Base64Display::new(self.0, &B64))
+    }
+}
+
+/// Bytes as text, invalid UTF-8 replaced (`U+FFFD`), as a JSON string.
+struct Lossy<'a>(&'a [u8]);
+
+impl Serialize for Lossy<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match std::str::from_utf8(self.0) {
+            Ok(text) => s.serialize_str(text),
+            Err(_) => s.serialize_str(&String::from_utf8_lossy(self.0)),
+        }
+    }
+}
+
+/// `[name, value]`, or `[name, lossy_text, base64]` for a value that is not UTF-8.
+struct HeaderRef<'a>(&'a Header);
+
+impl Serialize for HeaderRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        let h = self.0;
+        match std::str::from_utf8(&h.value) {
+            Ok(v) => {
+                let mut t = s.serialize_tuple(2)?;
+                t.serialize_element(&h.name)?;
+                t.serialize_element(v)?;
+                t.end()
+            }
+            Err(_) => {
+                let mut t = s.serialize_tuple(3)?;
+                t.serialize_element(&h.name)?;
+                t.serialize_element(&Lossy(&h.value))?;
+                t.serialize_element(&B64Str(&h.value))?;
+                t.end()
+            }
+        }
+    }
+}
+
+/// The request's headers as an array of [`HeaderRef`].
+struct HeadersRef<'a>(&'a [Header]);
+
+impl Serialize for HeadersRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(HeaderRef))
+    }
+}
+
+impl Serialize for LineRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let c = self.c;
+        let r = &c.request;
+        let framing = match r.framing {
+            BodyFraming::None => "none",
+            BodyFraming::ContentLength(_) => "content-length",
+            BodyFraming::Chunked => "chunked",
+            BodyFraming::CloseDelimited => "close-delimited",
+        };
+        let mut l = s.serialize_struct("Line", 16)?;
+        l.serialize_field("ts_ns", &r.ts_ns)?;
+        // SocketAddr's Display writes IPv6 as `[addr]:port`, as the reader expects.
+        l.serialize_field("src", &Displayed(&c.src))?;
+        l.serialize_field("dst", &Displayed(&c.dst))?;
+        l.serialize_field("flow_id", &c.flow_id)?;
+        l.serialize_field("seq_in_flow", &c.seq_in_flow)?;
+        l.serialize_field("method", &r.method)?;
+        l.serialize_field("target", &r.target)?;
+        l.serialize_field("version", r.version.as_str())?;
+        l.serialize_field("host", &r.header("host").map(|v| Lossy(v)))?;
+        l.serialize_field("headers", &HeadersRef(&r.headers))?;
+        l.serialize_field("body_len", &r.body_len)?;
+        l.serialize_field("raw", &B64Str(&r.raw))?;
+        l.serialize_field("head_len", &r.head_len)?;
+        l.serialize_field("framing", framing)?;
+        l.serialize_field("end_ts_ns", &r.end_ts_ns)?;
+        l.serialize_field("te_and_cl", &r.te_and_cl)?;
+        l.end()
+    }
+}
+
+/// Any `Display` value as a JSON string, written without an intermediate `String`.
+struct Displayed<'a, T: std::fmt::Display>(&'a T);
+
+impl<T: std::fmt::Display> Serialize for Displayed<'_, T> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self.0)
+    }
 }
 
 /// Parses one record line (line number 0 in errors; see [`RecordReader`] for numbered lines).
@@ -250,11 +330,15 @@ fn derive_framing(headers: &[Header], body_len: u64) -> BodyFraming {
     }
 }
 
-/// Writes records, one line each, buffered. Call [`RecordWriter::flush`] at the end.
+/// Writes records, one line each, buffered. As an [`OutputWriter`] it runs on the `--record`
+/// output's own thread ([`crate::output_queue`]); call [`RecordWriter::flush`] at the end when
+/// used directly.
 pub struct RecordWriter {
     out: BufWriter<Box<dyn Write + Send>>,
     path: String,
     written: u64,
+    /// The line being encoded, reused.
+    line: Vec<u8>,
 }
 
 impl RecordWriter {
@@ -267,31 +351,37 @@ impl RecordWriter {
                 .map_err(RecordError::Create)?;
             Box::new(f)
         };
-        Ok(Self {
-            out: BufWriter::with_capacity(1 << 16, out),
-            path: target.to_owned(),
-            written: 0,
-        })
+        Ok(Self::new(out, target))
     }
 
     /// Records into any writer (tests).
     pub fn from_writer(w: impl Write + Send + 'static) -> Self {
+        Self::new(Box::new(w), "<writer>")
+    }
+
+    fn new(out: Box<dyn Write + Send>, path: &str) -> Self {
         Self {
-            out: BufWriter::new(Box::new(w)),
-            path: "<writer>".into(),
+            out: BufWriter::with_capacity(1 << 16, out),
+            path: path.to_owned(),
             written: 0,
+            line: Vec::with_capacity(4096),
         }
     }
 
     pub fn write(&mut self, r: &CapturedRequest) -> Result<(), RecordError> {
-        let mut line = to_line(r);
-        line.push('\n');
+        self.line.clear();
+        encode_line(r, &mut self.line);
+        self.line.push(b'\n');
         self.out
-            .write_all(line.as_bytes())
+            .write_all(&self.line)
             .map_err(|source| RecordError::Io {
                 path: self.path.clone(),
                 source,
             })?;
+        // A 64 MiB body leaves a 90 MiB line buffer behind: give it back.
+        if self.line.capacity() > 1 << 20 {
+            self.line = Vec::with_capacity(4096);
+        }
         self.written += 1;
         Ok(())
     }
@@ -306,6 +396,18 @@ impl RecordWriter {
     /// Records written so far.
     pub fn written(&self) -> u64 {
         self.written
+    }
+}
+
+impl OutputWriter for RecordWriter {
+    type Item = CapturedRequest;
+
+    fn write(&mut self, item: CapturedRequest) -> std::io::Result<()> {
+        RecordWriter::write(self, &item).map_err(std::io::Error::other)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        RecordWriter::flush(self).map_err(std::io::Error::other)
     }
 }
 

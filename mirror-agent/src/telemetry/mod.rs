@@ -248,6 +248,12 @@ impl Telemetry {
         self.export_stats.as_ref().map(|s| s.snapshot())
     }
 
+    /// Replaces the outputs' counters (`--record`, `--write-pcap`), like [`Self::update_from`].
+    pub fn update_outputs(&self, outputs: &[crate::output_queue::OutputStats]) {
+        let mut s = crate::sync::lock(&self.snapshots);
+        s.outputs = outputs.iter().map(|o| (o.name(), o.snapshot())).collect();
+    }
+
     /// Replaces the comparison counters (`--compare`), like [`Self::update_from`].
     pub fn update_compare(&self, compare: Option<&crate::compare::CompareSnapshot>) {
         let mut s = crate::sync::lock(&self.snapshots);

@@ -19,6 +19,7 @@ use crate::capture::Segment;
 use crate::capture::ebpf::{
     AttachedCapture, CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig,
 };
+use crate::output_queue::{OutputQueue, OutputReport, OutputStats, QueueLimits};
 
 /// Interval of the progress line.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -26,6 +27,8 @@ const PROGRESS_EVERY: Duration = Duration::from_secs(5);
 pub const IDLE_TICK: Duration = Duration::from_millis(200);
 /// How often the kernel counters are handed to the sink.
 const COUNTERS_EVERY: Duration = Duration::from_secs(1);
+/// How long the end of a run waits for the pcap thread to write what is queued.
+const PCAP_FLUSH: Duration = Duration::from_secs(5);
 
 /// Validated live-mode settings.
 pub struct LiveOptions {
@@ -37,6 +40,9 @@ pub struct LiveOptions {
     pub write_pcap: Option<PathBuf>,
     /// `--write-pcap` may replace an existing regular file.
     pub overwrite: bool,
+    /// `--write-pcap`'s queue: segments waiting for the pcap thread. Past it segments are
+    /// dropped for the pcap file only, counted; capture and the other outputs go on.
+    pub pcap_queue: QueueLimits,
 }
 
 /// Why live mode stopped or never started. `exit_code` maps each to the process status.
@@ -93,7 +99,8 @@ pub fn check_environment(capture: &LiveConfig) -> Result<(), LiveError> {
 pub struct LiveSummary {
     pub segments: u64,
     pub payload_bytes: u64,
-    pub pcap_frames: u64,
+    /// How `--write-pcap` ended (segments written and dropped).
+    pub pcap: Option<OutputReport>,
     pub kernel: Counters,
 }
 
@@ -103,7 +110,8 @@ impl std::fmt::Display for LiveSummary {
         write!(
             f,
             "segments={} bytes={} seen={} matched={} records={} ring_full={} sampled_out={} \
-             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={}",
+             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={}\
+             {}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -116,7 +124,15 @@ impl std::fmt::Display for LiveSummary {
             k.truncated,
             k.unparseable,
             k.load_error,
-            k.malformed_records
+            k.malformed_records,
+            match &self.pcap {
+                Some(p) => format!(
+                    " pcap_segments={} pcap_dropped={}",
+                    p.counters.written,
+                    p.counters.dropped()
+                ),
+                None => String::new(),
+            }
         )
     }
 }
@@ -131,15 +147,27 @@ pub trait LiveSink {
     fn segments(&mut self, batch: Vec<Segment>);
     /// The kernel counters, about once a second (for metrics).
     fn kernel_counters(&mut self, _counters: &Counters) {}
+    /// An output thread of live capture's own started (`--write-pcap`): its counters, for
+    /// the metrics.
+    fn output_started(&mut self, _stats: OutputStats) {}
 }
 
 /// Runs live capture until SIGINT/SIGTERM or the duration ends, handing everything to `sink`.
 pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSummary, LiveError> {
-    let mut pcap = opts
+    let pcap = opts
         .write_pcap
         .as_deref()
         .map(|p| PcapOut::create(p, opts.overwrite))
-        .transpose()?;
+        .transpose()?
+        .map(|out| OutputQueue::start("pcap", out, opts.pcap_queue))
+        .transpose()
+        .map_err(|source| LiveError::Io {
+            what: "starting the pcap writer thread",
+            source,
+        })?;
+    if let Some(q) = &pcap {
+        sink.output_started(q.stats());
+    }
     let sig = |kind| {
         signal(kind).map_err(|source| LiveError::Io {
             what: "installing a signal handler",
@@ -170,10 +198,8 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
                 let batch = batch?;
                 summary.segments += batch.len() as u64;
                 summary.payload_bytes += batch.iter().map(|s| s.payload.len() as u64).sum::<u64>();
-                if let Some(p) = pcap.as_mut() {
-                    for seg in &batch {
-                        p.write(seg)?;
-                    }
+                if let Some(p) = &pcap {
+                    write_pcap(p, &batch);
                 }
                 sink.segments(batch);
             }
@@ -205,24 +231,41 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     let pending = drain_now(&mut capture).await?;
     summary.segments += pending.len() as u64;
     summary.payload_bytes += pending.iter().map(|s| s.payload.len() as u64).sum::<u64>();
-    if let Some(p) = pcap.as_mut() {
-        for seg in &pending {
-            p.write(seg)?;
-        }
+    if let Some(p) = &pcap {
+        write_pcap(p, &pending);
     }
     if !pending.is_empty() {
         sink.segments(pending);
     }
     summary.kernel = capture.counters()?;
-    if let Some(p) = pcap.take() {
-        summary.pcap_frames = p.finish().map_err(|source| LiveError::Io {
-            what: "writing the pcap file",
-            source,
-        })?;
+    if let Some(p) = pcap {
+        // A blocking wait (bounded): the pcap thread may be stuck on a sink that stopped
+        // reading, and a runtime worker must not wait on it.
+        let report = tokio::task::spawn_blocking(move || p.finish(PCAP_FLUSH))
+            .await
+            .map_err(|e| LiveError::Io {
+                what: "finishing the pcap file",
+                source: std::io::Error::other(e),
+            })?;
+        if let Some(e) = &report.error {
+            return Err(LiveError::Io {
+                what: "writing the pcap file",
+                source: std::io::Error::other(e.clone()),
+            });
+        }
+        summary.pcap = Some(report);
     }
     drop(capture);
     tracing::info!(%summary, "capture stopped, detached");
     Ok(summary)
+}
+
+/// Hands copies of the segments to the pcap thread (a copy shares the payload: no byte is
+/// copied); never blocks.
+fn write_pcap(pcap: &OutputQueue<Segment>, batch: &[Segment]) {
+    for seg in batch {
+        pcap.submit(seg.clone(), seg.payload.len() + 64);
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

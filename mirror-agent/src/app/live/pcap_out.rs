@@ -17,6 +17,7 @@ use pcap_file::pcap::{PcapHeader, PcapPacket, PcapWriter};
 use pcap_file::{DataLink, TsResolution};
 
 use crate::capture::Segment;
+use crate::output_queue::OutputWriter;
 
 /// Payload bytes per synthesized frame.
 pub const MAX_FRAME_PAYLOAD: usize = 60000;
@@ -80,6 +81,25 @@ impl PcapOut {
         use std::io::Write;
         self.writer.into_writer().flush()?;
         Ok(self.frames)
+    }
+}
+
+/// `--write-pcap` runs on its own thread behind a bounded queue ([`crate::output_queue`]).
+impl OutputWriter for PcapOut {
+    type Item = Segment;
+
+    fn write(&mut self, seg: Segment) -> std::io::Result<()> {
+        PcapOut::write(self, &seg).map_err(std::io::Error::other)
+    }
+
+    /// Nothing between segments: `pcap_file`'s writer does not hand out its buffer, and a pcap
+    /// file is read once the run is over.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn finish(self) -> std::io::Result<()> {
+        PcapOut::finish(self).map(|_| ())
     }
 }
 

@@ -8,6 +8,7 @@
 //! histograms live in `request.rs`. No exporter types here.
 
 use crate::capture::ebpf::Counters;
+use crate::output_queue::OutputSnapshot;
 use crate::pipeline::PipelineStats;
 use crate::reassembly::StreamStats;
 use crate::replay::stats::{DropReason, ErrorKind, ReplaySnapshot};
@@ -73,6 +74,8 @@ pub struct Snapshots {
     pub compare: Option<crate::compare::CompareSnapshot>,
     /// The agent's own OTLP exports (only with OTLP on).
     pub otlp: Option<super::export_stats::ExportSnapshot>,
+    /// The outputs that run on their own threads (`record`, `pcap`), by name.
+    pub outputs: Vec<(&'static str, OutputSnapshot)>,
 }
 
 /// One exported metric: its OpenTelemetry name, kind, unit, help, and how to read it.
@@ -159,11 +162,17 @@ fn per_compare(
         }
     }
 }
+fn per_output(s: &Snapshots, out: &mut Vec<Point>, f: fn(&OutputSnapshot, &str, &mut Vec<Point>)) {
+    for (name, o) in &s.outputs {
+        f(o, name, out)
+    }
+}
 fn directions(ps: &PipelineStats) -> [(&'static str, &StreamStats); 2] {
     [("client", &ps.client), ("server", &ps.server)]
 }
 
 const MIRROR: &str = "mirror.name";
+const OUTPUT: &str = "output";
 const REASON: &str = "reason";
 const DIRECTION: &str = "direction";
 const ERROR_TYPE: &str = "error.type";
@@ -263,6 +272,36 @@ pub static DEFS: &[MetricDef] = &[
         unit: Unit::Bytes,
         help: "TCP payload bytes written to the ring buffer.",
         read: |s, o| kernel(s, o, |k, o| p(o, &[], k.payload_bytes)),
+    },
+    // ---- outputs on their own threads (--record, --write-pcap) ----
+    MetricDef {
+        name: "mirror.output.items.written",
+        kind: Kind::Counter,
+        unit: Unit::Count("{item}"),
+        help: "Items an output wrote (record: requests; pcap: segments).",
+        read: |s, o| per_output(s, o, |x, name, o| p(o, &[(OUTPUT, name)], x.written)),
+    },
+    MetricDef {
+        name: "mirror.output.items.dropped",
+        kind: Kind::Counter,
+        unit: Unit::Count("{item}"),
+        help: "Items an output dropped, for itself only, by reason (queue_full: the sink fell \
+               behind; write_error: after the first write error; at_exit: still queued when the \
+               run ended).",
+        read: |s, o| {
+            per_output(s, o, |x, name, o| {
+                for (reason, n) in x.drops_by_reason() {
+                    p(o, &[(OUTPUT, name), (REASON, reason)], n);
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.output.queue.size",
+        kind: Kind::Gauge,
+        unit: Unit::Bytes,
+        help: "Bytes waiting in an output's queue.",
+        read: |s, o| per_output(s, o, |x, name, o| p(o, &[(OUTPUT, name)], x.queued_bytes)),
     },
     // ---- flow table and reassembly ----
     MetricDef {

@@ -77,7 +77,43 @@ pub(super) fn all() -> Snapshots {
             spans_exported: 6,
             spans_failed: 2,
         }),
+        outputs: vec![(
+            "record",
+            crate::output_queue::OutputSnapshot {
+                submitted: 20,
+                written: 12,
+                dropped_queue_full: 5,
+                dropped_write_error: 0,
+                dropped_at_exit: 2,
+                queued: 1,
+                queued_bytes: 300,
+            },
+        )],
     }
+}
+
+#[test]
+fn output_threads_export_written_and_drops_by_reason() {
+    let s = all();
+    let w = |n, a: &[(&str, &str)]| value(&s, n, a);
+    assert_eq!(
+        w("mirror.output.items.written", &[("output", "record")]),
+        Some(12.0)
+    );
+    for (reason, n) in [("queue_full", 5.0), ("write_error", 0.0), ("at_exit", 2.0)] {
+        assert_eq!(
+            w(
+                "mirror.output.items.dropped",
+                &[("output", "record"), ("reason", reason)]
+            ),
+            Some(n),
+            "{reason}"
+        );
+    }
+    assert_eq!(
+        w("mirror.output.queue.size", &[("output", "record")]),
+        Some(300.0)
+    );
 }
 
 fn value(s: &Snapshots, name: &str, attrs: &[(&str, &str)]) -> Option<f64> {
