@@ -119,6 +119,9 @@ async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError
     let summary = result?;
     eprint!("{pipeline_stats}");
     report.print();
+    if let Some(p) = &summary.pcap {
+        eprint!("{}", p.summary());
+    }
     // The capture line goes to stdout (tests and scripts parse it) unless stdout carries the
     // recording.
     if report.record_to_stdout {

@@ -41,7 +41,8 @@ pub trait OutputWriter: Send + 'static {
     }
 }
 
-/// Bounds of one output's queue. An item is dropped when either would be passed.
+/// Bounds of one output's queue. An item is dropped when either would be passed (an item
+/// larger than `bytes` is taken when the queue is empty).
 #[derive(Debug, Clone, Copy)]
 pub struct QueueLimits {
     pub items: usize,
@@ -202,7 +203,10 @@ impl<T: Send + 'static> OutputQueue<T> {
     pub fn submit(&self, item: T, bytes: usize) {
         let c = &self.counters;
         c.submitted.fetch_add(1, Ordering::Relaxed);
-        if c.queued_bytes.load(Ordering::Relaxed) + bytes > self.limits.bytes {
+        // An item larger than the whole bound is still taken into an empty queue: otherwise
+        // such items could never be written at all.
+        let queued = c.queued_bytes.load(Ordering::Relaxed);
+        if queued > 0 && queued + bytes > self.limits.bytes {
             c.queue_full.fetch_add(1, Ordering::Relaxed);
             return;
         }

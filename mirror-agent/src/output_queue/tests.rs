@@ -115,6 +115,25 @@ fn the_byte_bound_drops_what_would_pass_it() {
 }
 
 #[test]
+fn an_item_larger_than_the_queue_is_taken_when_the_queue_is_empty() {
+    let (q, mut reader) = pipe_output(QueueLimits {
+        items: 8,
+        bytes: 1000,
+    });
+    let reading = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        reader.read_to_end(&mut all).unwrap();
+        all.len()
+    });
+    q.submit(vec![b'w'; 5000], 5000);
+    wait_until(|| q.stats().snapshot().queued == 0);
+    q.submit(vec![b'w'; 5000], 5000);
+    let report = q.finish(Duration::from_secs(5));
+    assert_eq!(report.counters.written, 2, "{report:?}");
+    assert_eq!(reading.join().unwrap(), 2 * 5001);
+}
+
+#[test]
 fn after_a_write_error_every_item_is_counted_as_such() {
     let (q, reader) = pipe_output(QueueLimits {
         items: 64,
