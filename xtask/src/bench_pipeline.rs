@@ -74,6 +74,24 @@ pub fn run() -> Result<()> {
             format!("{:.0} MB/s", n as f64 / t / 1e6)
         });
     }
+    // The --record encoder (on the record thread): requests to JSON lines, MB/s of lines.
+    for (name, segs) in [
+        ("--record encoding, small keep-alive GETs", small.clone()),
+        (
+            "--record encoding, 64 KiB POST bodies",
+            bulk_posts(64 << 10),
+        ),
+    ] {
+        let reqs = captured_requests(&segs);
+        let (t, line_bytes) = time_record_encoding(&reqs);
+        row(name, line_bytes, "B", t, |n, t| {
+            format!(
+                "{:.0} MB/s {:.0}k req/s",
+                n as f64 / t / 1e6,
+                reqs.len() as f64 / t / 1e3
+            )
+        });
+    }
     // Hostile shape: many connections that never finish their headers, past the memory
     // budget. The time per flow must not grow with the head size (each segment over the
     // budget evicts one flow without scanning the others).
@@ -246,6 +264,68 @@ fn large_bodies(mss: usize) -> (Vec<Segment>, u64) {
         segs.extend(c.segments);
     }
     (segs, total)
+}
+
+/// 256 POSTs of `body` bytes each on 16 connections, in 64 KiB (GRO) segments.
+fn bulk_posts(body: usize) -> Vec<Segment> {
+    let body = vec![b'b'; body];
+    let mut segs = Vec::new();
+    for i in 0..16u16 {
+        let mut c = Conversation::new(
+            SocketAddr::from(([10, 3, 0, i as u8], 40000)),
+            "10.0.0.1:8080".parse().expect("addr"),
+            [1, 1],
+        );
+        c.handshake();
+        for _ in 0..16 {
+            let mut req = format!(
+                "POST /upload HTTP/1.1\r\nHost: svc\r\nContent-Type: application/octet-stream\r\n\
+                 Content-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .into_bytes();
+            req.extend_from_slice(&body);
+            c.client_sends(&req, 65_483);
+        }
+        segs.extend(c.segments);
+    }
+    segs
+}
+
+/// The requests the pipeline frames from `segs`.
+fn captured_requests(segs: &[Segment]) -> Vec<mirror_agent::pipeline::CapturedRequest> {
+    let mut p = Pipeline::new(cfg(false));
+    let mut out = Vec::new();
+    for s in segs.iter().cloned() {
+        p.on_segment(s, &mut out);
+    }
+    p.finish(&mut out);
+    out.into_iter()
+        .filter_map(|e| match e {
+            PipelineEvent::Request(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Best of 5 runs encoding every request into one reused line buffer, as the record thread
+/// does; returns the times and the bytes of lines per run.
+fn time_record_encoding(reqs: &[mirror_agent::pipeline::CapturedRequest]) -> (Times, u64) {
+    let mut bytes = 0u64;
+    let t = best_of(5, || {
+        let mut line = Vec::with_capacity(4096);
+        bytes = 0;
+        let t = Clock::start();
+        for r in reqs {
+            line.clear();
+            mirror_agent::record::encode_line(r, &mut line);
+            bytes += line.len() as u64 + 1;
+        }
+        let el = t.stop();
+        black_box(&line);
+        el
+    });
+    (t, bytes)
 }
 
 fn count_requests(segs: &[Segment]) -> u64 {

@@ -5,9 +5,12 @@
 //! ```text
 //! {"ts_ns":1491516335016265000,"src":"10.0.0.1:61541","dst":"81.218.72.15:80","flow_id":0,
 //!  "seq_in_flow":0,"method":"POST","target":"/x","version":"HTTP/1.1","host":"example.org",
-//!  "headers":[["Host","example.org"],["Content-Length","2"]],"body_len":2,"raw":"UE9TVC...",
-//!  "head_len":55,"framing":"content-length","end_ts_ns":1491516335016280000,"te_and_cl":false}
+//!  "headers":[["Host","example.org"],["Content-Length","2"]],"body_len":2,"head_len":55,
+//!  "framing":"content-length","end_ts_ns":1491516335016280000,"te_and_cl":false,
+//!  "raw":"UE9TVC..."}
 //! ```
+//!
+//! `raw` is written last (it is most of the line); readers take the fields by name.
 //!
 //! `raw` (base64, standard alphabet with padding) is the authority: the exact request bytes, head
 //! and body, chunked framing included. `headers` are `[name, value]` in wire order and case;
@@ -110,13 +113,25 @@ pub fn to_line(c: &CapturedRequest) -> String {
 
 /// Appends one record line (without the newline) to `out`.
 ///
-/// The hot path of `--record`: the line is serialized straight from the request, borrowing
-/// every field, and base64 is written through `Base64Display` into the same buffer, so a record
-/// costs no allocation beyond `out`'s growth (the same buffer is reused line after line). The
-/// shape is [`Line`]'s, which the reader parses.
+/// The hot path of `--record`: every field but `raw` is serialized straight from the request,
+/// borrowing it; `raw` (most of the line) is base64-encoded by the engine directly into `out`,
+/// last. So a record costs no allocation beyond `out`'s growth (the same buffer is reused line
+/// after line). The shape is [`Line`]'s, which the reader parses (by name, in any order).
 pub fn encode_line(c: &CapturedRequest, out: &mut Vec<u8>) {
-    let line = LineRef { c };
-    serde_json::to_writer(out, &line).expect("a record always serializes");
+    serde_json::to_writer(&mut *out, &LineRef { c }).expect("a record always serializes");
+    // Reopen the object and append `"raw":"<base64>"`.
+    debug_assert_eq!(out.last(), Some(&b'}'));
+    out.pop();
+    out.extend_from_slice(br#","raw":""#);
+    let raw = &c.request.raw;
+    let start = out.len();
+    let len = base64::encoded_len(raw.len(), true).expect("a request's length fits in usize");
+    out.resize(start + len, 0);
+    let written = B64
+        .encode_slice(raw, &mut out[start..])
+        .expect("the slice has the encoded length");
+    debug_assert_eq!(written, len);
+    out.extend_from_slice(br#""}"#);
 }
 
 /// [`Line`], borrowed from a captured request (see [`encode_line`]).
@@ -190,7 +205,8 @@ impl Serialize for LineRef<'_> {
             BodyFraming::Chunked => "chunked",
             BodyFraming::CloseDelimited => "close-delimited",
         };
-        let mut l = s.serialize_struct("Line", 16)?;
+        // `raw` is appended by `encode_line`, after these.
+        let mut l = s.serialize_struct("Line", 15)?;
         l.serialize_field("ts_ns", &r.ts_ns)?;
         // SocketAddr's Display writes IPv6 as `[addr]:port`, as the reader expects.
         l.serialize_field("src", &Displayed(&c.src))?;
@@ -203,7 +219,6 @@ impl Serialize for LineRef<'_> {
         l.serialize_field("host", &r.header("host").map(|v| Lossy(v)))?;
         l.serialize_field("headers", &HeadersRef(&r.headers))?;
         l.serialize_field("body_len", &r.body_len)?;
-        l.serialize_field("raw", &B64Str(&r.raw))?;
         l.serialize_field("head_len", &r.head_len)?;
         l.serialize_field("framing", framing)?;
         l.serialize_field("end_ts_ns", &r.end_ts_ns)?;
