@@ -46,11 +46,23 @@ impl Drop for Ns {
     }
 }
 
-/// A child killed by PID on drop.
+/// A child stopped by PID on drop: SIGTERM first (nginx's master then stops its workers, which
+/// SIGKILL would orphan), SIGKILL after 3 s.
 struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            // SAFETY: kill(2) on our own child's PID.
+            unsafe { libc_kill(self.0.id() as i32, 15) };
+            let deadline = Instant::now() + Duration::from_secs(3);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = self.0.try_wait() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

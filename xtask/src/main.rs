@@ -2,6 +2,7 @@
 //!
 //! Each command lives in its own module; this file only dispatches.
 
+mod bench_bulk;
 mod bench_capture;
 mod bench_mirror;
 mod bench_pipeline;
@@ -33,7 +34,8 @@ enum Command {
     Test,
     /// Run the self-contained demo in network namespaces.
     Demo,
-    /// Benchmarks: capture, pipeline, mirror.
+    /// Benchmarks: capture (with its bulk-upload section), bulk (that section alone),
+    /// pipeline, mirror.
     Bench { which: String },
     /// Run each cargo-fuzz target of mirror-agent/fuzz for a fixed time; print a table; fail on
     /// any crash, leak, timeout or out-of-memory artifact.
@@ -56,11 +58,14 @@ fn main() -> anyhow::Result<()> {
         Command::Demo => demo::run(),
         Command::Fuzz { secs, targets } => fuzz::run(secs, &targets),
         Command::Bench { which } => match which.as_str() {
-            "capture" => bench_capture::run(),
+            "capture" => bench_capture::run().and_then(|()| bench_bulk::run()),
+            "bulk" => bench_bulk::run(),
             "pipeline" => bench_pipeline::run(),
             "mirror" => bench_mirror::run(),
             other => {
-                anyhow::bail!("unknown benchmark {other:?} (known: capture, pipeline, mirror)")
+                anyhow::bail!(
+                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror)"
+                )
             }
         },
     }

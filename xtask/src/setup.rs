@@ -39,6 +39,9 @@ const TEST_PACKAGES: &[&str] = &[
     "prometheus",
     // The mirror loop test DNATs a mirror address inside its namespace (nft, output hook).
     "nftables",
+    // bench capture's bulk-upload section compares the agent with tcpdump; taskset pins.
+    "tcpdump",
+    "util-linux",
 ];
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -16,7 +16,9 @@
 //! capture driver; a thread blocked on a full pipe costs nothing else.
 //!
 //! The comparison's `--diff-log` has its own thread and queue (`compare::worker`) with the same
-//! policy. Depends on nothing else in the crate but [`crate::sync`].
+//! policy. The output threads run at a lower priority than capture (nice 10), so on a shared
+//! core the recording, not the ring buffer, is what falls behind. Depends on nothing else in the
+//! crate but [`crate::sync`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender, TrySendError};
@@ -187,6 +189,7 @@ impl<T: Send + 'static> OutputQueue<T> {
         std::thread::Builder::new()
             .name(format!("mirror-out-{name}"))
             .spawn(move || {
+                yield_cpu_to_capture();
                 drive(writer, rx, &c);
                 let _ = done_tx.send(());
             })?;
@@ -264,6 +267,26 @@ impl<T: Send + 'static> OutputQueue<T> {
             error: lock(&c.error).clone(),
             unfinished,
         }
+    }
+}
+
+/// Nice value of the output threads: on a core shared with the capture thread (a busy node, or
+/// the agent pinned to one CPU), the scheduler gives capture the CPU first, so a recording that
+/// cannot keep up drops its own records (counted) instead of making the ring buffer overflow.
+const OUTPUT_NICE: i32 = 10;
+
+/// Lowers this thread's priority to [`OUTPUT_NICE`] (Linux: nice is per thread). Needs no
+/// privilege; a failure leaves it at the default, logged.
+fn yield_cpu_to_capture() {
+    // SAFETY: gettid has no preconditions.
+    let tid = unsafe { libc::gettid() };
+    // SAFETY: setpriority on this thread's own id with a valid `which`; no memory is passed.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, OUTPUT_NICE) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "cannot lower an output thread's priority"
+        );
     }
 }
 
