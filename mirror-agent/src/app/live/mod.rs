@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 pub use self::pcap_out::{PcapOut, PcapOutError};
 use crate::capture::Segment;
 use crate::capture::ebpf::{
-    AttachedCapture, CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig,
+    AttachedCapture, CaptureError, CopyPath, Counters, FlowIgnore, LiveCapture, LiveConfig,
 };
 
 /// Interval of the progress line.
@@ -95,6 +95,8 @@ pub struct LiveSummary {
     pub payload_bytes: u64,
     pub pcap_frames: u64,
     pub kernel: Counters,
+    /// The classifier variant that ran (`None` before attaching).
+    pub copy: Option<CopyPath>,
 }
 
 impl std::fmt::Display for LiveSummary {
@@ -103,7 +105,8 @@ impl std::fmt::Display for LiveSummary {
         write!(
             f,
             "segments={} bytes={} seen={} matched={} records={} ring_full={} sampled_out={} \
-             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={}",
+             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={} \
+             captured={} chunked_records={} chunks_lost={} max_skb_payload={} capture_copy={}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -116,7 +119,12 @@ impl std::fmt::Display for LiveSummary {
             k.truncated,
             k.unparseable,
             k.load_error,
-            k.malformed_records
+            k.malformed_records,
+            k.captured,
+            k.chunked_records,
+            k.chunks_lost,
+            k.max_skb_payload,
+            self.copy.map_or("none", CopyPath::name),
         )
     }
 }
@@ -154,10 +162,14 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     tracing::info!(
         iface = %opts.capture.iface,
         mode = ?capture.mode(),
+        copy = %capture.copy_path(),
         "capturing; stop with SIGINT/SIGTERM"
     );
 
-    let mut summary = LiveSummary::default();
+    let mut summary = LiveSummary {
+        copy: Some(capture.copy_path()),
+        ..LiveSummary::default()
+    };
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.tick().await;
