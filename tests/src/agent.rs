@@ -24,6 +24,9 @@ pub struct Agent {
     pub guard: ChildGuard,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// The classifier variant the agent was told to run (`MIRROR_CAPTURE_COPY` given to it, else
+    /// inherited from the test run); `None` for `auto`.
+    pub forced_copy: Option<String>,
 }
 
 /// The agent's final summary line (`key=value ...`), as numbers.
@@ -97,10 +100,15 @@ impl Agent {
             .stderr(Stdio::from(
                 std::fs::File::create(&stderr).expect("stderr file"),
             ));
+        let forced_copy = match env.iter().find(|(k, _)| *k == "MIRROR_CAPTURE_COPY") {
+            Some((_, v)) => Some((*v).to_owned()).filter(|v| v != "auto"),
+            None => forced_copy_path(),
+        };
         let mut agent = Self {
             guard: ChildGuard::spawn("mirror-agent", &mut cmd),
             stdout,
             stderr,
+            forced_copy,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -127,14 +135,14 @@ impl Agent {
     }
 
     /// Sends `sig`, waits for the exit, returns the status and the parsed summary (empty when
-    /// the agent printed none, e.g. after SIGKILL). When the test run forces a classifier variant
-    /// ([`forced_copy_path`]), checks the agent ran that one.
+    /// the agent printed none, e.g. after SIGKILL). When the agent was told to run a classifier
+    /// variant ([`Agent::forced_copy`]), checks it ran that one.
     pub fn stop(&mut self, sig: i32) -> (ExitStatus, Summary) {
         self.guard.signal(sig);
         let status = self.guard.wait_timeout(Duration::from_secs(20));
         let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
-        if let (Some(want), Some(got)) = (forced_copy_path(), summary_copy_path(&out)) {
-            assert_eq!(got, want, "MIRROR_CAPTURE_COPY={want}, agent ran {got}");
+        if let (Some(want), Some(got)) = (&self.forced_copy, summary_copy_path(&out)) {
+            assert_eq!(&got, want, "MIRROR_CAPTURE_COPY={want}, agent ran {got}");
         }
         (status, parse_summary(&out))
     }
