@@ -9,7 +9,7 @@
 //! (`kernel.bpf_stats_enabled`), the mean payload of a captured skb, and ring-buffer drops
 //! reported by the agent.
 //!
-//! `BENCH_SECONDS` and `BENCH_ROUNDS` shorten a run (defaults 8 s, 3 rounds).
+//! `MIRROR_BENCH_SECS` and `MIRROR_BENCH_ROUNDS` shorten a run (defaults 8 s, 3 rounds).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -178,7 +178,10 @@ pub fn run() -> anyhow::Result<()> {
             }
         })
     };
-    let (seconds, rounds) = (env_or("BENCH_SECONDS", SECONDS), env_or("BENCH_ROUNDS", ROUNDS));
+    let (seconds, rounds) = (
+        env_or("MIRROR_BENCH_SECS", SECONDS),
+        env_or("MIRROR_BENCH_ROUNDS", ROUNDS),
+    );
     println!("load average before: {}", load_average());
     let mut rows = Vec::new();
     for (workload, script, modes) in &workloads {
@@ -336,7 +339,10 @@ unsafe extern "C" {
 /// (run_time_ns, run_cnt) of the newest loaded program named `name`. The kernel keeps 15 bytes
 /// of a name; bpftool shows either those or the full name from BTF.
 fn bpf_stats(name: &str) -> Option<(u64, u64)> {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().ok()?;
+    let out = Command::new("bpftool")
+        .args(["prog", "show"])
+        .output()
+        .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
     let short = &name[..name.len().min(15)];
     let line = text.lines().rfind(|l| {
