@@ -140,7 +140,14 @@ pub fn run() -> i32 {
         },
     ];
     let seccomp = crate::privileges::seccomp_program();
+    let (copy_ok, copy_detail) = capture_copy();
     let rows = rows.into_iter().chain([
+        Row {
+            item: "capture copy",
+            ok: copy_ok,
+            required: false,
+            detail: copy_detail,
+        },
         Row {
             item: "seccomp",
             ok: seccomp.is_ok() && seccomp_available(),
@@ -187,6 +194,28 @@ pub fn run() -> i32 {
     } else {
         println!("live capture: not possible, missing {}", missing.join(", "));
         1
+    }
+}
+
+/// Which classifier variant live capture would run here: the kernel is asked by loading the
+/// programs (not attaching them), which needs the BPF privileges and the embedded object.
+fn capture_copy() -> (bool, String) {
+    use crate::capture::ebpf::{CopyPolicy, has_object, probe_copy_path};
+    if !has_object() || missing_privileges().is_some() {
+        return (
+            false,
+            "not probed: loading the classifiers needs the object and CAP_BPF".into(),
+        );
+    }
+    match probe_copy_path(CopyPolicy::Auto) {
+        Ok(path) => (true, path.describe().into()),
+        Err(e) => (
+            false,
+            format!(
+                "neither classifier variant loads: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        ),
     }
 }
 

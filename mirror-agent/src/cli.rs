@@ -82,6 +82,17 @@ pub struct CaptureArgs {
         help_heading = "Capture"
     )]
     pub attach: String,
+    /// How the classifiers copy payload into the ring: `auto` (one copy into ring reservations,
+    /// else the scratch-copy fallback), `reserve` (one copy or fail), `scratch` (the fallback).
+    /// For tests and benchmarks.
+    #[arg(
+        long,
+        env = "MIRROR_CAPTURE_COPY",
+        default_value = "auto",
+        hide = true,
+        help_heading = "Capture"
+    )]
+    pub capture_copy: String,
     /// Read packets from a pcap or pcapng file instead of an interface.
     #[arg(long, env = "MIRROR_PCAP", help_heading = "Capture")]
     pub pcap: Option<PathBuf>,

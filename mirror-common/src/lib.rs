@@ -6,9 +6,22 @@
 //! which flows the kernel keeps). Nothing else lives here.
 #![no_std]
 
-/// Largest TCP payload copied from one skb. GRO/TSO skbs on lo and veth are up to 64 KiB; anything
-/// larger (BIG TCP) is truncated to this and counted in [`counter::TRUNCATED`].
+/// Largest TCP payload of one record (one chunk of an skb). GRO/TSO skbs on lo and veth are up to
+/// 64 KiB; a larger skb (BIG TCP, large GRO) is carried in several records, each with its
+/// [`RecordHeader::chunk_offset`].
 pub const MAX_PAYLOAD: usize = 65536;
+
+/// Most records (chunks) per skb: 8 × 64 KiB covers BIG TCP skbs up to 512 KiB of payload. Payload
+/// beyond `MAX_CHUNKS * MAX_PAYLOAD` is not copied, and the skb is counted in
+/// [`counter::TRUNCATED`].
+pub const MAX_CHUNKS: u32 = 8;
+
+/// Payload sizes of the fixed-size records of the one-copy path (`bpf_ringbuf_reserve` takes only
+/// a size known at verification time). The last chunk of an skb uses the smallest class that
+/// holds what is left, so a 100-byte request reserves 256 bytes of ring, not 64 KiB: ring space is
+/// what runs out under load. Class 0 carries SYN/FIN/RST without payload. Every class is a power
+/// of two (the verifier bound on the load length is `((n - 1) & (class - 1)) + 1`).
+pub const SIZE_CLASSES: [usize; 5] = [0, 256, 2048, 16384, MAX_PAYLOAD];
 
 /// Upper bound on ports in the port map (the kernel map's `max_entries`).
 pub const MAX_PORTS: u32 = 64;
@@ -27,10 +40,19 @@ pub mod maps {
     pub const IGNORE: &str = "MIRROR_IGNORE";
 }
 
-/// Program names, as they appear in the object file (and in `bpftool net`).
+/// Program names, as they appear in the object file (and in `bpftool net`; the kernel keeps the
+/// first 15 bytes of a name).
+///
+/// Two variants of each classifier, the same in what they match and record, different in how
+/// the payload reaches the ring: `INGRESS`/`EGRESS` reserve fixed-size records in the ring and
+/// load the skb bytes straight into them (one copy); `INGRESS_COPY`/`EGRESS_COPY` load into a
+/// per-CPU scratch buffer and copy that into the ring with `bpf_ringbuf_output` (two copies), the
+/// fallback for a kernel whose verifier refuses the first pair.
 pub mod programs {
     pub const INGRESS: &str = "mirror_ingress";
     pub const EGRESS: &str = "mirror_egress";
+    pub const INGRESS_COPY: &str = "mirror_ingress_copy";
+    pub const EGRESS_COPY: &str = "mirror_egress_copy";
 }
 
 /// Indices into the `MIRROR_CONFIG` array of `u64`.
@@ -49,8 +71,12 @@ pub mod config {
 
 /// Indices into the per-CPU `MIRROR_COUNTERS` array of `u64`.
 ///
-/// Accounting identity, checked by the tests:
-/// `MATCHED = IGNORED + SAMPLED_OUT + EMPTY + RECORDS + RING_FULL + LOAD_ERROR`.
+/// Every matched skb ends in exactly one outcome, so, checked by the tests:
+/// `MATCHED = IGNORED + SAMPLED_OUT + EMPTY + CAPTURED + RING_FULL + LOAD_ERROR`.
+/// An skb's payload may take several records ([`crate::MAX_CHUNKS`]): [`RECORDS`] counts
+/// records (what userspace reads, one segment each), the outcomes count skbs. A skb counted in
+/// `RING_FULL` or `LOAD_ERROR` may have written its first chunks before the failure (those are in
+/// `RECORDS`); its later chunks are not attempted and are counted in [`CHUNKS_LOST`].
 pub mod counter {
     /// Packets the classifier ran on.
     pub const SEEN: u32 = 0;
@@ -58,13 +84,14 @@ pub mod counter {
     pub const MATCHED: u32 = 1;
     /// Matched packets of flows outside the sampled share.
     pub const SAMPLED_OUT: u32 = 2;
-    /// Records written to the ring buffer.
+    /// Records written to the ring buffer (one per chunk).
     pub const RECORDS: u32 = 3;
-    /// Records lost because the ring buffer was full.
+    /// Matched skbs lost, wholly or from one chunk on, because the ring buffer was full.
     pub const RING_FULL: u32 = 4;
     /// TCP payload bytes written to the ring buffer.
     pub const PAYLOAD_BYTES: u32 = 5;
-    /// Records whose payload was cut at [`crate::MAX_PAYLOAD`].
+    /// Skbs whose payload went beyond `MAX_CHUNKS * MAX_PAYLOAD`; the rest was not copied (the
+    /// skb is still counted in `CAPTURED` when every chunk it was allowed was written).
     pub const TRUNCATED: u32 = 6;
     /// IP packets the classifier could not parse (IPv6 extension chains too long, bad lengths,
     /// non-first fragments).
@@ -73,9 +100,20 @@ pub mod counter {
     pub const EMPTY: u32 = 8;
     /// Matched packets from or to an endpoint in the ignore map (the agent's own mirror traffic).
     pub const IGNORED: u32 = 9;
-    /// Matched packets whose payload could not be copied out of the skb (should stay 0).
+    /// Matched skbs whose payload could not be copied out (should stay 0); the failed chunk's
+    /// reservation is discarded.
     pub const LOAD_ERROR: u32 = 10;
-    pub const LEN: u32 = 11;
+    /// Matched skbs whose every record was written.
+    pub const CAPTURED: u32 = 11;
+    /// Records with a chunk offset above 0 (the second and later chunks of large skbs).
+    pub const CHUNKED_RECORDS: u32 = 12;
+    /// Records not written because of `RING_FULL` or `LOAD_ERROR`: the failed chunk and every
+    /// later chunk of the same skb.
+    pub const CHUNKS_LOST: u32 = 13;
+    /// Largest TCP payload of a matched skb seen on this CPU: a maximum, not a sum (userspace
+    /// takes the maximum over CPUs).
+    pub const MAX_SKB_PAYLOAD: u32 = 14;
+    pub const LEN: u32 = 15;
 }
 
 /// Direction of a record.
@@ -94,14 +132,22 @@ pub mod family {
 
 /// Record flags.
 pub mod record_flags {
-    /// The payload was cut at [`crate::MAX_PAYLOAD`]; `payload_len` holds the real length.
+    /// The last record of an skb whose payload went beyond `MAX_CHUNKS * MAX_PAYLOAD`: the rest
+    /// was not copied; `payload_len` holds the real length.
     pub const TRUNCATED: u8 = 1;
 }
 
-/// Header of every ring-buffer record; `captured_len` payload bytes follow it.
+/// Header of every ring-buffer record; `captured_len` payload bytes follow it (a one-copy record
+/// may be longer, its size class: the tail after `captured_len` is not written and not read).
+///
+/// One record carries one chunk of an skb's TCP payload: bytes `chunk_offset ..
+/// chunk_offset + captured_len` of it. Every record of an skb repeats the skb's header fields
+/// (`seq` is the skb's first sequence number, `tcp_flags` its flags); the reader advances `seq` by
+/// the offset and keeps SYN for the first chunk and FIN/RST/PSH for the last.
 ///
 /// Addresses are in network byte order as on the wire; IPv4 uses the first 4 bytes of the
-/// 16-byte fields. Ports, seq and ack are in host byte order.
+/// 16-byte fields. Ports, seq and ack are in host byte order. Fields are ordered by alignment so
+/// that there is no implicit padding.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
@@ -113,10 +159,13 @@ pub struct RecordHeader {
     pub dport: u16,
     pub seq: u32,
     pub ack: u32,
-    /// TCP payload length of the skb.
+    /// TCP payload length of the skb (all chunks).
     pub payload_len: u32,
-    /// Payload bytes that follow this header (`min(payload_len, MAX_PAYLOAD)`).
+    /// Payload bytes of this record's chunk, which follow this header (at most
+    /// [`MAX_PAYLOAD`]).
     pub captured_len: u32,
+    /// Offset of this chunk in the skb's TCP payload (0 for the first record of an skb).
+    pub chunk_offset: u32,
     /// Offset of the TCP payload from the start of the skb data (link-layer header included).
     pub payload_offset: u16,
     /// Low byte of the TCP flags field (FIN, SYN, RST, PSH, ACK, URG, ECE, CWR).
@@ -127,12 +176,32 @@ pub struct RecordHeader {
     pub direction: u8,
     /// [`record_flags`] bits.
     pub flags: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+}
+
+impl RecordHeader {
+    /// Whether this record holds the skb's last copied byte (always true for an skb of one
+    /// chunk): `chunk_offset + captured_len` reaches `payload_len`, or the skb was truncated here.
+    #[inline(always)]
+    pub fn is_last_chunk(&self) -> bool {
+        self.flags & record_flags::TRUNCATED != 0
+            || self.chunk_offset as u64 + self.captured_len as u64 >= self.payload_len as u64
+    }
 }
 
 /// Size of [`RecordHeader`]; checked at compile time to rule out implicit padding.
 pub const HEADER_LEN: usize = 72;
 const _: () = assert!(core::mem::size_of::<RecordHeader>() == HEADER_LEN);
+// Ring records are 8-byte aligned; a one-copy record is the header plus a size class.
+const _: () = assert!(core::mem::align_of::<RecordHeader>() == 8);
+const _: () = {
+    let mut i = 1;
+    while i < SIZE_CLASSES.len() {
+        assert!(SIZE_CLASSES[i].is_power_of_two() && SIZE_CLASSES[i] > SIZE_CLASSES[i - 1]);
+        i += 1;
+    }
+    assert!(SIZE_CLASSES[0] == 0 && SIZE_CLASSES[SIZE_CLASSES.len() - 1] == MAX_PAYLOAD);
+};
 
 /// Key of the ignore map: the *local* end of one of the agent's own mirror connections (its
 /// address and the ephemeral port it is bound to).
@@ -214,6 +283,50 @@ mod tests {
         let mut out = [0u8; 16];
         out[..4].copy_from_slice(&a);
         out
+    }
+
+    fn chunk(payload_len: u32, chunk_offset: u32, captured_len: u32, flags: u8) -> RecordHeader {
+        RecordHeader {
+            ts_ns: 0,
+            saddr: [0; 16],
+            daddr: [0; 16],
+            sport: 1,
+            dport: 2,
+            seq: 0,
+            ack: 0,
+            payload_len,
+            captured_len,
+            chunk_offset,
+            payload_offset: 54,
+            tcp_flags: 0,
+            family: family::IPV4,
+            direction: direction::INGRESS,
+            flags,
+            _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn last_chunk_is_the_one_reaching_the_payload_end_or_truncated() {
+        assert!(chunk(0, 0, 0, 0).is_last_chunk());
+        assert!(chunk(100, 0, 100, 0).is_last_chunk());
+        let big = 3 * MAX_PAYLOAD as u32 / 2;
+        assert!(!chunk(big, 0, MAX_PAYLOAD as u32, 0).is_last_chunk());
+        assert!(chunk(big, MAX_PAYLOAD as u32, big - MAX_PAYLOAD as u32, 0).is_last_chunk());
+        // Truncated: the last record written stops short of payload_len.
+        assert!(chunk(u32::MAX, 7 << 16, 1 << 16, record_flags::TRUNCATED).is_last_chunk());
+        assert!(!chunk(u32::MAX, 7 << 16, 1 << 16, 0).is_last_chunk());
+    }
+
+    #[test]
+    fn the_chunk_offset_field_sits_after_captured_len() {
+        let h = chunk(0, 0x0102_0304, 0, 0);
+        // SAFETY: RecordHeader is repr(C) plain data of HEADER_LEN bytes.
+        let raw = unsafe {
+            core::slice::from_raw_parts((&h as *const RecordHeader).cast::<u8>(), HEADER_LEN)
+        };
+        assert_eq!(raw[60..64], 0x0102_0304u32.to_ne_bytes());
+        assert_eq!(raw[64..66], 54u16.to_ne_bytes());
     }
 
     #[test]

@@ -5,10 +5,23 @@
 //! and is attached only when userspace asks for it. Both always return `TC_ACT_PIPE`: the packet is
 //! never changed, dropped or delayed, and under TCX later programs on the hook still run.
 //!
-//! One record per skb: a [`RecordHeader`] followed by the whole TCP payload, up to
-//! [`MAX_PAYLOAD`] (GRO/TSO skbs on lo and veth reach 64 KiB). The record is assembled in a
-//! per-CPU scratch value and written with `bpf_ringbuf_output`, because `bpf_ringbuf_reserve`
-//! only accepts a size known at verification time.
+//! Records: a [`RecordHeader`] followed by one chunk of the skb's TCP payload, at most
+//! [`MAX_PAYLOAD`] bytes. An skb with more payload (BIG TCP, large GRO) takes several records,
+//! each with its `chunk_offset`, up to [`MAX_CHUNKS`]; payload beyond that is not copied
+//! (counted in `TRUNCATED`).
+//!
+//! Two variants of each classifier, chosen by userspace at load time:
+//! - one copy (`mirror_ingress`, `mirror_egress`): ring space is reserved with
+//!   `bpf_ringbuf_reserve` and the skb bytes are loaded straight into it. The reserve size must be
+//!   known at verification time, so records come in fixed size classes ([`SIZE_CLASSES`]): full
+//!   64 KiB chunks, then the smallest class that holds the rest. The unused tail of a class is
+//!   neither written nor read.
+//! - scratch copy (`mirror_ingress_copy`, `mirror_egress_copy`), the fallback: each chunk is
+//!   loaded into a per-CPU scratch value and copied into the ring with `bpf_ringbuf_output`, whose
+//!   length may vary at run time. Same records, exactly `HEADER_LEN + captured_len` bytes long.
+//!
+//! A full ring stops the skb: the chunk that failed and the ones after it are counted in
+//! `CHUNKS_LOST`, the skb in `RING_FULL` (see the accounting identity in `mirror_common::counter`).
 #![no_std]
 #![no_main]
 
@@ -22,8 +35,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use mirror_common::{
-    EndpointKey, HEADER_LEN, IGNORE_ENTRIES, MAX_PAYLOAD, MAX_PORTS, RecordHeader, config, counter,
-    direction, flow_hash, record_flags, sampled,
+    EndpointKey, HEADER_LEN, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
+    SIZE_CLASSES, config, counter, direction, flow_hash, record_flags, sampled,
 };
 
 use crate::parse::Packet;
@@ -47,32 +60,53 @@ static MIRROR_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter
 /// Endpoints never to capture: the local ends of the agent's own connections to mirrors. A packet
 /// from or to one of them is the agent's own traffic (see [`EndpointKey`]).
 #[map]
-static MIRROR_IGNORE: LruHashMap<EndpointKey, u8> =
-    LruHashMap::with_max_entries(IGNORE_ENTRIES, 0);
+static MIRROR_IGNORE: LruHashMap<EndpointKey, u8> = LruHashMap::with_max_entries(IGNORE_ENTRIES, 0);
 
-/// A record being assembled.
+/// A record being assembled by the scratch-copy programs.
 #[repr(C)]
 pub struct Scratch {
     hdr: RecordHeader,
     data: [u8; MAX_PAYLOAD],
 }
 
-/// One scratch record per CPU. A plain ARRAY indexed by CPU id because a PERCPU_ARRAY value above
-/// 32 KiB fails with E2BIG; userspace sets `max_entries` to the number of possible CPUs.
+/// One scratch record per CPU, used by the scratch-copy programs only. A plain ARRAY indexed by CPU
+/// id because a PERCPU_ARRAY value above 32 KiB fails with E2BIG; userspace sets `max_entries` to
+/// the number of possible CPUs for the scratch-copy programs, and to 1 for the one-copy ones.
 #[map]
 static MIRROR_SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
 const TCP_SYN_FIN_RST: u8 = 0x02 | 0x01 | 0x04;
 
+/// How a classifier moves payload into the ring.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum CopyMode {
+    /// `bpf_ringbuf_reserve` + load into the reservation.
+    Reserve,
+    /// Load into the per-CPU scratch value + `bpf_ringbuf_output`.
+    Scratch,
+}
+
 #[classifier]
 pub fn mirror_ingress(ctx: TcContext) -> i32 {
-    process(&ctx, direction::INGRESS);
+    process(&ctx, direction::INGRESS, CopyMode::Reserve);
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn mirror_egress(ctx: TcContext) -> i32 {
-    process(&ctx, direction::EGRESS);
+    process(&ctx, direction::EGRESS, CopyMode::Reserve);
+    TC_ACT_PIPE
+}
+
+#[classifier]
+pub fn mirror_ingress_copy(ctx: TcContext) -> i32 {
+    process(&ctx, direction::INGRESS, CopyMode::Scratch);
+    TC_ACT_PIPE
+}
+
+#[classifier]
+pub fn mirror_egress_copy(ctx: TcContext) -> i32 {
+    process(&ctx, direction::EGRESS, CopyMode::Scratch);
     TC_ACT_PIPE
 }
 
@@ -90,7 +124,7 @@ fn setting(index: u32) -> u64 {
 }
 
 #[inline(always)]
-fn process(ctx: &TcContext, dir: u8) {
+fn process(ctx: &TcContext, dir: u8, copy: CopyMode) {
     count(counter::SEEN, 1);
     let pkt = match parse::parse(ctx, setting(config::L2_LEN) as usize) {
         Ok(Some(p)) => p,
@@ -133,7 +167,10 @@ fn process(ctx: &TcContext, dir: u8) {
         count(counter::EMPTY, 1);
         return;
     }
-    emit(ctx, &pkt, dir);
+    match copy {
+        CopyMode::Reserve => emit_reserve(ctx, &pkt, dir),
+        CopyMode::Scratch => emit_scratch(ctx, &pkt, dir),
+    }
 }
 
 /// Whether either end of the packet is the local end of one of the agent's own connections.
@@ -157,85 +194,287 @@ fn is_ignored(pkt: &Packet) -> bool {
     unsafe { MIRROR_IGNORE.get(&src).is_some() || MIRROR_IGNORE.get(&dst).is_some() }
 }
 
+/// Why a chunk did not reach the ring.
+#[derive(Clone, Copy)]
+enum Lost {
+    RingFull,
+    LoadError,
+}
+
+/// What an skb turns into: its header (with `chunk_offset`/`captured_len`/`flags` to fill per
+/// chunk), the payload bytes to copy in all, and how many records they take.
+struct Plan {
+    hdr: RecordHeader,
+    total: u32,
+    chunks: u32,
+}
+
 #[inline(always)]
-fn emit(ctx: &TcContext, pkt: &Packet, dir: u8) {
-    // SAFETY: helper without arguments.
-    let cpu = unsafe { bpf_get_smp_processor_id() };
-    let Some(scratch) = MIRROR_SCRATCH.get_ptr_mut(cpu) else {
-        // Cannot happen when userspace sized the map to the possible CPUs; still a lost record.
-        count(counter::RING_FULL, 1);
-        return;
-    };
-    // SAFETY: the slot belongs to this CPU and TC programs do not migrate.
-    let scratch = unsafe { &mut *scratch };
-    let truncated = pkt.payload_len as usize > MAX_PAYLOAD;
-    let captured = if truncated {
-        MAX_PAYLOAD as u32
+fn plan(pkt: &Packet, dir: u8) -> Plan {
+    const MAX_TOTAL: u32 = MAX_CHUNKS * MAX_PAYLOAD as u32;
+    let truncated = pkt.payload_len > MAX_TOTAL;
+    let total = if truncated {
+        MAX_TOTAL
     } else {
         pkt.payload_len
     };
-    scratch.hdr = RecordHeader {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        seq: pkt.seq,
-        ack: pkt.ack,
-        payload_len: pkt.payload_len,
-        captured_len: captured,
-        payload_offset: pkt.payload_offset as u16,
-        tcp_flags: pkt.tcp_flags,
-        family: pkt.family,
-        direction: dir,
-        flags: if truncated {
-            record_flags::TRUNCATED
-        } else {
-            0
+    if truncated {
+        count(counter::TRUNCATED, 1);
+    }
+    if let Some(p) = MIRROR_COUNTERS.get_ptr_mut(counter::MAX_SKB_PAYLOAD) {
+        // SAFETY: per-CPU slot; TC programs run with migration disabled, so no other writer.
+        unsafe {
+            if *p < pkt.payload_len as u64 {
+                *p = pkt.payload_len as u64;
+            }
+        }
+    }
+    Plan {
+        hdr: RecordHeader {
+            // SAFETY: helper without arguments.
+            ts_ns: unsafe { bpf_ktime_get_ns() },
+            saddr: pkt.saddr,
+            daddr: pkt.daddr,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            seq: pkt.seq,
+            ack: pkt.ack,
+            payload_len: pkt.payload_len,
+            captured_len: 0,
+            chunk_offset: 0,
+            payload_offset: pkt.payload_offset as u16,
+            tcp_flags: pkt.tcp_flags,
+            family: pkt.family,
+            direction: dir,
+            flags: 0,
+            _pad: [0; 2],
         },
-        _pad: [0; 6],
+        total,
+        // At least one record (SYN/FIN/RST without payload), at most MAX_CHUNKS.
+        chunks: if total == 0 {
+            1
+        } else {
+            total.div_ceil(MAX_PAYLOAD as u32)
+        },
+    }
+}
+
+/// Counts a written record.
+#[inline(always)]
+fn written(hdr: &RecordHeader) {
+    count(counter::RECORDS, 1);
+    count(counter::PAYLOAD_BYTES, hdr.captured_len as u64);
+    if hdr.chunk_offset > 0 {
+        count(counter::CHUNKED_RECORDS, 1);
+    }
+}
+
+/// Counts the outcome of an skb that lost chunk `index` and every later one of `chunks`.
+#[inline(always)]
+fn lost(why: Lost, index: u32, chunks: u32) {
+    count(
+        match why {
+            Lost::RingFull => counter::RING_FULL,
+            Lost::LoadError => counter::LOAD_ERROR,
+        },
+        1,
+    );
+    count(counter::CHUNKS_LOST, chunks.saturating_sub(index) as u64);
+}
+
+/// Submit flags. Batched wakeups: waking the reader per record costs ~2.5 us per packet; wake it
+/// only when enough is queued (reserved space counts as queued), userspace drains periodically
+/// for the rest.
+#[inline(always)]
+fn wakeup_flags(adding: u64) -> u64 {
+    let queued = MIRROR_RING.query(BPF_RB_AVAIL_DATA as u64);
+    if queued + adding >= setting(config::WAKEUP_BYTES) {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// The last chunk's flags: TRUNCATED when payload was left uncopied.
+#[inline(always)]
+fn last_flags(pkt: &Packet, plan: &Plan) -> u8 {
+    if pkt.payload_len > plan.total {
+        record_flags::TRUNCATED
+    } else {
+        0
+    }
+}
+
+/// One-copy path: full 64 KiB chunks while more than one chunk is left, then the last chunk in the
+/// smallest size class that holds it.
+#[inline(always)]
+fn emit_reserve(ctx: &TcContext, pkt: &Packet, dir: u8) {
+    let mut plan = plan(pkt, dir);
+    let mut off = 0u32;
+    let mut index = 0u32;
+    // Bounded: at most MAX_CHUNKS - 1 full chunks before the last one.
+    while index < MAX_CHUNKS - 1 {
+        if plan.total - off <= MAX_PAYLOAD as u32 {
+            break;
+        }
+        plan.hdr.chunk_offset = off;
+        plan.hdr.captured_len = MAX_PAYLOAD as u32;
+        if let Err(why) = reserve_chunk::<MAX_PAYLOAD>(ctx, &plan.hdr, MAX_PAYLOAD as u32) {
+            lost(why, index, plan.chunks);
+            return;
+        }
+        written(&plan.hdr);
+        off += MAX_PAYLOAD as u32;
+        index += 1;
+    }
+    let left = plan.total - off;
+    plan.hdr.chunk_offset = off;
+    plan.hdr.captured_len = left;
+    plan.hdr.flags = last_flags(pkt, &plan);
+    const C1: usize = SIZE_CLASSES[1];
+    const C2: usize = SIZE_CLASSES[2];
+    const C3: usize = SIZE_CLASSES[3];
+    const C4: usize = SIZE_CLASSES[4];
+    let result = if left == 0 {
+        reserve_chunk::<0>(ctx, &plan.hdr, 0)
+    } else if left <= C1 as u32 {
+        reserve_chunk::<C1>(ctx, &plan.hdr, left)
+    } else if left <= C2 as u32 {
+        reserve_chunk::<C2>(ctx, &plan.hdr, left)
+    } else if left <= C3 as u32 {
+        reserve_chunk::<C3>(ctx, &plan.hdr, left)
+    } else {
+        reserve_chunk::<C4>(ctx, &plan.hdr, left)
     };
-    let mut total = HEADER_LEN as u32;
-    if captured > 0 {
-        // The verifier rejects a possibly-zero or unbounded length: spell out 1 <= n <= MAX.
-        let n = ((captured - 1) & (MAX_PAYLOAD as u32 - 1)) + 1;
-        // SAFETY: `data` has MAX_PAYLOAD bytes and n <= MAX_PAYLOAD.
+    match result {
+        Ok(()) => {
+            written(&plan.hdr);
+            count(counter::CAPTURED, 1);
+        }
+        Err(why) => lost(why, index, plan.chunks),
+    }
+}
+
+/// A one-copy record: the header and a payload area of size class `N`.
+#[repr(C)]
+struct Chunk<const N: usize> {
+    hdr: RecordHeader,
+    data: [u8; N],
+}
+
+/// Reserves a record of class `N`, writes `hdr`, loads `len` (1..=N, or 0 when N is 0) payload
+/// bytes from offset `hdr.chunk_offset` of the payload straight into it and submits it.
+#[inline(always)]
+fn reserve_chunk<const N: usize>(
+    ctx: &TcContext,
+    hdr: &RecordHeader,
+    len: u32,
+) -> Result<(), Lost> {
+    let Some(mut entry) = MIRROR_RING.reserve::<Chunk<N>>(0) else {
+        return Err(Lost::RingFull);
+    };
+    let record = entry.as_mut_ptr();
+    // SAFETY: `record` points to the reserved, writable ring memory of a Chunk<N>.
+    unsafe { (&raw mut (*record).hdr).write(*hdr) };
+    if N > 0 {
+        let n = load_len::<N>(len);
+        // SAFETY: the data area of the reservation has N bytes and n <= N.
         let r = unsafe {
             bpf_skb_load_bytes(
                 ctx.skb.skb as *const _,
-                pkt.payload_offset,
-                scratch.data.as_mut_ptr() as *mut _,
+                payload_offset(hdr),
+                (&raw mut (*record).data).cast(),
                 n,
             )
         };
         if r != 0 {
-            count(counter::LOAD_ERROR, 1);
+            entry.discard(BPF_RB_NO_WAKEUP as u64);
+            return Err(Lost::LoadError);
+        }
+    }
+    entry.submit(wakeup_flags(0));
+    Ok(())
+}
+
+/// `len` (1..=N) in a form the verifier can bound for `bpf_skb_load_bytes`, which rejects a
+/// possibly-zero or unbounded length: `((len - 1) & (N - 1)) + 1`, which is `len` itself when
+/// 1 <= len <= N (N a power of two). The volatile read hides `len`'s range from LLVM: knowing the
+/// caller's branch, it would see that the mask changes nothing and drop it, leaving the verifier
+/// a register it cannot bound.
+#[inline(always)]
+fn load_len<const N: usize>(len: u32) -> u32 {
+    // SAFETY: reads a local.
+    let len = unsafe { core::ptr::read_volatile(&len) };
+    (len.wrapping_sub(1) & (N as u32).wrapping_sub(1)) + 1
+}
+
+/// Offset in the skb of the chunk's first payload byte.
+#[inline(always)]
+fn payload_offset(hdr: &RecordHeader) -> u32 {
+    hdr.payload_offset as u32 + hdr.chunk_offset
+}
+
+/// Scratch-copy path: each chunk (up to 64 KiB) is loaded into this CPU's scratch record and
+/// copied into the ring with `bpf_ringbuf_output`.
+#[inline(always)]
+fn emit_scratch(ctx: &TcContext, pkt: &Packet, dir: u8) {
+    let mut plan = plan(pkt, dir);
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { bpf_get_smp_processor_id() };
+    let Some(scratch) = MIRROR_SCRATCH.get_ptr_mut(cpu) else {
+        // Cannot happen when userspace sized the map to the possible CPUs; still a lost skb.
+        lost(Lost::RingFull, 0, plan.chunks);
+        return;
+    };
+    // SAFETY: the slot belongs to this CPU and TC programs do not migrate.
+    let scratch = unsafe { &mut *scratch };
+    let mut off = 0u32;
+    let mut index = 0u32;
+    // Bounded: at most MAX_CHUNKS records.
+    while index < MAX_CHUNKS {
+        let left = plan.total - off;
+        let last = left <= MAX_PAYLOAD as u32;
+        let captured = if last { left } else { MAX_PAYLOAD as u32 };
+        plan.hdr.chunk_offset = off;
+        plan.hdr.captured_len = captured;
+        plan.hdr.flags = if last { last_flags(pkt, &plan) } else { 0 };
+        scratch.hdr = plan.hdr;
+        let mut size = HEADER_LEN as u32;
+        if captured > 0 {
+            let n = load_len::<MAX_PAYLOAD>(captured);
+            // SAFETY: `data` has MAX_PAYLOAD bytes and n <= MAX_PAYLOAD.
+            let r = unsafe {
+                bpf_skb_load_bytes(
+                    ctx.skb.skb as *const _,
+                    payload_offset(&plan.hdr),
+                    scratch.data.as_mut_ptr() as *mut _,
+                    n,
+                )
+            };
+            if r != 0 {
+                lost(Lost::LoadError, index, plan.chunks);
+                return;
+            }
+            size += n;
+        }
+        let size = size as usize;
+        // SAFETY: `size` <= size of Scratch, which is repr(C) with the header first.
+        let bytes =
+            unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size) };
+        if MIRROR_RING
+            .output::<[u8]>(bytes, wakeup_flags(size as u64))
+            .is_err()
+        {
+            lost(Lost::RingFull, index, plan.chunks);
             return;
         }
-        total += n;
-    }
-    let total = total as usize;
-    // Batched wakeups: waking the reader per record costs ~2.5 us per packet; wake it only when
-    // enough is queued, userspace drains periodically for the rest.
-    let queued = MIRROR_RING.query(BPF_RB_AVAIL_DATA as u64);
-    let flags = if queued + total as u64 >= setting(config::WAKEUP_BYTES) {
-        BPF_RB_FORCE_WAKEUP
-    } else {
-        BPF_RB_NO_WAKEUP
-    };
-    // SAFETY: `total` <= size of Scratch, which is repr(C) with the header first.
-    let bytes =
-        unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, total) };
-    match MIRROR_RING.output::<[u8]>(bytes, flags as u64) {
-        Ok(()) => {
-            count(counter::RECORDS, 1);
-            count(counter::PAYLOAD_BYTES, captured as u64);
-            if truncated {
-                count(counter::TRUNCATED, 1);
-            }
+        written(&plan.hdr);
+        if last {
+            count(counter::CAPTURED, 1);
+            return;
         }
-        Err(_) => count(counter::RING_FULL, 1),
+        off += MAX_PAYLOAD as u32;
+        index += 1;
     }
 }
 

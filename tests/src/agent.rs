@@ -24,6 +24,9 @@ pub struct Agent {
     pub guard: ChildGuard,
     pub stdout: PathBuf,
     pub stderr: PathBuf,
+    /// The classifier variant the agent was told to run (`MIRROR_CAPTURE_COPY` given to it, else
+    /// inherited from the test run); `None` for `auto`.
+    pub forced_copy: Option<String>,
 }
 
 /// The agent's final summary line (`key=value ...`), as numbers.
@@ -37,6 +40,42 @@ impl Summary {
             .get(key)
             .unwrap_or_else(|| panic!("summary has no {key}: {:?}", self.0))
     }
+
+    /// The kernel's accounting identity (`mirror_common::counter`): every matched skb has one
+    /// outcome. Records count chunks, so they are not part of it.
+    pub fn assert_kernel_balanced(&self) {
+        assert_eq!(
+            self.get("matched"),
+            self.get("ignored")
+                + self.get("sampled_out")
+                + self.get("empty")
+                + self.get("captured")
+                + self.get("ring_full")
+                + self.get("load_errors"),
+            "every matched skb accounted for: {self:?}"
+        );
+    }
+}
+
+/// The classifier variant the agent must report in its summary (`capture_copy=`): the one
+/// `MIRROR_CAPTURE_COPY` forces for the test run, which the agent inherits; `None` for `auto`
+/// or unset (then either is right).
+pub fn forced_copy_path() -> Option<String> {
+    match std::env::var("MIRROR_CAPTURE_COPY").as_deref() {
+        Ok(p @ ("reserve" | "scratch")) => Some(p.to_owned()),
+        _ => None,
+    }
+}
+
+/// `capture_copy=` of the agent's final summary line in `stdout`.
+pub fn summary_copy_path(stdout: &str) -> Option<String> {
+    stdout
+        .lines()
+        .rev()
+        .find(|l| l.contains("records="))?
+        .split_whitespace()
+        .find_map(|kv| kv.strip_prefix("capture_copy="))
+        .map(str::to_owned)
 }
 
 impl Agent {
@@ -61,10 +100,15 @@ impl Agent {
             .stderr(Stdio::from(
                 std::fs::File::create(&stderr).expect("stderr file"),
             ));
+        let forced_copy = match env.iter().find(|(k, _)| *k == "MIRROR_CAPTURE_COPY") {
+            Some((_, v)) => Some((*v).to_owned()).filter(|v| v != "auto"),
+            None => forced_copy_path(),
+        };
         let mut agent = Self {
             guard: ChildGuard::spawn("mirror-agent", &mut cmd),
             stdout,
             stderr,
+            forced_copy,
         };
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
@@ -91,11 +135,15 @@ impl Agent {
     }
 
     /// Sends `sig`, waits for the exit, returns the status and the parsed summary (empty when
-    /// the agent printed none, e.g. after SIGKILL).
+    /// the agent printed none, e.g. after SIGKILL). When the agent was told to run a classifier
+    /// variant ([`Agent::forced_copy`]), checks it ran that one.
     pub fn stop(&mut self, sig: i32) -> (ExitStatus, Summary) {
         self.guard.signal(sig);
         let status = self.guard.wait_timeout(Duration::from_secs(20));
         let out = std::fs::read_to_string(&self.stdout).unwrap_or_default();
+        if let (Some(want), Some(got)) = (&self.forced_copy, summary_copy_path(&out)) {
+            assert_eq!(&got, want, "MIRROR_CAPTURE_COPY={want}, agent ran {got}");
+        }
         (status, parse_summary(&out))
     }
 }

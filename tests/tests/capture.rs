@@ -14,23 +14,15 @@ use mirror_tests::{TempDir, Topology, privileged_or_skip};
 const PORT: u16 = 8080;
 
 fn assert_counters_balance(s: &Summary) {
-    let accounted = s.get("ignored")
-        + s.get("sampled_out")
-        + s.get("empty")
-        + s.get("records")
-        + s.get("ring_full")
-        + s.get("load_errors");
-    assert_eq!(
-        s.get("matched"),
-        accounted,
-        "every matched packet accounted for: {s:?}"
-    );
+    s.assert_kernel_balanced();
     assert_eq!(
         s.get("records"),
         s.get("segments"),
         "every record reached userspace: {s:?}"
     );
     assert_eq!(s.get("ring_full"), 0, "no ring drops: {s:?}");
+    assert_eq!(s.get("chunks_lost"), 0, "{s:?}");
+    assert_eq!(s.get("truncated"), 0, "{s:?}");
     assert_eq!(s.get("unparseable"), 0, "{s:?}");
 }
 

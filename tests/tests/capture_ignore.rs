@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use mirror_agent::capture::Segment;
 use mirror_agent::capture::ebpf::ignore::FORGET_DELAY;
-use mirror_agent::capture::ebpf::{Counters, FlowIgnore, LiveCapture, LiveConfig};
+use mirror_agent::capture::ebpf::{CopyPolicy, Counters, FlowIgnore, LiveCapture, LiveConfig};
 use mirror_tests::oracle::start_recording_server;
 use mirror_tests::{TempDir, Topology, privileged_or_skip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -69,6 +69,11 @@ fn with_capture<T: Send>(
         ring_size: 1 << 20,
         attach_egress: false,
         attach: Default::default(),
+        // The variant the test run forces (MIRROR_CAPTURE_COPY), else the first that loads.
+        copy: std::env::var("MIRROR_CAPTURE_COPY")
+            .ok()
+            .and_then(|v| CopyPolicy::parse(&v))
+            .unwrap_or_default(),
     };
     std::thread::scope(|s| {
         let capture = s.spawn(|| {

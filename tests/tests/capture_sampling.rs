@@ -110,12 +110,6 @@ fn sampling_keeps_whole_flows_in_the_configured_share() {
                 eprintln!("sampling {percent}%: kept {kept} of {FLOWS} flows");
             }
         }
-        let accounted = summary.get("ignored")
-            + summary.get("sampled_out")
-            + summary.get("empty")
-            + summary.get("records")
-            + summary.get("ring_full")
-            + summary.get("load_errors");
-        assert_eq!(summary.get("matched"), accounted, "{summary:?}");
+        summary.assert_kernel_balanced();
     }
 }

@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use mirror_tests::agent::{Agent, Summary};
+use mirror_tests::agent::Agent;
 use mirror_tests::mirror::{Behavior, RecordingServer, assert_same_requests};
 use mirror_tests::scenario::{stop_agent, url};
 use mirror_tests::{NetNs, TempDir, privileged_or_skip, wait_for_port};
@@ -119,20 +119,6 @@ impl Local {
     }
 }
 
-/// The kernel's accounting identity over the agent's capture line.
-fn assert_kernel_balanced(s: &Summary) {
-    assert_eq!(
-        s.get("matched"),
-        s.get("ignored")
-            + s.get("sampled_out")
-            + s.get("empty")
-            + s.get("records")
-            + s.get("ring_full")
-            + s.get("load_errors"),
-        "{s:?}"
-    );
-}
-
 /// Requests once through the primary, once at the mirror; the map did the work.
 fn assert_no_loop(local: &Local, agent: &mut Agent) {
     local.drive(N);
@@ -161,7 +147,7 @@ fn assert_no_loop(local: &Local, agent: &mut Agent) {
         "the agent's own packets reached the hook and were ignored: {summary:?}"
     );
     assert_eq!(summary.get("ring_full"), 0, "{summary:?}");
-    assert_kernel_balanced(&summary);
+    summary.assert_kernel_balanced();
 }
 
 #[test]

@@ -2,9 +2,14 @@
 //!
 //! wrk in one network namespace drives nginx in another over a veth pair; the same workload runs
 //! without the agent, then with the agent (release build) attached to the server's veth end, in
-//! the same run. Workloads: small GET requests, and POSTs with 64 KiB bodies. Prints req/s,
-//! p50/p99 latency, attached/detached ratios, BPF time per packet (`kernel.bpf_stats_enabled`)
-//! and ring-buffer drops reported by the agent.
+//! the same run. Workloads: small GET requests, and POSTs with 64 KiB bodies. The agent runs with
+//! each classifier variant (`MIRROR_CAPTURE_COPY=reserve`, one copy into ring reservations, and
+//! `scratch`, the two-copy fallback), so one run compares them. Prints req/s, p50/p99 latency,
+//! attached/detached ratios, BPF time per packet and per captured skb
+//! (`kernel.bpf_stats_enabled`), the mean payload of a captured skb, and ring-buffer drops
+//! reported by the agent.
+//!
+//! `MIRROR_BENCH_SECS` and `MIRROR_BENCH_ROUNDS` shorten a run (defaults 8 s, 3 rounds).
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -20,6 +25,14 @@ const PORT: u16 = 8080;
 const SECONDS: u32 = 8;
 /// Interleaved rounds per mode; the table shows medians.
 const ROUNDS: usize = 3;
+
+/// `name` from the environment, else `default`.
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
 const CONNECTIONS: u32 = 32;
 
 /// A namespace deleted on drop (with everything in it: the veth pair goes too).
@@ -78,8 +91,17 @@ struct WrkResult {
 #[derive(Clone, Copy, PartialEq)]
 enum Mode {
     Detached,
-    /// Agent attached with this ring-buffer size in bytes.
-    Attached(u64),
+    /// Agent attached with this ring-buffer size in bytes and classifier variant
+    /// (`MIRROR_CAPTURE_COPY`).
+    Attached(u64, &'static str),
+}
+
+/// The (ingress) program of a classifier variant, as the kernel names it.
+fn ingress_program(copy: &str) -> &'static str {
+    match copy {
+        "scratch" => "mirror_ingress_copy",
+        _ => "mirror_ingress",
+    }
 }
 
 /// Medians over the rounds of one (workload, mode).
@@ -90,6 +112,9 @@ struct Row {
     bpf_ns: u64,
     bpf_packets: u64,
     ring_drops: u64,
+    /// Skbs the agent's classifier captured (summary `captured=`), and their payload bytes.
+    captured_skbs: u64,
+    captured_bytes: u64,
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -135,15 +160,21 @@ pub fn run() -> anyhow::Result<()> {
         (
             "small GET",
             None,
-            vec![Mode::Detached, Mode::Attached(16 << 20)],
+            vec![
+                Mode::Detached,
+                Mode::Attached(16 << 20, "reserve"),
+                Mode::Attached(16 << 20, "scratch"),
+            ],
         ),
         (
             "64 KiB POST",
             Some(post.as_path()),
             vec![
                 Mode::Detached,
-                Mode::Attached(16 << 20),
-                Mode::Attached(64 << 20),
+                Mode::Attached(16 << 20, "reserve"),
+                Mode::Attached(16 << 20, "scratch"),
+                Mode::Attached(64 << 20, "reserve"),
+                Mode::Attached(64 << 20, "scratch"),
             ],
         ),
     ];
@@ -159,6 +190,10 @@ pub fn run() -> anyhow::Result<()> {
             }
         })
     };
+    let (seconds, rounds) = (
+        env_or("MIRROR_BENCH_SECS", SECONDS),
+        env_or("MIRROR_BENCH_ROUNDS", ROUNDS),
+    );
     println!("load average before: {}", load_average());
     let mut rows = Vec::new();
     for (workload, script, modes) in &workloads {
@@ -173,22 +208,29 @@ pub fn run() -> anyhow::Result<()> {
                 bpf_ns: 0,
                 bpf_packets: 0,
                 ring_drops: 0,
+                captured_skbs: 0,
+                captured_bytes: 0,
             });
         }
         // Rounds interleave the modes so that load from elsewhere on the machine hits all alike.
-        for _round in 0..ROUNDS {
+        for _round in 0..rounds {
             for (i, &mode) in modes.iter().enumerate() {
                 let running = match mode {
-                    Mode::Attached(ring) => Some(start_agent(&server, &sif, &agent, &dir, ring)?),
+                    Mode::Attached(ring, copy) => {
+                        Some(start_agent(&server, &sif, &agent, &dir, ring, copy)?)
+                    }
                     Mode::Detached => None,
                 };
-                let result = wrk(&client, *script, SECONDS)?;
+                let result = wrk(&client, *script, seconds)?;
                 let row = &mut rows[first + i];
-                if let Some(a) = running {
-                    let (ns, cnt) = bpf_stats().unwrap_or((0, 0));
+                if let (Some(a), Mode::Attached(_, copy)) = (running, mode) {
+                    let (ns, cnt) = bpf_stats(ingress_program(copy)).unwrap_or((0, 0));
                     row.bpf_ns += ns;
                     row.bpf_packets += cnt;
-                    row.ring_drops += stop_agent(a)?.unwrap_or(0);
+                    let summary = stop_agent(a)?;
+                    row.ring_drops += summary("ring_full");
+                    row.captured_skbs += summary("captured");
+                    row.captured_bytes += summary("bytes");
                 }
                 row.runs.push(result);
             }
@@ -198,7 +240,7 @@ pub fn run() -> anyhow::Result<()> {
     stop_waker.store(true, std::sync::atomic::Ordering::Relaxed);
     let _ = waker.join();
     let _ = std::fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
-    print_table(&rows);
+    print_table(&rows, seconds, rounds);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
@@ -255,6 +297,7 @@ fn start_agent(
     agent: &Path,
     dir: &Path,
     ring: u64,
+    copy: &str,
 ) -> anyhow::Result<RunningAgent> {
     let stdout = dir.join("agent.out");
     let stderr = dir.join("agent.err");
@@ -263,6 +306,7 @@ fn start_agent(
         .args(["--iface", iface, "--port", &PORT.to_string()])
         .args(["--ring-buffer-size", &ring.to_string()])
         .env("NO_COLOR", "1")
+        .env("MIRROR_CAPTURE_COPY", copy)
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&stdout)?)
         .stderr(std::fs::File::create(&stderr)?)
@@ -284,16 +328,19 @@ fn start_agent(
     Ok(RunningAgent { proc, stdout })
 }
 
-/// SIGTERM, wait, parse `ring_full=` from the final summary.
-fn stop_agent(mut a: RunningAgent) -> anyhow::Result<Option<u64>> {
+/// SIGTERM, wait; returns a reader of the final summary's numbers (0 where absent).
+fn stop_agent(mut a: RunningAgent) -> anyhow::Result<impl Fn(&str) -> u64> {
     // SAFETY: kill(2) on our child's PID.
     unsafe { libc_kill(a.proc.0.id() as i32, 15) };
     let _ = a.proc.0.wait();
     let out = std::fs::read_to_string(&a.stdout)?;
-    Ok(out
-        .split_whitespace()
-        .find_map(|kv| kv.strip_prefix("ring_full="))
-        .and_then(|v| v.parse().ok()))
+    Ok(move |key: &str| {
+        out.split_whitespace()
+            .filter_map(|kv| kv.split_once('='))
+            .find(|(k, _)| *k == key)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0)
+    })
 }
 
 unsafe extern "C" {
@@ -301,14 +348,19 @@ unsafe extern "C" {
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
-/// (run_time_ns, run_cnt) of the newest loaded `mirror_ingress` program.
-fn bpf_stats() -> Option<(u64, u64)> {
+/// (run_time_ns, run_cnt) of the newest loaded program named `name`. The kernel keeps 15 bytes
+/// of a name; bpftool shows either those or the full name from BTF.
+fn bpf_stats(name: &str) -> Option<(u64, u64)> {
     let out = Command::new("bpftool")
-        .args(["prog", "show", "name", "mirror_ingress"])
+        .args(["prog", "show"])
         .output()
         .ok()?;
     let text = String::from_utf8_lossy(&out.stdout);
-    let line = text.lines().rfind(|l| l.contains("run_time_ns"))?;
+    let short = &name[..name.len().min(15)];
+    let line = text.lines().rfind(|l| {
+        l.contains("run_time_ns")
+            && (l.contains(&format!(" name {name} ")) || l.contains(&format!(" name {short} ")))
+    })?;
     let field = |name: &str| -> Option<u64> {
         let mut it = line.split_whitespace();
         it.find(|w| *w == name)?;
@@ -368,36 +420,47 @@ fn load_average() -> String {
         .unwrap_or_default()
 }
 
-fn print_table(rows: &[Row]) {
+fn print_table(rows: &[Row], seconds: u32, rounds: usize) {
     println!(
-        "\n{ROUNDS} interleaved rounds of {SECONDS} s per row, wrk -t1 -c{CONNECTIONS}, medians shown\n"
+        "\n{rounds} interleaved rounds of {seconds} s per row, wrk -t1 -c{CONNECTIONS}, medians shown\n"
     );
     println!(
-        "| workload | classifier | req/s | p50 ms | p99 ms | BPF ns/packet | packets | ring drops |"
+        "| workload | classifier | req/s | p50 ms | p99 ms | BPF ns/packet | packets | \
+         BPF ns/captured skb | mean skb payload | ring drops |"
     );
-    println!("|---|---|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|");
     let med = |r: &Row, f: fn(&WrkResult) -> f64| median(r.runs.iter().map(f).collect());
     for r in rows {
-        let (mode, bpf, packets, drops) = match r.mode {
+        let per = |num: u64, den: u64| {
+            if den > 0 {
+                format!("{:.0}", num as f64 / den as f64)
+            } else {
+                "n/a".into()
+            }
+        };
+        let (mode, bpf, packets, per_skb, skb_bytes, drops) = match r.mode {
             Mode::Detached => (
                 "detached".to_owned(),
                 "-".to_owned(),
                 "-".to_owned(),
                 "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
             ),
-            Mode::Attached(ring) => (
-                format!("attached, ring {} MiB", ring >> 20),
-                if r.bpf_packets > 0 {
-                    format!("{:.0}", r.bpf_ns as f64 / r.bpf_packets as f64)
-                } else {
-                    "n/a".into()
-                },
+            Mode::Attached(ring, copy) => (
+                format!("{copy}, ring {} MiB", ring >> 20),
+                per(r.bpf_ns, r.bpf_packets),
                 r.bpf_packets.to_string(),
+                // All of the program's time over the skbs it captured: pure ACKs and other
+                // matched-but-skipped packets cost little but are included.
+                per(r.bpf_ns, r.captured_skbs),
+                per(r.captured_bytes, r.captured_skbs),
                 r.ring_drops.to_string(),
             ),
         };
         println!(
-            "| {} | {mode} | {:.0} | {:.3} | {:.3} | {bpf} | {packets} | {drops} |",
+            "| {} | {mode} | {:.0} | {:.3} | {:.3} | {bpf} | {packets} | {per_skb} | {skb_bytes} \
+             | {drops} |",
             r.workload,
             med(r, |w| w.rps),
             med(r, |w| w.p50_ms),
@@ -412,11 +475,11 @@ fn print_table(rows: &[Row]) {
         else {
             continue;
         };
-        let Mode::Attached(ring) = r.mode else {
+        let Mode::Attached(ring, copy) = r.mode else {
             continue;
         };
         println!(
-            "{} (ring {} MiB): throughput ratio attached/detached {:.3}, p99 ratio {:.3}",
+            "{} ({copy}, ring {} MiB): throughput ratio attached/detached {:.3}, p99 ratio {:.3}",
             r.workload,
             ring >> 20,
             med(r, |w| w.rps) / med(base, |w| w.rps),

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ConfigError;
-use crate::capture::ebpf::{AttachPolicy, LiveConfig};
+use crate::capture::ebpf::{AttachPolicy, CopyPolicy, LiveConfig};
 use crate::cli::CaptureArgs;
 
 /// Live capture's settings: all but the interface and ports are validated here; those two are
@@ -19,6 +19,8 @@ pub struct LiveSettings {
     pub capture_basis_points: u32,
     pub ring_size: u32,
     pub attach: AttachPolicy,
+    /// Which classifier variant copies payload (`MIRROR_CAPTURE_COPY`).
+    pub copy: CopyPolicy,
     /// The egress classifier runs too (`--compare`: the primary's responses).
     pub attach_egress: bool,
     /// Stop after this long (`--duration`).
@@ -52,6 +54,7 @@ impl LiveSettings {
             ring_size: self.ring_size,
             attach_egress: self.attach_egress,
             attach: self.attach,
+            copy: self.copy,
         })
     }
 }
@@ -87,6 +90,12 @@ pub fn build(
             msg: format!("invalid --attach `{}`: expected auto, tcx or tc", a.attach),
         });
     };
+    let Some(copy) = CopyPolicy::parse(&a.capture_copy) else {
+        return Err(ConfigError::Flag {
+            flag: "MIRROR_CAPTURE_COPY (--capture-copy)",
+            msg: format!("`{}` is not auto, reserve or scratch", a.capture_copy),
+        });
+    };
     let mut unique = Vec::with_capacity(ports.len());
     for &p in ports {
         if !unique.contains(&p) {
@@ -99,6 +108,7 @@ pub fn build(
         capture_basis_points: (capture_percent * 100.0).round() as u32,
         ring_size: ring as u32,
         attach,
+        copy,
         attach_egress,
         duration,
         write_pcap: None,

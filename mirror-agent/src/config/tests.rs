@@ -595,6 +595,24 @@ fn rejects_bad_flags_with_one_line() {
     assert!(
         usage_message(&["--iface", "lo", "--port", "80", "--duration", "0"]).contains("--duration")
     );
+    assert!(
+        usage_message(&["--iface", "lo", "--port", "80", "--capture-copy", "twice"]).contains(
+            "MIRROR_CAPTURE_COPY (--capture-copy): `twice` is not auto, reserve or scratch"
+        )
+    );
+}
+
+#[test]
+fn capture_copy_defaults_to_auto_and_can_be_forced() {
+    use crate::capture::ebpf::CopyPolicy;
+    let live = |extra: &[&str]| {
+        let mut flags = vec!["--iface", "lo", "--port", "80"];
+        flags.extend_from_slice(extra);
+        live_check(&flags).expect("valid flags").copy
+    };
+    assert_eq!(live(&[]), CopyPolicy::Auto);
+    assert_eq!(live(&["--capture-copy", "reserve"]), CopyPolicy::Reserve);
+    assert_eq!(live(&["--capture-copy", "scratch"]), CopyPolicy::Scratch);
 }
 
 #[test]

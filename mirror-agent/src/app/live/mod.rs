@@ -17,7 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 pub use self::pcap_out::{PcapOut, PcapOutError};
 use crate::capture::Segment;
 use crate::capture::ebpf::{
-    AttachedCapture, CaptureError, Counters, FlowIgnore, LiveCapture, LiveConfig,
+    AttachedCapture, CaptureError, CopyPath, Counters, FlowIgnore, LiveCapture, LiveConfig,
 };
 use crate::output_queue::{OutputQueue, OutputReport, OutputStats, QueueLimits};
 
@@ -102,6 +102,8 @@ pub struct LiveSummary {
     /// How `--write-pcap` ended (segments written and dropped).
     pub pcap: Option<OutputReport>,
     pub kernel: Counters,
+    /// The classifier variant that ran (`None` before attaching).
+    pub copy: Option<CopyPath>,
 }
 
 impl std::fmt::Display for LiveSummary {
@@ -110,8 +112,8 @@ impl std::fmt::Display for LiveSummary {
         write!(
             f,
             "segments={} bytes={} seen={} matched={} records={} ring_full={} sampled_out={} \
-             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={}\
-             {}",
+             ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={} \
+             captured={} chunked_records={} chunks_lost={} max_skb_payload={} capture_copy={}{}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -125,6 +127,11 @@ impl std::fmt::Display for LiveSummary {
             k.unparseable,
             k.load_error,
             k.malformed_records,
+            k.captured,
+            k.chunked_records,
+            k.chunks_lost,
+            k.max_skb_payload,
+            self.copy.map_or("none", CopyPath::name),
             match &self.pcap {
                 Some(p) => format!(
                     " pcap_segments={} pcap_dropped={}",
@@ -182,10 +189,14 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     tracing::info!(
         iface = %opts.capture.iface,
         mode = ?capture.mode(),
+        copy = %capture.copy_path(),
         "capturing; stop with SIGINT/SIGTERM"
     );
 
-    let mut summary = LiveSummary::default();
+    let mut summary = LiveSummary {
+        copy: Some(capture.copy_path()),
+        ..LiveSummary::default()
+    };
     let deadline = opts.duration.map(|d| tokio::time::Instant::now() + d);
     let mut progress = tokio::time::interval(PROGRESS_EVERY);
     progress.tick().await;

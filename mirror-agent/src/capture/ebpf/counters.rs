@@ -20,19 +20,27 @@ pub struct Counters {
     pub empty: u64,
     pub ignored: u64,
     pub load_error: u64,
+    /// Matched skbs whose every record was written.
+    pub captured: u64,
+    /// Records with a chunk offset above 0 (later chunks of skbs over 64 KiB of payload).
+    pub chunked_records: u64,
+    /// Records not written (the chunk that failed and the later ones of its skb).
+    pub chunks_lost: u64,
+    /// Largest TCP payload of one skb the classifier recorded (maximum over CPUs).
+    pub max_skb_payload: u64,
     /// User space: records the reader could not decode (among `records`; should stay 0).
     pub malformed_records: u64,
 }
 
 impl Counters {
     pub(super) fn read(map: &PerCpuArray<MapData, u64>) -> Result<Self, CaptureError> {
-        let get = |index: u32| -> Result<u64, CaptureError> {
-            let values = map.get(&index, 0).map_err(|source| CaptureError::Map {
+        let values = |index: u32| {
+            map.get(&index, 0).map_err(|source| CaptureError::Map {
                 name: maps::COUNTERS,
                 source,
-            })?;
-            Ok(values.iter().sum())
+            })
         };
+        let get = |index: u32| -> Result<u64, CaptureError> { Ok(values(index)?.iter().sum()) };
         Ok(Self {
             seen: get(counter::SEEN)?,
             matched: get(counter::MATCHED)?,
@@ -45,26 +53,60 @@ impl Counters {
             empty: get(counter::EMPTY)?,
             ignored: get(counter::IGNORED)?,
             load_error: get(counter::LOAD_ERROR)?,
+            captured: get(counter::CAPTURED)?,
+            chunked_records: get(counter::CHUNKED_RECORDS)?,
+            chunks_lost: get(counter::CHUNKS_LOST)?,
+            max_skb_payload: values(counter::MAX_SKB_PAYLOAD)?
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0),
             // Not a kernel counter: LiveCapture::counters fills it in.
             malformed_records: 0,
         })
     }
 
-    /// Whether every matched packet is accounted for: written, dropped for a full ring, or
-    /// deliberately skipped (ignored, sampled out, empty). Reads of per-CPU values are not atomic
-    /// across counters, so check this when traffic has stopped.
+    /// Whether every matched skb is accounted for: captured, dropped (full ring, load error), or
+    /// deliberately skipped (ignored, sampled out, empty); see `mirror_common::counter`. Reads of
+    /// per-CPU values are not atomic across counters, so check this when traffic has stopped.
     pub fn balanced(&self) -> bool {
         self.matched
             == self.ignored
                 + self.sampled_out
                 + self.empty
-                + self.records
+                + self.captured
                 + self.ring_full
                 + self.load_error
     }
 
-    /// Packets matched and meant for userspace that did not reach it.
+    /// Packets matched and meant for userspace that did not reach it (wholly or in part).
     pub fn dropped(&self) -> u64 {
         self.ring_full + self.load_error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Counters;
+
+    #[test]
+    fn skbs_balance_and_records_count_chunks() {
+        // 10 matched skbs: 1 ignored, 2 empty, 5 captured (one of them in 3 chunks), 1 lost to a
+        // full ring after its first of 2 chunks, 1 load error on its only chunk.
+        let c = Counters {
+            matched: 10,
+            ignored: 1,
+            empty: 2,
+            captured: 5,
+            ring_full: 1,
+            load_error: 1,
+            records: 5 + 2 + 1,
+            chunked_records: 2,
+            chunks_lost: 1 + 1,
+            ..Counters::default()
+        };
+        assert!(c.balanced());
+        assert_eq!(c.dropped(), 2);
+        assert!(!Counters { captured: 4, ..c }.balanced());
     }
 }

@@ -60,18 +60,29 @@ pub fn header(record: &[u8]) -> Option<RecordHeader> {
 
 /// One record (header + payload) to a segment. `None` when the record is malformed.
 ///
-/// The kernel writes one record per skb, so the segment's `seq` is the skb's; the payload is
-/// copied out because the ring slot is released right after. The kernel's monotonic stamp plus
-/// `wall_offset_ns` ([`crate::capture::clock::wall_minus_monotonic_ns`]) becomes the segment's Unix time.
+/// A record holds one chunk of an skb (see [`RecordHeader`]): the segment's `seq` is the skb's
+/// advanced by the chunk's offset (wrapping), SYN stays only on the first chunk (it takes the
+/// sequence number before the payload), FIN, RST and PSH only on the last (they come after it).
+/// A one-copy record may be longer than `captured_len` (its size class); the tail is ignored.
+/// The payload is copied out because the ring slot is released right after. The kernel's
+/// monotonic stamp plus `wall_offset_ns` ([`crate::capture::clock::wall_minus_monotonic_ns`])
+/// becomes the segment's Unix time.
 pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
     let h = header(record)?;
     let payload = record.get(HEADER_LEN..HEADER_LEN + h.captured_len as usize)?;
+    let mut flags = h.tcp_flags;
+    if h.chunk_offset != 0 {
+        flags &= !TcpFlags::SYN;
+    }
+    if !h.is_last_chunk() {
+        flags &= !(TcpFlags::FIN | TcpFlags::RST | TcpFlags::PSH);
+    }
     Some(Segment {
         src: addr(h.family, &h.saddr, h.sport)?,
         dst: addr(h.family, &h.daddr, h.dport)?,
-        seq: h.seq,
+        seq: h.seq.wrapping_add(h.chunk_offset),
         ack: h.ack,
-        flags: TcpFlags(h.tcp_flags),
+        flags: TcpFlags(flags),
         direction: hook_direction(h.direction),
         ts_ns: h.ts_ns.wrapping_add(wall_offset_ns),
         payload: Bytes::copy_from_slice(payload),
@@ -132,13 +143,107 @@ mod tests {
             ack: 7,
             payload_len: len,
             captured_len: len,
+            chunk_offset: 0,
             payload_offset: 66,
             tcp_flags: TcpFlags::ACK | TcpFlags::PSH,
             family: fam,
             direction: 0,
             flags: 0,
-            _pad: [0; 6],
+            _pad: [0; 2],
         }
+    }
+
+    /// The records the kernel writes for an skb of `payload` starting at `seq` with `flags`,
+    /// cut into chunks of `chunk` bytes.
+    fn chunks(seq: u32, flags: u8, payload: &[u8], chunk: usize) -> Vec<Vec<u8>> {
+        let mut h = hdr(family::IPV4, payload.len() as u32);
+        h.seq = seq;
+        h.tcp_flags = flags;
+        payload
+            .chunks(chunk)
+            .enumerate()
+            .map(|(i, part)| {
+                h.chunk_offset = (i * chunk) as u32;
+                h.captured_len = part.len() as u32;
+                encode(&h, part)
+            })
+            .collect()
+    }
+
+    #[test]
+    fn chunks_advance_seq_by_their_offset() {
+        let payload: Vec<u8> = (0..200u8).collect();
+        let segs: Vec<Segment> = chunks(1000, TcpFlags::ACK, &payload, 64)
+            .iter()
+            .map(|r| decode(r, 0).expect("valid chunk"))
+            .collect();
+        assert_eq!(segs.len(), 4);
+        let seqs: Vec<u32> = segs.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [1000, 1064, 1128, 1192]);
+        let joined: Vec<u8> = segs.iter().flat_map(|s| s.payload.to_vec()).collect();
+        assert_eq!(joined, payload);
+    }
+
+    #[test]
+    fn chunk_seq_wraps() {
+        let payload = vec![7u8; 3 * 65536];
+        let segs: Vec<Segment> = chunks(u32::MAX - 10, TcpFlags::ACK, &payload, 65536)
+            .iter()
+            .map(|r| decode(r, 0).expect("valid chunk"))
+            .collect();
+        let seqs: Vec<u32> = segs.iter().map(|s| s.seq).collect();
+        assert_eq!(seqs, [u32::MAX - 10, 65525, 131_061]);
+    }
+
+    #[test]
+    fn syn_only_on_the_first_chunk_fin_rst_psh_only_on_the_last() {
+        let all = TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST | TcpFlags::PSH | TcpFlags::ACK;
+        let payload = vec![1u8; 150];
+        let flags: Vec<u8> = chunks(5, all, &payload, 64)
+            .iter()
+            .map(|r| decode(r, 0).expect("valid chunk").flags.0)
+            .collect();
+        assert_eq!(
+            flags,
+            [
+                TcpFlags::SYN | TcpFlags::ACK,
+                TcpFlags::ACK,
+                TcpFlags::FIN | TcpFlags::RST | TcpFlags::PSH | TcpFlags::ACK
+            ]
+        );
+        // One chunk is first and last: every flag stays.
+        let one = chunks(5, all, &payload, 1024);
+        assert_eq!(decode(&one[0], 0).unwrap().flags.0, all);
+        // No payload (a bare FIN): first and last.
+        let mut h = hdr(family::IPV4, 0);
+        h.tcp_flags = TcpFlags::FIN | TcpFlags::ACK;
+        assert_eq!(
+            decode(&encode(&h, b""), 0).unwrap().flags.0,
+            TcpFlags::FIN | TcpFlags::ACK
+        );
+    }
+
+    #[test]
+    fn a_truncated_skb_ends_with_its_last_written_chunk() {
+        // 8 chunks of a 600 KiB skb were written; the last carries TRUNCATED and the FIN.
+        let mut h = hdr(family::IPV4, 600 << 10);
+        h.tcp_flags = TcpFlags::FIN | TcpFlags::ACK;
+        h.chunk_offset = 7 << 16;
+        h.captured_len = 4;
+        let seg = decode(&encode(&h, b"abcd"), 0).unwrap();
+        assert!(!seg.flags.fin(), "not the end of the skb without the flag");
+        h.flags = mirror_common::record_flags::TRUNCATED;
+        let seg = decode(&encode(&h, b"abcd"), 0).unwrap();
+        assert!(seg.flags.fin());
+        assert_eq!(seg.seq, 0xffff_fff0u32.wrapping_add(7 << 16));
+    }
+
+    #[test]
+    fn a_size_class_tail_after_the_payload_is_ignored() {
+        let mut rec = encode(&hdr(family::IPV4, 5), b"GET /");
+        rec.resize(HEADER_LEN + 256, 0xaa);
+        let seg = decode(&rec, 0).expect("valid record");
+        assert_eq!(&seg.payload[..], b"GET /");
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! Live capture from the eBPF ring buffer.
 //!
 //! Owns loading the object built by `cargo xtask build-ebpf` (embedded at build time, see
-//! `build.rs`), configuring its maps, attaching the classifiers ([`attach`]), reading the ring
+//! `build.rs`) with the one-copy classifiers or, where the kernel refuses them, the scratch-copy
+//! ones ([`copy`]), configuring its maps, attaching the classifiers ([`attach`]), reading the ring
 //! buffer with tokio's `AsyncFd` and turning records into [`Segment`]s ([`decode`]), the kernel
 //! counters ([`counters`]) and the ignore list of the agent's own connections ([`ignore`]).
 //! It does not interpret TCP streams or HTTP.
@@ -9,6 +10,7 @@
 //! Dropping a [`LiveCapture`] detaches everything it attached.
 
 mod attach;
+pub mod copy;
 pub mod counters;
 pub mod decode;
 pub mod ignore;
@@ -23,6 +25,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 pub use self::attach::{AttachMode, AttachPolicy, ifindex};
+pub use self::copy::{CopyPath, CopyPolicy};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
 use super::{Segment, clock};
@@ -42,6 +45,9 @@ pub struct LiveConfig {
     pub attach_egress: bool,
     /// TCX, classic tc, or TCX with the tc fallback (`--attach`).
     pub attach: AttachPolicy,
+    /// One-copy classifiers, scratch-copy ones, or the first the kernel accepts
+    /// (`MIRROR_CAPTURE_COPY`).
+    pub copy: CopyPolicy,
 }
 
 impl LiveConfig {
@@ -122,6 +128,7 @@ pub struct AttachedCapture {
     counters: PerCpuArray<MapData, u64>,
     ignore: FlowIgnore,
     mode: AttachMode,
+    copy: CopyPath,
     // Last field: dropped after the maps, detaching the programs (TCX links close with it).
     attached: attach::Attached,
     ebpf: Ebpf,
@@ -133,6 +140,7 @@ pub struct LiveCapture {
     counters: PerCpuArray<MapData, u64>,
     ignore: FlowIgnore,
     mode: AttachMode,
+    copy: CopyPath,
     /// Stamps segments in Unix time and counts malformed records.
     decoder: decode::RingDecoder,
     // Last field: dropped after the maps, detaching the programs (TCX links close with it).
@@ -155,18 +163,8 @@ impl AttachedCapture {
     /// runtime.
     pub fn attach(cfg: LiveConfig) -> Result<Self, CaptureError> {
         validate(&cfg)?;
-        let data = object().ok_or(CaptureError::NoObject)?;
         let l2_len = attach::l2_len(&cfg.iface)?;
-        let cpus = aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Io {
-            what: "counting possible CPUs",
-            source: e,
-        })? as u32;
-
-        let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::RING, cfg.ring_size)
-            .map_max_entries(maps::SCRATCH, cpus)
-            .load(data)
-            .map_err(CaptureError::Load)?;
+        let (mut ebpf, copy) = load(cfg.copy, cfg.ring_size, cfg.attach_egress)?;
 
         let mut settings: Array<_, u64> = take(&mut ebpf, maps::CONFIG)?;
         let hash_seed: u64 = rand::random();
@@ -196,7 +194,13 @@ impl AttachedCapture {
         let counters = take(&mut ebpf, maps::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
 
-        let attached = attach::attach(&mut ebpf, &cfg.iface, cfg.attach_egress, cfg.attach)?;
+        let attached = attach::attach(
+            &mut ebpf,
+            &cfg.iface,
+            copy.programs(),
+            cfg.attach_egress,
+            cfg.attach,
+        )?;
         let mode = attached.mode();
         tracing::info!(
             iface = %cfg.iface,
@@ -205,6 +209,7 @@ impl AttachedCapture {
             ring_bytes = cfg.ring_size,
             egress = cfg.attach_egress,
             mode = ?mode,
+            copy = %copy,
             "capture attached"
         );
         Ok(Self {
@@ -212,6 +217,7 @@ impl AttachedCapture {
             counters,
             ignore,
             mode,
+            copy,
             attached,
             ebpf,
         })
@@ -220,6 +226,11 @@ impl AttachedCapture {
     /// How the classifiers are attached.
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Which classifier variant runs.
+    pub fn copy_path(&self) -> CopyPath {
+        self.copy
     }
 
     /// Registers the ring buffer with the current tokio runtime's reactor: records are read
@@ -237,6 +248,7 @@ impl AttachedCapture {
             counters: self.counters,
             ignore: self.ignore,
             mode: self.mode,
+            copy: self.copy,
             decoder: decode::RingDecoder::new(clock::wall_minus_monotonic_ns()),
             _attached: self.attached,
             _ebpf: self.ebpf,
@@ -248,6 +260,11 @@ impl LiveCapture {
     /// How the classifiers are attached.
     pub fn mode(&self) -> AttachMode {
         self.mode
+    }
+
+    /// Which classifier variant runs.
+    pub fn copy_path(&self) -> CopyPath {
+        self.copy
     }
 
     /// A handle to register the agent's own connections, which are then never captured.
@@ -299,6 +316,59 @@ impl LiveCapture {
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()
     }
+}
+
+/// Creates the maps and loads the classifiers of the variant `policy` asks for: with `Auto`, the
+/// one-copy programs, and where the kernel refuses them the scratch-copy ones, with a warning.
+/// The scratch map has one entry per possible CPU for the scratch-copy programs, one (unused)
+/// for the one-copy ones. Nothing is attached yet.
+fn load(
+    policy: CopyPolicy,
+    ring_size: u32,
+    egress: bool,
+) -> Result<(Ebpf, CopyPath), CaptureError> {
+    let data = object().ok_or(CaptureError::NoObject)?;
+    let try_path = |path: CopyPath| -> Result<Ebpf, CaptureError> {
+        let scratch_entries = match path {
+            CopyPath::Reserve => 1,
+            CopyPath::Scratch => aya::util::nr_cpus().map_err(|(_, e)| CaptureError::Io {
+                what: "counting possible CPUs",
+                source: e,
+            })? as u32,
+        };
+        let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::RING, ring_size)
+            .map_max_entries(maps::SCRATCH, scratch_entries)
+            .load(data)
+            .map_err(CaptureError::Load)?;
+        attach::load(&mut ebpf, path.programs(), egress)?;
+        Ok(ebpf)
+    };
+    match policy {
+        CopyPolicy::Reserve => Ok((try_path(CopyPath::Reserve)?, CopyPath::Reserve)),
+        CopyPolicy::Scratch => Ok((try_path(CopyPath::Scratch)?, CopyPath::Scratch)),
+        CopyPolicy::Auto => match try_path(CopyPath::Reserve) {
+            Ok(ebpf) => Ok((ebpf, CopyPath::Reserve)),
+            // The verifier's refusal (or EINVAL from an older kernel): the other variant needs
+            // nothing the first did not, so a missing privilege fails there too, with its error.
+            Err(e @ CaptureError::Program { .. }) => {
+                let full = e.to_string();
+                tracing::debug!(error = %full, "one-copy classifiers refused");
+                tracing::warn!(
+                    error = full.lines().next().unwrap_or_default(),
+                    "the kernel refused the one-copy classifiers; using the scratch-copy fallback"
+                );
+                Ok((try_path(CopyPath::Scratch)?, CopyPath::Scratch))
+            }
+            Err(e) => Err(e),
+        },
+    }
+}
+
+/// The variant live capture would run with `policy` on this kernel: loads the classifiers
+/// (ingress only, smallest ring) without attaching them. Needs the privileges to load BPF.
+pub fn probe_copy_path(policy: CopyPolicy) -> Result<CopyPath, CaptureError> {
+    load(policy, 4096, false).map(|(_, path)| path)
 }
 
 fn validate(cfg: &LiveConfig) -> Result<(), CaptureError> {

@@ -224,7 +224,7 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.kernel.records",
         kind: Kind::Counter,
         unit: Unit::Count("{record}"),
-        help: "Records written to the ring buffer.",
+        help: "Records written to the ring buffer (one per chunk of up to 64 KiB of an skb's payload).",
         read: |s, o| kernel(s, o, |k, o| p(o, &[], k.records)),
     },
     MetricDef {
@@ -250,7 +250,7 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.kernel.packets.truncated",
         kind: Kind::Counter,
         unit: PACKET,
-        help: "Packets whose payload was cut to the record limit.",
+        help: "Packets whose payload went beyond 8 records of 64 KiB; the rest was not copied.",
         read: |s, o| kernel(s, o, |k, o| p(o, &[], k.truncated)),
     },
     MetricDef {

@@ -17,7 +17,6 @@ use aya::Ebpf;
 use aya::programs::SchedClassifier;
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{TcAttachOptions, TcAttachType};
-use mirror_common::programs;
 
 use self::netlink::Hook;
 use self::tc::{OwnProgram, TcAttachment};
@@ -128,26 +127,40 @@ fn hardware_type(iface: &str) -> std::io::Result<u16> {
     Ok(unsafe { req.ifr_ifru.ifru_hwaddr.sa_family })
 }
 
-/// Loads and attaches the ingress classifier, and the egress one when `egress` is set, as
-/// `policy` allows.
-pub fn attach(
+/// Loads the classifiers named `programs` (ingress, egress) into the kernel: the egress one only
+/// when `egress` is set. Every program is loaded before anything is attached: the tc record names
+/// their ids and tags before the first filter exists, so no filter is ever unrecorded.
+pub fn load(
     ebpf: &mut Ebpf,
-    iface: &str,
+    programs: (&'static str, &'static str),
     egress: bool,
-    policy: AttachPolicy,
-) -> Result<Attached, CaptureError> {
-    let index = ifindex(iface)?;
-    let mut wanted = vec![(programs::INGRESS, Hook::Ingress)];
-    if egress {
-        wanted.push((programs::EGRESS, Hook::Egress));
-    }
-    // Every program is loaded before anything is attached: the tc record names their ids and
-    // tags before the first filter exists, so no filter is ever unrecorded.
-    for &(name, _) in &wanted {
+) -> Result<(), CaptureError> {
+    for (name, _) in wanted(programs, egress) {
         classifier(ebpf, name)?
             .load()
             .map_err(|source| CaptureError::Program { name, source })?;
     }
+    Ok(())
+}
+
+fn wanted(programs: (&'static str, &'static str), egress: bool) -> Vec<(&'static str, Hook)> {
+    let mut wanted = vec![(programs.0, Hook::Ingress)];
+    if egress {
+        wanted.push((programs.1, Hook::Egress));
+    }
+    wanted
+}
+
+/// Attaches the classifiers [`load`] loaded, as `policy` allows.
+pub fn attach(
+    ebpf: &mut Ebpf,
+    iface: &str,
+    programs: (&'static str, &'static str),
+    egress: bool,
+    policy: AttachPolicy,
+) -> Result<Attached, CaptureError> {
+    let index = ifindex(iface)?;
+    let wanted = wanted(programs, egress);
     if policy != AttachPolicy::Tc {
         match attach_tcx(ebpf, iface, &wanted) {
             Ok(()) => {
