@@ -16,8 +16,8 @@
 //! capture driver; a thread blocked on a full pipe costs nothing else.
 //!
 //! The comparison's `--diff-log` has its own thread and queue (`compare::worker`) with the same
-//! policy. The output threads run at a lower priority than capture (nice 10), so on a shared
-//! core the recording, not the ring buffer, is what falls behind. Depends on nothing else in the
+//! policy. The output threads run in the `SCHED_IDLE` class, so on a shared core the recording,
+//! not the ring buffer, is what falls behind. Depends on nothing else in the
 //! crate but [`crate::sync`].
 
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -270,18 +270,16 @@ impl<T: Send + 'static> OutputQueue<T> {
     }
 }
 
-/// Nice value of the output threads: on a core shared with the capture thread (a busy node, or
-/// the agent pinned to one CPU), the scheduler gives capture the CPU first, so a recording that
-/// cannot keep up drops its own records (counted) instead of making the ring buffer overflow.
-const OUTPUT_NICE: i32 = 10;
-
-/// Lowers this thread's priority to [`OUTPUT_NICE`] (Linux: nice is per thread). Needs no
-/// privilege; a failure leaves it at the default, logged.
+/// Puts this thread in the `SCHED_IDLE` class: it runs only when nothing else on its CPU wants
+/// to. On a core shared with the capture thread (a busy node, or the agent pinned to one CPU) the
+/// scheduler then always gives capture the CPU first, so a recording that cannot keep up drops
+/// its own records (counted) instead of making the ring buffer overflow; on a core with room it
+/// runs as fast as any thread. Needs no privilege (a thread may always lower its own class); a
+/// failure leaves the default, logged.
 fn yield_cpu_to_capture() {
-    // SAFETY: gettid has no preconditions.
-    let tid = unsafe { libc::gettid() };
-    // SAFETY: setpriority on this thread's own id with a valid `which`; no memory is passed.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid as libc::id_t, OUTPUT_NICE) };
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param that outlives the call.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
     if rc != 0 {
         tracing::debug!(
             error = %std::io::Error::last_os_error(),
