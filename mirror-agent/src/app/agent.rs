@@ -12,7 +12,7 @@ use std::sync::{Arc, OnceLock};
 use super::AppError;
 use super::outputs::Outputs;
 use crate::capture::ebpf::{AttachMode, AttachedCapture, Counters, FlowIgnore};
-use crate::capture::{Segment, clock};
+use crate::capture::{SegmentRef, clock};
 use crate::config::Settings;
 use crate::pipeline::{Pipeline, PipelineEvent};
 use crate::replay::ConnectionHooks;
@@ -159,10 +159,11 @@ impl live::LiveSink for Driver {
         self.outputs.ready();
     }
 
-    fn segments(&mut self, batch: Vec<Segment>) {
-        for seg in batch {
-            self.pipeline.on_segment(seg, &mut self.events);
-        }
+    fn segment(&mut self, seg: SegmentRef<'_>) {
+        self.pipeline.on_segment_ref(seg, &mut self.events);
+    }
+
+    fn batch_done(&mut self) {
         let now = clock::wall_clock_ns();
         if now >= self.next_tick {
             self.pipeline.on_tick(now, &mut self.events);

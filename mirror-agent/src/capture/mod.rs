@@ -67,3 +67,50 @@ pub struct Segment {
     pub ts_ns: u64,
     pub payload: Bytes,
 }
+
+/// A [`Segment`] whose payload is borrowed from the capture buffer: live capture hands these
+/// out while the ring-buffer record is held, so the pipeline copies only what it must keep
+/// (see [`crate::pipeline::Pipeline::on_segment_ref`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentRef<'a> {
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
+    pub seq: u32,
+    pub ack: u32,
+    pub flags: TcpFlags,
+    pub direction: Option<SegmentDirection>,
+    pub ts_ns: u64,
+    pub payload: &'a [u8],
+}
+
+impl SegmentRef<'_> {
+    /// The segment with its payload copied out.
+    pub fn to_owned(&self) -> Segment {
+        Segment {
+            src: self.src,
+            dst: self.dst,
+            seq: self.seq,
+            ack: self.ack,
+            flags: self.flags,
+            direction: self.direction,
+            ts_ns: self.ts_ns,
+            payload: Bytes::copy_from_slice(self.payload),
+        }
+    }
+}
+
+impl Segment {
+    /// A borrowed view of this segment.
+    pub fn as_ref(&self) -> SegmentRef<'_> {
+        SegmentRef {
+            src: self.src,
+            dst: self.dst,
+            seq: self.seq,
+            ack: self.ack,
+            flags: self.flags,
+            direction: self.direction,
+            ts_ns: self.ts_ns,
+            payload: &self.payload,
+        }
+    }
+}

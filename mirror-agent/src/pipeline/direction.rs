@@ -6,7 +6,7 @@
 //! line the server's). Captures that start mid-connection, even with the server's response
 //! (suricata-verify `tcp-stream-after-swap`), need the last rule.
 
-use crate::capture::{Segment, SegmentDirection};
+use crate::capture::{SegmentDirection, SegmentRef};
 
 /// What one segment says about its sender.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -20,7 +20,7 @@ pub enum Hint {
 }
 
 /// Direction evidence from one segment: the source's direction first, then ports.
-pub fn hint(seg: &Segment, ports: &[u16]) -> Hint {
+pub fn hint(seg: &SegmentRef<'_>, ports: &[u16]) -> Hint {
     match seg.direction {
         Some(SegmentDirection::FromClient) => return Hint::SenderIsClient,
         Some(SegmentDirection::FromServer) => return Hint::SenderIsServer,
@@ -41,7 +41,7 @@ pub fn hint(seg: &Segment, ports: &[u16]) -> Hint {
             Hint::SenderIsClient
         };
     }
-    if starts_like_request(&seg.payload) {
+    if starts_like_request(seg.payload) {
         Hint::SenderIsClient
     } else if seg.payload.starts_with(b"HTTP/") {
         Hint::SenderIsServer
@@ -72,7 +72,7 @@ mod tests {
     use bytes::Bytes;
 
     use super::*;
-    use crate::capture::TcpFlags;
+    use crate::capture::{Segment, TcpFlags};
 
     /// A segment from 10.0.0.1:40000 to 10.0.0.2:8080.
     fn seg(direction: Option<SegmentDirection>, flags: u8, payload: &'static [u8]) -> Segment {
@@ -97,10 +97,10 @@ mod tests {
             TcpFlags::ACK,
             b"\x16\x03",
         );
-        assert_eq!(hint(&from_client, &ports), Hint::SenderIsClient);
+        assert_eq!(hint(&from_client.as_ref(), &ports), Hint::SenderIsClient);
         let from_server = seg(Some(SegmentDirection::FromServer), TcpFlags::ACK, b"body");
-        assert_eq!(hint(&from_server, &ports), Hint::SenderIsServer);
-        assert_eq!(hint(&from_server, &[]), Hint::SenderIsServer);
+        assert_eq!(hint(&from_server.as_ref(), &ports), Hint::SenderIsServer);
+        assert_eq!(hint(&from_server.as_ref(), &[]), Hint::SenderIsServer);
     }
 
     #[test]
@@ -111,29 +111,41 @@ mod tests {
             TcpFlags::SYN,
             b"GET / HTTP/1.1\r\n",
         );
-        assert_eq!(hint(&s, &[8080]), Hint::SenderIsServer);
+        assert_eq!(hint(&s.as_ref(), &[8080]), Hint::SenderIsServer);
     }
 
     #[test]
     fn without_a_source_direction_the_rules_are_unchanged() {
         let ack = TcpFlags::ACK;
-        assert_eq!(hint(&seg(None, ack, b""), &[8080]), Hint::SenderIsClient);
-        assert_eq!(hint(&seg(None, ack, b""), &[40000]), Hint::SenderIsServer);
         assert_eq!(
-            hint(&seg(None, TcpFlags::SYN, b""), &[]),
+            hint(&seg(None, ack, b"").as_ref(), &[8080]),
+            Hint::SenderIsClient
+        );
+        assert_eq!(
+            hint(&seg(None, ack, b"").as_ref(), &[40000]),
+            Hint::SenderIsServer
+        );
+        assert_eq!(
+            hint(&seg(None, TcpFlags::SYN, b"").as_ref(), &[]),
             Hint::SenderIsClient
         );
         let syn_ack = TcpFlags::SYN | TcpFlags::ACK;
-        assert_eq!(hint(&seg(None, syn_ack, b""), &[]), Hint::SenderIsServer);
         assert_eq!(
-            hint(&seg(None, ack, b"GET / HTTP/1.1\r\n"), &[]),
+            hint(&seg(None, syn_ack, b"").as_ref(), &[]),
+            Hint::SenderIsServer
+        );
+        assert_eq!(
+            hint(&seg(None, ack, b"GET / HTTP/1.1\r\n").as_ref(), &[]),
             Hint::SenderIsClient
         );
         assert_eq!(
-            hint(&seg(None, ack, b"HTTP/1.1 200 OK\r\n"), &[]),
+            hint(&seg(None, ack, b"HTTP/1.1 200 OK\r\n").as_ref(), &[]),
             Hint::SenderIsServer
         );
-        assert_eq!(hint(&seg(None, ack, b"\x16\x03"), &[9999]), Hint::Unknown);
+        assert_eq!(
+            hint(&seg(None, ack, b"\x16\x03").as_ref(), &[9999]),
+            Hint::Unknown
+        );
     }
 
     #[test]

@@ -20,12 +20,12 @@ pub use direction::starts_like_request;
 pub use stats::{Counted, PipelineStats, RequestDrops, ResponseDrops};
 pub use table::FlowKey;
 
-use crate::capture::Segment;
+use crate::capture::{Segment, SegmentRef};
 use crate::http::Request;
 use crate::http::request::HttpLimits;
 use crate::http::response::Response;
 use crate::reassembly::StreamConfig;
-use flow::{Flow, Scratch};
+use flow::{Flow, Incoming, Scratch};
 use table::{FlowTable, Slot};
 
 /// Identifies one captured request in a run: `(flow_id, seq_in_flow)`.
@@ -187,28 +187,43 @@ impl Pipeline {
         self.flows.len()
     }
 
+    /// One segment the caller is done with (a pcap file's): its payload is kept without a copy
+    /// where reassembly or framing must keep it.
     pub fn on_segment(&mut self, seg: Segment, out: &mut Vec<PipelineEvent>) {
+        self.dispatch(Incoming::Owned(seg), out);
+    }
+
+    /// One segment whose payload is borrowed (live capture reading the ring in place): in-order
+    /// client bytes go straight to the request framer, which copies only the requests it
+    /// frames; anything kept otherwise (out-of-order bytes, undecided flows, responses) is
+    /// copied here.
+    pub fn on_segment_ref(&mut self, seg: SegmentRef<'_>, out: &mut Vec<PipelineEvent>) {
+        self.dispatch(Incoming::Borrowed(seg), out);
+    }
+
+    fn dispatch(&mut self, seg: Incoming<'_>, out: &mut Vec<PipelineEvent>) {
+        let v = seg.view();
+        let (src, dst, flags, ts_ns, len) = (v.src, v.dst, v.flags, v.ts_ns, v.payload.len());
         self.stats.segments += 1;
-        self.stats.payload_bytes += seg.payload.len() as u64;
+        self.stats.payload_bytes += len as u64;
         let ports = &self.cfg.ports;
-        if !ports.is_empty() && !ports.contains(&seg.dst.port()) && !ports.contains(&seg.src.port())
-        {
+        if !ports.is_empty() && !ports.contains(&dst.port()) && !ports.contains(&src.port()) {
             self.stats.segments_other_port += 1;
-            self.stats.other_port_bytes += seg.payload.len() as u64;
+            self.stats.other_port_bytes += len as u64;
             return;
         }
-        let key = FlowKey::new(seg.src, seg.dst);
+        let key = FlowKey::new(src, dst);
         let slot = match self.flows.lookup(&key) {
             Some(slot) => slot,
             None => {
-                if seg.payload.is_empty() && !seg.flags.syn() {
+                if len == 0 && !flags.syn() {
                     self.stats.segments_no_flow += 1;
                     return;
                 }
                 if let Some(&closed_at) = self.closed.get(&key) {
-                    if !seg.flags.syn() && seg.ts_ns.saturating_sub(closed_at) < TIME_WAIT_NS {
+                    if !flags.syn() && ts_ns.saturating_sub(closed_at) < TIME_WAIT_NS {
                         self.stats.segments_after_close += 1;
-                        self.stats.after_close_bytes += seg.payload.len() as u64;
+                        self.stats.after_close_bytes += len as u64;
                         return;
                     }
                     // A new connection on the same addresses (or TIME_WAIT is over).
@@ -223,7 +238,7 @@ impl Pipeline {
                 self.stats.flows += 1;
                 self.next_flow_id += 1;
                 self.flows
-                    .insert(key, Flow::new(self.next_flow_id - 1, seg.ts_ns))
+                    .insert(key, Flow::new(self.next_flow_id - 1, ts_ns))
             }
         };
         self.stats.segments_to_flows += 1;

@@ -212,6 +212,31 @@ impl Stream {
         self.expire(ts_ns, out);
     }
 
+    /// The hot path without a copy: a segment that starts exactly at the delivery point, while
+    /// nothing is held out of order and no FIN is known, carrying no SYN, FIN or RST, is
+    /// accounted here as offered and delivered, and the caller hands its bytes to the consumer
+    /// straight from the capture buffer (so nothing is copied before the framer keeps what it
+    /// needs). Returns `false`, changing nothing, for any other segment: it then goes through
+    /// [`Self::push`]. The counters end up exactly as `push` would leave them.
+    pub fn deliver_in_place(&mut self, seq: u32, flags: TcpFlags, len: usize, ts_ns: u64) -> bool {
+        if self.state != State::Open
+            || len == 0
+            || !self.ooo.is_empty()
+            || self.fin_at.is_some()
+            || flags.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST) != 0
+            || self.offset_of(seq) != self.next as i64
+        {
+            return false;
+        }
+        let len = len as u64;
+        self.stats.segments += 1;
+        self.stats.bytes_offered += len;
+        self.last_ts = self.last_ts.max(ts_ns);
+        self.next += len;
+        self.stats.bytes_delivered += len;
+        true
+    }
+
     /// Declares holes older than the gap timeout lost and releases what follows them.
     pub fn poll(&mut self, now_ns: u64, out: &mut Vec<StreamEvent>) {
         self.last_ts = self.last_ts.max(now_ns);

@@ -15,10 +15,11 @@ use std::time::Duration;
 use tokio::signal::unix::{SignalKind, signal};
 
 pub use self::pcap_out::{PcapOut, PcapOutError};
-use crate::capture::Segment;
 use crate::capture::ebpf::{
     AttachedCapture, CaptureError, CopyPath, Counters, FlowIgnore, LiveCapture, LiveConfig,
+    MAX_BATCH,
 };
+use crate::capture::{Segment, SegmentRef};
 use crate::output_queue::{OutputQueue, OutputReport, OutputStats, QueueLimits};
 
 /// Interval of the progress line.
@@ -149,9 +150,12 @@ impl std::fmt::Display for LiveSummary {
 pub trait LiveSink {
     /// Capture is attached; `ignore` registers the agent's own connections (no replay loops).
     fn started(&mut self, ignore: FlowIgnore);
-    /// A batch of segments, or an empty one every [`IDLE_TICK`] so the consumer's timers (gap
-    /// timeouts, idle expiry) run on a quiet link.
-    fn segments(&mut self, batch: Vec<Segment>);
+    /// One segment, its payload borrowed from the ring buffer for the duration of the call:
+    /// what the consumer keeps, it copies.
+    fn segment(&mut self, seg: SegmentRef<'_>);
+    /// After each read of the ring, and every [`IDLE_TICK`] on a quiet link: the consumer's
+    /// timers (gap timeouts, idle expiry) run and its events go out.
+    fn batch_done(&mut self);
     /// The kernel counters, about once a second (for metrics).
     fn kernel_counters(&mut self, _counters: &Counters) {}
     /// An output thread of live capture's own started (`--write-pcap`): its counters, for
@@ -203,16 +207,20 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     let mut idle = tokio::time::interval(IDLE_TICK);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut counters_due = tokio::time::Instant::now();
+    // Read before waiting: after a full read the ring may hold more, and the kernel wakes the
+    // reader only when enough bytes are queued.
+    let mut more = true;
     loop {
         tokio::select! {
-            batch = capture.next_batch() => {
-                let batch = batch?;
-                summary.segments += batch.len() as u64;
-                summary.payload_bytes += batch.iter().map(|s| s.payload.len() as u64).sum::<u64>();
-                if let Some(p) = &pcap {
-                    write_pcap(p, &batch);
-                }
-                sink.segments(batch);
+            ready = capture.wait(), if !more => {
+                ready?;
+                more = true;
+            }
+            // Ready at once when there may be more to read; `select!` still polls the other
+            // branches (signals, ticks) between reads.
+            _ = std::future::ready(()), if more => {
+                let n = read_segments(&mut capture, &mut summary, pcap.as_ref(), sink);
+                more = n >= MAX_BATCH;
             }
             _ = progress.tick() => {
                 let k = capture.counters()?;
@@ -224,10 +232,9 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
                     "capture progress"
                 );
             }
-            // An empty batch lets the consumer run its timers (gap timeouts, idle expiry)
-            // while no packet arrives.
+            // The consumer runs its timers (gap timeouts, idle expiry) while no packet arrives.
             _ = idle.tick() => {
-                sink.segments(Vec::new());
+                sink.batch_done();
                 if counters_due.elapsed() >= COUNTERS_EVERY {
                     counters_due = tokio::time::Instant::now();
                     sink.kernel_counters(&capture.counters()?);
@@ -238,15 +245,17 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
             _ = sleep_until(deadline) => break,
         }
     }
-    // Pick up what the kernel queued before we stop reading.
-    let pending = drain_now(&mut capture).await?;
-    summary.segments += pending.len() as u64;
-    summary.payload_bytes += pending.iter().map(|s| s.payload.len() as u64).sum::<u64>();
-    if let Some(p) = &pcap {
-        write_pcap(p, &pending);
-    }
-    if !pending.is_empty() {
-        sink.segments(pending);
+    // Pick up what the kernel queued before we stop reading: until a read finds the ring empty
+    // twice, a drain period apart (records submitted without a wakeup), at most a second.
+    let until = tokio::time::Instant::now() + Duration::from_secs(1);
+    let mut empty_reads = 0;
+    while empty_reads < 2 && tokio::time::Instant::now() < until {
+        if read_segments(&mut capture, &mut summary, pcap.as_ref(), sink) == 0 {
+            empty_reads += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        } else {
+            empty_reads = 0;
+        }
     }
     summary.kernel = capture.counters()?;
     if let Some(p) = pcap {
@@ -271,12 +280,27 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     Ok(summary)
 }
 
-/// Hands copies of the segments to the pcap thread (a copy shares the payload: no byte is
-/// copied); never blocks.
-fn write_pcap(pcap: &OutputQueue<Segment>, batch: &[Segment]) {
-    for seg in batch {
-        pcap.submit(seg.clone(), seg.payload.len() + 64);
+/// One read of the ring, in place: each segment goes to the sink borrowed from the ring (and,
+/// with `--write-pcap`, a copy to the pcap thread, which must keep it); then the sink's timers
+/// run. Returns the records read. Never blocks.
+fn read_segments(
+    capture: &mut LiveCapture,
+    summary: &mut LiveSummary,
+    pcap: Option<&OutputQueue<Segment>>,
+    sink: &mut impl LiveSink,
+) -> usize {
+    let n = capture.read_in_place(|seg| {
+        summary.segments += 1;
+        summary.payload_bytes += seg.payload.len() as u64;
+        if let Some(p) = pcap {
+            p.submit(seg.to_owned(), seg.payload.len() + 64);
+        }
+        sink.segment(seg);
+    });
+    if n > 0 {
+        sink.batch_done();
     }
+    n
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {
@@ -284,15 +308,4 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
     }
-}
-
-/// Whatever is in the ring now (bounded wait: one drain period).
-async fn drain_now(capture: &mut LiveCapture) -> Result<Vec<Segment>, LiveError> {
-    let mut all = Vec::new();
-    while let Ok(batch) =
-        tokio::time::timeout(Duration::from_millis(50), capture.next_batch()).await
-    {
-        all.extend(batch?);
-    }
-    Ok(all)
 }

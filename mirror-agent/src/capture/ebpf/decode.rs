@@ -3,10 +3,9 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use bytes::Bytes;
 use mirror_common::{HEADER_LEN, RecordHeader, direction, family};
 
-use crate::capture::{Segment, SegmentDirection, TcpFlags};
+use crate::capture::{Segment, SegmentDirection, SegmentRef, TcpFlags};
 
 /// Decodes ring records into segments and counts the ones it must refuse.
 #[derive(Debug, Default)]
@@ -26,8 +25,14 @@ impl RingDecoder {
 
     /// Appends the segment `record` holds to `out`, or counts the record as malformed.
     pub fn push(&mut self, record: &[u8], out: &mut Vec<Segment>) {
-        match decode(record, self.wall_offset_ns) {
-            Some(seg) => out.push(seg),
+        self.visit(record, |seg| out.push(seg.to_owned()));
+    }
+
+    /// Hands the segment `record` holds to `f`, borrowed from the record, or counts the record
+    /// as malformed.
+    pub fn visit(&mut self, record: &[u8], f: impl FnOnce(SegmentRef<'_>)) {
+        match decode_ref(record, self.wall_offset_ns) {
+            Some(seg) => f(seg),
             None => {
                 self.malformed += 1;
                 // The kernel writes only well-formed records; a bad one means a version skew
@@ -68,6 +73,11 @@ pub fn header(record: &[u8]) -> Option<RecordHeader> {
 /// monotonic stamp plus `wall_offset_ns` ([`crate::capture::clock::wall_minus_monotonic_ns`])
 /// becomes the segment's Unix time.
 pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
+    decode_ref(record, wall_offset_ns).map(|s| s.to_owned())
+}
+
+/// [`decode`] without copying: the segment borrows its payload from the record.
+pub fn decode_ref(record: &[u8], wall_offset_ns: u64) -> Option<SegmentRef<'_>> {
     let h = header(record)?;
     let payload = record.get(HEADER_LEN..HEADER_LEN + h.captured_len as usize)?;
     let mut flags = h.tcp_flags;
@@ -77,7 +87,7 @@ pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
     if !h.is_last_chunk() {
         flags &= !(TcpFlags::FIN | TcpFlags::RST | TcpFlags::PSH);
     }
-    Some(Segment {
+    Some(SegmentRef {
         src: addr(h.family, &h.saddr, h.sport)?,
         dst: addr(h.family, &h.daddr, h.dport)?,
         seq: h.seq.wrapping_add(h.chunk_offset),
@@ -85,7 +95,7 @@ pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
         flags: TcpFlags(flags),
         direction: hook_direction(h.direction),
         ts_ns: h.ts_ns.wrapping_add(wall_offset_ns),
-        payload: Bytes::copy_from_slice(payload),
+        payload,
     })
 }
 

@@ -28,7 +28,7 @@ pub use self::attach::{AttachMode, AttachPolicy, ifindex};
 pub use self::copy::{CopyPath, CopyPolicy};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
-use super::{Segment, clock};
+use super::{Segment, SegmentRef, clock};
 
 /// What to capture and how.
 #[derive(Debug, Clone)]
@@ -115,8 +115,8 @@ pub fn has_object() -> bool {
     object().is_some()
 }
 
-/// Most segments returned by one [`LiveCapture::next_batch`].
-const MAX_BATCH: usize = 1024;
+/// Most records read by one [`LiveCapture::read_in_place`].
+pub const MAX_BATCH: usize = 1024;
 /// Period of the userspace drain: records submitted without a wakeup wait at most this long.
 const DRAIN_INTERVAL: Duration = Duration::from_millis(10);
 
@@ -279,37 +279,52 @@ impl LiveCapture {
         Ok(c)
     }
 
-    /// Waits for records and returns the segments they hold (at most a batch of them).
+    /// Waits for records and returns the segments they hold (at most a batch of them), copied
+    /// out of the ring. The agent itself reads in place ([`Self::wait`] and
+    /// [`Self::read_in_place`]); this is for callers that keep the segments.
     ///
     /// The kernel wakes the reader only when enough bytes are queued; the rest is picked up by a
     /// drain every few milliseconds, so the wait is bounded. Never returns an empty batch.
     pub async fn next_batch(&mut self) -> Result<Vec<Segment>, CaptureError> {
         let mut out = Vec::new();
         loop {
-            self.drain(&mut out);
+            self.read_in_place(|seg| out.push(seg.to_owned()));
             if !out.is_empty() {
                 return Ok(out);
             }
-            tokio::select! {
-                guard = self.ring.readable_mut() => {
-                    let mut guard = guard.map_err(|source| CaptureError::Io {
-                        what: "waiting on the ring buffer",
-                        source,
-                    })?;
-                    guard.clear_ready();
-                }
-                _ = tokio::time::sleep(DRAIN_INTERVAL) => {}
-            }
+            self.wait().await?;
         }
     }
 
-    /// Moves up to [`MAX_BATCH`] records out of the ring.
-    fn drain(&mut self, out: &mut Vec<Segment>) {
-        let ring = self.ring.get_mut();
-        while out.len() < MAX_BATCH {
-            let Some(item) = ring.next() else { break };
-            self.decoder.push(&item, out);
+    /// Waits until the kernel wakes the reader (enough bytes queued) or a drain period passes,
+    /// whichever comes first; then [`Self::read_in_place`] takes what is there.
+    pub async fn wait(&mut self) -> Result<(), CaptureError> {
+        tokio::select! {
+            guard = self.ring.readable_mut() => {
+                let mut guard = guard.map_err(|source| CaptureError::Io {
+                    what: "waiting on the ring buffer",
+                    source,
+                })?;
+                guard.clear_ready();
+            }
+            _ = tokio::time::sleep(DRAIN_INTERVAL) => {}
         }
+        Ok(())
+    }
+
+    /// Hands up to [`MAX_BATCH`] records to `f`, each as a segment that borrows its payload
+    /// from the ring: the record's slot is released when `f` returns, so whatever `f` keeps it
+    /// copies (the pipeline keeps only out-of-order bytes and the requests it frames). Returns
+    /// the number of records read; 0 when the ring is empty. Never waits.
+    pub fn read_in_place(&mut self, mut f: impl FnMut(SegmentRef<'_>)) -> usize {
+        let ring = self.ring.get_mut();
+        let mut n = 0;
+        while n < MAX_BATCH {
+            let Some(item) = ring.next() else { break };
+            self.decoder.visit(&item, &mut f);
+            n += 1;
+        }
+        n
     }
 
     /// Raw file descriptor of the ring buffer (for diagnostics).

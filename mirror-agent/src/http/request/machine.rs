@@ -16,7 +16,7 @@ impl RequestFramer {
     // ---- the state machine ----
 
     pub(super) fn step(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
-        let data: &Bytes = cur.data;
+        let data: &[u8] = cur.data;
         let avail = &data[cur.pos..];
         match self.state {
             State::Ignore => {
@@ -85,7 +85,7 @@ impl RequestFramer {
             // Fast path: a head that starts here and ends within this push is found and
             // parsed by one httparse call. Anything else (a partial head, blank lines, a
             // versionless line, the h2 preface, errors) takes the line-by-line path below.
-            let data: &Bytes = cur.data;
+            let data: &[u8] = cur.data;
             let window = &data[cur.pos..data.len().min(cur.pos + max_head)];
             if window.first().is_some_and(|&b| b != b'\r' && b != b'\n')
                 && !window.starts_with(head::H2_METHOD)
@@ -243,7 +243,12 @@ impl RequestFramer {
                 self.item.spanning = false;
                 self.item.buf.split().freeze()
             } else {
-                cur.data.slice(cur.start..cur.pos)
+                let range = cur.start..cur.pos;
+                match &self.owner {
+                    // The push's own `Bytes`: `cur.data` is its bytes, so the range is the same.
+                    Some(owner) => owner.slice(range),
+                    None => Bytes::copy_from_slice(&cur.data[range]),
+                }
             };
             cur.start = cur.pos;
             let mut headers = p.headers;
@@ -334,7 +339,7 @@ fn ends_connection(te_and_cl: bool, keep_alive: bool) -> Option<RequestDropReaso
 }
 
 impl BodyFramer for RequestFramer {
-    type Data = Bytes;
+    type Data = [u8];
     type Event = RequestEvent;
     const STRICT: bool = true;
 

@@ -5,9 +5,11 @@
 //! Heads are parsed with httparse once their end has been seen; body framing (Content-Length,
 //! chunked) and resync are done here (see the `head` module for why those are hand-written).
 //!
-//! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy). Only a
-//! request that spans pushes is accumulated, once, in a buffer bounded by the head limit plus
-//! the body limit plus one chunk-size or trailer line (itself within the head limit).
+//! Copies: a request that lies inside one pushed [`Bytes`] is a slice of it (no copy); one that
+//! lies inside a borrowed slice ([`RequestFramer::push_slice`], live capture reading the ring
+//! buffer in place) is copied once when it is emitted. A request that spans pushes is
+//! accumulated, once, in a buffer bounded by the head limit plus the body limit plus one
+//! chunk-size or trailer line (itself within the head limit).
 //!
 //! Accounting: every pushed byte ends up in exactly one of: a request's `raw`, a
 //! [`RequestEvent::Dropped`], or the ignored bytes (blank lines between requests, tunnel and
@@ -181,7 +183,7 @@ impl State {
 }
 
 /// One pushed buffer being consumed (a request that lies in it becomes a slice of it).
-type Cur<'a> = stream::Cur<'a, Bytes>;
+type Cur<'a> = stream::Cur<'a, [u8]>;
 
 /// Cuts one client→server byte stream into requests.
 ///
@@ -228,6 +230,9 @@ pub struct RequestFramer {
     unserved: Option<RequestDropReason>,
     /// Reused buffer for header value offsets.
     value_at_pool: Vec<(usize, usize)>,
+    /// The `Bytes` the current push reads, when it has one: a request inside it is a slice of
+    /// it; without one (a borrowed push) the request is copied out.
+    owner: Option<Bytes>,
     /// Bytes discarded while resyncing, not yet reported, and why.
     resync: PendingDrop<RequestDropReason>,
     stats: RequestFramerStats,
@@ -256,6 +261,7 @@ impl RequestFramer {
             resynced: false,
             unserved: None,
             value_at_pool: Vec::new(),
+            owner: None,
             resync: PendingDrop::none(),
             stats: RequestFramerStats::default(),
         };
@@ -277,6 +283,14 @@ impl RequestFramer {
     }
 
     pub fn push(&mut self, data: &Bytes, ts_ns: u64, out: &mut Vec<RequestEvent>) {
+        self.owner = Some(data.clone());
+        self.push_slice(data, ts_ns, out);
+        self.owner = None;
+    }
+
+    /// [`Self::push`] of bytes the caller keeps (the capture buffer, read in place): what the
+    /// framer keeps of them it copies, nothing more.
+    pub fn push_slice(&mut self, data: &[u8], ts_ns: u64, out: &mut Vec<RequestEvent>) {
         self.stats.pushed_bytes += data.len() as u64;
         self.last_ts = ts_ns;
         let mut cur = Cur::new(data);

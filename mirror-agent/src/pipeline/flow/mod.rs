@@ -18,7 +18,31 @@ use bytes::Bytes;
 use super::direction::{self, Hint};
 use super::stats::{PipelineStats, add_stream};
 use super::{PipelineConfig, PipelineEvent};
-use crate::capture::{Segment, TcpFlags};
+use crate::capture::{Segment, SegmentRef, TcpFlags};
+
+/// A segment entering a flow: one the caller hands over, or one borrowed from the capture buffer
+/// (copied only where it must be kept, see [`Flow::on_segment`]).
+pub(super) enum Incoming<'a> {
+    Owned(Segment),
+    Borrowed(SegmentRef<'a>),
+}
+
+impl Incoming<'_> {
+    pub(super) fn view(&self) -> SegmentRef<'_> {
+        match self {
+            Incoming::Owned(s) => s.as_ref(),
+            Incoming::Borrowed(s) => *s,
+        }
+    }
+
+    /// The segment, its payload copied if it was borrowed.
+    fn into_owned(self) -> Segment {
+        match self {
+            Incoming::Owned(s) => s,
+            Incoming::Borrowed(s) => s.to_owned(),
+        }
+    }
+}
 use crate::http::request::{RequestEvent, RequestFramer};
 use crate::http::response::{ResponseEvent, ResponseFramer};
 use crate::reassembly::{Stream, StreamEvent};
@@ -148,23 +172,25 @@ impl Flow {
 
     pub fn on_segment(
         &mut self,
-        seg: Segment,
+        seg: Incoming<'_>,
         cfg: &PipelineConfig,
         stats: &mut PipelineStats,
         sc: &mut Scratch,
         out: &mut Vec<PipelineEvent>,
     ) {
-        self.last_ns = self.last_ns.max(seg.ts_ns);
+        let v = seg.view();
+        self.last_ns = self.last_ns.max(v.ts_ns);
         if let State::Undecided { pending, bytes } = &mut self.state {
-            let client = match direction::hint(&seg, &cfg.ports) {
-                Hint::SenderIsClient => seg.src,
-                Hint::SenderIsServer => seg.dst,
+            let client = match direction::hint(&v, &cfg.ports) {
+                Hint::SenderIsClient => v.src,
+                Hint::SenderIsServer => v.dst,
                 Hint::Unknown => {
                     // A bare ACK says nothing and carries nothing: not worth a slot.
-                    let flags = seg.flags.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST);
-                    if seg.payload.is_empty() && flags == 0 {
+                    let flags = v.flags.0 & (TcpFlags::SYN | TcpFlags::FIN | TcpFlags::RST);
+                    if v.payload.is_empty() && flags == 0 {
                         return;
                     }
+                    let seg = seg.into_owned();
                     *bytes += seg.payload.len();
                     pending.push(seg);
                     // Bounded: beyond the cap the oldest held segment is given up (counted).
@@ -178,11 +204,11 @@ impl Flow {
                     return;
                 }
             };
-            let server = if client == seg.src { seg.dst } else { seg.src };
+            let server = if client == v.src { v.dst } else { v.src };
             let held = std::mem::take(pending);
             // Picked up mid-connection (no SYN seen): the server stream may start inside a
             // response, so its framer skips to the first status line.
-            let midstream = !seg.flags.syn() && !held.iter().any(|s| s.flags.syn());
+            let midstream = !v.flags.syn() && !held.iter().any(|s| s.flags.syn());
             let resp = if midstream {
                 ResponseFramer::new_midstream(cfg.http.clone())
             } else {
@@ -211,7 +237,7 @@ impl Flow {
                 reset: false,
             }));
             for s in held {
-                self.push(s, cfg, stats, sc, out);
+                self.push(Incoming::Owned(s), cfg, stats, sc, out);
             }
         }
         self.push(seg, cfg, stats, sc, out);
@@ -219,7 +245,7 @@ impl Flow {
 
     fn push(
         &mut self,
-        seg: Segment,
+        seg: Incoming<'_>,
         cfg: &PipelineConfig,
         stats: &mut PipelineStats,
         sc: &mut Scratch,
@@ -228,13 +254,28 @@ impl Flow {
         let State::Decided(d) = &mut self.state else {
             return;
         };
-        let dir = if seg.src == d.client { C2S } else { S2C };
+        let v = seg.view();
+        let dir = if v.src == d.client { C2S } else { S2C };
         if dir == C2S && d.req.is_none() {
             // The framer learns whether it sees the start of the client stream: without the SYN
             // it skips to the first request line.
-            d.client_midstream = !seg.flags.syn();
+            d.client_midstream = !v.flags.syn();
             d.req = Some(RequestFramer::new(cfg.http.clone(), d.client_midstream));
         }
+        // The hot path of a live capture read in place: in-order client bytes go from the
+        // capture buffer to the request framer, which copies only what it keeps. (The stream
+        // taps want `Bytes`; they take the general path.)
+        if dir == C2S
+            && !cfg.tap_streams
+            && d.streams[C2S].deliver_in_place(v.seq, v.flags, v.payload.len(), v.ts_ns)
+        {
+            d.client_data(self.id, v.payload, None, v.ts_ns, cfg, stats, sc, out);
+            if !d.client_busy() {
+                d.release_server(self.id, stats, sc, out);
+            }
+            return;
+        }
+        let seg = seg.into_owned();
         let mut evs = std::mem::take(&mut sc.stream);
         d.streams[dir].push(seg.seq, seg.flags, seg.payload, seg.ts_ns, &mut evs);
         d.handle(self.id, dir, &mut evs, cfg, stats, sc, out);
@@ -427,7 +468,7 @@ impl Decided {
     ) {
         match ev {
             StreamEvent::Data { bytes, ts_ns } => {
-                self.client_data(flow_id, bytes, ts_ns, cfg, stats, sc, out)
+                self.client_data(flow_id, &bytes, Some(&bytes), ts_ns, cfg, stats, sc, out)
             }
             StreamEvent::Gap { len, .. } => {
                 if let Some(req) = self.req.as_mut().filter(|_| !self.client_ignored) {
@@ -467,10 +508,14 @@ impl Decided {
     }
 
     #[allow(clippy::too_many_arguments)] // the pipeline's parts, borrowed separately
+    /// In-order client bytes for the request framer: `owner` is the `Bytes` they are, when they
+    /// are one (requests inside it are then slices of it); without it they are borrowed.
+    #[allow(clippy::too_many_arguments)]
     fn client_data(
         &mut self,
         flow_id: u64,
-        bytes: Bytes,
+        bytes: &[u8],
+        owner: Option<&Bytes>,
         ts_ns: u64,
         cfg: &PipelineConfig,
         stats: &mut PipelineStats,
@@ -492,7 +537,7 @@ impl Decided {
                 && bytes
                     .iter()
                     .all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_');
-            if !direction::starts_like_request(&bytes) && !prefix && !self.client_midstream {
+            if !direction::starts_like_request(bytes) && !prefix && !self.client_midstream {
                 stats.flows_not_http += 1;
                 self.client_ignored = true;
                 self.server_ignored = true;
@@ -503,7 +548,10 @@ impl Decided {
         let Some(req) = self.req.as_mut() else {
             return;
         };
-        req.push(&bytes, ts_ns, &mut sc.req);
+        match owner {
+            Some(b) => req.push(b, ts_ns, &mut sc.req),
+            None => req.push_slice(bytes, ts_ns, &mut sc.req),
+        }
         self.on_requests(flow_id, stats, sc, out);
     }
 }
