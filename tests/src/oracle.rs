@@ -198,3 +198,15 @@ pub fn received(dir: &Path, expected: usize) -> HashMap<u16, Vec<u8>> {
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
 }
+
+/// Asserts that `got` (what capture reassembled) is byte for byte what a server received,
+/// naming `what` and the first differing offset.
+pub fn assert_same_stream(what: &str, got: &[u8], sent: &[u8]) {
+    assert!(
+        got == sent,
+        "{what}: captured {} bytes, server received {} (first difference at {:?})",
+        got.len(),
+        sent.len(),
+        got.iter().zip(sent.iter()).position(|(a, b)| a != b)
+    );
+}

@@ -60,13 +60,7 @@ fn capture_and_compare(
         let got = captured
             .get(port)
             .unwrap_or_else(|| panic!("flow from port {port} not captured"));
-        assert!(
-            got == bytes,
-            "flow {port}: captured {} bytes, server received {} bytes (first difference at {:?})",
-            got.len(),
-            bytes.len(),
-            got.iter().zip(bytes.iter()).position(|(a, b)| a != b)
-        );
+        mirror_tests::oracle::assert_same_stream(&format!("flow {port}"), got, bytes);
     }
     assert_counters_balance(&summary);
     summary

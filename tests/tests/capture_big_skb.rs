@@ -96,13 +96,7 @@ fn capture_big_post(topo: &Topology, host: &str, copy: &str) -> Summary {
     let got = captured
         .get(port)
         .unwrap_or_else(|| panic!("{copy} {host}: flow from port {port} not captured"));
-    assert!(
-        got == sent,
-        "{copy} {host}: captured {} bytes, server received {} (first difference at {:?})",
-        got.len(),
-        sent.len(),
-        got.iter().zip(sent.iter()).position(|(a, b)| a != b)
-    );
+    mirror_tests::oracle::assert_same_stream(&format!("{copy} {host}"), got, sent);
     summary.assert_kernel_balanced();
     for zero in ["truncated", "ring_full", "chunks_lost", "load_errors"] {
         assert_eq!(summary.get(zero), 0, "{copy} {host} {zero}: {summary:?}");

@@ -16,11 +16,12 @@
 //! `MIRROR_CAPTURE_COPY=scratch`).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
 
+use crate::lab::{Proc, SIGINT, SIGTERM};
 use crate::netns::{ip, ns_cmd_on, wait_port};
 
 const SERVER: &str = "10.89.0.1";
@@ -84,27 +85,6 @@ struct Run {
     payload_bytes: Option<u64>,
     agent_cpu_s: Option<f64>,
     tcpdump_dropped: Option<u64>,
-}
-
-/// A child stopped by PID on drop: SIGTERM first (nginx's master then stops its workers, which
-/// SIGKILL would orphan), SIGKILL after 3 s.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            let _ = signal(&self.0, 15);
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// The namespaces and veth pair of the lab; deleted on drop.
@@ -203,12 +183,7 @@ pub fn run() -> Result<()> {
     std::fs::create_dir_all(&dir)?;
     let lab = Lab::new()?;
     let _nginx = start_nginx(&lab, &dir)?;
-    let post = dir.join("post64k.lua");
-    std::fs::write(
-        &post,
-        "wrk.method = \"POST\"\nwrk.body = string.rep(\"a\", 65536)\n\
-         wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n",
-    )?;
+    let post = crate::lab::post_64k_script(&dir)?;
     let stats_before =
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
@@ -263,7 +238,7 @@ fn one_run(lab: &Lab, agent: &Path, dir: &Path, post: &Path, secs: u32, mode: Mo
             let mut p = Proc(child);
             wait_for_text(&err, "listening on", Duration::from_secs(10))?;
             (run.rps, run.wrk_requests) = wrk(lab, post, secs)?;
-            signal(&p.0, libc_sigint())?;
+            p.signal(SIGINT)?;
             let _ = p.0.wait();
             let text = std::fs::read_to_string(&err)?;
             run.tcpdump_dropped = text
@@ -310,7 +285,7 @@ fn one_run(lab: &Lab, agent: &Path, dir: &Path, post: &Path, secs: u32, mode: Mo
             run.bpf_ns = bpf_ingress_run_time_ns();
             let pid = p.0.id();
             let cpu = process_cpu_s(pid);
-            signal(&p.0, 15)?;
+            p.signal(SIGTERM)?;
             let _ = p.0.wait();
             run.agent_cpu_s = cpu;
             let out = std::fs::read_to_string(&stdout)?;
@@ -352,21 +327,7 @@ fn one_run(lab: &Lab, agent: &Path, dir: &Path, post: &Path, secs: u32, mode: Mo
 }
 
 fn start_nginx(lab: &Lab, dir: &Path) -> Result<Proc> {
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::create_dir_all(dir.join("body"))?;
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/body;\n  fastcgi_temp_path {d}/body;\n\
-             client_max_body_size 1m;\n  client_body_buffer_size 128k;\n\
-             keepalive_requests 10000000;\n\
-             server {{ listen {SERVER}:{PORT}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
-        ),
-    )?;
+    let conf = crate::lab::nginx_conf(dir, SERVER, PORT)?;
     let child = ns_cmd_on(&lab.server, Some(PRIMARY_CPU), "nginx")
         .arg("-c")
         .arg(&conf)
@@ -426,26 +387,6 @@ fn wait_for_text(path: &Path, needle: &str, within: Duration) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(25));
     }
-}
-
-fn signal(child: &Child, sig: i32) -> Result<()> {
-    // SAFETY: kill(2) on our own child's PID.
-    let rc = unsafe { kill(child.id() as i32, sig) };
-    anyhow::ensure!(
-        rc == 0,
-        "kill {}: {}",
-        child.id(),
-        std::io::Error::last_os_error()
-    );
-    Ok(())
-}
-
-fn libc_sigint() -> i32 {
-    2
-}
-
-unsafe extern "C" {
-    fn kill(pid: i32, sig: i32) -> i32;
 }
 
 /// The run time of the loaded ingress classifier(s) (`bpftool prog show`: the agent loads a

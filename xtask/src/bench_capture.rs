@@ -12,11 +12,12 @@
 //! `MIRROR_BENCH_SECS` and `MIRROR_BENCH_ROUNDS` shorten a run (defaults 8 s, 3 rounds).
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+use crate::lab::Proc;
 use crate::util::sh;
 
 const SERVER: &str = "10.88.0.1";
@@ -56,28 +57,6 @@ impl Ns {
 impl Drop for Ns {
     fn drop(&mut self) {
         let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
-
-/// A child stopped by PID on drop: SIGTERM first (nginx's master then stops its workers, which
-/// SIGKILL would orphan), SIGKILL after 3 s.
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        if let Ok(None) = self.0.try_wait() {
-            // SAFETY: kill(2) on our own child's PID.
-            unsafe { libc_kill(self.0.id() as i32, 15) };
-            let deadline = Instant::now() + Duration::from_secs(3);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = self.0.try_wait() {
-                    return;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-        }
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 
@@ -146,12 +125,7 @@ pub fn run() -> anyhow::Result<()> {
         sh(ns.cmd("ip").args(["link", "set", ifname, "up"]))?;
     }
     let _nginx = start_nginx(&server, &dir)?;
-    let post = dir.join("post64k.lua");
-    std::fs::write(
-        &post,
-        "wrk.method = \"POST\"\nwrk.body = string.rep(\"a\", 65536)\n\
-         wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n",
-    )?;
+    let post = crate::lab::post_64k_script(&dir)?;
 
     let stats_before =
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
@@ -246,21 +220,7 @@ pub fn run() -> anyhow::Result<()> {
 }
 
 fn start_nginx(ns: &Ns, dir: &Path) -> anyhow::Result<Proc> {
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::create_dir_all(dir.join("body"))?;
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 4096; }}\n\
-             http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n\
-             proxy_temp_path {d}/body;\n  fastcgi_temp_path {d}/body;\n\
-             client_max_body_size 1m;\n  client_body_buffer_size 128k;\n\
-             keepalive_requests 10000000;\n\
-             server {{ listen {SERVER}:{PORT}; location / {{ return 200 \"ok\\n\"; }} }}\n}}\n"
-        ),
-    )?;
+    let conf = crate::lab::nginx_conf(dir, SERVER, PORT)?;
     let child = ns
         .cmd("nginx")
         .args(["-c"])
@@ -330,8 +290,7 @@ fn start_agent(
 
 /// SIGTERM, wait; returns a reader of the final summary's numbers (0 where absent).
 fn stop_agent(mut a: RunningAgent) -> anyhow::Result<impl Fn(&str) -> u64> {
-    // SAFETY: kill(2) on our child's PID.
-    unsafe { libc_kill(a.proc.0.id() as i32, 15) };
+    a.proc.signal(crate::lab::SIGTERM)?;
     let _ = a.proc.0.wait();
     let out = std::fs::read_to_string(&a.stdout)?;
     Ok(move |key: &str| {
@@ -341,11 +300,6 @@ fn stop_agent(mut a: RunningAgent) -> anyhow::Result<impl Fn(&str) -> u64> {
             .and_then(|(_, v)| v.parse().ok())
             .unwrap_or(0)
     })
-}
-
-unsafe extern "C" {
-    #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 /// (run_time_ns, run_cnt) of the newest loaded program named `name`. The kernel keeps 15 bytes

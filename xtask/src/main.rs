@@ -9,6 +9,7 @@ mod bench_pipeline;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod lab;
 mod netns;
 mod setup;
 mod test;
