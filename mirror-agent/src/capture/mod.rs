@@ -1,7 +1,8 @@
 //! Capture sources: where TCP segments come from.
 //!
-//! Owns [`Segment`], the unit every source produces and the pipeline consumes. Sources: pcap files
-//! ([`pcap`]) and the live eBPF ring buffer ([`ebpf`]). Every source stamps its segments in Unix
+//! Owns [`Segment`], the unit every source produces and the pipeline consumes, and
+//! [`SegmentRef`], the same with its payload borrowed (the live source reads the ring in place).
+//! Sources: pcap files ([`pcap`]) and the live eBPF ring buffer ([`ebpf`]). Every source stamps its segments in Unix
 //! time ([`clock`]). A source never interprets TCP or HTTP.
 
 pub mod clock;

@@ -3,8 +3,9 @@
 //! Owns loading the object built by `cargo xtask build-ebpf` (embedded at build time, see
 //! `build.rs`) with the one-copy classifiers or, where the kernel refuses them, the scratch-copy
 //! ones ([`copy`]), configuring its maps, attaching the classifiers ([`attach`]), reading the ring
-//! buffer with tokio's `AsyncFd` and turning records into [`Segment`]s ([`decode`]), the kernel
-//! counters ([`counters`]) and the ignore list of the agent's own connections ([`ignore`]).
+//! buffer with tokio's `AsyncFd` and handing each record out in place, as a [`SegmentRef`] that
+//! borrows the ring's bytes until the caller returns ([`decode`]), the kernel counters
+//! ([`counters`]) and the ignore list of the agent's own connections ([`ignore`]).
 //! It does not interpret TCP streams or HTTP.
 //!
 //! Dropping a [`LiveCapture`] detaches everything it attached.
