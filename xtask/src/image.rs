@@ -27,7 +27,26 @@ pub fn podman() -> Command {
     c
 }
 
+/// `cargo xtask image [--test]`.
 pub fn run(test: bool) -> anyhow::Result<()> {
+    let tag = build()?;
+    if test {
+        let started = Instant::now();
+        sh(Command::new("cargo")
+            .args(["test", "-p", "mirror-tests", "--test", "image"])
+            .env("MIRROR_REQUIRE_IMAGE", "1")
+            .env("MIRROR_IMAGE", &tag)
+            .args(["--", "--nocapture"]))?;
+        eprintln!(
+            "xtask: image smoke test passed in {:.0} s",
+            started.elapsed().as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
+/// Builds the image and returns its tag.
+pub fn build() -> anyhow::Result<String> {
     let started = Instant::now();
     let agent = crate::ebpf::release_agent_for(Scope::Image)?;
     let version = agent_version(&agent)?;
@@ -58,6 +77,11 @@ pub fn run(test: bool) -> anyhow::Result<()> {
         std::fs::copy(&lib, &dest).with_context(|| format!("copying {}", lib.display()))?;
         files.push((lib.display().to_string(), file_size(&dest)?));
     }
+
+    // Without this file glibc looks host names up with "dns [!UNAVAIL=return] files": /etc/hosts
+    // (Kubernetes hostAliases, podman --add-host) would be read only when no DNS server answers.
+    std::fs::create_dir_all(rootfs.join("etc"))?;
+    std::fs::write(rootfs.join("etc/nsswitch.conf"), "hosts: files dns\n")?;
 
     let revision = git(&["rev-parse", "HEAD"])?;
     let dirty = !git(&["status", "--porcelain", "--untracked-files=no"])?.is_empty();
@@ -111,19 +135,7 @@ pub fn run(test: bool) -> anyhow::Result<()> {
         started.elapsed().as_secs_f64(),
         workspace_root().join(CONTAINERS_CONF).display()
     );
-    if test {
-        let started = Instant::now();
-        sh(Command::new("cargo")
-            .args(["test", "-p", "mirror-tests", "--test", "image"])
-            .env("MIRROR_REQUIRE_IMAGE", "1")
-            .env("MIRROR_IMAGE", &tag)
-            .args(["--", "--nocapture"]))?;
-        eprintln!(
-            "xtask: image smoke test passed in {:.0} s",
-            started.elapsed().as_secs_f64()
-        );
-    }
-    Ok(())
+    Ok(tag)
 }
 
 /// `--label org.opencontainers.image.KEY=VALUE`.
