@@ -64,7 +64,13 @@ fn path_with_cargo_bin() -> std::ffi::OsString {
 /// What the benchmarks run: everything set up, the object built and embedded in a release agent.
 /// Returns the agent's path.
 pub fn release_agent() -> anyhow::Result<PathBuf> {
-    setup::run(Scope::All)?;
+    release_agent_for(Scope::All)
+}
+
+/// [`release_agent`] with only what `scope` needs set up (`cargo xtask image` needs no test
+/// tools).
+pub fn release_agent_for(scope: Scope) -> anyhow::Result<PathBuf> {
+    setup::run(scope)?;
     build()?;
     sh(Command::new("cargo").args([
         "build",

@@ -1,4 +1,4 @@
-//! `cargo xtask`: project tasks (setup, build-ebpf, test, demo, bench, fuzz).
+//! `cargo xtask`: project tasks (setup, build-ebpf, test, image, demo, bench, fuzz).
 //!
 //! Each command lives in its own module; this file only dispatches.
 
@@ -9,6 +9,7 @@ mod bench_pipeline;
 mod demo;
 mod ebpf;
 mod fuzz;
+mod image;
 mod lab;
 mod netns;
 mod setup;
@@ -33,6 +34,13 @@ enum Command {
     BuildEbpf,
     /// Run every test: unprivileged, pcap acceptance and privileged end-to-end.
     Test,
+    /// Build the OCI image `mirror-agent:<version>` with podman, from scratch and offline; print
+    /// its size.
+    Image {
+        /// Then run the image smoke test (tests/tests/image.rs), required to pass.
+        #[arg(long)]
+        test: bool,
+    },
     /// Run the self-contained demo in network namespaces.
     Demo,
     /// Benchmarks: capture (with its bulk-upload section), bulk (that section alone),
@@ -56,6 +64,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(setup::Scope::All),
         Command::BuildEbpf => ebpf::build().map(|_| ()),
         Command::Test => test::run(),
+        Command::Image { test } => image::run(test),
         Command::Demo => demo::run(),
         Command::Fuzz { secs, targets } => fuzz::run(secs, &targets),
         Command::Bench { which } => match which.as_str() {

@@ -44,12 +44,20 @@ const TEST_PACKAGES: &[&str] = &[
     "util-linux",
 ];
 
+/// Debian packages `cargo xtask image` and its smoke test run: podman builds the image from
+/// scratch (no registry), runc runs it (crun, podman's default, refuses this machine's hybrid
+/// cgroups; see xtask/podman/containers.conf). binutils strips the agent copied into the image.
+const IMAGE_PACKAGES: &[&str] = &["podman", "runc", "binutils"];
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
     /// Only what `build-ebpf` needs.
     Ebpf,
-    /// Also the test and benchmark tools.
+    /// Also the test and benchmark tools, and the image tools (the image smoke test is part of
+    /// the suite).
     All,
+    /// What `cargo xtask image` needs: the eBPF toolchain and the image tools.
+    Image,
     /// Only what `cargo xtask fuzz` needs: nightly and cargo-fuzz. No Debian packages, so it
     /// works without root (seeding, which needs tshark, is skipped with a reason instead).
     Fuzz,
@@ -65,6 +73,9 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if scope == Scope::All {
         packages.extend(TEST_PACKAGES);
     }
+    if matches!(scope, Scope::All | Scope::Image) {
+        packages.extend(IMAGE_PACKAGES);
+    }
     let missing = missing_packages(&packages);
     if !missing.is_empty() {
         install_packages(&missing)?;
@@ -73,7 +84,9 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if need_linker {
         install_bpf_linker()?;
     }
-    if scope != Scope::Ebpf && !succeeds(Command::new(cargo_bin("cargo-fuzz")).arg("--version")) {
+    if matches!(scope, Scope::All | Scope::Fuzz)
+        && !succeeds(Command::new(cargo_bin("cargo-fuzz")).arg("--version"))
+    {
         install_cargo_fuzz()?;
     }
     Ok(())

@@ -1,7 +1,10 @@
 //! `cargo xtask test`: everything, in one command. Sets up what is missing, builds the eBPF
 //! object, then runs the whole workspace's tests, builds the fuzz targets and runs each for a
 //! few seconds, and runs fmt and clippy. As root, the privileged end-to-end tests are
-//! required to run (`MIRROR_REQUIRE_PRIVILEGED=1` turns their skips into failures).
+//! required to run (`MIRROR_REQUIRE_PRIVILEGED=1` turns their skips into failures), and so is
+//! the image smoke test: as root the image is built first (`cargo xtask image`: a release build,
+//! about 2 minutes from a cold target, seconds after) and `MIRROR_REQUIRE_IMAGE=1` is set, so
+//! CI always tests the image of the commit it runs, never a stale one or none.
 
 use std::process::Command;
 
@@ -18,9 +21,15 @@ pub fn run() -> anyhow::Result<()> {
     cmd.args(["test", "--workspace"])
         .env("MIRROR_AGENT_BIN", &agent);
     if is_root() {
-        cmd.env("MIRROR_REQUIRE_PRIVILEGED", "1");
+        let image = crate::image::build()?;
+        cmd.env("MIRROR_REQUIRE_PRIVILEGED", "1")
+            .env("MIRROR_REQUIRE_IMAGE", "1")
+            .env("MIRROR_IMAGE", image);
     } else {
-        eprintln!("xtask: not root: privileged tests will skip (run as root to include them)");
+        eprintln!(
+            "xtask: not root: privileged tests and the image test will skip (run as root to \
+             include them)"
+        );
     }
     sh(&mut cmd)?;
     // Every fuzz target is built (so none drifts from the API it fuzzes) and run briefly (so the
