@@ -45,6 +45,11 @@ pub struct RunArgs {
     pub output: OutputArgs,
     #[command(flatten)]
     pub telemetry: TelemetryArgs,
+    /// Check the flags and the config file (--config), print what would run, and exit: 0 when
+    /// they are valid, 2 with the one-line error otherwise. Attaches nothing, opens no output,
+    /// connects nowhere (mirror names are not resolved): for CI and Kubernetes ConfigMaps.
+    #[arg(long, env = "MIRROR_CHECK_CONFIG")]
+    pub check_config: bool,
 }
 
 /// Where segments come from: an interface (live) or a pcap file, and which of them.

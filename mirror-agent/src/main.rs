@@ -17,6 +17,17 @@ fn main() {
         .init();
     let code = match cli.command {
         Some(Command::Check) => mirror_agent::check::run(),
+        None if cli.run.check_config => match Settings::load(&cli.run).and_then(|s| s.check()) {
+            Ok(summary) => {
+                println!("{summary}\nmirror-agent: configuration ok");
+                0
+            }
+            Err(e) => {
+                let e = AppError::from(e);
+                eprintln!("mirror-agent: {e}");
+                e.exit_code()
+            }
+        },
         None => match Settings::load(&cli.run)
             .map_err(AppError::from)
             .and_then(mirror_agent::app::run)

@@ -84,6 +84,9 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if need_linker {
         install_bpf_linker()?;
     }
+    if scope == Scope::All && !succeeds(python_module("kubernetes_validate").arg("--version")) {
+        install_python_package("kubernetes-validate")?;
+    }
     if matches!(scope, Scope::All | Scope::Fuzz)
         && !succeeds(Command::new(cargo_bin("cargo-fuzz")).arg("--version"))
     {
@@ -129,6 +132,31 @@ fn missing_packages(packages: &[&str]) -> Vec<String> {
         })
         .map(|p| p.to_string())
         .collect()
+}
+
+/// `python3 -m MODULE`.
+pub fn python_module(module: &str) -> Command {
+    let mut c = Command::new("python3");
+    c.args(["-m", module]);
+    c
+}
+
+/// A PyPI package the tests run (`deploy_manifests.rs` validates the manifests with
+/// kubernetes-validate), installed with the machine's `python3 -m pip`.
+fn install_python_package(package: &str) -> anyhow::Result<()> {
+    eprintln!("xtask: installing {package} from PyPI");
+    if succeeds(python_module("pip").args(["install", "-q", package])) {
+        return Ok(());
+    }
+    // A distribution's own python3 refuses pip outside a virtualenv (PEP 668); the tool is a
+    // leaf command with pure-Python dependencies, so a user install is harmless.
+    sh(python_module("pip").args([
+        "install",
+        "-q",
+        "--user",
+        "--break-system-packages",
+        package,
+    ]))
 }
 
 fn install_packages(missing: &[String]) -> anyhow::Result<()> {

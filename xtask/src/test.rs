@@ -18,8 +18,10 @@ pub fn run() -> anyhow::Result<()> {
     sh(Command::new("cargo").args(["build", "-p", "mirror-agent", "--bin", "mirror-agent"]))?;
     let agent = target_dir().join("debug/mirror-agent");
     let mut cmd = Command::new("cargo");
+    // Setup installed every tool the tests run (kubernetes-validate too): none may skip.
     cmd.args(["test", "--workspace"])
-        .env("MIRROR_AGENT_BIN", &agent);
+        .env("MIRROR_AGENT_BIN", &agent)
+        .env("MIRROR_REQUIRE_TOOLS", "1");
     if is_root() {
         let image = crate::image::build()?;
         cmd.env("MIRROR_REQUIRE_PRIVILEGED", "1")

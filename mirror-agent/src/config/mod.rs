@@ -157,6 +157,52 @@ fn output_queue(bytes: u64) -> Result<crate::output_queue::QueueLimits, ConfigEr
 }
 
 impl Settings {
+    /// `--check-config`: what the mode needs beyond [`Settings::load`] without touching the
+    /// system (live capture needs an interface and ports), then what would run, one line each.
+    pub fn check(&self) -> Result<String, ConfigError> {
+        let mut out = Vec::new();
+        if let Some(from) = &self.from {
+            out.push(format!(
+                "mode: replay of {} at speed {}",
+                from.display(),
+                self.speed
+            ));
+        } else if let Some(pcap) = &self.pcap {
+            out.push(format!("mode: pcap file {}", pcap.display()));
+        } else {
+            let c = self.live.capture()?;
+            out.push(format!(
+                "mode: live capture on {} (ring {} MiB, {:.2}% of flows)",
+                c.iface,
+                c.ring_size >> 20,
+                f64::from(c.capture_basis_points) / 100.0
+            ));
+        }
+        let ports: Vec<String> = self.ports.iter().map(u16::to_string).collect();
+        out.push(format!("ports: {}", ports.join(",")));
+        for m in &self.replay.mirrors {
+            out.push(format!(
+                "mirror {}: http://{} at {}%",
+                m.name,
+                m.authority(),
+                m.percent
+            ));
+        }
+        if self.replay.mirrors.is_empty() {
+            out.push("mirrors: none".into());
+        }
+        if let Some(r) = &self.record {
+            out.push(format!("record: {r}"));
+        }
+        if self.compare.is_some() {
+            out.push("compare: on".into());
+        }
+        if let Some(a) = self.telemetry.metrics_addr {
+            out.push(format!("metrics: http://{a}/metrics"));
+        }
+        Ok(out.join("\n"))
+    }
+
     /// Reads `--config` if given and merges it with the flags.
     pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.replay.config {

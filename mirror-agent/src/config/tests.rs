@@ -674,3 +674,31 @@ fn mirror_names_in_the_file_are_checked_like_the_flags() {
         assert_eq!(e.lines().count(), 1, "{e}");
     }
 }
+
+#[test]
+fn check_config_lists_what_would_run_and_needs_an_interface_for_live_mode() {
+    let s = load(&[], TRAEFIK_EXAMPLE).unwrap();
+    let text = s.check().unwrap();
+    assert!(text.starts_with("mode: live capture on eth0"), "{text}");
+    assert!(text.contains("ports: 80"), "{text}");
+    assert!(
+        text.contains("mirror app-v2: http://app-v2:80 at 100%"),
+        "{text}"
+    );
+    assert!(
+        text.contains("mirror app-v3: http://app-v3:80 at 50%"),
+        "{text}"
+    );
+    let no_iface = TRAEFIK_EXAMPLE.replace("interface: eth0\n", "");
+    let e = load(&[], &no_iface)
+        .unwrap()
+        .check()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("--iface"), "{e}");
+    let pcap = load(&["--pcap", "x.pcap"], &no_iface)
+        .unwrap()
+        .check()
+        .unwrap();
+    assert!(pcap.starts_with("mode: pcap file x.pcap"), "{pcap}");
+}
