@@ -194,6 +194,9 @@ fn the_daemonset_keeps_least_privilege() {
     };
     assert_eq!(caps("drop"), ["ALL"]);
     assert_eq!(caps("add"), ["BPF", "NET_ADMIN"]);
+    // Explicit: the runtime's default profile would refuse bpf(2) (see the manifest's comment),
+    // and tests/tests/image.rs runs the image with exactly these privileges.
+    assert_eq!(sc["seccompProfile"]["type"].as_str(), Some("Unconfined"));
     for probe in ["startupProbe", "livenessProbe", "readinessProbe"] {
         assert!(c[probe]["httpGet"]["path"].is_string(), "{probe}");
     }

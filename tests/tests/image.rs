@@ -125,7 +125,15 @@ fn image_mirrors_traffic_in_a_test_namespace() {
     let mut run = ChildGuard::spawn(
         "podman run",
         podman()
-            .args(["run", "--rm", "--name", &name, "--privileged"])
+            .args(["run", "--rm", "--name", &name])
+            // The DaemonSet's privileges (deploy/mirror-agent.yaml), not `--privileged`: only
+            // CAP_BPF and CAP_NET_ADMIN, no privilege escalation; the runtime's default seccomp
+            // profile refuses bpf(2) without CAP_SYS_ADMIN, so the agent's own filter replaces it.
+            .args(["--cap-drop=ALL", "--cap-add=BPF,NET_ADMIN"])
+            .args([
+                "--security-opt=no-new-privileges",
+                "--security-opt=seccomp=unconfined",
+            ])
             .arg(format!("--network=ns:/run/netns/{}", topo.server.name))
             .arg(format!("--add-host={MIRROR_HOST}:127.0.0.1"))
             .args(["--env", "RUST_LOG=info", "--env", "NO_COLOR=1"])
