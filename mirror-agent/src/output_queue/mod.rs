@@ -204,6 +204,13 @@ impl<T: Send + 'static> OutputQueue<T> {
 
     /// Queues `item` (`bytes` is what it costs in memory) or drops it, counted. Never blocks.
     pub fn submit(&self, item: T, bytes: usize) {
+        self.submit_with(bytes, || item);
+    }
+
+    /// [`Self::submit`] of an item made only when there is room for it: an output that must
+    /// copy what it keeps (`--write-pcap` copies each segment out of the ring) copies nothing
+    /// it then drops.
+    pub fn submit_with(&self, bytes: usize, make: impl FnOnce() -> T) {
         let c = &self.counters;
         c.submitted.fetch_add(1, Ordering::Relaxed);
         // An item larger than the whole bound is still taken into an empty queue: otherwise
@@ -217,7 +224,7 @@ impl<T: Send + 'static> OutputQueue<T> {
         // Counted before the send so the writer never sees a count go below zero.
         c.queued.fetch_add(1, Ordering::Relaxed);
         c.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
-        match tx.try_send((item, bytes)) {
+        match tx.try_send((make(), bytes)) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 c.queued.fetch_sub(1, Ordering::Relaxed);

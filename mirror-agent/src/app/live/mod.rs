@@ -293,7 +293,7 @@ fn read_segments(
         summary.segments += 1;
         summary.payload_bytes += seg.payload.len() as u64;
         if let Some(p) = pcap {
-            p.submit(seg.to_owned(), seg.payload.len() + 64);
+            p.submit_with(seg.payload.len() + 64, || seg.to_owned());
         }
         sink.segment(seg);
     });
