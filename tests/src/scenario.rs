@@ -143,3 +143,51 @@ pub fn noise(len: usize, seed: u32) -> Vec<u8> {
         })
         .collect()
 }
+
+/// The shapes every mirroring test sends through curl, three requests: a GET whose custom
+/// headers must keep their order, case and spacing (and an empty value); a POST of
+/// `post_bytes` of noise; a chunked upload of `chunked_bytes`. Bodies are written into `dir`.
+pub fn curl_request_shapes(
+    topo: &Topology,
+    dir: &Path,
+    base: &str,
+    post_bytes: usize,
+    chunked_bytes: usize,
+) {
+    curl_ok(
+        topo,
+        &[
+            "-H",
+            "X-Custom-Header: Value With  Spaces",
+            "-H",
+            "x-lower: lower",
+            "-H",
+            "Accept: */*",
+            "-H",
+            "X-Empty;",
+            &format!("{base}/get?a=1&b=%20two"),
+        ],
+    );
+    let post = dir.join("post.bin");
+    std::fs::write(&post, noise(post_bytes, 7)).expect("write the POST body");
+    curl_ok(
+        topo,
+        &[
+            "--data-binary",
+            &format!("@{}", post.display()),
+            &format!("{base}/upload"),
+        ],
+    );
+    let chunked = dir.join("chunked.bin");
+    std::fs::write(&chunked, noise(chunked_bytes, 11)).expect("write the chunked body");
+    curl_ok(
+        topo,
+        &[
+            "-H",
+            "Transfer-Encoding: chunked",
+            "--data-binary",
+            &format!("@{}", chunked.display()),
+            &format!("{base}/chunked"),
+        ],
+    );
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use mirror_tests::agent::parse_summary;
 use mirror_tests::mirror::{Behavior, MirrorTable, assert_same_requests};
 use mirror_tests::scenario::{
-    Family, PRIMARY_PORT, curl_ok, noise, start_mirror, start_primary, url,
+    Family, PRIMARY_PORT, curl_ok, curl_request_shapes, start_mirror, start_primary, url,
 };
 use mirror_tests::{ChildGuard, TempDir, Topology, is_root, unique_name};
 
@@ -172,36 +172,7 @@ fn image_mirrors_traffic_in_a_test_namespace() {
     );
 
     let base = url(primary.addr);
-    curl_ok(
-        &topo,
-        &[
-            "-H",
-            "X-Custom-Header: Value With  Spaces",
-            "-H",
-            "x-lower: lower",
-            &format!("{base}/get?a=1&b=%20two"),
-        ],
-    );
-    let body = dir.path().join("body.bin");
-    std::fs::write(&body, noise(200_000, 3)).unwrap();
-    curl_ok(
-        &topo,
-        &[
-            "--data-binary",
-            &format!("@{}", body.display()),
-            &format!("{base}/upload"),
-        ],
-    );
-    curl_ok(
-        &topo,
-        &[
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            &format!("@{}", body.display()),
-            &format!("{base}/chunked"),
-        ],
-    );
+    curl_request_shapes(&topo, dir.path(), &base, 200_000, 100_000);
     // Five keep-alive requests on one connection.
     let urls: Vec<String> = (1..=5).map(|i| format!("{base}/keep/{i}")).collect();
     let refs: Vec<&str> = urls.iter().map(String::as_str).collect();

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use mirror_tests::mirror::{Behavior, assert_same_requests};
 use mirror_tests::scenario::{
-    Family, PRIMARY_PORT, curl_ok, noise, start_agent, start_mirror, start_primary, stop_agent, url,
+    Family, PRIMARY_PORT, curl_request_shapes, start_agent, start_mirror, start_primary,
+    stop_agent, url,
 };
 use mirror_tests::{TempDir, Topology, privileged_or_skip};
 
@@ -65,45 +66,9 @@ fn byte_identical(family: Family, test: &str) {
     );
     let base = url(primary.addr);
 
-    // curl GET with custom headers (order and case must survive).
-    curl_ok(
-        &topo,
-        &[
-            "-H",
-            "X-Custom-Header: Value With  Spaces",
-            "-H",
-            "x-lower: lower",
-            "-H",
-            "Accept: */*",
-            "-H",
-            "X-Empty;",
-            &format!("{base}/get?a=1&b=%20two"),
-        ],
-    );
-    // A 10 MiB POST.
-    let big = dir.path().join("big.bin");
-    std::fs::write(&big, noise(10 << 20, 7)).unwrap();
-    curl_ok(
-        &topo,
-        &[
-            "--data-binary",
-            &format!("@{}", big.display()),
-            &format!("{base}/upload"),
-        ],
-    );
-    // A chunked upload.
-    let mid = dir.path().join("mid.bin");
-    std::fs::write(&mid, noise(300_000, 11)).unwrap();
-    curl_ok(
-        &topo,
-        &[
-            "-H",
-            "Transfer-Encoding: chunked",
-            "--data-binary",
-            &format!("@{}", mid.display()),
-            &format!("{base}/chunked"),
-        ],
-    );
+    // curl: a GET with custom headers (order and case must survive), a 10 MiB POST, a
+    // chunked upload.
+    curl_request_shapes(&topo, dir.path(), &base, 10 << 20, 300_000);
     // Pipelined requests on one connection.
     let answers = pipelined(&topo, primary.addr);
     assert!(String::from_utf8_lossy(&answers).contains("POST /pipe/2 HTTP/1.1 11"));
