@@ -23,11 +23,6 @@ impl RingDecoder {
         }
     }
 
-    /// Appends the segment `record` holds to `out`, or counts the record as malformed.
-    pub fn push(&mut self, record: &[u8], out: &mut Vec<Segment>) {
-        self.visit(record, |seg| out.push(seg.to_owned()));
-    }
-
     /// Hands the segment `record` holds to `f`, borrowed from the record, or counts the record
     /// as malformed.
     pub fn visit(&mut self, record: &[u8], f: impl FnOnce(SegmentRef<'_>)) {
@@ -303,10 +298,14 @@ mod tests {
     fn the_ring_decoder_counts_what_it_refuses() {
         let mut d = RingDecoder::new(1000);
         let mut out = Vec::new();
-        d.push(&encode(&hdr(family::IPV4, 5), b"GET /"), &mut out);
-        d.push(&[0u8; 10], &mut out);
-        d.push(&encode(&hdr(9, 0), b""), &mut out);
-        d.push(&encode(&hdr(family::IPV6, 3), b"abc"), &mut out);
+        d.visit(&encode(&hdr(family::IPV4, 5), b"GET /"), |seg| {
+            out.push(seg.to_owned())
+        });
+        d.visit(&[0u8; 10], |seg| out.push(seg.to_owned()));
+        d.visit(&encode(&hdr(9, 0), b""), |seg| out.push(seg.to_owned()));
+        d.visit(&encode(&hdr(family::IPV6, 3), b"abc"), |seg| {
+            out.push(seg.to_owned())
+        });
         assert_eq!(out.len(), 2);
         assert_eq!(out[0].ts_ns, 1042);
         assert_eq!(d.malformed(), 2);
