@@ -85,6 +85,7 @@ pub fn run() -> i32 {
     let caps = effective_caps();
     let version = kernel_version();
     let tcx = version.is_some_and(|v| v >= (6, 6));
+    let cgroup2 = crate::capture::ebpf::cgroup2_mount();
     let rows = [
         Row {
             item: "kernel",
@@ -115,6 +116,15 @@ pub fn run() -> i32 {
             },
         },
         Row {
+            item: "cgroup v2",
+            ok: cgroup2.is_some(),
+            required: false,
+            detail: match &cgroup2 {
+                Some(m) => format!("--cgroup takes directories under {}", m.display()),
+                None => "not mounted: --cgroup cannot be used".into(),
+            },
+        },
+        Row {
             item: "CAP_BPF",
             ok: has(caps, CAP_BPF) || has(caps, CAP_SYS_ADMIN),
             required: true,
@@ -124,7 +134,7 @@ pub fn run() -> i32 {
             item: "CAP_NET_ADMIN",
             ok: has(caps, CAP_NET_ADMIN),
             required: true,
-            detail: "attach to an interface".into(),
+            detail: "attach to an interface or a cgroup".into(),
         },
         Row {
             item: "CAP_PERFMON",

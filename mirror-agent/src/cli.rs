@@ -58,6 +58,16 @@ pub struct CaptureArgs {
     /// Interface to capture on (live mode).
     #[arg(long, env = "MIRROR_IFACE", help_heading = "Capture")]
     pub iface: Option<String>,
+    /// Capture only the sockets of the processes in this cgroup v2 directory and its children
+    /// (repeatable; a pod: /sys/fs/cgroup/kubepods.slice/.../kubepods-...-pod<uid>.slice).
+    /// Instead of --iface; works with any CNI and with hostNetwork.
+    #[arg(
+        long = "cgroup",
+        env = "MIRROR_CGROUPS",
+        value_delimiter = ',',
+        help_heading = "Capture"
+    )]
+    pub cgroups: Vec<PathBuf>,
     /// Destination port to capture (repeatable, up to 64). In pcap mode, without --port every
     /// flow whose client side starts with an HTTP request line is taken.
     #[arg(

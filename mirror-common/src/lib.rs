@@ -30,6 +30,10 @@ pub const MAX_PORTS: u32 = 64;
 /// agent's own mirror connections).
 pub const IGNORE_ENTRIES: u32 = 16384;
 
+/// Most interfaces the TC classifiers are attached to at once (entries of the map of their
+/// link-layer header lengths): a node with thousands of pods has thousands of veths.
+pub const IFACE_ENTRIES: u32 = 16384;
+
 /// Map names, as they appear in the object file.
 pub mod maps {
     pub const RING: &str = "MIRROR_RING";
@@ -38,6 +42,7 @@ pub mod maps {
     pub const COUNTERS: &str = "MIRROR_COUNTERS";
     pub const SCRATCH: &str = "MIRROR_SCRATCH";
     pub const IGNORE: &str = "MIRROR_IGNORE";
+    pub const IFACES: &str = "MIRROR_IFACES";
 }
 
 /// Program names, as they appear in the object file (and in `bpftool net`; the kernel keeps the
@@ -53,6 +58,9 @@ pub mod programs {
     pub const EGRESS: &str = "mirror_egress";
     pub const INGRESS_COPY: &str = "mirror_ingress_copy";
     pub const EGRESS_COPY: &str = "mirror_egress_copy";
+    /// `cgroup_skb` programs (one-copy only): packets of the sockets of a cgroup's processes.
+    pub const CGROUP_INGRESS: &str = "mirror_cg_ingress";
+    pub const CGROUP_EGRESS: &str = "mirror_cg_egress";
 }
 
 /// Indices into the `MIRROR_CONFIG` array of `u64`.
@@ -63,10 +71,7 @@ pub mod config {
     pub const WAKEUP_BYTES: u32 = 1;
     /// Seed mixed into the flow hash, so that two agents do not sample the same flows.
     pub const HASH_SEED: u32 = 2;
-    /// Bytes of link-layer header before the IP header (14 on Ethernet, lo and veth; 0 on L3
-    /// devices such as tun or wireguard).
-    pub const L2_LEN: u32 = 3;
-    pub const LEN: u32 = 4;
+    pub const LEN: u32 = 3;
 }
 
 /// Indices into the per-CPU `MIRROR_COUNTERS` array of `u64`.
@@ -94,7 +99,7 @@ pub mod counter {
     /// skb is still counted in `CAPTURED` when every chunk it was allowed was written).
     pub const TRUNCATED: u32 = 6;
     /// IP packets the classifier could not parse (IPv6 extension chains too long, bad lengths,
-    /// non-first fragments).
+    /// non-first fragments), and packets on an interface missing from `MIRROR_IFACES`.
     pub const UNPARSEABLE: u32 = 7;
     /// Matched packets without payload and without SYN/FIN/RST (pure ACKs), not recorded.
     pub const EMPTY: u32 = 8;

@@ -1,9 +1,15 @@
-//! TC classifiers that copy the TCP payload of packets for configured ports into a ring buffer.
+//! Programs that copy the TCP payload of packets for configured ports into a ring buffer.
 //!
-//! `mirror_ingress` matches packets whose *destination* port is in `MIRROR_PORTS` (client
-//! requests); `mirror_egress` matches the same ports as *source* ports (the primary's responses)
-//! and is attached only when userspace asks for it. Both always return `TC_ACT_PIPE`: the packet is
-//! never changed, dropped or delayed, and under TCX later programs on the hook still run.
+//! Two kinds of hook, the same records:
+//! - TC classifiers, on interfaces: `mirror_ingress` matches packets whose *destination* port is
+//!   in `MIRROR_PORTS` (client requests); `mirror_egress` matches the same ports as *source*
+//!   ports (the primary's responses) and is attached only when userspace asks for it. Both
+//!   always return `TC_ACT_PIPE`: the packet is never changed, dropped or delayed, and under TCX
+//!   later programs on the hook still run. The link-layer header length comes per interface from
+//!   `MIRROR_IFACES` (14 on Ethernet-like devices, 0 on L3 ones).
+//! - `cgroup_skb` programs, on cgroup v2 directories: `mirror_cg_ingress` sees the packets
+//!   delivered to the sockets of the processes in the cgroup, `mirror_cg_egress` the packets they
+//!   send; the same port rules. The skb starts at the IP header. Both return 1 (pass).
 //!
 //! Records: a [`RecordHeader`] followed by one chunk of the skb's TCP payload, at most
 //! [`MAX_PAYLOAD`] bytes. An skb with more payload (BIG TCP, large GRO) takes several records,
@@ -20,22 +26,30 @@
 //!   loaded into a per-CPU scratch value and copied into the ring with `bpf_ringbuf_output`, whose
 //!   length may vary at run time. Same records, exactly `HEADER_LEN + captured_len` bytes long.
 //!
+//! The cgroup programs exist in the one-copy variant only: the egress hook runs in process context
+//! with softirqs enabled, so a softirq on the same CPU could run a program in the middle of
+//! another one and overwrite its per-CPU scratch record. For the same reason their counters are
+//! added atomically ([`Hook::shared_cpu`]); the TC hooks run with softirqs off and add plainly.
+//!
 //! A full ring stops the skb: the chunk that failed and the ones after it are counted in
 //! `CHUNKS_LOST`, the skb in `RING_FULL` (see the accounting identity in `mirror_common::counter`).
 #![no_std]
 #![no_main]
+// BPF inline assembly, for the one atomic add (`core`'s atomic read-modify-write methods are
+// compiled out for the BPF target).
+#![feature(asm_experimental_arch)]
 
 mod parse;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE},
     helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_skb_load_bytes},
-    macros::{classifier, map},
+    macros::{cgroup_skb, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
-    programs::TcContext,
+    programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use mirror_common::{
-    EndpointKey, HEADER_LEN, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
+    EndpointKey, HEADER_LEN, IFACE_ENTRIES, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
     SIZE_CLASSES, config, counter, direction, flow_hash, record_flags, sampled,
 };
 
@@ -52,6 +66,11 @@ static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 /// Settings written by userspace before attach, indexed by [`config`].
 #[map]
 static MIRROR_CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
+
+/// Link-layer header bytes before IP, by ifindex, for the interfaces the TC classifiers are
+/// attached to: userspace adds an interface before attaching to it and removes it after.
+#[map]
+static MIRROR_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(IFACE_ENTRIES, 0);
 
 /// Per-CPU counters, indexed by [`counter`].
 #[map]
@@ -86,36 +105,97 @@ enum CopyMode {
     Scratch,
 }
 
+/// Where a program runs, which decides how it finds the IP header and adds to its counters.
+#[derive(Clone, Copy)]
+struct Hook {
+    dir: u8,
+    copy: CopyMode,
+    /// TC: the link-layer header length comes from `MIRROR_IFACES`. cgroup_skb: the skb starts
+    /// at the IP header.
+    tc: bool,
+    /// The program can be interrupted on its CPU by another of ours (cgroup_skb egress runs in
+    /// process context with softirqs on): counters are added atomically.
+    shared_cpu: bool,
+}
+
+impl Hook {
+    const fn tc(dir: u8, copy: CopyMode) -> Self {
+        Self {
+            dir,
+            copy,
+            tc: true,
+            shared_cpu: false,
+        }
+    }
+
+    const fn cgroup(dir: u8) -> Self {
+        Self {
+            dir,
+            copy: CopyMode::Reserve,
+            tc: false,
+            shared_cpu: true,
+        }
+    }
+
+    #[inline(always)]
+    fn count(self, index: u32, value: u64) {
+        if let Some(p) = MIRROR_COUNTERS.get_ptr_mut(index) {
+            if self.shared_cpu {
+                // SAFETY: a valid, aligned per-CPU slot; every writer that can interrupt this
+                // one on its CPU adds atomically too. BPF_ATOMIC | BPF_ADD, 64 bits.
+                unsafe {
+                    core::arch::asm!(
+                        "lock *(u64 *)({p} + 0) += {v}",
+                        p = in(reg) p,
+                        v = in(reg) value,
+                    )
+                };
+            } else {
+                // SAFETY: per-CPU slot; TC programs run with softirqs off and migration
+                // disabled, so no other writer.
+                unsafe { *p += value };
+            }
+        }
+    }
+}
+
 #[classifier]
 pub fn mirror_ingress(ctx: TcContext) -> i32 {
-    process(&ctx, direction::INGRESS, CopyMode::Reserve);
+    process(&ctx.skb, Hook::tc(direction::INGRESS, CopyMode::Reserve));
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn mirror_egress(ctx: TcContext) -> i32 {
-    process(&ctx, direction::EGRESS, CopyMode::Reserve);
+    process(&ctx.skb, Hook::tc(direction::EGRESS, CopyMode::Reserve));
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn mirror_ingress_copy(ctx: TcContext) -> i32 {
-    process(&ctx, direction::INGRESS, CopyMode::Scratch);
+    process(&ctx.skb, Hook::tc(direction::INGRESS, CopyMode::Scratch));
     TC_ACT_PIPE
 }
 
 #[classifier]
 pub fn mirror_egress_copy(ctx: TcContext) -> i32 {
-    process(&ctx, direction::EGRESS, CopyMode::Scratch);
+    process(&ctx.skb, Hook::tc(direction::EGRESS, CopyMode::Scratch));
     TC_ACT_PIPE
 }
 
-#[inline(always)]
-fn count(index: u32, value: u64) {
-    if let Some(p) = MIRROR_COUNTERS.get_ptr_mut(index) {
-        // SAFETY: per-CPU slot; TC programs run with migration disabled, so no other writer.
-        unsafe { *p += value };
-    }
+/// cgroup_skb: 1 lets the packet pass (0 would drop it).
+const CGROUP_PASS: i32 = 1;
+
+#[cgroup_skb(ingress)]
+pub fn mirror_cg_ingress(ctx: SkBuffContext) -> i32 {
+    process(&ctx.skb, Hook::cgroup(direction::INGRESS));
+    CGROUP_PASS
+}
+
+#[cgroup_skb(egress)]
+pub fn mirror_cg_egress(ctx: SkBuffContext) -> i32 {
+    process(&ctx.skb, Hook::cgroup(direction::EGRESS));
+    CGROUP_PASS
 }
 
 #[inline(always)]
@@ -123,17 +203,39 @@ fn setting(index: u32) -> u64 {
     MIRROR_CONFIG.get(index).copied().unwrap_or(0)
 }
 
+/// Link-layer header bytes before IP on the TC hook's interface; `None` for an interface
+/// userspace did not register (cannot happen: it registers before attaching).
 #[inline(always)]
-fn process(ctx: &TcContext, dir: u8, copy: CopyMode) {
-    count(counter::SEEN, 1);
-    let pkt = match parse::parse(ctx, setting(config::L2_LEN) as usize) {
+fn tc_l2_len(skb: &SkBuff) -> Option<usize> {
+    // SAFETY: reading a field of the context the kernel passed in.
+    let ifindex = unsafe { (*skb.skb).ifindex };
+    // SAFETY: read-only lookup of a value copied out at once.
+    unsafe { MIRROR_IFACES.get(&ifindex) }.map(|l2| *l2 as usize)
+}
+
+#[inline(always)]
+fn process(skb: &SkBuff, hook: Hook) {
+    hook.count(counter::SEEN, 1);
+    let l2_len = if hook.tc {
+        match tc_l2_len(skb) {
+            Some(l2) => l2,
+            None => {
+                hook.count(counter::UNPARSEABLE, 1);
+                return;
+            }
+        }
+    } else {
+        0
+    };
+    let pkt = match parse::parse(skb, l2_len) {
         Ok(Some(p)) => p,
         Ok(None) => return,
         Err(()) => {
-            count(counter::UNPARSEABLE, 1);
+            hook.count(counter::UNPARSEABLE, 1);
             return;
         }
     };
+    let dir = hook.dir;
     let port = if dir == direction::INGRESS {
         pkt.dport
     } else {
@@ -143,10 +245,10 @@ fn process(ctx: &TcContext, dir: u8, copy: CopyMode) {
     if unsafe { MIRROR_PORTS.get(&port) }.is_none() {
         return;
     }
-    count(counter::MATCHED, 1);
+    hook.count(counter::MATCHED, 1);
 
     if is_ignored(&pkt) {
-        count(counter::IGNORED, 1);
+        hook.count(counter::IGNORED, 1);
         return;
     }
     let basis_points = setting(config::SAMPLE_BASIS_POINTS);
@@ -159,17 +261,17 @@ fn process(ctx: &TcContext, dir: u8, copy: CopyMode) {
             pkt.dport,
         );
         if !sampled(h, basis_points) {
-            count(counter::SAMPLED_OUT, 1);
+            hook.count(counter::SAMPLED_OUT, 1);
             return;
         }
     }
     if pkt.payload_len == 0 && pkt.tcp_flags & TCP_SYN_FIN_RST == 0 {
-        count(counter::EMPTY, 1);
+        hook.count(counter::EMPTY, 1);
         return;
     }
-    match copy {
-        CopyMode::Reserve => emit_reserve(ctx, &pkt, dir),
-        CopyMode::Scratch => emit_scratch(ctx, &pkt, dir),
+    match hook.copy {
+        CopyMode::Reserve => emit_reserve(skb, &pkt, hook),
+        CopyMode::Scratch => emit_scratch(skb, &pkt, hook),
     }
 }
 
@@ -210,7 +312,7 @@ struct Plan {
 }
 
 #[inline(always)]
-fn plan(pkt: &Packet, dir: u8) -> Plan {
+fn plan(pkt: &Packet, hook: Hook) -> Plan {
     const MAX_TOTAL: u32 = MAX_CHUNKS * MAX_PAYLOAD as u32;
     let truncated = pkt.payload_len > MAX_TOTAL;
     let total = if truncated {
@@ -219,10 +321,11 @@ fn plan(pkt: &Packet, dir: u8) -> Plan {
         pkt.payload_len
     };
     if truncated {
-        count(counter::TRUNCATED, 1);
+        hook.count(counter::TRUNCATED, 1);
     }
     if let Some(p) = MIRROR_COUNTERS.get_ptr_mut(counter::MAX_SKB_PAYLOAD) {
-        // SAFETY: per-CPU slot; TC programs run with migration disabled, so no other writer.
+        // SAFETY: per-CPU slot. A maximum: where programs can interrupt each other on a CPU
+        // (cgroup egress), a lost update only keeps a smaller maximum for a moment.
         unsafe {
             if *p < pkt.payload_len as u64 {
                 *p = pkt.payload_len as u64;
@@ -245,7 +348,7 @@ fn plan(pkt: &Packet, dir: u8) -> Plan {
             payload_offset: pkt.payload_offset as u16,
             tcp_flags: pkt.tcp_flags,
             family: pkt.family,
-            direction: dir,
+            direction: hook.dir,
             flags: 0,
             _pad: [0; 2],
         },
@@ -261,25 +364,25 @@ fn plan(pkt: &Packet, dir: u8) -> Plan {
 
 /// Counts a written record.
 #[inline(always)]
-fn written(hdr: &RecordHeader) {
-    count(counter::RECORDS, 1);
-    count(counter::PAYLOAD_BYTES, hdr.captured_len as u64);
+fn written(hook: Hook, hdr: &RecordHeader) {
+    hook.count(counter::RECORDS, 1);
+    hook.count(counter::PAYLOAD_BYTES, hdr.captured_len as u64);
     if hdr.chunk_offset > 0 {
-        count(counter::CHUNKED_RECORDS, 1);
+        hook.count(counter::CHUNKED_RECORDS, 1);
     }
 }
 
 /// Counts the outcome of an skb that lost chunk `index` and every later one of `chunks`.
 #[inline(always)]
-fn lost(why: Lost, index: u32, chunks: u32) {
-    count(
+fn lost(hook: Hook, why: Lost, index: u32, chunks: u32) {
+    hook.count(
         match why {
             Lost::RingFull => counter::RING_FULL,
             Lost::LoadError => counter::LOAD_ERROR,
         },
         1,
     );
-    count(counter::CHUNKS_LOST, chunks.saturating_sub(index) as u64);
+    hook.count(counter::CHUNKS_LOST, chunks.saturating_sub(index) as u64);
 }
 
 /// Submit flags. Batched wakeups: waking the reader per record costs ~2.5 us per packet; wake it
@@ -308,8 +411,8 @@ fn last_flags(pkt: &Packet, plan: &Plan) -> u8 {
 /// One-copy path: full 64 KiB chunks while more than one chunk is left, then the last chunk in the
 /// smallest size class that holds it.
 #[inline(always)]
-fn emit_reserve(ctx: &TcContext, pkt: &Packet, dir: u8) {
-    let mut plan = plan(pkt, dir);
+fn emit_reserve(skb: &SkBuff, pkt: &Packet, hook: Hook) {
+    let mut plan = plan(pkt, hook);
     let mut off = 0u32;
     let mut index = 0u32;
     // Bounded: at most MAX_CHUNKS - 1 full chunks before the last one.
@@ -319,11 +422,11 @@ fn emit_reserve(ctx: &TcContext, pkt: &Packet, dir: u8) {
         }
         plan.hdr.chunk_offset = off;
         plan.hdr.captured_len = MAX_PAYLOAD as u32;
-        if let Err(why) = reserve_chunk::<MAX_PAYLOAD>(ctx, &plan.hdr, MAX_PAYLOAD as u32) {
-            lost(why, index, plan.chunks);
+        if let Err(why) = reserve_chunk::<MAX_PAYLOAD>(skb, &plan.hdr, MAX_PAYLOAD as u32) {
+            lost(hook, why, index, plan.chunks);
             return;
         }
-        written(&plan.hdr);
+        written(hook, &plan.hdr);
         off += MAX_PAYLOAD as u32;
         index += 1;
     }
@@ -336,22 +439,22 @@ fn emit_reserve(ctx: &TcContext, pkt: &Packet, dir: u8) {
     const C3: usize = SIZE_CLASSES[3];
     const C4: usize = SIZE_CLASSES[4];
     let result = if left == 0 {
-        reserve_chunk::<0>(ctx, &plan.hdr, 0)
+        reserve_chunk::<0>(skb, &plan.hdr, 0)
     } else if left <= C1 as u32 {
-        reserve_chunk::<C1>(ctx, &plan.hdr, left)
+        reserve_chunk::<C1>(skb, &plan.hdr, left)
     } else if left <= C2 as u32 {
-        reserve_chunk::<C2>(ctx, &plan.hdr, left)
+        reserve_chunk::<C2>(skb, &plan.hdr, left)
     } else if left <= C3 as u32 {
-        reserve_chunk::<C3>(ctx, &plan.hdr, left)
+        reserve_chunk::<C3>(skb, &plan.hdr, left)
     } else {
-        reserve_chunk::<C4>(ctx, &plan.hdr, left)
+        reserve_chunk::<C4>(skb, &plan.hdr, left)
     };
     match result {
         Ok(()) => {
-            written(&plan.hdr);
-            count(counter::CAPTURED, 1);
+            written(hook, &plan.hdr);
+            hook.count(counter::CAPTURED, 1);
         }
-        Err(why) => lost(why, index, plan.chunks),
+        Err(why) => lost(hook, why, index, plan.chunks),
     }
 }
 
@@ -366,7 +469,7 @@ struct Chunk<const N: usize> {
 /// bytes from offset `hdr.chunk_offset` of the payload straight into it and submits it.
 #[inline(always)]
 fn reserve_chunk<const N: usize>(
-    ctx: &TcContext,
+    skb: &SkBuff,
     hdr: &RecordHeader,
     len: u32,
 ) -> Result<(), Lost> {
@@ -381,7 +484,7 @@ fn reserve_chunk<const N: usize>(
         // SAFETY: the data area of the reservation has N bytes and n <= N.
         let r = unsafe {
             bpf_skb_load_bytes(
-                ctx.skb.skb as *const _,
+                skb.skb as *const _,
                 payload_offset(hdr),
                 (&raw mut (*record).data).cast(),
                 n,
@@ -417,13 +520,13 @@ fn payload_offset(hdr: &RecordHeader) -> u32 {
 /// Scratch-copy path: each chunk (up to 64 KiB) is loaded into this CPU's scratch record and
 /// copied into the ring with `bpf_ringbuf_output`.
 #[inline(always)]
-fn emit_scratch(ctx: &TcContext, pkt: &Packet, dir: u8) {
-    let mut plan = plan(pkt, dir);
+fn emit_scratch(skb: &SkBuff, pkt: &Packet, hook: Hook) {
+    let mut plan = plan(pkt, hook);
     // SAFETY: helper without arguments.
     let cpu = unsafe { bpf_get_smp_processor_id() };
     let Some(scratch) = MIRROR_SCRATCH.get_ptr_mut(cpu) else {
         // Cannot happen when userspace sized the map to the possible CPUs; still a lost skb.
-        lost(Lost::RingFull, 0, plan.chunks);
+        lost(hook, Lost::RingFull, 0, plan.chunks);
         return;
     };
     // SAFETY: the slot belongs to this CPU and TC programs do not migrate.
@@ -445,14 +548,14 @@ fn emit_scratch(ctx: &TcContext, pkt: &Packet, dir: u8) {
             // SAFETY: `data` has MAX_PAYLOAD bytes and n <= MAX_PAYLOAD.
             let r = unsafe {
                 bpf_skb_load_bytes(
-                    ctx.skb.skb as *const _,
+                    skb.skb as *const _,
                     payload_offset(&plan.hdr),
                     scratch.data.as_mut_ptr() as *mut _,
                     n,
                 )
             };
             if r != 0 {
-                lost(Lost::LoadError, index, plan.chunks);
+                lost(hook, Lost::LoadError, index, plan.chunks);
                 return;
             }
             size += n;
@@ -465,12 +568,12 @@ fn emit_scratch(ctx: &TcContext, pkt: &Packet, dir: u8) {
             .output::<[u8]>(bytes, wakeup_flags(size as u64))
             .is_err()
         {
-            lost(Lost::RingFull, index, plan.chunks);
+            lost(hook, Lost::RingFull, index, plan.chunks);
             return;
         }
-        written(&plan.hdr);
+        written(hook, &plan.hdr);
         if last {
-            count(counter::CAPTURED, 1);
+            hook.count(counter::CAPTURED, 1);
             return;
         }
         off += MAX_PAYLOAD as u32;

@@ -1,11 +1,11 @@
 //! Header parsing for the classifiers: link layer (optional VLAN tags), IPv4 or IPv6 (with a
 //! bounded walk over extension headers), TCP.
 //!
-//! All reads go through `bpf_skb_load_bytes` (`TcContext::load`), which also works on the
+//! All reads go through `bpf_skb_load_bytes` (`SkBuff::load`), which also works on the
 //! non-linear part of GRO skbs; direct packet access would need bounds checks against
 //! `data_end` for every field and only sees the linear head.
 
-use aya_ebpf::programs::TcContext;
+use aya_ebpf::programs::sk_buff::SkBuff;
 use mirror_common::family;
 
 const ETH_P_IP: u16 = 0x0800;
@@ -32,23 +32,23 @@ pub struct Packet {
 }
 
 #[inline(always)]
-fn be16(ctx: &TcContext, off: usize) -> Result<u16, ()> {
+fn be16(ctx: &SkBuff, off: usize) -> Result<u16, ()> {
     ctx.load::<u16>(off).map(u16::from_be).map_err(|_| ())
 }
 
 #[inline(always)]
-fn be32(ctx: &TcContext, off: usize) -> Result<u32, ()> {
+fn be32(ctx: &SkBuff, off: usize) -> Result<u32, ()> {
     ctx.load::<u32>(off).map(u32::from_be).map_err(|_| ())
 }
 
 #[inline(always)]
-fn byte(ctx: &TcContext, off: usize) -> Result<u8, ()> {
+fn byte(ctx: &SkBuff, off: usize) -> Result<u8, ()> {
     ctx.load::<u8>(off).map_err(|_| ())
 }
 
 /// `Ok(None)`: not IP/TCP, nothing to do. `Err(())`: an IP packet we could not parse (counted).
 #[inline(always)]
-pub fn parse(ctx: &TcContext, l2_len: usize) -> Result<Option<Packet>, ()> {
+pub fn parse(ctx: &SkBuff, l2_len: usize) -> Result<Option<Packet>, ()> {
     let skb_len = ctx.len() as usize;
     let mut off = l2_len;
     let proto = if l2_len >= 14 {

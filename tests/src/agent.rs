@@ -86,10 +86,34 @@ impl Agent {
 
     /// [`start`](Self::start) with extra environment variables.
     pub fn start_with_env(ns: &NetNs, args: &[&str], env: &[(&str, &str)], dir: &Path) -> Self {
+        Self::spawn(
+            ns.command(binary().to_str().expect("utf-8 path")),
+            args,
+            env,
+            dir,
+        )
+    }
+
+    /// [`start`](Self::start) through `nsenter`, which keeps /sys and the cgroup tree
+    /// (`--cgroup` needs them; `ip netns exec` remounts /sys).
+    pub fn start_keeping_sys(ns: &NetNs, args: &[&str], dir: &Path) -> Self {
+        Self::spawn(
+            ns.nsenter(binary().to_str().expect("utf-8 path")),
+            args,
+            &[],
+            dir,
+        )
+    }
+
+    fn spawn(
+        mut cmd: std::process::Command,
+        args: &[&str],
+        env: &[(&str, &str)],
+        dir: &Path,
+    ) -> Self {
         let tag = crate::unique_name("agent-");
         let stdout = dir.join(format!("{tag}.out"));
         let stderr = dir.join(format!("{tag}.err"));
-        let mut cmd = ns.command(binary().to_str().expect("utf-8 path"));
         cmd.args(args)
             .envs(env.iter().copied())
             .env("NO_COLOR", "1")

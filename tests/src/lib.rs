@@ -7,6 +7,7 @@
 //! `MIRROR_REQUIRE_PRIVILEGED=1` (set by `cargo xtask test` as root), so CI never passes silently.
 
 pub mod agent;
+pub mod cgroup;
 pub mod mirror;
 pub mod netns;
 pub mod oracle;

@@ -475,3 +475,23 @@ impl MirrorRow {
         self.sampled == self.answered() + self.errors + self.timeouts + self.dropped
     }
 }
+
+/// The comparison row of `mirror` in the exit log, by column name.
+pub fn compare_row(log: &str, mirror: &str) -> std::collections::HashMap<String, u64> {
+    let lines: Vec<&str> = log.lines().collect();
+    let start = lines
+        .iter()
+        .position(|l| l.starts_with("mirror ") && l.contains("compared") && l.contains(" body"))
+        .unwrap_or_else(|| panic!("no comparison table: {log}"));
+    let cols: Vec<&str> = lines[start].split_whitespace().collect();
+    let row = lines[start + 1..]
+        .iter()
+        .map(|l| l.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.first() == Some(&mirror))
+        .unwrap_or_else(|| panic!("no comparison row for {mirror}: {log}"));
+    cols.iter()
+        .zip(&row)
+        .skip(1)
+        .map(|(c, v)| (c.to_string(), v.parse().unwrap_or(u64::MAX)))
+        .collect()
+}

@@ -45,6 +45,17 @@ impl NetNs {
         c
     }
 
+    /// A command that runs `program` in the namespace with `nsenter --net`: unlike
+    /// [`command`](Self::command) (`ip netns exec` remounts /sys), the caller's /sys and so the
+    /// cgroup tree stay visible. The PID of the spawned child is the program's (nsenter execs).
+    pub fn nsenter(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net=/run/netns/{}", self.name))
+            .arg("--")
+            .arg(program);
+        c
+    }
+
     /// Runs `f` on a thread that has joined this namespace (sockets it creates and interface
     /// names it resolves belong to the namespace); the calling thread is not moved.
     pub fn enter<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {

@@ -159,18 +159,29 @@ while True:
 
 /// Starts [`RECORDING_SERVER`] in `ns` on `host:port`, recording into `dir`; waits for the port.
 pub fn start_recording_server(ns: &NetNs, host: &str, port: u16, dir: &Path) -> ChildGuard {
+    let guard = spawn_recording_server(ns.command("python3"), host, port, dir);
+    crate::wait_for_port(ns, port, std::time::Duration::from_secs(10));
+    guard
+}
+
+/// Starts [`RECORDING_SERVER`] with `python3`, a command that runs python3 where it should
+/// (a namespace, a cgroup), on `host:port`, recording into `dir`. Does not wait for the port.
+pub fn spawn_recording_server(
+    mut python3: Command,
+    host: &str,
+    port: u16,
+    dir: &Path,
+) -> ChildGuard {
     let script = dir.join("server.py");
     std::fs::write(&script, RECORDING_SERVER).expect("write server script");
-    let guard = ChildGuard::spawn(
+    ChildGuard::spawn(
         "recording server",
-        ns.command("python3")
+        python3
             .arg(&script)
             .arg(host)
             .arg(port.to_string())
             .arg(dir),
-    );
-    crate::wait_for_port(ns, port, std::time::Duration::from_secs(10));
-    guard
+    )
 }
 
 /// What the recording server received, by client port (waits for `expected` files).

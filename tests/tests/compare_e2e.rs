@@ -15,7 +15,7 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use mirror_tests::mirror::{ApiSide, Behavior, RecordingServer};
+use mirror_tests::mirror::{ApiSide, Behavior, RecordingServer, compare_row};
 use mirror_tests::scenario::{
     Family, start_agent, start_mirror, start_primary_with, stop_agent, url,
 };
@@ -93,26 +93,6 @@ fn client_traffic(topo: &Topology, primary: &RecordingServer) -> Vec<&'static st
     let mut all = pipelined;
     all.extend(["/c", "/c"]);
     all
-}
-
-/// The comparison row of `mirror` in the exit log, by column name.
-fn compare_row(log: &str, mirror: &str) -> std::collections::HashMap<String, u64> {
-    let lines: Vec<&str> = log.lines().collect();
-    let start = lines
-        .iter()
-        .position(|l| l.starts_with("mirror ") && l.contains("compared") && l.contains(" body"))
-        .unwrap_or_else(|| panic!("no comparison table: {log}"));
-    let cols: Vec<&str> = lines[start].split_whitespace().collect();
-    let row = lines[start + 1..]
-        .iter()
-        .map(|l| l.split_whitespace().collect::<Vec<_>>())
-        .find(|f| f.first() == Some(&mirror))
-        .unwrap_or_else(|| panic!("no comparison row for {mirror}: {log}"));
-    cols.iter()
-        .zip(&row)
-        .skip(1)
-        .map(|(c, v)| (c.to_string(), v.parse().unwrap_or(u64::MAX)))
-        .collect()
 }
 
 fn run(

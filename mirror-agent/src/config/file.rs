@@ -32,6 +32,9 @@ pub struct FileConfig {
     // Agent settings.
     #[serde(alias = "iface")]
     pub interface: Option<String>,
+    /// cgroup v2 directories whose sockets are captured, instead of an interface.
+    #[serde(alias = "cgroup")]
+    pub cgroups: Option<Vec<std::path::PathBuf>>,
     #[serde(alias = "port")]
     pub ports: Option<Vec<Port>>,
     #[serde(alias = "capture-percent")]

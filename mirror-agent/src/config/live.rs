@@ -6,14 +6,16 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ConfigError;
-use crate::capture::ebpf::{AttachPolicy, CopyPolicy, LiveConfig};
+use crate::capture::ebpf::{AttachPolicy, CopyPolicy, LiveConfig, Target};
 use crate::cli::CaptureArgs;
 
-/// Live capture's settings: all but the interface and ports are validated here; those two are
+/// Live capture's settings: all but the target and ports are validated here; those are
 /// required only when capturing live ([`LiveSettings::capture`]).
 #[derive(Debug, Clone)]
 pub struct LiveSettings {
     pub iface: Option<String>,
+    /// `--cgroup`: capture these cgroups' sockets instead of an interface.
+    pub cgroups: Vec<PathBuf>,
     pub ports: Vec<u16>,
     /// Share of flows the kernel captures, in basis points.
     pub capture_basis_points: u32,
@@ -32,14 +34,23 @@ pub struct LiveSettings {
 }
 
 impl LiveSettings {
-    /// What the kernel side needs; live mode requires an interface and at least one port.
+    /// What the kernel side needs; live mode requires an interface or cgroups (not both) and
+    /// at least one port.
     pub fn capture(&self) -> Result<LiveConfig, ConfigError> {
         let flag = |flag, msg: &str| ConfigError::Flag {
             flag,
             msg: msg.into(),
         };
-        let Some(iface) = self.iface.clone() else {
-            return Err(flag("--iface", "live mode needs --iface"));
+        let target = match (&self.iface, self.cgroups.is_empty()) {
+            (Some(_), false) => {
+                return Err(flag(
+                    "--cgroup",
+                    "chooses traffic by process, --iface by interface: give one of them",
+                ));
+            }
+            (Some(iface), true) => Target::Interfaces(vec![iface.clone()]),
+            (None, false) => Target::Cgroups(self.cgroups.clone()),
+            (None, true) => return Err(flag("--iface", "live mode needs --iface or --cgroup")),
         };
         if self.ports.is_empty() {
             return Err(flag(
@@ -48,7 +59,7 @@ impl LiveSettings {
             ));
         }
         Ok(LiveConfig {
-            iface,
+            target,
             ports: self.ports.clone(),
             capture_basis_points: self.capture_basis_points,
             ring_size: self.ring_size,
@@ -63,6 +74,7 @@ impl LiveSettings {
 pub fn build(
     a: &CaptureArgs,
     iface: Option<String>,
+    cgroups: Vec<PathBuf>,
     ports: &[u16],
     capture_percent: f64,
     attach_egress: bool,
@@ -104,6 +116,7 @@ pub fn build(
     }
     Ok(LiveSettings {
         iface,
+        cgroups,
         ports: unique,
         capture_basis_points: (capture_percent * 100.0).round() as u32,
         ring_size: ring as u32,

@@ -173,7 +173,7 @@ impl Settings {
             let c = self.live.capture()?;
             out.push(format!(
                 "mode: live capture on {} (ring {} MiB, {:.2}% of flows)",
-                c.iface,
+                c.target,
                 c.ring_size >> 20,
                 f64::from(c.capture_basis_points) / 100.0
             ));
@@ -254,9 +254,15 @@ impl Settings {
             compare.as_ref().map(|c| c.rules.capture_limit()),
         )?;
         let iface = args.capture.iface.clone().or(fc.interface.clone());
+        let cgroups = if args.capture.cgroups.is_empty() {
+            fc.cgroups.clone().unwrap_or_default()
+        } else {
+            args.capture.cgroups.clone()
+        };
         let mut live = live::build(
             &args.capture,
             iface.clone(),
+            cgroups,
             &ports,
             capture_percent,
             compare.is_some(),

@@ -679,7 +679,10 @@ fn mirror_names_in_the_file_are_checked_like_the_flags() {
 fn check_config_lists_what_would_run_and_needs_an_interface_for_live_mode() {
     let s = load(&[], TRAEFIK_EXAMPLE).unwrap();
     let text = s.check().unwrap();
-    assert!(text.starts_with("mode: live capture on eth0"), "{text}");
+    assert!(
+        text.starts_with("mode: live capture on interface eth0"),
+        "{text}"
+    );
     assert!(text.contains("ports: 80"), "{text}");
     assert!(
         text.contains("mirror app-v2: http://app-v2:80 at 100%"),
@@ -701,4 +704,55 @@ fn check_config_lists_what_would_run_and_needs_an_interface_for_live_mode() {
         .check()
         .unwrap();
     assert!(pcap.starts_with("mode: pcap file x.pcap"), "{pcap}");
+}
+
+#[test]
+fn cgroups_replace_the_interface_from_flags_or_file() {
+    use crate::capture::ebpf::Target;
+    let c = live_check(&[
+        "--cgroup",
+        "/sys/fs/cgroup/a,/sys/fs/cgroup/b",
+        "--port",
+        "80",
+    ])
+    .expect("valid flags");
+    assert_eq!(
+        c.target,
+        Target::Cgroups(vec!["/sys/fs/cgroup/a".into(), "/sys/fs/cgroup/b".into()])
+    );
+    assert_eq!(
+        c.target.to_string(),
+        "cgroup /sys/fs/cgroup/a,/sys/fs/cgroup/b"
+    );
+    let c = live_check(&["--iface", "lo", "--port", "80"]).unwrap();
+    assert_eq!(c.target, Target::Interfaces(vec!["lo".into()]));
+    assert_eq!(
+        usage_message(&[
+            "--iface",
+            "lo",
+            "--cgroup",
+            "/sys/fs/cgroup/a",
+            "--port",
+            "80"
+        ]),
+        "--cgroup: chooses traffic by process, --iface by interface: give one of them"
+    );
+    assert!(usage_message(&["--port", "80"]).contains("live mode needs --iface or --cgroup"));
+    let yaml = "cgroups: [/sys/fs/cgroup/kubepods.slice/pod1]\nports: [8080]\n";
+    let s = load(&[], yaml).expect("config file with cgroups");
+    assert_eq!(
+        s.live.capture().unwrap().target,
+        Target::Cgroups(vec!["/sys/fs/cgroup/kubepods.slice/pod1".into()])
+    );
+    // A flag replaces the file's list.
+    let s = load(&["--cgroup", "/sys/fs/cgroup/other"], yaml).unwrap();
+    assert_eq!(
+        s.live.capture().unwrap().target,
+        Target::Cgroups(vec!["/sys/fs/cgroup/other".into()])
+    );
+    assert!(
+        s.check()
+            .unwrap()
+            .contains("mode: live capture on cgroup /sys/fs/cgroup/other")
+    );
 }

@@ -73,6 +73,7 @@ impl LiveError {
             LiveError::Capture(
                 CaptureError::NoObject
                 | CaptureError::UnknownInterface(_)
+                | CaptureError::Cgroup { .. }
                 | CaptureError::Invalid(_),
             ) => 2,
             _ => 1,
@@ -80,8 +81,8 @@ impl LiveError {
     }
 }
 
-/// Checks what the flags cannot: privileges, BPF support and the interface, without touching
-/// the kernel's BPF state (the flags themselves were validated by `config`).
+/// Checks what the flags cannot: privileges, BPF support and the interfaces or cgroups, without
+/// touching the kernel's BPF state (the flags themselves were validated by `config`).
 pub fn check_environment(capture: &LiveConfig) -> Result<(), LiveError> {
     if let Some(reason) = crate::check::missing_privileges() {
         return Err(LiveError::Usage(reason));
@@ -91,7 +92,7 @@ pub fn check_environment(capture: &LiveConfig) -> Result<(), LiveError> {
             "this kernel has no BPF support (bpf syscall missing)".into(),
         ));
     }
-    crate::capture::ebpf::ifindex(&capture.iface)?;
+    crate::capture::ebpf::check_target(&capture.target)?;
     Ok(())
 }
 
@@ -191,7 +192,7 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     let mut capture = opts.attached.start_reading()?;
     sink.started(capture.flow_ignore());
     tracing::info!(
-        iface = %opts.capture.iface,
+        target = %opts.capture.target,
         mode = ?capture.mode(),
         copy = %capture.copy_path(),
         "capturing; stop with SIGINT/SIGTERM"

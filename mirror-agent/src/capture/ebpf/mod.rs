@@ -2,7 +2,8 @@
 //!
 //! Owns loading the object built by `cargo xtask build-ebpf` (embedded at build time, see
 //! `build.rs`) with the one-copy classifiers or, where the kernel refuses them, the scratch-copy
-//! ones ([`copy`]), configuring its maps, attaching the classifiers ([`attach`]), reading the ring
+//! ones ([`copy`]), configuring its maps, attaching the programs to interfaces or cgroups
+//! ([`attach`]), reading the ring
 //! buffer with tokio's `AsyncFd` and handing each record out in place, as a [`SegmentRef`] that
 //! borrows the ring's bytes until the caller returns ([`decode`]), the kernel counters
 //! ([`counters`]) and the ignore list of the agent's own connections ([`ignore`]).
@@ -17,6 +18,7 @@ pub mod decode;
 pub mod ignore;
 
 use std::os::fd::AsRawFd;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
@@ -25,17 +27,39 @@ use mirror_common::{config, maps};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+pub use self::attach::cgroup::cgroup2_mount;
 pub use self::attach::{AttachMode, AttachPolicy, ifindex};
 pub use self::copy::{CopyPath, CopyPolicy};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
 use super::{Segment, SegmentRef, clock};
 
+/// Where the programs attach, which decides whose packets are seen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// TC classifiers on these interfaces, resolved in the agent's network namespace.
+    Interfaces(Vec<String>),
+    /// `cgroup_skb` programs on these cgroup v2 directories: the sockets of their processes.
+    Cgroups(Vec<PathBuf>),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Interfaces(names) => write!(f, "interface {}", names.join(",")),
+            Target::Cgroups(paths) => {
+                let paths: Vec<String> = paths.iter().map(|p| p.display().to_string()).collect();
+                write!(f, "cgroup {}", paths.join(","))
+            }
+        }
+    }
+}
+
 /// What to capture and how.
 #[derive(Debug, Clone)]
 pub struct LiveConfig {
-    /// Interface name, resolved in the agent's network namespace.
-    pub iface: String,
+    /// Interfaces or cgroups.
+    pub target: Target,
     /// Destination ports of requests (1..=65535, at most [`mirror_common::MAX_PORTS`]).
     pub ports: Vec<u16>,
     /// Share of flows to capture, in basis points (0..=10000).
@@ -68,6 +92,9 @@ pub enum CaptureError {
     /// The interface does not exist in this network namespace.
     #[error("unknown interface {0:?}")]
     UnknownInterface(String),
+    /// A `--cgroup` path that is not a cgroup v2 directory, or attaching to it failed.
+    #[error("--cgroup {}: {reason}", path.display())]
+    Cgroup { path: PathBuf, reason: String },
     /// A configuration value out of range (checked before anything is loaded).
     #[error("{0}")]
     Invalid(String),
@@ -130,8 +157,10 @@ pub struct AttachedCapture {
     ignore: FlowIgnore,
     mode: AttachMode,
     copy: CopyPath,
-    // Last field: dropped after the maps, detaching the programs (TCX links close with it).
-    attached: attach::Attached,
+    /// The interfaces attached (`None` for cgroups). Dropped before `ebpf`: it removes tc filters.
+    interfaces: Option<attach::Interfaces>,
+    // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
+    // with it).
     ebpf: Ebpf,
 }
 
@@ -144,13 +173,15 @@ pub struct LiveCapture {
     copy: CopyPath,
     /// Stamps segments in Unix time and counts malformed records.
     decoder: decode::RingDecoder,
-    // Last field: dropped after the maps, detaching the programs (TCX links close with it).
-    _attached: attach::Attached,
-    _ebpf: Ebpf,
+    /// The interfaces attached (`None` for cgroups). Dropped before `ebpf`: it removes tc filters.
+    interfaces: Option<attach::Interfaces>,
+    // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
+    // with it).
+    ebpf: Ebpf,
 }
 
 impl LiveCapture {
-    /// Loads the object, configures it, attaches the classifiers to `cfg.iface` and starts
+    /// Loads the object, configures it, attaches the programs to `cfg.target` and starts
     /// reading ([`AttachedCapture::attach`] then [`AttachedCapture::start_reading`]).
     ///
     /// Must run inside a tokio runtime (the ring buffer is registered with its reactor).
@@ -160,12 +191,16 @@ impl LiveCapture {
 }
 
 impl AttachedCapture {
-    /// Loads the object, configures it and attaches the classifiers to `cfg.iface`. Needs no
+    /// Loads the object, configures it and attaches the programs to `cfg.target`. Needs no
     /// runtime.
     pub fn attach(cfg: LiveConfig) -> Result<Self, CaptureError> {
         validate(&cfg)?;
-        let l2_len = attach::l2_len(&cfg.iface)?;
-        let (mut ebpf, copy) = load(cfg.copy, cfg.ring_size, cfg.attach_egress)?;
+        let cgroups = check_target(&cfg.target)?;
+        let hook = match cfg.target {
+            Target::Interfaces(_) => HookKind::Tc,
+            Target::Cgroups(_) => HookKind::Cgroup,
+        };
+        let (mut ebpf, copy) = load(cfg.copy, hook, cfg.ring_size, cfg.attach_egress)?;
 
         let mut settings: Array<_, u64> = take(&mut ebpf, maps::CONFIG)?;
         let hash_seed: u64 = rand::random();
@@ -173,7 +208,6 @@ impl AttachedCapture {
             (config::SAMPLE_BASIS_POINTS, cfg.capture_basis_points as u64),
             (config::WAKEUP_BYTES, cfg.wakeup_bytes()),
             (config::HASH_SEED, hash_seed),
-            (config::L2_LEN, l2_len),
         ] {
             settings
                 .set(index, value, 0)
@@ -195,16 +229,27 @@ impl AttachedCapture {
         let counters = take(&mut ebpf, maps::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
 
-        let attached = attach::attach(
-            &mut ebpf,
-            &cfg.iface,
-            copy.programs(),
-            cfg.attach_egress,
-            cfg.attach,
-        )?;
-        let mode = attached.mode();
+        let (interfaces, mode) = match &cfg.target {
+            Target::Interfaces(names) => {
+                let mut interfaces = attach::Interfaces::new(
+                    take(&mut ebpf, maps::IFACES)?,
+                    copy.programs(),
+                    cfg.attach_egress,
+                    cfg.attach,
+                );
+                for name in names {
+                    interfaces.attach(&mut ebpf, name)?;
+                }
+                let mode = interfaces.mode();
+                (Some(interfaces), mode)
+            }
+            Target::Cgroups(_) => {
+                attach::cgroup::attach(&mut ebpf, &cgroups, cfg.attach_egress)?;
+                (None, AttachMode::Cgroup)
+            }
+        };
         tracing::info!(
-            iface = %cfg.iface,
+            target = %cfg.target,
             ports = ?cfg.ports,
             basis_points = cfg.capture_basis_points,
             ring_bytes = cfg.ring_size,
@@ -219,7 +264,7 @@ impl AttachedCapture {
             ignore,
             mode,
             copy,
-            attached,
+            interfaces,
             ebpf,
         })
     }
@@ -251,8 +296,8 @@ impl AttachedCapture {
             mode: self.mode,
             copy: self.copy,
             decoder: decode::RingDecoder::new(clock::wall_minus_monotonic_ns()),
-            _attached: self.attached,
-            _ebpf: self.ebpf,
+            interfaces: self.interfaces,
+            ebpf: self.ebpf,
         })
     }
 }
@@ -334,15 +379,33 @@ impl LiveCapture {
     }
 }
 
-/// Creates the maps and loads the classifiers of the variant `policy` asks for: with `Auto`, the
+/// Which kind of program captures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum HookKind {
+    /// TC classifiers on interfaces.
+    Tc,
+    /// `cgroup_skb` programs: one-copy only (see the top doc of `mirror-ebpf`).
+    Cgroup,
+}
+
+/// Creates the maps and loads the programs of the variant `policy` asks for: with `Auto`, the
 /// one-copy programs, and where the kernel refuses them the scratch-copy ones, with a warning.
 /// The scratch map has one entry per possible CPU for the scratch-copy programs, one (unused)
-/// for the one-copy ones. Nothing is attached yet.
+/// for the one-copy ones. The cgroup programs exist in the one-copy variant only: where it is
+/// refused, capture by cgroup is refused too. Nothing is attached yet.
 fn load(
     policy: CopyPolicy,
+    hook: HookKind,
     ring_size: u32,
     egress: bool,
 ) -> Result<(Ebpf, CopyPath), CaptureError> {
+    if hook == HookKind::Cgroup && policy == CopyPolicy::Scratch {
+        return Err(CaptureError::Invalid(
+            "--cgroup runs the one-copy programs only; MIRROR_CAPTURE_COPY=scratch is for \
+             interfaces"
+                .into(),
+        ));
+    }
     let data = object().ok_or(CaptureError::NoObject)?;
     let try_path = |path: CopyPath| -> Result<Ebpf, CaptureError> {
         let scratch_entries = match path {
@@ -357,7 +420,10 @@ fn load(
             .map_max_entries(maps::SCRATCH, scratch_entries)
             .load(data)
             .map_err(CaptureError::Load)?;
-        attach::load(&mut ebpf, path.programs(), egress)?;
+        match hook {
+            HookKind::Tc => attach::load(&mut ebpf, path.programs(), egress)?,
+            HookKind::Cgroup => attach::cgroup::load(&mut ebpf, egress)?,
+        }
         Ok(ebpf)
     };
     match policy {
@@ -367,7 +433,7 @@ fn load(
             Ok(ebpf) => Ok((ebpf, CopyPath::Reserve)),
             // The verifier's refusal (or EINVAL from an older kernel): the other variant needs
             // nothing the first did not, so a missing privilege fails there too, with its error.
-            Err(e @ CaptureError::Program { .. }) => {
+            Err(e @ CaptureError::Program { .. }) if hook == HookKind::Tc => {
                 let full = e.to_string();
                 tracing::debug!(error = %full, "one-copy classifiers refused");
                 tracing::warn!(
@@ -384,11 +450,37 @@ fn load(
 /// The variant live capture would run with `policy` on this kernel: loads the classifiers
 /// (ingress only, smallest ring) without attaching them. Needs the privileges to load BPF.
 pub fn probe_copy_path(policy: CopyPolicy) -> Result<CopyPath, CaptureError> {
-    load(policy, 4096, false).map(|(_, path)| path)
+    load(policy, HookKind::Tc, 4096, false).map(|(_, path)| path)
+}
+
+/// Checks that every interface of `target` exists, or that every cgroup is a cgroup v2
+/// directory (returned open), before anything is loaded: each is a mistake of the operator's.
+pub fn check_target(target: &Target) -> Result<Vec<(PathBuf, std::fs::File)>, CaptureError> {
+    match target {
+        Target::Interfaces(names) => {
+            for name in names {
+                ifindex(name)?;
+            }
+            Ok(Vec::new())
+        }
+        Target::Cgroups(paths) => paths
+            .iter()
+            .map(|p| Ok((p.clone(), attach::cgroup::open(p)?)))
+            .collect(),
+    }
 }
 
 fn validate(cfg: &LiveConfig) -> Result<(), CaptureError> {
     let invalid = |s: String| Err(CaptureError::Invalid(s));
+    match &cfg.target {
+        Target::Interfaces(names) if names.is_empty() => {
+            return invalid("no interface to capture on: give --iface".into());
+        }
+        Target::Cgroups(paths) if paths.is_empty() => {
+            return invalid("no cgroup to capture: give --cgroup".into());
+        }
+        _ => {}
+    }
     if cfg.ports.is_empty() {
         return invalid("no ports to capture: give at least one --port".into());
     }

@@ -1,22 +1,27 @@
-//! Attaching the classifiers and keeping track of what is attached.
+//! Attaching the programs and keeping track of what is attached: TC classifiers on interfaces
+//! ([`Interfaces`]), or `cgroup_skb` programs on cgroup v2 directories ([`cgroup`]).
 //!
-//! TCX links first (kernel >= 6.6): they live as long as the agent's file descriptor, so the
+//! On interfaces, TCX links first (kernel >= 6.6): they live as long as the agent's file descriptor, so the
 //! kernel detaches them when the agent exits, even on SIGKILL, and several programs share the hook
 //! (another agent on the same interface keeps running). Where TCX is refused (older kernels), or
 //! with `--attach tc`, a clsact qdisc plus a netlink filter; such a filter outlives the process,
 //! so the agent removes its own on exit and the next agent removes a killed one's, recognising
 //! them with certainty and leaving every other filter alone ([`tc`]). [`netlink`] holds the
-//! rtnetlink requests.
+//! rtnetlink requests. Each interface's link-layer header length goes into the `MIRROR_IFACES`
+//! map before anything is attached to it, and leaves it after it is detached.
 
+pub mod cgroup;
 mod netlink;
 mod tc;
 
+use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 
 use aya::Ebpf;
+use aya::maps::{HashMap, MapData};
 use aya::programs::SchedClassifier;
 use aya::programs::links::LinkOrder;
-use aya::programs::tc::{TcAttachOptions, TcAttachType};
+use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions, TcAttachType};
 
 use self::netlink::Hook;
 use self::tc::{OwnProgram, TcAttachment};
@@ -30,6 +35,8 @@ pub enum AttachMode {
     /// clsact qdisc + netlink filter, removed by the agent on exit or by the next agent started
     /// in the same network namespace.
     Netlink,
+    /// `cgroup_skb` links on cgroup directories, removed by the kernel when the agent exits.
+    Cgroup,
 }
 
 /// Which attachment the operator allows (`--attach`).
@@ -52,20 +59,6 @@ impl AttachPolicy {
             "tc" => Some(Self::Tc),
             _ => None,
         }
-    }
-}
-
-/// What [`attach`] attached. TCX links are owned by the programs inside `Ebpf` and go with it;
-/// tc filters are owned by the [`TcAttachment`], which removes them on drop (drop it before the
-/// `Ebpf`).
-pub struct Attached {
-    mode: AttachMode,
-    _tc: Option<TcAttachment>,
-}
-
-impl Attached {
-    pub fn mode(&self) -> AttachMode {
-        self.mode
     }
 }
 
@@ -151,54 +144,166 @@ fn wanted(programs: (&'static str, &'static str), egress: bool) -> Vec<(&'static
     wanted
 }
 
-/// Attaches the classifiers [`load`] loaded, as `policy` allows.
-pub fn attach(
-    ebpf: &mut Ebpf,
-    iface: &str,
+/// How one interface is attached: TCX links (owned by the programs in `Ebpf`, detached by id) or
+/// tc filters (owned by the [`TcAttachment`], removed on drop).
+enum IfaceLinks {
+    Tcx(Vec<(&'static str, SchedClassifierLinkId)>),
+    Tc(TcAttachment),
+}
+
+/// An interface the classifiers are attached to.
+struct AttachedIface {
+    name: String,
+    links: IfaceLinks,
+}
+
+/// The interfaces the classifiers are attached to, and how. Drop it before the `Ebpf`: tc
+/// filters are removed on drop, and the `MIRROR_IFACES` map is written while attaching.
+pub struct Interfaces {
     programs: (&'static str, &'static str),
     egress: bool,
     policy: AttachPolicy,
-) -> Result<Attached, CaptureError> {
-    let index = ifindex(iface)?;
-    let wanted = wanted(programs, egress);
-    if policy != AttachPolicy::Tc {
-        match attach_tcx(ebpf, iface, &wanted) {
-            Ok(()) => {
-                return Ok(Attached {
-                    mode: AttachMode::Tcx,
-                    _tc: None,
-                });
+    /// `MIRROR_IFACES`: ifindex to link-layer header length, read by the classifiers.
+    l2: HashMap<MapData, u32, u32>,
+    attached: BTreeMap<u32, AttachedIface>,
+    /// How the first interface attached; the rest follow it.
+    mode: Option<AttachMode>,
+}
+
+impl Interfaces {
+    pub fn new(
+        l2: HashMap<MapData, u32, u32>,
+        programs: (&'static str, &'static str),
+        egress: bool,
+        policy: AttachPolicy,
+    ) -> Self {
+        Self {
+            programs,
+            egress,
+            policy,
+            l2,
+            attached: BTreeMap::new(),
+            mode: None,
+        }
+    }
+
+    /// How the classifiers are attached (TCX until the first interface says otherwise).
+    pub fn mode(&self) -> AttachMode {
+        self.mode.unwrap_or(AttachMode::Tcx)
+    }
+
+    /// Names of the interfaces attached, in ifindex order.
+    pub fn names(&self) -> Vec<String> {
+        self.attached.values().map(|a| a.name.clone()).collect()
+    }
+
+    /// Whether the interface with this index is attached.
+    pub fn contains(&self, ifindex: u32) -> bool {
+        self.attached.contains_key(&ifindex)
+    }
+
+    /// Attaches the classifiers [`load`] loaded to `iface`, as the policy allows; returns its
+    /// index. Once one interface is attached, the others use the same mode.
+    pub fn attach(&mut self, ebpf: &mut Ebpf, iface: &str) -> Result<u32, CaptureError> {
+        let index = ifindex(iface)?;
+        if self.attached.contains_key(&index) {
+            return Ok(index);
+        }
+        self.l2
+            .insert(index, l2_len(iface)? as u32, 0)
+            .map_err(|source| CaptureError::Map {
+                name: mirror_common::maps::IFACES,
+                source,
+            })?;
+        let result = self.attach_links(ebpf, iface, index);
+        match result {
+            Ok(links) => {
+                self.attached.insert(
+                    index,
+                    AttachedIface {
+                        name: iface.to_owned(),
+                        links,
+                    },
+                );
+                Ok(index)
             }
-            Err(e) if policy == AttachPolicy::Tcx => return Err(e),
             Err(e) => {
-                tracing::info!(error = %e, "TCX attach failed, falling back to clsact + netlink")
+                let _ = self.l2.remove(&index);
+                Err(e)
             }
         }
     }
-    let mut own = Vec::new();
-    for &(name, hook) in &wanted {
-        let info = classifier(ebpf, name)?
-            .info()
-            .map_err(|source| CaptureError::Program { name, source })?;
-        own.push(OwnProgram {
-            hook,
-            id: info.id(),
-            tag: info.tag(),
-            name: name.to_owned(),
-        });
+
+    fn attach_links(
+        &mut self,
+        ebpf: &mut Ebpf,
+        iface: &str,
+        index: u32,
+    ) -> Result<IfaceLinks, CaptureError> {
+        let wanted = wanted(self.programs, self.egress);
+        let try_tcx = match self.mode {
+            Some(AttachMode::Tcx) => true,
+            Some(_) => false,
+            None => self.policy != AttachPolicy::Tc,
+        };
+        if try_tcx {
+            match attach_tcx(ebpf, iface, &wanted) {
+                Ok(links) => {
+                    self.mode = Some(AttachMode::Tcx);
+                    return Ok(IfaceLinks::Tcx(links));
+                }
+                Err(e) if self.policy == AttachPolicy::Tcx || self.mode.is_some() => {
+                    return Err(e);
+                }
+                Err(e) => {
+                    tracing::info!(error = %e, "TCX attach failed, falling back to clsact + netlink")
+                }
+            }
+        }
+        let mut own = Vec::new();
+        for &(name, hook) in &wanted {
+            let info = classifier(ebpf, name)?
+                .info()
+                .map_err(|source| CaptureError::Program { name, source })?;
+            own.push(OwnProgram {
+                hook,
+                id: info.id(),
+                tag: info.tag(),
+                name: name.to_owned(),
+            });
+        }
+        let mut tc = TcAttachment::prepare(iface, index, own.clone())?;
+        for (&(name, _), program) in wanted.iter().zip(&own) {
+            let classifier = classifier(ebpf, name)?;
+            let fd = classifier
+                .fd()
+                .map_err(|source| CaptureError::Program { name, source })?;
+            tc.attach(fd.as_fd(), program)?;
+        }
+        self.mode = Some(AttachMode::Netlink);
+        Ok(IfaceLinks::Tc(tc))
     }
-    let mut tc = TcAttachment::prepare(iface, index, own.clone())?;
-    for (&(name, _), program) in wanted.iter().zip(&own) {
-        let classifier = classifier(ebpf, name)?;
-        let fd = classifier
-            .fd()
-            .map_err(|source| CaptureError::Program { name, source })?;
-        tc.attach(fd.as_fd(), program)?;
+
+    /// Detaches the classifiers from the interface with this index (gone or no longer wanted);
+    /// returns its name. Nothing happens for an interface not attached.
+    pub fn detach(&mut self, ebpf: &mut Ebpf, ifindex: u32) -> Option<String> {
+        let iface = self.attached.remove(&ifindex)?;
+        match iface.links {
+            IfaceLinks::Tcx(links) => {
+                for (name, id) in links {
+                    if let Ok(program) = classifier(ebpf, name)
+                        && let Err(e) = program.detach(id)
+                    {
+                        tracing::debug!(iface = %iface.name, error = %e, "TCX detach");
+                    }
+                }
+            }
+            // Removes its filters (none when the interface is gone) and its record.
+            IfaceLinks::Tc(tc) => drop(tc),
+        }
+        let _ = self.l2.remove(&ifindex);
+        Some(iface.name)
     }
-    Ok(Attached {
-        mode: AttachMode::Netlink,
-        _tc: Some(tc),
-    })
 }
 
 /// Attaches every program as a TCX link, or none: on a failure the links already made are
@@ -207,7 +312,7 @@ fn attach_tcx(
     ebpf: &mut Ebpf,
     iface: &str,
     wanted: &[(&'static str, Hook)],
-) -> Result<(), CaptureError> {
+) -> Result<Vec<(&'static str, SchedClassifierLinkId)>, CaptureError> {
     let mut done = Vec::new();
     for &(name, hook) in wanted {
         let attach_type = match hook {
@@ -231,7 +336,7 @@ fn attach_tcx(
             }
         }
     }
-    Ok(())
+    Ok(done)
 }
 
 fn classifier<'a>(
