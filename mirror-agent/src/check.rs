@@ -149,7 +149,7 @@ pub fn run() -> i32 {
             detail: "embedded at build time (cargo xtask build-ebpf)".into(),
         },
     ];
-    let seccomp = crate::privileges::seccomp_program();
+    let seccomp = crate::privileges::seccomp_program(false);
     let (copy_ok, copy_detail) = capture_copy();
     let rows = rows.into_iter().chain([
         Row {
@@ -233,11 +233,16 @@ fn capture_copy() -> (bool, String) {
 fn kept_line(needs: crate::privileges::Needs, tcx: bool) -> String {
     let how = if tcx { "TCX" } else { "tc filters" };
     format!(
-        "after attaching ({how}): {}; with --attach tc: {} (and CAP_NET_BIND_SERVICE for a \
-         metrics port below 1024)",
+        "after attaching ({how}): {}; with --attach tc: {}; following --iface globs: {} (and \
+         CAP_NET_BIND_SERVICE for a metrics port below 1024)",
         needs.describe(),
         crate::privileges::Needs {
             detach_tc_filters: true,
+            ..needs
+        }
+        .describe(),
+        crate::privileges::Needs {
+            attach_later: true,
             ..needs
         }
         .describe()

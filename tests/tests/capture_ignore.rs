@@ -11,7 +11,9 @@ use std::time::Duration;
 
 use mirror_agent::capture::Segment;
 use mirror_agent::capture::ebpf::ignore::FORGET_DELAY;
-use mirror_agent::capture::ebpf::{CopyPolicy, Counters, FlowIgnore, LiveCapture, LiveConfig};
+use mirror_agent::capture::ebpf::{
+    CopyPolicy, Counters, FlowIgnore, LiveCapture, LiveConfig, Target,
+};
 use mirror_tests::oracle::start_recording_server;
 use mirror_tests::{TempDir, Topology, privileged_or_skip};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -63,7 +65,7 @@ fn with_capture<T: Send>(
     let (ignore_tx, ignore_rx) = mpsc::channel::<FlowIgnore>();
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let cfg = LiveConfig {
-        iface: topo.server_if.clone(),
+        target: Target::Interfaces(vec![topo.server_if.clone()]),
         ports,
         capture_basis_points: 10000,
         ring_size: 1 << 20,

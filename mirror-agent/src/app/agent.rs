@@ -46,6 +46,7 @@ pub fn main(settings: Settings) -> Result<(), AppError> {
     let attached = AttachedCapture::attach(capture.clone()).map_err(live::LiveError::from)?;
     let needs = crate::privileges::Needs {
         bind_low_port: super::binds_low_port(&settings),
+        attach_later: attached.follows_interfaces(),
         ..crate::privileges::Needs::live(
             crate::check::kernel_version(),
             attached.mode() == AttachMode::Netlink,

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ConfigError;
-use crate::capture::ebpf::{AttachPolicy, CopyPolicy, LiveConfig, Target};
+use crate::capture::ebpf::{AttachPolicy, CopyPolicy, IfacePatterns, LiveConfig, Target};
 use crate::cli::CaptureArgs;
 
 /// Live capture's settings: all but the target and ports are validated here; those are
@@ -48,7 +48,18 @@ impl LiveSettings {
                     "chooses traffic by process, --iface by interface: give one of them",
                 ));
             }
-            (Some(iface), true) => Target::Interfaces(vec![iface.clone()]),
+            (Some(iface), true) => {
+                let entries: Vec<String> = iface
+                    .split(',')
+                    .map(|e| e.trim().to_owned())
+                    .filter(|e| !e.is_empty())
+                    .collect();
+                IfacePatterns::parse(&entries).map_err(|msg| ConfigError::Flag {
+                    flag: "--iface",
+                    msg,
+                })?;
+                Target::Interfaces(entries)
+            }
             (None, false) => Target::Cgroups(self.cgroups.clone()),
             (None, true) => return Err(flag("--iface", "live mode needs --iface or --cgroup")),
         };

@@ -37,6 +37,10 @@ pub struct Needs {
     pub bpf_map_access: Option<BpfCap>,
     /// The metrics endpoint binds a port below 1024 (it binds after confinement).
     pub bind_low_port: bool,
+    /// Live capture following `--iface` globs: the programs already loaded are attached to
+    /// interfaces as they appear, which needs `CAP_NET_ADMIN` and `CAP_BPF`, and the bpf(2)
+    /// commands that make links. Loading anything new stays refused.
+    pub attach_later: bool,
 }
 
 /// Which capability grants BPF map access on this kernel.
@@ -61,18 +65,20 @@ impl Needs {
             detach_tc_filters: tc_filters,
             bpf_map_access,
             bind_low_port: false,
+            attach_later: false,
         }
     }
 
     /// The capabilities kept.
     pub fn kept(&self) -> Vec<Capability> {
         let mut kept = Vec::new();
-        if self.detach_tc_filters {
+        if self.detach_tc_filters || self.attach_later {
             kept.push(Capability::CAP_NET_ADMIN);
         }
         match self.bpf_map_access {
             Some(BpfCap::Bpf) => kept.push(Capability::CAP_BPF),
             Some(BpfCap::SysAdmin) => kept.push(Capability::CAP_SYS_ADMIN),
+            None if self.attach_later => kept.push(Capability::CAP_BPF),
             None => {}
         }
         if self.bind_low_port {
@@ -133,7 +139,7 @@ pub fn confine(needs: Needs) -> Result<Confinement, ConfineError> {
     }
     drop_capabilities(&needs)?;
     set_no_new_privs()?;
-    let seccomp = install_seccomp();
+    let seccomp = install_seccomp(needs.attach_later);
     if let Err(e) = &seccomp {
         tracing::warn!(error = %e, "seccomp filter not installed");
     }
@@ -182,13 +188,18 @@ pub fn thread_count() -> usize {
     std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
 }
 
-/// bpf(2) commands refused after setup: making maps, programs, BTF or links, and attaching.
-/// Reading and updating the maps already held, and detaching, stay allowed.
+/// bpf(2) commands refused after setup: making maps, programs or BTF. Reading and updating the
+/// maps already held, and detaching, stay allowed.
 const BPF_REFUSED: &[u64] = &[
     0,  // BPF_MAP_CREATE
     5,  // BPF_PROG_LOAD
-    8,  // BPF_PROG_ATTACH
     18, // BPF_BTF_LOAD
+];
+
+/// bpf(2) commands that attach programs: refused after setup too, unless the agent attaches
+/// its loaded programs to interfaces as they appear ([`Needs::attach_later`]).
+const BPF_ATTACH: &[u64] = &[
+    8,  // BPF_PROG_ATTACH
     28, // BPF_LINK_CREATE
 ];
 
@@ -229,14 +240,16 @@ fn refused_syscalls() -> Vec<i64> {
 }
 
 /// The seccomp program: everything allowed but the refused syscalls and bpf commands, which
-/// fail with `EPERM`.
-pub fn seccomp_program() -> Result<BpfProgram, String> {
+/// fail with `EPERM`. `allow_attach`: the attaching commands stay allowed.
+pub fn seccomp_program(allow_attach: bool) -> Result<BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = refused_syscalls()
         .into_iter()
         .map(|nr| (nr, Vec::new()))
         .collect();
+    let attach: &[u64] = if allow_attach { &[] } else { BPF_ATTACH };
     let bpf_rules = BPF_REFUSED
         .iter()
+        .chain(attach)
         .map(|&cmd| {
             let cond = SeccompCondition::new(0, SeccompCmpArgLen::Dword, SeccompCmpOp::Eq, cmd)
                 .map_err(|e| e.to_string())?;
@@ -260,8 +273,8 @@ pub fn seccomp_program() -> Result<BpfProgram, String> {
 }
 
 /// Installs [`seccomp_program`] on every thread (TSYNC). Needs `no_new_privs` (set before).
-fn install_seccomp() -> Result<(), String> {
-    let program = seccomp_program()?;
+fn install_seccomp(allow_attach: bool) -> Result<(), String> {
+    let program = seccomp_program(allow_attach)?;
     seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
 }
 

@@ -25,10 +25,24 @@ fn each_mode_keeps_only_what_it_needs() {
         ..Needs::default()
     };
     assert_eq!(metrics.describe(), "CAP_NET_BIND_SERVICE");
+    // Following --iface globs: attaching later needs both, on any kernel.
+    let follow = Needs {
+        attach_later: true,
+        ..Needs::live(Some((6, 18)), false)
+    };
+    assert_eq!(
+        follow.kept(),
+        [Capability::CAP_NET_ADMIN, Capability::CAP_BPF]
+    );
 }
 
 #[test]
 fn the_seccomp_program_compiles_for_this_machine() {
-    let program = seccomp_program().expect("compiles");
+    let program = seccomp_program(false).expect("compiles");
     assert!(!program.is_empty());
+    let following = seccomp_program(true).expect("compiles");
+    assert!(
+        following.len() < program.len(),
+        "two bpf commands fewer refused"
+    );
 }

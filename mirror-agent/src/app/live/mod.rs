@@ -16,8 +16,8 @@ use tokio::signal::unix::{SignalKind, signal};
 
 pub use self::pcap_out::{PcapOut, PcapOutError};
 use crate::capture::ebpf::{
-    AttachedCapture, CaptureError, CopyPath, Counters, FlowIgnore, LiveCapture, LiveConfig,
-    MAX_BATCH,
+    AttachedCapture, CaptureError, CopyPath, Counters, FlowIgnore, LinkMonitor, LiveCapture,
+    LiveConfig, MAX_BATCH,
 };
 use crate::capture::{Segment, SegmentRef};
 use crate::output_queue::{OutputQueue, OutputReport, OutputStats, QueueLimits};
@@ -115,7 +115,9 @@ impl std::fmt::Display for LiveSummary {
             f,
             "segments={} bytes={} seen={} matched={} records={} ring_full={} sampled_out={} \
              ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={} \
-             captured={} chunked_records={} chunks_lost={} max_skb_payload={} capture_copy={}{}",
+             captured={} chunked_records={} chunks_lost={} max_skb_payload={} capture_copy={} \
+             interfaces={} iface_attached={} iface_detached={} iface_attach_errors={} \
+             iface_resyncs={}{}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -134,6 +136,11 @@ impl std::fmt::Display for LiveSummary {
             k.chunks_lost,
             k.max_skb_payload,
             self.copy.map_or("none", CopyPath::name),
+            k.interfaces,
+            k.iface.attached,
+            k.iface.detached,
+            k.iface.attach_errors,
+            k.iface.resyncs,
             match &self.pcap {
                 Some(p) => format!(
                     " pcap_segments={} pcap_dropped={}",
@@ -208,6 +215,8 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     let mut idle = tokio::time::interval(IDLE_TICK);
     idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Skip);
     let mut counters_due = tokio::time::Instant::now();
+    // `--iface` globs: link notifications, waited on next to the ring.
+    let mut links = capture.take_link_monitor();
     // Read before waiting: after a full read the ring may hold more, and the kernel wakes the
     // reader only when enough bytes are queued.
     let mut more = true;
@@ -241,6 +250,14 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
                     sink.kernel_counters(&capture.counters()?);
                 }
             }
+            events = next_link_events(&mut links) => match events {
+                Ok(events) => capture.follow_links(events),
+                Err(e) => {
+                    // Interfaces already attached stay attached; new ones are no longer seen.
+                    tracing::error!(error = %e, "link notifications failed; no longer following interfaces");
+                    links = None;
+                }
+            },
             _ = sigint.recv() => break,
             _ = sigterm.recv() => break,
             _ = sleep_until(deadline) => break,
@@ -279,6 +296,16 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
     drop(capture);
     tracing::info!(%summary, "capture stopped, detached");
     Ok(summary)
+}
+
+/// The next link notifications, or never when interfaces are not followed.
+async fn next_link_events(
+    links: &mut Option<LinkMonitor>,
+) -> std::io::Result<Vec<crate::capture::ebpf::LinkEvent>> {
+    match links {
+        Some(m) => m.next().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// One read of the ring, in place: each segment goes to the sink borrowed from the ring (and,

@@ -30,6 +30,10 @@ pub struct Counters {
     pub max_skb_payload: u64,
     /// User space: records the reader could not decode (among `records`; should stay 0).
     pub malformed_records: u64,
+    /// User space: interfaces the classifiers are attached to now.
+    pub interfaces: u64,
+    /// User space: what following `--iface` globs did.
+    pub iface: super::IfaceStats,
 }
 
 impl Counters {
@@ -61,8 +65,10 @@ impl Counters {
                 .copied()
                 .max()
                 .unwrap_or(0),
-            // Not a kernel counter: LiveCapture::counters fills it in.
+            // Not kernel counters: LiveCapture::counters fills them in.
             malformed_records: 0,
+            interfaces: 0,
+            iface: super::IfaceStats::default(),
         })
     }
 

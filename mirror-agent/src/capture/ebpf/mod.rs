@@ -28,7 +28,9 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 pub use self::attach::cgroup::cgroup2_mount;
-pub use self::attach::{AttachMode, AttachPolicy, ifindex};
+use self::attach::follow::LinkSocket;
+pub use self::attach::follow::{IfacePatterns, LinkEvent, LinkMonitor};
+pub use self::attach::{AttachMode, AttachPolicy, IfaceStats, ifindex};
 pub use self::copy::{CopyPath, CopyPolicy};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
@@ -37,7 +39,9 @@ use super::{Segment, SegmentRef, clock};
 /// Where the programs attach, which decides whose packets are seen.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
-    /// TC classifiers on these interfaces, resolved in the agent's network namespace.
+    /// TC classifiers on the interfaces of the agent's network namespace with these names or
+    /// matching these globs ([`IfacePatterns`]); with a glob, interfaces are followed as they
+    /// come and go.
     Interfaces(Vec<String>),
     /// `cgroup_skb` programs on these cgroup v2 directories: the sockets of their processes.
     Cgroups(Vec<PathBuf>),
@@ -159,6 +163,8 @@ pub struct AttachedCapture {
     copy: CopyPath,
     /// The interfaces attached (`None` for cgroups). Dropped before `ebpf`: it removes tc filters.
     interfaces: Option<attach::Interfaces>,
+    /// With `--iface` globs: the patterns and the link notification socket.
+    follow: Option<(IfacePatterns, LinkSocket)>,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -175,6 +181,10 @@ pub struct LiveCapture {
     decoder: decode::RingDecoder,
     /// The interfaces attached (`None` for cgroups). Dropped before `ebpf`: it removes tc filters.
     interfaces: Option<attach::Interfaces>,
+    /// With `--iface` globs: the patterns the link notifications are matched against.
+    patterns: Option<IfacePatterns>,
+    /// Taken by the caller ([`Self::take_link_monitor`]), which waits on it next to the ring.
+    monitor: Option<LinkMonitor>,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -229,23 +239,42 @@ impl AttachedCapture {
         let counters = take(&mut ebpf, maps::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
 
-        let (interfaces, mode) = match &cfg.target {
-            Target::Interfaces(names) => {
+        let (interfaces, follow, mode) = match &cfg.target {
+            Target::Interfaces(entries) => {
+                let patterns = IfacePatterns::parse(entries).map_err(CaptureError::Invalid)?;
                 let mut interfaces = attach::Interfaces::new(
                     take(&mut ebpf, maps::IFACES)?,
                     copy.programs(),
                     cfg.attach_egress,
                     cfg.attach,
                 );
-                for name in names {
+                // Named interfaces must be there; a failure is the operator's to fix.
+                for name in patterns.names() {
                     interfaces.attach(&mut ebpf, name)?;
                 }
+                let follow = if patterns.follows() {
+                    // Subscribed before listing: an interface made in between is not missed.
+                    let socket = LinkSocket::open().map_err(|source| CaptureError::Io {
+                        what: "subscribing to link notifications",
+                        source,
+                    })?;
+                    interfaces.reconcile(&mut ebpf, &patterns);
+                    if interfaces.is_empty() {
+                        tracing::warn!(
+                            iface = %cfg.target,
+                            "no interface matches yet; attaching as they appear"
+                        );
+                    }
+                    Some((patterns, socket))
+                } else {
+                    None
+                };
                 let mode = interfaces.mode();
-                (Some(interfaces), mode)
+                (Some(interfaces), follow, mode)
             }
             Target::Cgroups(_) => {
                 attach::cgroup::attach(&mut ebpf, &cgroups, cfg.attach_egress)?;
-                (None, AttachMode::Cgroup)
+                (None, None, AttachMode::Cgroup)
             }
         };
         tracing::info!(
@@ -265,8 +294,15 @@ impl AttachedCapture {
             mode,
             copy,
             interfaces,
+            follow,
             ebpf,
         })
+    }
+
+    /// Whether interfaces are followed as they come and go (`--iface` globs): the agent then
+    /// keeps the privileges to attach later.
+    pub fn follows_interfaces(&self) -> bool {
+        self.follow.is_some()
     }
 
     /// How the classifiers are attached.
@@ -289,6 +325,16 @@ impl AttachedCapture {
                 what: "registering the ring buffer with the reactor",
                 source: std::io::Error::from(e),
             })?;
+        let (patterns, monitor) = match self.follow {
+            Some((patterns, socket)) => {
+                let monitor = socket.start().map_err(|source| CaptureError::Io {
+                    what: "registering the link notification socket with the reactor",
+                    source,
+                })?;
+                (Some(patterns), Some(monitor))
+            }
+            None => (None, None),
+        };
         Ok(LiveCapture {
             ring,
             counters: self.counters,
@@ -297,6 +343,8 @@ impl AttachedCapture {
             copy: self.copy,
             decoder: decode::RingDecoder::new(clock::wall_minus_monotonic_ns()),
             interfaces: self.interfaces,
+            patterns,
+            monitor,
             ebpf: self.ebpf,
         })
     }
@@ -322,7 +370,28 @@ impl LiveCapture {
     pub fn counters(&self) -> Result<Counters, CaptureError> {
         let mut c = Counters::read(&self.counters)?;
         c.malformed_records = self.decoder.malformed();
+        if let Some(i) = &self.interfaces {
+            c.interfaces = i.len() as u64;
+            c.iface = i.stats();
+        }
         Ok(c)
+    }
+
+    /// The link notifications to wait on when interfaces are followed (`--iface` globs); the
+    /// caller hands what they say to [`Self::follow_links`]. `None` otherwise, and after the
+    /// first call.
+    pub fn take_link_monitor(&mut self) -> Option<LinkMonitor> {
+        self.monitor.take()
+    }
+
+    /// Attaches to interfaces that appeared and match, detaches from those gone.
+    pub fn follow_links(&mut self, events: Vec<LinkEvent>) {
+        let (Some(interfaces), Some(patterns)) = (&mut self.interfaces, &self.patterns) else {
+            return;
+        };
+        for event in events {
+            interfaces.follow(&mut self.ebpf, patterns, event);
+        }
     }
 
     /// Waits for records and returns the segments they hold (at most a batch of them), copied
@@ -457,8 +526,9 @@ pub fn probe_copy_path(policy: CopyPolicy) -> Result<CopyPath, CaptureError> {
 /// directory (returned open), before anything is loaded: each is a mistake of the operator's.
 pub fn check_target(target: &Target) -> Result<Vec<(PathBuf, std::fs::File)>, CaptureError> {
     match target {
-        Target::Interfaces(names) => {
-            for name in names {
+        Target::Interfaces(entries) => {
+            let patterns = IfacePatterns::parse(entries).map_err(CaptureError::Invalid)?;
+            for name in patterns.names() {
                 ifindex(name)?;
             }
             Ok(Vec::new())

@@ -174,6 +174,7 @@ fn directions(ps: &PipelineStats) -> [(&'static str, &StreamStats); 2] {
 const MIRROR: &str = "mirror.name";
 const OUTPUT: &str = "output";
 const REASON: &str = "reason";
+const CHANGE: &str = "change";
 const DIRECTION: &str = "direction";
 const ERROR_TYPE: &str = "error.type";
 const KIND: &str = "kind";
@@ -272,6 +273,34 @@ pub static DEFS: &[MetricDef] = &[
         unit: Unit::Bytes,
         help: "TCP payload bytes written to the ring buffer.",
         read: |s, o| kernel(s, o, |k, o| p(o, &[], k.payload_bytes)),
+    },
+    // ---- interfaces followed (--iface globs) ----
+    MetricDef {
+        name: "mirror.capture.interfaces",
+        kind: Kind::Gauge,
+        unit: Unit::Count("{interface}"),
+        help: "Interfaces the classifiers are attached to now.",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.interfaces)),
+    },
+    MetricDef {
+        name: "mirror.capture.interface.changes",
+        kind: Kind::Counter,
+        unit: Unit::Count("{interface}"),
+        help: "Interfaces attached to, detached from (gone or renamed), or that matched --iface and could not be attached to (attach_error), by change.",
+        read: |s, o| {
+            kernel(s, o, |k, o| {
+                p(o, &[(CHANGE, "attached")], k.iface.attached);
+                p(o, &[(CHANGE, "detached")], k.iface.detached);
+                p(o, &[(CHANGE, "attach_error")], k.iface.attach_errors);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.capture.interface.resyncs",
+        kind: Kind::Counter,
+        unit: Unit::Count("{resync}"),
+        help: "Times link notifications were lost and every interface was compared again.",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.iface.resyncs)),
     },
     // ---- outputs on their own threads (--record, --write-pcap) ----
     MetricDef {

@@ -11,6 +11,7 @@
 //! map before anything is attached to it, and leaves it after it is detached.
 
 pub mod cgroup;
+pub mod follow;
 mod netlink;
 mod tc;
 
@@ -23,6 +24,7 @@ use aya::programs::SchedClassifier;
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions, TcAttachType};
 
+use self::follow::{IfacePatterns, LinkEvent};
 use self::netlink::Hook;
 use self::tc::{OwnProgram, TcAttachment};
 use super::CaptureError;
@@ -157,6 +159,19 @@ struct AttachedIface {
     links: IfaceLinks,
 }
 
+/// What following `--iface` globs did, since the start.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct IfaceStats {
+    /// Interfaces attached to, at the start and later.
+    pub attached: u64,
+    /// Interfaces detached from because they went away or were renamed out of the patterns.
+    pub detached: u64,
+    /// Interfaces that matched but could not be attached to (logged with the reason).
+    pub attach_errors: u64,
+    /// Times link notifications were lost and the whole list was compared again.
+    pub resyncs: u64,
+}
+
 /// The interfaces the classifiers are attached to, and how. Drop it before the `Ebpf`: tc
 /// filters are removed on drop, and the `MIRROR_IFACES` map is written while attaching.
 pub struct Interfaces {
@@ -168,6 +183,7 @@ pub struct Interfaces {
     attached: BTreeMap<u32, AttachedIface>,
     /// How the first interface attached; the rest follow it.
     mode: Option<AttachMode>,
+    stats: IfaceStats,
 }
 
 impl Interfaces {
@@ -184,22 +200,94 @@ impl Interfaces {
             l2,
             attached: BTreeMap::new(),
             mode: None,
+            stats: IfaceStats::default(),
+        }
+    }
+
+    /// Interfaces attached now.
+    pub fn len(&self) -> usize {
+        self.attached.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.attached.is_empty()
+    }
+
+    pub fn stats(&self) -> IfaceStats {
+        self.stats
+    }
+
+    /// Attaches to every interface of `patterns` that exists and is not attached yet, and
+    /// detaches from those gone or no longer matching: at the start, and after lost
+    /// notifications. A failure is logged and counted; the others go on.
+    pub fn reconcile(&mut self, ebpf: &mut Ebpf, patterns: &IfacePatterns) {
+        let now = match follow::interfaces_now() {
+            Ok(now) => now,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list the interfaces");
+                return;
+            }
+        };
+        let stale: Vec<u32> = self
+            .attached
+            .iter()
+            .filter(|(index, a)| !now.iter().any(|(i, n)| i == *index && *n == a.name))
+            .map(|(index, _)| *index)
+            .collect();
+        for index in stale {
+            self.gone(ebpf, index, "gone or renamed");
+        }
+        for (index, name) in now {
+            self.present(ebpf, patterns, index, &name);
+        }
+    }
+
+    /// Acts on one link notification.
+    pub fn follow(&mut self, ebpf: &mut Ebpf, patterns: &IfacePatterns, event: LinkEvent) {
+        match event {
+            LinkEvent::Present { index, name } => {
+                if self.attached.get(&index).is_some_and(|a| a.name != name) {
+                    self.gone(ebpf, index, "renamed");
+                }
+                self.present(ebpf, patterns, index, &name);
+            }
+            LinkEvent::Gone { index } => self.gone(ebpf, index, "gone"),
+            LinkEvent::Resync => {
+                self.stats.resyncs += 1;
+                tracing::warn!("link notifications were lost; comparing every interface");
+                self.reconcile(ebpf, patterns);
+            }
+        }
+    }
+
+    fn present(&mut self, ebpf: &mut Ebpf, patterns: &IfacePatterns, index: u32, name: &str) {
+        if self.attached.contains_key(&index) || !patterns.matches(name) {
+            return;
+        }
+        match self.attach(ebpf, name) {
+            Ok(_) => {
+                self.stats.attached += 1;
+                tracing::info!(iface = name, ifindex = index, mode = ?self.mode(), "attached to a new interface");
+            }
+            // Gone again before it could be attached: its removal follows.
+            Err(CaptureError::UnknownInterface(_)) => {}
+            Err(e) => {
+                self.stats.attach_errors += 1;
+                tracing::warn!(iface = name, ifindex = index, error = %e, "cannot attach to the interface");
+            }
+        }
+    }
+
+    fn gone(&mut self, ebpf: &mut Ebpf, index: u32, why: &str) {
+        if let Some(name) = self.detach(ebpf, index) {
+            self.stats.detached += 1;
+            tracing::info!(iface = %name, ifindex = index, why, "detached from an interface");
         }
     }
 
     /// How the classifiers are attached (TCX until the first interface says otherwise).
     pub fn mode(&self) -> AttachMode {
         self.mode.unwrap_or(AttachMode::Tcx)
-    }
-
-    /// Names of the interfaces attached, in ifindex order.
-    pub fn names(&self) -> Vec<String> {
-        self.attached.values().map(|a| a.name.clone()).collect()
-    }
-
-    /// Whether the interface with this index is attached.
-    pub fn contains(&self, ifindex: u32) -> bool {
-        self.attached.contains_key(&ifindex)
     }
 
     /// Attaches the classifiers [`load`] loaded to `iface`, as the policy allows; returns its
