@@ -30,8 +30,12 @@ pub const MAX_PORTS: u32 = 64;
 /// agent's own mirror connections).
 pub const IGNORE_ENTRIES: u32 = 16384;
 
-/// Most interfaces the TC classifiers are attached to at once (entries of the map of their
-/// link-layer header lengths): a node with thousands of pods has thousands of veths.
+/// Interfaces with an ifindex below this have their link-layer header length in an array slot
+/// (`MIRROR_IFACE_SLOTS`, 256 KiB); the others in a hash map.
+pub const IFACE_SLOTS: u32 = 65536;
+
+/// Most interfaces with an ifindex of [`IFACE_SLOTS`] or more the TC classifiers are attached to
+/// at once (entries of `MIRROR_IFACES`): a node with thousands of pods has thousands of veths.
 pub const IFACE_ENTRIES: u32 = 16384;
 
 /// Map names, as they appear in the object file.
@@ -42,6 +46,7 @@ pub mod maps {
     pub const COUNTERS: &str = "MIRROR_COUNTERS";
     pub const SCRATCH: &str = "MIRROR_SCRATCH";
     pub const IGNORE: &str = "MIRROR_IGNORE";
+    pub const IFACE_SLOTS: &str = "MIRROR_IFACE_SLOTS";
     pub const IFACES: &str = "MIRROR_IFACES";
 }
 
@@ -99,7 +104,8 @@ pub mod counter {
     /// skb is still counted in `CAPTURED` when every chunk it was allowed was written).
     pub const TRUNCATED: u32 = 6;
     /// IP packets the classifier could not parse (IPv6 extension chains too long, bad lengths,
-    /// non-first fragments), and packets on an interface missing from `MIRROR_IFACES`.
+    /// non-first fragments), and packets on an interface the agent has not registered (should stay
+    /// 0).
     pub const UNPARSEABLE: u32 = 7;
     /// Matched packets without payload and without SYN/FIN/RST (pure ACKs), not recorded.
     pub const EMPTY: u32 = 8;

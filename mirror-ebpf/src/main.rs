@@ -6,7 +6,7 @@
 //!   ports (the primary's responses) and is attached only when userspace asks for it. Both
 //!   always return `TC_ACT_PIPE`: the packet is never changed, dropped or delayed, and under TCX
 //!   later programs on the hook still run. The link-layer header length comes per interface from
-//!   `MIRROR_IFACES` (14 on Ethernet-like devices, 0 on L3 ones).
+//!   `MIRROR_IFACE_SLOTS` or `MIRROR_IFACES` (14 on Ethernet-like devices, 0 on L3 ones).
 //! - `cgroup_skb` programs, on cgroup v2 directories: `mirror_cg_ingress` sees the packets
 //!   delivered to the sockets of the processes in the cgroup, `mirror_cg_egress` the packets they
 //!   send; the same port rules. The skb starts at the IP header. Both return 1 (pass).
@@ -49,7 +49,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use mirror_common::{
-    EndpointKey, HEADER_LEN, IFACE_ENTRIES, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
+    EndpointKey, HEADER_LEN, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
     SIZE_CLASSES, config, counter, direction, flow_hash, record_flags, sampled,
 };
 
@@ -67,8 +67,15 @@ static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 #[map]
 static MIRROR_CONFIG: Array<u64> = Array::with_max_entries(config::LEN, 0);
 
-/// Link-layer header bytes before IP, by ifindex, for the interfaces the TC classifiers are
-/// attached to: userspace adds an interface before attaching to it and removes it after.
+/// Link-layer header bytes before IP, plus one (0: not attached), for the interfaces the TC
+/// classifiers are attached to whose ifindex is below [`IFACE_SLOTS`]: userspace sets an
+/// interface's slot before attaching to it and clears it after. An array lookup is a bounds
+/// check and an add (the verifier inlines it); a hash lookup costs a hash per packet.
+#[map]
+static MIRROR_IFACE_SLOTS: Array<u32> = Array::with_max_entries(IFACE_SLOTS, 0);
+
+/// The same for interfaces with a larger ifindex (the kernel hands them out cyclically, so a
+/// long-lived node with pod churn gets there): ifindex to link-layer header bytes.
 #[map]
 static MIRROR_IFACES: HashMap<u32, u32> = HashMap::with_max_entries(IFACE_ENTRIES, 0);
 
@@ -209,8 +216,15 @@ fn setting(index: u32) -> u64 {
 fn tc_l2_len(skb: &SkBuff) -> Option<usize> {
     // SAFETY: reading a field of the context the kernel passed in.
     let ifindex = unsafe { (*skb.skb).ifindex };
-    // SAFETY: read-only lookup of a value copied out at once.
-    unsafe { MIRROR_IFACES.get(&ifindex) }.map(|l2| *l2 as usize)
+    if ifindex < IFACE_SLOTS {
+        match MIRROR_IFACE_SLOTS.get(ifindex).copied() {
+            Some(slot) if slot > 0 => Some(slot as usize - 1),
+            _ => None,
+        }
+    } else {
+        // SAFETY: read-only lookup of a value copied out at once.
+        unsafe { MIRROR_IFACES.get(&ifindex) }.map(|l2| *l2 as usize)
+    }
 }
 
 #[inline(always)]

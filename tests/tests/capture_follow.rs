@@ -19,21 +19,25 @@ use mirror_tests::{NetNs, TempDir, privileged_or_skip, unique_name};
 const PORT: u16 = 8080;
 const MIRROR_PORT: u16 = 9001;
 
-/// A veth pair from `node` to `client` on subnet 10.79.`subnet`.0/24: the node's end is .1.
-fn link(node: &NetNs, client: &NetNs, node_if: &str, subnet: u8) {
+/// A veth pair from `node` to `client` on subnet 10.79.`subnet`.0/24: the node's end is .1, with
+/// interface index `index` when given.
+fn link(node: &NetNs, client: &NetNs, node_if: &str, subnet: u8, index: Option<u32>) {
     let client_if = unique_name("mc");
-    let out = std::process::Command::new("ip")
-        .args([
-            "link", "add", node_if, "netns", &node.name, "type", "veth", "peer", "name",
-        ])
-        .args([&client_if, "netns", &client.name])
-        .output()
-        .expect("ip link add");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let index = index.map(|i| i.to_string());
+    let mut add = vec!["ip", "link", "add", node_if];
+    if let Some(i) = &index {
+        add.extend(["index", i.as_str()]);
+    }
+    add.extend([
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &client_if,
+        "netns",
+        &client.name,
+    ]);
+    node.run(&add);
     for (ns, ifname, host) in [(node, node_if, 1), (client, client_if.as_str(), 2)] {
         ns.run(&[
             "ip",
@@ -80,7 +84,7 @@ fn follow(attach: &str) {
     let prefix = unique_name("mf");
     let prefix = &prefix[..prefix.rfind('x').unwrap() + 1];
     let if_a = unique_name("mf");
-    link(&node, &a, &if_a, 1);
+    link(&node, &a, &if_a, 1, None);
     let primary = RecordingServer::start(&node, "0.0.0.0:8080".parse().unwrap(), Behavior::Ok);
     let mirror = RecordingServer::start(
         &node,
@@ -106,17 +110,24 @@ fn follow(attach: &str) {
     );
     get(&a, 1, "/a/1");
 
-    // A matching interface made after the start, and one that does not match.
+    // A matching interface made after the start (with an index above the classifiers' array of
+    // slots: the kernel hands indexes out cyclically, so long-lived nodes get there), and one
+    // that does not match.
     let if_b = unique_name("mf");
-    link(&node, &b, &if_b, 2);
+    link(&node, &b, &if_b, 2, Some(100_000));
     wait_log(&agent, "attached to a new interface", &if_b);
+    assert!(
+        agent.log().contains("ifindex=100000"),
+        "{if_b} has index 100000: {}",
+        agent.log()
+    );
     let on = attached_programs(&node, &if_b);
     assert!(
         on.iter().any(|l| l.contains("mirror_ingress")),
         "the classifier runs on {if_b}: {on:?}"
     );
     let if_c = unique_name("mq");
-    link(&node, &c, &if_c, 3);
+    link(&node, &c, &if_c, 3, None);
     get(&b, 2, "/b/1");
     get(&c, 3, "/c/1");
     get(&a, 1, "/a/2");

@@ -243,7 +243,10 @@ impl AttachedCapture {
             Target::Interfaces(entries) => {
                 let patterns = IfacePatterns::parse(entries).map_err(CaptureError::Invalid)?;
                 let mut interfaces = attach::Interfaces::new(
-                    take(&mut ebpf, maps::IFACES)?,
+                    attach::LinkLayerLengths::new(
+                        take(&mut ebpf, maps::IFACE_SLOTS)?,
+                        take(&mut ebpf, maps::IFACES)?,
+                    ),
                     copy.programs(),
                     cfg.attach_egress,
                     cfg.attach,

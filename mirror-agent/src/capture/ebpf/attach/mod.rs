@@ -7,8 +7,8 @@
 //! with `--attach tc`, a clsact qdisc plus a netlink filter; such a filter outlives the process,
 //! so the agent removes its own on exit and the next agent removes a killed one's, recognising
 //! them with certainty and leaving every other filter alone ([`tc`]). [`netlink`] holds the
-//! rtnetlink requests. Each interface's link-layer header length goes into the `MIRROR_IFACES`
-//! map before anything is attached to it, and leaves it after it is detached.
+//! rtnetlink requests. Each interface's link-layer header length goes where the classifiers read
+//! it ([`LinkLayerLengths`]) before anything is attached to it, and leaves after it is detached.
 
 pub mod cgroup;
 pub mod follow;
@@ -19,7 +19,7 @@ use std::collections::BTreeMap;
 use std::os::fd::AsFd;
 
 use aya::Ebpf;
-use aya::maps::{HashMap, MapData};
+use aya::maps::{Array, HashMap, MapData};
 use aya::programs::SchedClassifier;
 use aya::programs::links::LinkOrder;
 use aya::programs::tc::{SchedClassifierLinkId, TcAttachOptions, TcAttachType};
@@ -146,6 +146,46 @@ fn wanted(programs: (&'static str, &'static str), egress: bool) -> Vec<(&'static
     wanted
 }
 
+/// The link-layer header length of each attached interface, where the classifiers read it:
+/// an array slot for an ifindex below [`mirror_common::IFACE_SLOTS`] (the value is the length
+/// plus one, 0 meaning none), a hash map entry above.
+pub struct LinkLayerLengths {
+    slots: Array<MapData, u32>,
+    large: HashMap<MapData, u32, u32>,
+}
+
+impl LinkLayerLengths {
+    pub fn new(slots: Array<MapData, u32>, large: HashMap<MapData, u32, u32>) -> Self {
+        Self { slots, large }
+    }
+
+    fn set(&mut self, ifindex: u32, l2_len: u32) -> Result<(), CaptureError> {
+        if ifindex < mirror_common::IFACE_SLOTS {
+            self.slots
+                .set(ifindex, l2_len + 1, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: mirror_common::maps::IFACE_SLOTS,
+                    source,
+                })
+        } else {
+            self.large
+                .insert(ifindex, l2_len, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: mirror_common::maps::IFACES,
+                    source,
+                })
+        }
+    }
+
+    fn clear(&mut self, ifindex: u32) {
+        let _ = if ifindex < mirror_common::IFACE_SLOTS {
+            self.slots.set(ifindex, 0, 0)
+        } else {
+            self.large.remove(&ifindex)
+        };
+    }
+}
+
 /// How one interface is attached: TCX links (owned by the programs in `Ebpf`, detached by id) or
 /// tc filters (owned by the [`TcAttachment`], removed on drop).
 enum IfaceLinks {
@@ -173,13 +213,13 @@ pub struct IfaceStats {
 }
 
 /// The interfaces the classifiers are attached to, and how. Drop it before the `Ebpf`: tc
-/// filters are removed on drop, and the `MIRROR_IFACES` map is written while attaching.
+/// filters are removed on drop.
 pub struct Interfaces {
     programs: (&'static str, &'static str),
     egress: bool,
     policy: AttachPolicy,
-    /// `MIRROR_IFACES`: ifindex to link-layer header length, read by the classifiers.
-    l2: HashMap<MapData, u32, u32>,
+    /// Where the classifiers find each interface's link-layer header length.
+    l2: LinkLayerLengths,
     attached: BTreeMap<u32, AttachedIface>,
     /// How the first interface attached; the rest follow it.
     mode: Option<AttachMode>,
@@ -188,7 +228,7 @@ pub struct Interfaces {
 
 impl Interfaces {
     pub fn new(
-        l2: HashMap<MapData, u32, u32>,
+        l2: LinkLayerLengths,
         programs: (&'static str, &'static str),
         egress: bool,
         policy: AttachPolicy,
@@ -297,12 +337,7 @@ impl Interfaces {
         if self.attached.contains_key(&index) {
             return Ok(index);
         }
-        self.l2
-            .insert(index, l2_len(iface)? as u32, 0)
-            .map_err(|source| CaptureError::Map {
-                name: mirror_common::maps::IFACES,
-                source,
-            })?;
+        self.l2.set(index, l2_len(iface)? as u32)?;
         let result = self.attach_links(ebpf, iface, index);
         match result {
             Ok(links) => {
@@ -316,7 +351,7 @@ impl Interfaces {
                 Ok(index)
             }
             Err(e) => {
-                let _ = self.l2.remove(&index);
+                self.l2.clear(index);
                 Err(e)
             }
         }
@@ -389,7 +424,7 @@ impl Interfaces {
             // Removes its filters (none when the interface is gone) and its record.
             IfaceLinks::Tc(tc) => drop(tc),
         }
-        let _ = self.l2.remove(&ifindex);
+        self.l2.clear(ifindex);
         Some(iface.name)
     }
 }
