@@ -203,6 +203,23 @@ impl Settings {
         Ok(out.join("\n"))
     }
 
+    /// The largest request body a consumer needs, when there is such a bound (see
+    /// [`crate::http::request::HttpLimits::omit_bodies_over`]): mirrors that send no body need
+    /// none, mirrors that send bodies up to `maxBodySize` need that much; a recording or a
+    /// comparison keeps every body.
+    fn bodies_needed_up_to(
+        rewrite: &crate::replay::rewrite::RewriteOptions,
+        keeps_bodies: bool,
+    ) -> Option<u64> {
+        if keeps_bodies {
+            None
+        } else if !rewrite.mirror_body {
+            Some(0)
+        } else {
+            rewrite.max_body_size
+        }
+    }
+
     /// Reads `--config` if given and merges it with the flags.
     pub fn load(args: &RunArgs) -> Result<Self, ConfigError> {
         let file = match &args.replay.config {
@@ -247,12 +264,16 @@ impl Settings {
         if compare.is_some() && args.replay.from.is_some() {
             return Err(ConfigError::CompareWithoutPrimary);
         }
-        let pipeline = pipeline::build(
+        let mut pipeline = pipeline::build(
             &args.limits,
             &ports,
             compare.is_some() || args.capture.pcap.is_some(),
             compare.as_ref().map(|c| c.rules.capture_limit()),
         )?;
+        pipeline.http.omit_bodies_over = Self::bodies_needed_up_to(
+            &replay.rewrite,
+            args.output.record.is_some() || compare.is_some(),
+        );
         let iface = args.capture.iface.clone().or(fc.interface.clone());
         let cgroups = if args.capture.cgroups.is_empty() {
             fc.cgroups.clone().unwrap_or_default()

@@ -756,3 +756,31 @@ fn cgroups_replace_the_interface_from_flags_or_file() {
             .contains("mode: live capture on cgroup /sys/fs/cgroup/other")
     );
 }
+
+#[test]
+fn bodies_are_omitted_only_when_no_consumer_needs_them() {
+    let omit = |flags: &[&str]| {
+        let mut all = vec![
+            "--iface",
+            "lo",
+            "--port",
+            "80",
+            "--mirror",
+            "http://127.0.0.1:9",
+        ];
+        all.extend_from_slice(flags);
+        Settings::load(&args(&all))
+            .unwrap()
+            .pipeline
+            .http
+            .omit_bodies_over
+    };
+    assert_eq!(omit(&[]), None, "bodies mirrored without a bound");
+    assert_eq!(omit(&["--max-body-size", "1000"]), Some(1000));
+    assert_eq!(omit(&["--mirror-body", "false"]), Some(0));
+    assert_eq!(
+        omit(&["--mirror-body", "false", "--record", "/dev/null"]),
+        None
+    );
+    assert_eq!(omit(&["--mirror-body", "false", "--compare"]), None);
+}

@@ -258,6 +258,10 @@ pub struct Request {
     pub keep_alive: bool,
     /// Where the trace context fields sit in `raw` (`None`: there are none).
     pub trace: Option<std::sync::Arc<TraceFields>>,
+    /// The body was not kept, since no consumer needs it (see
+    /// [`request::HttpLimits::omit_bodies_over`]): `raw` is the head only, `body_len` is still
+    /// the body's length. Such a request cannot be replayed with its body.
+    pub body_omitted: bool,
 }
 
 impl Request {

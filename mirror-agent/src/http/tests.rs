@@ -49,7 +49,7 @@ fn check_accounting(f: &RequestFramer, out: &[RequestEvent]) {
     assert_eq!(s.dropped_bytes, dropped, "dropped bytes vs events");
     assert_eq!(
         s.pushed_bytes,
-        s.request_bytes + s.dropped_bytes + s.ignored_bytes,
+        s.request_bytes + s.dropped_bytes + s.ignored_bytes + s.omitted_body_bytes,
         "every pushed byte accounted: {s:?}"
     );
     assert_eq!(s.in_progress(), 0);
@@ -859,6 +859,7 @@ proptest! {
             ], 0..64), any::<bool>()),
             0..24),
         midstream in any::<bool>(),
+        omit_bodies_over in proptest::option::of(0u64..16),
         prefix in prop_oneof![
             Just(&b""[..]),
             Just(&b"GET / HTTP/1.1\r\n"[..]),
@@ -866,7 +867,7 @@ proptest! {
             Just(&b"POST / HTTP/1.1\r\nContent-Length: 9\r\n\r\n"[..]),
         ],
     ) {
-        let limits = HttpLimits { max_head_bytes: 64, max_headers: 4, max_body_bytes: 32 };
+        let limits = HttpLimits { max_head_bytes: 64, max_headers: 4, max_body_bytes: 32, omit_bodies_over };
         let mut f = RequestFramer::new(limits, midstream);
         let mut out = Vec::new();
         f.push(&Bytes::from_static(prefix), 0, &mut out);
@@ -1057,4 +1058,89 @@ fn trailer_section_too_large() {
         ev,
         [dropped(RequestDropReason::HeadTooLarge, msg.len() as u64)]
     );
+}
+
+fn omitting(limit: u64) -> HttpLimits {
+    HttpLimits {
+        omit_bodies_over: Some(limit),
+        ..HttpLimits::default()
+    }
+}
+
+#[test]
+fn a_body_nobody_needs_is_counted_not_kept_and_its_head_goes_out() {
+    let msg =
+        b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\n0123456789GET /next HTTP/1.1\r\n\r\n";
+    let ev = assert_every_split(&omitting(4), false, msg);
+    let rs = requests(&ev);
+    assert_eq!(rs.len(), 2, "{ev:?}");
+    assert!(rs[0].body_omitted);
+    assert_eq!(rs[0].body_len, 10);
+    assert_eq!(
+        &rs[0].raw[..],
+        b"POST /up HTTP/1.1\r\nContent-Length: 10\r\n\r\n"
+    );
+    assert_eq!(rs[0].head_len, rs[0].raw.len());
+    assert!(!rs[1].body_omitted);
+    assert_eq!(rs[1].target, "/next");
+
+    let mut f = RequestFramer::new(omitting(4), false);
+    let mut out = Vec::new();
+    f.push(&Bytes::from_static(&msg[..45]), 1, &mut out);
+    // The head (41 bytes) went out with 4 of its 10 body bytes seen: 6 are still to come.
+    assert_eq!(requests(&out).len(), 1);
+    assert_eq!(f.omitted_body_remaining(), Some(6));
+    f.push(&Bytes::from_static(&msg[45..]), 2, &mut out);
+    assert_eq!(f.omitted_body_remaining(), None);
+    f.finish(&mut out);
+    assert_eq!(f.stats().omitted_body_bytes, 10);
+    check_accounting(&f, &out);
+}
+
+#[test]
+fn bodies_within_the_limit_chunked_bodies_and_upgrades_are_kept() {
+    let at_limit = b"POST /a HTTP/1.1\r\nContent-Length: 4\r\n\r\nabcd";
+    let r = only_request(&assert_every_split(&omitting(4), false, at_limit)).clone();
+    assert!(!r.body_omitted);
+    assert_eq!(&r.raw[..], &at_limit[..]);
+    let chunked =
+        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n8\r\n01234567\r\n0\r\n\r\n";
+    let r = only_request(&assert_every_split(&omitting(0), false, chunked)).clone();
+    assert!(!r.body_omitted);
+    assert_eq!(&r.raw[..], &chunked[..]);
+    let upgrade = b"POST /u HTTP/1.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nContent-Length: 3\r\n\r\nabc";
+    let ev = assert_every_split(&omitting(0), false, upgrade);
+    assert!(!requests(&ev)[0].body_omitted);
+}
+
+#[test]
+fn an_omitted_body_is_not_limited_by_max_body_bytes_nor_lost_to_a_gap_or_an_end() {
+    let limits = HttpLimits {
+        max_body_bytes: 8,
+        ..omitting(0)
+    };
+    let mut f = RequestFramer::new(limits, false);
+    let mut out = Vec::new();
+    f.push(
+        &Bytes::from_static(b"PUT /big HTTP/1.1\r\nContent-Length: 100\r\n\r\n0123456789"),
+        1,
+        &mut out,
+    );
+    // A gap inside the body: the next request is found where the length says.
+    f.gap(50, &mut out);
+    f.push(&Bytes::from(vec![b'x'; 40]), 2, &mut out);
+    f.push(
+        &Bytes::from_static(b"PUT /cut HTTP/1.1\r\nContent-Length: 100\r\n\r\n01234"),
+        3,
+        &mut out,
+    );
+    // The stream ends inside the second body: its head already went out, nothing is lost.
+    f.finish(&mut out);
+    let rs = requests(&out);
+    assert_eq!(rs.len(), 2, "{out:?}");
+    assert!(rs.iter().all(|r| r.body_omitted && r.body_len == 100));
+    assert_eq!(out.len(), 2, "no drops: {out:?}");
+    let s = f.stats();
+    assert_eq!((s.omitted_body_bytes, s.gap_bytes), (10 + 40 + 5, 50));
+    check_accounting(&f, &out);
 }

@@ -200,6 +200,9 @@ pub struct PipelineStats {
     /// Client bytes the request framer skipped on purpose (blank lines between requests,
     /// bytes after a tunnel or h2 start within the same push).
     pub client_bytes_framer_ignored: u64,
+    /// Client body bytes of requests emitted head only, since no consumer needs their bodies
+    /// (`HttpLimits::omit_bodies_over`): not a loss.
+    pub client_body_bytes_omitted: u64,
     /// Final responses produced (paired with their request).
     pub responses: u64,
     /// 1xx responses.
@@ -308,15 +311,18 @@ impl PipelineStats {
         let framed = self.request_bytes
             + self.request_drops.total().bytes
             + self.client_bytes_ignored
-            + self.client_bytes_framer_ignored;
+            + self.client_bytes_framer_ignored
+            + self.client_body_bytes_omitted;
         if framed != c.bytes_delivered {
             return Err(format!(
-                "client delivered {} != requests {} + dropped {} + ignored {} + framer ignored {}",
+                "client delivered {} != requests {} + dropped {} + ignored {} + framer ignored {} \
+                 + bodies omitted {}",
                 c.bytes_delivered,
                 self.request_bytes,
                 self.request_drops.total().bytes,
                 self.client_bytes_ignored,
-                self.client_bytes_framer_ignored
+                self.client_bytes_framer_ignored,
+                self.client_body_bytes_omitted
             ));
         }
         if self.responses_lost != self.response_answers_dropped {
@@ -422,6 +428,7 @@ impl fmt::Display for PipelineStats {
                 "ignored.server_bytes",
                 self.server_bytes_ignored + self.server_bytes_framer_ignored,
             ),
+            ("omitted.request_body_bytes", self.client_body_bytes_omitted),
             (
                 "anomaly.client_retransmitted_bytes",
                 self.client.retransmitted_bytes,

@@ -315,6 +315,8 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
             ts_ns: l.ts_ns,
             end_ts_ns: l.end_ts_ns.unwrap_or(l.ts_ns),
             te_and_cl: l.te_and_cl,
+            // Recording keeps bodies (it turns omission off).
+            body_omitted: false,
         },
     })
 }

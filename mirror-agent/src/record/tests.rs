@@ -28,6 +28,7 @@ fn sample(raw: &'static [u8], headers: Vec<(&str, &'static [u8])>) -> CapturedRe
             te_and_cl: false,
             keep_alive: true,
             trace: None,
+            body_omitted: false,
         },
     }
 }

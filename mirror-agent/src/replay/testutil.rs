@@ -48,6 +48,7 @@ pub fn request(raw: &[u8]) -> Request {
         version,
         keep_alive: keeps_alive(version, &headers),
         trace: TraceFields::scan_head(raw, head_len).shared(),
+        body_omitted: false,
         headers,
         framing,
         body_len,

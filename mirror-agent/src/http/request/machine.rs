@@ -203,7 +203,14 @@ impl RequestFramer {
         match framing {
             BodyFraming::ContentLength(n) => {
                 self.item.body_len = n;
-                if n > self.limits.max_body_bytes {
+                if self.omits_body(n) {
+                    // Nobody needs this body: the head goes out now, the body is counted as it
+                    // passes. `complete` resets the item and the state; the body follows.
+                    self.omitting = true;
+                    self.complete(cur, out);
+                    self.omitting = true;
+                    self.state = State::Body(BodyState::Length { remaining: n });
+                } else if n > self.limits.max_body_bytes {
                     self.skipping = Some(RequestDropReason::BodyTooLarge);
                     self.discard_view(cur);
                 } else if self.item.spanning {
@@ -220,7 +227,18 @@ impl RequestFramer {
         }
     }
 
+    /// Whether a Content-Length body of `n` bytes is not kept (see `HttpLimits::omit_bodies_over`).
+    /// Never for an Upgrade or CONNECT request: what follows its head decides about the stream.
+    fn omits_body(&self, n: u64) -> bool {
+        self.limits.omit_bodies_over.is_some_and(|limit| n > limit)
+            && self
+                .parsed
+                .as_ref()
+                .is_some_and(|p| !p.tunnel && !p.connect)
+    }
+
     /// The request in progress is complete: emit it (or its drop, when its body was skipped).
+    /// With `omitting` set, "complete" is its head: it goes out head only.
     pub(super) fn complete(&mut self, cur: &mut Cur<'_>, out: &mut Vec<RequestEvent>) {
         let Some(p) = self.parsed.take() else {
             self.reset_item();
@@ -286,6 +304,7 @@ impl RequestFramer {
                 te_and_cl: p.te_and_cl,
                 keep_alive: p.keep_alive,
                 trace,
+                body_omitted: self.omitting,
                 raw,
             };
             self.emit(request, out);
@@ -355,7 +374,12 @@ impl BodyFramer for RequestFramer {
 
     #[inline]
     fn take_body(&mut self, cur: &mut Cur<'_>, n: usize) {
-        if self.skipping.is_some() {
+        if self.omitting {
+            // Already emitted: counted here, not part of any item.
+            self.stats.omitted_body_bytes += n as u64;
+            cur.pos += n;
+            cur.start = cur.pos;
+        } else if self.skipping.is_some() {
             self.skip(cur, n);
         } else {
             self.take(cur, n);

@@ -12,8 +12,9 @@
 //! chunk-size or trailer line (itself within the head limit).
 //!
 //! Accounting: every pushed byte ends up in exactly one of: a request's `raw`, a
-//! [`RequestEvent::Dropped`], or the ignored bytes (blank lines between requests, tunnel and
-//! HTTP/2 bytes) of [`RequestFramerStats`]; until then it is in progress
+//! [`RequestEvent::Dropped`], the ignored bytes (blank lines between requests, tunnel and
+//! HTTP/2 bytes) or the omitted body bytes (bodies nobody needs, [`HttpLimits::omit_bodies_over`])
+//! of [`RequestFramerStats`]; until then it is in progress
 //! ([`RequestFramerStats::in_progress`]).
 
 use bytes::{Bytes, BytesMut};
@@ -37,6 +38,13 @@ pub struct HttpLimits {
     /// A larger request is dropped ([`RequestDropReason::BodyTooLarge`]) and its body skipped
     /// by its framing, without buffering.
     pub max_body_bytes: u64,
+    /// No consumer needs a request body larger than this (mirrors that do not send bodies, or
+    /// only up to a size, and no recording or comparison): a Content-Length body above it is
+    /// not kept. The request goes out as soon as its head is read, head only
+    /// ([`Request::body_omitted`]), and its body is counted as it passes
+    /// ([`RequestFramerStats::omitted_body_bytes`]), whatever its size. `None`: bodies are kept
+    /// (up to `max_body_bytes`). Chunked bodies are always kept: their length is unknown upfront.
+    pub omit_bodies_over: Option<u64>,
 }
 
 impl Default for HttpLimits {
@@ -45,6 +53,7 @@ impl Default for HttpLimits {
             max_head_bytes: 64 * 1024,
             max_headers: 128,
             max_body_bytes: 64 * 1024 * 1024,
+            omit_bodies_over: None,
         }
     }
 }
@@ -123,7 +132,7 @@ pub enum RequestEvent {
 }
 
 /// Byte and request counts of one framer. After [`RequestFramer::finish`],
-/// `pushed_bytes == request_bytes + dropped_bytes + ignored_bytes`.
+/// `pushed_bytes == request_bytes + dropped_bytes + ignored_bytes + omitted_body_bytes`.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RequestFramerStats {
     pub pushed_bytes: u64,
@@ -136,12 +145,18 @@ pub struct RequestFramerStats {
     pub ignored_bytes: u64,
     /// Lengths passed to [`RequestFramer::gap`] (bytes never pushed).
     pub gap_bytes: u64,
+    /// Body bytes of requests emitted head only ([`HttpLimits::omit_bodies_over`]): not a loss.
+    pub omitted_body_bytes: u64,
 }
 
 impl RequestFramerStats {
     /// Pushed bytes not yet accounted for (a request in progress, bytes pending resync).
     pub fn in_progress(&self) -> u64 {
-        self.pushed_bytes - self.request_bytes - self.dropped_bytes - self.ignored_bytes
+        self.pushed_bytes
+            - self.request_bytes
+            - self.dropped_bytes
+            - self.ignored_bytes
+            - self.omitted_body_bytes
     }
 }
 
@@ -216,6 +231,9 @@ pub struct RequestFramer {
     /// The body is being skipped by its framing, and why (too large, or a gap inside it):
     /// nothing but the current line is kept, and the request ends as a drop.
     skipping: Option<RequestDropReason>,
+    /// The request went out head only and its body is being counted as it passes, not kept
+    /// ([`HttpLimits::omit_bodies_over`]).
+    omitting: bool,
     /// The last request was an Upgrade; the next bytes decide whether the stream became a
     /// tunnel.
     tunnel_pending: bool,
@@ -257,6 +275,7 @@ impl RequestFramer {
             v09_line: None,
             parsed: None,
             skipping: None,
+            omitting: false,
             tunnel_pending: false,
             resynced: false,
             unserved: None,
@@ -274,6 +293,15 @@ impl RequestFramer {
 
     pub fn stats(&self) -> &RequestFramerStats {
         &self.stats
+    }
+
+    /// Body bytes still to come of a request that went out head only (its body nobody needs),
+    /// known from its Content-Length: the caller may tell capture not to copy them.
+    pub fn omitted_body_remaining(&self) -> Option<u64> {
+        match self.state {
+            State::Body(BodyState::Length { remaining }) if self.omitting => Some(remaining),
+            _ => None,
+        }
     }
 
     /// Bytes held in memory for the request in progress; at most
@@ -420,6 +448,7 @@ impl RequestFramer {
         self.v09_line = None;
         self.parsed = None;
         self.skipping = None;
+        self.omitting = false;
         self.resynced = false;
         if self.item.spanning {
             self.release_acc();
@@ -531,6 +560,7 @@ impl RequestFramer {
             te_and_cl: false,
             keep_alive: false,
             trace: None,
+            body_omitted: false,
             raw,
         };
         self.emit(request, out);

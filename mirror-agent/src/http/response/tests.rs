@@ -255,7 +255,7 @@ proptest! {
             Just(&b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"[..]),
         ],
     ) {
-        let limits = HttpLimits { max_head_bytes: 64, max_headers: 4, max_body_bytes: 32 };
+        let limits = HttpLimits { max_head_bytes: 64, max_headers: 4, max_body_bytes: 32, omit_bodies_over: None };
         let mut f = ResponseFramer::new(limits);
         let mut out = Vec::new();
         f.push(prefix, 0, &mut out);

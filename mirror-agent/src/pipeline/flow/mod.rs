@@ -337,6 +337,7 @@ impl Flow {
                 d.release_server(self.id, stats, sc, out);
                 if let Some(req) = d.req.as_ref() {
                     stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
+                    stats.client_body_bytes_omitted += req.stats().omitted_body_bytes;
                     if d.client_ignored {
                         stats.client_bytes_ignored += req.stats().in_progress();
                     }

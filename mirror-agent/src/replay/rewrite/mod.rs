@@ -131,9 +131,13 @@ impl Rewriter {
     /// The bytes to send for `req`, and where its trace context fields sit in them.
     pub fn apply(&self, req: &Request) -> Result<(Bytes, Option<Arc<TraceFields>>), Skip> {
         if self.opts.mirror_body
-            && let Some(max) = self.opts.max_body_size
-            && req.body_len > max
+            && (req.body_omitted
+                || self
+                    .opts
+                    .max_body_size
+                    .is_some_and(|max| req.body_len > max))
         {
+            // An omitted body is one over every mirror's maxBodySize (config sets the bound).
             return Err(Skip::BodyTooLarge);
         }
         if self.identity {

@@ -244,3 +244,24 @@ fn trace_fields_are_located_in_the_rebuilt_head() {
     assert_eq!(same, req.raw);
     assert_eq!(trace, req.trace);
 }
+
+#[test]
+fn a_request_whose_body_was_omitted_goes_out_without_it_or_not_at_all() {
+    // What the framer emits when no consumer needs the body: the head only.
+    let mut req = request(b"POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 5000000\r\n\r\n");
+    req.body_len = 5_000_000;
+    req.body_omitted = true;
+    let no_body = RewriteOptions {
+        mirror_body: false,
+        ..Default::default()
+    };
+    assert_eq!(
+        s(&rw(no_body).apply(&req).unwrap().0),
+        "POST /u HTTP/1.1\r\nHost: h\r\nContent-Length: 0\r\n\r\n"
+    );
+    // A mirror that sends bodies cannot send this one.
+    assert_eq!(
+        rw(RewriteOptions::default()).apply(&req).unwrap_err(),
+        Skip::BodyTooLarge
+    );
+}
