@@ -48,6 +48,7 @@ pub mod maps {
     pub const IGNORE: &str = "MIRROR_IGNORE";
     pub const IFACE_SLOTS: &str = "MIRROR_IFACE_SLOTS";
     pub const IFACES: &str = "MIRROR_IFACES";
+    pub const SKIP: &str = "MIRROR_SKIP";
 }
 
 /// Program names, as they appear in the object file (and in `bpftool net`; the kernel keeps the
@@ -76,7 +77,10 @@ pub mod config {
     pub const WAKEUP_BYTES: u32 = 1;
     /// Seed mixed into the flow hash, so that two agents do not sample the same flows.
     pub const HASH_SEED: u32 = 2;
-    pub const LEN: u32 = 3;
+    /// 1: userspace may put flows in `MIRROR_SKIP` (bodies nobody needs), so the ingress
+    /// programs look them up; 0 spares them the lookup.
+    pub const SKIP_BODIES: u32 = 3;
+    pub const LEN: u32 = 4;
 }
 
 /// Indices into the per-CPU `MIRROR_COUNTERS` array of `u64`.
@@ -124,7 +128,12 @@ pub mod counter {
     /// Largest TCP payload of a matched skb seen on this CPU: a maximum, not a sum (userspace
     /// takes the maximum over CPUs).
     pub const MAX_SKB_PAYLOAD: u32 = 14;
-    pub const LEN: u32 = 15;
+    /// Matched skbs whose payload lay wholly inside a body nobody needs (`MIRROR_SKIP`): recorded
+    /// as a header without payload ([`crate::record_flags::SKIPPED`]); among `CAPTURED`.
+    pub const SKIPPED: u32 = 15;
+    /// Payload bytes of those skbs, not copied.
+    pub const SKIPPED_BYTES: u32 = 16;
+    pub const LEN: u32 = 17;
 }
 
 /// Direction of a record.
@@ -146,6 +155,9 @@ pub mod record_flags {
     /// The last record of an skb whose payload went beyond `MAX_CHUNKS * MAX_PAYLOAD`: the rest
     /// was not copied; `payload_len` holds the real length.
     pub const TRUNCATED: u8 = 1;
+    /// The skb's payload lay wholly inside a body nobody needs: not copied (`captured_len` 0),
+    /// `payload_len` holds its length. The only record of its skb.
+    pub const SKIPPED: u8 = 2;
 }
 
 /// Header of every ring-buffer record; `captured_len` payload bytes follow it (a one-copy record
@@ -195,7 +207,7 @@ impl RecordHeader {
     /// chunk): `chunk_offset + captured_len` reaches `payload_len`, or the skb was truncated here.
     #[inline(always)]
     pub fn is_last_chunk(&self) -> bool {
-        self.flags & record_flags::TRUNCATED != 0
+        self.flags & (record_flags::TRUNCATED | record_flags::SKIPPED) != 0
             || self.chunk_offset as u64 + self.captured_len as u64 >= self.payload_len as u64
     }
 }
@@ -238,6 +250,27 @@ pub struct EndpointKey {
     pub _pad: u8,
 }
 const _: () = assert!(core::mem::size_of::<EndpointKey>() == 20);
+
+/// A client→server flow as the ingress programs see it (`MIRROR_SKIP`'s key): source is the
+/// client.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowKey {
+    /// Network byte order; IPv4 in the first 4 bytes, the rest zero.
+    pub saddr: [u8; 16],
+    pub daddr: [u8; 16],
+    /// Host byte order.
+    pub sport: u16,
+    pub dport: u16,
+    /// [`family::IPV4`] or [`family::IPV6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// Entries of `MIRROR_SKIP` (an LRU map: the oldest entry goes when it is full, and its flow's
+/// bytes are then simply copied).
+pub const SKIP_ENTRIES: u32 = 16384;
 
 /// Direction-independent hash of a flow, used for per-flow sampling.
 ///
@@ -284,6 +317,9 @@ mod pod {
     // SAFETY: as for `RecordHeader`: repr(C), integers and a byte array, no padding (size
     // asserted to be 20, the sum of its fields), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::EndpointKey {}
+    // SAFETY: repr(C), byte arrays and integers, no padding (size asserted to be 40, the sum of
+    // its fields), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::FlowKey {}
 }
 
 #[cfg(test)]

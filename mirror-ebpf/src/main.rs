@@ -49,7 +49,7 @@ use aya_ebpf::{
     programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use mirror_common::{
-    EndpointKey, HEADER_LEN, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
+    EndpointKey, FlowKey, HEADER_LEN, SKIP_ENTRIES, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
     SIZE_CLASSES, config, counter, direction, flow_hash, record_flags, sampled,
 };
 
@@ -87,6 +87,13 @@ static MIRROR_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter
 /// from or to one of them is the agent's own traffic (see [`EndpointKey`]).
 #[map]
 static MIRROR_IGNORE: LruHashMap<EndpointKey, u8> = LruHashMap::with_max_entries(IGNORE_ENTRIES, 0);
+
+/// Client→server flows in the middle of a body nobody needs, with the sequence number where the
+/// body ends: the ingress programs record an skb that lies wholly before it as a header without
+/// payload ([`record_flags::SKIPPED`]) and delete the entry when they reach the end. Looked up
+/// only while `config::SKIP_BODIES` is 1.
+#[map]
+static MIRROR_SKIP: LruHashMap<FlowKey, u32> = LruHashMap::with_max_entries(SKIP_ENTRIES, 0);
 
 /// A record being assembled by the scratch-copy programs.
 #[repr(C)]
@@ -283,6 +290,13 @@ fn process(skb: &SkBuff, hook: Hook) {
         hook.count(counter::EMPTY, 1);
         return;
     }
+    if dir == direction::INGRESS
+        && pkt.payload_len > 0
+        && setting(config::SKIP_BODIES) != 0
+        && skip_body(&pkt, hook)
+    {
+        return;
+    }
     match hook.copy {
         CopyMode::Reserve => emit_reserve(skb, &pkt, hook),
         CopyMode::Scratch => emit_scratch(skb, &pkt, hook),
@@ -308,6 +322,49 @@ fn is_ignored(pkt: &Packet) -> bool {
     };
     // SAFETY: read-only lookups of values we do not keep.
     unsafe { MIRROR_IGNORE.get(&src).is_some() || MIRROR_IGNORE.get(&dst).is_some() }
+}
+
+/// A packet of a flow in `MIRROR_SKIP`: one that lies wholly before the body's end becomes a
+/// header-only record (true: done); one that reaches past it is copied as usual (false), and
+/// either way the entry goes once the end is reached. Sequence numbers compare by wrapping
+/// distance.
+#[inline(always)]
+fn skip_body(pkt: &Packet, hook: Hook) -> bool {
+    let key = FlowKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        family: pkt.family,
+        _pad: [0; 3],
+    };
+    // SAFETY: read-only lookup of a value copied out at once.
+    let Some(until) = (unsafe { MIRROR_SKIP.get(&key) }).copied() else {
+        return false;
+    };
+    let end = pkt.seq.wrapping_add(pkt.payload_len);
+    let left = until.wrapping_sub(end) as i32;
+    if left <= 0 {
+        // Reaches the end of the body (or beyond: the next request starts in it).
+        let _ = MIRROR_SKIP.remove(&key);
+        if left < 0 {
+            return false;
+        }
+    }
+    let mut hdr = header(pkt, hook);
+    hdr.flags = record_flags::SKIPPED;
+    if MIRROR_RING
+        .output::<RecordHeader>(&hdr, wakeup_flags(HEADER_LEN as u64))
+        .is_err()
+    {
+        lost(hook, Lost::RingFull, 0, 1);
+        return true;
+    }
+    written(hook, &hdr);
+    hook.count(counter::CAPTURED, 1);
+    hook.count(counter::SKIPPED, 1);
+    hook.count(counter::SKIPPED_BYTES, pkt.payload_len as u64);
+    true
 }
 
 /// Why a chunk did not reach the ring.
@@ -347,25 +404,7 @@ fn plan(pkt: &Packet, hook: Hook) -> Plan {
         }
     }
     Plan {
-        hdr: RecordHeader {
-            // SAFETY: helper without arguments.
-            ts_ns: unsafe { bpf_ktime_get_ns() },
-            saddr: pkt.saddr,
-            daddr: pkt.daddr,
-            sport: pkt.sport,
-            dport: pkt.dport,
-            seq: pkt.seq,
-            ack: pkt.ack,
-            payload_len: pkt.payload_len,
-            captured_len: 0,
-            chunk_offset: 0,
-            payload_offset: pkt.payload_offset as u16,
-            tcp_flags: pkt.tcp_flags,
-            family: pkt.family,
-            direction: hook.dir,
-            flags: 0,
-            _pad: [0; 2],
-        },
+        hdr: header(pkt, hook),
         total,
         // At least one record (SYN/FIN/RST without payload), at most MAX_CHUNKS.
         chunks: if total == 0 {
@@ -373,6 +412,30 @@ fn plan(pkt: &Packet, hook: Hook) -> Plan {
         } else {
             total.div_ceil(MAX_PAYLOAD as u32)
         },
+    }
+}
+
+/// The record header of `pkt`, before chunking (`captured_len`, `chunk_offset`, `flags` 0).
+#[inline(always)]
+fn header(pkt: &Packet, hook: Hook) -> RecordHeader {
+    RecordHeader {
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        seq: pkt.seq,
+        ack: pkt.ack,
+        payload_len: pkt.payload_len,
+        captured_len: 0,
+        chunk_offset: 0,
+        payload_offset: pkt.payload_offset as u16,
+        tcp_flags: pkt.tcp_flags,
+        family: pkt.family,
+        direction: hook.dir,
+        flags: 0,
+        _pad: [0; 2],
     }
 }
 

@@ -66,6 +66,7 @@ fn with_capture<T: Send>(
     let (stop_tx, stop_rx) = mpsc::channel::<()>();
     let cfg = LiveConfig {
         target: Target::Interfaces(vec![topo.server_if.clone()]),
+        skip_bodies: false,
         ports,
         capture_basis_points: 10000,
         ring_size: 1 << 20,

@@ -107,6 +107,7 @@ async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError
         ignore,
         next_tick: 0,
         kernel: None,
+        skips: Vec::new(),
     };
     let result = live::run(opts, &mut driver).await;
     driver.pipeline.finish(&mut driver.events);
@@ -144,12 +145,21 @@ struct Driver {
     ignore: Arc<OnceLock<FlowIgnore>>,
     next_tick: u64,
     kernel: Option<Counters>,
+    /// Bodies capture need not copy, until the live loop takes them.
+    skips: Vec<(std::net::SocketAddr, std::net::SocketAddr, u32)>,
 }
 
 impl Driver {
     fn handle_events(&mut self) {
         for ev in self.events.drain(..) {
-            self.outputs.on_event(ev);
+            match ev {
+                PipelineEvent::SkipClientBytes {
+                    client,
+                    server,
+                    until_seq,
+                } => self.skips.push((client, server, until_seq)),
+                ev => self.outputs.on_event(ev),
+            }
         }
     }
 }
@@ -175,6 +185,10 @@ impl live::LiveSink for Driver {
 
     fn output_started(&mut self, stats: crate::output_queue::OutputStats) {
         self.outputs.watch(stats);
+    }
+
+    fn take_skips(&mut self, out: &mut Vec<(std::net::SocketAddr, std::net::SocketAddr, u32)>) {
+        out.append(&mut self.skips);
     }
 
     fn kernel_counters(&mut self, counters: &Counters) {

@@ -31,6 +31,9 @@ pub struct LiveSettings {
     pub write_pcap: Option<PathBuf>,
     /// `--overwrite`: `--write-pcap` may replace an existing regular file.
     pub overwrite: bool,
+    /// The pipeline omits some bodies and no output needs the raw packets: capture may skip
+    /// them too (set by `Settings`).
+    pub skip_bodies: bool,
 }
 
 impl LiveSettings {
@@ -77,6 +80,7 @@ impl LiveSettings {
             attach_egress: self.attach_egress,
             attach: self.attach,
             copy: self.copy,
+            skip_bodies: self.skip_bodies,
         })
     }
 }
@@ -137,5 +141,6 @@ pub fn build(
         duration,
         write_pcap: None,
         overwrite: false,
+        skip_bodies: false,
     })
 }

@@ -289,6 +289,10 @@ impl Settings {
             compare.is_some(),
         )?;
         live.write_pcap = args.output.write_pcap.clone();
+        // Bodies the pipeline omits need not be copied by the kernel either, unless the raw
+        // packets are written out.
+        live.skip_bodies = pipeline.http.omit_bodies_over.is_some() && live.write_pcap.is_none();
+        pipeline.skip_omitted_bodies = live.skip_bodies;
         live.overwrite = args.output.overwrite;
         let output_queue = output_queue(args.output.output_queue_bytes)?;
         Ok(Settings {

@@ -68,6 +68,14 @@ pub struct CapturedResponse {
 pub enum PipelineEvent {
     Request(CapturedRequest),
     Response(CapturedResponse),
+    /// Capture need not copy the client's bytes of this connection before `until_seq`: the
+    /// rest of a body nobody needs (only with [`PipelineConfig::skip_omitted_bodies`]). What
+    /// capture still delivers of them is counted and dropped as before.
+    SkipClientBytes {
+        client: std::net::SocketAddr,
+        server: std::net::SocketAddr,
+        until_seq: u32,
+    },
     /// In-order stream bytes, only with [`PipelineConfig::tap_streams`] (tests, debugging).
     StreamData {
         flow_id: u64,
@@ -97,7 +105,14 @@ pub struct PipelineConfig {
     /// With `responses`: keep each response's head and this many decoded body bytes
     /// ([`crate::http::response::ResponseSample`], for `--compare`); `None` keeps nothing.
     pub capture_responses: Option<usize>,
+    /// Emit [`PipelineEvent::SkipClientBytes`] for bodies the framer omits (live capture that
+    /// can skip them).
+    pub skip_omitted_bodies: bool,
 }
+
+/// A body is worth a skip request only when this much of it is still to come: below, the
+/// skb carrying the head usually holds the rest already.
+pub const MIN_SKIP_BYTES: u64 = 64 * 1024;
 
 impl Default for PipelineConfig {
     fn default() -> Self {
@@ -112,6 +127,7 @@ impl Default for PipelineConfig {
             tap_streams: false,
             max_pending_segments: 64,
             capture_responses: None,
+            skip_omitted_bodies: false,
         }
     }
 }

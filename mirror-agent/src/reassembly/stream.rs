@@ -277,6 +277,11 @@ impl Stream {
         &self.cfg
     }
 
+    /// The sequence number of stream offset `offset` (wrapping).
+    pub fn seq_at(&self, offset: u64) -> u32 {
+        self.base_seq.wrapping_add(offset as u32)
+    }
+
     /// Stream offset of the delivery point: bytes delivered plus bytes declared lost.
     pub fn stream_offset(&self) -> u64 {
         self.next

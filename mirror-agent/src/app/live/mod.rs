@@ -117,7 +117,7 @@ impl std::fmt::Display for LiveSummary {
              ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={} \
              captured={} chunked_records={} chunks_lost={} max_skb_payload={} capture_copy={} \
              interfaces={} iface_attached={} iface_detached={} iface_attach_errors={} \
-             iface_resyncs={}{}",
+             iface_resyncs={} skipped={} skipped_bytes={} skip_requests={} skip_failed={}{}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -141,6 +141,10 @@ impl std::fmt::Display for LiveSummary {
             k.iface.detached,
             k.iface.attach_errors,
             k.iface.resyncs,
+            k.skipped,
+            k.skipped_bytes,
+            k.skip.requested,
+            k.skip.failed,
             match &self.pcap {
                 Some(p) => format!(
                     " pcap_segments={} pcap_dropped={}",
@@ -169,6 +173,9 @@ pub trait LiveSink {
     /// An output thread of live capture's own started (`--write-pcap`): its counters, for
     /// the metrics.
     fn output_started(&mut self, _stats: OutputStats) {}
+    /// Moves into `out` the client byte ranges capture need not copy (bodies nobody needs):
+    /// (client, server, sequence number where the body ends).
+    fn take_skips(&mut self, _out: &mut Vec<(std::net::SocketAddr, std::net::SocketAddr, u32)>) {}
 }
 
 /// Runs live capture until SIGINT/SIGTERM or the duration ends, handing everything to `sink`.
@@ -245,6 +252,7 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
             // The consumer runs its timers (gap timeouts, idle expiry) while no packet arrives.
             _ = idle.tick() => {
                 sink.batch_done();
+                skip_bodies(&mut capture, sink);
                 if counters_due.elapsed() >= COUNTERS_EVERY {
                     counters_due = tokio::time::Instant::now();
                     sink.kernel_counters(&capture.counters()?);
@@ -327,8 +335,18 @@ fn read_segments(
     });
     if n > 0 {
         sink.batch_done();
+        skip_bodies(capture, sink);
     }
     n
+}
+
+/// Hands the sink's requests to skip bodies nobody needs to the kernel.
+fn skip_bodies(capture: &mut LiveCapture, sink: &mut impl LiveSink) {
+    let mut skips = Vec::new();
+    sink.take_skips(&mut skips);
+    if !skips.is_empty() {
+        capture.skip_bodies(&skips);
+    }
 }
 
 async fn sleep_until(deadline: Option<tokio::time::Instant>) {

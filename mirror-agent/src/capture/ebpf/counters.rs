@@ -28,12 +28,18 @@ pub struct Counters {
     pub chunks_lost: u64,
     /// Largest TCP payload of one skb the classifier recorded (maximum over CPUs).
     pub max_skb_payload: u64,
+    /// Captured skbs that lay wholly inside a body nobody needs: recorded without payload.
+    pub skipped: u64,
+    /// Payload bytes of those skbs, not copied.
+    pub skipped_bytes: u64,
     /// User space: records the reader could not decode (among `records`; should stay 0).
     pub malformed_records: u64,
     /// User space: interfaces the classifiers are attached to now.
     pub interfaces: u64,
     /// User space: what following `--iface` globs did.
     pub iface: super::IfaceStats,
+    /// User space: bodies the programs were told to skip.
+    pub skip: super::SkipStats,
 }
 
 impl Counters {
@@ -60,6 +66,8 @@ impl Counters {
             captured: get(counter::CAPTURED)?,
             chunked_records: get(counter::CHUNKED_RECORDS)?,
             chunks_lost: get(counter::CHUNKS_LOST)?,
+            skipped: get(counter::SKIPPED)?,
+            skipped_bytes: get(counter::SKIPPED_BYTES)?,
             max_skb_payload: values(counter::MAX_SKB_PAYLOAD)?
                 .iter()
                 .copied()
@@ -69,6 +77,7 @@ impl Counters {
             malformed_records: 0,
             interfaces: 0,
             iface: super::IfaceStats::default(),
+            skip: super::SkipStats::default(),
         })
     }
 

@@ -3,7 +3,7 @@
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use mirror_common::{HEADER_LEN, RecordHeader, direction, family};
+use mirror_common::{HEADER_LEN, RecordHeader, direction, family, record_flags};
 
 use crate::capture::{Segment, SegmentDirection, SegmentRef, TcpFlags};
 
@@ -74,7 +74,13 @@ pub fn decode(record: &[u8], wall_offset_ns: u64) -> Option<Segment> {
 /// [`decode`] without copying: the segment borrows its payload from the record.
 pub fn decode_ref(record: &[u8], wall_offset_ns: u64) -> Option<SegmentRef<'_>> {
     let h = header(record)?;
-    let payload = record.get(HEADER_LEN..HEADER_LEN + h.captured_len as usize)?;
+    let payload = if h.flags & record_flags::SKIPPED != 0 {
+        // Bytes of a body nobody needs, not copied: zeros stand for them (the framer counts
+        // and drops them), so reassembly and framing see the stream's real length.
+        ZEROS.get(..h.payload_len as usize)?
+    } else {
+        record.get(HEADER_LEN..HEADER_LEN + h.captured_len as usize)?
+    };
     let mut flags = h.tcp_flags;
     if h.chunk_offset != 0 {
         flags &= !TcpFlags::SYN;
@@ -93,6 +99,10 @@ pub fn decode_ref(record: &[u8], wall_offset_ns: u64) -> Option<SegmentRef<'_>> 
         payload,
     })
 }
+
+/// What a skipped record's payload reads as: more than any skb carries (the kernel's largest GSO
+/// packet is 512 KiB); a longer one is refused as malformed. In `.bss`: zero pages until read.
+static ZEROS: [u8; 1 << 20] = [0; 1 << 20];
 
 /// The hook that wrote the record tells who sent the packet (see `mirror_common::direction`). An
 /// unknown value (a newer kernel object) is no evidence rather than a malformed record.
@@ -320,5 +330,25 @@ mod tests {
         assert!(decode(&encode(&h, b"abc"), 0).is_none());
         // Unknown family.
         assert!(decode(&encode(&hdr(9, 0), b""), 0).is_none());
+    }
+
+    #[test]
+    fn a_skipped_record_reads_as_zeros_of_the_payload_length() {
+        let mut h = hdr(family::IPV4, 0);
+        h.payload_len = 70_000;
+        h.captured_len = 0;
+        h.flags = record_flags::SKIPPED;
+        h.tcp_flags = TcpFlags::FIN | TcpFlags::ACK;
+        let rec = encode(&h, &[]);
+        let seg = decode_ref(&rec, 0).expect("decodes");
+        assert_eq!(seg.payload.len(), 70_000);
+        assert!(seg.payload.iter().all(|&b| b == 0));
+        // The only record of its skb: the FIN stays.
+        assert!(seg.flags.fin());
+        h.payload_len = 2 << 20;
+        assert!(
+            decode_ref(&encode(&h, &[]), 0).is_none(),
+            "longer than any skb"
+        );
     }
 }

@@ -16,6 +16,7 @@ pub mod copy;
 pub mod counters;
 pub mod decode;
 pub mod ignore;
+pub mod skip;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -34,6 +35,7 @@ pub use self::attach::{AttachMode, AttachPolicy, IfaceStats, ifindex};
 pub use self::copy::{CopyPath, CopyPolicy};
 pub use self::counters::Counters;
 pub use self::ignore::FlowIgnore;
+pub use self::skip::{BodySkip, SkipStats};
 use super::{Segment, SegmentRef, clock};
 
 /// Where the programs attach, which decides whose packets are seen.
@@ -77,6 +79,9 @@ pub struct LiveConfig {
     /// One-copy classifiers, scratch-copy ones, or the first the kernel accepts
     /// (`MIRROR_CAPTURE_COPY`).
     pub copy: CopyPolicy,
+    /// The pipeline may ask the ingress programs not to copy bodies nobody needs
+    /// ([`skip::BodySkip`]); off when an output keeps the raw packets (`--write-pcap`).
+    pub skip_bodies: bool,
 }
 
 impl LiveConfig {
@@ -165,6 +170,8 @@ pub struct AttachedCapture {
     interfaces: Option<attach::Interfaces>,
     /// With `--iface` globs: the patterns and the link notification socket.
     follow: Option<(IfacePatterns, LinkSocket)>,
+    /// Bodies nobody needs, when the pipeline may ask for skips.
+    body_skip: Option<BodySkip>,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -185,6 +192,8 @@ pub struct LiveCapture {
     patterns: Option<IfacePatterns>,
     /// Taken by the caller ([`Self::take_link_monitor`]), which waits on it next to the ring.
     monitor: Option<LinkMonitor>,
+    /// Bodies nobody needs, when the pipeline may ask for skips ([`Self::skip_bodies`]).
+    body_skip: Option<BodySkip>,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -218,6 +227,7 @@ impl AttachedCapture {
             (config::SAMPLE_BASIS_POINTS, cfg.capture_basis_points as u64),
             (config::WAKEUP_BYTES, cfg.wakeup_bytes()),
             (config::HASH_SEED, hash_seed),
+            (config::SKIP_BODIES, u64::from(cfg.skip_bodies)),
         ] {
             settings
                 .set(index, value, 0)
@@ -236,6 +246,11 @@ impl AttachedCapture {
                 })?;
         }
         let ignore = FlowIgnore::new(take(&mut ebpf, maps::IGNORE)?);
+        let body_skip = if cfg.skip_bodies {
+            Some(BodySkip::new(take(&mut ebpf, maps::SKIP)?))
+        } else {
+            None
+        };
         let counters = take(&mut ebpf, maps::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
 
@@ -298,6 +313,7 @@ impl AttachedCapture {
             copy,
             interfaces,
             follow,
+            body_skip,
             ebpf,
         })
     }
@@ -348,6 +364,7 @@ impl AttachedCapture {
             interfaces: self.interfaces,
             patterns,
             monitor,
+            body_skip: self.body_skip,
             ebpf: self.ebpf,
         })
     }
@@ -377,7 +394,21 @@ impl LiveCapture {
             c.interfaces = i.len() as u64;
             c.iface = i.stats();
         }
+        if let Some(s) = &self.body_skip {
+            c.skip = s.stats();
+        }
         Ok(c)
+    }
+
+    /// Tells the ingress programs not to copy the client bytes of these flows (client, server)
+    /// before these sequence numbers: the rest of bodies nobody needs. Ignored unless the
+    /// capture was started with `skip_bodies`.
+    pub fn skip_bodies(&mut self, skips: &[(std::net::SocketAddr, std::net::SocketAddr, u32)]) {
+        if let Some(s) = &mut self.body_skip {
+            for &(client, server, until) in skips {
+                s.skip_until(client, server, until);
+            }
+        }
     }
 
     /// The link notifications to wait on when interfaces are followed (`--iface` globs); the

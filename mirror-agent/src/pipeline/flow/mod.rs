@@ -75,6 +75,8 @@ struct Decided {
     next_seq: u64,
     /// The client stream was picked up without its SYN (its framer resyncs by itself).
     client_midstream: bool,
+    /// The end of the body capture was last told to skip (so it is told once per body).
+    skip_until: Option<u32>,
     client_ignored: bool,
     server_ignored: bool,
     ended: [bool; 2],
@@ -231,6 +233,7 @@ impl Flow {
                 awaiting: VecDeque::new(),
                 next_seq: 0,
                 client_midstream: false,
+                skip_until: None,
                 client_ignored: false,
                 server_ignored: !cfg.responses,
                 ended: [false; 2],
@@ -552,6 +555,23 @@ impl Decided {
         match owner {
             Some(b) => req.push(b, ts_ns, &mut sc.req),
             None => req.push_slice(bytes, ts_ns, &mut sc.req),
+        }
+        if cfg.skip_omitted_bodies
+            && let Some(left) = req.omitted_body_remaining()
+            && left >= crate::pipeline::MIN_SKIP_BYTES
+        {
+            // The framer has consumed every byte the stream delivered, and every gap: its
+            // position is the stream's, and the body ends `left` bytes further.
+            let s = req.stats();
+            let until = self.streams[C2S].seq_at(s.pushed_bytes + s.gap_bytes + left);
+            if self.skip_until != Some(until) {
+                self.skip_until = Some(until);
+                out.push(PipelineEvent::SkipClientBytes {
+                    client: self.client,
+                    server: self.server,
+                    until_seq: until,
+                });
+            }
         }
         self.on_requests(flow_id, stats, sc, out);
     }

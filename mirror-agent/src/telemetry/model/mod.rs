@@ -274,6 +274,13 @@ pub static DEFS: &[MetricDef] = &[
         help: "TCP payload bytes written to the ring buffer.",
         read: |s, o| kernel(s, o, |k, o| p(o, &[], k.payload_bytes)),
     },
+    MetricDef {
+        name: "mirror.kernel.body_skipped.size",
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "TCP payload bytes not copied because they lay inside request bodies no output needs (mirrorBody false or over maxBodySize, no --record, --compare or --write-pcap).",
+        read: |s, o| kernel(s, o, |k, o| p(o, &[], k.skipped_bytes)),
+    },
     // ---- interfaces followed (--iface globs) ----
     MetricDef {
         name: "mirror.capture.interfaces",
