@@ -756,3 +756,70 @@ fn reading_in_place_gives_the_same_events_and_counters_as_owned_segments() {
         assert!(sa.requests >= 8, "{sa}");
     }
 }
+
+#[test]
+fn an_omitted_body_asks_capture_to_skip_to_its_end_once() {
+    let mut cfg = cfg();
+    cfg.http.omit_bodies_over = Some(0);
+    cfg.skip_omitted_bodies = true;
+    let mut p = Pipeline::new(cfg);
+    let client = addr("10.0.0.9:4000");
+    let server = addr("10.0.0.1:80");
+    let seg = |seq: u32, flags: u8, payload: &[u8]| Segment {
+        src: client,
+        dst: server,
+        seq,
+        ack: 0,
+        flags: TcpFlags(flags),
+        direction: None,
+        ts_ns: 1,
+        payload: Bytes::copy_from_slice(payload),
+    };
+    let head = b"POST /up HTTP/1.1\r\nHost: h\r\nContent-Length: 200000\r\n\r\n";
+    let isn = 0xffff_f000u32; // the body's end wraps around
+    let mut first = head.to_vec();
+    first.extend_from_slice(&[7u8; 1000]);
+    let out = run(
+        &mut p,
+        [
+            seg(isn, TcpFlags::SYN, b""),
+            seg(isn.wrapping_add(1), TcpFlags::ACK, &first),
+            seg(
+                isn.wrapping_add(1 + first.len() as u32),
+                TcpFlags::ACK,
+                &[7u8; 1000],
+            ),
+        ],
+    );
+    let skips: Vec<_> = out
+        .iter()
+        .filter_map(|e| match e {
+            PipelineEvent::SkipClientBytes {
+                client,
+                server,
+                until_seq,
+            } => Some((*client, *server, *until_seq)),
+            _ => None,
+        })
+        .collect();
+    let end = isn.wrapping_add(1 + head.len() as u32 + 200_000);
+    assert_eq!(skips, [(client, server, end)], "once, at the body's end");
+    let r = requests(&out);
+    assert_eq!(r.len(), 1);
+    assert!(r[0].request.body_omitted);
+    // Bodies below the threshold ask for nothing: the skb with the head holds most of them.
+    let mut cfg = self::cfg();
+    cfg.http.omit_bodies_over = Some(0);
+    cfg.skip_omitted_bodies = true;
+    let mut p = Pipeline::new(cfg);
+    let small = b"POST /s HTTP/1.1\r\nHost: h\r\nContent-Length: 1000\r\n\r\n";
+    let out = run(
+        &mut p,
+        [seg(5, TcpFlags::SYN, b""), seg(6, TcpFlags::ACK, small)],
+    );
+    assert!(
+        !out
+            .iter()
+            .any(|e| matches!(e, PipelineEvent::SkipClientBytes { .. }))
+    );
+}
