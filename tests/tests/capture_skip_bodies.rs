@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use mirror_tests::mirror::{Behavior, MirrorTable};
 use mirror_tests::scenario::{
-    Family, PRIMARY_PORT, curl_ok, noise, start_agent, start_mirror, start_primary, url,
+    Family, curl_ok, noise, start_agent, start_mirror, start_primary, url,
 };
 use mirror_tests::{TempDir, Topology, privileged_or_skip};
 

@@ -818,8 +818,7 @@ fn an_omitted_body_asks_capture_to_skip_to_its_end_once() {
         [seg(5, TcpFlags::SYN, b""), seg(6, TcpFlags::ACK, small)],
     );
     assert!(
-        !out
-            .iter()
+        !out.iter()
             .any(|e| matches!(e, PipelineEvent::SkipClientBytes { .. }))
     );
 }
