@@ -108,7 +108,10 @@ pub struct Scratch {
 #[map]
 static MIRROR_SCRATCH: Array<Scratch> = Array::with_max_entries(1, 0);
 
-const TCP_SYN_FIN_RST: u8 = 0x02 | 0x01 | 0x04;
+const TCP_FIN: u8 = 0x01;
+const TCP_SYN: u8 = 0x02;
+const TCP_RST: u8 = 0x04;
+const TCP_SYN_FIN_RST: u8 = TCP_SYN | TCP_FIN | TCP_RST;
 
 /// How a classifier moves payload into the ring.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -290,12 +293,14 @@ fn process(skb: &SkBuff, hook: Hook) {
         hook.count(counter::EMPTY, 1);
         return;
     }
-    if dir == direction::INGRESS
-        && pkt.payload_len > 0
-        && setting(config::SKIP_BODIES) != 0
-        && skip_body(&pkt, hook)
-    {
-        return;
+    if dir == direction::INGRESS && setting(config::SKIP_BODIES) != 0 {
+        if pkt.tcp_flags & (TCP_SYN | TCP_RST) != 0 {
+            // A new connection on the same ports, or the end of this one: an entry left by a
+            // body that never ended must not skip the next connection's bytes.
+            let _ = MIRROR_SKIP.remove(&flow_key(&pkt));
+        } else if pkt.payload_len > 0 && skip_body(&pkt, hook) {
+            return;
+        }
     }
     match hook.copy {
         CopyMode::Reserve => emit_reserve(skb, &pkt, hook),
@@ -326,26 +331,21 @@ fn is_ignored(pkt: &Packet) -> bool {
 
 /// A packet of a flow in `MIRROR_SKIP`: one that lies wholly before the body's end becomes a
 /// header-only record (true: done); one that reaches past it is copied as usual (false), and
-/// either way the entry goes once the end is reached. Sequence numbers compare by wrapping
-/// distance.
+/// either way the entry goes once the end (or a FIN) is reached. Sequence numbers compare by
+/// wrapping distance. A SYN or RST on the flow removes the entry before this is asked (see
+/// `process`), so a connection reusing the ports is never skipped by a stale entry.
 #[inline(always)]
 fn skip_body(pkt: &Packet, hook: Hook) -> bool {
-    let key = FlowKey {
-        saddr: pkt.saddr,
-        daddr: pkt.daddr,
-        sport: pkt.sport,
-        dport: pkt.dport,
-        family: pkt.family,
-        _pad: [0; 3],
-    };
+    let key = flow_key(pkt);
     // SAFETY: read-only lookup of a value copied out at once.
     let Some(until) = (unsafe { MIRROR_SKIP.get(&key) }).copied() else {
         return false;
     };
     let end = pkt.seq.wrapping_add(pkt.payload_len);
     let left = until.wrapping_sub(end) as i32;
-    if left <= 0 {
-        // Reaches the end of the body (or beyond: the next request starts in it).
+    if left <= 0 || pkt.tcp_flags & TCP_FIN != 0 {
+        // Reaches the end of the body (or beyond: the next request starts in it), or the
+        // client's last packet.
         let _ = MIRROR_SKIP.remove(&key);
         if left < 0 {
             return false;
@@ -365,6 +365,19 @@ fn skip_body(pkt: &Packet, hook: Hook) -> bool {
     hook.count(counter::SKIPPED, 1);
     hook.count(counter::SKIPPED_BYTES, pkt.payload_len as u64);
     true
+}
+
+/// `MIRROR_SKIP`'s key for the packet's flow (client to server on ingress).
+#[inline(always)]
+fn flow_key(pkt: &Packet) -> FlowKey {
+    FlowKey {
+        saddr: pkt.saddr,
+        daddr: pkt.daddr,
+        sport: pkt.sport,
+        dport: pkt.dport,
+        family: pkt.family,
+        _pad: [0; 3],
+    }
 }
 
 /// Why a chunk did not reach the ring.
