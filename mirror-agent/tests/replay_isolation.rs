@@ -63,6 +63,7 @@ async fn broken_mirrors_do_not_hurt_the_healthy_one() {
         host: down.ip().to_string(),
         port: down.port(),
         percent: 100.0,
+        tls: None,
     });
     let mut cfg = config(specs);
     cfg.timeout = Duration::from_millis(200);

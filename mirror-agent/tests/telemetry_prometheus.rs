@@ -51,6 +51,7 @@ fn prometheus_scrapes_mirror_metrics() {
             host: "127.0.0.1".into(),
             port: mirror.addr.port(),
             percent: 100.0,
+            tls: None,
         };
         let replayer = Replayer::start(config(vec![spec]), ConnectionHooks::default(), NoObserver);
         for _ in 0..REQUESTS {

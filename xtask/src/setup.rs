@@ -42,6 +42,10 @@ const TEST_PACKAGES: &[&str] = &[
     // bench capture's bulk-upload section compares the agent with tcpdump; taskset pins.
     "tcpdump",
     "util-linux",
+    // The https mirror tests: openssl makes the certificates, socat terminates TLS in front of
+    // a recording mirror (plaintext forwarded byte for byte).
+    "openssl",
+    "socat",
 ];
 
 /// Debian packages `cargo xtask image` and its smoke test run: podman builds the image from

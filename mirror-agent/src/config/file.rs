@@ -133,8 +133,14 @@ pub struct MirrorEntry {
     pub percent: Option<Percent>,
     /// Agent extension: where to send, instead of the name resolved through DNS.
     pub host: Option<Host>,
-    /// Agent extension: `http://host:port`, instead of name and port.
+    /// Agent extension: `http://host:port` or `https://host:port`, instead of name and port.
     pub url: Option<Url>,
+    /// Agent extension, for `https://` mirrors: as the `--mirror` keys of the same names.
+    pub ca: Option<String>,
+    pub insecure: Option<bool>,
+    pub sni: Option<String>,
+    pub cert: Option<String>,
+    pub key: Option<String>,
 }
 
 /// A scalar as YAML gave it, for the validated newtypes below.
@@ -275,22 +281,23 @@ scalar!(Host, "a host name or IP address", |v| {
         format!("http://{bare}")
     };
     spec::parse_url(s, &url)
-        .map(|(h, _)| Host(h))
+        .map(|(h, _, _)| Host(h))
         .map_err(|_| format!("host {v} is not a host name or IP address"))
 });
 
-/// An `http://host:port` URL.
+/// An `http://host:port` or `https://host:port` URL.
 #[derive(Debug, Clone)]
 pub struct Url {
     pub host: String,
     pub port: u16,
+    pub https: bool,
 }
-scalar!(Url, "an http:// URL", |v| {
+scalar!(Url, "an http:// or https:// URL", |v| {
     let Scalar::Str(s) = v else {
-        return Err(format!("url {v} is not an http:// URL"));
+        return Err(format!("url {v} is not an http:// or https:// URL"));
     };
     spec::parse_url(s, s)
-        .map(|(host, port)| Url { host, port })
+        .map(|(host, port, https)| Url { host, port, https })
         .map_err(|e| strip_spec_prefix(&e.to_string()))
 });
 

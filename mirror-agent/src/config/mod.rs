@@ -68,6 +68,9 @@ pub enum ConfigError {
     },
     #[error("--mirror: {0}")]
     Mirror(#[from] SpecError),
+    /// An `https://` mirror's TLS files: unreadable, or nothing usable in them.
+    #[error("mirror `{name}`: {msg}")]
+    MirrorTls { name: String, msg: String },
     #[error("{0}")]
     Filter(#[from] FilterError),
     #[error("{0}")]
@@ -182,8 +185,9 @@ impl Settings {
         out.push(format!("ports: {}", ports.join(",")));
         for m in &self.replay.mirrors {
             out.push(format!(
-                "mirror {}: http://{} at {}%",
+                "mirror {}: {}://{} at {}%",
                 m.name,
+                if m.tls.is_some() { "https" } else { "http" },
                 m.authority(),
                 m.percent
             ));
@@ -610,7 +614,7 @@ fn find_mirroring(fc: &FileConfig) -> Result<(Option<&Mirroring>, String), Strin
 }
 
 /// The first server URL of a file-provider service (`name` or `name@provider`).
-fn service_url(fc: &FileConfig, name: &str) -> Option<Result<(String, u16), String>> {
+fn service_url(fc: &FileConfig, name: &str) -> Option<Result<(String, u16, bool), String>> {
     let name = name.split('@').next().unwrap_or(name);
     let svc = fc.http.as_ref()?.services.get(name)?;
     let url = svc.load_balancer.as_ref()?.servers.first()?.url.as_ref()?;
@@ -622,8 +626,8 @@ fn service_url(fc: &FileConfig, name: &str) -> Option<Result<(String, u16), Stri
 fn primary_endpoint(m: Option<&Mirroring>, fc: &FileConfig) -> Option<(String, u16)> {
     let mr = m?;
     let name = mr.service.as_deref().or(mr.name.as_deref())?;
-    if let Some(Ok(url)) = service_url(fc, name) {
-        return Some(url);
+    if let Some(Ok((host, port, _))) = service_url(fc, name) {
+        return Some((host, port));
     }
     let host = match &mr.namespace {
         Some(ns) => format!("{name}.{ns}"),
@@ -639,7 +643,7 @@ fn primary_port(m: Option<&Mirroring>, fc: &FileConfig) -> Option<u16> {
     }
     service_url(fc, m.service.as_deref().or(m.name.as_deref())?)?
         .ok()
-        .map(|(_, p)| p)
+        .map(|(_, p, _)| p)
 }
 
 /// A mirror entry to a spec: `url`, else `host` (default: the name, `name.namespace` when a
@@ -648,15 +652,15 @@ fn primary_port(m: Option<&Mirroring>, fc: &FileConfig) -> Option<u16> {
 fn file_mirror(e: &MirrorEntry, fc: &FileConfig) -> Result<MirrorSpec, String> {
     spec::check_name(&e.name).map_err(|why| format!("name {:?}: {why}", e.name))?;
     let percent = e.percent.map_or(spec::DEFAULT_PERCENT, |p| p.0);
-    let (host, port) = if let Some(u) = &e.url {
-        (u.host.clone(), u.port)
+    let (host, port, https) = if let Some(u) = &e.url {
+        (u.host.clone(), u.port, u.https)
     } else if let Some(p) = e.port {
         let host = match (&e.host, &e.namespace) {
             (Some(h), _) => h.0.clone(),
             (None, Some(ns)) => format!("{}.{ns}", e.name),
             (None, None) => e.name.clone(),
         };
-        (host, p.0)
+        (host, p.0, false)
     } else if let Some(r) = service_url(fc, &e.name) {
         r?
     } else {
@@ -674,11 +678,24 @@ fn file_mirror(e: &MirrorEntry, fc: &FileConfig) -> Result<MirrorSpec, String> {
             )
         })?;
     }
+    let mut tls = spec::TlsOptions::default();
+    for (key, value) in [
+        ("ca", e.ca.clone()),
+        ("insecure", e.insecure.map(|b| b.to_string())),
+        ("sni", e.sni.clone()),
+        ("cert", e.cert.clone()),
+        ("key", e.key.clone()),
+    ] {
+        if let Some(v) = value {
+            tls.set(key, &v)?;
+        }
+    }
     Ok(MirrorSpec {
         name: e.name.clone(),
         host,
         port,
         percent,
+        tls: tls.finish(https)?,
     })
 }
 

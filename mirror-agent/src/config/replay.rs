@@ -148,5 +148,18 @@ pub fn build(
     replay.timeout = Duration::from_millis(timeout_ms);
     replay.limits.max_head_bytes = args.limits.max_head_bytes;
     replay.limits.max_headers = args.limits.max_headers;
+    // The TLS files are read now, before privileges are dropped, and a bad one is this
+    // configuration's error.
+    for m in &replay.mirrors {
+        if let Some(tls) = &m.tls {
+            let client = crate::replay::tls::MirrorTls::new(&m.host, tls).map_err(|msg| {
+                ConfigError::MirrorTls {
+                    name: m.name.clone(),
+                    msg,
+                }
+            })?;
+            replay.tls_clients.insert(m.name.clone(), client);
+        }
+    }
     Ok(replay)
 }

@@ -268,10 +268,10 @@ fn file_errors_name_line_and_field() {
         (
             bad(
                 "name: app-v3\n        port: 80",
-                "name: app-v3\n        url: https://x:443",
+                "name: app-v3\n        url: ftp://x:443",
             ),
             "line 15",
-            "scheme `https` is not supported",
+            "scheme `ftp` is not supported",
         ),
         (
             // A valid mirror name that is not a host name, used as the host.
@@ -300,8 +300,8 @@ fn file_errors_name_line_and_field() {
 fn bad_flag_values_are_one_line() {
     let cases: &[(&[&str], &str)] = &[
         (
-            &["--mirror", "https://x:443"],
-            "--mirror: mirror `https://x:443`: scheme `https` is not supported",
+            &["--mirror", "ftp://x:443"],
+            "--mirror: mirror `ftp://x:443`: scheme `ftp` is not supported",
         ),
         (
             &["--mirror", "http://x,weight=2"],
@@ -783,4 +783,48 @@ fn bodies_are_omitted_only_when_no_consumer_needs_them() {
         None
     );
     assert_eq!(omit(&["--mirror-body", "false", "--compare"]), None);
+}
+
+#[test]
+fn https_mirrors_from_the_config_file_read_their_files_at_load() {
+    let dir = std::env::temp_dir().join(format!("mirror-tls-config-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let yaml = |extra: &str| {
+        format!(
+            "interface: lo\nports: [80]\nmirroring:\n  name: app\n  port: 80\n  mirrors:\n    - name: shadow\n      url: https://shadow.example:8443\n{extra}"
+        )
+    };
+    // insecure needs no file; the check shows the scheme.
+    let s = load(
+        &[],
+        &yaml("      insecure: true\n      sni: shadow.internal\n"),
+    )
+    .unwrap();
+    let tls = s.replay.mirrors[0].tls.clone().unwrap();
+    assert!(tls.insecure);
+    assert_eq!(tls.sni.as_deref(), Some("shadow.internal"));
+    assert!(s.replay.tls_clients.contains_key("shadow"));
+    assert!(
+        s.check()
+            .unwrap()
+            .contains("mirror shadow: https://shadow.example:8443 at 100%")
+    );
+    // A CA file that is not there: one line naming the mirror and the file.
+    let e = load(&[], &yaml("      ca: /nonexistent/ca.pem\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("mirror `shadow`: ca /nonexistent/ca.pem: "),
+        "{e}"
+    );
+    assert_eq!(e.lines().count(), 1, "{e}");
+    // TLS fields need an https URL; cert and key go together.
+    let plain = yaml("").replace("https://", "http://") + "      ca: /x.pem\n";
+    let e = load(&[], &plain).unwrap_err().to_string();
+    assert!(e.contains("need an https:// URL"), "{e}");
+    let e = load(&[], &yaml("      cert: /c.pem\n"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cert and key go together"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -31,6 +31,7 @@ pub mod spec;
 pub mod stats;
 #[cfg(test)]
 pub(crate) mod testutil;
+pub mod tls;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -81,6 +82,10 @@ pub struct ReplayConfig {
     pub seed: Option<u64>,
     /// Limits of the mirrors' response framing.
     pub limits: HttpLimits,
+    /// TLS clients of the `https://` mirrors, by mirror name, built from their files when the
+    /// configuration was checked (before privileges are dropped); one missing here is built
+    /// when replay starts.
+    pub tls_clients: std::collections::HashMap<String, tls::MirrorTls>,
 }
 
 impl ReplayConfig {
@@ -101,6 +106,7 @@ impl ReplayConfig {
             backoff_max: Duration::from_secs(5),
             seed: None,
             limits: HttpLimits::default(),
+            tls_clients: std::collections::HashMap::new(),
         }
     }
 }
@@ -149,6 +155,13 @@ impl<O: ReplayObserver> Replayer<O> {
                     hooks: hooks.clone(),
                     limits: cfg.limits.clone(),
                     sample,
+                    tls: spec
+                        .tls
+                        .as_ref()
+                        .map(|t| match cfg.tls_clients.get(&spec.name) {
+                            Some(client) => Ok(client.clone()),
+                            None => tls::MirrorTls::new(&spec.host, t),
+                        }),
                 },
                 stats,
             );

@@ -12,10 +12,16 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpSocket, TcpStream};
+use tokio_rustls::client::TlsStream;
 
 use super::observer::{ConnectionHook, ConnectionHooks};
 use super::stats::{ErrorKind, MirrorStats};
+use super::tls::MirrorTls;
 use crate::http::request::HttpLimits;
 use crate::http::response::{ResponseEvent, ResponseFramer};
 
@@ -34,6 +40,9 @@ pub struct PoolConfig {
     /// Keep each response's head and this many decoded body bytes for the observer (the
     /// comparison); `None`, the default, keeps nothing.
     pub sample: Option<usize>,
+    /// `https://` mirrors: the TLS client, or why it could not be built (then every connect
+    /// fails, counted: copies never go out in plain text); `None` for `http://`.
+    pub tls: Option<Result<MirrorTls, String>>,
 }
 
 impl std::fmt::Debug for PoolConfig {
@@ -63,9 +72,69 @@ impl Drop for CloseHook {
     }
 }
 
+/// A connection to a mirror: plain TCP, or TLS over it.
+pub(super) enum MirrorStream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl MirrorStream {
+    fn tcp(&self) -> &TcpStream {
+        match self {
+            Self::Plain(s) => s,
+            Self::Tls(s) => s.get_ref().0,
+        }
+    }
+
+    /// `TCP_QUICKACK` on the socket underneath.
+    pub(super) fn set_quickack(&self, on: bool) -> io::Result<()> {
+        self.tcp().set_quickack(on)
+    }
+}
+
+impl AsyncRead for MirrorStream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for MirrorStream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
 /// An open connection, the framer of its response stream and its reusable buffers.
 pub struct Conn {
-    pub(super) stream: TcpStream,
+    pub(super) stream: MirrorStream,
     pub(super) framer: ResponseFramer,
     pub(super) buf: Vec<u8>,
     /// Pipelined requests are gathered here before one write.
@@ -81,9 +150,24 @@ pub struct Conn {
 impl Conn {
     /// An idle connection must have nothing to read: EOF means the mirror closed it, data
     /// means it sent something unsolicited. Either way it is not reused.
-    pub(super) fn still_open(&self) -> bool {
-        let mut probe = [0u8; 1];
-        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+    pub(super) fn still_open(&mut self) -> bool {
+        match &mut self.stream {
+            MirrorStream::Plain(s) => {
+                let mut probe = [0u8; 1];
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
+            }
+            // One read attempt without waiting: TLS records that carry no data (session
+            // tickets, key updates) are consumed by rustls and leave it pending.
+            MirrorStream::Tls(s) => {
+                let mut probe = [0u8; 1];
+                let mut buf = ReadBuf::new(&mut probe);
+                let mut cx = Context::from_waker(std::task::Waker::noop());
+                matches!(
+                    Pin::new(s.as_mut()).poll_read(&mut cx, &mut buf),
+                    Poll::Pending
+                )
+            }
+        }
     }
 }
 
@@ -198,6 +282,27 @@ impl Pool {
         };
         let stream = socket.connect(remote).await?;
         stream.set_nodelay(true)?;
+        let stream = match &self.cfg.tls {
+            None => MirrorStream::Plain(stream),
+            Some(Err(e)) => {
+                self.stats
+                    .on_tls_failure(super::tls::HandshakeFailure::Other);
+                return Err(io::Error::other(format!("TLS configuration: {e}")));
+            }
+            Some(Ok(tls)) => match tls.handshake(stream).await {
+                Ok(s) => MirrorStream::Tls(Box::new(s)),
+                Err((why, e)) => {
+                    self.stats.on_tls_failure(why);
+                    if why != super::tls::HandshakeFailure::Other {
+                        // The same refusal repeats on every attempt: say why once per backoff
+                        // round rather than hide it at debug level.
+                        tracing::warn!(mirror = %self.stats.name, reason = why.as_str(), error = %e,
+                            "TLS handshake with the mirror failed");
+                    }
+                    return Err(e);
+                }
+            },
+        };
         self.stats.on_connect();
         Ok(Conn {
             stream,

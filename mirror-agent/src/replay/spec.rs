@@ -1,4 +1,5 @@
-//! Mirror specifications: `--mirror URL[,percent=P][,name=NAME]` and the validated [`MirrorSpec`]
+//! Mirror specifications: `--mirror URL[,percent=P][,name=NAME]` (and, for `https://` URLs,
+//! `ca=FILE`, `insecure=true`, `sni=NAME`, `cert=FILE,key=FILE`) and the validated [`MirrorSpec`]
 //! both the command line and the config file produce.
 //!
 //! Owns parsing and validation of one mirror's address, share and name. It does not resolve
@@ -8,6 +9,8 @@
 //! Percent defaults to 100. Traefik's `mirrors[].percent` defaults to 0, which makes sense in a
 //! proxy config where a mirror can be declared and switched on later; a mirror named on our command
 //! line is meant to receive traffic, so ours defaults to 100, as Envoy's `runtime_fraction` does.
+
+use std::path::PathBuf;
 
 use thiserror::Error;
 
@@ -24,6 +27,22 @@ pub struct MirrorSpec {
     pub port: u16,
     /// Share of requests this mirror receives, 0-100.
     pub percent: f64,
+    /// `https://`: TLS to the mirror, with these settings. `None`: plain `http://`.
+    pub tls: Option<TlsSpec>,
+}
+
+/// TLS settings of an `https://` mirror (files are read when the agent starts, see
+/// [`super::tls`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsSpec {
+    /// PEM file of the CA certificates to trust instead of the system's.
+    pub ca: Option<PathBuf>,
+    /// Accept any server certificate (tests, self-signed staging mirrors).
+    pub insecure: bool,
+    /// Server name to send and verify instead of the URL's host.
+    pub sni: Option<String>,
+    /// Client certificate chain and its private key (PEM), for mirrors that ask for one.
+    pub client_auth: Option<(PathBuf, PathBuf)>,
 }
 
 impl MirrorSpec {
@@ -43,14 +62,20 @@ pub enum SpecError {
     /// The URL part is empty.
     #[error("mirror `{spec}`: missing URL (expected http://HOST:PORT)")]
     MissingUrl { spec: String },
-    /// A scheme other than `http://` (TLS to mirrors is not supported yet).
-    #[error("mirror `{spec}`: scheme `{scheme}` is not supported (only http:// for now)")]
+    /// A scheme other than `http://` or `https://`.
+    #[error("mirror `{spec}`: scheme `{scheme}` is not supported (http:// or https://)")]
     UnsupportedScheme { spec: String, scheme: String },
+    /// A TLS option with an `http://` URL, `cert` without `key`, a bad `insecure` or `sni`.
+    #[error("mirror `{spec}`: {why}")]
+    BadTls { spec: String, why: String },
     /// The URL is not `http://HOST[:PORT][/]`.
     #[error("mirror `{spec}`: bad URL: {why}")]
     BadUrl { spec: String, why: &'static str },
-    /// An option other than `percent=` or `name=`.
-    #[error("mirror `{spec}`: unknown option `{key}` (expected percent=P or name=NAME)")]
+    /// An option other than `percent=`, `name=` and the TLS ones.
+    #[error(
+        "mirror `{spec}`: unknown option `{key}` (expected percent=P, name=NAME, or for https \
+         ca=FILE, insecure=true, sni=NAME, cert=FILE, key=FILE)"
+    )]
     UnknownKey { spec: String, key: String },
     /// The same option given twice.
     #[error("mirror `{spec}`: option `{key}` given twice")]
@@ -99,9 +124,10 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
     if url.is_empty() {
         return Err(SpecError::MissingUrl { spec: spec.into() });
     }
-    let (host, port) = parse_url(spec, url)?;
+    let (host, port, https) = parse_url(spec, url)?;
     let mut percent = None;
     let mut name = None;
+    let mut tls = TlsOptions::default();
     for opt in parts {
         let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
         let key = key.trim();
@@ -124,6 +150,12 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
                 })?;
                 name.replace(value.to_string()).is_some()
             }
+            "ca" | "insecure" | "sni" | "cert" | "key" => {
+                tls.set(key, value).map_err(|why| SpecError::BadTls {
+                    spec: spec.into(),
+                    why,
+                })?
+            }
             _ => {
                 return Err(SpecError::UnknownKey {
                     spec: spec.into(),
@@ -138,14 +170,90 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
             });
         }
     }
+    let tls = tls.finish(https).map_err(|why| SpecError::BadTls {
+        spec: spec.into(),
+        why,
+    })?;
     let mut out = MirrorSpec {
         name: String::new(),
         host,
         port,
         percent: percent.unwrap_or(DEFAULT_PERCENT),
+        tls,
     };
     out.name = name.unwrap_or_else(|| out.authority());
     Ok(out)
+}
+
+/// The TLS options of a mirror as given, one at a time (`--mirror` keys, config file fields).
+#[derive(Debug, Default)]
+pub struct TlsOptions {
+    ca: Option<PathBuf>,
+    insecure: Option<bool>,
+    sni: Option<String>,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+impl TlsOptions {
+    /// Sets `key` (`ca`, `insecure`, `sni`, `cert`, `key`); returns whether it was set already.
+    pub fn set(&mut self, key: &str, value: &str) -> Result<bool, String> {
+        let path = |what: &str| {
+            if value.is_empty() {
+                Err(format!("{what} needs a file"))
+            } else {
+                Ok(PathBuf::from(value))
+            }
+        };
+        Ok(match key {
+            "ca" => self.ca.replace(path("ca")?).is_some(),
+            "cert" => self.cert.replace(path("cert")?).is_some(),
+            "key" => self.key.replace(path("key")?).is_some(),
+            "insecure" => {
+                let v = match value {
+                    "true" => true,
+                    "false" => false,
+                    _ => return Err(format!("insecure `{value}` is not true or false")),
+                };
+                self.insecure.replace(v).is_some()
+            }
+            "sni" => {
+                rustls_pki_types::ServerName::try_from(value)
+                    .map_err(|_| format!("sni `{value}` is not a server name"))?;
+                self.sni.replace(value.to_owned()).is_some()
+            }
+            _ => return Err(format!("unknown TLS option `{key}`")),
+        })
+    }
+
+    /// The settings of a mirror whose URL is `https://` (`https`) or not: TLS options with an
+    /// `http://` URL, and a client certificate without its key or a key without its
+    /// certificate, are refused.
+    pub fn finish(self, https: bool) -> Result<Option<TlsSpec>, String> {
+        let given = self.ca.is_some()
+            || self.insecure.is_some()
+            || self.sni.is_some()
+            || self.cert.is_some()
+            || self.key.is_some();
+        if !https {
+            return if given {
+                Err("ca, insecure, sni, cert and key need an https:// URL".into())
+            } else {
+                Ok(None)
+            };
+        }
+        let client_auth = match (self.cert, self.key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => return Err("cert and key go together".into()),
+        };
+        Ok(Some(TlsSpec {
+            ca: self.ca,
+            insecure: self.insecure.unwrap_or(false),
+            sni: self.sni,
+            client_auth,
+        }))
+    }
 }
 
 /// A percent in 0-100 (fractions allowed), or `None`.
@@ -154,12 +262,13 @@ pub fn parse_percent(value: &str) -> Option<f64> {
     (p.is_finite() && (0.0..=100.0).contains(&p)).then_some(p)
 }
 
-/// Parses `http://HOST[:PORT][/]` into host and port (default 80).
+/// Parses `http://HOST[:PORT][/]` or `https://...` into host, port (default 80 or 443) and
+/// whether it is `https`.
 ///
 /// Hand-written rather than using the `url` crate: we accept a narrow grammar (no userinfo, no
 /// path, no query, http only) and must reject everything else with a precise one-line reason,
 /// which is less code than post-checking a general URL parser's output.
-pub fn parse_url(spec: &str, url: &str) -> Result<(String, u16), SpecError> {
+pub fn parse_url(spec: &str, url: &str) -> Result<(String, u16, bool), SpecError> {
     let bad = |why| SpecError::BadUrl {
         spec: spec.into(),
         why,
@@ -167,12 +276,16 @@ pub fn parse_url(spec: &str, url: &str) -> Result<(String, u16), SpecError> {
     let Some((scheme, rest)) = url.split_once("://") else {
         return Err(bad("expected http://HOST:PORT"));
     };
-    if !scheme.eq_ignore_ascii_case("http") {
+    let https = if scheme.eq_ignore_ascii_case("https") {
+        true
+    } else if scheme.eq_ignore_ascii_case("http") {
+        false
+    } else {
         return Err(SpecError::UnsupportedScheme {
             spec: spec.into(),
             scheme: scheme.into(),
         });
-    }
+    };
     // A single trailing slash is harmless; any other path would suggest we rewrite targets,
     // which we do not (the mirror receives the client's request target unchanged).
     let authority = rest.strip_suffix('/').unwrap_or(rest);
@@ -211,13 +324,14 @@ pub fn parse_url(spec: &str, url: &str) -> Result<(String, u16), SpecError> {
         return Err(bad("invalid character in host"));
     }
     let port = match port {
+        None if https => 443,
         None => 80,
         Some(p) => match p.parse::<u16>() {
             Ok(0) | Err(_) => return Err(bad("port must be 1-65535")),
             Ok(p) => p,
         },
     };
-    Ok((host.to_string(), port))
+    Ok((host.to_string(), port, https))
 }
 
 #[cfg(test)]
@@ -231,6 +345,29 @@ mod tests {
         assert_eq!(m.host, "10.0.0.6");
         assert_eq!(m.port, 8080);
         assert_eq!(m.percent, 50.0);
+    }
+
+    #[test]
+    fn https_mirrors_and_their_tls_options() {
+        let m = parse_mirror("https://shadow.example").unwrap();
+        assert_eq!((m.port, m.tls.clone()), (443, Some(TlsSpec::default())));
+        let m = parse_mirror(
+            "https://10.0.0.5:8443,ca=/etc/ca.pem,sni=shadow.internal,cert=/c.pem,key=/k.pem,name=s",
+        )
+        .unwrap();
+        let tls = m.tls.unwrap();
+        assert_eq!(tls.ca.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(tls.sni.as_deref(), Some("shadow.internal"));
+        assert_eq!(tls.client_auth, Some(("/c.pem".into(), "/k.pem".into())));
+        assert!(!tls.insecure);
+        assert!(
+            parse_mirror("https://h,insecure=true")
+                .unwrap()
+                .tls
+                .unwrap()
+                .insecure
+        );
+        assert_eq!(parse_mirror("http://h").unwrap().tls, None);
     }
 
     #[test]
@@ -249,7 +386,14 @@ mod tests {
     fn errors_are_one_line_and_precise() {
         let cases = [
             ("", "missing URL"),
-            ("https://a:443", "scheme `https` is not supported"),
+            ("ftp://a:21", "scheme `ftp` is not supported"),
+            ("http://a,ca=/x.pem", "need an https:// URL"),
+            ("https://a,cert=/c.pem", "cert and key go together"),
+            ("https://a,key=/k.pem", "cert and key go together"),
+            ("https://a,insecure=yes", "insecure `yes`"),
+            ("https://a,sni=a b", "sni `a b`"),
+            ("https://a,ca=", "ca needs a file"),
+            ("https://a,ca=/x,ca=/y", "given twice"),
             ("10.0.0.5:8080", "expected http://HOST:PORT"),
             ("http://a:8080/api", "path"),
             ("http://a:0", "port must be 1-65535"),

@@ -13,6 +13,7 @@
 //! and after shutdown `in_flight == 0`. `sent` (request bytes fully written to the mirror) is
 //! not a term of the identity: a sent copy still ends as answered, error or timeout.
 
+use super::tls::HandshakeFailure;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex};
@@ -78,6 +79,9 @@ pub struct MirrorStats {
     /// Requests re-sent once on a fresh connection after a kept-alive one turned out closed.
     retries: AtomicU64,
     connects: AtomicU64,
+    /// `https://` mirrors: failed TLS handshakes, indexed like [`HandshakeFailure::ALL`] (each
+    /// is also a connect error).
+    tls_failures: [AtomicU64; 3],
     latency_us: Mutex<Histogram<u64>>,
 }
 
@@ -96,6 +100,7 @@ impl MirrorStats {
             in_flight: AtomicU64::new(0),
             retries: AtomicU64::new(0),
             connects: AtomicU64::new(0),
+            tls_failures: Default::default(),
             // 1 us to 10 min at 3 significant digits: about 160 KiB of counts per mirror.
             latency_us: Mutex::new(Histogram::new_with_bounds(1, 600_000_000, 3).expect("bounds")),
         }
@@ -109,6 +114,9 @@ impl MirrorStats {
     }
     pub(crate) fn on_connect(&self) {
         self.connects.fetch_add(1, Relaxed);
+    }
+    pub(crate) fn on_tls_failure(&self, why: HandshakeFailure) {
+        self.tls_failures[why as usize].fetch_add(1, Relaxed);
     }
 
     fn record(&self, outcome: Outcome) {
@@ -157,6 +165,7 @@ impl MirrorStats {
             in_flight: l(&self.in_flight),
             retries: l(&self.retries),
             connects: l(&self.connects),
+            tls_failures: self.tls_failures.each_ref().map(l),
             p50,
             p99,
         }
@@ -218,6 +227,8 @@ pub struct MirrorSnapshot {
     pub in_flight: u64,
     pub retries: u64,
     pub connects: u64,
+    /// Failed TLS handshakes, indexed like [`HandshakeFailure::ALL`].
+    pub tls_failures: [u64; 3],
     pub p50: Option<Duration>,
     pub p99: Option<Duration>,
 }
@@ -372,7 +383,7 @@ impl ReplaySnapshot {
                 t,
                 "  {}: dropped: queue full {}, filtered {}, body too large {}, backoff {}, shutdown {}; \
                  errors: connect {}, io {}, bad response {}; other final 1xx {}; in flight {}; \
-                 retries {}; connections {}",
+                 retries {}; connections {}{}",
                 m.name,
                 m.drop_count(DropReason::QueueFull),
                 m.drop_count(DropReason::Filtered),
@@ -386,6 +397,14 @@ impl ReplaySnapshot {
                 m.in_flight,
                 m.retries,
                 m.connects,
+                if m.tls_failures.iter().any(|&n| n > 0) {
+                    format!(
+                        "; TLS handshakes failed: certificate {}, alert {}, other {}",
+                        m.tls_failures[0], m.tls_failures[1], m.tls_failures[2]
+                    )
+                } else {
+                    String::new()
+                },
             );
         }
         let _ = write!(t, "captured requests: {}", self.captured);

@@ -122,6 +122,7 @@ pub fn spec(addr: SocketAddr, name: &str, percent: f64) -> MirrorSpec {
         host: addr.ip().to_string(),
         port: addr.port(),
         percent,
+        tls: None,
     }
 }
 

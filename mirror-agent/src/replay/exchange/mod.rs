@@ -226,7 +226,12 @@ async fn attempt<O: ReplayObserver>(
     let result = loop {
         let n = match conn.stream.read(&mut conn.buf).await {
             Ok(n) => n,
-            Err(_) => break Err(io_err(!partial, answered)),
+            Err(e) => {
+                if let Some(why) = crate::replay::tls::HandshakeFailure::refusal(&e) {
+                    pool.stats().on_tls_failure(why);
+                }
+                break Err(io_err(!partial, answered));
+            }
         };
         if n == 0 {
             conn.framer.finish(pool.now_ns(), &mut events);

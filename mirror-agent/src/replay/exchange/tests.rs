@@ -151,6 +151,7 @@ fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
         hooks: Default::default(),
         limits: HttpLimits::default(),
         sample: None,
+        tls: None,
     };
     (Pool::new(cfg, stats.clone()), stats)
 }

@@ -593,6 +593,23 @@ pub static DEFS: &[MetricDef] = &[
         },
     },
     MetricDef {
+        name: "mirror.tls.handshake_failures",
+        kind: Kind::Counter,
+        unit: Unit::Count("{handshake}"),
+        help: "Failed TLS handshakes with an https:// mirror, by reason (certificate: the mirror's certificate was refused; alert: the mirror refused us; other); each is also a connect error.",
+        read: |s, o| {
+            per_mirror(s, o, |m, n, o| {
+                for why in crate::replay::tls::HandshakeFailure::ALL {
+                    p(
+                        o,
+                        &[(MIRROR, n), (REASON, why.as_str())],
+                        m.tls_failures[why as usize],
+                    );
+                }
+            })
+        },
+    },
+    MetricDef {
         name: "mirror.requests.errors",
         kind: Kind::Counter,
         unit: REQUEST,
