@@ -264,7 +264,10 @@ pub struct FlowKey {
     pub dport: u16,
     /// [`family::IPV4`] or [`family::IPV6`].
     pub family: u8,
-    pub _pad: [u8; 3],
+    // Two fields rather than `[u8; 3]`: zeroing an array compiles to a byte loop over a stack
+    // pointer, which the verifier refuses without CAP_PERFMON (pointer arithmetic "for !root").
+    pub _pad: u8,
+    pub _pad2: u16,
 }
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 

@@ -376,7 +376,8 @@ fn flow_key(pkt: &Packet) -> FlowKey {
         sport: pkt.sport,
         dport: pkt.dport,
         family: pkt.family,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     }
 }
 

@@ -11,7 +11,7 @@ use mirror_tests::agent::{Agent, binary, wait_detached};
 use mirror_tests::oracle::start_recording_server;
 use mirror_tests::process::ChildGuard;
 use mirror_tests::scenario::curl_served;
-use mirror_tests::{TempDir, Topology, privileged_or_skip};
+use mirror_tests::{NetNs, TempDir, Topology, privileged_or_skip};
 
 const PORT: u16 = 8080;
 const CAP_NET_ADMIN: u64 = 1 << 12;
@@ -201,4 +201,63 @@ fn check_reports_what_each_mode_keeps() {
     );
     assert!(row("keeps (other)").contains("none"), "{text}");
     assert!(row("seccomp").contains(" ok "), "{text}");
+}
+
+/// Every program variant loads with only CAP_BPF and CAP_NET_ADMIN, the DaemonSet's set: the
+/// verifier is stricter without CAP_PERFMON (no pointer arithmetic on the stack with a variable
+/// offset, for one), and the tests above run as full root. The image test covers the default
+/// variant in a container; this covers each variant and the cgroup programs, in every run.
+#[test]
+fn every_program_variant_loads_with_bpf_and_net_admin_only() {
+    let test = "every_program_variant_loads_with_bpf_and_net_admin_only";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    let ns = NetNs::new();
+    let cgroup = mirror_tests::cgroup::TestCgroup::new();
+    let setpriv = [
+        "setpriv",
+        "--bounding-set=-all,+bpf,+net_admin",
+        "--inh-caps=-all",
+    ];
+    let mut runs: Vec<(String, Vec<String>)> = ["reserve", "scratch"]
+        .iter()
+        .map(|copy| {
+            (
+                format!("interface, {copy}"),
+                vec![
+                    "--iface".into(),
+                    "lo".into(),
+                    "--capture-copy".into(),
+                    copy.to_string(),
+                    "--compare".into(),
+                ],
+            )
+        })
+        .collect();
+    match &cgroup {
+        Some(cg) => runs.push((
+            "cgroup".into(),
+            vec![
+                "--cgroup".into(),
+                cg.path().display().to_string(),
+                "--compare".into(),
+            ],
+        )),
+        None => eprintln!("{test}: no cgroup v2 mount: the cgroup programs are not checked here"),
+    }
+    for (what, args) in runs {
+        let mut cmd = ns.nsenter(setpriv[0]);
+        cmd.args(&setpriv[1..])
+            .arg(binary())
+            .args(&args)
+            .args(["--port", "9", "--duration", "0.3"])
+            .env("NO_COLOR", "1");
+        let out = cmd.output().expect("run the agent under setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            out.status.success() && err.contains("capturing;"),
+            "{what}: the programs must load with CAP_BPF and CAP_NET_ADMIN only: {err}"
+        );
+    }
 }

@@ -47,7 +47,8 @@ pub fn flow_key(client: SocketAddr, server: SocketAddr) -> Option<FlowKey> {
         sport: client.port(),
         dport: server.port(),
         family: fam,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
     })
 }
 
