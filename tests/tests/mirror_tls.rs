@@ -16,8 +16,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use mirror_tests::agent::run_to_exit;
-use mirror_tests::mirror::{Behavior, assert_same_requests};
+use mirror_tests::agent::{Agent, run_to_exit};
+use mirror_tests::mirror::{Behavior, MirrorTable, RecordingServer, assert_same_requests};
 use mirror_tests::scenario::{
     Family, curl_ok, curl_request_shapes, start_agent, start_mirror, start_primary, stop_agent, url,
 };
@@ -124,6 +124,32 @@ fn tls_front(ns: &NetNs, dir: &Path, port: u16, verify: Option<&Path>) -> ChildG
     guard
 }
 
+/// One request to the primary while `agent` runs with two mirrors of which one must refuse the
+/// copy: exactly one copy reaches the recording mirror. Stops the agent; returns its exit table
+/// and log.
+fn one_copy(
+    topo: &Topology,
+    agent: &mut Agent,
+    mirror: &RecordingServer,
+    url: &str,
+) -> (MirrorTable, String) {
+    let before = mirror.count();
+    curl_ok(topo, &[url]);
+    let got = mirror.wait_for(
+        before + 1,
+        Duration::from_millis(500),
+        Duration::from_secs(10),
+    );
+    let (_, table) = stop_agent(agent);
+    let log = agent.log();
+    assert_eq!(
+        got.len(),
+        before + 1,
+        "exactly one mirror got the copy: {log}"
+    );
+    (table, log)
+}
+
 fn path(dir: &Path, file: &str) -> String {
     dir.join(file).display().to_string()
 }
@@ -176,7 +202,6 @@ fn https_mirrors_verify_send_and_count_refusals() {
     assert!(row.balanced(), "{row:?}");
 
     // 2. A CA that did not sign the mirror's certificate: refused, counted; insecure passes.
-    let before = mirror.count();
     let mut agent = start_agent(
         &topo,
         dir.path(),
@@ -193,19 +218,7 @@ fn https_mirrors_verify_send_and_count_refusals() {
             ),
         ],
     );
-    curl_ok(&topo, &[&format!("{base}/one")]);
-    let got = mirror.wait_for(
-        before + 1,
-        Duration::from_millis(500),
-        Duration::from_secs(10),
-    );
-    let (_, table) = stop_agent(&mut agent);
-    let log = agent.log();
-    assert_eq!(
-        got.len(),
-        before + 1,
-        "only the insecure mirror got a copy: {log}"
-    );
+    let (table, log) = one_copy(&topo, &mut agent, &mirror, &format!("{base}/one"));
     assert_eq!(table.row("insecure").status[0], 1, "{log}");
     let wrong = table.row("wrong-ca");
     assert_eq!((wrong.sent, wrong.errors), (0, 1), "{wrong:?}");
@@ -216,7 +229,6 @@ fn https_mirrors_verify_send_and_count_refusals() {
     );
 
     // 3. A mirror that requires a client certificate.
-    let before = mirror.count();
     let mut agent = start_agent(
         &topo,
         dir.path(),
@@ -235,15 +247,7 @@ fn https_mirrors_verify_send_and_count_refusals() {
             ),
         ],
     );
-    curl_ok(&topo, &[&format!("{base}/two")]);
-    let got = mirror.wait_for(
-        before + 1,
-        Duration::from_millis(500),
-        Duration::from_secs(10),
-    );
-    let (_, table) = stop_agent(&mut agent);
-    let log = agent.log();
-    assert_eq!(got.len(), before + 1, "{log}");
+    let (table, log) = one_copy(&topo, &mut agent, &mirror, &format!("{base}/two"));
     assert_eq!(table.row("with-cert").status[0], 1, "{log}");
     // TLS 1.3: the client's side of the handshake completes before the server checks the
     // certificate, so the refusal (an alert) comes on the first read: the copy fails.
