@@ -295,7 +295,11 @@ impl Settings {
         live.write_pcap = args.output.write_pcap.clone();
         // Bodies the pipeline omits need not be copied by the kernel either, unless the raw
         // packets are written out.
-        live.skip_bodies = pipeline.http.omit_bodies_over.is_some() && live.write_pcap.is_none();
+        // (Live capture only: a file or a recording has no kernel to tell.)
+        live.skip_bodies = pipeline.http.omit_bodies_over.is_some()
+            && live.write_pcap.is_none()
+            && args.capture.pcap.is_none()
+            && args.replay.from.is_none();
         pipeline.skip_omitted_bodies = live.skip_bodies;
         live.overwrite = args.output.overwrite;
         let output_queue = output_queue(args.output.output_queue_bytes)?;

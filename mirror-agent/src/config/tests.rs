@@ -783,6 +783,24 @@ fn bodies_are_omitted_only_when_no_consumer_needs_them() {
         None
     );
     assert_eq!(omit(&["--mirror-body", "false", "--compare"]), None);
+    // The kernel is told to skip such bodies in live capture, unless the packets are written.
+    let skips = |flags: &[&str]| {
+        let mut all = vec![
+            "--port",
+            "80",
+            "--mirror",
+            "http://127.0.0.1:9",
+            "--mirror-body",
+            "false",
+        ];
+        all.extend_from_slice(flags);
+        let s = Settings::load(&args(&all)).unwrap();
+        assert_eq!(s.live.skip_bodies, s.pipeline.skip_omitted_bodies);
+        s.live.skip_bodies
+    };
+    assert!(skips(&["--iface", "lo"]));
+    assert!(!skips(&["--iface", "lo", "--write-pcap", "/tmp/x.pcap"]));
+    assert!(!skips(&["--pcap", "x.pcap"]));
 }
 
 #[test]
