@@ -259,6 +259,11 @@ pub struct ReplayArgs {
     /// connections: more throughput for a hot connection to a slow mirror, no ordering).
     #[arg(long, env = "MIRROR_ORDERING", help_heading = "Replay")]
     pub ordering: Option<String>,
+    /// `independent` [default]: each mirror samples requests on its own; `consistent`: one
+    /// decision value per request for all mirrors, so a mirror at P% gets a subset of what a
+    /// mirror at Q% >= P% gets, and equal percents get the same requests.
+    #[arg(long, env = "MIRROR_SAMPLING", help_heading = "Replay")]
+    pub sampling: Option<String>,
     /// Per-request timeout to a mirror, in milliseconds [default: 5000].
     #[arg(long, env = "MIRROR_TIMEOUT_MS", help_heading = "Replay")]
     pub timeout_ms: Option<u64>,

@@ -66,6 +66,8 @@ pub struct FileConfig {
     pub max_connections: Option<Positive>,
     /// `connection` (the default) or `none`, as `--ordering`.
     pub ordering: Option<String>,
+    /// `independent` (the default) or `consistent`, as `--sampling`.
+    pub sampling: Option<String>,
     #[serde(alias = "timeout-ms")]
     pub timeout_ms: Option<Positive>,
 }

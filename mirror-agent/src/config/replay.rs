@@ -2,6 +2,7 @@
 //! receives (rewrite, body), which requests (filter), and the queue and connection bounds.
 //! A flag given overrides the file; lists from flags replace the file's lists.
 
+use crate::replay::sampler::Sampling;
 use std::time::Duration;
 
 use super::file::{FileConfig, Mirroring};
@@ -131,7 +132,15 @@ pub fn build(
             });
         }
     };
+    let sampling = match args.replay.sampling.as_ref().or(fc.sampling.as_ref()) {
+        None => Sampling::Independent,
+        Some(s) => Sampling::parse(s).ok_or_else(|| ConfigError::Flag {
+            flag: "--sampling",
+            msg: format!("{s:?} is not independent or consistent"),
+        })?,
+    };
     let mut replay = ReplayConfig::new(mirrors);
+    replay.sampling = sampling;
     replay.capture_percent = capture_percent;
     replay.rewrite = RewriteOptions {
         set_headers,

@@ -846,3 +846,26 @@ fn https_mirrors_from_the_config_file_read_their_files_at_load() {
     assert!(e.contains("cert and key go together"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn sampling_is_independent_unless_asked_to_be_consistent() {
+    use crate::replay::sampler::Sampling;
+    let sampling = |flags: &[&str], yaml: &str| {
+        let mut all = vec!["--port", "80", "--mirror", "http://127.0.0.1:9"];
+        all.extend_from_slice(flags);
+        load(&all, yaml).map(|s| s.replay.sampling)
+    };
+    assert_eq!(sampling(&[], "").unwrap(), Sampling::Independent);
+    assert_eq!(
+        sampling(&["--sampling", "consistent"], "").unwrap(),
+        Sampling::Consistent
+    );
+    assert_eq!(
+        sampling(&[], "sampling: consistent\n").unwrap(),
+        Sampling::Consistent
+    );
+    let e = sampling(&["--sampling", "same"], "")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(e, "--sampling: \"same\" is not independent or consistent");
+}

@@ -47,7 +47,7 @@ use job::{Job, Tell};
 pub use observer::{ConnectionHooks, CopyHead, MirrorCopy, NoObserver, NotSent, ReplayObserver};
 use pool::{Pool, PoolConfig};
 use rewrite::{RewriteOptions, Rewriter, Skip};
-use sampler::Sampler;
+use sampler::{Sampler, Sampling};
 use spec::MirrorSpec;
 use stats::{DropReason, MirrorStats, ReplaySnapshot, ReplayStats, Ticket};
 
@@ -82,6 +82,8 @@ pub struct ReplayConfig {
     pub seed: Option<u64>,
     /// Limits of the mirrors' response framing.
     pub limits: HttpLimits,
+    /// Each mirror samples on its own, or all on one value per request (`--sampling`).
+    pub sampling: Sampling,
     /// TLS clients of the `https://` mirrors, by mirror name, built from their files when the
     /// configuration was checked (before privileges are dropped); one missing here is built
     /// when replay starts.
@@ -107,6 +109,7 @@ impl ReplayConfig {
             seed: None,
             limits: HttpLimits::default(),
             tls_clients: std::collections::HashMap::new(),
+            sampling: Sampling::Independent,
         }
     }
 }
@@ -125,6 +128,9 @@ pub struct Replayer<O: ReplayObserver = NoObserver> {
     phase: watch::Sender<Phase>,
     closed: AtomicBool,
     ordered: bool,
+    sampling: Sampling,
+    /// The run's sampling seed (consistent sampling hashes each request with it).
+    seed: u64,
     /// Numbers the copies when they are not ordered by client connection: each is its own
     /// line in the mirrors' queues.
     unordered_seq: AtomicU64,
@@ -191,6 +197,8 @@ impl<O: ReplayObserver> Replayer<O> {
             phase,
             closed: AtomicBool::new(false),
             ordered: cfg.ordered,
+            sampling: cfg.sampling,
+            seed,
             unordered_seq: AtomicU64::new(0),
         }
     }
@@ -211,8 +219,20 @@ impl<O: ReplayObserver> Replayer<O> {
         } else {
             self.unordered_seq.fetch_add(1, Ordering::Relaxed)
         };
+        let value = match self.sampling {
+            Sampling::Independent => None,
+            Sampling::Consistent => Some(sampler::request_value(
+                self.seed,
+                captured.flow_id,
+                captured.seq_in_flow,
+            )),
+        };
         for m in &self.mirrors {
-            if !m.sampler.sample() {
+            let taken = match value {
+                None => m.sampler.sample(),
+                Some(v) => m.sampler.sample_at(v),
+            };
+            if !taken {
                 m.dispatcher.not_sampled(key);
                 continue;
             }

@@ -4,6 +4,12 @@
 //! request independently with probability `mirror_percent / capture_percent`, so a mirror at 50%
 //! gets half the requests, not half the connections (ARCHITECTURE.md, "Sampling").
 //!
+//! With consistent sampling (`--sampling consistent`) the mirrors decide together instead: one
+//! uniform value per request, from a hash of the request's identity, is compared with each
+//! mirror's probability ([`Sampler::sample_at`]). A mirror at P% then receives a subset of the
+//! requests a mirror at Q% >= P% receives, and mirrors with equal percents the same requests
+//! (what a baseline and a candidate need to be compared on the same traffic).
+//!
 //! A counter-based generator (SplitMix64 over a per-mirror seed and an atomic counter) is used
 //! instead of a `rand` generator because `submit` takes `&self` from the capture thread: `rand`'s
 //! generators need `&mut` (a lock per request), while SplitMix64 of a counter is lock-free, passes
@@ -51,6 +57,12 @@ impl Sampler {
         self.threshold >= 1u64 << 53
     }
 
+    /// The decision for a request whose uniform value ([`request_value`]) is `value`: the same
+    /// value gives nested decisions across mirrors of growing probability.
+    pub fn sample_at(&self, value: u64) -> bool {
+        self.takes_all() || value < self.threshold
+    }
+
     /// One independent decision.
     pub fn sample(&self) -> bool {
         if self.takes_all() {
@@ -72,6 +84,32 @@ fn splitmix64(x: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
+}
+
+/// A request's uniform value in [0, 2^53), the same for every mirror, from the run seed and
+/// the request's identity (its connection and its index on it).
+pub fn request_value(run_seed: u64, flow_id: u64, seq_in_flow: u64) -> u64 {
+    splitmix64(run_seed ^ splitmix64(flow_id ^ splitmix64(seq_in_flow))) >> 11
+}
+
+/// How mirrors sample (`--sampling`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Sampling {
+    /// Each mirror decides on its own.
+    #[default]
+    Independent,
+    /// One decision value per request for every mirror: nested request sets.
+    Consistent,
+}
+
+impl Sampling {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "independent" => Some(Self::Independent),
+            "consistent" => Some(Self::Consistent),
+            _ => None,
+        }
+    }
 }
 
 /// Derives an independent seed for mirror `index` from a run seed.
@@ -130,6 +168,36 @@ mod tests {
         assert_eq!(share(&Sampler::new(1.0, 3), 1000), 100.0);
         assert_eq!(share(&Sampler::new(0.0, 3), 1000), 0.0);
         assert_eq!(share(&Sampler::new(f64::NAN, 3), 10), 0.0);
+    }
+
+    #[test]
+    fn consistent_sampling_gives_nested_sets_within_binomial_bounds() {
+        let n = 20_000u64;
+        let mirrors: Vec<Sampler> = [10.0, 50.0, 50.0, 100.0]
+            .iter()
+            .enumerate()
+            .map(|(i, p)| Sampler::new(p / 100.0, mirror_seed(7, i)))
+            .collect();
+        let taken: Vec<Vec<bool>> = mirrors
+            .iter()
+            .map(|m| {
+                (0..n)
+                    .map(|i| m.sample_at(request_value(7, i / 5, i % 5)))
+                    .collect()
+            })
+            .collect();
+        for i in 0..n as usize {
+            // 10% within 50%, the two 50% identical, 50% within 100%.
+            assert!(!taken[0][i] || taken[1][i], "request {i}");
+            assert_eq!(taken[1][i], taken[2][i], "request {i}");
+            assert!(taken[3][i]);
+        }
+        // Shares within 4 standard deviations of Binomial(n, p).
+        for (k, p) in [(0, 0.1), (1, 0.5)] {
+            let got = taken[k].iter().filter(|&&t| t).count() as f64;
+            let sd = (n as f64 * p * (1.0 - p)).sqrt();
+            assert!((got - n as f64 * p).abs() < 4.0 * sd, "p {p}: {got}");
+        }
     }
 
     #[test]
