@@ -5,7 +5,6 @@
 mod replay_common;
 
 use std::collections::BTreeSet;
-use std::time::Duration;
 
 use mirror_agent::replay::sampler::Sampling;
 use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
