@@ -224,8 +224,8 @@ fn binary_bad_flags_exit_2_with_one_line() {
     );
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
-            vec!["--from", f, "--mirror", "https://x:443"],
-            "scheme `https` is not supported",
+            vec!["--from", f, "--mirror", "gopher://x:70"],
+            "scheme `gopher` is not supported",
         ),
         (
             vec!["--from", f, "--mirror", "http://x:80,percent=200"],

@@ -175,7 +175,10 @@ fn bad_mirror_flags_exit_2_with_one_line() {
     let base = ["--iface", "lo", "--port", "8080"];
     for (extra, needle) in [
         (vec!["--mirror", "ftp://127.0.0.1:9001"], "scheme"),
-        (vec!["--mirror", "https://127.0.0.1:9001"], "https"),
+        (
+            vec!["--mirror", "https://127.0.0.1:9001,ca=/nonexistent/ca.pem"],
+            "ca /nonexistent/ca.pem",
+        ),
         (
             vec!["--mirror", "http://127.0.0.1:9001,percent=150"],
             "percent",

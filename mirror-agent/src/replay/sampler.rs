@@ -186,11 +186,16 @@ mod tests {
                     .collect()
             })
             .collect();
-        for i in 0..n as usize {
-            // 10% within 50%, the two 50% identical, 50% within 100%.
-            assert!(!taken[0][i] || taken[1][i], "request {i}");
-            assert_eq!(taken[1][i], taken[2][i], "request {i}");
-            assert!(taken[3][i]);
+        // 10% within 50%, the two 50% identical, 50% within 100%.
+        for (i, ((&ten, &half), (&half2, &all))) in taken[0]
+            .iter()
+            .zip(&taken[1])
+            .zip(taken[2].iter().zip(&taken[3]))
+            .enumerate()
+        {
+            assert!(!ten || half, "request {i}");
+            assert_eq!(half, half2, "request {i}");
+            assert!(all, "request {i}");
         }
         // Shares within 4 standard deviations of Binomial(n, p).
         for (k, p) in [(0, 0.1), (1, 0.5)] {
