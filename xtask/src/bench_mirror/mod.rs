@@ -45,6 +45,8 @@
 //! agent's direct cost on the CPU that processes the primary's packets.
 //!
 //! Knobs (environment): `MIRROR_BENCH_SECS`, `MIRROR_BENCH_LAYOUTS` (`pinned,shared`),
+//! `MIRROR_BENCH_CONNECTIONS` (wrk's client connections, 32 by default; issue 17 asks for 1000
+//! and 10000),
 //! `MIRROR_BENCH_COMPARE=0` (skip the comparison run), `MIRROR_BENCH_AGENT` (an agent binary to
 //! use instead of building the release one, for before/after pairs), and any `MIRROR_*` option
 //! of the agent itself (e.g. `MIRROR_QUEUE_SIZE`), which the agent inherits and the bench prints.
@@ -220,6 +222,8 @@ struct Settings {
     agent_bin: PathBuf,
     fast_mirror_bin: PathBuf,
     ncpu: usize,
+    /// wrk's client connections (`MIRROR_BENCH_CONNECTIONS`, default 32).
+    connections: u32,
 }
 
 pub fn run() -> Result<()> {
@@ -247,6 +251,10 @@ pub fn run() -> Result<()> {
         }
     }
     let compare = env("MIRROR_BENCH_COMPARE").is_none_or(|v| v != "0");
+    let connections: u32 = env("MIRROR_BENCH_CONNECTIONS").map_or(Ok(32), |v| v.parse())?;
+    if !(2..=20_000).contains(&connections) {
+        bail!("MIRROR_BENCH_CONNECTIONS: {connections} is not in 2-20000");
+    }
     let agent_bin = match env("MIRROR_BENCH_AGENT") {
         Some(p) => PathBuf::from(p),
         None => crate::ebpf::release_agent()?,
@@ -267,6 +275,7 @@ pub fn run() -> Result<()> {
         agent_bin,
         fast_mirror_bin,
         ncpu,
+        connections,
     };
     let load = measure::loadavg();
     // The classifiers' own run time per packet (printed per run); restored on return.
@@ -342,12 +351,16 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
 fn wrk(world: &World, s: &Settings, layout: Layout, secs: u64, paced: bool) -> Result<Wrk> {
     let [node_cpus, _, _] = layout.cpus(s.ncpu);
     let url = format!("http://{PRIMARY}:{PORT}/bench");
-    let mut cmd = ns_cmd_on(NS[0], Some(&node_cpus), "wrk");
+    // prlimit: wrk needs a descriptor per connection.
+    let mut cmd = ns_cmd_on(NS[0], Some(&node_cpus), "prlimit");
+    let connections = s.connections.to_string();
     cmd.args([
+        "--nofile=65536",
+        "wrk",
         "-t",
         "2",
         "-c",
-        "32",
+        &connections,
         "-d",
         &format!("{secs}s"),
         "--latency",
@@ -531,10 +544,10 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
         println!("layout {}: {}", l.name(), l.describe(s.ncpu));
     }
     println!(
-        "each run: wrk -t 2 -c 32 for {} s (keep-alive GET), back to back; mirror 100% to fast-mirror (or nginx where named); \
+        "each run: wrk -t 2 -c {} for {} s (keep-alive GET), back to back; mirror 100% to fast-mirror (or nginx where named); \
          ratio = primary req/s / mean of the same layout's `off` runs (before and after); paced: \
          each connection waits {PACE_MS} ms after every response",
-        s.secs
+        s.connections, s.secs
     );
     println!();
     println!(
