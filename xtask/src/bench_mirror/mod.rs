@@ -226,6 +226,32 @@ struct Settings {
     connections: u32,
 }
 
+/// wrk and nginx (which inherit it) need a descriptor per client connection: the soft limit on
+/// open files goes up to the hard one, which must leave room for `connections`.
+fn raise_open_files(connections: u32) -> Result<()> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit with a valid rlimit struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            bail!("getrlimit: {}", std::io::Error::last_os_error());
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            bail!("setrlimit: {}", std::io::Error::last_os_error());
+        }
+    }
+    if lim.rlim_cur < u64::from(connections) + 1024 {
+        bail!(
+            "MIRROR_BENCH_CONNECTIONS={connections} needs more open files than the hard limit {}",
+            lim.rlim_cur
+        );
+    }
+    Ok(())
+}
+
 pub fn run() -> Result<()> {
     if !is_root() {
         bail!("bench mirror needs root (namespaces, eBPF)");
@@ -252,9 +278,10 @@ pub fn run() -> Result<()> {
     }
     let compare = env("MIRROR_BENCH_COMPARE").is_none_or(|v| v != "0");
     let connections: u32 = env("MIRROR_BENCH_CONNECTIONS").map_or(Ok(32), |v| v.parse())?;
-    if !(2..=20_000).contains(&connections) {
-        bail!("MIRROR_BENCH_CONNECTIONS: {connections} is not in 2-20000");
+    if !(2..=16_000).contains(&connections) {
+        bail!("MIRROR_BENCH_CONNECTIONS: {connections} is not in 2-16000");
     }
+    raise_open_files(connections)?;
     let agent_bin = match env("MIRROR_BENCH_AGENT") {
         Some(p) => PathBuf::from(p),
         None => crate::ebpf::release_agent()?,
@@ -351,12 +378,9 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
 fn wrk(world: &World, s: &Settings, layout: Layout, secs: u64, paced: bool) -> Result<Wrk> {
     let [node_cpus, _, _] = layout.cpus(s.ncpu);
     let url = format!("http://{PRIMARY}:{PORT}/bench");
-    // prlimit: wrk needs a descriptor per connection.
-    let mut cmd = ns_cmd_on(NS[0], Some(&node_cpus), "prlimit");
+    let mut cmd = ns_cmd_on(NS[0], Some(&node_cpus), "wrk");
     let connections = s.connections.to_string();
     cmd.args([
-        "--nofile=65536",
-        "wrk",
         "-t",
         "2",
         "-c",
