@@ -13,6 +13,11 @@
 //! waiting take turns for the next free worker, so a slow request holds up only its own flow.
 //! With `--ordering none` each copy is a line of its own (see [`Job::line`]).
 //!
+//! Batching across flows: when a batch may be pipelined, a worker appends the batches of more
+//! ready flows behind it (each flow's own copies in its order, each flow busy until the whole
+//! batch is answered), so with many client connections the copies still go out many to a write
+//! and their responses come back many to a read.
+//!
 //! The bound is shared by all flows, in copies and in bytes: copies share the request's
 //! `Bytes`, but a queue of 4096 ten-MiB uploads would still pin 40 GiB.
 
@@ -100,9 +105,10 @@ impl<F> Queue<F> {
         }
     }
 
-    /// Takes the next ready flow's batch into `batch` and marks the flow busy; `None` when no
-    /// flow is ready.
-    fn take(&self, batch: &mut Batch<F>, conn: Option<&Conn>) -> Option<u64> {
+    /// Takes the next ready flow's batch into `batch` and marks the flow busy; while the batch
+    /// may go on being pipelined, the batches of the next ready flows follow it. Returns the
+    /// flows taken into `flows`; none when no flow is ready.
+    fn take(&self, batch: &mut Batch<F>, flows: &mut Vec<u64>, conn: Option<&Conn>) {
         let mut st = lock(&self.state);
         let st = &mut *st;
         while let Some(id) = st.ready.pop_front() {
@@ -114,9 +120,11 @@ impl<F> Queue<F> {
             }
             flow.busy = true;
             take_batch(&mut flow.jobs, batch, conn);
-            return Some(id);
+            flows.push(id);
+            if !room_behind(batch, conn) {
+                return;
+            }
         }
-        None
     }
 
     /// The batch of flow `id` is done: the flow's next copies become ready, or it is forgotten.
@@ -300,12 +308,14 @@ async fn worker<O: ReplayObserver>(
 ) {
     let mut conn = None;
     let mut batch = VecDeque::with_capacity(exchange::MAX_BATCH);
+    let mut flows = Vec::new();
     loop {
         let current = *phase.borrow_and_update();
         if current == Phase::Abort {
             return;
         }
-        let Some(flow) = queue.take(&mut batch, conn.as_ref()) else {
+        queue.take(&mut batch, &mut flows, conn.as_ref());
+        if flows.is_empty() {
             if current == Phase::Drain {
                 // Nothing ready: flows still in flight are finished by their own workers.
                 return;
@@ -317,7 +327,7 @@ async fn worker<O: ReplayObserver>(
                 () = queue.ready.notified() => {}
             }
             continue;
-        };
+        }
         let bytes = batch.iter().map(|j| j.copy.bytes.len()).sum();
         queue.release(batch.len(), bytes);
         for job in batch.iter_mut() {
@@ -337,8 +347,20 @@ async fn worker<O: ReplayObserver>(
                 tell.resolve(job, Outcome::Timeout);
             }
         }
-        queue.done(flow);
+        for flow in flows.drain(..) {
+            queue.done(flow);
+        }
     }
+}
+
+/// Whether another flow's copies may be written behind `batch` on this connection before its
+/// responses arrive: its last copy may be pipelined, and the batch bounds leave room.
+fn room_behind<F>(batch: &Batch<F>, conn: Option<&Conn>) -> bool {
+    let bytes: usize = batch.iter().map(|j| j.copy.bytes.len()).sum();
+    exchange::may_pipeline(conn)
+        && batch.len() < exchange::MAX_BATCH
+        && bytes < exchange::MAX_BATCH_BYTES
+        && batch.back().is_some_and(|j| exchange::pipelinable(&j.copy))
 }
 
 /// Moves the next batch of a flow: its first copy, and the copies queued behind it while they
@@ -348,7 +370,9 @@ fn take_batch<F>(jobs: &mut VecDeque<Job<F>>, batch: &mut Batch<F>, conn: Option
     let Some(first) = jobs.pop_front() else {
         return;
     };
-    let mut bytes = first.copy.bytes.len();
+    // Counted over the whole batch: other flows' copies may be in it already.
+    let mut bytes =
+        batch.iter().map(|j| j.copy.bytes.len()).sum::<usize>() + first.copy.bytes.len();
     let mut more = exchange::may_pipeline(conn) && exchange::pipelinable(&first.copy);
     batch.push_back(first);
     while more && batch.len() < exchange::MAX_BATCH && bytes < exchange::MAX_BATCH_BYTES {
