@@ -64,6 +64,7 @@ async fn broken_mirrors_do_not_hurt_the_healthy_one() {
         port: down.port(),
         percent: 100.0,
         tls: None,
+        role: Default::default(),
     });
     let mut cfg = config(specs);
     cfg.timeout = Duration::from_millis(200);

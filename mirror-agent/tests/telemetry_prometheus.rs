@@ -52,6 +52,7 @@ fn prometheus_scrapes_mirror_metrics() {
             port: mirror.addr.port(),
             percent: 100.0,
             tls: None,
+            role: Default::default(),
         };
         let replayer = Replayer::start(config(vec![spec]), ConnectionHooks::default(), NoObserver);
         for _ in 0..REQUESTS {

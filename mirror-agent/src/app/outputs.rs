@@ -109,8 +109,14 @@ impl Outputs {
                     ),
                     None => None,
                 };
+                // A baseline's verdicts teach noise; a candidate's verdict waits for the
+                // baseline's answer to its request at most as long as a pairing does.
+                let baseline = mirrors
+                    .iter()
+                    .position(|m| m.role == crate::replay::spec::MirrorRole::Baseline)
+                    .map(|i| (i, COMPARE_TTL));
                 // Headers and bodies too (both sides keep them only in this mode).
-                Some(hub.with_content(c.rules.clone(), log))
+                Some(hub.with_content_and_baseline(c.rules.clone(), log, baseline))
             }
         };
         let replayer = (!mirrors.is_empty()).then(|| {

@@ -7,7 +7,7 @@
 
 use serde_json::Value;
 
-use super::rules::{BodyMode, CompareRules, Step};
+use super::rules::{BodyMode, CompareRules, JsonPath, NoNoise, Noise, Step};
 use crate::http::response::ResponseSample;
 
 /// At most this many differing JSON paths are reported per request.
@@ -36,19 +36,24 @@ impl UsedMode {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct BodyVerdict {
     pub mode: UsedMode,
+    /// A real difference: not ignored, not noise.
     pub differs: bool,
-    /// JSON mode: the first differing paths (`$.a[0].b`), at most [`MAX_PATHS`].
+    /// JSON mode: the first really differing paths (`$.a[0].b`), at most [`MAX_PATHS`].
     pub paths: Vec<String>,
     /// More paths differ than listed.
     pub more_paths: bool,
+    /// Differences that are noise (learned from a baseline): JSON paths (at most
+    /// [`MAX_PATHS`]), or the whole body in exact mode (`noise_paths` empty).
+    pub noise_differs: bool,
+    pub noise_paths: Vec<String>,
     /// Exact mode: offset of the first differing byte (or the shorter length).
     pub first_difference: Option<u64>,
     /// A side's body was longer than the limit: compared on the prefix.
     pub truncated: bool,
 }
 
-/// Compares the bodies under `rules` (mode `Off` is the caller's to skip).
-pub fn compare_bodies(rules: &CompareRules, p: &ResponseSample, m: &ResponseSample) -> BodyVerdict {
+/// Which JSON comparison applies: both sides parsed, or `None` for exact.
+fn parse_both(rules: &CompareRules, p: &ResponseSample, m: &ResponseSample) -> Parsed {
     let truncated = p.truncated || m.truncated;
     let want_json = match rules.body {
         BodyMode::Json => true,
@@ -57,47 +62,150 @@ pub fn compare_bodies(rules: &CompareRules, p: &ResponseSample, m: &ResponseSamp
     };
     // Identical bytes are identical JSON values too: the common case costs a memcmp, no parse.
     let identical = p.body == m.body && p.body_len == m.body_len;
-    let parsed = if want_json && !truncated && !identical {
+    let values = if want_json && !truncated && !identical {
         serde_json::from_slice::<Value>(&p.body)
             .ok()
             .zip(serde_json::from_slice::<Value>(&m.body).ok())
     } else {
         None
     };
-    if let Some((a, b)) = parsed {
-        let mut paths = Vec::new();
-        let mut more = false;
-        let mut at = Vec::new();
-        walk(rules, &a, &b, &mut at, &mut paths, &mut more);
-        return BodyVerdict {
-            mode: UsedMode::Json,
-            differs: !paths.is_empty(),
-            paths,
-            more_paths: more,
-            first_difference: None,
-            truncated,
-        };
-    }
-    let first = p
-        .body
-        .iter()
-        .zip(&m.body)
-        .position(|(a, b)| a != b)
-        .map(|i| i as u64)
-        .or_else(|| (p.body_len != m.body_len).then(|| p.body.len().min(m.body.len()) as u64));
-    BodyVerdict {
+    Parsed {
+        values,
         // Identical bytes were compared exactly (no parse), whatever was asked.
-        mode: if want_json && !identical {
+        fallback_mode: if want_json && !identical {
             UsedMode::ExactFallback
         } else {
             UsedMode::Exact
         },
-        differs: first.is_some(),
-        paths: Vec::new(),
-        more_paths: false,
-        first_difference: first,
         truncated,
     }
+}
+
+struct Parsed {
+    values: Option<(Value, Value)>,
+    fallback_mode: UsedMode,
+    truncated: bool,
+}
+
+/// Offset of the first differing byte of the decoded bodies (or the shorter length).
+fn first_difference(p: &ResponseSample, m: &ResponseSample) -> Option<u64> {
+    p.body
+        .iter()
+        .zip(&m.body)
+        .position(|(a, b)| a != b)
+        .map(|i| i as u64)
+        .or_else(|| (p.body_len != m.body_len).then(|| p.body.len().min(m.body.len()) as u64))
+}
+
+/// Compares the bodies under `rules` (mode `Off` is the caller's to skip); every difference
+/// is real.
+pub fn compare_bodies(rules: &CompareRules, p: &ResponseSample, m: &ResponseSample) -> BodyVerdict {
+    compare_bodies_with(rules, &NoNoise, p, m)
+}
+
+/// [`compare_bodies`] with differences on `noise` fields set apart as noise.
+pub fn compare_bodies_with(
+    rules: &CompareRules,
+    noise: &dyn Noise,
+    p: &ResponseSample,
+    m: &ResponseSample,
+) -> BodyVerdict {
+    let parsed = parse_both(rules, p, m);
+    if let Some((a, b)) = &parsed.values {
+        let (mut real, mut noisy) = (Vec::new(), Vec::new());
+        let mut more = false;
+        walk(
+            rules,
+            noise,
+            a,
+            b,
+            &mut Vec::new(),
+            false,
+            &mut |at, is_noise| {
+                let list = if is_noise { &mut noisy } else { &mut real };
+                if list.len() < MAX_PATHS {
+                    list.push(render(at));
+                } else if !is_noise {
+                    more = true;
+                    return false;
+                }
+                true
+            },
+        );
+        return BodyVerdict {
+            mode: UsedMode::Json,
+            differs: !real.is_empty(),
+            paths: real,
+            more_paths: more,
+            noise_differs: !noisy.is_empty(),
+            noise_paths: noisy,
+            first_difference: None,
+            truncated: parsed.truncated,
+        };
+    }
+    let first = first_difference(p, m);
+    let whole_noise = first.is_some() && noise.body();
+    BodyVerdict {
+        mode: parsed.fallback_mode,
+        differs: first.is_some() && !whole_noise,
+        paths: Vec::new(),
+        more_paths: false,
+        noise_differs: whole_noise,
+        noise_paths: Vec::new(),
+        first_difference: first,
+        truncated: parsed.truncated,
+    }
+}
+
+/// Where two bodies differ, as fields a baseline can teach: the distinct JSON paths with
+/// array indices generalised (at most `max`), or the body as a whole when the bodies are
+/// compared byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct BodyFields {
+    pub json: Vec<JsonPath>,
+    /// More distinct paths differed than `max`.
+    pub json_more: bool,
+    /// Compared byte for byte and different.
+    pub whole: bool,
+}
+
+/// The fields in which `m`'s body differs from `p`'s under `rules` (ignored paths excluded).
+pub fn differing_fields(
+    rules: &CompareRules,
+    p: &ResponseSample,
+    m: &ResponseSample,
+    max: usize,
+) -> BodyFields {
+    let parsed = parse_both(rules, p, m);
+    let mut out = BodyFields::default();
+    match &parsed.values {
+        Some((a, b)) => {
+            let mut seen = std::collections::HashSet::new();
+            walk(
+                rules,
+                &NoNoise,
+                a,
+                b,
+                &mut Vec::new(),
+                false,
+                &mut |at, _| {
+                    let g = JsonPath::generalized(at);
+                    if seen.contains(&g) {
+                        return true;
+                    }
+                    if out.json.len() >= max {
+                        out.json_more = true;
+                        return false;
+                    }
+                    seen.insert(g.clone());
+                    out.json.push(g);
+                    true
+                },
+            );
+        }
+        None => out.whole = first_difference(p, m).is_some(),
+    }
+    out
 }
 
 fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
@@ -109,11 +217,7 @@ fn render(at: &[Step<'_>]) -> String {
     let mut s = String::from("$");
     for step in at {
         match step {
-            Step::Key(k)
-                if !k.is_empty()
-                    && k.chars()
-                        .all(|c| c.is_alphanumeric() || c == '_' || c == '-') =>
-            {
+            Step::Key(k) if super::rules::is_plain_member(k) => {
                 s.push('.');
                 s.push_str(k);
             }
@@ -128,70 +232,75 @@ fn render(at: &[Step<'_>]) -> String {
     s
 }
 
-fn differ(at: &[Step<'_>], paths: &mut Vec<String>, more: &mut bool) {
-    if paths.len() < MAX_PATHS {
-        paths.push(render(at));
-    } else {
-        *more = true;
-    }
-}
+/// A differing location and whether it lies on a noise field; returns false to stop the walk.
+type Visit<'v, 'a> = dyn FnMut(&[Step<'a>], bool) -> bool + 'v;
 
-/// Depth-first over both values; a node whose location an ignore pattern names is skipped
-/// with everything under it. serde_json's default recursion limit (128) bounds the depth.
+/// Depth-first over both values, calling `visit` at each differing location; a node whose
+/// location an ignore pattern names is skipped with everything under it, and everything at
+/// or under a noise field is reported as noise. serde_json's default recursion limit (128)
+/// bounds the depth. Returns false once `visit` asked to stop.
 fn walk<'a>(
     rules: &CompareRules,
+    noise: &dyn Noise,
     a: &'a Value,
     b: &'a Value,
     at: &mut Vec<Step<'a>>,
-    paths: &mut Vec<String>,
-    more: &mut bool,
-) {
+    under_noise: bool,
+    visit: &mut Visit<'_, 'a>,
+) -> bool {
     if !at.is_empty() && rules.json_ignored(at) {
-        return;
+        return true;
     }
-    if *more {
-        return;
-    }
+    let under_noise = under_noise || (!at.is_empty() && noise.json(at));
+    // A member or element present on one side only.
+    let one_sided = |at: &mut Vec<Step<'a>>, visit: &mut Visit<'_, 'a>| {
+        if rules.json_ignored(at) {
+            return true;
+        }
+        let is_noise = under_noise || noise.json(at);
+        visit(at, is_noise)
+    };
     match (a, b) {
         (Value::Object(x), Value::Object(y)) => {
             for (k, va) in x {
                 at.push(Step::Key(k));
-                match y.get(k) {
-                    Some(vb) => walk(rules, va, vb, at, paths, more),
-                    None if !rules.json_ignored(at) => differ(at, paths, more),
-                    None => {}
-                }
+                let go = match y.get(k) {
+                    Some(vb) => walk(rules, noise, va, vb, at, under_noise, visit),
+                    None => one_sided(at, visit),
+                };
                 at.pop();
+                if !go {
+                    return false;
+                }
             }
             for k in y.keys().filter(|k| !x.contains_key(*k)) {
                 at.push(Step::Key(k));
-                if !rules.json_ignored(at) {
-                    differ(at, paths, more);
-                }
+                let go = one_sided(at, visit);
                 at.pop();
+                if !go {
+                    return false;
+                }
             }
+            true
         }
         (Value::Array(x), Value::Array(y)) => {
             for i in 0..x.len().max(y.len()) {
                 at.push(Step::Index(i));
-                match (x.get(i), y.get(i)) {
-                    (Some(va), Some(vb)) => walk(rules, va, vb, at, paths, more),
-                    _ if !rules.json_ignored(at) => differ(at, paths, more),
-                    _ => {}
-                }
+                let go = match (x.get(i), y.get(i)) {
+                    (Some(va), Some(vb)) => walk(rules, noise, va, vb, at, under_noise, visit),
+                    _ => one_sided(at, visit),
+                };
                 at.pop();
+                if !go {
+                    return false;
+                }
             }
+            true
         }
-        (Value::Number(x), Value::Number(y)) => {
-            if !numbers_equal(x, y) {
-                differ(at, paths, more);
-            }
-        }
-        _ => {
-            if a != b {
-                differ(at, paths, more);
-            }
-        }
+        (Value::Number(x), Value::Number(y)) if numbers_equal(x, y) => true,
+        (Value::Number(_), Value::Number(_)) => visit(at, under_noise),
+        _ if a == b => true,
+        _ => visit(at, under_noise),
     }
 }
 

@@ -5,9 +5,9 @@
 //! the bodies are not compared: the bytes are not comparable without decoding, which the agent
 //! does not do. The same encoding on both sides compares the encoded bytes (exact).
 
-use super::body::{BodyVerdict, compare_bodies};
-use super::headers::{HeaderDiff, content_encoding, diff_headers};
-use super::rules::{BodyMode, CompareRules};
+use super::body::{BodyVerdict, compare_bodies_with};
+use super::headers::{HeaderDiff, content_encoding, diff_headers_with};
+use super::rules::{BodyMode, CompareRules, NoNoise, Noise};
 use crate::http::response::ResponseSample;
 
 /// Why the bodies were not compared.
@@ -36,17 +36,33 @@ pub struct ContentVerdict {
 }
 
 impl ContentVerdict {
+    /// A header differs for real (not noise).
     pub fn header_mismatch(&self) -> bool {
-        !self.headers.is_empty()
+        self.headers.iter().any(|h| !h.noise)
     }
+    /// The body differs for real (not noise).
     pub fn body_mismatch(&self) -> bool {
         matches!(&self.body, Ok(b) if b.differs)
     }
+    /// Something differs on a noise field (a baseline showed it differs by nature).
+    pub fn noise_differs(&self) -> bool {
+        self.headers.iter().any(|h| h.noise) || matches!(&self.body, Ok(b) if b.noise_differs)
+    }
 }
 
-/// Compares the primary's and the mirror's captured responses.
+/// Compares the primary's and the mirror's captured responses; every difference is real.
 pub fn compare(rules: &CompareRules, p: &ResponseSample, m: &ResponseSample) -> ContentVerdict {
-    let mut headers = diff_headers(rules, p, m);
+    compare_with(rules, &NoNoise, p, m)
+}
+
+/// [`compare`] with differences on `noise` fields marked as noise.
+pub fn compare_with(
+    rules: &CompareRules,
+    noise: &dyn Noise,
+    p: &ResponseSample,
+    m: &ResponseSample,
+) -> ContentVerdict {
+    let mut headers = diff_headers_with(rules, noise, p, m);
     let (ep, em) = (content_encoding(p), content_encoding(m));
     let body = if ep != em {
         // Counted as a header mismatch even when content-encoding is ignored by name.
@@ -55,13 +71,14 @@ pub fn compare(rules: &CompareRules, p: &ResponseSample, m: &ResponseSample) -> 
                 name: "content-encoding".into(),
                 primary: ep.into_iter().collect(),
                 mirror: em.into_iter().collect(),
+                noise: noise.header("content-encoding"),
             });
         }
         Err(BodySkip::ContentEncoding)
     } else if rules.body == BodyMode::Off {
         Err(BodySkip::Off)
     } else {
-        Ok(compare_bodies(rules, p, m))
+        Ok(compare_bodies_with(rules, noise, p, m))
     };
     ContentVerdict { headers, body }
 }

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use super::rules::CompareRules;
+use super::rules::{CompareRules, NoNoise, Noise};
 use crate::http::response::ResponseSample;
 
 /// One header that differs: both sides' values (empty list: absent on that side).
@@ -14,6 +14,8 @@ pub struct HeaderDiff {
     pub name: String,
     pub primary: Vec<String>,
     pub mirror: Vec<String>,
+    /// The header differs by nature (learned from a baseline): not a mismatch.
+    pub noise: bool,
 }
 
 /// Lower-case name → values in wire order, without the ignored names.
@@ -37,9 +39,19 @@ fn strings(v: Option<&Vec<&[u8]>>) -> Vec<String> {
     .unwrap_or_default()
 }
 
-/// The headers that differ, sorted by name.
+/// The headers that differ, sorted by name (every difference real).
 pub fn diff_headers(
     rules: &CompareRules,
+    p: &ResponseSample,
+    m: &ResponseSample,
+) -> Vec<HeaderDiff> {
+    diff_headers_with(rules, &NoNoise, p, m)
+}
+
+/// [`diff_headers`] with the headers `noise` names marked as noise.
+pub fn diff_headers_with(
+    rules: &CompareRules,
+    noise: &dyn Noise,
     p: &ResponseSample,
     m: &ResponseSample,
 ) -> Vec<HeaderDiff> {
@@ -54,6 +66,7 @@ pub fn diff_headers(
             name: n.clone(),
             primary: strings(gp.get(n)),
             mirror: strings(gm.get(n)),
+            noise: noise.header(n),
         })
         .collect()
 }

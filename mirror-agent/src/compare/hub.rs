@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::difflog::DiffLog;
 use super::rules::CompareRules;
-use super::worker::Content;
+use super::worker::{BaselineRole, Content};
 use super::{
     Comparator, CompareSnapshot, CompareSubscriber, MirrorSide, PrimaryInfo, PrimarySide,
     RequestKey, Verdict,
@@ -55,12 +55,25 @@ impl CompareHub {
     }
 
     /// Turns on header and body comparison (and the diff log): starts the comparison thread.
-    pub fn with_content(mut self, rules: CompareRules, diff_log: Option<DiffLog>) -> Self {
+    pub fn with_content(self, rules: CompareRules, diff_log: Option<DiffLog>) -> Self {
+        self.with_content_and_baseline(rules, diff_log, None)
+    }
+
+    /// [`Self::with_content`], and with `baseline` = `Some((mirror index, wait))` that mirror
+    /// is the baseline: noise is learned from it, and each candidate's verdict waits up to
+    /// `wait` for the baseline's answer to the same request.
+    pub fn with_content_and_baseline(
+        mut self,
+        rules: CompareRules,
+        diff_log: Option<DiffLog>,
+        baseline: Option<(usize, Duration)>,
+    ) -> Self {
         self.content = Some(Arc::new(Content::start(
             rules,
             diff_log,
             self.inner.clone(),
             self.names.clone(),
+            baseline.map(|(mirror, wait)| BaselineRole { mirror, wait }),
         )));
         self
     }
@@ -144,7 +157,7 @@ impl CompareHub {
         let side = match *outcome {
             Outcome::Answered { status, latency } => MirrorSide::Answered { status, latency },
             Outcome::Error(_) | Outcome::Timeout => MirrorSide::NoResponse,
-            Outcome::Dropped(_) => return self.not_mirrored(key),
+            Outcome::Dropped(_) => return self.not_answered(key, mirror),
         };
         let capture = capture.filter(|_| self.content.is_some()).map(|b| *b);
         let now = self.now();
@@ -153,10 +166,13 @@ impl CompareHub {
         }
     }
 
-    /// A mirror will not answer `key`: its copy was not sampled or was dropped unsent.
-    pub fn not_mirrored(&self, key: RequestKey) {
+    /// Mirror `mirror` will not answer `key`: its copy was not sampled or was dropped.
+    pub fn not_answered(&self, key: RequestKey, mirror: usize) {
         let now = self.now();
         self.with(|c| c.on_not_mirrored(key, now));
+        if let Some(c) = &self.content {
+            c.not_answered(mirror, key);
+        }
     }
 
     /// Expires entries past the ttl; call about once a second with the metrics update.
@@ -186,8 +202,8 @@ impl ReplayObserver for CompareHub {
 
     fn sending(&self, _: usize, _: &mut MirrorCopy) {}
 
-    fn not_sent(&self, _: usize, key: RequestKey, _: NotSent) {
-        self.not_mirrored(key);
+    fn not_sent(&self, mirror: usize, key: RequestKey, _: NotSent) {
+        self.not_answered(key, mirror);
     }
 
     fn finished(

@@ -24,6 +24,7 @@ pub mod content;
 pub mod difflog;
 pub mod headers;
 mod hub;
+pub mod noise;
 pub mod primary;
 pub mod rules;
 mod worker;
@@ -140,6 +141,33 @@ pub struct MirrorCompare {
     /// Same status, but headers and body not compared: a side's capture is missing (over the
     /// memory budget, or the comparison queue was full).
     pub content_skipped: u64,
+    /// Same status, and every header or body difference was noise (learned from the baseline
+    /// mirror): not counted in `header` nor `body`.
+    pub noise_only: u64,
+    /// Candidate verdicts that stopped waiting for the baseline's answer to the same request
+    /// (it took longer than the comparison window, or its verdict was lost): judged with the
+    /// noise learned so far only.
+    pub baseline_wait_expired: u64,
+}
+
+/// One mirror's comparisons on one endpoint (with a baseline mirror).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EndpointCounts {
+    pub compared: u64,
+    /// Requests with a real difference (status, no response, or a header or body difference
+    /// that is not noise).
+    pub real: u64,
+    /// Requests whose only differences were noise.
+    pub noise_only: u64,
+}
+
+/// What the baseline mirror taught (`role=baseline`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NoiseSnapshot {
+    /// The baseline mirror's name.
+    pub baseline: String,
+    pub endpoints: Vec<noise::EndpointFields>,
+    pub losses: noise::NoiseLosses,
 }
 
 /// All mirrors' comparison counters plus the table's own losses.
@@ -161,6 +189,11 @@ pub struct CompareSnapshot {
     pub content_queue_full: u64,
     /// `--diff-log` lines written, suppressed by the rate limit, and failed writes.
     pub diff_log: difflog::DiffLogStats,
+    /// With a baseline mirror: per (endpoint, mirror index) counts, at most
+    /// [`noise::MAX_ENDPOINTS`] endpoints (then [`noise::OTHER_ENDPOINT`]).
+    pub endpoints: std::collections::BTreeMap<(String, usize), EndpointCounts>,
+    /// With a baseline mirror: the noise fields learned.
+    pub noise: Option<NoiseSnapshot>,
 }
 
 impl CompareSnapshot {
@@ -168,7 +201,7 @@ impl CompareSnapshot {
     pub fn table(&self) -> String {
         use std::fmt::Write as _;
         let mut t = format!(
-            "{:<16} {:>9} {:>12} {:>11} {:>11} {:>15} {:>7} {:>7} {:>14} {:>15}\n",
+            "{:<16} {:>9} {:>12} {:>11} {:>11} {:>15} {:>7} {:>7} {:>10} {:>14} {:>15}\n",
             "mirror",
             "compared",
             "status_class",
@@ -177,13 +210,14 @@ impl CompareSnapshot {
             "primary_missing",
             "header",
             "body",
+            "noise_only",
             "body_truncated",
             "content_skipped"
         );
         for m in &self.mirrors {
             let _ = writeln!(
                 t,
-                "{:<16} {:>9} {:>12} {:>11} {:>11} {:>15} {:>7} {:>7} {:>14} {:>15}",
+                "{:<16} {:>9} {:>12} {:>11} {:>11} {:>15} {:>7} {:>7} {:>10} {:>14} {:>15}",
                 m.name,
                 m.compared,
                 m.status_class,
@@ -192,9 +226,13 @@ impl CompareSnapshot {
                 m.primary_missing,
                 m.header,
                 m.body,
+                m.noise_only,
                 m.body_truncated,
                 m.content_skipped
             );
+        }
+        if let Some(n) = &self.noise {
+            self.noise_table(&mut t, n);
         }
         let _ = writeln!(
             t,
@@ -216,6 +254,77 @@ impl CompareSnapshot {
             );
         }
         t
+    }
+
+    /// With a baseline: per endpoint and mirror, compared, real differences and noise; then
+    /// the fields learned per endpoint.
+    fn noise_table(&self, t: &mut String, n: &NoiseSnapshot) {
+        use std::fmt::Write as _;
+        /// Rows and fields printed at most (the metrics have them all).
+        const ROWS: usize = 40;
+        const FIELDS: usize = 8;
+        let fields = |endpoint: &str| {
+            n.endpoints
+                .iter()
+                .find(|e| e.endpoint == endpoint)
+                .map_or(0, |e| e.fields.len())
+        };
+        let _ = writeln!(
+            t,
+            "{:<40} {:<16} {:>9} {:>7} {:>10} {:>12}",
+            "endpoint", "mirror", "compared", "real", "noise_only", "noise_fields"
+        );
+        for ((endpoint, mirror), c) in self.endpoints.iter().take(ROWS) {
+            let name = self.mirrors.get(*mirror).map_or("?", |m| m.name.as_str());
+            let _ = writeln!(
+                t,
+                "{:<40} {:<16} {:>9} {:>7} {:>10} {:>12}",
+                endpoint,
+                name,
+                c.compared,
+                c.real,
+                c.noise_only,
+                fields(endpoint)
+            );
+        }
+        if self.endpoints.len() > ROWS {
+            let _ = writeln!(t, "... {} more rows", self.endpoints.len() - ROWS);
+        }
+        let learned: usize = n.endpoints.iter().map(|e| e.fields.len()).sum();
+        let _ = writeln!(
+            t,
+            "noise learned from baseline `{}`: {} fields on {} endpoints (not learned: endpoint \
+             table full {}, endpoint fields full {}); baseline waits expired {}",
+            n.baseline,
+            learned,
+            n.endpoints.len(),
+            n.losses.endpoints_full,
+            n.losses.fields_full,
+            self.mirrors
+                .iter()
+                .map(|m| m.baseline_wait_expired)
+                .sum::<u64>()
+        );
+        for e in n.endpoints.iter().take(ROWS) {
+            let list: Vec<String> = e
+                .fields
+                .iter()
+                .take(FIELDS)
+                .map(|(f, k)| format!("{f} ({k})"))
+                .collect();
+            let more = e.fields.len().saturating_sub(FIELDS);
+            let _ = writeln!(
+                t,
+                "  {}: {}{}",
+                e.endpoint,
+                list.join(", "),
+                if more > 0 {
+                    format!(", ... {more} more")
+                } else {
+                    String::new()
+                }
+            );
+        }
     }
 }
 

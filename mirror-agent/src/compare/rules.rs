@@ -85,7 +85,7 @@ impl FromStr for BodyMode {
 }
 
 /// One step of a JSON path pattern.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 enum Seg {
     Key(String),
     AnyKey,
@@ -103,7 +103,7 @@ pub enum Step<'a> {
 /// A JSON path to ignore: `$.a.b[*].c` (the `$` is optional), where `.name` is an object
 /// member, `.*` any member, `[N]` an array element and `[*]` any element. Matching a node
 /// ignores it and everything under it.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct JsonPath {
     segs: Vec<Seg>,
 }
@@ -152,6 +152,25 @@ impl JsonPath {
         Ok(Self { segs })
     }
 
+    /// The pattern of a concrete location with every array index generalised to `[*]`: the
+    /// shape a learned noise field takes (`$.items[3].ts` and `$.items[7].ts` are one field).
+    pub fn generalized(at: &[Step<'_>]) -> Self {
+        Self {
+            segs: at
+                .iter()
+                .map(|s| match s {
+                    Step::Key(k) => Seg::Key((*k).to_string()),
+                    Step::Index(_) => Seg::AnyIndex,
+                })
+                .collect(),
+        }
+    }
+
+    /// The pattern names this location or one of its ancestors.
+    pub fn covers(&self, at: &[Step<'_>]) -> bool {
+        at.len() >= self.segs.len() && self.matches(&at[..self.segs.len()])
+    }
+
     /// The pattern names exactly this location.
     pub fn matches(&self, at: &[Step<'_>]) -> bool {
         self.segs.len() == at.len()
@@ -162,6 +181,59 @@ impl JsonPath {
                 (Seg::AnyIndex, Step::Index(_)) => true,
                 _ => false,
             })
+    }
+}
+
+/// `$.a[*].b`, or `$["odd key"]` for members that are not plain names (as the diff log writes
+/// concrete paths).
+impl std::fmt::Display for JsonPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("$")?;
+        for s in &self.segs {
+            match s {
+                Seg::Key(k) if is_plain_member(k) => write!(f, ".{k}")?,
+                Seg::Key(k) => write!(f, "[{}]", serde_json::Value::String(k.clone()))?,
+                Seg::AnyKey => f.write_str(".*")?,
+                Seg::Index(i) => write!(f, "[{i}]")?,
+                Seg::AnyIndex => f.write_str("[*]")?,
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A member name written as `.name` in a path (else `["name"]`).
+pub(super) fn is_plain_member(k: &str) -> bool {
+    !k.is_empty()
+        && k.chars()
+            .all(|c| c.is_alphanumeric() || c == '_' || c == '-')
+}
+
+/// Differences that are noise rather than real: what a baseline mirror taught the comparison
+/// ([`super::noise`]). Asked while comparing, so a noise field never hides a real difference
+/// elsewhere in the same response.
+pub trait Noise {
+    /// The header (lower-case name) differs by nature.
+    fn header(&self, lower_name: &str) -> bool;
+    /// The JSON node at `at` (and everything under it) differs by nature.
+    fn json(&self, at: &[Step<'_>]) -> bool;
+    /// The body as a whole differs by nature (bodies compared byte for byte).
+    fn body(&self) -> bool;
+}
+
+/// No noise known: every difference is real (no baseline mirror).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NoNoise;
+
+impl Noise for NoNoise {
+    fn header(&self, _: &str) -> bool {
+        false
+    }
+    fn json(&self, _: &[Step<'_>]) -> bool {
+        false
+    }
+    fn body(&self) -> bool {
+        false
     }
 }
 
@@ -271,6 +343,12 @@ mod tests {
                 .matches(&[K("a"), K("z"), I(0)])
         );
         assert!(JsonPath::parse("[2]").unwrap().matches(&[I(2)]));
+        // Generalised (learned noise): indices become [*]; covers a location and all under it.
+        let g = JsonPath::generalized(&[K("items"), I(3), K("odd key")]);
+        assert_eq!(g.to_string(), r#"$.items[*]["odd key"]"#);
+        assert!(g.covers(&[K("items"), I(9), K("odd key"), K("deeper")]));
+        assert!(!g.covers(&[K("items"), I(9)]));
+        assert_eq!(JsonPath::parse("$.a.*[2]").unwrap().to_string(), "$.a.*[2]");
         for bad in ["$", "", "$.a..b", "$.a[", "$.a[x]", "$a", "a.", "$.a[1]b"] {
             assert!(JsonPath::parse(bad).is_err(), "{bad:?} accepted");
         }

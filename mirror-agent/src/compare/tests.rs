@@ -324,3 +324,136 @@ fn a_copy_dropped_before_the_primary_answers_leaves_nothing_waiting() {
     assert_eq!((s.primary_unmatched, s.evicted), (0, 0), "{s:?}");
     assert_eq!(s.mirrors[0].primary_missing, 0, "{s:?}");
 }
+
+fn json_with(header: &str, body: &str) -> ResponseSample {
+    ResponseSample {
+        head: format!("HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n{header}\r\n")
+            .into_bytes(),
+        body: body.as_bytes().to_vec(),
+        body_len: body.len() as u64,
+        truncated: false,
+    }
+}
+
+/// Baseline (mirror 0) and candidate (mirror 1): the candidate's verdict waits for the
+/// baseline's answer to the same request, whichever comes first; noise the baseline shows is
+/// never a mismatch; a real change is, and is logged with the noise marked.
+#[test]
+fn a_baseline_mirror_turns_its_differences_into_noise_for_the_candidate() {
+    use crate::replay::NotSent;
+    use crate::replay::ReplayObserver;
+    let path = std::env::temp_dir().join(format!("mirror-baseline-difflog-{}", std::process::id()));
+    let _ = std::fs::remove_file(&path);
+    let log = difflog::DiffLog::create(&path, 1000, Default::default(), false).unwrap();
+    let hub = CompareHub::new(
+        vec!["base".into(), "cand".into()],
+        Duration::from_secs(5),
+        64,
+        None,
+    )
+    .with_content_and_baseline(
+        rules::CompareRules::default(),
+        Some(log),
+        Some((0, Duration::from_secs(30))),
+    );
+    let side = PrimarySide {
+        status: 200,
+        latency: ms(1),
+    };
+    let body = |who: &str, i: u64, plan: &str| {
+        format!(r#"{{"id":"{who}-{i}","plan":"{plan}","ts":"{who}@{i}"}}"#)
+    };
+    let primary = |i: u64, target: &str| {
+        Some(PrimaryInfo {
+            method: "GET".into(),
+            target: target.into(),
+            capture: Some(json_with(
+                &format!("X-Host: p{i}\r\n"),
+                &body("p", i, "free"),
+            )),
+        })
+    };
+    let answer = |who: &str, i: u64, plan: &str| {
+        Some(Box::new(json_with(
+            &format!("X-Host: {who}{i}\r\n"),
+            &body(who, i, plan),
+        )))
+    };
+    // 1: the candidate answers first (waits), then the baseline: all noise.
+    hub.primary_with((1, 0), side, primary(0, "/users/10"));
+    hub.mirror_with((1, 0), 1, &answered(200), answer("c", 0, "free"));
+    hub.mirror_with((1, 0), 0, &answered(200), answer("b", 0, "free"));
+    // 2: the baseline first; the candidate changes a real field.
+    hub.primary_with((1, 1), side, primary(1, "/users/11?x=1"));
+    hub.mirror_with((1, 1), 0, &answered(200), answer("b", 1, "free"));
+    hub.mirror_with((1, 1), 1, &answered(200), answer("c", 1, "pro"));
+    // 3: the baseline was not sampled: judged with what was learned (noise, no change).
+    hub.primary_with((1, 2), side, primary(2, "/users/12"));
+    hub.not_sent(0, (1, 2), NotSent::NotSampled);
+    hub.mirror_with((1, 2), 1, &answered(200), answer("c", 2, "free"));
+    // 4: on another endpoint nothing is learned yet and the baseline never answers: the
+    // candidate waits until the end of the run, then every difference there is real.
+    hub.primary_with((1, 3), side, primary(3, "/orders/1"));
+    hub.mirror_with((1, 3), 1, &answered(200), answer("c", 3, "free"));
+    hub.flush(Duration::from_secs(5));
+    let s = hub.snapshot();
+    let (b, c) = (&s.mirrors[0], &s.mirrors[1]);
+    assert_eq!(
+        (b.compared, b.header, b.body, b.noise_only),
+        (2, 0, 0, 2),
+        "{s:?}"
+    );
+    assert_eq!(
+        (
+            c.compared,
+            c.header,
+            c.body,
+            c.noise_only,
+            c.baseline_wait_expired
+        ),
+        (4, 1, 2, 2, 1),
+        "{s:?}"
+    );
+    let users = &s.endpoints[&("GET /users/{n}".to_string(), 1)];
+    assert_eq!((users.compared, users.real, users.noise_only), (3, 1, 2));
+    let orders = &s.endpoints[&("GET /orders/{n}".to_string(), 1)];
+    assert_eq!((orders.compared, orders.real), (1, 1));
+    let noise = s.noise.as_ref().expect("noise published");
+    assert_eq!(noise.baseline, "base");
+    let fields: Vec<&str> = noise.endpoints[0]
+        .fields
+        .iter()
+        .map(|(f, _)| f.as_str())
+        .collect();
+    assert_eq!(fields, ["header:x-host", "json:$.id", "json:$.ts"]);
+    let table = s.table();
+    assert!(
+        table.contains("noise learned from baseline `base`: 3 fields on 1 endpoints"),
+        "{table}"
+    );
+    assert!(table.contains("GET /users/{n}"), "{table}");
+    // The diff log: the real change with its noise marked, and the unknown endpoint's line.
+    let text = std::fs::read_to_string(&path).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    let l = &lines[0];
+    assert_eq!(l["path"], "/users/11?x=1");
+    assert_eq!(l["kinds"], serde_json::json!(["body"]), "{l}");
+    assert_eq!(l["json_paths"], serde_json::json!(["$.plan"]), "{l}");
+    assert_eq!(
+        l["noise_json_paths"],
+        serde_json::json!(["$.id", "$.ts"]),
+        "{l}"
+    );
+    assert_eq!(l["headers"][0]["name"], "x-host");
+    assert_eq!(l["headers"][0]["noise"], true);
+    assert_eq!(
+        lines[1]["kinds"],
+        serde_json::json!(["header", "body"]),
+        "{text}"
+    );
+    let _ = std::fs::remove_file(&path);
+}

@@ -143,6 +143,8 @@ pub struct MirrorEntry {
     pub sni: Option<String>,
     pub cert: Option<String>,
     pub key: Option<String>,
+    /// Agent extension: `baseline` or `candidate` (the default), as the `--mirror` key.
+    pub role: Option<String>,
 }
 
 /// A scalar as YAML gave it, for the validated newtypes below.

@@ -28,7 +28,7 @@ use crate::pipeline::PipelineConfig;
 use crate::replay::ReplayConfig;
 use crate::replay::filter::FilterError;
 use crate::replay::rewrite::RewriteError;
-use crate::replay::spec::{self, MirrorSpec, SpecError};
+use crate::replay::spec::{self, MirrorRole, MirrorSpec, SpecError};
 use crate::telemetry::{TelemetryConfig, TelemetryError};
 pub use compare::CompareSettings;
 use file::{FileConfig, MirrorEntry, Mirroring};
@@ -185,15 +185,22 @@ impl Settings {
         out.push(format!("ports: {}", ports.join(",")));
         for m in &self.replay.mirrors {
             out.push(format!(
-                "mirror {}: {}://{} at {}%",
+                "mirror {}: {}://{} at {}%{}",
                 m.name,
                 if m.tls.is_some() { "https" } else { "http" },
                 m.authority(),
-                m.percent
+                m.percent,
+                if m.role == MirrorRole::Baseline {
+                    " (baseline)"
+                } else {
+                    ""
+                }
             ));
         }
         if self.replay.mirrors.is_empty() {
             out.push("mirrors: none".into());
+        } else {
+            out.push(format!("sampling: {}", self.replay.sampling.as_str()));
         }
         if let Some(r) = &self.record {
             out.push(format!("record: {r}"));
@@ -267,6 +274,27 @@ impl Settings {
         let compare = compare::build(&args.compare, &replay.rewrite.strip_headers)?;
         if compare.is_some() && args.replay.from.is_some() {
             return Err(ConfigError::CompareWithoutPrimary);
+        }
+        let baselines = replay
+            .mirrors
+            .iter()
+            .filter(|m| m.role == MirrorRole::Baseline);
+        match baselines.count() {
+            0 => {}
+            1 if compare.is_some() => {}
+            1 => {
+                return Err(ConfigError::Flag {
+                    flag: "role=baseline",
+                    msg: "needs --compare (the baseline's answers teach the comparison its noise)"
+                        .into(),
+                });
+            }
+            _ => {
+                return Err(ConfigError::Flag {
+                    flag: "role=baseline",
+                    msg: "one mirror at most may be the baseline".into(),
+                });
+            }
         }
         let mut pipeline = pipeline::build(
             &args.limits,
@@ -694,12 +722,18 @@ fn file_mirror(e: &MirrorEntry, fc: &FileConfig) -> Result<MirrorSpec, String> {
             tls.set(key, &v)?;
         }
     }
+    let role = match &e.role {
+        None => spec::MirrorRole::default(),
+        Some(r) => spec::MirrorRole::parse(r)
+            .ok_or_else(|| format!("role `{r}` is not baseline or candidate"))?,
+    };
     Ok(MirrorSpec {
         name: e.name.clone(),
         host,
         port,
         percent,
         tls: tls.finish(https)?,
+        role,
     })
 }
 

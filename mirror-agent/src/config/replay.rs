@@ -3,6 +3,7 @@
 //! A flag given overrides the file; lists from flags replace the file's lists.
 
 use crate::replay::sampler::Sampling;
+use crate::replay::spec::MirrorRole;
 use std::time::Duration;
 
 use super::file::{FileConfig, Mirroring};
@@ -133,6 +134,9 @@ pub fn build(
         }
     };
     let sampling = match args.replay.sampling.as_ref().or(fc.sampling.as_ref()) {
+        // A baseline is compared request by request with the candidates: they must get the
+        // same requests (a baseline at P% gets every request a candidate at <= P% gets).
+        None if mirrors.iter().any(|m| m.role == MirrorRole::Baseline) => Sampling::Consistent,
         None => Sampling::Independent,
         Some(s) => Sampling::parse(s).ok_or_else(|| ConfigError::Flag {
             flag: "--sampling",

@@ -869,3 +869,68 @@ fn sampling_is_independent_unless_asked_to_be_consistent() {
         .to_string();
     assert_eq!(e, "--sampling: \"same\" is not independent or consistent");
 }
+
+#[test]
+fn a_baseline_mirror_needs_compare_is_unique_and_makes_sampling_consistent() {
+    use crate::replay::sampler::Sampling;
+    let base = [
+        "--iface",
+        "lo",
+        "--port",
+        "80",
+        "--mirror",
+        "http://127.0.0.1:9001,name=v1b,role=baseline,percent=50",
+        "--mirror",
+        "http://127.0.0.1:9002,name=v2,percent=50",
+    ];
+    fn with<'a>(base: &[&'a str], extra: &[&'a str]) -> Vec<&'a str> {
+        let mut all = base.to_vec();
+        all.extend_from_slice(extra);
+        all
+    }
+    let with = |extra: &[&'static str]| with(&base, extra);
+    let s = load(&with(&["--compare"]), "").unwrap();
+    assert_eq!(s.replay.mirrors[0].role, MirrorRole::Baseline);
+    assert_eq!(s.replay.mirrors[1].role, MirrorRole::Candidate);
+    assert_eq!(
+        s.replay.sampling,
+        Sampling::Consistent,
+        "default with a baseline"
+    );
+    let check = s.check().unwrap();
+    assert!(
+        check.contains("mirror v1b: http://127.0.0.1:9001 at 50% (baseline)"),
+        "{check}"
+    );
+    assert!(check.contains("sampling: consistent"), "{check}");
+    // Asked for explicitly, independent stays.
+    let s = load(&with(&["--compare", "--sampling", "independent"]), "").unwrap();
+    assert_eq!(s.replay.sampling, Sampling::Independent);
+    assert_eq!(
+        err(&with(&[]), None),
+        "role=baseline: needs --compare (the baseline's answers teach the comparison its noise)"
+    );
+    let two = with(&[
+        "--compare",
+        "--mirror",
+        "http://127.0.0.1:9003,name=b2,role=baseline",
+    ]);
+    assert_eq!(
+        err(&two, None),
+        "role=baseline: one mirror at most may be the baseline"
+    );
+    // The config file's mirror entries take `role` too.
+    let yaml = "interface: lo\nports: [80]\nmirroring:\n  name: app\n  port: 80\n  mirrors:\n    \
+                - name: v1b\n      url: http://127.0.0.1:9001\n      role: baseline\n    \
+                - name: v2\n      url: http://127.0.0.1:9002\n";
+    let s = load(&["--compare"], yaml).unwrap();
+    assert_eq!(s.replay.mirrors[0].role, MirrorRole::Baseline);
+    let e = err(
+        &["--compare"],
+        Some(&yaml.replace("role: baseline", "role: twin")),
+    );
+    assert!(
+        e.contains("role `twin` is not baseline or candidate"),
+        "{e}"
+    );
+}

@@ -110,6 +110,13 @@ impl Sampling {
             _ => None,
         }
     }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Independent => "independent",
+            Self::Consistent => "consistent",
+        }
+    }
 }
 
 /// Derives an independent seed for mirror `index` from a run seed.

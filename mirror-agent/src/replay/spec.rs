@@ -1,4 +1,4 @@
-//! Mirror specifications: `--mirror URL[,percent=P][,name=NAME]` (and, for `https://` URLs,
+//! Mirror specifications: `--mirror URL[,percent=P][,name=NAME][,role=baseline]` (and, for `https://` URLs,
 //! `ca=FILE`, `insecure=true`, `sni=NAME`, `cert=FILE,key=FILE`) and the validated [`MirrorSpec`]
 //! both the command line and the config file produce.
 //!
@@ -29,6 +29,29 @@ pub struct MirrorSpec {
     pub percent: f64,
     /// `https://`: TLS to the mirror, with these settings. `None`: plain `http://`.
     pub tls: Option<TlsSpec>,
+    /// What the comparison makes of this mirror's answers.
+    pub role: MirrorRole,
+}
+
+/// A mirror's part in the comparison (`role=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MirrorRole {
+    /// The version under test: its differences from the primary are reported.
+    #[default]
+    Candidate,
+    /// A second instance of the primary's version: what differs between it and the primary
+    /// is noise, learned and discounted from the candidates' differences.
+    Baseline,
+}
+
+impl MirrorRole {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "candidate" => Some(Self::Candidate),
+            "baseline" => Some(Self::Baseline),
+            _ => None,
+        }
+    }
 }
 
 /// TLS settings of an `https://` mirror (files are read when the agent starts, see
@@ -71,10 +94,10 @@ pub enum SpecError {
     /// The URL is not `http://HOST[:PORT][/]`.
     #[error("mirror `{spec}`: bad URL: {why}")]
     BadUrl { spec: String, why: &'static str },
-    /// An option other than `percent=`, `name=` and the TLS ones.
+    /// An option other than `percent=`, `name=`, `role=` and the TLS ones.
     #[error(
-        "mirror `{spec}`: unknown option `{key}` (expected percent=P, name=NAME, or for https \
-         ca=FILE, insecure=true, sni=NAME, cert=FILE, key=FILE)"
+        "mirror `{spec}`: unknown option `{key}` (expected percent=P, name=NAME, \
+         role=baseline|candidate, or for https ca=FILE, insecure=true, sni=NAME, cert=FILE, key=FILE)"
     )]
     UnknownKey { spec: String, key: String },
     /// The same option given twice.
@@ -83,6 +106,9 @@ pub enum SpecError {
     /// Percent is not a number in 0-100.
     #[error("mirror `{spec}`: percent `{value}` is not a number between 0 and 100")]
     BadPercent { spec: String, value: String },
+    /// `role=` other than `baseline` or `candidate`.
+    #[error("mirror `{spec}`: role `{value}` is not baseline or candidate")]
+    BadRole { spec: String, value: String },
     /// Empty name.
     #[error("mirror `{spec}`: name must not be empty")]
     EmptyName { spec: String },
@@ -127,6 +153,7 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
     let (host, port, https) = parse_url(spec, url)?;
     let mut percent = None;
     let mut name = None;
+    let mut role = None;
     let mut tls = TlsOptions::default();
     for opt in parts {
         let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
@@ -150,6 +177,12 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
                 })?;
                 name.replace(value.to_string()).is_some()
             }
+            "role" => role
+                .replace(MirrorRole::parse(value).ok_or_else(|| SpecError::BadRole {
+                    spec: spec.into(),
+                    value: value.into(),
+                })?)
+                .is_some(),
             "ca" | "insecure" | "sni" | "cert" | "key" => {
                 tls.set(key, value).map_err(|why| SpecError::BadTls {
                     spec: spec.into(),
@@ -180,6 +213,7 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
         port,
         percent: percent.unwrap_or(DEFAULT_PERCENT),
         tls,
+        role: role.unwrap_or_default(),
     };
     out.name = name.unwrap_or_else(|| out.authority());
     Ok(out)
@@ -341,6 +375,9 @@ mod tests {
     #[test]
     fn full_spec() {
         let m = parse_mirror("http://10.0.0.6:8080,percent=50,name=app-v3").unwrap();
+        assert_eq!(m.role, MirrorRole::Candidate);
+        let b = parse_mirror("http://10.0.0.7:8080,role=Baseline,name=app-v2b").unwrap();
+        assert_eq!(b.role, MirrorRole::Baseline);
         assert_eq!(m.name, "app-v3");
         assert_eq!(m.host, "10.0.0.6");
         assert_eq!(m.port, 8080);
@@ -405,6 +442,11 @@ mod tests {
             ("http://u@a:80", "user info"),
             ("http://a,weight=3", "unknown option `weight`"),
             ("http://a,percent=101", "percent `101`"),
+            (
+                "http://a,role=shadow",
+                "role `shadow` is not baseline or candidate",
+            ),
+            ("http://a,role=baseline,role=baseline", "given twice"),
             ("http://a,percent=-1", "percent `-1`"),
             ("http://a,percent=NaN", "percent `NaN`"),
             ("http://a,percent=", "percent ``"),

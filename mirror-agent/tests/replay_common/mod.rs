@@ -123,6 +123,7 @@ pub fn spec(addr: SocketAddr, name: &str, percent: f64) -> MirrorSpec {
         port: addr.port(),
         percent,
         tls: None,
+        role: Default::default(),
     }
 }
 

@@ -185,13 +185,20 @@ impl DiffLog {
                 .iter()
                 .map(|h| {
                     json!({"name": h.name, "primary": self.header_value(&h.name, &h.primary),
-                           "mirror": self.header_value(&h.name, &h.mirror)})
+                           "mirror": self.header_value(&h.name, &h.mirror), "noise": h.noise})
                 })
                 .collect();
             match &c.body {
                 Ok(b) => {
                     o["body_mode"] = json!(b.mode.as_str());
                     o["body_truncated"] = json!(b.truncated);
+                    // Differences a baseline showed to be noise: listed apart, never kinds.
+                    if !b.noise_paths.is_empty() {
+                        o["noise_json_paths"] = json!(b.noise_paths);
+                    }
+                    if b.noise_differs && b.noise_paths.is_empty() {
+                        o["body_noise"] = json!(true);
+                    }
                     if b.differs {
                         if b.mode == super::body::UsedMode::Json {
                             o["json_paths"] = json!(b.paths);

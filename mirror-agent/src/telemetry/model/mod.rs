@@ -178,6 +178,9 @@ const CHANGE: &str = "change";
 const DIRECTION: &str = "direction";
 const ERROR_TYPE: &str = "error.type";
 const KIND: &str = "kind";
+const METHOD: &str = "http.request.method";
+const ROUTE: &str = "http.route";
+const RESULT: &str = "result";
 const STATUS_CLASS: &str = "http.response.status_class";
 
 const DROP_REASONS: [(DropReason, &str); 5] = [
@@ -756,6 +759,83 @@ pub static DEFS: &[MetricDef] = &[
         read: |s, o| {
             if let Some(c) = &s.compare {
                 p(o, &[], c.diff_log.errors);
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.noise_only",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Compared requests whose header and body differences were all noise learned from the baseline mirror (role=baseline): not counted as mismatches.",
+        read: |s, o| per_compare(s, o, |m, n, o| p(o, &[(MIRROR, n)], m.noise_only)),
+    },
+    MetricDef {
+        name: "mirror.compare.baseline_waits_expired",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Candidate verdicts that stopped waiting for the baseline's answer to the same request and were judged with the noise learned so far.",
+        read: |s, o| {
+            if s.compare.as_ref().is_some_and(|c| c.noise.is_some()) {
+                per_compare(s, o, |m, n, o| {
+                    p(o, &[(MIRROR, n)], m.baseline_wait_expired)
+                })
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.endpoint.requests",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "With a baseline mirror: compared requests per mirror and endpoint (method and path template), by result (real: a real difference; noise_only: only noise differed; same).",
+        read: |s, o| {
+            if let Some(c) = &s.compare {
+                for ((endpoint, mirror), k) in &c.endpoints {
+                    let name = c.mirrors.get(*mirror).map_or("", |m| m.name.as_str());
+                    let (method, route) = endpoint.split_once(' ').unwrap_or(("", endpoint));
+                    let method = crate::telemetry::semconv::normalize_method(method);
+                    let at = |result| {
+                        [
+                            (MIRROR, name),
+                            (METHOD, method),
+                            (ROUTE, route),
+                            (RESULT, result),
+                        ]
+                    };
+                    p(o, &at("real"), k.real);
+                    p(o, &at("noise_only"), k.noise_only);
+                    p(o, &at("same"), k.compared - k.real - k.noise_only);
+                }
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.noise.fields",
+        kind: Kind::Gauge,
+        unit: Unit::Count("{field}"),
+        help: "Noise fields (headers, JSON paths, whole bodies) learned from the baseline mirror per endpoint.",
+        read: |s, o| {
+            if let Some(n) = s.compare.as_ref().and_then(|c| c.noise.as_ref()) {
+                for e in &n.endpoints {
+                    let (method, route) = e.endpoint.split_once(' ').unwrap_or(("", &e.endpoint));
+                    let method = crate::telemetry::semconv::normalize_method(method);
+                    p(
+                        o,
+                        &[(METHOD, method), (ROUTE, route)],
+                        e.fields.len() as u64,
+                    );
+                }
+            }
+        },
+    },
+    MetricDef {
+        name: "mirror.compare.noise.not_learned",
+        kind: Kind::Counter,
+        unit: Unit::Count("{field}"),
+        help: "What the noise table had no room for, by reason (endpoints_full: primary/baseline pairs of endpoints over the table's bound; fields_full: fields of an endpoint over its bound).",
+        read: |s, o| {
+            if let Some(n) = s.compare.as_ref().and_then(|c| c.noise.as_ref()) {
+                p(o, &[(REASON, "endpoints_full")], n.losses.endpoints_full);
+                p(o, &[(REASON, "fields_full")], n.losses.fields_full);
             }
         },
     },

@@ -68,6 +68,24 @@ pub(super) fn all() -> Snapshots {
                 suppressed: 5,
                 errors: 0,
             },
+            endpoints: [(
+                ("GET /users/{n}".to_string(), 0),
+                crate::compare::EndpointCounts {
+                    compared: 3,
+                    real: 1,
+                    noise_only: 1,
+                },
+            )]
+            .into_iter()
+            .collect(),
+            noise: Some(crate::compare::NoiseSnapshot {
+                baseline: "app-v1b".into(),
+                endpoints: vec![crate::compare::noise::EndpointFields {
+                    endpoint: "GET /users/{n}".into(),
+                    fields: vec![("header:x-host".into(), 3)],
+                }],
+                losses: Default::default(),
+            }),
             ..Default::default()
         }),
         otlp: Some(crate::telemetry::export_stats::ExportSnapshot {
