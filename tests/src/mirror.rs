@@ -30,6 +30,76 @@ pub enum Behavior {
     /// A small JSON API for the comparison tests (see [`json_api`]), as the primary or the
     /// mirror answers it.
     JsonApi(ApiSide),
+    /// A JSON API whose answers differ on every response, like a real service's (see
+    /// [`noisy_api`]), as one instance of it.
+    NoisyApi(Instance),
+}
+
+/// Which instance of [`noisy_api`] a server is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Instance {
+    /// The primary, and a second instance of its version (the baseline mirror).
+    Current(&'static str),
+    /// The version under test: one real change, `plan` on `/users/N`.
+    Candidate(&'static str),
+}
+
+/// A service's API whose answers differ between instances and on every response: a response
+/// id and a timestamp in the JSON, the instance's name (JSON and `X-Served-By`), a per-response
+/// `X-Trace` header; `/orders/ID` has a timestamp in each item, `/health` is text naming the
+/// instance. None of these is ignored by the agent by default. The candidate changes one real
+/// field on one endpoint: `$.user.plan` of `/users/N` is `pro` instead of `free`.
+pub fn noisy_api(instance: Instance, request: &[u8]) -> Vec<u8> {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let line =
+        String::from_utf8_lossy(&request[..find(request, b"\r\n").unwrap_or(0)]).into_owned();
+    let target = line.split(' ').nth(1).unwrap_or("");
+    let path = target.split('?').next().unwrap_or("");
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    let (name, plan) = match instance {
+        Instance::Current(name) => (name, "free"),
+        Instance::Candidate(name) => (name, "pro"),
+    };
+    let response_id = format!("{name}-{n}-{stamp:x}");
+    let (status, content_type, body) = if let Some(id) = path.strip_prefix("/users/") {
+        (
+            200,
+            "application/json",
+            format!(
+                r#"{{"response_id":"{response_id}","at":{stamp},"served_by":"{name}","user":{{"id":{id},"name":"user-{id}","plan":"{plan}"}}}}"#
+            ),
+        )
+    } else if let Some(id) = path.strip_prefix("/orders/") {
+        let items: Vec<String> = (0..3)
+            .map(|i| format!(r#"{{"sku":"sku-{i}","qty":{},"at":{}}}"#, i + 1, stamp + i))
+            .collect();
+        (
+            200,
+            "application/json",
+            format!(
+                r#"{{"order":"{id}","items":[{}],"served_by":"{name}","response_id":"{response_id}"}}"#,
+                items.join(",")
+            ),
+        )
+    } else if path == "/health" {
+        (200, "text/plain", format!("ok from {name} at {stamp}\n"))
+    } else {
+        (
+            404,
+            "application/json",
+            r#"{"error":"not found"}"#.to_string(),
+        )
+    };
+    format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nX-Served-By: {name}\r\n\
+         X-Trace: {n:x}-{stamp:x}\r\nContent-Length: {}\r\n\r\n{body}",
+        if status == 200 { "OK" } else { "Not Found" },
+        body.len()
+    )
+    .into_bytes()
 }
 
 /// Which side of the comparison a [`Behavior::JsonApi`] server plays.
@@ -209,6 +279,7 @@ fn serve(
             let summary = summarize(&bytes);
             let api = match behavior {
                 Behavior::JsonApi(side) => json_api(side, &bytes, index),
+                Behavior::NoisyApi(instance) => noisy_api(instance, &bytes),
                 _ => Vec::new(),
             };
             rec.lock().unwrap().push(Received { peer, index, bytes });
@@ -236,7 +307,7 @@ fn serve(
                     reset(&conn);
                     return;
                 }
-                Behavior::JsonApi(_) => {
+                Behavior::JsonApi(_) | Behavior::NoisyApi(_) => {
                     if conn.write_all(&api).is_err() {
                         return;
                     }

@@ -2,10 +2,12 @@
 //! veth address, mirrors on the node's loopback (not on the captured interface), and the agent
 //! capturing the primary's port. Clients run in the client namespace.
 
+use std::io::Read;
+use std::net::TcpStream;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::agent::{Agent, Summary};
 use crate::mirror::{Behavior, MirrorTable, RecordingServer};
@@ -190,4 +192,39 @@ pub fn curl_request_shapes(
             &format!("{base}/chunked"),
         ],
     );
+}
+
+/// Reads `n` Content-Length-framed responses from `s` (10 s at most); returns the status and
+/// body of each.
+pub fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
+    let mut buf = Vec::new();
+    let mut out = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let mut chunk = [0u8; 8192];
+    while out.len() < n {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut r = httparse::Response::new(&mut headers);
+        if let Ok(httparse::Status::Complete(head)) = r.parse(&buf) {
+            let len: usize = r
+                .headers
+                .iter()
+                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
+                .expect("the server frames by Content-Length");
+            if buf.len() >= head + len {
+                let status = r.code.unwrap_or(0);
+                out.push((
+                    status,
+                    String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
+                ));
+                buf.drain(..head + len);
+                continue;
+            }
+        }
+        assert!(Instant::now() < deadline, "responses: got {out:?}");
+        let k = s.read(&mut chunk).expect("read from the server");
+        assert!(k > 0, "the server closed early; got {out:?}");
+        buf.extend_from_slice(&chunk[..k]);
+    }
+    out
 }

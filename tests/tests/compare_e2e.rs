@@ -11,13 +11,13 @@
 //! pipelined responses were paired with their own requests) and holding no credential. Run
 //! again with `--compare-ignore json:$.count`: no body mismatch, one diff-log line.
 
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use mirror_tests::mirror::{ApiSide, Behavior, RecordingServer, compare_row};
 use mirror_tests::scenario::{
-    Family, start_agent, start_mirror, start_primary_with, stop_agent, url,
+    Family, read_responses, start_agent, start_mirror, start_primary_with, stop_agent, url,
 };
 use mirror_tests::{TempDir, Topology, privileged_or_skip};
 
@@ -28,40 +28,6 @@ fn request(path: &str) -> String {
     format!(
         "GET {path} HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer {SECRET}\r\nAccept: application/json\r\n\r\n"
     )
-}
-
-/// Reads `n` Content-Length-framed responses from `s`; returns (status, body) of each.
-fn read_responses(s: &mut TcpStream, n: usize) -> Vec<(u16, String)> {
-    let mut buf = Vec::new();
-    let mut out = Vec::new();
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut chunk = [0u8; 8192];
-    while out.len() < n {
-        let mut headers = [httparse::EMPTY_HEADER; 32];
-        let mut r = httparse::Response::new(&mut headers);
-        if let Ok(httparse::Status::Complete(head)) = r.parse(&buf) {
-            let len: usize = r
-                .headers
-                .iter()
-                .find(|h| h.name.eq_ignore_ascii_case("content-length"))
-                .and_then(|h| std::str::from_utf8(h.value).ok()?.trim().parse().ok())
-                .expect("the primary frames by Content-Length");
-            if buf.len() >= head + len {
-                let status = r.code.unwrap_or(0);
-                out.push((
-                    status,
-                    String::from_utf8_lossy(&buf[head..head + len]).into_owned(),
-                ));
-                buf.drain(..head + len);
-                continue;
-            }
-        }
-        assert!(Instant::now() < deadline, "responses: got {out:?}");
-        let k = s.read(&mut chunk).expect("read from the primary");
-        assert!(k > 0, "the primary closed early; got {out:?}");
-        buf.extend_from_slice(&chunk[..k]);
-    }
-    out
 }
 
 /// Sends the test's seven requests on one connection; returns the paths in sending order.

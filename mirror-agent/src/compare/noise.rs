@@ -64,10 +64,7 @@ fn collapse(seg: &str) -> &str {
     if !seg.is_empty() && seg.bytes().all(|b| b.is_ascii_digit()) {
         "{n}"
     } else if seg.len() == 36
-        && seg
-            .split('-')
-            .map(str::len)
-            .eq([8usize, 4, 4, 4, 12])
+        && seg.split('-').map(str::len).eq([8usize, 4, 4, 4, 12])
         && seg.split('-').all(hex)
     {
         "{uuid}"
