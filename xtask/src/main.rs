@@ -44,7 +44,7 @@ enum Command {
     /// Run the self-contained demo in network namespaces.
     Demo,
     /// Benchmarks: capture (with its bulk-upload section), bulk (that section alone),
-    /// pipeline, mirror.
+    /// pipeline, mirror, connections (agent CPU as client connections and mirrors grow).
     Bench { which: String },
     /// Run each cargo-fuzz target of mirror-agent/fuzz for a fixed time; print a table; fail on
     /// any crash, leak, timeout or out-of-memory artifact.
@@ -72,9 +72,10 @@ fn main() -> anyhow::Result<()> {
             "bulk" => bench_bulk::run(),
             "pipeline" => bench_pipeline::run(),
             "mirror" => bench_mirror::run(),
+            "connections" => bench_mirror::connections::run(),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror)"
+                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror, connections)"
                 )
             }
         },

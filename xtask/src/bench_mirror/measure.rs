@@ -207,6 +207,23 @@ impl AgentTable {
     }
 }
 
+/// Copies sent to all the `fast*` mirrors together (the `sent` column of their rows).
+pub fn sent_by_all(log: &str) -> u64 {
+    let lines: Vec<&str> = log.lines().collect();
+    let Some(header) = lines
+        .iter()
+        .rposition(|l| l.starts_with("mirror ") && l.contains(" sampled "))
+    else {
+        return 0;
+    };
+    lines[header + 1..]
+        .iter()
+        .take_while(|l| !l.starts_with("captured requests:"))
+        .filter(|l| l.starts_with("fast"))
+        .filter_map(|l| l.split_whitespace().nth(3)?.parse::<u64>().ok())
+        .sum()
+}
+
 /// Parses the replay exit table: the `fast` row (name pct sampled sent 2xx 3xx 4xx 5xx errors
 /// timeouts dropped p50 p99), its loss line and the `captured requests:` line.
 pub fn parse_agent_table(log: &str) -> Option<AgentTable> {
@@ -268,6 +285,12 @@ mod tests {
                    mirror compared status_class status_code no_response primary_missing\n\
                    fast 990 0 0 0 0\n";
         let t = parse_agent_table(log).expect("parses");
+        assert_eq!(sent_by_all(log), 990);
+        let three = log.replace(
+            "fast 100 1000 990",
+            "fast 100 1000 990 0 0 0 0 0 0 0 - -\nfast-2 100 1000 980",
+        );
+        assert_eq!(sent_by_all(&three), 1970);
         assert_eq!((t.captured, t.sampled, t.sent), (1000, 1000, 990));
         assert_eq!(
             (t.errors, t.timeouts, t.dropped, t.queue_full),

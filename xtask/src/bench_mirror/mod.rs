@@ -51,6 +51,7 @@
 //! use instead of building the release one, for before/after pairs), and any `MIRROR_*` option
 //! of the agent itself (e.g. `MIRROR_QUEUE_SIZE`), which the agent inherits and the bench prints.
 
+pub mod connections;
 mod measure;
 mod world;
 
@@ -136,6 +137,10 @@ struct Plan {
     /// wrk paced (see `PACE_MS`) rather than at full rate.
     paced: bool,
     mirror: MirrorKind,
+    /// wrk's client connections.
+    connections: u32,
+    /// Mirrors at 100%, all served by the same mirror server (names `fast`, `fast-2`, ...).
+    mirrors: u32,
 }
 
 struct Run {
@@ -158,6 +163,9 @@ impl Plan {
         if self.mirror == MirrorKind::Nginx && self.mode != Mode::Without {
             l.push_str(", nginx mirror");
         }
+        if self.mirrors > 1 && self.mode != Mode::Without {
+            l.push_str(&format!(", {} mirrors", self.mirrors));
+        }
         l
     }
 }
@@ -174,6 +182,8 @@ struct Classifier {
 struct AgentRun {
     classifier: Option<Classifier>,
     cpu: f64,
+    /// Copies sent to every mirror together.
+    sent_all: u64,
     rss_kib: u64,
     table: AgentTable,
     capture: Option<String>,
@@ -334,7 +344,7 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
         world::pin(world.pid(nginx_mirror), &mirror_cpus)?;
         world::pin(world.pid(fast_mirror), &mirror_cpus)?;
         // Warm-up.
-        wrk(world, s, layout, 2, false)?;
+        wrk(world, s, layout, 2, false, s.connections)?;
         // `off` before and after `on`: the ratio's baseline is their mean.
         use MirrorKind::{Fast, Nginx};
         let mut plan = vec![
@@ -357,6 +367,8 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
                 mode,
                 paced,
                 mirror: kind,
+                connections: s.connections,
+                mirrors: 1,
             };
             println!(
                 "bench mirror: {} s of wrk{}, layout {}, agent: {} ...",
@@ -375,11 +387,18 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
     Ok(runs)
 }
 
-fn wrk(world: &World, s: &Settings, layout: Layout, secs: u64, paced: bool) -> Result<Wrk> {
+fn wrk(
+    world: &World,
+    s: &Settings,
+    layout: Layout,
+    secs: u64,
+    paced: bool,
+    connections: u32,
+) -> Result<Wrk> {
     let [node_cpus, _, _] = layout.cpus(s.ncpu);
     let url = format!("http://{PRIMARY}:{PORT}/bench");
     let mut cmd = ns_cmd_on(NS[0], Some(&node_cpus), "wrk");
-    let connections = s.connections.to_string();
+    let connections = connections.to_string();
     cmd.args([
         "-t",
         "2",
@@ -411,10 +430,12 @@ fn one(
         mode,
         paced,
         mirror: kind,
+        connections,
+        mirrors,
     } = plan;
     let load = measure::loadavg();
     let name = format!(
-        "agent-{}-{mode:?}-{kind:?}{}",
+        "agent-{}-{mode:?}-{kind:?}{}-c{connections}-m{mirrors}",
         layout.name(),
         if paced { "-paced" } else { "" }
     );
@@ -428,11 +449,18 @@ fn one(
         let [_, _, agent_cpus] = layout.cpus(s.ncpu);
         let mut cmd = ns_cmd_on(NS[1], Some(&agent_cpus), s.agent_bin.to_str().unwrap());
         cmd.args(["--iface", "mbn", "--port", &PORT.to_string()])
-            .args([
-                "--mirror",
-                &format!("http://{MIRROR}:{mirror_port},name=fast"),
-            ])
             .env("NO_COLOR", "1");
+        for m in 1..=mirrors {
+            let name = if m == 1 {
+                "fast".to_string()
+            } else {
+                format!("fast-{m}")
+            };
+            cmd.args([
+                "--mirror",
+                &format!("http://{MIRROR}:{mirror_port},name={name}"),
+            ]);
+        }
         if mode == Mode::Compare {
             cmd.arg("--compare");
         }
@@ -458,7 +486,7 @@ fn one(
         measure::cpu_times(),
     );
     let t0 = Instant::now();
-    let w = wrk(world, s, layout, s.secs, paced)?;
+    let w = wrk(world, s, layout, s.secs, paced, connections)?;
     std::thread::sleep(DRAIN);
     let wall = t0.elapsed().as_secs_f64();
     let k1 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
@@ -475,6 +503,7 @@ fn one(
             Some(AgentRun {
                 cpu,
                 rss_kib,
+                sent_all: measure::sent_by_all(&log),
                 table: measure::parse_agent_table(&log).with_context(|| {
                     format!("no mirror table in the agent log {name}.err:\n{log}")
                 })?,
@@ -533,6 +562,19 @@ fn compare_table(log: &str) -> Option<String> {
 }
 
 fn report(s: &Settings, load: &str, runs: &[Run]) {
+    print_header(s, load);
+    println!(
+        "each run: wrk -t 2 -c {} for {} s (keep-alive GET), back to back; mirror 100% to fast-mirror (or nginx where named); \
+         ratio = primary req/s / mean of the same layout's `off` runs (before and after); paced: \
+         each connection waits {PACE_MS} ms after every response",
+        s.connections, s.secs
+    );
+    print_runs(runs);
+    print_targets(runs);
+}
+
+/// The machine, commit, agent and its settings, and the layouts.
+fn print_header(s: &Settings, load: &str) {
     let commit = Command::new("git")
         .args(["describe", "--always", "--dirty"])
         .output()
@@ -567,19 +609,17 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     for l in &s.layouts {
         println!("layout {}: {}", l.name(), l.describe(s.ncpu));
     }
-    println!(
-        "each run: wrk -t 2 -c {} for {} s (keep-alive GET), back to back; mirror 100% to fast-mirror (or nginx where named); \
-         ratio = primary req/s / mean of the same layout's `off` runs (before and after); paced: \
-         each connection waits {PACE_MS} ms after every response",
-        s.connections, s.secs
-    );
+}
+
+/// A table row per run, then each run's details (replay, capture line, classifier, losses).
+fn print_runs(runs: &[Run]) {
     println!();
     println!(
-        "| layout | agent | load before | primary req/s | ratio | p99 ms | captured | mirrored | completeness (mirrored / captured) | mirrored / served | shortfall: queue full / other; kernel ring full | agent CPU / mirrored req | CPU share agent / primary / mirror | CPU busy % (softirq, steal) per CPU | agent RSS |"
+        "| layout | wrk -c | agent | load before | primary req/s | ratio | p99 ms | captured | mirrored | completeness (mirrored / captured) | mirrored / served | shortfall: queue full / other; kernel ring full | agent CPU / mirrored req | CPU share agent / primary / mirror | CPU busy % (softirq, steal) per CPU | agent RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
-        let ratio = base_rps(runs, r.plan.layout, r.plan.paced)
+        let ratio = base_rps_at(runs, r.plan.layout, r.plan.paced, Some(r.plan.connections))
             .map_or("-".into(), |b| format!("{:.3}", r.wrk.rps / b));
         let share = |cpu: f64| format!("{:.0}%", cpu * 100.0 / r.wall);
         let (captured, mirrored, compl, served, short, us, agent_share, rss) = match &r.agent {
@@ -605,8 +645,9 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
         };
         let dash = |v: String| if v.is_empty() { "-".into() } else { v };
         println!(
-            "| {} | {} | {} | {:.0} | {ratio} | {:.2} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |",
+            "| {} | {} | {} | {} | {:.0} | {ratio} | {:.2} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} | {} |",
             r.plan.layout.name(),
+            r.plan.connections,
             r.plan.label(),
             r.load,
             r.wrk.rps,
@@ -627,7 +668,12 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
     println!();
     for r in runs {
         let Some(a) = &r.agent else { continue };
-        let tag = format!("{} / {}", r.plan.layout.name(), r.plan.label());
+        let tag = format!(
+            "{} / -c {} / {}",
+            r.plan.layout.name(),
+            r.plan.connections,
+            r.plan.label()
+        );
         println!(
             "[{tag}] wrk served {}, agent captured {}, sampled {}, mirrored {}; agent CPU {:.1} s, \
              {:.1} us per captured request; replay: {}",
@@ -659,6 +705,10 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
             }
         }
     }
+}
+
+/// Issue 4's targets per layout, the paced pair, and comparison mode's cost.
+fn print_targets(runs: &[Run]) {
     println!();
     let ok = |b: bool| if b { "met" } else { "MISSED" };
     for r in runs
@@ -740,10 +790,18 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
 /// The mean primary throughput of the runs without the agent in this layout and pacing (the
 /// `off` runs bracketing the one with the agent).
 fn base_rps(runs: &[Run], layout: Layout, paced: bool) -> Option<f64> {
+    base_rps_at(runs, layout, paced, None)
+}
+
+/// [`base_rps`] of the runs with `connections` client connections (`None`: any).
+fn base_rps_at(runs: &[Run], layout: Layout, paced: bool, connections: Option<u32>) -> Option<f64> {
     let off: Vec<f64> = runs
         .iter()
         .filter(|r| {
-            r.plan.layout == layout && r.plan.paced == paced && r.plan.mode == Mode::Without
+            r.plan.layout == layout
+                && r.plan.paced == paced
+                && r.plan.mode == Mode::Without
+                && connections.is_none_or(|c| r.plan.connections == c)
         })
         .map(|r| r.wrk.rps)
         .collect();

@@ -1,0 +1,223 @@
+//! `cargo xtask bench connections`: issue 17's measure in one run. The agent's CPU per mirrored
+//! request as client connections grow, and what each extra mirror adds, pinned layout (wrk and
+//! the primary nginx on CPU 0; the agent and fast-mirror on CPU 1), against the fast mirror.
+//!
+//! For each count in `MIRROR_BENCH_CONNECTIONS` (default `32,1000,10000`): `off`, `on` (one
+//! mirror at 100%), `on` with `1 + MIRROR_BENCH_EXTRA_MIRRORS` mirrors at 100% (default 2 extra;
+//! every mirror is served by the same fast-mirror under its own name), `off` again. Each run
+//! lasts `MIRROR_BENCH_SECS` (default 10). Printed: the usual run table (see the module above),
+//! then one row per count: agent CPU per mirrored request with one mirror and its ratio to the
+//! first count's, agent CPU per captured request with every mirror and the cost per extra mirror
+//! ((that - one mirror's per captured request) / extra mirrors), peak RSS, primary ratio,
+//! completeness; then the issue's targets, met or missed.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+use super::world::{FAST_PORT, MIRROR, NS, PRIMARY, World};
+use super::{
+    Layout, MirrorKind, Mode, Plan, Run, Settings, base_rps_at, measure, one, print_header,
+    print_runs, raise_open_files, wrk,
+};
+use crate::netns::{ns_cmd, wait_port};
+use crate::util::is_root;
+
+const DEFAULT_COUNTS: &str = "32,1000,10000";
+const DEFAULT_SECS: u64 = 10;
+const DEFAULT_EXTRA: u32 = 2;
+
+pub fn run() -> Result<()> {
+    if !is_root() {
+        bail!("bench connections needs root (namespaces, eBPF)");
+    }
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let ncpu = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if ncpu < 2 {
+        bail!("bench connections needs the pinned layout: 2 CPUs, this machine has {ncpu}");
+    }
+    let secs = env("MIRROR_BENCH_SECS").map_or(Ok(DEFAULT_SECS), |v| v.parse())?;
+    let extra: u32 = env("MIRROR_BENCH_EXTRA_MIRRORS").map_or(Ok(DEFAULT_EXTRA), |v| v.parse())?;
+    let counts: Vec<u32> = env("MIRROR_BENCH_CONNECTIONS")
+        .as_deref()
+        .unwrap_or(DEFAULT_COUNTS)
+        .split(',')
+        .map(|c| c.trim().parse::<u32>())
+        .collect::<Result<_, _>>()
+        .context("MIRROR_BENCH_CONNECTIONS: a comma-separated list of numbers")?;
+    if counts.is_empty() || counts.iter().any(|c| !(2..=16_000).contains(c)) || extra > 8 {
+        bail!("MIRROR_BENCH_CONNECTIONS: counts in 2-16000; MIRROR_BENCH_EXTRA_MIRRORS: 0-8");
+    }
+    raise_open_files(*counts.iter().max().unwrap_or(&32))?;
+    let agent_bin = match env("MIRROR_BENCH_AGENT") {
+        Some(p) => std::path::PathBuf::from(p),
+        None => crate::ebpf::release_agent()?,
+    };
+    crate::util::sh(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "mirror-tests",
+        "--bin",
+        "fast-mirror",
+    ]))?;
+    let s = Settings {
+        secs,
+        layouts: vec![Layout::Pinned],
+        compare: false,
+        agent_bin,
+        fast_mirror_bin: crate::util::target_dir().join("release/fast-mirror"),
+        ncpu,
+        connections: counts[0],
+    };
+    let load = measure::loadavg();
+    let _bpf_stats = measure::BpfStats::enable();
+    let mut world = World::default();
+    let runs = bench(&mut world, &s, &counts, extra);
+    drop(world);
+    let runs = runs?;
+    print_header(&s, &load);
+    println!(
+        "each run: wrk -t 2 -c N for {secs} s (keep-alive GET), back to back per count: off, on \
+         (1 mirror), on ({} mirrors), off; every mirror at 100% to fast-mirror; ratio = primary \
+         req/s / mean of the count's two `off` runs",
+        1 + extra
+    );
+    print_runs(&runs);
+    summary(&runs, &counts, extra);
+    Ok(())
+}
+
+fn bench(world: &mut World, s: &Settings, counts: &[u32], extra: u32) -> Result<Vec<Run>> {
+    world.create()?;
+    let primary = world.nginx(NS[1], "primary", PRIMARY)?;
+    let fast = world.spawn(
+        ns_cmd(
+            NS[2],
+            s.fast_mirror_bin.to_str().context("fast-mirror path")?,
+        )
+        .arg(format!("{MIRROR}:{FAST_PORT}")),
+        "fast-mirror",
+    )?;
+    wait_port(NS[2], MIRROR, FAST_PORT, || Ok(()))?;
+    let layout = Layout::Pinned;
+    let [node_cpus, mirror_cpus, _] = layout.cpus(s.ncpu);
+    super::world::pin(world.pid(primary), &node_cpus)?;
+    super::world::pin(world.pid(fast), &mirror_cpus)?;
+    let mut runs = Vec::new();
+    for &connections in counts {
+        wrk(world, s, layout, 2, false, connections)?;
+        for (mode, mirrors) in [
+            (Mode::Without, 1),
+            (Mode::With, 1),
+            (Mode::With, 1 + extra),
+            (Mode::Without, 1),
+        ] {
+            if mode == Mode::With && mirrors > 1 && extra == 0 {
+                continue;
+            }
+            let plan = Plan {
+                layout,
+                mode,
+                paced: false,
+                mirror: MirrorKind::Fast,
+                connections,
+                mirrors,
+            };
+            println!(
+                "bench connections: {} s of wrk -c {connections}, agent: {} ...",
+                s.secs,
+                plan.label()
+            );
+            runs.push(one(world, s, plan, (primary, fast))?);
+        }
+    }
+    Ok(runs)
+}
+
+fn summary(runs: &[Run], counts: &[u32], extra: u32) {
+    let find = |c: u32, mirrors: u32| {
+        runs.iter().find(|r| {
+            r.plan.connections == c && r.plan.mode == Mode::With && r.plan.mirrors == mirrors
+        })
+    };
+    println!();
+    println!(
+        "| wrk -c | agent CPU / mirrored req, 1 mirror | vs -c {} | agent CPU / captured req, {} mirrors | per extra mirror | peak RSS, 1 / {} mirrors | primary ratio, 1 / {} mirrors | completeness, 1 / {} mirrors |",
+        counts[0],
+        1 + extra,
+        1 + extra,
+        1 + extra,
+        1 + extra
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    let first = find(counts[0], 1).and_then(|r| r.agent.as_ref().map(|a| a.us_per()));
+    let mut verdicts = Vec::new();
+    let ok = |b: bool| if b { "met" } else { "MISSED" };
+    for &c in counts {
+        let Some(one_run) = find(c, 1) else { continue };
+        let Some(a1) = &one_run.agent else { continue };
+        let many = find(c, 1 + extra).and_then(|r| r.agent.as_ref().map(|a| (r, a)));
+        let base = base_rps_at(runs, Layout::Pinned, false, Some(c)).unwrap_or(f64::NAN);
+        let per_captured = |a: &super::AgentRun| a.cpu * 1e6 / a.table.captured.max(1) as f64;
+        let per_extra =
+            many.map(|(_, a)| (per_captured(a) - per_captured(a1)) / f64::from(extra.max(1)));
+        let vs = first.map(|f| a1.us_per() / f);
+        let mib = |a: &super::AgentRun| a.rss_kib as f64 / 1024.0;
+        let complete = |a: &super::AgentRun, mirrors: u32| {
+            a.sent_all as f64 * 100.0 / (a.table.captured.max(1) * u64::from(mirrors)) as f64
+        };
+        println!(
+            "| {c} | {:.2} us | {} | {} | {} | {:.1} / {} MiB | {:.3} / {} | {:.3}% / {} |",
+            a1.us_per(),
+            vs.map_or("-".into(), |v| format!("{v:.2}x")),
+            many.map_or("-".into(), |(_, a)| format!("{:.2} us", per_captured(a))),
+            per_extra.map_or("-".into(), |v| format!("{v:+.2} us")),
+            mib(a1),
+            many.map_or("-".into(), |(_, a)| format!("{:.1}", mib(a))),
+            one_run.wrk.rps / base,
+            many.map_or("-".into(), |(r, _)| format!("{:.3}", r.wrk.rps / base)),
+            complete(a1, 1),
+            many.map_or("-".into(), |(_, a)| format!(
+                "{:.3}%",
+                complete(a, 1 + extra)
+            )),
+        );
+        if c == counts[0] {
+            verdicts.push(format!(
+                "-c {c}: {:.2} us per mirrored request (<= 2: {})",
+                a1.us_per(),
+                ok(a1.us_per() <= 2.0)
+            ));
+        } else if let Some(v) = vs {
+            verdicts.push(format!(
+                "-c {c}: {v:.2}x the -c {} figure (<= 1.25x: {})",
+                counts[0],
+                ok(v <= 1.25)
+            ));
+        }
+        if let Some(e) = per_extra {
+            verdicts.push(format!(
+                "-c {c}: {e:+.2} us per extra mirror (<= 1: {})",
+                ok(e <= 1.0)
+            ));
+        }
+        if c >= 10_000 {
+            verdicts.push(format!(
+                "-c {c}: peak RSS {:.1} MiB (<= 64: {})",
+                mib(a1),
+                ok(mib(a1) <= 64.0)
+            ));
+        }
+        let ratio = one_run.wrk.rps / base;
+        verdicts.push(format!(
+            "-c {c}: primary ratio {ratio:.3} (>= 0.99: {})",
+            ok(ratio >= 0.99)
+        ));
+    }
+    println!();
+    println!("issue 17 targets:");
+    for v in verdicts {
+        println!("- {v}");
+    }
+}
