@@ -65,6 +65,10 @@ pub(super) type Slot = u32;
 pub(super) struct FlowTable {
     index: HashMap<FlowKey, Slot>,
     slots: Vec<Option<(FlowKey, Flow)>>,
+    /// Each slot's latest touch stamp (0: free), beside the flows: trimming the lazy LRU
+    /// queue reads this dense array instead of every flow's cache lines (with 10000 flows
+    /// that was two cache misses per segment).
+    stamps: Vec<u64>,
     free: Vec<Slot>,
     lru: VecDeque<(Slot, u64)>,
     /// Flows holding bytes (out-of-order data or a partial message), by last activity.
@@ -90,10 +94,12 @@ impl FlowTable {
         let slot = match self.free.pop() {
             Some(s) => {
                 self.slots[s as usize] = Some((key, flow));
+                self.stamps[s as usize] = 0;
                 s
             }
             None => {
                 self.slots.push(Some((key, flow)));
+                self.stamps.push(0);
                 (self.slots.len() - 1) as Slot
             }
         };
@@ -115,6 +121,7 @@ impl FlowTable {
 
     pub fn remove(&mut self, slot: Slot) -> Option<Flow> {
         let (key, flow) = self.slots.get_mut(slot as usize)?.take()?;
+        self.stamps[slot as usize] = 0;
         self.index.remove(&key);
         self.free.push(slot);
         Some(flow)
@@ -126,18 +133,19 @@ impl FlowTable {
         let stamp = self.next_touch;
         if let Some(f) = self.get_mut(slot) {
             f.touch = stamp;
+            self.stamps[slot as usize] = stamp;
         }
         self.lru.push_back((slot, stamp));
         if self.lru.len() > 2 * self.index.len() + 64 {
-            let slots = &self.slots;
-            self.lru.retain(|(s, st)| is_current(slots, *s, *st));
+            let stamps = &self.stamps;
+            self.lru.retain(|(s, st)| is_current(stamps, *s, *st));
         }
     }
 
     /// Least recently active flow, skipping (and dropping) stale queue entries.
     pub fn oldest(&mut self) -> Option<Slot> {
         while let Some(&(slot, stamp)) = self.lru.front() {
-            if is_current(&self.slots, slot, stamp) {
+            if is_current(&self.stamps, slot, stamp) {
                 return Some(slot);
             }
             self.lru.pop_front();
@@ -242,9 +250,8 @@ fn current_where(
         .is_some_and(|(_, f)| f.touch == stamp && pred(f))
 }
 
-fn is_current(slots: &[Option<(FlowKey, Flow)>], slot: Slot, stamp: u64) -> bool {
-    slots
-        .get(slot as usize)
-        .and_then(Option::as_ref)
-        .is_some_and(|(_, f)| f.touch == stamp)
+/// The entry is the latest touch of a flow still in the table (stamps start at 1; a free
+/// slot's is 0).
+fn is_current(stamps: &[u64], slot: Slot, stamp: u64) -> bool {
+    stamps.get(slot as usize) == Some(&stamp)
 }

@@ -60,7 +60,14 @@ struct QueueState<F> {
     ready: VecDeque<u64>,
     /// The workers are gone (drained or aborted): offers are shutdown drops.
     closed: bool,
+    /// Empty job queues of flows that left, kept for the next flows: with many client
+    /// connections nearly every copy arrives on a flow with nothing queued, and each would
+    /// otherwise allocate a queue and free it when its batch is done.
+    spare: Vec<VecDeque<Job<F>>>,
 }
+
+/// Spare job queues kept at most (see [`QueueState::spare`]).
+const MAX_SPARE_QUEUES: usize = 256;
 
 impl<F> Default for QueueState<F> {
     fn default() -> Self {
@@ -68,6 +75,7 @@ impl<F> Default for QueueState<F> {
             flows: HashMap::new(),
             ready: VecDeque::new(),
             closed: false,
+            spare: Vec::new(),
         }
     }
 }
@@ -111,6 +119,9 @@ impl<F> Queue<F> {
     fn take(&self, batch: &mut Batch<F>, flows: &mut Vec<u64>, conn: Option<&Conn>) {
         let mut st = lock(&self.state);
         let st = &mut *st;
+        // Request bytes in `batch`, kept as it grows (summing it per flow would cost
+        // quadratic time in batches of many one-copy flows).
+        let mut bytes = batch.iter().map(|j| j.copy.bytes.len()).sum();
         while let Some(id) = st.ready.pop_front() {
             let Some(flow) = st.flows.get_mut(&id) else {
                 continue;
@@ -119,9 +130,9 @@ impl<F> Queue<F> {
                 continue;
             }
             flow.busy = true;
-            take_batch(&mut flow.jobs, batch, conn);
+            take_batch(&mut flow.jobs, batch, &mut bytes, conn);
             flows.push(id);
-            if !room_behind(batch, conn) {
+            if !room_behind(batch, bytes, conn) {
                 return;
             }
         }
@@ -137,7 +148,12 @@ impl<F> Queue<F> {
             };
             flow.busy = false;
             if flow.jobs.is_empty() {
-                st.flows.remove(&id);
+                if let Some(gone) = st.flows.remove(&id)
+                    && st.spare.len() < MAX_SPARE_QUEUES
+                    && gone.jobs.capacity() <= exchange::MAX_BATCH
+                {
+                    st.spare.push(gone.jobs);
+                }
                 false
             } else {
                 st.ready.push_back(id);
@@ -231,7 +247,11 @@ impl<O: ReplayObserver> Dispatcher<O> {
                 .resolve(job, Outcome::Dropped(DropReason::Shutdown));
             return false;
         }
-        let flow = st.flows.entry(id).or_default();
+        let state = &mut *st;
+        let flow = state.flows.entry(id).or_insert_with(|| FlowQueue {
+            jobs: state.spare.pop().unwrap_or_default(),
+            busy: false,
+        });
         flow.jobs.push_back(job);
         let became_ready = !flow.busy && flow.jobs.len() == 1;
         if became_ready {
@@ -355,8 +375,7 @@ async fn worker<O: ReplayObserver>(
 
 /// Whether another flow's copies may be written behind `batch` on this connection before its
 /// responses arrive: its last copy may be pipelined, and the batch bounds leave room.
-fn room_behind<F>(batch: &Batch<F>, conn: Option<&Conn>) -> bool {
-    let bytes: usize = batch.iter().map(|j| j.copy.bytes.len()).sum();
+fn room_behind<F>(batch: &Batch<F>, bytes: usize, conn: Option<&Conn>) -> bool {
     exchange::may_pipeline(conn)
         && batch.len() < exchange::MAX_BATCH
         && bytes < exchange::MAX_BATCH_BYTES
@@ -365,19 +384,24 @@ fn room_behind<F>(batch: &Batch<F>, conn: Option<&Conn>) -> bool {
 
 /// Moves the next batch of a flow: its first copy, and the copies queued behind it while they
 /// may be pipelined on this connection (see [`exchange::may_pipeline`]), within the batch
-/// bounds. The flow keeps the rest in order.
-fn take_batch<F>(jobs: &mut VecDeque<Job<F>>, batch: &mut Batch<F>, conn: Option<&Conn>) {
+/// bounds (`bytes`: the request bytes in `batch`, kept up to date). The flow keeps the rest
+/// in order.
+fn take_batch<F>(
+    jobs: &mut VecDeque<Job<F>>,
+    batch: &mut Batch<F>,
+    bytes: &mut usize,
+    conn: Option<&Conn>,
+) {
     let Some(first) = jobs.pop_front() else {
         return;
     };
     // Counted over the whole batch: other flows' copies may be in it already.
-    let mut bytes =
-        batch.iter().map(|j| j.copy.bytes.len()).sum::<usize>() + first.copy.bytes.len();
+    *bytes += first.copy.bytes.len();
     let mut more = exchange::may_pipeline(conn) && exchange::pipelinable(&first.copy);
     batch.push_back(first);
-    while more && batch.len() < exchange::MAX_BATCH && bytes < exchange::MAX_BATCH_BYTES {
+    while more && batch.len() < exchange::MAX_BATCH && *bytes < exchange::MAX_BATCH_BYTES {
         let Some(job) = jobs.pop_front() else { break };
-        bytes += job.copy.bytes.len();
+        *bytes += job.copy.bytes.len();
         more = exchange::pipelinable(&job.copy);
         batch.push_back(job);
     }

@@ -107,15 +107,12 @@ fn bench(world: &mut World, s: &Settings, counts: &[u32], extra: u32) -> Result<
     let mut runs = Vec::new();
     for &connections in counts {
         wrk(world, s, layout, 2, false, connections)?;
-        for (mode, mirrors) in [
-            (Mode::Without, 1),
-            (Mode::With, 1),
-            (Mode::With, 1 + extra),
-            (Mode::Without, 1),
-        ] {
-            if mode == Mode::With && mirrors > 1 && extra == 0 {
-                continue;
-            }
+        let mut plan = vec![(Mode::Without, 1), (Mode::With, 1)];
+        if extra > 0 {
+            plan.push((Mode::With, 1 + extra));
+        }
+        plan.push((Mode::Without, 1));
+        for (mode, mirrors) in plan {
             let plan = Plan {
                 layout,
                 mode,
