@@ -5,7 +5,11 @@
 //! For each count in `MIRROR_BENCH_CONNECTIONS` (default `32,1000,10000`): `off`, `on` (one
 //! mirror at 100%), `on` with `1 + MIRROR_BENCH_EXTRA_MIRRORS` mirrors at 100% (default 2 extra;
 //! every mirror is served by the same fast-mirror under its own name), `off` again. Each run
-//! lasts `MIRROR_BENCH_SECS` (default 10). Printed: the usual run table (see the module above),
+//! lasts `MIRROR_BENCH_SECS` (default 10). With `MIRROR_BENCH_PACED=N`, a last pair runs N
+//! connections paced (each waits 1 ms after every response; about 75k req/s at N = 100): the
+//! agent's cost at the request rate the largest count reaches, with few connections, which tells
+//! the cost of connections from the cost of a lower request rate (fixed per-wakeup costs spread
+//! over fewer requests). Printed: the usual run table (see the module above),
 //! then one row per count: agent CPU per mirrored request with one mirror and its ratio to the
 //! first count's, agent CPU per captured request with every mirror and the cost per extra mirror
 //! ((that - one mirror's per captured request) / extra mirrors), peak RSS, primary ratio,
@@ -48,6 +52,10 @@ pub fn run() -> Result<()> {
     if counts.is_empty() || counts.iter().any(|c| !(2..=16_000).contains(c)) || extra > 8 {
         bail!("MIRROR_BENCH_CONNECTIONS: counts in 2-16000; MIRROR_BENCH_EXTRA_MIRRORS: 0-8");
     }
+    let paced: Option<u32> = env("MIRROR_BENCH_PACED").map(|v| v.parse()).transpose()?;
+    if paced.is_some_and(|p| !(2..=16_000).contains(&p)) {
+        bail!("MIRROR_BENCH_PACED: a connection count in 2-16000");
+    }
     raise_open_files(*counts.iter().max().unwrap_or(&32))?;
     let agent_bin = match env("MIRROR_BENCH_AGENT") {
         Some(p) => std::path::PathBuf::from(p),
@@ -73,7 +81,7 @@ pub fn run() -> Result<()> {
     let load = measure::loadavg();
     let _bpf_stats = measure::BpfStats::enable();
     let mut world = World::default();
-    let runs = bench(&mut world, &s, &counts, extra);
+    let runs = bench(&mut world, &s, &counts, extra, paced);
     drop(world);
     let runs = runs?;
     print_header(&s, &load);
@@ -85,10 +93,19 @@ pub fn run() -> Result<()> {
     );
     print_runs(&runs);
     summary(&runs, &counts, extra);
+    if let Some(p) = paced {
+        paced_summary(&runs, p);
+    }
     Ok(())
 }
 
-fn bench(world: &mut World, s: &Settings, counts: &[u32], extra: u32) -> Result<Vec<Run>> {
+fn bench(
+    world: &mut World,
+    s: &Settings,
+    counts: &[u32],
+    extra: u32,
+    paced: Option<u32>,
+) -> Result<Vec<Run>> {
     world.create()?;
     let primary = world.nginx(NS[1], "primary", PRIMARY)?;
     let fast = world.spawn(
@@ -129,13 +146,66 @@ fn bench(world: &mut World, s: &Settings, counts: &[u32], extra: u32) -> Result<
             runs.push(one(world, s, plan, (primary, fast))?);
         }
     }
+    if let Some(connections) = paced {
+        wrk(world, s, layout, 2, true, connections)?;
+        for mode in [Mode::Without, Mode::With] {
+            let plan = Plan {
+                layout,
+                mode,
+                paced: true,
+                mirror: MirrorKind::Fast,
+                connections,
+                mirrors: 1,
+            };
+            println!(
+                "bench connections: {} s of wrk -c {connections} (paced), agent: {} ...",
+                s.secs,
+                plan.label()
+            );
+            runs.push(one(world, s, plan, (primary, fast))?);
+        }
+    }
     Ok(runs)
+}
+
+/// The paced pair next to the unpaced runs of similar request rate.
+fn paced_summary(runs: &[Run], connections: u32) {
+    let Some(p) = runs
+        .iter()
+        .find(|r| r.plan.paced && r.plan.mode == Mode::With)
+    else {
+        return;
+    };
+    let Some(a) = &p.agent else { return };
+    println!();
+    println!(
+        "paced, -c {connections}: primary at {:.0} req/s, agent CPU {:.2} us per mirrored request; \
+         unpaced, one mirror:",
+        p.wrk.rps,
+        a.us_per()
+    );
+    for r in runs
+        .iter()
+        .filter(|r| !r.plan.paced && r.plan.mode == Mode::With && r.plan.mirrors == 1)
+    {
+        if let Some(a) = &r.agent {
+            println!(
+                "  -c {}: primary at {:.0} req/s, agent CPU {:.2} us per mirrored request",
+                r.plan.connections,
+                r.wrk.rps,
+                a.us_per()
+            );
+        }
+    }
 }
 
 fn summary(runs: &[Run], counts: &[u32], extra: u32) {
     let find = |c: u32, mirrors: u32| {
         runs.iter().find(|r| {
-            r.plan.connections == c && r.plan.mode == Mode::With && r.plan.mirrors == mirrors
+            !r.plan.paced
+                && r.plan.connections == c
+                && r.plan.mode == Mode::With
+                && r.plan.mirrors == mirrors
         })
     };
     println!();
