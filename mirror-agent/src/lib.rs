@@ -18,6 +18,7 @@ pub mod cli;
 pub mod compare;
 pub mod config;
 pub mod http;
+pub mod http2;
 pub mod pipeline;
 pub mod privileges;
 pub mod reassembly;

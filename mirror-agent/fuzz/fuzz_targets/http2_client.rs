@@ -1,0 +1,61 @@
+//! A client byte stream of an HTTP/2 connection cut at arbitrary points into `ClientDecoder`.
+//!
+//! Input format: `control u64 LE | stream bytes`, see `common` (gaps are not used: the decoder
+//! takes in-order bytes, the pipeline ends it at a gap). Control bit 0 set: the client preface
+//! is put in front of the stream, so the fuzzer works on frames and HPACK rather than on
+//! finding the preface. Bits 26..: tighter bounds, so the limits are reached too.
+//!
+//! Checked: no panic, no hang; every byte pushed is accounted for once the connection ends;
+//! every request has a `:method` and a body within the bound.
+#![no_main]
+
+mod common;
+
+use libfuzzer_sys::fuzz_target;
+use mirror_agent::http2::decoder::{ClientDecoder, H2Event, H2Limits};
+use mirror_agent::http2::frame::PREFACE;
+
+fuzz_target!(|data: &[u8]| {
+    let Some(input) = common::Input::decode(data) else {
+        return;
+    };
+    let control = input.control;
+    let mut stream = Vec::with_capacity(PREFACE.len() + input.stream.len());
+    if control & 1 != 0 {
+        stream.extend_from_slice(PREFACE);
+    }
+    stream.extend_from_slice(input.stream);
+    let limits = if control >> 26 & 1 != 0 {
+        H2Limits {
+            max_frame: 64 + (control >> 27 & 0xFFF) as usize,
+            max_header_block: 64 + (control >> 39 & 0x3FF) as usize,
+            max_header_list: 64 + (control >> 49 & 0x3FF) as usize,
+            max_body: (control >> 59 & 0xF) as usize * 16,
+            max_streams: 1 + (control >> 59 & 0x3) as usize,
+            max_table: 4096,
+        }
+    } else {
+        H2Limits::default()
+    };
+    let mut d = ClientDecoder::new(limits);
+    let mut out = Vec::new();
+    let shifted = common::Input {
+        control,
+        stream: &stream,
+        limits: input.limits.clone(),
+    };
+    for (range, _gap) in shifted.pieces() {
+        d.push(&stream[range], &mut out);
+        assert!(d.stats().accounted() <= d.stats().pushed);
+    }
+    d.finish(&mut out);
+    let s = d.stats();
+    assert_eq!(s.accounted(), s.pushed, "{s:?}");
+    assert_eq!(s.pushed, stream.len() as u64);
+    for e in &out {
+        if let H2Event::Request(r) = e {
+            assert!(r.field(":method").is_some(), "request without :method");
+            assert!(r.body.len() <= limits.max_body, "body over the bound");
+        }
+    }
+});

@@ -1,0 +1,20 @@
+//! HTTP/2 (RFC 9113) for mirroring: cuts a client connection's byte stream into requests,
+//! one per stream, decoded from the connection's start.
+//!
+//! Owns the frame layout ([`frame`]) and the client-direction decoder ([`decoder`]): the
+//! connection preface, frames (HEADERS, CONTINUATION, DATA, RST_STREAM, SETTINGS, PING,
+//! GOAWAY, PRIORITY, WINDOW_UPDATE, padding, END_STREAM, trailers) and HPACK with the client
+//! direction's dynamic table (the `loona-hpack` crate, a maintained fork of `hpack`). Like the
+//! HTTP/1 framers it is a plain state machine: bytes in order in, events out, no I/O, no clock,
+//! bounded memory, every byte it cannot use counted.
+//!
+//! A connection whose start was not seen cannot be decoded (the header table is gone); the
+//! decoder never guesses a method or a path from the middle of one.
+//!
+//! Not built yet (issue 13): the pipeline's detection of HTTP/2 connections (preface, and
+//! `Upgrade: h2c`), replay over HTTP/2, the response direction for comparison, recording.
+
+pub mod decoder;
+pub mod frame;
+
+pub use decoder::{ClientDecoder, H2Event, H2Limits, H2Request, H2Stats};
