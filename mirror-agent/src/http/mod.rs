@@ -262,6 +262,9 @@ pub struct Request {
     /// [`request::HttpLimits::omit_bodies_over`]): `raw` is the head only, `body_len` is still
     /// the body's length. Such a request cannot be replayed with its body.
     pub body_omitted: bool,
+    /// The request came as this HTTP/2 stream (prior knowledge) and `raw` is its HTTP/1.1
+    /// form ([`crate::http2::convert`]).
+    pub h2_stream: Option<u32>,
 }
 
 impl Request {

@@ -11,9 +11,13 @@
 //! A connection whose start was not seen cannot be decoded (the header table is gone); the
 //! decoder never guesses a method or a path from the middle of one.
 //!
-//! Not built yet (issue 13): the pipeline's detection of HTTP/2 connections (preface, and
-//! `Upgrade: h2c`), replay over HTTP/2, the response direction for comparison, recording.
+//! Until replay over HTTP/2 exists, each request is written as HTTP/1.1 ([`convert`]) and
+//! mirrored like any other.
+//!
+//! Not built yet (issue 13): `Upgrade: h2c` connections, replay over HTTP/2 (`protocol=h2`,
+//! which gRPC needs), the response direction (comparison), recording as HTTP/2.
 
+pub mod convert;
 pub mod decoder;
 pub mod frame;
 

@@ -176,8 +176,24 @@ pub struct PipelineStats {
     pub flows_undecided: u64,
     /// Client side did not start with an HTTP request line (only without `--port`).
     pub flows_not_http: u64,
-    /// Client side started with the HTTP/2 preface.
+    /// Client side started with the HTTP/2 preface but was not decoded (its first segment was
+    /// too short to tell, or it came after an HTTP/1.1 request: `Upgrade: h2c`).
     pub flows_h2: u64,
+    /// Connections decoded as HTTP/2 from their start (prior knowledge, [`crate::http2`]).
+    pub h2_flows: u64,
+    /// Of those, connections whose decoding stopped (a connection error, or a gap that lost
+    /// the header table); the rest of their client bytes are `h2_dropped_bytes`.
+    pub h2_flows_failed: u64,
+    /// Requests from HTTP/2 streams (also in `requests`; their HTTP/1.1 form's bytes are not
+    /// in `request_bytes`, their wire bytes are in `h2_frame_bytes`).
+    pub h2_requests: u64,
+    /// HTTP/2 streams dropped (reset by the client, malformed, over a bound, unfinished, or
+    /// not expressible in HTTP/1.1).
+    pub h2_streams_dropped: u64,
+    /// Client bytes of HTTP/2 connections in requests, the preface and control frames.
+    pub h2_frame_bytes: u64,
+    /// Client bytes of HTTP/2 connections in dropped streams or after decoding stopped.
+    pub h2_dropped_bytes: u64,
     /// Became a tunnel (CONNECT, Upgrade) after a request.
     pub flows_tunnel: u64,
 
@@ -312,17 +328,21 @@ impl PipelineStats {
             + self.request_drops.total().bytes
             + self.client_bytes_ignored
             + self.client_bytes_framer_ignored
-            + self.client_body_bytes_omitted;
+            + self.client_body_bytes_omitted
+            + self.h2_frame_bytes
+            + self.h2_dropped_bytes;
         if framed != c.bytes_delivered {
             return Err(format!(
                 "client delivered {} != requests {} + dropped {} + ignored {} + framer ignored {} \
-                 + bodies omitted {}",
+                 + bodies omitted {} + h2 frames {} + h2 dropped {}",
                 c.bytes_delivered,
                 self.request_bytes,
                 self.request_drops.total().bytes,
                 self.client_bytes_ignored,
                 self.client_bytes_framer_ignored,
-                self.client_body_bytes_omitted
+                self.client_body_bytes_omitted,
+                self.h2_frame_bytes,
+                self.h2_dropped_bytes
             ));
         }
         if self.responses_lost != self.response_answers_dropped {
@@ -378,6 +398,12 @@ impl fmt::Display for PipelineStats {
             ("flows_undecided", self.flows_undecided),
             ("flows_not_http", self.flows_not_http),
             ("flows_h2", self.flows_h2),
+            ("h2.flows", self.h2_flows),
+            ("h2.requests", self.h2_requests),
+            ("h2.frame_bytes", self.h2_frame_bytes),
+            ("lost.h2_flows_failed", self.h2_flows_failed),
+            ("lost.h2_streams", self.h2_streams_dropped),
+            ("lost.h2_bytes", self.h2_dropped_bytes),
             ("flows_tunnel", self.flows_tunnel),
             ("requests", self.requests),
             ("request_bytes", self.request_bytes),

@@ -822,3 +822,75 @@ fn an_omitted_body_asks_capture_to_skip_to_its_end_once() {
             .any(|e| matches!(e, PipelineEvent::SkipClientBytes { .. }))
     );
 }
+
+/// An h2c connection with prior knowledge: its streams become requests, written as HTTP/1.1,
+/// and every client byte is in the ledger (frames of requests, control frames, a reset stream).
+#[test]
+fn http2_prior_knowledge_streams_become_requests_and_add_up() {
+    use crate::http2::frame::{PREFACE, flag, header, kind};
+    let mut hpack = loona_hpack::Encoder::new();
+    let frame = |out: &mut Vec<u8>, k: u8, flags: u8, stream: u32, payload: &[u8]| {
+        out.extend_from_slice(&header(payload.len(), k, flags, stream));
+        out.extend_from_slice(payload);
+    };
+    let mut first = PREFACE.to_vec();
+    frame(&mut first, kind::SETTINGS, 0, 0, &[]);
+    let get = hpack.encode([
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"api"),
+        (b":path", b"/h2/a"),
+    ]);
+    frame(
+        &mut first,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &get,
+    );
+    let post = hpack.encode([
+        (&b":method"[..], &b"POST"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"api"),
+        (b":path", b"/h2/b"),
+    ]);
+    let mut second = Vec::new();
+    frame(&mut second, kind::HEADERS, flag::END_HEADERS, 3, &post);
+    frame(&mut second, kind::DATA, flag::END_STREAM, 3, b"hello");
+    frame(&mut second, kind::HEADERS, flag::END_HEADERS, 5, &post);
+    frame(&mut second, kind::RST_STREAM, 0, 5, &[0, 0, 0, 8]);
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    c.handshake()
+        .client_sends(&first, 10)
+        .server_sends(&header(0, kind::SETTINGS, 0, 0), 10)
+        .client_sends(&second, 10)
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 2, "{s}");
+    assert_eq!(
+        r[0].request.raw.as_ref(),
+        b"GET /h2/a HTTP/1.1\r\nHost: api\r\n\r\n"
+    );
+    assert_eq!(
+        r[1].request.raw.as_ref(),
+        b"POST /h2/b HTTP/1.1\r\nHost: api\r\ncontent-length: 5\r\n\r\nhello"
+    );
+    assert_eq!(
+        (r[0].request.h2_stream, r[1].request.h2_stream),
+        (Some(1), Some(3))
+    );
+    assert_eq!((r[0].seq_in_flow, r[1].seq_in_flow), (0, 1));
+    assert_eq!((s.h2_flows, s.h2_requests, s.requests), (1, 2, 2));
+    assert_eq!(
+        (s.h2_streams_dropped, s.h2_flows_failed, s.flows_h2),
+        (1, 0, 0)
+    );
+    assert_eq!(
+        s.h2_frame_bytes + s.h2_dropped_bytes,
+        (first.len() + second.len()) as u64
+    );
+    assert_eq!(s.request_bytes, 0, "the HTTP/1.1 forms are not wire bytes");
+}

@@ -10,7 +10,9 @@
 //!  "raw":"UE9TVC..."}
 //! ```
 //!
-//! `raw` is written last (it is most of the line); readers take the fields by name.
+//! `raw` is written last (it is most of the line); readers take the fields by name. A request
+//! captured as an HTTP/2 stream also has `"h2_stream":N`; its `raw` is then the HTTP/1.1 form
+//! it is mirrored in ([`crate::http2::convert`]).
 //!
 //! `raw` (base64, standard alphabet with padding) is the authority: the exact request bytes, head
 //! and body, chunked framing included. `headers` are `[name, value]` in wire order and case;
@@ -98,6 +100,9 @@ struct Line {
     /// `none`, `content-length` or `chunked`; optional on input (derived from the headers).
     #[serde(default)]
     framing: Option<String>,
+    /// Captured as this HTTP/2 stream; `raw` is its HTTP/1.1 form. Absent for HTTP/1.x.
+    #[serde(default)]
+    h2_stream: Option<u32>,
     #[serde(default)]
     end_ts_ns: Option<u64>,
     #[serde(default)]
@@ -206,7 +211,7 @@ impl Serialize for LineRef<'_> {
             BodyFraming::CloseDelimited => "close-delimited",
         };
         // `raw` is appended by `encode_line`, after these.
-        let mut l = s.serialize_struct("Line", 15)?;
+        let mut l = s.serialize_struct("Line", 16)?;
         l.serialize_field("ts_ns", &r.ts_ns)?;
         // SocketAddr's Display writes IPv6 as `[addr]:port`, as the reader expects.
         l.serialize_field("src", &Displayed(&c.src))?;
@@ -223,6 +228,9 @@ impl Serialize for LineRef<'_> {
         l.serialize_field("framing", framing)?;
         l.serialize_field("end_ts_ns", &r.end_ts_ns)?;
         l.serialize_field("te_and_cl", &r.te_and_cl)?;
+        if let Some(stream) = r.h2_stream {
+            l.serialize_field("h2_stream", &stream)?;
+        }
         l.end()
     }
 }
@@ -317,6 +325,7 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
             te_and_cl: l.te_and_cl,
             // Recording keeps bodies (it turns omission off).
             body_omitted: false,
+            h2_stream: l.h2_stream,
         },
     })
 }

@@ -29,6 +29,7 @@ fn sample(raw: &'static [u8], headers: Vec<(&str, &'static [u8])>) -> CapturedRe
             keep_alive: true,
             trace: None,
             body_omitted: false,
+            h2_stream: None,
         },
     }
 }

@@ -49,6 +49,7 @@ pub fn request(raw: &[u8]) -> Request {
         keep_alive: keeps_alive(version, &headers),
         trace: TraceFields::scan_head(raw, head_len).shared(),
         body_omitted: false,
+        h2_stream: None,
         headers,
         framing,
         body_len,

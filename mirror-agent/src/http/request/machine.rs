@@ -305,6 +305,7 @@ impl RequestFramer {
                 keep_alive: p.keep_alive,
                 trace,
                 body_omitted: self.omitting,
+                h2_stream: None,
                 raw,
             };
             self.emit(request, out);

@@ -561,6 +561,7 @@ impl RequestFramer {
             keep_alive: false,
             trace: None,
             body_omitted: false,
+            h2_stream: None,
             raw,
         };
         self.emit(request, out);

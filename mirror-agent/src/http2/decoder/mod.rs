@@ -64,6 +64,8 @@ pub struct H2Request {
     pub body: Bytes,
     /// The trailer section (gRPC requests rarely have one; responses do).
     pub trailers: Vec<(Bytes, Bytes)>,
+    /// The stream's frame bytes on the wire (headers included), in `H2Stats::request_bytes`.
+    pub wire_bytes: u64,
 }
 
 impl H2Request {
@@ -569,6 +571,7 @@ impl ClientDecoder {
             headers: s.headers,
             body: Bytes::from(s.body),
             trailers: s.trailers,
+            wire_bytes: s.bytes,
         }));
     }
 }

@@ -8,6 +8,7 @@
 //! segments of a connection that already closed are the pipeline's business (its TIME_WAIT
 //! set), not this module's. Everything it drops it counts in [`PipelineStats`].
 
+mod h2;
 mod pairing;
 
 use std::collections::VecDeque;
@@ -81,6 +82,11 @@ struct Decided {
     server_ignored: bool,
     ended: [bool; 2],
     reset: bool,
+    /// The client started with the HTTP/2 preface: its bytes go to this decoder.
+    h2: Option<Box<h2::H2Flow>>,
+    /// The client's first bytes while they could still be the HTTP/2 preface (fewer than its
+    /// 24 octets so far).
+    h2_probe: Vec<u8>,
 }
 
 enum State {
@@ -126,6 +132,8 @@ impl Flow {
             State::Decided(d) => {
                 d.streams[0].buffered_bytes()
                     + d.streams[1].buffered_bytes()
+                    + d.h2.as_ref().map_or(0, |h| h.buffered_bytes())
+                    + d.h2_probe.len()
                     + d.req.as_ref().map_or(0, RequestFramer::buffered_bytes)
                     + d.resp.buffered_bytes()
                     + d.held_server_bytes
@@ -238,6 +246,8 @@ impl Flow {
                 server_ignored: !cfg.responses,
                 ended: [false; 2],
                 reset: false,
+                h2: None,
+                h2_probe: Vec::new(),
             }));
             for s in held {
                 self.push(Incoming::Owned(s), cfg, stats, sc, out);
@@ -331,6 +341,12 @@ impl Flow {
             }
             State::Decided(d) => {
                 d.each_stream(self.id, cfg, stats, sc, out, |s, evs| s.flush(evs));
+                d.h2_end(self.id, self.last_ns, &cfg.http, stats, out);
+                // First bytes held as a possible HTTP/2 preface that never completed.
+                let probe = std::mem::take(&mut d.h2_probe);
+                if !probe.is_empty() {
+                    d.client_http1(self.id, &probe, None, self.last_ns, cfg, stats, sc, out);
+                }
                 if let Some(req) = d.req.as_mut()
                     && !d.client_ignored
                 {
@@ -474,6 +490,10 @@ impl Decided {
             StreamEvent::Data { bytes, ts_ns } => {
                 self.client_data(flow_id, &bytes, Some(&bytes), ts_ns, cfg, stats, sc, out)
             }
+            StreamEvent::Gap { .. } if self.h2.is_some() => {
+                // The header table cannot be rebuilt after a hole.
+                self.h2_end(flow_id, 0, &cfg.http, stats, out);
+            }
             StreamEvent::Gap { len, .. } => {
                 if let Some(req) = self.req.as_mut().filter(|_| !self.client_ignored) {
                     req.gap(len, &mut sc.req);
@@ -530,6 +550,58 @@ impl Decided {
             stats.client_bytes_ignored += bytes.len() as u64;
             return;
         }
+        if self.h2.is_some() {
+            return self.h2_data(flow_id, bytes, ts_ns, &cfg.http, stats, out);
+        }
+        let fresh = self
+            .req
+            .as_ref()
+            .is_none_or(|r| r.stats().pushed_bytes == 0);
+        // HTTP/2 with prior knowledge, seen from its first byte: decoded. First bytes that
+        // could still be the preface are held (at most its 24 octets) until they tell.
+        if fresh && !self.client_midstream {
+            let probe = std::mem::take(&mut self.h2_probe);
+            let mut first = probe.clone();
+            first.extend_from_slice(&bytes[..bytes.len().min(crate::http2::frame::PREFACE.len())]);
+            match crate::http2::decoder::starts_with_preface(&first) {
+                None => {
+                    self.h2_probe = first;
+                    return;
+                }
+                Some(true) => {
+                    stats.h2_flows += 1;
+                    self.h2 = Some(h2::H2Flow::new(&cfg.http));
+                    // Its responses are HTTP/2 frames too: not framed (comparison of HTTP/2
+                    // is not built yet), counted as ignored.
+                    self.server_ignored = true;
+                    if !probe.is_empty() {
+                        self.h2_data(flow_id, &probe, ts_ns, &cfg.http, stats, out);
+                    }
+                    return self.h2_data(flow_id, bytes, ts_ns, &cfg.http, stats, out);
+                }
+                Some(false) if !probe.is_empty() => {
+                    // Not HTTP/2: the held bytes go first, as they came.
+                    self.client_http1(flow_id, &probe, None, ts_ns, cfg, stats, sc, out);
+                }
+                Some(false) => {}
+            }
+        }
+        self.client_http1(flow_id, bytes, owner, ts_ns, cfg, stats, sc, out);
+    }
+
+    /// In-order client bytes of an HTTP/1.x flow (or one not known to be HTTP yet).
+    #[allow(clippy::too_many_arguments)]
+    fn client_http1(
+        &mut self,
+        flow_id: u64,
+        bytes: &[u8],
+        owner: Option<&Bytes>,
+        ts_ns: u64,
+        cfg: &PipelineConfig,
+        stats: &mut PipelineStats,
+        sc: &mut Scratch,
+        out: &mut Vec<PipelineEvent>,
+    ) {
         let fresh = self
             .req
             .as_ref()
