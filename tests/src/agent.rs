@@ -172,6 +172,16 @@ impl Agent {
     }
 }
 
+/// A counter of the pipeline's exit ledger (`name value` lines, e.g. `lost.request_bytes 0`).
+pub fn ledger(log: &str, name: &str) -> u64 {
+    log.lines()
+        .find_map(|l| {
+            let mut f = l.split_whitespace();
+            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {name} in the log: {log}"))
+}
+
 pub fn parse_summary(text: &str) -> Summary {
     let line = text
         .lines()

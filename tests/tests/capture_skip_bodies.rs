@@ -13,6 +13,7 @@
 
 use std::time::Duration;
 
+use mirror_tests::agent::ledger;
 use mirror_tests::mirror::{Behavior, MirrorTable};
 use mirror_tests::scenario::{
     Family, curl_ok, noise, start_agent, start_mirror, start_primary, url,
@@ -24,15 +25,6 @@ const BODY: usize = 4 << 20;
 const UPLOADS: usize = 3;
 
 /// The value of a ledger line (`  name   value`) of the agent's exit log.
-fn ledger(log: &str, name: &str) -> u64 {
-    log.lines()
-        .find_map(|l| {
-            let mut f = l.split_whitespace();
-            (f.next() == Some(name)).then(|| f.next()?.parse().ok())?
-        })
-        .unwrap_or_else(|| panic!("no {name} in the log: {log}"))
-}
-
 #[test]
 fn bodies_nobody_needs_are_skipped_in_the_kernel() {
     let test = "bodies_nobody_needs_are_skipped_in_the_kernel";

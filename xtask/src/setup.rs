@@ -30,6 +30,8 @@ const TEST_PACKAGES: &[&str] = &[
     "curl",
     "wrk",
     "nginx-light",
+    // h2load: many HTTP/2 streams multiplexed on one connection (tests/tests/mirror_h2c.rs).
+    "nghttp2-client",
     "tshark",
     "bpftool",
     "iproute2",

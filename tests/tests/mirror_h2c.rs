@@ -1,0 +1,176 @@
+//! Privileged: HTTP/2 with prior knowledge (h2c), through the real binary and a real kernel.
+//! nginx serves h2c as the primary (`listen ... http2`, passing requests to a backend so it
+//! reads every body before answering); from the client namespace curl sends
+//! a GET with custom headers and cookies and a POST with a 20000-byte body
+//! (`--http2-prior-knowledge`; curl 7.88 cannot reuse an h2c connection for a second URL), and
+//! h2load sends 20 requests on one connection, 5 streams at a time (the HPACK dynamic table
+//! carries its fields from the second request on). The
+//! mirror is a recording HTTP/1.1 server: each stream must arrive as its HTTP/1.1 form, with
+//! the client's method, path, authority as Host, fields and body, and the exit ledger must
+//! count the HTTP/2 connections and requests with nothing lost.
+
+use std::time::Duration;
+
+use mirror_tests::agent::ledger;
+use mirror_tests::mirror::{Behavior, Received};
+use mirror_tests::scenario::{
+    Family, PRIMARY_PORT, curl, start_agent, start_mirror, stop_agent, url,
+};
+use mirror_tests::{ChildGuard, TempDir, Topology, privileged_or_skip, wait_for_port};
+
+/// nginx serving h2c on the primary's address, in the server namespace, passing requests to
+/// `backend` (so it reads every request body before answering); killed on drop.
+fn start_nginx_h2c(
+    topo: &Topology,
+    dir: &std::path::Path,
+    backend: std::net::SocketAddr,
+) -> ChildGuard {
+    let d = dir.display();
+    let conf = format!(
+        "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+         error_log {d}/nginx-error.log;\nevents {{ worker_connections 64; }}\n\
+         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
+         server {{\n    listen {}:{PRIMARY_PORT} http2;\n    location / {{ proxy_pass http://{backend}; }}\n  }}\n}}\n",
+        Topology::SERVER_V4
+    );
+    let path = dir.join("nginx.conf");
+    std::fs::write(&path, conf).expect("write nginx.conf");
+    let mut cmd = topo.server.command("nginx");
+    cmd.args([
+        "-c",
+        path.to_str().unwrap(),
+        "-e",
+        &format!("{d}/nginx-error.log"),
+    ]);
+    let guard = ChildGuard::spawn("nginx", &mut cmd);
+    wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(5));
+    guard
+}
+
+fn lines(got: &[Received]) -> Vec<String> {
+    got.iter().map(Received::line).collect()
+}
+
+fn text(r: &Received) -> String {
+    String::from_utf8_lossy(&r.bytes).into_owned()
+}
+
+#[test]
+fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
+    if !privileged_or_skip("h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies") {
+        return;
+    }
+    let dir = TempDir::new("h2c");
+    let topo = Topology::new();
+    let backend = start_mirror(&topo, Family::V4, 9042, Behavior::Ok);
+    let _nginx = start_nginx_h2c(&topo, dir.path(), backend.addr);
+    let mirror = start_mirror(&topo, Family::V4, 9041, Behavior::Ok);
+    let mut agent = start_agent(&topo, dir.path(), &["--mirror".into(), url(mirror.addr)]);
+
+    let base = format!("http://{}:{PRIMARY_PORT}", Topology::SERVER_V4);
+    let out = curl(
+        &topo,
+        &[
+            "--http2-prior-knowledge",
+            "-H",
+            "x-test: one",
+            "-b",
+            "a=1; b=2",
+            &format!("{base}/h2/first?q=1"),
+        ],
+    );
+    assert!(out.status.success(), "curl: {out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).starts_with("GET /h2/first?q=1"),
+        "{out:?}"
+    );
+    // A POST with a 20000-byte body (several DATA frames).
+    let body = "z".repeat(20_000);
+    let out = curl(
+        &topo,
+        &[
+            "--http2-prior-knowledge",
+            "-X",
+            "POST",
+            "-H",
+            "content-type: text/plain",
+            "--data-binary",
+            &body,
+            &format!("{base}/h2/upload"),
+        ],
+    );
+    assert!(out.status.success(), "curl: {out:?}");
+    // 20 requests on one connection, 5 streams at a time.
+    let out = topo
+        .client
+        .command("h2load")
+        .args(["-n", "20", "-c", "1", "-m", "5", "-H", "x-load: yes"])
+        .arg(format!("{base}/h2/load"))
+        .output()
+        .expect("h2load (nghttp2-client; cargo xtask setup installs it)");
+    let report = String::from_utf8_lossy(&out.stdout);
+    assert!(report.contains("20 succeeded"), "h2load: {report}");
+
+    let got = mirror.wait_for(22, Duration::from_millis(300), Duration::from_secs(15));
+    std::thread::sleep(Duration::from_millis(300));
+    let (_, table) = stop_agent(&mut agent);
+    let log = agent.log();
+    assert_eq!(got.len(), 22, "mirror received: {:?}\n{log}", lines(&got));
+    let find = |path: &str| {
+        got.iter()
+            .find(|r| {
+                r.line().starts_with(&format!("GET {path} "))
+                    || r.line().starts_with(&format!("POST {path} "))
+            })
+            .unwrap_or_else(|| panic!("no {path} at the mirror: {:?}", lines(&got)))
+    };
+    let first = text(find("/h2/first?q=1"));
+    assert!(
+        first.starts_with("GET /h2/first?q=1 HTTP/1.1\r\n"),
+        "{first}"
+    );
+    assert!(
+        first.contains(&format!(
+            "\r\nHost: {}:{PRIMARY_PORT}\r\n",
+            Topology::SERVER_V4
+        )),
+        "{first}"
+    );
+    assert!(first.contains("\r\nx-test: one\r\n"), "{first}");
+    assert!(first.contains("\r\ncookie: a=1; b=2\r\n"), "{first}");
+    assert!(first.contains("\r\nuser-agent: curl/"), "{first}");
+    let upload = find("/h2/upload");
+    let up = text(upload);
+    assert!(up.starts_with("POST /h2/upload HTTP/1.1\r\n"), "{up}");
+    assert!(up.contains("\r\ncontent-type: text/plain\r\n"), "{up}");
+    assert!(up.contains("\r\ncontent-length: 20000\r\n"), "{up}");
+    assert!(
+        upload.bytes.ends_with(body.as_bytes()),
+        "body byte for byte"
+    );
+    // h2load's requests: every one with its fields (from the dynamic table after the first).
+    let load: Vec<String> = got
+        .iter()
+        .filter(|r| r.line().starts_with("GET /h2/load "))
+        .map(text)
+        .collect();
+    assert_eq!(load.len(), 20, "{:?}", lines(&got));
+    for r in &load {
+        assert!(
+            r.contains("\r\nx-load: yes\r\n") && r.contains("\r\nuser-agent: h2load"),
+            "{r}"
+        );
+    }
+    assert_eq!(table.row(&format!("{}", mirror.addr)).sent, 22, "{log}");
+    assert_eq!(ledger(&log, "h2.flows"), 3, "{log}");
+    assert_eq!(ledger(&log, "h2.requests"), 22, "{log}");
+    assert_eq!(ledger(&log, "lost.h2_bytes"), 0, "{log}");
+    assert_eq!(ledger(&log, "lost.h2_flows_failed"), 0, "{log}");
+    assert_eq!(
+        ledger(&log, "flows_h2"),
+        0,
+        "no HTTP/2 connection left undecoded: {log}"
+    );
+    assert_eq!(ledger(&log, "lost.midstream_bytes"), 0, "{log}");
+}
