@@ -51,13 +51,8 @@ pub enum Instance {
 /// field on one endpoint: `$.user.plan` of `/users/N` is `pro` instead of `free`.
 pub fn noisy_api(instance: Instance, request: &[u8]) -> Vec<u8> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let line =
-        String::from_utf8_lossy(&request[..find(request, b"\r\n").unwrap_or(0)]).into_owned();
-    let target = line.split(' ').nth(1).unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
+    let (path, stamp) = path_and_stamp(request);
+    let path = path.as_str();
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     let (name, plan) = match instance {
         Instance::Current(name) => (name, "free"),
@@ -109,20 +104,26 @@ pub enum ApiSide {
     Mirror,
 }
 
+/// The request's path (target without the query) and the time now in nanoseconds, for the
+/// test APIs' answers.
+fn path_and_stamp(request: &[u8]) -> (String, u128) {
+    let line = String::from_utf8_lossy(&request[..find(request, b"\r\n").unwrap_or(0)]);
+    let target = line.split(' ').nth(1).unwrap_or("");
+    let path = target.split('?').next().unwrap_or("").to_owned();
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos());
+    (path, stamp)
+}
+
 /// The JSON API: `/a`, `/b` and `/c` (query ignored), each answer with a `Date`, `Server` and
 /// `X-Request-Id` that differ on every response (ignored by the comparison by default).
 /// The primary answers every path 200 with Content-Length. The mirror answers `/a` with 500,
 /// `/b` with the field `count` different, and `/c` with the same JSON written differently
 /// (other key order and spacing) in chunked coding. Anything else: 404 on both sides.
 pub fn json_api(side: ApiSide, request: &[u8], index: usize) -> Vec<u8> {
-    let line =
-        String::from_utf8_lossy(&request[..find(request, b"\r\n").unwrap_or(0)]).into_owned();
-    let target = line.split(' ').nth(1).unwrap_or("");
-    let path = target.split('?').next().unwrap_or("");
-    let stamp = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    let (status, body, chunked) = match (side, path) {
+    let (path, stamp) = path_and_stamp(request);
+    let (status, body, chunked) = match (side, path.as_str()) {
         (ApiSide::Primary, "/a") => (200, r#"{"path":"/a","ok":true}"#.to_string(), false),
         (ApiSide::Mirror, "/a") => (500, r#"{"error":"boom"}"#.to_string(), false),
         (ApiSide::Primary, "/b") => (200, r#"{"id":2,"name":"bee","count":3}"#.to_string(), false),

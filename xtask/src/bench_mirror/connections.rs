@@ -15,14 +15,12 @@
 //! ((that - one mirror's per captured request) / extra mirrors), peak RSS, primary ratio,
 //! completeness; then the targets, met or missed.
 
-use std::process::Command;
-
 use anyhow::{Context, Result, bail};
 
 use super::world::{FAST_PORT, MIRROR, NS, PRIMARY, World};
 use super::{
-    Layout, MirrorKind, Mode, Plan, Run, Settings, base_rps_at, measure, one, print_header,
-    print_runs, raise_open_files, wrk,
+    Layout, MirrorKind, Mode, Plan, Run, Settings, base_rps_at, binaries, measure, one,
+    print_header, print_runs, raise_open_files, wrk,
 };
 use crate::netns::{ns_cmd, wait_port};
 use crate::util::is_root;
@@ -57,24 +55,13 @@ pub fn run() -> Result<()> {
         bail!("MIRROR_BENCH_PACED: a connection count in 2-16000");
     }
     raise_open_files(*counts.iter().max().unwrap_or(&32))?;
-    let agent_bin = match env("MIRROR_BENCH_AGENT") {
-        Some(p) => std::path::PathBuf::from(p),
-        None => crate::ebpf::release_agent()?,
-    };
-    crate::util::sh(Command::new("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "mirror-tests",
-        "--bin",
-        "fast-mirror",
-    ]))?;
+    let (agent_bin, fast_mirror_bin) = binaries()?;
     let s = Settings {
         secs,
         layouts: vec![Layout::Pinned],
         compare: false,
         agent_bin,
-        fast_mirror_bin: crate::util::target_dir().join("release/fast-mirror"),
+        fast_mirror_bin,
         ncpu,
         connections: counts[0],
     };

@@ -292,19 +292,7 @@ pub fn run() -> Result<()> {
         bail!("MIRROR_BENCH_CONNECTIONS: {connections} is not in 2-16000");
     }
     raise_open_files(connections)?;
-    let agent_bin = match env("MIRROR_BENCH_AGENT") {
-        Some(p) => PathBuf::from(p),
-        None => crate::ebpf::release_agent()?,
-    };
-    crate::util::sh(Command::new("cargo").args([
-        "build",
-        "--release",
-        "-p",
-        "mirror-tests",
-        "--bin",
-        "fast-mirror",
-    ]))?;
-    let fast_mirror_bin = crate::util::target_dir().join("release/fast-mirror");
+    let (agent_bin, fast_mirror_bin) = binaries()?;
     let s = Settings {
         secs,
         layouts,
@@ -322,6 +310,24 @@ pub fn run() -> Result<()> {
     drop(world);
     report(&s, &load, &runs?);
     Ok(())
+}
+
+/// The agent (`MIRROR_BENCH_AGENT`, else a release build of this tree) and fast-mirror
+/// (built in release).
+fn binaries() -> Result<(PathBuf, PathBuf)> {
+    let agent = match std::env::var_os("MIRROR_BENCH_AGENT").filter(|v| !v.is_empty()) {
+        Some(p) => PathBuf::from(p),
+        None => crate::ebpf::release_agent()?,
+    };
+    crate::util::sh(Command::new("cargo").args([
+        "build",
+        "--release",
+        "-p",
+        "mirror-tests",
+        "--bin",
+        "fast-mirror",
+    ]))?;
+    Ok((agent, crate::util::target_dir().join("release/fast-mirror")))
 }
 
 fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
