@@ -45,9 +45,9 @@ pub enum Instance {
 }
 
 /// A service's API whose answers differ between instances and on every response: a response
-/// id and a timestamp in the JSON, the instance's name (JSON and `X-Served-By`), a per-response
-/// `X-Trace` header; `/orders/ID` has a timestamp in each item, `/health` is text naming the
-/// instance. None of these is ignored by the agent by default. The candidate changes one real
+/// id and a timestamp in the JSON, the instance's name (JSON and `X-Served-By`), per-response
+/// `X-Trace` and `X-Request-Id` headers; `/orders/ID` has a timestamp in each item, `/health` is
+/// text naming the instance. None of these but `X-Request-Id` is ignored by the agent by default. The candidate changes one real
 /// field on one endpoint: `$.user.plan` of `/users/N` is `pro` instead of `free`.
 pub fn noisy_api(instance: Instance, request: &[u8]) -> Vec<u8> {
     static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
@@ -90,7 +90,7 @@ pub fn noisy_api(instance: Instance, request: &[u8]) -> Vec<u8> {
     };
     format!(
         "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nX-Served-By: {name}\r\n\
-         X-Trace: {n:x}-{stamp:x}\r\nContent-Length: {}\r\n\r\n{body}",
+         X-Trace: {n:x}-{stamp:x}\r\nX-Request-Id: {response_id}\r\nContent-Length: {}\r\n\r\n{body}",
         if status == 200 { "OK" } else { "Not Found" },
         body.len()
     )

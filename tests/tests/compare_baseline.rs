@@ -222,6 +222,20 @@ fn a_baseline_mirror_leaves_only_the_candidates_real_change() {
         .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
         .collect();
     assert_eq!(lines.len() as u64, users, "{text}");
+    // Exactly the /users requests the candidate received, each once.
+    let logged: BTreeSet<String> = lines
+        .iter()
+        .filter_map(|l| l["path"].as_str().map(str::to_owned))
+        .collect();
+    let received: BTreeSet<String> = c_set
+        .iter()
+        .filter(|l| l.starts_with("GET /users/"))
+        .filter_map(|l| l.split(' ').nth(1).map(str::to_owned))
+        .collect();
+    assert_eq!(
+        logged, received,
+        "diff log paths vs the candidate's /users requests"
+    );
     for l in &lines {
         assert_eq!(l["mirror"], "candidate", "{l}");
         assert!(l["path"].as_str().unwrap().starts_with("/users/"), "{l}");
