@@ -93,6 +93,10 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if scope == Scope::All && !succeeds(python_module("kubernetes_validate").arg("--version")) {
         install_python_package("kubernetes-validate")?;
     }
+    // gRPC peers for tests/tests/mirror_grpc.rs.
+    if scope == Scope::All && !succeeds(Command::new("python3").args(["-c", "import grpc"])) {
+        install_python_package("grpcio")?;
+    }
     if matches!(scope, Scope::All | Scope::Fuzz)
         && !succeeds(Command::new(cargo_bin("cargo-fuzz")).arg("--version"))
     {
@@ -148,14 +152,15 @@ pub fn python_module(module: &str) -> Command {
 }
 
 /// A PyPI package the tests run (`deploy_manifests.rs` validates the manifests with
-/// kubernetes-validate), installed with the machine's `python3 -m pip`.
+/// kubernetes-validate, `mirror_grpc.rs` runs grpcio peers), installed with the machine's
+/// `python3 -m pip`.
 fn install_python_package(package: &str) -> anyhow::Result<()> {
     eprintln!("xtask: installing {package} from PyPI");
     if succeeds(python_module("pip").args(["install", "-q", package])) {
         return Ok(());
     }
-    // A distribution's own python3 refuses pip outside a virtualenv (PEP 668); the tool is a
-    // leaf command with pure-Python dependencies, so a user install is harmless.
+    // A distribution's own python3 refuses pip outside a virtualenv (PEP 668); these are leaf
+    // packages only the tests import, so a user install is harmless.
     sh(python_module("pip").args([
         "install",
         "-q",
