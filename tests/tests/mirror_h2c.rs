@@ -7,7 +7,8 @@
 //! carries its fields from the second request on). The
 //! mirror is a recording HTTP/1.1 server: each stream must arrive as its HTTP/1.1 form, with
 //! the client's method, path, authority as Host, fields and body, and the exit ledger must
-//! count the HTTP/2 connections and requests with nothing lost.
+//! count the HTTP/2 connections and requests with nothing lost. tcpdump records the same
+//! traffic; the agent reading that file (`--pcap --record`) finds the same 22 requests.
 
 use std::time::Duration;
 
@@ -67,6 +68,24 @@ fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
     let _nginx = start_nginx_h2c(&topo, dir.path(), backend.addr);
     let mirror = start_mirror(&topo, Family::V4, 9041, Behavior::Ok);
     let mut agent = start_agent(&topo, dir.path(), &["--mirror".into(), url(mirror.addr)]);
+    // tcpdump records the same traffic, for the offline check at the end.
+    let pcap = dir.path().join("h2c.pcap");
+    let mut tcpdump = {
+        let mut cmd = topo.server.command("tcpdump");
+        // Immediate mode: packets are written as they come, not when a ring block fills.
+        cmd.args(["-i", &topo.server_if, "--immediate-mode", "-U", "-w"])
+            .arg(&pcap)
+            .stderr(std::process::Stdio::null());
+        ChildGuard::spawn("tcpdump", &mut cmd)
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::fs::metadata(&pcap).map_or(true, |m| m.len() == 0) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "tcpdump did not start"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
 
     let base = format!("http://{}:{PRIMARY_PORT}", Topology::SERVER_V4);
     let out = curl(
@@ -113,6 +132,8 @@ fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
     assert!(report.contains("20 succeeded"), "h2load: {report}");
 
     let got = mirror.wait_for(22, Duration::from_millis(300), Duration::from_secs(15));
+    tcpdump.signal(libc::SIGINT);
+    tcpdump.wait_timeout(Duration::from_secs(10));
     std::thread::sleep(Duration::from_millis(300));
     let (_, table) = stop_agent(&mut agent);
     let log = agent.log();
@@ -173,4 +194,42 @@ fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
         "no HTTP/2 connection left undecoded: {log}"
     );
     assert_eq!(ledger(&log, "lost.midstream_bytes"), 0, "{log}");
+
+    // The same connections from tcpdump's file: the same 22 requests, recorded with their
+    // stream ids.
+    let record = dir.path().join("h2c.jsonl");
+    let (code, stderr) = mirror_tests::agent::run_to_exit(
+        &[
+            "--pcap",
+            pcap.to_str().unwrap(),
+            "--port",
+            &PRIMARY_PORT.to_string(),
+            "--record",
+            record.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(code, Some(0), "{stderr}");
+    let recorded: Vec<serde_json::Value> = std::fs::read_to_string(&record)
+        .expect("recording")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON line"))
+        .collect();
+    assert_eq!(recorded.len(), 22, "{stderr}");
+    assert!(
+        recorded
+            .iter()
+            .all(|r| r["h2_stream"].as_u64().is_some_and(|s| s % 2 == 1)),
+        "every request recorded with its stream"
+    );
+    let targets: Vec<&str> = recorded
+        .iter()
+        .filter_map(|r| r["target"].as_str())
+        .collect();
+    assert!(
+        targets.contains(&"/h2/first?q=1") && targets.contains(&"/h2/upload"),
+        "{targets:?}"
+    );
+    assert_eq!(targets.iter().filter(|t| **t == "/h2/load").count(), 20);
+    assert_eq!(ledger(&stderr, "lost.h2_bytes"), 0, "{stderr}");
 }
