@@ -209,8 +209,12 @@ pub fn differing_fields(
 }
 
 fn numbers_equal(a: &serde_json::Number, b: &serde_json::Number) -> bool {
-    // 1 and 1.0 are the same JSON number (RFC 8259 6 defines no distinction).
-    a == b || matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y)
+    // 1 and 1.0 are the same JSON number (RFC 8259 6 defines no distinction). Two integers
+    // compare exactly: as f64 two 64-bit ids (or nanosecond timestamps) 100 apart would be
+    // equal.
+    a == b
+        || ((a.is_f64() || b.is_f64())
+            && matches!((a.as_f64(), b.as_f64()), (Some(x), Some(y)) if x == y))
 }
 
 fn render(at: &[Step<'_>]) -> String {
@@ -344,6 +348,18 @@ mod tests {
             &cap(J, r#"{"a":[1,2,3],"b":1,"c":null}"#),
         );
         assert_eq!(v.paths, ["$.a[2]", "$.b", r#"$["odd key"]"#, "$.c"]);
+    }
+
+    #[test]
+    fn large_integers_compare_exactly_and_floats_by_value() {
+        let r = rules(&[]);
+        // 2^60-ish nanosecond timestamps 100 apart: the same f64, different numbers.
+        let v = compare_bodies(
+            &r,
+            &cap(J, r#"{"at":1796373465802536368,"n":1.0}"#),
+            &cap(J, r#"{"at":1796373465802536468,"n":1}"#),
+        );
+        assert_eq!(v.paths, ["$.at"]);
     }
 
     #[test]
