@@ -14,11 +14,6 @@
 //! (default 3), `MIRROR_BENCH_BULK_MODES` the modes (comma-separated, default
 //! `detached,tcpdump,agent,agent-record`; `agent-scratch` forces the two-copy classifier with
 //! `MIRROR_CAPTURE_COPY=scratch`).
-//!
-//! Bodies nobody needs: `detached-4m`, `agent-4m` and `agent-4m-skip` send 4 MiB POSTs
-//! instead; the agent keeps the bodies in `agent-4m` and runs with `--mirror-body false` in
-//! `agent-4m-skip`, where the kernel skips what userspace will not need. Their classifier
-//! column is per 64 KiB of payload on the wire (wrk's requests x 4 MiB), so the two compare.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -48,16 +43,7 @@ enum Mode {
     AgentRecord,
     /// The agent forced onto the two-copy classifier (`MIRROR_CAPTURE_COPY=scratch`).
     AgentScratch,
-    /// 4 MiB POSTs, nothing attached.
-    DetachedBig,
-    /// 4 MiB POSTs, the agent keeping the bodies.
-    AgentBig,
-    /// 4 MiB POSTs, `--mirror-body false`: the kernel skips the bodies.
-    AgentBigSkip,
 }
-
-/// The body of the 4 MiB modes.
-const BIG_BODY: u64 = 4 << 20;
 
 impl Mode {
     fn parse(s: &str) -> Result<Self> {
@@ -67,12 +53,8 @@ impl Mode {
             "agent" => Mode::Agent,
             "agent-record" => Mode::AgentRecord,
             "agent-scratch" => Mode::AgentScratch,
-            "detached-4m" => Mode::DetachedBig,
-            "agent-4m" => Mode::AgentBig,
-            "agent-4m-skip" => Mode::AgentBigSkip,
             other => bail!(
-                "unknown bulk mode {other:?} (detached, tcpdump, agent, agent-record, \
-                 agent-scratch, detached-4m, agent-4m, agent-4m-skip)"
+                "unknown bulk mode {other:?} (detached, tcpdump, agent, agent-record, agent-scratch)"
             ),
         })
     }
@@ -84,17 +66,7 @@ impl Mode {
             Mode::Agent => "agent, no output",
             Mode::AgentRecord => "agent, --record into a pipe drained by cat",
             Mode::AgentScratch => "agent, no output, two-copy classifier",
-            Mode::DetachedBig => "4 MiB POSTs: nothing attached",
-            Mode::AgentBig => "4 MiB POSTs: agent, bodies kept",
-            Mode::AgentBigSkip => "4 MiB POSTs: agent, --mirror-body false (kernel skips bodies)",
         }
-    }
-
-    fn big(self) -> bool {
-        matches!(
-            self,
-            Mode::DetachedBig | Mode::AgentBig | Mode::AgentBigSkip
-        )
     }
 }
 
@@ -113,8 +85,6 @@ struct Run {
     payload_bytes: Option<u64>,
     agent_cpu_s: Option<f64>,
     tcpdump_dropped: Option<u64>,
-    /// Payload bytes the kernel did not copy (bodies nobody needs).
-    skipped_bytes: Option<u64>,
 }
 
 /// The namespaces and veth pair of the lab; deleted on drop.
@@ -214,14 +184,6 @@ pub fn run() -> Result<()> {
     let lab = Lab::new()?;
     let _nginx = start_nginx(&lab, &dir)?;
     let post = crate::lab::post_64k_script(&dir)?;
-    let big = dir.join("post4m.lua");
-    std::fs::write(
-        &big,
-        format!(
-            "wrk.method = \"POST\"\nwrk.body = string.rep(\"b\", {BIG_BODY})\n\
-             wrk.headers[\"Content-Type\"] = \"application/octet-stream\"\n"
-        ),
-    )?;
     let stats_before =
         std::fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
     std::fs::write("/proc/sys/kernel/bpf_stats_enabled", "1")
@@ -237,8 +199,7 @@ pub fn run() -> Result<()> {
     let mut runs: Vec<Vec<Run>> = vec![Vec::new(); modes.len()];
     for round in 0..rounds {
         for (i, &mode) in modes.iter().enumerate() {
-            let script = if mode.big() { &big } else { &post };
-            let run = one_run(&lab, &agent, &dir, script, secs, mode)
+            let run = one_run(&lab, &agent, &dir, &post, secs, mode)
                 .with_context(|| format!("round {round}, {}", mode.label()))?;
             runs[i].push(run);
         }
@@ -253,7 +214,7 @@ pub fn run() -> Result<()> {
 fn one_run(lab: &Lab, agent: &Path, dir: &Path, post: &Path, secs: u32, mode: Mode) -> Result<Run> {
     let mut run = Run::default();
     match mode {
-        Mode::Detached | Mode::DetachedBig => {
+        Mode::Detached => {
             (run.rps, run.wrk_requests) = wrk(lab, post, secs)?;
         }
         Mode::Tcpdump => {
@@ -285,11 +246,7 @@ fn one_run(lab: &Lab, agent: &Path, dir: &Path, post: &Path, secs: u32, mode: Mo
                 .find(|l| l.contains("dropped by kernel"))
                 .and_then(|l| l.split_whitespace().next()?.parse().ok());
         }
-        Mode::Agent
-        | Mode::AgentRecord
-        | Mode::AgentScratch
-        | Mode::AgentBig
-        | Mode::AgentBigSkip => {
+        Mode::Agent | Mode::AgentRecord | Mode::AgentScratch => {
             let stdout = dir.join("agent.out");
             let stderr = dir.join("agent.err");
             let mut _cat = None;
@@ -314,9 +271,6 @@ fn one_run(lab: &Lab, agent: &Path, dir: &Path, post: &Path, secs: u32, mode: Mo
             }
             if mode == Mode::AgentScratch {
                 cmd.env("MIRROR_CAPTURE_COPY", "scratch");
-            }
-            if mode == Mode::AgentBigSkip {
-                cmd.args(["--mirror-body", "false"]);
             }
             let child = cmd
                 .env("NO_COLOR", "1")
@@ -343,7 +297,6 @@ fn one_run(lab: &Lab, agent: &Path, dir: &Path, post: &Path, secs: u32, mode: Mo
             };
             run.ring_drops = field("ring_full=");
             run.payload_bytes = field("bytes=");
-            run.skipped_bytes = field("skipped_bytes=");
             let stat = |name: &str| {
                 err.lines().find_map(|l| {
                     let mut w = l.split_whitespace();
@@ -486,14 +439,10 @@ fn median(mut v: Vec<f64>) -> Option<f64> {
 }
 
 fn print_table(modes: &[Mode], runs: &[Vec<Run>]) {
-    let detached_of = |want: Mode| {
-        modes
-            .iter()
-            .position(|m| *m == want)
-            .and_then(|i| median(runs[i].iter().map(|r| r.rps).collect()))
-    };
-    let (detached_small, detached_big) =
-        (detached_of(Mode::Detached), detached_of(Mode::DetachedBig));
+    let detached = modes
+        .iter()
+        .position(|m| *m == Mode::Detached)
+        .and_then(|i| median(runs[i].iter().map(|r| r.rps).collect()));
     println!(
         "\n| run | primary req/s | vs nothing attached | requests captured | kernel ring drops | \
          records written (dropped) | classifier ns per 64 KiB | agent CPU per request |"
@@ -502,11 +451,6 @@ fn print_table(modes: &[Mode], runs: &[Vec<Run>]) {
     for (mode, rs) in modes.iter().zip(runs) {
         let med = |f: &dyn Fn(&Run) -> Option<f64>| median(rs.iter().filter_map(f).collect());
         let rps = med(&|r| Some(r.rps)).unwrap_or(0.0);
-        let detached = if mode.big() {
-            detached_big
-        } else {
-            detached_small
-        };
         let ratio = detached.map_or("-".into(), |d| format!("{:.2}", rps / d));
         let captured = med(&|r| Some(r.framed? as f64 / r.wrk_requests.max(1) as f64))
             .map_or("-".into(), |v| format!("{:.2}%", v * 100.0));
@@ -522,20 +466,8 @@ fn print_table(modes: &[Mode], runs: &[Vec<Run>]) {
                 format!("{:.1}% ({dropped:.0})", w * 100.0)
             },
         );
-        let bpf = if mode.big() {
-            // Per 64 KiB on the wire: the skipped bytes cost the classifier too (a look-up).
-            med(&|r| Some(r.bpf_ns? as f64 / (r.wrk_requests as f64 * BIG_BODY as f64 / 65536.0)))
-        } else {
-            med(&|r| Some(r.bpf_ns? as f64 / (r.payload_bytes? as f64 / 65536.0)))
-        }
-        .map_or("-".into(), |v| format!("{v:.0}"));
-        let skipped = med(&|r| {
-            let s = r.skipped_bytes? as f64;
-            Some(s / (s + r.payload_bytes? as f64))
-        })
-        .filter(|_| mode.big())
-        .map_or(String::new(), |v| format!(" ({:.0}% skipped)", v * 100.0));
-        let bpf = format!("{bpf}{skipped}");
+        let bpf = med(&|r| Some(r.bpf_ns? as f64 / (r.payload_bytes? as f64 / 65536.0)))
+            .map_or("-".into(), |v| format!("{v:.0}"));
         let cpu = med(&|r| Some(r.agent_cpu_s? * 1e6 / r.framed?.max(1) as f64))
             .map_or("-".into(), |v| format!("{v:.1} us"));
         println!(
@@ -546,7 +478,6 @@ fn print_table(modes: &[Mode], runs: &[Vec<Run>]) {
     println!(
         "\nrequests captured: requests the agent framed / requests wrk counted (requests in \
          flight when wrk stops can make it exceed 100%). classifier ns per 64 KiB: BPF run time \
-         of the ingress program over the run / (payload bytes captured / 64 KiB); for the 4 MiB \
-         rows / (wrk's requests x 4 MiB / 64 KiB), with the share of payload the kernel skipped."
+         of the ingress program over the run / (payload bytes captured / 64 KiB)."
     );
 }
