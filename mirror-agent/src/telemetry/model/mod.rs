@@ -408,6 +408,41 @@ pub static DEFS: &[MetricDef] = &[
         },
     },
     MetricDef {
+        name: "mirror.h2.connections",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "HTTP/2 connections decoded from their first byte (prior knowledge), by result (decoded; failed: decoding stopped on a connection error or a gap, the rest of the connection counted as dropped bytes).",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                p(
+                    o,
+                    &[(RESULT, "decoded")],
+                    ps.h2_flows - ps.h2_flows_failed.min(ps.h2_flows),
+                );
+                p(o, &[(RESULT, "failed")], ps.h2_flows_failed);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.h2.streams",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "HTTP/2 streams of decoded connections, by result (request: mirrored in its HTTP/1.1 form; dropped: reset by the client, malformed, over a bound, unfinished, or not expressible in HTTP/1.1).",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                p(o, &[(RESULT, "request")], ps.h2_requests);
+                p(o, &[(RESULT, "dropped")], ps.h2_streams_dropped);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.h2.dropped.size",
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "Client bytes of HTTP/2 connections in dropped streams or after decoding stopped.",
+        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.h2_dropped_bytes)),
+    },
+    MetricDef {
         name: "mirror.reassembly.gaps",
         kind: Kind::Counter,
         unit: Unit::Count("{gap}"),
