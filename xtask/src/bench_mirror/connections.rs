@@ -17,12 +17,11 @@
 
 use anyhow::{Context, Result, bail};
 
-use super::world::{FAST_PORT, MIRROR, NS, PRIMARY, World};
+use super::world::{NS, PRIMARY, World};
 use super::{
     Layout, MirrorKind, Mode, Plan, Run, Settings, base_rps_at, binaries, measure, one,
-    print_header, print_runs, raise_open_files, wrk,
+    print_header, print_runs, raise_open_files, start_fast_mirror, wrk,
 };
-use crate::netns::{ns_cmd, wait_port};
 use crate::util::is_root;
 
 const DEFAULT_COUNTS: &str = "32,1000,10000";
@@ -95,15 +94,7 @@ fn bench(
 ) -> Result<Vec<Run>> {
     world.create()?;
     let primary = world.nginx(NS[1], "primary", PRIMARY)?;
-    let fast = world.spawn(
-        ns_cmd(
-            NS[2],
-            s.fast_mirror_bin.to_str().context("fast-mirror path")?,
-        )
-        .arg(format!("{MIRROR}:{FAST_PORT}")),
-        "fast-mirror",
-    )?;
-    wait_port(NS[2], MIRROR, FAST_PORT, || Ok(()))?;
+    let fast = start_fast_mirror(world, s)?;
     let layout = Layout::Pinned;
     let [node_cpus, mirror_cpus, _] = layout.cpus(s.ncpu);
     super::world::pin(world.pid(primary), &node_cpus)?;

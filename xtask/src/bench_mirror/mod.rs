@@ -330,11 +330,9 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
     Ok((agent, crate::util::target_dir().join("release/fast-mirror")))
 }
 
-fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
-    world.create()?;
-    let primary = world.nginx(NS[1], "primary", PRIMARY)?;
-    let nginx_mirror = world.nginx(NS[2], "mirror", MIRROR)?;
-    let fast_mirror = world.spawn(
+/// fast-mirror in the mirrors' namespace, listening; returns its index in `world`.
+fn start_fast_mirror(world: &mut World, s: &Settings) -> Result<usize> {
+    let fast = world.spawn(
         ns_cmd(
             NS[2],
             s.fast_mirror_bin.to_str().context("fast-mirror path")?,
@@ -343,6 +341,14 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
         "fast-mirror",
     )?;
     wait_port(NS[2], MIRROR, FAST_PORT, || Ok(()))?;
+    Ok(fast)
+}
+
+fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
+    world.create()?;
+    let primary = world.nginx(NS[1], "primary", PRIMARY)?;
+    let nginx_mirror = world.nginx(NS[2], "mirror", MIRROR)?;
+    let fast_mirror = start_fast_mirror(world, s)?;
     let mut runs = Vec::new();
     for (li, &layout) in s.layouts.iter().enumerate() {
         let [node_cpus, mirror_cpus, _] = layout.cpus(s.ncpu);

@@ -12,8 +12,8 @@ use super::Decided;
 use crate::http::request::{HttpLimits, RequestEvent, RequestFramer};
 use crate::http2::convert;
 use crate::http2::decoder::{ClientDecoder, H2Event, H2Limits, H2Stats};
+use crate::pipeline::PipelineEvent;
 use crate::pipeline::stats::PipelineStats;
-use crate::pipeline::{CapturedRequest, PipelineEvent};
 
 /// The decoder of one flow and what of its byte counts the pipeline has already taken.
 pub(super) struct H2Flow {
@@ -106,7 +106,8 @@ impl Decided {
         stats.h2_dropped_bytes +=
             (now.dropped_bytes - t.dropped_bytes) + (now.undecodable_bytes - t.undecodable_bytes);
         h2.taken = now;
-        for ev in h2.events.drain(..) {
+        let events = std::mem::take(&mut h2.events);
+        for ev in events {
             match ev {
                 H2Event::Request(r) => {
                     let request = convert::to_http1(&r)
@@ -121,15 +122,7 @@ impl Decided {
                     stats.h2_frame_bytes += r.wire_bytes;
                     stats.requests += 1;
                     stats.h2_requests += 1;
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
-                    out.push(PipelineEvent::Request(CapturedRequest {
-                        src: self.client,
-                        dst: self.server,
-                        flow_id,
-                        seq_in_flow: seq,
-                        request,
-                    }));
+                    self.emit_request(flow_id, request, out);
                 }
                 H2Event::Dropped { .. } => stats.h2_streams_dropped += 1,
                 H2Event::Failed(_) => stats.h2_flows_failed += 1,

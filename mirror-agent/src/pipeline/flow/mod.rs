@@ -561,11 +561,19 @@ impl Decided {
         // could still be the preface are held (at most its 24 octets) until they tell.
         if fresh && !self.client_midstream {
             let probe = std::mem::take(&mut self.h2_probe);
-            let mut first = probe.clone();
-            first.extend_from_slice(&bytes[..bytes.len().min(crate::http2::frame::PREFACE.len())]);
-            match crate::http2::decoder::starts_with_preface(&first) {
+            // Usually nothing is held: the segment alone tells, without a copy.
+            let told = if probe.is_empty() {
+                crate::http2::decoder::starts_with_preface(bytes)
+            } else {
+                let mut first = probe.clone();
+                first.extend_from_slice(bytes);
+                crate::http2::decoder::starts_with_preface(&first)
+            };
+            match told {
                 None => {
-                    self.h2_probe = first;
+                    let mut held = probe.clone();
+                    held.extend_from_slice(bytes);
+                    self.h2_probe = held;
                     return;
                 }
                 Some(true) => {

@@ -12,6 +12,24 @@ use crate::pipeline::{CapturedRequest, CapturedResponse, PipelineEvent};
 use super::Scratch;
 
 impl Decided {
+    /// Emits the flow's next request, numbered in the flow (HTTP/1.x and HTTP/2 alike).
+    pub(super) fn emit_request(
+        &mut self,
+        flow_id: u64,
+        request: crate::http::Request,
+        out: &mut Vec<PipelineEvent>,
+    ) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        out.push(PipelineEvent::Request(CapturedRequest {
+            src: self.client,
+            dst: self.server,
+            flow_id,
+            seq_in_flow: seq,
+            request,
+        }));
+    }
+
     pub(super) fn on_requests(
         &mut self,
         flow_id: u64,
@@ -25,22 +43,14 @@ impl Decided {
                     let len = request.raw.len() as u64;
                     stats.requests += 1;
                     stats.request_bytes += len;
-                    let seq = self.next_seq;
-                    self.next_seq += 1;
                     if !self.server_ignored {
                         self.resp.expect(ExpectedResponse {
                             head: request.method == "HEAD",
                             connect: request.method == "CONNECT",
                         });
-                        self.awaiting.push_back(seq);
+                        self.awaiting.push_back(self.next_seq);
                     }
-                    out.push(PipelineEvent::Request(CapturedRequest {
-                        src: self.client,
-                        dst: self.server,
-                        flow_id,
-                        seq_in_flow: seq,
-                        request,
-                    }));
+                    self.emit_request(flow_id, request, out);
                 }
                 RequestEvent::Dropped { reason, bytes } => {
                     stats.request_drops.add(reason, bytes);
