@@ -65,6 +65,7 @@ async fn broken_mirrors_do_not_hurt_the_healthy_one() {
         percent: 100.0,
         tls: None,
         role: Default::default(),
+        protocol: Default::default(),
     });
     let mut cfg = config(specs);
     cfg.timeout = Duration::from_millis(200);

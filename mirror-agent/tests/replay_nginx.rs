@@ -1,6 +1,7 @@
 //! A real HTTP server as the mirror: nginx on loopback, closing keep-alive connections every
 //! 50 requests (`keepalive_requests`), answering 200, 404 and 405. Every copy is answered and
-//! counted; no request is lost to the keep-alive close race.
+//! counted; no request is lost to the keep-alive close race. The same over HTTP/2 (nginx
+//! serving h2c, `protocol=h2`): there the limit is a GOAWAY every 50 streams.
 
 mod replay_common;
 
@@ -27,7 +28,9 @@ impl Drop for Nginx {
     }
 }
 
-fn start_nginx() -> Option<Nginx> {
+/// nginx answering on loopback; `h2`: h2c with prior knowledge (`listen ... http2`). Its
+/// access log (`access.log` in its directory) has the protocol and status of every request.
+fn start_nginx(h2: bool) -> Option<Nginx> {
     let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -42,11 +45,13 @@ fn start_nginx() -> Option<Nginx> {
     std::fs::write(dir.join("html/index.html"), "hello\n").ok()?;
     let conf = format!(
         "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-         http {{\n access_log off;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
+         http {{\n log_format p '$request_method $request_uri $server_protocol $status $request_length';\n\
+         access_log {d}/access.log p;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
          keepalive_requests 50;\n client_max_body_size 1m;\n\
-         server {{ listen 127.0.0.1:{port}; root {d}/html; }}\n}}\n",
-        d = dir.display()
+         server {{ listen 127.0.0.1:{port}{h2}; root {d}/html; }}\n}}\n",
+        d = dir.display(),
+        h2 = if h2 { " http2" } else { "" },
     );
     std::fs::write(dir.join("nginx.conf"), conf).ok()?;
     let child = Command::new(bin)
@@ -74,7 +79,7 @@ fn start_nginx() -> Option<Nginx> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_mirror_with_keepalive_limit() {
-    let Some(nginx) = start_nginx() else {
+    let Some(nginx) = start_nginx(false) else {
         eprintln!("SKIP nginx_mirror_with_keepalive_limit: nginx not installed or did not start");
         return;
     };
@@ -118,4 +123,90 @@ async fn nginx_mirror_with_keepalive_limit() {
         m.connects >= (n / 50) as u64,
         "nginx closed every 50 requests: {m:?}"
     );
+}
+
+/// HTTP/1.1 requests to an HTTP/2 mirror (`protocol=h2`): nginx serving h2c, sending GOAWAY
+/// every 50 streams. Every copy arrives as HTTP/2 (nginx's access log says so) and is answered
+/// with its own status; copies the closing connection never started are retried, none lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_h2c_mirror_with_goaway_every_50_streams() {
+    let test = "nginx_h2c_mirror_with_goaway_every_50_streams";
+    let Some(nginx) = start_nginx(true) else {
+        eprintln!("SKIP {test}: nginx not installed or did not start");
+        assert_ne!(
+            std::env::var("MIRROR_REQUIRE_TOOLS").as_deref(),
+            Ok("1"),
+            "{test}: nginx is required"
+        );
+        return;
+    };
+    let spec = mirror_agent::replay::spec::parse_mirror(&format!(
+        "http://127.0.0.1:{},name=nginx-h2,protocol=h2",
+        nginx.port
+    ))
+    .unwrap();
+    let mut cfg = config(vec![spec]);
+    cfg.max_connections = 8;
+    cfg.timeout = Duration::from_secs(5);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    let n = 600;
+    let reqs = [
+        one(b"GET /?q=1 HTTP/1.1\r\nHost: mirror\r\nUser-Agent: t\r\nConnection: keep-alive\r\n\r\n"),
+        one(b"GET /missing HTTP/1.1\r\nHost: mirror\r\n\r\n"),
+        one(b"HEAD / HTTP/1.1\r\nHost: mirror\r\n\r\n"),
+        one(b"POST / HTTP/1.1\r\nHost: mirror\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+    ];
+    for i in 0..n {
+        replayer.submit(&reqs[i % reqs.len()]);
+        if i % 50 == 49 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+    wait_until_or(
+        "all answered",
+        Duration::from_secs(20),
+        || replayer.snapshot().mirrors[0].in_flight == 0,
+        || replayer.snapshot().table(),
+    )
+    .await;
+    let snap = finish(&replayer).await;
+    let m = &snap.mirrors[0];
+    println!("{}", snap.table());
+    assert_eq!(m.status[1], (n / 2) as u64, "{m:?}");
+    assert_eq!(m.status[3], (n / 2) as u64, "{m:?}");
+    assert_eq!(m.sent, n as u64, "{m:?}");
+    assert_eq!(m.error_count() + m.timeouts + m.dropped_count(), 0, "{m:?}");
+    assert!(
+        m.connects >= (n / 50) as u64,
+        "nginx sends GOAWAY every 50 streams: {m:?}"
+    );
+    // nginx writes its log line after answering: give the last ones a moment.
+    let log = nginx.dir.join("access.log");
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(&log)
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(lines.len(), n, "one log line per copy");
+    for (want, count) in [
+        ("GET /?q=1 HTTP/2.0 200", n / 4),
+        ("GET /missing HTTP/2.0 404", n / 4),
+        ("HEAD / HTTP/2.0 200", n / 4),
+        ("POST / HTTP/2.0 405", n / 4),
+    ] {
+        let got = lines.iter().filter(|l| l.starts_with(want)).count();
+        assert_eq!(
+            got,
+            count,
+            "`{want}` lines: {:?}",
+            &lines[..lines.len().min(8)]
+        );
+    }
 }

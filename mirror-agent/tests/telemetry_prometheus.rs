@@ -53,6 +53,7 @@ fn prometheus_scrapes_mirror_metrics() {
             percent: 100.0,
             tls: None,
             role: Default::default(),
+            protocol: Default::default(),
         };
         let replayer = Replayer::start(config(vec![spec]), ConnectionHooks::default(), NoObserver);
         for _ in 0..REQUESTS {

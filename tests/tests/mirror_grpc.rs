@@ -1,10 +1,13 @@
 //! Privileged: gRPC over h2c, through the real binary and a real kernel, with grpcio (PyPI) on
 //! both ends: a grpcio server is the primary, a grpcio client makes unary (1 KiB and 1 MiB),
-//! client-streaming, server-streaming and bidirectional calls. Until replay over HTTP/2
-//! exists, each call reaches the mirror in its HTTP/1.1 form: the test checks that the agent
-//! decoded grpcio's HTTP/2 (its HPACK, Huffman strings and frame sizes) into the same method
-//! path, gRPC fields and length-prefixed message bytes the client sent, one request per call,
-//! nothing lost.
+//! client-streaming, server-streaming and bidirectional calls.
+//! - To an HTTP/1.1 mirror (`protocol=h1`) each call arrives in its HTTP/1.1 form: the test
+//!   checks that the agent decoded grpcio's HTTP/2 (its HPACK, Huffman strings and frame
+//!   sizes) into the same method path, gRPC fields and length-prefixed message bytes the
+//!   client sent, one request per call, nothing lost.
+//! - To grpcio mirrors (`protocol=auto`: over HTTP/2, h2c) every call arrives as a gRPC call
+//!   with the client's method and messages, and the mirrors' `grpc-status` is measured: 0 from
+//!   a mirror that records the calls, 12 (UNIMPLEMENTED) from one that refuses them.
 
 use std::time::Duration;
 
@@ -52,6 +55,31 @@ def serve(addr):
     s.start()
     s.wait_for_termination()
 
+def record(addr, log):
+    # Any method: every request message read, one line per call: method, message sizes.
+    def handle(method):
+        def h(it, ctx):
+            sizes = [len(m) for m in it]
+            with open(log, "a") as f:
+                f.write("%s %s\n" % (method, ",".join(map(str, sizes))))
+            yield b"ok"
+        return grpc.stream_stream_rpc_method_handler(h, ident, ident)
+    class Any(grpc.GenericRpcHandler):
+        def service(self, details):
+            return handle(details.method)
+    s = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=(Any(),),
+                    options=[("grpc.max_receive_message_length", 8 << 20)])
+    s.add_insecure_port(addr)
+    s.start()
+    s.wait_for_termination()
+
+def refuse(addr):
+    # No handler at all: every call is answered UNIMPLEMENTED (12).
+    s = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    s.add_insecure_port(addr)
+    s.start()
+    s.wait_for_termination()
+
 def client(addr):
     ch = grpc.insecure_channel(addr, options=[("grpc.max_send_message_length", 8 << 20)])
     grpc.channel_ready_future(ch).result(timeout=10)
@@ -66,7 +94,7 @@ def client(addr):
     assert [m for m in b(iter([b"hello", b"world"]), timeout=10)] == [b"hello", b"world"]
     print("calls ok")
 
-{"server": serve, "client": client}[sys.argv[1]](sys.argv[2])
+{"server": serve, "client": client, "record": record, "refuse": refuse}[sys.argv[1]](*sys.argv[2:])
 "#;
 
 /// gRPC's length-prefixed messages (uncompressed).
@@ -116,7 +144,30 @@ fn grpc_calls_are_decoded_with_their_messages() {
     let _server = ChildGuard::spawn("grpc server", &mut cmd);
     wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(10));
     let mirror = start_mirror(&topo, Family::V4, 9051, Behavior::Ok);
-    let mut agent = start_agent(&topo, dir.path(), &["--mirror".into(), url(mirror.addr)]);
+    // The gRPC mirrors, on the server namespace's loopback as the recording one.
+    let calls = dir.path().join("calls.log");
+    let mut cmd = topo.server.command("python3");
+    cmd.arg(&script)
+        .args(["record", "127.0.0.1:9052"])
+        .arg(&calls);
+    let _recorder = ChildGuard::spawn("grpc mirror", &mut cmd);
+    let mut cmd = topo.server.command("python3");
+    cmd.arg(&script).args(["refuse", "127.0.0.1:9053"]);
+    let _refuser = ChildGuard::spawn("grpc refusing mirror", &mut cmd);
+    wait_for_port(&topo.server, 9052, Duration::from_secs(10));
+    wait_for_port(&topo.server, 9053, Duration::from_secs(10));
+    let mut agent = start_agent(
+        &topo,
+        dir.path(),
+        &[
+            "--mirror".into(),
+            format!("{},protocol=h1", url(mirror.addr)),
+            "--mirror".into(),
+            "http://127.0.0.1:9052,name=grpc-record".into(),
+            "--mirror".into(),
+            "http://127.0.0.1:9053,name=grpc-refuse".into(),
+        ],
+    );
 
     let out = topo
         .client
@@ -130,6 +181,15 @@ fn grpc_calls_are_decoded_with_their_messages() {
         "grpc client: {out:?}"
     );
     let got = mirror.wait_for(5, Duration::from_millis(500), Duration::from_secs(20));
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let mut recorded = String::new();
+    while std::time::Instant::now() < deadline {
+        recorded = std::fs::read_to_string(&calls).unwrap_or_default();
+        if recorded.lines().count() >= 5 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
     let (_, table) = stop_agent(&mut agent);
     let log = agent.log();
     let lines: Vec<String> = got.iter().map(|r| r.line()).collect();
@@ -147,8 +207,14 @@ fn grpc_calls_are_decoded_with_their_messages() {
             vec![b"hello".to_vec(), b"world".to_vec()],
         ),
     ];
+    // Each call is a stream of its own, sent concurrently: the mirror may get them in any
+    // order, so each expected call is found by its path and messages.
     for (i, (path, messages)) in want.iter().enumerate() {
-        let r = &got[i];
+        let body = framed(messages);
+        let r = got
+            .iter()
+            .find(|r| r.line().contains(&format!(" {path} ")) && r.bytes.ends_with(&body))
+            .unwrap_or_else(|| panic!("call {i} ({path}) not at the mirror: {lines:?}"));
         let text = String::from_utf8_lossy(&r.bytes[..r.bytes.len().min(2048)]).into_owned();
         assert!(
             r.line() == format!("POST {path} HTTP/1.1"),
@@ -162,7 +228,6 @@ fn grpc_calls_are_decoded_with_their_messages() {
         );
         assert!(lower.contains("\r\nte: trailers\r\n"), "{text}");
         assert!(lower.contains("\r\nuser-agent: grpc-python"), "{text}");
-        let body = framed(messages);
         assert!(
             r.bytes.ends_with(&body),
             "call {i} ({path}): the mirror's body is not the client's messages"
@@ -173,6 +238,35 @@ fn grpc_calls_are_decoded_with_their_messages() {
         );
     }
     assert_eq!(table.row(&mirror.addr.to_string()).sent, 5, "{log}");
+    // Over HTTP/2 to grpcio: the same calls, methods and messages (order of arrival may
+    // differ: each call is its own stream).
+    let mut calls: Vec<&str> = recorded.lines().collect();
+    calls.sort_unstable();
+    assert_eq!(
+        calls,
+        [
+            "/mirror.Echo/Chat 5,5",
+            "/mirror.Echo/Collect 100,200,300",
+            "/mirror.Echo/Unary 1024",
+            "/mirror.Echo/Unary 1048576",
+            "/mirror.Echo/Watch 4",
+        ],
+        "{log}"
+    );
+    for (name, status) in [("grpc-record", "0 x5"), ("grpc-refuse", "12 x5")] {
+        let row = table.row(name);
+        assert_eq!(
+            (row.sent, row.errors, row.answered()),
+            (5, 0, 5),
+            "{name}: {log}"
+        );
+        assert!(
+            log.contains(&format!("  {name}: dropped:"))
+                && log.lines().any(|l| l.starts_with(&format!("  {name}: "))
+                    && l.ends_with(&format!("; grpc-status: {status}"))),
+            "{name}: grpc-status {status} in the exit table: {log}"
+        );
+    }
     assert_eq!(ledger(&log, "h2.requests"), 5, "{log}");
     assert_eq!(ledger(&log, "lost.h2_bytes"), 0, "{log}");
     assert_eq!(ledger(&log, "lost.h2_streams"), 0, "{log}");

@@ -5,9 +5,12 @@
 //! (`--http2-prior-knowledge`; curl 7.88 cannot reuse an h2c connection for a second URL), and
 //! h2load sends 20 requests on one connection, 5 streams at a time (the HPACK dynamic table
 //! carries its fields from the second request on). The
-//! mirror is a recording HTTP/1.1 server: each stream must arrive as its HTTP/1.1 form, with
-//! the client's method, path, authority as Host, fields and body, and the exit ledger must
-//! count the HTTP/2 connections and requests with nothing lost. tcpdump records the same
+//! first mirror is a recording HTTP/1.1 server (`protocol=h1`): each stream must arrive as its
+//! HTTP/1.1 form, with the client's method, path, authority as Host, fields and body, and the
+//! exit ledger must count the HTTP/2 connections and requests with nothing lost. The second
+//! mirror is nginx serving h2c (`protocol=auto`: streams go over HTTP/2), proxying to a second
+//! recorder: its access log must show every request as HTTP/2.0, and the recorder the same
+//! fields and bodies. tcpdump records the same
 //! traffic; the agent reading that file (`--pcap --record`) finds the same 22 requests.
 
 use std::time::Duration;
@@ -19,21 +22,26 @@ use mirror_tests::scenario::{
 };
 use mirror_tests::{ChildGuard, TempDir, Topology, privileged_or_skip, wait_for_port};
 
-/// nginx serving h2c on the primary's address, in the server namespace, passing requests to
-/// `backend` (so it reads every request body before answering); killed on drop.
+/// nginx serving h2c on `listen` (`ADDR:PORT`), in the server namespace, passing requests to
+/// `backend` (so it reads every request body before answering), in its own directory under
+/// `dir`, logging each request's method, target, protocol and status to `access.log` there;
+/// killed on drop.
 fn start_nginx_h2c(
     topo: &Topology,
     dir: &std::path::Path,
+    listen: &str,
     backend: std::net::SocketAddr,
 ) -> ChildGuard {
+    let dir = dir.join(listen.replace([':', '.'], "_"));
+    std::fs::create_dir_all(&dir).expect("nginx dir");
     let d = dir.display();
     let conf = format!(
         "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
          error_log {d}/nginx-error.log;\nevents {{ worker_connections 64; }}\n\
-         http {{\n  access_log off;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
+         http {{\n  log_format p '$request_method $request_uri $server_protocol $status';\n\
+         access_log {d}/access.log p;\n  client_body_temp_path {d}/body;\n  proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi;\n  uwsgi_temp_path {d}/uwsgi;\n  scgi_temp_path {d}/scgi;\n\
-         server {{\n    listen {}:{PRIMARY_PORT} http2;\n    location / {{ proxy_pass http://{backend}; }}\n  }}\n}}\n",
-        Topology::SERVER_V4
+         server {{\n    listen {listen} http2;\n    location / {{ proxy_pass http://{backend}; }}\n  }}\n}}\n"
     );
     let path = dir.join("nginx.conf");
     std::fs::write(&path, conf).expect("write nginx.conf");
@@ -45,7 +53,12 @@ fn start_nginx_h2c(
         &format!("{d}/nginx-error.log"),
     ]);
     let guard = ChildGuard::spawn("nginx", &mut cmd);
-    wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(5));
+    let port = listen
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("port");
+    wait_for_port(&topo.server, port, Duration::from_secs(5));
     guard
 }
 
@@ -65,9 +78,22 @@ fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
     let dir = TempDir::new("h2c");
     let topo = Topology::new();
     let backend = start_mirror(&topo, Family::V4, 9042, Behavior::Ok);
-    let _nginx = start_nginx_h2c(&topo, dir.path(), backend.addr);
+    let primary = format!("{}:{PRIMARY_PORT}", Topology::SERVER_V4);
+    let _nginx = start_nginx_h2c(&topo, dir.path(), &primary, backend.addr);
     let mirror = start_mirror(&topo, Family::V4, 9041, Behavior::Ok);
-    let mut agent = start_agent(&topo, dir.path(), &["--mirror".into(), url(mirror.addr)]);
+    // The HTTP/2 mirror: nginx (h2c) in front of a second recorder.
+    let h2_recorder = start_mirror(&topo, Family::V4, 9044, Behavior::Ok);
+    let _h2_mirror = start_nginx_h2c(&topo, dir.path(), "127.0.0.1:9043", h2_recorder.addr);
+    let mut agent = start_agent(
+        &topo,
+        dir.path(),
+        &[
+            "--mirror".into(),
+            format!("{},protocol=h1", url(mirror.addr)),
+            "--mirror".into(),
+            "http://127.0.0.1:9043,name=h2-mirror".into(),
+        ],
+    );
     // tcpdump records the same traffic, for the offline check at the end.
     let pcap = dir.path().join("h2c.pcap");
     let mut tcpdump = {
@@ -184,6 +210,45 @@ fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
         );
     }
     assert_eq!(table.row(&format!("{}", mirror.addr)).sent, 22, "{log}");
+    // The HTTP/2 mirror: every stream went over HTTP/2 and was answered (by its recorder,
+    // through nginx), with the same fields and bodies.
+    let h2_row = table.row("h2-mirror");
+    assert_eq!((h2_row.sent, h2_row.errors), (22, 0), "{log}");
+    let via_h2 = h2_recorder.wait_for(22, Duration::from_millis(300), Duration::from_secs(5));
+    assert_eq!(via_h2.len(), 22, "{:?}", lines(&via_h2));
+    let access =
+        std::fs::read_to_string(dir.path().join("127_0_0_1_9043/access.log")).unwrap_or_default();
+    let access: Vec<&str> = access.lines().collect();
+    assert_eq!(access.len(), 22, "{access:?}");
+    assert!(
+        access.iter().all(|l| l.contains(" HTTP/2.0 200")),
+        "every copy over HTTP/2, answered 200: {access:?}"
+    );
+    assert_eq!(
+        access
+            .iter()
+            .filter(|l| l.starts_with("GET /h2/load HTTP/2.0"))
+            .count(),
+        20,
+        "{access:?}"
+    );
+    let h2_upload = via_h2
+        .iter()
+        .find(|r| r.line().starts_with("POST /h2/upload "))
+        .expect("the upload through the HTTP/2 mirror");
+    assert!(
+        h2_upload.bytes.ends_with(body.as_bytes()),
+        "body byte for byte"
+    );
+    let h2_first = via_h2
+        .iter()
+        .map(text)
+        .find(|t| t.starts_with("GET /h2/first?q=1 "))
+        .expect("the first GET through the HTTP/2 mirror");
+    assert!(
+        h2_first.contains("\r\nx-test: one\r\n") && h2_first.contains("a=1; b=2"),
+        "{h2_first}"
+    );
     assert_eq!(ledger(&log, "h2.flows"), 3, "{log}");
     assert_eq!(ledger(&log, "h2.requests"), 22, "{log}");
     assert_eq!(ledger(&log, "lost.h2_bytes"), 0, "{log}");

@@ -145,6 +145,8 @@ pub struct MirrorEntry {
     pub key: Option<String>,
     /// Agent extension: `baseline` or `candidate` (the default), as the `--mirror` key.
     pub role: Option<String>,
+    /// Agent extension: `auto` (the default), `h1` or `h2`, as the `--mirror` key.
+    pub protocol: Option<String>,
 }
 
 /// A scalar as YAML gave it, for the validated newtypes below.

@@ -185,7 +185,7 @@ impl Settings {
         out.push(format!("ports: {}", ports.join(",")));
         for m in &self.replay.mirrors {
             out.push(format!(
-                "mirror {}: {}://{} at {}%{}",
+                "mirror {}: {}://{} at {}%{}, protocol {}",
                 m.name,
                 if m.tls.is_some() { "https" } else { "http" },
                 m.authority(),
@@ -194,6 +194,11 @@ impl Settings {
                     " (baseline)"
                 } else {
                     ""
+                },
+                match m.protocol {
+                    spec::MirrorProtocol::Auto => "auto (HTTP/2 streams over HTTP/2)",
+                    spec::MirrorProtocol::Http1 => "h1 (everything over HTTP/1.1)",
+                    spec::MirrorProtocol::Http2 => "h2 (everything over HTTP/2)",
                 }
             ));
         }
@@ -727,6 +732,11 @@ fn file_mirror(e: &MirrorEntry, fc: &FileConfig) -> Result<MirrorSpec, String> {
         Some(r) => spec::MirrorRole::parse(r)
             .ok_or_else(|| format!("role `{r}` is not baseline or candidate"))?,
     };
+    let protocol = match &e.protocol {
+        None => spec::MirrorProtocol::default(),
+        Some(p) => spec::MirrorProtocol::parse(p)
+            .ok_or_else(|| format!("protocol `{p}` is not auto, h1 or h2"))?,
+    };
     Ok(MirrorSpec {
         name: e.name.clone(),
         host,
@@ -734,6 +744,7 @@ fn file_mirror(e: &MirrorEntry, fc: &FileConfig) -> Result<MirrorSpec, String> {
         percent,
         tls: tls.finish(https)?,
         role,
+        protocol,
     })
 }
 

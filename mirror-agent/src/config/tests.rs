@@ -934,3 +934,37 @@ fn a_baseline_mirror_needs_compare_is_unique_and_makes_sampling_consistent() {
         "{e}"
     );
 }
+
+#[test]
+fn mirror_protocol_from_flag_and_file() {
+    let s = load(
+        &[
+            "--iface",
+            "lo",
+            "--port",
+            "80",
+            "--mirror",
+            "http://127.0.0.1:9001,protocol=h2",
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(
+        s.replay.mirrors[0].protocol,
+        crate::replay::spec::MirrorProtocol::Http2
+    );
+    let check = s.check().unwrap();
+    assert!(
+        check.contains("mirror 127.0.0.1:9001: http://127.0.0.1:9001 at 100%, protocol h2"),
+        "{check}"
+    );
+    let yaml = "interface: lo\nports: [80]\nmirroring:\n  name: app\n  port: 80\n  mirrors:\n    \
+                - name: v2\n      url: http://127.0.0.1:9002\n      protocol: h1\n";
+    let s = load(&[], yaml).unwrap();
+    assert_eq!(
+        s.replay.mirrors[0].protocol,
+        crate::replay::spec::MirrorProtocol::Http1
+    );
+    let e = err(&[], Some(&yaml.replace("protocol: h1", "protocol: spdy")));
+    assert!(e.contains("protocol `spdy` is not auto, h1 or h2"), "{e}");
+}

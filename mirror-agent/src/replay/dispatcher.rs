@@ -30,6 +30,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
 use super::exchange::{self, Batch};
+use super::h2::H2Pool;
 use super::job::{Job, Tell};
 use super::observer::{NotSent, ReplayObserver};
 use super::pool::{Conn, Pool};
@@ -166,7 +167,24 @@ impl<F> Queue<F> {
     }
 }
 
-/// The producer side of one mirror.
+/// How a dispatcher's workers reach the mirror.
+pub enum Transport {
+    /// HTTP/1.1: a connection per worker, batches pipelined (see [`exchange`]).
+    Http1(Pool),
+    /// HTTP/2: streams on a few shared connections, one copy per worker at a time.
+    Http2(H2Pool),
+}
+
+impl Transport {
+    fn pool(&self) -> &Pool {
+        match self {
+            Self::Http1(p) => p,
+            Self::Http2(h) => h.pool(),
+        }
+    }
+}
+
+/// The producer side of one mirror (one per protocol the mirror is reached with).
 pub struct Dispatcher<O: ReplayObserver> {
     queue: Arc<Queue<O::Flight>>,
     tell: Arc<Tell<O>>,
@@ -186,14 +204,14 @@ pub enum Phase {
 impl<O: ReplayObserver> Dispatcher<O> {
     /// Starts the drain task (`max_connections` workers) on the current tokio runtime.
     pub fn start(
-        pool: Pool,
+        transport: Transport,
         queue_size: usize,
         max_queue_bytes: u64,
         timeout: Duration,
         phase: watch::Receiver<Phase>,
         tell: Tell<O>,
     ) -> Self {
-        let stats = pool.stats_handle();
+        let stats = transport.pool().stats_handle();
         let queue = Arc::new(Queue {
             state: Mutex::default(),
             ready: Notify::new(),
@@ -204,7 +222,7 @@ impl<O: ReplayObserver> Dispatcher<O> {
         });
         let tell = Arc::new(tell);
         let task = tokio::spawn(drain(
-            Arc::new(pool),
+            Arc::new(transport),
             queue.clone(),
             timeout,
             phase,
@@ -295,16 +313,16 @@ impl<O: ReplayObserver> Dispatcher<O> {
 
 /// Runs `max_connections` workers until the queue is drained (`Drain`) or `Abort`.
 async fn drain<O: ReplayObserver>(
-    pool: Arc<Pool>,
+    transport: Arc<Transport>,
     queue: Arc<Queue<O::Flight>>,
     timeout: Duration,
     phase: watch::Receiver<Phase>,
     tell: Arc<Tell<O>>,
 ) {
     let mut workers = JoinSet::new();
-    for _ in 0..pool.max_connections() {
+    for _ in 0..transport.pool().max_connections() {
         workers.spawn(worker(
-            pool.clone(),
+            transport.clone(),
             queue.clone(),
             timeout,
             phase.clone(),
@@ -320,7 +338,7 @@ async fn drain<O: ReplayObserver>(
 /// connection under the per-request timeout, repeats. Workers replace a task per request: no
 /// spawn, permit or join per copy, and a connection stays with one worker.
 async fn worker<O: ReplayObserver>(
-    pool: Arc<Pool>,
+    transport: Arc<Transport>,
     queue: Arc<Queue<O::Flight>>,
     timeout: Duration,
     mut phase: watch::Receiver<Phase>,
@@ -358,7 +376,12 @@ async fn worker<O: ReplayObserver>(
             biased;
             // Aborted: the copies in the batch drop their tickets unresolved (shutdown drops).
             _ = phase.wait_for(|p| *p == Phase::Abort) => return,
-            r = tokio::time::timeout_at(deadline, exchange::run(&pool, &tell, &mut conn, &mut batch)) => r.is_ok(),
+            r = tokio::time::timeout_at(deadline, async {
+                match &*transport {
+                    Transport::Http1(pool) => exchange::run(pool, &tell, &mut conn, &mut batch).await,
+                    Transport::Http2(h2) => h2.run(&tell, &mut batch).await,
+                }
+            }) => r.is_ok(),
         };
         if !finished {
             // The connection is mid-exchange: never reused.

@@ -22,6 +22,7 @@
 pub mod dispatcher;
 pub mod exchange;
 pub mod filter;
+pub mod h2;
 pub mod job;
 pub mod observer;
 pub mod pool;
@@ -41,14 +42,14 @@ use tokio::sync::watch;
 
 use crate::http::request::HttpLimits;
 use crate::pipeline::CapturedRequest;
-use dispatcher::{Dispatcher, Phase};
+use dispatcher::{Dispatcher, Phase, Transport};
 use filter::Filter;
 use job::{Job, Tell};
 pub use observer::{ConnectionHooks, CopyHead, MirrorCopy, NoObserver, NotSent, ReplayObserver};
 use pool::{Pool, PoolConfig};
 use rewrite::{RewriteOptions, Rewriter, Skip};
 use sampler::{Sampler, Sampling};
-use spec::MirrorSpec;
+use spec::{MirrorProtocol, MirrorSpec};
 use stats::{DropReason, MirrorStats, ReplaySnapshot, ReplayStats, Ticket};
 
 /// Per-mirror queue length.
@@ -117,7 +118,29 @@ impl ReplayConfig {
 struct Mirror<O: ReplayObserver> {
     sampler: Sampler,
     rewriter: Rewriter,
-    dispatcher: Dispatcher<O>,
+    protocol: MirrorProtocol,
+    /// Copies over HTTP/1.1 (`None` with `protocol=h2`).
+    http1: Option<Dispatcher<O>>,
+    /// Copies over HTTP/2 (`None` with `protocol=h1`).
+    http2: Option<Dispatcher<O>>,
+}
+
+impl<O: ReplayObserver> Mirror<O> {
+    /// The dispatcher a copy goes through: by the mirror's protocol, and for `auto` by how the
+    /// request was captured.
+    fn dispatcher(&self, captured_h2: bool) -> &Dispatcher<O> {
+        let h2 = self.protocol.sends_h2(captured_h2);
+        let chosen = if h2 { &self.http2 } else { &self.http1 };
+        chosen
+            .as_ref()
+            .or(self.http1.as_ref())
+            .or(self.http2.as_ref())
+            .expect("a mirror has a dispatcher")
+    }
+
+    fn dispatchers(&self) -> impl Iterator<Item = &Dispatcher<O>> {
+        self.http1.iter().chain(self.http2.iter())
+    }
 }
 
 /// Replays captured requests to every configured mirror; `O` hears about every copy.
@@ -151,44 +174,67 @@ impl<O: ReplayObserver> Replayer<O> {
                 spec.percent,
                 probability,
             ));
-            let pool = Pool::new(
-                PoolConfig {
-                    host: spec.host.clone(),
-                    port: spec.port,
-                    max_connections: cfg.max_connections,
-                    backoff_min: cfg.backoff_min,
-                    backoff_max: cfg.backoff_max,
-                    hooks: hooks.clone(),
-                    limits: cfg.limits.clone(),
-                    sample,
-                    tls: spec
-                        .tls
-                        .as_ref()
-                        .map(|t| match cfg.tls_clients.get(&spec.name) {
-                            Some(client) => Ok(client.clone()),
-                            None => tls::MirrorTls::new(&spec.host, t),
-                        }),
-                },
-                stats,
-            );
-            mirrors.push(Mirror {
-                sampler: Sampler::new(probability, sampler::mirror_seed(seed, i)),
-                rewriter: Rewriter::new(cfg.rewrite.clone(), spec.authority()),
-                dispatcher: Dispatcher::start(
-                    pool,
+            let pool_config = PoolConfig {
+                host: spec.host.clone(),
+                port: spec.port,
+                max_connections: cfg.max_connections,
+                backoff_min: cfg.backoff_min,
+                backoff_max: cfg.backoff_max,
+                hooks: hooks.clone(),
+                limits: cfg.limits.clone(),
+                sample,
+                tls: spec
+                    .tls
+                    .as_ref()
+                    .map(|t| match cfg.tls_clients.get(&spec.name) {
+                        Some(client) => Ok(client.clone()),
+                        None => tls::MirrorTls::new(&spec.host, t),
+                    }),
+            };
+            let tell = || Tell {
+                mirror: i,
+                observer: observer.clone(),
+            };
+            let start = |transport| {
+                Dispatcher::start(
+                    transport,
                     cfg.queue_size,
                     cfg.max_queue_bytes,
                     cfg.timeout,
                     phase_rx.clone(),
-                    Tell {
-                        mirror: i,
-                        observer: observer.clone(),
-                    },
-                ),
+                    tell(),
+                )
+            };
+            let http1 = (spec.protocol != MirrorProtocol::Http2).then(|| {
+                start(Transport::Http1(Pool::new(
+                    pool_config.clone(),
+                    stats.clone(),
+                )))
+            });
+            let http2 = (spec.protocol != MirrorProtocol::Http1).then(|| {
+                let mut h2_config = pool_config.clone();
+                h2_config.tls = h2_config.tls.map(|t| t.map(|t| t.for_h2()));
+                let tls = h2_config.tls.is_some();
+                start(Transport::Http2(h2::H2Pool::new(
+                    Pool::new(h2_config, stats.clone()),
+                    spec.authority(),
+                    tls,
+                    sample,
+                )))
+            });
+            mirrors.push(Mirror {
+                sampler: Sampler::new(probability, sampler::mirror_seed(seed, i)),
+                rewriter: Rewriter::new(cfg.rewrite.clone(), spec.authority()),
+                protocol: spec.protocol,
+                http1,
+                http2,
             });
         }
         let stats = Arc::new(ReplayStats::new(
-            mirrors.iter().map(|m| m.dispatcher.stats.clone()).collect(),
+            mirrors
+                .iter()
+                .map(|m| m.dispatcher(false).stats.clone())
+                .collect(),
         ));
         Self {
             mirrors,
@@ -214,7 +260,10 @@ impl<O: ReplayObserver> Replayer<O> {
         // Evaluated once, on first need.
         let mut verdict: Option<bool> = None;
         let key = captured.key();
-        let line = if self.ordered {
+        let captured_h2 = req.h2_stream.is_some();
+        // The streams of one HTTP/2 connection are concurrent on the primary: each is a line
+        // of its own, so none waits for another's answer.
+        let line = if self.ordered && !captured_h2 {
             captured.flow_id
         } else {
             self.unordered_seq.fetch_add(1, Ordering::Relaxed)
@@ -228,34 +277,35 @@ impl<O: ReplayObserver> Replayer<O> {
             )),
         };
         for m in &self.mirrors {
+            let dispatcher = m.dispatcher(captured_h2);
             let taken = match value {
                 None => m.sampler.sample(),
                 Some(v) => m.sampler.sample_at(v),
             };
             if !taken {
-                m.dispatcher.not_sampled(key);
+                dispatcher.not_sampled(key);
                 continue;
             }
-            let ticket = Ticket::new(m.dispatcher.stats.clone());
+            let ticket = Ticket::new(dispatcher.stats.clone());
             if closed {
-                m.dispatcher.not_sent(key, ticket, DropReason::Shutdown);
+                dispatcher.not_sent(key, ticket, DropReason::Shutdown);
                 continue;
             }
             // CONNECT is never mirrored: the mirror would open a tunnel to the client's target.
             let pass = *verdict
                 .get_or_insert_with(|| req.method != "CONNECT" && self.filter.check(req).is_ok());
             if !pass {
-                m.dispatcher.not_sent(key, ticket, DropReason::Filtered);
+                dispatcher.not_sent(key, ticket, DropReason::Filtered);
                 continue;
             }
             let (bytes, trace) = match m.rewriter.apply(req) {
                 Ok(b) => b,
                 Err(Skip::BodyTooLarge) => {
-                    m.dispatcher.not_sent(key, ticket, DropReason::BodyTooLarge);
+                    dispatcher.not_sent(key, ticket, DropReason::BodyTooLarge);
                     continue;
                 }
             };
-            m.dispatcher.offer(Job {
+            dispatcher.offer(Job {
                 copy: MirrorCopy { bytes, head, trace },
                 ticket,
                 line,
@@ -268,7 +318,8 @@ impl<O: ReplayObserver> Replayer<O> {
     pub fn max_queue_fill(&self) -> f64 {
         self.mirrors
             .iter()
-            .map(|m| m.dispatcher.queue_fill())
+            .flat_map(Mirror::dispatchers)
+            .map(Dispatcher::queue_fill)
             .fold(0.0, f64::max)
     }
 
@@ -309,8 +360,8 @@ impl<O: ReplayObserver> Replayer<O> {
         self.closed.store(true, Ordering::Relaxed);
         let _ = self.phase.send(Phase::Drain);
         let all = async {
-            for m in &self.mirrors {
-                m.dispatcher.join().await;
+            for d in self.mirrors.iter().flat_map(Mirror::dispatchers) {
+                d.join().await;
             }
         };
         tokio::pin!(all);

@@ -6,6 +6,7 @@
 //! ended response) is [`super::exchange`]; each connection belongs to one dispatcher worker, so
 //! the pool keeps no idle list. It does not queue or sample.
 
+use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -70,6 +71,12 @@ impl Drop for CloseHook {
             h(self.local, self.remote);
         }
     }
+}
+
+/// A connected stream and the hook to run once it is closed.
+pub(super) struct Opened {
+    pub(super) stream: MirrorStream,
+    pub(super) close: CloseHook,
 }
 
 /// A connection to a mirror: plain TCP, or TLS over it.
@@ -216,6 +223,20 @@ impl Pool {
     /// An open connection, or `Ok(None)` while the mirror is in reconnect backoff (one
     /// caller at a time probes a failing mirror).
     pub(super) async fn connect_or_backoff(&self) -> Result<Option<Conn>, ErrorKind> {
+        self.gated(|| self.connect()).await
+    }
+
+    /// A connected stream (TLS done) and its close hook, under the same backoff: what an
+    /// HTTP/2 connection is built on (see [`super::h2`]).
+    pub(super) async fn open_or_backoff(&self) -> Result<Option<Opened>, ErrorKind> {
+        self.gated(|| self.open()).await
+    }
+
+    /// Runs `attempt` unless the mirror is in backoff; a failure starts or lengthens it.
+    async fn gated<T, F>(&self, attempt: impl FnOnce() -> F) -> Result<Option<T>, ErrorKind>
+    where
+        F: Future<Output = io::Result<T>>,
+    {
         let failing = {
             let b = crate::sync::lock(&self.backoff);
             if b.until.is_some_and(|t| Instant::now() < t) {
@@ -226,7 +247,7 @@ impl Pool {
         if failing && self.probing.swap(true, Ordering::AcqRel) {
             return Ok(None);
         }
-        let result = self.connect().await;
+        let result = attempt().await;
         if failing {
             self.probing.store(false, Ordering::Release);
         }
@@ -252,6 +273,20 @@ impl Pool {
     }
 
     async fn connect(&self) -> io::Result<Conn> {
+        let Opened { stream, close } = self.open().await?;
+        Ok(Conn {
+            stream,
+            framer: ResponseFramer::new(self.cfg.limits.clone()).with_capture(self.cfg.sample),
+            buf: vec![0; 32 * 1024],
+            wbuf: Vec::new(),
+            events: Vec::new(),
+            last_used: Instant::now(),
+            prompt: false,
+            _close: close,
+        })
+    }
+
+    async fn open(&self) -> io::Result<Opened> {
         let remote = tokio::net::lookup_host((self.cfg.host.as_str(), self.cfg.port))
             .await?
             .next()
@@ -304,16 +339,7 @@ impl Pool {
             },
         };
         self.stats.on_connect();
-        Ok(Conn {
-            stream,
-            framer: ResponseFramer::new(self.cfg.limits.clone()).with_capture(self.cfg.sample),
-            buf: vec![0; 32 * 1024],
-            wbuf: Vec::new(),
-            events: Vec::new(),
-            last_used: Instant::now(),
-            prompt: false,
-            _close: close,
-        })
+        Ok(Opened { stream, close })
     }
 }
 

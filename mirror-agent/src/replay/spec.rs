@@ -1,4 +1,5 @@
-//! Mirror specifications: `--mirror URL[,percent=P][,name=NAME][,role=baseline]` (and, for `https://` URLs,
+//! Mirror specifications: `--mirror URL[,percent=P][,name=NAME][,role=baseline][,protocol=auto|h1|h2]`
+//! (and, for `https://` URLs,
 //! `ca=FILE`, `insecure=true`, `sni=NAME`, `cert=FILE,key=FILE`) and the validated [`MirrorSpec`]
 //! both the command line and the config file produce.
 //!
@@ -31,6 +32,48 @@ pub struct MirrorSpec {
     pub tls: Option<TlsSpec>,
     /// What the comparison makes of this mirror's answers.
     pub role: MirrorRole,
+    /// The HTTP version copies travel in (`protocol=`).
+    pub protocol: MirrorProtocol,
+}
+
+/// The HTTP version a mirror's copies travel in (`protocol=`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum MirrorProtocol {
+    /// As captured: HTTP/2 streams over HTTP/2, HTTP/1.x requests over HTTP/1.1.
+    #[default]
+    Auto,
+    /// Everything over HTTP/1.1 (HTTP/2 streams in their HTTP/1.1 form).
+    Http1,
+    /// Everything over HTTP/2 (h2c with prior knowledge; ALPN `h2` for `https://`).
+    Http2,
+}
+
+impl MirrorProtocol {
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "auto" => Some(Self::Auto),
+            "h1" | "http1" | "http/1.1" => Some(Self::Http1),
+            "h2" | "http2" | "http/2" => Some(Self::Http2),
+            _ => None,
+        }
+    }
+
+    /// Whether a copy captured as HTTP/2 (`captured_h2`) goes to this mirror over HTTP/2.
+    pub fn sends_h2(self, captured_h2: bool) -> bool {
+        match self {
+            Self::Auto => captured_h2,
+            Self::Http1 => false,
+            Self::Http2 => true,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::Http1 => "h1",
+            Self::Http2 => "h2",
+        }
+    }
 }
 
 /// A mirror's part in the comparison (`role=`).
@@ -97,7 +140,7 @@ pub enum SpecError {
     /// An option other than `percent=`, `name=`, `role=` and the TLS ones.
     #[error(
         "mirror `{spec}`: unknown option `{key}` (expected percent=P, name=NAME, \
-         role=baseline|candidate, or for https ca=FILE, insecure=true, sni=NAME, cert=FILE, key=FILE)"
+         role=baseline|candidate, protocol=auto|h1|h2, or for https ca=FILE, insecure=true, sni=NAME, cert=FILE, key=FILE)"
     )]
     UnknownKey { spec: String, key: String },
     /// The same option given twice.
@@ -109,6 +152,9 @@ pub enum SpecError {
     /// `role=` other than `baseline` or `candidate`.
     #[error("mirror `{spec}`: role `{value}` is not baseline or candidate")]
     BadRole { spec: String, value: String },
+    /// `protocol=` other than `auto`, `h1` or `h2`.
+    #[error("mirror `{spec}`: protocol `{value}` is not auto, h1 or h2")]
+    BadProtocol { spec: String, value: String },
     /// Empty name.
     #[error("mirror `{spec}`: name must not be empty")]
     EmptyName { spec: String },
@@ -154,6 +200,7 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
     let mut percent = None;
     let mut name = None;
     let mut role = None;
+    let mut protocol = None;
     let mut tls = TlsOptions::default();
     for opt in parts {
         let (key, value) = opt.split_once('=').unwrap_or((opt, ""));
@@ -182,6 +229,14 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
                     spec: spec.into(),
                     value: value.into(),
                 })?)
+                .is_some(),
+            "protocol" => protocol
+                .replace(
+                    MirrorProtocol::parse(value).ok_or_else(|| SpecError::BadProtocol {
+                        spec: spec.into(),
+                        value: value.into(),
+                    })?,
+                )
                 .is_some(),
             "ca" | "insecure" | "sni" | "cert" | "key" => {
                 tls.set(key, value).map_err(|why| SpecError::BadTls {
@@ -214,6 +269,7 @@ pub fn parse_mirror(spec: &str) -> Result<MirrorSpec, SpecError> {
         percent: percent.unwrap_or(DEFAULT_PERCENT),
         tls,
         role: role.unwrap_or_default(),
+        protocol: protocol.unwrap_or_default(),
     };
     out.name = name.unwrap_or_else(|| out.authority());
     Ok(out)
@@ -382,6 +438,37 @@ mod tests {
         assert_eq!(m.host, "10.0.0.6");
         assert_eq!(m.port, 8080);
         assert_eq!(m.percent, 50.0);
+    }
+
+    #[test]
+    fn protocol_key() {
+        assert_eq!(
+            parse_mirror("http://a").unwrap().protocol,
+            MirrorProtocol::Auto
+        );
+        for (v, want) in [
+            ("auto", MirrorProtocol::Auto),
+            ("h1", MirrorProtocol::Http1),
+            ("H2", MirrorProtocol::Http2),
+            ("http2", MirrorProtocol::Http2),
+        ] {
+            let m = parse_mirror(&format!("http://a,protocol={v}")).unwrap();
+            assert_eq!(m.protocol, want, "{v}");
+        }
+        assert!(MirrorProtocol::Auto.sends_h2(true) && !MirrorProtocol::Auto.sends_h2(false));
+        assert!(MirrorProtocol::Http2.sends_h2(false) && !MirrorProtocol::Http1.sends_h2(true));
+        assert_eq!(
+            parse_mirror("http://a,protocol=h3")
+                .unwrap_err()
+                .to_string(),
+            "mirror `http://a,protocol=h3`: protocol `h3` is not auto, h1 or h2"
+        );
+        assert_eq!(
+            parse_mirror("http://a,protocol=h1,protocol=h2")
+                .unwrap_err()
+                .to_string(),
+            "mirror `http://a,protocol=h1,protocol=h2`: option `protocol` given twice"
+        );
     }
 
     #[test]

@@ -44,7 +44,13 @@ pub enum ErrorKind {
     Io,
     /// The response could not be framed (malformed, too large, truncated).
     BadResponse,
+    /// The copy cannot be written in the mirror's protocol: an HTTP/1.1 upgrade, CONNECT or
+    /// a field HTTP/2 forbids, bound for an HTTP/2 mirror (`protocol=h2`).
+    Untranslatable,
 }
+
+/// gRPC status codes 0-16 (`grpc-status`), and one slot for any other value.
+pub const GRPC_STATUS_SLOTS: usize = 18;
 
 /// Why a copy was not sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -72,7 +78,9 @@ pub struct MirrorStats {
     sampled: AtomicU64,
     sent: AtomicU64,
     status: [AtomicU64; 5],
-    errors: [AtomicU64; 3],
+    errors: [AtomicU64; 4],
+    /// HTTP/2 answers carrying `grpc-status`, by code (see [`GRPC_STATUS_SLOTS`]).
+    grpc_status: [AtomicU64; GRPC_STATUS_SLOTS],
     timeouts: AtomicU64,
     dropped: [AtomicU64; 5],
     in_flight: AtomicU64,
@@ -95,6 +103,7 @@ impl MirrorStats {
             sent: AtomicU64::new(0),
             status: Default::default(),
             errors: Default::default(),
+            grpc_status: Default::default(),
             timeouts: AtomicU64::new(0),
             dropped: Default::default(),
             in_flight: AtomicU64::new(0),
@@ -117,6 +126,11 @@ impl MirrorStats {
     }
     pub(crate) fn on_tls_failure(&self, why: HandshakeFailure) {
         self.tls_failures[why as usize].fetch_add(1, Relaxed);
+    }
+    /// An answer's `grpc-status` (trailers, or headers of a trailers-only answer).
+    pub(crate) fn on_grpc_status(&self, code: u32) {
+        let slot = (code as usize).min(GRPC_STATUS_SLOTS - 1);
+        self.grpc_status[slot].fetch_add(1, Relaxed);
     }
 
     fn record(&self, outcome: Outcome) {
@@ -160,6 +174,7 @@ impl MirrorStats {
             sent: l(&self.sent),
             status: self.status.each_ref().map(l),
             errors: self.errors.each_ref().map(l),
+            grpc_status: self.grpc_status.each_ref().map(l),
             timeouts: l(&self.timeouts),
             dropped: self.dropped.each_ref().map(l),
             in_flight: l(&self.in_flight),
@@ -220,7 +235,9 @@ pub struct MirrorSnapshot {
     /// Final responses by class: 1xx (101), 2xx, 3xx, 4xx, 5xx.
     pub status: [u64; 5],
     /// Indexed by [`ErrorKind`].
-    pub errors: [u64; 3],
+    pub errors: [u64; 4],
+    /// Answers by `grpc-status` code (the last slot: any code above 16).
+    pub grpc_status: [u64; GRPC_STATUS_SLOTS],
     pub timeouts: u64,
     /// Indexed by [`DropReason`].
     pub dropped: [u64; 5],
@@ -242,6 +259,27 @@ impl MirrorSnapshot {
     }
     pub fn dropped_count(&self) -> u64 {
         self.dropped.iter().sum()
+    }
+    /// `; grpc-status: 0 x12, 5 x1` for the codes seen, empty when none was.
+    pub fn grpc_line(&self) -> String {
+        let seen: Vec<String> = self
+            .grpc_status
+            .iter()
+            .enumerate()
+            .filter(|(_, n)| **n > 0)
+            .map(|(code, n)| {
+                if code == GRPC_STATUS_SLOTS - 1 {
+                    format!("other x{n}")
+                } else {
+                    format!("{code} x{n}")
+                }
+            })
+            .collect();
+        if seen.is_empty() {
+            String::new()
+        } else {
+            format!("; grpc-status: {}", seen.join(", "))
+        }
     }
     pub fn error(&self, k: ErrorKind) -> u64 {
         self.errors[k as usize]
@@ -382,8 +420,8 @@ impl ReplaySnapshot {
             let _ = writeln!(
                 t,
                 "  {}: dropped: queue full {}, filtered {}, body too large {}, backoff {}, shutdown {}; \
-                 errors: connect {}, io {}, bad response {}; other final 1xx {}; in flight {}; \
-                 retries {}; connections {}{}",
+                 errors: connect {}, io {}, bad response {}, untranslatable {}; other final 1xx {}; \
+                 in flight {}; retries {}; connections {}{}{}",
                 m.name,
                 m.drop_count(DropReason::QueueFull),
                 m.drop_count(DropReason::Filtered),
@@ -393,6 +431,7 @@ impl ReplaySnapshot {
                 m.error(ErrorKind::Connect),
                 m.error(ErrorKind::Io),
                 m.error(ErrorKind::BadResponse),
+                m.error(ErrorKind::Untranslatable),
                 m.status[0],
                 m.in_flight,
                 m.retries,
@@ -405,6 +444,7 @@ impl ReplaySnapshot {
                 } else {
                     String::new()
                 },
+                m.grpc_line(),
             );
         }
         let _ = write!(t, "captured requests: {}", self.captured);

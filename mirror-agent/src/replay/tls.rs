@@ -64,6 +64,7 @@ impl HandshakeFailure {
 /// What connects to one `https://` mirror.
 #[derive(Clone)]
 pub struct MirrorTls {
+    config: Arc<ClientConfig>,
     connector: TlsConnector,
     server_name: ServerName<'static>,
 }
@@ -108,10 +109,24 @@ impl MirrorTls {
         let name = spec.sni.as_deref().unwrap_or(host);
         let server_name = ServerName::try_from(name.to_owned())
             .map_err(|_| format!("`{name}` is not a server name"))?;
+        let config = Arc::new(config);
         Ok(Self {
-            connector: TlsConnector::from(Arc::new(config)),
+            connector: TlsConnector::from(config.clone()),
+            config,
             server_name,
         })
+    }
+
+    /// The same client offering ALPN `h2` only (RFC 9113 3.2): for HTTP/2 copies.
+    pub fn for_h2(&self) -> Self {
+        let mut config = (*self.config).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let config = Arc::new(config);
+        Self {
+            connector: TlsConnector::from(config.clone()),
+            config,
+            server_name: self.server_name.clone(),
+        }
     }
 
     /// The TLS handshake on a connected socket.

@@ -65,6 +65,9 @@ impl RequestResult {
             Outcome::Error(ErrorKind::Connect) => Some((Self::Error("connect"), None)),
             Outcome::Error(ErrorKind::Io) => Some((Self::Error("io"), None)),
             Outcome::Error(ErrorKind::BadResponse) => Some((Self::Error("bad_response"), None)),
+            Outcome::Error(ErrorKind::Untranslatable) => {
+                Some((Self::Error("untranslatable"), None))
+            }
             Outcome::Dropped(DropReason::Backoff) => None,
             Outcome::Dropped(_) => None,
         }

@@ -124,6 +124,7 @@ pub fn spec(addr: SocketAddr, name: &str, percent: f64) -> MirrorSpec {
         percent,
         tls: None,
         role: Default::default(),
+        protocol: Default::default(),
     }
 }
 

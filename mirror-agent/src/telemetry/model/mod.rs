@@ -190,10 +190,11 @@ const DROP_REASONS: [(DropReason, &str); 5] = [
     (DropReason::Backoff, "backoff"),
     (DropReason::Shutdown, "shutdown"),
 ];
-const ERROR_KINDS: [(ErrorKind, &str); 3] = [
+const ERROR_KINDS: [(ErrorKind, &str); 4] = [
     (ErrorKind::Connect, "connect"),
     (ErrorKind::Io, "io"),
     (ErrorKind::BadResponse, "bad_response"),
+    (ErrorKind::Untranslatable, "untranslatable"),
 ];
 
 const PACKET: Unit = Unit::Count("{packet}");

@@ -1,0 +1,283 @@
+//! Copies to a mirror over HTTP/2 (`protocol=h2`, or `auto` for requests captured as HTTP/2
+//! streams): h2c with prior knowledge, or TLS with ALPN `h2` for `https://` mirrors.
+//!
+//! Owns one mirror's small set of HTTP/2 connections and the exchange of one copy on them.
+//! hyper's HTTP/2 client (over the `h2` crate) does the protocol: it multiplexes streams,
+//! honours the mirror's SETTINGS (concurrent streams beyond the mirror's limit wait inside the
+//! connection, frame sizes, flow-control windows), and ends a connection on GOAWAY. Connecting
+//! (bound source address, the loop-exclusion hooks, TLS, backoff) is the HTTP/1.1 [`Pool`]'s.
+//!
+//! Isolation is the dispatcher's, as for HTTP/1.1: its workers each carry one copy at a time
+//! (so a mirror has at most `max_connections` streams open), under the per-request timeout
+//! (dropping the exchange resets the stream), from the mirror's own bounded queue.
+//!
+//! A copy is translated from its HTTP/1.1 bytes ([`translate`]), sent, and its answer read to
+//! the end and discarded: status, `grpc-status` (trailers, or the headers of a trailers-only
+//! answer) and latency are measured, and the head and a body prefix kept for the comparison
+//! when it asks. A copy the connection never started (the connection was closing: GOAWAY, or
+//! closed while the copy waited) is retried once on a fresh connection.
+
+pub mod body;
+pub mod translate;
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use http_body_util::BodyExt;
+use hyper::client::conn::http2::{Builder, SendRequest};
+use hyper::http::uri::Scheme;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use tokio::sync::Mutex;
+
+use super::exchange::Batch;
+use super::job::Tell;
+use super::observer::ReplayObserver;
+use super::pool::Pool;
+use super::stats::{DropReason, ErrorKind, Outcome};
+use crate::http::response::ResponseSample;
+use body::{CopyBody, SentMark};
+
+/// Most HTTP/2 connections per mirror: streams are multiplexed on them, so a few carry what
+/// dozens of HTTP/1.1 connections would (one busy connection is served by one mirror thread
+/// in many servers, hence more than one).
+pub const MAX_H2_CONNECTIONS: usize = 4;
+
+/// One mirror's HTTP/2 connections.
+pub struct H2Pool {
+    pool: Pool,
+    scheme: Scheme,
+    /// `host:port` of the mirror: the `:authority` of a copy without a Host.
+    authority: String,
+    /// Keep each answer's head and this many body bytes for the observer.
+    sample: Option<usize>,
+    conns: Vec<Mutex<Option<SendRequest<CopyBody>>>>,
+    next: AtomicUsize,
+}
+
+impl H2Pool {
+    /// `pool` connects (its TLS client, if any, must offer ALPN `h2`).
+    pub fn new(pool: Pool, authority: String, tls: bool, sample: Option<usize>) -> Self {
+        let n = pool.max_connections().min(MAX_H2_CONNECTIONS);
+        Self {
+            pool,
+            scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
+            authority,
+            sample,
+            conns: (0..n).map(|_| Mutex::new(None)).collect(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Sends every copy of `batch` (the dispatcher gives one at a time) and resolves it.
+    /// Copies left in `batch` when the caller drops this future are the caller's to resolve.
+    pub async fn run<O: ReplayObserver>(&self, tell: &Tell<O>, batch: &mut Batch<O::Flight>) {
+        while let Some(job) = batch.front() {
+            let sent = SentMark::new(self.pool.stats_handle());
+            let request = match translate::to_h2(&job.copy.bytes, &self.scheme, &self.authority) {
+                Ok(r) => r.map(|b| b.with_mark(sent.clone())),
+                Err(why) => {
+                    tracing::debug!(mirror = %self.pool.stats().name, ?why,
+                            "copy cannot go over HTTP/2");
+                    let job = batch.pop_front().expect("front");
+                    tell.resolve(job, Outcome::Error(ErrorKind::Untranslatable));
+                    continue;
+                }
+            };
+            let mut request = Some(request);
+            let mut retried = false;
+            loop {
+                let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
+                let mut sender = match self.sender(slot).await {
+                    Ok(Some(s)) => s,
+                    Ok(None) => {
+                        for job in batch.drain(..) {
+                            tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
+                        }
+                        return;
+                    }
+                    Err(kind) => {
+                        if let Some(job) = batch.pop_front() {
+                            tell.resolve(job, Outcome::Error(kind));
+                        }
+                        for job in batch.drain(..) {
+                            tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
+                        }
+                        return;
+                    }
+                };
+                let req = request.take().expect("request kept for the retry");
+                match self.exchange(tell, batch, &mut sender, req, &sent).await {
+                    Ok(()) => break,
+                    Err(req) if !retried => {
+                        retried = true;
+                        self.pool.stats().on_retry();
+                        self.forget(slot, &sender).await;
+                        request = Some(req);
+                    }
+                    Err(_) => {
+                        let job = batch.pop_front().expect("front");
+                        tell.resolve(job, Outcome::Error(ErrorKind::Io));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    /// One try of the front copy on `sender`. `Err(request)`: the connection never started it
+    /// (closing, or closed), so it may go again on another.
+    async fn exchange<O: ReplayObserver>(
+        &self,
+        tell: &Tell<O>,
+        batch: &mut Batch<O::Flight>,
+        sender: &mut SendRequest<CopyBody>,
+        req: hyper::http::Request<CopyBody>,
+        sent: &SentMark,
+    ) -> Result<(), hyper::http::Request<CopyBody>> {
+        let start = Instant::now();
+        if sender.ready().await.is_err() {
+            return Err(req);
+        }
+        let response = match sender.try_send_request(req).await {
+            Ok(r) => r,
+            Err(mut e) => {
+                if let Some(req) = e.take_message() {
+                    return Err(req);
+                }
+                tracing::debug!(mirror = %self.pool.stats().name, error = %e.error(),
+                    "HTTP/2 stream to the mirror failed");
+                let job = batch.pop_front().expect("front");
+                tell.resolve(job, Outcome::Error(ErrorKind::Io));
+                return Ok(());
+            }
+        };
+        sent.mark();
+        let (parts, mut body) = response.into_parts();
+        let mut grpc = grpc_status(&parts.headers);
+        let mut sample = self.sample.map(|_| {
+            let mut head = format!("HTTP/1.1 {} \r\n", parts.status.as_u16()).into_bytes();
+            append_fields(&mut head, &parts.headers);
+            Box::new(ResponseSample {
+                head,
+                body: Vec::new(),
+                body_len: 0,
+                truncated: false,
+            })
+        });
+        let limit = self.sample.unwrap_or(0);
+        loop {
+            match body.frame().await {
+                None => break,
+                Some(Ok(frame)) => match frame.into_data() {
+                    Ok(data) => {
+                        if let Some(s) = sample.as_mut() {
+                            s.body_len += data.len() as u64;
+                            let room = limit.saturating_sub(s.body.len());
+                            s.body.extend_from_slice(&data[..data.len().min(room)]);
+                            s.truncated |= data.len() > room;
+                        }
+                    }
+                    Err(frame) => {
+                        if let Ok(trailers) = frame.into_trailers() {
+                            grpc = grpc.or(grpc_status(&trailers));
+                            if let Some(s) = sample.as_mut() {
+                                append_fields(&mut s.head, &trailers);
+                            }
+                        }
+                    }
+                },
+                Some(Err(e)) => {
+                    tracing::debug!(mirror = %self.pool.stats().name, error = %e,
+                        "HTTP/2 answer from the mirror broke off");
+                    let job = batch.pop_front().expect("front");
+                    tell.resolve(job, Outcome::Error(ErrorKind::Io));
+                    return Ok(());
+                }
+            }
+        }
+        if let Some(s) = sample.as_mut() {
+            s.head.extend_from_slice(b"\r\n");
+        }
+        if let Some(code) = grpc {
+            self.pool.stats().on_grpc_status(code);
+        }
+        let job = batch.pop_front().expect("front");
+        tell.resolve_with(
+            job,
+            Outcome::Answered {
+                status: parts.status.as_u16(),
+                latency: start.elapsed(),
+            },
+            sample,
+        );
+        Ok(())
+    }
+
+    /// The connection in `slot`, opened (under the pool's backoff) when it has none or it
+    /// closed. `Ok(None)`: the mirror is in backoff.
+    async fn sender(&self, slot: usize) -> Result<Option<SendRequest<CopyBody>>, ErrorKind> {
+        let mut conn = self.conns[slot].lock().await;
+        if let Some(s) = conn.as_ref()
+            && !s.is_closed()
+        {
+            return Ok(Some(s.clone()));
+        }
+        *conn = None;
+        let Some(opened) = self.pool.open_or_backoff().await? else {
+            return Ok(None);
+        };
+        let mut builder = Builder::new(TokioExecutor::new());
+        builder.timer(TokioTimer::new());
+        let (send, connection) = builder
+            .handshake(TokioIo::new(opened.stream))
+            .await
+            .map_err(|e| {
+                tracing::debug!(mirror = %self.pool.stats().name, error = %e,
+                    "HTTP/2 handshake with the mirror failed");
+                ErrorKind::Connect
+            })?;
+        let close = opened.close;
+        let name = self.pool.stats().name.clone();
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::debug!(mirror = %name, error = %e, "HTTP/2 connection to the mirror ended");
+            }
+            // The loop-exclusion hook runs once the socket is closed.
+            drop(close);
+        });
+        *conn = Some(send.clone());
+        Ok(Some(send))
+    }
+
+    /// Forgets the connection in `slot` if it is `used` and closed.
+    async fn forget(&self, slot: usize, used: &SendRequest<CopyBody>) {
+        if used.is_closed() {
+            let mut conn = self.conns[slot].lock().await;
+            if conn.as_ref().is_some_and(SendRequest::is_closed) {
+                *conn = None;
+            }
+        }
+    }
+}
+
+/// `grpc-status` of a header or trailer section.
+fn grpc_status(fields: &hyper::http::HeaderMap) -> Option<u32> {
+    fields
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Fields as HTTP/1.1 lines (`name: value\r\n`), for the comparison's response sample.
+fn append_fields(out: &mut Vec<u8>, fields: &hyper::http::HeaderMap) {
+    for (name, value) in fields {
+        out.extend_from_slice(name.as_str().as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+}
