@@ -190,6 +190,12 @@ const DROP_REASONS: [(DropReason, &str); 5] = [
     (DropReason::Backoff, "backoff"),
     (DropReason::Shutdown, "shutdown"),
 ];
+/// OpenTelemetry's RPC semantic conventions name the gRPC status attribute so.
+const GRPC_STATUS_CODE: &str = "rpc.grpc.status_code";
+const GRPC_CODES: [&str; crate::replay::stats::GRPC_STATUS_SLOTS] = [
+    "0", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12", "13", "14", "15", "16",
+    "other",
+];
 const ERROR_KINDS: [(ErrorKind, &str); 4] = [
     (ErrorKind::Connect, "connect"),
     (ErrorKind::Io, "io"),
@@ -627,6 +633,21 @@ pub static DEFS: &[MetricDef] = &[
             per_mirror(s, o, |m, n, o| {
                 for (i, c) in ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().enumerate() {
                     p(o, &[(MIRROR, n), (STATUS_CLASS, c)], m.status[i]);
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.requests.grpc_status",
+        kind: Kind::Counter,
+        unit: REQUEST,
+        help: "Copies a mirror answered over HTTP/2 with a grpc-status (trailers, or a trailers-only answer), by code (0-16, other); only codes seen.",
+        read: |s, o| {
+            per_mirror(s, o, |m, n, o| {
+                for (code, count) in GRPC_CODES.iter().zip(m.grpc_status) {
+                    if count > 0 {
+                        p(o, &[(MIRROR, n), (GRPC_STATUS_CODE, code)], count);
+                    }
                 }
             })
         },

@@ -26,6 +26,8 @@ fn replay_snapshot() -> ReplaySnapshot {
         Ticket::new(a.clone()).resolve(o);
     }
     Ticket::new(b.clone()).resolve(Outcome::Dropped(DropReason::Filtered));
+    a.on_grpc_status(0);
+    a.on_grpc_status(14);
     for _ in 0..6 {
         stats.on_submit();
     }
