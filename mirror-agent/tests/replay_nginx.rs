@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use mirror_agent::replay::stats::ErrorKind;
 use mirror_agent::replay::{ConnectionHooks, NoObserver, Replayer};
 use replay_common::*;
 
@@ -172,10 +173,18 @@ async fn nginx_h2c_mirror_with_goaway_every_50_streams() {
     let snap = finish(&replayer).await;
     let m = &snap.mirrors[0];
     println!("{}", snap.table());
-    assert_eq!(m.status[1], (n / 2) as u64, "{m:?}");
-    assert_eq!(m.status[3], (n / 2) as u64, "{m:?}");
-    assert_eq!(m.sent, n as u64, "{m:?}");
-    assert_eq!(m.error_count() + m.timeouts + m.dropped_count(), 0, "{m:?}");
+    assert_eq!(m.timeouts + m.dropped_count(), 0, "{m:?}");
+    // When nginx ends a connection after its GOAWAY, hyper's client now and then fails a
+    // stream nginx did answer (GoAway NO_ERROR): that answer is lost to us, counted as an io
+    // error, and the copy is not sent again (it reached nginx: the log below has it once).
+    // At most one such stream per GOAWAY.
+    let lost_answers = m.error(ErrorKind::Io);
+    assert_eq!(m.error_count(), lost_answers, "{m:?}");
+    assert!(lost_answers < m.connects, "{m:?}");
+    assert_eq!(m.answered() + lost_answers, n as u64, "{m:?}");
+    // Over HTTP/2 a copy counts as sent once its body was handed over or its answer came: a
+    // bodiless stream whose answer was lost is not counted, though nginx got it.
+    assert!(m.sent + lost_answers >= n as u64, "{m:?}");
     assert!(
         m.connects >= (n / 50) as u64,
         "nginx sends GOAWAY every 50 streams: {m:?}"
@@ -194,7 +203,16 @@ async fn nginx_h2c_mirror_with_goaway_every_50_streams() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(lines.len(), n, "one log line per copy");
+    let odd: Vec<&String> = lines
+        .iter()
+        .filter(|l| !l.contains(" HTTP/2.0 200") && !l.contains(" HTTP/2.0 40"))
+        .collect();
+    assert_eq!(
+        lines.len(),
+        n,
+        "one log line per copy: {m:?}; odd lines: {odd:?}"
+    );
+    // Every copy reached nginx exactly once, over HTTP/2, and got its own status.
     for (want, count) in [
         ("GET /?q=1 HTTP/2.0 200", n / 4),
         ("GET /missing HTTP/2.0 404", n / 4),

@@ -2,7 +2,9 @@
 //! to the peer's frame size and flow-control windows), then its trailers, if any.
 //!
 //! It also marks the copy *sent* once its last frame has been handed to the connection: that
-//! is when an HTTP/1.1 copy counts as sent too (its last byte written).
+//! is when an HTTP/1.1 copy counts as sent too (its last byte written). A stream without a
+//! body is counted when its answer arrives (hyper never polls an empty body), so one whose
+//! answer is lost (an io error) is not counted as sent, though the mirror may have it.
 
 use std::convert::Infallible;
 use std::pin::Pin;

@@ -15,7 +15,8 @@
 //! the end and discarded: status, `grpc-status` (trailers, or the headers of a trailers-only
 //! answer) and latency are measured, and the head and a body prefix kept for the comparison
 //! when it asks. A copy the connection never started (the connection was closing: GOAWAY, or
-//! closed while the copy waited) is retried once on a fresh connection.
+//! closed while the copy waited), or whose stream the mirror refused (REFUSED_STREAM), is
+//! retried once on a fresh connection; nothing the mirror may have processed is sent twice.
 
 pub mod body;
 pub mod translate;
@@ -75,21 +76,21 @@ impl H2Pool {
     /// Sends every copy of `batch` (the dispatcher gives one at a time) and resolves it.
     /// Copies left in `batch` when the caller drops this future are the caller's to resolve.
     pub async fn run<O: ReplayObserver>(&self, tell: &Tell<O>, batch: &mut Batch<O::Flight>) {
-        while let Some(job) = batch.front() {
+        while !batch.is_empty() {
             let sent = SentMark::new(self.pool.stats_handle());
-            let request = match translate::to_h2(&job.copy.bytes, &self.scheme, &self.authority) {
-                Ok(r) => r.map(|b| b.with_mark(sent.clone())),
-                Err(why) => {
-                    tracing::debug!(mirror = %self.pool.stats().name, ?why,
-                            "copy cannot go over HTTP/2");
-                    let job = batch.pop_front().expect("front");
-                    tell.resolve(job, Outcome::Error(ErrorKind::Untranslatable));
-                    continue;
-                }
-            };
-            let mut request = Some(request);
             let mut retried = false;
             loop {
+                let request =
+                    match translate::to_h2(&batch[0].copy.bytes, &self.scheme, &self.authority) {
+                        Ok(r) => r.map(|b| b.with_mark(sent.clone())),
+                        Err(why) => {
+                            tracing::debug!(mirror = %self.pool.stats().name, ?why,
+                            "copy cannot go over HTTP/2");
+                            let job = batch.pop_front().expect("front");
+                            tell.resolve(job, Outcome::Error(ErrorKind::Untranslatable));
+                            break;
+                        }
+                    };
                 let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
                 let mut sender = match self.sender(slot).await {
                     Ok(Some(s)) => s,
@@ -109,16 +110,17 @@ impl H2Pool {
                         return;
                     }
                 };
-                let req = request.take().expect("request kept for the retry");
-                match self.exchange(tell, batch, &mut sender, req, &sent).await {
+                match self
+                    .exchange(tell, batch, &mut sender, request, &sent)
+                    .await
+                {
                     Ok(()) => break,
-                    Err(req) if !retried => {
+                    Err(NotProcessed) if !retried => {
                         retried = true;
                         self.pool.stats().on_retry();
                         self.forget(slot, &sender).await;
-                        request = Some(req);
                     }
-                    Err(_) => {
+                    Err(NotProcessed) => {
                         let job = batch.pop_front().expect("front");
                         tell.resolve(job, Outcome::Error(ErrorKind::Io));
                         break;
@@ -128,8 +130,8 @@ impl H2Pool {
         }
     }
 
-    /// One try of the front copy on `sender`. `Err(request)`: the connection never started it
-    /// (closing, or closed), so it may go again on another.
+    /// One try of the front copy on `sender`. `Err(NotProcessed)`: the mirror cannot have
+    /// acted on it, so it may go again on another connection.
     async fn exchange<O: ReplayObserver>(
         &self,
         tell: &Tell<O>,
@@ -137,16 +139,16 @@ impl H2Pool {
         sender: &mut SendRequest<CopyBody>,
         req: hyper::http::Request<CopyBody>,
         sent: &SentMark,
-    ) -> Result<(), hyper::http::Request<CopyBody>> {
+    ) -> Result<(), NotProcessed> {
         let start = Instant::now();
         if sender.ready().await.is_err() {
-            return Err(req);
+            return Err(NotProcessed);
         }
         let response = match sender.try_send_request(req).await {
             Ok(r) => r,
-            Err(mut e) => {
-                if let Some(req) = e.take_message() {
-                    return Err(req);
+            Err(e) => {
+                if e.message().is_some() || not_processed(e.error()) {
+                    return Err(NotProcessed);
                 }
                 tracing::debug!(mirror = %self.pool.stats().name, error = %e.error(),
                     "HTTP/2 stream to the mirror failed");
@@ -262,6 +264,25 @@ impl H2Pool {
             }
         }
     }
+}
+
+/// A copy the mirror cannot have acted on: the connection never started it, or the mirror
+/// refused its stream (RFC 9113 8.7: REFUSED_STREAM).
+struct NotProcessed;
+
+fn not_processed(e: &hyper::Error) -> bool {
+    let mut source = std::error::Error::source(e);
+    while let Some(s) = source {
+        if let Some(h2) = s.downcast_ref::<h2::Error>() {
+            // Not a stream failed by a GOAWAY: h2 fails the streams above the GOAWAY's last
+            // stream id with it, but also, when the connection then ends, streams the mirror
+            // did process and answered (seen with nginx's GOAWAY after `keepalive_requests`):
+            // a retry would deliver such a copy twice. Those end as io errors, counted.
+            return h2.reason() == Some(h2::Reason::REFUSED_STREAM);
+        }
+        source = s.source();
+    }
+    false
 }
 
 /// `grpc-status` of a header or trailer section.
