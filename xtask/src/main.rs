@@ -44,7 +44,8 @@ enum Command {
     /// Run the self-contained demo in network namespaces.
     Demo,
     /// Benchmarks: capture (with its bulk-upload section), bulk (that section alone),
-    /// pipeline, mirror, connections (agent CPU as client connections and mirrors grow).
+    /// pipeline, mirror, connections (agent CPU as client connections and mirrors grow), h2
+    /// (h2load against an h2c primary, mirrored over HTTP/2).
     Bench { which: String },
     /// Run each cargo-fuzz target of mirror-agent/fuzz for a fixed time; print a table; fail on
     /// any crash, leak, timeout or out-of-memory artifact.
@@ -73,9 +74,10 @@ fn main() -> anyhow::Result<()> {
             "pipeline" => bench_pipeline::run(),
             "mirror" => bench_mirror::run(),
             "connections" => bench_mirror::connections::run(),
+            "h2" => bench_mirror::h2::run(),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror, connections)"
+                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror, connections, h2)"
                 )
             }
         },

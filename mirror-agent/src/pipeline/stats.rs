@@ -184,6 +184,8 @@ pub struct PipelineStats {
     /// Of those, connections whose decoding stopped (a connection error, or a gap that lost
     /// the header table); the rest of their client bytes are `h2_dropped_bytes`.
     pub h2_flows_failed: u64,
+    /// Of `h2_flows`, connections that began in HTTP/1.1 and upgraded (`Upgrade: h2c`).
+    pub h2_upgrades: u64,
     /// Requests from HTTP/2 streams (also in `requests`; their HTTP/1.1 form's bytes are not
     /// in `request_bytes`, their wire bytes are in `h2_frame_bytes`).
     pub h2_requests: u64,
@@ -399,6 +401,7 @@ impl fmt::Display for PipelineStats {
             ("flows_not_http", self.flows_not_http),
             ("flows_h2", self.flows_h2),
             ("h2.flows", self.h2_flows),
+            ("h2.upgrades", self.h2_upgrades),
             ("h2.requests", self.h2_requests),
             ("h2.frame_bytes", self.h2_frame_bytes),
             ("lost.h2_flows_failed", self.h2_flows_failed),

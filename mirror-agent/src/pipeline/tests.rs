@@ -894,3 +894,75 @@ fn http2_prior_knowledge_streams_become_requests_and_add_up() {
     );
     assert_eq!(s.request_bytes, 0, "the HTTP/1.1 forms are not wire bytes");
 }
+
+/// An HTTP/1.1 connection that upgrades to h2c (`Upgrade: h2c`, 101, then the preface): the
+/// upgrading request is an HTTP/1.1 request, the streams after it are decoded as HTTP/2. One
+/// whose upgrade the server declines goes on in HTTP/1.1.
+#[test]
+fn h2c_upgrade_taken_is_decoded_and_declined_goes_on_in_http11() {
+    use crate::http2::frame::{PREFACE, flag, header, kind};
+    let upgrade = b"GET /up HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let mut hpack = loona_hpack::Encoder::new();
+    let mut h2 = PREFACE.to_vec();
+    h2.extend_from_slice(&header(0, kind::SETTINGS, 0, 0));
+    let get = hpack.encode([
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"api"),
+        (b":path", b"/after"),
+    ]);
+    h2.extend_from_slice(&header(
+        get.len(),
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+    ));
+    h2.extend_from_slice(&get);
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    c.handshake()
+        .client_sends(upgrade, 10)
+        .server_sends(
+            b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            10,
+        )
+        .client_sends(&h2, 10)
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 2, "{s}");
+    assert!(r[0].request.raw.starts_with(b"GET /up HTTP/1.1\r\n"));
+    assert_eq!(r[0].request.h2_stream, None);
+    assert_eq!(
+        r[1].request.raw.as_ref(),
+        b"GET /after HTTP/1.1\r\nHost: api\r\n\r\n"
+    );
+    assert_eq!(r[1].request.h2_stream, Some(3));
+    assert_eq!(
+        (s.h2_flows, s.h2_upgrades, s.flows_h2, s.flows_tunnel),
+        (1, 1, 0, 0),
+        "{s}"
+    );
+    assert_eq!(s.h2_frame_bytes, h2.len() as u64, "{s}");
+
+    // Declined: the server answers in HTTP/1.1 and the client carries on.
+    let mut c = Conversation::new(addr("10.0.0.1:5001"), addr("10.0.0.2:8080"), [1, 2]);
+    c.handshake()
+        .client_sends(upgrade, 10)
+        .server_sends(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 10)
+        .client_sends(b"GET /next HTTP/1.1\r\nHost: api\r\n\r\n", 10)
+        .close();
+    let mut p = Pipeline::new(cfg());
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 2, "{s}");
+    assert!(r[1].request.raw.starts_with(b"GET /next HTTP/1.1\r\n"));
+    assert_eq!(
+        (s.h2_flows, s.h2_upgrades, s.flows_tunnel),
+        (0, 0, 0),
+        "{s}"
+    );
+}

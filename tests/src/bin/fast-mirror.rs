@@ -1,5 +1,6 @@
-//! `fast-mirror ADDR`: the mirror service of `cargo xtask bench mirror`, answering every request
-//! `200 ok` on one thread, as nginx's `return 200` does, but cheap under pipelining.
+//! `fast-mirror ADDR [--h2]`: the mirror service of `cargo xtask bench mirror`, answering every
+//! request `200 ok` on one thread, as nginx's `return 200` does, but cheap under pipelining.
+//! With `--h2` it speaks HTTP/2 with prior knowledge (h2c) instead, for `cargo xtask bench h2`.
 //!
 //! The agent pipelines a client connection's queued copies on one mirror connection. nginx
 //! answers pipelined requests with one `writev` (one TCP segment) per response, so as a mirror
@@ -14,10 +15,10 @@ use std::net::SocketAddr;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper::{Request, Response};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 
 async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
@@ -36,8 +37,13 @@ async fn answer(req: Request<hyper::body::Incoming>) -> Result<Response<Full<Byt
 fn main() -> anyhow::Result<()> {
     let addr: SocketAddr = std::env::args()
         .nth(1)
-        .ok_or_else(|| anyhow::anyhow!("usage: fast-mirror ADDR:PORT"))?
+        .ok_or_else(|| anyhow::anyhow!("usage: fast-mirror ADDR:PORT [--h2]"))?
         .parse()?;
+    let h2 = match std::env::args().nth(2).as_deref() {
+        None => false,
+        Some("--h2") => true,
+        Some(other) => anyhow::bail!("fast-mirror: unknown option {other:?} (--h2)"),
+    };
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
@@ -47,11 +53,19 @@ fn main() -> anyhow::Result<()> {
             let (stream, _) = listener.accept().await?;
             stream.set_nodelay(true)?;
             tokio::spawn(async move {
-                let _ = http1::Builder::new()
-                    .keep_alive(true)
-                    .pipeline_flush(true)
-                    .serve_connection(TokioIo::new(stream), service_fn(answer))
-                    .await;
+                let io = TokioIo::new(stream);
+                if h2 {
+                    let _ = http2::Builder::new(TokioExecutor::new())
+                        .max_concurrent_streams(1024)
+                        .serve_connection(io, service_fn(answer))
+                        .await;
+                } else {
+                    let _ = http1::Builder::new()
+                        .keep_alive(true)
+                        .pipeline_flush(true)
+                        .serve_connection(io, service_fn(answer))
+                        .await;
+                }
             });
         }
     })

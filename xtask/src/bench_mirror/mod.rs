@@ -52,6 +52,7 @@
 //! of the agent itself (e.g. `MIRROR_QUEUE_SIZE`), which the agent inherits and the bench prints.
 
 pub mod connections;
+pub mod h2;
 mod measure;
 mod world;
 
@@ -458,36 +459,20 @@ fn one(
     let agent = if mode == Mode::Without {
         None
     } else {
-        let [_, _, agent_cpus] = layout.cpus(s.ncpu);
-        let mut cmd = ns_cmd_on(NS[1], Some(&agent_cpus), s.agent_bin.to_str().unwrap());
-        cmd.args(["--iface", "mbn", "--port", &PORT.to_string()])
-            .env("NO_COLOR", "1");
+        let mut args = Vec::new();
         for m in 1..=mirrors {
             let name = if m == 1 {
                 "fast".to_string()
             } else {
                 format!("fast-{m}")
             };
-            cmd.args([
-                "--mirror",
-                &format!("http://{MIRROR}:{mirror_port},name={name}"),
-            ]);
+            args.push("--mirror".to_string());
+            args.push(format!("http://{MIRROR}:{mirror_port},name={name}"));
         }
         if mode == Mode::Compare {
-            cmd.arg("--compare");
+            args.push("--compare".into());
         }
-        let i = world.spawn(&mut cmd, &name)?;
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !world.read(&format!("{name}.err"))?.contains("capturing;") {
-            if Instant::now() > deadline || world.children[i].try_wait()?.is_some() {
-                bail!(
-                    "agent did not start: {}",
-                    world.read(&format!("{name}.err"))?
-                );
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Some(i)
+        Some(spawn_agent(world, s, layout, &name, &args)?)
     };
     let (pp, mp) = (world.pid(primary), world.pid(mirror));
     let a0 = agent.map(|i| measure::cpu_secs(world.pid(i))).transpose()?;
@@ -505,47 +490,7 @@ fn one(
     let busy = measure::cpu_busy(&c0, &measure::cpu_times());
     let (primary_cpu, mirror_cpu) = (measure::cpu_secs(pp)? - p0, measure::cpu_secs(mp)? - m0);
     let agent = match (agent, a0) {
-        (Some(i), Some(a0)) => {
-            let pid = world.pid(i);
-            let cpu = measure::cpu_secs(pid)? - a0;
-            let rss_kib = measure::vm_hwm_kib(pid)?;
-            world.interrupt(i, Duration::from_secs(30))?;
-            let log = world.read(&format!("{name}.err"))?;
-            let out = world.read(&format!("{name}.out"))?;
-            Some(AgentRun {
-                cpu,
-                rss_kib,
-                sent_all: measure::sent_by_all(&log),
-                table: measure::parse_agent_table(&log).with_context(|| {
-                    format!("no mirror table in the agent log {name}.err:\n{log}")
-                })?,
-                capture: out
-                    .lines()
-                    .rev()
-                    .find(|l| l.contains("records="))
-                    .map(str::to_owned),
-                losses: log
-                    .lines()
-                    .map(str::trim)
-                    .filter(|t| {
-                        (t.starts_with("lost.")
-                            || t.starts_with("dropped.")
-                            || t.starts_with("evicted"))
-                            && !t.ends_with(" 0")
-                    })
-                    .map(str::to_owned)
-                    .collect(),
-                compare: compare_table(&log),
-                classifier: match (k0, k1) {
-                    (Some(a), Some(b)) if b.1 > a.1 => Some(Classifier {
-                        ns_per_packet: (b.0 - a.0) as f64 / (b.1 - a.1) as f64,
-                        packets: b.1 - a.1,
-                        cpu_share: (b.0 - a.0) as f64 / (wall * 1e9),
-                    }),
-                    _ => None,
-                },
-            })
-        }
+        (Some(i), Some(a0)) => Some(collect_agent(world, i, &name, a0, (k0, k1), wall)?),
         _ => None,
     };
     Ok(Run {
@@ -561,6 +506,82 @@ fn one(
 }
 
 /// The comparison table the agent prints on exit with `--compare`.
+/// Starts the agent in the node namespace on the layout's agent CPUs, capturing the primary's
+/// port, with `args` (the mirrors); waits until it captures. Logs go to `<name>.out|.err`.
+fn spawn_agent(
+    world: &mut World,
+    s: &Settings,
+    layout: Layout,
+    name: &str,
+    args: &[String],
+) -> Result<usize> {
+    let [_, _, agent_cpus] = layout.cpus(s.ncpu);
+    let mut cmd = ns_cmd_on(NS[1], Some(&agent_cpus), s.agent_bin.to_str().unwrap());
+    cmd.args(["--iface", "mbn", "--port", &PORT.to_string()])
+        .args(args)
+        .env("NO_COLOR", "1");
+    let i = world.spawn(&mut cmd, name)?;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !world.read(&format!("{name}.err"))?.contains("capturing;") {
+        if Instant::now() > deadline || world.children[i].try_wait()?.is_some() {
+            bail!(
+                "agent did not start: {}",
+                world.read(&format!("{name}.err"))?
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(i)
+}
+
+/// Stops the agent `i` (started as `name`, with `a0` CPU seconds and `bpf` classifier
+/// statistics before and after the loaded phase of `wall` seconds) and reads what it did.
+fn collect_agent(
+    world: &mut World,
+    i: usize,
+    name: &str,
+    a0: f64,
+    bpf: (Option<(u64, u64)>, Option<(u64, u64)>),
+    wall: f64,
+) -> Result<AgentRun> {
+    let pid = world.pid(i);
+    let cpu = measure::cpu_secs(pid)? - a0;
+    let rss_kib = measure::vm_hwm_kib(pid)?;
+    world.interrupt(i, Duration::from_secs(30))?;
+    let log = world.read(&format!("{name}.err"))?;
+    let out = world.read(&format!("{name}.out"))?;
+    Ok(AgentRun {
+        cpu,
+        rss_kib,
+        sent_all: measure::sent_by_all(&log),
+        table: measure::parse_agent_table(&log)
+            .with_context(|| format!("no mirror table in the agent log {name}.err:\n{log}"))?,
+        capture: out
+            .lines()
+            .rev()
+            .find(|l| l.contains("records="))
+            .map(str::to_owned),
+        losses: log
+            .lines()
+            .map(str::trim)
+            .filter(|t| {
+                (t.starts_with("lost.") || t.starts_with("dropped.") || t.starts_with("evicted"))
+                    && !t.ends_with(" 0")
+            })
+            .map(str::to_owned)
+            .collect(),
+        compare: compare_table(&log),
+        classifier: match bpf {
+            (Some(a), Some(b)) if b.1 > a.1 => Some(Classifier {
+                ns_per_packet: (b.0 - a.0) as f64 / (b.1 - a.1) as f64,
+                packets: b.1 - a.1,
+                cpu_share: (b.0 - a.0) as f64 / (wall * 1e9),
+            }),
+            _ => None,
+        },
+    })
+}
+
 fn compare_table(log: &str) -> Option<String> {
     let lines: Vec<&str> = log.lines().collect();
     let start = lines

@@ -59,8 +59,13 @@ impl World {
 
     /// Starts nginx (`primary` or `mirror`) in `ns`, listening on `host`; returns its index.
     pub fn nginx(&mut self, ns: &str, name: &str, host: &str) -> Result<usize> {
+        self.nginx_with(ns, name, host, false)
+    }
+
+    /// [`Self::nginx`] serving h2c (HTTP/2 with prior knowledge) when `http2`.
+    pub fn nginx_with(&mut self, ns: &str, name: &str, host: &str, http2: bool) -> Result<usize> {
         let conf = self.dir.join(format!("{name}.conf"));
-        std::fs::write(&conf, nginx_conf(&self.dir, name, host))?;
+        std::fs::write(&conf, nginx_conf(&self.dir, name, host, http2))?;
         let i = self.spawn(
             ns_cmd(ns, "nginx").args(["-c", conf.to_str().unwrap(), "-g", "daemon off;"]),
             name,
@@ -119,14 +124,15 @@ impl Drop for World {
 }
 
 /// One nginx worker (`master_process off`: the process `ip netns exec` execs is the server).
-fn nginx_conf(dir: &Path, name: &str, host: &str) -> String {
+fn nginx_conf(dir: &Path, name: &str, host: &str, http2: bool) -> String {
     let d = dir.display();
+    let h2 = if http2 { " http2" } else { "" };
     format!(
         "master_process off;\nworker_processes 1;\npid {d}/{name}.pid;\nerror_log {d}/{name}.error.log;\n\
          events {{ worker_connections 16384; }}\n\
          http {{\n  access_log off;\n  keepalive_requests 1000000;\n\
          client_body_temp_path {d}/{name}-body;\n\
-         server {{\n    listen {host}:{PORT};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
+         server {{\n    listen {host}:{PORT}{h2};\n    location / {{ return 200 \"ok\\n\"; }}\n  }}\n}}\n"
     )
 }
 

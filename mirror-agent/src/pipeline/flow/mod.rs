@@ -87,6 +87,10 @@ struct Decided {
     /// The client's first bytes while they could still be the HTTP/2 preface (fewer than its
     /// 24 octets so far).
     h2_probe: Vec<u8>,
+    /// The last request asked to upgrade to h2c (`Upgrade: h2c`): if the server switched
+    /// protocols, the client's next bytes are the HTTP/2 preface (RFC 9113 3.1 of RFC 7540's
+    /// upgrade, which RFC 9113 keeps for existing clients), probed like a connection's first.
+    h2c_upgrade: bool,
 }
 
 enum State {
@@ -248,6 +252,7 @@ impl Flow {
                 reset: false,
                 h2: None,
                 h2_probe: Vec::new(),
+                h2c_upgrade: false,
             }));
             for s in held {
                 self.push(Incoming::Owned(s), cfg, stats, sc, out);
@@ -557,9 +562,10 @@ impl Decided {
             .req
             .as_ref()
             .is_none_or(|r| r.stats().pushed_bytes == 0);
-        // HTTP/2 with prior knowledge, seen from its first byte: decoded. First bytes that
-        // could still be the preface are held (at most its 24 octets) until they tell.
-        if fresh && !self.client_midstream {
+        // HTTP/2 with prior knowledge, seen from its first byte, or after an `Upgrade: h2c`
+        // request the server took: decoded. First bytes that could still be the preface are
+        // held (at most its 24 octets) until they tell.
+        if (fresh && !self.client_midstream) || self.h2c_upgrade {
             let probe = std::mem::take(&mut self.h2_probe);
             // Usually nothing is held: the segment alone tells, without a copy.
             let told = if probe.is_empty() {
@@ -578,6 +584,9 @@ impl Decided {
                 }
                 Some(true) => {
                     stats.h2_flows += 1;
+                    if std::mem::take(&mut self.h2c_upgrade) {
+                        stats.h2_upgrades += 1;
+                    }
                     self.h2 = Some(h2::H2Flow::new(&cfg.http));
                     // Its responses are HTTP/2 frames too: not framed (comparison of HTTP/2
                     // is not built yet), counted as ignored.
@@ -588,10 +597,12 @@ impl Decided {
                     return self.h2_data(flow_id, bytes, ts_ns, &cfg.http, stats, out);
                 }
                 Some(false) if !probe.is_empty() => {
-                    // Not HTTP/2: the held bytes go first, as they came.
+                    // Not HTTP/2 (or the upgrade was declined): the held bytes go first, as
+                    // they came.
+                    self.h2c_upgrade = false;
                     self.client_http1(flow_id, &probe, None, ts_ns, cfg, stats, sc, out);
                 }
-                Some(false) => {}
+                Some(false) => self.h2c_upgrade = false,
             }
         }
         self.client_http1(flow_id, bytes, owner, ts_ns, cfg, stats, sc, out);

@@ -40,6 +40,7 @@ impl Decided {
         for ev in sc.req.drain(..) {
             match ev {
                 RequestEvent::Request(request) => {
+                    self.h2c_upgrade = upgrades_to_h2c(&request);
                     let len = request.raw.len() as u64;
                     stats.requests += 1;
                     stats.request_bytes += len;
@@ -124,4 +125,16 @@ impl Decided {
             }
         }
     }
+}
+
+/// Whether `request` asks to upgrade its connection to HTTP/2 over cleartext (`Upgrade: h2c`
+/// with the `upgrade` connection option).
+fn upgrades_to_h2c(request: &crate::http::Request) -> bool {
+    let has_token = |name: &str, token: &[u8]| {
+        request.header(name).is_some_and(|v| {
+            v.split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
+        })
+    };
+    has_token("upgrade", b"h2c") && has_token("connection", b"upgrade")
 }

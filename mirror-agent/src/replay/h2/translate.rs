@@ -14,7 +14,7 @@
 //!   become HTTP/2 trailers).
 //!
 //! CONNECT and upgrade requests (WebSocket) cannot be carried by an HTTP/2 stream: refused,
-//! and counted by the caller. The bytes were framed by our own request framer already, so a
+//! and counted by the caller; an `Upgrade: h2c` request goes as an ordinary stream. The bytes were framed by our own request framer already, so a
 //! framing error here means a copy that was never a request: refused the same way.
 
 use bytes::Bytes;
@@ -63,8 +63,15 @@ pub fn to_h2(
         .map(|t| t.trim_ascii().to_ascii_lowercase())
         .filter(|t| !t.is_empty())
         .collect();
-    let has = |name: &str| fields.iter().any(|f| f.name.eq_ignore_ascii_case(name));
-    if connection.iter().any(|t| t == b"upgrade") && has("upgrade") {
+    // An upgrade to anything but h2c (WebSocket) would turn the stream into a tunnel. An
+    // `Upgrade: h2c` request is an ordinary request to an HTTP/2 mirror: it goes without its
+    // upgrade fields (connection-specific, dropped below).
+    let upgrade = fields
+        .iter()
+        .find(|f| f.name.eq_ignore_ascii_case("upgrade"));
+    if connection.iter().any(|t| t == b"upgrade")
+        && upgrade.is_some_and(|u| !u.value.trim_ascii().eq_ignore_ascii_case(b"h2c"))
+    {
         return Err(Untranslatable::Tunnel);
     }
 
@@ -114,7 +121,8 @@ pub fn to_h2(
                         .ok_or(Malformed)?,
                 );
             }
-            "host" | "connection" | "keep-alive" | "proxy-connection" | "upgrade" => continue,
+            "host" | "connection" | "keep-alive" | "proxy-connection" | "upgrade"
+            | "http2-settings" => continue,
             "te" if !f.value.trim_ascii().eq_ignore_ascii_case(b"trailers") => continue,
             n if connection.iter().any(|t| t == n.as_bytes()) => continue,
             _ => {}
@@ -287,7 +295,15 @@ mod tests {
             assert_eq!(translate(raw).err(), Some(why), "{raw:?}");
         }
         // An Upgrade field without the connection option is only a field, and is dropped.
-        let r = translate("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: h2c\r\n\r\n").unwrap();
+        let r = translate("GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\n\r\n").unwrap();
         assert!(r.headers().is_empty());
+        // An h2c upgrade is an ordinary request over HTTP/2, without its upgrade fields.
+        let r = translate(
+            "GET /u HTTP/1.1\r\nHost: a\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+             Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\nAccept: */*\r\n\r\n",
+        )
+        .unwrap();
+        let names: Vec<&str> = r.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, ["accept"]);
     }
 }
