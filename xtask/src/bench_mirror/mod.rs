@@ -506,6 +506,9 @@ fn one(
 }
 
 /// The comparison table the agent prints on exit with `--compare`.
+/// The classifiers' (run time ns, packets) from the kernel's BPF statistics.
+type BpfRun = (u64, u64);
+
 /// Starts the agent in the node namespace on the layout's agent CPUs, capturing the primary's
 /// port, with `args` (the mirrors); waits until it captures. Logs go to `<name>.out|.err`.
 fn spawn_agent(
@@ -541,7 +544,7 @@ fn collect_agent(
     i: usize,
     name: &str,
     a0: f64,
-    bpf: (Option<(u64, u64)>, Option<(u64, u64)>),
+    bpf: (Option<BpfRun>, Option<BpfRun>),
     wall: f64,
 ) -> Result<AgentRun> {
     let pid = world.pid(i);
