@@ -4,21 +4,23 @@
 //! Owns the frame layout ([`frame`]) and the client-direction decoder ([`decoder`]): the
 //! connection preface, frames (HEADERS, CONTINUATION, DATA, RST_STREAM, SETTINGS, PING,
 //! GOAWAY, PRIORITY, WINDOW_UPDATE, padding, END_STREAM, trailers) and HPACK with the client
-//! direction's dynamic table (the `loona-hpack` crate, a maintained fork of `hpack`). Like the
+//! direction's dynamic table ([`hpack`], around `httlib-huffman`; its module doc says why it is
+//! not a whole HPACK crate). Like the
 //! HTTP/1 framers it is a plain state machine: bytes in order in, events out, no I/O, no clock,
 //! bounded memory, every byte it cannot use counted.
 //!
 //! A connection whose start was not seen cannot be decoded (the header table is gone); the
 //! decoder never guesses a method or a path from the middle of one.
 //!
-//! Until replay over HTTP/2 exists, each request is written as HTTP/1.1 ([`convert`]) and
-//! mirrored like any other.
+//! Each request is written as HTTP/1.1 ([`convert`]), the form filters, rewrites, recording and
+//! comparison work on; replay sends it over HTTP/2 again where the mirror's protocol says so
+//! (`replay::h2`).
 //!
-//! Not built yet (issue 13): `Upgrade: h2c` connections, replay over HTTP/2 (`protocol=h2`,
-//! which gRPC needs), the response direction (comparison), recording as HTTP/2.
+//! Not built yet (issue 13): the response direction (comparison), recording as HTTP/2.
 
 pub mod convert;
 pub mod decoder;
 pub mod frame;
+pub mod hpack;
 
 pub use decoder::{ClientDecoder, H2Event, H2Limits, H2Request, H2Stats};

@@ -181,7 +181,7 @@ pub struct ClientDecoder {
     state: State,
     /// A partial frame.
     pending: Vec<u8>,
-    hpack: loona_hpack::Decoder<'static>,
+    hpack: super::hpack::Decoder,
     streams: HashMap<u32, Stream>,
     block: Option<Block>,
     last_stream: u32,
@@ -213,8 +213,7 @@ pub fn starts_with_preface(b: &[u8]) -> Option<bool> {
 
 impl ClientDecoder {
     pub fn new(limits: H2Limits) -> Self {
-        let mut hpack = loona_hpack::Decoder::new();
-        hpack.set_max_allowed_table_size(limits.max_table);
+        let hpack = super::hpack::Decoder::new(limits.max_table);
         Self {
             limits,
             state: State::Preface { seen: 0 },
@@ -491,11 +490,8 @@ impl ClientDecoder {
     /// (a stream already gone).
     fn end_block(&mut self, block: Block, out: &mut Vec<H2Event>) {
         let mut fields = Vec::new();
-        let mut list_size = 0usize;
-        let decoded = self.hpack.decode_with_cb(&block.fragment, |n, v| {
-            list_size += n.len() + v.len() + 32;
-            fields.push((Bytes::copy_from_slice(&n), Bytes::copy_from_slice(&v)));
-        });
+        let decoded = self.hpack.decode(&block.fragment, &mut fields);
+        let list_size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
         if decoded.is_err() {
             return self.fail(H2Failure::Hpack, block.bytes, out);
         }
