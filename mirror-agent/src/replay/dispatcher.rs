@@ -176,6 +176,15 @@ pub enum Transport {
 }
 
 impl Transport {
+    /// Copies in flight at once: one per HTTP/1.1 connection; over HTTP/2, where streams share
+    /// a few connections, [`super::h2::STREAMS_PER_CONNECTION_SLOT`] per `--max-connections`.
+    fn workers(&self) -> usize {
+        match self {
+            Self::Http1(p) => p.max_connections(),
+            Self::Http2(h) => h.max_streams(),
+        }
+    }
+
     fn pool(&self) -> &Pool {
         match self {
             Self::Http1(p) => p,
@@ -320,7 +329,7 @@ async fn drain<O: ReplayObserver>(
     tell: Arc<Tell<O>>,
 ) {
     let mut workers = JoinSet::new();
-    for _ in 0..transport.pool().max_connections() {
+    for _ in 0..transport.workers() {
         workers.spawn(worker(
             transport.clone(),
             queue.clone(),

@@ -8,8 +8,9 @@
 //! (bound source address, the loop-exclusion hooks, TLS, backoff) is the HTTP/1.1 [`Pool`]'s.
 //!
 //! Isolation is the dispatcher's, as for HTTP/1.1: its workers each carry one copy at a time
-//! (so a mirror has at most `max_connections` streams open), under the per-request timeout
-//! (dropping the exchange resets the stream), from the mirror's own bounded queue.
+//! (so a mirror has at most [`STREAMS_PER_CONNECTION_SLOT`] × `max_connections` streams open),
+//! under the per-request timeout (dropping the exchange resets the stream), from the mirror's
+//! own bounded queue.
 //!
 //! A copy is translated from its HTTP/1.1 bytes ([`translate`]), sent, and its answer read to
 //! the end and discarded: status, `grpc-status` (trailers, or the headers of a trailers-only
@@ -43,6 +44,12 @@ use body::{CopyBody, SentMark};
 /// in many servers, hence more than one).
 pub const MAX_H2_CONNECTIONS: usize = 4;
 
+/// Streams in flight per `--max-connections`: an HTTP/2 mirror's copies share at most
+/// [`MAX_H2_CONNECTIONS`] connections, so what bounds them is streams, not connections; 4 per
+/// connection slot keeps the default (32 slots, 128 streams over 4 connections) within the
+/// 100 concurrent streams servers commonly allow per connection.
+pub const STREAMS_PER_CONNECTION_SLOT: usize = 4;
+
 /// One mirror's HTTP/2 connections.
 pub struct H2Pool {
     pool: Pool,
@@ -71,6 +78,11 @@ impl H2Pool {
 
     pub fn pool(&self) -> &Pool {
         &self.pool
+    }
+
+    /// Most copies in flight at once (the dispatcher's workers).
+    pub fn max_streams(&self) -> usize {
+        self.pool.max_connections() * STREAMS_PER_CONNECTION_SLOT
     }
 
     /// Sends every copy of `batch` (the dispatcher gives one at a time) and resolves it.
