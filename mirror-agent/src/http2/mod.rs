@@ -10,7 +10,8 @@
 //! bounded memory, every byte it cannot use counted.
 //!
 //! A connection whose start was not seen cannot be decoded (the header table is gone); the
-//! decoder never guesses a method or a path from the middle of one.
+//! decoder never guesses a method or a path from the middle of one: [`midstream`] recognises
+//! such connections and counts their streams and bytes.
 //!
 //! Each request is written as HTTP/1.1 ([`convert`]), the form filters, rewrites, recording and
 //! comparison work on; replay sends it over HTTP/2 again where the mirror's protocol says so
@@ -22,5 +23,6 @@ pub mod convert;
 pub mod decoder;
 pub mod frame;
 pub mod hpack;
+pub mod midstream;
 
 pub use decoder::{ClientDecoder, H2Event, H2Limits, H2Request, H2Stats};

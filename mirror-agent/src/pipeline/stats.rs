@@ -186,6 +186,13 @@ pub struct PipelineStats {
     pub h2_flows_failed: u64,
     /// Of `h2_flows`, connections that began in HTTP/1.1 and upgraded (`Upgrade: h2c`).
     pub h2_upgrades: u64,
+    /// HTTP/2 connections picked up after their start (their header table is gone): their
+    /// client frames are walked, not decoded ([`crate::http2::midstream`]).
+    pub h2_midstream_flows: u64,
+    /// Streams those connections' clients opened: requests that could not be mirrored.
+    pub h2_midstream_streams: u64,
+    /// Their client bytes.
+    pub h2_midstream_bytes: u64,
     /// Requests from HTTP/2 streams (also in `requests`; their HTTP/1.1 form's bytes are not
     /// in `request_bytes`, their wire bytes are in `h2_frame_bytes`).
     pub h2_requests: u64,
@@ -332,11 +339,12 @@ impl PipelineStats {
             + self.client_bytes_framer_ignored
             + self.client_body_bytes_omitted
             + self.h2_frame_bytes
-            + self.h2_dropped_bytes;
+            + self.h2_dropped_bytes
+            + self.h2_midstream_bytes;
         if framed != c.bytes_delivered {
             return Err(format!(
                 "client delivered {} != requests {} + dropped {} + ignored {} + framer ignored {} \
-                 + bodies omitted {} + h2 frames {} + h2 dropped {}",
+                 + bodies omitted {} + h2 frames {} + h2 dropped {} + h2 mid-connection {}",
                 c.bytes_delivered,
                 self.request_bytes,
                 self.request_drops.total().bytes,
@@ -344,7 +352,8 @@ impl PipelineStats {
                 self.client_bytes_framer_ignored,
                 self.client_body_bytes_omitted,
                 self.h2_frame_bytes,
-                self.h2_dropped_bytes
+                self.h2_dropped_bytes,
+                self.h2_midstream_bytes
             ));
         }
         if self.responses_lost != self.response_answers_dropped {
@@ -407,6 +416,9 @@ impl fmt::Display for PipelineStats {
             ("lost.h2_flows_failed", self.h2_flows_failed),
             ("lost.h2_streams", self.h2_streams_dropped),
             ("lost.h2_bytes", self.h2_dropped_bytes),
+            ("h2.midstream_flows", self.h2_midstream_flows),
+            ("lost.h2_midstream_streams", self.h2_midstream_streams),
+            ("lost.h2_midstream_bytes", self.h2_midstream_bytes),
             ("flows_tunnel", self.flows_tunnel),
             ("requests", self.requests),
             ("request_bytes", self.request_bytes),

@@ -966,3 +966,72 @@ fn h2c_upgrade_taken_is_decoded_and_declined_goes_on_in_http11() {
         "{s}"
     );
 }
+
+/// An HTTP/2 connection picked up mid-way (no SYN, no preface): its frames are recognised,
+/// its streams and bytes counted under their own names, nothing is guessed or mirrored, and
+/// the ledger adds up. An HTTP/1.1 connection picked up mid-way still resyncs on its next
+/// request line.
+#[test]
+fn http2_picked_up_midway_is_counted_never_decoded() {
+    use crate::http2::frame::{flag, header, kind};
+    let frame = |out: &mut Vec<u8>, k: u8, flags: u8, stream: u32, payload: &[u8]| {
+        out.extend_from_slice(&header(payload.len(), k, flags, stream));
+        out.extend_from_slice(payload);
+    };
+    // Header blocks that index a table the agent never saw (62+), then gRPC-like bodies.
+    let mut first = Vec::new();
+    frame(
+        &mut first,
+        kind::HEADERS,
+        flag::END_HEADERS,
+        41,
+        &[0xbe, 0xbf, 0xc0],
+    );
+    frame(
+        &mut first,
+        kind::DATA,
+        flag::END_STREAM,
+        41,
+        &[0, 0, 0, 0, 3, 1, 2, 3],
+    );
+    let mut second = Vec::new();
+    frame(&mut second, kind::WINDOW_UPDATE, 0, 0, &[0, 0, 1, 0]);
+    frame(
+        &mut second,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        43,
+        &[0xbe],
+    );
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    c.client_sends(&first, 1400)
+        .server_sends(&header(0, kind::SETTINGS, flag::END_STREAM, 0), 100)
+        .client_sends(&second, 1400)
+        .close();
+    let mut http1 = Conversation::new(addr("10.0.0.3:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    http1
+        .client_sends(b"dy of an earlier request\r\n", 1400)
+        .client_sends(b"GET /next HTTP/1.1\r\nHost: api\r\n\r\n", 1400)
+        .close();
+    // The captured port tells the direction (as in live capture): no request line does here.
+    let mut p = Pipeline::new(PipelineConfig {
+        ports: vec![8080],
+        ..cfg()
+    });
+    let mut out = run(&mut p, c.segments.clone());
+    out.extend(run(&mut p, http1.segments.clone()));
+    let s = finish(&mut p, &mut out);
+    let r = requests(&out);
+    assert_eq!(r.len(), 1, "{s}");
+    assert!(r[0].request.raw.starts_with(b"GET /next HTTP/1.1\r\n"));
+    assert_eq!(
+        (
+            s.h2_midstream_flows,
+            s.h2_midstream_streams,
+            s.h2_midstream_bytes
+        ),
+        (1, 2, (first.len() + second.len()) as u64),
+        "{s}"
+    );
+    assert_eq!((s.h2_flows, s.h2_requests, s.flows_h2), (0, 0, 0), "{s}");
+}

@@ -91,6 +91,9 @@ struct Decided {
     /// protocols, the client's next bytes are the HTTP/2 preface (RFC 9113 3.1 of RFC 7540's
     /// upgrade, which RFC 9113 keeps for existing clients), probed like a connection's first.
     h2c_upgrade: bool,
+    /// The client stream was picked up mid-way and its first bytes were HTTP/2 frames: they
+    /// are walked and counted, never decoded (see [`crate::http2::midstream`]).
+    h2_mid: Option<Box<crate::http2::midstream::Midstream>>,
 }
 
 enum State {
@@ -253,6 +256,7 @@ impl Flow {
                 h2: None,
                 h2_probe: Vec::new(),
                 h2c_upgrade: false,
+                h2_mid: None,
             }));
             for s in held {
                 self.push(Incoming::Owned(s), cfg, stats, sc, out);
@@ -495,6 +499,11 @@ impl Decided {
             StreamEvent::Data { bytes, ts_ns } => {
                 self.client_data(flow_id, &bytes, Some(&bytes), ts_ns, cfg, stats, sc, out)
             }
+            StreamEvent::Gap { .. } if self.h2_mid.is_some() => {
+                if let Some(m) = self.h2_mid.as_mut() {
+                    m.gap();
+                }
+            }
             StreamEvent::Gap { .. } if self.h2.is_some() => {
                 // The header table cannot be rebuilt after a hole.
                 self.h2_end(flow_id, 0, &cfg.http, stats, out);
@@ -562,6 +571,23 @@ impl Decided {
             .req
             .as_ref()
             .is_none_or(|r| r.stats().pushed_bytes == 0);
+        // An HTTP/2 connection picked up mid-way: counted, never decoded.
+        if fresh
+            && self.client_midstream
+            && self.h2_mid.is_none()
+            && crate::http2::midstream::looks_like_frames(bytes)
+        {
+            stats.h2_midstream_flows += 1;
+            self.server_ignored = true;
+            self.h2_mid = Some(Box::default());
+        }
+        if let Some(m) = self.h2_mid.as_mut() {
+            let before = m.streams;
+            m.push(bytes);
+            stats.h2_midstream_bytes += bytes.len() as u64;
+            stats.h2_midstream_streams += m.streams - before;
+            return;
+        }
         // HTTP/2 with prior knowledge, seen from its first byte, or after an `Upgrade: h2c`
         // request the server took: decoded. First bytes that could still be the preface are
         // held (at most its 24 octets) until they tell.

@@ -418,7 +418,7 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.h2.connections",
         kind: Kind::Counter,
         unit: FLOW,
-        help: "HTTP/2 connections decoded from their first byte (prior knowledge), by result (decoded; failed: decoding stopped on a connection error or a gap, the rest of the connection counted as dropped bytes).",
+        help: "HTTP/2 connections, by result (decoded from their first byte: prior knowledge or an h2c upgrade; failed: decoding stopped on a connection error or a gap, the rest of the connection counted as dropped bytes; midstream: picked up after their start, counted, never decoded).",
         read: |s, o| {
             pipeline(s, o, |ps, o| {
                 p(
@@ -427,6 +427,7 @@ pub static DEFS: &[MetricDef] = &[
                     ps.h2_flows - ps.h2_flows_failed.min(ps.h2_flows),
                 );
                 p(o, &[(RESULT, "failed")], ps.h2_flows_failed);
+                p(o, &[(RESULT, "midstream")], ps.h2_midstream_flows);
             })
         },
     },
@@ -434,11 +435,12 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.h2.streams",
         kind: Kind::Counter,
         unit: REQUEST,
-        help: "HTTP/2 streams of decoded connections, by result (request: mirrored in its HTTP/1.1 form; dropped: reset by the client, malformed, over a bound, unfinished, or not expressible in HTTP/1.1).",
+        help: "HTTP/2 streams, by result (request: mirrored; dropped: reset by the client, malformed, over a bound, unfinished, or not expressible in HTTP/1.1; midstream: opened on a connection picked up after its start, not mirrorable).",
         read: |s, o| {
             pipeline(s, o, |ps, o| {
                 p(o, &[(RESULT, "request")], ps.h2_requests);
                 p(o, &[(RESULT, "dropped")], ps.h2_streams_dropped);
+                p(o, &[(RESULT, "midstream")], ps.h2_midstream_streams);
             })
         },
     },
@@ -446,8 +448,12 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.h2.dropped.size",
         kind: Kind::Counter,
         unit: Unit::Bytes,
-        help: "Client bytes of HTTP/2 connections in dropped streams or after decoding stopped.",
-        read: |s, o| pipeline(s, o, |ps, o| p(o, &[], ps.h2_dropped_bytes)),
+        help: "Client bytes of HTTP/2 connections in dropped streams, after decoding stopped, or of connections picked up after their start.",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                p(o, &[], ps.h2_dropped_bytes + ps.h2_midstream_bytes)
+            })
+        },
     },
     MetricDef {
         name: "mirror.reassembly.gaps",
