@@ -6,14 +6,17 @@
 //! finding the preface. Bits 26..: tighter bounds, so the limits are reached too.
 //!
 //! Checked: no panic, no hang; every byte pushed is accounted for once the connection ends;
-//! every request has a `:method` and a body within the bound.
+//! every request has a `:method` and a body within the bound. The same pieces also go through
+//! the walk of a connection picked up mid-way (`http2::midstream`): no panic, every byte
+//! counted, no more streams than HEADERS frame headers could fit.
 #![no_main]
 
 mod common;
 
 use libfuzzer_sys::fuzz_target;
 use mirror_agent::http2::decoder::{ClientDecoder, H2Event, H2Limits};
-use mirror_agent::http2::frame::PREFACE;
+use mirror_agent::http2::frame::{HEADER_LEN, PREFACE};
+use mirror_agent::http2::midstream::{Midstream, looks_like_frames};
 
 fuzz_target!(|data: &[u8]| {
     let Some(input) = common::Input::decode(data) else {
@@ -38,6 +41,8 @@ fuzz_target!(|data: &[u8]| {
         H2Limits::default()
     };
     let mut d = ClientDecoder::new(limits);
+    let mut mid = Midstream::default();
+    let _ = looks_like_frames(input.stream);
     let mut out = Vec::new();
     let shifted = common::Input {
         control,
@@ -45,10 +50,13 @@ fuzz_target!(|data: &[u8]| {
         limits: input.limits.clone(),
     };
     for (range, _gap) in shifted.pieces() {
-        d.push(&stream[range], &mut out);
+        d.push(&stream[range.clone()], &mut out);
+        mid.push(&stream[range]);
         assert!(d.stats().accounted() <= d.stats().pushed);
     }
     d.finish(&mut out);
+    assert_eq!(mid.bytes, stream.len() as u64);
+    assert!(mid.streams <= (stream.len() / HEADER_LEN) as u64);
     let s = d.stats();
     assert_eq!(s.accounted(), s.pushed, "{s:?}");
     assert_eq!(s.pushed, stream.len() as u64);
