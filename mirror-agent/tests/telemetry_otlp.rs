@@ -27,6 +27,7 @@ fn replay_snapshot() -> mirror_agent::replay::stats::ReplaySnapshot {
         Ticket::new(m.clone()).resolve(Outcome::Answered {
             status: 200,
             latency: Duration::from_millis(2),
+            grpc_status: None,
         });
     }
     stats.snapshot()
@@ -124,6 +125,7 @@ async fn span_links_to_client(protocol: OtlpProtocol, receiver: Receiver) {
     flight.finish(&Outcome::Answered {
         status: 200,
         latency: Duration::from_millis(4),
+        grpc_status: None,
     });
     // A copy without trace context: a span without links, bytes untouched.
     let plain = Bytes::from_static(b"DELETE /x HTTP/1.1\r\nHost: shop\r\n\r\n");
@@ -132,9 +134,22 @@ async fn span_links_to_client(protocol: OtlpProtocol, receiver: Receiver) {
     let plain_sent = copy.bytes;
     flight.finish(&Outcome::Timeout);
     assert_eq!(plain_sent, plain);
+    // A gRPC call sent over HTTP/2, answered with grpc-status 14: the RPC attributes.
+    let call = Bytes::from_static(
+        b"POST /shop.Orders/Get HTTP/1.1\r\nHost: shop\r\ncontent-type: application/grpc\r\n\
+          te: trailers\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0",
+    );
+    let mut copy = telemetry_common::copy(&call);
+    copy.head.over_h2 = true;
+    let flight = recorder.start("app-v2", "10.0.0.5", Some(8080), &mut copy);
+    flight.finish(&Outcome::Answered {
+        status: 200,
+        latency: Duration::from_millis(2),
+        grpc_status: Some(14),
+    });
     telemetry.flush().await;
-    wait("two spans", Duration::from_secs(10), || {
-        receiver.spans().len() >= 2
+    wait("three spans", Duration::from_secs(10), || {
+        receiver.spans().len() >= 3
     })
     .await;
 
@@ -156,6 +171,15 @@ async fn span_links_to_client(protocol: OtlpProtocol, receiver: Receiver) {
     assert_eq!(attr(a, "server.port").as_deref(), Some("8080"));
     assert_eq!(attr(a, "http.response.status_code").as_deref(), Some("200"));
     assert_eq!(attr(a, "mirror.name").as_deref(), Some("app-v2"));
+    assert_eq!(attr(a, "network.protocol.version").as_deref(), Some("1.1"));
+    assert_eq!(attr(a, "rpc.system"), None, "not a gRPC call");
+    let rpc = spans.iter().find(|s| s.name == "POST").expect("POST span");
+    let r = &rpc.attributes;
+    assert_eq!(attr(r, "rpc.system").as_deref(), Some("grpc"));
+    assert_eq!(attr(r, "rpc.service").as_deref(), Some("shop.Orders"));
+    assert_eq!(attr(r, "rpc.method").as_deref(), Some("Get"));
+    assert_eq!(attr(r, "rpc.grpc.status_code").as_deref(), Some("14"));
+    assert_eq!(attr(r, "network.protocol.version").as_deref(), Some("2"));
 
     // The mirror got a child of our span, and every other byte as the client sent it.
     let child = format!(
@@ -190,7 +214,7 @@ async fn span_links_to_client(protocol: OtlpProtocol, receiver: Receiver) {
             exports.spans_exported,
             exports.spans_failed
         ),
-        (2, 2, 0),
+        (3, 3, 0),
         "{exports:?}"
     );
     telemetry.shutdown().await;

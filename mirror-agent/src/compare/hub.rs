@@ -155,7 +155,9 @@ impl CompareHub {
         capture: Option<Box<ResponseSample>>,
     ) {
         let side = match *outcome {
-            Outcome::Answered { status, latency } => MirrorSide::Answered { status, latency },
+            Outcome::Answered {
+                status, latency, ..
+            } => MirrorSide::Answered { status, latency },
             Outcome::Error(_) | Outcome::Timeout => MirrorSide::NoResponse,
             Outcome::Dropped(_) => return self.not_answered(key, mirror),
         };

@@ -217,6 +217,7 @@ mod tests {
             &crate::replay::stats::Outcome::Answered {
                 status: 200,
                 latency: Duration::from_millis(1),
+                grpc_status: None,
             },
         );
         let s = hub.snapshot();

@@ -80,6 +80,7 @@ fn hub_converts_outcomes_and_skips_drops() {
         &Outcome::Answered {
             status: 503,
             latency: ms(1),
+            grpc_status: None,
         },
     );
     hub.mirror((1, 1), 0, &Outcome::Error(ErrorKind::Connect));
@@ -116,6 +117,7 @@ fn answered(status: u16) -> Outcome {
     Outcome::Answered {
         status,
         latency: ms(2),
+        grpc_status: None,
     }
 }
 

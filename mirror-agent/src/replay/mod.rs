@@ -305,6 +305,8 @@ impl<O: ReplayObserver> Replayer<O> {
                     continue;
                 }
             };
+            let mut head = head;
+            head.over_h2 = m.protocol.sends_h2(captured_h2);
             dispatcher.offer(Job {
                 copy: MirrorCopy { bytes, head, trace },
                 ticket,

@@ -48,6 +48,8 @@ pub struct CopyHead {
     method_end: u32,
     /// The request target's range in the request line.
     target: (u32, u32),
+    /// This copy goes to its mirror over HTTP/2 (set per mirror by its protocol).
+    pub over_h2: bool,
 }
 
 impl CopyHead {
@@ -75,6 +77,7 @@ impl CopyHead {
             known_method: crate::http::standard_method(&req.method),
             method_end: method_end as u32,
             target: (target.0 as u32, target.1 as u32),
+            over_h2: false,
         }
     }
 }

@@ -28,6 +28,9 @@ pub enum Outcome {
     Answered {
         status: u16,
         latency: Duration,
+        /// `grpc-status` of an HTTP/2 answer that carried one (trailers, or a trailers-only
+        /// answer).
+        grpc_status: Option<u32>,
     },
     Error(ErrorKind),
     /// No complete response within the per-request timeout.
@@ -135,7 +138,9 @@ impl MirrorStats {
 
     fn record(&self, outcome: Outcome) {
         match outcome {
-            Outcome::Answered { status, latency } => {
+            Outcome::Answered {
+                status, latency, ..
+            } => {
                 let class = (status / 100).clamp(1, 5) as usize - 1;
                 self.status[class].fetch_add(1, Relaxed);
                 let us = (latency.as_micros() as u64).clamp(1, 600_000_000);
@@ -491,14 +496,17 @@ mod tests {
             Outcome::Answered {
                 status: 200,
                 latency: lat,
+                grpc_status: None,
             },
             Outcome::Answered {
                 status: 503,
                 latency: lat,
+                grpc_status: None,
             },
             Outcome::Answered {
                 status: 101,
                 latency: lat,
+                grpc_status: None,
             },
             Outcome::Error(ErrorKind::Connect),
             Outcome::Error(ErrorKind::Io),

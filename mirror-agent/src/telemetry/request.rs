@@ -60,7 +60,9 @@ impl RequestResult {
     /// From the replay outcome; `None` for copies never sent (drops are counted, not timed).
     pub fn from_outcome(o: &Outcome) -> Option<(Self, Option<Duration>)> {
         match *o {
-            Outcome::Answered { status, latency } => Some((Self::Status(status), Some(latency))),
+            Outcome::Answered {
+                status, latency, ..
+            } => Some((Self::Status(status), Some(latency))),
             Outcome::Timeout => Some((Self::Error("timeout"), None)),
             Outcome::Error(ErrorKind::Connect) => Some((Self::Error("connect"), None)),
             Outcome::Error(ErrorKind::Io) => Some((Self::Error("io"), None)),
@@ -293,6 +295,13 @@ impl InFlight {
                 .record_in(&self.series, self.method, result, d);
         }
         if let Some(mut span) = self.span.take() {
+            if let Outcome::Answered {
+                grpc_status: Some(code),
+                ..
+            } = outcome
+            {
+                span.set_attribute(KeyValue::new("rpc.grpc.status_code", i64::from(*code)));
+            }
             match res {
                 Some((RequestResult::Status(s), _)) => {
                     span.set_attribute(KeyValue::new("http.response.status_code", s as i64));
@@ -394,6 +403,7 @@ mod cost {
             f.finish(&Outcome::Answered {
                 status: 200,
                 latency: Duration::from_millis(2),
+                grpc_status: None,
             });
         }
         let span = t0.elapsed() / n;

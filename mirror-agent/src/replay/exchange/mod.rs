@@ -278,6 +278,7 @@ async fn attempt<O: ReplayObserver>(
                         Outcome::Answered {
                             status: r.status,
                             latency: start.elapsed(),
+                            grpc_status: None,
                         },
                         r.capture,
                     );

@@ -225,6 +225,7 @@ impl H2Pool {
             Outcome::Answered {
                 status: parts.status.as_u16(),
                 latency: start.elapsed(),
+                grpc_status: grpc,
             },
             sample,
         );

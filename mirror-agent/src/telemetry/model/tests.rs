@@ -13,10 +13,12 @@ fn replay_snapshot() -> ReplaySnapshot {
         Outcome::Answered {
             status: 200,
             latency: lat,
+            grpc_status: None,
         },
         Outcome::Answered {
             status: 503,
             latency: lat,
+            grpc_status: None,
         },
         Outcome::Error(ErrorKind::Io),
         Outcome::Timeout,

@@ -233,6 +233,24 @@ impl MirrorTracer {
                 copy.method().to_string(),
             ));
         }
+        attrs.push(KeyValue::new(
+            "network.protocol.version",
+            if copy.head.over_h2 { "2" } else { "1.1" },
+        ));
+        // RPC semantic conventions for gRPC calls (the request's head is searched only up to
+        // its end: a body is never read here).
+        let head_end = copy
+            .bytes
+            .windows(4)
+            .position(|w| w == b"\r\n\r\n")
+            .unwrap_or(copy.bytes.len());
+        if let Some((service, rpc_method)) =
+            super::semconv::grpc_call(&copy.bytes[..head_end], copy.target())
+        {
+            attrs.push(KeyValue::new("rpc.system", "grpc"));
+            attrs.push(KeyValue::new("rpc.service", service.to_string()));
+            attrs.push(KeyValue::new("rpc.method", rpc_method.to_string()));
+        }
         let client = client_span_context(&copy.bytes, copy.trace_fields());
         let links = client
             .iter()
