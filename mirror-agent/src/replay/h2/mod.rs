@@ -58,7 +58,9 @@ pub struct H2Pool {
     authority: String,
     /// Keep each answer's head and this many body bytes for the observer.
     sample: Option<usize>,
-    conns: Vec<Mutex<Option<SendRequest<CopyBody>>>>,
+    conns: Vec<std::sync::Mutex<Option<SendRequest<CopyBody>>>>,
+    /// Held while a slot's connection is being opened.
+    connecting: Vec<Mutex<()>>,
     next: AtomicUsize,
 }
 
@@ -71,7 +73,8 @@ impl H2Pool {
             scheme: if tls { Scheme::HTTPS } else { Scheme::HTTP },
             authority,
             sample,
-            conns: (0..n).map(|_| Mutex::new(None)).collect(),
+            conns: (0..n).map(|_| std::sync::Mutex::new(None)).collect(),
+            connecting: (0..n).map(|_| Mutex::new(())).collect(),
             next: AtomicUsize::new(0),
         }
     }
@@ -130,7 +133,7 @@ impl H2Pool {
                     Err(NotProcessed) if !retried => {
                         retried = true;
                         self.pool.stats().on_retry();
-                        self.forget(slot, &sender).await;
+                        self.forget(slot, &sender);
                     }
                     Err(NotProcessed) => {
                         let job = batch.pop_front().expect("front");
@@ -235,13 +238,34 @@ impl H2Pool {
     /// The connection in `slot`, opened (under the pool's backoff) when it has none or it
     /// closed. `Ok(None)`: the mirror is in backoff.
     async fn sender(&self, slot: usize) -> Result<Option<SendRequest<CopyBody>>, ErrorKind> {
-        let mut conn = self.conns[slot].lock().await;
-        if let Some(s) = conn.as_ref()
-            && !s.is_closed()
-        {
-            return Ok(Some(s.clone()));
+        if let Some(s) = self.open_sender(slot) {
+            return Ok(Some(s));
         }
-        *conn = None;
+        // One worker connects a slot at a time; the others wait for its connection.
+        let _connecting = self.connecting[slot].lock().await;
+        if let Some(s) = self.open_sender(slot) {
+            return Ok(Some(s));
+        }
+        // Boxed: the connect and handshake futures are large and rarely run; inline, they
+        // would size (and be moved with) every copy's exchange.
+        let Some(send) = Box::pin(self.connect()).await? else {
+            return Ok(None);
+        };
+        *crate::sync::lock(&self.conns[slot]) = Some(send.clone());
+        Ok(Some(send))
+    }
+
+    /// The connection in `slot`, if it is open.
+    fn open_sender(&self, slot: usize) -> Option<SendRequest<CopyBody>> {
+        crate::sync::lock(&self.conns[slot])
+            .as_ref()
+            .filter(|s| !s.is_closed())
+            .cloned()
+    }
+
+    /// A new HTTP/2 connection (under the pool's backoff: `Ok(None)` while in it), its driver
+    /// spawned.
+    async fn connect(&self) -> Result<Option<SendRequest<CopyBody>>, ErrorKind> {
         let Some(opened) = self.pool.open_or_backoff().await? else {
             return Ok(None);
         };
@@ -264,14 +288,13 @@ impl H2Pool {
             // The loop-exclusion hook runs once the socket is closed.
             drop(close);
         });
-        *conn = Some(send.clone());
         Ok(Some(send))
     }
 
     /// Forgets the connection in `slot` if it is `used` and closed.
-    async fn forget(&self, slot: usize, used: &SendRequest<CopyBody>) {
+    fn forget(&self, slot: usize, used: &SendRequest<CopyBody>) {
         if used.is_closed() {
-            let mut conn = self.conns[slot].lock().await;
+            let mut conn = crate::sync::lock(&self.conns[slot]);
             if conn.as_ref().is_some_and(SendRequest::is_closed) {
                 *conn = None;
             }
