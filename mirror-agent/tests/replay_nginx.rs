@@ -78,24 +78,37 @@ fn start_nginx(h2: bool) -> Option<Nginx> {
     None
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn nginx_mirror_with_keepalive_limit() {
-    let Some(nginx) = start_nginx(false) else {
-        eprintln!("SKIP nginx_mirror_with_keepalive_limit: nginx not installed or did not start");
-        return;
-    };
-    let spec = mirror_agent::replay::spec::parse_mirror(&format!(
-        "http://127.0.0.1:{},name=nginx",
-        nginx.port
-    ))
-    .unwrap();
+/// nginx for `test`, or `None` after saying why (a failure instead when the tools are
+/// required, as in CI).
+fn nginx_or_skip(test: &str, h2: bool) -> Option<Nginx> {
+    let nginx = start_nginx(h2);
+    if nginx.is_none() {
+        eprintln!("SKIP {test}: nginx not installed or did not start");
+        assert_ne!(
+            std::env::var("MIRROR_REQUIRE_TOOLS").as_deref(),
+            Ok("1"),
+            "{test}: nginx is required"
+        );
+    }
+    nginx
+}
+
+/// Replays `n` copies of four requests (`first`, a 404, a HEAD, a chunked POST) to `mirror`
+/// (a `--mirror` value) with `max_connections`, in bursts of 50, and returns the counters once
+/// every copy is resolved.
+async fn replay_mix(
+    mirror: &str,
+    max_connections: usize,
+    first: &[u8],
+    n: usize,
+) -> mirror_agent::replay::stats::MirrorSnapshot {
+    let spec = mirror_agent::replay::spec::parse_mirror(mirror).unwrap();
     let mut cfg = config(vec![spec]);
-    cfg.max_connections = 4;
+    cfg.max_connections = max_connections;
     cfg.timeout = Duration::from_secs(5);
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
-    let n = 600;
     let reqs = [
-        one(b"GET / HTTP/1.1\r\nHost: mirror\r\nUser-Agent: t\r\n\r\n"),
+        one(first),
         one(b"GET /missing HTTP/1.1\r\nHost: mirror\r\n\r\n"),
         one(b"HEAD / HTTP/1.1\r\nHost: mirror\r\n\r\n"),
         one(b"POST / HTTP/1.1\r\nHost: mirror\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
@@ -114,8 +127,23 @@ async fn nginx_mirror_with_keepalive_limit() {
     )
     .await;
     let snap = finish(&replayer).await;
-    let m = &snap.mirrors[0];
     println!("{}", snap.table());
+    snap.mirrors[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nginx_mirror_with_keepalive_limit() {
+    let Some(nginx) = nginx_or_skip("nginx_mirror_with_keepalive_limit", false) else {
+        return;
+    };
+    let n = 600;
+    let m = &replay_mix(
+        &format!("http://127.0.0.1:{},name=nginx", nginx.port),
+        4,
+        b"GET / HTTP/1.1\r\nHost: mirror\r\nUser-Agent: t\r\n\r\n",
+        n,
+    )
+    .await;
     // GET / and HEAD / -> 200; /missing -> 404; POST to a static file -> 405.
     assert_eq!(m.status[1], (n / 2) as u64, "{m:?}");
     assert_eq!(m.status[3], (n / 2) as u64, "{m:?}");
@@ -131,48 +159,17 @@ async fn nginx_mirror_with_keepalive_limit() {
 /// with its own status; copies the closing connection never started are retried, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_h2c_mirror_with_goaway_every_50_streams() {
-    let test = "nginx_h2c_mirror_with_goaway_every_50_streams";
-    let Some(nginx) = start_nginx(true) else {
-        eprintln!("SKIP {test}: nginx not installed or did not start");
-        assert_ne!(
-            std::env::var("MIRROR_REQUIRE_TOOLS").as_deref(),
-            Ok("1"),
-            "{test}: nginx is required"
-        );
+    let Some(nginx) = nginx_or_skip("nginx_h2c_mirror_with_goaway_every_50_streams", true) else {
         return;
     };
-    let spec = mirror_agent::replay::spec::parse_mirror(&format!(
-        "http://127.0.0.1:{},name=nginx-h2,protocol=h2",
-        nginx.port
-    ))
-    .unwrap();
-    let mut cfg = config(vec![spec]);
-    cfg.max_connections = 8;
-    cfg.timeout = Duration::from_secs(5);
-    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let n = 600;
-    let reqs = [
-        one(b"GET /?q=1 HTTP/1.1\r\nHost: mirror\r\nUser-Agent: t\r\nConnection: keep-alive\r\n\r\n"),
-        one(b"GET /missing HTTP/1.1\r\nHost: mirror\r\n\r\n"),
-        one(b"HEAD / HTTP/1.1\r\nHost: mirror\r\n\r\n"),
-        one(b"POST / HTTP/1.1\r\nHost: mirror\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
-    ];
-    for i in 0..n {
-        replayer.submit(&reqs[i % reqs.len()]);
-        if i % 50 == 49 {
-            tokio::time::sleep(Duration::from_millis(5)).await;
-        }
-    }
-    wait_until_or(
-        "all answered",
-        Duration::from_secs(20),
-        || replayer.snapshot().mirrors[0].in_flight == 0,
-        || replayer.snapshot().table(),
+    let m = &replay_mix(
+        &format!("http://127.0.0.1:{},name=nginx-h2,protocol=h2", nginx.port),
+        8,
+        b"GET /?q=1 HTTP/1.1\r\nHost: mirror\r\nUser-Agent: t\r\nConnection: keep-alive\r\n\r\n",
+        n,
     )
     .await;
-    let snap = finish(&replayer).await;
-    let m = &snap.mirrors[0];
-    println!("{}", snap.table());
     assert_eq!(m.timeouts + m.dropped_count(), 0, "{m:?}");
     // When nginx ends a connection after its GOAWAY, hyper's client now and then fails a
     // stream nginx did answer (GoAway NO_ERROR): that answer is lost to us, counted as an io

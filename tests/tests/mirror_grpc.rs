@@ -142,11 +142,20 @@ fn grpc_available() -> bool {
         .is_ok_and(|s| s.success())
 }
 
-#[test]
-fn grpc_calls_are_decoded_with_their_messages() {
-    let test = "grpc_calls_are_decoded_with_their_messages";
+/// A test's namespaces with the grpcio primary listening, and the peer script.
+struct GrpcWorld {
+    dir: TempDir,
+    script: std::path::PathBuf,
+    topo: Topology,
+    addr: String,
+    _server: ChildGuard,
+}
+
+/// The world of `test`, or `None` after saying why it cannot run (a failure instead when
+/// privileged tests are required, as in CI).
+fn grpc_world(test: &str, dir: &str) -> Option<GrpcWorld> {
     if !privileged_or_skip(test) {
-        return;
+        return None;
     }
     if !grpc_available() {
         eprintln!("SKIPPED {test}: python3 has no grpc module (cargo xtask setup installs grpcio)");
@@ -155,17 +164,39 @@ fn grpc_calls_are_decoded_with_their_messages() {
             Ok("1"),
             "grpcio is required"
         );
-        return;
+        return None;
     }
-    let dir = TempDir::new("grpc");
+    let dir = TempDir::new(dir);
     let script = dir.path().join("peer.py");
     std::fs::write(&script, PEER).expect("write peer.py");
     let topo = Topology::new();
     let addr = format!("{}:{PRIMARY_PORT}", Topology::SERVER_V4);
     let mut cmd = topo.server.command("python3");
     cmd.arg(&script).args(["server", &addr]);
-    let _server = ChildGuard::spawn("grpc server", &mut cmd);
+    let server = ChildGuard::spawn("grpc server", &mut cmd);
     wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(10));
+    Some(GrpcWorld {
+        dir,
+        script,
+        topo,
+        addr,
+        _server: server,
+    })
+}
+
+#[test]
+fn grpc_calls_are_decoded_with_their_messages() {
+    let test = "grpc_calls_are_decoded_with_their_messages";
+    let Some(GrpcWorld {
+        dir,
+        script,
+        topo,
+        addr,
+        _server,
+    }) = grpc_world(test, "grpc")
+    else {
+        return;
+    };
     let mirror = start_mirror(&topo, Family::V4, 9051, Behavior::Ok);
     // The gRPC mirrors, on the server namespace's loopback as the recording one.
     let calls = dir.path().join("calls.log");
@@ -302,27 +333,16 @@ fn grpc_calls_are_decoded_with_their_messages() {
 #[test]
 fn a_grpc_connection_opened_before_the_agent_is_counted_never_guessed() {
     let test = "a_grpc_connection_opened_before_the_agent_is_counted_never_guessed";
-    if !privileged_or_skip(test) {
+    let Some(GrpcWorld {
+        dir,
+        script,
+        topo,
+        addr,
+        _server,
+    }) = grpc_world(test, "grpc-before")
+    else {
         return;
-    }
-    if !grpc_available() {
-        eprintln!("SKIPPED {test}: python3 has no grpc module (cargo xtask setup installs grpcio)");
-        assert_ne!(
-            std::env::var("MIRROR_REQUIRE_PRIVILEGED").as_deref(),
-            Ok("1"),
-            "grpcio is required"
-        );
-        return;
-    }
-    let dir = TempDir::new("grpc-before");
-    let script = dir.path().join("peer.py");
-    std::fs::write(&script, PEER).expect("write peer.py");
-    let topo = Topology::new();
-    let addr = format!("{}:{PRIMARY_PORT}", Topology::SERVER_V4);
-    let mut cmd = topo.server.command("python3");
-    cmd.arg(&script).args(["server", &addr]);
-    let _server = ChildGuard::spawn("grpc server", &mut cmd);
-    wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(10));
+    };
     let mirror = start_mirror(&topo, Family::V4, 9051, Behavior::Ok);
 
     // The steady client: 60 calls over about 6 s on one connection, started first.

@@ -64,6 +64,24 @@ impl<O: ReplayObserver> Tell<O> {
         job.ticket.resolve(outcome);
     }
 
+    /// No connection for `batch`: the mirror is in backoff (`failed` is `None`), or connecting
+    /// failed with `failed` just now. The first copy paid for a failed attempt and gets its
+    /// error; the rest are backoff drops, as they would have been one by one.
+    pub(super) fn unreachable(
+        &self,
+        batch: &mut std::collections::VecDeque<Job<O::Flight>>,
+        failed: Option<super::stats::ErrorKind>,
+    ) {
+        if let Some(kind) = failed
+            && let Some(job) = batch.pop_front()
+        {
+            self.resolve(job, Outcome::Error(kind));
+        }
+        for job in batch.drain(..) {
+            self.resolve(job, Outcome::Dropped(super::stats::DropReason::Backoff));
+        }
+    }
+
     /// The worker took the copy: the observer starts its flight (and may change the bytes).
     pub(super) fn take(&self, job: &mut Job<O::Flight>) {
         if job.flight.is_none() {

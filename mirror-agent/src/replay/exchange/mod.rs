@@ -27,7 +27,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use super::job::{Job, Tell};
 use super::observer::{MirrorCopy, ReplayObserver};
 use super::pool::{Conn, Pool, StartCheck};
-use super::stats::{DropReason, ErrorKind, Outcome};
+use super::stats::{ErrorKind, Outcome};
 use crate::http::response::{ExpectedResponse, ResponseEvent};
 use crate::http::{BodyFraming, Version};
 
@@ -115,23 +115,8 @@ pub async fn run<O: ReplayObserver>(
         if slot.is_none() {
             match pool.connect_or_backoff().await {
                 Ok(Some(c)) => *slot = Some(c),
-                Ok(None) => {
-                    for job in batch.drain(..) {
-                        tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
-                    }
-                    return;
-                }
-                Err(kind) => {
-                    // The first copy paid for the attempt; the mirror is now in backoff, where
-                    // the others would have been dropped one by one.
-                    if let Some(job) = batch.pop_front() {
-                        tell.resolve(job, Outcome::Error(kind));
-                    }
-                    for job in batch.drain(..) {
-                        tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
-                    }
-                    return;
-                }
+                Ok(None) => return tell.unreachable(batch, None),
+                Err(kind) => return tell.unreachable(batch, Some(kind)),
             }
         }
         let Some(conn) = slot.as_mut() else { return };

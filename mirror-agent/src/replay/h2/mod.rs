@@ -35,7 +35,7 @@ use super::exchange::Batch;
 use super::job::Tell;
 use super::observer::ReplayObserver;
 use super::pool::Pool;
-use super::stats::{DropReason, ErrorKind, Outcome};
+use super::stats::{ErrorKind, Outcome};
 use crate::http::response::ResponseSample;
 use body::{CopyBody, SentMark};
 
@@ -109,21 +109,8 @@ impl H2Pool {
                 let slot = self.next.fetch_add(1, Ordering::Relaxed) % self.conns.len();
                 let mut sender = match self.sender(slot).await {
                     Ok(Some(s)) => s,
-                    Ok(None) => {
-                        for job in batch.drain(..) {
-                            tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
-                        }
-                        return;
-                    }
-                    Err(kind) => {
-                        if let Some(job) = batch.pop_front() {
-                            tell.resolve(job, Outcome::Error(kind));
-                        }
-                        for job in batch.drain(..) {
-                            tell.resolve(job, Outcome::Dropped(DropReason::Backoff));
-                        }
-                        return;
-                    }
+                    Ok(None) => return tell.unreachable(batch, None),
+                    Err(kind) => return tell.unreachable(batch, Some(kind)),
                 };
                 match self
                     .exchange(tell, batch, &mut sender, request, &sent)
