@@ -287,6 +287,18 @@ fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
             .all(|r| r["h2_stream"].as_u64().is_some_and(|s| s % 2 == 1)),
         "every request recorded with its stream"
     );
+    // In their HTTP/2 form: the version and the pseudo-header fields first.
+    for r in &recorded {
+        assert_eq!(r["version"], "HTTP/2", "{r}");
+        let names: Vec<&str> = r["headers"]
+            .as_array()
+            .expect("headers")
+            .iter()
+            .filter_map(|h| h[0].as_str())
+            .take(4)
+            .collect();
+        assert_eq!(names, [":method", ":scheme", ":authority", ":path"], "{r}");
+    }
     let targets: Vec<&str> = recorded
         .iter()
         .filter_map(|r| r["target"].as_str())

@@ -15,6 +15,7 @@
 //!   header can never be smuggled into the copy.
 
 use super::decoder::H2Request;
+use crate::http::request::{HttpLimits, RequestEvent, RequestFramer};
 
 /// Why a request cannot be written as HTTP/1.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -114,6 +115,29 @@ fn field(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b": ");
     out.extend_from_slice(value);
     out.extend_from_slice(b"\r\n");
+}
+
+/// The HTTP/1.1 form parsed back into a [`crate::http::Request`], under the same limits as
+/// captured HTTP/1.x (a head or body over them is a drop, as it would be over HTTP/1.1). The
+/// pipeline does this for each decoded stream, and `--from` for each HTTP/2 record.
+pub fn request_from_http1(
+    raw: Vec<u8>,
+    ts_ns: u64,
+    http: &HttpLimits,
+) -> Option<crate::http::Request> {
+    let limits = HttpLimits {
+        // The body is already whole: it is never omitted here.
+        omit_bodies_over: None,
+        ..http.clone()
+    };
+    let mut framer = RequestFramer::new(limits, false);
+    let mut events = Vec::new();
+    framer.push(&bytes::Bytes::from(raw), ts_ns, &mut events);
+    framer.finish(&mut events);
+    events.into_iter().find_map(|e| match e {
+        RequestEvent::Request(r) => Some(r),
+        _ => None,
+    })
 }
 
 #[cfg(test)]

@@ -11,8 +11,12 @@
 //! ```
 //!
 //! `raw` is written last (it is most of the line); readers take the fields by name. A request
-//! captured as an HTTP/2 stream also has `"h2_stream":N`; its `raw` is then the HTTP/1.1 form
-//! it is mirrored in ([`crate::http2::convert`]).
+//! captured as an HTTP/2 stream has `"version":"HTTP/2"`, `"h2_stream":N`, and `headers` in
+//! its HTTP/2 form: the pseudo-header fields first (`:method`, `:scheme`, `:authority` when it
+//! had one, `:path`), then the fields, names in lower case; its `raw` is the HTTP/1.1 form it
+//! is filtered, rewritten and (with `protocol=h1`) mirrored in ([`crate::http2::convert`]),
+//! and `--from` rebuilds the request from that `raw` and replays it over HTTP/2 again where
+//! the mirror's protocol says so.
 //!
 //! `raw` (base64, standard alphabet with padding) is the authority: the exact request bytes, head
 //! and body, chunked framing included. `headers` are `[name, value]` in wire order and case;
@@ -199,6 +203,32 @@ impl Serialize for HeadersRef<'_> {
     }
 }
 
+/// An HTTP/2 stream's fields: its pseudo-header fields (from the HTTP/1.1 form's request line
+/// and `Host`; captured over h2c, so the scheme is `http`), then the other fields.
+struct H2HeadersRef<'a>(&'a Request);
+
+impl Serialize for H2HeadersRef<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let r = self.0;
+        let mut seq = s.serialize_seq(None)?;
+        seq.serialize_element(&(":method", &r.method))?;
+        seq.serialize_element(&(":scheme", "http"))?;
+        if let Some(host) = r.header("host") {
+            seq.serialize_element(&(":authority", Lossy(host)))?;
+        }
+        seq.serialize_element(&(":path", &r.target))?;
+        for h in r
+            .headers
+            .iter()
+            .filter(|h| !h.name.eq_ignore_ascii_case("host"))
+        {
+            seq.serialize_element(&HeaderRef(h))?;
+        }
+        seq.end()
+    }
+}
+
 impl Serialize for LineRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
@@ -220,9 +250,14 @@ impl Serialize for LineRef<'_> {
         l.serialize_field("seq_in_flow", &c.seq_in_flow)?;
         l.serialize_field("method", &r.method)?;
         l.serialize_field("target", &r.target)?;
-        l.serialize_field("version", r.version.as_str())?;
+        let h2 = r.h2_stream.is_some();
+        l.serialize_field("version", if h2 { "HTTP/2" } else { r.version.as_str() })?;
         l.serialize_field("host", &r.header("host").map(|v| Lossy(v)))?;
-        l.serialize_field("headers", &HeadersRef(&r.headers))?;
+        if h2 {
+            l.serialize_field("headers", &H2HeadersRef(r))?;
+        } else {
+            l.serialize_field("headers", &HeadersRef(&r.headers))?;
+        }
         l.serialize_field("body_len", &r.body_len)?;
         l.serialize_field("head_len", &r.head_len)?;
         l.serialize_field("framing", framing)?;
@@ -267,6 +302,9 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
         B64.decode(&l.raw)
             .map_err(|e| field("raw", e.to_string()))?,
     );
+    if l.version == "HTTP/2" {
+        return h2_record(l, src, dst, raw, line);
+    }
     let version = match l.version.as_str() {
         "HTTP/1.1" => Version::Http11,
         "HTTP/1.0" => Version::Http10,
@@ -327,6 +365,41 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
             body_omitted: false,
             h2_stream: l.h2_stream,
         },
+    })
+}
+
+/// An HTTP/2 record: the request is rebuilt from its HTTP/1.1 form (`raw`), as the pipeline
+/// built it from the decoded stream; the `headers` of the line (the HTTP/2 form) are for
+/// people and other tools.
+fn h2_record(
+    l: Line,
+    src: SocketAddr,
+    dst: SocketAddr,
+    raw: Bytes,
+    line: u64,
+) -> Result<CapturedRequest, RecordError> {
+    let field = |field: &'static str, detail: String| RecordError::Field {
+        line,
+        field,
+        detail,
+    };
+    let Some(stream) = l.h2_stream else {
+        return Err(field("h2_stream", "missing for an HTTP/2 record".into()));
+    };
+    let limits = crate::http::request::HttpLimits {
+        max_body_bytes: u64::MAX,
+        ..Default::default()
+    };
+    let mut request = crate::http2::convert::request_from_http1(raw.to_vec(), l.ts_ns, &limits)
+        .ok_or_else(|| field("raw", "not an HTTP/1.1 request".into()))?;
+    request.h2_stream = Some(stream);
+    request.end_ts_ns = l.end_ts_ns.unwrap_or(l.ts_ns);
+    Ok(CapturedRequest {
+        src,
+        dst,
+        flow_id: l.flow_id,
+        seq_in_flow: l.seq_in_flow,
+        request,
     })
 }
 

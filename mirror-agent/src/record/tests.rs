@@ -171,3 +171,44 @@ fn an_endless_line_ends_the_input_in_bounded_time_and_memory() {
         r.buf.capacity()
     );
 }
+
+/// A request captured as an HTTP/2 stream is recorded in its HTTP/2 form (version, pseudo-header
+/// fields) with its HTTP/1.1 form as `raw`, and reads back as the same request.
+#[test]
+fn http2_streams_are_recorded_in_their_http2_form_and_read_back() {
+    let raw =
+        b"POST /pkg.Svc/Call HTTP/1.1\r\nHost: api:8080\r\ncontent-type: application/grpc\r\n\
+                te: trailers\r\ncontent-length: 5\r\n\r\n\0\0\0\0\0";
+    let limits = crate::http::request::HttpLimits::default();
+    let mut request =
+        crate::http2::convert::request_from_http1(raw.to_vec(), 11, &limits).expect("a request");
+    request.h2_stream = Some(7);
+    request.end_ts_ns = 12;
+    let c = CapturedRequest {
+        src: "10.0.0.1:5000".parse().unwrap(),
+        dst: "10.0.0.2:8080".parse().unwrap(),
+        flow_id: 3,
+        seq_in_flow: 1,
+        request,
+    };
+    let line = to_line(&c);
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["version"], "HTTP/2");
+    assert_eq!(v["h2_stream"], 7);
+    assert_eq!(
+        v["headers"],
+        serde_json::json!([
+            [":method", "POST"],
+            [":scheme", "http"],
+            [":authority", "api:8080"],
+            [":path", "/pkg.Svc/Call"],
+            ["content-type", "application/grpc"],
+            ["te", "trailers"],
+            ["content-length", "5"]
+        ])
+    );
+    assert_eq!(read_line(&line).unwrap(), c);
+    let no_stream = line.replace(r#""h2_stream":7,"#, "");
+    let e = read_line(&no_stream).unwrap_err().to_string();
+    assert!(e.contains("h2_stream"), "{e}");
+}

@@ -9,7 +9,7 @@
 //! responses is not built yet), its bytes are counted as ignored.
 
 use super::Decided;
-use crate::http::request::{HttpLimits, RequestEvent, RequestFramer};
+use crate::http::request::HttpLimits;
 use crate::http2::convert;
 use crate::http2::decoder::{ClientDecoder, H2Event, H2Limits, H2Stats};
 use crate::pipeline::PipelineEvent;
@@ -112,7 +112,7 @@ impl Decided {
                 H2Event::Request(r) => {
                     let request = convert::to_http1(&r)
                         .ok()
-                        .and_then(|raw| http1_request(raw, ts_ns, http));
+                        .and_then(|raw| convert::request_from_http1(raw, ts_ns, http));
                     let Some(mut request) = request else {
                         stats.h2_streams_dropped += 1;
                         stats.h2_dropped_bytes += r.wire_bytes;
@@ -129,22 +129,4 @@ impl Decided {
             }
         }
     }
-}
-
-/// The HTTP/1.1 form parsed back into a [`crate::http::Request`], under the same limits as
-/// captured HTTP/1.x (a head or body over them is a drop, as it would be over HTTP/1.1).
-fn http1_request(raw: Vec<u8>, ts_ns: u64, http: &HttpLimits) -> Option<crate::http::Request> {
-    let limits = HttpLimits {
-        // The body is already whole: it is never omitted here.
-        omit_bodies_over: None,
-        ..http.clone()
-    };
-    let mut framer = RequestFramer::new(limits, false);
-    let mut events = Vec::new();
-    framer.push(&bytes::Bytes::from(raw), ts_ns, &mut events);
-    framer.finish(&mut events);
-    events.into_iter().find_map(|e| match e {
-        RequestEvent::Request(r) => Some(r),
-        _ => None,
-    })
 }
