@@ -29,9 +29,20 @@ impl Drop for Nginx {
     }
 }
 
-/// nginx answering on loopback; `h2`: h2c with prior knowledge (`listen ... http2`). Its
-/// access log (`access.log` in its directory) has the protocol and status of every request.
-fn start_nginx(h2: bool) -> Option<Nginx> {
+/// How the test nginx listens.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Listen {
+    Http1,
+    /// h2c with prior knowledge (`listen ... http2`).
+    H2c,
+    /// TLS with a self-signed certificate (made by `openssl`), offering ALPN `h2` and
+    /// `http/1.1` (`listen ... ssl http2`).
+    Tls,
+}
+
+/// nginx answering on loopback. Its access log (`access.log` in its directory) has the
+/// protocol and status of every request.
+fn start_nginx(listen: Listen) -> Option<Nginx> {
     let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
         .into_iter()
         .find(|p| std::path::Path::new(p).exists())?;
@@ -44,15 +55,54 @@ fn start_nginx(h2: bool) -> Option<Nginx> {
         std::env::temp_dir().join(format!("mirror-agent-nginx-{}-{port}", std::process::id()));
     std::fs::create_dir_all(dir.join("html")).ok()?;
     std::fs::write(dir.join("html/index.html"), "hello\n").ok()?;
+    let tls = if listen == Listen::Tls {
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+                "-keyout",
+            ])
+            .arg(dir.join("key.pem"))
+            .arg("-out")
+            .arg(dir.join("cert.pem"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .ok()?;
+        if !made.success() {
+            return None;
+        }
+        format!(
+            " ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;",
+            d = dir.display()
+        )
+    } else {
+        String::new()
+    };
     let conf = format!(
         "worker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
          http {{\n log_format p '$request_method $request_uri $server_protocol $status $request_length';\n\
          access_log {d}/access.log p;\n client_body_temp_path {d}/body;\n proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fcgi;\n uwsgi_temp_path {d}/uwsgi;\n scgi_temp_path {d}/scgi;\n\
          keepalive_requests 50;\n client_max_body_size 1m;\n\
-         server {{ listen 127.0.0.1:{port}{h2}; root {d}/html; }}\n}}\n",
+         server {{ listen 127.0.0.1:{port}{opts}; root {d}/html;{tls} }}\n}}\n",
         d = dir.display(),
-        h2 = if h2 { " http2" } else { "" },
+        opts = match listen {
+            Listen::Http1 => "",
+            Listen::H2c => " http2",
+            Listen::Tls => " ssl http2",
+        },
     );
     std::fs::write(dir.join("nginx.conf"), conf).ok()?;
     let child = Command::new(bin)
@@ -80,10 +130,10 @@ fn start_nginx(h2: bool) -> Option<Nginx> {
 
 /// nginx for `test`, or `None` after saying why (a failure instead when the tools are
 /// required, as in CI).
-fn nginx_or_skip(test: &str, h2: bool) -> Option<Nginx> {
-    let nginx = start_nginx(h2);
+fn nginx_or_skip(test: &str, listen: Listen) -> Option<Nginx> {
+    let nginx = start_nginx(listen);
     if nginx.is_none() {
-        eprintln!("SKIP {test}: nginx not installed or did not start");
+        eprintln!("SKIP {test}: nginx (or openssl) not installed, or nginx did not start");
         assert_ne!(
             std::env::var("MIRROR_REQUIRE_TOOLS").as_deref(),
             Ok("1"),
@@ -133,7 +183,7 @@ async fn replay_mix(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_mirror_with_keepalive_limit() {
-    let Some(nginx) = nginx_or_skip("nginx_mirror_with_keepalive_limit", false) else {
+    let Some(nginx) = nginx_or_skip("nginx_mirror_with_keepalive_limit", Listen::Http1) else {
         return;
     };
     let n = 600;
@@ -159,7 +209,8 @@ async fn nginx_mirror_with_keepalive_limit() {
 /// with its own status; copies the closing connection never started are retried, none lost.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nginx_h2c_mirror_with_goaway_every_50_streams() {
-    let Some(nginx) = nginx_or_skip("nginx_h2c_mirror_with_goaway_every_50_streams", true) else {
+    let Some(nginx) = nginx_or_skip("nginx_h2c_mirror_with_goaway_every_50_streams", Listen::H2c)
+    else {
         return;
     };
     let n = 600;
@@ -223,5 +274,63 @@ async fn nginx_h2c_mirror_with_goaway_every_50_streams() {
             "`{want}` lines: {:?}",
             &lines[..lines.len().min(8)]
         );
+    }
+}
+
+/// nginx's access log lines, once there are `n` (it writes each after answering).
+async fn access_log(nginx: &Nginx, n: usize) -> Vec<String> {
+    let mut lines = Vec::new();
+    for _ in 0..100 {
+        lines = std::fs::read_to_string(nginx.dir.join("access.log"))
+            .unwrap_or_default()
+            .lines()
+            .map(str::to_string)
+            .collect();
+        if lines.len() >= n {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    lines
+}
+
+/// An https mirror offering both HTTP/2 and HTTP/1.1: `protocol=h2` copies negotiate ALPN
+/// `h2`, `protocol=h1` copies `http/1.1`; nginx's log shows each copy in the protocol asked.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn https_mirror_gets_http2_by_alpn_and_http11_when_asked() {
+    let Some(nginx) = nginx_or_skip(
+        "https_mirror_gets_http2_by_alpn_and_http11_when_asked",
+        Listen::Tls,
+    ) else {
+        return;
+    };
+    // Fewer than nginx's 50 requests per connection: no GOAWAY race here (see the h2c test).
+    let n = 40;
+    let first = b"GET /?q=1 HTTP/1.1\r\nHost: mirror\r\n\r\n";
+    for protocol in ["h2", "h1"] {
+        let m = &replay_mix(
+            &format!(
+                "https://127.0.0.1:{},name=tls-{protocol},insecure=true,protocol={protocol}",
+                nginx.port
+            ),
+            4,
+            first,
+            n,
+        )
+        .await;
+        assert_eq!(
+            (m.sent, m.answered(), m.error_count(), m.tls_failures),
+            (n as u64, n as u64, 0, [0; 3]),
+            "{protocol}: {m:?}"
+        );
+    }
+    let lines = access_log(&nginx, 2 * n).await;
+    assert_eq!(lines.len(), 2 * n);
+    for version in ["HTTP/2.0", "HTTP/1.1"] {
+        let got = lines
+            .iter()
+            .filter(|l| l.contains(&format!(" {version} ")))
+            .count();
+        assert_eq!(got, n, "{version}: {:?}", &lines[..lines.len().min(6)]);
     }
 }
