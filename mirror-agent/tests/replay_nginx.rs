@@ -334,3 +334,58 @@ async fn https_mirror_gets_http2_by_alpn_and_http11_when_asked() {
         assert_eq!(got, n, "{version}: {:?}", &lines[..lines.len().min(6)]);
     }
 }
+
+/// `--from` a recording of HTTP/2 streams (`"version":"HTTP/2"` lines) to an h2c mirror with
+/// the default `protocol=auto`: the copies go over HTTP/2 again.
+#[test]
+fn from_replays_http2_records_over_http2() {
+    let Some(nginx) = nginx_or_skip("from_replays_http2_records_over_http2", Listen::H2c) else {
+        return;
+    };
+    let limits = mirror_agent::http::request::HttpLimits::default();
+    let mut lines = String::new();
+    for (i, path) in ["/", "/?x=1", "/missing"].iter().enumerate() {
+        let raw = format!("GET {path} HTTP/1.1\r\nHost: api\r\nuser-agent: rec\r\n\r\n");
+        let mut request = mirror_agent::http2::convert::request_from_http1(
+            raw.into_bytes(),
+            1 + i as u64,
+            &limits,
+        )
+        .expect("a request");
+        request.h2_stream = Some(1 + 2 * i as u32);
+        let c = mirror_agent::pipeline::CapturedRequest {
+            src: "10.0.0.1:5000".parse().unwrap(),
+            dst: "10.0.0.2:8080".parse().unwrap(),
+            flow_id: 1,
+            seq_in_flow: i as u64,
+            request,
+        };
+        lines.push_str(&mirror_agent::record::to_line(&c));
+        lines.push('\n');
+    }
+    let file = nginx.dir.join("h2.jsonl");
+    std::fs::write(&file, lines).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mirror-agent"))
+        .arg("--from")
+        .arg(&file)
+        .args([
+            "--mirror",
+            &format!("http://127.0.0.1:{},name=h2", nginx.port),
+        ])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("records replayed: 3"), "{stderr}");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let log = rt.block_on(access_log(&nginx, 3));
+    let mut got: Vec<&str> = log.iter().map(String::as_str).collect();
+    got.sort_unstable();
+    assert_eq!(got.len(), 3, "{got:?}");
+    assert!(got[0].starts_with("GET / HTTP/2.0 200"), "{got:?}");
+    assert!(got[1].starts_with("GET /?x=1 HTTP/2.0 200"), "{got:?}");
+    assert!(got[2].starts_with("GET /missing HTTP/2.0 404"), "{got:?}");
+}
