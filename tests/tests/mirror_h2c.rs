@@ -310,3 +310,106 @@ fn h2c_streams_reach_an_http11_mirror_with_their_fields_and_bodies() {
     assert_eq!(targets.iter().filter(|t| **t == "/h2/load").count(), 20);
     assert_eq!(ledger(&stderr, "lost.h2_bytes"), 0, "{stderr}");
 }
+
+/// The ASGI app hypercorn serves: answers every request with its HTTP version and path.
+const UPGRADE_APP: &str = r#"
+async def app(scope, receive, send):
+    if scope["type"] != "http":
+        return
+    while (await receive()).get("more_body"):
+        pass
+    await send({"type": "http.response.start", "status": 200,
+                "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body",
+                "body": ("%s %s\n" % (scope["http_version"], scope["path"])).encode()})
+"#;
+
+/// An HTTP/1.1 connection upgraded to h2c with real peers: curl (`--http2` on an `http://`
+/// URL sends `Upgrade: h2c`, then reuses the upgraded connection for its second URL as an
+/// HTTP/2 stream) against hypercorn (which takes the upgrade). The mirror gets the upgrading
+/// request as the HTTP/1.1 request it was and the second one from its HTTP/2 stream; the ledger
+/// counts the upgrade, nothing lost.
+#[test]
+fn h2c_upgrade_exchange_is_followed_into_http2() {
+    let test = "h2c_upgrade_exchange_is_followed_into_http2";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    let hypercorn = std::process::Command::new("python3")
+        .args(["-c", "import hypercorn"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !hypercorn {
+        eprintln!("SKIPPED {test}: python3 has no hypercorn (cargo xtask setup installs it)");
+        assert_ne!(
+            std::env::var("MIRROR_REQUIRE_PRIVILEGED").as_deref(),
+            Ok("1"),
+            "hypercorn is required"
+        );
+        return;
+    }
+    let dir = TempDir::new("h2c-upgrade");
+    std::fs::write(dir.path().join("app.py"), UPGRADE_APP).expect("write app.py");
+    let topo = Topology::new();
+    let primary = format!("{}:{PRIMARY_PORT}", Topology::SERVER_V4);
+    let mut cmd = topo.server.command("python3");
+    // `--workers 0`: served by this process (a worker process would outlive the guard).
+    cmd.args([
+        "-m",
+        "hypercorn",
+        "app:app",
+        "--workers",
+        "0",
+        "--bind",
+        &primary,
+    ])
+    .current_dir(dir.path());
+    let _server = ChildGuard::spawn("hypercorn", &mut cmd);
+    wait_for_port(&topo.server, PRIMARY_PORT, Duration::from_secs(10));
+    let mirror = start_mirror(&topo, Family::V4, 9041, Behavior::Ok);
+    let mut agent = start_agent(
+        &topo,
+        dir.path(),
+        &[
+            "--mirror".into(),
+            format!("{},protocol=h1", url(mirror.addr)),
+        ],
+    );
+    let base = format!("http://{primary}");
+    let out = curl(
+        &topo,
+        &[
+            "--http2",
+            "-H",
+            "x-test: up",
+            &format!("{base}/up/first"),
+            &format!("{base}/up/second"),
+        ],
+    );
+    let body = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && body.contains("2 /up/first") && body.contains("2 /up/second"),
+        "curl upgraded and reused the connection: {out:?}"
+    );
+    let got = mirror.wait_for(2, Duration::from_millis(300), Duration::from_secs(10));
+    let (_, table) = stop_agent(&mut agent);
+    let log = agent.log();
+    assert_eq!(
+        lines(&got),
+        ["GET /up/first HTTP/1.1", "GET /up/second HTTP/1.1"],
+        "{log}"
+    );
+    let first = text(&got[0]);
+    assert!(
+        first.contains("\r\nUpgrade: h2c\r\n"),
+        "the upgrade as sent: {first}"
+    );
+    let second = text(&got[1]);
+    assert!(second.contains("\r\nx-test: up\r\n"), "{second}");
+    assert_eq!(table.row(&mirror.addr.to_string()).sent, 2, "{log}");
+    assert_eq!(ledger(&log, "h2.upgrades"), 1, "{log}");
+    assert_eq!(ledger(&log, "h2.flows"), 1, "{log}");
+    assert_eq!(ledger(&log, "h2.requests"), 1, "{log}");
+    assert_eq!(ledger(&log, "lost.h2_bytes"), 0, "{log}");
+    assert_eq!(ledger(&log, "flows_h2"), 0, "{log}");
+}

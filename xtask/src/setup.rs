@@ -97,6 +97,11 @@ pub fn run(scope: Scope) -> anyhow::Result<()> {
     if scope == Scope::All && !succeeds(Command::new("python3").args(["-c", "import grpc"])) {
         install_python_package("grpcio")?;
     }
+    // An HTTP/1.1 server that takes `Upgrade: h2c` (nginx and nghttpd do not), for
+    // tests/tests/mirror_h2c.rs.
+    if scope == Scope::All && !succeeds(Command::new("python3").args(["-c", "import hypercorn"])) {
+        install_python_package("hypercorn")?;
+    }
     if matches!(scope, Scope::All | Scope::Fuzz)
         && !succeeds(Command::new(cargo_bin("cargo-fuzz")).arg("--version"))
     {
@@ -152,7 +157,8 @@ pub fn python_module(module: &str) -> Command {
 }
 
 /// A PyPI package the tests run (`deploy_manifests.rs` validates the manifests with
-/// kubernetes-validate, `mirror_grpc.rs` runs grpcio peers), installed with the machine's
+/// kubernetes-validate, `mirror_grpc.rs` runs grpcio peers, `mirror_h2c.rs` hypercorn),
+/// installed with the machine's
 /// `python3 -m pip`.
 fn install_python_package(package: &str) -> anyhow::Result<()> {
     eprintln!("xtask: installing {package} from PyPI");
