@@ -823,16 +823,18 @@ fn an_omitted_body_asks_capture_to_skip_to_its_end_once() {
     );
 }
 
+/// Appends one HTTP/2 frame to `out`.
+fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
+    out.extend_from_slice(&crate::http2::frame::header(payload.len(), kind, flags, stream));
+    out.extend_from_slice(payload);
+}
+
 /// An h2c connection with prior knowledge: its streams become requests, written as HTTP/1.1,
 /// and every client byte is in the ledger (frames of requests, control frames, a reset stream).
 #[test]
 fn http2_prior_knowledge_streams_become_requests_and_add_up() {
     use crate::http2::frame::{PREFACE, flag, header, kind};
     let mut hpack = loona_hpack::Encoder::new();
-    let frame = |out: &mut Vec<u8>, k: u8, flags: u8, stream: u32, payload: &[u8]| {
-        out.extend_from_slice(&header(payload.len(), k, flags, stream));
-        out.extend_from_slice(payload);
-    };
     let mut first = PREFACE.to_vec();
     frame(&mut first, kind::SETTINGS, 0, 0, &[]);
     let get = hpack.encode([
@@ -974,10 +976,6 @@ fn h2c_upgrade_taken_is_decoded_and_declined_goes_on_in_http11() {
 #[test]
 fn http2_picked_up_midway_is_counted_never_decoded() {
     use crate::http2::frame::{flag, header, kind};
-    let frame = |out: &mut Vec<u8>, k: u8, flags: u8, stream: u32, payload: &[u8]| {
-        out.extend_from_slice(&header(payload.len(), k, flags, stream));
-        out.extend_from_slice(payload);
-    };
     // Header blocks that index a table the agent never saw (62+), then gRPC-like bodies.
     let mut first = Vec::new();
     frame(
