@@ -825,7 +825,12 @@ fn an_omitted_body_asks_capture_to_skip_to_its_end_once() {
 
 /// Appends one HTTP/2 frame to `out`.
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
-    out.extend_from_slice(&crate::http2::frame::header(payload.len(), kind, flags, stream));
+    out.extend_from_slice(&crate::http2::frame::header(
+        payload.len(),
+        kind,
+        flags,
+        stream,
+    ));
     out.extend_from_slice(payload);
 }
 

@@ -24,8 +24,11 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 
 use super::world::{self, FAST_PORT, MIRROR, NS, PORT, PRIMARY, World};
-use super::{AgentRun, DRAIN, Layout, Settings, binaries, collect_agent, measure, spawn_agent};
-use crate::netns::{ns_cmd, ns_cmd_on, wait_port};
+use super::{
+    AgentRun, DRAIN, Layout, Settings, binaries, collect_agent, measure, spawn_agent,
+    start_fast_mirror_on,
+};
+use crate::netns::ns_cmd_on;
 use crate::util::is_root;
 
 /// h2load's totals for one run.
@@ -173,25 +176,8 @@ pub fn run() -> Result<()> {
 fn bench(world: &mut World, s: &Settings, k: &Knobs) -> Result<Vec<Run>> {
     world.create()?;
     let primary = world.nginx_with(NS[1], "primary", PRIMARY, true)?;
-    let fast = world.spawn(
-        ns_cmd(
-            NS[2],
-            s.fast_mirror_bin.to_str().context("fast-mirror path")?,
-        )
-        .arg(format!("{MIRROR}:{FAST_PORT}"))
-        .arg("--h2"),
-        "fast-mirror-h2",
-    )?;
-    wait_port(NS[2], MIRROR, FAST_PORT, || Ok(()))?;
-    let fast_h1 = world.spawn(
-        ns_cmd(
-            NS[2],
-            s.fast_mirror_bin.to_str().context("fast-mirror path")?,
-        )
-        .arg(format!("{MIRROR}:{FAST_H1_PORT}")),
-        "fast-mirror-h1",
-    )?;
-    wait_port(NS[2], MIRROR, FAST_H1_PORT, || Ok(()))?;
+    let fast = start_fast_mirror_on(world, s, FAST_PORT, true)?;
+    let fast_h1 = start_fast_mirror_on(world, s, FAST_H1_PORT, false)?;
     let [node_cpus, mirror_cpus, _] = Layout::Pinned.cpus(s.ncpu);
     world::pin(world.pid(primary), &node_cpus)?;
     world::pin(world.pid(fast), &mirror_cpus)?;

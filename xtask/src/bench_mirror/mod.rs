@@ -333,15 +333,21 @@ fn binaries() -> Result<(PathBuf, PathBuf)> {
 
 /// fast-mirror in the mirrors' namespace, listening; returns its index in `world`.
 fn start_fast_mirror(world: &mut World, s: &Settings) -> Result<usize> {
-    let fast = world.spawn(
-        ns_cmd(
-            NS[2],
-            s.fast_mirror_bin.to_str().context("fast-mirror path")?,
-        )
-        .arg(format!("{MIRROR}:{FAST_PORT}")),
-        "fast-mirror",
-    )?;
-    wait_port(NS[2], MIRROR, FAST_PORT, || Ok(()))?;
+    start_fast_mirror_on(world, s, FAST_PORT, false)
+}
+
+/// fast-mirror on `port`, speaking h2c when `h2` (`--h2`), else HTTP/1.1.
+fn start_fast_mirror_on(world: &mut World, s: &Settings, port: u16, h2: bool) -> Result<usize> {
+    let mut cmd = ns_cmd(
+        NS[2],
+        s.fast_mirror_bin.to_str().context("fast-mirror path")?,
+    );
+    cmd.arg(format!("{MIRROR}:{port}"));
+    if h2 {
+        cmd.arg("--h2");
+    }
+    let fast = world.spawn(&mut cmd, &format!("fast-mirror-{port}"))?;
+    wait_port(NS[2], MIRROR, port, || Ok(()))?;
     Ok(fast)
 }
 
