@@ -19,14 +19,13 @@
 //! `MIRROR_BENCH_H2_RPS` (the paced runs' `--rps` per client, 2000), `MIRROR_BENCH_AGENT`,
 //! `MIRROR_BENCH_PERF=FILE` (`perf record -g` of the agent during the full-rate `on` run).
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
 use super::world::{self, FAST_PORT, MIRROR, NS, PORT, PRIMARY, World};
 use super::{
-    AgentRun, DRAIN, Layout, Settings, binaries, collect_agent, measure, spawn_agent,
-    start_fast_mirror_on,
+    AgentRun, Layout, Settings, binaries, measure, measured, spawn_agent, start_fast_mirror_on,
 };
 use crate::netns::ns_cmd_on;
 use crate::util::is_root;
@@ -272,40 +271,25 @@ fn one(
         ),
         _ => None,
     };
-    let (pp, mp) = (world.pid(primary), world.pid(mirror));
-    let a0 = agent.map(|i| measure::cpu_secs(world.pid(i))).transpose()?;
-    let k0 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
-    let (p0, m0, c0) = (
-        measure::cpu_secs(pp)?,
-        measure::cpu_secs(mp)?,
-        measure::cpu_times(),
-    );
-    let t0 = Instant::now();
-    let h = h2load(s, k, s.secs, paced)?;
-    if let Some(mut p) = perf {
-        p.wait()?;
-    }
-    std::thread::sleep(DRAIN);
-    let wall = t0.elapsed().as_secs_f64();
-    let k1 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
-    let busy = measure::cpu_busy(&c0, &measure::cpu_times());
-    let (primary_cpu, mirror_cpu) = (measure::cpu_secs(pp)? - p0, measure::cpu_secs(mp)? - m0);
-    let agent = match (agent, a0) {
-        (Some(i), Some(a0)) => Some(collect_agent(world, i, &name, a0, (k0, k1), wall)?),
-        _ => None,
-    };
+    let phase = measured(world, agent, &name, (primary, mirror), |_| {
+        let h = h2load(s, k, s.secs, paced)?;
+        if let Some(mut p) = perf {
+            p.wait()?;
+        }
+        Ok(h)
+    })?;
     // Let the mirror's connections close before the next run.
     std::thread::sleep(Duration::from_millis(200));
     Ok(Run {
         mode,
         paced,
         load,
-        h2load: h,
-        wall,
-        primary_cpu,
-        mirror_cpu,
-        busy,
-        agent,
+        h2load: phase.out,
+        wall: phase.wall,
+        primary_cpu: phase.primary_cpu,
+        mirror_cpu: phase.mirror_cpu,
+        busy: phase.busy,
+        agent: phase.agent,
     })
 }
 

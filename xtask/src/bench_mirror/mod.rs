@@ -480,6 +480,45 @@ fn one(
         }
         Some(spawn_agent(world, s, layout, &name, &args)?)
     };
+    let phase = measured(world, agent, &name, (primary, mirror), |world| {
+        wrk(world, s, layout, s.secs, paced, connections)
+    })?;
+    Ok(Run {
+        plan,
+        load,
+        wrk: phase.out,
+        wall: phase.wall,
+        primary_cpu: phase.primary_cpu,
+        mirror_cpu: phase.mirror_cpu,
+        busy: phase.busy,
+        agent: phase.agent,
+    })
+}
+
+/// The comparison table the agent prints on exit with `--compare`.
+/// The classifiers' (run time ns, packets) from the kernel's BPF statistics.
+type BpfRun = (u64, u64);
+
+/// What one loaded phase measured: the load's own result, and CPU, time and the agent's run
+/// around it (including [`DRAIN`] after it).
+struct Phase<T> {
+    out: T,
+    wall: f64,
+    primary_cpu: f64,
+    mirror_cpu: f64,
+    busy: String,
+    agent: Option<AgentRun>,
+}
+
+/// Runs `load` with the primary, the mirror and the agent `agent` (started as `name`, if any)
+/// measured around it; the agent is stopped and read afterwards.
+fn measured<T>(
+    world: &mut World,
+    agent: Option<usize>,
+    name: &str,
+    (primary, mirror): (usize, usize),
+    load: impl FnOnce(&World) -> Result<T>,
+) -> Result<Phase<T>> {
     let (pp, mp) = (world.pid(primary), world.pid(mirror));
     let a0 = agent.map(|i| measure::cpu_secs(world.pid(i))).transpose()?;
     let k0 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
@@ -489,20 +528,18 @@ fn one(
         measure::cpu_times(),
     );
     let t0 = Instant::now();
-    let w = wrk(world, s, layout, s.secs, paced, connections)?;
+    let out = load(world)?;
     std::thread::sleep(DRAIN);
     let wall = t0.elapsed().as_secs_f64();
     let k1 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
     let busy = measure::cpu_busy(&c0, &measure::cpu_times());
     let (primary_cpu, mirror_cpu) = (measure::cpu_secs(pp)? - p0, measure::cpu_secs(mp)? - m0);
     let agent = match (agent, a0) {
-        (Some(i), Some(a0)) => Some(collect_agent(world, i, &name, a0, (k0, k1), wall)?),
+        (Some(i), Some(a0)) => Some(collect_agent(world, i, name, a0, (k0, k1), wall)?),
         _ => None,
     };
-    Ok(Run {
-        plan,
-        load,
-        wrk: w,
+    Ok(Phase {
+        out,
         wall,
         primary_cpu,
         mirror_cpu,
@@ -510,10 +547,6 @@ fn one(
         agent,
     })
 }
-
-/// The comparison table the agent prints on exit with `--compare`.
-/// The classifiers' (run time ns, packets) from the kernel's BPF statistics.
-type BpfRun = (u64, u64);
 
 /// Starts the agent in the node namespace on the layout's agent CPUs, capturing the primary's
 /// port, with `args` (the mirrors); waits until it captures. Logs go to `<name>.out|.err`.
