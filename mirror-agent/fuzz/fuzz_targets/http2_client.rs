@@ -1,4 +1,4 @@
-//! A client byte stream of an HTTP/2 connection cut at arbitrary points into `ClientDecoder`.
+//! A client byte stream of an HTTP/2 connection cut at arbitrary points into `Decoder`.
 //!
 //! Input format: `control u64 LE | stream bytes`, see `common` (gaps are not used: the decoder
 //! takes in-order bytes, the pipeline ends it at a gap). Control bit 0 set: the client preface
@@ -8,13 +8,15 @@
 //! Checked: no panic, no hang; every byte pushed is accounted for once the connection ends;
 //! every request has a `:method` and a body within the bound. The same pieces also go through
 //! the walk of a connection picked up mid-way (`http2::midstream`): no panic, every byte
-//! counted, no more streams than HEADERS frame headers could fit.
+//! counted, no more streams than HEADERS frame headers could fit. And through the server
+//! direction's decoder (`Decoder::server`, no preface): no panic, every byte accounted for,
+//! every response with a final status and a body prefix within the bound.
 #![no_main]
 
 mod common;
 
 use libfuzzer_sys::fuzz_target;
-use mirror_agent::http2::decoder::{ClientDecoder, H2Event, H2Limits};
+use mirror_agent::http2::decoder::{Decoder, H2Event, H2Limits};
 use mirror_agent::http2::frame::{HEADER_LEN, PREFACE};
 use mirror_agent::http2::midstream::{Midstream, looks_like_frames};
 
@@ -40,7 +42,8 @@ fuzz_target!(|data: &[u8]| {
     } else {
         H2Limits::default()
     };
-    let mut d = ClientDecoder::new(limits);
+    let mut d = Decoder::client(limits);
+    let mut server = Decoder::server(limits);
     let mut mid = Midstream::default();
     let _ = looks_like_frames(input.stream);
     let mut out = Vec::new();
@@ -51,10 +54,14 @@ fuzz_target!(|data: &[u8]| {
     };
     for (range, _gap) in shifted.pieces() {
         d.push(&stream[range.clone()], &mut out);
+        server.push(&stream[range.clone()], &mut out);
         mid.push(&stream[range]);
         assert!(d.stats().accounted() <= d.stats().pushed);
     }
     d.finish(&mut out);
+    server.finish(&mut out);
+    let s = server.stats();
+    assert_eq!(s.accounted(), s.pushed, "server side {s:?}");
     assert_eq!(mid.bytes, stream.len() as u64);
     assert!(mid.streams <= (stream.len() / HEADER_LEN) as u64);
     let s = d.stats();
@@ -64,6 +71,11 @@ fuzz_target!(|data: &[u8]| {
         if let H2Event::Request(r) = e {
             assert!(r.field(":method").is_some(), "request without :method");
             assert!(r.body.len() <= limits.max_body, "body over the bound");
+        }
+        if let H2Event::Response(r) = e {
+            assert!((200..600).contains(&r.status), "final status {}", r.status);
+            assert!(r.body.len() <= limits.max_body, "response prefix over the bound");
+            assert!(r.body.len() as u64 <= r.body_len);
         }
     }
 });

@@ -57,6 +57,8 @@ pub enum Version {
     Http09,
     Http10,
     Http11,
+    /// A response decoded from HTTP/2 frames (requests are written as HTTP/1.1).
+    Http2,
 }
 
 impl Version {
@@ -65,6 +67,7 @@ impl Version {
             Version::Http09 => "HTTP/0.9",
             Version::Http10 => "HTTP/1.0",
             Version::Http11 => "HTTP/1.1",
+            Version::Http2 => "HTTP/2",
         }
     }
 }
@@ -227,7 +230,7 @@ pub fn keeps_alive(version: Version, headers: &[Header]) -> bool {
 /// `connection_has(token)` says whether a `Connection` field lists `token`.
 pub(crate) fn persists(version: Version, connection_has: impl Fn(&[u8]) -> bool) -> bool {
     match version {
-        Version::Http11 => !connection_has(b"close"),
+        Version::Http11 | Version::Http2 => !connection_has(b"close"),
         Version::Http10 => connection_has(b"keep-alive"),
         Version::Http09 => false,
     }

@@ -25,4 +25,4 @@ pub mod frame;
 pub mod hpack;
 pub mod midstream;
 
-pub use decoder::{ClientDecoder, H2Event, H2Limits, H2Request, H2Stats};
+pub use decoder::{Decoder, H2Event, H2Limits, H2Request, H2Response, H2Stats, Side};

@@ -203,6 +203,22 @@ pub struct PipelineStats {
     pub h2_frame_bytes: u64,
     /// Client bytes of HTTP/2 connections in dropped streams or after decoding stopped.
     pub h2_dropped_bytes: u64,
+    /// Responses decoded from HTTP/2 streams and paired with their request (also in
+    /// `responses`; their wire bytes are in `h2_server_frame_bytes`, not `response_bytes`).
+    pub h2_responses: u64,
+    /// Server streams of HTTP/2 connections dropped (reset by the server, malformed,
+    /// unfinished, over a bound).
+    pub h2_response_streams_dropped: u64,
+    /// Of the requests emitted, those whose server stream was dropped: no response to compare.
+    pub h2_responses_lost: u64,
+    /// HTTP/2 connections whose server side stopped decoding (a connection error, or a gap
+    /// that lost its header table).
+    pub h2_server_failed: u64,
+    /// Server bytes of HTTP/2 connections in responses and control frames.
+    pub h2_server_frame_bytes: u64,
+    /// Server bytes of HTTP/2 connections in dropped or pushed streams, or after decoding
+    /// stopped.
+    pub h2_server_dropped_bytes: u64,
     /// Became a tunnel (CONNECT, Upgrade) after a request.
     pub flows_tunnel: u64,
 
@@ -365,15 +381,20 @@ impl PipelineStats {
         let framed = self.response_bytes
             + self.response_drops.total().bytes
             + self.server_bytes_ignored
-            + self.server_bytes_framer_ignored;
+            + self.server_bytes_framer_ignored
+            + self.h2_server_frame_bytes
+            + self.h2_server_dropped_bytes;
         if framed != s.bytes_delivered {
             return Err(format!(
-                "server delivered {} != responses {} + dropped {} + ignored {} + framer ignored {}",
+                "server delivered {} != responses {} + dropped {} + ignored {} + framer ignored {} \
+                 + h2 frames {} + h2 dropped {}",
                 s.bytes_delivered,
                 self.response_bytes,
                 self.response_drops.total().bytes,
                 self.server_bytes_ignored,
-                self.server_bytes_framer_ignored
+                self.server_bytes_framer_ignored,
+                self.h2_server_frame_bytes,
+                self.h2_server_dropped_bytes
             ));
         }
         Ok(())
@@ -419,6 +440,12 @@ impl fmt::Display for PipelineStats {
             ("h2.midstream_flows", self.h2_midstream_flows),
             ("lost.h2_midstream_streams", self.h2_midstream_streams),
             ("lost.h2_midstream_bytes", self.h2_midstream_bytes),
+            ("h2.responses", self.h2_responses),
+            ("h2.server_frame_bytes", self.h2_server_frame_bytes),
+            ("lost.h2_server_flows_failed", self.h2_server_failed),
+            ("lost.h2_response_streams", self.h2_response_streams_dropped),
+            ("lost.h2_responses_of_requests", self.h2_responses_lost),
+            ("lost.h2_server_bytes", self.h2_server_dropped_bytes),
             ("flows_tunnel", self.flows_tunnel),
             ("requests", self.requests),
             ("request_bytes", self.request_bytes),

@@ -902,6 +902,110 @@ fn http2_prior_knowledge_streams_become_requests_and_add_up() {
     assert_eq!(s.request_bytes, 0, "the HTTP/1.1 forms are not wire bytes");
 }
 
+/// With responses on, the server side of an h2c connection is decoded with its own table:
+/// responses are paired with their requests by stream id, whatever order the server answers
+/// in; one that ends before its request (the server answered early) waits for it; the server's
+/// SETTINGS, sent before the client's preface arrives, reach the HTTP/2 decoder, not the
+/// HTTP/1 response framer; the sample is written as the HTTP/2 mirror side's (`HTTP/1.1
+/// <status>`, fields, trailers); a server reset loses one response, counted; every server byte
+/// is in the ledger.
+#[test]
+fn http2_responses_are_paired_by_stream_and_add_up() {
+    use crate::http2::frame::{PREFACE, flag, kind};
+    let mut req = loona_hpack::Encoder::new();
+    let mut res = loona_hpack::Encoder::new();
+    let head = |enc: &mut loona_hpack::Encoder<'static>, path: &str| {
+        enc.encode([
+            (&b":method"[..], &b"POST"[..]),
+            (b":scheme", b"http"),
+            (b":authority", b"api"),
+            (b":path", path.as_bytes()),
+        ])
+    };
+    let mut server_first = Vec::new();
+    frame(&mut server_first, kind::SETTINGS, 0, 0, &[]);
+    let mut client = PREFACE.to_vec();
+    frame(&mut client, kind::SETTINGS, 0, 0, &[]);
+    for (id, path) in [(1, "/a"), (3, "/b"), (5, "/c")] {
+        let h = head(&mut req, path);
+        frame(&mut client, kind::HEADERS, flag::END_HEADERS, id, &h);
+        frame(&mut client, kind::DATA, flag::END_STREAM, id, b"ping");
+    }
+    // Stream 7's head only: it is answered before the client ends it.
+    let h = head(&mut req, "/d");
+    frame(&mut client, kind::HEADERS, flag::END_HEADERS, 7, &h);
+    let mut answers = Vec::new();
+    let ok = res.encode([(&b":status"[..], &b"200"[..]), (b"content-type", b"text/plain")]);
+    frame(&mut answers, kind::HEADERS, flag::END_HEADERS, 3, &ok);
+    frame(&mut answers, kind::DATA, flag::END_STREAM, 3, b"three");
+    let teapot = res.encode([(&b":status"[..], &b"418"[..])]);
+    frame(&mut answers, kind::HEADERS, flag::END_HEADERS, 1, &teapot);
+    frame(&mut answers, kind::DATA, 0, 1, b"one");
+    let trailers = res.encode([(&b"grpc-status"[..], &b"0"[..])]);
+    frame(&mut answers, kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 1, &trailers);
+    let early = res.encode([(&b":status"[..], &b"413"[..])]);
+    frame(&mut answers, kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 7, &early);
+    let ok_again = res.encode([(&b":status"[..], &b"200"[..])]);
+    frame(&mut answers, kind::HEADERS, flag::END_HEADERS, 5, &ok_again);
+    frame(&mut answers, kind::RST_STREAM, 0, 5, &[0, 0, 0, 2]);
+    let mut last = Vec::new();
+    frame(&mut last, kind::DATA, flag::END_STREAM, 7, b"late");
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    c.handshake()
+        .server_sends(&server_first, 100)
+        .client_sends(&client, 17)
+        .server_sends(&answers, 13)
+        .client_sends(&last, 100)
+        .close();
+    let mut p = Pipeline::new(PipelineConfig {
+        capture_responses: Some(1024),
+        ..cfg()
+    });
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    let reqs: Vec<(u32, u64)> = requests(&out)
+        .iter()
+        .map(|r| (r.request.h2_stream.unwrap(), r.seq_in_flow))
+        .collect();
+    assert_eq!(reqs, [(1, 0), (3, 1), (5, 2), (7, 3)], "{s}");
+    let resps: Vec<(u64, u16, String)> = out
+        .iter()
+        .filter_map(|e| match e {
+            PipelineEvent::Response(r) => {
+                let c = r.response.capture.as_ref().expect("a sample");
+                Some((
+                    r.seq_in_flow,
+                    r.response.status,
+                    format!("{}{}", String::from_utf8_lossy(&c.head), String::from_utf8_lossy(&c.body)),
+                ))
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        resps,
+        [
+            (1, 200, "HTTP/1.1 200 \r\ncontent-type: text/plain\r\n\r\nthree".to_string()),
+            (0, 418, "HTTP/1.1 418 \r\ngrpc-status: 0\r\n\r\none".to_string()),
+            (3, 413, "HTTP/1.1 413 \r\n\r\n".to_string()),
+        ],
+        "{s}"
+    );
+    assert!(
+        out.iter().position(|e| matches!(e, PipelineEvent::Request(r) if r.seq_in_flow == 3))
+            < out.iter().position(|e| matches!(e, PipelineEvent::Response(r) if r.seq_in_flow == 3)),
+        "a request goes out before its response"
+    );
+    assert_eq!((s.responses, s.h2_responses, s.responses_unpaired), (3, 3, 0), "{s}");
+    assert_eq!((s.h2_response_streams_dropped, s.h2_responses_lost), (1, 1), "{s}");
+    assert_eq!(s.requests_unanswered, 0, "{s}");
+    assert_eq!(s.response_drops.total().bytes, 0, "no server byte went to the HTTP/1 framer");
+    assert_eq!(
+        s.h2_server_frame_bytes + s.h2_server_dropped_bytes,
+        (server_first.len() + answers.len()) as u64
+    );
+}
+
 /// An HTTP/1.1 connection that upgrades to h2c (`Upgrade: h2c`, 101, then the preface): the
 /// upgrading request is an HTTP/1.1 request, the streams after it are decoded as HTTP/2. One
 /// whose upgrade the server declines goes on in HTTP/1.1.

@@ -1,6 +1,9 @@
-//! The client direction of one HTTP/2 connection, from its first byte: preface, frames,
-//! header blocks decoded with the connection's HPACK table, one [`H2Request`] per stream that
-//! the client ends (END_STREAM), in the order they end.
+//! One direction of an HTTP/2 connection, from its first byte: frames and header blocks
+//! decoded with that direction's HPACK table. The client direction ([`Decoder::client`]) starts
+//! with the preface and gives one [`H2Request`] per stream the client ends (END_STREAM); the
+//! server direction ([`Decoder::server`], for comparison) gives one [`H2Response`] per stream
+//! the server ends, 1xx heads counted and skipped, pushed streams decoded only to keep the
+//! table in step. Both in the order the streams end.
 //!
 //! Every header block is decoded, also those of streams that are dropped: the dynamic table
 //! is shared by the whole connection, so skipping one block would corrupt every later one.
@@ -9,7 +12,7 @@
 //!
 //! Connection errors (no preface, a frame over the size bound, a header block over its bound,
 //! an HPACK error, CONTINUATION out of place, a PUSH_PROMISE from a client, a HEADERS frame on
-//! stream 0 or on a stream id that goes backwards) end decoding for the rest of the
+//! stream 0 or, from a client, on an even stream id) end decoding for the rest of the
 //! connection: the primary's server closes such a connection too (RFC 9113 5.4.1), and
 //! guessing after a lost header table could send a mirror requests nobody made. Stream
 //! errors (a malformed request, a stream over a bound, a reset from the client) drop that
@@ -32,7 +35,8 @@ pub struct H2Limits {
     /// Decoded header list size per block, counted as SETTINGS_MAX_HEADER_LIST_SIZE counts it
     /// (name + value + 32 per field); over it the stream is dropped.
     pub max_header_list: usize,
-    /// Request body bytes kept per stream; over it the stream is dropped.
+    /// Body bytes kept per stream. A request over it is dropped; a response keeps this prefix
+    /// (the comparison's capture limit) and counts the rest in [`H2Response::body_len`].
     pub max_body: usize,
     /// Streams open at once; a stream beyond it is dropped.
     pub max_streams: usize,
@@ -64,7 +68,7 @@ pub struct H2Request {
     pub body: Bytes,
     /// The trailer section (gRPC requests rarely have one; responses do).
     pub trailers: Vec<(Bytes, Bytes)>,
-    /// The stream's frame bytes on the wire (headers included), in `H2Stats::request_bytes`.
+    /// The stream's frame bytes on the wire (headers included), in `H2Stats::message_bytes`.
     pub wire_bytes: u64,
 }
 
@@ -78,17 +82,52 @@ impl H2Request {
     }
 }
 
+/// One response: a stream the server ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct H2Response {
+    pub stream: u32,
+    /// The final `:status`.
+    pub status: u16,
+    /// Header fields of the final head in wire order, without `:status`.
+    pub headers: Vec<(Bytes, Bytes)>,
+    /// DATA payloads, padding removed, at most [`H2Limits::max_body`] bytes.
+    pub body: Bytes,
+    /// All DATA bytes of the stream (padding removed).
+    pub body_len: u64,
+    /// `body` is a prefix: the stream carried more.
+    pub truncated: bool,
+    /// The trailer section (gRPC's `grpc-status` is here).
+    pub trailers: Vec<(Bytes, Bytes)>,
+    /// 1xx heads before the final one.
+    pub informational: u32,
+    /// The time given with the push that carried the stream's first frame, and its last.
+    pub first_ts_ns: u64,
+    pub last_ts_ns: u64,
+    /// The stream's frame bytes on the wire (headers included), in `H2Stats::message_bytes`.
+    pub wire_bytes: u64,
+}
+
+/// Which direction of the connection a decoder reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's bytes: the preface, then requests.
+    Client,
+    /// The server's bytes: frames from the first (the server's SETTINGS), responses.
+    Server,
+}
+
 /// Why a stream was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum H2DropReason {
-    /// RST_STREAM from the client before the request ended.
+    /// RST_STREAM from this side before it ended the stream.
     Reset,
-    /// Missing or misplaced pseudo-header fields, DATA before HEADERS, HEADERS after the end.
+    /// Missing or misplaced pseudo-header fields, DATA before HEADERS, HEADERS after the end,
+    /// an END_STREAM on a 1xx head.
     Malformed,
     /// Over [`H2Limits::max_header_list`], [`H2Limits::max_body`] or
     /// [`H2Limits::max_streams`].
     OverLimit,
-    /// The connection ended before the client ended the stream.
+    /// The connection ended before this side ended the stream.
     Unfinished,
 }
 
@@ -109,6 +148,7 @@ pub enum H2Failure {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum H2Event {
     Request(H2Request),
+    Response(H2Response),
     Dropped { stream: u32, reason: H2DropReason },
     Failed(H2Failure),
 }
@@ -117,15 +157,21 @@ pub enum H2Event {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct H2Stats {
     pub frames: u64,
-    pub requests: u64,
+    /// Requests (client side) or responses (server side) given out.
+    pub messages: u64,
     pub dropped_streams: u64,
+    /// Server side: 1xx heads skipped.
+    pub informational: u64,
+    /// Server side: PUSH_PROMISEs seen (their streams' frames are in `dropped_bytes`).
+    pub pushed_streams: u64,
     /// Bytes pushed in.
     pub pushed: u64,
     /// The preface.
     pub preface_bytes: u64,
-    /// Frames (headers included) of streams that became requests.
-    pub request_bytes: u64,
-    /// Frames of streams dropped, or of streams no longer known (after a drop or a reset).
+    /// Frames (headers included) of streams that became requests or responses.
+    pub message_bytes: u64,
+    /// Frames of streams dropped, of streams no longer known (after a drop or a reset), and of
+    /// pushed streams (PUSH_PROMISE included).
     pub dropped_bytes: u64,
     /// Connection-level and flow-control frames (SETTINGS, PING, GOAWAY, WINDOW_UPDATE,
     /// PRIORITY, RST_STREAM, unknown types).
@@ -138,7 +184,7 @@ impl H2Stats {
     /// Bytes in a bucket: pushed minus what is still held (open streams, a partial frame).
     pub fn accounted(&self) -> u64 {
         self.preface_bytes
-            + self.request_bytes
+            + self.message_bytes
             + self.dropped_bytes
             + self.control_bytes
             + self.undecodable_bytes
@@ -148,9 +194,14 @@ impl H2Stats {
 #[derive(Debug)]
 struct Stream {
     headers: Vec<(Bytes, Bytes)>,
-    /// Headers decoded (the first HEADERS block is complete).
+    /// Headers decoded (the first HEADERS block is complete; for a response, the final one).
     open: bool,
     body: Vec<u8>,
+    /// Response side: DATA bytes seen, kept or not.
+    body_len: u64,
+    status: u16,
+    informational: u32,
+    first_ts_ns: u64,
     trailers: Vec<(Bytes, Bytes)>,
     /// Frame bytes of this stream so far.
     bytes: u64,
@@ -162,6 +213,8 @@ struct Stream {
 #[derive(Debug)]
 struct Block {
     stream: u32,
+    /// A PUSH_PROMISE's block: decoded for the table only.
+    promise: bool,
     fragment: Vec<u8>,
     end_stream: bool,
     /// Frame bytes so far.
@@ -175,8 +228,9 @@ enum State {
     Failed,
 }
 
-/// The client direction of one connection (see the module doc).
-pub struct ClientDecoder {
+/// One direction of one connection (see the module doc).
+pub struct Decoder {
+    side: Side,
     limits: H2Limits,
     state: State,
     /// A partial frame.
@@ -185,12 +239,15 @@ pub struct ClientDecoder {
     streams: HashMap<u32, Stream>,
     block: Option<Block>,
     last_stream: u32,
+    /// The time given with the bytes being decoded.
+    now_ns: u64,
     stats: H2Stats,
 }
 
-impl std::fmt::Debug for ClientDecoder {
+impl std::fmt::Debug for Decoder {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ClientDecoder")
+        f.debug_struct("Decoder")
+            .field("side", &self.side)
             .field("state", &self.state)
             .field("streams", &self.streams.len())
             .field("stats", &self.stats)
@@ -211,17 +268,33 @@ pub fn starts_with_preface(b: &[u8]) -> Option<bool> {
     }
 }
 
-impl ClientDecoder {
-    pub fn new(limits: H2Limits) -> Self {
+impl Decoder {
+    /// The client direction: the preface, then frames.
+    pub fn client(limits: H2Limits) -> Self {
+        Self::new(Side::Client, limits)
+    }
+
+    /// The server direction: frames from the first byte (the server's preface is a SETTINGS
+    /// frame).
+    pub fn server(limits: H2Limits) -> Self {
+        Self::new(Side::Server, limits)
+    }
+
+    fn new(side: Side, limits: H2Limits) -> Self {
         let hpack = super::hpack::Decoder::new(limits.max_table);
         Self {
+            side,
             limits,
-            state: State::Preface { seen: 0 },
+            state: match side {
+                Side::Client => State::Preface { seen: 0 },
+                Side::Server => State::Frames,
+            },
             pending: Vec::new(),
             hpack,
             streams: HashMap::new(),
             block: None,
             last_stream: 0,
+            now_ns: 0,
             stats: H2Stats::default(),
         }
     }
@@ -267,8 +340,15 @@ impl ClientDecoder {
         self.state = State::Failed;
     }
 
-    /// Takes the next in-order bytes of the client direction.
-    pub fn push(&mut self, mut data: &[u8], out: &mut Vec<H2Event>) {
+    /// Takes the next in-order bytes of this direction.
+    pub fn push(&mut self, data: &[u8], out: &mut Vec<H2Event>) {
+        self.push_at(data, self.now_ns, out);
+    }
+
+    /// [`Self::push`] with the bytes' capture time, which responses carry
+    /// ([`H2Response::first_ts_ns`]).
+    pub fn push_at(&mut self, mut data: &[u8], ts_ns: u64, out: &mut Vec<H2Event>) {
+        self.now_ns = ts_ns;
         self.stats.pushed += data.len() as u64;
         if let State::Preface { seen } = self.state {
             let want = &PREFACE[seen..];
@@ -398,8 +478,11 @@ impl ClientDecoder {
                     }
                 }
             }
+            kind::PUSH_PROMISE if self.side == Side::Server => {
+                self.push_promise(&h, payload, total, out)
+            }
             kind::PUSH_PROMISE => self.fail(H2Failure::Protocol, total, out),
-            // SETTINGS from the client size the server's encoder (the other direction);
+            // SETTINGS size the other direction's encoder;
             // PING, GOAWAY, WINDOW_UPDATE and PRIORITY carry no request bytes; unknown
             // types are ignored (RFC 9113 5.5).
             _ => self.stats.control_bytes += total,
@@ -413,21 +496,59 @@ impl ClientDecoder {
         let Ok(fragment) = frame::body(h, payload) else {
             return self.fail(H2Failure::Protocol, total, out);
         };
-        // Client streams are odd (RFC 9113 5.1.1). A known stream gets trailers; a new id
-        // opens a stream; an old id that is gone (reset, dropped) still has its block
-        // decoded, for the table, and counted with the drops.
+        // Client streams are odd (RFC 9113 5.1.1). A known stream gets trailers (or, from a
+        // server, its final head after 1xx ones). From a client a new id opens a stream and
+        // an old id that is gone (reset, dropped) still has its block decoded, for the table,
+        // and counted with the drops. A server answers the client's (odd) streams in any
+        // order, so any odd id it is not answering opens one; its even ids are pushed
+        // streams, decoded for the table only.
         if !self.streams.contains_key(&h.stream) {
-            if h.stream.is_multiple_of(2) {
-                return self.fail(H2Failure::Protocol, total, out);
-            }
-            if h.stream > self.last_stream {
-                self.open_stream(h.stream, out);
+            let odd = !h.stream.is_multiple_of(2);
+            match self.side {
+                Side::Client if !odd => return self.fail(H2Failure::Protocol, total, out),
+                Side::Client if h.stream > self.last_stream => self.open_stream(h.stream, out),
+                Side::Server if odd => self.open_stream(h.stream, out),
+                _ => {}
             }
         }
+        self.start_block(h, fragment, false, total, out);
+    }
+
+    /// A PUSH_PROMISE (server side): its header block is decoded for the table; the promised
+    /// stream is never compared (no client asked for it), its frames are counted as drops.
+    fn push_promise(
+        &mut self,
+        h: &FrameHeader,
+        payload: &[u8],
+        total: u64,
+        out: &mut Vec<H2Event>,
+    ) {
+        let Ok(rest) = frame::body(h, payload) else {
+            return self.fail(H2Failure::Protocol, total, out);
+        };
+        // The promised stream id (4 octets) precedes the fragment.
+        let Some(fragment) = rest.get(4..) else {
+            return self.fail(H2Failure::Protocol, total, out);
+        };
+        self.stats.pushed_streams += 1;
+        self.start_block(h, fragment, true, total, out);
+    }
+
+    /// The first frame of a header block: complete, or waiting for CONTINUATION.
+    fn start_block(
+        &mut self,
+        h: &FrameHeader,
+        fragment: &[u8],
+        promise: bool,
+        total: u64,
+        out: &mut Vec<H2Event>,
+    ) {
         let block = Block {
             stream: h.stream,
+            promise,
             fragment: fragment.to_vec(),
-            end_stream: h.has(flag::END_STREAM),
+            // PUSH_PROMISE defines no END_STREAM flag.
+            end_stream: !promise && h.has(flag::END_STREAM),
             bytes: total,
         };
         if fragment.len() > self.limits.max_header_block {
@@ -449,6 +570,10 @@ impl ClientDecoder {
                 headers: Vec::new(),
                 open: false,
                 body: Vec::new(),
+                body_len: 0,
+                status: 0,
+                informational: 0,
+                first_ts_ns: self.now_ns,
                 trailers: Vec::new(),
                 bytes: 0,
                 dropped: over.then_some(H2DropReason::OverLimit),
@@ -489,11 +614,15 @@ impl ClientDecoder {
     /// A complete header block: decoded (always), then a request head, trailers, or nothing
     /// (a stream already gone).
     fn end_block(&mut self, block: Block, out: &mut Vec<H2Event>) {
-        let mut fields = Vec::new();
+        let mut fields: Vec<(Bytes, Bytes)> = Vec::new();
         let decoded = self.hpack.decode(&block.fragment, &mut fields);
         let list_size: usize = fields.iter().map(|(n, v)| n.len() + v.len() + 32).sum();
         if decoded.is_err() {
             return self.fail(H2Failure::Hpack, block.bytes, out);
+        }
+        if block.promise {
+            self.stats.dropped_bytes += block.bytes;
+            return;
         }
         let Some(s) = self.streams.get_mut(&block.stream) else {
             // A stream already closed or dropped (e.g. reset): nothing to keep.
@@ -502,10 +631,21 @@ impl ClientDecoder {
         };
         s.bytes += block.bytes;
         if s.dropped.is_none() {
+            // A response head: `:status` first and alone; 1xx heads come before the final
+            // one and never end the stream.
+            let status = match self.side {
+                Side::Server if !s.open => response_status(&fields),
+                _ => None,
+            };
+            let informational = status.is_some_and(|st| st < 200);
             let reason = if list_size > self.limits.max_header_list {
                 Some(H2DropReason::OverLimit)
             } else if !s.open {
-                (!valid_request_head(&fields)).then_some(H2DropReason::Malformed)
+                let valid = match self.side {
+                    Side::Client => valid_request_head(&fields),
+                    Side::Server => status.is_some() && !(informational && block.end_stream),
+                };
+                (!valid).then_some(H2DropReason::Malformed)
             } else {
                 // Trailers: they end the stream and hold no pseudo-header field.
                 (!block.end_stream || fields.iter().any(|(n, _)| n.starts_with(b":")))
@@ -513,7 +653,17 @@ impl ClientDecoder {
             };
             match reason {
                 Some(r) => drop_stream(s, block.stream, r, &mut self.stats, out),
-                None if !s.open => s.headers = fields,
+                None if informational => {
+                    s.informational += 1;
+                    self.stats.informational += 1;
+                    // Still waiting for the final head.
+                    return;
+                }
+                None if !s.open => {
+                    fields.retain(|(n, _)| n.as_ref() != b":status");
+                    s.status = status.unwrap_or(0);
+                    s.headers = fields;
+                }
                 None => s.trailers = fields,
             }
         }
@@ -538,12 +688,17 @@ impl ClientDecoder {
         };
         s.bytes += total;
         if s.dropped.is_none() {
+            s.body_len += data.len() as u64;
             if !s.open || !s.trailers.is_empty() {
                 drop_stream(s, h.stream, H2DropReason::Malformed, &mut self.stats, out);
-            } else if s.body.len() + data.len() > self.limits.max_body {
-                drop_stream(s, h.stream, H2DropReason::OverLimit, &mut self.stats, out);
-            } else {
+            } else if s.body.len() + data.len() <= self.limits.max_body {
                 s.body.extend_from_slice(data);
+            } else if self.side == Side::Server {
+                // A response keeps the prefix the comparison looks at.
+                let room = self.limits.max_body - s.body.len();
+                s.body.extend_from_slice(&data[..room]);
+            } else {
+                drop_stream(s, h.stream, H2DropReason::OverLimit, &mut self.stats, out);
             }
         }
         if h.has(flag::END_STREAM) {
@@ -551,7 +706,7 @@ impl ClientDecoder {
         }
     }
 
-    /// The client ended the stream: a request, or the end of a dropped one.
+    /// This side ended the stream: a request or a response, or the end of a dropped one.
     fn end_stream(&mut self, id: u32, out: &mut Vec<H2Event>) {
         let Some(s) = self.streams.remove(&id) else {
             return;
@@ -560,15 +715,30 @@ impl ClientDecoder {
             self.stats.dropped_bytes += s.bytes;
             return;
         }
-        self.stats.request_bytes += s.bytes;
-        self.stats.requests += 1;
-        out.push(H2Event::Request(H2Request {
-            stream: id,
-            headers: s.headers,
-            body: Bytes::from(s.body),
-            trailers: s.trailers,
-            wire_bytes: s.bytes,
-        }));
+        self.stats.message_bytes += s.bytes;
+        self.stats.messages += 1;
+        out.push(match self.side {
+            Side::Client => H2Event::Request(H2Request {
+                stream: id,
+                headers: s.headers,
+                body: Bytes::from(s.body),
+                trailers: s.trailers,
+                wire_bytes: s.bytes,
+            }),
+            Side::Server => H2Event::Response(H2Response {
+                stream: id,
+                status: s.status,
+                headers: s.headers,
+                truncated: s.body_len > s.body.len() as u64,
+                body: Bytes::from(s.body),
+                body_len: s.body_len,
+                trailers: s.trailers,
+                informational: s.informational,
+                first_ts_ns: s.first_ts_ns,
+                last_ts_ns: self.now_ns,
+                wire_bytes: s.bytes,
+            }),
+        });
     }
 }
 
@@ -583,6 +753,20 @@ fn drop_stream(
     s.body = Vec::new();
     stats.dropped_streams += 1;
     out.push(H2Event::Dropped { stream, reason });
+}
+
+/// The status of a response head (RFC 9113 8.3.2): `:status` as its only pseudo-header field,
+/// first, three digits from 100 to 599.
+fn response_status(fields: &[(Bytes, Bytes)]) -> Option<u16> {
+    let ((first, value), rest) = fields.split_first()?;
+    if first.as_ref() != b":status" || rest.iter().any(|(n, _)| n.starts_with(b":")) {
+        return None;
+    }
+    if value.len() != 3 || !value.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let status: u16 = std::str::from_utf8(value).ok()?.parse().ok()?;
+    (100..600).contains(&status).then_some(status)
 }
 
 /// A request head (RFC 9113 8.3.1): pseudo-header fields first, each at most once, only the

@@ -54,8 +54,8 @@ impl Client {
     }
 }
 
-fn decode_all(bytes: &[u8], splits: &[usize]) -> (Vec<H2Event>, ClientDecoder) {
-    let mut d = ClientDecoder::new(H2Limits::default());
+fn decode_all(bytes: &[u8], splits: &[usize]) -> (Vec<H2Event>, Decoder) {
+    let mut d = Decoder::client(H2Limits::default());
     let mut out = Vec::new();
     let mut at = 0;
     for &s in splits.iter().chain(std::iter::once(&bytes.len())) {
@@ -76,7 +76,7 @@ fn requests(events: &[H2Event]) -> Vec<&H2Request> {
         .collect()
 }
 
-fn balanced(d: &ClientDecoder) {
+fn balanced(d: &Decoder) {
     let s = d.stats();
     assert_eq!(
         s.accounted() + d.buffered_bytes() as u64 + held_frames(d),
@@ -86,7 +86,7 @@ fn balanced(d: &ClientDecoder) {
 }
 
 /// Frame bytes of streams still open (counted when they end).
-fn held_frames(d: &ClientDecoder) -> u64 {
+fn held_frames(d: &Decoder) -> u64 {
     d.streams.values().map(|s| s.bytes).sum::<u64>()
         - d.streams.values().map(|s| s.body.len() as u64).sum::<u64>()
         + d.block
@@ -145,7 +145,7 @@ fn requests_with_bodies_trailers_continuation_and_padding_at_every_split() {
     assert_eq!(r[3].headers, r[0].headers);
     let s = d.stats();
     assert_eq!(
-        (s.requests, s.dropped_streams, s.undecodable_bytes),
+        (s.messages, s.dropped_streams, s.undecodable_bytes),
         (4, 0, 0)
     );
     assert_eq!(s.accounted(), s.pushed, "nothing held at the end: {s:?}");
@@ -210,7 +210,7 @@ fn resets_malformed_heads_and_bounds_drop_only_their_stream() {
     );
     assert_eq!(requests(&events)[0].field(":path"), Some(&b"/ok"[..]));
     let s = d.stats();
-    assert_eq!((s.requests, s.dropped_streams), (1, 3));
+    assert_eq!((s.messages, s.dropped_streams), (1, 3));
     assert!(s.dropped_bytes > 0);
     assert_eq!(s.accounted(), s.pushed);
 
@@ -230,7 +230,7 @@ fn resets_malformed_heads_and_bounds_drop_only_their_stream() {
     );
     c.get(5, "/over");
     c.frame(kind::DATA, flag::END_STREAM, 3, b"x");
-    let mut d = ClientDecoder::new(H2Limits {
+    let mut d = Decoder::client(H2Limits {
         max_body: 150,
         max_streams: 1,
         ..H2Limits::default()
@@ -262,7 +262,7 @@ fn resets_malformed_heads_and_bounds_drop_only_their_stream() {
         false,
     );
     c.frame(kind::DATA, 0, 1, b"partial body");
-    let mut d = ClientDecoder::new(H2Limits::default());
+    let mut d = Decoder::client(H2Limits::default());
     let mut events = Vec::new();
     d.push(&c.bytes[..c.bytes.len() - 4], &mut events);
     assert!(events.is_empty());
@@ -276,7 +276,7 @@ fn resets_malformed_heads_and_bounds_drop_only_their_stream() {
     );
     assert_eq!(d.stats().accounted(), d.stats().pushed, "{:?}", d.stats());
     // Mid-preface.
-    let mut d = ClientDecoder::new(H2Limits::default());
+    let mut d = Decoder::client(H2Limits::default());
     d.push(&PREFACE[..10], &mut events);
     d.finish(&mut events);
     assert_eq!(d.stats().accounted(), d.stats().pushed);
@@ -304,7 +304,7 @@ fn connection_errors_stop_decoding_and_count_the_rest() {
     // A frame over the bound, announced by a partial header.
     let mut c = Client::new();
     c.frame(kind::DATA, 0, 1, &vec![0; 2000]);
-    let mut d = ClientDecoder::new(H2Limits {
+    let mut d = Decoder::client(H2Limits {
         max_frame: 1000,
         ..H2Limits::default()
     });
@@ -336,4 +336,137 @@ fn connection_errors_stop_decoding_and_count_the_rest() {
     c.frame(kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 1, &big);
     let (events, _) = decode_all(&c.bytes, &[]);
     assert_eq!(events, [H2Event::Failed(H2Failure::Hpack)]);
+}
+
+/// A server's side of a connection: no preface, a SETTINGS frame first.
+fn server_peer() -> Client {
+    let mut s = Client::new();
+    s.bytes.clear();
+    s.frame(kind::SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]);
+    s
+}
+
+fn decode_server(bytes: &[u8], splits: &[usize], max_body: usize) -> (Vec<H2Event>, Decoder) {
+    let mut d = Decoder::server(H2Limits {
+        max_body,
+        ..H2Limits::default()
+    });
+    let mut out = Vec::new();
+    let mut at = 0;
+    for &s in splits.iter().chain(std::iter::once(&bytes.len())) {
+        let s = s.clamp(at, bytes.len());
+        d.push_at(&bytes[at..s], at as u64, &mut out);
+        at = s;
+    }
+    (out, d)
+}
+
+fn responses(events: &[H2Event]) -> Vec<&H2Response> {
+    events
+        .iter()
+        .filter_map(|e| match e {
+            H2Event::Response(r) => Some(r),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The server direction: responses in the order the server ends them (not the order the
+/// client opened them), a 1xx head skipped, trailers kept, the body prefix bounded, a pushed
+/// stream decoded only for the table (later blocks refer to fields the push indexed), a
+/// server reset dropping its stream only; the same at every split point.
+#[test]
+fn server_side_responses_out_of_order_with_informational_trailers_pushes_and_resets() {
+    let mut s = server_peer();
+    // Stream 3 is answered first, with a 100 (Continue) before its final head.
+    s.headers(3, &[(":status", "100")], false);
+    s.headers(3, &[(":status", "200"), ("content-type", "application/grpc")], false);
+    s.frame(kind::DATA, 0, 3, b"0123456789");
+    s.headers(3, &[("grpc-status", "0"), ("grpc-message", "")], true);
+    // A push on stream 1 indexes `x-pushed` in the table; its stream 2 is never compared.
+    let promise = s.block(&[
+        (":method", "GET"),
+        (":scheme", "http"),
+        (":authority", "api"),
+        (":path", "/style.css"),
+        ("x-pushed", "yes"),
+    ]);
+    let mut p = vec![0, 0, 0, 2];
+    p.extend_from_slice(&promise);
+    s.frame(kind::PUSH_PROMISE, flag::END_HEADERS, 1, &p);
+    s.headers(2, &[(":status", "200"), ("x-pushed", "yes")], false);
+    s.frame(kind::DATA, flag::END_STREAM, 2, b"body{}");
+    // Stream 1's head refers to the pushed field; padded DATA.
+    s.headers(1, &[(":status", "404"), ("x-pushed", "yes")], false);
+    s.frame(kind::DATA, flag::PADDED | flag::END_STREAM, 1, &[2, b'n', b'o', 0, 0]);
+    // Stream 5 is reset by the server after its head.
+    s.headers(5, &[(":status", "200")], false);
+    s.frame(kind::RST_STREAM, 0, 5, &[0, 0, 0, 2]);
+    s.frame(kind::GOAWAY, 0, 0, &[0, 0, 0, 5, 0, 0, 0, 0]);
+    let bytes = s.bytes.clone();
+    let (whole, d) = decode_server(&bytes, &[], 4);
+    let r = responses(&whole);
+    let ids: Vec<u32> = r.iter().map(|r| r.stream).collect();
+    assert_eq!(ids, [3, 1], "in the order the server ends them");
+    assert_eq!((r[0].status, r[0].informational), (200, 1));
+    assert_eq!(
+        r[0].headers,
+        [(Bytes::from("content-type"), Bytes::from("application/grpc"))]
+    );
+    assert_eq!((r[0].body.as_ref(), r[0].body_len, r[0].truncated), (&b"0123"[..], 10, true));
+    assert_eq!(r[0].trailers[0], (Bytes::from("grpc-status"), Bytes::from("0")));
+    assert_eq!((r[1].status, r[1].body.as_ref()), (404, &b"no"[..]));
+    assert_eq!(r[1].headers, [(Bytes::from("x-pushed"), Bytes::from("yes"))]);
+    assert!(whole.contains(&H2Event::Dropped {
+        stream: 5,
+        reason: H2DropReason::Reset
+    }));
+    let st = d.stats();
+    assert_eq!(
+        (st.messages, st.informational, st.pushed_streams, st.dropped_streams),
+        (2, 1, 1, 1)
+    );
+    assert_eq!(st.accounted(), st.pushed, "{st:?}");
+    assert!(!d.failed());
+    for cut in 0..bytes.len() {
+        let (events, d) = decode_server(&bytes, &[cut], 4);
+        let got: Vec<_> = responses(&events).iter().map(|r| (r.stream, r.status, r.body.clone())).collect();
+        let want: Vec<_> = r.iter().map(|r| (r.stream, r.status, r.body.clone())).collect();
+        assert_eq!(got, want, "split at {cut}");
+        balanced(&d);
+    }
+}
+
+/// Response heads the server side refuses: a second pseudo-header, a status that is not three
+/// digits, a 1xx that ends the stream, DATA before the head: each drops its stream only.
+#[test]
+fn server_side_malformed_heads_drop_their_stream_only() {
+    let mut s = server_peer();
+    s.headers(1, &[(":status", "200"), (":path", "/x")], true);
+    s.headers(3, &[(":status", "20")], true);
+    s.headers(5, &[(":status", "103")], true);
+    s.frame(kind::DATA, flag::END_STREAM, 7, b"early");
+    s.headers(9, &[(":status", "204")], true);
+    let (events, d) = decode_server(&s.bytes, &[], 1024);
+    let r = responses(&events);
+    assert_eq!(r.len(), 1);
+    assert_eq!((r[0].stream, r[0].status), (9, 204));
+    let dropped: Vec<u32> = events
+        .iter()
+        .filter_map(|e| match e {
+            H2Event::Dropped { stream, reason } => {
+                assert_eq!(*reason, H2DropReason::Malformed);
+                Some(*stream)
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(dropped, [1, 3, 5]);
+    let st = d.stats();
+    assert_eq!(st.accounted(), st.pushed, "{st:?}");
+    // A PUSH_PROMISE is a connection error from a client, not from a server.
+    let mut c = Client::new();
+    c.frame(kind::PUSH_PROMISE, flag::END_HEADERS, 1, &[0, 0, 0, 2]);
+    let (events, _) = decode_all(&c.bytes, &[]);
+    assert_eq!(events.last(), Some(&H2Event::Failed(H2Failure::Protocol)));
 }

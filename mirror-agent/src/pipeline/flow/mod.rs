@@ -91,6 +91,8 @@ struct Decided {
     /// protocols, the client's next bytes are the HTTP/2 preface (RFC 9113 3.1 of RFC 7540's
     /// upgrade, which RFC 9113 keeps for existing clients), probed like a connection's first.
     h2c_upgrade: bool,
+    /// The flow became HTTP/2 through an `Upgrade: h2c` (its server side is not decoded).
+    h2c_upgrade_taken: bool,
     /// The client stream was picked up mid-way and its first bytes were HTTP/2 frames: they
     /// are walked and counted, never decoded (see [`crate::http2::midstream`]).
     h2_mid: Option<Box<crate::http2::midstream::Midstream>>,
@@ -256,6 +258,7 @@ impl Flow {
                 h2: None,
                 h2_probe: Vec::new(),
                 h2c_upgrade: false,
+                h2c_upgrade_taken: false,
                 h2_mid: None,
             }));
             for s in held {
@@ -351,6 +354,7 @@ impl Flow {
             State::Decided(d) => {
                 d.each_stream(self.id, cfg, stats, sc, out, |s, evs| s.flush(evs));
                 d.h2_end(self.id, self.last_ns, &cfg.http, stats, out);
+                d.h2_close(self.id, stats, out);
                 // First bytes held as a possible HTTP/2 preface that never completed.
                 let probe = std::mem::take(&mut d.h2_probe);
                 if !probe.is_empty() {
@@ -460,14 +464,26 @@ impl Decided {
         }
     }
 
-    /// The client side has a hole or a request in progress.
+    /// The client side has a hole or a request in progress, or has not said yet whether it
+    /// speaks HTTP/2 (a server sends its SETTINGS without waiting for the client's preface:
+    /// they must reach the HTTP/2 decoder, not the HTTP/1 response framer).
     fn client_busy(&self) -> bool {
         !self.client_ignored
             && (self.streams[C2S].buffered_bytes() > 0
                 || self
                     .req
                     .as_ref()
-                    .is_some_and(|r| r.stats().in_progress() > 0))
+                    .is_some_and(|r| r.stats().in_progress() > 0)
+                || self.client_undecided())
+    }
+
+    /// No client byte has told yet whether this connection is HTTP/2 with prior knowledge.
+    fn client_undecided(&self) -> bool {
+        self.h2.is_none()
+            && self.h2_mid.is_none()
+            && (!self.h2_probe.is_empty()
+                || (!self.client_midstream
+                    && self.req.as_ref().is_none_or(|r| r.stats().pushed_bytes == 0)))
     }
 
     /// Frames server bytes held while the client side was busy.
@@ -530,11 +546,15 @@ impl Decided {
             StreamEvent::Data { bytes, ts_ns } => {
                 if self.server_ignored {
                     stats.server_bytes_ignored += bytes.len() as u64;
+                } else if self.h2.is_some() {
+                    self.h2_server_data(flow_id, &bytes, ts_ns, stats, out);
                 } else {
                     self.resp.push(&bytes, ts_ns, &mut sc.resp);
                     self.on_responses(flow_id, stats, sc, out);
                 }
             }
+            // The server's header table cannot be rebuilt after a hole.
+            StreamEvent::Gap { .. } if self.h2.is_some() => self.h2_server_end(flow_id, stats, out),
             StreamEvent::Gap { len, .. } => {
                 if !self.server_ignored {
                     self.resp.gap(len, &mut sc.resp);
@@ -610,13 +630,22 @@ impl Decided {
                 }
                 Some(true) => {
                     stats.h2_flows += 1;
-                    if std::mem::take(&mut self.h2c_upgrade) {
+                    self.h2c_upgrade_taken = std::mem::take(&mut self.h2c_upgrade);
+                    if self.h2c_upgrade_taken {
                         stats.h2_upgrades += 1;
                     }
-                    self.h2 = Some(h2::H2Flow::new(&cfg.http));
-                    // Its responses are HTTP/2 frames too: not framed (comparison of HTTP/2
-                    // is not built yet), counted as ignored.
-                    self.server_ignored = true;
+                    // Its responses are HTTP/2 frames from the server's first byte, decoded
+                    // when responses are on. After an upgrade the server's bytes began as
+                    // HTTP/1.1 (the 101) in the response framer: not decoded, counted as
+                    // ignored.
+                    let upgraded = self.h2c_upgrade_taken;
+                    let h2 = h2::H2Flow::new(
+                        &cfg.http,
+                        cfg.responses && !upgraded,
+                        cfg.capture_responses,
+                    );
+                    self.server_ignored = !h2.decodes_responses();
+                    self.h2 = Some(h2);
                     if !probe.is_empty() {
                         self.h2_data(flow_id, &probe, ts_ns, &cfg.http, stats, out);
                     }

@@ -448,10 +448,28 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.h2.dropped.size",
         kind: Kind::Counter,
         unit: Unit::Bytes,
-        help: "Client bytes of HTTP/2 connections in dropped streams, after decoding stopped, or of connections picked up after their start.",
+        help: "Bytes of HTTP/2 connections not decoded into requests or responses, by direction: dropped streams, bytes after decoding stopped, connections picked up after their start (client), pushed streams (server).",
         read: |s, o| {
             pipeline(s, o, |ps, o| {
-                p(o, &[], ps.h2_dropped_bytes + ps.h2_midstream_bytes)
+                p(
+                    o,
+                    &[(DIRECTION, "client")],
+                    ps.h2_dropped_bytes + ps.h2_midstream_bytes,
+                );
+                p(o, &[(DIRECTION, "server")], ps.h2_server_dropped_bytes);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.h2.responses",
+        kind: Kind::Counter,
+        unit: Unit::Count("{response}"),
+        help: "HTTP/2 responses decoded for comparison, by result (paired: with its request; dropped: reset by the server, malformed or unfinished; lost: a dropped one whose request was mirrored, so it has nothing to compare with).",
+        read: |s, o| {
+            pipeline(s, o, |ps, o| {
+                p(o, &[(RESULT, "paired")], ps.h2_responses);
+                p(o, &[(RESULT, "dropped")], ps.h2_response_streams_dropped);
+                p(o, &[(RESULT, "lost")], ps.h2_responses_lost);
             })
         },
     },
