@@ -8,11 +8,15 @@
 //! - To grpcio mirrors (`protocol=auto`: over HTTP/2, h2c) every call arrives as a gRPC call
 //!   with the client's method and messages, and the mirrors' `grpc-status` is measured: 0 from
 //!   a mirror that records the calls, 12 (UNIMPLEMENTED) from one that refuses them.
+//! - With `--compare`, the primary's HTTP/2 responses are decoded from its egress (their own
+//!   HPACK table) and compared with each mirror's: a mirror running the same service matches
+//!   on every call; the refusing one differs on every call, in `grpc-status` (a trailer,
+//!   compared as a field) and in the body.
 
 use std::time::Duration;
 
 use mirror_tests::agent::ledger;
-use mirror_tests::mirror::Behavior;
+use mirror_tests::mirror::{Behavior, compare_row};
 use mirror_tests::scenario::{Family, PRIMARY_PORT, start_agent, start_mirror, stop_agent, url};
 use mirror_tests::{ChildGuard, TempDir, Topology, privileged_or_skip, wait_for_port};
 
@@ -410,4 +414,107 @@ fn a_grpc_connection_opened_before_the_agent_is_counted_never_guessed() {
     assert!(ledger(&log, "lost.h2_midstream_bytes") > 0, "{log}");
     assert_eq!(ledger(&log, "h2.flows"), 1, "the fresh connection: {log}");
     assert_eq!(ledger(&log, "h2.requests"), 1, "{log}");
+}
+
+#[test]
+fn grpc_responses_are_compared_with_the_primarys() {
+    let test = "grpc_responses_are_compared_with_the_primarys";
+    let Some(GrpcWorld {
+        dir,
+        script,
+        topo,
+        addr,
+        _server,
+    }) = grpc_world(test, "grpc-compare")
+    else {
+        return;
+    };
+    let mut cmd = topo.server.command("python3");
+    cmd.arg(&script).args(["server", "127.0.0.1:9054"]);
+    let _same = ChildGuard::spawn("grpc mirror (same service)", &mut cmd);
+    let mut cmd = topo.server.command("python3");
+    cmd.arg(&script).args(["refuse", "127.0.0.1:9053"]);
+    let _refuser = ChildGuard::spawn("grpc refusing mirror", &mut cmd);
+    wait_for_port(&topo.server, 9053, Duration::from_secs(10));
+    wait_for_port(&topo.server, 9054, Duration::from_secs(10));
+    let diff_log = dir.path().join("diff.jsonl");
+    let mut agent = start_agent(
+        &topo,
+        dir.path(),
+        &[
+            "--mirror".into(),
+            "http://127.0.0.1:9054,name=grpc-same".into(),
+            "--mirror".into(),
+            "http://127.0.0.1:9053,name=grpc-refuse".into(),
+            "--compare".into(),
+            "--diff-log".into(),
+            diff_log.display().to_string(),
+        ],
+    );
+    let out = topo
+        .client
+        .command("python3")
+        .arg(&script)
+        .args(["client", &addr])
+        .output()
+        .expect("grpc client");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("calls ok"),
+        "grpc client: {out:?}"
+    );
+    // Both mirrors' answers reach the comparison (bounded wait on the agent's own table).
+    std::thread::sleep(Duration::from_secs(2));
+    let (_, table) = stop_agent(&mut agent);
+    let log = agent.log();
+    for name in ["grpc-same", "grpc-refuse"] {
+        let row = table.row(name);
+        assert_eq!((row.sent, row.answered()), (5, 5), "{name}: {log}");
+    }
+    assert_eq!(ledger(&log, "h2.responses"), 5, "{log}");
+    assert_eq!(ledger(&log, "lost.h2_server_bytes"), 0, "{log}");
+    assert_eq!(ledger(&log, "lost.h2_response_streams"), 0, "{log}");
+    let same = compare_row(&log, "grpc-same");
+    let refuse = compare_row(&log, "grpc-refuse");
+    for (k, want_same, want_refuse) in [
+        ("compared", 5, 5),
+        ("status_class", 0, 0),
+        ("status_code", 0, 0),
+        ("no_response", 0, 0),
+        ("header", 0, 5),
+        ("body", 0, 5),
+        ("content_skipped", 0, 0),
+    ] {
+        assert_eq!(
+            same.get(k),
+            Some(&want_same),
+            "grpc-same {k}: {same:?}\n{log}"
+        );
+        assert_eq!(
+            refuse.get(k),
+            Some(&want_refuse),
+            "grpc-refuse {k}: {refuse:?}\n{log}"
+        );
+    }
+    // The diff log names the differing trailer on every call, with both values.
+    let text = std::fs::read_to_string(&diff_log).expect("diff log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert_eq!(lines.len(), 5, "{text}");
+    for l in &lines {
+        assert_eq!(l["mirror"], "grpc-refuse", "{l}");
+        let grpc_status = l["headers"]
+            .as_array()
+            .and_then(|h| h.iter().find(|h| h["name"] == "grpc-status"))
+            .unwrap_or_else(|| panic!("grpc-status not among the differences: {l}"));
+        assert_eq!(
+            (
+                grpc_status["primary"].as_str(),
+                grpc_status["mirror"].as_str()
+            ),
+            (Some("0"), Some("12")),
+            "{l}"
+        );
+    }
 }

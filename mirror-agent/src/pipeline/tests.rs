@@ -935,16 +935,31 @@ fn http2_responses_are_paired_by_stream_and_add_up() {
     let h = head(&mut req, "/d");
     frame(&mut client, kind::HEADERS, flag::END_HEADERS, 7, &h);
     let mut answers = Vec::new();
-    let ok = res.encode([(&b":status"[..], &b"200"[..]), (b"content-type", b"text/plain")]);
+    let ok = res.encode([
+        (&b":status"[..], &b"200"[..]),
+        (b"content-type", b"text/plain"),
+    ]);
     frame(&mut answers, kind::HEADERS, flag::END_HEADERS, 3, &ok);
     frame(&mut answers, kind::DATA, flag::END_STREAM, 3, b"three");
     let teapot = res.encode([(&b":status"[..], &b"418"[..])]);
     frame(&mut answers, kind::HEADERS, flag::END_HEADERS, 1, &teapot);
     frame(&mut answers, kind::DATA, 0, 1, b"one");
     let trailers = res.encode([(&b"grpc-status"[..], &b"0"[..])]);
-    frame(&mut answers, kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 1, &trailers);
+    frame(
+        &mut answers,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &trailers,
+    );
     let early = res.encode([(&b":status"[..], &b"413"[..])]);
-    frame(&mut answers, kind::HEADERS, flag::END_HEADERS | flag::END_STREAM, 7, &early);
+    frame(
+        &mut answers,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        7,
+        &early,
+    );
     let ok_again = res.encode([(&b":status"[..], &b"200"[..])]);
     frame(&mut answers, kind::HEADERS, flag::END_HEADERS, 5, &ok_again);
     frame(&mut answers, kind::RST_STREAM, 0, 5, &[0, 0, 0, 2]);
@@ -976,7 +991,11 @@ fn http2_responses_are_paired_by_stream_and_add_up() {
                 Some((
                     r.seq_in_flow,
                     r.response.status,
-                    format!("{}{}", String::from_utf8_lossy(&c.head), String::from_utf8_lossy(&c.body)),
+                    format!(
+                        "{}{}",
+                        String::from_utf8_lossy(&c.head),
+                        String::from_utf8_lossy(&c.body)
+                    ),
                 ))
             }
             _ => None,
@@ -985,21 +1004,44 @@ fn http2_responses_are_paired_by_stream_and_add_up() {
     assert_eq!(
         resps,
         [
-            (1, 200, "HTTP/1.1 200 \r\ncontent-type: text/plain\r\n\r\nthree".to_string()),
-            (0, 418, "HTTP/1.1 418 \r\ngrpc-status: 0\r\n\r\none".to_string()),
+            (
+                1,
+                200,
+                "HTTP/1.1 200 \r\ncontent-type: text/plain\r\n\r\nthree".to_string()
+            ),
+            (
+                0,
+                418,
+                "HTTP/1.1 418 \r\ngrpc-status: 0\r\n\r\none".to_string()
+            ),
             (3, 413, "HTTP/1.1 413 \r\n\r\n".to_string()),
         ],
         "{s}"
     );
     assert!(
-        out.iter().position(|e| matches!(e, PipelineEvent::Request(r) if r.seq_in_flow == 3))
-            < out.iter().position(|e| matches!(e, PipelineEvent::Response(r) if r.seq_in_flow == 3)),
+        out.iter()
+            .position(|e| matches!(e, PipelineEvent::Request(r) if r.seq_in_flow == 3))
+            < out
+                .iter()
+                .position(|e| matches!(e, PipelineEvent::Response(r) if r.seq_in_flow == 3)),
         "a request goes out before its response"
     );
-    assert_eq!((s.responses, s.h2_responses, s.responses_unpaired), (3, 3, 0), "{s}");
-    assert_eq!((s.h2_response_streams_dropped, s.h2_responses_lost), (1, 1), "{s}");
+    assert_eq!(
+        (s.responses, s.h2_responses, s.responses_unpaired),
+        (3, 3, 0),
+        "{s}"
+    );
+    assert_eq!(
+        (s.h2_response_streams_dropped, s.h2_responses_lost),
+        (1, 1),
+        "{s}"
+    );
     assert_eq!(s.requests_unanswered, 0, "{s}");
-    assert_eq!(s.response_drops.total().bytes, 0, "no server byte went to the HTTP/1 framer");
+    assert_eq!(
+        s.response_drops.total().bytes,
+        0,
+        "no server byte went to the HTTP/1 framer"
+    );
     assert_eq!(
         s.h2_server_frame_bytes + s.h2_server_dropped_bytes,
         (server_first.len() + answers.len()) as u64

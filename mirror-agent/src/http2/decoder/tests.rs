@@ -380,7 +380,11 @@ fn server_side_responses_out_of_order_with_informational_trailers_pushes_and_res
     let mut s = server_peer();
     // Stream 3 is answered first, with a 100 (Continue) before its final head.
     s.headers(3, &[(":status", "100")], false);
-    s.headers(3, &[(":status", "200"), ("content-type", "application/grpc")], false);
+    s.headers(
+        3,
+        &[(":status", "200"), ("content-type", "application/grpc")],
+        false,
+    );
     s.frame(kind::DATA, 0, 3, b"0123456789");
     s.headers(3, &[("grpc-status", "0"), ("grpc-message", "")], true);
     // A push on stream 1 indexes `x-pushed` in the table; its stream 2 is never compared.
@@ -398,7 +402,12 @@ fn server_side_responses_out_of_order_with_informational_trailers_pushes_and_res
     s.frame(kind::DATA, flag::END_STREAM, 2, b"body{}");
     // Stream 1's head refers to the pushed field; padded DATA.
     s.headers(1, &[(":status", "404"), ("x-pushed", "yes")], false);
-    s.frame(kind::DATA, flag::PADDED | flag::END_STREAM, 1, &[2, b'n', b'o', 0, 0]);
+    s.frame(
+        kind::DATA,
+        flag::PADDED | flag::END_STREAM,
+        1,
+        &[2, b'n', b'o', 0, 0],
+    );
     // Stream 5 is reset by the server after its head.
     s.headers(5, &[(":status", "200")], false);
     s.frame(kind::RST_STREAM, 0, 5, &[0, 0, 0, 2]);
@@ -413,25 +422,45 @@ fn server_side_responses_out_of_order_with_informational_trailers_pushes_and_res
         r[0].headers,
         [(Bytes::from("content-type"), Bytes::from("application/grpc"))]
     );
-    assert_eq!((r[0].body.as_ref(), r[0].body_len, r[0].truncated), (&b"0123"[..], 10, true));
-    assert_eq!(r[0].trailers[0], (Bytes::from("grpc-status"), Bytes::from("0")));
+    assert_eq!(
+        (r[0].body.as_ref(), r[0].body_len, r[0].truncated),
+        (&b"0123"[..], 10, true)
+    );
+    assert_eq!(
+        r[0].trailers[0],
+        (Bytes::from("grpc-status"), Bytes::from("0"))
+    );
     assert_eq!((r[1].status, r[1].body.as_ref()), (404, &b"no"[..]));
-    assert_eq!(r[1].headers, [(Bytes::from("x-pushed"), Bytes::from("yes"))]);
+    assert_eq!(
+        r[1].headers,
+        [(Bytes::from("x-pushed"), Bytes::from("yes"))]
+    );
     assert!(whole.contains(&H2Event::Dropped {
         stream: 5,
         reason: H2DropReason::Reset
     }));
     let st = d.stats();
     assert_eq!(
-        (st.messages, st.informational, st.pushed_streams, st.dropped_streams),
+        (
+            st.messages,
+            st.informational,
+            st.pushed_streams,
+            st.dropped_streams
+        ),
         (2, 1, 1, 1)
     );
     assert_eq!(st.accounted(), st.pushed, "{st:?}");
     assert!(!d.failed());
     for cut in 0..bytes.len() {
         let (events, d) = decode_server(&bytes, &[cut], 4);
-        let got: Vec<_> = responses(&events).iter().map(|r| (r.stream, r.status, r.body.clone())).collect();
-        let want: Vec<_> = r.iter().map(|r| (r.stream, r.status, r.body.clone())).collect();
+        let got: Vec<_> = responses(&events)
+            .iter()
+            .map(|r| (r.stream, r.status, r.body.clone()))
+            .collect();
+        let want: Vec<_> = r
+            .iter()
+            .map(|r| (r.stream, r.status, r.body.clone()))
+            .collect();
         assert_eq!(got, want, "split at {cut}");
         balanced(&d);
     }

@@ -56,8 +56,7 @@ impl Direction {
     fn grown(&mut self) -> (u64, u64) {
         let now = self.decoder.stats();
         let t = &self.taken;
-        let framed =
-            (now.preface_bytes - t.preface_bytes) + (now.control_bytes - t.control_bytes);
+        let framed = (now.preface_bytes - t.preface_bytes) + (now.control_bytes - t.control_bytes);
         let dropped =
             (now.dropped_bytes - t.dropped_bytes) + (now.undecodable_bytes - t.undecodable_bytes);
         self.taken = now;
@@ -204,7 +203,12 @@ impl Decided {
     }
 
     /// The flow is closing: requests still waiting are unanswered, early responses unpaired.
-    pub(super) fn h2_close(&mut self, flow_id: u64, stats: &mut PipelineStats, out: &mut Vec<PipelineEvent>) {
+    pub(super) fn h2_close(
+        &mut self,
+        flow_id: u64,
+        stats: &mut PipelineStats,
+        out: &mut Vec<PipelineEvent>,
+    ) {
         self.h2_server_end(flow_id, stats, out);
         if let Some(s) = self.h2.as_mut().and_then(|h| h.server.as_mut()) {
             stats.requests_unanswered += s.awaiting.len() as u64;
@@ -293,7 +297,12 @@ impl Decided {
         s.awaiting.insert(stream, seq);
     }
 
-    fn on_h2_server(&mut self, flow_id: u64, stats: &mut PipelineStats, out: &mut Vec<PipelineEvent>) {
+    fn on_h2_server(
+        &mut self,
+        flow_id: u64,
+        stats: &mut PipelineStats,
+        out: &mut Vec<PipelineEvent>,
+    ) {
         let (client, server) = (self.client, self.server);
         let Some(s) = self.h2.as_mut().and_then(|h| h.server.as_mut()) else {
             return;

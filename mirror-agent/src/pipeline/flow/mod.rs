@@ -483,7 +483,10 @@ impl Decided {
             && self.h2_mid.is_none()
             && (!self.h2_probe.is_empty()
                 || (!self.client_midstream
-                    && self.req.as_ref().is_none_or(|r| r.stats().pushed_bytes == 0)))
+                    && self
+                        .req
+                        .as_ref()
+                        .is_none_or(|r| r.stats().pushed_bytes == 0)))
     }
 
     /// Frames server bytes held while the client side was busy.
