@@ -4,6 +4,12 @@
 //! Measures, against a fast loopback mirror (in this process): the cost of `submit` on the
 //! calling (capture) thread, the end-to-end rate, and the process CPU time per mirrored request
 //! (agent side and the test mirror together, so an upper bound for the agent).
+//!
+//! `replay_h2_cost`: the same over HTTP/2 (`protocol=h2`) to `fast-mirror --h2` in its own
+//! process (`MIRROR_FAST_MIRROR`, default `target/release/fast-mirror`: `cargo build --release
+//! -p mirror-tests --bin fast-mirror`), so the CPU printed is the replay's alone: the part of
+//! `cargo xtask bench h2`'s per-stream cost that HTTP/2 replay adds, without the capture, nginx
+//! and h2load around it. Offered unpaced (kept below half the queue) and paced.
 
 mod replay_common;
 
@@ -76,4 +82,87 @@ async fn replay_throughput() {
         );
         assert!(m.balanced());
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints a table; run with --ignored --nocapture"]
+async fn replay_h2_cost() {
+    let bin = std::env::var_os("MIRROR_FAST_MIRROR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/release/fast-mirror")
+        });
+    assert!(
+        bin.exists(),
+        "{} missing: cargo build --release -p mirror-tests --bin fast-mirror",
+        bin.display()
+    );
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut mirror = std::process::Command::new(&bin)
+        .arg(addr.to_string())
+        .arg("--h2")
+        .spawn()
+        .expect("fast-mirror");
+    for _ in 0..100 {
+        if std::net::TcpStream::connect(addr).is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    println!(
+        "{:<28} {:>9} {:>12} {:>14} {:>9}",
+        "case (HTTP/2 replay)", "requests", "req/s", "cpu us/req", "dropped"
+    );
+    let raw = "GET /bench?x=1 HTTP/1.1\r\nHost: bench\r\nUser-Agent: h2load\r\nAccept: */*\r\n\r\n";
+    let mut req = one(raw.as_bytes());
+    // Captured as an HTTP/2 stream: each copy is a queue line of its own, as h2load's
+    // concurrent streams are in `bench h2` (copies of one HTTP/1.1 connection go in order).
+    req.request.h2_stream = Some(1);
+    for (case, rate) in [("GET, unpaced", None), ("GET, 30k/s", Some(30_000u64))] {
+        let mut m = spec(addr, "m", 100.0);
+        m.protocol = mirror_agent::replay::spec::MirrorProtocol::Http2;
+        let mut cfg = config(vec![m]);
+        cfg.timeout = Duration::from_secs(5);
+        let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+        // Connections opened before the clock starts.
+        replayer.submit(&req);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let n = 150_000u64;
+        let (cpu0, t0) = (cpu_time(), Instant::now());
+        for i in 0..n {
+            replayer.submit(&req);
+            if i % 500 == 499 {
+                match rate {
+                    Some(r) => {
+                        let due = t0 + Duration::from_secs_f64((i + 1) as f64 / r as f64);
+                        tokio::time::sleep_until(due.into()).await;
+                    }
+                    None => {
+                        while replayer.max_queue_fill() > 0.5 {
+                            tokio::time::sleep(Duration::from_micros(200)).await;
+                        }
+                    }
+                }
+            }
+        }
+        let snap = replayer.shutdown(Duration::from_secs(30)).await;
+        let (cpu, wall) = (cpu_time() - cpu0, t0.elapsed());
+        let m = &snap.mirrors[0];
+        let answered = m.status[1].saturating_sub(1);
+        println!(
+            "{:<28} {:>9} {:>12.0} {:>14.2} {:>9}",
+            case,
+            answered,
+            answered as f64 / wall.as_secs_f64(),
+            cpu.as_secs_f64() * 1e6 / answered.max(1) as f64,
+            m.dropped_count()
+        );
+        assert!(m.balanced());
+    }
+    let _ = mirror.kill();
+    let _ = mirror.wait();
 }

@@ -26,6 +26,8 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
 use tokio::sync::{Notify, watch};
 use tokio::task::{JoinHandle, JoinSet};
 
@@ -329,19 +331,50 @@ async fn drain<O: ReplayObserver>(
     tell: Arc<Tell<O>>,
 ) {
     let mut workers = JoinSet::new();
-    for _ in 0..transport.workers() {
-        workers.spawn(worker(
+    let total = transport.workers();
+    // HTTP/1.1: a task per worker (each owns its connection). HTTP/2: workers grouped into
+    // tasks of `H2_WORKERS_PER_TASK`, so one wake-up of a task serves every one of its copies
+    // whose answer came in the same read, and the copies it starts in one poll reach the
+    // connection together (one write for their HEADERS, not one each).
+    let per_task = match &*transport {
+        Transport::Http1(_) => 1,
+        Transport::Http2(_) => H2_WORKERS_PER_TASK,
+    };
+    let mut left = total;
+    while left > 0 {
+        let n = per_task.min(left);
+        left -= n;
+        let (transport, queue, phase, tell) = (
             transport.clone(),
             queue.clone(),
-            timeout,
             phase.clone(),
             tell.clone(),
-        ));
+        );
+        workers.spawn(async move {
+            if n == 1 {
+                return worker(transport, queue, timeout, phase, tell).await;
+            }
+            let mut group: FuturesUnordered<_> = (0..n)
+                .map(|_| {
+                    worker(
+                        transport.clone(),
+                        queue.clone(),
+                        timeout,
+                        phase.clone(),
+                        tell.clone(),
+                    )
+                })
+                .collect();
+            while group.next().await.is_some() {}
+        });
     }
     while workers.join_next().await.is_some() {}
     // After an abort (or a copy offered as the last worker left): shutdown drops.
     queue.abandon();
 }
+
+/// HTTP/2 workers that share a task (see [`drain`]).
+const H2_WORKERS_PER_TASK: usize = 64;
 
 /// One connection's worth of sending: takes the next ready flow's batch, sends it on its own
 /// connection under the per-request timeout, repeats. Workers replace a task per request: no
