@@ -47,7 +47,8 @@
 //! Knobs (environment): `MIRROR_BENCH_SECS`, `MIRROR_BENCH_LAYOUTS` (`pinned,shared`),
 //! `MIRROR_BENCH_CONNECTIONS` (wrk's client connections, 32 by default; issue 17 asks for 1000
 //! and 10000),
-//! `MIRROR_BENCH_COMPARE=0` (skip the comparison run), `MIRROR_BENCH_AGENT` (an agent binary to
+//! `MIRROR_BENCH_COMPARE=0` (skip the comparison run), `MIRROR_BENCH_H2=0` (skip the HTTP/2
+//! section, [`h2`], which otherwise follows the HTTP/1.1 report), `MIRROR_BENCH_AGENT` (an agent binary to
 //! use instead of building the release one, for before/after pairs), and any `MIRROR_*` option
 //! of the agent itself (e.g. `MIRROR_QUEUE_SIZE`), which the agent inherits and the bench prints.
 
@@ -310,6 +311,11 @@ pub fn run() -> Result<()> {
     let runs = bench(&mut world, &s);
     drop(world);
     report(&s, &load, &runs?);
+    // Issue 13's HTTP/2 section (also on its own: `cargo xtask bench h2`).
+    if env("MIRROR_BENCH_H2").is_none_or(|v| v != "0") {
+        println!("\n## HTTP/2 section (`cargo xtask bench h2`; MIRROR_BENCH_H2=0 leaves it out)\n");
+        h2::run()?;
+    }
     Ok(())
 }
 
