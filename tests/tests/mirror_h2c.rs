@@ -16,7 +16,7 @@
 use std::time::Duration;
 
 use mirror_tests::agent::ledger;
-use mirror_tests::mirror::{Behavior, Received};
+use mirror_tests::mirror::{Behavior, Received, compare_row};
 use mirror_tests::scenario::{
     Family, PRIMARY_PORT, curl, start_agent, start_mirror, stop_agent, url,
 };
@@ -373,6 +373,9 @@ fn h2c_upgrade_exchange_is_followed_into_http2() {
         &[
             "--mirror".into(),
             format!("{},protocol=h1", url(mirror.addr)),
+            // The primary's answers too: the 101 is not the upgrading request's answer, the
+            // server's HTTP/2 stream 1 is.
+            "--compare".into(),
         ],
     );
     let base = format!("http://{primary}");
@@ -412,4 +415,20 @@ fn h2c_upgrade_exchange_is_followed_into_http2() {
     assert_eq!(ledger(&log, "h2.requests"), 1, "{log}");
     assert_eq!(ledger(&log, "lost.h2_bytes"), 0, "{log}");
     assert_eq!(ledger(&log, "flows_h2"), 0, "{log}");
+    // Both answers decoded from hypercorn's HTTP/2 (stream 1 after the 101, stream 3) and
+    // compared by status with the mirror's 200s: no 101-vs-200 mismatch.
+    assert_eq!(ledger(&log, "h2.responses"), 2, "{log}");
+    assert_eq!(ledger(&log, "responses_unpaired"), 0, "{log}");
+    assert_eq!(ledger(&log, "requests_unanswered"), 0, "{log}");
+    let row = compare_row(&log, &mirror.addr.to_string());
+    assert_eq!(
+        (
+            row["compared"],
+            row["status_class"],
+            row["status_code"],
+            row["no_response"]
+        ),
+        (2, 0, 0, 0),
+        "{row:?}\n{log}"
+    );
 }

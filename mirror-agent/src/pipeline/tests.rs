@@ -1120,6 +1120,96 @@ fn h2c_upgrade_taken_is_decoded_and_declined_goes_on_in_http11() {
     );
 }
 
+/// With responses on, an `Upgrade: h2c` connection's answers are decoded too: the 101 is a
+/// 1xx on the way, not the upgrading request's answer; the server's HTTP/2 frames that follow
+/// its head in the same segment go to the server-side decoder, stream 1's response answers the
+/// upgrading request and stream 3's the first HTTP/2 request; every server byte is counted
+/// once.
+#[test]
+fn h2c_upgrade_answers_come_from_stream_1_after_the_101() {
+    use crate::http2::frame::{PREFACE, flag, kind};
+    let upgrade = b"GET /up HTTP/1.1\r\nHost: api\r\nConnection: Upgrade, HTTP2-Settings\r\n\
+                    Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQCAAAAAAIAAAAA\r\n\r\n";
+    let mut req = loona_hpack::Encoder::new();
+    let mut res = loona_hpack::Encoder::new();
+    let mut switch =
+        b"HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n".to_vec();
+    let head_101 = switch.len();
+    frame(&mut switch, kind::SETTINGS, 0, 0, &[]);
+    let ok = res.encode([(&b":status"[..], &b"200"[..])]);
+    frame(&mut switch, kind::HEADERS, flag::END_HEADERS, 1, &ok);
+    frame(&mut switch, kind::DATA, flag::END_STREAM, 1, b"upgraded");
+    let mut client = PREFACE.to_vec();
+    frame(&mut client, kind::SETTINGS, 0, 0, &[]);
+    let get = req.encode([
+        (&b":method"[..], &b"GET"[..]),
+        (b":scheme", b"http"),
+        (b":authority", b"api"),
+        (b":path", b"/after"),
+    ]);
+    frame(
+        &mut client,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &get,
+    );
+    let mut answer = Vec::new();
+    let no_content = res.encode([(&b":status"[..], &b"204"[..])]);
+    frame(
+        &mut answer,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &no_content,
+    );
+    for mss in [10, 1000] {
+        let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+        c.handshake()
+            .client_sends(upgrade, mss)
+            .server_sends(&switch, mss)
+            .client_sends(&client, mss)
+            .server_sends(&answer, mss)
+            .close();
+        let mut p = Pipeline::new(PipelineConfig {
+            capture_responses: Some(64),
+            ..cfg()
+        });
+        let mut out = run(&mut p, c.segments);
+        let s = finish(&mut p, &mut out);
+        assert_eq!(requests(&out).len(), 2, "{s}");
+        let resps: Vec<(u64, u16, Vec<u8>)> = out
+            .iter()
+            .filter_map(|e| match e {
+                PipelineEvent::Response(r) => Some((
+                    r.seq_in_flow,
+                    r.response.status,
+                    r.response.capture.as_ref().unwrap().body.clone(),
+                )),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            resps,
+            [(0, 200, b"upgraded".to_vec()), (1, 204, Vec::new())],
+            "mss {mss}: {s}"
+        );
+        assert_eq!(
+            (s.h2_flows, s.h2_upgrades, s.h2_responses),
+            (1, 1, 2),
+            "{s}"
+        );
+        assert_eq!((s.responses, s.responses_informational), (2, 1), "{s}");
+        assert_eq!(s.requests_unanswered + s.responses_unpaired, 0, "{s}");
+        assert_eq!(s.response_bytes, head_101 as u64, "the 101 head: {s}");
+        assert_eq!(
+            s.h2_server_frame_bytes,
+            (switch.len() - head_101 + answer.len()) as u64,
+            "{s}"
+        );
+    }
+}
+
 /// An HTTP/2 connection picked up mid-way (no SYN, no preface): its frames are recognised,
 /// its streams and bytes counted under their own names, nothing is guessed or mirrored, and
 /// the ledger adds up. An HTTP/1.1 connection picked up mid-way still resyncs on its next

@@ -21,6 +21,7 @@ impl ResponseFramer {
         match self.state {
             State::Tunnel => {
                 self.stats.ignored_bytes += avail.len() as u64;
+                self.stats.tunnel_bytes += avail.len() as u64;
                 cur.pos = data.len();
                 cur.start = cur.pos;
             }

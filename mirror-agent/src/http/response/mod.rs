@@ -121,6 +121,9 @@ pub struct ResponseFramerStats {
     pub answers_dropped: u64,
     /// Blank lines between responses, and everything after a tunnel starts.
     pub ignored_bytes: u64,
+    /// Of `ignored_bytes`, those after a tunnel started (101, a 2xx to CONNECT): after a 101
+    /// to `Upgrade: h2c` they are the server's HTTP/2 frames, which the caller may decode.
+    pub tunnel_bytes: u64,
     pub gap_bytes: u64,
 }
 

@@ -202,6 +202,30 @@ impl Decided {
         self.on_h2(flow_id, ts_ns, http, stats, out);
     }
 
+    /// The server answered the `Upgrade: h2c` request `seq` with 101: its bytes after the 101
+    /// head are HTTP/2 frames, decoded with the server's own table, and that request's answer
+    /// is stream 1's (RFC 7540 3.2). The flow's decoders are made now if the client's preface
+    /// has not come yet (the client sends it after the 101): its next bytes go straight to the
+    /// client decoder, which checks the preface.
+    pub(super) fn switch_server_to_h2(
+        &mut self,
+        seq: u64,
+        cfg: &crate::pipeline::PipelineConfig,
+        stats: &mut PipelineStats,
+    ) {
+        if self.h2.is_none() {
+            stats.h2_flows += 1;
+            stats.h2_upgrades += 1;
+            self.h2c_upgrade = false;
+            self.h2 = Some(H2Flow::new(&cfg.http, true, cfg.capture_responses));
+        }
+        let Some(s) = self.h2.as_mut().and_then(|h| h.server.as_mut()) else {
+            return;
+        };
+        s.awaiting.insert(1, seq);
+        self.server_h2 = true;
+    }
+
     /// The flow is closing: requests still waiting are unanswered, early responses unpaired.
     pub(super) fn h2_close(
         &mut self,

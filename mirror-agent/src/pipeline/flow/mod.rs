@@ -91,8 +91,18 @@ struct Decided {
     /// protocols, the client's next bytes are the HTTP/2 preface (RFC 9113 3.1 of RFC 7540's
     /// upgrade, which RFC 9113 keeps for existing clients), probed like a connection's first.
     h2c_upgrade: bool,
-    /// The flow became HTTP/2 through an `Upgrade: h2c` (its server side is not decoded).
-    h2c_upgrade_taken: bool,
+    /// `seq_in_flow` of the `Upgrade: h2c` request waiting for its response (responses on):
+    /// a 101 to it is not its answer, the server's HTTP/2 stream 1 is.
+    h2c_upgrade_seq: Option<u64>,
+    /// The response framer just read the 101 to that request (`seq_in_flow`): the server
+    /// switches to HTTP/2 after its head.
+    h2c_switched: Option<u64>,
+    /// The server's bytes are HTTP/2 frames for the server-side decoder: from the first byte
+    /// (prior knowledge) or from the end of the 101 head (`Upgrade: h2c`).
+    server_h2: bool,
+    /// Server bytes after a 101 that went to the HTTP/2 decoder, which the response framer
+    /// also counted as tunnel bytes (taken off its ignored count at the end).
+    server_tunnel_decoded: u64,
     /// The client stream was picked up mid-way and its first bytes were HTTP/2 frames: they
     /// are walked and counted, never decoded (see [`crate::http2::midstream`]).
     h2_mid: Option<Box<crate::http2::midstream::Midstream>>,
@@ -258,7 +268,10 @@ impl Flow {
                 h2: None,
                 h2_probe: Vec::new(),
                 h2c_upgrade: false,
-                h2c_upgrade_taken: false,
+                h2c_upgrade_seq: None,
+                h2c_switched: None,
+                server_h2: false,
+                server_tunnel_decoded: 0,
                 h2_mid: None,
             }));
             for s in held {
@@ -296,7 +309,7 @@ impl Flow {
         {
             d.client_data(self.id, v.payload, None, v.ts_ns, cfg, stats, sc, out);
             if !d.client_busy() {
-                d.release_server(self.id, stats, sc, out);
+                d.release_server(self.id, cfg, stats, sc, out);
             }
             return;
         }
@@ -366,7 +379,7 @@ impl Flow {
                     req.finish(&mut sc.req);
                     d.on_requests(self.id, stats, sc, out);
                 }
-                d.release_server(self.id, stats, sc, out);
+                d.release_server(self.id, cfg, stats, sc, out);
                 if let Some(req) = d.req.as_ref() {
                     stats.client_bytes_framer_ignored += req.stats().ignored_bytes;
                     stats.client_body_bytes_omitted += req.stats().omitted_body_bytes;
@@ -385,7 +398,7 @@ impl Flow {
                 let rs = d.resp.stats();
                 stats.response_bytes += rs.response_bytes;
                 stats.response_answers_dropped += rs.answers_dropped;
-                stats.server_bytes_framer_ignored += rs.ignored_bytes;
+                stats.server_bytes_framer_ignored += rs.ignored_bytes - d.server_tunnel_decoded;
                 add_stream(&mut stats.client, d.streams[C2S].stats());
                 add_stream(&mut stats.server, d.streams[S2C].stats());
             }
@@ -453,14 +466,14 @@ impl Decided {
                         }
                         self.held_server.push_back(ev);
                     } else {
-                        self.release_server(flow_id, stats, sc, out);
-                        self.server_event(flow_id, ev, stats, sc, out);
+                        self.release_server(flow_id, cfg, stats, sc, out);
+                        self.server_event(flow_id, ev, cfg, stats, sc, out);
                     }
                 }
             }
         }
         if dir == C2S && !self.client_busy() {
-            self.release_server(flow_id, stats, sc, out);
+            self.release_server(flow_id, cfg, stats, sc, out);
         }
     }
 
@@ -493,6 +506,7 @@ impl Decided {
     fn release_server(
         &mut self,
         flow_id: u64,
+        cfg: &PipelineConfig,
         stats: &mut PipelineStats,
         sc: &mut Scratch,
         out: &mut Vec<PipelineEvent>,
@@ -501,7 +515,7 @@ impl Decided {
             if let StreamEvent::Data { bytes, .. } = &ev {
                 self.held_server_bytes -= bytes.len();
             }
-            self.server_event(flow_id, ev, stats, sc, out);
+            self.server_event(flow_id, ev, cfg, stats, sc, out);
         }
     }
 
@@ -541,6 +555,7 @@ impl Decided {
         &mut self,
         flow_id: u64,
         ev: StreamEvent,
+        cfg: &PipelineConfig,
         stats: &mut PipelineStats,
         sc: &mut Scratch,
         out: &mut Vec<PipelineEvent>,
@@ -549,15 +564,25 @@ impl Decided {
             StreamEvent::Data { bytes, ts_ns } => {
                 if self.server_ignored {
                     stats.server_bytes_ignored += bytes.len() as u64;
-                } else if self.h2.is_some() {
+                } else if self.server_h2 {
                     self.h2_server_data(flow_id, &bytes, ts_ns, stats, out);
                 } else {
+                    let tunnel_before = self.resp.stats().tunnel_bytes;
                     self.resp.push(&bytes, ts_ns, &mut sc.resp);
                     self.on_responses(flow_id, stats, sc, out);
+                    if let Some(seq) = self.h2c_switched.take() {
+                        self.switch_server_to_h2(seq, cfg, stats);
+                        // The 101 to `Upgrade: h2c` ended within these bytes: what followed
+                        // its head is the server's first HTTP/2 frames.
+                        let n = (self.resp.stats().tunnel_bytes - tunnel_before) as usize;
+                        self.server_tunnel_decoded += n as u64;
+                        let rest = &bytes[bytes.len() - n..];
+                        self.h2_server_data(flow_id, rest, ts_ns, stats, out);
+                    }
                 }
             }
             // The server's header table cannot be rebuilt after a hole.
-            StreamEvent::Gap { .. } if self.h2.is_some() => self.h2_server_end(flow_id, stats, out),
+            StreamEvent::Gap { .. } if self.server_h2 => self.h2_server_end(flow_id, stats, out),
             StreamEvent::Gap { len, .. } => {
                 if !self.server_ignored {
                     self.resp.gap(len, &mut sc.resp);
@@ -633,21 +658,16 @@ impl Decided {
                 }
                 Some(true) => {
                     stats.h2_flows += 1;
-                    self.h2c_upgrade_taken = std::mem::take(&mut self.h2c_upgrade);
-                    if self.h2c_upgrade_taken {
+                    let upgraded = std::mem::take(&mut self.h2c_upgrade);
+                    if upgraded {
                         stats.h2_upgrades += 1;
                     }
-                    // Its responses are HTTP/2 frames from the server's first byte, decoded
-                    // when responses are on. After an upgrade the server's bytes began as
-                    // HTTP/1.1 (the 101) in the response framer: not decoded, counted as
-                    // ignored.
-                    let upgraded = self.h2c_upgrade_taken;
-                    let h2 = h2::H2Flow::new(
-                        &cfg.http,
-                        cfg.responses && !upgraded,
-                        cfg.capture_responses,
-                    );
+                    // Its responses are HTTP/2 frames, decoded when responses are on: from the
+                    // server's first byte, or after an upgrade from the end of the 101 the
+                    // response framer reads (see `h2c_switched`).
+                    let h2 = h2::H2Flow::new(&cfg.http, cfg.responses, cfg.capture_responses);
                     self.server_ignored = !h2.decodes_responses();
+                    self.server_h2 = h2.decodes_responses() && !upgraded;
                     self.h2 = Some(h2);
                     if !probe.is_empty() {
                         self.h2_data(flow_id, &probe, ts_ns, &cfg.http, stats, out);

@@ -50,6 +50,7 @@ impl Decided {
                             connect: request.method == "CONNECT",
                         });
                         self.awaiting.push_back(self.next_seq);
+                        self.h2c_upgrade_seq = self.h2c_upgrade.then_some(self.next_seq);
                     }
                     self.emit_request(flow_id, request, out);
                 }
@@ -101,6 +102,14 @@ impl Decided {
                         None
                     };
                     match seq {
+                        Some(seq)
+                            if response.status == 101 && self.h2c_upgrade_seq == Some(seq) =>
+                        {
+                            // Switched to h2c: not the request's answer (that comes as the
+                            // server's HTTP/2 stream 1), a 1xx on the way to it.
+                            stats.responses_informational += 1;
+                            self.h2c_switched = Some(seq);
+                        }
                         Some(seq) => {
                             stats.responses += 1;
                             out.push(PipelineEvent::Response(CapturedResponse {
