@@ -51,6 +51,122 @@ pub mod maps {
     pub const SKIP: &str = "MIRROR_SKIP";
 }
 
+/// TLS plaintext (issue 14 B, first stage): uprobes on libssl's `SSL_read`, `SSL_read_ex`,
+/// `SSL_write` and `SSL_write_ex` copy what each call read or wrote into their own ring
+/// (`MIRROR_TLS_RING`), in records of a [`TlsRecordHeader`] and one chunk of the call's bytes.
+/// The connection is found without struct offsets: the fd of the read/write syscall the same
+/// thread makes during the call (syscall tracepoints), else the fd last seen for the same `SSL*`
+/// in the same process.
+pub mod tls {
+    /// Ring of TLS records.
+    pub const RING: &str = "MIRROR_TLS_RING";
+    /// Calls in progress, by thread (`pid_tgid`): the `SSL*`, buffer, out-length pointer, fd.
+    pub const ACTIVE: &str = "MIRROR_TLS_ACTIVE";
+    /// The fd last seen for `(tgid, SSL*)`.
+    pub const FDS: &str = "MIRROR_TLS_FDS";
+    pub const COUNTERS: &str = "MIRROR_TLS_COUNTERS";
+
+    /// Largest chunk of one record; a call's bytes beyond `MAX_CHUNKS * MAX_CHUNK` are not
+    /// copied (counted in [`counter::TRUNCATED_BYTES`]). `SSL_read` returns at most one TLS
+    /// record (16 KiB); `SSL_write` may carry a whole application buffer.
+    pub const MAX_CHUNK: usize = 16384;
+    pub const MAX_CHUNKS: u32 = 16;
+    /// Chunk sizes of the fixed-size records (`bpf_ringbuf_reserve` takes only sizes known at
+    /// verification time): the last chunk uses the smallest that holds it.
+    pub const SIZE_CLASSES: [usize; 3] = [256, 2048, MAX_CHUNK];
+    /// Calls in progress tracked at once (threads inside an SSL call).
+    pub const ACTIVE_ENTRIES: u32 = 16384;
+    /// `(tgid, SSL*)` to fd entries (an LRU).
+    pub const FD_ENTRIES: u32 = 65536;
+
+    /// What a record's bytes are.
+    pub mod kind {
+        /// Plaintext the process read (`SSL_read`, `SSL_read_ex`): a server's requests.
+        pub const READ: u8 = 0;
+        /// Plaintext the process wrote (`SSL_write`, `SSL_write_ex`): a server's responses.
+        pub const WRITE: u8 = 1;
+    }
+
+    /// Per-CPU counters of the TLS programs.
+    pub mod counter {
+        /// Calls that returned plaintext.
+        pub const CALLS: u32 = 0;
+        /// Records written.
+        pub const RECORDS: u32 = 1;
+        /// Chunks lost to a full ring (their calls are incomplete).
+        pub const RING_FULL: u32 = 2;
+        /// Bytes of calls beyond `MAX_CHUNKS * MAX_CHUNK`, not copied.
+        pub const TRUNCATED_BYTES: u32 = 3;
+        /// Calls whose fd was not known (no syscall during the call and none seen before for
+        /// the same `SSL*`): recorded with fd -1.
+        pub const NO_FD: u32 = 4;
+        /// Chunks whose user memory could not be read (recorded with `captured_len` 0).
+        pub const READ_ERRORS: u32 = 5;
+        /// Returns without a matching entry (the call began before the probes were attached,
+        /// or the tracking map was full).
+        pub const UNMATCHED: u32 = 6;
+        pub const LEN: u32 = 7;
+    }
+}
+
+/// Header of a TLS ring record; `captured_len` bytes of plaintext follow it (a record may be
+/// longer, its size class: the tail is not written and not read).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsRecordHeader {
+    /// `bpf_ktime_get_ns()` at the call's return.
+    pub ts_ns: u64,
+    /// The `SSL*` of the call: one TLS connection within the process.
+    pub ssl: u64,
+    /// Process (tgid) and thread of the call.
+    pub pid: u32,
+    pub tid: u32,
+    /// The socket's fd in that process, -1 when not known.
+    pub fd: i32,
+    /// Plaintext bytes of the whole call.
+    pub call_len: u32,
+    /// Offset of this chunk in the call's bytes.
+    pub chunk_offset: u32,
+    /// Bytes of this chunk following the header.
+    pub captured_len: u32,
+    /// [`tls::kind`].
+    pub kind: u8,
+    pub _pad: [u8; 7],
+}
+
+/// Size of [`TlsRecordHeader`].
+pub const TLS_HEADER_LEN: usize = 48;
+const _: () = assert!(core::mem::size_of::<TlsRecordHeader>() == TLS_HEADER_LEN);
+
+/// A call in progress (`MIRROR_TLS_ACTIVE`'s value), kept from the uprobe at its entry to the
+/// one at its return, where the arguments are gone.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsActiveCall {
+    pub ssl: u64,
+    /// The plaintext buffer (user memory).
+    pub buf: u64,
+    /// `SSL_read_ex`/`SSL_write_ex`: where the call stores its byte count; 0 otherwise.
+    pub out_len: u64,
+    /// The fd of the first read/write syscall of the call, -1 until one is seen.
+    pub fd: i32,
+    /// [`tls::kind`].
+    pub kind: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<TlsActiveCall>() == 32);
+
+/// Key of `MIRROR_TLS_FDS`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TlsConnKey {
+    pub ssl: u64,
+    pub tgid: u32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TlsConnKey>() == 16);
+
 /// Program names, as they appear in the object file (and in `bpftool net`; the kernel keeps the
 /// first 15 bytes of a name).
 ///
@@ -323,6 +439,13 @@ mod pod {
     // SAFETY: repr(C), byte arrays and integers, no padding (size asserted to be 40, the sum of
     // its fields), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::FlowKey {}
+    // SAFETY: repr(C), integers and a byte array, no padding (size asserted to be 48, the sum
+    // of its fields), so every bit pattern is a valid value.
+    unsafe impl aya::Pod for super::TlsRecordHeader {}
+    // SAFETY: repr(C), integers and a byte array, no padding (8+8+8+4+1+3 = 32 bytes).
+    unsafe impl aya::Pod for super::TlsActiveCall {}
+    // SAFETY: repr(C), integers, no padding (8+4+4 = 16 bytes).
+    unsafe impl aya::Pod for super::TlsConnKey {}
 }
 
 #[cfg(test)]

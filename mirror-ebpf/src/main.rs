@@ -33,6 +33,9 @@
 //!
 //! A full ring stops the skb: the chunk that failed and the ones after it are counted in
 //! `CHUNKS_LOST`, the skb in `RING_FULL` (see the accounting identity in `mirror_common::counter`).
+//!
+//! [`tls`]: uprobes on libssl's read/write calls and syscall tracepoints, which copy TLS
+//! plaintext into a ring of their own (loaded only by `capture::ebpf::tls`).
 #![no_std]
 #![no_main]
 // BPF inline assembly, for the one atomic add (`core`'s atomic read-modify-write methods are
@@ -40,6 +43,7 @@
 #![feature(asm_experimental_arch)]
 
 mod parse;
+mod tls;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE},

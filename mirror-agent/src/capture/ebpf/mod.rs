@@ -17,6 +17,7 @@ pub mod counters;
 pub mod decode;
 pub mod ignore;
 pub mod skip;
+pub mod tls;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -521,6 +522,10 @@ fn load(
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::RING, ring_size)
             .map_max_entries(maps::SCRATCH, scratch_entries)
+            // The TLS programs' maps (`tls`): unused by this instance, a page or an entry each.
+            .map_max_entries(mirror_common::tls::RING, 4096)
+            .map_max_entries(mirror_common::tls::ACTIVE, 1)
+            .map_max_entries(mirror_common::tls::FDS, 1)
             .load(data)
             .map_err(CaptureError::Load)?;
         match hook {
