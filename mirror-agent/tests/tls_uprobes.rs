@@ -9,8 +9,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mirror_agent::capture::ebpf::{has_object, tls::TlsCapture};
-use mirror_common::tls;
+use mirror_agent::capture::ebpf::{has_object, tls, tls::TlsCapture};
 
 const LIBSSL: &str = "/lib/x86_64-linux-gnu/libssl.so.3";
 
@@ -104,6 +103,17 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
     let server_pid = server.0.id();
     let port: u16 = line.trim().parse().expect("a port");
 
+    // The procfs resolution a captured fd goes through, on the server's listening socket.
+    let listening = (0..32).find_map(|fd| tls::tcp_endpoints(server_pid, fd));
+    assert_eq!(
+        listening,
+        Some((
+            format!("127.0.0.1:{port}").parse().unwrap(),
+            "0.0.0.0:0".parse().unwrap()
+        )),
+        "the server's listening socket from /proc"
+    );
+
     let body = "x".repeat(3000);
     let out = Command::new("curl")
         .args([
@@ -181,9 +191,12 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
         [fd],
         "one connection, its socket's fd"
     );
-    assert!(counters[tls::counter::CALLS as usize] >= 3, "{counters:?}");
+    assert!(
+        counters[mirror_common::tls::counter::CALLS as usize] >= 3,
+        "{counters:?}"
+    );
     assert_eq!(
-        counters[tls::counter::RING_FULL as usize],
+        counters[mirror_common::tls::counter::RING_FULL as usize],
         0,
         "{counters:?}"
     );

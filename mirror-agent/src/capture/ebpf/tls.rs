@@ -9,6 +9,7 @@
 //! Needs tracefs for the syscall tracepoints (mounted at `/sys/kernel/tracing` when it is not)
 //! and the privileges to load tracing programs (CAP_BPF and CAP_PERFMON, or root).
 
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::path::Path;
 
 use aya::maps::{MapData, PerCpuArray, RingBuf};
@@ -166,6 +167,56 @@ impl TlsCapture {
     }
 }
 
+/// The TCP endpoints (local, remote) of the socket `fd` of process `pid`, from procfs: the
+/// socket's inode (`/proc/PID/fd/FD` links to `socket:[INODE]`), then its line in
+/// `/proc/PID/net/tcp` or `tcp6` (the process's network namespace). `None` when the fd is
+/// closed, not a socket, or not TCP.
+pub fn tcp_endpoints(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
+    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
+    let inode: u64 = link
+        .to_str()?
+        .strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()?;
+    ["tcp", "tcp6"].iter().find_map(|table| {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
+        text.lines().skip(1).find_map(|l| tcp_line(l, inode))
+    })
+}
+
+/// The endpoints of a `/proc/net/tcp{,6}` line when its inode is `inode`. Addresses are the
+/// kernel's 32-bit words in host order, printed in hex (IPv4: one word; IPv6: four), ports in
+/// hex.
+fn tcp_line(line: &str, inode: u64) -> Option<(SocketAddr, SocketAddr)> {
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    if fields.get(9)?.parse::<u64>().ok()? != inode {
+        return None;
+    }
+    Some((endpoint(fields.get(1)?)?, endpoint(fields.get(2)?)?))
+}
+
+fn endpoint(field: &str) -> Option<SocketAddr> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let word = |i: usize| -> Option<[u8; 4]> {
+        let w = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
+        Some(w.to_ne_bytes())
+    };
+    let ip: IpAddr = match addr.len() {
+        8 => Ipv4Addr::from(word(0)?).into(),
+        32 => {
+            let mut b = [0u8; 16];
+            for i in 0..4 {
+                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
+            }
+            Ipv6Addr::from(b).into()
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
+}
+
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, CaptureError> {
     ebpf.program_mut(name)
         .ok_or(CaptureError::Missing(name))?
@@ -198,4 +249,46 @@ fn mount_tracefs() -> Result<(), CaptureError> {
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn procfs_tcp_lines_give_both_endpoints() {
+        let v4 = "   1: 0100007F:E652 0100007F:0391 01 00000000:00000000 03:000013E2 00000000     0        0 4242 3 0000";
+        assert_eq!(
+            tcp_line(v4, 4242),
+            Some((
+                "127.0.0.1:58962".parse().unwrap(),
+                "127.0.0.1:913".parse().unwrap()
+            ))
+        );
+        assert_eq!(tcp_line(v4, 4243), None);
+        // ::1 port 443 to ::ffff:10.0.0.2 port 50000.
+        let v6 = "   0: 00000000000000000000000001000000:01BB 0000000000000000FFFF00000200000A:C350 01 00000000:00000000 00:00000000 00000000     0        0 77 1 0000";
+        assert_eq!(
+            tcp_line(v6, 77),
+            Some((
+                "[::1]:443".parse().unwrap(),
+                "[::ffff:10.0.0.2]:50000".parse().unwrap()
+            ))
+        );
+        assert_eq!(tcp_line("garbage", 1), None);
+        assert_eq!(tcp_line("  sl  local_address rem_address   st", 1), None);
+    }
+
+    #[test]
+    fn short_or_mislabelled_records_are_not_decoded() {
+        assert_eq!(decode(&[0u8; 10]), None);
+        let mut r = vec![0u8; TLS_HEADER_LEN + 4];
+        // captured_len (offset 36) says 8 bytes follow; only 4 do.
+        r[36] = 8;
+        assert_eq!(decode(&r), None);
+        r[36] = 4;
+        r[TLS_HEADER_LEN..].copy_from_slice(b"GET ");
+        let c = decode(&r).unwrap();
+        assert_eq!((c.data, c.is_read()), (&b"GET "[..], true));
+    }
 }
