@@ -5,7 +5,7 @@
 //! calling (capture) thread, the end-to-end rate, and the process CPU time per mirrored request
 //! (agent side and the test mirror together, so an upper bound for the agent).
 //!
-//! `replay_h2_cost`: the same over HTTP/2 (`protocol=h2`) to `fast-mirror --h2` in its own
+//! `replay_h2_cost` (and `replay_h1_cost`, HTTP/1.1 to `fast-mirror`): the same over HTTP/2 (`protocol=h2`) to `fast-mirror --h2` in its own
 //! process (`MIRROR_FAST_MIRROR`, default `target/release/fast-mirror`: `cargo build --release
 //! -p mirror-tests --bin fast-mirror`), so the CPU printed is the replay's alone: the part of
 //! `cargo xtask bench h2`'s per-stream cost that HTTP/2 replay adds, without the capture, nginx
@@ -87,6 +87,17 @@ async fn replay_throughput() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 #[ignore = "benchmark: prints a table; run with --ignored --nocapture"]
 async fn replay_h2_cost() {
+    replay_cost(true).await
+}
+
+/// The same over HTTP/1.1 to `fast-mirror`, copies from 1000 client connections.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "benchmark: prints a table; run with --ignored --nocapture"]
+async fn replay_h1_cost() {
+    replay_cost(false).await
+}
+
+async fn replay_cost(h2: bool) {
     let bin = std::env::var_os("MIRROR_FAST_MIRROR")
         .map(std::path::PathBuf::from)
         .unwrap_or_else(|| {
@@ -102,11 +113,12 @@ async fn replay_h2_cost() {
         l.local_addr().unwrap().port()
     };
     let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
-    let mut mirror = std::process::Command::new(&bin)
-        .arg(addr.to_string())
-        .arg("--h2")
-        .spawn()
-        .expect("fast-mirror");
+    let mut cmd = std::process::Command::new(&bin);
+    cmd.arg(addr.to_string());
+    if h2 {
+        cmd.arg("--h2");
+    }
+    let mut mirror = cmd.spawn().expect("fast-mirror");
     for _ in 0..100 {
         if std::net::TcpStream::connect(addr).is_ok() {
             break;
@@ -115,16 +127,34 @@ async fn replay_h2_cost() {
     }
     println!(
         "{:<28} {:>9} {:>12} {:>14} {:>9}",
-        "case (HTTP/2 replay)", "requests", "req/s", "cpu us/req", "dropped"
+        if h2 {
+            "case (HTTP/2 replay)"
+        } else {
+            "case (HTTP/1.1 replay)"
+        },
+        "requests",
+        "req/s",
+        "cpu us/req",
+        "dropped"
     );
     let raw = "GET /bench?x=1 HTTP/1.1\r\nHost: bench\r\nUser-Agent: h2load\r\nAccept: */*\r\n\r\n";
     let mut req = one(raw.as_bytes());
-    // Captured as an HTTP/2 stream: each copy is a queue line of its own, as h2load's
-    // concurrent streams are in `bench h2` (copies of one HTTP/1.1 connection go in order).
-    req.request.h2_stream = Some(1);
+    // HTTP/2: captured as a stream, each copy is a queue line of its own, as h2load's
+    // concurrent streams are in `bench h2`. HTTP/1.1: copies of 1000 client connections (each
+    // connection's copies go in order).
+    req.request.h2_stream = h2.then_some(1);
+    let reqs: Vec<_> = (0..1000u64)
+        .map(|k| {
+            let mut r = req.clone();
+            r.flow_id = k;
+            r
+        })
+        .collect();
     for (case, rate) in [("GET, unpaced", None), ("GET, 30k/s", Some(30_000u64))] {
         let mut m = spec(addr, "m", 100.0);
-        m.protocol = mirror_agent::replay::spec::MirrorProtocol::Http2;
+        if h2 {
+            m.protocol = mirror_agent::replay::spec::MirrorProtocol::Http2;
+        }
         let mut cfg = config(vec![m]);
         cfg.timeout = Duration::from_secs(5);
         let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
@@ -134,7 +164,7 @@ async fn replay_h2_cost() {
         let n = 150_000u64;
         let (cpu0, t0) = (cpu_time(), Instant::now());
         for i in 0..n {
-            replayer.submit(&req);
+            replayer.submit(&reqs[(i % 1000) as usize]);
             if i % 500 == 499 {
                 match rate {
                     Some(r) => {

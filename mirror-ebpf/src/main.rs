@@ -600,7 +600,7 @@ fn reserve_chunk<const N: usize>(
 /// caller's branch, it would see that the mask changes nothing and drop it, leaving the verifier
 /// a register it cannot bound.
 #[inline(always)]
-fn load_len<const N: usize>(len: u32) -> u32 {
+pub(crate) fn load_len<const N: usize>(len: u32) -> u32 {
     // SAFETY: reads a local.
     let len = unsafe { core::ptr::read_volatile(&len) };
     (len.wrapping_sub(1) & (N as u32).wrapping_sub(1)) + 1

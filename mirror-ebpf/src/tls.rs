@@ -171,7 +171,7 @@ fn chunk<const N: usize>(hdr: &mut TlsRecordHeader, buf: u64, len: u32) -> bool 
         return false;
     };
     let record = entry.as_mut_ptr();
-    let n = bounded_len::<N>(len);
+    let n = crate::load_len::<N>(len);
     let src = buf.wrapping_add(hdr.chunk_offset as u64) as *const core::ffi::c_void;
     // SAFETY: the reservation's data area has N bytes and n <= N; the source is user memory,
     // which the helper reads safely (an error leaves the destination zeroed).
@@ -194,14 +194,6 @@ fn chunk<const N: usize>(hdr: &mut TlsRecordHeader, buf: u64, len: u32) -> bool 
 struct Record<const N: usize> {
     hdr: TlsRecordHeader,
     data: [u8; N],
-}
-
-/// `len` (1..=N) in a form the verifier can bound (see `load_len` in the classifiers).
-#[inline(always)]
-fn bounded_len<const N: usize>(len: u32) -> u32 {
-    // SAFETY: reads a local.
-    let len = unsafe { core::ptr::read_volatile(&len) };
-    (len.wrapping_sub(1) & (N as u32).wrapping_sub(1)) + 1
 }
 
 #[uprobe]

@@ -188,6 +188,22 @@ fn grpc_world(test: &str, dir: &str) -> Option<GrpcWorld> {
     })
 }
 
+/// The grpcio client's five calls (unary 1 KiB and 1 MiB, the three streaming kinds) against
+/// `addr`, from the client namespace; each checks its answer.
+fn grpc_client_calls(topo: &Topology, script: &std::path::Path, addr: &str) {
+    let out = topo
+        .client
+        .command("python3")
+        .arg(script)
+        .args(["client", addr])
+        .output()
+        .expect("grpc client");
+    assert!(
+        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("calls ok"),
+        "grpc client: {out:?}"
+    );
+}
+
 #[test]
 fn grpc_calls_are_decoded_with_their_messages() {
     let test = "grpc_calls_are_decoded_with_their_messages";
@@ -227,17 +243,7 @@ fn grpc_calls_are_decoded_with_their_messages() {
         ],
     );
 
-    let out = topo
-        .client
-        .command("python3")
-        .arg(&script)
-        .args(["client", &addr])
-        .output()
-        .expect("grpc client");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("calls ok"),
-        "grpc client: {out:?}"
-    );
+    grpc_client_calls(&topo, &script, &addr);
     let got = mirror.wait_for(5, Duration::from_millis(500), Duration::from_secs(20));
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     let mut recorded = String::new();
@@ -451,17 +457,7 @@ fn grpc_responses_are_compared_with_the_primarys() {
             diff_log.display().to_string(),
         ],
     );
-    let out = topo
-        .client
-        .command("python3")
-        .arg(&script)
-        .args(["client", &addr])
-        .output()
-        .expect("grpc client");
-    assert!(
-        out.status.success() && String::from_utf8_lossy(&out.stdout).contains("calls ok"),
-        "grpc client: {out:?}"
-    );
+    grpc_client_calls(&topo, &script, &addr);
     // Both mirrors' answers reach the comparison (bounded wait on the agent's own table).
     std::thread::sleep(Duration::from_secs(2));
     let (_, table) = stop_agent(&mut agent);

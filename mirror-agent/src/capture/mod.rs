@@ -8,6 +8,7 @@
 pub mod clock;
 pub mod ebpf;
 pub mod pcap;
+pub mod tls_stream;
 
 use std::net::SocketAddr;
 

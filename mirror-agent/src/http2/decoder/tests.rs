@@ -55,12 +55,16 @@ impl Client {
 }
 
 fn decode_all(bytes: &[u8], splits: &[usize]) -> (Vec<H2Event>, Decoder) {
-    let mut d = Decoder::client(H2Limits::default());
+    feed(Decoder::client(H2Limits::default()), bytes, splits)
+}
+
+/// Pushes `bytes` into `d` cut at `splits` (each piece stamped with its offset as its time).
+fn feed(mut d: Decoder, bytes: &[u8], splits: &[usize]) -> (Vec<H2Event>, Decoder) {
     let mut out = Vec::new();
     let mut at = 0;
     for &s in splits.iter().chain(std::iter::once(&bytes.len())) {
         let s = s.clamp(at, bytes.len());
-        d.push(&bytes[at..s], &mut out);
+        d.push_at(&bytes[at..s], at as u64, &mut out);
         at = s;
     }
     (out, d)
@@ -347,18 +351,11 @@ fn server_peer() -> Client {
 }
 
 fn decode_server(bytes: &[u8], splits: &[usize], max_body: usize) -> (Vec<H2Event>, Decoder) {
-    let mut d = Decoder::server(H2Limits {
+    let limits = H2Limits {
         max_body,
         ..H2Limits::default()
-    });
-    let mut out = Vec::new();
-    let mut at = 0;
-    for &s in splits.iter().chain(std::iter::once(&bytes.len())) {
-        let s = s.clamp(at, bytes.len());
-        d.push_at(&bytes[at..s], at as u64, &mut out);
-        at = s;
-    }
-    (out, d)
+    };
+    feed(Decoder::server(limits), bytes, splits)
 }
 
 fn responses(events: &[H2Event]) -> Vec<&H2Response> {
