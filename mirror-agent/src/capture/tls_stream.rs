@@ -226,10 +226,11 @@ mod tests {
         }
     }
 
+    /// Segments seen: direction, sequence number, payload.
+    type Seen = Vec<(SegmentDirection, u32, Vec<u8>)>;
+
     /// Runs chunks through, resolving fd 4 as the server's socket and fd 9 as a client's.
-    fn run(
-        chunks: &[TlsChunk<'_>],
-    ) -> (Vec<(SegmentDirection, u32, Vec<u8>)>, TlsStreamStats, u32) {
+    fn run(chunks: &[TlsChunk<'_>]) -> (Seen, TlsStreamStats, u32) {
         let mut s = TlsStreams::new(vec![443]);
         let mut resolved = 0;
         let mut resolve = |_pid: u32, fd: i32| {
