@@ -108,6 +108,25 @@ pub struct CaptureArgs {
         help_heading = "Capture"
     )]
     pub capture_copy: String,
+    /// Read the plaintext of services that terminate TLS themselves, through uprobes on
+    /// OpenSSL (live mode): `off`; `auto` (the libssl the processes listening on the captured
+    /// ports map, else the system's; every process that maps it, also ones started later); or
+    /// libssl paths, comma-separated. The classifiers then leave those ports' ciphertext alone.
+    #[arg(
+        long,
+        env = "MIRROR_TLS",
+        default_value = "off",
+        help_heading = "Capture"
+    )]
+    pub tls: String,
+    /// A binary with OpenSSL linked in statically, read like a libssl (by symbol; repeatable).
+    #[arg(
+        long = "tls-binary",
+        env = "MIRROR_TLS_BINARIES",
+        value_delimiter = ',',
+        help_heading = "Capture"
+    )]
+    pub tls_binaries: Vec<PathBuf>,
     /// Read packets from a pcap or pcapng file instead of an interface.
     #[arg(long, env = "MIRROR_PCAP", help_heading = "Capture")]
     pub pcap: Option<PathBuf>,

@@ -2,7 +2,10 @@
 //! a Python `ssl` server (pyenv's Python links the system `libssl.so.3`) and curl over HTTPS on
 //! loopback. The server's `SSL_read_ex` calls must yield the request's exact plaintext, with
 //! the fd of the server's socket for that connection; its `SSL_write_ex` the response; curl's
-//! `SSL_write` (its own BIO: `sendto`) the same request from the client's side.
+//! `SSL_write` (its own BIO: `sendto`) the same request from the client's side. The server's
+//! records carry its connection's endpoints (from the socket tracepoints: the server's port is
+//! a captured one), the first is marked as the connection's first call, and the connection's
+//! close is reported with the same endpoints.
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -29,7 +32,7 @@ class H(http.server.BaseHTTPRequestHandler):
         self.wfile.write(out)
     def log_message(self, *a):
         pass
-s = http.server.HTTPServer(("127.0.0.1", 0), H)
+s = http.server.HTTPServer(("127.0.0.1", int(sys.argv[3])), H)
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
 ctx.load_cert_chain(sys.argv[1], sys.argv[2])
 s.socket = ctx.wrap_socket(s.socket, server_side=True)
@@ -87,12 +90,20 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
     let script = dir.join("server.py");
     std::fs::write(&script, SERVER).unwrap();
 
+    // A free port, known before the server starts: the programs note the sockets of the
+    // captured ports when they are established.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let mut capture =
-        TlsCapture::attach(Path::new(LIBSSL), 1 << 22).expect("attach the TLS probes");
+        TlsCapture::attach(Path::new(LIBSSL), &[port], 1 << 22).expect("attach the TLS probes");
     let mut child = Command::new("python3")
         .arg(&script)
         .arg(&cert)
         .arg(&key)
+        .arg(port.to_string())
         .stdout(Stdio::piped())
         .spawn()
         .expect("python3");
@@ -101,7 +112,7 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
     server_out.read_line(&mut line).expect("the server's port");
     let server = Guard(child);
     let server_pid = server.0.id();
-    let port: u16 = line.trim().parse().expect("a port");
+    assert_eq!(line.trim(), port.to_string(), "the server's port");
 
     // The procfs resolution a captured fd goes through, on the server's listening socket.
     let listening = (0..32).find_map(|fd| tls::tcp_endpoints(server_pid, fd));
@@ -138,14 +149,29 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
     let mut server_written = Vec::new();
     let mut curl_written = Vec::new();
     let mut server_fds = std::collections::BTreeSet::new();
+    let mut endpoints = std::collections::BTreeSet::new();
+    let mut firsts = 0;
+    let mut closes = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
-        && !String::from_utf8_lossy(&server_written).contains("got 3000")
+        && (!String::from_utf8_lossy(&server_written).contains("got 3000") || closes.is_empty())
     {
         capture.drain(|c| {
             let h = c.header;
-            if h.pid == server_pid {
+            if h.kind == mirror_common::tls::kind::CLOSE {
+                closes.push((h.local_port, h.remote_port, h.flags));
+            } else if h.pid == server_pid {
                 server_fds.insert(h.fd);
+                endpoints.insert((
+                    h.local_addr,
+                    h.local_port,
+                    h.remote_port,
+                    h.family,
+                    h.flags & 1,
+                ));
+                if h.flags & mirror_common::tls::header_flags::FIRST != 0 {
+                    firsts += 1;
+                }
                 if c.is_read() {
                     server_read.extend_from_slice(c.data);
                 } else {
@@ -191,15 +217,29 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
         [fd],
         "one connection, its socket's fd"
     );
-    assert!(
-        counters[mirror_common::tls::counter::CALLS as usize] >= 3,
-        "{counters:?}"
-    );
+    assert!(counters.calls >= 3, "{counters:?}");
+    assert_eq!(counters.ring_full, 0, "{counters:?}");
+    // Every server record carried the connection's endpoints, from the kernel.
+    let endpoints: Vec<_> = endpoints.into_iter().collect();
+    assert_eq!(endpoints.len(), 1, "one connection: {endpoints:?}");
+    let (local, local_port, remote_port, family, with_endpoints) = endpoints[0];
     assert_eq!(
-        counters[mirror_common::tls::counter::RING_FULL as usize],
-        0,
-        "{counters:?}"
+        (&local[..4], local_port, family, with_endpoints),
+        (&[127, 0, 0, 1][..], port, mirror_common::family::IPV4, 1),
+        "{endpoints:?}"
     );
+    assert_ne!(remote_port, 0);
+    assert_eq!(firsts, 1, "the connection's first call is marked once");
+    assert_eq!(
+        closes,
+        [(
+            port,
+            remote_port,
+            mirror_common::tls::header_flags::ENDPOINTS
+        )],
+        "the close, with the same endpoints"
+    );
+    assert!(counters.sockets >= 1, "{counters:?}");
     println!("TLS probe counters: {counters:?}; server connection fd {fd}");
     let _ = std::fs::remove_dir_all(&dir);
 }

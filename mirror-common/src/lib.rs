@@ -51,19 +51,24 @@ pub mod maps {
     pub const SKIP: &str = "MIRROR_SKIP";
 }
 
-/// TLS plaintext (issue 14 B, first stage): uprobes on libssl's `SSL_read`, `SSL_read_ex`,
-/// `SSL_write` and `SSL_write_ex` copy what each call read or wrote into their own ring
-/// (`MIRROR_TLS_RING`), in records of a [`TlsRecordHeader`] and one chunk of the call's bytes.
-/// The connection is found without struct offsets: the fd of the read/write syscall the same
-/// thread makes during the call (syscall tracepoints), else the fd last seen for the same `SSL*`
-/// in the same process.
+/// TLS plaintext (issue 14 B): uprobes on libssl's `SSL_read`, `SSL_read_ex`, `SSL_write` and
+/// `SSL_write_ex` copy what each call read or wrote into their own ring (`MIRROR_TLS_RING`), in
+/// records of a [`TlsRecordHeader`] and one chunk of the call's bytes. The connection is found
+/// without struct offsets: the socket the same thread's read/write syscall touches during the
+/// call (the `sock_recv_length`/`sock_send_length` tracepoints give its `struct sock *`), whose
+/// endpoints the `inet_sock_set_state` tracepoint noted when it was established
+/// (`MIRROR_TLS_SOCKS`); the syscall's fd too, for connections established before the programs
+/// were attached (userspace finds those through procfs).
 pub mod tls {
     /// Ring of TLS records.
     pub const RING: &str = "MIRROR_TLS_RING";
     /// Calls in progress, by thread (`pid_tgid`): the `SSL*`, buffer, out-length pointer, fd.
     pub const ACTIVE: &str = "MIRROR_TLS_ACTIVE";
-    /// The fd last seen for `(tgid, SSL*)`.
+    /// The fd and socket last seen for `(tgid, SSL*)`.
     pub const FDS: &str = "MIRROR_TLS_FDS";
+    /// Established TCP sockets whose local port is a captured one, by `struct sock *`: their
+    /// endpoints ([`super::TlsSocket`]).
+    pub const SOCKS: &str = "MIRROR_TLS_SOCKS";
     pub const COUNTERS: &str = "MIRROR_TLS_COUNTERS";
 
     /// Largest chunk of one record; a call's bytes beyond `MAX_CHUNKS * MAX_CHUNK` are not
@@ -78,6 +83,8 @@ pub mod tls {
     pub const ACTIVE_ENTRIES: u32 = 16384;
     /// `(tgid, SSL*)` to fd entries (an LRU).
     pub const FD_ENTRIES: u32 = 65536;
+    /// Sockets of captured ports followed at once (an LRU; entries leave when they close).
+    pub const SOCK_ENTRIES: u32 = 65536;
 
     /// What a record's bytes are.
     pub mod kind {
@@ -85,6 +92,25 @@ pub mod tls {
         pub const READ: u8 = 0;
         /// Plaintext the process wrote (`SSL_write`, `SSL_write_ex`): a server's responses.
         pub const WRITE: u8 = 1;
+        /// A socket that carried TLS plaintext closed (no data; endpoints set).
+        pub const CLOSE: u8 = 2;
+    }
+
+    /// [`super::TlsRecordHeader::flags`].
+    pub mod header_flags {
+        /// The endpoints are set (the socket was established after the programs were
+        /// attached); without it userspace finds them from `pid` and `fd`.
+        pub const ENDPOINTS: u8 = 1;
+        /// The first call on its socket: the connection's plaintext starts here.
+        pub const FIRST: u8 = 2;
+    }
+
+    /// [`super::TlsSocket::flags`].
+    pub mod socket_flags {
+        /// A TLS call used the socket (its close is reported).
+        pub const TLS_SEEN: u8 = 1;
+        /// Outside the sampled share of flows: its calls are not copied.
+        pub const SAMPLED_OUT: u8 = 2;
     }
 
     /// Per-CPU counters of the TLS programs.
@@ -105,7 +131,13 @@ pub mod tls {
         /// Returns without a matching entry (the call began before the probes were attached,
         /// or the tracking map was full).
         pub const UNMATCHED: u32 = 6;
-        pub const LEN: u32 = 7;
+        /// Calls on sockets outside the sampled share of flows, not copied.
+        pub const SAMPLED_OUT: u32 = 7;
+        /// Close records lost to a full ring (userspace ends those flows by idle expiry).
+        pub const CLOSE_LOST: u32 = 8;
+        /// Sockets of captured ports noted when established.
+        pub const SOCKETS: u32 = 9;
+        pub const LEN: u32 = 10;
     }
 }
 
@@ -129,14 +161,41 @@ pub struct TlsRecordHeader {
     pub chunk_offset: u32,
     /// Bytes of this chunk following the header.
     pub captured_len: u32,
+    /// The socket's endpoints when [`tls::header_flags::ENDPOINTS`] is set (as in
+    /// [`TlsSocket`]).
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    /// [`family`] of the addresses (0 when unknown).
+    pub family: u8,
     /// [`tls::kind`].
     pub kind: u8,
-    pub _pad: [u8; 7],
+    /// [`tls::header_flags`].
+    pub flags: u8,
+    pub _pad: u8,
 }
 
 /// Size of [`TlsRecordHeader`].
-pub const TLS_HEADER_LEN: usize = 48;
+pub const TLS_HEADER_LEN: usize = 80;
 const _: () = assert!(core::mem::size_of::<TlsRecordHeader>() == TLS_HEADER_LEN);
+
+/// An established socket of a captured port (`MIRROR_TLS_SOCKS`' value). Addresses as in
+/// [`EndpointKey`] (an IPv4 peer of an IPv6 socket is stored as IPv4, as the classifiers see
+/// its packets); ports in host order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsSocket {
+    pub local_addr: [u8; 16],
+    pub remote_addr: [u8; 16],
+    pub local_port: u16,
+    pub remote_port: u16,
+    pub family: u8,
+    /// [`tls::socket_flags`].
+    pub flags: u8,
+    pub _pad: [u8; 2],
+}
+const _: () = assert!(core::mem::size_of::<TlsSocket>() == 40);
 
 /// A call in progress (`MIRROR_TLS_ACTIVE`'s value), kept from the uprobe at its entry to the
 /// one at its return, where the arguments are gone.
@@ -148,6 +207,8 @@ pub struct TlsActiveCall {
     pub buf: u64,
     /// `SSL_read_ex`/`SSL_write_ex`: where the call stores its byte count; 0 otherwise.
     pub out_len: u64,
+    /// The socket of the first read/write syscall of the call, 0 until one is seen.
+    pub sk: u64,
     /// The fd of the first read/write syscall of the call, -1 until one is seen.
     pub fd: i32,
     /// [`tls::kind`].
@@ -155,7 +216,17 @@ pub struct TlsActiveCall {
     pub _pad: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<TlsActiveCall>() == 32);
+const _: () = assert!(core::mem::size_of::<TlsActiveCall>() == 40);
+
+/// `MIRROR_TLS_FDS`' value: the fd and socket last seen for a `(tgid, SSL*)`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TlsConnSocket {
+    pub sk: u64,
+    pub fd: i32,
+    pub _pad: u32,
+}
+const _: () = assert!(core::mem::size_of::<TlsConnSocket>() == 16);
 
 /// Key of `MIRROR_TLS_FDS`.
 #[repr(C)]
@@ -185,6 +256,15 @@ pub mod programs {
     pub const CGROUP_EGRESS: &str = "mirror_cg_egress";
 }
 
+/// Values of `MIRROR_PORTS`.
+pub mod port_state {
+    /// The classifiers capture the port.
+    pub const CAPTURED: u8 = 1;
+    /// The port's connections are read as TLS plaintext (set by the TLS programs on the first
+    /// TLS call of a connection to it): the classifiers leave its ciphertext alone, counted.
+    pub const TLS: u8 = 2;
+}
+
 /// Indices into the `MIRROR_CONFIG` array of `u64`.
 pub mod config {
     /// Share of flows to capture, in basis points (0..=10000).
@@ -202,7 +282,7 @@ pub mod config {
 /// Indices into the per-CPU `MIRROR_COUNTERS` array of `u64`.
 ///
 /// Every matched skb ends in exactly one outcome, so, checked by the tests:
-/// `MATCHED = IGNORED + SAMPLED_OUT + EMPTY + CAPTURED + RING_FULL + LOAD_ERROR`.
+/// `MATCHED = TLS_CIPHERTEXT + IGNORED + SAMPLED_OUT + EMPTY + CAPTURED + RING_FULL + LOAD_ERROR`.
 /// An skb's payload may take several records ([`crate::MAX_CHUNKS`]): [`RECORDS`] counts
 /// records (what userspace reads, one segment each), the outcomes count skbs. A skb counted in
 /// `RING_FULL` or `LOAD_ERROR` may have written its first chunks before the failure (those are in
@@ -249,7 +329,10 @@ pub mod counter {
     pub const SKIPPED: u32 = 15;
     /// Payload bytes of those skbs, not copied.
     pub const SKIPPED_BYTES: u32 = 16;
-    pub const LEN: u32 = 17;
+    /// Matched packets of a port whose connections are read as TLS plaintext (the port's
+    /// [`crate::port_state::TLS`]): their ciphertext is not recorded.
+    pub const TLS_CIPHERTEXT: u32 = 17;
+    pub const LEN: u32 = 18;
 }
 
 /// Direction of a record.
@@ -439,11 +522,15 @@ mod pod {
     // SAFETY: repr(C), byte arrays and integers, no padding (size asserted to be 40, the sum of
     // its fields), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::FlowKey {}
-    // SAFETY: repr(C), integers and a byte array, no padding (size asserted to be 48, the sum
+    // SAFETY: repr(C), integers and a byte array, no padding (size asserted to be 80, the sum
     // of its fields), so every bit pattern is a valid value.
     unsafe impl aya::Pod for super::TlsRecordHeader {}
-    // SAFETY: repr(C), integers and a byte array, no padding (8+8+8+4+1+3 = 32 bytes).
+    // SAFETY: repr(C), integers and a byte array, no padding (8+8+8+8+4+1+3 = 40 bytes).
     unsafe impl aya::Pod for super::TlsActiveCall {}
+    // SAFETY: repr(C), byte arrays and integers, no padding (16+16+2+2+1+1+2 = 40 bytes).
+    unsafe impl aya::Pod for super::TlsSocket {}
+    // SAFETY: repr(C), integers, no padding (8+4+4 = 16 bytes).
+    unsafe impl aya::Pod for super::TlsConnSocket {}
     // SAFETY: repr(C), integers, no padding (8+4+4 = 16 bytes).
     unsafe impl aya::Pod for super::TlsConnKey {}
 }

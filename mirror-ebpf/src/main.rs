@@ -54,7 +54,7 @@ use aya_ebpf::{
 };
 use mirror_common::{
     EndpointKey, FlowKey, HEADER_LEN, SKIP_ENTRIES, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
-    SIZE_CLASSES, config, counter, direction, flow_hash, record_flags, sampled,
+    SIZE_CLASSES, config, counter, direction, flow_hash, port_state, record_flags, sampled,
 };
 
 use crate::parse::Packet;
@@ -63,9 +63,10 @@ use crate::parse::Packet;
 #[map]
 static MIRROR_RING: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Ports to capture (value unused).
+/// Ports to capture, valued by [`port_state`] (the TLS programs mark a port whose connections
+/// they read as plaintext).
 #[map]
-static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+pub(crate) static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
 
 /// Settings written by userspace before attach, indexed by [`config`].
 #[map]
@@ -220,7 +221,7 @@ pub fn mirror_cg_egress(ctx: SkBuffContext) -> i32 {
 }
 
 #[inline(always)]
-fn setting(index: u32) -> u64 {
+pub(crate) fn setting(index: u32) -> u64 {
     MIRROR_CONFIG.get(index).copied().unwrap_or(0)
 }
 
@@ -269,11 +270,15 @@ fn process(skb: &SkBuff, hook: Hook) {
     } else {
         pkt.sport
     };
-    // SAFETY: read-only lookup of a value we do not keep.
-    if unsafe { MIRROR_PORTS.get(&port) }.is_none() {
+    // SAFETY: read-only lookup of a plain value, copied.
+    let Some(state) = (unsafe { MIRROR_PORTS.get(&port) }).copied() else {
+        return;
+    };
+    hook.count(counter::MATCHED, 1);
+    if state == port_state::TLS {
+        hook.count(counter::TLS_CIPHERTEXT, 1);
         return;
     }
-    hook.count(counter::MATCHED, 1);
 
     if is_ignored(&pkt) {
         hook.count(counter::IGNORED, 1);

@@ -1,13 +1,23 @@
-//! TLS plaintext from uprobes on libssl (issue 14 B, first stage): what `SSL_read`,
-//! `SSL_read_ex`, `SSL_write` and `SSL_write_ex` read or wrote, copied into `MIRROR_TLS_RING`.
+//! TLS plaintext from uprobes on libssl (issue 14 B): what `SSL_read`, `SSL_read_ex`,
+//! `SSL_write` and `SSL_write_ex` read or wrote, copied into `MIRROR_TLS_RING`.
 //!
 //! At a call's entry the uprobe keeps the `SSL*`, the buffer and (for the `_ex` calls) where the
 //! call stores its byte count, by thread (`MIRROR_TLS_ACTIVE`); the arguments are gone at the
 //! return. The connection is found without OpenSSL's struct offsets (which change between
-//! versions): the syscall tracepoints note the fd of the first read/write-family syscall the same
-//! thread makes while the call is in progress (OpenSSL's socket BIO uses `read`/`write`; libcurl
-//! `recvfrom`/`sendto`); a call served from OpenSSL's buffer makes none, so the fd last seen for
-//! the same `(process, SSL*)` is used (`MIRROR_TLS_FDS`), else -1 (counted in `NO_FD`).
+//! versions), from the kernel's socket work on the same thread while the call is in progress:
+//! the `sock_recv_length`/`sock_send_length` tracepoints give the `struct sock *` of the first
+//! socket read or write, the syscall tracepoints its fd (OpenSSL's socket BIO uses
+//! `read`/`write`; libcurl `recvfrom`/`sendto`). A call served from OpenSSL's buffer touches no
+//! socket, so the socket and fd last seen for the same `(process, SSL*)` are used
+//! (`MIRROR_TLS_FDS`), else fd -1 (counted in `NO_FD`).
+//!
+//! The socket's endpoints come from `inet_sock_set_state`, which gives them when a socket of a
+//! captured port becomes established (`MIRROR_TLS_SOCKS`, sampled there with the classifiers'
+//! flow hash); a connection established before the programs were attached has no entry, and its
+//! records carry only pid and fd (userspace resolves them through procfs). The first call on a
+//! socket marks its record [`header_flags::FIRST`] and its port [`port_state::TLS`] (the
+//! classifiers then leave that port's ciphertext alone); its close is reported with a
+//! [`kind::CLOSE`] record.
 //!
 //! At the return the call's bytes go to the ring in records of at most [`MAX_CHUNK`] bytes, at
 //! most [`MAX_CHUNKS`] of them; each reserves the smallest size class that holds its chunk and
@@ -15,7 +25,7 @@
 //! (counted); userspace sees an incomplete call from `call_len`.
 
 use aya_ebpf::{
-    bindings::BPF_RB_NO_WAKEUP,
+    bindings::{BPF_EXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
@@ -25,9 +35,15 @@ use aya_ebpf::{
     programs::{ProbeContext, RetProbeContext, TracePointContext},
 };
 use mirror_common::{
-    TlsActiveCall, TlsConnKey, TlsRecordHeader,
-    tls::{ACTIVE_ENTRIES, FD_ENTRIES, MAX_CHUNK, MAX_CHUNKS, counter, kind},
+    TlsActiveCall, TlsConnKey, TlsConnSocket, TlsRecordHeader, TlsSocket, config, family,
+    flow_hash, port_state, sampled,
+    tls::{
+        ACTIVE_ENTRIES, FD_ENTRIES, MAX_CHUNK, MAX_CHUNKS, SOCK_ENTRIES, counter, header_flags,
+        kind, socket_flags,
+    },
 };
+
+use crate::{MIRROR_PORTS, setting};
 
 /// TLS records; userspace sets the real size at load time (one page when TLS capture is off).
 #[map]
@@ -38,9 +54,14 @@ static MIRROR_TLS_RING: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 static MIRROR_TLS_ACTIVE: HashMap<u64, TlsActiveCall> =
     HashMap::with_max_entries(ACTIVE_ENTRIES, 0);
 
-/// The fd last seen for `(tgid, SSL*)`.
+/// The socket and fd last seen for `(tgid, SSL*)`.
 #[map]
-static MIRROR_TLS_FDS: LruHashMap<TlsConnKey, i32> = LruHashMap::with_max_entries(FD_ENTRIES, 0);
+static MIRROR_TLS_FDS: LruHashMap<TlsConnKey, TlsConnSocket> =
+    LruHashMap::with_max_entries(FD_ENTRIES, 0);
+
+/// Established sockets of captured ports, by `struct sock *`.
+#[map]
+static MIRROR_TLS_SOCKS: LruHashMap<u64, TlsSocket> = LruHashMap::with_max_entries(SOCK_ENTRIES, 0);
 
 /// Per-CPU counters, indexed by [`counter`].
 #[map]
@@ -49,6 +70,28 @@ static MIRROR_TLS_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(cou
 /// Offset of `fd` in the syscall enter tracepoints' records (after the 8-byte common header and
 /// `__syscall_nr`), the same for every read/write-family syscall.
 const SYSCALL_FD_OFFSET: usize = 16;
+
+/// `sock_recv_length`/`sock_send_length` record: `void *sk` (see the format files).
+const SOCK_IO_SK_OFFSET: usize = 8;
+
+/// `inet_sock_set_state` record fields (see its format file).
+mod state_field {
+    pub const SKADDR: usize = 8;
+    pub const NEWSTATE: usize = 20;
+    pub const SPORT: usize = 24;
+    pub const DPORT: usize = 26;
+    pub const FAMILY: usize = 28;
+    pub const PROTOCOL: usize = 30;
+    pub const SADDR: usize = 32;
+    pub const DADDR: usize = 36;
+    pub const SADDR_V6: usize = 40;
+    pub const DADDR_V6: usize = 56;
+}
+const TCP_ESTABLISHED: i32 = 1;
+const TCP_CLOSE: i32 = 7;
+const IPPROTO_TCP: u16 = 6;
+const AF_INET: u16 = 2;
+const AF_INET6: u16 = 10;
 
 /// Adds to a counter atomically: uprobes and tracepoints run in process context, where another
 /// program run on the same CPU can come between a plain load and store.
@@ -77,6 +120,7 @@ fn enter(ctx: &ProbeContext, kind: u8, ex: bool) {
         ssl,
         buf,
         out_len,
+        sk: 0,
         fd: -1,
         kind,
         _pad: [0; 3],
@@ -105,21 +149,23 @@ fn leave(n: u64) {
         tgid,
         _pad: 0,
     };
-    let fd = if call.fd >= 0 {
-        let _ = MIRROR_TLS_FDS.insert(&key, &call.fd, 0);
-        call.fd
+    // The call's own socket and fd, else those last seen for the same SSL*.
+    let seen = if call.fd >= 0 || call.sk != 0 {
+        let seen = TlsConnSocket {
+            sk: call.sk,
+            fd: call.fd,
+            _pad: 0,
+        };
+        let _ = MIRROR_TLS_FDS.insert(&key, &seen, 0);
+        Some(seen)
     } else {
-        // SAFETY: read of a plain i32 value.
-        match unsafe { MIRROR_TLS_FDS.get(&key) } {
-            Some(fd) => *fd,
-            None => {
-                count(counter::NO_FD, 1);
-                -1
-            }
-        }
+        // SAFETY: read of a plain value, copied.
+        unsafe { MIRROR_TLS_FDS.get(&key) }.copied()
     };
-    count(counter::CALLS, 1);
-    let total = n as u32;
+    let (sk, fd) = seen.map_or((0, -1), |s| (s.sk, s.fd));
+    if fd < 0 {
+        count(counter::NO_FD, 1);
+    }
     let mut hdr = TlsRecordHeader {
         // SAFETY: helper without arguments.
         ts_ns: unsafe { bpf_ktime_get_ns() },
@@ -127,12 +173,43 @@ fn leave(n: u64) {
         pid: tgid,
         tid: id as u32,
         fd,
-        call_len: total,
+        call_len: n as u32,
         chunk_offset: 0,
         captured_len: 0,
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port: 0,
+        remote_port: 0,
+        family: 0,
         kind: call.kind,
-        _pad: [0; 7],
+        flags: 0,
+        _pad: 0,
     };
+    if sk != 0
+        && let Some(sock) = MIRROR_TLS_SOCKS.get_ptr_mut(&sk)
+    {
+        // SAFETY: a map value; its fields are plain data, written in place (a race with
+        // another call on the same socket at worst marks FIRST twice).
+        let sock = unsafe { &mut *sock };
+        if sock.flags & socket_flags::SAMPLED_OUT != 0 {
+            count(counter::SAMPLED_OUT, 1);
+            return;
+        }
+        hdr.local_addr = sock.local_addr;
+        hdr.remote_addr = sock.remote_addr;
+        hdr.local_port = sock.local_port;
+        hdr.remote_port = sock.remote_port;
+        hdr.family = sock.family;
+        hdr.flags = header_flags::ENDPOINTS;
+        if sock.flags & socket_flags::TLS_SEEN == 0 {
+            sock.flags |= socket_flags::TLS_SEEN;
+            hdr.flags |= header_flags::FIRST;
+            // From now on the classifiers leave this port's ciphertext alone.
+            let _ = MIRROR_PORTS.insert(&sock.local_port, &port_state::TLS, BPF_EXIST as u64);
+        }
+    }
+    count(counter::CALLS, 1);
+    let total = n as u32;
     let mut index = 0u32;
     // Bounded: at most MAX_CHUNKS records.
     while index < MAX_CHUNKS {
@@ -263,4 +340,145 @@ pub fn mirror_tls_syscall(ctx: TracePointContext) -> u32 {
         }
     }
     0
+}
+
+/// `sock_recv_length`/`sock_send_length` (every socket read and write, at its end): the socket
+/// of the first one a thread makes inside an SSL call.
+#[tracepoint]
+pub fn mirror_tls_sock_io(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = MIRROR_TLS_ACTIVE.get_ptr_mut(&id) else {
+        return 0;
+    };
+    // SAFETY: the entry of this thread, which only this thread's programs touch.
+    let call = unsafe { &mut *call };
+    if call.sk == 0 {
+        // SAFETY: the tracepoint record holds the socket pointer at this offset.
+        if let Ok(sk) = unsafe { ctx.read_at::<u64>(SOCK_IO_SK_OFFSET) } {
+            call.sk = sk;
+        }
+    }
+    0
+}
+
+/// `inet_sock_set_state`: a TCP socket of a captured port established (its endpoints noted,
+/// sampled), or closed (a [`kind::CLOSE`] record when TLS calls used it; the entry removed).
+#[tracepoint]
+pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
+    // SAFETY (all reads): fields of the tracepoint record at their format-file offsets.
+    let field = |off: usize| unsafe { ctx.read_at::<u16>(off) }.unwrap_or(0);
+    if field(state_field::PROTOCOL) != IPPROTO_TCP {
+        return 0;
+    }
+    let Ok(sk) = (unsafe { ctx.read_at::<u64>(state_field::SKADDR) }) else {
+        return 0;
+    };
+    let newstate = unsafe { ctx.read_at::<i32>(state_field::NEWSTATE) }.unwrap_or(0);
+    if newstate == TCP_CLOSE {
+        // SAFETY: read of a plain value, copied.
+        if let Some(sock) = unsafe { MIRROR_TLS_SOCKS.get(&sk) }.copied() {
+            let _ = MIRROR_TLS_SOCKS.remove(&sk);
+            if sock.flags & socket_flags::TLS_SEEN != 0 {
+                report_close(&sock);
+            }
+        }
+        return 0;
+    }
+    if newstate != TCP_ESTABLISHED {
+        return 0;
+    }
+    let local_port = field(state_field::SPORT);
+    // SAFETY: read-only lookup.
+    if unsafe { MIRROR_PORTS.get(&local_port) }.is_none() {
+        return 0;
+    }
+    let mut sock = TlsSocket {
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port,
+        remote_port: field(state_field::DPORT),
+        family: family::IPV4,
+        flags: 0,
+        _pad: [0; 2],
+    };
+    match field(state_field::FAMILY) {
+        AF_INET => {
+            let (Ok(l), Ok(r)) = (unsafe { ctx.read_at::<[u8; 4]>(state_field::SADDR) }, unsafe {
+                ctx.read_at::<[u8; 4]>(state_field::DADDR)
+            }) else {
+                return 0;
+            };
+            sock.local_addr[..4].copy_from_slice(&l);
+            sock.remote_addr[..4].copy_from_slice(&r);
+        }
+        AF_INET6 => {
+            let (Ok(l), Ok(r)) = (unsafe { ctx.read_at::<[u8; 16]>(state_field::SADDR_V6) }, unsafe {
+                ctx.read_at::<[u8; 16]>(state_field::DADDR_V6)
+            }) else {
+                return 0;
+            };
+            if v4_mapped(&l) && v4_mapped(&r) {
+                // An IPv4 peer of an IPv6 socket: its packets are IPv4.
+                sock.local_addr[..4].copy_from_slice(&l[12..]);
+                sock.remote_addr[..4].copy_from_slice(&r[12..]);
+            } else {
+                sock.family = family::IPV6;
+                sock.local_addr = l;
+                sock.remote_addr = r;
+            }
+        }
+        _ => return 0,
+    }
+    let basis_points = setting(config::SAMPLE_BASIS_POINTS);
+    if basis_points < 10000 {
+        let h = flow_hash(
+            setting(config::HASH_SEED),
+            &sock.remote_addr,
+            sock.remote_port,
+            &sock.local_addr,
+            sock.local_port,
+        );
+        if !sampled(h, basis_points) {
+            sock.flags |= socket_flags::SAMPLED_OUT;
+        }
+    }
+    count(counter::SOCKETS, 1);
+    let _ = MIRROR_TLS_SOCKS.insert(&sk, &sock, 0);
+    0
+}
+
+#[inline(always)]
+fn v4_mapped(a: &[u8; 16]) -> bool {
+    a[..10].iter().all(|&b| b == 0) && a[10] == 0xff && a[11] == 0xff
+}
+
+/// A [`kind::CLOSE`] record for a socket that carried TLS plaintext.
+#[inline(always)]
+fn report_close(sock: &TlsSocket) {
+    let Some(mut entry) = MIRROR_TLS_RING.reserve::<TlsRecordHeader>(0) else {
+        count(counter::CLOSE_LOST, 1);
+        return;
+    };
+    let hdr = TlsRecordHeader {
+        // SAFETY: helper without arguments.
+        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ssl: 0,
+        pid: 0,
+        tid: 0,
+        fd: -1,
+        call_len: 0,
+        chunk_offset: 0,
+        captured_len: 0,
+        local_addr: sock.local_addr,
+        remote_addr: sock.remote_addr,
+        local_port: sock.local_port,
+        remote_port: sock.remote_port,
+        family: sock.family,
+        kind: kind::CLOSE,
+        flags: header_flags::ENDPOINTS,
+        _pad: 0,
+    };
+    entry.write(hdr);
+    entry.submit(BPF_RB_NO_WAKEUP as u64);
+    count(counter::RECORDS, 1);
 }

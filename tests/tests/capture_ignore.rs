@@ -67,6 +67,7 @@ fn with_capture<T: Send>(
     let cfg = LiveConfig {
         target: Target::Interfaces(vec![topo.server_if.clone()]),
         skip_bodies: false,
+        tls: Default::default(),
         ports,
         capture_basis_points: 10000,
         ring_size: 1 << 20,

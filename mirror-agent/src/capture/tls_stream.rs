@@ -1,26 +1,32 @@
-//! TLS plaintext as flow segments (issue 14 B, second stage; not wired to live capture yet):
-//! the chunks the TLS uprobes copy ([`super::ebpf::tls::TlsChunk`]) become ordinary segments of
-//! their TCP connection's flow, so reassembly, framing, sampling, replay and the loss ledger are
-//! the TC path's.
+//! TLS plaintext as flow segments (issue 14 B): the records the TLS programs write
+//! ([`super::ebpf::tls::TlsChunk`]) become ordinary segments of their TCP connection's flow, so
+//! reassembly, framing, sampling, replay, compare, recording and the loss ledger are the TC
+//! path's.
 //!
-//! Owns one small state per TLS connection `(process, SSL*)`: its endpoints (resolved once, by
-//! the caller's resolver, from the process and fd), whether this side is the server (its local
-//! port is a captured one; the client side of the same connection, e.g. curl on the same node,
-//! also uses libssl and is counted and left out), and each direction's own byte sequence:
-//! `READ` chunks are the client's bytes, `WRITE` chunks the server's. Bytes the ring lost (a
-//! chunk that never came, a call's tail, user memory that could not be read) advance the
-//! sequence without payload, so reassembly sees a hole, counts it, and the framer resyncs.
+//! Owns one small state per TLS connection `(process, SSL*)`: its endpoints (from the record,
+//! where the kernel knew the socket from its establishment, else resolved once by the caller's
+//! resolver from the process and fd: connections established before the programs were
+//! attached), whether this side is the server (its local port is a captured one; the client
+//! side of the same connection, e.g. curl on the same node, also uses libssl and is counted and
+//! left out), and each direction's own byte sequence: `READ` records are the client's bytes,
+//! `WRITE` records the server's. Bytes the ring lost (a chunk that never came, a call's tail,
+//! user memory that could not be read) advance the sequence without payload, so reassembly sees
+//! a hole, counts it, and the framer resyncs.
 //!
-//! Segments carry no SYN: a connection is seen from its first TLS call after the agent started,
-//! which may be in the middle of a request; the HTTP/1 framer resynchronises as it does for a
-//! connection picked up mid-stream (a fresh TLS connection's first plaintext is a request line).
+//! A connection seen from its first TLS call (the record's `FIRST` flag) starts with a SYN each
+//! way, so the pipeline treats it as a new connection, replacing a flow the classifiers began on
+//! the same addresses before the port was known to carry TLS. One picked up later carries no
+//! SYN and may start in the middle of a request; the HTTP/1 framer resynchronises as it does for
+//! a connection picked up mid-stream. The kernel's close record gives the flow a FIN each way.
 //! Connections are bounded ([`MAX_CONNECTIONS`]); one evicted is resolved again on its next
-//! chunk and starts a new sequence (counted).
+//! chunk and starts a new sequence (counted). Connections resolved here are sampled with the
+//! classifiers' flow hash (the kernel samples those it knows).
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use mirror_common::tls::{MAX_CHUNK, kind};
+use mirror_common::tls::{MAX_CHUNK, header_flags, kind};
+use mirror_common::{TlsRecordHeader, family, flow_hash, sampled};
 
 use super::ebpf::tls::TlsChunk;
 use super::{SegmentDirection, SegmentRef, TcpFlags};
@@ -28,8 +34,8 @@ use super::{SegmentDirection, SegmentRef, TcpFlags};
 /// TLS connections followed at once.
 pub const MAX_CONNECTIONS: usize = 65536;
 
-/// The first sequence number of each direction (any value works: reassembly starts where the
-/// first segment of a flow without SYN starts).
+/// The first sequence number of each direction's data (the SYN of a connection seen from its
+/// start takes the one before).
 const ISN: u32 = 1;
 
 /// Where each chunk went.
@@ -45,13 +51,37 @@ pub struct TlsStreamStats {
     pub client_side_chunks: u64,
     pub client_side_bytes: u64,
     /// Chunks and bytes whose connection could not be found (no fd, or the fd no longer a TCP
-    /// socket when resolved).
+    /// socket when resolved, or procfs not readable).
     pub unresolved_chunks: u64,
     pub unresolved_bytes: u64,
+    /// Chunks and bytes of connections resolved here (established before the programs were
+    /// attached) outside the sampled share of flows. (The kernel leaves out those it knows.)
+    pub sampled_out_chunks: u64,
+    pub sampled_out_bytes: u64,
     /// Bytes the ring lost, passed on as holes in the sequence.
     pub lost_bytes: u64,
     pub connections: u64,
+    /// Connections seen from their first TLS call (their segments start with a SYN).
+    pub connections_from_start: u64,
+    /// Connections whose endpoints came from procfs (established before the programs were
+    /// attached, or the kernel's socket table was full).
+    pub connections_resolved_procfs: u64,
     pub connections_evicted: u64,
+    /// Connections ended by the kernel's close record (their flows get a FIN each way).
+    pub connections_closed: u64,
+    /// Close records of connections not followed (their calls were all lost or left out).
+    pub closes_unmatched: u64,
+}
+
+impl TlsStreamStats {
+    /// Copied bytes that went nowhere: every plaintext byte is in one of the outcomes.
+    pub fn balanced(&self) -> bool {
+        self.bytes
+            == self.segment_bytes
+                + self.client_side_bytes
+                + self.unresolved_bytes
+                + self.sampled_out_bytes
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,6 +91,7 @@ enum Role {
         server: SocketAddr,
     },
     Client,
+    SampledOut,
 }
 
 #[derive(Debug)]
@@ -77,16 +108,23 @@ struct Conn {
 #[derive(Debug)]
 pub struct TlsStreams {
     ports: Vec<u16>,
+    /// `(hash seed, basis points)` when only a share of flows is captured.
+    sample: Option<(u64, u64)>,
     conns: HashMap<(u32, u64), Conn>,
+    /// Server-side connections by (client, server), for the kernel's close records.
+    by_endpoints: HashMap<(SocketAddr, SocketAddr), (u32, u64)>,
     stats: TlsStreamStats,
 }
 
 impl TlsStreams {
-    /// `ports`: the captured (server) ports.
-    pub fn new(ports: Vec<u16>) -> Self {
+    /// `ports`: the captured (server) ports; `sample`: the classifiers' hash seed and basis
+    /// points when they sample flows (applied to connections resolved here).
+    pub fn new(ports: Vec<u16>, sample: Option<(u64, u64)>) -> Self {
         Self {
             ports,
+            sample,
             conns: HashMap::new(),
+            by_endpoints: HashMap::new(),
             stats: TlsStreamStats::default(),
         }
     }
@@ -95,8 +133,9 @@ impl TlsStreams {
         self.stats
     }
 
-    /// One chunk, stamped `ts_ns` (wall clock): its segment, if any, goes to `out`. `resolve`
-    /// gives a process's socket fd as (local, remote) endpoints.
+    /// One record, stamped `ts_ns` (wall clock): its segments, if any, go to `out`. `resolve`
+    /// gives a process's socket fd as (local, remote) endpoints (used for connections the
+    /// kernel has no endpoints for).
     pub fn on_chunk(
         &mut self,
         chunk: &TlsChunk<'_>,
@@ -105,35 +144,90 @@ impl TlsStreams {
         out: &mut impl FnMut(SegmentRef<'_>),
     ) {
         let h = chunk.header;
+        if h.kind == kind::CLOSE {
+            self.close(&h, ts_ns, out);
+            return;
+        }
         let len = chunk.data.len() as u64;
         self.stats.chunks += 1;
         self.stats.bytes += len;
         let key = (h.pid, h.ssl);
-        let known = self
-            .conns
-            .get(&key)
-            .is_some_and(|c| h.fd < 0 || c.fd == h.fd);
+        let kernel_endpoints = header_endpoints(&h);
+        let first = h.flags & header_flags::FIRST != 0 && h.chunk_offset == 0;
+        let known = self.conns.get(&key).is_some_and(|c| {
+            !first
+                && match (kernel_endpoints, c.role) {
+                    (Some((local, remote)), Role::Server { client, server }) => {
+                        (server, client) == (local, remote)
+                    }
+                    (Some(_), _) => false,
+                    (None, _) => h.fd < 0 || c.fd == h.fd,
+                }
+        });
         if !known {
-            let Some((local, remote)) = (h.fd >= 0).then(|| resolve(h.pid, h.fd)).flatten() else {
+            let endpoints = match kernel_endpoints {
+                Some(e) => Some(e),
+                None if h.fd >= 0 => {
+                    let e = resolve(h.pid, h.fd).map(|(l, r)| (unmapped(l), unmapped(r)));
+                    if e.is_some() {
+                        self.stats.connections_resolved_procfs += 1;
+                    }
+                    e
+                }
+                None => None,
+            };
+            let Some((local, remote)) = endpoints else {
                 self.stats.unresolved_chunks += 1;
                 self.stats.unresolved_bytes += len;
                 return;
             };
-            let role = if self.ports.contains(&local.port()) {
+            let role = if !self.ports.contains(&local.port()) {
+                Role::Client
+            } else if kernel_endpoints.is_none() && !self.sampled(remote, local) {
+                Role::SampledOut
+            } else {
                 Role::Server {
                     client: remote,
                     server: local,
                 }
-            } else {
-                Role::Client
             };
+            self.forget(key);
             if self.conns.len() >= MAX_CONNECTIONS
                 && let Some(&victim) = self.conns.keys().next()
             {
-                self.conns.remove(&victim);
+                self.forget(victim);
                 self.stats.connections_evicted += 1;
             }
             self.stats.connections += 1;
+            if let Role::Server { client, server } = role {
+                self.by_endpoints.insert((client, server), key);
+                if first {
+                    // Seen from its start: a SYN each way, so the pipeline frames it as a new
+                    // connection (and replaces a flow the classifiers began on the same
+                    // addresses before the port was known to be TLS).
+                    self.stats.connections_from_start += 1;
+                    for (src, dst, direction, flags) in [
+                        (client, server, SegmentDirection::FromClient, TcpFlags::SYN),
+                        (
+                            server,
+                            client,
+                            SegmentDirection::FromServer,
+                            TcpFlags::SYN | TcpFlags::ACK,
+                        ),
+                    ] {
+                        out(SegmentRef {
+                            src,
+                            dst,
+                            seq: ISN.wrapping_sub(1),
+                            ack: 0,
+                            flags: TcpFlags(flags),
+                            direction: Some(direction),
+                            ts_ns,
+                            payload: &[],
+                        });
+                    }
+                }
+            }
             self.conns.insert(
                 key,
                 Conn {
@@ -145,11 +239,22 @@ impl TlsStreams {
             );
         }
         let conn = self.conns.get_mut(&key).expect("inserted above");
-        let Role::Server { client, server } = conn.role else {
-            self.stats.client_side_chunks += 1;
-            self.stats.client_side_bytes += len;
-            return;
+        let (client, server) = match conn.role {
+            Role::Server { client, server } => (client, server),
+            Role::Client => {
+                self.stats.client_side_chunks += 1;
+                self.stats.client_side_bytes += len;
+                return;
+            }
+            Role::SampledOut => {
+                self.stats.sampled_out_chunks += 1;
+                self.stats.sampled_out_bytes += len;
+                return;
+            }
         };
+        if h.fd >= 0 {
+            conn.fd = h.fd;
+        }
         let dir = usize::from(h.kind != kind::READ);
         // Where this chunk sits in its call, and what of the call the ring lost before it.
         let mut lost = 0u32;
@@ -190,7 +295,110 @@ impl TlsStreams {
         conn.next[dir] = conn.next[dir]
             .wrapping_add(payload.len() as u32)
             .wrapping_add(tail_lost);
+        // Whatever the ring lost of this chunk's payload is accounted as copied-but-lost
+        // above; the chunk's copied bytes beyond its size (none in practice) are not segment
+        // bytes: count them as unresolved so the byte ledger balances.
+        let extra = chunk.data.len() - payload.len();
+        if extra > 0 {
+            self.stats.unresolved_bytes += extra as u64;
+        }
     }
+
+    /// The kernel's close record: a FIN each way for the connection's flow, and it is
+    /// forgotten.
+    fn close(&mut self, h: &TlsRecordHeader, ts_ns: u64, out: &mut impl FnMut(SegmentRef<'_>)) {
+        let Some((local, remote)) = header_endpoints(h) else {
+            self.stats.closes_unmatched += 1;
+            return;
+        };
+        let Some(key) = self.by_endpoints.remove(&(remote, local)) else {
+            self.stats.closes_unmatched += 1;
+            return;
+        };
+        let Some(conn) = self.conns.remove(&key) else {
+            self.stats.closes_unmatched += 1;
+            return;
+        };
+        self.stats.connections_closed += 1;
+        for (dir, src, dst, direction) in [
+            (0, remote, local, SegmentDirection::FromClient),
+            (1, local, remote, SegmentDirection::FromServer),
+        ] {
+            out(SegmentRef {
+                src,
+                dst,
+                seq: conn.next[dir].wrapping_add(conn.call_left[dir]),
+                ack: conn.next[1 - dir],
+                flags: TcpFlags(TcpFlags::FIN | TcpFlags::ACK),
+                direction: Some(direction),
+                ts_ns,
+                payload: &[],
+            });
+        }
+    }
+
+    fn forget(&mut self, key: (u32, u64)) {
+        if let Some(old) = self.conns.remove(&key)
+            && let Role::Server { client, server } = old.role
+            && self.by_endpoints.get(&(client, server)) == Some(&key)
+        {
+            self.by_endpoints.remove(&(client, server));
+        }
+    }
+
+    fn sampled(&self, client: SocketAddr, server: SocketAddr) -> bool {
+        let Some((seed, basis_points)) = self.sample else {
+            return true;
+        };
+        let (c, s) = (addr_bytes(client.ip()), addr_bytes(server.ip()));
+        sampled(
+            flow_hash(seed, &c, client.port(), &s, server.port()),
+            basis_points,
+        )
+    }
+}
+
+/// The record's (local, remote) endpoints when the kernel set them.
+fn header_endpoints(h: &TlsRecordHeader) -> Option<(SocketAddr, SocketAddr)> {
+    if h.flags & header_flags::ENDPOINTS == 0 {
+        return None;
+    }
+    let ip = |a: &[u8; 16]| -> Option<IpAddr> {
+        match h.family {
+            family::IPV4 => Some(Ipv4Addr::new(a[0], a[1], a[2], a[3]).into()),
+            family::IPV6 => Some(Ipv6Addr::from(*a).into()),
+            _ => None,
+        }
+    };
+    Some((
+        SocketAddr::new(ip(&h.local_addr)?, h.local_port),
+        SocketAddr::new(ip(&h.remote_addr)?, h.remote_port),
+    ))
+}
+
+/// An IPv4 peer of an IPv6 socket as IPv4 (the classifiers see its packets so).
+fn unmapped(a: SocketAddr) -> SocketAddr {
+    match a.ip() {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => a,
+        },
+        IpAddr::V4(_) => a,
+    }
+}
+
+/// An address as the kernel programs hash it: IPv4 in the first 4 bytes (an IPv4-mapped IPv6
+/// address as IPv4, as the classifiers see its packets).
+fn addr_bytes(ip: IpAddr) -> [u8; 16] {
+    let mut b = [0u8; 16];
+    match ip {
+        IpAddr::V4(v4) => b[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => b[..4].copy_from_slice(&v4.octets()),
+            None => b = v6.octets(),
+        },
+    }
+    b
 }
 
 #[cfg(test)]
@@ -219,8 +427,14 @@ mod tests {
                 call_len,
                 chunk_offset: off,
                 captured_len: data.len() as u32,
+                local_addr: [0; 16],
+                remote_addr: [0; 16],
+                local_port: 0,
+                remote_port: 0,
+                family: 0,
                 kind,
-                _pad: [0; 7],
+                flags: 0,
+                _pad: 0,
             },
             data,
         }
@@ -231,7 +445,7 @@ mod tests {
 
     /// Runs chunks through, resolving fd 4 as the server's socket and fd 9 as a client's.
     fn run(chunks: &[TlsChunk<'_>]) -> (Seen, TlsStreamStats, u32) {
-        let mut s = TlsStreams::new(vec![443]);
+        let mut s = TlsStreams::new(vec![443], None);
         let mut resolved = 0;
         let mut resolve = |_pid: u32, fd: i32| {
             resolved += 1;
@@ -348,7 +562,7 @@ mod tests {
             chunk(kind::READ, 1, 4, r2.len() as u32, 0, r2),
             chunk(kind::WRITE, 1, 4, ok.len() as u32, 0, ok),
         ];
-        let mut streams = TlsStreams::new(vec![443]);
+        let mut streams = TlsStreams::new(vec![443], None);
         let mut p = Pipeline::new(PipelineConfig {
             ports: vec![443],
             ..PipelineConfig::default()
@@ -374,5 +588,143 @@ mod tests {
         let first = [&r1a[..], &r1b[..]].concat();
         assert_eq!(requests, [&first[..], &r2[..]], "{st}");
         assert_eq!(st.responses, 2, "{st}");
+    }
+
+    /// A record with the endpoints the kernel knew (server 10.0.0.2:443, client
+    /// 10.0.0.1:50000).
+    fn known<'a>(kind: u8, flags: u8, data: &'a [u8]) -> TlsChunk<'a> {
+        let mut c = chunk(kind, 1, 4, data.len() as u32, 0, data);
+        c.header.local_addr[..4].copy_from_slice(&[10, 0, 0, 2]);
+        c.header.remote_addr[..4].copy_from_slice(&[10, 0, 0, 1]);
+        c.header.local_port = 443;
+        c.header.remote_port = 50000;
+        c.header.family = family::IPV4;
+        c.header.flags = header_flags::ENDPOINTS | flags;
+        c
+    }
+
+    /// A connection seen from its first call starts with SYNs, which replace the flow the
+    /// classifiers began with its ciphertext before the port was known to carry TLS; the
+    /// kernel's close record ends it; the pipeline's ledger balances.
+    #[test]
+    fn a_connection_from_its_start_replaces_the_ciphertext_flow_and_closes() {
+        use crate::capture::Segment;
+        use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent};
+        let req = b"GET /x HTTP/1.1\r\nHost: s\r\n\r\n";
+        let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+        let mut p = Pipeline::new(PipelineConfig {
+            ports: vec![443],
+            ..PipelineConfig::default()
+        });
+        let mut out = Vec::new();
+        let (client, server): (SocketAddr, SocketAddr) =
+            (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+        // What the classifiers saw first: the handshake's SYN and a ClientHello.
+        for (src, dst, seq, flags, payload) in [
+            (client, server, 7000u32, TcpFlags::SYN, &[][..]),
+            (server, client, 9000, TcpFlags::SYN | TcpFlags::ACK, &[][..]),
+            (
+                client,
+                server,
+                7001,
+                TcpFlags::ACK,
+                &[0x16, 3, 1, 0, 40, 1, 0][..],
+            ),
+        ] {
+            let direction = Some(if src == client {
+                SegmentDirection::FromClient
+            } else {
+                SegmentDirection::FromServer
+            });
+            p.on_segment(
+                Segment {
+                    src,
+                    dst,
+                    seq,
+                    ack: 0,
+                    flags: TcpFlags(flags),
+                    direction,
+                    ts_ns: 1_000,
+                    payload: bytes::Bytes::copy_from_slice(payload),
+                },
+                &mut out,
+            );
+        }
+        let mut streams = TlsStreams::new(vec![443], None);
+        let mut resolve = |_: u32, _: i32| -> Option<(SocketAddr, SocketAddr)> {
+            panic!("the kernel gave the endpoints")
+        };
+        for c in [
+            known(kind::READ, header_flags::FIRST, req),
+            known(kind::WRITE, 0, ok),
+            known(kind::CLOSE, 0, b""),
+        ] {
+            streams.on_chunk(&c, 2_000, &mut resolve, &mut |seg| {
+                p.on_segment_ref(seg, &mut out)
+            });
+        }
+        let ts = streams.stats();
+        assert_eq!(
+            (
+                ts.connections,
+                ts.connections_from_start,
+                ts.connections_closed
+            ),
+            (1, 1, 1),
+            "{ts:?}"
+        );
+        assert!(ts.balanced(), "{ts:?}");
+        let st = p.stats();
+        assert_eq!(st.flows_superseded, 1, "{st}");
+        assert_eq!(
+            st.flows_closed, 1,
+            "closed by the FINs, not at the end: {st}"
+        );
+        p.finish(&mut out);
+        let st = p.stats();
+        st.check_balance_at_end()
+            .unwrap_or_else(|e| panic!("{e}\n{st}"));
+        let requests: Vec<&[u8]> = out
+            .iter()
+            .filter_map(|e| match e {
+                PipelineEvent::Request(r) => Some(r.request.raw.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(requests, [&req[..]], "{st}");
+        assert_eq!(st.responses, 1, "{st}");
+    }
+
+    /// Connections resolved in userspace are sampled with the classifiers' flow hash.
+    #[test]
+    fn connections_resolved_here_are_sampled_as_the_kernel_would() {
+        let (client, server): (SocketAddr, SocketAddr) =
+            (CLIENT.parse().unwrap(), SERVER.parse().unwrap());
+        let h = flow_hash(
+            42,
+            &addr_bytes(client.ip()),
+            client.port(),
+            &addr_bytes(server.ip()),
+            server.port(),
+        );
+        let kept = h % 10000;
+        for (basis_points, expect_kept) in [(kept + 1, true), (kept, false)] {
+            let mut s = TlsStreams::new(vec![443], Some((42, basis_points)));
+            let mut n = 0;
+            s.on_chunk(
+                &chunk(kind::READ, 1, 4, 3, 0, b"GET"),
+                1,
+                &mut |_, _| Some((server, client)),
+                &mut |_| n += 1,
+            );
+            assert_eq!(n == 1, expect_kept);
+            assert_eq!(s.stats().sampled_out_bytes, if expect_kept { 0 } else { 3 });
+            assert!(s.stats().balanced());
+        }
+        // An IPv4 peer of an IPv6 socket hashes as IPv4.
+        assert_eq!(
+            addr_bytes("::ffff:10.0.0.1".parse().unwrap()),
+            addr_bytes("10.0.0.1".parse().unwrap())
+        );
     }
 }

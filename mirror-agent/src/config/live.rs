@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::ConfigError;
+use crate::capture::ebpf::tls::TlsSetting;
 use crate::capture::ebpf::{AttachPolicy, CopyPolicy, IfacePatterns, LiveConfig, Target};
 use crate::cli::CaptureArgs;
 
@@ -34,6 +35,8 @@ pub struct LiveSettings {
     /// The pipeline omits some bodies and no output needs the raw packets: capture may skip
     /// them too (set by `Settings`).
     pub skip_bodies: bool,
+    /// `--tls` and `--tls-binary`.
+    pub tls: TlsSetting,
 }
 
 impl LiveSettings {
@@ -81,6 +84,7 @@ impl LiveSettings {
             attach: self.attach,
             copy: self.copy,
             skip_bodies: self.skip_bodies,
+            tls: self.tls.clone(),
         })
     }
 }
@@ -123,6 +127,7 @@ pub fn build(
             msg: format!("`{}` is not auto, reserve or scratch", a.capture_copy),
         });
     };
+    let tls = tls_setting(&a.tls, &a.tls_binaries)?;
     let mut unique = Vec::with_capacity(ports.len());
     for &p in ports {
         if !unique.contains(&p) {
@@ -142,5 +147,54 @@ pub fn build(
         write_pcap: None,
         overwrite: false,
         skip_bodies: false,
+        tls,
+    })
+}
+
+/// `--tls off|auto|PATH[,PATH]` and `--tls-binary PATH`: every named file must exist (a
+/// uprobe on a missing file fails at attach, after the environment checks).
+fn tls_setting(tls: &str, binaries: &[PathBuf]) -> Result<TlsSetting, ConfigError> {
+    let missing = |flag, p: &std::path::Path| ConfigError::Flag {
+        flag,
+        msg: format!("{}: no such file", p.display()),
+    };
+    for b in binaries {
+        if !b.is_file() {
+            return Err(missing("--tls-binary", b));
+        }
+    }
+    let setting = match tls.trim() {
+        "" | "off" => TlsSetting::Off,
+        "auto" => TlsSetting::Auto,
+        list => {
+            let files: Vec<PathBuf> = list
+                .split(',')
+                .map(str::trim)
+                .filter(|p| !p.is_empty())
+                .map(PathBuf::from)
+                .collect();
+            if let Some(f) = files.iter().find(|f| !f.is_file()) {
+                return Err(ConfigError::Flag {
+                    flag: "--tls",
+                    msg: format!(
+                        "`{}` is not off, auto or an existing libssl file",
+                        f.display()
+                    ),
+                });
+            }
+            TlsSetting::Files(files)
+        }
+    };
+    Ok(match (setting, binaries.is_empty()) {
+        (s, true) => s,
+        (TlsSetting::Off, false) => TlsSetting::Files(binaries.to_vec()),
+        (TlsSetting::Files(mut f), false) => {
+            f.extend_from_slice(binaries);
+            TlsSetting::Files(f)
+        }
+        // Auto plus binaries: the binaries join what discovery finds.
+        (TlsSetting::Auto | TlsSetting::AutoAnd(_), false) => {
+            TlsSetting::AutoAnd(binaries.to_vec())
+        }
     })
 }

@@ -146,6 +146,8 @@ enum EndReason {
     MaxFlows,
     Memory,
     AtEnd,
+    /// A new connection's SYN on the same addresses.
+    Superseded,
 }
 
 /// The flow table and everything downstream of capture up to requests.
@@ -229,6 +231,17 @@ impl Pipeline {
             return;
         }
         let key = FlowKey::new(src, dst);
+        if flags.syn()
+            && !flags.ack()
+            && let Some(old) = self.flows.lookup(&key)
+            && self
+                .flows
+                .get(old)
+                .is_some_and(|f| f.superseded_by(src, v.seq))
+        {
+            self.end_flow(old, EndReason::Superseded, out);
+            self.closed.remove(&key);
+        }
         let slot = match self.flows.lookup(&key) {
             Some(slot) => slot,
             None => {
@@ -366,6 +379,7 @@ impl Pipeline {
             EndReason::MaxFlows => s.flows_evicted_max_flows += 1,
             EndReason::Memory => s.flows_evicted_memory += 1,
             EndReason::AtEnd => s.flows_open_at_end += 1,
+            EndReason::Superseded => s.flows_superseded += 1,
         }
         flow.close(&self.cfg, &mut self.stats, &mut self.scratch, out);
     }

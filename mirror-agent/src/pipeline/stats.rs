@@ -172,6 +172,9 @@ pub struct PipelineStats {
     pub memory_sheds: u64,
     /// Still open when the input ended.
     pub flows_open_at_end: u64,
+    /// Ended by a new connection's SYN on the same addresses (what they held is counted where
+    /// it was lost).
+    pub flows_superseded: u64,
     /// Ended without ever knowing which side was the client (their payload is `undecided_bytes`).
     pub flows_undecided: u64,
     /// Client side did not start with an HTTP request line (only without `--port`).
@@ -304,7 +307,8 @@ impl PipelineStats {
             + self.flows_idle_expired
             + self.flows_evicted_max_flows
             + self.flows_evicted_memory
-            + self.flows_open_at_end;
+            + self.flows_open_at_end
+            + self.flows_superseded;
         if ended != self.flows {
             return Err(format!(
                 "flows {} != active + closed + idle + expired + evicted + open at end {ended}",
@@ -427,6 +431,7 @@ impl fmt::Display for PipelineStats {
             ("flows_evicted_memory", self.flows_evicted_memory),
             ("memory_sheds", self.memory_sheds),
             ("flows_open_at_end", self.flows_open_at_end),
+            ("flows_superseded", self.flows_superseded),
             ("flows_undecided", self.flows_undecided),
             ("flows_not_http", self.flows_not_http),
             ("flows_h2", self.flows_h2),

@@ -156,6 +156,11 @@ impl Stream {
         }
     }
 
+    /// Sequence number of the stream's first data byte, once the stream has started.
+    pub fn start_seq(&self) -> Option<u32> {
+        (self.state != State::Idle).then_some(self.base_seq)
+    }
+
     /// Feeds one segment. A SYN sets the initial sequence number (its data, TCP Fast Open,
     /// starts at `seq + 1`); without a SYN the stream starts at the first segment seen.
     /// A later SYN does not restart the stream: when a connection's 4-tuple is reused, the

@@ -117,7 +117,8 @@ impl std::fmt::Display for LiveSummary {
              ignored={} empty={} truncated={} unparseable={} load_errors={} malformed_records={} \
              captured={} chunked_records={} chunks_lost={} max_skb_payload={} capture_copy={} \
              interfaces={} iface_attached={} iface_detached={} iface_attach_errors={} \
-             iface_resyncs={} skipped={} skipped_bytes={} skip_requests={} skip_failed={}{}",
+             iface_resyncs={} skipped={} skipped_bytes={} skip_requests={} skip_failed={} \
+             tls_ciphertext={}{}{}",
             self.segments,
             self.payload_bytes,
             k.seen,
@@ -145,6 +146,44 @@ impl std::fmt::Display for LiveSummary {
             k.skipped_bytes,
             k.skip.requested,
             k.skip.failed,
+            k.tls_ciphertext,
+            match &k.tls {
+                Some(t) => format!(
+                    " tls_targets={} tls_socket_tracepoints={} tls_calls={} tls_records={} \
+                     tls_ring_full={} tls_truncated_bytes={} tls_no_fd={} tls_read_errors={} \
+                     tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} \
+                     tls_connections={} tls_connections_from_start={} \
+                     tls_connections_procfs={} tls_connections_closed={} tls_bytes={} \
+                     tls_segment_bytes={} tls_lost_bytes={} tls_client_side_bytes={} \
+                     tls_unresolved_bytes={} tls_sampled_out_bytes={} \
+                     tls_late_ciphertext_segments={} tls_malformed_records={}",
+                    t.targets,
+                    t.socket_tracepoints,
+                    t.kernel.calls,
+                    t.kernel.records,
+                    t.kernel.ring_full,
+                    t.kernel.truncated_bytes,
+                    t.kernel.no_fd,
+                    t.kernel.read_errors,
+                    t.kernel.unmatched,
+                    t.kernel.sampled_out,
+                    t.kernel.close_lost,
+                    t.kernel.sockets,
+                    t.streams.connections,
+                    t.streams.connections_from_start,
+                    t.streams.connections_resolved_procfs,
+                    t.streams.connections_closed,
+                    t.streams.bytes,
+                    t.streams.segment_bytes,
+                    t.streams.lost_bytes,
+                    t.streams.client_side_bytes,
+                    t.streams.unresolved_bytes,
+                    t.streams.sampled_out_bytes,
+                    t.late_ciphertext_segments,
+                    t.malformed_records,
+                ),
+                None => String::new(),
+            },
             match &self.pcap {
                 Some(p) => format!(
                     " pcap_segments={} pcap_dropped={}",

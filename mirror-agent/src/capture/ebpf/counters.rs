@@ -32,6 +32,8 @@ pub struct Counters {
     pub skipped: u64,
     /// Payload bytes of those skbs, not copied.
     pub skipped_bytes: u64,
+    /// Matched packets of ports whose connections are read as TLS plaintext: not recorded.
+    pub tls_ciphertext: u64,
     /// User space: records the reader could not decode (among `records`; should stay 0).
     pub malformed_records: u64,
     /// User space: interfaces the classifiers are attached to now.
@@ -40,6 +42,8 @@ pub struct Counters {
     pub iface: super::IfaceStats,
     /// User space: bodies the programs were told to skip.
     pub skip: super::SkipStats,
+    /// `--tls`: the TLS programs and their reader.
+    pub tls: Option<super::tls::TlsCounters>,
 }
 
 impl Counters {
@@ -68,6 +72,7 @@ impl Counters {
             chunks_lost: get(counter::CHUNKS_LOST)?,
             skipped: get(counter::SKIPPED)?,
             skipped_bytes: get(counter::SKIPPED_BYTES)?,
+            tls_ciphertext: get(counter::TLS_CIPHERTEXT)?,
             max_skb_payload: values(counter::MAX_SKB_PAYLOAD)?
                 .iter()
                 .copied()
@@ -78,6 +83,7 @@ impl Counters {
             interfaces: 0,
             iface: super::IfaceStats::default(),
             skip: super::SkipStats::default(),
+            tls: None,
         })
     }
 
@@ -86,7 +92,8 @@ impl Counters {
     /// per-CPU values are not atomic across counters, so check this when traffic has stopped.
     pub fn balanced(&self) -> bool {
         self.matched
-            == self.ignored
+            == self.tls_ciphertext
+                + self.ignored
                 + self.sampled_out
                 + self.empty
                 + self.captured

@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
-use mirror_common::{config, maps};
+use mirror_common::{config, maps, port_state};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
@@ -83,6 +83,8 @@ pub struct LiveConfig {
     /// The pipeline may ask the ingress programs not to copy bodies nobody needs
     /// ([`skip::BodySkip`]); off when an output keeps the raw packets (`--write-pcap`).
     pub skip_bodies: bool,
+    /// `--tls`: read TLS plaintext through uprobes on libssl ([`tls`]).
+    pub tls: tls::TlsSetting,
 }
 
 impl LiveConfig {
@@ -173,9 +175,20 @@ pub struct AttachedCapture {
     follow: Option<(IfacePatterns, LinkSocket)>,
     /// Bodies nobody needs, when the pipeline may ask for skips.
     body_skip: Option<BodySkip>,
+    /// `--tls`: the TLS programs, the captured ports and the sampling for their reader.
+    tls: Option<AttachedTls>,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
+}
+
+/// The TLS programs attached, and what their reader needs.
+struct AttachedTls {
+    probes: tls::TlsProbes,
+    /// The captured ports.
+    ports: Vec<u16>,
+    /// The classifiers' (hash seed, basis points) when they sample.
+    sample: Option<(u64, u64)>,
 }
 
 /// A running capture: programs attached, ring buffer registered with tokio.
@@ -195,6 +208,8 @@ pub struct LiveCapture {
     monitor: Option<LinkMonitor>,
     /// Bodies nobody needs, when the pipeline may ask for skips ([`Self::skip_bodies`]).
     body_skip: Option<BodySkip>,
+    /// `--tls`: the TLS ring, read next to the classifiers' ring.
+    tls: Option<tls::TlsReader>,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -220,7 +235,34 @@ impl AttachedCapture {
             Target::Interfaces(_) => HookKind::Tc,
             Target::Cgroups(_) => HookKind::Cgroup,
         };
-        let (mut ebpf, copy) = load(cfg.copy, hook, cfg.ring_size, cfg.attach_egress)?;
+        let tls_targets = match &cfg.tls {
+            tls::TlsSetting::Off => None,
+            tls::TlsSetting::Auto | tls::TlsSetting::AutoAnd(_) => {
+                let (mut libs, processes) = tls::discover(&cfg.ports);
+                if let tls::TlsSetting::AutoAnd(binaries) = &cfg.tls {
+                    libs.extend(binaries.iter().cloned());
+                }
+                tracing::info!(
+                    libraries = ?libs,
+                    listeners = ?processes,
+                    "--tls auto: attaching to these libssl files (every process that maps them)"
+                );
+                if libs.is_empty() {
+                    tracing::warn!("--tls auto: no libssl found; TLS plaintext is not read");
+                    None
+                } else {
+                    Some(libs)
+                }
+            }
+            tls::TlsSetting::Files(files) => Some(files.clone()),
+        };
+        let (mut ebpf, copy) = load(
+            cfg.copy,
+            hook,
+            cfg.ring_size,
+            cfg.attach_egress,
+            tls_targets.is_some(),
+        )?;
 
         let mut settings: Array<_, u64> = take(&mut ebpf, maps::CONFIG)?;
         let hash_seed: u64 = rand::random();
@@ -240,7 +282,7 @@ impl AttachedCapture {
         let mut ports: HashMap<_, u16, u8> = take(&mut ebpf, maps::PORTS)?;
         for port in &cfg.ports {
             ports
-                .insert(port, 1, 0)
+                .insert(port, port_state::CAPTURED, 0)
                 .map_err(|source| CaptureError::Map {
                     name: maps::PORTS,
                     source,
@@ -254,6 +296,10 @@ impl AttachedCapture {
         };
         let counters = take(&mut ebpf, maps::COUNTERS)?;
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
+        // Before the classifiers: a TLS port is marked before its first packet is captured.
+        let tls = tls_targets
+            .map(|targets| tls::TlsProbes::attach(&mut ebpf, &targets))
+            .transpose()?;
 
         let (interfaces, follow, mode) = match &cfg.target {
             Target::Interfaces(entries) => {
@@ -315,6 +361,11 @@ impl AttachedCapture {
             interfaces,
             follow,
             body_skip,
+            tls: tls.map(|probes| AttachedTls {
+                probes,
+                ports: cfg.ports.clone(),
+                sample: sample(&cfg, hash_seed),
+            }),
             ebpf,
         })
     }
@@ -355,7 +406,12 @@ impl AttachedCapture {
             }
             None => (None, None),
         };
+        let tls = self
+            .tls
+            .map(|t| t.probes.start_reading(t.ports, t.sample))
+            .transpose()?;
         Ok(LiveCapture {
+            tls,
             ring,
             counters: self.counters,
             ignore: self.ignore,
@@ -397,6 +453,9 @@ impl LiveCapture {
         }
         if let Some(s) = &self.body_skip {
             c.skip = s.stats();
+        }
+        if let Some(t) = &self.tls {
+            c.tls = Some(t.counters()?);
         }
         Ok(c)
     }
@@ -449,7 +508,19 @@ impl LiveCapture {
     /// Waits until the kernel wakes the reader (enough bytes queued) or a drain period passes,
     /// whichever comes first; then [`Self::read_in_place`] takes what is there.
     pub async fn wait(&mut self) -> Result<(), CaptureError> {
+        let tls = async {
+            match &mut self.tls {
+                Some(t) => t.readable().await,
+                None => std::future::pending().await,
+            }
+        };
         tokio::select! {
+            ready = tls => {
+                ready.map_err(|source| CaptureError::Io {
+                    what: "waiting on the TLS ring buffer",
+                    source,
+                })?;
+            }
             guard = self.ring.readable_mut() => {
                 let mut guard = guard.map_err(|source| CaptureError::Io {
                     what: "waiting on the ring buffer",
@@ -466,21 +537,41 @@ impl LiveCapture {
     /// from the ring: the record's slot is released when `f` returns, so whatever `f` keeps it
     /// copies (the pipeline keeps only out-of-order bytes and the requests it frames). Returns
     /// the number of records read; 0 when the ring is empty. Never waits.
+    ///
+    /// With `--tls`, the TLS ring is read first (up to as many records again): its records
+    /// mark the ports that carry TLS, and the classifiers' records of those ports read after
+    /// (ciphertext recorded before the kernel marked the port) are dropped, counted.
     pub fn read_in_place(&mut self, mut f: impl FnMut(SegmentRef<'_>)) -> usize {
-        let ring = self.ring.get_mut();
         let mut n = 0;
-        while n < MAX_BATCH {
-            let Some(item) = ring.next() else { break };
-            self.decoder.visit(&item, &mut f);
-            n += 1;
+        if let Some(t) = &mut self.tls {
+            n += t.read(MAX_BATCH, &mut f);
         }
-        n
+        let ring = self.ring.get_mut();
+        let mut read = 0;
+        while read < MAX_BATCH {
+            let Some(item) = ring.next() else { break };
+            match &mut self.tls {
+                Some(t) => self.decoder.visit(&item, &mut |seg: SegmentRef<'_>| {
+                    if !t.is_ciphertext(&seg) {
+                        f(seg)
+                    }
+                }),
+                None => self.decoder.visit(&item, &mut f),
+            }
+            read += 1;
+        }
+        n + read
     }
 
     /// Raw file descriptor of the ring buffer (for diagnostics).
     pub fn ring_fd(&self) -> i32 {
         self.ring.get_ref().as_raw_fd()
     }
+}
+
+/// The classifiers' sampling as (hash seed, basis points), `None` when every flow is kept.
+fn sample(cfg: &LiveConfig, hash_seed: u64) -> Option<(u64, u64)> {
+    (cfg.capture_basis_points < 10000).then_some((hash_seed, u64::from(cfg.capture_basis_points)))
 }
 
 /// Which kind of program captures.
@@ -502,6 +593,7 @@ fn load(
     hook: HookKind,
     ring_size: u32,
     egress: bool,
+    with_tls: bool,
 ) -> Result<(Ebpf, CopyPath), CaptureError> {
     if hook == HookKind::Cgroup && policy == CopyPolicy::Scratch {
         return Err(CaptureError::Invalid(
@@ -519,18 +611,28 @@ fn load(
                 source: e,
             })? as u32,
         };
-        let mut ebpf = EbpfLoader::new()
+        let mut loader = EbpfLoader::new();
+        loader
             .map_max_entries(maps::RING, ring_size)
-            .map_max_entries(maps::SCRATCH, scratch_entries)
-            // The TLS programs' maps (`tls`): unused by this instance, a page or an entry each.
-            .map_max_entries(mirror_common::tls::RING, 4096)
-            .map_max_entries(mirror_common::tls::ACTIVE, 1)
-            .map_max_entries(mirror_common::tls::FDS, 1)
-            .load(data)
-            .map_err(CaptureError::Load)?;
+            .map_max_entries(maps::SCRATCH, scratch_entries);
+        if with_tls {
+            // The TLS ring as large as the classifiers'.
+            loader.map_max_entries(mirror_common::tls::RING, ring_size);
+        } else {
+            // The TLS programs' maps, unused: a page or an entry each.
+            loader
+                .map_max_entries(mirror_common::tls::RING, 4096)
+                .map_max_entries(mirror_common::tls::ACTIVE, 1)
+                .map_max_entries(mirror_common::tls::FDS, 1)
+                .map_max_entries(mirror_common::tls::SOCKS, 1);
+        }
+        let mut ebpf = loader.load(data).map_err(CaptureError::Load)?;
         match hook {
             HookKind::Tc => attach::load(&mut ebpf, path.programs(), egress)?,
             HookKind::Cgroup => attach::cgroup::load(&mut ebpf, egress)?,
+        }
+        if with_tls {
+            tls::load_programs(&mut ebpf)?;
         }
         Ok(ebpf)
     };
@@ -558,7 +660,7 @@ fn load(
 /// The variant live capture would run with `policy` on this kernel: loads the classifiers
 /// (ingress only, smallest ring) without attaching them. Needs the privileges to load BPF.
 pub fn probe_copy_path(policy: CopyPolicy) -> Result<CopyPath, CaptureError> {
-    load(policy, HookKind::Tc, 4096, false).map(|(_, path)| path)
+    load(policy, HookKind::Tc, 4096, false, false).map(|(_, path)| path)
 }
 
 /// Checks that every interface of `target` exists, or that every cgroup is a cgroup v2

@@ -1,24 +1,36 @@
-//! TLS plaintext from uprobes on libssl (issue 14 B, first stage: the kernel side and its
-//! reader; not yet turned into flow segments nor wired to the agent's flags).
+//! TLS plaintext from uprobes on libssl (issue 14 B): the kernel side's loading and reading.
 //!
-//! Owns loading the TLS programs (`mirror-ebpf/src/tls.rs`) on their own [`Ebpf`] instance,
-//! attaching them (the four SSL calls' entries and returns on one libssl file, for every
-//! process that maps it; the read/write-family syscall tracepoints), and decoding the records
-//! of `MIRROR_TLS_RING` into [`TlsChunk`]s. The TC maps of that instance are made minimal.
+//! Owns attaching the TLS programs (`mirror-ebpf/src/tls.rs`): the four SSL calls' entries and
+//! returns on each target file (a libssl, or a statically linked binary, by symbol; for every
+//! process that maps it, including processes started later), the read/write-family syscall
+//! tracepoints (the call's fd), the socket tracepoints (the call's socket, and its endpoints when
+//! established); decoding the records of `MIRROR_TLS_RING` into [`TlsChunk`]s; finding the
+//! targets for `--tls auto` ([`discover`]). The live capture attaches them on its own [`Ebpf`]
+//! instance (they share the port map and sampling settings with the classifiers, and mark the
+//! ports whose ciphertext the classifiers then leave alone); [`TlsCapture`] runs them alone.
 //!
-//! Needs tracefs for the syscall tracepoints (mounted at `/sys/kernel/tracing` when it is not)
-//! and the privileges to load tracing programs (CAP_BPF and CAP_PERFMON, or root).
+//! Needs tracefs for the tracepoints (mounted at `/sys/kernel/tracing` when it is not) and the
+//! privileges to load tracing programs (CAP_BPF and CAP_PERFMON, or root). The socket
+//! tracepoints (`sock_recv_length`, `sock_send_length`: Linux 6.3) may be missing on older
+//! kernels: the programs then work from fds alone and userspace resolves every connection
+//! through procfs (said at start and in `mirror-agent check`).
 
+use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use aya::maps::{MapData, PerCpuArray, RingBuf};
+use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
-use mirror_common::{TLS_HEADER_LEN, TlsRecordHeader, maps, tls};
+use mirror_common::{TLS_HEADER_LEN, TlsRecordHeader, maps, port_state, tls};
+
+use tokio::io::Interest;
+use tokio::io::unix::AsyncFd;
 
 use super::{CaptureError, object, take};
+use crate::capture::tls_stream::{TlsStreamStats, TlsStreams};
+use crate::capture::{SegmentDirection, SegmentRef, clock};
 
 /// The uprobes: (program, libssl function).
 const PROBES: [(&str, &str); 8] = [
@@ -46,9 +58,11 @@ const SYSCALLS: [&str; 8] = [
 ];
 
 const SYSCALL_PROGRAM: &str = "mirror_tls_syscall";
+const SOCK_IO_PROGRAM: &str = "mirror_tls_sock_io";
+const SOCK_STATE_PROGRAM: &str = "mirror_tls_sock_state";
 const TRACEFS: &str = "/sys/kernel/tracing";
 
-/// One record: a chunk of what one SSL call read or wrote.
+/// One record: a chunk of what one SSL call read or wrote, or a close.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TlsChunk<'a> {
     pub header: TlsRecordHeader,
@@ -73,16 +87,274 @@ pub fn decode(record: &[u8]) -> Option<TlsChunk<'_>> {
     Some(TlsChunk { header, data })
 }
 
-/// The TLS programs loaded and attached to one libssl, and their ring.
+/// The TLS programs' counters, summed over CPUs (see `mirror_common::tls::counter`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsKernelCounters {
+    pub calls: u64,
+    pub records: u64,
+    pub ring_full: u64,
+    pub truncated_bytes: u64,
+    pub no_fd: u64,
+    pub read_errors: u64,
+    pub unmatched: u64,
+    pub sampled_out: u64,
+    pub close_lost: u64,
+    pub sockets: u64,
+}
+
+/// The TLS programs attached on an [`Ebpf`] instance: their ring and counters.
+pub struct TlsProbes {
+    pub(super) ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    /// The files the uprobes are on.
+    pub targets: Vec<PathBuf>,
+    /// The socket tracepoints are attached (else connections are resolved through procfs).
+    pub socket_tracepoints: bool,
+}
+
+/// Loads the TLS programs of `ebpf` into the kernel (not attached). Must run while the maps
+/// they use are still in `ebpf`: a map taken out and dropped is closed, and a program loaded
+/// after cannot refer to it.
+pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
+    for (name, _) in PROBES {
+        let program = uprobe(ebpf, name)?;
+        if program.fd().is_err() {
+            program
+                .load()
+                .map_err(|source| CaptureError::Program { name, source })?;
+        }
+    }
+    for name in [SYSCALL_PROGRAM, SOCK_STATE_PROGRAM, SOCK_IO_PROGRAM] {
+        let program: &mut TracePoint = ebpf
+            .program_mut(name)
+            .ok_or(CaptureError::Missing(name))?
+            .try_into()
+            .map_err(|source| CaptureError::Program { name, source })?;
+        program
+            .load()
+            .map_err(|source| CaptureError::Program { name, source })?;
+    }
+    Ok(())
+}
+
+impl TlsProbes {
+    /// Attaches the TLS programs of `ebpf` (loaded by [`load_programs`]; its TLS maps sized
+    /// by its loader) to `targets` (libssl files or binaries with OpenSSL linked in).
+    pub fn attach(ebpf: &mut Ebpf, targets: &[PathBuf]) -> Result<Self, CaptureError> {
+        mount_tracefs()?;
+        for (name, function) in PROBES {
+            let program = uprobe(ebpf, name)?;
+            for target in targets {
+                program
+                    .attach(function, target, UProbeScope::AllProcesses)
+                    .map_err(|source| CaptureError::Program { name, source })?;
+            }
+        }
+        tracepoint(
+            ebpf,
+            SYSCALL_PROGRAM,
+            SYSCALLS.map(|s| ("syscalls", s)).as_slice(),
+        )?;
+        tracepoint(ebpf, SOCK_STATE_PROGRAM, &[("sock", "inet_sock_set_state")])?;
+        let socket_tracepoints = match tracepoint(
+            ebpf,
+            SOCK_IO_PROGRAM,
+            &[("sock", "sock_recv_length"), ("sock", "sock_send_length")],
+        ) {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    error = %e,
+                    "no sock_recv_length/sock_send_length tracepoints (Linux 6.3): TLS \
+                     connections are found through procfs, and a connection closed before \
+                     its first record is read is lost (counted)"
+                );
+                false
+            }
+        };
+        Ok(Self {
+            ring: take(ebpf, tls::RING)?,
+            counters: take(ebpf, tls::COUNTERS)?,
+            targets: targets.to_vec(),
+            socket_tracepoints,
+        })
+    }
+
+    /// The programs' counters, summed over CPUs.
+    pub fn counters(&self) -> Result<TlsKernelCounters, CaptureError> {
+        read_counters(&self.counters)
+    }
+
+    /// Registers the ring with the current tokio runtime's reactor; `ports`, `sample` as for
+    /// [`TlsStreams::new`].
+    pub(super) fn start_reading(
+        self,
+        ports: Vec<u16>,
+        sample: Option<(u64, u64)>,
+    ) -> Result<TlsReader, CaptureError> {
+        // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, until it is dropped
+        // together with the AsyncFd.
+        let ring = unsafe { AsyncFd::register_with_interest(self.ring, Interest::READABLE) }
+            .map_err(|e| CaptureError::Io {
+                what: "registering the TLS ring buffer with the reactor",
+                source: std::io::Error::from(e),
+            })?;
+        Ok(TlsReader {
+            ring,
+            counters: self.counters,
+            streams: TlsStreams::new(ports, sample),
+            wall_minus_mono: clock::wall_minus_monotonic_ns(),
+            tls_ports: Vec::new(),
+            late: (0, 0),
+            malformed: 0,
+            targets: self.targets,
+            socket_tracepoints: self.socket_tracepoints,
+        })
+    }
+}
+
+fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<TlsKernelCounters, CaptureError> {
+    {
+        let get = |index: u32| -> Result<u64, CaptureError> {
+            Ok(map
+                .get(&index, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: tls::COUNTERS,
+                    source,
+                })?
+                .iter()
+                .sum())
+        };
+        use tls::counter as c;
+        Ok(TlsKernelCounters {
+            calls: get(c::CALLS)?,
+            records: get(c::RECORDS)?,
+            ring_full: get(c::RING_FULL)?,
+            truncated_bytes: get(c::TRUNCATED_BYTES)?,
+            no_fd: get(c::NO_FD)?,
+            read_errors: get(c::READ_ERRORS)?,
+            unmatched: get(c::UNMATCHED)?,
+            sampled_out: get(c::SAMPLED_OUT)?,
+            close_lost: get(c::CLOSE_LOST)?,
+            sockets: get(c::SOCKETS)?,
+        })
+    }
+}
+
+/// What the TLS side of live capture did (the exit summary and the metrics).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TlsCounters {
+    pub kernel: TlsKernelCounters,
+    pub streams: TlsStreamStats,
+    /// Segments (and their payload bytes) of TLS ports the classifiers recorded before the
+    /// port was marked, read after: dropped here, not passed to the pipeline as ciphertext.
+    pub late_ciphertext_segments: u64,
+    pub late_ciphertext_bytes: u64,
+    /// Records the reader could not decode (should stay 0).
+    pub malformed_records: u64,
+    /// Files the uprobes are on.
+    pub targets: u64,
+    /// The socket tracepoints are attached.
+    pub socket_tracepoints: bool,
+}
+
+/// The TLS ring of a running live capture: records become segments ([`TlsStreams`]).
+pub(super) struct TlsReader {
+    ring: AsyncFd<RingBuf<MapData>>,
+    counters: PerCpuArray<MapData, u64>,
+    streams: TlsStreams,
+    wall_minus_mono: u64,
+    /// Ports seen carrying TLS plaintext: the classifiers' records of them are ciphertext.
+    tls_ports: Vec<u16>,
+    late: (u64, u64),
+    malformed: u64,
+    targets: Vec<PathBuf>,
+    socket_tracepoints: bool,
+}
+
+impl TlsReader {
+    /// Hands up to `max` records' segments to `f`; returns the records read.
+    pub(super) fn read(&mut self, max: usize, f: &mut impl FnMut(SegmentRef<'_>)) -> usize {
+        let Self {
+            ring,
+            streams,
+            wall_minus_mono,
+            tls_ports,
+            malformed,
+            ..
+        } = self;
+        let ring = ring.get_mut();
+        let mut resolve = tcp_endpoints;
+        let mut n = 0;
+        while n < max {
+            let Some(item) = ring.next() else { break };
+            n += 1;
+            let Some(chunk) = decode(&item) else {
+                *malformed += 1;
+                continue;
+            };
+            let ts = chunk.header.ts_ns.wrapping_add(*wall_minus_mono);
+            streams.on_chunk(&chunk, ts, &mut resolve, &mut |seg| {
+                if seg.direction == Some(SegmentDirection::FromClient)
+                    && !tls_ports.contains(&seg.dst.port())
+                {
+                    tls_ports.push(seg.dst.port());
+                }
+                f(seg)
+            });
+        }
+        n
+    }
+
+    /// Whether a classifier segment belongs to a port seen carrying TLS (its ciphertext, read
+    /// after the port was marked): counted, to be dropped.
+    pub(super) fn is_ciphertext(&mut self, seg: &SegmentRef<'_>) -> bool {
+        if self.tls_ports.is_empty() {
+            return false;
+        }
+        let server_port = match seg.direction {
+            Some(SegmentDirection::FromServer) => seg.src.port(),
+            _ => seg.dst.port(),
+        };
+        if !self.tls_ports.contains(&server_port) {
+            return false;
+        }
+        self.late.0 += 1;
+        self.late.1 += seg.payload.len() as u64;
+        true
+    }
+
+    pub(super) async fn readable(&mut self) -> std::io::Result<()> {
+        let mut guard = self.ring.readable_mut().await?;
+        guard.clear_ready();
+        Ok(())
+    }
+
+    pub(super) fn counters(&self) -> Result<TlsCounters, CaptureError> {
+        Ok(TlsCounters {
+            kernel: read_counters(&self.counters)?,
+            streams: self.streams.stats(),
+            late_ciphertext_segments: self.late.0,
+            late_ciphertext_bytes: self.late.1,
+            malformed_records: self.malformed,
+            targets: self.targets.len() as u64,
+            socket_tracepoints: self.socket_tracepoints,
+        })
+    }
+}
+
+/// The TLS programs on an instance of their own, without classifiers (tests and diagnostics):
+/// `ports` are the captured (server) ports, whose sockets get endpoints.
 pub struct TlsCapture {
-    ebpf: Ebpf,
-    ring: RingBuf<MapData>,
+    probes: TlsProbes,
+    // Last field: dropped after the maps, detaching the programs.
+    _ebpf: Ebpf,
 }
 
 impl TlsCapture {
     /// Loads the TLS programs and attaches them to `libssl` (every process that maps that
-    /// file) and to the syscall tracepoints. `ring_size`: a power of two of at least 4096.
-    pub fn attach(libssl: &Path, ring_size: u32) -> Result<Self, CaptureError> {
+    /// file) and to the tracepoints. `ring_size`: a power of two of at least 4096.
+    pub fn attach(libssl: &Path, ports: &[u16], ring_size: u32) -> Result<Self, CaptureError> {
         let data = object().ok_or(CaptureError::NoObject)?;
         let mut ebpf = EbpfLoader::new()
             // This instance carries no TC capture: its maps cost a page each.
@@ -95,46 +367,45 @@ impl TlsCapture {
             .map_max_entries(tls::RING, ring_size)
             .load(data)
             .map_err(CaptureError::Load)?;
-        mount_tracefs()?;
-        for (name, function) in PROBES {
-            let program = uprobe(&mut ebpf, name)?;
-            if program.fd().is_err() {
-                program
-                    .load()
-                    .map_err(|source| CaptureError::Program { name, source })?;
-            }
-            program
-                .attach(function, libssl, UProbeScope::AllProcesses)
-                .map_err(|source| CaptureError::Program { name, source })?;
-        }
-        let program: &mut TracePoint = ebpf
-            .program_mut(SYSCALL_PROGRAM)
-            .ok_or(CaptureError::Missing(SYSCALL_PROGRAM))?
-            .try_into()
-            .map_err(|source| CaptureError::Program {
-                name: SYSCALL_PROGRAM,
+        load_programs(&mut ebpf)?;
+        {
+            let mut map: HashMap<_, u16, u8> = HashMap::try_from(
+                ebpf.map_mut(maps::PORTS)
+                    .ok_or(CaptureError::Missing(maps::PORTS))?,
+            )
+            .map_err(|source| CaptureError::Map {
+                name: maps::PORTS,
                 source,
             })?;
-        program.load().map_err(|source| CaptureError::Program {
-            name: SYSCALL_PROGRAM,
-            source,
-        })?;
-        for syscall in SYSCALLS {
-            program
-                .attach("syscalls", syscall)
-                .map_err(|source| CaptureError::Program {
-                    name: SYSCALL_PROGRAM,
+            for port in ports {
+                map.insert(port, port_state::CAPTURED, 0)
+                    .map_err(|source| CaptureError::Map {
+                        name: maps::PORTS,
+                        source,
+                    })?;
+            }
+        }
+        {
+            // Every flow (the config array's other settings are the classifiers').
+            let mut settings: aya::maps::Array<_, u64> = take(&mut ebpf, maps::CONFIG)?;
+            settings
+                .set(mirror_common::config::SAMPLE_BASIS_POINTS, 10000, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: maps::CONFIG,
                     source,
                 })?;
         }
-        let ring = take(&mut ebpf, tls::RING)?;
-        Ok(Self { ebpf, ring })
+        let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()])?;
+        Ok(Self {
+            probes,
+            _ebpf: ebpf,
+        })
     }
 
     /// Hands every record in the ring to `f`; returns how many.
     pub fn drain(&mut self, mut f: impl FnMut(TlsChunk<'_>)) -> usize {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
+        while let Some(item) = self.probes.ring.next() {
             n += 1;
             if let Some(chunk) = decode(&item) {
                 f(chunk);
@@ -143,28 +414,175 @@ impl TlsCapture {
         n
     }
 
-    /// The programs' counters, summed over CPUs, indexed by [`tls::counter`].
-    pub fn counters(&self) -> Result<[u64; tls::counter::LEN as usize], CaptureError> {
-        let map = self
-            .ebpf
-            .map(tls::COUNTERS)
-            .ok_or(CaptureError::Missing(tls::COUNTERS))?;
-        let array = PerCpuArray::<_, u64>::try_from(map).map_err(|source| CaptureError::Map {
-            name: tls::COUNTERS,
-            source,
-        })?;
-        let mut out = [0u64; tls::counter::LEN as usize];
-        for (i, slot) in out.iter_mut().enumerate() {
-            let values = array
-                .get(&(i as u32), 0)
-                .map_err(|source| CaptureError::Map {
-                    name: tls::COUNTERS,
-                    source,
-                })?;
-            *slot = values.iter().sum();
-        }
-        Ok(out)
+    /// The programs' counters.
+    pub fn counters(&self) -> Result<TlsKernelCounters, CaptureError> {
+        self.probes.counters()
     }
+}
+
+/// What `--tls` asks for.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum TlsSetting {
+    /// No TLS programs.
+    #[default]
+    Off,
+    /// The libssl of the processes listening on the captured ports ([`discover`]).
+    Auto,
+    /// As `Auto`, and these binaries (`--tls-binary`).
+    AutoAnd(Vec<PathBuf>),
+    /// These files (libssl, or binaries with OpenSSL linked in).
+    Files(Vec<PathBuf>),
+}
+
+/// Where `--tls auto` attaches: the libssl files mapped by the processes that listen on one of
+/// `ports` (as seen from the agent: through `/proc/PID/root`, so a container's own libssl is
+/// found), and the processes found. When no such process runs yet, the system's own libssl
+/// (`libssl.so.3`, `libssl.so.1.1` in the usual library directories), so servers started later
+/// with it are read.
+pub fn discover(ports: &[u16]) -> (Vec<PathBuf>, Vec<(u32, String)>) {
+    let mut libs = BTreeSet::new();
+    let mut processes = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return (system_libssl(), processes);
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+            continue;
+        };
+        let mapped: BTreeSet<&str> = maps
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(5))
+            .filter(|p| is_libssl(p))
+            .collect();
+        if mapped.is_empty() || !listens_on(pid, ports) {
+            continue;
+        }
+        for path in mapped {
+            libs.insert(PathBuf::from(format!("/proc/{pid}/root{path}")));
+        }
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        processes.push((pid, comm.trim().to_owned()));
+    }
+    // One path per file: processes of one mount namespace map the same file.
+    let mut seen = BTreeSet::new();
+    let libs: Vec<PathBuf> = libs
+        .into_iter()
+        .filter(|p| {
+            std::fs::metadata(p)
+                .map(|m| {
+                    use std::os::unix::fs::MetadataExt;
+                    seen.insert((m.dev(), m.ino()))
+                })
+                .unwrap_or(false)
+        })
+        .collect();
+    if libs.is_empty() {
+        return (system_libssl(), processes);
+    }
+    (libs, processes)
+}
+
+fn is_libssl(path: &str) -> bool {
+    Path::new(path)
+        .file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libssl.so"))
+}
+
+/// The system's libssl files, OpenSSL 3 first.
+fn system_libssl() -> Vec<PathBuf> {
+    let dirs = [
+        "/usr/lib/x86_64-linux-gnu",
+        "/lib/x86_64-linux-gnu",
+        "/usr/lib/aarch64-linux-gnu",
+        "/usr/lib64",
+        "/lib64",
+        "/usr/lib",
+    ];
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for name in ["libssl.so.3", "libssl.so.1.1"] {
+        for dir in dirs {
+            let p = Path::new(dir).join(name);
+            if let Ok(real) = std::fs::canonicalize(&p)
+                && seen.insert(real.clone())
+            {
+                out.push(real);
+                break;
+            }
+        }
+    }
+    out
+}
+
+/// Whether process `pid` holds a listening TCP socket on one of `ports`.
+fn listens_on(pid: u32, ports: &[u16]) -> bool {
+    let mut inodes = BTreeSet::new();
+    for table in ["tcp", "tcp6"] {
+        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+            continue;
+        };
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            // State 0A: LISTEN.
+            if f.get(3) != Some(&"0A") {
+                continue;
+            }
+            let port = f
+                .get(1)
+                .and_then(|a| endpoint(a))
+                .map(|a| a.port())
+                .unwrap_or(0);
+            if ports.contains(&port)
+                && let Some(inode) = f.get(9).and_then(|i| i.parse::<u64>().ok())
+            {
+                inodes.insert(inode);
+            }
+        }
+    }
+    if inodes.is_empty() {
+        return false;
+    }
+    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+        return false;
+    };
+    fds.flatten().any(|fd| {
+        std::fs::read_link(fd.path())
+            .ok()
+            .and_then(|l| socket_inode(l.to_str()?))
+            .is_some_and(|i| inodes.contains(&i))
+    })
+}
+
+fn socket_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("socket:[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}
+
+fn tracepoint(
+    ebpf: &mut Ebpf,
+    name: &'static str,
+    points: &[(&str, &str)],
+) -> Result<(), CaptureError> {
+    let err = |source| CaptureError::Program { name, source };
+    let program: &mut TracePoint = ebpf
+        .program_mut(name)
+        .ok_or(CaptureError::Missing(name))?
+        .try_into()
+        .map_err(err)?;
+    for (category, point) in points {
+        program.attach(category, point).map_err(err)?;
+    }
+    Ok(())
 }
 
 /// The TCP endpoints (local, remote) of the socket `fd` of process `pid`, from procfs: the
@@ -173,12 +591,7 @@ impl TlsCapture {
 /// closed, not a socket, or not TCP.
 pub fn tcp_endpoints(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
     let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode: u64 = link
-        .to_str()?
-        .strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()?;
+    let inode = socket_inode(link.to_str()?)?;
     ["tcp", "tcp6"].iter().find_map(|table| {
         let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
         text.lines().skip(1).find_map(|l| tcp_line(l, inode))

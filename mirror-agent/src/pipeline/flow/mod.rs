@@ -190,6 +190,22 @@ impl Flow {
     /// followed (live capture of requests only, or a flow that is not HTTP), the client's FIN:
     /// every byte it sent has been framed, so nothing more can come that the agent would use,
     /// and the connection must not wait for an idle expiry reported as an eviction.
+    /// Whether a pure SYN from `src` with sequence number `seq` starts a new connection on
+    /// this flow's addresses, not this connection's SYN again: the client stream started at
+    /// another sequence number (a capture source that restarts a connection, such as TLS
+    /// plaintext taking over from the ciphertext the classifiers saw, or a quick port reuse).
+    pub fn superseded_by(&self, src: std::net::SocketAddr, seq: u32) -> bool {
+        match &self.state {
+            State::Undecided { .. } => false,
+            State::Decided(d) => {
+                d.client == src
+                    && d.streams[C2S]
+                        .start_seq()
+                        .is_some_and(|s| s != seq.wrapping_add(1))
+            }
+        }
+    }
+
     pub fn is_closed(&self) -> bool {
         match &self.state {
             State::Undecided { .. } => false,

@@ -391,12 +391,13 @@ pub static DEFS: &[MetricDef] = &[
         kind: Kind::Counter,
         unit: FLOW,
         help: "Connections the flow table gave up with something unfinished, by reason (idle \
-               timeout, max_flows, memory budget).",
+               timeout, max_flows, memory budget, a new connection's SYN on the same addresses).",
         read: |s, o| {
             pipeline(s, o, |ps, o| {
                 p(o, &[(REASON, "idle")], ps.flows_idle_expired);
                 p(o, &[(REASON, "max_flows")], ps.flows_evicted_max_flows);
                 p(o, &[(REASON, "memory")], ps.flows_evicted_memory);
+                p(o, &[(REASON, "superseded")], ps.flows_superseded);
             })
         },
     },
