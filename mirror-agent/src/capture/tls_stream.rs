@@ -13,11 +13,13 @@
 //! user memory that could not be read) advance the sequence without payload, so reassembly sees
 //! a hole, counts it, and the framer resyncs.
 //!
-//! A connection seen from its first TLS call (the record's `FIRST` flag) starts with a SYN each
-//! way, so the pipeline treats it as a new connection, replacing a flow the classifiers began on
-//! the same addresses before the port was known to carry TLS. One picked up later carries no
-//! SYN and may start in the middle of a request; the HTTP/1 framer resynchronises as it does for
-//! a connection picked up mid-stream. The kernel's close record gives the flow a FIN each way.
+//! Every connection starts with a SYN each way, so the pipeline treats it as a new connection,
+//! replacing a flow the classifiers began on the same addresses before the port was known to
+//! carry TLS. A connection seen from its first TLS call (the record's `FIRST` flag) starts at
+//! its first request; one picked up later (open before the agent started) starts where the
+//! server next reads, normally a request line (inside a body, that partial request is counted
+//! as malformed and the framer resyncs). The kernel's close record gives the flow a FIN each
+//! way.
 //! Connections are bounded ([`MAX_CONNECTIONS`]); one evicted is resolved again on its next
 //! chunk and starts a new sequence (counted). Connections resolved here are sampled with the
 //! classifiers' flow hash (the kernel samples those it knows).
@@ -202,30 +204,33 @@ impl TlsStreams {
             if let Role::Server { client, server } = role {
                 self.by_endpoints.insert((client, server), key);
                 if first {
-                    // Seen from its start: a SYN each way, so the pipeline frames it as a new
-                    // connection (and replaces a flow the classifiers began on the same
-                    // addresses before the port was known to be TLS).
                     self.stats.connections_from_start += 1;
-                    for (src, dst, direction, flags) in [
-                        (client, server, SegmentDirection::FromClient, TcpFlags::SYN),
-                        (
-                            server,
-                            client,
-                            SegmentDirection::FromServer,
-                            TcpFlags::SYN | TcpFlags::ACK,
-                        ),
-                    ] {
-                        out(SegmentRef {
-                            src,
-                            dst,
-                            seq: ISN.wrapping_sub(1),
-                            ack: 0,
-                            flags: TcpFlags(flags),
-                            direction: Some(direction),
-                            ts_ns,
-                            payload: &[],
-                        });
-                    }
+                }
+                // A SYN each way, so the pipeline frames it as a new connection and replaces a
+                // flow the classifiers began on the same addresses with its ciphertext (before
+                // the port was known to carry TLS). Also for a connection picked up after its
+                // start: its TLS reads begin where the server next reads, normally a request
+                // line; one picked up inside a body has that partial request counted as
+                // malformed, and the framer resyncs at the next request line.
+                for (src, dst, direction, flags) in [
+                    (client, server, SegmentDirection::FromClient, TcpFlags::SYN),
+                    (
+                        server,
+                        client,
+                        SegmentDirection::FromServer,
+                        TcpFlags::SYN | TcpFlags::ACK,
+                    ),
+                ] {
+                    out(SegmentRef {
+                        src,
+                        dst,
+                        seq: ISN.wrapping_sub(1),
+                        ack: 0,
+                        flags: TcpFlags(flags),
+                        direction: Some(direction),
+                        ts_ns,
+                        payload: &[],
+                    });
                 }
             }
             self.conns.insert(
@@ -467,8 +472,13 @@ mod tests {
                         (SERVER.to_string(), CLIENT.to_string())
                     }
                 );
-                assert!(!seg.flags.syn());
-                segs.push((seg.direction.unwrap(), seg.seq, seg.payload.to_vec()));
+                if seg.flags.syn() {
+                    // A new connection's opening: empty, just before its first byte.
+                    assert!(seg.payload.is_empty());
+                    assert_eq!(seg.seq, ISN - 1);
+                } else {
+                    segs.push((seg.direction.unwrap(), seg.seq, seg.payload.to_vec()));
+                }
             });
         }
         (segs, s.stats(), resolved)
@@ -715,7 +725,7 @@ mod tests {
                 &chunk(kind::READ, 1, 4, 3, 0, b"GET"),
                 1,
                 &mut |_, _| Some((server, client)),
-                &mut |_| n += 1,
+                &mut |seg| n += usize::from(!seg.payload.is_empty()),
             );
             assert_eq!(n == 1, expect_kept);
             assert_eq!(s.stats().sampled_out_bytes, if expect_kept { 0 } else { 3 });
