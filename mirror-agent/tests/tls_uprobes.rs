@@ -2,7 +2,8 @@
 //! a Python `ssl` server (pyenv's Python links the system `libssl.so.3`) and curl over HTTPS on
 //! loopback. The server's `SSL_read_ex` calls must yield the request's exact plaintext, with
 //! the fd of the server's socket for that connection; its `SSL_write_ex` the response; curl's
-//! `SSL_write` (its own BIO: `sendto`) the same request from the client's side. The server's
+//! calls (the client side of a connection to the captured port) are left out in the kernel,
+//! counted. The server's
 //! records carry its connection's endpoints (from the socket tracepoints: the server's port is
 //! a captured one), the first is marked as the connection's first call, and the connection's
 //! close is reported with the same endpoints.
@@ -201,11 +202,10 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
         written.starts_with("HTTP/1.0 200 OK\r\n") && written.ends_with("\r\n\r\ngot 3000"),
         "the server wrote: {written:?}"
     );
-    assert!(
-        String::from_utf8_lossy(&curl_written).starts_with("POST /hello HTTP/1.1\r\n"),
-        "curl's side: {:?}",
-        String::from_utf8_lossy(&curl_written)
-    );
+    // curl's calls are the client side of a connection to a captured port: left out in the
+    // kernel, counted.
+    assert!(curl_written.is_empty(), "curl's side is not copied");
+    assert!(counters.client_side >= 2, "{counters:?}");
     // Every server call carried the fd of its connection's socket, as the server saw it.
     let mut seen = String::new();
     server_out

@@ -66,8 +66,8 @@ pub mod tls {
     pub const ACTIVE: &str = "MIRROR_TLS_ACTIVE";
     /// The fd and socket last seen for `(tgid, SSL*)`.
     pub const FDS: &str = "MIRROR_TLS_FDS";
-    /// Established TCP sockets whose local port is a captured one, by `struct sock *`: their
-    /// endpoints ([`super::TlsSocket`]).
+    /// Established TCP sockets whose local (server side) or remote (client side) port is a
+    /// captured one, by `struct sock *`: their endpoints ([`super::TlsSocket`]).
     pub const SOCKS: &str = "MIRROR_TLS_SOCKS";
     pub const COUNTERS: &str = "MIRROR_TLS_COUNTERS";
 
@@ -111,6 +111,9 @@ pub mod tls {
         pub const TLS_SEEN: u8 = 1;
         /// Outside the sampled share of flows: its calls are not copied.
         pub const SAMPLED_OUT: u8 = 2;
+        /// The client side of a connection to a captured port (a client on the same node):
+        /// its calls are not copied.
+        pub const CLIENT: u8 = 4;
     }
 
     /// Per-CPU counters of the TLS programs.
@@ -137,7 +140,9 @@ pub mod tls {
         pub const CLOSE_LOST: u32 = 8;
         /// Sockets of captured ports noted when established.
         pub const SOCKETS: u32 = 9;
-        pub const LEN: u32 = 10;
+        /// Calls on the client side of a connection to a captured port, not copied.
+        pub const CLIENT_SIDE: u32 = 10;
+        pub const LEN: u32 = 11;
     }
 }
 

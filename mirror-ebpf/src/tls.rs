@@ -191,6 +191,10 @@ fn leave(n: u64) {
         // SAFETY: a map value; its fields are plain data, written in place (a race with
         // another call on the same socket at worst marks FIRST twice).
         let sock = unsafe { &mut *sock };
+        if sock.flags & socket_flags::CLIENT != 0 {
+            count(counter::CLIENT_SIDE, 1);
+            return;
+        }
         if sock.flags & socket_flags::SAMPLED_OUT != 0 {
             count(counter::SAMPLED_OUT, 1);
             return;
@@ -362,7 +366,8 @@ pub fn mirror_tls_sock_io(ctx: TracePointContext) -> u32 {
 }
 
 /// `inet_sock_set_state`: a TCP socket of a captured port established (its endpoints noted,
-/// sampled), or closed (a [`kind::CLOSE`] record when TLS calls used it; the entry removed).
+/// sampled; a client's socket to a captured port noted as such, its calls are left out), or
+/// closed (a [`kind::CLOSE`] record when TLS calls used it; the entry removed).
 #[tracepoint]
 pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
     // SAFETY (all reads): fields of the tracepoint record at their format-file offsets.
@@ -388,17 +393,22 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let local_port = field(state_field::SPORT);
-    // SAFETY: read-only lookup.
-    if unsafe { MIRROR_PORTS.get(&local_port) }.is_none() {
+    let remote_port = field(state_field::DPORT);
+    // SAFETY: read-only lookups.
+    let flags = if unsafe { MIRROR_PORTS.get(&local_port) }.is_some() {
+        0
+    } else if unsafe { MIRROR_PORTS.get(&remote_port) }.is_some() {
+        socket_flags::CLIENT
+    } else {
         return 0;
-    }
+    };
     let mut sock = TlsSocket {
         local_addr: [0; 16],
         remote_addr: [0; 16],
         local_port,
-        remote_port: field(state_field::DPORT),
+        remote_port,
         family: family::IPV4,
-        flags: 0,
+        flags,
         _pad: [0; 2],
     };
     match field(state_field::FAMILY) {
@@ -430,7 +440,7 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
         _ => return 0,
     }
     let basis_points = setting(config::SAMPLE_BASIS_POINTS);
-    if basis_points < 10000 {
+    if flags == 0 && basis_points < 10000 {
         let h = flow_hash(
             setting(config::HASH_SEED),
             &sock.remote_addr,

@@ -46,7 +46,8 @@ impl Summary {
     pub fn assert_kernel_balanced(&self) {
         assert_eq!(
             self.get("matched"),
-            self.get("ignored")
+            self.get("tls_ciphertext")
+                + self.get("ignored")
                 + self.get("sampled_out")
                 + self.get("empty")
                 + self.get("captured")

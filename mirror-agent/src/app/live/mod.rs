@@ -151,7 +151,7 @@ impl std::fmt::Display for LiveSummary {
                 Some(t) => format!(
                     " tls_targets={} tls_socket_tracepoints={} tls_calls={} tls_records={} \
                      tls_ring_full={} tls_truncated_bytes={} tls_no_fd={} tls_read_errors={} \
-                     tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} \
+                     tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} tls_client_side={} \
                      tls_connections={} tls_connections_from_start={} \
                      tls_connections_procfs={} tls_connections_closed={} tls_bytes={} \
                      tls_segment_bytes={} tls_lost_bytes={} tls_client_side_bytes={} \
@@ -169,6 +169,7 @@ impl std::fmt::Display for LiveSummary {
                     t.kernel.sampled_out,
                     t.kernel.close_lost,
                     t.kernel.sockets,
+                    t.kernel.client_side,
                     t.streams.connections,
                     t.streams.connections_from_start,
                     t.streams.connections_resolved_procfs,

@@ -298,7 +298,7 @@ impl AttachedCapture {
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
         // Before the classifiers: a TLS port is marked before its first packet is captured.
         let tls = tls_targets
-            .map(|targets| tls::TlsProbes::attach(&mut ebpf, &targets))
+            .map(|targets| tls::TlsProbes::attach(&mut ebpf, &targets, &cfg.ports))
             .transpose()?;
 
         let (interfaces, follow, mode) = match &cfg.target {

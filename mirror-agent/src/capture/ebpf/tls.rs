@@ -100,6 +100,7 @@ pub struct TlsKernelCounters {
     pub sampled_out: u64,
     pub close_lost: u64,
     pub sockets: u64,
+    pub client_side: u64,
 }
 
 /// The TLS programs attached on an [`Ebpf`] instance: their ring and counters.
@@ -110,6 +111,9 @@ pub struct TlsProbes {
     pub targets: Vec<PathBuf>,
     /// The socket tracepoints are attached (else connections are resolved through procfs).
     pub socket_tracepoints: bool,
+    /// The connections of the captured ports already open when the programs were attached,
+    /// by (pid, fd): the kernel has no endpoints for them ([`snapshot_connections`]).
+    pub open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
 }
 
 /// Loads the TLS programs of `ebpf` into the kernel (not attached). Must run while the maps
@@ -140,7 +144,11 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
 impl TlsProbes {
     /// Attaches the TLS programs of `ebpf` (loaded by [`load_programs`]; its TLS maps sized
     /// by its loader) to `targets` (libssl files or binaries with OpenSSL linked in).
-    pub fn attach(ebpf: &mut Ebpf, targets: &[PathBuf]) -> Result<Self, CaptureError> {
+    pub fn attach(
+        ebpf: &mut Ebpf,
+        targets: &[PathBuf],
+        ports: &[u16],
+    ) -> Result<Self, CaptureError> {
         mount_tracefs()?;
         for (name, function) in PROBES {
             let program = uprobe(ebpf, name)?;
@@ -172,11 +180,19 @@ impl TlsProbes {
                 false
             }
         };
+        // After the socket tracepoints: a connection established in between is in both (the
+        // kernel's endpoints win), none is in neither.
+        let open_before = snapshot_connections(ports);
+        tracing::info!(
+            connections = open_before.len(),
+            "TLS: connections of the captured ports open before attaching, found in procfs"
+        );
         Ok(Self {
             ring: take(ebpf, tls::RING)?,
             counters: take(ebpf, tls::COUNTERS)?,
             targets: targets.to_vec(),
             socket_tracepoints,
+            open_before,
         })
     }
 
@@ -209,6 +225,7 @@ impl TlsProbes {
             malformed: 0,
             targets: self.targets,
             socket_tracepoints: self.socket_tracepoints,
+            open_before: self.open_before,
         })
     }
 }
@@ -237,6 +254,7 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<TlsKernelCounters, C
             sampled_out: get(c::SAMPLED_OUT)?,
             close_lost: get(c::CLOSE_LOST)?,
             sockets: get(c::SOCKETS)?,
+            client_side: get(c::CLIENT_SIDE)?,
         })
     }
 }
@@ -270,6 +288,8 @@ pub(super) struct TlsReader {
     malformed: u64,
     targets: Vec<PathBuf>,
     socket_tracepoints: bool,
+    /// See [`TlsProbes::open_before`].
+    open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
 }
 
 impl TlsReader {
@@ -281,10 +301,14 @@ impl TlsReader {
             wall_minus_mono,
             tls_ports,
             malformed,
+            open_before,
             ..
         } = self;
         let ring = ring.get_mut();
-        let mut resolve = tcp_endpoints;
+        // Connections the kernel has no endpoints for were open before attaching: found in
+        // the snapshot taken then (procfs cannot be read later: the agent has given up the
+        // privileges to look into other processes).
+        let mut resolve = |pid: u32, fd: i32| open_before.get(&(pid, fd)).copied();
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
@@ -395,7 +419,7 @@ impl TlsCapture {
                     source,
                 })?;
         }
-        let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()])?;
+        let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()], ports)?;
         Ok(Self {
             probes,
             _ebpf: ebpf,
@@ -583,6 +607,78 @@ fn tracepoint(
         program.attach(category, point).map_err(err)?;
     }
     Ok(())
+}
+
+/// The established TCP connections with a local or remote port among `ports`, by (pid, fd),
+/// as (local, remote): every process's fds matched against its network namespace's
+/// `/proc/PID/net/tcp{,6}` (read once per namespace). Needs the privileges to read other
+/// processes' fds (root with its capabilities: taken before the agent gives them up).
+pub fn snapshot_connections(
+    ports: &[u16],
+) -> std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)> {
+    use std::collections::HashMap as Map;
+    let mut out = Map::new();
+    let mut by_netns: Map<PathBuf, Map<u64, (SocketAddr, SocketAddr)>> = Map::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|s| s.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
+            continue;
+        };
+        let conns = by_netns.entry(ns).or_insert_with(|| {
+            let mut m = Map::new();
+            for table in ["tcp", "tcp6"] {
+                let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
+                    continue;
+                };
+                for line in text.lines().skip(1) {
+                    let f: Vec<&str> = line.split_whitespace().collect();
+                    // State 01: ESTABLISHED.
+                    if f.get(3) != Some(&"01") {
+                        continue;
+                    }
+                    let (Some(local), Some(remote), Some(inode)) = (
+                        f.get(1).and_then(|a| endpoint(a)),
+                        f.get(2).and_then(|a| endpoint(a)),
+                        f.get(9).and_then(|i| i.parse::<u64>().ok()),
+                    ) else {
+                        continue;
+                    };
+                    if ports.contains(&local.port()) || ports.contains(&remote.port()) {
+                        m.insert(inode, (local, remote));
+                    }
+                }
+            }
+            m
+        });
+        if conns.is_empty() {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
+            continue;
+        };
+        for fd in fds.flatten() {
+            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+                continue;
+            };
+            if let Some(c) = std::fs::read_link(fd.path())
+                .ok()
+                .and_then(|l| socket_inode(l.to_str()?))
+                .and_then(|i| conns.get(&i))
+            {
+                out.insert((pid, n), *c);
+            }
+        }
+    }
+    out
 }
 
 /// The TCP endpoints (local, remote) of the socket `fd` of process `pid`, from procfs: the

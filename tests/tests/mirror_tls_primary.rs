@@ -1,0 +1,324 @@
+//! Privileged: mirroring a primary that terminates TLS itself (issue 14 B), `--tls auto`.
+//!
+//! Real peers: the primary is a Python `ssl` server (pyenv's Python links the system
+//! `libssl.so.3`) that writes the exact decrypted bytes of every request it reads to a file;
+//! clients are curl over HTTPS (a keep-alive connection with two requests, a 300 KB POST) and a
+//! Python TLS client whose connection was opened before the agent started. The agent captures
+//! the server's veth and port with `--tls auto`, which finds the server's libssl; the mirror is
+//! a recording server on the node's loopback. Checked:
+//! - the mirror receives, byte for byte, every request the primary decrypted after the agent
+//!   started, and nothing else (not the ciphertext, not the request sent before the agent ran),
+//!   except the one the server was already waiting for in `SSL_read` when the probes attached:
+//!   a return probe fires only for calls entered after it was attached, so that call is
+//!   invisible (the early connection's `/before-2`; documented in the README);
+//! - the connection opened before the agent started is found through procfs, the new ones from
+//!   the kernel (opened with a SYN, closed with the kernel's close record);
+//! - the classifiers leave the TLS port's ciphertext alone once it is known (counted), and the
+//!   kernel's accounting identity holds with that outcome; no TLS record was lost.
+
+use std::io::{BufRead, BufReader, Write};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use mirror_tests::agent::Agent;
+use mirror_tests::mirror::{Behavior, MirrorTable};
+use mirror_tests::scenario::{Family, curl_ok, noise, start_mirror};
+use mirror_tests::{ChildGuard, TempDir, Topology, privileged_or_skip, wait_for_port};
+
+const TLS_PORT: u16 = 8443;
+const MIRROR_PORT: u16 = 9001;
+
+/// The primary: one thread per connection; each request (head and Content-Length body) is
+/// written as read, decrypted, to `OUTDIR/req-N.bin`, and answered `200 ok`.
+const PRIMARY: &str = r#"
+import os, socket, ssl, sys, threading
+cert, key, host, port, outdir = sys.argv[1:6]
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+ctx.load_cert_chain(cert, key)
+ls = socket.socket(socket.AF_INET)
+ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+ls.bind((host, int(port)))
+ls.listen(64)
+lock = threading.Lock()
+count = [0]
+def serve(c):
+    buf = b""
+    with c:
+        while True:
+            while b"\r\n\r\n" not in buf:
+                d = c.recv(65536)
+                if not d:
+                    return
+                buf += d
+            head, _, rest = buf.partition(b"\r\n\r\n")
+            n = 0
+            for line in head.split(b"\r\n")[1:]:
+                k, _, v = line.partition(b":")
+                if k.strip().lower() == b"content-length":
+                    n = int(v)
+            while len(rest) < n:
+                d = c.recv(65536)
+                if not d:
+                    return
+                rest += d
+            req, buf = head + b"\r\n\r\n" + rest[:n], rest[n:]
+            with lock:
+                count[0] += 1
+                i = count[0]
+            with open(os.path.join(outdir, "req-%04d.bin" % i), "wb") as f:
+                f.write(req)
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+print("listening", flush=True)
+while True:
+    s, _ = ls.accept()
+    try:
+        c = ctx.wrap_socket(s, server_side=True)
+    except Exception:
+        continue
+    threading.Thread(target=serve, args=(c,), daemon=True).start()
+"#;
+
+/// A client whose TLS connection is opened (and used once) before the agent starts: it sends
+/// `/before-1`, prints `sent`, waits for a line on stdin, sends `/before-2` and `/before-3`,
+/// printing `sent` after each answer.
+const EARLY_CLIENT: &str = r#"
+import socket, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((host, port)))
+def req(path):
+    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: primary\r\nX-Conn: early\r\n\r\n")
+    buf = b""
+    while not buf.endswith(b"ok"):
+        d = s.recv(4096)
+        if not d:
+            raise SystemExit("closed")
+        buf += d
+    print("sent", flush=True)
+req(b"/before-1")
+sys.stdin.readline()
+req(b"/before-2")
+req(b"/before-3")
+s.close()
+"#;
+
+fn self_signed(dir: &Path) {
+    let out = Command::new("openssl")
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=primary",
+            "-keyout",
+            "key.pem",
+            "-out",
+            "cert.pem",
+        ])
+        .current_dir(dir)
+        .output()
+        .expect("run openssl");
+    assert!(
+        out.status.success(),
+        "openssl: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The requests the primary decrypted, in the order it read them.
+fn primary_requests(dir: &Path) -> Vec<Vec<u8>> {
+    let mut names: Vec<_> = std::fs::read_dir(dir)
+        .expect("primary's directory")
+        .flatten()
+        .map(|e| e.path())
+        .collect();
+    names.sort();
+    names
+        .iter()
+        .map(|p| std::fs::read(p).expect("a request file"))
+        .collect()
+}
+
+fn line(r: &[u8]) -> String {
+    let end = r.windows(2).position(|w| w == b"\r\n").unwrap_or(r.len());
+    String::from_utf8_lossy(&r[..end]).into_owned()
+}
+
+#[test]
+fn a_tls_primary_is_mirrored_byte_for_byte() {
+    if !privileged_or_skip("a_tls_primary_is_mirrored_byte_for_byte") {
+        return;
+    }
+    let tmp = TempDir::new("mirror-tls-primary");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let seen = dir.join("primary");
+    std::fs::create_dir_all(&seen).unwrap();
+    std::fs::write(dir.join("primary.py"), PRIMARY).unwrap();
+    std::fs::write(dir.join("early.py"), EARLY_CLIENT).unwrap();
+
+    let topo = Topology::new();
+    let server_ip = Topology::SERVER_V4;
+    let mut primary_cmd = topo.server.command("python3");
+    primary_cmd
+        .arg(dir.join("primary.py"))
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(server_ip)
+        .arg(TLS_PORT.to_string())
+        .arg(&seen)
+        .stdout(Stdio::null());
+    let _primary = ChildGuard::spawn("python TLS primary", &mut primary_cmd);
+    wait_for_port(&topo.server, TLS_PORT, Duration::from_secs(10));
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+
+    // A connection opened, and used once, before the agent starts.
+    let mut early = topo
+        .client
+        .command("python3")
+        .arg(dir.join("early.py"))
+        .arg(server_ip)
+        .arg(TLS_PORT.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python TLS client");
+    let mut early_in = early.stdin.take().unwrap();
+    let mut early_out = BufReader::new(early.stdout.take().unwrap());
+    let early = ChildGuard {
+        child: Some(early),
+        what: "early TLS client".into(),
+    };
+    let mut sent = String::new();
+    early_out.read_line(&mut sent).expect("early client");
+    assert_eq!(sent.trim(), "sent", "the early client's first request");
+
+    let port = TLS_PORT.to_string();
+    let mirror_url = format!("http://127.0.0.1:{MIRROR_PORT},name=shadow");
+    let mut agent = Agent::start(
+        &topo.server,
+        &[
+            "--iface",
+            &topo.server_if,
+            "--port",
+            &port,
+            "--tls",
+            "auto",
+            "--mirror",
+            &mirror_url,
+        ],
+        &dir,
+    );
+    assert!(
+        agent.log().contains("libssl"),
+        "--tls auto names what it attached to: {}",
+        agent.log()
+    );
+
+    // The early connection's next requests, then new connections.
+    writeln!(early_in, "go").unwrap();
+    for which in ["second", "third"] {
+        sent.clear();
+        early_out.read_line(&mut sent).expect("early client");
+        assert_eq!(sent.trim(), "sent", "the early client's {which} request");
+    }
+    let base = format!("https://{server_ip}:{TLS_PORT}");
+    let two = curl_ok(
+        &topo,
+        &[
+            "-k",
+            "--http1.1",
+            "-H",
+            "X-Test: keep-alive",
+            &format!("{base}/a?x=1"),
+            &format!("{base}/b"),
+        ],
+    );
+    assert_eq!(two, b"okok", "curl over HTTPS");
+    let upload = dir.join("upload.bin");
+    std::fs::write(&upload, noise(300_000, 7)).unwrap();
+    let up = curl_ok(
+        &topo,
+        &[
+            "-k",
+            "--http1.1",
+            "--data-binary",
+            &format!("@{}", upload.display()),
+            &format!("{base}/upload"),
+        ],
+    );
+    assert_eq!(up, b"ok", "the 300 KB POST");
+
+    let got = mirror.wait_for(4, Duration::from_millis(500), Duration::from_secs(15));
+    drop(early);
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let table = MirrorTable::parse(&log);
+
+    let decrypted = primary_requests(&seen);
+    assert_eq!(
+        decrypted.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        [
+            "GET /before-1 HTTP/1.1",
+            "GET /before-2 HTTP/1.1",
+            "GET /before-3 HTTP/1.1",
+            "GET /a?x=1 HTTP/1.1",
+            "GET /b HTTP/1.1",
+            "POST /upload HTTP/1.1",
+        ],
+        "what the primary read"
+    );
+    // Everything after the agent started but the call in flight at attach, byte for byte,
+    // and nothing else.
+    let mut want: Vec<Vec<u8>> = decrypted[2..].to_vec();
+    let mut mirrored: Vec<Vec<u8>> = got.iter().map(|r| r.bytes.clone()).collect();
+    want.sort();
+    mirrored.sort();
+    assert_eq!(
+        mirrored.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        want.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        "the requests mirrored\n{log}"
+    );
+    assert!(mirrored == want, "byte-identical copies\n{log}");
+    let row = table.row("shadow");
+    assert_eq!(row.sent, 4, "every copy sent: {table:?}");
+    assert!(row.balanced(), "{log}");
+
+    let s = |k: &str| summary.get(k);
+    assert_eq!(s("tls_ring_full"), 0, "{summary:?}");
+    assert_eq!(s("tls_lost_bytes"), 0, "{summary:?}");
+    assert_eq!(s("tls_malformed_records"), 0, "{summary:?}");
+    assert!(s("tls_targets") >= 1, "{summary:?}");
+    assert_eq!(
+        s("tls_connections_procfs"),
+        2,
+        "the early connection (server and client side), found in procfs at start: {summary:?}"
+    );
+    assert!(
+        s("tls_client_side") > 0 && s("tls_client_side_bytes") > 0,
+        "curl's calls left out in the kernel, the early client's here: {summary:?}"
+    );
+    assert_eq!(s("tls_unresolved_bytes"), 0, "{summary:?}");
+    assert_eq!(
+        s("tls_connections_from_start"),
+        2,
+        "curl's two connections, from the kernel: {summary:?}"
+    );
+    // curl's connections end with the kernel's close record; the early one, which the kernel
+    // did not see established, ends by idle expiry or at the end of the run.
+    assert_eq!(s("tls_connections_closed"), 2, "{summary:?}");
+    assert!(
+        s("tls_ciphertext") > 0,
+        "the classifiers left the TLS port's ciphertext alone: {summary:?}"
+    );
+    summary.assert_kernel_balanced();
+    println!("{summary:?}\n{table:?}");
+}
