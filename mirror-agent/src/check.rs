@@ -151,12 +151,19 @@ pub fn run() -> i32 {
     ];
     let seccomp = crate::privileges::seccomp_program(false);
     let (copy_ok, copy_detail) = capture_copy();
+    let (tls_ok, tls_detail) = crate::capture::ebpf::tls::mechanisms();
     let rows = rows.into_iter().chain([
         Row {
             item: "capture copy",
             ok: copy_ok,
             required: false,
             detail: copy_detail,
+        },
+        Row {
+            item: "TLS (--tls)",
+            ok: tls_ok,
+            required: false,
+            detail: tls_detail,
         },
         Row {
             item: "seccomp",

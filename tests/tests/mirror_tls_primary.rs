@@ -322,3 +322,136 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     summary.assert_kernel_balanced();
     println!("{summary:?}\n{table:?}");
 }
+
+/// nginx with `ssl` (the system OpenSSL, its workers unprivileged) as the primary; curl over
+/// HTTPS on one keep-alive connection, `ab` over HTTPS with a new connection per request and
+/// with keep-alive: every request nginx served reaches the mirror, every connection the kernel
+/// saw opened is closed, no TLS record lost.
+#[test]
+fn nginx_over_https_is_mirrored_request_for_request() {
+    if !privileged_or_skip("nginx_over_https_is_mirrored_request_for_request") {
+        return;
+    }
+    const PORT: u16 = 8444;
+    const AB_NEW: usize = 300;
+    const AB_KEEPALIVE: usize = 200;
+    let tmp = TempDir::new("mirror-tls-nginx");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let d = dir.display();
+    std::fs::create_dir_all(dir.join("body")).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
+             server {{\n    listen {ip}:{PORT} ssl;\n    ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
+            ip = Topology::SERVER_V4
+        ),
+    )
+    .unwrap();
+    let topo = Topology::new();
+    let mut nginx_cmd = topo.server.command("nginx");
+    nginx_cmd
+        .args(["-g", "daemon off;", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null());
+    let _nginx = ChildGuard::spawn("nginx", &mut nginx_cmd);
+    wait_for_port(&topo.server, PORT, Duration::from_secs(10));
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let port = PORT.to_string();
+    let mut agent = Agent::start(
+        &topo.server,
+        &[
+            "--iface",
+            &topo.server_if,
+            "--port",
+            &port,
+            "--tls",
+            "auto",
+            "--mirror",
+            &format!("http://127.0.0.1:{MIRROR_PORT},name=shadow"),
+        ],
+        &dir,
+    );
+    assert!(
+        agent.log().contains("\"nginx\""),
+        "--tls auto found nginx: {}",
+        agent.log()
+    );
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    let three = curl_ok(
+        &topo,
+        &[
+            "-k",
+            "--http1.1",
+            &format!("{base}/curl/1"),
+            &format!("{base}/curl/2"),
+            &format!("{base}/curl/3"),
+        ],
+    );
+    assert_eq!(three, b"okokok");
+    for (n, keepalive, path) in [(AB_NEW, false, "/ab/new"), (AB_KEEPALIVE, true, "/ab/keep")] {
+        let mut cmd = topo.client.command("ab");
+        cmd.args(["-q", "-n", &n.to_string(), "-c", "4"]);
+        if keepalive {
+            cmd.arg("-k");
+        }
+        let out = cmd.arg(format!("{base}{path}")).output().expect("run ab");
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && text.contains(&format!("Complete requests:      {n}")),
+            "ab {path}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("Failed requests:        0"),
+            "ab {path}: {text}"
+        );
+    }
+    let total = 3 + AB_NEW + AB_KEEPALIVE;
+    let got = mirror.wait_for(total, Duration::from_millis(500), Duration::from_secs(30));
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let served = std::fs::read_to_string(dir.join("access.log"))
+        .unwrap_or_default()
+        .lines()
+        .count();
+    assert_eq!(served, total, "nginx served every request");
+    let count = |prefix: &str| got.iter().filter(|r| r.line().starts_with(prefix)).count();
+    assert_eq!(
+        (
+            count("GET /curl/"),
+            count("GET /ab/new HTTP/1.0"),
+            count("GET /ab/keep HTTP/1.0")
+        ),
+        (3, AB_NEW, AB_KEEPALIVE),
+        "every request mirrored\n{log}"
+    );
+    assert_eq!(got.len(), total, "nothing else mirrored");
+    let row = MirrorTable::parse(&log).row("shadow").clone();
+    assert_eq!(row.sent, total as u64, "{log}");
+    let s = |k: &str| summary.get(k);
+    assert_eq!(s("tls_ring_full"), 0, "{summary:?}");
+    assert_eq!(s("tls_lost_bytes"), 0, "{summary:?}");
+    assert_eq!(s("tls_unresolved_bytes"), 0, "{summary:?}");
+    // curl's connection, ab's new connections and ab's keep-alive ones (one per concurrent
+    // client), each opened and closed in the kernel's view.
+    let conns = 1 + AB_NEW as u64;
+    assert!(s("tls_connections_from_start") >= conns + 1, "{summary:?}");
+    assert_eq!(
+        s("tls_connections_closed"),
+        s("tls_connections_from_start"),
+        "every connection closed: {summary:?}"
+    );
+    assert!(
+        s("tls_client_side") > 0,
+        "ab's and curl's side left out: {summary:?}"
+    );
+    summary.assert_kernel_balanced();
+    println!("{summary:?}\n{row:?}");
+}

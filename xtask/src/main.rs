@@ -75,9 +75,10 @@ fn main() -> anyhow::Result<()> {
             "mirror" => bench_mirror::run(),
             "connections" => bench_mirror::connections::run(),
             "h2" => bench_mirror::h2::run(),
+            "tls" => bench_mirror::tls::run(),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror, connections, h2)"
+                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror, connections, h2, tls)"
                 )
             }
         },

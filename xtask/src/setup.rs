@@ -48,6 +48,8 @@ const TEST_PACKAGES: &[&str] = &[
     // a recording mirror (plaintext forwarded byte for byte).
     "openssl",
     "socat",
+    // ab over HTTPS drives the nginx TLS primary (tests/tests/mirror_tls_primary.rs).
+    "apache2-utils",
 ];
 
 /// Debian packages `cargo xtask image` and its smoke test run: podman builds the image from

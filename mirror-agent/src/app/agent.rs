@@ -113,7 +113,7 @@ async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError
     driver.pipeline.finish(&mut driver.events);
     driver.handle_events();
     let pipeline_stats = driver.pipeline.stats();
-    let kernel = result.as_ref().ok().map(|s| s.kernel);
+    let kernel = result.as_ref().ok().map(|s| s.kernel.clone());
     let report = driver
         .outputs
         .finish(kernel.as_ref(), Some(&pipeline_stats))
@@ -121,6 +121,9 @@ async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError
     let summary = result?;
     eprint!("{pipeline_stats}");
     report.print();
+    if let Some(t) = &summary.kernel.tls {
+        eprint!("{}", tls_report(t));
+    }
     if let Some(p) = &summary.pcap {
         eprint!("{}", p.summary());
     }
@@ -135,6 +138,36 @@ async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError
         Some(e) => Err(AppError::Incomplete(format!("recording: {e}"))),
         None => Ok(()),
     }
+}
+
+/// The exit report's TLS lines: which processes' plaintext was read ("is this service being
+/// read?"), and what was lost.
+fn tls_report(t: &crate::capture::ebpf::tls::TlsCounters) -> String {
+    let mut out = format!(
+        "TLS plaintext (--tls): uprobes on {} file(s), socket tracepoints {}; {} connection(s) \
+         read, {} record chunk(s) lost to a full ring\n",
+        t.targets,
+        if t.socket_tracepoints {
+            "on"
+        } else {
+            "missing (procfs only)"
+        },
+        t.streams.connections_from_start + t.streams.connections_resolved_procfs,
+        t.kernel.ring_full,
+    );
+    if t.processes.is_empty() {
+        out.push_str("  no process's TLS connections on the captured ports were read\n");
+    }
+    for p in &t.processes {
+        out.push_str(&format!(
+            "  {} (pid {}): {} connection(s), {} plaintext bytes\n",
+            if p.name.is_empty() { "?" } else { &p.name },
+            p.pid,
+            p.connections,
+            p.plaintext_bytes
+        ));
+    }
+    out
 }
 
 /// The consumer of live capture: the pipeline, then the outputs.
@@ -192,7 +225,7 @@ impl live::LiveSink for Driver {
     }
 
     fn kernel_counters(&mut self, counters: &Counters) {
-        self.kernel = Some(*counters);
+        self.kernel = Some(counters.clone());
         // Lift the exclusion of mirror connections closed a while ago (their ports may be
         // handed to other sockets).
         if let Some(ig) = self.ignore.get() {

@@ -36,6 +36,17 @@ use super::{SegmentDirection, SegmentRef, TcpFlags};
 /// TLS connections followed at once.
 pub const MAX_CONNECTIONS: usize = 65536;
 
+/// Processes whose plaintext is counted one by one (the rest are summed under pid 0).
+pub const MAX_PROCESSES: usize = 1024;
+
+/// What one process's TLS connections (server side) gave.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ProcessStats {
+    pub connections: u64,
+    /// Plaintext bytes that became segments.
+    pub bytes: u64,
+}
+
 /// The first sequence number of each direction's data (the SYN of a connection seen from its
 /// start takes the one before).
 const ISN: u32 = 1;
@@ -115,6 +126,8 @@ pub struct TlsStreams {
     conns: HashMap<(u32, u64), Conn>,
     /// Server-side connections by (client, server), for the kernel's close records.
     by_endpoints: HashMap<(SocketAddr, SocketAddr), (u32, u64)>,
+    /// The processes whose plaintext is read (server side), by pid.
+    processes: HashMap<u32, ProcessStats>,
     stats: TlsStreamStats,
 }
 
@@ -127,12 +140,28 @@ impl TlsStreams {
             sample,
             conns: HashMap::new(),
             by_endpoints: HashMap::new(),
+            processes: HashMap::new(),
             stats: TlsStreamStats::default(),
         }
     }
 
     pub fn stats(&self) -> TlsStreamStats {
         self.stats
+    }
+
+    /// The processes whose plaintext is read, by pid (pid 0: those beyond
+    /// [`MAX_PROCESSES`]).
+    pub fn processes(&self) -> &HashMap<u32, ProcessStats> {
+        &self.processes
+    }
+
+    fn process(&mut self, pid: u32) -> &mut ProcessStats {
+        let pid = if self.processes.len() >= MAX_PROCESSES && !self.processes.contains_key(&pid) {
+            0
+        } else {
+            pid
+        };
+        self.processes.entry(pid).or_default()
     }
 
     /// One record, stamped `ts_ns` (wall clock): its segments, if any, go to `out`. `resolve`
@@ -202,6 +231,7 @@ impl TlsStreams {
             }
             self.stats.connections += 1;
             if let Role::Server { client, server } = role {
+                self.process(h.pid).connections += 1;
                 self.by_endpoints.insert((client, server), key);
                 if first {
                     self.stats.connections_from_start += 1;
@@ -300,6 +330,9 @@ impl TlsStreams {
         conn.next[dir] = conn.next[dir]
             .wrapping_add(payload.len() as u32)
             .wrapping_add(tail_lost);
+        if !payload.is_empty() {
+            self.process(h.pid).bytes += payload.len() as u64;
+        }
         // Whatever the ring lost of this chunk's payload is accounted as copied-but-lost
         // above; the chunk's copied bytes beyond its size (none in practice) are not segment
         // bytes: count them as unresolved so the byte ledger balances.

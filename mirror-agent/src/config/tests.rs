@@ -968,3 +968,37 @@ fn mirror_protocol_from_flag_and_file() {
     let e = err(&[], Some(&yaml.replace("protocol: h1", "protocol: spdy")));
     assert!(e.contains("protocol `spdy` is not auto, h1 or h2"), "{e}");
 }
+
+#[test]
+fn tls_flags_name_files_that_exist() {
+    use crate::capture::ebpf::tls::TlsSetting;
+    fn with<'a>(extra: &[&'a str]) -> Vec<&'a str> {
+        ["--iface", "lo", "--port", "443"]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect()
+    }
+    assert!(
+        usage_message(&with(&["--tls", "/no/such/libssl.so.3"]))
+            .contains("--tls: `/no/such/libssl.so.3` is not off, auto or an existing libssl file")
+    );
+    assert!(
+        usage_message(&with(&["--tls-binary", "/no/such/server"]))
+            .contains("--tls-binary: /no/such/server: no such file")
+    );
+    let tls = |extra: &[&str]| live_check(&with(extra)).expect("valid flags").tls;
+    assert_eq!(tls(&[]), TlsSetting::Off);
+    assert_eq!(tls(&["--tls", "auto"]), TlsSetting::Auto);
+    // Any existing file is taken (whether it has the SSL symbols shows at attach).
+    let this = std::env::current_exe().unwrap();
+    let path = this.to_str().unwrap();
+    assert_eq!(tls(&["--tls", path]), TlsSetting::Files(vec![this.clone()]));
+    assert_eq!(
+        tls(&["--tls-binary", path]),
+        TlsSetting::Files(vec![this.clone()])
+    );
+    assert_eq!(
+        tls(&["--tls", "auto", "--tls-binary", path]),
+        TlsSetting::AutoAnd(vec![this])
+    );
+}

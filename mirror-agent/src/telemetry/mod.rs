@@ -138,7 +138,7 @@ impl SnapshotUpdater {
         replay: Option<&ReplaySnapshot>,
     ) {
         let mut s = crate::sync::lock(&self.snapshots);
-        s.kernel = kernel.copied();
+        s.kernel = kernel.cloned();
         s.pipeline = pipeline.cloned();
         s.replay = replay.cloned();
         s.otlp = self.export_stats.as_ref().map(|e| e.snapshot());

@@ -109,6 +109,32 @@ pub fn bpf_prog_stats(pid: u32) -> (u64, u64) {
     total
 }
 
+/// [`bpf_prog_stats`] by program type (`prog_type:` in fdinfo: 2 kprobe/uprobe, 3 sched_cls,
+/// 5 tracepoint, ...).
+pub fn bpf_prog_stats_by_type(pid: u32) -> std::collections::HashMap<u32, (u64, u64)> {
+    let mut out = std::collections::HashMap::new();
+    let Ok(dir) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let Ok(info) = std::fs::read_to_string(entry.path()) else {
+            continue;
+        };
+        let field = |name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        let Some(kind) = field("prog_type:") else {
+            continue;
+        };
+        let e: &mut (u64, u64) = out.entry(kind as u32).or_default();
+        e.0 += field("run_time_ns:").unwrap_or(0);
+        e.1 += field("run_cnt:").unwrap_or(0);
+    }
+    out
+}
+
 /// Turns on the kernel's BPF run-time statistics (`kernel.bpf_stats_enabled`, off by default:
 /// it adds two clock reads per program run) and restores the previous value on drop.
 pub struct BpfStats {

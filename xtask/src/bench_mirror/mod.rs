@@ -48,13 +48,15 @@
 //! `MIRROR_BENCH_CONNECTIONS` (wrk's client connections, 32 by default; issue 17 asks for 1000
 //! and 10000),
 //! `MIRROR_BENCH_COMPARE=0` (skip the comparison run), `MIRROR_BENCH_H2=0` (skip the HTTP/2
-//! section, [`h2`], which otherwise follows the HTTP/1.1 report), `MIRROR_BENCH_AGENT` (an agent binary to
+//! section, [`h2`], which otherwise follows the HTTP/1.1 report), `MIRROR_BENCH_TLS=0` (skip the
+//! TLS section, [`tls`], which follows the HTTP/2 one), `MIRROR_BENCH_AGENT` (an agent binary to
 //! use instead of building the release one, for before/after pairs), and any `MIRROR_*` option
 //! of the agent itself (e.g. `MIRROR_QUEUE_SIZE`), which the agent inherits and the bench prints.
 
 pub mod connections;
 pub mod h2;
 mod measure;
+pub mod tls;
 mod world;
 
 use std::path::PathBuf;
@@ -315,6 +317,11 @@ pub fn run() -> Result<()> {
     if env("MIRROR_BENCH_H2").is_none_or(|v| v != "0") {
         println!("\n## HTTP/2 section (`cargo xtask bench h2`; MIRROR_BENCH_H2=0 leaves it out)\n");
         h2::run()?;
+    }
+    // Issue 14's TLS section (also on its own: `cargo xtask bench tls`).
+    if env("MIRROR_BENCH_TLS").is_none_or(|v| v != "0") {
+        println!("\n## TLS section (`cargo xtask bench tls`; MIRROR_BENCH_TLS=0 leaves it out)\n");
+        tls::run()?;
     }
     Ok(())
 }

@@ -74,6 +74,50 @@ impl World {
         Ok(i)
     }
 
+    /// [`Self::nginx`] terminating TLS itself (`ssl`, a self-signed certificate made here with
+    /// the openssl CLI).
+    pub fn nginx_tls(&mut self, ns: &str, name: &str, host: &str) -> Result<usize> {
+        let d = self.dir.display().to_string();
+        let made = Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-days",
+                "1",
+                "-subj",
+                "/CN=primary",
+            ])
+            .arg("-keyout")
+            .arg(self.dir.join(format!("{name}.key")))
+            .arg("-out")
+            .arg(self.dir.join(format!("{name}.pem")))
+            .stderr(Stdio::null())
+            .status()
+            .context("running openssl")?;
+        if !made.success() {
+            bail!("openssl req failed");
+        }
+        let conf = self.dir.join(format!("{name}.conf"));
+        let plain = nginx_conf(&self.dir, name, host, false);
+        let tls = plain.replace(
+            &format!("listen {host}:{PORT};"),
+            &format!(
+                "listen {host}:{PORT} ssl;\n    ssl_certificate {d}/{name}.pem;\n    \
+                 ssl_certificate_key {d}/{name}.key;"
+            ),
+        );
+        std::fs::write(&conf, tls)?;
+        let i = self.spawn(
+            ns_cmd(ns, "nginx").args(["-c", conf.to_str().unwrap(), "-g", "daemon off;"]),
+            name,
+        )?;
+        wait_port(ns, host, PORT, || Ok(()))?;
+        Ok(i)
+    }
+
     /// Spawns with stdout/stderr into `<dir>/<name>.out|.err`; returns the child's index.
     pub fn spawn(&mut self, cmd: &mut Command, name: &str) -> Result<usize> {
         let child = cmd

@@ -7,7 +7,7 @@ use super::CaptureError;
 
 /// Totals over all CPUs of the classifier counters (see `mirror_common::counter`), plus what the
 /// ring reader counts in user space.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Counters {
     pub seen: u64,
     pub matched: u64,

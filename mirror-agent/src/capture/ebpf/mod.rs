@@ -444,7 +444,7 @@ impl LiveCapture {
     }
 
     /// Sums of the per-CPU kernel counters, and the reader's own.
-    pub fn counters(&self) -> Result<Counters, CaptureError> {
+    pub fn counters(&mut self) -> Result<Counters, CaptureError> {
         let mut c = Counters::read(&self.counters)?;
         c.malformed_records = self.decoder.malformed();
         if let Some(i) = &self.interfaces {
@@ -454,7 +454,7 @@ impl LiveCapture {
         if let Some(s) = &self.body_skip {
             c.skip = s.stats();
         }
-        if let Some(t) = &self.tls {
+        if let Some(t) = &mut self.tls {
             c.tls = Some(t.counters()?);
         }
         Ok(c)

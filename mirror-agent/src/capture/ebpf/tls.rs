@@ -226,6 +226,7 @@ impl TlsProbes {
             targets: self.targets,
             socket_tracepoints: self.socket_tracepoints,
             open_before: self.open_before,
+            names: std::collections::HashMap::new(),
         })
     }
 }
@@ -259,8 +260,19 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<TlsKernelCounters, C
     }
 }
 
+/// A process whose TLS plaintext is read (the server side of its connections).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsProcess {
+    /// 0: the processes beyond the ones counted one by one.
+    pub pid: u32,
+    /// Its `comm` ("" when gone before it was read).
+    pub name: String,
+    pub connections: u64,
+    pub plaintext_bytes: u64,
+}
+
 /// What the TLS side of live capture did (the exit summary and the metrics).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct TlsCounters {
     pub kernel: TlsKernelCounters,
     pub streams: TlsStreamStats,
@@ -274,6 +286,8 @@ pub struct TlsCounters {
     pub targets: u64,
     /// The socket tracepoints are attached.
     pub socket_tracepoints: bool,
+    /// The processes read, by pid.
+    pub processes: Vec<TlsProcess>,
 }
 
 /// The TLS ring of a running live capture: records become segments ([`TlsStreams`]).
@@ -290,6 +304,8 @@ pub(super) struct TlsReader {
     socket_tracepoints: bool,
     /// See [`TlsProbes::open_before`].
     open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
+    /// Process names, read once per pid (bounded as the processes are).
+    names: std::collections::HashMap<u32, String>,
 }
 
 impl TlsReader {
@@ -354,8 +370,25 @@ impl TlsReader {
         Ok(())
     }
 
-    pub(super) fn counters(&self) -> Result<TlsCounters, CaptureError> {
+    pub(super) fn counters(&mut self) -> Result<TlsCounters, CaptureError> {
+        let mut processes: Vec<TlsProcess> = self
+            .streams
+            .processes()
+            .iter()
+            .map(|(&pid, p)| TlsProcess {
+                pid,
+                name: self
+                    .names
+                    .entry(pid)
+                    .or_insert_with(|| process_name(pid))
+                    .clone(),
+                connections: p.connections,
+                plaintext_bytes: p.bytes,
+            })
+            .collect();
+        processes.sort_by_key(|p| p.pid);
         Ok(TlsCounters {
+            processes,
             kernel: read_counters(&self.counters)?,
             streams: self.streams.stats(),
             late_ciphertext_segments: self.late.0,
@@ -583,6 +616,56 @@ fn listens_on(pid: u32, ports: &[u16]) -> bool {
             .and_then(|l| socket_inode(l.to_str()?))
             .is_some_and(|i| inodes.contains(&i))
     })
+}
+
+/// What `--tls` needs from this node, for `mirror-agent check`: `(ok, detail)`. Mounts tracefs
+/// when it is not (as the agent does) to look for the tracepoints.
+pub fn mechanisms() -> (bool, String) {
+    let uprobes = Path::new("/sys/bus/event_source/devices/uprobe/type").exists();
+    let tracefs = mount_tracefs().is_ok();
+    let event = |p: &str| tracefs && Path::new(TRACEFS).join("events").join(p).is_dir();
+    let syscalls = SYSCALLS.iter().all(|s| event(&format!("syscalls/{s}")));
+    let state = event("sock/inet_sock_set_state");
+    let sock_io = event("sock/sock_recv_length") && event("sock/sock_send_length");
+    let libssl = system_libssl();
+    let yes = |b: bool| if b { "yes" } else { "MISSING" };
+    let detail = format!(
+        "uprobes {}, syscall tracepoints {}, inet_sock_set_state {}, sock_recv/send_length {}{}; \
+         system libssl: {}",
+        yes(uprobes),
+        yes(syscalls),
+        yes(state),
+        if sock_io {
+            "yes"
+        } else {
+            "no (Linux < 6.3: connections found through procfs only)"
+        },
+        if tracefs {
+            ""
+        } else {
+            " (tracefs could not be mounted)"
+        },
+        if libssl.is_empty() {
+            "none found".into()
+        } else {
+            libssl
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        }
+    );
+    (uprobes && syscalls && state, detail)
+}
+
+/// A process's `comm` (world-readable), "" when it is gone; pid 0 names the rest.
+fn process_name(pid: u32) -> String {
+    if pid == 0 {
+        return "(other processes)".into();
+    }
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }
 
 fn socket_inode(link: &str) -> Option<u64> {

@@ -135,6 +135,15 @@ fn kernel(s: &Snapshots, out: &mut Vec<Point>, f: fn(&Counters, &mut Vec<Point>)
         f(k, out)
     }
 }
+fn tls(
+    s: &Snapshots,
+    out: &mut Vec<Point>,
+    f: fn(&crate::capture::ebpf::tls::TlsCounters, &mut Vec<Point>),
+) {
+    if let Some(t) = s.kernel.as_ref().and_then(|k| k.tls.as_ref()) {
+        f(t, out)
+    }
+}
 fn pipeline(s: &Snapshots, out: &mut Vec<Point>, f: fn(&PipelineStats, &mut Vec<Point>)) {
     if let Some(ps) = &s.pipeline {
         f(ps, out)
@@ -181,6 +190,7 @@ const KIND: &str = "kind";
 const METHOD: &str = "http.request.method";
 const ROUTE: &str = "http.route";
 const RESULT: &str = "result";
+const OUTCOME: &str = "outcome";
 const STATUS_CLASS: &str = "http.response.status_class";
 
 const DROP_REASONS: [(DropReason, &str); 5] = [
@@ -268,12 +278,13 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.kernel.packets.skipped",
         kind: Kind::Counter,
         unit: PACKET,
-        help: "Packets deliberately not recorded, by reason (ignored: the agent's own flows; empty: no payload; unparseable headers).",
+        help: "Packets deliberately not recorded, by reason (ignored: the agent's own flows; empty: no payload; unparseable headers; tls_ciphertext: a port read as TLS plaintext).",
         read: |s, o| {
             kernel(s, o, |k, o| {
                 p(o, &[(REASON, "ignored")], k.ignored);
                 p(o, &[(REASON, "empty")], k.empty);
                 p(o, &[(REASON, "unparseable")], k.unparseable);
+                p(o, &[(REASON, "tls_ciphertext")], k.tls_ciphertext);
             })
         },
     },
@@ -290,6 +301,99 @@ pub static DEFS: &[MetricDef] = &[
         unit: Unit::Bytes,
         help: "TCP payload bytes not copied because they lay inside request bodies no output needs (mirrorBody false or over maxBodySize, no --record, --compare or --write-pcap).",
         read: |s, o| kernel(s, o, |k, o| p(o, &[], k.skipped_bytes)),
+    },
+    // ---- TLS plaintext (--tls) ----
+    MetricDef {
+        name: "mirror.tls.calls",
+        kind: Kind::Counter,
+        unit: Unit::Count("{call}"),
+        help: "SSL_read/SSL_write calls the uprobes saw return data, by result (copied; client_side: the client's end of a connection to a captured port; sampled_out).",
+        read: |s, o| {
+            tls(s, o, |t, o| {
+                p(o, &[(RESULT, "copied")], t.kernel.calls);
+                p(o, &[(RESULT, "client_side")], t.kernel.client_side);
+                p(o, &[(RESULT, "sampled_out")], t.kernel.sampled_out);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.tls.lost",
+        kind: Kind::Counter,
+        unit: Unit::Count("{record}"),
+        help: "TLS records lost, by reason (ring_full: chunks of calls; close: close reports; unmatched: returns without their call; read_error: user memory not readable).",
+        read: |s, o| {
+            tls(s, o, |t, o| {
+                p(o, &[(REASON, "ring_full")], t.kernel.ring_full);
+                p(o, &[(REASON, "close")], t.kernel.close_lost);
+                p(o, &[(REASON, "unmatched")], t.kernel.unmatched);
+                p(o, &[(REASON, "read_error")], t.kernel.read_errors);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.tls.plaintext.size",
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "TLS plaintext bytes, by outcome (segment: passed to the pipeline; lost: holes from lost records; client_side, unresolved: no captured connection; sampled_out).",
+        read: |s, o| {
+            tls(s, o, |t, o| {
+                let st = &t.streams;
+                p(o, &[(OUTCOME, "segment")], st.segment_bytes);
+                p(o, &[(OUTCOME, "lost")], st.lost_bytes);
+                p(o, &[(OUTCOME, "client_side")], st.client_side_bytes);
+                p(o, &[(OUTCOME, "unresolved")], st.unresolved_bytes);
+                p(o, &[(OUTCOME, "sampled_out")], st.sampled_out_bytes);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.tls.connections",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "TLS connections read, by source (kernel: seen established; procfs: open before the agent started).",
+        read: |s, o| {
+            tls(s, o, |t, o| {
+                let st = &t.streams;
+                p(o, &[("source", "kernel")], st.connections_from_start);
+                p(o, &[("source", "procfs")], st.connections_resolved_procfs);
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.tls.process.connections",
+        kind: Kind::Counter,
+        unit: FLOW,
+        help: "TLS connections whose plaintext is read, by process (the answer to: is this service being read?).",
+        read: |s, o| {
+            tls(s, o, |t, o| {
+                for pr in &t.processes {
+                    let pid = pr.pid.to_string();
+                    p(
+                        o,
+                        &[("process.pid", &pid), ("process.executable.name", &pr.name)],
+                        pr.connections,
+                    );
+                }
+            })
+        },
+    },
+    MetricDef {
+        name: "mirror.tls.process.plaintext.size",
+        kind: Kind::Counter,
+        unit: Unit::Bytes,
+        help: "TLS plaintext bytes passed to the pipeline, by process.",
+        read: |s, o| {
+            tls(s, o, |t, o| {
+                for pr in &t.processes {
+                    let pid = pr.pid.to_string();
+                    p(
+                        o,
+                        &[("process.pid", &pid), ("process.executable.name", &pr.name)],
+                        pr.plaintext_bytes,
+                    );
+                }
+            })
+        },
     },
     // ---- interfaces followed (--iface globs) ----
     MetricDef {

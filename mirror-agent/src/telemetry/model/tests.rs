@@ -55,6 +55,20 @@ pub(super) fn all() -> Snapshots {
             matched: 90,
             ring_full: 3,
             malformed_records: 2,
+            tls: Some(crate::capture::ebpf::tls::TlsCounters {
+                kernel: crate::capture::ebpf::tls::TlsKernelCounters {
+                    calls: 11,
+                    client_side: 4,
+                    ..Default::default()
+                },
+                processes: vec![crate::capture::ebpf::tls::TlsProcess {
+                    pid: 42,
+                    name: "nginx".into(),
+                    connections: 3,
+                    plaintext_bytes: 900,
+                }],
+                ..Default::default()
+            }),
             ..Default::default()
         }),
         pipeline: Some(ps),
@@ -217,6 +231,19 @@ fn values_come_from_the_snapshots() {
         Some(3.0)
     );
     assert_eq!(value(&s, "mirror.http.requests", &[]), Some(7.0));
+    // Which processes' TLS plaintext is read.
+    assert_eq!(
+        value(
+            &s,
+            "mirror.tls.process.connections",
+            &[("process.pid", "42"), ("process.executable.name", "nginx")]
+        ),
+        Some(3.0)
+    );
+    assert_eq!(
+        value(&s, "mirror.tls.calls", &[("result", "client_side")]),
+        Some(4.0)
+    );
     assert_eq!(
         value(
             &s,
