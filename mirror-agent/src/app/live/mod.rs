@@ -155,7 +155,7 @@ impl std::fmt::Display for LiveSummary {
                      tls_connections={} tls_connections_from_start={} \
                      tls_connections_procfs={} tls_connections_closed={} tls_bytes={} \
                      tls_segment_bytes={} tls_lost_bytes={} tls_client_side_bytes={} \
-                     tls_unresolved_bytes={} tls_sampled_out_bytes={} \
+                     tls_unresolved_bytes={} tls_other_bytes={} tls_sampled_out_bytes={} \
                      tls_late_ciphertext_segments={} tls_malformed_records={}",
                     t.targets,
                     t.socket_tracepoints,
@@ -179,6 +179,7 @@ impl std::fmt::Display for LiveSummary {
                     t.streams.lost_bytes,
                     t.streams.client_side_bytes,
                     t.streams.unresolved_bytes,
+                    t.streams.other_bytes,
                     t.streams.sampled_out_bytes,
                     t.late_ciphertext_segments,
                     t.malformed_records,

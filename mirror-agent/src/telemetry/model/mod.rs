@@ -334,7 +334,7 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.tls.plaintext.size",
         kind: Kind::Counter,
         unit: Unit::Bytes,
-        help: "TLS plaintext bytes, by outcome (segment: passed to the pipeline; lost: holes from lost records; client_side, unresolved: no captured connection; sampled_out).",
+        help: "TLS plaintext bytes, by outcome (segment: passed to the pipeline; lost: holes from lost records; client_side: the client's end of a captured connection; unresolved: no fd to tell; other: not a captured port's connection; sampled_out).",
         read: |s, o| {
             tls(s, o, |t, o| {
                 let st = &t.streams;
@@ -342,6 +342,7 @@ pub static DEFS: &[MetricDef] = &[
                 p(o, &[(OUTCOME, "lost")], st.lost_bytes);
                 p(o, &[(OUTCOME, "client_side")], st.client_side_bytes);
                 p(o, &[(OUTCOME, "unresolved")], st.unresolved_bytes);
+                p(o, &[(OUTCOME, "other")], st.other_bytes);
                 p(o, &[(OUTCOME, "sampled_out")], st.sampled_out_bytes);
             })
         },
