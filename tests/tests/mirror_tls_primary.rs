@@ -27,6 +27,11 @@ use mirror_tests::scenario::{Family, curl_ok, noise, start_mirror};
 use mirror_tests::{ChildGuard, TempDir, Topology, privileged_or_skip, wait_for_port};
 
 const TLS_PORT: u16 = 8443;
+
+/// The tests of this file run one at a time: the uprobes are on the system libssl for every
+/// process, so each agent would also see the other test's TLS calls (counted as another port's
+/// connections, or without an fd), which the exact counter checks here do not expect.
+static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const MIRROR_PORT: u16 = 9001;
 
 /// The primary: one thread per connection; each request (head and Content-Length body) is
@@ -156,6 +161,7 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     if !privileged_or_skip("a_tls_primary_is_mirrored_byte_for_byte") {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     let tmp = TempDir::new("mirror-tls-primary");
     let dir = tmp.0.clone();
     self_signed(&dir);
@@ -332,6 +338,7 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     if !privileged_or_skip("nginx_over_https_is_mirrored_request_for_request") {
         return;
     }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     const PORT: u16 = 8444;
     const AB_NEW: usize = 300;
     const AB_KEEPALIVE: usize = 200;
@@ -439,14 +446,18 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     assert_eq!(s("tls_ring_full"), 0, "{summary:?}");
     assert_eq!(s("tls_lost_bytes"), 0, "{summary:?}");
     assert_eq!(s("tls_unresolved_bytes"), 0, "{summary:?}");
+    assert_eq!(s("tls_other_bytes"), 0, "{summary:?}");
     // curl's connection, ab's new connections and ab's keep-alive ones (one per concurrent
     // client), each opened and closed in the kernel's view.
     let conns = 1 + AB_NEW as u64;
     assert!(s("tls_connections_from_start") >= conns + 1, "{summary:?}");
-    assert_eq!(
-        s("tls_connections_closed"),
-        s("tls_connections_from_start"),
-        "every connection closed: {summary:?}"
+    // Every connection ab opened for one request was ended: by the kernel's close record, or
+    // when nginx began the next connection on the same SSL* (it freed the old one before TCP
+    // finished closing it); keep-alive connections may still be closing when the agent stops.
+    let ended = s("tls_connections_closed") + s("tls_connections_replaced");
+    assert!(
+        (AB_NEW as u64..=s("tls_connections_from_start")).contains(&ended),
+        "connections ended: {summary:?}"
     );
     assert!(
         s("tls_client_side") > 0,

@@ -87,7 +87,11 @@ pub struct TlsStreamStats {
     pub connections_evicted: u64,
     /// Connections ended by the kernel's close record (their flows get a FIN each way).
     pub connections_closed: u64,
-    /// Close records of connections not followed (their calls were all lost or left out).
+    /// Connections ended when their process began a new connection on the same `SSL*` (it
+    /// freed the old one; its close record, which comes when TCP closes, may come later).
+    /// Their flows get a FIN each way too.
+    pub connections_replaced: u64,
+    /// Close records of connections not followed, or already ended (replaced, evicted).
     pub closes_unmatched: u64,
 }
 
@@ -232,11 +236,15 @@ impl TlsStreams {
                     server: local,
                 }
             };
-            self.forget(key);
+            if self.end(key, ts_ns, out) {
+                // The process reuses the SSL* of a connection whose close has not come yet
+                // (it comes when TCP closes, after the server freed the SSL): that one is over.
+                self.stats.connections_replaced += 1;
+            }
             if self.conns.len() >= MAX_CONNECTIONS
                 && let Some(&victim) = self.conns.keys().next()
             {
-                self.forget(victim);
+                self.end(victim, ts_ns, out);
                 self.stats.connections_evicted += 1;
             }
             self.stats.connections += 1;
@@ -355,22 +363,29 @@ impl TlsStreams {
     /// The kernel's close record: a FIN each way for the connection's flow, and it is
     /// forgotten.
     fn close(&mut self, h: &TlsRecordHeader, ts_ns: u64, out: &mut impl FnMut(SegmentRef<'_>)) {
-        let Some((local, remote)) = header_endpoints(h) else {
-            self.stats.closes_unmatched += 1;
-            return;
-        };
-        let Some(key) = self.by_endpoints.remove(&(remote, local)) else {
-            self.stats.closes_unmatched += 1;
-            return;
-        };
+        let key = header_endpoints(h)
+            .and_then(|(local, remote)| self.by_endpoints.get(&(remote, local)).copied());
+        match key {
+            Some(key) if self.end(key, ts_ns, out) => self.stats.connections_closed += 1,
+            _ => self.stats.closes_unmatched += 1,
+        }
+    }
+
+    /// Forgets the connection `key`; a server-side one's flow gets a FIN each way. Whether
+    /// there was one.
+    fn end(&mut self, key: (u32, u64), ts_ns: u64, out: &mut impl FnMut(SegmentRef<'_>)) -> bool {
         let Some(conn) = self.conns.remove(&key) else {
-            self.stats.closes_unmatched += 1;
-            return;
+            return false;
         };
-        self.stats.connections_closed += 1;
+        let Role::Server { client, server } = conn.role else {
+            return true;
+        };
+        if self.by_endpoints.get(&(client, server)) == Some(&key) {
+            self.by_endpoints.remove(&(client, server));
+        }
         for (dir, src, dst, direction) in [
-            (0, remote, local, SegmentDirection::FromClient),
-            (1, local, remote, SegmentDirection::FromServer),
+            (0, client, server, SegmentDirection::FromClient),
+            (1, server, client, SegmentDirection::FromServer),
         ] {
             out(SegmentRef {
                 src,
@@ -383,15 +398,7 @@ impl TlsStreams {
                 payload: &[],
             });
         }
-    }
-
-    fn forget(&mut self, key: (u32, u64)) {
-        if let Some(old) = self.conns.remove(&key)
-            && let Role::Server { client, server } = old.role
-            && self.by_endpoints.get(&(client, server)) == Some(&key)
-        {
-            self.by_endpoints.remove(&(client, server));
-        }
+        true
     }
 
     fn sampled(&self, client: SocketAddr, server: SocketAddr) -> bool {

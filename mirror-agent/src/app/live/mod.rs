@@ -153,7 +153,8 @@ impl std::fmt::Display for LiveSummary {
                      tls_ring_full={} tls_truncated_bytes={} tls_no_fd={} tls_read_errors={} \
                      tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} tls_client_side={} \
                      tls_connections={} tls_connections_from_start={} \
-                     tls_connections_procfs={} tls_connections_closed={} tls_bytes={} \
+                     tls_connections_procfs={} tls_connections_closed={} \
+                     tls_connections_replaced={} tls_closes_unmatched={} tls_bytes={} \
                      tls_segment_bytes={} tls_lost_bytes={} tls_client_side_bytes={} \
                      tls_unresolved_bytes={} tls_other_bytes={} tls_sampled_out_bytes={} \
                      tls_late_ciphertext_segments={} tls_malformed_records={}",
@@ -174,6 +175,8 @@ impl std::fmt::Display for LiveSummary {
                     t.streams.connections_from_start,
                     t.streams.connections_resolved_procfs,
                     t.streams.connections_closed,
+                    t.streams.connections_replaced,
+                    t.streams.closes_unmatched,
                     t.streams.bytes,
                     t.streams.segment_bytes,
                     t.streams.lost_bytes,
