@@ -150,17 +150,21 @@ fn leave(n: u64) {
         _pad: 0,
     };
     // The call's own socket and fd, else those last seen for the same SSL*.
+    // SAFETY: read of a plain value, copied.
+    let stored = unsafe { MIRROR_TLS_FDS.get(&key) }.copied();
     let seen = if call.fd >= 0 || call.sk != 0 {
         let seen = TlsConnSocket {
             sk: call.sk,
             fd: call.fd,
             _pad: 0,
         };
-        let _ = MIRROR_TLS_FDS.insert(&key, &seen, 0);
+        // An LRU update costs more than its lookup: only when the connection changed.
+        if stored.is_none_or(|s| s.sk != seen.sk || s.fd != seen.fd) {
+            let _ = MIRROR_TLS_FDS.insert(&key, &seen, 0);
+        }
         Some(seen)
     } else {
-        // SAFETY: read of a plain value, copied.
-        unsafe { MIRROR_TLS_FDS.get(&key) }.copied()
+        stored
     };
     let (sk, fd) = seen.map_or((0, -1), |s| (s.sk, s.fd));
     if fd < 0 {

@@ -5,7 +5,12 @@
 //! wrk and the primary on CPU 0, the agent and the mirror on CPU 1.
 //!
 //! Runs, back to back: `off`, `on`, `off` (the ratio divides by the mean of the two `off`
-//! runs). Printed: one row per run (wrk's requests per second, ratio, requests captured and
+//! runs), then `on, client probed`. wrk links the same libssl as nginx; in the first three runs
+//! it loads a private copy of it (`LD_LIBRARY_PATH`), which the uprobes (on the system file's
+//! inode) do not see, as a client on another machine would not be; the last run lets wrk use
+//! the system file, so its own SSL calls trap into the uprobes too (left out in the kernel as
+//! the client side of a connection to a captured port, counted `tls_client_side`) and their cost
+//! lands on CPU 0 with the primary's. Printed: one row per run (wrk's requests per second, ratio, requests captured and
 //! mirrored, completeness, agent CPU per mirrored request, the uprobes' cost per SSL call and
 //! the tracepoints' per SSL call from the kernel's BPF statistics, peak RSS), then the issue's
 //! targets: ratio >= 0.95, completeness >= 99.9%.
@@ -34,13 +39,32 @@ use crate::util::is_root;
 const PROG_KPROBE: u32 = 2;
 const PROG_TRACEPOINT: u32 = 5;
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Off,
+    On,
+    /// On, and wrk uses the probed libssl too.
+    OnClientProbed,
+}
+
+impl Mode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Off => "off",
+            Self::On => "on",
+            Self::OnClientProbed => "on, client probed",
+        }
+    }
+}
+
 struct Run {
-    on: bool,
+    mode: Mode,
     load: String,
     rps: f64,
     wall: f64,
     primary_cpu: f64,
     mirror_cpu: f64,
+    busy: String,
     agent: Option<AgentRun>,
     /// (uprobes, tracepoints): run time in ns and runs during the load.
     probes: Option<[(u64, u64); 2]>,
@@ -79,11 +103,24 @@ pub fn run() -> Result<()> {
     super::print_header(&s, &load);
     println!(
         "each run: wrk -t1 -c{connections} for {secs} s (GET over HTTPS, keep-alive) to nginx \
-         with ssl, back to back: off, on, off; agent: --tls auto, mirror 100% to fast-mirror \
-         over HTTP/1.1; ratio = primary req/s / mean of the two `off` runs"
+         with ssl, back to back: off, on, off (wrk on a private copy of libssl, not probed, as a \
+         remote client), then on with wrk on the probed system libssl; agent: --tls auto, mirror \
+         100% to fast-mirror over HTTP/1.1; ratio = primary req/s / mean of the two `off` runs"
     );
     report(&runs);
     Ok(())
+}
+
+/// The system libssl wrk would load (the file the agent's uprobes are on).
+const SYSTEM_LIBSSL: &str = "/usr/lib/x86_64-linux-gnu/libssl.so.3";
+
+/// A private copy of the system libssl for wrk: another inode, so not probed.
+fn client_libdir(world: &World) -> Result<std::path::PathBuf> {
+    let dir = world.dir.join("client-lib");
+    std::fs::create_dir_all(&dir)?;
+    std::fs::copy(SYSTEM_LIBSSL, dir.join("libssl.so.3"))
+        .map_err(|e| anyhow::anyhow!("copying {SYSTEM_LIBSSL} for wrk: {e}"))?;
+    Ok(dir)
 }
 
 fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
@@ -93,22 +130,28 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
     let [node_cpus, mirror_cpus, _] = Layout::Pinned.cpus(s.ncpu);
     world::pin(world.pid(primary), &node_cpus)?;
     world::pin(world.pid(fast), &mirror_cpus)?;
-    wrk(s, 2)?;
+    let libdir = client_libdir(world)?;
+    wrk(s, 2, Some(&libdir))?;
     let mut runs = Vec::new();
-    for on in [false, true, false] {
+    for mode in [Mode::Off, Mode::On, Mode::Off, Mode::OnClientProbed] {
         println!(
             "bench tls: {} s of wrk over HTTPS, agent {} ...",
             s.secs,
-            if on { "on" } else { "off" }
+            mode.label()
         );
-        runs.push(one(world, s, on, (primary, fast))?);
+        let lib = (mode != Mode::OnClientProbed).then_some(libdir.as_path());
+        runs.push(one(world, s, mode, lib, (primary, fast))?);
     }
     Ok(runs)
 }
 
-fn wrk(s: &Settings, secs: u64) -> Result<f64> {
+/// wrk for `secs`; with `libdir`, loading its libssl from there.
+fn wrk(s: &Settings, secs: u64, libdir: Option<&std::path::Path>) -> Result<f64> {
     let [node_cpus, _, _] = Layout::Pinned.cpus(s.ncpu);
     let mut cmd = ns_cmd_on(NS[0], Some(&node_cpus), "wrk");
+    if let Some(d) = libdir {
+        cmd.env("LD_LIBRARY_PATH", d);
+    }
     cmd.args([
         "-t1",
         &format!("-c{}", s.connections),
@@ -122,12 +165,13 @@ fn wrk(s: &Settings, secs: u64) -> Result<f64> {
 fn one(
     world: &mut World,
     s: &Settings,
-    on: bool,
+    mode: Mode,
+    libdir: Option<&std::path::Path>,
     (primary, mirror): (usize, usize),
 ) -> Result<Run> {
     let load = measure::loadavg();
-    let name = format!("agent-tls-{}", if on { "on" } else { "off" });
-    let agent = on
+    let name = format!("agent-tls-{}", mode.label().replace([' ', ','], "-"));
+    let agent = (mode != Mode::Off)
         .then(|| {
             spawn_agent(
                 world,
@@ -143,9 +187,24 @@ fn one(
             )
         })
         .transpose()?;
+    // A system-wide profile of the `on` run, when asked for (`MIRROR_BENCH_PERF=FILE`).
+    let perf = match std::env::var("MIRROR_BENCH_PERF") {
+        Ok(file) if !file.is_empty() && mode == Mode::On => Some(
+            std::process::Command::new("perf")
+                .args(["record", "-F", "999", "-a", "-g", "-o", &file])
+                .args(["--", "sleep", &s.secs.to_string()])
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()?,
+        ),
+        _ => None,
+    };
     let phase = measured(world, agent, &name, (primary, mirror), |w| {
         let before = agent.map(|i| probe_stats(w.pid(i)));
-        let rps = wrk(s, s.secs)?;
+        let rps = wrk(s, s.secs, libdir)?;
+        if let Some(mut p) = perf {
+            p.wait()?;
+        }
         let after = agent.map(|i| probe_stats(w.pid(i)));
         let probes = match (before, after) {
             (Some(b), Some(a)) => Some([
@@ -159,12 +218,13 @@ fn one(
     std::thread::sleep(Duration::from_millis(200));
     let (rps, probes) = phase.out;
     Ok(Run {
-        on,
+        mode,
         load,
         rps,
         wall: phase.wall,
         primary_cpu: phase.primary_cpu,
         mirror_cpu: phase.mirror_cpu,
+        busy: phase.busy,
         agent: phase.agent,
         probes,
     })
@@ -190,13 +250,17 @@ fn capture_field(a: &AgentRun, key: &str) -> u64 {
 }
 
 fn report(runs: &[Run]) {
-    let offs: Vec<f64> = runs.iter().filter(|r| !r.on).map(|r| r.rps).collect();
+    let offs: Vec<f64> = runs
+        .iter()
+        .filter(|r| r.mode == Mode::Off)
+        .map(|r| r.rps)
+        .collect();
     let base = (!offs.is_empty()).then(|| offs.iter().sum::<f64>() / offs.len() as f64);
     println!();
     println!(
-        "| agent | load before | primary req/s | ratio | captured | mirrored | completeness | agent CPU / mirrored request | SSL calls (copied / client side) | uprobes ns per SSL call | tracepoints ns per SSL call | CPU share agent / primary / mirror | agent RSS |"
+        "| agent | load before | primary req/s | ratio | captured | mirrored | completeness | agent CPU / mirrored request | SSL calls (copied / client side) | uprobes ns per SSL call | tracepoints ns per SSL call | CPU share agent / primary / mirror | CPU busy % (softirq, steal) per CPU | agent RSS |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for r in runs {
         let ratio = base.map_or("-".into(), |b| format!("{:.3}", r.rps / b));
         let share = |cpu: f64| format!("{:.0}%", cpu * 100.0 / r.wall);
@@ -206,7 +270,7 @@ fn report(runs: &[Run]) {
                 let client = capture_field(a, "tls_client_side");
                 let calls = (copied + client).max(1) as f64;
                 format!(
-                    "{} | {} | {:.3}% | {:.1} us | {copied} / {client} | {:.0} | {:.0} | {} / {} / {} | {:.1} MiB",
+                    "{} | {} | {:.3}% | {:.1} us | {copied} / {client} | {:.0} | {:.0} | {} / {} / {} | {} | {:.1} MiB",
                     a.table.captured,
                     a.table.sent,
                     a.completeness() * 100.0,
@@ -216,37 +280,40 @@ fn report(runs: &[Run]) {
                     share(a.cpu),
                     share(r.primary_cpu),
                     share(r.mirror_cpu),
+                    r.busy,
                     a.rss_kib as f64 / 1024.0
                 )
             }
             _ => format!(
-                "- | - | - | - | - | - | - | - / {} / {} | -",
+                "- | - | - | - | - | - | - | - / {} / {} | {} | -",
                 share(r.primary_cpu),
-                share(r.mirror_cpu)
+                share(r.mirror_cpu),
+                r.busy
             ),
         };
         println!(
             "| {} | {} | {:.0} | {ratio} | {cols} |",
-            if r.on { "on" } else { "off" },
+            r.mode.label(),
             r.load,
             r.rps
         );
     }
     println!();
     let ok = |b: bool| if b { "met" } else { "MISSED" };
-    for r in runs.iter().filter(|r| r.on) {
+    for r in runs.iter().filter(|r| r.mode != Mode::Off) {
         let Some(a) = &r.agent else { continue };
+        let tag = r.mode.label();
         if let Some(c) = &a.capture {
-            println!("[on] capture: {c}");
+            println!("[{tag}] capture: {c}");
         }
         for l in &a.losses {
-            println!("[on] pipeline loss: {l}");
+            println!("[{tag}] pipeline loss: {l}");
         }
-        println!("[on] replay: {}", a.table.detail);
+        println!("[{tag}] replay: {}", a.table.detail);
         if let Some(b) = base {
             let ratio = r.rps / b;
             println!(
-                "targets: throughput ratio {ratio:.3} (>= 0.95: {}); {}; agent CPU {:.1} us per mirrored request",
+                "targets [{tag}]: throughput ratio {ratio:.3} (>= 0.95: {}); {}; agent CPU {:.1} us per mirrored request",
                 ok(ratio >= 0.95),
                 a.completeness_verdict(),
                 a.us_per()
