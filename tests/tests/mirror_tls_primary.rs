@@ -442,6 +442,18 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     assert_eq!(got.len(), total, "nothing else mirrored");
     let row = MirrorTable::parse(&log).row("shadow").clone();
     assert_eq!(row.sent, total as u64, "{log}");
+    // The exit report says whose plaintext was read: nginx's worker processes.
+    let report: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.starts_with("TLS plaintext (--tls)"))
+        .take(4)
+        .collect();
+    assert!(
+        report
+            .iter()
+            .any(|l| l.trim_start().starts_with("nginx (pid ")),
+        "the exit report names nginx: {report:?}\n{log}"
+    );
     let s = |k: &str| summary.get(k);
     assert_eq!(s("tls_ring_full"), 0, "{summary:?}");
     assert_eq!(s("tls_lost_bytes"), 0, "{summary:?}");
@@ -467,4 +479,190 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     );
     summary.assert_kernel_balanced();
     println!("{summary:?}\n{row:?}");
+}
+
+/// HTTP/2 over TLS (ALPN `h2`): nginx with `ssl http2` as the primary; curl `--http2` sends
+/// two GETs on one connection and h2load 20 requests on one connection, 5 streams at a time
+/// (HPACK's dynamic table carries fields from the second request on). The plaintext is the
+/// HTTP/2 connection, decoded as for h2c; every stream reaches an HTTP/1.1 recording mirror
+/// (`protocol=h1`) in its HTTP/1.1 form.
+#[test]
+fn http2_over_tls_is_decoded_and_mirrored() {
+    if !privileged_or_skip("http2_over_tls_is_decoded_and_mirrored") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORT: u16 = 8445;
+    let tmp = TempDir::new("mirror-tls-h2");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let d = dir.display();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "master_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 64; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
+             server {{\n    listen {ip}:{PORT} ssl http2;\n    ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
+            ip = Topology::SERVER_V4
+        ),
+    )
+    .unwrap();
+    let topo = Topology::new();
+    let mut nginx_cmd = topo.server.command("nginx");
+    nginx_cmd
+        .args(["-g", "daemon off;", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null());
+    let _nginx = ChildGuard::spawn("nginx", &mut nginx_cmd);
+    wait_for_port(&topo.server, PORT, Duration::from_secs(10));
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let port = PORT.to_string();
+    let mut agent = Agent::start(
+        &topo.server,
+        &[
+            "--iface",
+            &topo.server_if,
+            "--port",
+            &port,
+            "--tls",
+            "auto",
+            "--mirror",
+            &format!("http://127.0.0.1:{MIRROR_PORT},name=shadow,protocol=h1"),
+        ],
+        &dir,
+    );
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    let two = curl_ok(
+        &topo,
+        &[
+            "-k",
+            "--http2",
+            "-H",
+            "X-Test: h2-over-tls",
+            &format!("{base}/h2/1"),
+            &format!("{base}/h2/2"),
+        ],
+    );
+    assert_eq!(two, b"okok");
+    let out = topo
+        .client
+        .command("h2load")
+        .args(["-n", "20", "-c", "1", "-m", "5", "-H", "X-Load: h2load"])
+        .arg(format!("{base}/h2load"))
+        .output()
+        .expect("run h2load");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains("20 succeeded"),
+        "h2load over TLS: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = mirror.wait_for(22, Duration::from_millis(500), Duration::from_secs(15));
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let lines: Vec<String> = got.iter().map(|r| r.line()).collect();
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("GET /h2/")).count(),
+        2,
+        "{lines:?}\n{log}"
+    );
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| *l == "GET /h2load HTTP/1.1")
+            .count(),
+        20,
+        "{lines:?}\n{log}"
+    );
+    for r in &got {
+        // HTTP/2 field names are lowercase.
+        let t = String::from_utf8_lossy(&r.bytes).to_lowercase();
+        assert!(
+            t.contains("\r\nx-test: h2-over-tls\r\n") || t.contains("\r\nx-load: h2load\r\n"),
+            "the client's fields, from HPACK: {t}"
+        );
+    }
+    assert_eq!(got.len(), 22, "nothing else: {lines:?}");
+    assert_eq!(summary.get("tls_ring_full"), 0, "{summary:?}");
+    assert_eq!(summary.get("tls_lost_bytes"), 0, "{summary:?}");
+    assert_eq!(
+        mirror_tests::agent::ledger(&log, "h2.flows"),
+        2,
+        "two HTTP/2 connections decoded: {log}"
+    );
+}
+
+/// A server started after the agent: with nothing listening on the port at start, `--tls auto`
+/// attaches to the system libssl, and the uprobes (on the file) see the new process's calls.
+#[test]
+fn a_server_started_after_the_agent_is_read() {
+    if !privileged_or_skip("a_server_started_after_the_agent_is_read") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORT: u16 = 8446;
+    let tmp = TempDir::new("mirror-tls-later");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let seen = dir.join("primary");
+    std::fs::create_dir_all(&seen).unwrap();
+    std::fs::write(dir.join("primary.py"), PRIMARY).unwrap();
+    let topo = Topology::new();
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let port = PORT.to_string();
+    let mut agent = Agent::start(
+        &topo.server,
+        &[
+            "--iface",
+            &topo.server_if,
+            "--port",
+            &port,
+            "--tls",
+            "auto",
+            "--mirror",
+            &format!("http://127.0.0.1:{MIRROR_PORT},name=shadow"),
+        ],
+        &dir,
+    );
+    assert!(
+        agent.log().contains("libssl.so"),
+        "the system libssl: {}",
+        agent.log()
+    );
+    let mut primary_cmd = topo.server.command("python3");
+    primary_cmd
+        .arg(dir.join("primary.py"))
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(Topology::SERVER_V4)
+        .arg(&port)
+        .arg(&seen)
+        .stdout(Stdio::null());
+    let _primary = ChildGuard::spawn("python TLS primary", &mut primary_cmd);
+    wait_for_port(&topo.server, PORT, Duration::from_secs(10));
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    let two = curl_ok(
+        &topo,
+        &[
+            "-k",
+            "--http1.1",
+            &format!("{base}/late/1"),
+            &format!("{base}/late/2"),
+        ],
+    );
+    assert_eq!(two, b"okok");
+    let got = mirror.wait_for(2, Duration::from_millis(500), Duration::from_secs(15));
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    assert!(status.success(), "agent exit {status}: {}", agent.log());
+    let mut want = primary_requests(&seen);
+    let mut mirrored: Vec<Vec<u8>> = got.iter().map(|r| r.bytes.clone()).collect();
+    want.sort();
+    mirrored.sort();
+    assert_eq!(want.len(), 2);
+    assert!(mirrored == want, "byte-identical copies: {summary:?}");
+    assert_eq!(summary.get("tls_connections_from_start"), 1, "{summary:?}");
 }
