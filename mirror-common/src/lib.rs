@@ -126,8 +126,8 @@ pub mod tls {
         pub const RING_FULL: u32 = 2;
         /// Bytes of calls beyond `MAX_CHUNKS * MAX_CHUNK`, not copied.
         pub const TRUNCATED_BYTES: u32 = 3;
-        /// Calls whose fd was not known (no syscall during the call and none seen before for
-        /// the same `SSL*`): recorded with fd -1.
+        /// Calls whose socket and fd were not known (no socket work during the call and none
+        /// seen before for the same `SSL*`): recorded without endpoints and with fd -1.
         pub const NO_FD: u32 = 4;
         /// Chunks whose user memory could not be read (recorded with `captured_len` 0).
         pub const READ_ERRORS: u32 = 5;

@@ -167,7 +167,8 @@ fn leave(n: u64) {
         stored
     };
     let (sk, fd) = seen.map_or((0, -1), |s| (s.sk, s.fd));
-    if fd < 0 {
+    if fd < 0 && sk == 0 {
+        // Neither the socket nor the fd: userspace cannot tell the connection.
         count(counter::NO_FD, 1);
     }
     let mut hdr = TlsRecordHeader {
@@ -305,6 +306,22 @@ pub fn mirror_ssl_write_ex(ctx: ProbeContext) -> u32 {
     0
 }
 
+/// OpenSSL's internal `ssl_read_internal(SSL *, buf, num, size_t *readbytes)`, which
+/// `SSL_read` and `SSL_read_ex` call (probed instead of them where userspace finds it: its first
+/// instruction is emulated, theirs is single-stepped; see the agent's `tls_points`).
+#[uprobe]
+pub fn mirror_ssl_internal_read(ctx: ProbeContext) -> u32 {
+    enter(&ctx, kind::READ, true);
+    0
+}
+
+/// `ssl_write_internal(SSL *, buf, num, size_t *written)`, as above.
+#[uprobe]
+pub fn mirror_ssl_internal_write(ctx: ProbeContext) -> u32 {
+    enter(&ctx, kind::WRITE, true);
+    0
+}
+
 /// `SSL_read`/`SSL_write` return the byte count (<= 0: nothing).
 #[uretprobe]
 pub fn mirror_ssl_ret(ctx: RetProbeContext) -> u32 {
@@ -313,13 +330,13 @@ pub fn mirror_ssl_ret(ctx: RetProbeContext) -> u32 {
     0
 }
 
-/// `SSL_read_ex`/`SSL_write_ex` return 1 on success and store the count through their 4th
-/// argument.
+/// `SSL_read_ex`/`SSL_write_ex` return 1 on success, the internal functions > 0; both store the
+/// count through their 4th argument.
 #[uretprobe]
 pub fn mirror_ssl_ex_ret(ctx: RetProbeContext) -> u32 {
     let ret: i32 = ctx.ret();
     let mut n = 0u64;
-    if ret == 1 {
+    if ret > 0 {
         let id = bpf_get_current_pid_tgid();
         // SAFETY: read of a plain value.
         if let Some(call) = unsafe { MIRROR_TLS_ACTIVE.get(&id) } {

@@ -304,6 +304,16 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     assert_eq!(s("tls_malformed_records"), 0, "{summary:?}");
     assert!(s("tls_targets") >= 1, "{summary:?}");
     assert_eq!(
+        (s("tls_internal_targets"), s("tls_socket_tracepoints")),
+        (s("tls_targets"), 1),
+        "OpenSSL's internal functions probed, the socket tracepoints on: {summary:?}"
+    );
+    assert_eq!(
+        s("tls_syscall_tracepoints"),
+        1,
+        "the syscall tracepoints on for the connection open at start: {summary:?}"
+    );
+    assert_eq!(
         s("tls_connections_procfs"),
         2,
         "the early connection (server and client side), found in procfs at start: {summary:?}"
@@ -459,6 +469,11 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     assert_eq!(s("tls_lost_bytes"), 0, "{summary:?}");
     assert_eq!(s("tls_unresolved_bytes"), 0, "{summary:?}");
     assert_eq!(s("tls_other_bytes"), 0, "{summary:?}");
+    assert_eq!(
+        (s("tls_syscall_tracepoints"), s("tls_no_fd")),
+        (0, 0),
+        "no connection open at start: no syscall tracepoints, and no call unmatched: {summary:?}"
+    );
     // curl's connection, ab's new connections and ab's keep-alive ones (one per concurrent
     // client, at most 4), each seen from its first call.
     assert!(

@@ -18,6 +18,7 @@ pub mod decode;
 pub mod ignore;
 pub mod skip;
 pub mod tls;
+pub mod tls_points;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -298,7 +299,7 @@ impl AttachedCapture {
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
         // Before the classifiers: a TLS port is marked before its first packet is captured.
         let tls = tls_targets
-            .map(|targets| tls::TlsProbes::attach(&mut ebpf, &targets, &cfg.ports))
+            .map(|targets| tls::TlsProbes::attach(&mut ebpf, &targets, &cfg.ports, false))
             .transpose()?;
 
         let (interfaces, follow, mode) = match &cfg.target {

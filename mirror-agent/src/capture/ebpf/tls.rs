@@ -57,6 +57,12 @@ const SYSCALLS: [&str; 8] = [
     "sys_enter_sendmsg",
 ];
 
+/// The entry probes on OpenSSL's internal read and write functions ([`super::tls_points`]);
+/// their returns go to `mirror_ssl_ex_ret`.
+const INTERNAL_READ: &str = "mirror_ssl_internal_read";
+const INTERNAL_WRITE: &str = "mirror_ssl_internal_write";
+const EX_RET: &str = "mirror_ssl_ex_ret";
+
 const SYSCALL_PROGRAM: &str = "mirror_tls_syscall";
 const SOCK_IO_PROGRAM: &str = "mirror_tls_sock_io";
 const SOCK_STATE_PROGRAM: &str = "mirror_tls_sock_state";
@@ -109,8 +115,12 @@ pub struct TlsProbes {
     counters: PerCpuArray<MapData, u64>,
     /// The files the uprobes are on.
     pub targets: Vec<PathBuf>,
-    /// The socket tracepoints are attached (else connections are resolved through procfs).
+    /// Of those, the ones probed at OpenSSL's internal functions (no single-step per call).
+    pub internal_targets: u64,
+    /// The socket tracepoints are attached (else only the connections open at start are read).
     pub socket_tracepoints: bool,
+    /// The syscall tracepoints are attached (connections were open at start).
+    pub syscall_tracepoints: bool,
     /// The connections of the captured ports already open when the programs were attached,
     /// by (pid, fd): the kernel has no endpoints for them ([`snapshot_connections`]).
     pub open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
@@ -120,7 +130,11 @@ pub struct TlsProbes {
 /// they use are still in `ebpf`: a map taken out and dropped is closed, and a program loaded
 /// after cannot refer to it.
 pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
-    for (name, _) in PROBES {
+    for name in PROBES
+        .iter()
+        .map(|(name, _)| *name)
+        .chain([INTERNAL_READ, INTERNAL_WRITE])
+    {
         let program = uprobe(ebpf, name)?;
         if program.fd().is_err() {
             program
@@ -144,25 +158,42 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
 impl TlsProbes {
     /// Attaches the TLS programs of `ebpf` (loaded by [`load_programs`]; its TLS maps sized
     /// by its loader) to `targets` (libssl files or binaries with OpenSSL linked in).
+    /// `always_fds`: attach the syscall tracepoints (the calls' fds) even when no connection
+    /// was open before (diagnostics and tests).
     pub fn attach(
         ebpf: &mut Ebpf,
         targets: &[PathBuf],
         ports: &[u16],
+        always_fds: bool,
     ) -> Result<Self, CaptureError> {
         mount_tracefs()?;
-        for (name, function) in PROBES {
-            let program = uprobe(ebpf, name)?;
-            for target in targets {
-                program
-                    .attach(function, target, UProbeScope::AllProcesses)
-                    .map_err(|source| CaptureError::Program { name, source })?;
+        let mut internal = 0;
+        for target in targets {
+            let points = super::tls_points::probe_points(target);
+            tracing::info!(target = %target.display(), ?points, "TLS uprobes");
+            match points {
+                super::tls_points::ProbePoints::Internal { read, write } => {
+                    internal += 1;
+                    for (name, offset) in [
+                        (INTERNAL_READ, read),
+                        (EX_RET, read),
+                        (INTERNAL_WRITE, write),
+                        (EX_RET, write),
+                    ] {
+                        uprobe(ebpf, name)?
+                            .attach(offset, target, UProbeScope::AllProcesses)
+                            .map_err(|source| CaptureError::Program { name, source })?;
+                    }
+                }
+                super::tls_points::ProbePoints::Exported => {
+                    for (name, function) in PROBES {
+                        uprobe(ebpf, name)?
+                            .attach(function, target, UProbeScope::AllProcesses)
+                            .map_err(|source| CaptureError::Program { name, source })?;
+                    }
+                }
             }
         }
-        tracepoint(
-            ebpf,
-            SYSCALL_PROGRAM,
-            SYSCALLS.map(|s| ("syscalls", s)).as_slice(),
-        )?;
         tracepoint(ebpf, SOCK_STATE_PROGRAM, &[("sock", "inet_sock_set_state")])?;
         let socket_tracepoints = match tracepoint(
             ebpf,
@@ -173,9 +204,9 @@ impl TlsProbes {
             Err(e) => {
                 tracing::warn!(
                     error = %e,
-                    "no sock_recv_length/sock_send_length tracepoints (Linux 6.3): TLS \
-                     connections are found through procfs, and a connection closed before \
-                     its first record is read is lost (counted)"
+                    "no sock_recv_length/sock_send_length tracepoints (Linux 6.3): TLS calls \
+                     cannot be matched to connections established from now on; only those \
+                     open at start are read"
                 );
                 false
             }
@@ -187,11 +218,24 @@ impl TlsProbes {
             connections = open_before.len(),
             "TLS: connections of the captured ports open before attaching, found in procfs"
         );
+        // The fds only find those connections in the snapshot. The syscall tracepoints that
+        // give them put every syscall of the node on the kernel's slower tracing path, so they
+        // are attached only when there is something to find.
+        let syscall_tracepoints = always_fds || !open_before.is_empty();
+        if syscall_tracepoints {
+            tracepoint(
+                ebpf,
+                SYSCALL_PROGRAM,
+                SYSCALLS.map(|s| ("syscalls", s)).as_slice(),
+            )?;
+        }
         Ok(Self {
             ring: take(ebpf, tls::RING)?,
             counters: take(ebpf, tls::COUNTERS)?,
             targets: targets.to_vec(),
+            internal_targets: internal,
             socket_tracepoints,
+            syscall_tracepoints,
             open_before,
         })
     }
@@ -224,7 +268,9 @@ impl TlsProbes {
             late: (0, 0),
             malformed: 0,
             targets: self.targets,
+            internal_targets: self.internal_targets,
             socket_tracepoints: self.socket_tracepoints,
+            syscall_tracepoints: self.syscall_tracepoints,
             open_before: self.open_before,
             names: std::collections::HashMap::new(),
         })
@@ -284,8 +330,12 @@ pub struct TlsCounters {
     pub malformed_records: u64,
     /// Files the uprobes are on.
     pub targets: u64,
+    /// Of those, probed at OpenSSL's internal functions ([`super::tls_points`]).
+    pub internal_targets: u64,
     /// The socket tracepoints are attached.
     pub socket_tracepoints: bool,
+    /// The syscall tracepoints are attached.
+    pub syscall_tracepoints: bool,
     /// The processes read, by pid.
     pub processes: Vec<TlsProcess>,
 }
@@ -301,7 +351,9 @@ pub(super) struct TlsReader {
     late: (u64, u64),
     malformed: u64,
     targets: Vec<PathBuf>,
+    internal_targets: u64,
     socket_tracepoints: bool,
+    syscall_tracepoints: bool,
     /// See [`TlsProbes::open_before`].
     open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
     /// Process names, read once per pid (bounded as the processes are).
@@ -395,7 +447,9 @@ impl TlsReader {
             late_ciphertext_bytes: self.late.1,
             malformed_records: self.malformed,
             targets: self.targets.len() as u64,
+            internal_targets: self.internal_targets,
             socket_tracepoints: self.socket_tracepoints,
+            syscall_tracepoints: self.syscall_tracepoints,
         })
     }
 }
@@ -452,7 +506,7 @@ impl TlsCapture {
                     source,
                 })?;
         }
-        let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()], ports)?;
+        let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()], ports, true)?;
         Ok(Self {
             probes,
             _ebpf: ebpf,
