@@ -142,7 +142,10 @@ pub mod tls {
         pub const SOCKETS: u32 = 9;
         /// Calls on the client side of a connection to a captured port, not copied.
         pub const CLIENT_SIDE: u32 = 10;
-        pub const LEN: u32 = 11;
+        /// Calls on sockets that are no captured port's (another service's HTTPS), not copied
+        /// (see `config::TLS_OPEN_BEFORE`).
+        pub const OTHER: u32 = 11;
+        pub const LEN: u32 = 12;
     }
 }
 
@@ -281,7 +284,13 @@ pub mod config {
     /// 1: userspace may put flows in `MIRROR_SKIP` (bodies nobody needs), so the ingress
     /// programs look them up; 0 spares them the lookup.
     pub const SKIP_BODIES: u32 = 3;
-    pub const LEN: u32 = 4;
+    /// 1: connections of the captured ports were open when the TLS programs attached (or
+    /// nobody knows yet), so a TLS call on a socket the kernel did not note when established may
+    /// be one of them: it is copied for userspace to tell. 0: such a call is no captured
+    /// connection's (every socket of a captured port established since is noted): counted
+    /// `OTHER`, not copied.
+    pub const TLS_OPEN_BEFORE: u32 = 4;
+    pub const LEN: u32 = 5;
 }
 
 /// Indices into the per-CPU `MIRROR_COUNTERS` array of `u64`.

@@ -190,9 +190,17 @@ fn leave(n: u64) {
         flags: 0,
         _pad: 0,
     };
-    if sk != 0
-        && let Some(sock) = MIRROR_TLS_SOCKS.get_ptr_mut(&sk)
-    {
+    let sock = if sk != 0 {
+        MIRROR_TLS_SOCKS.get_ptr_mut(&sk)
+    } else {
+        None
+    };
+    if sk != 0 && sock.is_none() && setting(config::TLS_OPEN_BEFORE) == 0 {
+        // Not noted when established, and nothing was open before: no captured connection.
+        count(counter::OTHER, 1);
+        return;
+    }
+    if let Some(sock) = sock {
         // SAFETY: a map value; its fields are plain data, written in place (a race with
         // another call on the same socket at worst marks FIRST twice).
         let sock = unsafe { &mut *sock };

@@ -272,6 +272,8 @@ impl AttachedCapture {
             (config::WAKEUP_BYTES, cfg.wakeup_bytes()),
             (config::HASH_SEED, hash_seed),
             (config::SKIP_BODIES, u64::from(cfg.skip_bodies)),
+            // Until the TLS programs' snapshot says otherwise (below).
+            (config::TLS_OPEN_BEFORE, 1),
         ] {
             settings
                 .set(index, value, 0)
@@ -301,6 +303,18 @@ impl AttachedCapture {
         let tls = tls_targets
             .map(|targets| tls::TlsProbes::attach(&mut ebpf, &targets, &cfg.ports, false))
             .transpose()?;
+        if let Some(t) = &tls
+            && t.open_before.is_empty()
+        {
+            // Every captured port's socket is noted from its establishment on: calls on other
+            // sockets need not be copied.
+            settings
+                .set(config::TLS_OPEN_BEFORE, 0, 0)
+                .map_err(|source| CaptureError::Map {
+                    name: maps::CONFIG,
+                    source,
+                })?;
+        }
 
         let (interfaces, follow, mode) = match &cfg.target {
             Target::Interfaces(entries) => {

@@ -107,6 +107,7 @@ pub struct TlsKernelCounters {
     pub close_lost: u64,
     pub sockets: u64,
     pub client_side: u64,
+    pub other: u64,
 }
 
 /// The TLS programs attached on an [`Ebpf`] instance: their ring and counters.
@@ -302,6 +303,7 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<TlsKernelCounters, C
             close_lost: get(c::CLOSE_LOST)?,
             sockets: get(c::SOCKETS)?,
             client_side: get(c::CLIENT_SIDE)?,
+            other: get(c::OTHER)?,
         })
     }
 }
@@ -497,14 +499,20 @@ impl TlsCapture {
             }
         }
         {
-            // Every flow (the config array's other settings are the classifiers').
+            // Every flow, every call copied (the config array's other settings are the
+            // classifiers').
             let mut settings: aya::maps::Array<_, u64> = take(&mut ebpf, maps::CONFIG)?;
-            settings
-                .set(mirror_common::config::SAMPLE_BASIS_POINTS, 10000, 0)
-                .map_err(|source| CaptureError::Map {
-                    name: maps::CONFIG,
-                    source,
-                })?;
+            for (index, value) in [
+                (mirror_common::config::SAMPLE_BASIS_POINTS, 10000),
+                (mirror_common::config::TLS_OPEN_BEFORE, 1),
+            ] {
+                settings
+                    .set(index, value, 0)
+                    .map_err(|source| CaptureError::Map {
+                        name: maps::CONFIG,
+                        source,
+                    })?;
+            }
         }
         let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()], ports, true)?;
         Ok(Self {

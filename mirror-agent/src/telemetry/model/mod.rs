@@ -307,12 +307,13 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.tls.calls",
         kind: Kind::Counter,
         unit: Unit::Count("{call}"),
-        help: "SSL_read/SSL_write calls the uprobes saw return data, by result (copied; client_side: the client's end of a connection to a captured port; sampled_out).",
+        help: "SSL_read/SSL_write calls the uprobes saw return data, by result (copied; client_side: the client's end of a connection to a captured port; sampled_out; other: no captured port's connection).",
         read: |s, o| {
             tls(s, o, |t, o| {
                 p(o, &[(RESULT, "copied")], t.kernel.calls);
                 p(o, &[(RESULT, "client_side")], t.kernel.client_side);
                 p(o, &[(RESULT, "sampled_out")], t.kernel.sampled_out);
+                p(o, &[(RESULT, "other")], t.kernel.other);
             })
         },
     },
