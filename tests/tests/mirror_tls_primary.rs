@@ -612,7 +612,8 @@ fn http2_over_tls_is_decoded_and_mirrored() {
 }
 
 /// A server started after the agent: with nothing listening on the port at start, `--tls auto`
-/// attaches to the system libssl, and the uprobes (on the file) see the new process's calls.
+/// attaches to the system libssl, and the uprobes (on the file) see the new process's calls;
+/// another TLS server on a port the agent does not capture is left out in the kernel.
 #[test]
 fn a_server_started_after_the_agent_is_read() {
     if !privileged_or_skip("a_server_started_after_the_agent_is_read") {
@@ -670,9 +671,37 @@ fn a_server_started_after_the_agent_is_read() {
         ],
     );
     assert_eq!(two, b"okok");
+    // Another TLS service on a port the agent does not capture: its calls trap into the same
+    // uprobes but are not copied (nothing was open at start, so an unnoted socket is no
+    // captured connection).
+    let elsewhere = dir.join("elsewhere");
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let mut other_cmd = topo.server.command("python3");
+    other_cmd
+        .arg(dir.join("primary.py"))
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(Topology::SERVER_V4)
+        .arg((PORT + 100).to_string())
+        .arg(&elsewhere)
+        .stdout(Stdio::null());
+    let _other = ChildGuard::spawn("python TLS server on another port", &mut other_cmd);
+    wait_for_port(&topo.server, PORT + 100, Duration::from_secs(10));
+    let other_base = format!("https://{}:{}", Topology::SERVER_V4, PORT + 100);
+    assert_eq!(
+        curl_ok(
+            &topo,
+            &["-k", "--http1.1", &format!("{other_base}/not-captured")]
+        ),
+        b"ok"
+    );
     let got = mirror.wait_for(2, Duration::from_millis(500), Duration::from_secs(15));
     let (status, summary) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "agent exit {status}: {}", agent.log());
+    assert!(
+        summary.get("tls_other_calls") >= 2 && summary.get("tls_other_bytes") == 0,
+        "the other service's calls left out in the kernel: {summary:?}"
+    );
     let mut want = primary_requests(&seen);
     let mut mirrored: Vec<Vec<u8>> = got.iter().map(|r| r.bytes.clone()).collect();
     want.sort();
