@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use mirror_agent::capture::ebpf::{has_object, tls, tls::TlsCapture};
+use mirror_agent::capture::ebpf::{has_object, tls::TlsCapture, tls_procfs};
 
 const LIBSSL: &str = "/lib/x86_64-linux-gnu/libssl.so.3";
 
@@ -116,7 +116,7 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
     assert_eq!(line.trim(), port.to_string(), "the server's port");
 
     // The procfs resolution a captured fd goes through, on the server's listening socket.
-    let listening = (0..32).find_map(|fd| tls::tcp_endpoints(server_pid, fd));
+    let listening = (0..32).find_map(|fd| tls_procfs::tcp_endpoints(server_pid, fd));
     assert_eq!(
         listening,
         Some((

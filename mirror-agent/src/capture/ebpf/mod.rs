@@ -19,6 +19,7 @@ pub mod ignore;
 pub mod skip;
 pub mod tls;
 pub mod tls_points;
+pub mod tls_procfs;
 
 use std::os::fd::AsRawFd;
 use std::path::PathBuf;
@@ -239,7 +240,7 @@ impl AttachedCapture {
         let tls_targets = match &cfg.tls {
             tls::TlsSetting::Off => None,
             tls::TlsSetting::Auto | tls::TlsSetting::AutoAnd(_) => {
-                let (mut libs, processes) = tls::discover(&cfg.ports);
+                let (mut libs, processes) = tls_procfs::discover(&cfg.ports);
                 if let tls::TlsSetting::AutoAnd(binaries) = &cfg.tls {
                     libs.extend(binaries.iter().cloned());
                 }

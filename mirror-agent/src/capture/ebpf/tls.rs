@@ -1,22 +1,24 @@
 //! TLS plaintext from uprobes on libssl (issue 14 B): the kernel side's loading and reading.
 //!
-//! Owns attaching the TLS programs (`mirror-ebpf/src/tls.rs`): the four SSL calls' entries and
-//! returns on each target file (a libssl, or a statically linked binary, by symbol; for every
-//! process that maps it, including processes started later), the read/write-family syscall
-//! tracepoints (the call's fd), the socket tracepoints (the call's socket, and its endpoints when
-//! established); decoding the records of `MIRROR_TLS_RING` into [`TlsChunk`]s; finding the
-//! targets for `--tls auto` ([`discover`]). The live capture attaches them on its own [`Ebpf`]
-//! instance (they share the port map and sampling settings with the classifiers, and mark the
-//! ports whose ciphertext the classifiers then leave alone); [`TlsCapture`] runs them alone.
+//! Owns attaching the TLS programs (`mirror-ebpf/src/tls.rs`): the SSL read and write probes,
+//! entry and return, on each target file (a libssl, or a statically linked binary; for every
+//! process that maps it, including processes started later; where on the file:
+//! [`super::tls_points`]), the socket tracepoints (the call's socket, its endpoints when
+//! established, its close), the read/write-family syscall tracepoints (the call's fd, only when
+//! connections were open at start); decoding the records of `MIRROR_TLS_RING` into
+//! [`TlsChunk`]s and reading them as segments while live ([`TlsReader`]); the counters and the
+//! per-process report. What procfs tells (targets for `--tls auto`, connections open at start)
+//! is [`super::tls_procfs`]. The live capture attaches the programs on its own [`Ebpf`]
+//! instance (they share the port map and the sampling settings with the classifiers, and mark
+//! the ports whose ciphertext the classifiers then leave alone); [`TlsCapture`] runs them alone.
 //!
 //! Needs tracefs for the tracepoints (mounted at `/sys/kernel/tracing` when it is not) and the
 //! privileges to load tracing programs (CAP_BPF and CAP_PERFMON, or root). The socket
 //! tracepoints (`sock_recv_length`, `sock_send_length`: Linux 6.3) may be missing on older
-//! kernels: the programs then work from fds alone and userspace resolves every connection
-//! through procfs (said at start and in `mirror-agent check`).
+//! kernels: then only the connections open at start can be matched (said at start and in
+//! `mirror-agent check`).
 
-use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
@@ -123,7 +125,7 @@ pub struct TlsProbes {
     /// The syscall tracepoints are attached (connections were open at start).
     pub syscall_tracepoints: bool,
     /// The connections of the captured ports already open when the programs were attached,
-    /// by (pid, fd): the kernel has no endpoints for them ([`snapshot_connections`]).
+    /// by (pid, fd): the kernel has no endpoints for them ([`super::tls_procfs::snapshot_connections`]).
     pub open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
 }
 
@@ -214,7 +216,7 @@ impl TlsProbes {
         };
         // After the socket tracepoints: a connection established in between is in both (the
         // kernel's endpoints win), none is in neither.
-        let open_before = snapshot_connections(ports);
+        let open_before = super::tls_procfs::snapshot_connections(ports);
         tracing::info!(
             connections = open_before.len(),
             "TLS: connections of the captured ports open before attaching, found in procfs"
@@ -434,7 +436,7 @@ impl TlsReader {
                 name: self
                     .names
                     .entry(pid)
-                    .or_insert_with(|| process_name(pid))
+                    .or_insert_with(|| super::tls_procfs::process_name(pid))
                     .clone(),
                 connections: p.connections,
                 plaintext_bytes: p.bytes,
@@ -545,139 +547,13 @@ pub enum TlsSetting {
     /// No TLS programs.
     #[default]
     Off,
-    /// The libssl of the processes listening on the captured ports ([`discover`]).
+    /// The libssl of the processes listening on the captured ports
+    /// ([`super::tls_procfs::discover`]).
     Auto,
     /// As `Auto`, and these binaries (`--tls-binary`).
     AutoAnd(Vec<PathBuf>),
     /// These files (libssl, or binaries with OpenSSL linked in).
     Files(Vec<PathBuf>),
-}
-
-/// Where `--tls auto` attaches: the libssl files mapped by the processes that listen on one of
-/// `ports` (as seen from the agent: through `/proc/PID/root`, so a container's own libssl is
-/// found), and the processes found. When no such process runs yet, the system's own libssl
-/// (`libssl.so.3`, `libssl.so.1.1` in the usual library directories), so servers started later
-/// with it are read.
-pub fn discover(ports: &[u16]) -> (Vec<PathBuf>, Vec<(u32, String)>) {
-    let mut libs = BTreeSet::new();
-    let mut processes = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return (system_libssl(), processes);
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
-            continue;
-        };
-        let mapped: BTreeSet<&str> = maps
-            .lines()
-            .filter_map(|l| l.split_whitespace().nth(5))
-            .filter(|p| is_libssl(p))
-            .collect();
-        if mapped.is_empty() || !listens_on(pid, ports) {
-            continue;
-        }
-        for path in mapped {
-            libs.insert(PathBuf::from(format!("/proc/{pid}/root{path}")));
-        }
-        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-        processes.push((pid, comm.trim().to_owned()));
-    }
-    // One path per file: processes of one mount namespace map the same file.
-    let mut seen = BTreeSet::new();
-    let libs: Vec<PathBuf> = libs
-        .into_iter()
-        .filter(|p| {
-            std::fs::metadata(p)
-                .map(|m| {
-                    use std::os::unix::fs::MetadataExt;
-                    seen.insert((m.dev(), m.ino()))
-                })
-                .unwrap_or(false)
-        })
-        .collect();
-    if libs.is_empty() {
-        return (system_libssl(), processes);
-    }
-    (libs, processes)
-}
-
-fn is_libssl(path: &str) -> bool {
-    Path::new(path)
-        .file_name()
-        .and_then(|n| n.to_str())
-        .is_some_and(|n| n.starts_with("libssl.so"))
-}
-
-/// The system's libssl files, OpenSSL 3 first.
-fn system_libssl() -> Vec<PathBuf> {
-    let dirs = [
-        "/usr/lib/x86_64-linux-gnu",
-        "/lib/x86_64-linux-gnu",
-        "/usr/lib/aarch64-linux-gnu",
-        "/usr/lib64",
-        "/lib64",
-        "/usr/lib",
-    ];
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for name in ["libssl.so.3", "libssl.so.1.1"] {
-        for dir in dirs {
-            let p = Path::new(dir).join(name);
-            if let Ok(real) = std::fs::canonicalize(&p)
-                && seen.insert(real.clone())
-            {
-                out.push(real);
-                break;
-            }
-        }
-    }
-    out
-}
-
-/// Whether process `pid` holds a listening TCP socket on one of `ports`.
-fn listens_on(pid: u32, ports: &[u16]) -> bool {
-    let mut inodes = BTreeSet::new();
-    for table in ["tcp", "tcp6"] {
-        let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            // State 0A: LISTEN.
-            if f.get(3) != Some(&"0A") {
-                continue;
-            }
-            let port = f
-                .get(1)
-                .and_then(|a| endpoint(a))
-                .map(|a| a.port())
-                .unwrap_or(0);
-            if ports.contains(&port)
-                && let Some(inode) = f.get(9).and_then(|i| i.parse::<u64>().ok())
-            {
-                inodes.insert(inode);
-            }
-        }
-    }
-    if inodes.is_empty() {
-        return false;
-    }
-    let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-        return false;
-    };
-    fds.flatten().any(|fd| {
-        std::fs::read_link(fd.path())
-            .ok()
-            .and_then(|l| socket_inode(l.to_str()?))
-            .is_some_and(|i| inodes.contains(&i))
-    })
 }
 
 /// What `--tls` needs from this node, for `mirror-agent check`: `(ok, detail)`. Mounts tracefs
@@ -689,7 +565,7 @@ pub fn mechanisms() -> (bool, String) {
     let syscalls = SYSCALLS.iter().all(|s| event(&format!("syscalls/{s}")));
     let state = event("sock/inet_sock_set_state");
     let sock_io = event("sock/sock_recv_length") && event("sock/sock_send_length");
-    let libssl = system_libssl();
+    let libssl = super::tls_procfs::system_libssl();
     let yes = |b: bool| if b { "yes" } else { "MISSING" };
     let detail = format!(
         "uprobes {}, syscall tracepoints {}, inet_sock_set_state {}, sock_recv/send_length {}{}; \
@@ -720,23 +596,6 @@ pub fn mechanisms() -> (bool, String) {
     (uprobes && syscalls && state, detail)
 }
 
-/// A process's `comm` (world-readable), "" when it is gone; pid 0 names the rest.
-fn process_name(pid: u32) -> String {
-    if pid == 0 {
-        return "(other processes)".into();
-    }
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
-fn socket_inode(link: &str) -> Option<u64> {
-    link.strip_prefix("socket:[")?
-        .strip_suffix(']')?
-        .parse()
-        .ok()
-}
-
 fn tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
@@ -752,123 +611,6 @@ fn tracepoint(
         program.attach(category, point).map_err(err)?;
     }
     Ok(())
-}
-
-/// The established TCP connections with a local or remote port among `ports`, by (pid, fd),
-/// as (local, remote): every process's fds matched against its network namespace's
-/// `/proc/PID/net/tcp{,6}` (read once per namespace). Needs the privileges to read other
-/// processes' fds (root with its capabilities: taken before the agent gives them up).
-pub fn snapshot_connections(
-    ports: &[u16],
-) -> std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)> {
-    use std::collections::HashMap as Map;
-    let mut out = Map::new();
-    let mut by_netns: Map<PathBuf, Map<u64, (SocketAddr, SocketAddr)>> = Map::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return out;
-    };
-    for entry in dir.flatten() {
-        let Some(pid) = entry
-            .file_name()
-            .to_str()
-            .and_then(|s| s.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        let Ok(ns) = std::fs::read_link(format!("/proc/{pid}/ns/net")) else {
-            continue;
-        };
-        let conns = by_netns.entry(ns).or_insert_with(|| {
-            let mut m = Map::new();
-            for table in ["tcp", "tcp6"] {
-                let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")) else {
-                    continue;
-                };
-                for line in text.lines().skip(1) {
-                    let f: Vec<&str> = line.split_whitespace().collect();
-                    // State 01: ESTABLISHED.
-                    if f.get(3) != Some(&"01") {
-                        continue;
-                    }
-                    let (Some(local), Some(remote), Some(inode)) = (
-                        f.get(1).and_then(|a| endpoint(a)),
-                        f.get(2).and_then(|a| endpoint(a)),
-                        f.get(9).and_then(|i| i.parse::<u64>().ok()),
-                    ) else {
-                        continue;
-                    };
-                    if ports.contains(&local.port()) || ports.contains(&remote.port()) {
-                        m.insert(inode, (local, remote));
-                    }
-                }
-            }
-            m
-        });
-        if conns.is_empty() {
-            continue;
-        }
-        let Ok(fds) = std::fs::read_dir(format!("/proc/{pid}/fd")) else {
-            continue;
-        };
-        for fd in fds.flatten() {
-            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
-                continue;
-            };
-            if let Some(c) = std::fs::read_link(fd.path())
-                .ok()
-                .and_then(|l| socket_inode(l.to_str()?))
-                .and_then(|i| conns.get(&i))
-            {
-                out.insert((pid, n), *c);
-            }
-        }
-    }
-    out
-}
-
-/// The TCP endpoints (local, remote) of the socket `fd` of process `pid`, from procfs: the
-/// socket's inode (`/proc/PID/fd/FD` links to `socket:[INODE]`), then its line in
-/// `/proc/PID/net/tcp` or `tcp6` (the process's network namespace). `None` when the fd is
-/// closed, not a socket, or not TCP.
-pub fn tcp_endpoints(pid: u32, fd: i32) -> Option<(SocketAddr, SocketAddr)> {
-    let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).ok()?;
-    let inode = socket_inode(link.to_str()?)?;
-    ["tcp", "tcp6"].iter().find_map(|table| {
-        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).ok()?;
-        text.lines().skip(1).find_map(|l| tcp_line(l, inode))
-    })
-}
-
-/// The endpoints of a `/proc/net/tcp{,6}` line when its inode is `inode`. Addresses are the
-/// kernel's 32-bit words in host order, printed in hex (IPv4: one word; IPv6: four), ports in
-/// hex.
-fn tcp_line(line: &str, inode: u64) -> Option<(SocketAddr, SocketAddr)> {
-    let fields: Vec<&str> = line.split_whitespace().collect();
-    if fields.get(9)?.parse::<u64>().ok()? != inode {
-        return None;
-    }
-    Some((endpoint(fields.get(1)?)?, endpoint(fields.get(2)?)?))
-}
-
-fn endpoint(field: &str) -> Option<SocketAddr> {
-    let (addr, port) = field.split_once(':')?;
-    let port = u16::from_str_radix(port, 16).ok()?;
-    let word = |i: usize| -> Option<[u8; 4]> {
-        let w = u32::from_str_radix(addr.get(i * 8..i * 8 + 8)?, 16).ok()?;
-        Some(w.to_ne_bytes())
-    };
-    let ip: IpAddr = match addr.len() {
-        8 => Ipv4Addr::from(word(0)?).into(),
-        32 => {
-            let mut b = [0u8; 16];
-            for i in 0..4 {
-                b[i * 4..i * 4 + 4].copy_from_slice(&word(i)?);
-            }
-            Ipv6Addr::from(b).into()
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, port))
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, CaptureError> {
@@ -908,30 +650,6 @@ fn mount_tracefs() -> Result<(), CaptureError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn procfs_tcp_lines_give_both_endpoints() {
-        let v4 = "   1: 0100007F:E652 0100007F:0391 01 00000000:00000000 03:000013E2 00000000     0        0 4242 3 0000";
-        assert_eq!(
-            tcp_line(v4, 4242),
-            Some((
-                "127.0.0.1:58962".parse().unwrap(),
-                "127.0.0.1:913".parse().unwrap()
-            ))
-        );
-        assert_eq!(tcp_line(v4, 4243), None);
-        // ::1 port 443 to ::ffff:10.0.0.2 port 50000.
-        let v6 = "   0: 00000000000000000000000001000000:01BB 0000000000000000FFFF00000200000A:C350 01 00000000:00000000 00:00000000 00000000     0        0 77 1 0000";
-        assert_eq!(
-            tcp_line(v6, 77),
-            Some((
-                "[::1]:443".parse().unwrap(),
-                "[::ffff:10.0.0.2]:50000".parse().unwrap()
-            ))
-        );
-        assert_eq!(tcp_line("garbage", 1), None);
-        assert_eq!(tcp_line("  sl  local_address rem_address   st", 1), None);
-    }
 
     #[test]
     fn short_or_mislabelled_records_are_not_decoded() {
