@@ -137,6 +137,78 @@ fn self_signed(dir: &Path) {
     );
 }
 
+/// The agent capturing `port` on the node's veth with `--tls auto`, mirroring to the recording
+/// mirror (`name=shadow` and `mirror_keys`).
+fn start_tls_agent(topo: &Topology, port: u16, mirror_keys: &str, dir: &Path) -> Agent {
+    let port = port.to_string();
+    let mirror = format!("http://127.0.0.1:{MIRROR_PORT},name=shadow{mirror_keys}");
+    Agent::start(
+        &topo.server,
+        &[
+            "--iface",
+            &topo.server_if,
+            "--port",
+            &port,
+            "--tls",
+            "auto",
+            "--mirror",
+            &mirror,
+        ],
+        dir,
+    )
+}
+
+/// The Python primary (`PRIMARY`, written to `dir` with the certificate) on the node's address
+/// and `port`, writing what it decrypts to `seen`.
+fn start_python_primary(topo: &Topology, dir: &Path, port: u16, seen: &Path) -> ChildGuard {
+    std::fs::create_dir_all(seen).unwrap();
+    std::fs::write(dir.join("primary.py"), PRIMARY).unwrap();
+    let mut cmd = topo.server.command("python3");
+    cmd.arg(dir.join("primary.py"))
+        .arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(Topology::SERVER_V4)
+        .arg(port.to_string())
+        .arg(seen)
+        .stdout(Stdio::null());
+    let guard = ChildGuard::spawn("python TLS primary", &mut cmd);
+    wait_for_port(&topo.server, port, Duration::from_secs(10));
+    guard
+}
+
+/// nginx terminating TLS on the node's address and `port` (`listen_extra`: e.g. ` http2`),
+/// answering `ok`, logging requests to `dir/access.log`.
+fn start_nginx_ssl(
+    topo: &Topology,
+    dir: &Path,
+    port: u16,
+    listen_extra: &str,
+    workers: u32,
+) -> ChildGuard {
+    let d = dir.display();
+    std::fs::create_dir_all(dir.join("body")).unwrap();
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "worker_processes {workers};\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
+             events {{ worker_connections 1024; }}\n\
+             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
+             server {{\n    listen {ip}:{port} ssl{listen_extra};\n    ssl_certificate {d}/cert.pem;\n\
+             ssl_certificate_key {d}/key.pem;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
+            ip = Topology::SERVER_V4
+        ),
+    )
+    .unwrap();
+    let mut cmd = topo.server.command("nginx");
+    cmd.args(["-g", "daemon off;", "-c"])
+        .arg(&conf)
+        .stdout(Stdio::null());
+    let guard = ChildGuard::spawn("nginx", &mut cmd);
+    wait_for_port(&topo.server, port, Duration::from_secs(10));
+    guard
+}
+
 /// The requests the primary decrypted, in the order it read them.
 fn primary_requests(dir: &Path) -> Vec<Vec<u8>> {
     let mut names: Vec<_> = std::fs::read_dir(dir)
@@ -166,23 +238,11 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     let dir = tmp.0.clone();
     self_signed(&dir);
     let seen = dir.join("primary");
-    std::fs::create_dir_all(&seen).unwrap();
-    std::fs::write(dir.join("primary.py"), PRIMARY).unwrap();
     std::fs::write(dir.join("early.py"), EARLY_CLIENT).unwrap();
 
     let topo = Topology::new();
     let server_ip = Topology::SERVER_V4;
-    let mut primary_cmd = topo.server.command("python3");
-    primary_cmd
-        .arg(dir.join("primary.py"))
-        .arg(dir.join("cert.pem"))
-        .arg(dir.join("key.pem"))
-        .arg(server_ip)
-        .arg(TLS_PORT.to_string())
-        .arg(&seen)
-        .stdout(Stdio::null());
-    let _primary = ChildGuard::spawn("python TLS primary", &mut primary_cmd);
-    wait_for_port(&topo.server, TLS_PORT, Duration::from_secs(10));
+    let _primary = start_python_primary(&topo, &dir, TLS_PORT, &seen);
     let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
 
     // A connection opened, and used once, before the agent starts.
@@ -206,22 +266,7 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     early_out.read_line(&mut sent).expect("early client");
     assert_eq!(sent.trim(), "sent", "the early client's first request");
 
-    let port = TLS_PORT.to_string();
-    let mirror_url = format!("http://127.0.0.1:{MIRROR_PORT},name=shadow");
-    let mut agent = Agent::start(
-        &topo.server,
-        &[
-            "--iface",
-            &topo.server_if,
-            "--port",
-            &port,
-            "--tls",
-            "auto",
-            "--mirror",
-            &mirror_url,
-        ],
-        &dir,
-    );
+    let mut agent = start_tls_agent(&topo, TLS_PORT, "", &dir);
     assert!(
         agent.log().contains("libssl"),
         "--tls auto names what it attached to: {}",
@@ -355,45 +400,10 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     let tmp = TempDir::new("mirror-tls-nginx");
     let dir = tmp.0.clone();
     self_signed(&dir);
-    let d = dir.display();
-    std::fs::create_dir_all(dir.join("body")).unwrap();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "worker_processes 2;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 1024; }}\n\
-             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
-             server {{\n    listen {ip}:{PORT} ssl;\n    ssl_certificate {d}/cert.pem;\n\
-             ssl_certificate_key {d}/key.pem;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
-            ip = Topology::SERVER_V4
-        ),
-    )
-    .unwrap();
     let topo = Topology::new();
-    let mut nginx_cmd = topo.server.command("nginx");
-    nginx_cmd
-        .args(["-g", "daemon off;", "-c"])
-        .arg(&conf)
-        .stdout(Stdio::null());
-    let _nginx = ChildGuard::spawn("nginx", &mut nginx_cmd);
-    wait_for_port(&topo.server, PORT, Duration::from_secs(10));
+    let _nginx = start_nginx_ssl(&topo, &dir, PORT, "", 2);
     let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let port = PORT.to_string();
-    let mut agent = Agent::start(
-        &topo.server,
-        &[
-            "--iface",
-            &topo.server_if,
-            "--port",
-            &port,
-            "--tls",
-            "auto",
-            "--mirror",
-            &format!("http://127.0.0.1:{MIRROR_PORT},name=shadow"),
-        ],
-        &dir,
-    );
+    let mut agent = start_tls_agent(&topo, PORT, "", &dir);
     assert!(
         agent.log().contains("\"nginx\""),
         "--tls auto found nginx: {}",
@@ -511,44 +521,10 @@ fn http2_over_tls_is_decoded_and_mirrored() {
     let tmp = TempDir::new("mirror-tls-h2");
     let dir = tmp.0.clone();
     self_signed(&dir);
-    let d = dir.display();
-    let conf = dir.join("nginx.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "master_process off;\nworker_processes 1;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\n\
-             events {{ worker_connections 64; }}\n\
-             http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
-             server {{\n    listen {ip}:{PORT} ssl http2;\n    ssl_certificate {d}/cert.pem;\n\
-             ssl_certificate_key {d}/key.pem;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
-            ip = Topology::SERVER_V4
-        ),
-    )
-    .unwrap();
     let topo = Topology::new();
-    let mut nginx_cmd = topo.server.command("nginx");
-    nginx_cmd
-        .args(["-g", "daemon off;", "-c"])
-        .arg(&conf)
-        .stdout(Stdio::null());
-    let _nginx = ChildGuard::spawn("nginx", &mut nginx_cmd);
-    wait_for_port(&topo.server, PORT, Duration::from_secs(10));
+    let _nginx = start_nginx_ssl(&topo, &dir, PORT, " http2", 1);
     let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let port = PORT.to_string();
-    let mut agent = Agent::start(
-        &topo.server,
-        &[
-            "--iface",
-            &topo.server_if,
-            "--port",
-            &port,
-            "--tls",
-            "auto",
-            "--mirror",
-            &format!("http://127.0.0.1:{MIRROR_PORT},name=shadow,protocol=h1"),
-        ],
-        &dir,
-    );
+    let mut agent = start_tls_agent(&topo, PORT, ",protocol=h1", &dir);
     let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
     let two = curl_ok(
         &topo,
@@ -625,41 +601,15 @@ fn a_server_started_after_the_agent_is_read() {
     let dir = tmp.0.clone();
     self_signed(&dir);
     let seen = dir.join("primary");
-    std::fs::create_dir_all(&seen).unwrap();
-    std::fs::write(dir.join("primary.py"), PRIMARY).unwrap();
     let topo = Topology::new();
     let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let port = PORT.to_string();
-    let mut agent = Agent::start(
-        &topo.server,
-        &[
-            "--iface",
-            &topo.server_if,
-            "--port",
-            &port,
-            "--tls",
-            "auto",
-            "--mirror",
-            &format!("http://127.0.0.1:{MIRROR_PORT},name=shadow"),
-        ],
-        &dir,
-    );
+    let mut agent = start_tls_agent(&topo, PORT, "", &dir);
     assert!(
         agent.log().contains("libssl.so"),
         "the system libssl: {}",
         agent.log()
     );
-    let mut primary_cmd = topo.server.command("python3");
-    primary_cmd
-        .arg(dir.join("primary.py"))
-        .arg(dir.join("cert.pem"))
-        .arg(dir.join("key.pem"))
-        .arg(Topology::SERVER_V4)
-        .arg(&port)
-        .arg(&seen)
-        .stdout(Stdio::null());
-    let _primary = ChildGuard::spawn("python TLS primary", &mut primary_cmd);
-    wait_for_port(&topo.server, PORT, Duration::from_secs(10));
+    let _primary = start_python_primary(&topo, &dir, PORT, &seen);
     let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
     let two = curl_ok(
         &topo,
@@ -674,19 +624,7 @@ fn a_server_started_after_the_agent_is_read() {
     // Another TLS service on a port the agent does not capture: its calls trap into the same
     // uprobes but are not copied (nothing was open at start, so an unnoted socket is no
     // captured connection).
-    let elsewhere = dir.join("elsewhere");
-    std::fs::create_dir_all(&elsewhere).unwrap();
-    let mut other_cmd = topo.server.command("python3");
-    other_cmd
-        .arg(dir.join("primary.py"))
-        .arg(dir.join("cert.pem"))
-        .arg(dir.join("key.pem"))
-        .arg(Topology::SERVER_V4)
-        .arg((PORT + 100).to_string())
-        .arg(&elsewhere)
-        .stdout(Stdio::null());
-    let _other = ChildGuard::spawn("python TLS server on another port", &mut other_cmd);
-    wait_for_port(&topo.server, PORT + 100, Duration::from_secs(10));
+    let _other = start_python_primary(&topo, &dir, PORT + 100, &dir.join("elsewhere"));
     let other_base = format!("https://{}:{}", Topology::SERVER_V4, PORT + 100);
     assert_eq!(
         curl_ok(
