@@ -1,5 +1,5 @@
 //! TLS plaintext as flow segments (issue 14 B): the records the TLS programs write
-//! ([`super::ebpf::tls::TlsChunk`]) become ordinary segments of their TCP connection's flow, so
+//! ([`TlsChunk`], decoded by `super::ebpf::tls`) become ordinary segments of their TCP connection's flow, so
 //! reassembly, framing, sampling, replay, compare, recording and the loss ledger are the TC
 //! path's.
 //!
@@ -30,8 +30,21 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use mirror_common::tls::{MAX_CHUNK, header_flags, kind};
 use mirror_common::{TlsRecordHeader, family, flow_hash, sampled};
 
-use super::ebpf::tls::TlsChunk;
 use super::{SegmentDirection, SegmentRef, TcpFlags};
+
+/// One record: a chunk of what one SSL call read or wrote, or a close.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsChunk<'a> {
+    pub header: TlsRecordHeader,
+    pub data: &'a [u8],
+}
+
+impl TlsChunk<'_> {
+    /// Plaintext the process read (for a server: requests).
+    pub fn is_read(&self) -> bool {
+        self.header.kind == kind::READ
+    }
+}
 
 /// TLS connections followed at once.
 pub const MAX_CONNECTIONS: usize = 65536;

@@ -31,6 +31,7 @@ use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
 use super::{CaptureError, object, take};
+pub use crate::capture::tls_stream::TlsChunk;
 use crate::capture::tls_stream::{TlsStreamStats, TlsStreams};
 use crate::capture::{SegmentDirection, SegmentRef, clock};
 
@@ -69,20 +70,6 @@ const SYSCALL_PROGRAM: &str = "mirror_tls_syscall";
 const SOCK_IO_PROGRAM: &str = "mirror_tls_sock_io";
 const SOCK_STATE_PROGRAM: &str = "mirror_tls_sock_state";
 const TRACEFS: &str = "/sys/kernel/tracing";
-
-/// One record: a chunk of what one SSL call read or wrote, or a close.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsChunk<'a> {
-    pub header: TlsRecordHeader,
-    pub data: &'a [u8],
-}
-
-impl TlsChunk<'_> {
-    /// Plaintext the process read (for a server: requests).
-    pub fn is_read(&self) -> bool {
-        self.header.kind == tls::kind::READ
-    }
-}
 
 /// A record's header and data, or `None` for a record shorter than its header says.
 pub fn decode(record: &[u8]) -> Option<TlsChunk<'_>> {
