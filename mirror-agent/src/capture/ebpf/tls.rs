@@ -6,7 +6,7 @@
 //! [`super::tls_points`]), the socket tracepoints (the call's socket, its endpoints when
 //! established, its close), the read/write-family syscall tracepoints (the call's fd, only when
 //! connections were open at start); decoding the records of `MIRROR_TLS_RING` into
-//! [`TlsChunk`]s and reading them as segments while live ([`TlsReader`]); the counters and the
+//! [`TlsChunk`]s and reading them as segments while live (`TlsReader`); the counters and the
 //! per-process report. What procfs tells (targets for `--tls auto`, connections open at start)
 //! is [`super::tls_procfs`]. The live capture attaches the programs on its own [`Ebpf`]
 //! instance (they share the port map and the sampling settings with the classifiers, and mark
