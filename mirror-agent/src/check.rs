@@ -50,6 +50,17 @@ pub fn missing_privileges() -> Option<String> {
     }
 }
 
+/// `None` when the process may attach the TLS programs, else the one-line reason. The kernel's
+/// uprobe events (perf_event_open on the `uprobe` PMU) need CAP_SYS_ADMIN: CAP_PERFMON is
+/// refused with EACCES (measured on 6.18); so does mounting tracefs.
+pub fn missing_tls_privileges() -> Option<String> {
+    (!has(effective_caps(), CAP_SYS_ADMIN)).then(|| {
+        "--tls needs CAP_SYS_ADMIN for its uprobes (the kernel refuses them with CAP_PERFMON \
+         alone), and CAP_SYS_PTRACE to find other processes' libssl and open connections"
+            .to_owned()
+    })
+}
+
 /// Whether the kernel has the bpf(2) syscall: a call with an empty attribute fails with EINVAL
 /// or EFAULT when it exists, ENOSYS when the kernel was built without it.
 pub fn bpf_syscall_available() -> bool {

@@ -261,3 +261,62 @@ fn every_program_variant_loads_with_bpf_and_net_admin_only() {
         );
     }
 }
+
+/// `--tls` with only the DaemonSet's default CAP_BPF and CAP_NET_ADMIN, or with CAP_PERFMON
+/// too: refused before anything is attached, one line, exit status 2 (the kernel refuses uprobe
+/// events without CAP_SYS_ADMIN: measured, EACCES from perf_event_open). With CAP_SYS_ADMIN and
+/// CAP_SYS_PTRACE added (what the manifest's `--tls` comment asks for), the TLS programs load and
+/// attach, and the agent gives them up.
+#[test]
+fn tls_needs_sys_admin_and_says_so() {
+    let test = "tls_needs_sys_admin_and_says_so";
+    if !privileged_or_skip(test) {
+        return;
+    }
+    if !std::path::Path::new("/sys/kernel/tracing/events").is_dir() {
+        // Mounting tracefs needs CAP_SYS_ADMIN, which this run does not give.
+        assert!(
+            std::process::Command::new("mount")
+                .args(["-t", "tracefs", "nodev", "/sys/kernel/tracing"])
+                .status()
+                .is_ok_and(|s| s.success()),
+            "{test}: tracefs is not mounted and cannot be"
+        );
+    }
+    let ns = NetNs::new();
+    for (caps, ok) in [
+        ("-all,+bpf,+net_admin", false),
+        ("-all,+bpf,+net_admin,+perfmon,+sys_ptrace", false),
+        ("-all,+bpf,+net_admin,+sys_admin,+sys_ptrace", true),
+    ] {
+        let mut cmd = ns.nsenter("setpriv");
+        cmd.args([&format!("--bounding-set={caps}"), "--inh-caps=-all"])
+            .arg(binary())
+            .args([
+                "--iface",
+                "lo",
+                "--port",
+                "9",
+                "--tls",
+                "auto",
+                "--duration",
+                "0.3",
+            ])
+            .env("NO_COLOR", "1");
+        let out = cmd.output().expect("run the agent under setpriv");
+        let err = String::from_utf8_lossy(&out.stderr);
+        if ok {
+            assert!(
+                out.status.success() && err.contains("capturing;") && err.contains("TLS uprobes"),
+                "{caps}: the TLS programs must load and attach: {err}"
+            );
+        } else {
+            assert_eq!(out.status.code(), Some(2), "{caps}: {err}");
+            assert!(
+                err.lines().any(|l| l.contains("--tls needs CAP_SYS_ADMIN")),
+                "{caps}: one line naming the capability: {err}"
+            );
+            assert!(!err.contains("capturing;"), "nothing attached: {err}");
+        }
+    }
+}

@@ -93,6 +93,11 @@ pub fn check_environment(capture: &LiveConfig) -> Result<(), LiveError> {
         ));
     }
     crate::capture::ebpf::check_target(&capture.target)?;
+    if capture.tls != crate::capture::ebpf::tls::TlsSetting::Off
+        && let Some(reason) = crate::check::missing_tls_privileges()
+    {
+        return Err(LiveError::Usage(reason));
+    }
     Ok(())
 }
 

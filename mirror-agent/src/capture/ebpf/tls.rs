@@ -556,7 +556,8 @@ pub fn mechanisms() -> (bool, String) {
     let yes = |b: bool| if b { "yes" } else { "MISSING" };
     let detail = format!(
         "uprobes {}, syscall tracepoints {}, inet_sock_set_state {}, sock_recv/send_length {}{}; \
-         system libssl: {}",
+         system libssl: {}; needs at start CAP_SYS_ADMIN (uprobes) and CAP_SYS_PTRACE (other \
+         processes' /proc), given up once attached",
         yes(uprobes),
         yes(syscalls),
         yes(state),
