@@ -356,21 +356,15 @@ impl TlsStreams {
                 ts_ns,
                 payload,
             });
-            self.stats.segment_bytes += payload.len() as u64;
         }
         conn.next[dir] = conn.next[dir]
             .wrapping_add(payload.len() as u32)
             .wrapping_add(tail_lost);
-        if !payload.is_empty() {
-            self.process(h.pid).bytes += payload.len() as u64;
-        }
-        // Whatever the ring lost of this chunk's payload is accounted as copied-but-lost
-        // above; the chunk's copied bytes beyond its size (none in practice) are not segment
-        // bytes: count them as unresolved so the byte ledger balances.
-        let extra = chunk.data.len() - payload.len();
-        if extra > 0 {
-            self.stats.unresolved_bytes += extra as u64;
-        }
+        self.stats.segment_bytes += payload.len() as u64;
+        self.process(h.pid).bytes += payload.len() as u64;
+        // A record carrying more than its call has left (a malformed record; the kernel never
+        // writes one): the excess is no segment's, counted as unresolved so the ledger balances.
+        self.stats.unresolved_bytes += (chunk.data.len() - payload.len()) as u64;
     }
 
     /// The kernel's close record: a FIN each way for the connection's flow, and it is
