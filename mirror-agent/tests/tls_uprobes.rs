@@ -152,6 +152,7 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
     let mut server_fds = std::collections::BTreeSet::new();
     let mut endpoints = std::collections::BTreeSet::new();
     let mut firsts = 0;
+    let mut offsets_right = true;
     let mut closes = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(5);
     while Instant::now() < deadline
@@ -173,6 +174,14 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
                 if h.flags & mirror_common::tls::header_flags::FIRST != 0 {
                     firsts += 1;
                 }
+                // The kernel's count of the direction's bytes: where this chunk belongs.
+                let so_far = if c.is_read() {
+                    server_read.len()
+                } else {
+                    server_written.len()
+                };
+                offsets_right &= h.flags & mirror_common::tls::header_flags::STREAM_OFFSET != 0
+                    && h.stream_offset.wrapping_add(h.chunk_offset) as usize == so_far;
                 if c.is_read() {
                     server_read.extend_from_slice(c.data);
                 } else {
@@ -230,6 +239,10 @@ fn ssl_calls_yield_the_exact_plaintext_with_the_socket_fd() {
     );
     assert_ne!(remote_port, 0);
     assert_eq!(firsts, 1, "the connection's first call is marked once");
+    assert!(
+        offsets_right,
+        "every record says where its bytes sit in their direction"
+    );
     assert_eq!(
         closes,
         [(

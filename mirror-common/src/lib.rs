@@ -103,6 +103,8 @@ pub mod tls {
         pub const ENDPOINTS: u8 = 1;
         /// The first call on its socket: the connection's plaintext starts here.
         pub const FIRST: u8 = 2;
+        /// `stream_offset` is set (the socket was noted when established).
+        pub const STREAM_OFFSET: u8 = 4;
     }
 
     /// [`super::TlsSocket::flags`].
@@ -169,6 +171,11 @@ pub struct TlsRecordHeader {
     pub chunk_offset: u32,
     /// Bytes of this chunk following the header.
     pub captured_len: u32,
+    /// Where the call's first byte sits in its direction of the connection (bytes of the
+    /// socket's earlier calls in that direction, from 0 at its establishment, wrapping), when
+    /// [`tls::header_flags::STREAM_OFFSET`] is set: a call the ring lost wholly shows as a
+    /// jump, so userspace leaves a hole instead of splicing the calls around it.
+    pub stream_offset: u32,
     /// The socket's endpoints when [`tls::header_flags::ENDPOINTS`] is set (as in
     /// [`TlsSocket`]).
     pub local_addr: [u8; 16],
@@ -182,10 +189,11 @@ pub struct TlsRecordHeader {
     /// [`tls::header_flags`].
     pub flags: u8,
     pub _pad: u8,
+    pub _pad2: u32,
 }
 
 /// Size of [`TlsRecordHeader`].
-pub const TLS_HEADER_LEN: usize = 80;
+pub const TLS_HEADER_LEN: usize = 88;
 const _: () = assert!(core::mem::size_of::<TlsRecordHeader>() == TLS_HEADER_LEN);
 
 /// An established socket of a captured port (`MIRROR_TLS_SOCKS`' value). Addresses as in
@@ -202,8 +210,11 @@ pub struct TlsSocket {
     /// [`tls::socket_flags`].
     pub flags: u8,
     pub _pad: [u8; 2],
+    /// Plaintext bytes of the calls on this socket so far: [read, written] (wrapping). The
+    /// next call's [`TlsRecordHeader::stream_offset`].
+    pub offsets: [u32; 2],
 }
-const _: () = assert!(core::mem::size_of::<TlsSocket>() == 40);
+const _: () = assert!(core::mem::size_of::<TlsSocket>() == 48);
 
 /// A call in progress (`MIRROR_TLS_ACTIVE`'s value), kept from the uprobe at its entry to the
 /// one at its return, where the arguments are gone.

@@ -181,6 +181,7 @@ fn leave(n: u64) {
         call_len: n as u32,
         chunk_offset: 0,
         captured_len: 0,
+        stream_offset: 0,
         local_addr: [0; 16],
         remote_addr: [0; 16],
         local_port: 0,
@@ -189,6 +190,7 @@ fn leave(n: u64) {
         kind: call.kind,
         flags: 0,
         _pad: 0,
+        _pad2: 0,
     };
     let sock = if sk != 0 {
         MIRROR_TLS_SOCKS.get_ptr_mut(&sk)
@@ -217,7 +219,16 @@ fn leave(n: u64) {
         hdr.local_port = sock.local_port;
         hdr.remote_port = sock.remote_port;
         hdr.family = sock.family;
-        hdr.flags = header_flags::ENDPOINTS;
+        hdr.flags = header_flags::ENDPOINTS | header_flags::STREAM_OFFSET;
+        // The call's place in its direction, counted whether or not its bytes reach the ring:
+        // one SSL object is never read (or written) by two threads at once, so no race.
+        if call.kind == kind::READ {
+            hdr.stream_offset = sock.offsets[0];
+            sock.offsets[0] = sock.offsets[0].wrapping_add(n as u32);
+        } else {
+            hdr.stream_offset = sock.offsets[1];
+            sock.offsets[1] = sock.offsets[1].wrapping_add(n as u32);
+        }
         if sock.flags & socket_flags::TLS_SEEN == 0 {
             sock.flags |= socket_flags::TLS_SEEN;
             hdr.flags |= header_flags::FIRST;
@@ -439,6 +450,7 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
         family: family::IPV4,
         flags,
         _pad: [0; 2],
+        offsets: [0; 2],
     };
     match field(state_field::FAMILY) {
         AF_INET => {
@@ -508,6 +520,7 @@ fn report_close(sock: &TlsSocket) {
         call_len: 0,
         chunk_offset: 0,
         captured_len: 0,
+        stream_offset: 0,
         local_addr: sock.local_addr,
         remote_addr: sock.remote_addr,
         local_port: sock.local_port,
@@ -516,6 +529,7 @@ fn report_close(sock: &TlsSocket) {
         kind: kind::CLOSE,
         flags: header_flags::ENDPOINTS,
         _pad: 0,
+        _pad2: 0,
     };
     entry.write(hdr);
     entry.submit(BPF_RB_NO_WAKEUP as u64);

@@ -140,22 +140,31 @@ fn self_signed(dir: &Path) {
 /// The agent capturing `port` on the node's veth with `--tls auto`, mirroring to the recording
 /// mirror (`name=shadow` and `mirror_keys`).
 fn start_tls_agent(topo: &Topology, port: u16, mirror_keys: &str, dir: &Path) -> Agent {
+    start_tls_agent_with(topo, port, mirror_keys, &[], dir)
+}
+
+/// [`start_tls_agent`] with `extra` flags.
+fn start_tls_agent_with(
+    topo: &Topology,
+    port: u16,
+    mirror_keys: &str,
+    extra: &[&str],
+    dir: &Path,
+) -> Agent {
     let port = port.to_string();
     let mirror = format!("http://127.0.0.1:{MIRROR_PORT},name=shadow{mirror_keys}");
-    Agent::start(
-        &topo.server,
-        &[
-            "--iface",
-            &topo.server_if,
-            "--port",
-            &port,
-            "--tls",
-            "auto",
-            "--mirror",
-            &mirror,
-        ],
-        dir,
-    )
+    let mut args = vec![
+        "--iface",
+        &topo.server_if,
+        "--port",
+        &port,
+        "--tls",
+        "auto",
+        "--mirror",
+        &mirror,
+    ];
+    args.extend_from_slice(extra);
+    Agent::start(&topo.server, &args, dir)
 }
 
 /// The Python primary (`PRIMARY`, written to `dir` with the certificate) on the node's address
@@ -647,4 +656,113 @@ fn a_server_started_after_the_agent_is_read() {
     assert_eq!(want.len(), 2);
     assert!(mirrored == want, "byte-identical copies: {summary:?}");
     assert_eq!(summary.get("tls_connections_from_start"), 1, "{summary:?}");
+}
+
+/// One keep-alive connection: `GET /a`; `POST /big` whose head and 10000-byte body go in two
+/// TLS records (so the server reads them in two calls); `GET /c`. A pause between requests
+/// lets the agent drain its small ring.
+const SPLIT_CLIENT: &str = r#"
+import socket, ssl, sys, time
+host, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((host, port)))
+def answer():
+    buf = b""
+    while not buf.endswith(b"ok"):
+        d = s.recv(4096)
+        if not d:
+            raise SystemExit("closed")
+        buf += d
+    time.sleep(0.2)
+s.sendall(b"GET /a HTTP/1.1\r\nHost: primary\r\n\r\n")
+answer()
+s.sendall(b"POST /big HTTP/1.1\r\nHost: primary\r\nContent-Length: 10000\r\n\r\n")
+time.sleep(0.2)
+s.sendall(b"b" * 10000)
+answer()
+s.sendall(b"GET /c HTTP/1.1\r\nHost: primary\r\n\r\n")
+answer()
+s.close()
+"#;
+
+/// The TLS ring full at a call's first chunk (`--ring-buffer-size 4096`: a call of more than
+/// 2 KiB needs a 16 KiB record, which never fits) loses the call wholly, leaving no record.
+/// The kernel's count of each direction's bytes (`stream_offset`) shows the jump, so the agent
+/// leaves a hole instead of splicing the calls around it: the POST whose body was lost is not
+/// mirrored (nothing the client did not send is), the request after it is, byte for byte, and
+/// every loss is counted: the kernel's `tls_ring_full`, the hole's bytes, the cut request.
+#[test]
+fn a_call_the_ring_lost_is_a_hole_not_a_splice() {
+    if !privileged_or_skip("a_call_the_ring_lost_is_a_hole_not_a_splice") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORT: u16 = 8447;
+    let tmp = TempDir::new("mirror-tls-lost");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let seen = dir.join("primary");
+    let topo = Topology::new();
+    let _primary = start_python_primary(&topo, &dir, PORT, &seen);
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent_with(&topo, PORT, "", &["--ring-buffer-size", "4096"], &dir);
+    std::fs::write(dir.join("split.py"), SPLIT_CLIENT).unwrap();
+    let out = topo
+        .client
+        .command("python3")
+        .arg(dir.join("split.py"))
+        .arg(Topology::SERVER_V4)
+        .arg(PORT.to_string())
+        .output()
+        .expect("python TLS client");
+    assert!(
+        out.status.success(),
+        "client: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let got = mirror.wait_for(2, Duration::from_millis(1500), Duration::from_secs(15));
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let decrypted = primary_requests(&seen);
+    assert_eq!(
+        decrypted.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        ["GET /a HTTP/1.1", "POST /big HTTP/1.1", "GET /c HTTP/1.1"],
+        "what the primary read"
+    );
+    let mirrored: Vec<Vec<u8>> = got.iter().map(|r| r.bytes.clone()).collect();
+    assert_eq!(
+        mirrored.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        ["GET /a HTTP/1.1", "GET /c HTTP/1.1"],
+        "the requests around the lost call, not a splice\n{log}"
+    );
+    assert!(
+        mirrored[0] == decrypted[0] && mirrored[1] == decrypted[2],
+        "byte-identical copies\n{log}"
+    );
+    let s = |k: &str| summary.get(k);
+    assert!(
+        s("tls_ring_full") >= 1,
+        "the body's call lost in the kernel, counted: {summary:?}"
+    );
+    assert!(
+        s("tls_lost_bytes") >= 10_000,
+        "its bytes a hole in the stream: {summary:?}"
+    );
+    assert_eq!(s("tls_connections_from_start"), 1, "{summary:?}");
+    // The pipeline's ledger: the hole, and the request it cut.
+    let ledger = |k: &str| mirror_tests::agent::ledger(&log, k);
+    assert_eq!(
+        (
+            ledger("lost.client_gaps"),
+            ledger("lost.client_gap_bytes"),
+            ledger("lost.requests_gap")
+        ),
+        (1, 10_000, 1),
+        "{log}"
+    );
+    summary.assert_kernel_balanced();
+    println!("{summary:?}");
 }

@@ -138,6 +138,9 @@ struct Conn {
     next: [u32; 2],
     /// Bytes of the current call not seen yet, per direction.
     call_left: [u32; 2],
+    /// Where the next chunk should start in the kernel's count of each direction's plaintext
+    /// (`stream_offset`), once known: a chunk further on means calls the ring lost wholly.
+    stream_next: [Option<u32>; 2],
 }
 
 /// The TLS connections of every traced process (see the module doc).
@@ -301,6 +304,13 @@ impl TlsStreams {
                     role,
                     next: [ISN; 2],
                     call_left: [0; 2],
+                    // The kernel counts a socket it noted from its establishment: its plaintext
+                    // starts at 0 (a first call the ring lost is a hole at the start).
+                    stream_next: if h.flags & header_flags::STREAM_OFFSET != 0 {
+                        [Some(0); 2]
+                    } else {
+                        [None; 2]
+                    },
                 },
             );
         }
@@ -336,6 +346,17 @@ impl TlsStreams {
         // The chunk's own size in the call; what of it was not copied is lost too.
         let size = conn.call_left[dir].min(MAX_CHUNK as u32);
         conn.call_left[dir] -= size;
+        if h.flags & header_flags::STREAM_OFFSET != 0 {
+            // The kernel's count also covers calls of which no chunk came (the ring was full
+            // at their first): without it their neighbours would be spliced together.
+            let at = h.stream_offset.wrapping_add(h.chunk_offset);
+            if let Some(expected) = conn.stream_next[dir] {
+                let ahead = at.wrapping_sub(expected);
+                // Behind (never written by the kernel): nothing known lost.
+                lost = if ahead < 1 << 31 { ahead } else { 0 };
+            }
+            conn.stream_next[dir] = Some(at.wrapping_add(size));
+        }
         let payload = &chunk.data[..chunk.data.len().min(size as usize)];
         let tail_lost = size - payload.len() as u32;
         conn.next[dir] = conn.next[dir].wrapping_add(lost);
@@ -489,6 +510,7 @@ mod tests {
                 call_len,
                 chunk_offset: off,
                 captured_len: data.len() as u32,
+                stream_offset: 0,
                 local_addr: [0; 16],
                 remote_addr: [0; 16],
                 local_port: 0,
@@ -497,6 +519,7 @@ mod tests {
                 kind,
                 flags: 0,
                 _pad: 0,
+                _pad2: 0,
             },
             data,
         }
@@ -759,6 +782,77 @@ mod tests {
             .collect();
         assert_eq!(requests, [&req[..]], "{st}");
         assert_eq!(st.responses, 1, "{st}");
+    }
+
+    /// A call the ring lost wholly (full at its first chunk) leaves no record; the kernel's
+    /// count of each direction's bytes (`stream_offset`) shows the jump, so the calls around
+    /// it are not spliced: a body lost between its head and the next request becomes a hole,
+    /// that request is dropped (counted), and the next one is framed whole. Also a lost first
+    /// call: a hole at the start.
+    #[test]
+    fn a_call_lost_wholly_is_a_hole_not_a_splice() {
+        use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent};
+        let head = b"POST /a HTTP/1.1\r\nHost: s\r\nContent-Length: 10\r\n\r\n";
+        let body = b"0123456789";
+        let next = b"GET /c HTTP/1.1\r\nHost: s\r\n\r\n";
+        let at = |kind: u8, flags: u8, data: &'static [u8], offset: u32| {
+            let mut c = known(kind, header_flags::STREAM_OFFSET | flags, data);
+            c.header.stream_offset = offset;
+            c
+        };
+        let mut p = Pipeline::new(PipelineConfig {
+            ports: vec![443],
+            ..PipelineConfig::default()
+        });
+        let mut out = Vec::new();
+        let mut streams = TlsStreams::new(vec![443], None);
+        let mut resolve = |_: u32, _: i32| -> Option<(SocketAddr, SocketAddr)> {
+            panic!("the kernel gave the endpoints")
+        };
+        let mut seqs = Vec::new();
+        for c in [
+            at(kind::READ, header_flags::FIRST, head, 0),
+            // The body's call: lost in the kernel, no record.
+            at(kind::READ, 0, next, (head.len() + body.len()) as u32),
+        ] {
+            streams.on_chunk(&c, 2_000, &mut resolve, &mut |seg| {
+                if !seg.payload.is_empty() {
+                    seqs.push(seg.seq);
+                }
+                p.on_segment_ref(seg, &mut out)
+            });
+        }
+        assert_eq!(seqs, [ISN, ISN + (head.len() + body.len()) as u32]);
+        let ts = streams.stats();
+        assert_eq!(ts.lost_bytes, body.len() as u64, "{ts:?}");
+        assert!(ts.balanced(), "{ts:?}");
+        p.finish(&mut out);
+        let st = p.stats();
+        st.check_balance_at_end()
+            .unwrap_or_else(|e| panic!("{e}\n{st}"));
+        let requests: Vec<&[u8]> = out
+            .iter()
+            .filter_map(|e| match e {
+                PipelineEvent::Request(r) => Some(r.request.raw.as_ref()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(
+            requests,
+            [&next[..]],
+            "only what the client sent, whole: {st}"
+        );
+
+        // The connection's first call lost: its first record starts after a hole.
+        let mut streams = TlsStreams::new(vec![443], None);
+        let mut seqs = Vec::new();
+        streams.on_chunk(&at(kind::READ, 0, next, 7), 1, &mut resolve, &mut |seg| {
+            if !seg.payload.is_empty() {
+                seqs.push(seg.seq);
+            }
+        });
+        assert_eq!(seqs, [ISN + 7]);
+        assert_eq!(streams.stats().lost_bytes, 7);
     }
 
     /// Connections resolved in userspace are sampled with the classifiers' flow hash.
