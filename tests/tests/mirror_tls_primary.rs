@@ -766,3 +766,85 @@ fn a_call_the_ring_lost_is_a_hole_not_a_splice() {
     summary.assert_kernel_balanced();
     println!("{summary:?}");
 }
+
+/// `--capture-percent` with `--tls`: the kernel samples a TLS connection where it notes the
+/// socket (at its establishment, with the classifiers' flow hash), so a connection outside the
+/// share costs no ring space. nginx `ssl`, `ab` over HTTPS with a new connection per request,
+/// one mirror at 50%: the mirrored requests are exactly those of the connections kept, their
+/// share is within binomial bounds, and the calls of the others are counted as sampled out in
+/// the kernel (none reaches userspace).
+#[test]
+fn tls_connections_are_sampled_in_the_kernel() {
+    if !privileged_or_skip("tls_connections_are_sampled_in_the_kernel") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORT: u16 = 8448;
+    const N: u64 = 200;
+    let tmp = TempDir::new("mirror-tls-sampling");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let topo = Topology::new();
+    let _nginx = start_nginx_ssl(&topo, &dir, PORT, "", 1);
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(&topo, PORT, ",percent=50", &dir);
+    let out = topo
+        .client
+        .command("ab")
+        .args(["-q", "-n", &N.to_string(), "-c", "4"])
+        .arg(format!("https://{}:{PORT}/sampled", Topology::SERVER_V4))
+        .output()
+        .expect("run ab");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("Complete requests:      {N}")),
+        "ab: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // Whatever was sampled arrives within the quiet period; the count is checked against the
+    // agent's own numbers below.
+    let got = mirror.wait_for(
+        N as usize,
+        Duration::from_millis(1500),
+        Duration::from_secs(20),
+    );
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let m = got.len() as u64;
+    assert!(
+        got.iter().all(|r| r.line() == "GET /sampled HTTP/1.0"),
+        "only ab's requests"
+    );
+    // 50% of 200 connections: mean 100, standard deviation ~7; +-5 deviations.
+    assert!(
+        (65..=135).contains(&m),
+        "{m} of {N} connections mirrored at 50%: {summary:?}"
+    );
+    let s = |k: &str| summary.get(k);
+    assert_eq!(
+        s("tls_connections_from_start"),
+        m,
+        "one request per connection: the connections kept are the requests mirrored: {summary:?}"
+    );
+    // nginx makes the same calls on every connection: the calls counted as sampled out are
+    // to the calls copied as the connections left out are to those kept.
+    assert!(
+        s("tls_sampled_out") >= N - m && s("tls_sampled_out") * m == s("tls_calls") * (N - m),
+        "every connection left out had its calls counted as sampled out: {summary:?}"
+    );
+    assert_eq!(s("tls_connections_closed"), m, "{summary:?}");
+    assert_eq!(
+        (
+            s("tls_sampled_out_bytes"),
+            s("tls_other_bytes"),
+            s("tls_lost_bytes")
+        ),
+        (0, 0, 0),
+        "the kernel sampled; nothing else lost: {summary:?}"
+    );
+    let row = MirrorTable::parse(&log).row("shadow").clone();
+    assert_eq!((row.sampled, row.sent), (m, m), "{log}");
+    summary.assert_kernel_balanced();
+    println!("{m} of {N} mirrored; {summary:?}");
+}
