@@ -143,7 +143,7 @@ fn start_tls_agent(topo: &Topology, port: u16, mirror_keys: &str, dir: &Path) ->
     start_tls_agent_with(topo, port, mirror_keys, &[], dir)
 }
 
-/// [`start_tls_agent`] with `extra` flags.
+/// [`start_tls_agent`] with `extra` flags (`--tls auto` unless they have their own `--tls`).
 fn start_tls_agent_with(
     topo: &Topology,
     port: u16,
@@ -158,11 +158,12 @@ fn start_tls_agent_with(
         &topo.server_if,
         "--port",
         &port,
-        "--tls",
-        "auto",
         "--mirror",
         &mirror,
     ];
+    if !extra.contains(&"--tls") {
+        args.extend(["--tls", "auto"]);
+    }
     args.extend_from_slice(extra);
     Agent::start(&topo.server, &args, dir)
 }
@@ -847,4 +848,223 @@ fn tls_connections_are_sampled_in_the_kernel() {
     assert_eq!((row.sampled, row.sent), (m, m), "{log}");
     summary.assert_kernel_balanced();
     println!("{m} of {N} mirrored; {summary:?}");
+}
+
+/// Builds (once per target directory) `tests/fixtures/static_tls_server.c` linked statically
+/// against OpenSSL 1.1.1 from the openssl-src crate's source: configure and `make build_libs`
+/// take about 40 s on two cores. Fails with the failing step's output; `cargo xtask setup`
+/// installs what it needs (gcc, make, perl).
+fn static_tls_server() -> std::path::PathBuf {
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("openssl-1.1.1-static");
+    let server = root.join("static_tls_server");
+    let fixture = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/static_tls_server.c");
+    let built_from = root.join("static_tls_server.c");
+    let fixture_text = std::fs::read(&fixture).expect("the fixture's source");
+    if server.is_file() && std::fs::read(&built_from).ok() == Some(fixture_text.clone()) {
+        return server;
+    }
+    let src = root.join("src");
+    let libs = [src.join("libssl.a"), src.join("libcrypto.a")];
+    let run = |what: &str, cmd: &mut Command| {
+        let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+        assert!(
+            out.status.success(),
+            "{what}: {}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+    };
+    if !libs.iter().all(|l| l.is_file()) {
+        build_openssl(&root, &src, &run);
+    }
+    let tmp = root.join("static_tls_server.tmp");
+    run(
+        "compile the static TLS server",
+        Command::new("gcc")
+            .args(["-O2", "-Wall", "-o"])
+            .arg(&tmp)
+            .arg("-I")
+            .arg(src.join("include"))
+            .arg(&fixture)
+            .args(&libs)
+            .args(["-ldl", "-pthread"]),
+    );
+    std::fs::rename(&tmp, &server).unwrap();
+    std::fs::write(&built_from, fixture_text).unwrap();
+    server
+}
+
+/// OpenSSL 1.1.1's static libraries in `src`, from the openssl-src crate's source.
+fn build_openssl(root: &Path, src: &Path, run: &impl Fn(&str, &mut Command)) {
+    let _ = std::fs::remove_dir_all(root);
+    std::fs::create_dir_all(root).unwrap();
+    run(
+        "copy the OpenSSL source",
+        Command::new("cp")
+            .arg("-r")
+            .arg(openssl_src::source_dir())
+            .arg(src),
+    );
+    run(
+        "configure OpenSSL 1.1.1",
+        Command::new("./Configure")
+            .args([
+                "linux-x86_64",
+                "no-shared",
+                "no-tests",
+                "no-engine",
+                "no-async",
+            ])
+            .current_dir(src),
+    );
+    run(
+        "build OpenSSL 1.1.1",
+        Command::new("make")
+            .args(["-j2", "build_libs"])
+            .current_dir(src),
+    );
+}
+
+/// `--tls-binary` on a server with OpenSSL 1.1.1 linked in statically (no libssl mapped at
+/// all): the probes go on the binary's own OpenSSL, found by symbol. curl on one keep-alive
+/// connection, `ab -k` on another, curl on new connections: every request the server decrypted
+/// reaches the mirror byte for byte, and the exit report names the process.
+#[test]
+fn a_server_with_openssl_1_1_linked_in_is_read() {
+    if !privileged_or_skip("a_server_with_openssl_1_1_linked_in_is_read") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORT: u16 = 8449;
+    const AB: usize = 20;
+    const SINGLES: usize = 5;
+    let server_bin = static_tls_server();
+    let tmp = TempDir::new("mirror-tls-static");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let seen = dir.join("primary");
+    std::fs::create_dir_all(&seen).unwrap();
+    let topo = Topology::new();
+    let mut cmd = topo
+        .server
+        .command(server_bin.to_str().expect("a UTF-8 path"));
+    cmd.arg(dir.join("cert.pem"))
+        .arg(dir.join("key.pem"))
+        .arg(Topology::SERVER_V4)
+        .arg(PORT.to_string())
+        .arg(&seen)
+        .stdout(Stdio::null());
+    let _server = ChildGuard::spawn("static TLS server", &mut cmd);
+    wait_for_port(&topo.server, PORT, Duration::from_secs(10));
+    let maps = std::fs::read_to_string(format!(
+        "/proc/{}/maps",
+        _server.child.as_ref().unwrap().id()
+    ))
+    .unwrap_or_default();
+    assert!(
+        !maps.contains("libssl"),
+        "no libssl mapped: the OpenSSL is the binary's own"
+    );
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let bin = server_bin.to_str().unwrap();
+    let mut agent = start_tls_agent_with(
+        &topo,
+        PORT,
+        "",
+        &["--tls", "off", "--tls-binary", bin],
+        &dir,
+    );
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    let three = curl_ok(
+        &topo,
+        &[
+            "-k",
+            "--http1.1",
+            "-H",
+            "X-Test: static-openssl",
+            &format!("{base}/s/1"),
+            &format!("{base}/s/2"),
+            &format!("{base}/s/3"),
+        ],
+    );
+    assert_eq!(three, b"okokok");
+    let out = topo
+        .client
+        .command("ab")
+        // Keep-alive: the server keeps every connection open until the client closes it.
+        .args(["-q", "-k", "-n", &AB.to_string(), "-c", "1"])
+        .arg(format!("{base}/ab"))
+        .output()
+        .expect("run ab");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(&format!("Complete requests:      {AB}")),
+        "ab: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // New connections, one request each.
+    for i in 0..SINGLES {
+        assert_eq!(
+            curl_ok(&topo, &["-k", "--http1.1", &format!("{base}/single/{i}")]),
+            b"ok"
+        );
+    }
+    let total = 3 + AB + SINGLES;
+    let got = mirror.wait_for(total, Duration::from_millis(500), Duration::from_secs(15));
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    // What the server decrypted, cut into requests at each head's end (no bodies).
+    let mut want: Vec<Vec<u8>> = Vec::new();
+    for conn in primary_requests(&seen) {
+        let mut rest = &conn[..];
+        while let Some(end) = rest.windows(4).position(|w| w == b"\r\n\r\n") {
+            want.push(rest[..end + 4].to_vec());
+            rest = &rest[end + 4..];
+        }
+        assert!(rest.is_empty(), "whole requests only");
+    }
+    assert_eq!(want.len(), total, "what the server read");
+    let mut mirrored: Vec<Vec<u8>> = got.iter().map(|r| r.bytes.clone()).collect();
+    want.sort();
+    mirrored.sort();
+    assert_eq!(
+        mirrored.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        want.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        "every request mirrored\n{log}"
+    );
+    assert!(mirrored == want, "byte-identical copies\n{log}");
+    let s = |k: &str| summary.get(k);
+    assert_eq!(s("tls_targets"), 1, "the binary: {summary:?}");
+    assert_eq!(
+        (s("tls_ring_full"), s("tls_lost_bytes"), s("tls_no_fd")),
+        (0, 0, 0),
+        "{summary:?}"
+    );
+    assert_eq!(
+        s("tls_connections_from_start"),
+        2 + SINGLES as u64,
+        "curl's, ab's and the single ones: {summary:?}"
+    );
+    // OpenSSL 1.1.1's SSL_read_ex/SSL_write_ex call ssl_read_internal/ssl_write_internal as
+    // 3.0's do: the probes go there (no single-stepped prologue).
+    assert_eq!(s("tls_internal_targets"), 1, "{summary:?}");
+    let report: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.starts_with("TLS plaintext (--tls)"))
+        .take(3)
+        .collect();
+    assert!(
+        report
+            .iter()
+            .any(|l| l.trim_start().starts_with("static_tls_serv (pid ")),
+        "the exit report names the server: {report:?}\n{log}"
+    );
+    summary.assert_kernel_balanced();
+    println!("{summary:?}");
 }

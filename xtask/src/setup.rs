@@ -50,6 +50,12 @@ const TEST_PACKAGES: &[&str] = &[
     "socat",
     // ab over HTTPS drives the nginx TLS primary (tests/tests/mirror_tls_primary.rs).
     "apache2-utils",
+    // The same file builds OpenSSL 1.1.1 from the openssl-src crate's source and a C server
+    // linked statically against it (the `--tls-binary` case).
+    "gcc",
+    "libc6-dev",
+    "make",
+    "perl",
 ];
 
 /// Debian packages `cargo xtask image` and its smoke test run: podman builds the image from
