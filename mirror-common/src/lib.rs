@@ -103,7 +103,8 @@ pub mod tls {
         pub const ENDPOINTS: u8 = 1;
         /// The first call on its socket: the connection's plaintext starts here.
         pub const FIRST: u8 = 2;
-        /// `stream_offset` is set (the socket was noted when established).
+        /// `stream_offset` is set (counted from the socket's establishment, or from its first
+        /// TLS call for a socket open before the programs were attached).
         pub const STREAM_OFFSET: u8 = 4;
     }
 
@@ -116,6 +117,11 @@ pub mod tls {
         /// The client side of a connection to a captured port (a client on the same node):
         /// its calls are not copied.
         pub const CLIENT: u8 = 4;
+        /// Not noted when established (open before the programs were attached, or another
+        /// service's), followed from its first TLS call: no endpoints here (userspace resolves
+        /// them from the fd); its close is reported with the endpoints the kernel gives then,
+        /// when its local port is a captured one.
+        pub const UNNOTED: u8 = 8;
     }
 
     /// Per-CPU counters of the TLS programs.

@@ -13,19 +13,21 @@
 //!
 //! The socket's endpoints come from `inet_sock_set_state`, which gives them when a socket of a
 //! captured port becomes established (`MIRROR_TLS_SOCKS`, sampled there with the classifiers'
-//! flow hash); a connection established before the programs were attached has no entry, and its
-//! records carry only pid and fd (userspace resolves them through procfs). The first call on a
-//! socket marks its record [`header_flags::FIRST`] and its port [`port_state::TLS`] (the
-//! classifiers then leave that port's ciphertext alone); its close is reported with a
-//! [`kind::CLOSE`] record.
+//! flow hash); a connection established before the programs were attached gets an entry at its
+//! first call (`UNNOTED`: no endpoints, its records carry only pid and fd, which userspace
+//! resolves through procfs). The first call on a noted socket marks its record
+//! [`header_flags::FIRST`] and its port [`port_state::TLS`] (the classifiers then leave that
+//! port's ciphertext alone); its close is reported with a [`kind::CLOSE`] record (for an unnoted
+//! one, with the endpoints the close gives, when its local port is a captured one).
 //!
 //! At the return the call's bytes go to the ring in records of at most [`MAX_CHUNK`] bytes, at
 //! most [`MAX_CHUNKS`] of them; each reserves the smallest size class that holds its chunk and
 //! the user memory is read straight into the reservation. A full ring loses the rest of the call
-//! (counted); userspace sees an incomplete call from `call_len`.
+//! (counted); userspace sees an incomplete call from `call_len`, and a call lost wholly from the
+//! socket's count of each direction's bytes (`stream_offset`).
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_EXIST, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
@@ -192,15 +194,31 @@ fn leave(n: u64) {
         _pad: 0,
         _pad2: 0,
     };
-    let sock = if sk != 0 {
+    let mut sock = if sk != 0 {
         MIRROR_TLS_SOCKS.get_ptr_mut(&sk)
     } else {
         None
     };
-    if sk != 0 && sock.is_none() && setting(config::TLS_OPEN_BEFORE) == 0 {
-        // Not noted when established, and nothing was open before: no captured connection.
-        count(counter::OTHER, 1);
-        return;
+    if sk != 0 && sock.is_none() {
+        if setting(config::TLS_OPEN_BEFORE) == 0 {
+            // Not noted when established, and nothing was open before: no captured connection.
+            count(counter::OTHER, 1);
+            return;
+        }
+        // Open before the programs were attached (or another service's: userspace tells from
+        // the fd): followed from here, so its bytes are counted and its close reported.
+        let unnoted = TlsSocket {
+            local_addr: [0; 16],
+            remote_addr: [0; 16],
+            local_port: 0,
+            remote_port: 0,
+            family: 0,
+            flags: socket_flags::UNNOTED,
+            _pad: [0; 2],
+            offsets: [0; 2],
+        };
+        let _ = MIRROR_TLS_SOCKS.insert(&sk, &unnoted, BPF_NOEXIST as u64);
+        sock = MIRROR_TLS_SOCKS.get_ptr_mut(&sk);
     }
     if let Some(sock) = sock {
         // SAFETY: a map value; its fields are plain data, written in place (a race with
@@ -214,26 +232,30 @@ fn leave(n: u64) {
             count(counter::SAMPLED_OUT, 1);
             return;
         }
-        hdr.local_addr = sock.local_addr;
-        hdr.remote_addr = sock.remote_addr;
-        hdr.local_port = sock.local_port;
-        hdr.remote_port = sock.remote_port;
-        hdr.family = sock.family;
-        hdr.flags = header_flags::ENDPOINTS | header_flags::STREAM_OFFSET;
+        if sock.flags & socket_flags::UNNOTED == 0 {
+            hdr.local_addr = sock.local_addr;
+            hdr.remote_addr = sock.remote_addr;
+            hdr.local_port = sock.local_port;
+            hdr.remote_port = sock.remote_port;
+            hdr.family = sock.family;
+            hdr.flags = header_flags::ENDPOINTS;
+            if sock.flags & socket_flags::TLS_SEEN == 0 {
+                hdr.flags |= header_flags::FIRST;
+                // From now on the classifiers leave this port's ciphertext alone.
+                let _ =
+                    MIRROR_PORTS.insert(&sock.local_port, &port_state::TLS, BPF_EXIST as u64);
+            }
+        }
+        sock.flags |= socket_flags::TLS_SEEN;
         // The call's place in its direction, counted whether or not its bytes reach the ring:
         // one SSL object is never read (or written) by two threads at once, so no race.
+        hdr.flags |= header_flags::STREAM_OFFSET;
         if call.kind == kind::READ {
             hdr.stream_offset = sock.offsets[0];
             sock.offsets[0] = sock.offsets[0].wrapping_add(n as u32);
         } else {
             hdr.stream_offset = sock.offsets[1];
             sock.offsets[1] = sock.offsets[1].wrapping_add(n as u32);
-        }
-        if sock.flags & socket_flags::TLS_SEEN == 0 {
-            sock.flags |= socket_flags::TLS_SEEN;
-            hdr.flags |= header_flags::FIRST;
-            // From now on the classifiers leave this port's ciphertext alone.
-            let _ = MIRROR_PORTS.insert(&sock.local_port, &port_state::TLS, BPF_EXIST as u64);
         }
     }
     count(counter::CALLS, 1);
@@ -419,12 +441,24 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
         return 0;
     };
     let newstate = unsafe { ctx.read_at::<i32>(state_field::NEWSTATE) }.unwrap_or(0);
+    let local_port = field(state_field::SPORT);
+    let remote_port = field(state_field::DPORT);
     if newstate == TCP_CLOSE {
         // SAFETY: read of a plain value, copied.
-        if let Some(sock) = unsafe { MIRROR_TLS_SOCKS.get(&sk) }.copied() {
-            let _ = MIRROR_TLS_SOCKS.remove(&sk);
-            if sock.flags & socket_flags::TLS_SEEN != 0 {
-                report_close(&sock);
+        let Some(sock) = (unsafe { MIRROR_TLS_SOCKS.get(&sk) }).copied() else {
+            return 0;
+        };
+        let _ = MIRROR_TLS_SOCKS.remove(&sk);
+        if sock.flags & socket_flags::TLS_SEEN == 0 {
+            return 0;
+        }
+        if sock.flags & socket_flags::UNNOTED == 0 {
+            report_close(&sock);
+        } else if unsafe { MIRROR_PORTS.get(&local_port) }.is_some() {
+            // Followed from a call: its endpoints are the record's (a server-side socket of a
+            // captured port; others' closes would only be unmatched in userspace).
+            if let Some(ended) = endpoints(&ctx, local_port, remote_port, 0) {
+                report_close(&ended);
             }
         }
         return 0;
@@ -432,8 +466,6 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
     if newstate != TCP_ESTABLISHED {
         return 0;
     }
-    let local_port = field(state_field::SPORT);
-    let remote_port = field(state_field::DPORT);
     // SAFETY: read-only lookups.
     let flags = if unsafe { MIRROR_PORTS.get(&local_port) }.is_some() {
         0
@@ -442,44 +474,9 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
     } else {
         return 0;
     };
-    let mut sock = TlsSocket {
-        local_addr: [0; 16],
-        remote_addr: [0; 16],
-        local_port,
-        remote_port,
-        family: family::IPV4,
-        flags,
-        _pad: [0; 2],
-        offsets: [0; 2],
+    let Some(mut sock) = endpoints(&ctx, local_port, remote_port, flags) else {
+        return 0;
     };
-    match field(state_field::FAMILY) {
-        AF_INET => {
-            let (Ok(l), Ok(r)) = (unsafe { ctx.read_at::<[u8; 4]>(state_field::SADDR) }, unsafe {
-                ctx.read_at::<[u8; 4]>(state_field::DADDR)
-            }) else {
-                return 0;
-            };
-            sock.local_addr[..4].copy_from_slice(&l);
-            sock.remote_addr[..4].copy_from_slice(&r);
-        }
-        AF_INET6 => {
-            let (Ok(l), Ok(r)) = (unsafe { ctx.read_at::<[u8; 16]>(state_field::SADDR_V6) }, unsafe {
-                ctx.read_at::<[u8; 16]>(state_field::DADDR_V6)
-            }) else {
-                return 0;
-            };
-            if v4_mapped(&l) && v4_mapped(&r) {
-                // An IPv4 peer of an IPv6 socket: its packets are IPv4.
-                sock.local_addr[..4].copy_from_slice(&l[12..]);
-                sock.remote_addr[..4].copy_from_slice(&r[12..]);
-            } else {
-                sock.family = family::IPV6;
-                sock.local_addr = l;
-                sock.remote_addr = r;
-            }
-        }
-        _ => return 0,
-    }
     let basis_points = setting(config::SAMPLE_BASIS_POINTS);
     if flags == 0 && basis_points < 10000 {
         let h = flow_hash(
@@ -496,6 +493,52 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
     count(counter::SOCKETS, 1);
     let _ = MIRROR_TLS_SOCKS.insert(&sk, &sock, 0);
     0
+}
+
+/// The socket of an `inet_sock_set_state` record, with `flags`: its addresses as the
+/// classifiers see its packets (an IPv4 peer of an IPv6 socket as IPv4). `None` for another
+/// family or an unreadable field.
+#[inline(always)]
+fn endpoints(
+    ctx: &TracePointContext,
+    local_port: u16,
+    remote_port: u16,
+    flags: u8,
+) -> Option<TlsSocket> {
+    let mut sock = TlsSocket {
+        local_addr: [0; 16],
+        remote_addr: [0; 16],
+        local_port,
+        remote_port,
+        family: family::IPV4,
+        flags,
+        _pad: [0; 2],
+        offsets: [0; 2],
+    };
+    // SAFETY (all reads): fields of the tracepoint record at their format-file offsets.
+    match unsafe { ctx.read_at::<u16>(state_field::FAMILY) }.unwrap_or(0) {
+        AF_INET => {
+            let l = unsafe { ctx.read_at::<[u8; 4]>(state_field::SADDR) }.ok()?;
+            let r = unsafe { ctx.read_at::<[u8; 4]>(state_field::DADDR) }.ok()?;
+            sock.local_addr[..4].copy_from_slice(&l);
+            sock.remote_addr[..4].copy_from_slice(&r);
+        }
+        AF_INET6 => {
+            let l = unsafe { ctx.read_at::<[u8; 16]>(state_field::SADDR_V6) }.ok()?;
+            let r = unsafe { ctx.read_at::<[u8; 16]>(state_field::DADDR_V6) }.ok()?;
+            if v4_mapped(&l) && v4_mapped(&r) {
+                // An IPv4 peer of an IPv6 socket: its packets are IPv4.
+                sock.local_addr[..4].copy_from_slice(&l[12..]);
+                sock.remote_addr[..4].copy_from_slice(&r[12..]);
+            } else {
+                sock.family = family::IPV6;
+                sock.local_addr = l;
+                sock.remote_addr = r;
+            }
+        }
+        _ => return None,
+    }
+    Some(sock)
 }
 
 #[inline(always)]
