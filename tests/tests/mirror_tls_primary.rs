@@ -195,6 +195,19 @@ fn start_nginx_ssl(
     listen_extra: &str,
     workers: u32,
 ) -> ChildGuard {
+    start_nginx_ssl_on(topo, dir, Topology::SERVER_V4, port, listen_extra, workers)
+}
+
+/// [`start_nginx_ssl`] listening on `ip` (`[::]` for every address, IPv4 too with
+/// ` ipv6only=off`).
+fn start_nginx_ssl_on(
+    topo: &Topology,
+    dir: &Path,
+    ip: &str,
+    port: u16,
+    listen_extra: &str,
+    workers: u32,
+) -> ChildGuard {
     let d = dir.display();
     std::fs::create_dir_all(dir.join("body")).unwrap();
     let conf = dir.join("nginx.conf");
@@ -205,8 +218,7 @@ fn start_nginx_ssl(
              events {{ worker_connections 1024; }}\n\
              http {{\n  access_log {d}/access.log;\n  client_body_temp_path {d}/body;\n\
              server {{\n    listen {ip}:{port} ssl{listen_extra};\n    ssl_certificate {d}/cert.pem;\n\
-             ssl_certificate_key {d}/key.pem;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n",
-            ip = Topology::SERVER_V4
+             ssl_certificate_key {d}/key.pem;\n    location / {{ return 200 \"ok\"; }}\n  }}\n}}\n"
         ),
     )
     .unwrap();
@@ -1073,4 +1085,72 @@ fn a_server_with_openssl_1_1_linked_in_is_read() {
     );
     summary.assert_kernel_balanced();
     println!("{summary:?}");
+}
+
+/// An IPv6 listener (`[::]`, `ipv6only=off`): a connection over IPv6 and one from an IPv4 client
+/// (an IPv4-mapped peer of the IPv6 socket, whose packets are IPv4). The kernel notes both
+/// sockets' endpoints as the classifiers see their packets, and each request reaches the mirror.
+#[test]
+fn an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients() {
+    if !privileged_or_skip("an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORT: u16 = 8450;
+    let tmp = TempDir::new("mirror-tls-v6");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let topo = Topology::new();
+    let _nginx = start_nginx_ssl_on(&topo, &dir, "[::]", PORT, " ipv6only=off", 1);
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(&topo, PORT, "", &dir);
+    let v6 = format!("https://[{}]:{PORT}", Topology::SERVER_V6);
+    assert_eq!(
+        curl_ok(
+            &topo,
+            &[
+                "-k",
+                "--http1.1",
+                &format!("{v6}/v6/1"),
+                &format!("{v6}/v6/2")
+            ]
+        ),
+        b"okok"
+    );
+    let v4 = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    assert_eq!(
+        curl_ok(&topo, &["-k", "--http1.1", &format!("{v4}/v4-mapped")]),
+        b"ok"
+    );
+    let got = mirror.wait_for(3, Duration::from_millis(500), Duration::from_secs(15));
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let mut lines: Vec<String> = got.iter().map(|r| r.line()).collect();
+    lines.sort();
+    assert_eq!(
+        lines,
+        [
+            "GET /v4-mapped HTTP/1.1",
+            "GET /v6/1 HTTP/1.1",
+            "GET /v6/2 HTTP/1.1"
+        ],
+        "{log}"
+    );
+    let s = |k: &str| summary.get(k);
+    assert_eq!(
+        (
+            s("tls_connections_from_start"),
+            s("tls_connections_closed"),
+            s("tls_closes_unmatched")
+        ),
+        (2, 2, 0),
+        "both connections noted when established, their closes matched: {summary:?}"
+    );
+    assert_eq!(
+        (s("tls_lost_bytes"), s("tls_other_bytes")),
+        (0, 0),
+        "{summary:?}"
+    );
+    summary.assert_kernel_balanced();
 }
