@@ -1154,3 +1154,71 @@ fn an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients() {
     );
     summary.assert_kernel_balanced();
 }
+
+/// `--compare` with a TLS primary: what the server wrote (`SSL_write`) is the flow's server
+/// side, framed into responses and compared with the mirror's answers. The recording mirror
+/// answers with a body of its own, so every request is a `body` difference whose diff-log line
+/// holds the primary's decrypted answer (`ok`).
+#[test]
+fn a_tls_primarys_answers_are_compared() {
+    if !privileged_or_skip("a_tls_primarys_answers_are_compared") {
+        return;
+    }
+    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    const PORT: u16 = 8451;
+    let tmp = TempDir::new("mirror-tls-compare");
+    let dir = tmp.0.clone();
+    self_signed(&dir);
+    let topo = Topology::new();
+    let _primary = start_python_primary(&topo, &dir, PORT, &dir.join("primary"));
+    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let diff_log = dir.join("diff.jsonl");
+    let diff_arg = diff_log.to_str().unwrap();
+    let mut agent = start_tls_agent_with(
+        &topo,
+        PORT,
+        "",
+        &["--compare", "--diff-log", diff_arg],
+        &dir,
+    );
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    let three = curl_ok(
+        &topo,
+        &[
+            "-k",
+            "--http1.1",
+            &format!("{base}/cmp/1"),
+            &format!("{base}/cmp/2"),
+            &format!("{base}/cmp/3"),
+        ],
+    );
+    assert_eq!(three, b"okokok");
+    let got = mirror.wait_for(3, Duration::from_millis(500), Duration::from_secs(15));
+    assert_eq!(got.len(), 3);
+    // The mirror's answers reach the comparison right after it writes them.
+    std::thread::sleep(Duration::from_millis(500));
+    let (status, _) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    let row = mirror_tests::mirror::compare_row(&log, "shadow");
+    assert_eq!(
+        (row["compared"], row["no_response"], row["body"]),
+        (3, 0, 3),
+        "{row:?}\n{log}"
+    );
+    assert_eq!(
+        mirror_tests::agent::ledger(&log, "responses"),
+        3,
+        "the server's plaintext framed into responses: {log}"
+    );
+    let text = std::fs::read_to_string(&diff_log).expect("the diff log");
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("a JSON line"))
+        .collect();
+    assert_eq!(lines.len(), 3, "{text}");
+    for l in &lines {
+        assert_eq!(l["primary"]["status"].as_u64(), Some(200), "{l}");
+        assert_eq!(l["primary_body"]["text"], "ok", "the decrypted answer: {l}");
+    }
+}
