@@ -512,6 +512,13 @@ fn nginx_over_https_is_mirrored_request_for_request() {
         (0, 0),
         "no connection open at start: no syscall tracepoints, and no call unmatched: {summary:?}"
     );
+    // Without --compare nginx's responses are not read: only the read calls are probed.
+    assert_eq!(s("tls_write_probes"), 0, "{summary:?}");
+    assert_eq!(
+        mirror_tests::agent::ledger(&log, "ignored.server_bytes"),
+        0,
+        "no response bytes read: {log}"
+    );
     // curl's connection, ab's new connections and ab's keep-alive ones (one per concurrent
     // client, at most 4), each seen from its first call.
     assert!(
@@ -1197,9 +1204,14 @@ fn a_tls_primarys_answers_are_compared() {
     assert_eq!(got.len(), 3);
     // The mirror's answers reach the comparison right after it writes them.
     std::thread::sleep(Duration::from_millis(500));
-    let (status, _) = agent.stop(libc::SIGTERM);
+    let (status, summary) = agent.stop(libc::SIGTERM);
     let log = agent.log();
     assert!(status.success(), "agent exit {status}: {log}");
+    assert_eq!(
+        summary.get("tls_write_probes"),
+        1,
+        "--compare probes the writes: {summary:?}"
+    );
     let row = mirror_tests::mirror::compare_row(&log, "shadow");
     assert_eq!(
         (row["compared"], row["no_response"], row["body"]),

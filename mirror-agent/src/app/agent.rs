@@ -144,9 +144,14 @@ async fn run(settings: Settings, opts: live::LiveOptions) -> Result<(), AppError
 /// read?"), and what was lost.
 fn tls_report(t: &crate::capture::ebpf::tls::TlsCounters) -> String {
     let mut out = format!(
-        "TLS plaintext (--tls): uprobes on {} file(s), socket tracepoints {}; {} connection(s) \
-         read, {} record chunk(s) lost to a full ring\n",
+        "TLS plaintext (--tls): uprobes on {} file(s) ({}), socket tracepoints {}; {} \
+         connection(s) read, {} record chunk(s) lost to a full ring\n",
         t.targets,
+        if t.writes {
+            "reads and writes"
+        } else {
+            "reads: the responses are not compared"
+        },
         if t.socket_tracepoints {
             "on"
         } else {

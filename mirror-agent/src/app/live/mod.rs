@@ -154,7 +154,7 @@ impl std::fmt::Display for LiveSummary {
             k.tls_ciphertext,
             match &k.tls {
                 Some(t) => format!(
-                    " tls_targets={} tls_internal_targets={} tls_socket_tracepoints={} \
+                    " tls_targets={} tls_internal_targets={} tls_write_probes={} tls_socket_tracepoints={} \
                      tls_syscall_tracepoints={} tls_calls={} tls_records={} \
                      tls_ring_full={} tls_truncated_bytes={} tls_no_fd={} tls_read_errors={} \
                      tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} tls_client_side={} \
@@ -167,6 +167,7 @@ impl std::fmt::Display for LiveSummary {
                      tls_late_ciphertext_segments={} tls_malformed_records={}",
                     t.targets,
                     t.internal_targets,
+                    u8::from(t.writes),
                     u8::from(t.socket_tracepoints),
                     u8::from(t.syscall_tracepoints),
                     t.kernel.calls,

@@ -302,7 +302,10 @@ impl AttachedCapture {
         let ring: RingBuf<MapData> = take(&mut ebpf, maps::RING)?;
         // Before the classifiers: a TLS port is marked before its first packet is captured.
         let tls = tls_targets
-            .map(|targets| tls::TlsProbes::attach(&mut ebpf, &targets, &cfg.ports, false))
+            .map(|targets| {
+                // The server's writes are its responses: probed only when they are compared.
+                tls::TlsProbes::attach(&mut ebpf, &targets, &cfg.ports, false, cfg.attach_egress)
+            })
             .transpose()?;
         if let Some(t) = &tls
             && t.open_before.is_empty()

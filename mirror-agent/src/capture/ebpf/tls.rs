@@ -107,6 +107,8 @@ pub struct TlsProbes {
     pub targets: Vec<PathBuf>,
     /// Of those, the ones probed at OpenSSL's internal functions (no single-step per call).
     pub internal_targets: u64,
+    /// The write calls are probed too (`--compare`: the server's responses).
+    pub writes: bool,
     /// The socket tracepoints are attached (else only the connections open at start are read).
     pub socket_tracepoints: bool,
     /// The syscall tracepoints are attached (connections were open at start).
@@ -149,12 +151,15 @@ impl TlsProbes {
     /// Attaches the TLS programs of `ebpf` (loaded by [`load_programs`]; its TLS maps sized
     /// by its loader) to `targets` (libssl files or binaries with OpenSSL linked in).
     /// `always_fds`: attach the syscall tracepoints (the calls' fds) even when no connection
-    /// was open before (diagnostics and tests).
+    /// was open before (diagnostics and tests). `writes`: also probe the write calls (the
+    /// server's responses, which only `--compare` reads): every probed call costs the process
+    /// two traps, and a server makes about as many write calls as read calls with data.
     pub fn attach(
         ebpf: &mut Ebpf,
         targets: &[PathBuf],
         ports: &[u16],
         always_fds: bool,
+        writes: bool,
     ) -> Result<Self, CaptureError> {
         mount_tracefs()?;
         let mut internal = 0;
@@ -164,19 +169,21 @@ impl TlsProbes {
             match points {
                 super::tls_points::ProbePoints::Internal { read, write } => {
                     internal += 1;
-                    for (name, offset) in [
-                        (INTERNAL_READ, read),
-                        (EX_RET, read),
-                        (INTERNAL_WRITE, write),
-                        (EX_RET, write),
-                    ] {
+                    let mut points = vec![(INTERNAL_READ, read), (EX_RET, read)];
+                    if writes {
+                        points.extend([(INTERNAL_WRITE, write), (EX_RET, write)]);
+                    }
+                    for (name, offset) in points {
                         uprobe(ebpf, name)?
                             .attach(offset, target, UProbeScope::AllProcesses)
                             .map_err(|source| CaptureError::Program { name, source })?;
                     }
                 }
                 super::tls_points::ProbePoints::Exported => {
-                    for (name, function) in PROBES {
+                    for (name, function) in PROBES
+                        .into_iter()
+                        .filter(|(_, function)| writes || !function.starts_with("SSL_write"))
+                    {
                         uprobe(ebpf, name)?
                             .attach(function, target, UProbeScope::AllProcesses)
                             .map_err(|source| CaptureError::Program { name, source })?;
@@ -224,6 +231,7 @@ impl TlsProbes {
             counters: take(ebpf, tls::COUNTERS)?,
             targets: targets.to_vec(),
             internal_targets: internal,
+            writes,
             socket_tracepoints,
             syscall_tracepoints,
             open_before,
@@ -259,6 +267,7 @@ impl TlsProbes {
             malformed: 0,
             targets: self.targets,
             internal_targets: self.internal_targets,
+            writes: self.writes,
             socket_tracepoints: self.socket_tracepoints,
             syscall_tracepoints: self.syscall_tracepoints,
             open_before: self.open_before,
@@ -323,6 +332,8 @@ pub struct TlsCounters {
     pub targets: u64,
     /// Of those, probed at OpenSSL's internal functions ([`super::tls_points`]).
     pub internal_targets: u64,
+    /// The write calls are probed too (`--compare`).
+    pub writes: bool,
     /// The socket tracepoints are attached.
     pub socket_tracepoints: bool,
     /// The syscall tracepoints are attached.
@@ -343,6 +354,7 @@ pub(super) struct TlsReader {
     malformed: u64,
     targets: Vec<PathBuf>,
     internal_targets: u64,
+    writes: bool,
     socket_tracepoints: bool,
     syscall_tracepoints: bool,
     /// See [`TlsProbes::open_before`].
@@ -439,6 +451,7 @@ impl TlsReader {
             malformed_records: self.malformed,
             targets: self.targets.len() as u64,
             internal_targets: self.internal_targets,
+            writes: self.writes,
             socket_tracepoints: self.socket_tracepoints,
             syscall_tracepoints: self.syscall_tracepoints,
         })
@@ -503,7 +516,7 @@ impl TlsCapture {
                     })?;
             }
         }
-        let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()], ports, true)?;
+        let probes = TlsProbes::attach(&mut ebpf, &[libssl.to_path_buf()], ports, true, true)?;
         Ok(Self {
             probes,
             _ebpf: ebpf,
