@@ -192,11 +192,14 @@ impl TlsProbes {
             }
         }
         tracepoint(ebpf, SOCK_STATE_PROGRAM, &[("sock", "inet_sock_set_state")])?;
-        let socket_tracepoints = match tracepoint(
-            ebpf,
-            SOCK_IO_PROGRAM,
-            &[("sock", "sock_recv_length"), ("sock", "sock_send_length")],
-        ) {
+        // Every socket read (write) of the node runs the program: the sends only when the
+        // write calls are probed.
+        let io_points: &[(&str, &str)] = if writes {
+            &[("sock", "sock_recv_length"), ("sock", "sock_send_length")]
+        } else {
+            &[("sock", "sock_recv_length")]
+        };
+        let socket_tracepoints = match tracepoint(ebpf, SOCK_IO_PROGRAM, io_points) {
             Ok(()) => true,
             Err(e) => {
                 tracing::warn!(
