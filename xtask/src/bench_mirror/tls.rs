@@ -5,21 +5,16 @@
 //! wrk and the primary on CPU 0, the agent and the mirror on CPU 1.
 //!
 //! Runs, back to back: `off`, `on`, `off` (the ratio divides by the mean of the two `off`
-//! runs), then `on, client probed`. wrk links the same libssl as nginx; in the first three runs
-//! it loads a private copy of it (`LD_LIBRARY_PATH`), which the uprobes (on the system file's
+//! runs), `on, --compare` (the primary's write calls probed too: its responses are compared),
+//! then `on, client probed`. wrk links the same libssl as nginx; in all but the last run it
+//! loads a private copy of it (`LD_LIBRARY_PATH`), which the uprobes (on the system file's
 //! inode) do not see, as a client on another machine would not be; the last run lets wrk use
 //! the system file, so its own SSL calls trap into the uprobes too (left out in the kernel as
-//! the client side of a connection to a captured port, counted `tls_client_side`) and their cost
-//! lands on CPU 0 with the primary's. Printed: one row per run (wrk's requests per second, ratio, requests captured and
-//! mirrored, completeness, agent CPU per mirrored request, the uprobes' cost per SSL call and
-//! the tracepoints' per SSL call from the kernel's BPF statistics, peak RSS), then the issue's
-//! targets: ratio >= 0.95, completeness >= 99.9%.
-//!
-//! wrk links the same libssl, so its own SSL calls hit the uprobes too (left out in the kernel as
-//! the client side of a connection to a captured port, counted `tls_client_side`): their cost
-//! lands on CPU 0 with the primary's and is in the ratio. The syscall tracepoints run on every
-//! read/write-family syscall of the node while the agent runs (a map lookup when the thread is
-//! not inside an SSL call).
+//! the client side of a connection to a captured port, counted `tls_client_side`) and their
+//! cost lands on CPU 0 with the primary's. Printed: one row per run (wrk's requests per second,
+//! ratio, requests captured and mirrored, completeness, agent CPU per mirrored request, the
+//! uprobes' cost per SSL call and the tracepoints' per SSL call from the kernel's BPF
+//! statistics, peak RSS), then the issue's targets: ratio >= 0.95, completeness >= 99.9%.
 //!
 //! Knobs (environment): `MIRROR_BENCH_SECS` (10), `MIRROR_BENCH_TLS_CONNECTIONS` (wrk `-c`,
 //! 16), `MIRROR_BENCH_AGENT`.
@@ -43,6 +38,8 @@ const PROG_TRACEPOINT: u32 = 5;
 enum Mode {
     Off,
     On,
+    /// On with `--compare`: the primary's responses are read too (its write calls probed).
+    OnCompare,
     /// On, and wrk uses the probed libssl too.
     OnClientProbed,
 }
@@ -52,6 +49,7 @@ impl Mode {
         match self {
             Self::Off => "off",
             Self::On => "on",
+            Self::OnCompare => "on, --compare",
             Self::OnClientProbed => "on, client probed",
         }
     }
@@ -103,9 +101,10 @@ pub fn run() -> Result<()> {
     super::print_header(&s, &load);
     println!(
         "each run: wrk -t1 -c{connections} for {secs} s (GET over HTTPS, keep-alive) to nginx \
-         with ssl, back to back: off, on, off (wrk on a private copy of libssl, not probed, as a \
-         remote client), then on with wrk on the probed system libssl; agent: --tls auto, mirror \
-         100% to fast-mirror over HTTP/1.1; ratio = primary req/s / mean of the two `off` runs"
+         with ssl, back to back: off, on, off, on with --compare (wrk on a private copy of \
+         libssl, not probed, as a remote client), then on with wrk on the probed system libssl; \
+         agent: --tls auto, mirror 100% to fast-mirror over HTTP/1.1; ratio = primary req/s / \
+         mean of the two `off` runs"
     );
     report(&runs);
     Ok(())
@@ -133,7 +132,13 @@ fn bench(world: &mut World, s: &Settings) -> Result<Vec<Run>> {
     let libdir = client_libdir(world)?;
     wrk(s, 2, Some(&libdir))?;
     let mut runs = Vec::new();
-    for mode in [Mode::Off, Mode::On, Mode::Off, Mode::OnClientProbed] {
+    for mode in [
+        Mode::Off,
+        Mode::On,
+        Mode::Off,
+        Mode::OnCompare,
+        Mode::OnClientProbed,
+    ] {
         println!(
             "bench tls: {} s of wrk over HTTPS, agent {} ...",
             s.secs,
@@ -171,21 +176,17 @@ fn one(
 ) -> Result<Run> {
     let load = measure::loadavg();
     let name = format!("agent-tls-{}", mode.label().replace([' ', ','], "-"));
+    let mut args = vec![
+        "--tls".into(),
+        "auto".into(),
+        "--mirror".into(),
+        format!("http://{MIRROR}:{FAST_PORT},name=fast"),
+    ];
+    if mode == Mode::OnCompare {
+        args.push("--compare".into());
+    }
     let agent = (mode != Mode::Off)
-        .then(|| {
-            spawn_agent(
-                world,
-                s,
-                Layout::Pinned,
-                &name,
-                &[
-                    "--tls".into(),
-                    "auto".into(),
-                    "--mirror".into(),
-                    format!("http://{MIRROR}:{FAST_PORT},name=fast"),
-                ],
-            )
-        })
+        .then(|| spawn_agent(world, s, Layout::Pinned, &name, &args))
         .transpose()?;
     // A system-wide profile of the `on` run, when asked for (`MIRROR_BENCH_PERF=FILE`).
     let perf = match std::env::var("MIRROR_BENCH_PERF") {
