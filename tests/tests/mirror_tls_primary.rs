@@ -110,6 +110,79 @@ req(b"/before-3")
 s.close()
 "#;
 
+/// What every test here starts with: its turn (one at a time, see [`ONE_AT_A_TIME`]), a
+/// temporary directory with a self-signed certificate (`cert.pem`, `key.pem`), and the network
+/// namespaces. `None` when the test cannot run here (`privileged_or_skip` says why).
+struct Lab {
+    // Dropped in this order: the namespaces, the directory, then the next test's turn.
+    topo: Topology,
+    dir: std::path::PathBuf,
+    _tmp: TempDir,
+    _turn: std::sync::MutexGuard<'static, ()>,
+}
+
+impl Lab {
+    fn new(test: &str) -> Option<Self> {
+        if !privileged_or_skip(test) {
+            return None;
+        }
+        let turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+        let tmp = TempDir::new(test);
+        let dir = tmp.0.clone();
+        self_signed(&dir);
+        Some(Self {
+            topo: Topology::new(),
+            dir,
+            _tmp: tmp,
+            _turn: turn,
+        })
+    }
+}
+
+/// Stops the agent (SIGTERM), which must exit successfully: its summary and log.
+fn stop_ok(agent: &mut Agent) -> (mirror_tests::agent::Summary, String) {
+    let (status, summary) = agent.stop(libc::SIGTERM);
+    let log = agent.log();
+    assert!(status.success(), "agent exit {status}: {log}");
+    (summary, log)
+}
+
+/// `ab -q FLAGS -n N URL` from the client namespace: every request completed, none failed.
+fn run_ab(topo: &Topology, flags: &[&str], n: usize, url: &str) {
+    let out = topo
+        .client
+        .command("ab")
+        .arg("-q")
+        .args(flags)
+        .args(["-n", &n.to_string()])
+        .arg(url)
+        .output()
+        .expect("run ab");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success()
+            && text.contains(&format!("Complete requests:      {n}"))
+            && text.contains("Failed requests:        0"),
+        "ab {flags:?} {url}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The exit report's TLS lines name `process` (`NAME (pid N): ...`).
+fn assert_report_names(log: &str, process: &str) {
+    let report: Vec<&str> = log
+        .lines()
+        .skip_while(|l| !l.starts_with("TLS plaintext (--tls)"))
+        .take(4)
+        .collect();
+    assert!(
+        report
+            .iter()
+            .any(|l| l.trim_start().starts_with(&format!("{process} (pid "))),
+        "the exit report names {process}: {report:?}\n{log}"
+    );
+}
+
 fn self_signed(dir: &Path) {
     let out = Command::new("openssl")
         .args([
@@ -252,20 +325,16 @@ fn line(r: &[u8]) -> String {
 
 #[test]
 fn a_tls_primary_is_mirrored_byte_for_byte() {
-    if !privileged_or_skip("a_tls_primary_is_mirrored_byte_for_byte") {
+    let Some(lab) = Lab::new("a_tls_primary_is_mirrored_byte_for_byte") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let tmp = TempDir::new("mirror-tls-primary");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     let seen = dir.join("primary");
     std::fs::write(dir.join("early.py"), EARLY_CLIENT).unwrap();
 
-    let topo = Topology::new();
     let server_ip = Topology::SERVER_V4;
-    let _primary = start_python_primary(&topo, &dir, TLS_PORT, &seen);
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let _primary = start_python_primary(topo, dir, TLS_PORT, &seen);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
 
     // A connection opened, and used once, before the agent starts.
     let mut early = topo
@@ -288,7 +357,7 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     early_out.read_line(&mut sent).expect("early client");
     assert_eq!(sent.trim(), "sent", "the early client's first request");
 
-    let mut agent = start_tls_agent(&topo, TLS_PORT, "", &dir);
+    let mut agent = start_tls_agent(topo, TLS_PORT, "", dir);
     assert!(
         agent.log().contains("libssl"),
         "--tls auto names what it attached to: {}",
@@ -304,7 +373,7 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     }
     let base = format!("https://{server_ip}:{TLS_PORT}");
     let two = curl_ok(
-        &topo,
+        topo,
         &[
             "-k",
             "--http1.1",
@@ -318,7 +387,7 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
     let upload = dir.join("upload.bin");
     std::fs::write(&upload, noise(300_000, 7)).unwrap();
     let up = curl_ok(
-        &topo,
+        topo,
         &[
             "-k",
             "--http1.1",
@@ -331,9 +400,7 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
 
     let got = mirror.wait_for(4, Duration::from_millis(500), Duration::from_secs(15));
     drop(early);
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     let table = MirrorTable::parse(&log);
 
     let decrypted = primary_requests(&seen);
@@ -418,20 +485,16 @@ fn a_tls_primary_is_mirrored_byte_for_byte() {
 /// saw opened is closed, no TLS record lost.
 #[test]
 fn nginx_over_https_is_mirrored_request_for_request() {
-    if !privileged_or_skip("nginx_over_https_is_mirrored_request_for_request") {
+    let Some(lab) = Lab::new("nginx_over_https_is_mirrored_request_for_request") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8444;
     const AB_NEW: usize = 300;
     const AB_KEEPALIVE: usize = 200;
-    let tmp = TempDir::new("mirror-tls-nginx");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
-    let topo = Topology::new();
-    let _nginx = start_nginx_ssl(&topo, &dir, PORT, "", 2);
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let mut agent = start_tls_agent(&topo, PORT, "", &dir);
+    let _nginx = start_nginx_ssl(topo, dir, PORT, "", 2);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(topo, PORT, "", dir);
     assert!(
         agent.log().contains("\"nginx\""),
         "--tls auto found nginx: {}",
@@ -439,7 +502,7 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     );
     let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
     let three = curl_ok(
-        &topo,
+        topo,
         &[
             "-k",
             "--http1.1",
@@ -449,29 +512,16 @@ fn nginx_over_https_is_mirrored_request_for_request() {
         ],
     );
     assert_eq!(three, b"okokok");
-    for (n, keepalive, path) in [(AB_NEW, false, "/ab/new"), (AB_KEEPALIVE, true, "/ab/keep")] {
-        let mut cmd = topo.client.command("ab");
-        cmd.args(["-q", "-n", &n.to_string(), "-c", "4"]);
-        if keepalive {
-            cmd.arg("-k");
-        }
-        let out = cmd.arg(format!("{base}{path}")).output().expect("run ab");
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success() && text.contains(&format!("Complete requests:      {n}")),
-            "ab {path}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        assert!(
-            text.contains("Failed requests:        0"),
-            "ab {path}: {text}"
-        );
-    }
+    run_ab(topo, &["-c", "4"], AB_NEW, &format!("{base}/ab/new"));
+    run_ab(
+        topo,
+        &["-k", "-c", "4"],
+        AB_KEEPALIVE,
+        &format!("{base}/ab/keep"),
+    );
     let total = 3 + AB_NEW + AB_KEEPALIVE;
     let got = mirror.wait_for(total, Duration::from_millis(500), Duration::from_secs(30));
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     let served = std::fs::read_to_string(dir.join("access.log"))
         .unwrap_or_default()
         .lines()
@@ -491,17 +541,7 @@ fn nginx_over_https_is_mirrored_request_for_request() {
     let row = MirrorTable::parse(&log).row("shadow").clone();
     assert_eq!(row.sent, total as u64, "{log}");
     // The exit report says whose plaintext was read: nginx's worker processes.
-    let report: Vec<&str> = log
-        .lines()
-        .skip_while(|l| !l.starts_with("TLS plaintext (--tls)"))
-        .take(4)
-        .collect();
-    assert!(
-        report
-            .iter()
-            .any(|l| l.trim_start().starts_with("nginx (pid ")),
-        "the exit report names nginx: {report:?}\n{log}"
-    );
+    assert_report_names(&log, "nginx");
     let s = |k: &str| summary.get(k);
     assert_eq!(s("tls_ring_full"), 0, "{summary:?}");
     assert_eq!(s("tls_lost_bytes"), 0, "{summary:?}");
@@ -548,21 +588,17 @@ fn nginx_over_https_is_mirrored_request_for_request() {
 /// (`protocol=h1`) in its HTTP/1.1 form.
 #[test]
 fn http2_over_tls_is_decoded_and_mirrored() {
-    if !privileged_or_skip("http2_over_tls_is_decoded_and_mirrored") {
+    let Some(lab) = Lab::new("http2_over_tls_is_decoded_and_mirrored") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8445;
-    let tmp = TempDir::new("mirror-tls-h2");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
-    let topo = Topology::new();
-    let _nginx = start_nginx_ssl(&topo, &dir, PORT, " http2", 1);
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let mut agent = start_tls_agent(&topo, PORT, ",protocol=h1", &dir);
+    let _nginx = start_nginx_ssl(topo, dir, PORT, " http2", 1);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(topo, PORT, ",protocol=h1", dir);
     let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
     let two = curl_ok(
-        &topo,
+        topo,
         &[
             "-k",
             "--http2",
@@ -587,9 +623,7 @@ fn http2_over_tls_is_decoded_and_mirrored() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = mirror.wait_for(22, Duration::from_millis(500), Duration::from_secs(15));
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     let lines: Vec<String> = got.iter().map(|r| r.line()).collect();
     assert_eq!(
         lines.iter().filter(|l| l.starts_with("GET /h2/")).count(),
@@ -627,27 +661,23 @@ fn http2_over_tls_is_decoded_and_mirrored() {
 /// another TLS server on a port the agent does not capture is left out in the kernel.
 #[test]
 fn a_server_started_after_the_agent_is_read() {
-    if !privileged_or_skip("a_server_started_after_the_agent_is_read") {
+    let Some(lab) = Lab::new("a_server_started_after_the_agent_is_read") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8446;
-    let tmp = TempDir::new("mirror-tls-later");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
     let seen = dir.join("primary");
-    let topo = Topology::new();
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let mut agent = start_tls_agent(&topo, PORT, "", &dir);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(topo, PORT, "", dir);
     assert!(
         agent.log().contains("libssl.so"),
         "the system libssl: {}",
         agent.log()
     );
-    let _primary = start_python_primary(&topo, &dir, PORT, &seen);
+    let _primary = start_python_primary(topo, dir, PORT, &seen);
     let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
     let two = curl_ok(
-        &topo,
+        topo,
         &[
             "-k",
             "--http1.1",
@@ -659,18 +689,17 @@ fn a_server_started_after_the_agent_is_read() {
     // Another TLS service on a port the agent does not capture: its calls trap into the same
     // uprobes but are not copied (nothing was open at start, so an unnoted socket is no
     // captured connection).
-    let _other = start_python_primary(&topo, &dir, PORT + 100, &dir.join("elsewhere"));
+    let _other = start_python_primary(topo, dir, PORT + 100, &dir.join("elsewhere"));
     let other_base = format!("https://{}:{}", Topology::SERVER_V4, PORT + 100);
     assert_eq!(
         curl_ok(
-            &topo,
+            topo,
             &["-k", "--http1.1", &format!("{other_base}/not-captured")]
         ),
         b"ok"
     );
     let got = mirror.wait_for(2, Duration::from_millis(500), Duration::from_secs(15));
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    assert!(status.success(), "agent exit {status}: {}", agent.log());
+    let (summary, _) = stop_ok(&mut agent);
     assert!(
         summary.get("tls_other_calls") >= 2 && summary.get("tls_other_bytes") == 0,
         "the other service's calls left out in the kernel: {summary:?}"
@@ -721,19 +750,15 @@ s.close()
 /// every loss is counted: the kernel's `tls_ring_full`, the hole's bytes, the cut request.
 #[test]
 fn a_call_the_ring_lost_is_a_hole_not_a_splice() {
-    if !privileged_or_skip("a_call_the_ring_lost_is_a_hole_not_a_splice") {
+    let Some(lab) = Lab::new("a_call_the_ring_lost_is_a_hole_not_a_splice") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8447;
-    let tmp = TempDir::new("mirror-tls-lost");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
     let seen = dir.join("primary");
-    let topo = Topology::new();
-    let _primary = start_python_primary(&topo, &dir, PORT, &seen);
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let mut agent = start_tls_agent_with(&topo, PORT, "", &["--ring-buffer-size", "4096"], &dir);
+    let _primary = start_python_primary(topo, dir, PORT, &seen);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent_with(topo, PORT, "", &["--ring-buffer-size", "4096"], dir);
     std::fs::write(dir.join("split.py"), SPLIT_CLIENT).unwrap();
     let out = topo
         .client
@@ -749,9 +774,7 @@ fn a_call_the_ring_lost_is_a_hole_not_a_splice() {
         String::from_utf8_lossy(&out.stderr)
     );
     let got = mirror.wait_for(2, Duration::from_millis(1500), Duration::from_secs(15));
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     let decrypted = primary_requests(&seen);
     assert_eq!(
         decrypted.iter().map(|r| line(r)).collect::<Vec<_>>(),
@@ -801,31 +824,20 @@ fn a_call_the_ring_lost_is_a_hole_not_a_splice() {
 /// the kernel (none reaches userspace).
 #[test]
 fn tls_connections_are_sampled_in_the_kernel() {
-    if !privileged_or_skip("tls_connections_are_sampled_in_the_kernel") {
+    let Some(lab) = Lab::new("tls_connections_are_sampled_in_the_kernel") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8448;
     const N: u64 = 200;
-    let tmp = TempDir::new("mirror-tls-sampling");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
-    let topo = Topology::new();
-    let _nginx = start_nginx_ssl(&topo, &dir, PORT, "", 1);
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let mut agent = start_tls_agent(&topo, PORT, ",percent=50", &dir);
-    let out = topo
-        .client
-        .command("ab")
-        .args(["-q", "-n", &N.to_string(), "-c", "4"])
-        .arg(format!("https://{}:{PORT}/sampled", Topology::SERVER_V4))
-        .output()
-        .expect("run ab");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(&format!("Complete requests:      {N}")),
-        "ab: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
+    let _nginx = start_nginx_ssl(topo, dir, PORT, "", 1);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(topo, PORT, ",percent=50", dir);
+    run_ab(
+        topo,
+        &["-c", "4"],
+        N as usize,
+        &format!("https://{}:{PORT}/sampled", Topology::SERVER_V4),
     );
     // Whatever was sampled arrives within the quiet period; the count is checked against the
     // agent's own numbers below.
@@ -834,9 +846,7 @@ fn tls_connections_are_sampled_in_the_kernel() {
         Duration::from_millis(1500),
         Duration::from_secs(20),
     );
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     let m = got.len() as u64;
     assert!(
         got.iter().all(|r| r.line() == "GET /sampled HTTP/1.0"),
@@ -961,20 +971,16 @@ fn build_openssl(root: &Path, src: &Path, run: &impl Fn(&str, &mut Command)) {
 /// reaches the mirror byte for byte, and the exit report names the process.
 #[test]
 fn a_server_with_openssl_1_1_linked_in_is_read() {
-    if !privileged_or_skip("a_server_with_openssl_1_1_linked_in_is_read") {
+    let Some(lab) = Lab::new("a_server_with_openssl_1_1_linked_in_is_read") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8449;
     const AB: usize = 20;
     const SINGLES: usize = 5;
     let server_bin = static_tls_server();
-    let tmp = TempDir::new("mirror-tls-static");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
     let seen = dir.join("primary");
     std::fs::create_dir_all(&seen).unwrap();
-    let topo = Topology::new();
     let mut cmd = topo
         .server
         .command(server_bin.to_str().expect("a UTF-8 path"));
@@ -995,18 +1001,13 @@ fn a_server_with_openssl_1_1_linked_in_is_read() {
         !maps.contains("libssl"),
         "no libssl mapped: the OpenSSL is the binary's own"
     );
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
     let bin = server_bin.to_str().unwrap();
-    let mut agent = start_tls_agent_with(
-        &topo,
-        PORT,
-        "",
-        &["--tls", "off", "--tls-binary", bin],
-        &dir,
-    );
+    let mut agent =
+        start_tls_agent_with(topo, PORT, "", &["--tls", "off", "--tls-binary", bin], dir);
     let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
     let three = curl_ok(
-        &topo,
+        topo,
         &[
             "-k",
             "--http1.1",
@@ -1018,32 +1019,18 @@ fn a_server_with_openssl_1_1_linked_in_is_read() {
         ],
     );
     assert_eq!(three, b"okokok");
-    let out = topo
-        .client
-        .command("ab")
-        // Keep-alive: the server keeps every connection open until the client closes it.
-        .args(["-q", "-k", "-n", &AB.to_string(), "-c", "1"])
-        .arg(format!("{base}/ab"))
-        .output()
-        .expect("run ab");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success() && text.contains(&format!("Complete requests:      {AB}")),
-        "ab: {text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    // Keep-alive: the server keeps every connection open until the client closes it.
+    run_ab(topo, &["-k", "-c", "1"], AB, &format!("{base}/ab"));
     // New connections, one request each.
     for i in 0..SINGLES {
         assert_eq!(
-            curl_ok(&topo, &["-k", "--http1.1", &format!("{base}/single/{i}")]),
+            curl_ok(topo, &["-k", "--http1.1", &format!("{base}/single/{i}")]),
             b"ok"
         );
     }
     let total = 3 + AB + SINGLES;
     let got = mirror.wait_for(total, Duration::from_millis(500), Duration::from_secs(15));
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     // What the server decrypted, cut into requests at each head's end (no bodies).
     let mut want: Vec<Vec<u8>> = Vec::new();
     for conn in primary_requests(&seen) {
@@ -1079,17 +1066,7 @@ fn a_server_with_openssl_1_1_linked_in_is_read() {
     // OpenSSL 1.1.1's SSL_read_ex/SSL_write_ex call ssl_read_internal/ssl_write_internal as
     // 3.0's do: the probes go there (no single-stepped prologue).
     assert_eq!(s("tls_internal_targets"), 1, "{summary:?}");
-    let report: Vec<&str> = log
-        .lines()
-        .skip_while(|l| !l.starts_with("TLS plaintext (--tls)"))
-        .take(3)
-        .collect();
-    assert!(
-        report
-            .iter()
-            .any(|l| l.trim_start().starts_with("static_tls_serv (pid ")),
-        "the exit report names the server: {report:?}\n{log}"
-    );
+    assert_report_names(&log, "static_tls_serv");
     summary.assert_kernel_balanced();
     println!("{summary:?}");
 }
@@ -1099,22 +1076,18 @@ fn a_server_with_openssl_1_1_linked_in_is_read() {
 /// sockets' endpoints as the classifiers see their packets, and each request reaches the mirror.
 #[test]
 fn an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients() {
-    if !privileged_or_skip("an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients") {
+    let Some(lab) = Lab::new("an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8450;
-    let tmp = TempDir::new("mirror-tls-v6");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
-    let topo = Topology::new();
-    let _nginx = start_nginx_ssl_on(&topo, &dir, "[::]", PORT, " ipv6only=off", 1);
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
-    let mut agent = start_tls_agent(&topo, PORT, "", &dir);
+    let _nginx = start_nginx_ssl_on(topo, dir, "[::]", PORT, " ipv6only=off", 1);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(topo, PORT, "", dir);
     let v6 = format!("https://[{}]:{PORT}", Topology::SERVER_V6);
     assert_eq!(
         curl_ok(
-            &topo,
+            topo,
             &[
                 "-k",
                 "--http1.1",
@@ -1126,13 +1099,11 @@ fn an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients() {
     );
     let v4 = format!("https://{}:{PORT}", Topology::SERVER_V4);
     assert_eq!(
-        curl_ok(&topo, &["-k", "--http1.1", &format!("{v4}/v4-mapped")]),
+        curl_ok(topo, &["-k", "--http1.1", &format!("{v4}/v4-mapped")]),
         b"ok"
     );
     let got = mirror.wait_for(3, Duration::from_millis(500), Duration::from_secs(15));
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     let mut lines: Vec<String> = got.iter().map(|r| r.line()).collect();
     lines.sort();
     assert_eq!(
@@ -1168,29 +1139,20 @@ fn an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients() {
 /// holds the primary's decrypted answer (`ok`).
 #[test]
 fn a_tls_primarys_answers_are_compared() {
-    if !privileged_or_skip("a_tls_primarys_answers_are_compared") {
+    let Some(lab) = Lab::new("a_tls_primarys_answers_are_compared") else {
         return;
-    }
-    let _serial = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
     const PORT: u16 = 8451;
-    let tmp = TempDir::new("mirror-tls-compare");
-    let dir = tmp.0.clone();
-    self_signed(&dir);
-    let topo = Topology::new();
-    let _primary = start_python_primary(&topo, &dir, PORT, &dir.join("primary"));
-    let mirror = start_mirror(&topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let _primary = start_python_primary(topo, dir, PORT, &dir.join("primary"));
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
     let diff_log = dir.join("diff.jsonl");
     let diff_arg = diff_log.to_str().unwrap();
-    let mut agent = start_tls_agent_with(
-        &topo,
-        PORT,
-        "",
-        &["--compare", "--diff-log", diff_arg],
-        &dir,
-    );
+    let mut agent =
+        start_tls_agent_with(topo, PORT, "", &["--compare", "--diff-log", diff_arg], dir);
     let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
     let three = curl_ok(
-        &topo,
+        topo,
         &[
             "-k",
             "--http1.1",
@@ -1204,9 +1166,7 @@ fn a_tls_primarys_answers_are_compared() {
     assert_eq!(got.len(), 3);
     // The mirror's answers reach the comparison right after it writes them.
     std::thread::sleep(Duration::from_millis(500));
-    let (status, summary) = agent.stop(libc::SIGTERM);
-    let log = agent.log();
-    assert!(status.success(), "agent exit {status}: {log}");
+    let (summary, log) = stop_ok(&mut agent);
     assert_eq!(
         summary.get("tls_write_probes"),
         1,
