@@ -35,7 +35,8 @@ static ONE_AT_A_TIME: std::sync::Mutex<()> = std::sync::Mutex::new(());
 const MIRROR_PORT: u16 = 9001;
 
 /// The primary: one thread per connection; each request (head and Content-Length body) is
-/// written as read, decrypted, to `OUTDIR/req-N.bin`, and answered `200 ok`.
+/// written as read, decrypted, to `OUTDIR/req-N.bin`, and answered `200 ok` (`GET /big-answer`:
+/// a 300000-byte body, in one write).
 const PRIMARY: &str = r#"
 import os, socket, ssl, sys, threading
 cert, key, host, port, outdir = sys.argv[1:6]
@@ -73,7 +74,11 @@ def serve(c):
                 i = count[0]
             with open(os.path.join(outdir, "req-%04d.bin" % i), "wb") as f:
                 f.write(req)
-            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+            body = b"ok"
+            if head.split(b"\r\n")[0].startswith(b"GET /big-answer "):
+                body = b"x" * 300000
+            # One sendall: one SSL_write of the whole answer.
+            c.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
 print("listening", flush=True)
 while True:
     s, _ = ls.accept()
@@ -1193,4 +1198,62 @@ fn a_tls_primarys_answers_are_compared() {
         assert_eq!(l["primary"]["status"].as_u64(), Some(200), "{l}");
         assert_eq!(l["primary_body"]["text"], "ok", "the decrypted answer: {l}");
     }
+}
+
+/// An SSL write larger than the kernel copies (`MAX_CHUNKS` x `MAX_CHUNK` = 256 KiB): with
+/// `--compare`, the primary's 300000-byte answer is cut; the rest is counted in the kernel
+/// (`tls_truncated_bytes`), becomes a hole in the server's stream (the same bytes in the
+/// ledger's `lost.server_gap_bytes`), and that answer is counted lost, not compared; the answer
+/// after it is compared as usual.
+#[test]
+fn a_write_beyond_what_the_kernel_copies_is_counted_not_compared() {
+    let Some(lab) = Lab::new("a_write_beyond_what_the_kernel_copies_is_counted_not_compared")
+    else {
+        return;
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
+    const PORT: u16 = 8452;
+    const ANSWER: u64 = 300_000;
+    // mirror_common::tls::MAX_CHUNKS x MAX_CHUNK.
+    const KERNEL_COPIES_PER_CALL: u64 = 16 * 16384;
+    let _primary = start_python_primary(topo, dir, PORT, &dir.join("primary"));
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent_with(topo, PORT, "", &["--compare"], dir);
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    let out = curl_ok(
+        topo,
+        &[
+            "-k",
+            "--http1.1",
+            &format!("{base}/big-answer"),
+            &format!("{base}/after"),
+        ],
+    );
+    assert_eq!(
+        out.len() as u64,
+        ANSWER + 2,
+        "the client got both answers whole"
+    );
+    let got = mirror.wait_for(2, Duration::from_millis(500), Duration::from_secs(15));
+    assert_eq!(got.len(), 2, "both requests mirrored");
+    std::thread::sleep(Duration::from_millis(500));
+    let (summary, log) = stop_ok(&mut agent);
+    let cut = ANSWER + "HTTP/1.1 200 OK\r\nContent-Length: 300000\r\n\r\n".len() as u64
+        - KERNEL_COPIES_PER_CALL;
+    assert_eq!(summary.get("tls_truncated_bytes"), cut, "{summary:?}");
+    assert_eq!(summary.get("tls_lost_bytes"), cut, "{summary:?}");
+    let ledger = |k: &str| mirror_tests::agent::ledger(&log, k);
+    assert_eq!(
+        (
+            ledger("lost.server_gap_bytes"),
+            ledger("lost.responses_gap")
+        ),
+        (cut, 1),
+        "{log}"
+    );
+    let row = mirror_tests::mirror::compare_row(&log, "shadow");
+    assert_eq!(
+        row["compared"], 1,
+        "only the whole answer compared: {row:?}\n{log}"
+    );
 }
