@@ -153,7 +153,13 @@ pub mod tls {
         /// Calls on sockets that are no captured port's (another service's HTTPS), not copied
         /// (see `config::TLS_OPEN_BEFORE`).
         pub const OTHER: u32 = 11;
-        pub const LEN: u32 = 12;
+        /// Server-side sockets of a port known to carry TLS that closed without a TLS call
+        /// that returned plaintext: connections that never sent a request (TCP-only health
+        /// checks, clients closing connections they opened ahead), or served by a process
+        /// whose TLS library is not probed (another libssl file, a statically linked or
+        /// non-OpenSSL TLS stack): their plaintext was not read.
+        pub const UNREAD: u32 = 12;
+        pub const LEN: u32 = 13;
     }
 }
 

@@ -450,6 +450,15 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
         };
         let _ = MIRROR_TLS_SOCKS.remove(&sk);
         if sock.flags & socket_flags::TLS_SEEN == 0 {
+            // A server-side connection of a TLS port, sampled in, whose plaintext was never
+            // read: say so (see `counter::UNREAD`).
+            let left_out = socket_flags::CLIENT | socket_flags::SAMPLED_OUT | socket_flags::UNNOTED;
+            // SAFETY: read-only lookup.
+            if sock.flags & left_out == 0
+                && unsafe { MIRROR_PORTS.get(&sock.local_port) } == Some(&port_state::TLS)
+            {
+                count(counter::UNREAD, 1);
+            }
             return 0;
         }
         if sock.flags & socket_flags::UNNOTED == 0 {

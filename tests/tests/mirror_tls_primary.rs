@@ -249,9 +249,23 @@ fn start_tls_agent_with(
 /// The Python primary (`PRIMARY`, written to `dir` with the certificate) on the node's address
 /// and `port`, writing what it decrypts to `seen`.
 fn start_python_primary(topo: &Topology, dir: &Path, port: u16, seen: &Path) -> ChildGuard {
+    start_python_primary_with(topo, dir, port, seen, None)
+}
+
+/// [`start_python_primary`] loading its libssl from `libdir` when given (`LD_LIBRARY_PATH`).
+fn start_python_primary_with(
+    topo: &Topology,
+    dir: &Path,
+    port: u16,
+    seen: &Path,
+    libdir: Option<&Path>,
+) -> ChildGuard {
     std::fs::create_dir_all(seen).unwrap();
     std::fs::write(dir.join("primary.py"), PRIMARY).unwrap();
     let mut cmd = topo.server.command("python3");
+    if let Some(d) = libdir {
+        cmd.env("LD_LIBRARY_PATH", d);
+    }
     cmd.arg(dir.join("primary.py"))
         .arg(dir.join("cert.pem"))
         .arg(dir.join("key.pem"))
@@ -557,6 +571,7 @@ fn nginx_over_https_is_mirrored_request_for_request() {
         (0, 0),
         "no connection open at start: no syscall tracepoints, and no call unmatched: {summary:?}"
     );
+    // (`tls_connections_unread` is not 0 here: ab opens a few connections it closes unused.)
     // Without --compare nginx's responses are not read: only the read calls are probed.
     assert_eq!(s("tls_write_probes"), 0, "{summary:?}");
     assert_eq!(
@@ -1255,5 +1270,92 @@ fn a_write_beyond_what_the_kernel_copies_is_counted_not_compared() {
     assert_eq!(
         row["compared"], 1,
         "only the whole answer compared: {row:?}\n{log}"
+    );
+}
+
+/// A connection of a TLS port whose plaintext is never read is said, not silently missed: the
+/// kernel counts a server-side socket of a port known to carry TLS that closes without a TLS
+/// call seen (`tls_connections_unread`, the exit report, `mirror.tls.connections{source=unread}`).
+/// Here: a TCP-only connection (a health check's), and, after the primary restarts with a
+/// private copy of libssl (another file: the probes are on the first one, as when a new image
+/// of the service rolls out), a connection whose requests the agent cannot read.
+#[test]
+fn connections_whose_tls_is_not_read_are_counted() {
+    let Some(lab) = Lab::new("connections_whose_tls_is_not_read_are_counted") else {
+        return;
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
+    const PORT: u16 = 8453;
+    let primary = start_python_primary(topo, dir, PORT, &dir.join("primary"));
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent(topo, PORT, "", dir);
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    assert_eq!(
+        curl_ok(topo, &["-k", "--http1.1", &format!("{base}/read")]),
+        b"ok"
+    );
+    // A TCP-only check: connect, close.
+    let out = topo
+        .client
+        .command("python3")
+        .args([
+            "-c",
+            "import socket,sys; socket.create_connection((sys.argv[1], int(sys.argv[2]))).close()",
+            Topology::SERVER_V4,
+            &PORT.to_string(),
+        ])
+        .output()
+        .expect("python3");
+    assert!(out.status.success(), "{out:?}");
+    // The primary again, on its own copy of libssl.
+    drop(primary);
+    let libdir = dir.join("lib");
+    std::fs::create_dir_all(&libdir).unwrap();
+    std::fs::copy(
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        libdir.join("libssl.so.3"),
+    )
+    .expect("copy the system libssl");
+    let restarted =
+        start_python_primary_with(topo, dir, PORT, &dir.join("primary2"), Some(&libdir));
+    let maps = std::fs::read_to_string(format!(
+        "/proc/{}/maps",
+        restarted.child.as_ref().unwrap().id()
+    ))
+    .unwrap_or_default();
+    assert!(
+        maps.contains(&format!("{}/libssl.so.3", libdir.display())),
+        "the restarted primary maps its own libssl"
+    );
+    assert_eq!(
+        curl_ok(
+            topo,
+            &[
+                "-k",
+                "--http1.1",
+                &format!("{base}/unread/1"),
+                &format!("{base}/unread/2")
+            ]
+        ),
+        b"okok"
+    );
+    let got = mirror.wait_for(3, Duration::from_millis(1000), Duration::from_secs(10));
+    let (summary, log) = stop_ok(&mut agent);
+    assert_eq!(
+        got.iter().map(|r| r.line()).collect::<Vec<_>>(),
+        ["GET /read HTTP/1.1"],
+        "only what the probed libssl read"
+    );
+    assert_eq!(
+        (
+            summary.get("tls_connections_unread"),
+            summary.get("tls_connections_from_start")
+        ),
+        (2, 1),
+        "the TCP-only connection and the unread one: {summary:?}"
+    );
+    assert!(
+        log.contains("2 connection(s) of TLS ports closed without plaintext read"),
+        "the exit report says so: {log}"
     );
 }

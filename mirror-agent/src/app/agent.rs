@@ -172,6 +172,15 @@ fn tls_report(t: &crate::capture::ebpf::tls::TlsCounters) -> String {
             p.plaintext_bytes
         ));
     }
+    if t.kernel.unread > 0 {
+        out.push_str(&format!(
+            "  {} connection(s) of TLS ports closed without plaintext read: ones that sent no \
+             request (TCP-only checks, clients closing unused connections), or served by a \
+             process whose TLS library is not probed (another libssl file: --tls PATH; OpenSSL \
+             linked in: --tls-binary; another TLS stack: not readable)\n",
+            t.kernel.unread
+        ));
+    }
     out
 }
 

@@ -158,7 +158,7 @@ impl std::fmt::Display for LiveSummary {
                      tls_syscall_tracepoints={} tls_calls={} tls_records={} \
                      tls_ring_full={} tls_truncated_bytes={} tls_no_fd={} tls_read_errors={} \
                      tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} tls_client_side={} \
-                     tls_other_calls={} \
+                     tls_other_calls={} tls_connections_unread={} \
                      tls_connections={} tls_connections_from_start={} \
                      tls_connections_procfs={} tls_connections_closed={} \
                      tls_connections_replaced={} tls_closes_unmatched={} tls_bytes={} \
@@ -182,6 +182,7 @@ impl std::fmt::Display for LiveSummary {
                     t.kernel.sockets,
                     t.kernel.client_side,
                     t.kernel.other,
+                    t.kernel.unread,
                     t.streams.connections,
                     t.streams.connections_from_start,
                     t.streams.connections_resolved_procfs,

@@ -97,6 +97,9 @@ pub struct TlsKernelCounters {
     pub sockets: u64,
     pub client_side: u64,
     pub other: u64,
+    /// Connections of a TLS port closed without a TLS call seen (see
+    /// `mirror_common::tls::counter::UNREAD`).
+    pub unread: u64,
 }
 
 /// The TLS programs attached on an [`Ebpf`] instance: their ring and counters.
@@ -305,6 +308,7 @@ fn read_counters(map: &PerCpuArray<MapData, u64>) -> Result<TlsKernelCounters, C
             sockets: get(c::SOCKETS)?,
             client_side: get(c::CLIENT_SIDE)?,
             other: get(c::OTHER)?,
+            unread: get(c::UNREAD)?,
         })
     }
 }

@@ -352,12 +352,13 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.tls.connections",
         kind: Kind::Counter,
         unit: FLOW,
-        help: "TLS connections read, by source (kernel: seen established; procfs: open before the agent started).",
+        help: "TLS connections, by source (kernel: read, seen established; procfs: read, open before the agent started; unread: a TLS port's connection that closed without plaintext read: no request sent, or a process whose TLS library is not probed).",
         read: |s, o| {
             tls(s, o, |t, o| {
                 let st = &t.streams;
                 p(o, &[("source", "kernel")], st.connections_from_start);
                 p(o, &[("source", "procfs")], st.connections_resolved_procfs);
+                p(o, &[("source", "unread")], t.kernel.unread);
             })
         },
     },
