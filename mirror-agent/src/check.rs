@@ -160,7 +160,7 @@ pub fn run() -> i32 {
             detail: "embedded at build time (cargo xtask build-ebpf)".into(),
         },
     ];
-    let seccomp = crate::privileges::seccomp_program(false);
+    let seccomp = crate::privileges::seccomp_program(false, false);
     let (copy_ok, copy_detail) = capture_copy();
     let (tls_ok, tls_detail) = crate::capture::ebpf::tls::mechanisms();
     let rows = rows.into_iter().chain([
@@ -251,8 +251,8 @@ fn capture_copy() -> (bool, String) {
 fn kept_line(needs: crate::privileges::Needs, tcx: bool) -> String {
     let how = if tcx { "TCX" } else { "tc filters" };
     format!(
-        "after attaching ({how}): {}; with --attach tc: {}; following --iface globs: {} (and \
-         CAP_NET_BIND_SERVICE for a metrics port below 1024)",
+        "after attaching ({how}): {}; with --attach tc: {}; following --iface globs: {}; with \
+         --tls follow: {} (and CAP_NET_BIND_SERVICE for a metrics port below 1024)",
         needs.describe(),
         crate::privileges::Needs {
             detach_tc_filters: true,
@@ -261,6 +261,11 @@ fn kept_line(needs: crate::privileges::Needs, tcx: bool) -> String {
         .describe(),
         crate::privileges::Needs {
             attach_later: true,
+            ..needs
+        }
+        .describe(),
+        crate::privileges::Needs {
+            tls_attach_later: true,
             ..needs
         }
         .describe()

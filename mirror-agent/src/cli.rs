@@ -110,8 +110,10 @@ pub struct CaptureArgs {
     pub capture_copy: String,
     /// Read the plaintext of services that terminate TLS themselves, through uprobes on
     /// OpenSSL (live mode): `off`; `auto` (the libssl the processes listening on the captured
-    /// ports map, else the system's; every process that maps it, also ones started later); or
-    /// libssl paths, comma-separated. The classifiers then leave those ports' ciphertext alone.
+    /// ports map, else the system's; every process that maps it, also ones started later);
+    /// `follow` (as auto, and every 5 s the libssl files of new listeners too, e.g. a new image
+    /// of the service: keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE for that); or libssl paths,
+    /// comma-separated. The classifiers then leave those ports' ciphertext alone.
     #[arg(
         long,
         env = "MIRROR_TLS",

@@ -68,6 +68,7 @@ fn with_capture<T: Send>(
         target: Target::Interfaces(vec![topo.server_if.clone()]),
         skip_bodies: false,
         tls: Default::default(),
+        tls_follow: false,
         ports,
         capture_basis_points: 10000,
         ring_size: 1 << 20,

@@ -1359,3 +1359,90 @@ fn connections_whose_tls_is_not_read_are_counted() {
         "the exit report says so: {log}"
     );
 }
+
+/// `--tls follow`: a listener of a captured port that maps a libssl file not probed yet (here
+/// the primary restarted on a private copy, as when a new image of the service rolls out) is
+/// found within a few seconds and probed from then on, after the agent gave up the rest of its
+/// privileges (it keeps CAP_SYS_ADMIN and CAP_SYS_PTRACE for this, and seccomp lets
+/// `perf_event_open` through). Its requests are mirrored byte for byte.
+#[test]
+fn tls_follow_probes_a_new_listeners_libssl() {
+    let Some(lab) = Lab::new("tls_follow_probes_a_new_listeners_libssl") else {
+        return;
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
+    const PORT: u16 = 8454;
+    let primary = start_python_primary(topo, dir, PORT, &dir.join("primary"));
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let mut agent = start_tls_agent_with(topo, PORT, "", &["--tls", "follow"], dir);
+    assert!(
+        agent.log().contains("CAP_SYS_ADMIN, CAP_SYS_PTRACE"),
+        "the capabilities --tls follow keeps: {}",
+        agent.log()
+    );
+    let base = format!("https://{}:{PORT}", Topology::SERVER_V4);
+    assert_eq!(
+        curl_ok(topo, &["-k", "--http1.1", &format!("{base}/before")]),
+        b"ok"
+    );
+    drop(primary);
+    let libdir = dir.join("lib");
+    std::fs::create_dir_all(&libdir).unwrap();
+    std::fs::copy(
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        libdir.join("libssl.so.3"),
+    )
+    .expect("copy the system libssl");
+    let seen = dir.join("primary2");
+    let _restarted = start_python_primary_with(topo, dir, PORT, &seen, Some(&libdir));
+    let found = "--tls follow: a new listener's libssl is probed";
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while !agent.log().contains(found) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent.log().contains(found),
+        "the new file found: {}",
+        agent.log()
+    );
+    assert_eq!(
+        curl_ok(
+            topo,
+            &[
+                "-k",
+                "--http1.1",
+                &format!("{base}/after/1"),
+                &format!("{base}/after/2")
+            ]
+        ),
+        b"okok"
+    );
+    let got = mirror.wait_for(3, Duration::from_millis(500), Duration::from_secs(15));
+    let (summary, log) = stop_ok(&mut agent);
+    let mut mirrored: Vec<Vec<u8>> = got.iter().map(|r| r.bytes.clone()).collect();
+    let mut want = primary_requests(&dir.join("primary"));
+    want.extend(primary_requests(&seen));
+    want.sort();
+    mirrored.sort();
+    assert_eq!(
+        mirrored.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        [
+            "GET /after/1 HTTP/1.1",
+            "GET /after/2 HTTP/1.1",
+            "GET /before HTTP/1.1"
+        ],
+        "{log}"
+    );
+    assert!(mirrored == want, "byte-identical copies\n{log}");
+    let s = |k: &str| summary.get(k);
+    assert_eq!(
+        (
+            s("tls_targets"),
+            s("tls_targets_later"),
+            s("tls_follow_errors")
+        ),
+        (2, 1, 0),
+        "{summary:?}"
+    );
+    assert_eq!(s("tls_connections_unread"), 0, "{summary:?}");
+}

@@ -47,6 +47,7 @@ pub fn main(settings: Settings) -> Result<(), AppError> {
     let needs = crate::privileges::Needs {
         bind_low_port: super::binds_low_port(&settings),
         attach_later: attached.follows_interfaces(),
+        tls_attach_later: attached.follows_tls(),
         ..crate::privileges::Needs::live(
             crate::check::kernel_version(),
             attached.mode() == AttachMode::Netlink,

@@ -37,6 +37,8 @@ pub struct LiveSettings {
     pub skip_bodies: bool,
     /// `--tls` and `--tls-binary`.
     pub tls: TlsSetting,
+    /// `--tls follow`: libssl files of listeners that appear later are probed too.
+    pub tls_follow: bool,
 }
 
 impl LiveSettings {
@@ -85,6 +87,7 @@ impl LiveSettings {
             copy: self.copy,
             skip_bodies: self.skip_bodies,
             tls: self.tls.clone(),
+            tls_follow: self.tls_follow,
         })
     }
 }
@@ -148,6 +151,7 @@ pub fn build(
         overwrite: false,
         skip_bodies: false,
         tls,
+        tls_follow: a.tls.trim() == "follow",
     })
 }
 
@@ -165,7 +169,7 @@ fn tls_setting(tls: &str, binaries: &[PathBuf]) -> Result<TlsSetting, ConfigErro
     }
     let setting = match tls.trim() {
         "" | "off" => TlsSetting::Off,
-        "auto" => TlsSetting::Auto,
+        "auto" | "follow" => TlsSetting::Auto,
         list => {
             let files: Vec<PathBuf> = list
                 .split(',')
@@ -177,7 +181,7 @@ fn tls_setting(tls: &str, binaries: &[PathBuf]) -> Result<TlsSetting, ConfigErro
                 return Err(ConfigError::Flag {
                     flag: "--tls",
                     msg: format!(
-                        "`{}` is not off, auto or an existing libssl file",
+                        "`{}` is not off, auto, follow or an existing libssl file",
                         f.display()
                     ),
                 });

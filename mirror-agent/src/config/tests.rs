@@ -979,8 +979,9 @@ fn tls_flags_name_files_that_exist() {
             .collect()
     }
     assert!(
-        usage_message(&with(&["--tls", "/no/such/libssl.so.3"]))
-            .contains("--tls: `/no/such/libssl.so.3` is not off, auto or an existing libssl file")
+        usage_message(&with(&["--tls", "/no/such/libssl.so.3"])).contains(
+            "--tls: `/no/such/libssl.so.3` is not off, auto, follow or an existing libssl file"
+        )
     );
     assert!(
         usage_message(&with(&["--tls-binary", "/no/such/server"]))
@@ -989,6 +990,10 @@ fn tls_flags_name_files_that_exist() {
     let tls = |extra: &[&str]| live_check(&with(extra)).expect("valid flags").tls;
     assert_eq!(tls(&[]), TlsSetting::Off);
     assert_eq!(tls(&["--tls", "auto"]), TlsSetting::Auto);
+    let follow = |extra: &[&str]| live_check(&with(extra)).expect("valid flags").tls_follow;
+    assert!(!follow(&["--tls", "auto"]));
+    assert!(follow(&["--tls", "follow"]));
+    assert_eq!(tls(&["--tls", "follow"]), TlsSetting::Auto);
     // Any existing file is taken (whether it has the SSL symbols shows at attach).
     let this = std::env::current_exe().unwrap();
     let path = this.to_str().unwrap();

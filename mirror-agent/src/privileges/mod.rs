@@ -41,6 +41,10 @@ pub struct Needs {
     /// interfaces as they appear, which needs `CAP_NET_ADMIN` and `CAP_BPF`, and the bpf(2)
     /// commands that make links. Loading anything new stays refused.
     pub attach_later: bool,
+    /// `--tls follow`: new listeners' libssl files are found through other processes' procfs
+    /// (`CAP_SYS_PTRACE`) and probed as they appear: uprobe events need `CAP_SYS_ADMIN` and
+    /// `perf_event_open`, linking the loaded programs to them the bpf(2) attach commands.
+    pub tls_attach_later: bool,
 }
 
 /// Which capability grants BPF map access on this kernel.
@@ -66,6 +70,7 @@ impl Needs {
             bpf_map_access,
             bind_low_port: false,
             attach_later: false,
+            tls_attach_later: false,
         }
     }
 
@@ -83,6 +88,12 @@ impl Needs {
         }
         if self.bind_low_port {
             kept.push(Capability::CAP_NET_BIND_SERVICE);
+        }
+        if self.tls_attach_later {
+            if !kept.contains(&Capability::CAP_SYS_ADMIN) {
+                kept.push(Capability::CAP_SYS_ADMIN);
+            }
+            kept.push(Capability::CAP_SYS_PTRACE);
         }
         kept
     }
@@ -139,7 +150,7 @@ pub fn confine(needs: Needs) -> Result<Confinement, ConfineError> {
     }
     drop_capabilities(&needs)?;
     set_no_new_privs()?;
-    let seccomp = install_seccomp(needs.attach_later);
+    let seccomp = install_seccomp(needs.attach_later, needs.tls_attach_later);
     if let Err(e) = &seccomp {
         tracing::warn!(error = %e, "seccomp filter not installed");
     }
@@ -240,13 +251,19 @@ fn refused_syscalls() -> Vec<i64> {
 }
 
 /// The seccomp program: everything allowed but the refused syscalls and bpf commands, which
-/// fail with `EPERM`. `allow_attach`: the attaching commands stay allowed.
-pub fn seccomp_program(allow_attach: bool) -> Result<BpfProgram, String> {
+/// fail with `EPERM`. `allow_attach`: the attaching commands stay allowed; `allow_uprobes`:
+/// those and `perf_event_open` (`--tls follow`).
+pub fn seccomp_program(allow_attach: bool, allow_uprobes: bool) -> Result<BpfProgram, String> {
     let mut rules: BTreeMap<i64, Vec<SeccompRule>> = refused_syscalls()
         .into_iter()
+        .filter(|&nr| !(allow_uprobes && nr == libc::SYS_perf_event_open))
         .map(|nr| (nr, Vec::new()))
         .collect();
-    let attach: &[u64] = if allow_attach { &[] } else { BPF_ATTACH };
+    let attach: &[u64] = if allow_attach || allow_uprobes {
+        &[]
+    } else {
+        BPF_ATTACH
+    };
     let bpf_rules = BPF_REFUSED
         .iter()
         .chain(attach)
@@ -273,8 +290,8 @@ pub fn seccomp_program(allow_attach: bool) -> Result<BpfProgram, String> {
 }
 
 /// Installs [`seccomp_program`] on every thread (TSYNC). Needs `no_new_privs` (set before).
-fn install_seccomp(allow_attach: bool) -> Result<(), String> {
-    let program = seccomp_program(allow_attach)?;
+fn install_seccomp(allow_attach: bool, allow_uprobes: bool) -> Result<(), String> {
+    let program = seccomp_program(allow_attach, allow_uprobes)?;
     seccompiler::apply_filter_all_threads(&program).map_err(|e| e.to_string())
 }
 

@@ -154,7 +154,8 @@ impl std::fmt::Display for LiveSummary {
             k.tls_ciphertext,
             match &k.tls {
                 Some(t) => format!(
-                    " tls_targets={} tls_internal_targets={} tls_write_probes={} tls_socket_tracepoints={} \
+                    " tls_targets={} tls_internal_targets={} tls_targets_later={} tls_follow_errors={} \
+                     tls_write_probes={} tls_socket_tracepoints={} \
                      tls_syscall_tracepoints={} tls_calls={} tls_records={} \
                      tls_ring_full={} tls_truncated_bytes={} tls_no_fd={} tls_read_errors={} \
                      tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} tls_client_side={} \
@@ -167,6 +168,8 @@ impl std::fmt::Display for LiveSummary {
                      tls_late_ciphertext_segments={} tls_malformed_records={}",
                     t.targets,
                     t.internal_targets,
+                    t.targets_later,
+                    t.follow_errors,
                     u8::from(t.writes),
                     u8::from(t.socket_tracepoints),
                     u8::from(t.syscall_tracepoints),
@@ -309,6 +312,7 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
             _ = idle.tick() => {
                 sink.batch_done();
                 skip_bodies(&mut capture, sink);
+                capture.follow_tls();
                 if counters_due.elapsed() >= COUNTERS_EVERY {
                     counters_due = tokio::time::Instant::now();
                     sink.kernel_counters(&capture.counters()?);

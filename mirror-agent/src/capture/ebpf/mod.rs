@@ -18,6 +18,7 @@ pub mod decode;
 pub mod ignore;
 pub mod skip;
 pub mod tls;
+pub mod tls_follow;
 pub mod tls_points;
 pub mod tls_procfs;
 
@@ -87,6 +88,9 @@ pub struct LiveConfig {
     pub skip_bodies: bool,
     /// `--tls`: read TLS plaintext through uprobes on libssl ([`tls`]).
     pub tls: tls::TlsSetting,
+    /// `--tls follow`: keep looking for the libssl files of new listeners of the ports
+    /// ([`tls_follow::TlsFollower`]).
+    pub tls_follow: bool,
 }
 
 impl LiveConfig {
@@ -191,6 +195,8 @@ struct AttachedTls {
     ports: Vec<u16>,
     /// The classifiers' (hash seed, basis points) when they sample.
     sample: Option<(u64, u64)>,
+    /// `--tls follow`.
+    follow: bool,
 }
 
 /// A running capture: programs attached, ring buffer registered with tokio.
@@ -212,6 +218,8 @@ pub struct LiveCapture {
     body_skip: Option<BodySkip>,
     /// `--tls`: the TLS ring, read next to the classifiers' ring.
     tls: Option<tls::TlsReader>,
+    /// `--tls follow`: libssl files found later, to attach ([`Self::follow_tls`]).
+    tls_follower: Option<tls_follow::TlsFollower>,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -384,6 +392,7 @@ impl AttachedCapture {
                 probes,
                 ports: cfg.ports.clone(),
                 sample: sample(&cfg, hash_seed),
+                follow: cfg.tls_follow,
             }),
             ebpf,
         })
@@ -393,6 +402,12 @@ impl AttachedCapture {
     /// keeps the privileges to attach later.
     pub fn follows_interfaces(&self) -> bool {
         self.follow.is_some()
+    }
+
+    /// Whether new listeners' libssl files are looked for (`--tls follow`): the agent then
+    /// keeps the privileges to read other processes' procfs and attach uprobes later.
+    pub fn follows_tls(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| t.follow)
     }
 
     /// How the classifiers are attached.
@@ -425,12 +440,25 @@ impl AttachedCapture {
             }
             None => (None, None),
         };
+        // Started here, after confinement: the thread holds only the capabilities kept.
+        let tls_follower = match &self.tls {
+            Some(t) if t.follow => Some(
+                tls_follow::TlsFollower::start(t.ports.clone(), &t.probes.targets).map_err(
+                    |source| CaptureError::Io {
+                        what: "starting the --tls follow thread",
+                        source,
+                    },
+                )?,
+            ),
+            _ => None,
+        };
         let tls = self
             .tls
             .map(|t| t.probes.start_reading(t.ports, t.sample))
             .transpose()?;
         Ok(LiveCapture {
             tls,
+            tls_follower,
             ring,
             counters: self.counters,
             ignore: self.ignore,
@@ -493,6 +521,33 @@ impl LiveCapture {
     /// The link notifications to wait on when interfaces are followed (`--iface` globs); the
     /// caller hands what they say to [`Self::follow_links`]. `None` otherwise, and after the
     /// first call.
+    /// `--tls follow`: attaches the TLS probes to the libssl files found since the last call
+    /// (cheap when none were: call it on a timer).
+    pub fn follow_tls(&mut self) {
+        let (Some(follower), Some(reader)) = (&self.tls_follower, &mut self.tls) else {
+            return;
+        };
+        for path in follower.found() {
+            match tls::attach_target(&mut self.ebpf, &path, reader.writes()) {
+                Ok(internal) => {
+                    tracing::info!(
+                        target = %path.display(),
+                        "--tls follow: a new listener's libssl is probed from now on"
+                    );
+                    reader.note_later_target(path, Some(internal));
+                }
+                Err(e) => {
+                    tracing::warn!(
+                        target = %path.display(),
+                        error = %e,
+                        "--tls follow: a new listener's libssl could not be probed"
+                    );
+                    reader.note_later_target(path, None);
+                }
+            }
+        }
+    }
+
     pub fn take_link_monitor(&mut self) -> Option<LinkMonitor> {
         self.monitor.take()
     }

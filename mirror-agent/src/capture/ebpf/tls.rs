@@ -150,6 +150,43 @@ pub fn load_programs(ebpf: &mut Ebpf) -> Result<(), CaptureError> {
     Ok(())
 }
 
+/// Attaches the read probes of `ebpf` (and with `writes` the write probes) to one file, for
+/// every process that maps it: at OpenSSL's internal functions where
+/// [`super::tls_points`] finds them (`true`), else at the exported ones.
+pub(super) fn attach_target(
+    ebpf: &mut Ebpf,
+    target: &Path,
+    writes: bool,
+) -> Result<bool, CaptureError> {
+    let points = super::tls_points::probe_points(target);
+    tracing::info!(target = %target.display(), ?points, "TLS uprobes");
+    match points {
+        super::tls_points::ProbePoints::Internal { read, write } => {
+            let mut points = vec![(INTERNAL_READ, read), (EX_RET, read)];
+            if writes {
+                points.extend([(INTERNAL_WRITE, write), (EX_RET, write)]);
+            }
+            for (name, offset) in points {
+                uprobe(ebpf, name)?
+                    .attach(offset, target, UProbeScope::AllProcesses)
+                    .map_err(|source| CaptureError::Program { name, source })?;
+            }
+            Ok(true)
+        }
+        super::tls_points::ProbePoints::Exported => {
+            for (name, function) in PROBES
+                .into_iter()
+                .filter(|(_, function)| writes || !function.starts_with("SSL_write"))
+            {
+                uprobe(ebpf, name)?
+                    .attach(function, target, UProbeScope::AllProcesses)
+                    .map_err(|source| CaptureError::Program { name, source })?;
+            }
+            Ok(false)
+        }
+    }
+}
+
 impl TlsProbes {
     /// Attaches the TLS programs of `ebpf` (loaded by [`load_programs`]; its TLS maps sized
     /// by its loader) to `targets` (libssl files or binaries with OpenSSL linked in).
@@ -167,31 +204,8 @@ impl TlsProbes {
         mount_tracefs()?;
         let mut internal = 0;
         for target in targets {
-            let points = super::tls_points::probe_points(target);
-            tracing::info!(target = %target.display(), ?points, "TLS uprobes");
-            match points {
-                super::tls_points::ProbePoints::Internal { read, write } => {
-                    internal += 1;
-                    let mut points = vec![(INTERNAL_READ, read), (EX_RET, read)];
-                    if writes {
-                        points.extend([(INTERNAL_WRITE, write), (EX_RET, write)]);
-                    }
-                    for (name, offset) in points {
-                        uprobe(ebpf, name)?
-                            .attach(offset, target, UProbeScope::AllProcesses)
-                            .map_err(|source| CaptureError::Program { name, source })?;
-                    }
-                }
-                super::tls_points::ProbePoints::Exported => {
-                    for (name, function) in PROBES
-                        .into_iter()
-                        .filter(|(_, function)| writes || !function.starts_with("SSL_write"))
-                    {
-                        uprobe(ebpf, name)?
-                            .attach(function, target, UProbeScope::AllProcesses)
-                            .map_err(|source| CaptureError::Program { name, source })?;
-                    }
-                }
+            if attach_target(ebpf, target, writes)? {
+                internal += 1;
             }
         }
         tracepoint(ebpf, SOCK_STATE_PROGRAM, &[("sock", "inet_sock_set_state")])?;
@@ -273,6 +287,8 @@ impl TlsProbes {
             malformed: 0,
             targets: self.targets,
             internal_targets: self.internal_targets,
+            targets_later: 0,
+            follow_errors: 0,
             writes: self.writes,
             socket_tracepoints: self.socket_tracepoints,
             syscall_tracepoints: self.syscall_tracepoints,
@@ -339,6 +355,10 @@ pub struct TlsCounters {
     pub targets: u64,
     /// Of those, probed at OpenSSL's internal functions ([`super::tls_points`]).
     pub internal_targets: u64,
+    /// Of those, found after start (`--tls follow`).
+    pub targets_later: u64,
+    /// Files found after start that could not be probed (`--tls follow`; logged).
+    pub follow_errors: u64,
     /// The write calls are probed too (`--compare`).
     pub writes: bool,
     /// The socket tracepoints are attached.
@@ -361,6 +381,8 @@ pub(super) struct TlsReader {
     malformed: u64,
     targets: Vec<PathBuf>,
     internal_targets: u64,
+    targets_later: u64,
+    follow_errors: u64,
     writes: bool,
     socket_tracepoints: bool,
     syscall_tracepoints: bool,
@@ -371,6 +393,23 @@ pub(super) struct TlsReader {
 }
 
 impl TlsReader {
+    /// Whether the write calls are probed.
+    pub(super) fn writes(&self) -> bool {
+        self.writes
+    }
+
+    /// A file found after start: probed (`Some(internal)`) or not (`None`, counted).
+    pub(super) fn note_later_target(&mut self, target: PathBuf, internal: Option<bool>) {
+        match internal {
+            Some(internal) => {
+                self.internal_targets += u64::from(internal);
+                self.targets_later += 1;
+                self.targets.push(target);
+            }
+            None => self.follow_errors += 1,
+        }
+    }
+
     /// Hands up to `max` records' segments to `f`; returns the records read.
     pub(super) fn read(&mut self, max: usize, f: &mut impl FnMut(SegmentRef<'_>)) -> usize {
         let Self {
@@ -458,6 +497,8 @@ impl TlsReader {
             malformed_records: self.malformed,
             targets: self.targets.len() as u64,
             internal_targets: self.internal_targets,
+            targets_later: self.targets_later,
+            follow_errors: self.follow_errors,
             writes: self.writes,
             socket_tracepoints: self.socket_tracepoints,
             syscall_tracepoints: self.syscall_tracepoints,

@@ -67,6 +67,26 @@ fn socket_fds(pid: u32) -> Vec<(i32, u64)> {
 /// the system's own libssl (`libssl.so.3`, `libssl.so.1.1` in the usual library directories),
 /// so servers started later with it are read.
 pub fn discover(ports: &[u16]) -> (Vec<PathBuf>, Vec<(u32, String)>) {
+    let Listeners { libs, processes } = listeners_libssl(ports);
+    if libs.is_empty() {
+        return (system_libssl(), processes);
+    }
+    (libs.into_iter().map(|(path, _)| path).collect(), processes)
+}
+
+/// A file's (device, inode).
+pub type FileId = (u64, u64);
+
+/// What [`listeners_libssl`] found.
+pub struct Listeners {
+    /// The libssl files (through `/proc/PID/root`, one per file, with its [`FileId`]).
+    pub libs: Vec<(PathBuf, FileId)>,
+    /// The processes listening that map one (pid, name).
+    pub processes: Vec<(u32, String)>,
+}
+
+/// The libssl files mapped by the processes listening on `ports`, and those processes.
+pub fn listeners_libssl(ports: &[u16]) -> Listeners {
     let mut libs = BTreeSet::new();
     let mut processes = Vec::new();
     for pid in pids() {
@@ -87,19 +107,20 @@ pub fn discover(ports: &[u16]) -> (Vec<PathBuf>, Vec<(u32, String)>) {
         processes.push((pid, process_name(pid)));
     }
     let mut seen = BTreeSet::new();
-    let libs: Vec<PathBuf> = libs
+    let libs = libs
         .into_iter()
-        .filter(|p| {
-            std::fs::metadata(p).is_ok_and(|m| {
-                use std::os::unix::fs::MetadataExt;
-                seen.insert((m.dev(), m.ino()))
-            })
+        .filter_map(|p| {
+            let id = file_id(&p)?;
+            seen.insert(id).then_some((p, id))
         })
         .collect();
-    if libs.is_empty() {
-        return (system_libssl(), processes);
-    }
-    (libs, processes)
+    Listeners { libs, processes }
+}
+
+/// A file's (device, inode): what a uprobe is attached to, whatever the path.
+pub fn file_id(path: &Path) -> Option<FileId> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).ok().map(|m| (m.dev(), m.ino()))
 }
 
 fn is_libssl(path: &str) -> bool {
