@@ -278,6 +278,34 @@ fn start_python_primary_with(
     guard
 }
 
+/// Stops `primary` and starts it again on a private copy of the system libssl (another file,
+/// not probed: as a new image of the service with its own libssl), writing what it decrypts to
+/// `seen`.
+fn restart_on_own_libssl(
+    topo: &Topology,
+    dir: &Path,
+    port: u16,
+    primary: ChildGuard,
+    seen: &Path,
+) -> ChildGuard {
+    drop(primary);
+    let libdir = dir.join("lib");
+    std::fs::create_dir_all(&libdir).unwrap();
+    std::fs::copy(
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
+        libdir.join("libssl.so.3"),
+    )
+    .expect("copy the system libssl");
+    let restarted = start_python_primary_with(topo, dir, port, seen, Some(&libdir));
+    let maps =
+        std::fs::read_to_string(format!("/proc/{}/maps", restarted.pid())).unwrap_or_default();
+    assert!(
+        maps.contains(&format!("{}/libssl.so.3", libdir.display())),
+        "the restarted primary maps its own libssl"
+    );
+    restarted
+}
+
 /// nginx terminating TLS on the node's address and `port` (`listen_extra`: e.g. ` http2`),
 /// answering `ok`, logging requests to `dir/access.log`.
 fn start_nginx_ssl(
@@ -889,7 +917,13 @@ fn tls_connections_are_sampled_in_the_kernel() {
         s("tls_sampled_out") >= N - m && s("tls_sampled_out") * m == s("tls_calls") * (N - m),
         "every connection left out had its calls counted as sampled out: {summary:?}"
     );
-    assert_eq!(s("tls_connections_closed"), m, "{summary:?}");
+    // Each ended by the kernel's close record, or when nginx began the next connection on
+    // the same SSL* before TCP finished closing the last (see the nginx test).
+    assert_eq!(
+        s("tls_connections_closed") + s("tls_connections_replaced"),
+        m,
+        "{summary:?}"
+    );
     assert_eq!(
         (
             s("tls_sampled_out_bytes"),
@@ -1136,13 +1170,14 @@ fn an_ipv6_listener_is_read_for_ipv6_and_ipv4_clients() {
         "{log}"
     );
     let s = |k: &str| summary.get(k);
+    // Ended by their close records (matched by the endpoints the kernel noted), or, should
+    // nginx reuse the SSL* before the first one's close, by the next connection.
     assert_eq!(
         (
             s("tls_connections_from_start"),
-            s("tls_connections_closed"),
-            s("tls_closes_unmatched")
+            s("tls_connections_closed") + s("tls_connections_replaced"),
         ),
-        (2, 2, 0),
+        (2, 2),
         "both connections noted when established, their closes matched: {summary:?}"
     );
     assert_eq!(
@@ -1308,25 +1343,7 @@ fn connections_whose_tls_is_not_read_are_counted() {
         .expect("python3");
     assert!(out.status.success(), "{out:?}");
     // The primary again, on its own copy of libssl.
-    drop(primary);
-    let libdir = dir.join("lib");
-    std::fs::create_dir_all(&libdir).unwrap();
-    std::fs::copy(
-        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
-        libdir.join("libssl.so.3"),
-    )
-    .expect("copy the system libssl");
-    let restarted =
-        start_python_primary_with(topo, dir, PORT, &dir.join("primary2"), Some(&libdir));
-    let maps = std::fs::read_to_string(format!(
-        "/proc/{}/maps",
-        restarted.child.as_ref().unwrap().id()
-    ))
-    .unwrap_or_default();
-    assert!(
-        maps.contains(&format!("{}/libssl.so.3", libdir.display())),
-        "the restarted primary maps its own libssl"
-    );
+    let _restarted = restart_on_own_libssl(topo, dir, PORT, primary, &dir.join("primary2"));
     assert_eq!(
         curl_ok(
             topo,
@@ -1385,16 +1402,8 @@ fn tls_follow_probes_a_new_listeners_libssl() {
         curl_ok(topo, &["-k", "--http1.1", &format!("{base}/before")]),
         b"ok"
     );
-    drop(primary);
-    let libdir = dir.join("lib");
-    std::fs::create_dir_all(&libdir).unwrap();
-    std::fs::copy(
-        "/usr/lib/x86_64-linux-gnu/libssl.so.3",
-        libdir.join("libssl.so.3"),
-    )
-    .expect("copy the system libssl");
     let seen = dir.join("primary2");
-    let _restarted = start_python_primary_with(topo, dir, PORT, &seen, Some(&libdir));
+    let _restarted = restart_on_own_libssl(topo, dir, PORT, primary, &seen);
     let found = "--tls follow: a new listener's libssl is probed";
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
     while !agent.log().contains(found) && std::time::Instant::now() < deadline {
