@@ -446,6 +446,15 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
     if newstate == TCP_CLOSE {
         // SAFETY: read of a plain value, copied.
         let Some(sock) = (unsafe { MIRROR_TLS_SOCKS.get(&sk) }).copied() else {
+            // Unknown to the programs: while connections open at start are unaccounted for,
+            // one of a captured port may be one of them, closing without a call since.
+            // SAFETY: read-only lookup.
+            if setting(config::TLS_OPEN_BEFORE) != 0
+                && unsafe { MIRROR_PORTS.get(&local_port) }.is_some()
+                && let Some(ended) = endpoints(&ctx, local_port, remote_port, 0)
+            {
+                report_close(&ended);
+            }
             return 0;
         };
         let _ = MIRROR_TLS_SOCKS.remove(&sk);

@@ -442,7 +442,7 @@ impl TlsStreams {
 }
 
 /// The record's (local, remote) endpoints when the kernel set them.
-fn header_endpoints(h: &TlsRecordHeader) -> Option<(SocketAddr, SocketAddr)> {
+pub fn header_endpoints(h: &TlsRecordHeader) -> Option<(SocketAddr, SocketAddr)> {
     if h.flags & header_flags::ENDPOINTS == 0 {
         return None;
     }
@@ -460,7 +460,7 @@ fn header_endpoints(h: &TlsRecordHeader) -> Option<(SocketAddr, SocketAddr)> {
 }
 
 /// An IPv4 peer of an IPv6 socket as IPv4 (the classifiers see its packets so).
-fn unmapped(a: SocketAddr) -> SocketAddr {
+pub fn unmapped(a: SocketAddr) -> SocketAddr {
     match a.ip() {
         IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
             Some(v4) => SocketAddr::new(v4.into(), a.port()),

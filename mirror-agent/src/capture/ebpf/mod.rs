@@ -19,6 +19,7 @@ pub mod ignore;
 pub mod skip;
 pub mod tls;
 pub mod tls_follow;
+pub mod tls_open_before;
 pub mod tls_points;
 pub mod tls_procfs;
 
@@ -197,6 +198,8 @@ struct AttachedTls {
     sample: Option<(u64, u64)>,
     /// `--tls follow`.
     follow: bool,
+    /// The programs' settings while `TLS_OPEN_BEFORE` is set.
+    settings: Option<Array<MapData, u64>>,
 }
 
 /// A running capture: programs attached, ring buffer registered with tokio.
@@ -315,17 +318,22 @@ impl AttachedCapture {
                 tls::TlsProbes::attach(&mut ebpf, &targets, &cfg.ports, false, cfg.attach_egress)
             })
             .transpose()?;
-        if let Some(t) = &tls
-            && t.open_before.is_empty()
-        {
-            // Every captured port's socket is noted from its establishment on: calls on other
-            // sockets need not be copied.
-            settings
-                .set(config::TLS_OPEN_BEFORE, 0, 0)
-                .map_err(|source| CaptureError::Map {
-                    name: maps::CONFIG,
-                    source,
-                })?;
+        // Kept by the TLS reader while connections open at start are unaccounted for: it
+        // clears TLS_OPEN_BEFORE then ([`tls_open_before::OpenBefore`]).
+        let mut tls_settings = None;
+        if let Some(t) = &tls {
+            if t.open_before.is_empty() {
+                // Every captured port's socket is noted from its establishment on: calls on
+                // other sockets need not be copied.
+                settings
+                    .set(config::TLS_OPEN_BEFORE, 0, 0)
+                    .map_err(|source| CaptureError::Map {
+                        name: maps::CONFIG,
+                        source,
+                    })?;
+            } else {
+                tls_settings = Some(settings);
+            }
         }
 
         let (interfaces, follow, mode) = match &cfg.target {
@@ -393,6 +401,7 @@ impl AttachedCapture {
                 ports: cfg.ports.clone(),
                 sample: sample(&cfg, hash_seed),
                 follow: cfg.tls_follow,
+                settings: tls_settings,
             }),
             ebpf,
         })
@@ -454,7 +463,7 @@ impl AttachedCapture {
         };
         let tls = self
             .tls
-            .map(|t| t.probes.start_reading(t.ports, t.sample))
+            .map(|t| t.probes.start_reading(t.ports, t.sample, t.settings))
             .transpose()?;
         Ok(LiveCapture {
             tls,

@@ -18,10 +18,10 @@
 //! kernels: then only the connections open at start can be matched (said at start and in
 //! `mirror-agent check`).
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::programs::trace_point::{TracePointLink, TracePointLinkId};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{TracePoint, UProbe};
 use aya::{Ebpf, EbpfLoader};
@@ -30,9 +30,10 @@ use mirror_common::{TLS_HEADER_LEN, TlsRecordHeader, maps, port_state, tls};
 use tokio::io::Interest;
 use tokio::io::unix::AsyncFd;
 
+use super::tls_open_before::OpenBefore;
 use super::{CaptureError, object, take};
 pub use crate::capture::tls_stream::TlsChunk;
-use crate::capture::tls_stream::{TlsStreamStats, TlsStreams};
+use crate::capture::tls_stream::{TlsStreamStats, TlsStreams, header_endpoints as close_endpoints};
 use crate::capture::{SegmentDirection, SegmentRef, clock};
 
 /// The uprobes: (program, libssl function).
@@ -118,7 +119,9 @@ pub struct TlsProbes {
     pub syscall_tracepoints: bool,
     /// The connections of the captured ports already open when the programs were attached,
     /// by (pid, fd): the kernel has no endpoints for them ([`super::tls_procfs::snapshot_connections`]).
-    pub open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
+    pub open_before: super::tls_open_before::Snapshot,
+    /// The syscall tracepoints, owned (detached when dropped).
+    syscall_links: Vec<TracePointLink>,
 }
 
 /// Loads the TLS programs of `ebpf` into the kernel (not attached). Must run while the maps
@@ -217,7 +220,7 @@ impl TlsProbes {
             &[("sock", "sock_recv_length")]
         };
         let socket_tracepoints = match tracepoint(ebpf, SOCK_IO_PROGRAM, io_points) {
-            Ok(()) => true,
+            Ok(_) => true,
             Err(e) => {
                 tracing::warn!(
                     error = %e,
@@ -239,13 +242,27 @@ impl TlsProbes {
         // give them put every syscall of the node on the kernel's slower tracing path, so they
         // are attached only when there is something to find.
         let syscall_tracepoints = always_fds || !open_before.is_empty();
-        if syscall_tracepoints {
-            tracepoint(
+        let syscall_links = if syscall_tracepoints {
+            let ids = tracepoint(
                 ebpf,
                 SYSCALL_PROGRAM,
                 SYSCALLS.map(|s| ("syscalls", s)).as_slice(),
             )?;
-        }
+            // Owned, so they can be detached once they are no longer needed.
+            let program = tracepoint_program(ebpf, SYSCALL_PROGRAM)?;
+            ids.into_iter()
+                .map(|id| {
+                    program
+                        .take_link(id)
+                        .map_err(|source| CaptureError::Program {
+                            name: SYSCALL_PROGRAM,
+                            source,
+                        })
+                })
+                .collect::<Result<Vec<_>, _>>()?
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             ring: take(ebpf, tls::RING)?,
             counters: take(ebpf, tls::COUNTERS)?,
@@ -255,6 +272,7 @@ impl TlsProbes {
             socket_tracepoints,
             syscall_tracepoints,
             open_before,
+            syscall_links,
         })
     }
 
@@ -264,11 +282,13 @@ impl TlsProbes {
     }
 
     /// Registers the ring with the current tokio runtime's reactor; `ports`, `sample` as for
-    /// [`TlsStreams::new`].
+    /// [`TlsStreams::new`]; `config`: the programs' settings when `TLS_OPEN_BEFORE` is set
+    /// (cleared once every connection open at start is accounted for).
     pub(super) fn start_reading(
         self,
         ports: Vec<u16>,
         sample: Option<(u64, u64)>,
+        config: Option<aya::maps::Array<MapData, u64>>,
     ) -> Result<TlsReader, CaptureError> {
         // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, until it is dropped
         // together with the AsyncFd.
@@ -277,6 +297,7 @@ impl TlsProbes {
                 what: "registering the TLS ring buffer with the reactor",
                 source: std::io::Error::from(e),
             })?;
+        let open_before = OpenBefore::new(self.open_before, &ports, self.syscall_links, config);
         Ok(TlsReader {
             ring,
             counters: self.counters,
@@ -292,7 +313,7 @@ impl TlsProbes {
             writes: self.writes,
             socket_tracepoints: self.socket_tracepoints,
             syscall_tracepoints: self.syscall_tracepoints,
-            open_before: self.open_before,
+            open_before,
             names: std::collections::HashMap::new(),
         })
     }
@@ -365,6 +386,12 @@ pub struct TlsCounters {
     pub socket_tracepoints: bool,
     /// The syscall tracepoints are attached.
     pub syscall_tracepoints: bool,
+    /// ... and detached since: every connection open at start is accounted for.
+    pub syscall_tracepoints_detached: bool,
+    /// Server-side connections open at start not accounted for yet (neither a call nor a
+    /// close seen), and those that closed without a call.
+    pub open_before_pending: u64,
+    pub open_before_closed_idle: u64,
     /// The processes read, by pid.
     pub processes: Vec<TlsProcess>,
 }
@@ -386,8 +413,8 @@ pub(super) struct TlsReader {
     writes: bool,
     socket_tracepoints: bool,
     syscall_tracepoints: bool,
-    /// See [`TlsProbes::open_before`].
-    open_before: std::collections::HashMap<(u32, i32), (SocketAddr, SocketAddr)>,
+    /// The connections open at start, until each is accounted for.
+    open_before: OpenBefore,
     /// Process names, read once per pid (bounded as the processes are).
     names: std::collections::HashMap<u32, String>,
 }
@@ -422,10 +449,6 @@ impl TlsReader {
             ..
         } = self;
         let ring = ring.get_mut();
-        // Connections the kernel has no endpoints for were open before attaching: found in
-        // the snapshot taken then (procfs cannot be read later: the agent has given up the
-        // privileges to look into other processes).
-        let mut resolve = |pid: u32, fd: i32| open_before.get(&(pid, fd)).copied();
         let mut n = 0;
         while n < max {
             let Some(item) = ring.next() else { break };
@@ -434,6 +457,17 @@ impl TlsReader {
                 *malformed += 1;
                 continue;
             };
+            if chunk.header.kind == tls::kind::CLOSE
+                && let Some((local, remote)) = close_endpoints(&chunk.header)
+                && open_before.on_close(local, remote)
+            {
+                // A connection open at start that closed without a call: no flow to end.
+                continue;
+            }
+            // Connections the kernel has no endpoints for were open before attaching: found in
+            // the snapshot taken then (procfs cannot be read later: the agent has given up the
+            // privileges to look into other processes).
+            let mut resolve = |pid: u32, fd: i32| open_before.resolve(pid, fd);
             let ts = chunk.header.ts_ns.wrapping_add(*wall_minus_mono);
             streams.on_chunk(&chunk, ts, &mut resolve, &mut |seg| {
                 if seg.direction == Some(SegmentDirection::FromClient)
@@ -444,6 +478,7 @@ impl TlsReader {
                 f(seg)
             });
         }
+        open_before.settle();
         n
     }
 
@@ -502,6 +537,9 @@ impl TlsReader {
             writes: self.writes,
             socket_tracepoints: self.socket_tracepoints,
             syscall_tracepoints: self.syscall_tracepoints,
+            syscall_tracepoints_detached: self.open_before.detached(),
+            open_before_pending: self.open_before.pending() as u64,
+            open_before_closed_idle: self.open_before.closed_idle(),
         })
     }
 }
@@ -649,17 +687,26 @@ fn tracepoint(
     ebpf: &mut Ebpf,
     name: &'static str,
     points: &[(&str, &str)],
-) -> Result<(), CaptureError> {
-    let err = |source| CaptureError::Program { name, source };
-    let program: &mut TracePoint = ebpf
-        .program_mut(name)
+) -> Result<Vec<TracePointLinkId>, CaptureError> {
+    let program = tracepoint_program(ebpf, name)?;
+    points
+        .iter()
+        .map(|(category, point)| {
+            program
+                .attach(category, point)
+                .map_err(|source| CaptureError::Program { name, source })
+        })
+        .collect()
+}
+
+fn tracepoint_program<'a>(
+    ebpf: &'a mut Ebpf,
+    name: &'static str,
+) -> Result<&'a mut TracePoint, CaptureError> {
+    ebpf.program_mut(name)
         .ok_or(CaptureError::Missing(name))?
         .try_into()
-        .map_err(err)?;
-    for (category, point) in points {
-        program.attach(category, point).map_err(err)?;
-    }
-    Ok(())
+        .map_err(|source| CaptureError::Program { name, source })
 }
 
 fn uprobe<'a>(ebpf: &'a mut Ebpf, name: &'static str) -> Result<&'a mut UProbe, CaptureError> {
