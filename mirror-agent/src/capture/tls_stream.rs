@@ -525,6 +525,25 @@ mod tests {
         }
     }
 
+    /// Ends the pipeline: its ledger must balance; the requests it emitted, and its stats.
+    fn finish(
+        p: &mut crate::pipeline::Pipeline,
+        out: &mut Vec<crate::pipeline::PipelineEvent>,
+    ) -> (Vec<Vec<u8>>, crate::pipeline::PipelineStats) {
+        p.finish(out);
+        let st = p.stats();
+        st.check_balance_at_end()
+            .unwrap_or_else(|e| panic!("{e}\n{st}"));
+        let requests = out
+            .iter()
+            .filter_map(|e| match e {
+                crate::pipeline::PipelineEvent::Request(r) => Some(r.request.raw.to_vec()),
+                _ => None,
+            })
+            .collect();
+        (requests, st)
+    }
+
     /// Segments seen: direction, sequence number, payload.
     type Seen = Vec<(SegmentDirection, u32, Vec<u8>)>;
 
@@ -663,19 +682,9 @@ mod tests {
                 p.on_segment_ref(seg, &mut out)
             });
         }
-        p.finish(&mut out);
-        let st = p.stats();
-        st.check_balance_at_end()
-            .unwrap_or_else(|e| panic!("{e}\n{st}"));
-        let requests: Vec<&[u8]> = out
-            .iter()
-            .filter_map(|e| match e {
-                PipelineEvent::Request(r) => Some(r.request.raw.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let (requests, st) = finish(&mut p, &mut out);
         let first = [&r1a[..], &r1b[..]].concat();
-        assert_eq!(requests, [&first[..], &r2[..]], "{st}");
+        assert_eq!(requests, [first, r2.to_vec()], "{st}");
         assert_eq!(st.responses, 2, "{st}");
     }
 
@@ -769,18 +778,8 @@ mod tests {
             st.flows_closed, 1,
             "closed by the FINs, not at the end: {st}"
         );
-        p.finish(&mut out);
-        let st = p.stats();
-        st.check_balance_at_end()
-            .unwrap_or_else(|e| panic!("{e}\n{st}"));
-        let requests: Vec<&[u8]> = out
-            .iter()
-            .filter_map(|e| match e {
-                PipelineEvent::Request(r) => Some(r.request.raw.as_ref()),
-                _ => None,
-            })
-            .collect();
-        assert_eq!(requests, [&req[..]], "{st}");
+        let (requests, st) = finish(&mut p, &mut out);
+        assert_eq!(requests, [req.to_vec()], "{st}");
         assert_eq!(st.responses, 1, "{st}");
     }
 
@@ -826,20 +825,10 @@ mod tests {
         let ts = streams.stats();
         assert_eq!(ts.lost_bytes, body.len() as u64, "{ts:?}");
         assert!(ts.balanced(), "{ts:?}");
-        p.finish(&mut out);
-        let st = p.stats();
-        st.check_balance_at_end()
-            .unwrap_or_else(|e| panic!("{e}\n{st}"));
-        let requests: Vec<&[u8]> = out
-            .iter()
-            .filter_map(|e| match e {
-                PipelineEvent::Request(r) => Some(r.request.raw.as_ref()),
-                _ => None,
-            })
-            .collect();
+        let (requests, st) = finish(&mut p, &mut out);
         assert_eq!(
             requests,
-            [&next[..]],
+            [next.to_vec()],
             "only what the client sent, whole: {st}"
         );
 
