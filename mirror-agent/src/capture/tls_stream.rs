@@ -658,7 +658,7 @@ mod tests {
     /// split over two SSL reads, each paired with its response; the ledger balances.
     #[test]
     fn the_pipeline_frames_the_plaintext_as_any_flow() {
-        use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent};
+        use crate::pipeline::{Pipeline, PipelineConfig};
         let r1a = b"POST /a HTTP/1.1\r\nHost: s\r\nContent-Length: 5\r\n\r\nhe";
         let r1b = b"llo";
         let r2 = b"GET /b HTTP/1.1\r\nHost: s\r\n\r\n";
@@ -707,7 +707,7 @@ mod tests {
     #[test]
     fn a_connection_from_its_start_replaces_the_ciphertext_flow_and_closes() {
         use crate::capture::Segment;
-        use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent};
+        use crate::pipeline::{Pipeline, PipelineConfig};
         let req = b"GET /x HTTP/1.1\r\nHost: s\r\n\r\n";
         let ok = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
         let mut p = Pipeline::new(PipelineConfig {
@@ -790,7 +790,7 @@ mod tests {
     /// call: a hole at the start.
     #[test]
     fn a_call_lost_wholly_is_a_hole_not_a_splice() {
-        use crate::pipeline::{Pipeline, PipelineConfig, PipelineEvent};
+        use crate::pipeline::{Pipeline, PipelineConfig};
         let head = b"POST /a HTTP/1.1\r\nHost: s\r\nContent-Length: 10\r\n\r\n";
         let body = b"0123456789";
         let next = b"GET /c HTTP/1.1\r\nHost: s\r\n\r\n";
