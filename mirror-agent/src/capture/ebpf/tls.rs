@@ -656,7 +656,7 @@ pub fn mechanisms() -> (bool, String) {
     let detail = format!(
         "uprobes {}, syscall tracepoints {}, inet_sock_set_state {}, sock_recv/send_length {}{}; \
          system libssl: {}; needs at start CAP_SYS_ADMIN (uprobes) and CAP_SYS_PTRACE (other \
-         processes' /proc), given up once attached",
+         processes' /proc), given up once attached (kept with --tls follow)",
         yes(uprobes),
         yes(syscalls),
         yes(state),
