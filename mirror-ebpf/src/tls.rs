@@ -445,39 +445,41 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
     let remote_port = field(state_field::DPORT);
     if newstate == TCP_CLOSE {
         // SAFETY: read of a plain value, copied.
-        let Some(sock) = (unsafe { MIRROR_TLS_SOCKS.get(&sk) }).copied() else {
-            // Unknown to the programs: while connections open at start are unaccounted for,
-            // one of a captured port may be one of them, closing without a call since.
-            // SAFETY: read-only lookup.
-            if setting(config::TLS_OPEN_BEFORE) != 0
-                && unsafe { MIRROR_PORTS.get(&local_port) }.is_some()
-                && let Some(ended) = endpoints(&ctx, local_port, remote_port, 0)
-            {
-                report_close(&ended);
+        let sock = unsafe { MIRROR_TLS_SOCKS.get(&sk) }.copied();
+        match sock {
+            // Unknown to the programs and nothing open at start: no captured connection.
+            None if setting(config::TLS_OPEN_BEFORE) == 0 => return 0,
+            // Unknown while connections open at start are unaccounted for: it may be one of
+            // them, closing without a call since (reported below if of a captured port).
+            None => {}
+            Some(s) => {
+                let _ = MIRROR_TLS_SOCKS.remove(&sk);
+                if s.flags & socket_flags::TLS_SEEN == 0 {
+                    // A server-side connection of a TLS port, sampled in, whose plaintext was
+                    // never read: say so (see `counter::UNREAD`). (An unnoted socket gets its
+                    // entry at a call, so it always has TLS_SEEN.)
+                    // SAFETY: read-only lookup.
+                    if s.flags & (socket_flags::CLIENT | socket_flags::SAMPLED_OUT) == 0
+                        && unsafe { MIRROR_PORTS.get(&s.local_port) } == Some(&port_state::TLS)
+                    {
+                        count(counter::UNREAD, 1);
+                    }
+                    return 0;
+                }
+                if s.flags & socket_flags::UNNOTED == 0 {
+                    report_close(&s);
+                    return 0;
+                }
             }
-            return 0;
-        };
-        let _ = MIRROR_TLS_SOCKS.remove(&sk);
-        if sock.flags & socket_flags::TLS_SEEN == 0 {
-            // A server-side connection of a TLS port, sampled in, whose plaintext was never
-            // read: say so (see `counter::UNREAD`).
-            let left_out = socket_flags::CLIENT | socket_flags::SAMPLED_OUT | socket_flags::UNNOTED;
-            // SAFETY: read-only lookup.
-            if sock.flags & left_out == 0
-                && unsafe { MIRROR_PORTS.get(&sock.local_port) } == Some(&port_state::TLS)
-            {
-                count(counter::UNREAD, 1);
-            }
-            return 0;
         }
-        if sock.flags & socket_flags::UNNOTED == 0 {
-            report_close(&sock);
-        } else if unsafe { MIRROR_PORTS.get(&local_port) }.is_some() {
-            // Followed from a call: its endpoints are the record's (a server-side socket of a
-            // captured port; others' closes would only be unmatched in userspace).
-            if let Some(ended) = endpoints(&ctx, local_port, remote_port, 0) {
-                report_close(&ended);
-            }
+        // An unnoted socket (followed from a call) or an unknown one: the endpoints are the
+        // record's, reported for a server-side socket of a captured port (others' closes would
+        // only be unmatched in userspace).
+        // SAFETY: read-only lookup.
+        if unsafe { MIRROR_PORTS.get(&local_port) }.is_some()
+            && let Some(ended) = endpoints(&ctx, local_port, remote_port, 0)
+        {
+            report_close(&ended);
         }
         return 0;
     }
