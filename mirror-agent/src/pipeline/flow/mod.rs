@@ -45,7 +45,7 @@ impl Incoming<'_> {
     }
 }
 use crate::http::request::{RequestEvent, RequestFramer};
-use crate::http::response::{ResponseEvent, ResponseFramer};
+use crate::http::response::{ResponseEvent, ResponseFramer, ResponseFramerStats};
 use crate::reassembly::{Stream, StreamEvent};
 
 /// Scratch buffers reused across calls so the hot path does not allocate.
@@ -63,7 +63,9 @@ struct Decided {
     /// [client→server, server→client].
     streams: [Stream; 2],
     req: Option<RequestFramer>,
-    resp: ResponseFramer,
+    /// Only when responses are framed (`--compare`): without them the framer would be a third
+    /// of this struct for nothing, on every connection (issue 17's 10000-connection RSS).
+    resp: Option<Box<ResponseFramer>>,
     /// Server stream events held while the client stream waits for a hole (see `handle`).
     held_server: VecDeque<StreamEvent>,
     held_server_bytes: usize,
@@ -154,7 +156,7 @@ impl Flow {
                     + d.h2.as_ref().map_or(0, |h| h.buffered_bytes())
                     + d.h2_probe.len()
                     + d.req.as_ref().map_or(0, RequestFramer::buffered_bytes)
-                    + d.resp.buffered_bytes()
+                    + d.resp.as_ref().map_or(0, |r| r.buffered_bytes())
                     + d.held_server_bytes
             }
         }
@@ -173,7 +175,7 @@ impl Flow {
                     && d.req
                         .as_ref()
                         .is_none_or(|r| d.client_ignored || r.stats().in_progress() == 0)
-                    && (d.server_ignored || d.resp.stats().in_progress() == 0)
+                    && (d.server_ignored || d.resp_stats().in_progress() == 0)
             }
         }
     }
@@ -254,12 +256,16 @@ impl Flow {
             // Picked up mid-connection (no SYN seen): the server stream may start inside a
             // response, so its framer skips to the first status line.
             let midstream = !v.flags.syn() && !held.iter().any(|s| s.flags.syn());
-            let resp = if midstream {
-                ResponseFramer::new_midstream(cfg.http.clone())
-            } else {
-                ResponseFramer::new(cfg.http.clone())
-            }
-            .with_capture(cfg.capture_responses);
+            let resp = cfg.responses.then(|| {
+                Box::new(
+                    if midstream {
+                        ResponseFramer::new_midstream(cfg.http.clone())
+                    } else {
+                        ResponseFramer::new(cfg.http.clone())
+                    }
+                    .with_capture(cfg.capture_responses),
+                )
+            });
             self.state = State::Decided(Box::new(Decided {
                 client,
                 server,
@@ -403,15 +409,15 @@ impl Flow {
                         stats.client_bytes_ignored += req.stats().in_progress();
                     }
                 }
-                if !d.server_ignored {
-                    d.resp.finish(self.last_ns, &mut sc.resp);
+                if let Some(resp) = d.resp.as_mut().filter(|_| !d.server_ignored) {
+                    resp.finish(self.last_ns, &mut sc.resp);
                     d.on_responses(self.id, stats, sc, out);
                 } else {
                     // Framing stopped mid-message when the flow turned out not to be HTTP/1.x.
-                    stats.server_bytes_ignored += d.resp.stats().in_progress();
+                    stats.server_bytes_ignored += d.resp_stats().in_progress();
                 }
                 stats.requests_unanswered += d.awaiting.len() as u64;
-                let rs = d.resp.stats();
+                let rs = d.resp_stats();
                 stats.response_bytes += rs.response_bytes;
                 stats.response_answers_dropped += rs.answers_dropped;
                 stats.server_bytes_framer_ignored += rs.ignored_bytes - d.server_tunnel_decoded;
@@ -423,6 +429,11 @@ impl Flow {
 }
 
 impl Decided {
+    /// The response framer's counts (all zero when responses are not framed).
+    fn resp_stats(&self) -> ResponseFramerStats {
+        self.resp.as_ref().map(|r| *r.stats()).unwrap_or_default()
+    }
+
     /// Runs `op` on the stream of each direction (client's first) and frames what it releases.
     fn each_stream(
         &mut self,
@@ -582,26 +593,29 @@ impl Decided {
                     stats.server_bytes_ignored += bytes.len() as u64;
                 } else if self.server_h2 {
                     self.h2_server_data(flow_id, &bytes, ts_ns, stats, out);
-                } else {
-                    let tunnel_before = self.resp.stats().tunnel_bytes;
-                    self.resp.push(&bytes, ts_ns, &mut sc.resp);
+                } else if let Some(resp) = self.resp.as_mut() {
+                    let tunnel_before = resp.stats().tunnel_bytes;
+                    resp.push(&bytes, ts_ns, &mut sc.resp);
                     self.on_responses(flow_id, stats, sc, out);
                     if let Some(seq) = self.h2c_switched.take() {
                         self.switch_server_to_h2(seq, cfg, stats);
                         // The 101 to `Upgrade: h2c` ended within these bytes: what followed
                         // its head is the server's first HTTP/2 frames.
-                        let n = (self.resp.stats().tunnel_bytes - tunnel_before) as usize;
+                        let n = (self.resp_stats().tunnel_bytes - tunnel_before) as usize;
                         self.server_tunnel_decoded += n as u64;
                         let rest = &bytes[bytes.len() - n..];
                         self.h2_server_data(flow_id, rest, ts_ns, stats, out);
                     }
+                } else {
+                    // Not reached: the server side is ignored whenever responses are not framed.
+                    stats.server_bytes_ignored += bytes.len() as u64;
                 }
             }
             // The server's header table cannot be rebuilt after a hole.
             StreamEvent::Gap { .. } if self.server_h2 => self.h2_server_end(flow_id, stats, out),
             StreamEvent::Gap { len, .. } => {
-                if !self.server_ignored {
-                    self.resp.gap(len, &mut sc.resp);
+                if let Some(resp) = self.resp.as_mut().filter(|_| !self.server_ignored) {
+                    resp.gap(len, &mut sc.resp);
                     self.on_responses(flow_id, stats, sc, out);
                 }
             }

@@ -44,8 +44,8 @@ impl Decided {
                     let len = request.raw.len() as u64;
                     stats.requests += 1;
                     stats.request_bytes += len;
-                    if !self.server_ignored {
-                        self.resp.expect(ExpectedResponse {
+                    if let Some(resp) = self.resp.as_mut().filter(|_| !self.server_ignored) {
+                        resp.expect(ExpectedResponse {
                             head: request.method == "HEAD",
                             connect: request.method == "CONNECT",
                         });
@@ -85,10 +85,10 @@ impl Decided {
         // event order; only a batch holding a non-answer drop, then a final, then an answer drop
         // would pair that final one request late, and that needs a framing error right before
         // a good response on one connection.
-        let pending = self.resp.pending_expectations();
+        let pending = self.resp.as_ref().map_or(0, |r| r.pending_expectations());
         // The framer counts an answer drop when it happens and reports the Dropped event when
         // the next message starts (drops are merged), possibly in a later batch: carry them.
-        let answers = self.resp.stats().answers_dropped;
+        let answers = self.resp_stats().answers_dropped;
         self.answers_owed += answers.saturating_sub(self.answers_seen);
         self.answers_seen = answers;
         for ev in sc.resp.drain(..) {
