@@ -129,6 +129,17 @@ pub struct CaptureArgs {
         help_heading = "Capture"
     )]
     pub tls_binaries: Vec<PathBuf>,
+    /// With `--tls`: how long connections that were already open when the agent started may
+    /// stay idle before they are no longer waited for, in seconds (0: as long as they stay
+    /// open). Until each is seen, every syscall of the node takes the kernel's slower tracing
+    /// path; a connection given up is counted, and its later requests are not read.
+    #[arg(
+        long,
+        env = "MIRROR_TLS_OPEN_WAIT_SECS",
+        default_value_t = 60,
+        help_heading = "Capture"
+    )]
+    pub tls_open_wait_secs: u64,
     /// Read packets from a pcap or pcapng file instead of an interface.
     #[arg(long, env = "MIRROR_PCAP", help_heading = "Capture")]
     pub pcap: Option<PathBuf>,

@@ -150,8 +150,10 @@ pub mod tls {
         pub const SOCKETS: u32 = 9;
         /// Calls on the client side of a connection to a captured port, not copied.
         pub const CLIENT_SIDE: u32 = 10;
-        /// Calls on sockets that are no captured port's (another service's HTTPS), not copied
-        /// (see `config::TLS_OPEN_BEFORE`).
+        /// Calls on sockets the programs do not know once `config::TLS_OPEN_BEFORE` is clear,
+        /// not copied: no captured port's (another service's HTTPS), or a connection open
+        /// before the probes were attached that userspace stopped waiting for
+        /// (`--tls-open-wait-secs`).
         pub const OTHER: u32 = 11;
         /// Server-side sockets of a port known to carry TLS that closed without a TLS call
         /// that returned plaintext: connections that never sent a request (TCP-only health

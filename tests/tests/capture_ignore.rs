@@ -69,6 +69,7 @@ fn with_capture<T: Send>(
         skip_bodies: false,
         tls: Default::default(),
         tls_follow: false,
+        tls_open_wait: None,
         ports,
         capture_basis_points: 10000,
         ring_size: 1 << 20,

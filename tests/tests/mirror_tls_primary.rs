@@ -115,6 +115,31 @@ req(b"/before-3")
 s.close()
 "#;
 
+/// A client whose TLS connection is opened before the agent starts and stays idle: it prints
+/// `ready`, waits for a line on stdin, sends `/late` and prints `sent` after the answer, waits
+/// for another line, closes and prints `closed`.
+const LATE_CLIENT: &str = r#"
+import socket, ssl, sys
+host, port = sys.argv[1], int(sys.argv[2])
+ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+ctx.check_hostname = False
+ctx.verify_mode = ssl.CERT_NONE
+s = ctx.wrap_socket(socket.create_connection((host, port)))
+print("ready", flush=True)
+sys.stdin.readline()
+s.sendall(b"GET /late HTTP/1.1\r\nHost: primary\r\nX-Conn: late\r\n\r\n")
+buf = b""
+while not buf.endswith(b"ok"):
+    d = s.recv(4096)
+    if not d:
+        raise SystemExit("closed")
+    buf += d
+print("sent", flush=True)
+sys.stdin.readline()
+s.close()
+print("closed", flush=True)
+"#;
+
 /// What every test here starts with: its turn (one at a time, see [`ONE_AT_A_TIME`]), a
 /// temporary directory with a self-signed certificate (`cert.pem`, `key.pem`), and the network
 /// namespaces. `None` when the test cannot run here (`privileged_or_skip` says why).
@@ -1511,4 +1536,91 @@ fn tls_follow_probes_a_new_listeners_libssl() {
         "{summary:?}"
     );
     assert_eq!(s("tls_connections_unread"), 0, "{summary:?}");
+}
+
+/// A connection open at start that stays idle past `--tls-open-wait-secs` is given up: the
+/// transition out of the start snapshot happens anyway (syscall tracepoints detached, so the
+/// node's syscalls leave the tracing path), the connection is counted in the summary, the
+/// exit report and the metrics' source, and its later request is counted in the kernel
+/// (`tls_other_calls`), not read. New connections are mirrored as before.
+#[test]
+fn an_idle_connection_open_at_start_is_given_up_after_the_wait() {
+    let Some(lab) = Lab::new("an_idle_connection_open_at_start_is_given_up_after_the_wait") else {
+        return;
+    };
+    let (dir, topo) = (&lab.dir, &lab.topo);
+    let seen = dir.join("primary");
+    let _primary = start_python_primary(topo, dir, TLS_PORT, &seen);
+    let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
+    let (late, mut late_in, mut late_out) = spawn_client(topo, dir, "late.py", LATE_CLIENT);
+    let mut said = String::new();
+    late_out.read_line(&mut said).expect("late client");
+    assert_eq!(said.trim(), "ready", "the late client's handshake");
+
+    let mut agent = start_tls_agent_with(topo, TLS_PORT, "", &["--tls-open-wait-secs", "2"], dir);
+    let given_up = "connections open at start accounted for or given up: syscall tracepoints \
+                    detached";
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !agent.log().contains(given_up) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        agent.log().contains(given_up) && agent.log().contains("no longer waited for"),
+        "the idle connection given up after 2 s: {}",
+        agent.log()
+    );
+    writeln!(late_in, "go").unwrap();
+    said.clear();
+    late_out.read_line(&mut said).expect("late client");
+    assert_eq!(said.trim(), "sent", "the late request answered");
+    let base = format!("https://{}:{TLS_PORT}", Topology::SERVER_V4);
+    assert_eq!(
+        curl_ok(topo, &["-k", "--http1.1", &format!("{base}/new")]),
+        b"ok"
+    );
+    let got = mirror.wait_for(1, Duration::from_millis(1000), Duration::from_secs(15));
+    writeln!(late_in, "go").unwrap();
+    said.clear();
+    late_out.read_line(&mut said).expect("late client");
+    assert_eq!(said.trim(), "closed");
+    drop(late);
+    let (summary, log) = stop_ok(&mut agent);
+
+    let decrypted = primary_requests(&seen);
+    assert_eq!(
+        decrypted.iter().map(|r| line(r)).collect::<Vec<_>>(),
+        ["GET /late HTTP/1.1", "GET /new HTTP/1.1"],
+        "what the primary read"
+    );
+    let mirrored: Vec<Vec<u8>> = got.iter().map(|r| r.bytes.clone()).collect();
+    assert_eq!(
+        mirrored,
+        decrypted[1..].to_vec(),
+        "only the new connection's request, byte for byte\n{log}"
+    );
+    let s = |k: &str| summary.get(k);
+    assert_eq!(
+        (
+            s("tls_open_before_given_up"),
+            s("tls_open_before_pending"),
+            s("tls_syscall_tracepoints"),
+            s("tls_syscall_tracepoints_detached")
+        ),
+        (1, 0, 1, 1),
+        "{summary:?}"
+    );
+    assert!(
+        s("tls_other_calls") >= 1,
+        "the given-up connection's read counted in the kernel: {summary:?}\n{log}"
+    );
+    assert_eq!(
+        (s("tls_ring_full"), s("tls_unresolved_bytes")),
+        (0, 0),
+        "nothing copied for the given-up connection: {summary:?}"
+    );
+    assert!(
+        log.contains("were given up: their later requests were not read"),
+        "the exit report says it: {log}"
+    );
+    summary.assert_kernel_balanced();
 }

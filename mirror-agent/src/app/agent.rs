@@ -182,6 +182,13 @@ fn tls_report(t: &crate::capture::ebpf::tls::TlsCounters) -> String {
             t.kernel.unread
         ));
     }
+    if t.open_before_given_up > 0 {
+        out.push_str(&format!(
+            "  {} connection(s) open before the agent started were still idle after \
+             --tls-open-wait-secs and were given up: their later requests were not read\n",
+            t.open_before_given_up
+        ));
+    }
     out
 }
 

@@ -39,6 +39,9 @@ pub struct LiveSettings {
     pub tls: TlsSetting,
     /// `--tls follow`: libssl files of listeners that appear later are probed too.
     pub tls_follow: bool,
+    /// `--tls-open-wait-secs`: how long connections open at start are waited for (`None`: as
+    /// long as they stay open).
+    pub tls_open_wait: Option<Duration>,
 }
 
 impl LiveSettings {
@@ -88,6 +91,7 @@ impl LiveSettings {
             skip_bodies: self.skip_bodies,
             tls: self.tls.clone(),
             tls_follow: self.tls_follow,
+            tls_open_wait: self.tls_open_wait,
         })
     }
 }
@@ -152,6 +156,16 @@ pub fn build(
         skip_bodies: false,
         tls,
         tls_follow: a.tls.trim() == "follow",
+        tls_open_wait: match a.tls_open_wait_secs {
+            0 => None,
+            s @ 1..=86_400 => Some(Duration::from_secs(s)),
+            s => {
+                return Err(ConfigError::Flag {
+                    flag: "--tls-open-wait-secs",
+                    msg: format!("{s} is not in 0..=86400 (0: as long as they stay open)"),
+                });
+            }
+        },
     })
 }
 

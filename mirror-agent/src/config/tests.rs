@@ -994,6 +994,21 @@ fn tls_flags_name_files_that_exist() {
     assert!(!follow(&["--tls", "auto"]));
     assert!(follow(&["--tls", "follow"]));
     assert_eq!(tls(&["--tls", "follow"]), TlsSetting::Auto);
+    let wait = |extra: &[&str]| live_check(&with(extra)).expect("valid flags").tls_open_wait;
+    assert_eq!(wait(&[]), Some(Duration::from_secs(60)), "the default");
+    assert_eq!(
+        wait(&["--tls-open-wait-secs", "5"]),
+        Some(Duration::from_secs(5))
+    );
+    assert_eq!(
+        wait(&["--tls-open-wait-secs", "0"]),
+        None,
+        "as long as they stay open"
+    );
+    assert!(
+        usage_message(&with(&["--tls-open-wait-secs", "86401"]))
+            .contains("--tls-open-wait-secs: 86401 is not in 0..=86400")
+    );
     // Any existing file is taken (whether it has the SSL symbols shows at attach).
     let this = std::env::current_exe().unwrap();
     let path = this.to_str().unwrap();

@@ -157,7 +157,7 @@ impl std::fmt::Display for LiveSummary {
                     " tls_targets={} tls_internal_targets={} tls_targets_later={} tls_follow_errors={} \
                      tls_write_probes={} tls_socket_tracepoints={} \
                      tls_syscall_tracepoints_detached={} tls_open_before_pending={} \
-                     tls_open_before_closed_idle={} \
+                     tls_open_before_closed_idle={} tls_open_before_given_up={} \
                      tls_syscall_tracepoints={} tls_calls={} tls_records={} \
                      tls_ring_full={} tls_truncated_bytes={} tls_no_fd={} tls_read_errors={} \
                      tls_unmatched={} tls_sampled_out={} tls_close_lost={} tls_sockets={} tls_client_side={} \
@@ -177,6 +177,7 @@ impl std::fmt::Display for LiveSummary {
                     u8::from(t.syscall_tracepoints_detached),
                     t.open_before_pending,
                     t.open_before_closed_idle,
+                    t.open_before_given_up,
                     u8::from(t.syscall_tracepoints),
                     t.kernel.calls,
                     t.kernel.records,

@@ -92,6 +92,9 @@ pub struct LiveConfig {
     /// `--tls follow`: keep looking for the libssl files of new listeners of the ports
     /// ([`tls_follow::TlsFollower`]).
     pub tls_follow: bool,
+    /// `--tls-open-wait-secs`: how long connections open at start are waited for
+    /// ([`tls_open_before::OpenBefore`]; `None`: as long as they stay open).
+    pub tls_open_wait: Option<std::time::Duration>,
 }
 
 impl LiveConfig {
@@ -200,6 +203,8 @@ struct AttachedTls {
     follow: bool,
     /// The programs' settings while `TLS_OPEN_BEFORE` is set.
     settings: Option<Array<MapData, u64>>,
+    /// `--tls-open-wait-secs`.
+    open_wait: Option<std::time::Duration>,
 }
 
 /// A running capture: programs attached, ring buffer registered with tokio.
@@ -402,6 +407,7 @@ impl AttachedCapture {
                 sample: sample(&cfg, hash_seed),
                 follow: cfg.tls_follow,
                 settings: tls_settings,
+                open_wait: cfg.tls_open_wait,
             }),
             ebpf,
         })
@@ -463,7 +469,10 @@ impl AttachedCapture {
         };
         let tls = self
             .tls
-            .map(|t| t.probes.start_reading(t.ports, t.sample, t.settings))
+            .map(|t| {
+                t.probes
+                    .start_reading(t.ports, t.sample, t.settings, t.open_wait)
+            })
             .transpose()?;
         Ok(LiveCapture {
             tls,

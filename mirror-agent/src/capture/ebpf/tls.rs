@@ -283,12 +283,13 @@ impl TlsProbes {
 
     /// Registers the ring with the current tokio runtime's reactor; `ports`, `sample` as for
     /// [`TlsStreams::new`]; `config`: the programs' settings when `TLS_OPEN_BEFORE` is set
-    /// (cleared once every connection open at start is accounted for).
+    /// (cleared once every connection open at start is accounted for, or `open_wait` is over).
     pub(super) fn start_reading(
         self,
         ports: Vec<u16>,
         sample: Option<(u64, u64)>,
         config: Option<aya::maps::Array<MapData, u64>>,
+        open_wait: Option<std::time::Duration>,
     ) -> Result<TlsReader, CaptureError> {
         // SAFETY: the RingBuf owns its fd and keeps it open, unchanged, until it is dropped
         // together with the AsyncFd.
@@ -297,7 +298,13 @@ impl TlsProbes {
                 what: "registering the TLS ring buffer with the reactor",
                 source: std::io::Error::from(e),
             })?;
-        let open_before = OpenBefore::new(self.open_before, &ports, self.syscall_links, config);
+        let open_before = OpenBefore::new(
+            self.open_before,
+            &ports,
+            self.syscall_links,
+            config,
+            open_wait,
+        );
         Ok(TlsReader {
             ring,
             counters: self.counters,
@@ -392,6 +399,9 @@ pub struct TlsCounters {
     /// close seen), and those that closed without a call.
     pub open_before_pending: u64,
     pub open_before_closed_idle: u64,
+    /// Server-side connections open at start given up, still idle and open, after
+    /// `--tls-open-wait-secs` (their later calls are counted in the kernel's `other`, not read).
+    pub open_before_given_up: u64,
     /// The processes read, by pid.
     pub processes: Vec<TlsProcess>,
 }
@@ -478,7 +488,7 @@ impl TlsReader {
                 f(seg)
             });
         }
-        open_before.settle();
+        open_before.settle(std::time::Instant::now());
         n
     }
 
@@ -540,6 +550,7 @@ impl TlsReader {
             syscall_tracepoints_detached: self.open_before.detached(),
             open_before_pending: self.open_before.pending() as u64,
             open_before_closed_idle: self.open_before.closed_idle(),
+            open_before_given_up: self.open_before.given_up(),
         })
     }
 }

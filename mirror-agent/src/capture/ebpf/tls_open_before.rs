@@ -10,10 +10,15 @@
 //! snapshot is accounted for: its first call resolved (from then on the kernel follows its
 //! socket), or its close seen (the kernel reports the close of an unknown socket of a captured
 //! port while the flag is set). Then the tracepoints are detached and the flag cleared
-//! ([`OpenBefore::settle`]). A connection that stays idle and open keeps them on.
+//! ([`OpenBefore::settle`]). A connection that stays idle and open would keep them on for as
+//! long as it stays open (a pool of idle keep-alive connections on a busy node): after
+//! `--tls-open-wait-secs` (60 s by default) the connections still pending are given up,
+//! counted, and the transition happens anyway; their later calls are counted in the kernel as
+//! calls on sockets it does not know (`tls_other_calls`), not read.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
+use std::time::{Duration, Instant};
 
 use aya::maps::{Array, MapData};
 use aya::programs::trace_point::TracePointLink;
@@ -39,16 +44,23 @@ pub struct OpenBefore {
     detached: bool,
     /// Connections of the snapshot that closed without a TLS call after attaching.
     closed_idle: u64,
+    /// When connections still pending are given up (`None`: never).
+    give_up_at: Option<Instant>,
+    /// Connections of the snapshot given up at `give_up_at`, still open and idle.
+    given_up: u64,
 }
 
 impl OpenBefore {
     /// `ports`: the captured (server) ports; `links`: the syscall tracepoints attached for
-    /// the snapshot's fds; `config`: the settings map, when `TLS_OPEN_BEFORE` was set.
+    /// the snapshot's fds; `config`: the settings map, when `TLS_OPEN_BEFORE` was set;
+    /// `wait`: how long pending connections are waited for from now (`None`: as long as they
+    /// stay open).
     pub fn new(
         snapshot: Snapshot,
         ports: &[u16],
         links: Vec<TracePointLink>,
         config: Option<Array<MapData, u64>>,
+        wait: Option<Duration>,
     ) -> Self {
         let pending = snapshot
             .iter()
@@ -63,6 +75,8 @@ impl OpenBefore {
             settled: false,
             detached: false,
             closed_idle: 0,
+            give_up_at: wait.map(|w| Instant::now() + w),
+            given_up: 0,
         }
     }
 
@@ -93,27 +107,52 @@ impl OpenBefore {
         true
     }
 
-    /// Once nothing is pending: the syscall tracepoints detached, `TLS_OPEN_BEFORE` cleared
-    /// (calls on unknown sockets are then counted in the kernel, not copied). Cheap otherwise.
-    pub fn settle(&mut self) {
-        if self.settled || !self.pending.is_empty() {
+    /// Once nothing is pending, or at `now` past the wait (what is still pending is given up):
+    /// the syscall tracepoints detached, `TLS_OPEN_BEFORE` cleared (calls on unknown sockets
+    /// are then counted in the kernel, not copied). Cheap otherwise.
+    pub fn settle(&mut self, now: Instant) {
+        if self.settled {
             return;
         }
+        if !self.pending.is_empty() {
+            if self.give_up_at.is_none_or(|at| now < at) {
+                return;
+            }
+            self.given_up = self.pending.len() as u64;
+            self.pending.clear();
+            tracing::warn!(
+                connections = self.given_up,
+                "TLS: connection(s) open at start still idle after --tls-open-wait-secs: no \
+                 longer waited for (their later requests are not read, counted as \
+                 tls_other_calls)"
+            );
+        }
         self.settled = true;
-        let had_links = !self.links.is_empty();
-        self.links.clear();
+        // The flag first: from here the kernel counts calls on sockets it does not know
+        // instead of copying them. Dropping the links (detaching) takes a while.
         if let Some(c) = &mut self.config
             && let Err(e) = c.set(config::TLS_OPEN_BEFORE, 0, 0)
         {
             tracing::warn!(error = %e, "TLS: clearing TLS_OPEN_BEFORE failed");
         }
+        let had_links = !self.links.is_empty();
+        self.links.clear();
         if had_links {
             self.detached = true;
-            tracing::info!(
-                closed_idle = self.closed_idle,
-                "TLS: every connection open at start is accounted for: syscall tracepoints \
-                 detached"
-            );
+            if self.given_up == 0 {
+                tracing::info!(
+                    closed_idle = self.closed_idle,
+                    "TLS: every connection open at start is accounted for: syscall \
+                     tracepoints detached"
+                );
+            } else {
+                tracing::info!(
+                    closed_idle = self.closed_idle,
+                    given_up = self.given_up,
+                    "TLS: connections open at start accounted for or given up: syscall \
+                     tracepoints detached"
+                );
+            }
         }
     }
 
@@ -129,6 +168,11 @@ impl OpenBefore {
 
     pub fn closed_idle(&self) -> u64 {
         self.closed_idle
+    }
+
+    /// Connections of the snapshot given up after the wait.
+    pub fn given_up(&self) -> u64 {
+        self.given_up
     }
 }
 
@@ -156,9 +200,10 @@ mod tests {
         ]
         .into_iter()
         .collect();
-        let mut ob = OpenBefore::new(snapshot, &[443], Vec::new(), None);
+        let mut ob = OpenBefore::new(snapshot, &[443], Vec::new(), None, None);
         assert_eq!(ob.pending(), 2);
-        ob.settle();
+        // No wait given: pending connections are waited for however long it takes.
+        ob.settle(Instant::now() + Duration::from_secs(86_400 * 365));
         assert!(!ob.settled);
         assert_eq!(
             ob.resolve(10, 4),
@@ -173,8 +218,36 @@ mod tests {
         );
         assert!(ob.on_close(sock("10.0.0.2:443"), sock("10.0.0.1:50001")));
         assert_eq!((ob.pending(), ob.closed_idle()), (0, 1));
-        ob.settle();
+        ob.settle(Instant::now());
         assert!(ob.settled);
         assert!(!ob.detached(), "no tracepoints were attached here");
+        assert_eq!(ob.given_up(), 0);
+    }
+
+    /// Connections still pending when the wait is over are given up, counted, and the
+    /// transition happens; before that, nothing changes.
+    #[test]
+    fn pending_connections_are_given_up_after_the_wait() {
+        let sock = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let snapshot: Snapshot = [
+            ((10, 4), (sock("10.0.0.2:443"), sock("10.0.0.1:50000"))),
+            ((10, 5), (sock("10.0.0.2:443"), sock("10.0.0.1:50001"))),
+            ((10, 6), (sock("10.0.0.2:443"), sock("10.0.0.1:50002"))),
+        ]
+        .into_iter()
+        .collect();
+        let start = Instant::now();
+        let wait = Duration::from_secs(60);
+        let mut ob = OpenBefore::new(snapshot, &[443], Vec::new(), None, Some(wait));
+        assert!(ob.resolve(10, 4).is_some());
+        assert!(ob.on_close(sock("10.0.0.2:443"), sock("10.0.0.1:50001")));
+        ob.settle(start);
+        assert!(!ob.settled, "still waiting");
+        assert_eq!((ob.pending(), ob.given_up()), (1, 0));
+        ob.settle(start + wait + Duration::from_millis(1));
+        assert!(ob.settled);
+        assert_eq!((ob.pending(), ob.given_up(), ob.closed_idle()), (0, 1, 1));
+        ob.settle(start + wait * 2);
+        assert_eq!(ob.given_up(), 1, "counted once");
     }
 }

@@ -352,13 +352,14 @@ pub static DEFS: &[MetricDef] = &[
         name: "mirror.tls.connections",
         kind: Kind::Counter,
         unit: FLOW,
-        help: "TLS connections, by source (kernel: read, seen established; procfs: read, open before the agent started; unread: a TLS port's connection that closed without plaintext read: no request sent, or a process whose TLS library is not probed).",
+        help: "TLS connections, by source (kernel: read, seen established; procfs: read, open before the agent started; unread: a TLS port's connection that closed without plaintext read: no request sent, or a process whose TLS library is not probed; given_up: open before the agent started and still idle after --tls-open-wait-secs, its later requests not read).",
         read: |s, o| {
             tls(s, o, |t, o| {
                 let st = &t.streams;
                 p(o, &[("source", "kernel")], st.connections_from_start);
                 p(o, &[("source", "procfs")], st.connections_resolved_procfs);
                 p(o, &[("source", "unread")], t.kernel.unread);
+                p(o, &[("source", "given_up")], t.open_before_given_up);
             })
         },
     },
