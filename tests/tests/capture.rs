@@ -54,6 +54,8 @@ fn capture_and_compare(
     let (status, summary) = agent.stop(libc::SIGTERM);
     assert!(status.success(), "agent exit {status}: {}", agent.log());
 
+    // Shown on failure: which counter took the missing bytes.
+    println!("agent summary: {summary:?}");
     let captured = tshark_client_streams(&pcap);
     assert_eq!(server_saw.len(), flows);
     for (port, bytes) in &server_saw {
