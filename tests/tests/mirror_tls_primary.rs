@@ -89,24 +89,37 @@ while True:
     threading.Thread(target=serve, args=(c,), daemon=True).start()
 "#;
 
-/// A client whose TLS connection is opened (and used once) before the agent starts: it sends
-/// `/before-1`, prints `sent`, waits for a line on stdin, sends `/before-2` and `/before-3`,
-/// printing `sent` after each answer.
-const EARLY_CLIENT: &str = r#"
+/// What every Python TLS client script here starts with ([`client_script`]): `s` connected to
+/// `argv[1]:argv[2]` (the certificate not checked), and `answer()`, which reads until the
+/// primary's `ok`.
+const CLIENT_PREAMBLE: &str = r#"
 import socket, ssl, sys
 host, port = sys.argv[1], int(sys.argv[2])
 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
 ctx.check_hostname = False
 ctx.verify_mode = ssl.CERT_NONE
 s = ctx.wrap_socket(socket.create_connection((host, port)))
-def req(path):
-    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: primary\r\nX-Conn: early\r\n\r\n")
+def answer():
     buf = b""
     while not buf.endswith(b"ok"):
         d = s.recv(4096)
         if not d:
             raise SystemExit("closed")
         buf += d
+"#;
+
+/// A client script: [`CLIENT_PREAMBLE`], then `body`.
+fn client_script(body: &str) -> String {
+    format!("{CLIENT_PREAMBLE}{body}")
+}
+
+/// A client whose TLS connection is opened (and used once) before the agent starts: it sends
+/// `/before-1`, prints `sent`, waits for a line on stdin, sends `/before-2` and `/before-3`,
+/// printing `sent` after each answer.
+const EARLY_CLIENT: &str = r#"
+def req(path):
+    s.sendall(b"GET " + path + b" HTTP/1.1\r\nHost: primary\r\nX-Conn: early\r\n\r\n")
+    answer()
     print("sent", flush=True)
 req(b"/before-1")
 sys.stdin.readline()
@@ -119,21 +132,10 @@ s.close()
 /// `ready`, waits for a line on stdin, sends `/late` and prints `sent` after the answer, waits
 /// for another line, closes and prints `closed`.
 const LATE_CLIENT: &str = r#"
-import socket, ssl, sys
-host, port = sys.argv[1], int(sys.argv[2])
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-s = ctx.wrap_socket(socket.create_connection((host, port)))
 print("ready", flush=True)
 sys.stdin.readline()
 s.sendall(b"GET /late HTTP/1.1\r\nHost: primary\r\nX-Conn: late\r\n\r\n")
-buf = b""
-while not buf.endswith(b"ok"):
-    d = s.recv(4096)
-    if not d:
-        raise SystemExit("closed")
-    buf += d
+answer()
 print("sent", flush=True)
 sys.stdin.readline()
 s.close()
@@ -216,12 +218,6 @@ fn assert_report_names(log: &str, process: &str) {
 /// A client whose TLS connection is opened before the agent starts and only shakes hands: it
 /// prints `ready`, waits for a line on stdin, closes and prints `closed`.
 const IDLE_CLIENT: &str = r#"
-import socket, ssl, sys
-host, port = sys.argv[1], int(sys.argv[2])
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-s = ctx.wrap_socket(socket.create_connection((host, port)))
 print("ready", flush=True)
 sys.stdin.readline()
 s.close()
@@ -240,7 +236,7 @@ fn spawn_client(
     std::process::ChildStdin,
     BufReader<std::process::ChildStdout>,
 ) {
-    std::fs::write(dir.join(name), script).unwrap();
+    std::fs::write(dir.join(name), client_script(script)).unwrap();
     let mut child = topo
         .client
         .command("python3")
@@ -847,26 +843,15 @@ fn a_server_started_after_the_agent_is_read() {
 /// TLS records (so the server reads them in two calls); `GET /c`. A pause between requests
 /// lets the agent drain its small ring.
 const SPLIT_CLIENT: &str = r#"
-import socket, ssl, sys, time
-host, port = sys.argv[1], int(sys.argv[2])
-ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-ctx.check_hostname = False
-ctx.verify_mode = ssl.CERT_NONE
-s = ctx.wrap_socket(socket.create_connection((host, port)))
-def answer():
-    buf = b""
-    while not buf.endswith(b"ok"):
-        d = s.recv(4096)
-        if not d:
-            raise SystemExit("closed")
-        buf += d
-    time.sleep(0.2)
+import time
 s.sendall(b"GET /a HTTP/1.1\r\nHost: primary\r\n\r\n")
 answer()
+time.sleep(0.2)
 s.sendall(b"POST /big HTTP/1.1\r\nHost: primary\r\nContent-Length: 10000\r\n\r\n")
 time.sleep(0.2)
 s.sendall(b"b" * 10000)
 answer()
+time.sleep(0.2)
 s.sendall(b"GET /c HTTP/1.1\r\nHost: primary\r\n\r\n")
 answer()
 s.close()
@@ -889,7 +874,7 @@ fn a_call_the_ring_lost_is_a_hole_not_a_splice() {
     let _primary = start_python_primary(topo, dir, PORT, &seen);
     let mirror = start_mirror(topo, Family::V4, MIRROR_PORT, Behavior::Ok);
     let mut agent = start_tls_agent_with(topo, PORT, "", &["--ring-buffer-size", "4096"], dir);
-    std::fs::write(dir.join("split.py"), SPLIT_CLIENT).unwrap();
+    std::fs::write(dir.join("split.py"), client_script(SPLIT_CLIENT)).unwrap();
     let out = topo
         .client
         .command("python3")
