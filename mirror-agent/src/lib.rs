@@ -30,7 +30,6 @@ mod output_file;
 pub mod output_queue;
 mod sync;
 
-// Used by the bin only (`main.rs` installs the log subscriber and the allocator); cargo has no
-// per-target dependencies, so the lib acknowledges them here for `unused_crate_dependencies`.
-use mimalloc as _;
+// Used by the bin only (`main.rs` installs the log subscriber); cargo has no per-target
+// dependencies, so the lib acknowledges it here for `unused_crate_dependencies`.
 use tracing_subscriber as _;
