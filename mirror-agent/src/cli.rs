@@ -189,6 +189,18 @@ pub struct LimitArgs {
         help_heading = "Limits"
     )]
     pub max_headers: usize,
+    /// Threads of the live agent: `auto`, or 1 to 64. With 1, capture, the mirror connections
+    /// and the exporters share one thread: nothing is handed between threads (the least CPU
+    /// per request), and the agent uses one CPU at most. With N, capture has its own thread and
+    /// the rest N-1 more. `auto`: 1 when the agent may run on only one CPU (its CPU affinity or
+    /// its cgroup's CPU quota), else 3.
+    #[arg(
+        long,
+        env = "MIRROR_THREADS",
+        default_value = "auto",
+        help_heading = "Limits"
+    )]
+    pub threads: String,
 }
 
 /// Mirrors and what they receive; `--from` replays a recording instead of capturing.

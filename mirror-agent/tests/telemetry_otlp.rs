@@ -281,3 +281,21 @@ async fn collector_down_grpc_failures_are_counted() {
 async fn collector_down_http_failures_are_counted() {
     collector_down(OtlpProtocol::HttpProtobuf).await;
 }
+
+// `--threads 1`: the live agent's runtime is a current-thread one, so the OTLP channel's tasks
+// run on the same thread as everything else while the SDK's export thread waits on them.
+
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_over_grpc_on_a_current_thread_runtime() {
+    metrics_arrive(OtlpProtocol::Grpc, Receiver::grpc().await).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn metrics_over_http_protobuf_on_a_current_thread_runtime() {
+    metrics_arrive(OtlpProtocol::HttpProtobuf, Receiver::http().await).await;
+}
+
+#[tokio::test(flavor = "current_thread")]
+async fn spans_over_grpc_on_a_current_thread_runtime() {
+    span_links_to_client(OtlpProtocol::Grpc, Receiver::grpc().await).await;
+}

@@ -48,7 +48,8 @@ fn pipelined(topo: &Topology, primary: SocketAddr) -> Vec<u8> {
     })
 }
 
-fn byte_identical(family: Family, test: &str) {
+/// `extra`: more agent flags (`--threads`).
+fn byte_identical(family: Family, test: &str, extra: &[&str]) {
     if !privileged_or_skip(test) {
         return;
     }
@@ -60,9 +61,13 @@ fn byte_identical(family: Family, test: &str) {
         &topo,
         dir.path(),
         &[
-            "--mirror".into(),
-            format!("{},name=shadow", url(mirror.addr)),
-        ],
+            &[
+                "--mirror".into(),
+                format!("{},name=shadow", url(mirror.addr)),
+            ][..],
+            &extra.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        ]
+        .concat(),
     );
     let base = url(primary.addr);
 
@@ -126,6 +131,16 @@ fn byte_identical(family: Family, test: &str) {
             .join("\n")
     );
     assert_same_requests(&format!("{family:?}"), &sent, &got);
+    let threads = match extra {
+        ["--threads", n] => n,
+        // `auto`: one thread only where the agent may use only one CPU.
+        _ if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) => "1",
+        _ => "3",
+    };
+    assert!(
+        log.contains(&format!("threads={threads}")),
+        "the start line names {threads} threads: {log}"
+    );
 
     let row = table.row("shadow");
     assert_eq!(
@@ -150,12 +165,23 @@ fn byte_identical(family: Family, test: &str) {
 
 #[test]
 fn mirror_gets_byte_identical_requests_ipv4() {
-    byte_identical(Family::V4, "mirror_gets_byte_identical_requests_ipv4");
+    byte_identical(Family::V4, "mirror_gets_byte_identical_requests_ipv4", &[]);
+}
+
+/// `--threads 1`: capture, the mirror connections and the exporters on one thread (a
+/// current-thread runtime); the same shapes (a 10 MiB POST among them) arrive byte for byte.
+#[test]
+fn mirror_gets_byte_identical_requests_on_one_thread() {
+    byte_identical(
+        Family::V4,
+        "mirror_gets_byte_identical_requests_on_one_thread",
+        &["--threads", "1"],
+    );
 }
 
 #[test]
 fn mirror_gets_byte_identical_requests_ipv6() {
-    byte_identical(Family::V6, "mirror_gets_byte_identical_requests_ipv6");
+    byte_identical(Family::V6, "mirror_gets_byte_identical_requests_ipv6", &[]);
 }
 
 #[allow(dead_code)]

@@ -39,7 +39,22 @@ fn compare_row(log: &str, mirror: &str) -> Option<(u64, u64)> {
 
 #[test]
 fn metrics_endpoint_and_comparison_through_the_binary() {
-    if !privileged_or_skip("metrics_endpoint_and_comparison_through_the_binary") {
+    metrics_and_comparison("metrics_endpoint_and_comparison_through_the_binary", &[]);
+}
+
+/// `--threads 1`: the endpoint is served, and the comparison thread fed, from the one thread
+/// that also captures and sends the copies.
+#[test]
+fn metrics_endpoint_and_comparison_on_one_thread() {
+    metrics_and_comparison(
+        "metrics_endpoint_and_comparison_on_one_thread",
+        &["--threads", "1"],
+    );
+}
+
+/// `extra`: more agent flags.
+fn metrics_and_comparison(test: &str, extra: &[&str]) {
+    if !privileged_or_skip(test) {
         return;
     }
     let dir = TempDir::new("telemetry-e2e");
@@ -63,7 +78,10 @@ fn metrics_endpoint_and_comparison_through_the_binary() {
             "--metrics-addr".into(),
             METRICS.into(),
             "--compare".into(),
-        ],
+        ]
+        .into_iter()
+        .chain(extra.iter().map(|a| a.to_string()))
+        .collect::<Vec<_>>(),
     );
     curl_ok(
         &topo,

@@ -61,8 +61,9 @@ pub fn main(settings: Settings) -> Result<(), AppError> {
         write_pcap: settings.live.write_pcap.clone(),
         overwrite: settings.live.overwrite,
         pcap_queue: settings.output_queue,
+        threads: settings.threads,
     };
-    super::runtime()?.block_on(run(settings, opts))
+    super::runtime_with(settings.threads)?.block_on(run(settings, opts))
 }
 
 /// The hooks that keep the agent's own mirror connections out of capture: each connection's

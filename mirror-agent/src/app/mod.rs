@@ -80,7 +80,6 @@ pub fn run(settings: Settings) -> Result<(), AppError> {
     }
 }
 
-/// A tokio runtime for the outputs (mirror connections, exporters).
 /// Whether the metrics endpoint binds a port below 1024, which needs `CAP_NET_BIND_SERVICE`
 /// (it binds after the agent gave up its other privileges).
 fn binds_low_port(settings: &Settings) -> bool {
@@ -90,9 +89,24 @@ fn binds_low_port(settings: &Settings) -> bool {
         .is_some_and(|a| a.port() != 0 && a.port() < 1024)
 }
 
+/// The runtime of a mode that reads its input on the main thread, outside the runtime (a pcap
+/// file, a recording): the mirror connections need workers of their own.
 fn runtime() -> Result<tokio::runtime::Runtime, AppError> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
+    runtime_with(crate::config::THREADS_MANY_CPUS)
+}
+
+/// A runtime for `threads` threads in all (`--threads`), the caller's among them: with one, the
+/// caller's thread runs every task while it waits in `block_on` (a current-thread runtime), so
+/// what the caller runs there must yield between batches; with more, `threads - 1` workers.
+fn runtime_with(threads: usize) -> Result<tokio::runtime::Runtime, AppError> {
+    let mut builder = if threads <= 1 {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(threads - 1);
+        b
+    };
+    builder
         .thread_name("mirror-agent")
         .enable_all()
         .build()

@@ -139,6 +139,28 @@ pub struct Settings {
     pub output_queue: crate::output_queue::QueueLimits,
     /// Live capture's own flags (validated; the interface is checked when attaching).
     pub live: LiveSettings,
+    /// `--threads`, resolved: the live agent's threads (1: one thread for everything).
+    pub threads: usize,
+}
+
+/// `--threads auto` on a machine where the agent may use more than one CPU: capture on its own
+/// thread, the mirror connections and exporters on two workers.
+pub const THREADS_MANY_CPUS: usize = 3;
+
+/// The live agent's threads from `--threads`: a count in 1..=64, or `auto`, which is 1 when the
+/// agent may run on only one CPU (std reads the CPU affinity and the cgroup's CPU quota): then
+/// more threads would only take turns on that CPU, and each hand-off between them costs a
+/// wakeup and a context switch (issue 17: a fifth of the agent's CPU per request).
+fn threads(arg: &str) -> Result<usize, ConfigError> {
+    if arg.trim().eq_ignore_ascii_case("auto") {
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        return Ok(if cpus == 1 { 1 } else { THREADS_MANY_CPUS });
+    }
+    let n = arg.trim().parse::<usize>().map_err(|_| ConfigError::Flag {
+        flag: "--threads",
+        msg: format!("{arg:?} is neither auto nor a number"),
+    })?;
+    bounded("--threads", n, 1, 64)
 }
 
 /// The bounds of each output thread's queue from `--output-queue-bytes`.
@@ -336,6 +358,7 @@ impl Settings {
         pipeline.skip_omitted_bodies = live.skip_bodies;
         live.overwrite = args.output.overwrite;
         let output_queue = output_queue(args.output.output_queue_bytes)?;
+        let threads = threads(&args.limits.threads)?;
         Ok(Settings {
             pcap: args.capture.pcap.clone(),
             pipeline,
@@ -345,6 +368,7 @@ impl Settings {
             overwrite: args.output.overwrite,
             output_queue,
             live,
+            threads,
             iface,
             ports,
             capture_percent,

@@ -1022,3 +1022,32 @@ fn tls_flags_name_files_that_exist() {
         TlsSetting::AutoAnd(vec![this])
     );
 }
+
+#[test]
+fn threads_are_auto_or_a_bounded_count() {
+    let base = ["--iface", "lo", "--port", "80"];
+    let threads = |extra: &[&str]| {
+        Settings::load(&args(&[&base[..], extra].concat()))
+            .expect("valid flags")
+            .threads
+    };
+    let auto = if std::thread::available_parallelism().is_ok_and(|n| n.get() == 1) {
+        1
+    } else {
+        super::THREADS_MANY_CPUS
+    };
+    assert_eq!(threads(&[]), auto, "auto by default");
+    assert_eq!(threads(&["--threads", "AUTO"]), auto);
+    assert_eq!(threads(&["--threads", "1"]), 1);
+    assert_eq!(threads(&["--threads", "64"]), 64);
+    let err = |extra: &[&str]| {
+        let e = Settings::load(&args(&[&base[..], extra].concat()))
+            .expect_err("refused")
+            .to_string();
+        assert_eq!(e.lines().count(), 1, "{e}");
+        e
+    };
+    assert!(err(&["--threads", "0"]).contains("--threads: 0 is not in 1..=64"));
+    assert!(err(&["--threads", "65"]).contains("--threads: 65 is not in 1..=64"));
+    assert!(err(&["--threads", "two"]).contains("--threads: \"two\" is neither auto nor a number"));
+}

@@ -158,8 +158,10 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Starts the endpoint and exporters on the current tokio runtime (multi-threaded: the
-    /// OTLP gRPC channel runs on it while the SDK's export thread blocks on it).
+    /// Starts the endpoint and exporters on the current tokio runtime: the OTLP channel's tasks
+    /// run on it while the SDK's export thread waits on them, so the runtime's threads must
+    /// never block on an export (flush and shutdown run on blocking threads). Works on a
+    /// current-thread runtime too (`--threads 1`; `tests/telemetry_otlp.rs`).
     pub async fn start(cfg: TelemetryConfig) -> Result<Self, TelemetryError> {
         let snapshots = Arc::new(Mutex::new(Snapshots::default()));
         let client_prom = request::new_family();

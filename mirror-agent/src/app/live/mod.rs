@@ -44,6 +44,8 @@ pub struct LiveOptions {
     /// `--write-pcap`'s queue: segments waiting for the pcap thread. Past it segments are
     /// dropped for the pcap file only, counted; capture and the other outputs go on.
     pub pcap_queue: QueueLimits,
+    /// `--threads`, for the start line (the runtime is built by the caller).
+    pub threads: usize,
 }
 
 /// Why live mode stopped or never started. `exit_code` maps each to the process status.
@@ -274,6 +276,7 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
         target = %opts.capture.target,
         mode = ?capture.mode(),
         copy = %capture.copy_path(),
+        threads = opts.threads,
         "capturing; stop with SIGINT/SIGTERM"
     );
 
@@ -303,6 +306,11 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
             _ = std::future::ready(()), if more => {
                 let n = read_segments(&mut capture, &mut summary, pcap.as_ref(), sink);
                 more = n >= MAX_BATCH;
+                if more {
+                    // With `--threads 1` the mirror connections run on this thread: they send
+                    // this batch's copies before the next batch is read.
+                    tokio::task::yield_now().await;
+                }
             }
             _ = progress.tick() => {
                 let k = capture.counters()?;
@@ -347,6 +355,7 @@ pub async fn run(opts: LiveOptions, sink: &mut impl LiveSink) -> Result<LiveSumm
             tokio::time::sleep(Duration::from_millis(20)).await;
         } else {
             empty_reads = 0;
+            tokio::task::yield_now().await;
         }
     }
     summary.kernel = capture.counters()?;
