@@ -47,7 +47,7 @@ fn capture(path: &std::path::Path) {
 async fn a_pcap_is_compared_with_the_mirrors_answers() {
     // The mirror: 500 on /status, a different count on /body, the primary's answer otherwise.
     let mirror = TestMirror::start(Behavior::Script(Arc::new(|req| {
-        let (status, body) = match req.target.as_str() {
+        let (status, body) = match req.target() {
             "/status" => ("500 Oops", r#"{"a":1}"#),
             "/body" => ("200 OK", r#"{"a":1,"count":4}"#),
             _ => ("200 OK", r#"{"a":1}"#),

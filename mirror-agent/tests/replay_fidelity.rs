@@ -59,7 +59,7 @@ async fn byte_identical(bind: &str) {
         assert!(
             sent.request.raw == recv.raw,
             "request {} differs",
-            sent.request.target
+            sent.request.target()
         );
     }
     let snap = finish(&replayer).await;
@@ -155,7 +155,11 @@ async fn max_body_size_and_filters_are_counted() {
     assert_eq!(m.drop_count(DropReason::BodyTooLarge), 1);
     assert_eq!(m.drop_count(DropReason::Filtered), 4);
     assert_eq!(snap.captured, 7);
-    let targets: Vec<_> = mirror.received().iter().map(|r| r.target.clone()).collect();
+    let targets: Vec<_> = mirror
+        .received()
+        .iter()
+        .map(|r| r.target().to_string())
+        .collect();
     assert!(targets.contains(&"/api/a".to_string()) && targets.contains(&"/api/b".to_string()));
 }
 

@@ -28,7 +28,7 @@ fn request(flow: u64, seq: u64) -> mirror_agent::pipeline::CapturedRequest {
 /// A mirror that answers POSTs after `delay` and everything else at once.
 async fn slow_posts(delay: Duration) -> TestMirror {
     TestMirror::start(Behavior::Delayed(Arc::new(move |req| {
-        if req.method == "POST" {
+        if req.method() == "POST" {
             delay
         } else {
             Duration::ZERO

@@ -14,7 +14,7 @@ use replay_common::*;
 
 fn respond(req: &Request) -> (Vec<u8>, bool) {
     let r = |s: &str, close| (s.as_bytes().to_vec(), close);
-    match req.target.as_str() {
+    match req.target() {
         "/chunked" => r(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\nabcd\r\n0\r\nX-T: 1\r\n\r\n",
             false,

@@ -39,7 +39,11 @@ async fn run(sampling: Sampling, percents: &[f64]) -> Vec<BTreeSet<String>> {
         .iter()
         .zip(&snap.mirrors)
         .map(|(m, s)| {
-            let got: BTreeSet<String> = m.received().iter().map(|r| r.target.clone()).collect();
+            let got: BTreeSet<String> = m
+                .received()
+                .iter()
+                .map(|r| r.target().to_string())
+                .collect();
             assert_eq!(
                 got.len() as u64,
                 s.sampled,

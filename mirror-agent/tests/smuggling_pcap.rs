@@ -122,7 +122,11 @@ async fn hidden_requests_reach_no_mirror_and_are_counted() {
     .unwrap();
     let _ = std::fs::remove_dir_all(&dir);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    let mut got: Vec<String> = mirror.received().into_iter().map(|r| r.target).collect();
+    let mut got: Vec<String> = mirror
+        .received()
+        .into_iter()
+        .map(|r| r.target().to_string())
+        .collect();
     // The CONNECT is captured, but replay never sends a CONNECT to a mirror (counted as
     // filtered).
     let mut want: Vec<String> = served

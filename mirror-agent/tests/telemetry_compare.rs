@@ -35,7 +35,7 @@ fn compared_replayer(
 async fn a_500_on_one_path_is_exactly_one_mismatch() {
     let telemetry = Telemetry::start(TelemetryConfig::default()).await.unwrap();
     let mirror = TestMirror::start(Behavior::Script(Arc::new(|req| {
-        let status = if req.target == "/fail" {
+        let status = if req.target() == "/fail" {
             "500 Oops"
         } else {
             "200 OK"
@@ -111,7 +111,7 @@ async fn headers_and_bodies_through_the_replay_path() {
     // The mirror answers in chunked coding: /same the primary's JSON with other spacing, /diff
     // one field different, /hdr a different Cache-Control, /big 100 kB (compared on a prefix).
     let mirror = TestMirror::start(Behavior::Script(Arc::new(move |req| {
-        let (extra, body) = match req.target.as_str() {
+        let (extra, body) = match req.target() {
             "/same" => ("", r#"{ "b": [1, 2], "a": "x" }"#.to_string()),
             "/diff" => ("", r#"{"a":"y","b":[1,2]}"#.to_string()),
             "/hdr" => (

@@ -59,7 +59,7 @@ async fn replayed_copies_carry_child_trace_context() {
     let got = mirror.received();
     let post_raw = got
         .iter()
-        .find(|r| r.method == "POST")
+        .find(|r| r.method() == "POST")
         .map(|r| String::from_utf8_lossy(&r.raw).to_string())
         .unwrap();
     let child = format!("00-{}-{}-01", hex(&post.trace_id), hex(&post.span_id));
@@ -68,7 +68,7 @@ async fn replayed_copies_carry_child_trace_context() {
         traced.replace(&format!("00-{CLIENT_TRACE}-{CLIENT_SPAN}-01"), &child),
         "only the traceparent value differs"
     );
-    let get_raw = got.iter().find(|r| r.method == "GET").unwrap();
+    let get_raw = got.iter().find(|r| r.method() == "GET").unwrap();
     assert_eq!(
         &get_raw.raw[..],
         plain.as_bytes(),

@@ -83,9 +83,9 @@ impl PrimaryObserver {
                 self.waiting.insert(
                     key,
                     Waiting {
-                        method: r.request.method.clone(),
+                        method: r.request.method().to_string(),
                         target: if content {
-                            r.request.target.clone()
+                            r.request.target().to_string()
                         } else {
                             String::new()
                         },

@@ -72,11 +72,82 @@ impl Version {
     }
 }
 
-/// One header field exactly as on the wire (name case kept, value bytes untouched).
+/// A piece of text of a request head (the method, the target): where it sits in the request's
+/// bytes, so that framing a request does not allocate for it, or its own copy.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Header {
-    pub name: String,
-    pub value: Bytes,
+pub enum Text {
+    /// One of RFC 9110's methods ([`standard_method`]): no copy, no UTF-8 check per read.
+    Static(&'static str),
+    /// Bytes `from..to` of the request, UTF-8 (checked when made).
+    At(u32, u32),
+    /// Its own copy: the text is not in the request's bytes as UTF-8 (a target with other
+    /// bytes, read lossily).
+    Own(Box<str>),
+}
+
+impl Text {
+    /// The text, in `raw` (the request's bytes) when it is there.
+    pub fn read<'a>(&'a self, raw: &'a [u8]) -> &'a str {
+        match self {
+            Text::Static(s) => s,
+            Text::Own(s) => s,
+            Text::At(from, to) => raw
+                .get(*from as usize..*to as usize)
+                .and_then(|b| std::str::from_utf8(b).ok())
+                .unwrap_or(""),
+        }
+    }
+
+    /// The method `bytes`, at `from` in `raw`: static when standard, else where it sits.
+    pub fn method(raw: &[u8], from: usize, bytes: &[u8]) -> Self {
+        match std::str::from_utf8(bytes).ok().and_then(standard_method) {
+            Some(m) => Text::Static(m),
+            None => Self::found(raw, from, bytes),
+        }
+    }
+
+    /// `bytes` where they sit in `raw`, from `from`, when they are UTF-8 and there; else a
+    /// lossy copy of them.
+    pub fn found(raw: &[u8], from: usize, bytes: &[u8]) -> Self {
+        let to = from + bytes.len();
+        match std::str::from_utf8(bytes) {
+            Ok(_) if raw.get(from..to) == Some(bytes) && u32::try_from(to).is_ok() => {
+                Text::At(from as u32, to as u32)
+            }
+            _ => Text::Own(String::from_utf8_lossy(bytes).into()),
+        }
+    }
+
+    /// The request line's method and target, given as text (a recording, a test), located in
+    /// `raw` as the framer would have found them: the same representation for the same
+    /// request, so requests compare equal however they were made.
+    pub fn request_line(raw: &[u8], method: &str, target: &str) -> (Self, Self) {
+        let m = if raw.starts_with(method.as_bytes()) {
+            Self::method(raw, 0, method.as_bytes())
+        } else {
+            standard_method(method).map_or_else(|| Text::Own(method.into()), Text::Static)
+        };
+        let from = method.len() + 1;
+        let t = match raw.get(from..from + target.len()) {
+            Some(b) if b == target.as_bytes() => Self::found(raw, from, b),
+            _ => Text::Own(target.into()),
+        };
+        (m, t)
+    }
+}
+
+/// The header fields of a complete head (`head`: the request or status line, fields, empty
+/// line), in wire order: (name, value without surrounding whitespace). The head was checked by
+/// whoever made it (httparse in the framer), so this only cuts lines; a line without a colon
+/// or with a name that is not UTF-8 is passed over.
+pub fn head_fields(head: &[u8]) -> impl Iterator<Item = (&str, &[u8])> {
+    head.split_inclusive(|&b| b == b'\n')
+        .skip(1)
+        .filter_map(|line| {
+            let colon = line.iter().position(|&b| b == b':')?;
+            let name = std::str::from_utf8(&line[..colon]).ok()?;
+            Some((name, line[colon + 1..].trim_ascii()))
+        })
 }
 
 /// How a message body was delimited.
@@ -162,20 +233,14 @@ impl TraceFields {
     /// that did not come from the framer (a recording read back, a test).
     pub fn scan_head(raw: &[u8], head_len: usize) -> Self {
         let head = &raw[..head_len.min(raw.len())];
-        let mut fields = Vec::new();
-        // The request line first, then one field per line (the empty line has no colon).
-        for line in head.split_inclusive(|&b| b == b'\n').skip(1) {
-            let Some(colon) = line.iter().position(|&b| b == b':') else {
-                continue;
-            };
-            let Ok(name) = std::str::from_utf8(&line[..colon]) else {
-                continue;
-            };
-            let value = line[colon + 1..].trim_ascii();
-            let from = value.as_ptr() as usize - head.as_ptr() as usize;
-            fields.push((name, (from, from + value.len())));
-        }
-        Self::locate(raw, fields)
+        let base = head.as_ptr() as usize;
+        Self::locate(
+            raw,
+            head_fields(head).map(|(name, value)| {
+                let from = value.as_ptr() as usize - base;
+                (name, (from, from + value.len()))
+            }),
+        )
     }
 
     /// No trace field: the same for every request without trace context, shared.
@@ -214,16 +279,25 @@ pub fn standard_method(m: &str) -> Option<&'static str> {
     STANDARD.iter().find(|k| **k == m).copied()
 }
 
-/// Whether the connection stays usable after a request (RFC 9112 9.3): HTTP/1.1 unless
-/// `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
-pub fn keeps_alive(version: Version, headers: &[Header]) -> bool {
-    persists(version, |token| {
-        headers
-            .iter()
-            .filter(|h| h.name.eq_ignore_ascii_case("connection"))
-            .flat_map(|h| h.value.split(|&b| b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+/// Whether the connection stays usable after a request with this head (RFC 9112 9.3):
+/// HTTP/1.1 unless `Connection: close`; HTTP/1.0 only with `Connection: keep-alive`.
+pub fn keeps_alive(version: Version, head: &[u8]) -> bool {
+    persists(version, |token| field_has_token(head, "connection", token))
+}
+
+/// Whether a request with this head asks to upgrade its connection: an `Upgrade` field and the
+/// `upgrade` connection option (what the framer finds for [`Request::upgrade`]).
+pub fn asks_upgrade(head: &[u8]) -> bool {
+    head_fields(head).any(|(n, _)| n.eq_ignore_ascii_case("upgrade"))
+        && field_has_token(head, "connection", b"upgrade")
+}
+
+/// Whether a field `name` of `head` lists `token` (comma-separated, any case).
+pub fn field_has_token(head: &[u8], name: &str, token: &[u8]) -> bool {
+    head_fields(head)
+        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
+        .flat_map(|(_, v)| v.split(|&b| b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
 }
 
 /// The rule of [`keeps_alive`], for any representation of the header fields:
@@ -243,10 +317,11 @@ pub struct Request {
     pub raw: Bytes,
     /// Length of the head (request line + headers + the empty line) within `raw`.
     pub head_len: usize,
-    pub method: String,
-    pub target: String,
+    /// The method; read it with [`Request::method`].
+    pub method: Text,
+    /// The request target; read it with [`Request::target`].
+    pub target: Text,
     pub version: Version,
-    pub headers: Vec<Header>,
     pub framing: BodyFraming,
     /// Decoded body length: Content-Length, or the sum of chunk sizes.
     pub body_len: u64,
@@ -259,6 +334,9 @@ pub struct Request {
     pub te_and_cl: bool,
     /// The connection stays usable after this request ([`keeps_alive`]).
     pub keep_alive: bool,
+    /// The request asks to upgrade the connection (an `Upgrade` field and the `upgrade`
+    /// connection option): known from framing, so that only these heads are read again.
+    pub upgrade: bool,
     /// Where the trace context fields sit in `raw` (`None`: there are none).
     pub trace: Option<std::sync::Arc<TraceFields>>,
     /// The body was not kept, since no consumer needs it (see
@@ -278,12 +356,31 @@ impl Request {
 }
 
 impl Request {
+    pub fn method(&self) -> &str {
+        self.method.read(&self.raw)
+    }
+
+    pub fn target(&self) -> &str {
+        self.target.read(&self.raw)
+    }
+
+    /// The head: request line, fields and the empty line.
+    pub fn head(&self) -> &[u8] {
+        &self.raw[..self.head_len.min(self.raw.len())]
+    }
+
+    /// The header fields in wire order, names as sent, values untouched but for surrounding
+    /// whitespace. Read from the head on each call (a request carries no list of them: one
+    /// allocation fewer per field and request).
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        head_fields(self.head())
+    }
+
     /// First header with this name (ASCII case-insensitive).
-    pub fn header(&self, name: &str) -> Option<&Bytes> {
-        self.headers
-            .iter()
-            .find(|h| h.name.eq_ignore_ascii_case(name))
-            .map(|h| &h.value)
+    pub fn header(&self, name: &str) -> Option<&[u8]> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
     }
 
     /// The Host header as text, if present and valid UTF-8.

@@ -5,7 +5,7 @@ use bytes::Bytes;
 use proptest::prelude::*;
 
 use super::request::{HttpLimits, RequestDropReason, RequestEvent, RequestFramer};
-use super::{BodyFraming, Request, Version};
+use super::{BodyFraming, Request, Text, Version};
 
 /// Feeds `pieces` (one push each, all at `ts`), then optional `finish`; checks the accounting
 /// identity and returns the events.
@@ -16,9 +16,14 @@ fn feed_with(
     finish: bool,
 ) -> Vec<RequestEvent> {
     let mut f = RequestFramer::new(limits.clone(), midstream);
+    // The same pieces pushed as borrowed slices (live capture's way: requests copied out, small
+    // ones into shared buffers) give the same events.
+    let mut borrowed = RequestFramer::new(limits.clone(), midstream);
     let mut out = Vec::new();
+    let mut borrowed_out = Vec::new();
     for p in pieces {
         f.push(&Bytes::copy_from_slice(p), 7, &mut out);
+        borrowed.push_slice(p, 7, &mut borrowed_out);
         assert!(
             f.buffered_bytes() <= limits.max_head_bytes + limits.max_body_bytes as usize + 8,
             "buffer bound"
@@ -26,8 +31,10 @@ fn feed_with(
     }
     if finish {
         f.finish(&mut out);
+        borrowed.finish(&mut borrowed_out);
         check_accounting(&f, &out);
     }
+    assert_eq!(out, borrowed_out, "pushed as Bytes and as borrowed slices");
     out
 }
 
@@ -125,12 +132,11 @@ fn simple_get() {
     let msg = b"GET /a?b=1 HTTP/1.1\r\nHost: example.com\r\nX-Case: MiXed\r\n\r\n";
     let ev = splits(msg);
     let r = only_request(&ev);
-    assert_eq!(r.method, "GET");
-    assert_eq!(r.target, "/a?b=1");
+    assert_eq!(r.method(), "GET");
+    assert_eq!(r.target(), "/a?b=1");
     assert_eq!(r.version, Version::Http11);
     assert_eq!(r.host(), Some("example.com"));
-    assert_eq!(r.headers[1].name, "X-Case");
-    assert_eq!(&r.headers[1].value[..], b"MiXed");
+    assert_eq!(r.headers().nth(1), Some(("X-Case", &b"MiXed"[..])));
     assert_eq!(&r.raw[..], &msg[..]);
     assert_eq!(r.head_len, msg.len());
     assert_eq!(r.framing, BodyFraming::None);
@@ -144,7 +150,7 @@ fn pipelined_keepalive_gets_with_blank_lines() {
     let ev = splits(msg);
     let rs = requests(&ev);
     assert_eq!(ev.len(), 3);
-    let targets: Vec<&str> = rs.iter().map(|r| r.target.as_str()).collect();
+    let targets: Vec<&str> = rs.iter().map(|r| r.target()).collect();
     assert_eq!(targets, ["/1", "/2", "/3"]);
     assert_eq!(rs[2].version, Version::Http10);
     assert_eq!(&rs[1].raw[..], b"GET /2 HTTP/1.1\r\nHost: h\r\n\r\n");
@@ -159,7 +165,7 @@ fn content_length_post_with_expect_continue() {
     assert_eq!(rs[0].framing, BodyFraming::ContentLength(11));
     assert_eq!(rs[0].body_len, 11);
     assert_eq!(&rs[0].raw[rs[0].head_len..], b"hello world");
-    assert_eq!(rs[1].target, "/next");
+    assert_eq!(rs[1].target(), "/next");
 }
 
 #[test]
@@ -176,7 +182,7 @@ fn chunked_with_extensions_and_trailers() {
         &msg[..end],
         "wire bytes kept, framing included"
     );
-    assert_eq!(rs[1].target, "/after");
+    assert_eq!(rs[1].target(), "/after");
 }
 
 #[test]
@@ -225,9 +231,46 @@ fn http09_request_line_alone() {
     let ev = splits(b"GET /old\r\n");
     let r = only_request(&ev);
     assert_eq!(r.version, Version::Http09);
-    assert_eq!(r.target, "/old");
-    assert!(r.headers.is_empty());
+    assert_eq!(r.target(), "/old");
+    assert!(r.headers().next().is_none());
     assert_eq!(r.body_len, 0);
+}
+
+#[test]
+fn method_and_target_are_located_in_the_request_bytes() {
+    let ev = splits(b"PURGE /a%20b HTTP/1.1\r\nHost: h\r\n\r\nGET /x HTTP/1.1\r\n\r\n");
+    let rs = requests(&ev);
+    assert_eq!(
+        (rs[0].method.clone(), rs[0].target.clone()),
+        (Text::At(0, 5), Text::At(6, 12))
+    );
+    assert_eq!((rs[0].method(), rs[0].target()), ("PURGE", "/a%20b"));
+    assert_eq!(
+        rs[1].method,
+        Text::Static("GET"),
+        "a standard method is not even located"
+    );
+    assert_eq!(rs[1].target(), "/x");
+    // A versionless line whose target is not UTF-8: a lossy copy of its own.
+    let ev = splits(b"GET /caf\xe9\r\n");
+    let r = only_request(&ev);
+    assert_eq!(r.target, Text::Own("/caf\u{fffd}".into()));
+    assert_eq!(r.target(), "/caf\u{fffd}");
+    // Fields are read from the head in wire order: names as sent, values trimmed.
+    let ev = splits(b"GET / HTTP/1.1\r\nHost:  a:1 \r\nX-Empty:\r\nx-dup: 1\r\nX-Dup: 2\r\n\r\n");
+    let r = only_request(&ev);
+    let fields: Vec<(&str, &[u8])> = r.headers().collect();
+    assert_eq!(
+        fields,
+        [
+            ("Host", &b"a:1"[..]),
+            ("X-Empty", b""),
+            ("x-dup", b"1"),
+            ("X-Dup", b"2")
+        ]
+    );
+    assert_eq!(r.header("X-DUP"), Some(&b"1"[..]), "the first of that name");
+    assert_eq!(r.host(), Some("a:1"));
 }
 
 #[test]
@@ -237,9 +280,9 @@ fn versionless_request_line_with_headers() {
     let ev = splits(msg);
     let r = only_request(&ev);
     assert_eq!(r.version, Version::Http09);
-    assert_eq!(r.target, "/gen.php?generate=1&hwid=-5");
+    assert_eq!(r.target(), "/gen.php?generate=1&hwid=-5");
     assert_eq!(r.host(), Some("10.1.2.3"));
-    assert_eq!(r.headers.len(), 2);
+    assert_eq!(r.headers().count(), 2);
     assert_eq!(&r.raw[..], &msg[..]);
 }
 
@@ -248,7 +291,7 @@ fn upgrade_emits_request_then_tunnel() {
     let msg = b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n\r\n\x81\x85\x01\x02\x03\x04GET / HTTP/1.1\r\n\r\n";
     let ev = splits(msg);
     assert_eq!(ev.len(), 2);
-    assert_eq!(requests(&ev)[0].target, "/ws");
+    assert_eq!(requests(&ev)[0].target(), "/ws");
     assert_eq!(ev[1], RequestEvent::Tunnel);
     let mut f = RequestFramer::new(HttpLimits::default(), false);
     let mut out = Vec::new();
@@ -261,8 +304,8 @@ fn connect_emits_request_then_tunnel() {
     let msg = b"CONNECT example.com:443 HTTP/1.1\r\nHost: example.com:443\r\n\r\n\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03";
     let ev = splits(msg);
     assert_eq!(ev.len(), 2);
-    assert_eq!(requests(&ev)[0].method, "CONNECT");
-    assert_eq!(requests(&ev)[0].target, "example.com:443");
+    assert_eq!(requests(&ev)[0].method(), "CONNECT");
+    assert_eq!(requests(&ev)[0].target(), "example.com:443");
     assert_eq!(ev[1], RequestEvent::Tunnel);
 }
 
@@ -326,7 +369,7 @@ fn gap_beyond_the_body_drops_request_and_resyncs() {
         out[0],
         dropped(RequestDropReason::Gap, head.len() as u64 + 8)
     );
-    assert_eq!(requests(&out)[0].target, "/b");
+    assert_eq!(requests(&out)[0].target(), "/b");
     assert_eq!(f.stats().gap_bytes, 200);
 }
 
@@ -356,7 +399,7 @@ fn gap_inside_a_known_body_keeps_the_request_boundary() {
             out[0],
             dropped(RequestDropReason::Gap, head.len() as u64 + tail)
         );
-        assert_eq!(requests(&out)[0].target, "/b");
+        assert_eq!(requests(&out)[0].target(), "/b");
         assert_eq!(out.len(), 2, "{out:?}");
     }
     // The stream ends inside the body after the gap: still reported as Gap.
@@ -411,14 +454,14 @@ fn midstream_start_skips_to_a_request_line() {
     let ev = assert_every_split(&HttpLimits::default(), true, msg);
     assert_eq!(ev.len(), 2, "{ev:?}");
     assert_eq!(ev[0], dropped(RequestDropReason::Midstream, 43));
-    assert_eq!(requests(&ev)[0].target, "/ok");
+    assert_eq!(requests(&ev)[0].target(), "/ok");
 }
 
 #[test]
 fn midstream_start_at_a_request_boundary_loses_nothing() {
     let msg = b"GET /ok HTTP/1.1\r\nHost: h\r\n\r\n";
     let ev = assert_every_split(&HttpLimits::default(), true, msg);
-    assert_eq!(only_request(&ev).target, "/ok");
+    assert_eq!(only_request(&ev).target(), "/ok");
 }
 
 #[test]
@@ -665,7 +708,7 @@ fn connect_ends_http_on_the_connection() {
         let ev = splits(msg);
         let rs = requests(&ev);
         assert_eq!(rs.len(), 1);
-        assert_eq!(rs[0].method, "CONNECT");
+        assert_eq!(rs[0].method(), "CONNECT");
         assert_eq!(rs[0].body_len, 0);
         assert_eq!(ev.len(), 2);
         assert_eq!(ev[1], RequestEvent::Tunnel);
@@ -681,7 +724,7 @@ fn pri_method_starts_http2_whatever_its_version() {
     ] {
         let ev = splits(msg);
         assert!(
-            requests(&ev).iter().all(|r| r.method != "PRI"),
+            requests(&ev).iter().all(|r| r.method() != "PRI"),
             "{:?}",
             String::from_utf8_lossy(msg)
         );
@@ -712,7 +755,7 @@ fn a_bad_head_found_by_resync_is_a_false_start() {
     check_accounting(&f, &out);
     let rs = requests(&out);
     assert_eq!(rs.len(), 1);
-    assert_eq!(rs[0].target, "/ok");
+    assert_eq!(rs[0].target(), "/ok");
 }
 
 /// A framing error makes the rest of the stream unusable (RFC 9112 6.3: the server answers 400
@@ -806,8 +849,8 @@ fn body_too_large_is_skipped_by_its_framing() {
         );
         let rs = requests(&ev);
         assert_eq!(rs.len(), 2);
-        assert_eq!(rs[0].target, "/small");
-        assert_eq!(rs[1].target, "/ok");
+        assert_eq!(rs[0].target(), "/small");
+        assert_eq!(rs[1].target(), "/ok");
     }
 }
 
@@ -890,7 +933,7 @@ fn declined_upgrade_keeps_framing() {
     // An h2c upgrade the server did not take: the next request is plain HTTP/1.1.
     let msg = b"GET /a HTTP/1.1\r\nHost: h\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\nGET /b HTTP/1.1\r\nHost: h\r\n\r\n";
     let ev = splits(msg);
-    let targets: Vec<&str> = requests(&ev).iter().map(|r| r.target.as_str()).collect();
+    let targets: Vec<&str> = requests(&ev).iter().map(|r| r.target()).collect();
     assert_eq!(targets, ["/a", "/b"]);
     assert_eq!(ev.len(), 2);
 }
@@ -1035,7 +1078,7 @@ proptest! {
         prop_assert_eq!(ev.len(), reqs.len());
         for (r, g) in rs.iter().zip(&reqs) {
             prop_assert_eq!(&r.raw[..], &g.wire[g.blank..]);
-            prop_assert_eq!(&r.target, &g.target);
+            prop_assert_eq!(r.target(), g.target.as_str());
             prop_assert_eq!(r.body_len, g.body_len);
         }
     }
@@ -1082,7 +1125,7 @@ fn a_body_nobody_needs_is_counted_not_kept_and_its_head_goes_out() {
     );
     assert_eq!(rs[0].head_len, rs[0].raw.len());
     assert!(!rs[1].body_omitted);
-    assert_eq!(rs[1].target, "/next");
+    assert_eq!(rs[1].target(), "/next");
 
     let mut f = RequestFramer::new(omitting(4), false);
     let mut out = Vec::new();

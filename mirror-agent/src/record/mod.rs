@@ -33,7 +33,9 @@ use base64::engine::general_purpose::STANDARD as B64;
 use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
-use crate::http::{BodyFraming, Header, Request, TraceFields, Version, keeps_alive};
+use crate::http::{
+    BodyFraming, Request, Text, TraceFields, Version, asks_upgrade, head_fields, keeps_alive,
+};
 use crate::output_queue::OutputWriter;
 use crate::pipeline::CapturedRequest;
 
@@ -73,14 +75,6 @@ pub enum RecordError {
 }
 
 #[derive(Deserialize)]
-#[serde(untagged)]
-enum HeaderEntry {
-    Text(String, String),
-    /// `[name, lossy_text, base64]`: the lossy text is for readers of the file, not for us.
-    Binary(String, serde::de::IgnoredAny, String),
-}
-
-#[derive(Deserialize)]
 struct Line {
     ts_ns: u64,
     src: String,
@@ -95,7 +89,10 @@ struct Line {
     /// Written for readers of the file; the request's own Host header is the authority.
     #[serde(default, rename = "host")]
     _host: serde::de::IgnoredAny,
-    headers: Vec<HeaderEntry>,
+    /// Written for readers of the file (and other tools): the request's fields are read from
+    /// `raw`, the bytes that are replayed, so the two cannot disagree.
+    #[serde(default, rename = "headers")]
+    _headers: serde::de::IgnoredAny,
     body_len: u64,
     raw: String,
     /// Optional on input: found from `raw` when absent.
@@ -170,24 +167,24 @@ impl Serialize for Lossy<'_> {
 }
 
 /// `[name, value]`, or `[name, lossy_text, base64]` for a value that is not UTF-8.
-struct HeaderRef<'a>(&'a Header);
+struct HeaderRef<'a>(&'a str, &'a [u8]);
 
 impl Serialize for HeaderRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeTuple;
-        let h = self.0;
-        match std::str::from_utf8(&h.value) {
+        let (name, value) = (self.0, self.1);
+        match std::str::from_utf8(value) {
             Ok(v) => {
                 let mut t = s.serialize_tuple(2)?;
-                t.serialize_element(&h.name)?;
+                t.serialize_element(name)?;
                 t.serialize_element(v)?;
                 t.end()
             }
             Err(_) => {
                 let mut t = s.serialize_tuple(3)?;
-                t.serialize_element(&h.name)?;
-                t.serialize_element(&Lossy(&h.value))?;
-                t.serialize_element(&B64Str(&h.value))?;
+                t.serialize_element(name)?;
+                t.serialize_element(&Lossy(value))?;
+                t.serialize_element(&B64Str(value))?;
                 t.end()
             }
         }
@@ -195,11 +192,11 @@ impl Serialize for HeaderRef<'_> {
 }
 
 /// The request's headers as an array of [`HeaderRef`].
-struct HeadersRef<'a>(&'a [Header]);
+struct HeadersRef<'a>(&'a Request);
 
 impl Serialize for HeadersRef<'_> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
-        s.collect_seq(self.0.iter().map(HeaderRef))
+        s.collect_seq(self.0.headers().map(|(n, v)| HeaderRef(n, v)))
     }
 }
 
@@ -212,18 +209,14 @@ impl Serialize for H2HeadersRef<'_> {
         use serde::ser::SerializeSeq;
         let r = self.0;
         let mut seq = s.serialize_seq(None)?;
-        seq.serialize_element(&(":method", &r.method))?;
+        seq.serialize_element(&(":method", r.method()))?;
         seq.serialize_element(&(":scheme", "http"))?;
         if let Some(host) = r.header("host") {
             seq.serialize_element(&(":authority", Lossy(host)))?;
         }
-        seq.serialize_element(&(":path", &r.target))?;
-        for h in r
-            .headers
-            .iter()
-            .filter(|h| !h.name.eq_ignore_ascii_case("host"))
-        {
-            seq.serialize_element(&HeaderRef(h))?;
+        seq.serialize_element(&(":path", r.target()))?;
+        for (name, value) in r.headers().filter(|(n, _)| !n.eq_ignore_ascii_case("host")) {
+            seq.serialize_element(&HeaderRef(name, value))?;
         }
         seq.end()
     }
@@ -248,15 +241,15 @@ impl Serialize for LineRef<'_> {
         l.serialize_field("dst", &Displayed(&c.dst))?;
         l.serialize_field("flow_id", &c.flow_id)?;
         l.serialize_field("seq_in_flow", &c.seq_in_flow)?;
-        l.serialize_field("method", &r.method)?;
-        l.serialize_field("target", &r.target)?;
+        l.serialize_field("method", r.method())?;
+        l.serialize_field("target", r.target())?;
         let h2 = r.h2_stream.is_some();
         l.serialize_field("version", if h2 { "HTTP/2" } else { r.version.as_str() })?;
-        l.serialize_field("host", &r.header("host").map(|v| Lossy(v)))?;
+        l.serialize_field("host", &r.header("host").map(Lossy))?;
         if h2 {
             l.serialize_field("headers", &H2HeadersRef(r))?;
         } else {
-            l.serialize_field("headers", &HeadersRef(&r.headers))?;
+            l.serialize_field("headers", &HeadersRef(r))?;
         }
         l.serialize_field("body_len", &r.body_len)?;
         l.serialize_field("head_len", &r.head_len)?;
@@ -311,22 +304,6 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
         "HTTP/0.9" | "" => Version::Http09,
         other => return Err(field("version", format!("{other:?}"))),
     };
-    let mut headers = Vec::with_capacity(l.headers.len());
-    for h in l.headers {
-        headers.push(match h {
-            HeaderEntry::Text(name, value) => Header {
-                name,
-                value: Bytes::from(value),
-            },
-            HeaderEntry::Binary(name, _, b64) => Header {
-                name,
-                value: Bytes::from(
-                    B64.decode(&b64)
-                        .map_err(|e| field("headers", e.to_string()))?,
-                ),
-            },
-        });
-    }
     let head_len = match l.head_len {
         Some(n) if n <= raw.len() => n,
         Some(n) => return Err(field("head_len", format!("{n} > raw length {}", raw.len()))),
@@ -338,10 +315,12 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
         Some("chunked") => BodyFraming::Chunked,
         Some("close-delimited") => BodyFraming::CloseDelimited,
         Some(other) => return Err(field("framing", format!("{other:?}"))),
-        None => derive_framing(&headers, l.body_len),
+        None => derive_framing(&raw[..head_len], l.body_len),
     };
-    let keep_alive = keeps_alive(version, &headers);
+    let keep_alive = keeps_alive(version, &raw[..head_len]);
+    let upgrade = asks_upgrade(&raw[..head_len]);
     let trace = TraceFields::scan_head(&raw, head_len).shared();
+    let (method, target) = Text::request_line(&raw, &l.method, &l.target);
     Ok(CapturedRequest {
         src,
         dst,
@@ -349,13 +328,13 @@ fn parse(text: &str, line: u64) -> Result<CapturedRequest, RecordError> {
         seq_in_flow: l.seq_in_flow,
         request: Request {
             keep_alive,
+            upgrade,
             trace,
             raw,
             head_len,
-            method: l.method,
-            target: l.target,
+            method,
+            target,
             version,
-            headers,
             framing,
             body_len: l.body_len,
             ts_ns: l.ts_ns,
@@ -418,8 +397,8 @@ fn find_head_end(raw: &[u8]) -> Option<usize> {
     })
 }
 
-fn derive_framing(headers: &[Header], body_len: u64) -> BodyFraming {
-    let has = |n: &str| headers.iter().any(|h| h.name.eq_ignore_ascii_case(n));
+fn derive_framing(head: &[u8], body_len: u64) -> BodyFraming {
+    let has = |n: &str| head_fields(head).any(|(name, _)| name.eq_ignore_ascii_case(n));
     if has("transfer-encoding") {
         BodyFraming::Chunked
     } else if has("content-length") {

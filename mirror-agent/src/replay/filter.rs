@@ -93,24 +93,23 @@ impl Filter {
 
     /// `Ok` when the request is to be mirrored.
     pub fn check(&self, req: &Request) -> Result<(), Rejection> {
-        if !self.methods.is_empty() && !self.methods.contains(&req.method) {
+        if !self.methods.is_empty() && !self.methods.iter().any(|m| m == req.method()) {
             return Err(Rejection::Method);
         }
         if let Some(allow) = &self.allow
-            && !allow.is_match(&req.target)
+            && !allow.is_match(req.target())
         {
             return Err(Rejection::PathNotAllowed);
         }
         if let Some(deny) = &self.deny
-            && deny.is_match(&req.target)
+            && deny.is_match(req.target())
         {
             return Err(Rejection::PathDenied);
         }
         for (name, re) in &self.headers {
             let any = req
-                .headers
-                .iter()
-                .any(|h| h.name.eq_ignore_ascii_case(name) && re.is_match(&h.value));
+                .headers()
+                .any(|(n, v)| n.eq_ignore_ascii_case(name) && re.is_match(v));
             if !any {
                 return Err(Rejection::HeaderMismatch);
             }

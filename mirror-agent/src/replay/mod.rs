@@ -293,7 +293,7 @@ impl<O: ReplayObserver> Replayer<O> {
             }
             // CONNECT is never mirrored: the mirror would open a tunnel to the client's target.
             let pass = *verdict
-                .get_or_insert_with(|| req.method != "CONNECT" && self.filter.check(req).is_ok());
+                .get_or_insert_with(|| req.method() != "CONNECT" && self.filter.check(req).is_ok());
             if !pass {
                 dispatcher.not_sent(key, ticket, DropReason::Filtered);
                 continue;

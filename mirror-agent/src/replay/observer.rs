@@ -18,7 +18,7 @@ use bytes::Bytes;
 
 use super::stats::{DropReason, Outcome};
 use crate::http::response::ResponseSample;
-use crate::http::{TraceFields, Version};
+use crate::http::{Text, TraceFields, Version};
 use crate::pipeline::{CapturedRequest, RequestKey};
 
 /// One mirror's copy of a captured request: the bytes to send and what the framer learned of
@@ -53,30 +53,26 @@ pub struct CopyHead {
 }
 
 impl CopyHead {
-    /// From the captured request: the method and target are located in `raw`, where the framer
-    /// read them (a method or target that is not found there, e.g. not UTF-8, reads empty).
+    /// From the captured request: the method and target as the framer located them in `raw`
+    /// (a method or target not there as UTF-8 reads empty).
     pub fn of(captured: &CapturedRequest) -> Self {
         let req = &captured.request;
-        let raw = &req.raw[..];
-        let m = req.method.len();
-        let method_end = if raw.starts_with(req.method.as_bytes()) {
-            m
-        } else {
-            0
+        let (known_method, method_end) = match &req.method {
+            Text::Static(m) => (Some(*m), m.len() as u32),
+            Text::At(0, to) => (None, *to),
+            _ => (None, 0),
         };
-        let t = (m + 1, m + 1 + req.target.len());
-        let target = if raw.get(t.0..t.1) == Some(req.target.as_bytes()) {
-            t
-        } else {
-            (0, 0)
+        let target = match req.target {
+            Text::At(from, to) => (from, to),
+            _ => (0, 0),
         };
         Self {
             key: captured.key(),
             version: req.version,
             keep_alive: req.keep_alive,
-            known_method: crate::http::standard_method(&req.method),
-            method_end: method_end as u32,
-            target: (target.0 as u32, target.1 as u32),
+            known_method,
+            method_end,
+            target,
             over_h2: false,
         }
     }

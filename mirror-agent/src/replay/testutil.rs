@@ -3,7 +3,7 @@
 
 use bytes::Bytes;
 
-use crate::http::{BodyFraming, Header, Request, TraceFields, Version, keeps_alive};
+use crate::http::{BodyFraming, Request, Text, TraceFields, Version, asks_upgrade, keeps_alive};
 
 /// Parses one complete request (head and body) from `raw`.
 pub fn request(raw: &[u8]) -> Request {
@@ -13,19 +13,11 @@ pub fn request(raw: &[u8]) -> Request {
         httparse::Status::Complete(n) => n,
         httparse::Status::Partial => panic!("test request head incomplete"),
     };
-    let headers: Vec<Header> = req
-        .headers
-        .iter()
-        .map(|h| Header {
-            name: h.name.to_string(),
-            value: Bytes::copy_from_slice(h.value),
-        })
-        .collect();
     let get = |n: &str| {
-        headers
+        req.headers
             .iter()
             .find(|h| h.name.eq_ignore_ascii_case(n))
-            .map(|h| String::from_utf8_lossy(&h.value).to_string())
+            .map(|h| String::from_utf8_lossy(h.value).to_string())
     };
     let (framing, body_len) = if get("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
         (BodyFraming::Chunked, chunked_len(&raw[head_len..]))
@@ -40,17 +32,18 @@ pub fn request(raw: &[u8]) -> Request {
     } else {
         Version::Http11
     };
+    let (method, target) = Text::request_line(raw, req.method.unwrap(), req.path.unwrap());
     Request {
         raw: Bytes::copy_from_slice(raw),
         head_len,
-        method: req.method.unwrap().to_string(),
-        target: req.path.unwrap().to_string(),
+        method,
+        target,
         version,
-        keep_alive: keeps_alive(version, &headers),
+        keep_alive: keeps_alive(version, &raw[..head_len]),
+        upgrade: asks_upgrade(&raw[..head_len]),
         trace: TraceFields::scan_head(raw, head_len).shared(),
         body_omitted: false,
         h2_stream: None,
-        headers,
         framing,
         body_len,
         ts_ns: 0,

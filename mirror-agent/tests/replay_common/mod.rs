@@ -154,11 +154,13 @@ async fn serve(
                 panic!("test mirror got a non-request event: {ev:?}");
             };
             received.lock().unwrap().push(req.clone());
-            log.lock().unwrap().push(Event::Arrived(req.target.clone()));
+            log.lock()
+                .unwrap()
+                .push(Event::Arrived(req.target().to_string()));
             let answered = || {
                 log.lock()
                     .unwrap()
-                    .push(Event::Answered(req.target.clone()))
+                    .push(Event::Answered(req.target().to_string()))
             };
             match &behavior {
                 Behavior::Ok | Behavior::Delayed(_) => {

@@ -3,12 +3,10 @@
 //! hooks are implemented here: a request keeps its body bytes for replay unless it is being
 //! skipped, and broken chunk framing drops the rest of the stream.
 
-use bytes::Bytes;
-
 use super::super::body::{BodyFramer, BodyState};
 use super::super::head::{self, Plausible};
 use super::super::stream::Item;
-use super::super::{BodyFraming, Request, TraceFields};
+use super::super::{BodyFraming, Request};
 use super::parse::parse_head;
 use super::{Cur, HEAD_STATE, RESYNC_STATE, RequestDropReason, RequestEvent, RequestFramer, State};
 
@@ -89,21 +87,17 @@ impl RequestFramer {
             let window = &data[cur.pos..data.len().min(cur.pos + max_head)];
             if window.first().is_some_and(|&b| b != b'\r' && b != b'\n')
                 && !window.starts_with(head::H2_METHOD)
+                && let Ok((n, parsed)) = parse_head(window, None, self.limits.max_headers, false)
             {
-                let pool = std::mem::take(&mut self.value_at_pool);
-                if let Ok((n, parsed)) =
-                    parse_head(window, None, self.limits.max_headers, false, pool)
-                {
-                    self.take(cur, n);
-                    self.item.head_len = n;
-                    if parsed.framing_ok {
-                        self.parsed = Some(parsed);
-                        self.start_body(cur, out);
-                    } else {
-                        self.fail_stream(cur, RequestDropReason::Malformed, out);
-                    }
-                    return;
+                self.take(cur, n);
+                self.item.head_len = n;
+                if parsed.framing_ok {
+                    self.parsed = Some(parsed);
+                    self.start_body(cur, out);
+                } else {
+                    self.fail_stream(cur, RequestDropReason::Malformed, out);
                 }
+                return;
             }
         }
         let complete = self.take_line(cur, max_head);
@@ -175,9 +169,8 @@ impl RequestFramer {
             return;
         }
         self.item.head_len = view_len;
-        let pool = std::mem::take(&mut self.value_at_pool);
         let max_headers = self.limits.max_headers;
-        let result = parse_head(self.view(cur), self.v09_line, max_headers, true, pool);
+        let result = parse_head(self.view(cur), self.v09_line, max_headers, true);
         match result {
             Ok((_, parsed)) if !parsed.framing_ok => {
                 self.fail_stream(cur, RequestDropReason::Malformed, out);
@@ -265,45 +258,23 @@ impl RequestFramer {
                 match &self.owner {
                     // The push's own `Bytes`: `cur.data` is its bytes, so the range is the same.
                     Some(owner) => owner.slice(range),
-                    None => Bytes::copy_from_slice(&cur.data[range]),
+                    None => super::copy_out::copy_out(&cur.data[range]),
                 }
             };
             cur.start = cur.pos;
-            let mut headers = p.headers;
-            for (h, &(a, b)) in headers.iter_mut().zip(&p.value_at) {
-                h.value = raw.slice(a..b);
-            }
-            // Most requests carry no trace context: only a name of the right length is looked
-            // at closer.
-            let trace = if headers
-                .iter()
-                .any(|h| matches!(h.name.len(), 10 | 11) && h.name.as_bytes()[0] | 0x20 == b't')
-            {
-                TraceFields::locate(
-                    &raw,
-                    headers
-                        .iter()
-                        .map(|h| h.name.as_str())
-                        .zip(p.value_at.iter().copied()),
-                )
-                .shared()
-            } else {
-                None
-            };
-            self.value_at_pool = p.value_at;
             let request = Request {
                 head_len: self.item.head_len,
                 method: p.method,
                 target: p.target,
                 version: p.version,
-                headers,
                 framing: p.framing,
                 body_len: self.item.body_len,
                 ts_ns: self.item.ts,
                 end_ts_ns: self.last_ts,
                 te_and_cl: p.te_and_cl,
                 keep_alive: p.keep_alive,
-                trace,
+                upgrade: tunnel,
+                trace: p.trace,
                 body_omitted: self.omitting,
                 h2_stream: None,
                 raw,

@@ -22,8 +22,9 @@ use bytes::{Bytes, BytesMut};
 use super::body::BodyState;
 use super::head;
 use super::stream::{self, Item, PendingDrop};
-use super::{BodyFraming, Request, Version};
+use super::{BodyFraming, Request, Text, Version};
 
+mod copy_out;
 mod machine;
 mod parse;
 
@@ -212,7 +213,7 @@ type Cur<'a> = stream::Cur<'a, [u8]>;
 /// framer.push(&Bytes::from_static(b"iGET /b HTTP/1.1\r\n\r\n"), 20, &mut events);
 /// framer.finish(&mut events);
 /// let RequestEvent::Request(first) = &events[0] else { panic!() };
-/// assert_eq!((first.target.as_str(), first.body_len, first.ts_ns, first.end_ts_ns), ("/a", 2, 10, 20));
+/// assert_eq!((first.target(), first.body_len, first.ts_ns, first.end_ts_ns), ("/a", 2, 10, 20));
 /// assert_eq!(&first.raw[..], b"POST /a HTTP/1.1\r\nContent-Length: 2\r\n\r\nhi");
 /// assert_eq!(events.len(), 2);
 /// let s = framer.stats();
@@ -246,8 +247,6 @@ pub struct RequestFramer {
     /// follows is still framed, to count the requests, but every one becomes a drop for this
     /// reason, as does anything else dropped from here.
     unserved: Option<RequestDropReason>,
-    /// Reused buffer for header value offsets.
-    value_at_pool: Vec<(usize, usize)>,
     /// The `Bytes` the current push reads, when it has one: a request inside it is a slice of
     /// it; without one (a borrowed push) the request is copied out.
     owner: Option<Bytes>,
@@ -279,7 +278,6 @@ impl RequestFramer {
             tunnel_pending: false,
             resynced: false,
             unserved: None,
-            value_at_pool: Vec::new(),
             owner: None,
             resync: PendingDrop::none(),
             stats: RequestFramerStats::default(),
@@ -547,11 +545,12 @@ impl RequestFramer {
         let Some((method, target)) = head::versionless_request_line(&raw) else {
             return false;
         };
+        let base = raw.as_ptr() as usize;
+        let at = |b: &[u8]| b.as_ptr() as usize - base;
         let request = Request {
-            method: String::from_utf8_lossy(method).into_owned(),
-            target: String::from_utf8_lossy(target).into_owned(),
+            method: Text::method(&raw, at(method), method),
+            target: Text::found(&raw, at(target), target),
             version: Version::Http09,
-            headers: Vec::new(),
             framing: BodyFraming::None,
             body_len: 0,
             head_len: raw.len(),
@@ -559,6 +558,7 @@ impl RequestFramer {
             end_ts_ns: self.last_ts,
             te_and_cl: false,
             keep_alive: false,
+            upgrade: false,
             trace: None,
             body_omitted: false,
             h2_stream: None,

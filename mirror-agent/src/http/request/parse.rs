@@ -1,23 +1,22 @@
 //! Parsing a complete request head with httparse (or a versionless request line plus header
 //! fields) into the fields of a [`Request`](crate::http::Request), and deciding its framing.
 
-use bytes::Bytes;
+use std::sync::Arc;
 
 use super::super::head;
-use super::super::{BodyFraming, Header, Version};
+use super::super::{BodyFraming, Text, TraceFields, Version};
 use super::RequestDropReason;
 
-/// The parsed head of the request in progress. Header values are offsets into `raw`, so they
-/// become slices of it without a copy.
+/// The parsed head of the request in progress. The method and target are located in the head
+/// (offsets from its start, which is where the request's bytes start), and the header fields
+/// are not kept: a request reads them from its head when asked ([`crate::http::Request::headers`]).
 #[derive(Debug)]
 pub(super) struct ParsedHead {
-    pub(super) method: String,
-    pub(super) target: String,
+    pub(super) method: Text,
+    pub(super) target: Text,
     pub(super) version: Version,
-    /// Names in wire order; values are filled in from `value_at` once `raw` exists.
-    pub(super) headers: Vec<Header>,
-    /// Offset range of each header value in `raw`.
-    pub(super) value_at: Vec<(usize, usize)>,
+    /// Where the trace context fields are (`None`: there are none, the common case).
+    pub(super) trace: Option<Arc<TraceFields>>,
     pub(super) framing: BodyFraming,
     /// False when the body length cannot be determined (RFC 9112 6.3 items 4 and 5).
     pub(super) framing_ok: bool,
@@ -34,13 +33,12 @@ pub(super) struct ParsedHead {
 /// Parses a head at the start of `view` (request line or, with `v09_line`, a versionless line,
 /// then header fields). `exact`: `view` is exactly the head; otherwise more bytes may follow
 /// it and the head's length is returned. `Err(None)`: incomplete (only when not `exact`).
-/// `value_at` is a reused buffer (no allocation per request); it comes back in the result.
+/// Allocates nothing for a request without trace context.
 pub(super) fn parse_head(
     view: &[u8],
     v09_line: Option<usize>,
     max: usize,
     exact: bool,
-    value_at: Vec<(usize, usize)>,
 ) -> Result<(usize, ParsedHead), Option<RequestDropReason>> {
     use RequestDropReason::{Malformed, TooManyHeaders};
     if let Some(first) = v09_line {
@@ -52,7 +50,7 @@ pub(super) fn parse_head(
             Ok(httparse::Status::Complete((n, headers)))
                 if first + n == view.len() && !head::has_bare_lf(view) =>
             {
-                let parsed = parsed_head(view, method, target, Version::Http09, headers, value_at);
+                let parsed = parsed_head(view, method, target, Version::Http09, headers);
                 Ok((view.len(), parsed))
             }
             Err(httparse::Error::TooManyHeaders) => Err(Some(TooManyHeaders)),
@@ -78,20 +76,19 @@ pub(super) fn parse_head(
         };
         let method = req.method.ok_or(Malformed)?.as_bytes();
         let target = req.path.ok_or(Malformed)?.as_bytes();
-        let parsed = parsed_head(view, method, target, version, req.headers, value_at);
+        let parsed = parsed_head(view, method, target, version, req.headers);
         Ok((len, parsed))
     })
 }
 
-/// The [`ParsedHead`] of a head parsed from `view`: framing decided, header values recorded
-/// as offsets into `view` (in the reused `value_at`).
+/// The [`ParsedHead`] of a head parsed from `view`: framing decided, the method and target
+/// located, the trace context fields found.
 fn parsed_head(
     view: &[u8],
     method: &[u8],
     target: &[u8],
     version: Version,
     headers: &[httparse::Header<'_>],
-    mut value_at: Vec<(usize, usize)>,
 ) -> ParsedHead {
     let connect = method == b"CONNECT";
     let (framing_ok, (framing, te_and_cl)) = if connect {
@@ -104,28 +101,33 @@ fn parsed_head(
         }
     };
     let base = view.as_ptr() as usize;
+    let at = |b: &[u8]| b.as_ptr() as usize - base;
     let tunnel = !connect
         && headers
             .iter()
             .any(|h| h.name.eq_ignore_ascii_case("upgrade"))
         && head::has_connection_token(headers, b"upgrade");
-    value_at.clear();
-    value_at.extend(headers.iter().map(|h| {
-        let at = h.value.as_ptr() as usize - base;
-        (at, at + h.value.len())
-    }));
+    // Most requests carry no trace context: only a name of the right length is looked at
+    // closer.
+    let trace = headers
+        .iter()
+        .any(|h| matches!(h.name.len(), 10 | 11) && h.name.as_bytes()[0] | 0x20 == b't')
+        .then(|| {
+            TraceFields::locate(
+                view,
+                headers.iter().map(|h| {
+                    let from = at(h.value);
+                    (h.name, (from, from + h.value.len()))
+                }),
+            )
+            .shared()
+        })
+        .flatten();
     ParsedHead {
-        method: String::from_utf8_lossy(method).into_owned(),
-        target: String::from_utf8_lossy(target).into_owned(),
+        method: Text::method(view, at(method), method),
+        target: Text::found(view, at(target), target),
         version,
-        headers: headers
-            .iter()
-            .map(|h| Header {
-                name: h.name.to_owned(),
-                value: Bytes::new(),
-            })
-            .collect(),
-        value_at,
+        trace,
         framing,
         framing_ok,
         te_and_cl,

@@ -46,8 +46,8 @@ impl Decided {
                     stats.request_bytes += len;
                     if let Some(resp) = self.resp.as_mut().filter(|_| !self.server_ignored) {
                         resp.expect(ExpectedResponse {
-                            head: request.method == "HEAD",
-                            connect: request.method == "CONNECT",
+                            head: request.method() == "HEAD",
+                            connect: request.method() == "CONNECT",
                         });
                         self.awaiting.push_back(self.next_seq);
                         self.h2c_upgrade_seq = self.h2c_upgrade.then_some(self.next_seq);
@@ -137,13 +137,8 @@ impl Decided {
 }
 
 /// Whether `request` asks to upgrade its connection to HTTP/2 over cleartext (`Upgrade: h2c`
-/// with the `upgrade` connection option).
+/// with the `upgrade` connection option). Only a request the framer saw ask for an upgrade has
+/// its head read again.
 fn upgrades_to_h2c(request: &crate::http::Request) -> bool {
-    let has_token = |name: &str, token: &[u8]| {
-        request.header(name).is_some_and(|v| {
-            v.split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-        })
-    };
-    has_token("upgrade", b"h2c") && has_token("connection", b"upgrade")
+    request.upgrade && crate::http::field_has_token(request.head(), "upgrade", b"h2c")
 }
