@@ -137,3 +137,41 @@ async fn without_ordering_a_connection_s_copies_overlap() {
         "the GET went out while the POST was pending: {log:?}"
     );
 }
+
+/// Flows that become ready together are spread over the workers, on a runtime of one thread
+/// too (`--threads 1`): a worker that takes one flow's batch and leaves others ready wakes the
+/// next worker, so POSTs of different connections (never pipelined together) are in flight at
+/// once on every connection.
+#[tokio::test(flavor = "current_thread")]
+async fn ready_flows_are_spread_over_the_workers() {
+    let mirror = slow_posts(Duration::from_millis(300)).await;
+    let mut cfg = config(vec![mirror.spec("spread", 100.0)]);
+    cfg.timeout = Duration::from_secs(10);
+    cfg.max_connections = 8;
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    // The workers start, find nothing and wait: from here only wakeups bring them.
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let flows = 16u64;
+    for flow in 0..flows {
+        replayer.submit(&request(flow, 0)); // a POST each
+    }
+    wait_until_or(
+        "every POST answered",
+        Duration::from_secs(30),
+        || replayer.snapshot().mirrors[0].status[1] == flows,
+        || replayer.snapshot().table(),
+    )
+    .await;
+    finish(&replayer).await;
+    // The most POSTs the mirror held at once (arrived, not answered yet).
+    let log = mirror.events.lock().unwrap().clone();
+    let (mut open, mut most) = (0i32, 0i32);
+    for e in &log {
+        open += match e {
+            Event::Arrived(_) => 1,
+            Event::Answered(_) => -1,
+        };
+        most = most.max(open);
+    }
+    assert_eq!(most, 8, "all 8 connections busy at once: {log:?}");
+}

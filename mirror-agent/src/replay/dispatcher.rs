@@ -119,7 +119,20 @@ impl<F> Queue<F> {
     /// Takes the next ready flow's batch into `batch` and marks the flow busy; while the batch
     /// may go on being pipelined, the batches of the next ready flows follow it. Returns the
     /// flows taken into `flows`; none when no flow is ready.
+    ///
+    /// Waking workers: `ready` going from empty to not empty wakes one worker (or leaves it a
+    /// permit); a worker that leaves flows in `ready` wakes the next. So a capture batch that
+    /// makes a thousand flows ready costs a wakeup per worker batch, not one per flow (with
+    /// many client connections nearly every copy makes its flow ready).
     fn take(&self, batch: &mut Batch<F>, flows: &mut Vec<u64>, conn: Option<&Conn>) {
+        let more = self.take_locked(batch, flows, conn);
+        if more {
+            self.ready.notify_one();
+        }
+    }
+
+    /// [`Self::take`] under the lock; true when flows are left in `ready`.
+    fn take_locked(&self, batch: &mut Batch<F>, flows: &mut Vec<u64>, conn: Option<&Conn>) -> bool {
         let mut st = lock(&self.state);
         let st = &mut *st;
         // Request bytes in `batch`, kept as it grows (summing it per flow would cost
@@ -136,9 +149,10 @@ impl<F> Queue<F> {
             take_batch(&mut flow.jobs, batch, &mut bytes, conn);
             flows.push(id);
             if !room_behind(batch, bytes, conn) {
-                return;
+                return !st.ready.is_empty();
             }
         }
+        false
     }
 
     /// The batch of flow `id` is done: the flow's next copies become ready, or it is forgotten.
@@ -160,9 +174,10 @@ impl<F> Queue<F> {
                 false
             } else {
                 st.ready.push_back(id);
-                true
+                st.ready.len() == 1
             }
         };
+        // As in `offer`: only `ready` going from empty to not empty wakes a worker.
         if became_ready {
             self.ready.notify_one();
         }
@@ -283,11 +298,12 @@ impl<O: ReplayObserver> Dispatcher<O> {
         });
         flow.jobs.push_back(job);
         let became_ready = !flow.busy && flow.jobs.len() == 1;
-        if became_ready {
+        let wake = became_ready && {
             st.ready.push_back(id);
-        }
+            st.ready.len() == 1
+        };
         drop(st);
-        if became_ready {
+        if wake {
             // Stores a permit when no worker is waiting yet: the flow cannot be missed.
             q.ready.notify_one();
         }
