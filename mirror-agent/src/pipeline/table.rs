@@ -35,9 +35,9 @@ impl FlowKey {
 }
 
 impl Hash for FlowKey {
-    /// One `write` of the packed addresses: the derived impl feeds SipHash field by field,
-    /// which showed up as the top cost of the pipeline benchmark. Still SipHash with a random
-    /// key (the key is remote-controlled: no hash flooding).
+    /// One `write` of the packed addresses: the derived impl feeds the hasher field by field,
+    /// which showed up as the top cost of the pipeline benchmark. The table's hasher is seeded
+    /// per process (the key is remote-controlled: no hash flooding).
     fn hash<H: Hasher>(&self, state: &mut H) {
         let mut buf = [0u8; 36];
         let mut n = 0;
@@ -63,7 +63,9 @@ pub(super) type Slot = u32;
 
 #[derive(Default)]
 pub(super) struct FlowTable {
-    index: HashMap<FlowKey, Slot>,
+    /// Looked up for every segment: foldhash, seeded per process (keys come from the network),
+    /// instead of SipHash, which was a tenth of the lookup's time.
+    index: HashMap<FlowKey, Slot, foldhash::fast::RandomState>,
     slots: Vec<Option<(FlowKey, Flow)>>,
     /// Each slot's latest touch stamp (0: free), beside the flows: trimming the lazy LRU
     /// queue reads this dense array instead of every flow's cache lines (with 10000 flows

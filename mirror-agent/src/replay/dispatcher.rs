@@ -58,7 +58,8 @@ impl<F> Default for FlowQueue<F> {
 
 struct QueueState<F> {
     /// Flows with copies waiting or a batch in flight (an entry leaves when neither holds).
-    flows: HashMap<u64, FlowQueue<F>>,
+    /// Hashed like the pipeline's flow index (foldhash, seeded per process).
+    flows: HashMap<u64, FlowQueue<F>, foldhash::fast::RandomState>,
     /// Flows with copies waiting and no batch in flight, in the order they became ready.
     ready: VecDeque<u64>,
     /// The workers are gone (drained or aborted): offers are shutdown drops.
@@ -75,7 +76,7 @@ const MAX_SPARE_QUEUES: usize = 256;
 impl<F> Default for QueueState<F> {
     fn default() -> Self {
         Self {
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             ready: VecDeque::new(),
             closed: false,
             spare: Vec::new(),
