@@ -111,6 +111,9 @@ fn metrics_and_comparison(test: &str, extra: &[&str]) {
     let log = agent.log();
 
     assert!(ready.ends_with("status=200"), "/readyz: {ready}");
+    if extra == ["--threads", "1"] {
+        assert!(log.contains("threads=1"), "ran on one thread: {log}");
+    }
     for m in ["good", "bad"] {
         let label = format!("mirror_name=\"{m}\"");
         assert_eq!(

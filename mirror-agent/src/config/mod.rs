@@ -150,7 +150,7 @@ pub const THREADS_MANY_CPUS: usize = 3;
 /// The live agent's threads from `--threads`: a count in 1..=64, or `auto`, which is 1 when the
 /// agent may run on only one CPU (std reads the CPU affinity and the cgroup's CPU quota): then
 /// more threads would only take turns on that CPU, and each hand-off between them costs a
-/// wakeup and a context switch (issue 17: a fifth of the agent's CPU per request).
+/// wakeup and a context switch (issue 17: 12-20% of the agent's CPU per request, BENCHMARKS.md).
 fn threads(arg: &str) -> Result<usize, ConfigError> {
     if arg.trim().eq_ignore_ascii_case("auto") {
         let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());

@@ -64,7 +64,8 @@ pub(super) type Slot = u32;
 #[derive(Default)]
 pub(super) struct FlowTable {
     /// Looked up for every segment: foldhash, seeded per process (keys come from the network),
-    /// instead of SipHash, which was a tenth of the lookup's time.
+    /// instead of SipHash, which showed in the profile (1-2% of the agent's samples at 10000
+    /// connections).
     index: HashMap<FlowKey, Slot, foldhash::fast::RandomState>,
     slots: Vec<Option<(FlowKey, Flow)>>,
     /// Each slot's latest touch stamp (0: free), beside the flows: trimming the lazy LRU

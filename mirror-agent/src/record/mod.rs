@@ -89,8 +89,8 @@ struct Line {
     /// Written for readers of the file; the request's own Host header is the authority.
     #[serde(default, rename = "host")]
     _host: serde::de::IgnoredAny,
-    /// Written for readers of the file (and other tools): the request's fields are read from
-    /// `raw`, the bytes that are replayed, so the two cannot disagree.
+    /// Written for readers of the file (and other tools): the request's header fields are read
+    /// from `raw`, the bytes that are replayed, so the two cannot disagree.
     #[serde(default, rename = "headers")]
     _headers: serde::de::IgnoredAny,
     body_len: u64,
