@@ -256,7 +256,13 @@ fn process(skb: &SkBuff, hook: Hook) {
     } else {
         0
     };
-    let pkt = match parse::parse(skb, l2_len) {
+    // The headers in place when they are (see `parse`), else field by field.
+    let linear = match l2_len {
+        14 => parse::parse_linear::<14>(skb),
+        0 => parse::parse_linear::<0>(skb),
+        _ => None,
+    };
+    let pkt = match linear.unwrap_or_else(|| parse::parse(skb, l2_len)) {
         Ok(Some(p)) => p,
         Ok(None) => return,
         Err(()) => {
