@@ -53,8 +53,9 @@ use aya_ebpf::{
     programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use mirror_common::{
-    EndpointKey, FlowKey, HEADER_LEN, SKIP_ENTRIES, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader,
-    SIZE_CLASSES, config, counter, direction, flow_hash, port_state, record_flags, sampled,
+    EndpointKey, FlowKey, HEADER_LEN, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES, MAX_CHUNKS,
+    MAX_PAYLOAD, MAX_PORTS, RecordHeader, SIZE_CLASSES, SKIP_ENTRIES, config, counter, direction,
+    flow_hash, port_state, record_flags, sampled,
 };
 
 use crate::parse::Packet;
@@ -574,11 +575,7 @@ struct Chunk<const N: usize> {
 /// Reserves a record of class `N`, writes `hdr`, loads `len` (1..=N, or 0 when N is 0) payload
 /// bytes from offset `hdr.chunk_offset` of the payload straight into it and submits it.
 #[inline(always)]
-fn reserve_chunk<const N: usize>(
-    skb: &SkBuff,
-    hdr: &RecordHeader,
-    len: u32,
-) -> Result<(), Lost> {
+fn reserve_chunk<const N: usize>(skb: &SkBuff, hdr: &RecordHeader, len: u32) -> Result<(), Lost> {
     let Some(mut entry) = MIRROR_RING.reserve::<Chunk<N>>(0) else {
         return Err(Lost::RingFull);
     };

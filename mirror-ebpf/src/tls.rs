@@ -242,8 +242,7 @@ fn leave(n: u64) {
             if sock.flags & socket_flags::TLS_SEEN == 0 {
                 hdr.flags |= header_flags::FIRST;
                 // From now on the classifiers leave this port's ciphertext alone.
-                let _ =
-                    MIRROR_PORTS.insert(&sock.local_port, &port_state::TLS, BPF_EXIST as u64);
+                let _ = MIRROR_PORTS.insert(&sock.local_port, &port_state::TLS, BPF_EXIST as u64);
             }
         }
         sock.flags |= socket_flags::TLS_SEEN;
@@ -274,7 +273,11 @@ fn leave(n: u64) {
         } else if left <= 2048 {
             chunk::<2048>(&mut hdr, call.buf, left)
         } else {
-            let len = if left < MAX_CHUNK as u32 { left } else { MAX_CHUNK as u32 };
+            let len = if left < MAX_CHUNK as u32 {
+                left
+            } else {
+                MAX_CHUNK as u32
+            };
             chunk::<MAX_CHUNK>(&mut hdr, call.buf, len)
         };
         if !sent {
