@@ -30,6 +30,15 @@ pub const MAX_PORTS: u32 = 64;
 /// agent's own mirror connections).
 pub const IGNORE_ENTRIES: u32 = 16384;
 
+/// Words of the ignore map's port filter (`MIRROR_IGNORE_PORTS`): one bit per port, 8 KiB.
+pub const IGNORE_PORT_WORDS: u32 = 65536 / 64;
+
+/// The word of `MIRROR_IGNORE_PORTS` holding `port`'s bit, and the bit.
+#[inline(always)]
+pub const fn ignore_port_bit(port: u16) -> (u32, u64) {
+    ((port >> 6) as u32, 1 << (port & 63))
+}
+
 /// Interfaces with an ifindex below this have their link-layer header length in an array slot
 /// (`MIRROR_IFACE_SLOTS`, 256 KiB); the others in a hash map.
 pub const IFACE_SLOTS: u32 = 65536;
@@ -46,6 +55,7 @@ pub mod maps {
     pub const COUNTERS: &str = "MIRROR_COUNTERS";
     pub const SCRATCH: &str = "MIRROR_SCRATCH";
     pub const IGNORE: &str = "MIRROR_IGNORE";
+    pub const IGNORE_PORTS: &str = "MIRROR_IGNORE_PORTS";
     pub const IFACE_SLOTS: &str = "MIRROR_IFACE_SLOTS";
     pub const IFACES: &str = "MIRROR_IFACES";
     pub const SKIP: &str = "MIRROR_SKIP";

@@ -53,9 +53,10 @@ use aya_ebpf::{
     programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
 };
 use mirror_common::{
-    EndpointKey, FlowKey, HEADER_LEN, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES, MAX_CHUNKS,
-    MAX_PAYLOAD, MAX_PORTS, RecordHeader, SIZE_CLASSES, SKIP_ENTRIES, config, counter, direction,
-    flow_hash, port_state, record_flags, sampled,
+    EndpointKey, FlowKey, HEADER_LEN, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES,
+    IGNORE_PORT_WORDS, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader, SIZE_CLASSES,
+    SKIP_ENTRIES, config, counter, direction, flow_hash, ignore_port_bit, port_state, record_flags,
+    sampled,
 };
 
 use crate::parse::Packet;
@@ -93,6 +94,13 @@ static MIRROR_COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(counter
 /// from or to one of them is the agent's own traffic (see [`EndpointKey`]).
 #[map]
 static MIRROR_IGNORE: LruHashMap<EndpointKey, u8> = LruHashMap::with_max_entries(IGNORE_ENTRIES, 0);
+
+/// The ports of `MIRROR_IGNORE`'s endpoints, one bit each ([`ignore_port_bit`]): userspace sets a
+/// port's bit before the endpoint's entry and clears it after the last entry with that port
+/// leaves. A packet neither of whose ports has its bit set is nobody's to ignore, and is let
+/// through without the two LRU lookups (a helper call each; an array lookup is inlined).
+#[map]
+static MIRROR_IGNORE_PORTS: Array<u64> = Array::with_max_entries(IGNORE_PORT_WORDS, 0);
 
 /// Client→server flows in the middle of a body nobody needs, with the sequence number where the
 /// body ends: the ingress programs record an skb that lies wholly before it as a header without
@@ -342,7 +350,17 @@ fn is_ignored(pkt: &Packet) -> bool {
         _pad: 0,
     };
     // SAFETY: read-only lookups of values we do not keep.
-    unsafe { MIRROR_IGNORE.get(&src).is_some() || MIRROR_IGNORE.get(&dst).is_some() }
+    (may_be_ignored(pkt.sport) && unsafe { MIRROR_IGNORE.get(&src).is_some() })
+        || (may_be_ignored(pkt.dport) && unsafe { MIRROR_IGNORE.get(&dst).is_some() })
+}
+
+/// Whether some endpoint in `MIRROR_IGNORE` has this port (`MIRROR_IGNORE_PORTS`).
+#[inline(always)]
+fn may_be_ignored(port: u16) -> bool {
+    let (word, bit) = ignore_port_bit(port);
+    MIRROR_IGNORE_PORTS
+        .get(word)
+        .is_some_and(|bits| bits & bit != 0)
 }
 
 /// A packet of a flow in `MIRROR_SKIP`: one that lies wholly before the body's end becomes a

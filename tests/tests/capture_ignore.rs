@@ -4,6 +4,8 @@
 //! map is keyed by the local endpoint only, as it must be when NAT rewrites the remote end.
 //! And once a registered connection is `closed` and the removal delay has passed, a new
 //! connection from the same local endpoint is captured again (checked to fail without `purge`).
+//! The ports of registered endpoints are flagged in `MIRROR_IGNORE_PORTS` (the classifier looks
+//! the map up only for them) and unflagged with their last endpoint.
 
 use std::net::SocketAddr;
 use std::sync::mpsc;
@@ -147,8 +149,14 @@ fn ignored_flow_is_not_captured() {
     let (segments, counters, (ignored_local, plain_local)) =
         with_capture(&topo, vec![PORT], async |ignore: &FlowIgnore| {
             let a = request_from(any_client_port(), server, Some(ignore)).await;
+            assert_eq!(
+                ignore.ports_flagged(),
+                1,
+                "the registered port's bit is set"
+            );
             let b = request_from(any_client_port(), server, None).await;
             ignore.forget(a, server);
+            assert_eq!(ignore.ports_flagged(), 0, "cleared with its one endpoint");
             (a, b)
         });
 
@@ -187,8 +195,10 @@ fn a_closed_endpoint_is_captured_again_after_the_delay() {
             ignore.closed(local);
             let pending = ignore.pending_removals();
             tokio::time::sleep(FORGET_DELAY + Duration::from_millis(100)).await;
+            assert_eq!(ignore.ports_flagged(), 1, "set until the removal");
             ignore.purge();
             assert_eq!(ignore.pending_removals(), 0, "purged once due");
+            assert_eq!(ignore.ports_flagged(), 0, "cleared with the removal");
             // The same local endpoint, another connection (to the other port: the first one's
             // 4-tuple is in TIME_WAIT).
             let again = request_from(local, server(PORT2), None).await;

@@ -308,7 +308,10 @@ impl AttachedCapture {
                     source,
                 })?;
         }
-        let ignore = FlowIgnore::new(take(&mut ebpf, maps::IGNORE)?);
+        let ignore = FlowIgnore::new(
+            take(&mut ebpf, maps::IGNORE)?,
+            take(&mut ebpf, maps::IGNORE_PORTS)?,
+        );
         let body_skip = if cfg.skip_bodies {
             Some(BodySkip::new(take(&mut ebpf, maps::SKIP)?))
         } else {
