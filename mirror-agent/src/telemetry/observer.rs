@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use super::request::{InFlight, MirrorRequestRecorder, PrimaryRecorder};
+use super::request::{InFlight, MirrorRequestRecorder, PrimaryRecorder, SeriesHandle};
 use crate::compare::{CompareSubscriber, Verdict};
 use crate::http::response::ResponseSample;
 use crate::pipeline::RequestKey;
@@ -12,11 +12,10 @@ use crate::replay::spec::MirrorSpec;
 use crate::replay::stats::Outcome;
 use crate::replay::{MirrorCopy, NotSent, ReplayObserver};
 
-/// The labels of one mirror's series and spans.
+/// One mirror's series (its name and host) and port, for its copies' durations and spans.
 #[derive(Debug, Clone)]
 struct MirrorLabels {
-    name: String,
-    host: String,
+    series: SeriesHandle,
     port: u16,
 }
 
@@ -32,15 +31,14 @@ pub struct ReplayTelemetry {
 impl ReplayTelemetry {
     pub(super) fn new(recorder: MirrorRequestRecorder, mirrors: &[MirrorSpec]) -> Self {
         Self {
-            recorder,
             mirrors: mirrors
                 .iter()
                 .map(|m| MirrorLabels {
-                    name: m.name.clone(),
-                    host: m.host.clone(),
+                    series: recorder.series(&m.name, &m.host),
                     port: m.port,
                 })
                 .collect(),
+            recorder,
         }
     }
 }
@@ -50,7 +48,7 @@ impl ReplayObserver for ReplayTelemetry {
 
     fn sending(&self, mirror: usize, copy: &mut MirrorCopy) -> Option<InFlight> {
         let m = self.mirrors.get(mirror)?;
-        Some(self.recorder.start(&m.name, &m.host, Some(m.port), copy))
+        Some(self.recorder.start_on(&m.series, Some(m.port), copy))
     }
 
     fn not_sent(&self, _: usize, _: RequestKey, _: NotSent) {}

@@ -149,7 +149,10 @@ pub struct MirrorRequestRecorder {
 pub(super) struct MirrorSeries {
     mirror: String,
     server_address: String,
-    by_result: Mutex<HashMap<(&'static str, RequestResult), Option<Series>>>,
+    /// Looked up once per copy: foldhash rather than SipHash (the key is a static method name
+    /// and a result, not remote-controlled beyond the bounded label sets).
+    by_result:
+        Mutex<HashMap<(&'static str, RequestResult), Option<Series>, foldhash::fast::RandomState>>,
 }
 
 /// One label set's Prometheus histogram and OpenTelemetry attributes.
@@ -228,7 +231,7 @@ impl MirrorRequestRecorder {
         let s = Arc::new(MirrorSeries {
             mirror: mirror.to_string(),
             server_address: server_address.to_string(),
-            by_result: Mutex::new(HashMap::new()),
+            by_result: Mutex::new(HashMap::default()),
         });
         all.push(s.clone());
         s
@@ -258,17 +261,52 @@ impl MirrorRequestRecorder {
         server_port: Option<u16>,
         copy: &mut MirrorCopy,
     ) -> InFlight {
-        let span =
-            self.inner.tracer.as_ref().map(|t| {
-                Box::new(t.mirror_trace_context(mirror, server_address, server_port, copy))
-            });
+        self.start_on(&self.series(mirror, server_address), server_port, copy)
+    }
+
+    /// The series of one (mirror, server address), for [`Self::start_on`]: resolved once per
+    /// mirror instead of once per copy (a lock and a scan of the series list).
+    pub fn series(&self, mirror: &str, server_address: &str) -> SeriesHandle {
+        SeriesHandle(self.series_for(mirror, server_address))
+    }
+
+    /// [`Self::start`] on a series resolved before.
+    pub fn start_on(
+        &self,
+        series: &SeriesHandle,
+        server_port: Option<u16>,
+        copy: &mut MirrorCopy,
+    ) -> InFlight {
+        let series = series.0.clone();
+        let span = self.inner.tracer.as_ref().map(|t| {
+            Box::new(t.mirror_trace_context(
+                &series.mirror,
+                &series.server_address,
+                server_port,
+                copy,
+            ))
+        });
         InFlight {
             recorder: self.clone(),
-            series: self.series_for(mirror, server_address),
+            series,
             method: normalize_method(copy.method()),
             started: Instant::now(),
             span,
         }
+    }
+}
+
+/// A resolved (mirror, server address) series ([`MirrorRequestRecorder::series`]).
+#[derive(Clone)]
+pub struct SeriesHandle(Arc<MirrorSeries>);
+
+impl std::fmt::Debug for SeriesHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "SeriesHandle({}, {})",
+            self.0.mirror, self.0.server_address
+        )
     }
 }
 
