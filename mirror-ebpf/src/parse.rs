@@ -5,9 +5,9 @@
 //! - [`parse_linear`], the fast path: reads the headers in place from the skb's linear area, with
 //!   one bounds check against `data_end` per header. Taken when the headers lie there, which is
 //!   the usual case (the stack builds a packet's headers in its head, and GRO leaves them linear),
-//!   for untagged frames and IPv4 or IPv6 without extension headers.
+//!   for IPv4, and IPv6 without extension headers.
 //! - [`parse`], every other packet: each field through `bpf_skb_load_bytes` (`SkBuff::load`),
-//!   which also reads the non-linear part, walks VLAN tags and IPv6 extension headers. A helper
+//!   which also reads the non-linear part and walks IPv6 extension headers. A helper
 //!   call per field: on the bench host (AMD EPYC, SRSO "safe RET" mitigation) the ten calls
 //!   cost about 170 ns a packet, most of the classifier's time before the copy
 //!   (BENCHMARKS.md, "The classifier").
@@ -56,31 +56,50 @@ fn byte(ctx: &SkBuff, off: usize) -> Result<u8, ()> {
     ctx.load::<u8>(off).map_err(|_| ())
 }
 
-/// The headers read in place, `L2` bytes of link-layer header before IP (14 or 0; a constant, so
-/// the verifier can bound every offset). `None`: the packet needs [`parse`] (a VLAN tag, IPv6
-/// extension headers, or headers reaching past the linear area). Otherwise the same verdict as
-/// [`parse`].
+/// The headers read in place, on a device with `L2` bytes of link-layer header (14 or 0; a
+/// constant, so the verifier can bound every offset). Up to two VLAN tags are stepped over as
+/// [`parse`] does. `None`: the packet needs [`parse`] (IPv6 extension headers, or headers
+/// reaching past the linear area). Otherwise the same verdict as [`parse`].
 #[inline(always)]
 pub fn parse_linear<const L2: usize>(ctx: &SkBuff) -> Option<Result<Option<Packet>, ()>> {
     // SAFETY: reading fields of the context the kernel passed in.
     let (start, end) = unsafe { ((*ctx.skb).data as usize, (*ctx.skb).data_end as usize) };
-    let ip = start + L2;
-    // The shortest IP header; each header's own length is checked below.
-    if ip + 20 > end {
-        return None;
-    }
     let at = |p: usize| -> u8 {
         // SAFETY: every `p` passed lies below a bounds check against `end` done before.
         unsafe { *(p as *const u8) }
     };
     let be16_at = |p: usize| u16::from_be_bytes([at(p), at(p + 1)]);
+    // Where IP starts: after the Ethernet header and its tags (at most two, 14 + 8 bytes).
+    let mut off = L2;
+    if L2 >= 14 {
+        if start + 14 + 8 > end {
+            return None;
+        }
+        let mut proto = be16_at(start + 12);
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            proto = be16_at(start + 16);
+            off += 4;
+            if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+                proto = be16_at(start + 20);
+                off += 4;
+            }
+        }
+        if proto != ETH_P_IP && proto != ETH_P_IPV6 {
+            // Not IP (or a third tag, which `parse` does not walk either).
+            return Some(Ok(None));
+        }
+    }
+    let ip = start + off;
+    // The shortest IP header; each header's own length is checked below.
+    if ip + 20 > end {
+        return None;
+    }
     let version = at(ip) >> 4;
     if L2 >= 14 {
-        match (be16_at(start + 12), version) {
-            (ETH_P_IP, 4) | (ETH_P_IPV6, 6) => {}
-            // Tagged, or a version the EtherType does not announce: the careful path decides.
-            (ETH_P_IP | ETH_P_IPV6 | ETH_P_8021Q | ETH_P_8021AD, _) => return None,
-            _ => return Some(Ok(None)),
+        let announced = if be16_at(ip - 2) == ETH_P_IP { 4 } else { 6 };
+        if version != announced {
+            // The EtherType decides, as in `parse`.
+            return None;
         }
     }
     let skb_len = ctx.len() as usize;
@@ -102,8 +121,8 @@ pub fn parse_linear<const L2: usize>(ctx: &SkBuff) -> Option<Result<Option<Packe
                 core::ptr::copy_nonoverlapping((ip + 12) as *const u8, saddr.as_mut_ptr(), 4);
                 core::ptr::copy_nonoverlapping((ip + 16) as *const u8, daddr.as_mut_ptr(), 4);
             }
-            let end_of_ip = if tot_len == 0 { skb_len } else { L2 + tot_len };
-            (family::IPV4, L2 + ihl, end_of_ip, ip + ihl)
+            let end_of_ip = if tot_len == 0 { skb_len } else { off + tot_len };
+            (family::IPV4, off + ihl, end_of_ip, ip + ihl)
         }
         6 => {
             if ip + 40 > end {
@@ -123,8 +142,8 @@ pub fn parse_linear<const L2: usize>(ctx: &SkBuff) -> Option<Result<Option<Packe
                 core::ptr::copy_nonoverlapping((ip + 8) as *const u8, saddr.as_mut_ptr(), 16);
                 core::ptr::copy_nonoverlapping((ip + 24) as *const u8, daddr.as_mut_ptr(), 16);
             }
-            let end_of_ip = if plen == 0 { skb_len } else { L2 + 40 + plen };
-            (family::IPV6, L2 + 40, end_of_ip, ip + 40)
+            let end_of_ip = if plen == 0 { skb_len } else { off + 40 + plen };
+            (family::IPV6, off + 40, end_of_ip, ip + 40)
         }
         _ => return if L2 >= 14 { None } else { Some(Ok(None)) },
     };

@@ -49,6 +49,15 @@ pub fn run() -> Result<()> {
         time_segments(&small, false),
         |n, t| format!("{:.0}k req/s", n as f64 / t / 1e3),
     );
+    let many = requests_over(MANY_CONNS, MANY_PER_CONN, false);
+    row(
+        "small keep-alive GETs, 10000 connections",
+        count_requests(&many),
+        "req",
+        time_segments(&many, false),
+        |n, t| format!("{:.0}k req/s", n as f64 / t / 1e3),
+    );
+    drop(many);
     let with_resp = small_requests(true);
     row(
         "small keep-alive GETs + 204 responses paired",
@@ -208,11 +217,21 @@ impl Clock {
 
 const CONNS: u16 = 100;
 const PER_CONN: usize = 2000;
+/// The many-connections case: 10000 connections x 50 GETs, interleaved, so each request finds
+/// its flow's state out of cache (issue 17); 50 per connection keeps the flows' creation a small
+/// part of the time.
+const MANY_CONNS: u16 = 10_000;
+const MANY_PER_CONN: usize = 50;
 
 /// 100 connections x 2000 keep-alive GETs (about 90 bytes each, one segment per request),
 /// interleaved across connections like a busy server's ingress.
 fn small_requests(responses: bool) -> Vec<Segment> {
-    let mut convs: Vec<Conversation> = (0..CONNS)
+    requests_over(CONNS, PER_CONN, responses)
+}
+
+/// `conns` connections x `per_conn` keep-alive GETs, interleaved across connections.
+fn requests_over(conns: u16, per_conn: usize, responses: bool) -> Vec<Segment> {
+    let mut convs: Vec<Conversation> = (0..conns)
         .map(|i| {
             let mut c = Conversation::new(
                 SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 40000)),
@@ -223,7 +242,7 @@ fn small_requests(responses: bool) -> Vec<Segment> {
             c
         })
         .collect();
-    for n in 0..PER_CONN {
+    for n in 0..per_conn {
         for c in convs.iter_mut() {
             let req = format!(
                 "GET /api/v1/items/{n}?q=abc HTTP/1.1\r\nHost: svc.local\r\nUser-Agent: bench\r\n\r\n"

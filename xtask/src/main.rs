@@ -4,6 +4,7 @@
 
 mod bench_bulk;
 mod bench_capture;
+mod bench_classifier;
 mod bench_mirror;
 mod bench_pipeline;
 mod demo;
@@ -44,7 +45,7 @@ enum Command {
     /// Run the self-contained demo in network namespaces.
     Demo,
     /// Benchmarks: capture (with its bulk-upload section), bulk (that section alone),
-    /// pipeline, mirror, connections (agent CPU as client connections and mirrors grow), h2
+    /// classifier (the ingress program's time per kind of packet, BPF_PROG_TEST_RUN), pipeline, mirror, connections (agent CPU as client connections and mirrors grow), h2
     /// (h2load against an h2c primary, mirrored over HTTP/2).
     Bench { which: String },
     /// Run each cargo-fuzz target of mirror-agent/fuzz for a fixed time; print a table; fail on
@@ -71,6 +72,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench { which } => match which.as_str() {
             "capture" => bench_capture::run().and_then(|()| bench_bulk::run()),
             "bulk" => bench_bulk::run(),
+            "classifier" => bench_classifier::run(),
             "pipeline" => bench_pipeline::run(),
             "mirror" => bench_mirror::run(),
             "connections" => bench_mirror::connections::run(),
@@ -78,7 +80,7 @@ fn main() -> anyhow::Result<()> {
             "tls" => bench_mirror::tls::run(),
             other => {
                 anyhow::bail!(
-                    "unknown benchmark {other:?} (known: capture, bulk, pipeline, mirror, connections, h2, tls)"
+                    "unknown benchmark {other:?} (known: capture, bulk, classifier, pipeline, mirror, connections, h2, tls)"
                 )
             }
         },
