@@ -208,8 +208,9 @@ impl Pool {
         &self.stats
     }
 
-    pub(super) fn now_ns(&self) -> u64 {
-        self.epoch.elapsed().as_nanos() as u64
+    /// `at` in nanoseconds since the pool started (the response framer's clock).
+    pub(super) fn ns_at(&self, at: Instant) -> u64 {
+        at.saturating_duration_since(self.epoch).as_nanos() as u64
     }
 
     pub fn stats_handle(&self) -> Arc<MirrorStats> {
