@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 
 use crate::lab::Proc;
+use crate::netns::Namespace as Ns;
 use crate::util::sh;
 
 const SERVER: &str = "10.88.0.1";
@@ -35,30 +36,6 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
         .unwrap_or(default)
 }
 const CONNECTIONS: u32 = 32;
-
-/// A namespace deleted on drop (with everything in it: the veth pair goes too).
-struct Ns(String);
-
-impl Ns {
-    fn new(name: String) -> anyhow::Result<Self> {
-        let _ = Command::new("ip").args(["netns", "del", &name]).output();
-        sh(Command::new("ip").args(["netns", "add", &name]))?;
-        let ns = Self(name);
-        sh(ns.cmd("ip").args(["link", "set", "lo", "up"]))?;
-        Ok(ns)
-    }
-    fn cmd(&self, program: &str) -> Command {
-        let mut c = Command::new("ip");
-        c.args(["netns", "exec", &self.0, program]);
-        c
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
-    }
-}
 
 struct WrkResult {
     rps: f64,
@@ -115,8 +92,18 @@ pub fn run() -> anyhow::Result<()> {
     let client = Ns::new(format!("mbench-cli-{tag}"))?;
     let (sif, cif) = (format!("mbs{tag}"), format!("mbc{tag}"));
     sh(Command::new("ip").args([
-        "link", "add", &sif, "netns", &server.0, "type", "veth", "peer", "name", &cif, "netns",
-        &client.0,
+        "link",
+        "add",
+        &sif,
+        "netns",
+        server.name(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        &cif,
+        "netns",
+        client.name(),
     ]))?;
     for (ns, ifname, addr) in [(&server, &sif, SERVER), (&client, &cif, CLIENT)] {
         sh(ns

@@ -29,7 +29,7 @@ use mirror_agent::capture::pcap::synth::{SynthLink, frame, ip_packet};
 use mirror_agent::capture::{Segment, TcpFlags};
 
 use crate::lab::Proc;
-use crate::util::sh;
+use crate::netns::Namespace;
 
 const NS: &str = "mirror-bench-cls";
 const PORT: u16 = 18080;
@@ -116,25 +116,6 @@ fn kinds() -> Vec<Kind> {
     ]
 }
 
-/// A namespace deleted on drop.
-struct Ns;
-
-impl Ns {
-    fn new() -> anyhow::Result<Self> {
-        let _ = Command::new("ip").args(["netns", "del", NS]).output();
-        sh(Command::new("ip").args(["netns", "add", NS]))?;
-        let ns = Self;
-        sh(Command::new("ip").args(["netns", "exec", NS, "ip", "link", "set", "lo", "up"]))?;
-        Ok(ns)
-    }
-}
-
-impl Drop for Ns {
-    fn drop(&mut self) {
-        let _ = Command::new("ip").args(["netns", "del", NS]).status();
-    }
-}
-
 /// Ids of the loaded programs named `mirror_ingress`.
 fn ingress_programs() -> anyhow::Result<Vec<u32>> {
     let out = Command::new("bpftool")
@@ -174,14 +155,17 @@ fn test_run(id: u32, frame_path: &Path) -> anyhow::Result<f64> {
 }
 
 /// Medians per kind for one agent binary.
-fn measure(agent: &Path, kinds: &[(String, PathBuf)], rounds: usize) -> anyhow::Result<Vec<f64>> {
+fn measure(
+    ns: &Namespace,
+    agent: &Path,
+    kinds: &[(String, PathBuf)],
+    rounds: usize,
+) -> anyhow::Result<Vec<f64>> {
     let before = ingress_programs()?;
     let dir = crate::util::target_dir().join("bench-classifier");
     let log = dir.join("agent.log");
-    let mut child = Command::new("ip");
+    let mut child = ns.cmd(agent.to_str().context("agent path: not UTF-8")?);
     child
-        .args(["netns", "exec", NS])
-        .arg(agent)
         .args(["--iface", "lo", "--port", &PORT.to_string()])
         .args(["--mirror", "http://127.0.0.1:18081", "--duration", "600"])
         .stdout(Stdio::null())
@@ -269,12 +253,12 @@ pub fn run() -> anyhow::Result<()> {
             std::fs::write(&path, &k.frame).map(|()| (k.label.to_string(), path))
         })
         .collect::<Result<_, _>>()?;
-    let _ns = Ns::new()?;
     // The kernel's own run statistics are not needed: test_run times the runs itself.
-    let this = measure(&agent, &kinds, rounds)?;
+    let ns = Namespace::new(NS.to_string())?;
+    let this = measure(&ns, &agent, &kinds, rounds)?;
     let before = base
         .as_ref()
-        .map(|b| measure(b, &kinds, rounds))
+        .map(|b| measure(&ns, b, &kinds, rounds))
         .transpose()?;
 
     println!(

@@ -1,4 +1,4 @@
-//! Network-namespace plumbing shared by `demo` and `bench mirror`: commands inside a namespace,
+//! Network-namespace plumbing shared by `demo` and the benchmarks: commands inside a namespace,
 //! `ip` calls that fail loudly, and waiting for a server to listen.
 
 use std::process::Command;
@@ -55,5 +55,35 @@ pub fn wait_port(
             bail!("nothing listens on {want} in {ns}");
         }
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// A namespace of the benchmark's own, with `lo` up, deleted on drop (with everything in it: a
+/// veth end inside goes too, and its peer with it).
+pub struct Namespace(String);
+
+impl Namespace {
+    /// Creates `name` (deleting a namespace left by an earlier run first).
+    pub fn new(name: String) -> Result<Self> {
+        let _ = Command::new("ip").args(["netns", "del", &name]).output();
+        ip(&["netns", "add", &name])?;
+        let ns = Self(name);
+        crate::util::sh(ns.cmd("ip").args(["link", "set", "lo", "up"]))?;
+        Ok(ns)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.0
+    }
+
+    /// `program` run inside the namespace.
+    pub fn cmd(&self, program: &str) -> Command {
+        ns_cmd(&self.0, program)
+    }
+}
+
+impl Drop for Namespace {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.0]).status();
     }
 }

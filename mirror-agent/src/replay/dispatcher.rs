@@ -156,27 +156,31 @@ impl<F> Queue<F> {
         false
     }
 
-    /// The batch of flow `id` is done: the flow's next copies become ready, or it is forgotten.
-    fn done(&self, id: u64) {
+    /// The batch of each flow in `ids` is done: each flow's next copies become ready, or the
+    /// flow is forgotten. One lock for the whole worker batch: with many client connections a
+    /// batch holds a copy of each of up to [`exchange::MAX_BATCH`] flows.
+    fn done(&self, ids: &mut Vec<u64>) {
         let became_ready = {
             let mut guard = lock(&self.state);
             let st = &mut *guard;
-            let Some(flow) = st.flows.get_mut(&id) else {
-                return;
-            };
-            flow.busy = false;
-            if flow.jobs.is_empty() {
-                if let Some(gone) = st.flows.remove(&id)
-                    && st.spare.len() < MAX_SPARE_QUEUES
-                    && gone.jobs.capacity() <= exchange::MAX_BATCH
-                {
-                    st.spare.push(gone.jobs);
+            let was_empty = st.ready.is_empty();
+            for id in ids.drain(..) {
+                let Some(flow) = st.flows.get_mut(&id) else {
+                    continue;
+                };
+                flow.busy = false;
+                if flow.jobs.is_empty() {
+                    if let Some(gone) = st.flows.remove(&id)
+                        && st.spare.len() < MAX_SPARE_QUEUES
+                        && gone.jobs.capacity() <= exchange::MAX_BATCH
+                    {
+                        st.spare.push(gone.jobs);
+                    }
+                } else {
+                    st.ready.push_back(id);
                 }
-                false
-            } else {
-                st.ready.push_back(id);
-                st.ready.len() == 1
             }
+            was_empty && !st.ready.is_empty()
         };
         // As in `offer`: only `ready` going from empty to not empty wakes a worker.
         if became_ready {
@@ -449,9 +453,7 @@ async fn worker<O: ReplayObserver>(
                 tell.resolve(job, Outcome::Timeout);
             }
         }
-        for flow in flows.drain(..) {
-            queue.done(flow);
-        }
+        queue.done(&mut flows);
     }
 }
 
