@@ -23,8 +23,13 @@ pub const MAX_CHUNKS: u32 = 8;
 /// of two (the verifier bound on the load length is `((n - 1) & (class - 1)) + 1`).
 pub const SIZE_CLASSES: [usize; 5] = [0, 256, 2048, 16384, MAX_PAYLOAD];
 
-/// Upper bound on ports in the port map (the kernel map's `max_entries`).
+/// Upper bound on the ports captured at once (`--port`).
 pub const MAX_PORTS: u32 = 64;
+
+/// Entries of the port map `MIRROR_PORTS`: an array indexed by port (64 KiB), valued by
+/// [`port_state`] (0: not captured). An array lookup is inlined by the verifier; a hash
+/// lookup is a helper call, paid by every packet the classifiers see, captured or not.
+pub const PORT_SLOTS: u32 = 65536;
 
 /// Default number of entries of the LRU map of endpoints never to capture (the local ends of the
 /// agent's own mirror connections).
@@ -301,6 +306,8 @@ pub mod programs {
 
 /// Values of `MIRROR_PORTS`.
 pub mod port_state {
+    /// Not captured (what an array slot holds until userspace sets it).
+    pub const NOT_CAPTURED: u8 = 0;
     /// The classifiers capture the port.
     pub const CAPTURED: u8 = 1;
     /// The port's connections are read as TLS plaintext (set by the TLS programs on the first

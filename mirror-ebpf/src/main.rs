@@ -54,7 +54,7 @@ use aya_ebpf::{
 };
 use mirror_common::{
     EndpointKey, FlowKey, HEADER_LEN, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES,
-    IGNORE_PORT_WORDS, MAX_CHUNKS, MAX_PAYLOAD, MAX_PORTS, RecordHeader, SIZE_CLASSES,
+    IGNORE_PORT_WORDS, MAX_CHUNKS, MAX_PAYLOAD, PORT_SLOTS, RecordHeader, SIZE_CLASSES,
     SKIP_ENTRIES, config, counter, direction, flow_hash, ignore_port_bit, port_state, record_flags,
     sampled,
 };
@@ -65,10 +65,33 @@ use crate::parse::Packet;
 #[map]
 static MIRROR_RING: RingBuf = RingBuf::with_byte_size(1 << 22, 0);
 
-/// Ports to capture, valued by [`port_state`] (the TLS programs mark a port whose connections
-/// they read as plaintext).
+/// Ports to capture: an array indexed by port, valued by [`port_state`] (the TLS programs mark
+/// a port whose connections they read as plaintext). See [`PORT_SLOTS`].
 #[map]
-pub(crate) static MIRROR_PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+static MIRROR_PORTS: Array<u8> = Array::with_max_entries(PORT_SLOTS, 0);
+
+/// The state of `port` ([`port_state`]); `None` when it is not captured.
+#[inline(always)]
+pub(crate) fn port_state_of(port: u16) -> Option<u8> {
+    MIRROR_PORTS
+        .get(u32::from(port))
+        .copied()
+        .filter(|state| *state != port_state::NOT_CAPTURED)
+}
+
+/// Marks a captured port as read through TLS; a port not captured stays so.
+#[inline(always)]
+pub(crate) fn mark_tls(port: u16) {
+    if let Some(state) = MIRROR_PORTS.get_ptr_mut(u32::from(port)) {
+        // SAFETY: a valid slot of the array; a one-byte store, which the classifiers read
+        // whole on other CPUs.
+        unsafe {
+            if *state != port_state::NOT_CAPTURED {
+                *state = port_state::TLS;
+            }
+        }
+    }
+}
 
 /// Settings written by userspace before attach, indexed by [`config`].
 #[map]
@@ -285,8 +308,7 @@ fn process(skb: &SkBuff, hook: Hook) {
     } else {
         pkt.sport
     };
-    // SAFETY: read-only lookup of a plain value, copied.
-    let Some(state) = (unsafe { MIRROR_PORTS.get(&port) }).copied() else {
+    let Some(state) = port_state_of(port) else {
         return;
     };
     hook.count(counter::MATCHED, 1);

@@ -5,9 +5,10 @@
 //! - [`parse_linear`], the fast path: reads the headers in place from the skb's linear area, with
 //!   one bounds check against `data_end` per header. Taken when the headers lie there, which is
 //!   the usual case (the stack builds a packet's headers in its head, and GRO leaves them linear),
-//!   for IPv4, and IPv6 without extension headers.
+//!   for IPv4 without options and IPv6 without extension headers, at constant offsets (see
+//!   [`parse_linear`] for why).
 //! - [`parse`], every other packet: each field through `bpf_skb_load_bytes` (`SkBuff::load`),
-//!   which also reads the non-linear part and walks IPv6 extension headers. A helper
+//!   which also reads the non-linear part, IPv4 options and IPv6 extension headers. A helper
 //!   call per field: on the bench host (AMD EPYC, SRSO "safe RET" mitigation) the ten calls
 //!   cost about 170 ns a packet, most of the classifier's time before the copy
 //!   (BENCHMARKS.md, "The classifier").
@@ -56,73 +57,120 @@ fn byte(ctx: &SkBuff, off: usize) -> Result<u8, ()> {
     ctx.load::<u8>(off).map_err(|_| ())
 }
 
-/// The headers read in place, on a device with `L2` bytes of link-layer header (14 or 0; a
-/// constant, so the verifier can bound every offset). Up to two VLAN tags are stepped over as
-/// [`parse`] does. `None`: the packet needs [`parse`] (IPv6 extension headers, or headers
-/// reaching past the linear area). Otherwise the same verdict as [`parse`].
+/// The headers read in place, on a device with `L2` bytes of link-layer header (14 or 0). Up
+/// to two VLAN tags are stepped over as [`parse`] does. `None`: the packet needs [`parse`] (IPv4
+/// options, IPv6 extension headers, or headers reaching past the linear area). Otherwise the
+/// same verdict as [`parse`].
+///
+/// Every offset from `data` is a constant (one instance of [`ip_at`] per place IP can start):
+/// without CAP_PERFMON (the agent runs with CAP_BPF and CAP_NET_ADMIN only) the verifier
+/// refuses packet-pointer arithmetic with a register, so a header length read from the packet
+/// may not move the pointer. That is also why IPv4 options go to [`parse`].
 #[inline(always)]
 pub fn parse_linear<const L2: usize>(ctx: &SkBuff) -> Option<Result<Option<Packet>, ()>> {
     // SAFETY: reading fields of the context the kernel passed in.
     let (start, end) = unsafe { ((*ctx.skb).data as usize, (*ctx.skb).data_end as usize) };
-    let at = |p: usize| -> u8 {
-        // SAFETY: every `p` passed lies below a bounds check against `end` done before.
-        unsafe { *(p as *const u8) }
-    };
-    let be16_at = |p: usize| u16::from_be_bytes([at(p), at(p + 1)]);
-    // Where IP starts: after the Ethernet header and its tags (at most two, 14 + 8 bytes).
-    let mut off = L2;
-    if L2 >= 14 {
-        if start + 14 + 8 > end {
-            return None;
-        }
-        let mut proto = be16_at(start + 12);
-        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-            proto = be16_at(start + 16);
-            off += 4;
-            if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-                proto = be16_at(start + 20);
-                off += 4;
-            }
-        }
-        if proto != ETH_P_IP && proto != ETH_P_IPV6 {
-            // Not IP (or a third tag, which `parse` does not walk either).
-            return Some(Ok(None));
-        }
+    if L2 < 14 {
+        return ip_at::<0>(ctx, start, end, None);
     }
-    let ip = start + off;
+    // Ethernet and up to two tags: 22 bytes.
+    if start + 22 > end {
+        return None;
+    }
+    let is_tag = |t: u16| t == ETH_P_8021Q || t == ETH_P_8021AD;
+    let outer = be16_at(start + 12);
+    if !is_tag(outer) {
+        return ip_at::<14>(ctx, start, end, Some(outer));
+    }
+    let inner = be16_at(start + 16);
+    if !is_tag(inner) {
+        return ip_at::<18>(ctx, start, end, Some(inner));
+    }
+    let third = be16_at(start + 20);
+    if !is_tag(third) {
+        return ip_at::<22>(ctx, start, end, Some(third));
+    }
+    // A third tag, which `parse` does not walk either.
+    Some(Ok(None))
+}
+
+/// The byte at packet address `p`.
+#[inline(always)]
+fn at(p: usize) -> u8 {
+    // SAFETY: every `p` passed lies below a bounds check against `data_end` done before.
+    unsafe { *(p as *const u8) }
+}
+
+#[inline(always)]
+fn be16_at(p: usize) -> u16 {
+    u16::from_be_bytes([at(p), at(p + 1)])
+}
+
+#[inline(always)]
+fn be32_at(p: usize) -> u32 {
+    u32::from_be_bytes([at(p), at(p + 1), at(p + 2), at(p + 3)])
+}
+
+/// [`parse_linear`] once the link layer is read: IP starts `OFF` bytes into the data, with
+/// `ethertype` announcing it (`None` on an L3 device: the version nibble says).
+#[inline(always)]
+fn ip_at<const OFF: usize>(
+    ctx: &SkBuff,
+    start: usize,
+    end: usize,
+    ethertype: Option<u16>,
+) -> Option<Result<Option<Packet>, ()>> {
+    let announced = match ethertype {
+        None => None,
+        Some(ETH_P_IP) => Some(4),
+        Some(ETH_P_IPV6) => Some(6),
+        Some(_) => return Some(Ok(None)),
+    };
+    let ip = start + OFF;
     // The shortest IP header; each header's own length is checked below.
     if ip + 20 > end {
         return None;
     }
     let version = at(ip) >> 4;
-    if L2 >= 14 {
-        let announced = if be16_at(ip - 2) == ETH_P_IP { 4 } else { 6 };
-        if version != announced {
-            // The EtherType decides, as in `parse`.
-            return None;
-        }
+    if announced.is_some_and(|v| v != version) {
+        // The EtherType decides, as in `parse`.
+        return None;
     }
     let skb_len = ctx.len() as usize;
     let mut saddr = [0u8; 16];
     let mut daddr = [0u8; 16];
-    let (fam, l4, ip_end, tcp) = match version {
+    match version {
         4 => {
             if at(ip + 9) != IPPROTO_TCP {
                 return Some(Ok(None));
             }
             let ihl = ((at(ip) & 0x0f) as usize) * 4;
-            let tot_len = be16_at(ip + 2) as usize;
             let frag = be16_at(ip + 6);
             if ihl < 20 || frag & 0x3fff != 0 {
                 return Some(Err(()));
             }
+            if ihl != 20 {
+                // Options: the TCP header's place is not a constant.
+                return None;
+            }
+            let tot_len = be16_at(ip + 2) as usize;
             // SAFETY: ip + 20 <= end was checked.
             unsafe {
                 core::ptr::copy_nonoverlapping((ip + 12) as *const u8, saddr.as_mut_ptr(), 4);
                 core::ptr::copy_nonoverlapping((ip + 16) as *const u8, daddr.as_mut_ptr(), 4);
             }
-            let end_of_ip = if tot_len == 0 { skb_len } else { off + tot_len };
-            (family::IPV4, off + ihl, end_of_ip, ip + ihl)
+            let ip_end = if tot_len == 0 { skb_len } else { OFF + tot_len };
+            let tcp = ip + 20;
+            if tcp + 20 > end {
+                return None;
+            }
+            Some(tcp_packet(
+                tcp_fields_at(tcp),
+                (family::IPV4, saddr, daddr),
+                OFF + 20,
+                ip_end,
+                skb_len,
+            ))
         }
         6 => {
             if ip + 40 > end {
@@ -142,29 +190,35 @@ pub fn parse_linear<const L2: usize>(ctx: &SkBuff) -> Option<Result<Option<Packe
                 core::ptr::copy_nonoverlapping((ip + 8) as *const u8, saddr.as_mut_ptr(), 16);
                 core::ptr::copy_nonoverlapping((ip + 24) as *const u8, daddr.as_mut_ptr(), 16);
             }
-            let end_of_ip = if plen == 0 { skb_len } else { off + 40 + plen };
-            (family::IPV6, off + 40, end_of_ip, ip + 40)
+            let ip_end = if plen == 0 { skb_len } else { OFF + 40 + plen };
+            let tcp = ip + 40;
+            if tcp + 20 > end {
+                return None;
+            }
+            Some(tcp_packet(
+                tcp_fields_at(tcp),
+                (family::IPV6, saddr, daddr),
+                OFF + 40,
+                ip_end,
+                skb_len,
+            ))
         }
-        _ => return if L2 >= 14 { None } else { Some(Ok(None)) },
-    };
-    if tcp + 20 > end {
-        return None;
+        _ if announced.is_some() => None,
+        _ => Some(Ok(None)),
     }
-    let be32_at = |p: usize| u32::from_be_bytes([at(p), at(p + 1), at(p + 2), at(p + 3)]);
-    Some(tcp_packet(
-        TcpFields {
-            sport: be16_at(tcp),
-            dport: be16_at(tcp + 2),
-            seq: be32_at(tcp + 4),
-            ack: be32_at(tcp + 8),
-            doff: ((at(tcp + 12) >> 4) as usize) * 4,
-            tcp_flags: at(tcp + 13),
-        },
-        (fam, saddr, daddr),
-        l4,
-        ip_end,
-        skb_len,
-    ))
+}
+
+/// The TCP header's fields at packet address `tcp` (20 bytes there were checked).
+#[inline(always)]
+fn tcp_fields_at(tcp: usize) -> TcpFields {
+    TcpFields {
+        sport: be16_at(tcp),
+        dport: be16_at(tcp + 2),
+        seq: be32_at(tcp + 4),
+        ack: be32_at(tcp + 8),
+        doff: ((at(tcp + 12) >> 4) as usize) * 4,
+        tcp_flags: at(tcp + 13),
+    }
 }
 
 /// The TCP header's fields, however read.

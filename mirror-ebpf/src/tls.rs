@@ -27,7 +27,7 @@
 //! socket's count of each direction's bytes (`stream_offset`).
 
 use aya_ebpf::{
-    bindings::{BPF_EXIST, BPF_NOEXIST, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_NOEXIST, BPF_RB_NO_WAKEUP},
     helpers::{
         bpf_get_current_pid_tgid, bpf_ktime_get_ns, bpf_probe_read_user,
         generated::bpf_probe_read_user as probe_read_user_raw,
@@ -45,7 +45,7 @@ use mirror_common::{
     },
 };
 
-use crate::{MIRROR_PORTS, setting};
+use crate::{mark_tls, port_state_of, setting};
 
 /// TLS records; userspace sets the real size at load time (one page when TLS capture is off).
 #[map]
@@ -242,7 +242,7 @@ fn leave(n: u64) {
             if sock.flags & socket_flags::TLS_SEEN == 0 {
                 hdr.flags |= header_flags::FIRST;
                 // From now on the classifiers leave this port's ciphertext alone.
-                let _ = MIRROR_PORTS.insert(&sock.local_port, &port_state::TLS, BPF_EXIST as u64);
+                mark_tls(sock.local_port);
             }
         }
         sock.flags |= socket_flags::TLS_SEEN;
@@ -461,9 +461,8 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
                     // A server-side connection of a TLS port, sampled in, whose plaintext was
                     // never read: say so (see `counter::UNREAD`). (An unnoted socket gets its
                     // entry at a call, so it always has TLS_SEEN.)
-                    // SAFETY: read-only lookup.
                     if s.flags & (socket_flags::CLIENT | socket_flags::SAMPLED_OUT) == 0
-                        && unsafe { MIRROR_PORTS.get(&s.local_port) } == Some(&port_state::TLS)
+                        && port_state_of(s.local_port) == Some(port_state::TLS)
                     {
                         count(counter::UNREAD, 1);
                     }
@@ -478,8 +477,7 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
         // An unnoted socket (followed from a call) or an unknown one: the endpoints are the
         // record's, reported for a server-side socket of a captured port (others' closes would
         // only be unmatched in userspace).
-        // SAFETY: read-only lookup.
-        if unsafe { MIRROR_PORTS.get(&local_port) }.is_some()
+        if port_state_of(local_port).is_some()
             && let Some(ended) = endpoints(&ctx, local_port, remote_port, 0)
         {
             report_close(&ended);
@@ -489,10 +487,9 @@ pub fn mirror_tls_sock_state(ctx: TracePointContext) -> u32 {
     if newstate != TCP_ESTABLISHED {
         return 0;
     }
-    // SAFETY: read-only lookups.
-    let flags = if unsafe { MIRROR_PORTS.get(&local_port) }.is_some() {
+    let flags = if port_state_of(local_port).is_some() {
         0
-    } else if unsafe { MIRROR_PORTS.get(&remote_port) }.is_some() {
+    } else if port_state_of(remote_port).is_some() {
         socket_flags::CLIENT
     } else {
         return 0;

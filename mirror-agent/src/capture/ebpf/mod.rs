@@ -27,7 +27,7 @@ use std::os::fd::AsRawFd;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{Array, MapData, PerCpuArray, RingBuf};
 use aya::{Ebpf, EbpfLoader};
 use mirror_common::{config, maps, port_state};
 use tokio::io::Interest;
@@ -299,10 +299,10 @@ impl AttachedCapture {
                     source,
                 })?;
         }
-        let mut ports: HashMap<_, u16, u8> = take(&mut ebpf, maps::PORTS)?;
+        let mut ports: aya::maps::Array<_, u8> = take(&mut ebpf, maps::PORTS)?;
         for port in &cfg.ports {
             ports
-                .insert(port, port_state::CAPTURED, 0)
+                .set(u32::from(*port), port_state::CAPTURED, 0)
                 .map_err(|source| CaptureError::Map {
                     name: maps::PORTS,
                     source,

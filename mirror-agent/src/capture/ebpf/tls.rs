@@ -20,7 +20,7 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{HashMap, MapData, PerCpuArray, RingBuf};
+use aya::maps::{MapData, PerCpuArray, RingBuf};
 use aya::programs::trace_point::{TracePointLink, TracePointLinkId};
 use aya::programs::uprobe::UProbeScope;
 use aya::programs::{TracePoint, UProbe};
@@ -581,7 +581,7 @@ impl TlsCapture {
             .map_err(CaptureError::Load)?;
         load_programs(&mut ebpf)?;
         {
-            let mut map: HashMap<_, u16, u8> = HashMap::try_from(
+            let mut map: aya::maps::Array<_, u8> = aya::maps::Array::try_from(
                 ebpf.map_mut(maps::PORTS)
                     .ok_or(CaptureError::Missing(maps::PORTS))?,
             )
@@ -590,7 +590,7 @@ impl TlsCapture {
                 source,
             })?;
             for port in ports {
-                map.insert(port, port_state::CAPTURED, 0)
+                map.set(u32::from(*port), port_state::CAPTURED, 0)
                     .map_err(|source| CaptureError::Map {
                         name: maps::PORTS,
                         source,
