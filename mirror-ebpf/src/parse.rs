@@ -11,7 +11,7 @@
 //!   which also reads the non-linear part, IPv4 options and IPv6 extension headers. A helper
 //!   call per field: on the bench host (AMD EPYC, SRSO "safe RET" mitigation) the ten calls
 //!   cost about 170 ns a packet, most of the classifier's time before the copy
-//!   (BENCHMARKS.md, "The classifier").
+//!   (BENCHMARKS.md, "The classifier's time per packet").
 //!
 //! Both give the same `Packet` or the same verdict for a packet (`capture` tests cover IPv4,
 //! IPv6, VLAN tags, loopback and large GRO skbs).
@@ -191,6 +191,9 @@ fn ip_at<const OFF: usize>(
                 core::ptr::copy_nonoverlapping((ip + 24) as *const u8, daddr.as_mut_ptr(), 16);
             }
             let ip_end = if plen == 0 { skb_len } else { OFF + 40 + plen };
+            // These lines repeat the IPv4 arm's on purpose: in one shared tail, LLVM may fold
+            // the two constant offsets (20, 40) into one register offset, which the verifier
+            // refuses without CAP_PERFMON (see `parse_linear`).
             let tcp = ip + 40;
             if tcp + 20 > end {
                 return None;
