@@ -19,7 +19,7 @@
 use std::io::{BufRead, BufReader, Write};
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use mirror_tests::agent::Agent;
 use mirror_tests::mirror::{Behavior, MirrorTable};
@@ -374,6 +374,30 @@ fn restart_on_own_libssl(
     restarted
 }
 
+/// nginx's master, stopped with SIGTERM on drop, so it takes its workers with it: the SIGKILL
+/// `ChildGuard` sends would leave the workers running, orphaned (seen after every run before).
+struct Nginx(ChildGuard);
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        if self.0.child.is_none() {
+            return;
+        }
+        self.0.signal(libc::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while let Some(child) = self.0.child.as_mut() {
+            match child.try_wait() {
+                Ok(Some(_)) => self.0.child = None,
+                // Still running after the deadline: `ChildGuard` kills it.
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20))
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
 /// nginx terminating TLS on the node's address and `port` (`listen_extra`: e.g. ` http2`),
 /// answering `ok`, logging requests to `dir/access.log`.
 fn start_nginx_ssl(
@@ -382,7 +406,7 @@ fn start_nginx_ssl(
     port: u16,
     listen_extra: &str,
     workers: u32,
-) -> ChildGuard {
+) -> Nginx {
     start_nginx_ssl_on(topo, dir, Topology::SERVER_V4, port, listen_extra, workers)
 }
 
@@ -395,7 +419,7 @@ fn start_nginx_ssl_on(
     port: u16,
     listen_extra: &str,
     workers: u32,
-) -> ChildGuard {
+) -> Nginx {
     let d = dir.display();
     std::fs::create_dir_all(dir.join("body")).unwrap();
     let conf = dir.join("nginx.conf");
@@ -414,7 +438,7 @@ fn start_nginx_ssl_on(
     cmd.args(["-g", "daemon off;", "-c"])
         .arg(&conf)
         .stdout(Stdio::null());
-    let guard = ChildGuard::spawn("nginx", &mut cmd);
+    let guard = Nginx(ChildGuard::spawn("nginx", &mut cmd));
     wait_for_port(&topo.server, port, Duration::from_secs(10));
     guard
 }
