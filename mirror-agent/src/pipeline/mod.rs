@@ -273,9 +273,8 @@ impl Pipeline {
         self.stats.segments_to_flows += 1;
         self.flows.touch(slot);
         let flow = self.flows.get_mut(slot).expect("slot just looked up");
-        let before = flow.buffered();
         flow.on_segment(seg, &self.cfg, &mut self.stats, &mut self.scratch, out);
-        self.after_update(slot, before, out);
+        self.after_update(slot, out);
         self.flows.note_held(slot);
         // Over budget: the least recently active flow holding out-of-order bytes gives up its
         // holes (cheap, the connection goes on); if only partial requests are left, the least
@@ -283,10 +282,9 @@ impl Pipeline {
         while self.held_bytes > self.cfg.memory_budget {
             if let Some(victim) = self.flows.oldest_with_holes() {
                 let flow = self.flows.get_mut(victim).expect("current slot");
-                let before = flow.buffered();
                 flow.shed(&self.cfg, &mut self.stats, &mut self.scratch, out);
                 self.stats.memory_sheds += 1;
-                self.after_update(victim, before, out);
+                self.after_update(victim, out);
                 continue;
             }
             let Some(victim) = self.flows.oldest_holding() else {
@@ -307,9 +305,8 @@ impl Pipeline {
             }
             // Re-listed by `after_update` if it still has holes.
             flow.in_holes = false;
-            let before = flow.buffered();
             flow.poll(now_ns, &self.cfg, &mut self.stats, &mut self.scratch, out);
-            self.after_update(slot, before, out);
+            self.after_update(slot, out);
         }
         while let Some(slot) = self.flows.oldest() {
             let f = self.flows.get(slot).expect("current slot");
@@ -345,13 +342,13 @@ impl Pipeline {
     }
 
     /// Budget bookkeeping after a flow changed; ends it if it closed.
-    fn after_update(&mut self, slot: Slot, before: usize, out: &mut Vec<PipelineEvent>) {
+    fn after_update(&mut self, slot: Slot, out: &mut Vec<PipelineEvent>) {
         let Some(flow) = self.flows.get_mut(slot) else {
             return;
         };
-        let after = flow.buffered();
-        self.held_bytes = (self.held_bytes + after).saturating_sub(before);
-        if flow.has_holes() && !flow.in_holes {
+        let before = flow.update_held();
+        self.held_bytes = (self.held_bytes + flow.held()).saturating_sub(before);
+        if flow.holed() && !flow.in_holes {
             flow.in_holes = true;
             self.with_holes.push(slot);
         }
@@ -370,7 +367,7 @@ impl Pipeline {
         if matches!(why, EndReason::Closed) {
             self.remember_closed(key, flow.last_ns);
         }
-        self.held_bytes = self.held_bytes.saturating_sub(flow.buffered());
+        self.held_bytes = self.held_bytes.saturating_sub(flow.held());
         let s = &mut self.stats;
         match why {
             EndReason::Closed => s.flows_closed += 1,

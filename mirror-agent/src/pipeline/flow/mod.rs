@@ -126,6 +126,12 @@ pub(super) struct Flow {
     pub last_ns: u64,
     /// Listed in the pipeline's set of flows with holes.
     pub in_holes: bool,
+    /// [`Self::buffered`] and [`Self::has_holes`] as of the last [`Self::update_held`]: the
+    /// budget's bookkeeping reads them for every segment, and computing them reads both
+    /// streams and the framers, cache lines a client segment does not otherwise touch (4% of
+    /// the agent's samples at 10000 connections when computed three times a segment).
+    held: usize,
+    holed: bool,
     state: State,
 }
 
@@ -139,11 +145,32 @@ impl Flow {
             touch: 0,
             last_ns: now_ns,
             in_holes: false,
+            held: 0,
+            holed: false,
             state: State::Undecided {
                 pending: Vec::new(),
                 bytes: 0,
             },
         }
+    }
+
+    /// Recomputes what the flow holds after a change (call after every change); returns
+    /// what it held before.
+    pub fn update_held(&mut self) -> usize {
+        let before = self.held;
+        self.held = self.buffered();
+        self.holed = self.has_holes();
+        before
+    }
+
+    /// Bytes held against the global budget as of the last [`Self::update_held`].
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Holes in its reassembly as of the last [`Self::update_held`].
+    pub fn holed(&self) -> bool {
+        self.holed
     }
 
     /// Bytes this flow holds that count against the global budget.
