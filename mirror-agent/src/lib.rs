@@ -28,6 +28,7 @@ pub mod telemetry;
 
 mod output_file;
 pub mod output_queue;
+mod prefetch;
 mod sync;
 
 // Used by the bin only (`main.rs` installs the log subscriber); cargo has no per-target

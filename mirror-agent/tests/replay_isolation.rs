@@ -226,6 +226,39 @@ async fn full_queue_drops_and_shutdown_accounts() {
     assert!(s.balanced() && s.sampled == 5001, "{s:?}");
 }
 
+/// A batch larger than the queue (`submit_all`, as the live agent submits a capture batch):
+/// the queue takes what fits in order, the rest are counted queue-full drops, and after
+/// shutdown a batch is counted as shutdown drops.
+#[tokio::test] // current-thread runtime: the drain task cannot run during the submit
+async fn a_batch_over_the_queue_bound_drops_the_excess_counted() {
+    let silent = TestMirror::start(Behavior::Never).await;
+    let mut cfg = config(vec![silent.spec("silent", 100.0)]);
+    cfg.queue_size = 4;
+    cfg.max_connections = 1;
+    cfg.timeout = Duration::from_secs(30);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    let batch: Vec<_> = (0..100)
+        .map(|i| {
+            let mut c = get(i);
+            c.flow_id = (i % 10) as u64;
+            c
+        })
+        .collect();
+    replayer.submit_all(&batch);
+    let s = replayer.snapshot().mirrors[0].clone();
+    assert_eq!(s.sampled, 100, "{s:?}");
+    assert_eq!(s.drop_count(DropReason::QueueFull), 96, "{s:?}");
+    assert!(s.balanced(), "{s:?}");
+    let snap = replayer.shutdown(Duration::from_millis(100)).await;
+    let s = &snap.mirrors[0];
+    assert_eq!(s.drop_count(DropReason::Shutdown), 4, "{s:?}");
+    assert!(s.balanced(), "{s:?}");
+    replayer.submit_all(&batch);
+    let s = replayer.snapshot().mirrors[0].clone();
+    assert_eq!(s.drop_count(DropReason::Shutdown), 104, "{s:?}");
+    assert!(s.balanced() && s.sampled == 200, "{s:?}");
+}
+
 /// The queue is bounded in bytes too: big uploads behind a stuck mirror do not pin memory.
 #[tokio::test] // current-thread runtime: the drain task cannot run during the submit loop
 async fn queue_bounded_in_bytes() {

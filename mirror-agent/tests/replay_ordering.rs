@@ -52,6 +52,24 @@ fn flow_seq(e: &Event) -> (u64, u64) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn each_client_connection_keeps_its_order_at_the_mirror() {
+    keeps_order(Submit::OneByOne).await;
+}
+
+/// The live agent hands the mirrors each capture batch's requests at once
+/// (`Replayer::submit_all`): a batch holding a request of every connection keeps each
+/// connection's order too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_of_many_connections_keep_each_connection_s_order() {
+    keeps_order(Submit::Batched).await;
+}
+
+#[derive(Clone, Copy)]
+enum Submit {
+    OneByOne,
+    Batched,
+}
+
+async fn keeps_order(how: Submit) {
     // POSTs are answered after 20 ms, everything else at once.
     let mirror = slow_posts(Duration::from_millis(20)).await;
     let mut cfg = config(vec![mirror.spec("ordered", 100.0)]);
@@ -60,10 +78,15 @@ async fn each_client_connection_keeps_its_order_at_the_mirror() {
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
     let (flows, per_flow) = (24u64, 12u64);
     // Interleaved as many concurrent clients would be captured: seq 0 of every flow, then 1...
-    for seq in 0..per_flow {
-        for flow in 0..flows {
-            replayer.submit(&request(flow, seq));
-        }
+    let captured: Vec<_> = (0..per_flow)
+        .flat_map(|seq| (0..flows).map(move |flow| request(flow, seq)))
+        .collect();
+    match how {
+        Submit::OneByOne => captured.iter().for_each(|r| replayer.submit(r)),
+        // Three requests of each connection in a batch.
+        Submit::Batched => captured
+            .chunks(3 * flows as usize)
+            .for_each(|batch| replayer.submit_all(batch)),
     }
     let total = (flows * per_flow) as usize;
     let answered = || {

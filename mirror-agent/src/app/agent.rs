@@ -207,16 +207,19 @@ struct Driver {
 
 impl Driver {
     fn handle_events(&mut self) {
-        for ev in self.events.drain(..) {
-            match ev {
-                PipelineEvent::SkipClientBytes {
-                    client,
-                    server,
-                    until_seq,
-                } => self.skips.push((client, server, until_seq)),
-                ev => self.outputs.on_event(ev),
+        let skips = &mut self.skips;
+        let events = self.events.drain(..).filter_map(|ev| match ev {
+            PipelineEvent::SkipClientBytes {
+                client,
+                server,
+                until_seq,
+            } => {
+                skips.push((client, server, until_seq));
+                None
             }
-        }
+            ev => Some(ev),
+        });
+        self.outputs.on_events(events);
     }
 }
 

@@ -52,6 +52,8 @@ pub struct Outputs {
     telemetry: Telemetry,
     /// `--record -`: stdout carries the recording.
     record_to_stdout: bool,
+    /// The requests of the events [`Self::on_events`] is handling (kept for its allocation).
+    requests: Vec<CapturedRequest>,
 }
 
 /// What the outputs counted, for the exit report.
@@ -136,24 +138,40 @@ impl Outputs {
             compare,
             telemetry,
             record_to_stdout: settings.record.as_deref() == Some("-"),
+            requests: Vec::new(),
         })
     }
 
     /// One event from the pipeline: never blocks (replay only enqueues).
-    pub fn on_event(&mut self, mut ev: PipelineEvent) {
-        if let Some(p) = self.primary.as_mut() {
-            p.on_event_mut(&mut ev);
+    pub fn on_event(&mut self, ev: PipelineEvent) {
+        self.on_events(std::iter::once(ev));
+    }
+
+    /// A batch of events from the pipeline, in order: never blocks. The requests among them go
+    /// to the mirrors together (one lock per mirror queue for the batch, see
+    /// [`Replayer::submit_all`]), then to the recording.
+    pub fn on_events(&mut self, events: impl IntoIterator<Item = PipelineEvent>) {
+        for mut ev in events {
+            if let Some(p) = self.primary.as_mut() {
+                p.on_event_mut(&mut ev);
+            }
+            if let PipelineEvent::Request(r) = ev {
+                self.requests.push(r);
+            }
         }
-        let PipelineEvent::Request(r) = ev else {
-            return;
-        };
         if let Some(rep) = &self.replayer {
-            rep.submit(&r);
+            rep.submit_all(&self.requests);
         }
-        if let Some(q) = &self.record {
-            // What the request holds in memory while it waits: its bytes and a little more.
-            let cost = r.request.raw.len() + 256;
-            q.submit(r, cost);
+        match &self.record {
+            Some(q) => {
+                for r in self.requests.drain(..) {
+                    // What the request holds in memory while it waits: its bytes and a little
+                    // more.
+                    let cost = r.request.raw.len() + 256;
+                    q.submit(r, cost);
+                }
+            }
+            None => self.requests.clear(),
         }
     }
 

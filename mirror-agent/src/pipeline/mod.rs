@@ -243,7 +243,12 @@ impl Pipeline {
             self.closed.remove(&key);
         }
         let slot = match self.flows.lookup(&key) {
-            Some(slot) => slot,
+            Some(slot) => {
+                if let Some(flow) = self.flows.get(slot) {
+                    flow.prefetch();
+                }
+                slot
+            }
             None => {
                 if len == 0 && !flags.syn() {
                     self.stats.segments_no_flow += 1;

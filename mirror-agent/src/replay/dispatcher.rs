@@ -70,6 +70,25 @@ struct QueueState<F> {
     spare: Vec<VecDeque<Job<F>>>,
 }
 
+impl<F> QueueState<F> {
+    /// Appends `job` to its flow's queue; true when it made `ready` go from empty to not
+    /// empty (a worker must be woken).
+    fn enqueue(&mut self, job: Job<F>) -> bool {
+        let id = job.line;
+        let spare = &mut self.spare;
+        let flow = self.flows.entry(id).or_insert_with(|| FlowQueue {
+            jobs: spare.pop().unwrap_or_default(),
+            busy: false,
+        });
+        flow.jobs.push_back(job);
+        let became_ready = !flow.busy && flow.jobs.len() == 1;
+        became_ready && {
+            self.ready.push_back(id);
+            self.ready.len() == 1
+        }
+    }
+}
+
 /// Spare job queues kept at most (see [`QueueState::spare`]).
 const MAX_SPARE_QUEUES: usize = 256;
 
@@ -270,11 +289,66 @@ impl<O: ReplayObserver> Dispatcher<O> {
     /// Queues `job` behind the earlier copies of its flow without waiting, or resolves it as
     /// dropped (counted) and returns `false`.
     pub fn offer(&self, job: Job<O::Flight>) -> bool {
+        if !self.admit(&job) {
+            self.tell
+                .resolve(job, Outcome::Dropped(DropReason::QueueFull));
+            return false;
+        }
+        let mut st = lock(&self.queue.state);
+        if st.closed {
+            drop(st);
+            self.shut_out(job);
+            return false;
+        }
+        let wake = st.enqueue(job);
+        drop(st);
+        self.wake_if(wake);
+        true
+    }
+
+    /// [`Self::offer`] of each of `jobs`, in their order, under one lock of the queue (empties
+    /// `jobs`). With many client connections nearly every copy lands on a flow of its own,
+    /// whose queue entry has left the caches: offered one at a time, each lock's release
+    /// waited for the previous copy's stores to those cold lines; in one go they overlap.
+    pub fn offer_all(&self, jobs: &mut Vec<Job<O::Flight>>) {
+        // Admission in order, as one offer after another would; the admitted keep their order
+        // at the front.
+        let mut admitted = 0;
+        for i in 0..jobs.len() {
+            if self.admit(&jobs[i]) {
+                jobs.swap(admitted, i);
+                admitted += 1;
+            }
+        }
+        for job in jobs.drain(admitted..) {
+            self.tell
+                .resolve(job, Outcome::Dropped(DropReason::QueueFull));
+        }
+        if jobs.is_empty() {
+            return;
+        }
+        let mut st = lock(&self.queue.state);
+        if st.closed {
+            drop(st);
+            for job in jobs.drain(..) {
+                self.shut_out(job);
+            }
+            return;
+        }
+        let mut wake = false;
+        for job in jobs.drain(..) {
+            wake |= st.enqueue(job);
+        }
+        drop(st);
+        self.wake_if(wake);
+    }
+
+    /// Counts `job` into the queue's bounds, or leaves them as they were and returns false
+    /// (the queue is full in copies or in bytes).
+    fn admit(&self, job: &Job<O::Flight>) -> bool {
         let q = &self.queue;
         if q.len.fetch_add(1, Ordering::Relaxed) >= q.max_len {
             q.len.fetch_sub(1, Ordering::Relaxed);
-            self.tell
-                .resolve(job, Outcome::Dropped(DropReason::QueueFull));
             return false;
         }
         let len = job.copy.bytes.len() as u64;
@@ -283,36 +357,23 @@ impl<O: ReplayObserver> Dispatcher<O> {
         // larger than the bound must still be sendable.
         if before > 0 && before + len > q.max_bytes {
             q.release(1, len as usize);
-            self.tell
-                .resolve(job, Outcome::Dropped(DropReason::QueueFull));
             return false;
-        }
-        let id = job.line;
-        let mut st = lock(&q.state);
-        if st.closed {
-            drop(st);
-            q.release(1, len as usize);
-            self.tell
-                .resolve(job, Outcome::Dropped(DropReason::Shutdown));
-            return false;
-        }
-        let state = &mut *st;
-        let flow = state.flows.entry(id).or_insert_with(|| FlowQueue {
-            jobs: state.spare.pop().unwrap_or_default(),
-            busy: false,
-        });
-        flow.jobs.push_back(job);
-        let became_ready = !flow.busy && flow.jobs.len() == 1;
-        let wake = became_ready && {
-            st.ready.push_back(id);
-            st.ready.len() == 1
-        };
-        drop(st);
-        if wake {
-            // Stores a permit when no worker is waiting yet: the flow cannot be missed.
-            q.ready.notify_one();
         }
         true
+    }
+
+    /// An admitted job that found the queue closed: out of the bounds, a shutdown drop.
+    fn shut_out(&self, job: Job<O::Flight>) {
+        self.queue.release(1, job.copy.bytes.len());
+        self.tell
+            .resolve(job, Outcome::Dropped(DropReason::Shutdown));
+    }
+
+    fn wake_if(&self, wake: bool) {
+        if wake {
+            // Stores a permit when no worker is waiting yet: the flow cannot be missed.
+            self.queue.ready.notify_one();
+        }
     }
 
     /// Tells the observer of a copy that never reached the queue (not sampled, filtered, too

@@ -34,14 +34,15 @@ pub mod stats;
 pub(crate) mod testutil;
 pub mod tls;
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::watch;
 
 use crate::http::request::HttpLimits;
 use crate::pipeline::CapturedRequest;
+use crate::sync::lock;
 use dispatcher::{Dispatcher, Phase, Transport};
 use filter::Filter;
 use job::{Job, Tell};
@@ -129,13 +130,21 @@ impl<O: ReplayObserver> Mirror<O> {
     /// The dispatcher a copy goes through: by the mirror's protocol, and for `auto` by how the
     /// request was captured.
     fn dispatcher(&self, captured_h2: bool) -> &Dispatcher<O> {
+        self.dispatcher_at(self.route(captured_h2))
+    }
+
+    /// Which of the mirror's dispatchers a copy goes through: 0 over HTTP/1.1, 1 over HTTP/2.
+    fn route(&self, captured_h2: bool) -> usize {
         let h2 = self.protocol.sends_h2(captured_h2);
-        let chosen = if h2 { &self.http2 } else { &self.http1 };
-        chosen
-            .as_ref()
-            .or(self.http1.as_ref())
-            .or(self.http2.as_ref())
-            .expect("a mirror has a dispatcher")
+        match (h2, &self.http1, &self.http2) {
+            (true, _, Some(_)) | (false, None, Some(_)) => 1,
+            _ => 0,
+        }
+    }
+
+    fn dispatcher_at(&self, route: usize) -> &Dispatcher<O> {
+        let chosen = if route == 1 { &self.http2 } else { &self.http1 };
+        chosen.as_ref().expect("a mirror has a dispatcher")
     }
 
     fn dispatchers(&self) -> impl Iterator<Item = &Dispatcher<O>> {
@@ -157,6 +166,9 @@ pub struct Replayer<O: ReplayObserver = NoObserver> {
     /// Numbers the copies when they are not ordered by client connection: each is its own
     /// line in the mirrors' queues.
     unordered_seq: AtomicU64,
+    /// The copies of one [`Self::submit_all`] call, per mirror and route (`2 * mirror + route`),
+    /// before each dispatcher takes its share under one lock.
+    staged: Mutex<Vec<Vec<Job<O::Flight>>>>,
 }
 
 impl<O: ReplayObserver> Replayer<O> {
@@ -230,6 +242,7 @@ impl<O: ReplayObserver> Replayer<O> {
                 http2,
             });
         }
+        let n_mirrors = mirrors.len();
         let stats = Arc::new(ReplayStats::new(
             mirrors
                 .iter()
@@ -246,6 +259,7 @@ impl<O: ReplayObserver> Replayer<O> {
             sampling: cfg.sampling,
             seed,
             unordered_seq: AtomicU64::new(0),
+            staged: Mutex::new((0..2 * n_mirrors).map(|_| Vec::new()).collect()),
         }
     }
 
@@ -253,6 +267,26 @@ impl<O: ReplayObserver> Replayer<O> {
     /// filters, rewrites (or shares `raw` as is) and queues it, or counts why not and tells
     /// the observer.
     pub fn submit(&self, captured: &CapturedRequest) {
+        self.submit_all(std::iter::once(captured));
+    }
+
+    /// [`Self::submit`] of each request, in order; each mirror queue takes its copies of all of
+    /// them under one lock (see [`Dispatcher::offer_all`]).
+    pub fn submit_all<'a>(&self, captured: impl IntoIterator<Item = &'a CapturedRequest>) {
+        let mut staged = lock(&self.staged);
+        for c in captured {
+            self.stage(c, &mut staged);
+        }
+        for (i, jobs) in staged.iter_mut().enumerate() {
+            if !jobs.is_empty() {
+                self.mirrors[i / 2].dispatcher_at(i % 2).offer_all(jobs);
+            }
+        }
+    }
+
+    /// Decides one request's copies: each mirror samples it, filters, rewrites (or shares
+    /// `raw` as is) and stages it in `staged`, or counts why not and tells the observer.
+    fn stage(&self, captured: &CapturedRequest, staged: &mut [Vec<Job<O::Flight>>]) {
         let req = &captured.request;
         let head = CopyHead::of(captured);
         self.stats.on_submit();
@@ -276,8 +310,9 @@ impl<O: ReplayObserver> Replayer<O> {
                 captured.seq_in_flow,
             )),
         };
-        for m in &self.mirrors {
-            let dispatcher = m.dispatcher(captured_h2);
+        for (i, m) in self.mirrors.iter().enumerate() {
+            let route = m.route(captured_h2);
+            let dispatcher = m.dispatcher_at(route);
             let taken = match value {
                 None => m.sampler.sample(),
                 Some(v) => m.sampler.sample_at(v),
@@ -307,7 +342,7 @@ impl<O: ReplayObserver> Replayer<O> {
             };
             let mut head = head;
             head.over_h2 = m.protocol.sends_h2(captured_h2);
-            dispatcher.offer(Job {
+            staged[2 * i + route].push(Job {
                 copy: MirrorCopy { bytes, head, trace },
                 ticket,
                 line,

@@ -154,6 +154,15 @@ impl Flow {
         }
     }
 
+    /// Asks the CPU for the connection state's cache lines, all at once: called as soon as
+    /// the flow is found, they arrive while the table's bookkeeping runs (see
+    /// [`crate::prefetch`]).
+    pub fn prefetch(&self) {
+        if let State::Decided(d) = &self.state {
+            crate::prefetch::prefetch(&**d);
+        }
+    }
+
     /// Recomputes what the flow holds after a change (call after every change); returns
     /// what it held before.
     pub fn update_held(&mut self) -> usize {
