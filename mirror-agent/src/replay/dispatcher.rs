@@ -353,7 +353,10 @@ impl<O: ReplayObserver> Dispatcher<O> {
         let mut admitted = 0;
         for i in 0..jobs.len() {
             if self.admit(&jobs[i]) {
-                jobs.swap(admitted, i);
+                // Moved only behind a refused one (a swap with itself copies it three times).
+                if admitted != i {
+                    jobs.swap(admitted, i);
+                }
                 admitted += 1;
             }
         }
