@@ -14,9 +14,16 @@ const LINE: usize = 64;
 /// Prefetches every cache line of `value` (its own bytes, not what it points to).
 #[inline]
 pub fn prefetch<T>(value: &T) {
-    let start = (value as *const T).cast::<u8>();
+    prefetch_at((value as *const T).cast::<u8>(), std::mem::size_of::<T>());
+}
+
+/// Prefetches the cache lines of `len` bytes at `start`: memory about to be written, such as
+/// the free room of a buffer. Any address will do (a prefetch of one that is not mapped is
+/// ignored).
+#[inline]
+pub fn prefetch_at(start: *const u8, len: usize) {
     let mut off = 0;
-    while off < std::mem::size_of::<T>() {
+    while off < len {
         line(start.wrapping_add(off));
         off += LINE;
     }

@@ -73,6 +73,19 @@ struct QueueState<F> {
     ready: VecDeque<u32>,
     /// The workers are gone (drained or aborted): offers are shutdown drops.
     closed: bool,
+    /// The slots of a batch of offers (kept for its allocation).
+    scratch: Vec<u32>,
+}
+
+impl<F> FlowQueue<F> {
+    /// Prefetches the room the next copy pushed will take (see [`Dispatcher::offer_all`]).
+    fn prefetch_back(&self) {
+        let (front, back) = self.jobs.as_slices();
+        let end = if back.is_empty() { front } else { back }
+            .as_ptr_range()
+            .end;
+        crate::prefetch::prefetch_at(end.cast::<u8>(), std::mem::size_of::<Job<F>>());
+    }
 }
 
 impl<F> QueueState<F> {
@@ -80,6 +93,11 @@ impl<F> QueueState<F> {
     /// empty (a worker must be woken).
     fn enqueue(&mut self, job: Job<F>) -> bool {
         let slot = self.slot_of(job.line);
+        self.enqueue_at(slot, job)
+    }
+
+    /// [`Self::enqueue`] into the flow's known slot.
+    fn enqueue_at(&mut self, slot: u32, job: Job<F>) -> bool {
         let flow = &mut self.slots[slot as usize];
         flow.jobs.push_back(job);
         let became_ready = !flow.busy && flow.jobs.len() == 1;
@@ -120,8 +138,9 @@ impl<F> QueueState<F> {
     fn leave(&mut self, slot: u32) {
         let flow = &mut self.slots[slot as usize];
         flow.live = false;
-        if flow.jobs.capacity() > exchange::MAX_BATCH {
-            // An unusually long queue's memory is not kept for every later flow of the slot.
+        if flow.jobs.capacity() > KEPT_QUEUE_ROOM {
+            // A longer queue's memory is not kept for the slot's later flows: slots are as many
+            // as the flows queued at once (thousands), each may once have held a long queue.
             flow.jobs = VecDeque::new();
         }
         let hash = self.hasher.hash_one(flow.id);
@@ -132,6 +151,10 @@ impl<F> QueueState<F> {
     }
 }
 
+/// Room for copies a free slot's queue keeps (the least a queue of jobs allocates): the
+/// memory kept in free slots stays about what one copy per slot needs.
+const KEPT_QUEUE_ROOM: usize = 4;
+
 impl<F> Default for QueueState<F> {
     fn default() -> Self {
         Self {
@@ -141,6 +164,7 @@ impl<F> Default for QueueState<F> {
             free: Vec::new(),
             ready: VecDeque::new(),
             closed: false,
+            scratch: Vec::new(),
         }
     }
 }
@@ -375,10 +399,23 @@ impl<O: ReplayObserver> Dispatcher<O> {
             }
             return;
         }
+        // Two passes: first every copy's flow is found (or given a slot) and the room its copy
+        // will take is prefetched, then the copies move in. The flows' slots and queues have
+        // left the caches (with many client connections each copy is on a flow of its own):
+        // found one after another the misses overlap, which they cannot while each copy is
+        // moved before the next flow is looked up.
+        let mut slots = std::mem::take(&mut st.scratch);
+        slots.extend(jobs.iter().map(|job| {
+            let slot = st.slot_of(job.line);
+            st.slots[slot as usize].prefetch_back();
+            slot
+        }));
         let mut wake = false;
-        for job in jobs.drain(..) {
-            wake |= st.enqueue(job);
+        for (job, &slot) in jobs.drain(..).zip(&slots) {
+            wake |= st.enqueue_at(slot, job);
         }
+        slots.clear();
+        st.scratch = slots;
         drop(st);
         self.wake_if(wake);
     }
