@@ -197,16 +197,23 @@ async fn slow_500_mirror() {
     assert_eq!(h.status[1], n as u64, "{h:?}");
 }
 
-/// submit never blocks: with a mirror that never answers and a tiny queue, thousands of
-/// submits return and are all accounted for; shutdown abandons the rest, counted.
-#[tokio::test]
-async fn full_queue_drops_and_shutdown_accounts() {
+/// A replayer whose one mirror never answers, with room for 4 copies and one connection (the
+/// mirror must outlive the replayer).
+async fn stuck_replayer() -> (TestMirror, Replayer) {
     let silent = TestMirror::start(Behavior::Never).await;
     let mut cfg = config(vec![silent.spec("silent", 100.0)]);
     cfg.queue_size = 4;
     cfg.max_connections = 1;
     cfg.timeout = Duration::from_secs(30);
     let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    (silent, replayer)
+}
+
+/// submit never blocks: with a mirror that never answers and a tiny queue, thousands of
+/// submits return and are all accounted for; shutdown abandons the rest, counted.
+#[tokio::test]
+async fn full_queue_drops_and_shutdown_accounts() {
+    let (_silent, replayer) = stuck_replayer().await;
     for i in 0..5000 {
         replayer.submit(&get(i));
     }
@@ -231,12 +238,7 @@ async fn full_queue_drops_and_shutdown_accounts() {
 /// shutdown a batch is counted as shutdown drops.
 #[tokio::test] // current-thread runtime: the drain task cannot run during the submit
 async fn a_batch_over_the_queue_bound_drops_the_excess_counted() {
-    let silent = TestMirror::start(Behavior::Never).await;
-    let mut cfg = config(vec![silent.spec("silent", 100.0)]);
-    cfg.queue_size = 4;
-    cfg.max_connections = 1;
-    cfg.timeout = Duration::from_secs(30);
-    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    let (_silent, replayer) = stuck_replayer().await;
     let batch: Vec<_> = (0..100)
         .map(|i| {
             let mut c = get(i);

@@ -628,3 +628,72 @@ fn take_batch<F>(
         batch.push_back(job);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::replay::stats::{MirrorStats, Ticket};
+    use crate::replay::testutil;
+
+    fn job(stats: &Arc<MirrorStats>, line: u64) -> Job<()> {
+        Job {
+            copy: testutil::copy(b"GET / HTTP/1.1\r\nHost: m\r\n\r\n"),
+            ticket: Ticket::new(stats.clone()),
+            line,
+            flight: None,
+        }
+    }
+
+    /// Takes every ready flow's copies (as a worker would) and finishes them.
+    fn drain_all(st: &mut QueueState<()>) -> usize {
+        let mut taken = 0;
+        while let Some(slot) = st.ready.pop_front() {
+            let flow = &mut st.slots[slot as usize];
+            taken += flow.jobs.drain(..).count();
+            st.leave(slot);
+        }
+        taken
+    }
+
+    #[test]
+    fn flows_leave_their_slots_to_later_flows_and_long_queues_are_not_kept() {
+        let stats = Arc::new(MirrorStats::new("m".into(), 100.0, 1.0));
+        let mut st = QueueState::<()>::default();
+        // One flow with a long queue, then it leaves.
+        for _ in 0..100 {
+            st.enqueue(job(&stats, 7));
+        }
+        assert_eq!(st.slots.len(), 1);
+        assert_eq!(drain_all(&mut st), 100);
+        assert!(st.index.is_empty());
+        assert_eq!(
+            st.slots[0].jobs.capacity(),
+            0,
+            "a long queue's room is freed when its flow leaves"
+        );
+        // A thousand flows, one copy each, in rounds: the slots are reused, every copy lands in
+        // its own flow's queue and the index holds the live flows only.
+        for round in 0..3u64 {
+            for line in 0..1000u64 {
+                assert!(st.enqueue(job(&stats, line)) == (line == 0));
+            }
+            assert_eq!(st.index.len(), 1000);
+            for line in 0..1000u64 {
+                let slot = st.slot_of(line);
+                assert_eq!(st.slots[slot as usize].id, line, "round {round}");
+                assert_eq!(st.slots[slot as usize].jobs.len(), 1);
+            }
+            assert_eq!(drain_all(&mut st), 1000);
+            assert!(st.index.is_empty());
+        }
+        assert_eq!(st.slots.len(), 1000, "slots reused across rounds");
+        assert!(
+            st.slots
+                .iter()
+                .all(|f| f.jobs.capacity() <= KEPT_QUEUE_ROOM),
+            "free slots keep at most {KEPT_QUEUE_ROOM} copies' room"
+        );
+    }
+}
