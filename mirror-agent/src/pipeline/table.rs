@@ -1,10 +1,10 @@
 //! The flow table: connections by key, in slots, with a least-recently-active order.
 //!
 //! Owns where flows live. The key index holds slot numbers only; flows sit, with their keys, in
-//! a slot vector reused through a free list, so the LRU queue can name flows by slot and be checked and compacted
-//! without hashing. The LRU queue is lazy: touching a flow appends `(slot, stamp)` and entries
-//! whose stamp is no longer the flow's are stale and skipped; compaction keeps the queue within
-//! twice the table.
+//! a slot vector reused through a free list, so the LRU queue can name flows by slot and be
+//! checked and compacted without hashing. The LRU queue is lazy: touching a flow appends
+//! `(slot, stamp)` and entries whose stamp is no longer the flow's are stale and skipped;
+//! compaction keeps the queue within twice the table.
 //!
 //! Two more lazy queues serve the memory budget, in the same activity order: flows holding
 //! bytes, and flows with holes. Without them, finding the next flow to shed or evict scanned
