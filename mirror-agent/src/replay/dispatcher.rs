@@ -1,7 +1,7 @@
 //! One mirror's bounded queue and the task that drains it into the connection pool.
 //!
-//! Owns isolation and ordering. The capture side only ever calls [`Dispatcher::offer`], which
-//! never waits: a full queue is a counted drop. `max_connections` workers each own at most one
+//! Owns isolation and ordering. The capture side only ever calls [`Dispatcher::offer_all`],
+//! which never waits: a full queue is a counted drop. `max_connections` workers each own at most one
 //! connection and send one batch at a time under the per-request timeout, so a slow or dead
 //! mirror backs up only its own queue.
 //!
@@ -89,15 +89,9 @@ impl<F> FlowQueue<F> {
 }
 
 impl<F> QueueState<F> {
-    /// Appends `job` to its flow's queue; true when it made `ready` go from empty to not
-    /// empty (a worker must be woken).
-    fn enqueue(&mut self, job: Job<F>) -> bool {
-        let slot = self.slot_of(job.line);
-        self.enqueue_at(slot, job)
-    }
-
-    /// [`Self::enqueue`] into the flow's known slot.
-    fn enqueue_at(&mut self, slot: u32, job: Job<F>) -> bool {
+    /// Appends `job` to the queue of its flow, in `slot` ([`Self::slot_of`]); true when it
+    /// made `ready` go from empty to not empty (a worker must be woken).
+    fn enqueue(&mut self, slot: u32, job: Job<F>) -> bool {
         let flow = &mut self.slots[slot as usize];
         flow.jobs.push_back(job);
         let became_ready = !flow.busy && flow.jobs.len() == 1;
@@ -262,7 +256,7 @@ impl<F> Queue<F> {
             }
             was_empty && !st.ready.is_empty()
         };
-        // As in `offer`: only `ready` going from empty to not empty wakes a worker.
+        // As in `offer_all`: only `ready` going from empty to not empty wakes a worker.
         if became_ready {
             self.ready.notify_one();
         }
@@ -347,37 +341,17 @@ impl<O: ReplayObserver> Dispatcher<O> {
         }
     }
 
-    /// Queues `job` behind the earlier copies of its flow without waiting, or resolves it as
-    /// dropped (counted) and returns `false`.
-    pub fn offer(&self, job: Job<O::Flight>) -> bool {
-        if !self.admit(&job) {
-            self.tell
-                .resolve(job, Outcome::Dropped(DropReason::QueueFull));
-            return false;
-        }
-        let mut st = lock(&self.queue.state);
-        if st.closed {
-            drop(st);
-            self.shut_out(job);
-            return false;
-        }
-        let wake = st.enqueue(job);
-        drop(st);
-        self.wake_if(wake);
-        true
-    }
-
-    /// [`Self::offer`] of each of `jobs`, in their order, under one lock of the queue (empties
-    /// `jobs`). With many client connections nearly every copy lands on a flow of its own,
+    /// Queues each of `jobs` behind the earlier copies of its flow, in their order, without
+    /// waiting, or resolves it as dropped (counted); empties `jobs`. One lock of the queue for
+    /// them all: with many client connections nearly every copy lands on a flow of its own,
     /// whose queue entry has left the caches: offered one at a time, each lock's release
     /// waited for the previous copy's stores to those cold lines; in one go they overlap.
     pub fn offer_all(&self, jobs: &mut Vec<Job<O::Flight>>) {
-        // Admission in order, as one offer after another would; the admitted keep their order
-        // at the front.
+        // Admission in order, copy after copy; the admitted keep their order at the front.
         let mut admitted = 0;
         for i in 0..jobs.len() {
             if self.admit(&jobs[i]) {
-                // Moved only behind a refused one (a swap with itself copies it three times).
+                // Moved only when a refused one is before it.
                 if admitted != i {
                     jobs.swap(admitted, i);
                 }
@@ -394,8 +368,11 @@ impl<O: ReplayObserver> Dispatcher<O> {
         let mut st = lock(&self.queue.state);
         if st.closed {
             drop(st);
+            // Admitted, then the queue was found closed: out of the bounds, shutdown drops.
             for job in jobs.drain(..) {
-                self.shut_out(job);
+                self.queue.release(1, job.copy.bytes.len());
+                self.tell
+                    .resolve(job, Outcome::Dropped(DropReason::Shutdown));
             }
             return;
         }
@@ -412,12 +389,15 @@ impl<O: ReplayObserver> Dispatcher<O> {
         }));
         let mut wake = false;
         for (job, &slot) in jobs.drain(..).zip(&slots) {
-            wake |= st.enqueue_at(slot, job);
+            wake |= st.enqueue(slot, job);
         }
         slots.clear();
         st.scratch = slots;
         drop(st);
-        self.wake_if(wake);
+        if wake {
+            // Stores a permit when no worker is waiting yet: the flow cannot be missed.
+            self.queue.ready.notify_one();
+        }
     }
 
     /// Counts `job` into the queue's bounds, or leaves them as they were and returns false
@@ -437,20 +417,6 @@ impl<O: ReplayObserver> Dispatcher<O> {
             return false;
         }
         true
-    }
-
-    /// An admitted job that found the queue closed: out of the bounds, a shutdown drop.
-    fn shut_out(&self, job: Job<O::Flight>) {
-        self.queue.release(1, job.copy.bytes.len());
-        self.tell
-            .resolve(job, Outcome::Dropped(DropReason::Shutdown));
-    }
-
-    fn wake_if(&self, wake: bool) {
-        if wake {
-            // Stores a permit when no worker is waiting yet: the flow cannot be missed.
-            self.queue.ready.notify_one();
-        }
     }
 
     /// Tells the observer of a copy that never reached the queue (not sampled, filtered, too
@@ -646,6 +612,12 @@ mod tests {
         }
     }
 
+    /// Queues `job` as `offer_all` does, past admission.
+    fn enqueue(st: &mut QueueState<()>, job: Job<()>) -> bool {
+        let slot = st.slot_of(job.line);
+        st.enqueue(slot, job)
+    }
+
     /// Takes every ready flow's copies (as a worker would) and finishes them.
     fn drain_all(st: &mut QueueState<()>) -> usize {
         let mut taken = 0;
@@ -663,7 +635,7 @@ mod tests {
         let mut st = QueueState::<()>::default();
         // One flow with a long queue, then it leaves.
         for _ in 0..100 {
-            st.enqueue(job(&stats, 7));
+            enqueue(&mut st, job(&stats, 7));
         }
         assert_eq!(st.slots.len(), 1);
         assert_eq!(drain_all(&mut st), 100);
@@ -677,7 +649,7 @@ mod tests {
         // its own flow's queue and the index holds the live flows only.
         for round in 0..3u64 {
             for line in 0..1000u64 {
-                assert!(st.enqueue(job(&stats, line)) == (line == 0));
+                assert!(enqueue(&mut st, job(&stats, line)) == (line == 0));
             }
             assert_eq!(st.index.len(), 1000);
             for line in 0..1000u64 {
