@@ -42,19 +42,33 @@ use super::stats::{DropReason, MirrorStats, Outcome, Ticket};
 use crate::pipeline::RequestKey;
 use crate::sync::lock;
 
-/// The copies of one client connection waiting for this mirror, in a slot of
-/// [`QueueState::slots`].
-struct FlowQueue<F> {
+/// No copy: the end of a flow's list, or an empty one.
+const NIL: u32 = u32::MAX;
+
+/// One client connection waiting for this mirror, in a slot of [`QueueState::slots`]: its
+/// copies are a list through [`QueueState::cells`], first to last.
+struct FlowQueue {
     /// The flow's line ([`Job::line`]); meaningless while the slot is free.
     id: u64,
-    /// Kept, emptied, when the flow leaves: with many client connections nearly every copy
-    /// arrives on a flow with nothing queued, and each would otherwise allocate a queue and
-    /// free it when its batch is done.
-    jobs: VecDeque<Job<F>>,
+    /// The flow's first and last copy's cell ([`NIL`]: none).
+    head: u32,
+    tail: u32,
     /// A worker is sending a batch of this flow: the next one waits for its outcome.
     busy: bool,
     /// The slot holds a flow (it is in the index).
     live: bool,
+}
+
+impl FlowQueue {
+    fn is_empty(&self) -> bool {
+        self.head == NIL
+    }
+}
+
+/// A queued copy and the next copy of its flow.
+struct Cell<F> {
+    job: Option<Job<F>>,
+    next: u32,
 }
 
 /// Flows with copies waiting or a batch in flight (a flow leaves when neither holds), in slots
@@ -63,12 +77,20 @@ struct FlowQueue<F> {
 /// with 10000 client connections each copy's flow has left the caches since its previous copy,
 /// and a map holding the queues themselves cost a cache miss at each of the three lookups of a
 /// copy (offered, taken, done); now the one lookup reads a small index that stays in cache.
+///
+/// The copies of all flows share one vector of cells, linked per flow: its size is the most
+/// copies queued at once, which the queue bound caps. A queue of its own per flow took room for
+/// four copies each (the least a `VecDeque` allocates), kept in each free slot: 1.8 MB per
+/// mirror at 10000 client connections, for one copy queued per flow.
 struct QueueState<F> {
     index: HashTable<u32>,
     /// foldhash, seeded per process (the flow ids follow the capture).
     hasher: foldhash::fast::RandomState,
-    slots: Vec<FlowQueue<F>>,
+    slots: Vec<FlowQueue>,
     free: Vec<u32>,
+    cells: Vec<Cell<F>>,
+    /// Empty cells, the latest freed first (still in cache when the next copy comes).
+    free_cells: Vec<u32>,
     /// Flows with copies waiting and no batch in flight, in the order they became ready.
     ready: VecDeque<u32>,
     /// The workers are gone (drained or aborted): offers are shutdown drops.
@@ -77,28 +99,58 @@ struct QueueState<F> {
     scratch: Vec<u32>,
 }
 
-impl<F> FlowQueue<F> {
-    /// Prefetches the room the next copy pushed will take (see [`Dispatcher::offer_all`]).
-    fn prefetch_back(&self) {
-        let (front, back) = self.jobs.as_slices();
-        let end = if back.is_empty() { front } else { back }
-            .as_ptr_range()
-            .end;
-        crate::prefetch::prefetch_at(end.cast::<u8>(), std::mem::size_of::<Job<F>>());
-    }
-}
-
 impl<F> QueueState<F> {
+    /// Prefetches what appending a copy to the flow in `slot` writes besides the slot: the
+    /// flow's last cell, whose link changes (see [`Dispatcher::offer_all`]).
+    fn prefetch_tail(&self, slot: u32) {
+        let tail = self.slots[slot as usize].tail;
+        if let Some(cell) = self.cells.get(tail as usize) {
+            crate::prefetch::prefetch(cell);
+        }
+    }
+
     /// Appends `job` to the queue of its flow, in `slot` ([`Self::slot_of`]); true when it
     /// made `ready` go from empty to not empty (a worker must be woken).
     fn enqueue(&mut self, slot: u32, job: Job<F>) -> bool {
+        let cell = Cell {
+            job: Some(job),
+            next: NIL,
+        };
+        let at = match self.free_cells.pop() {
+            Some(at) => {
+                self.cells[at as usize] = cell;
+                at
+            }
+            None => {
+                self.cells.push(cell);
+                (self.cells.len() - 1) as u32
+            }
+        };
         let flow = &mut self.slots[slot as usize];
-        flow.jobs.push_back(job);
-        let became_ready = !flow.busy && flow.jobs.len() == 1;
+        let was_empty = flow.is_empty();
+        match flow.tail {
+            NIL => flow.head = at,
+            tail => self.cells[tail as usize].next = at,
+        }
+        flow.tail = at;
+        let became_ready = !flow.busy && was_empty;
         became_ready && {
             self.ready.push_back(slot);
             self.ready.len() == 1
         }
+    }
+
+    /// Takes the first copy of the flow in `slot`.
+    fn pop(&mut self, slot: u32) -> Option<Job<F>> {
+        let flow = &mut self.slots[slot as usize];
+        let at = flow.head;
+        let cell = self.cells.get_mut(at as usize)?;
+        flow.head = cell.next;
+        if flow.head == NIL {
+            flow.tail = NIL;
+        }
+        self.free_cells.push(at);
+        cell.job.take()
     }
 
     /// The slot of flow `id`, given one if it has none.
@@ -113,7 +165,8 @@ impl<F> QueueState<F> {
             None => {
                 self.slots.push(FlowQueue {
                     id,
-                    jobs: VecDeque::new(),
+                    head: NIL,
+                    tail: NIL,
                     busy: false,
                     live: false,
                 });
@@ -131,12 +184,8 @@ impl<F> QueueState<F> {
     /// Flow in `slot` leaves (nothing queued, no batch in flight): its slot is free.
     fn leave(&mut self, slot: u32) {
         let flow = &mut self.slots[slot as usize];
+        debug_assert!(flow.is_empty(), "a flow leaves with nothing queued");
         flow.live = false;
-        if flow.jobs.capacity() > KEPT_QUEUE_ROOM {
-            // A longer queue's memory is not kept for the slot's later flows: slots are as many
-            // as the flows queued at once (thousands), each may once have held a long queue.
-            flow.jobs = VecDeque::new();
-        }
         let hash = self.hasher.hash_one(flow.id);
         if let Ok(entry) = self.index.find_entry(hash, |&s| s == slot) {
             entry.remove();
@@ -145,10 +194,6 @@ impl<F> QueueState<F> {
     }
 }
 
-/// Room for copies a free slot's queue keeps (the least a queue of jobs allocates): the
-/// memory kept in free slots stays about what one copy per slot needs.
-const KEPT_QUEUE_ROOM: usize = 4;
-
 impl<F> Default for QueueState<F> {
     fn default() -> Self {
         Self {
@@ -156,6 +201,8 @@ impl<F> Default for QueueState<F> {
             hasher: foldhash::fast::RandomState::default(),
             slots: Vec::new(),
             free: Vec::new(),
+            cells: Vec::new(),
+            free_cells: Vec::new(),
             ready: VecDeque::new(),
             closed: false,
             scratch: Vec::new(),
@@ -184,18 +231,19 @@ impl<F> Queue<F> {
 
     /// Closes the queue and drops what it holds: each ticket resolves as a shutdown drop.
     fn abandon(&self) {
-        let flows = {
+        let cells = {
             let mut st = lock(&self.state);
             st.closed = true;
             st.ready.clear();
             st.index.clear();
             st.free.clear();
-            std::mem::take(&mut st.slots)
+            st.slots.clear();
+            st.free_cells.clear();
+            std::mem::take(&mut st.cells)
         };
-        for flow in flows.into_iter().filter(|f| f.live) {
-            let bytes = flow.jobs.iter().map(|j| j.copy.bytes.len()).sum();
-            self.release(flow.jobs.len(), bytes);
-        }
+        let jobs: Vec<_> = cells.into_iter().filter_map(|c| c.job).collect();
+        let bytes = jobs.iter().map(|j| j.copy.bytes.len()).sum();
+        self.release(jobs.len(), bytes);
     }
 
     /// Takes the next ready flow's batch into `batch` and marks the flow busy; while the batch
@@ -222,11 +270,11 @@ impl<F> Queue<F> {
         let mut bytes = batch.iter().map(|j| j.copy.bytes.len()).sum();
         while let Some(slot) = st.ready.pop_front() {
             let flow = &mut st.slots[slot as usize];
-            if !flow.live || flow.busy || flow.jobs.is_empty() {
+            if !flow.live || flow.busy || flow.is_empty() {
                 continue;
             }
             flow.busy = true;
-            take_batch(&mut flow.jobs, batch, &mut bytes, conn);
+            take_batch(st, slot, batch, &mut bytes, conn);
             flows.push(slot);
             if !room_behind(batch, bytes, conn) {
                 return !st.ready.is_empty();
@@ -248,7 +296,7 @@ impl<F> Queue<F> {
                     continue;
                 };
                 flow.busy = false;
-                if flow.jobs.is_empty() {
+                if flow.is_empty() {
                     st.leave(slot);
                 } else {
                     st.ready.push_back(slot);
@@ -384,7 +432,7 @@ impl<O: ReplayObserver> Dispatcher<O> {
         let mut slots = std::mem::take(&mut st.scratch);
         slots.extend(jobs.iter().map(|job| {
             let slot = st.slot_of(job.line);
-            st.slots[slot as usize].prefetch_back();
+            st.prefetch_tail(slot);
             slot
         }));
         let mut wake = false;
@@ -512,7 +560,13 @@ async fn worker<O: ReplayObserver>(
     tell: Arc<Tell<O>>,
 ) {
     let mut conn = None;
-    let mut batch = VecDeque::with_capacity(exchange::MAX_BATCH);
+    // An HTTP/1.1 worker's batch grows to [`exchange::MAX_BATCH`] copies; an HTTP/2 worker
+    // carries one copy at a time, and a mirror reached over both keeps 4 HTTP/2 workers per
+    // connection slot, most of them idle: room for 128 copies each was 3 MB per mirror.
+    let mut batch = match &*transport {
+        Transport::Http1(_) => VecDeque::with_capacity(exchange::MAX_BATCH),
+        Transport::Http2(_) => VecDeque::new(),
+    };
     let mut flows = Vec::new();
     loop {
         let current = *phase.borrow_and_update();
@@ -575,12 +629,13 @@ fn room_behind<F>(batch: &Batch<F>, bytes: usize, conn: Option<&Conn>) -> bool {
 /// bounds (`bytes`: the request bytes in `batch`, kept up to date). The flow keeps the rest
 /// in order.
 fn take_batch<F>(
-    jobs: &mut VecDeque<Job<F>>,
+    st: &mut QueueState<F>,
+    slot: u32,
     batch: &mut Batch<F>,
     bytes: &mut usize,
     conn: Option<&Conn>,
 ) {
-    let Some(first) = jobs.pop_front() else {
+    let Some(first) = st.pop(slot) else {
         return;
     };
     // Counted over the whole batch: other flows' copies may be in it already.
@@ -588,7 +643,7 @@ fn take_batch<F>(
     let mut more = exchange::may_pipeline(conn) && exchange::pipelinable(&first.copy);
     batch.push_back(first);
     while more && batch.len() < exchange::MAX_BATCH && *bytes < exchange::MAX_BATCH_BYTES {
-        let Some(job) = jobs.pop_front() else { break };
+        let Some(job) = st.pop(slot) else { break };
         *bytes += job.copy.bytes.len();
         more = exchange::pipelinable(&job.copy);
         batch.push_back(job);
@@ -622,50 +677,63 @@ mod tests {
     fn drain_all(st: &mut QueueState<()>) -> usize {
         let mut taken = 0;
         while let Some(slot) = st.ready.pop_front() {
-            let flow = &mut st.slots[slot as usize];
-            taken += flow.jobs.drain(..).count();
+            while st.pop(slot).is_some() {
+                taken += 1;
+            }
             st.leave(slot);
         }
         taken
     }
 
+    /// The copies queued for flow `line`, first to last (as the cells link them).
+    fn queued(st: &mut QueueState<()>, line: u64) -> Vec<u32> {
+        let slot = st.slot_of(line);
+        let mut at = st.slots[slot as usize].head;
+        let mut cells = Vec::new();
+        while at != NIL {
+            cells.push(at);
+            at = st.cells[at as usize].next;
+        }
+        cells
+    }
+
     #[test]
-    fn flows_leave_their_slots_to_later_flows_and_long_queues_are_not_kept() {
+    fn flows_leave_their_slots_to_later_flows_and_cells_are_reused() {
         let stats = Arc::new(MirrorStats::new("m".into(), 100.0, 1.0));
         let mut st = QueueState::<()>::default();
         // One flow with a long queue, then it leaves.
         for _ in 0..100 {
             enqueue(&mut st, job(&stats, 7));
         }
-        assert_eq!(st.slots.len(), 1);
+        assert_eq!((st.slots.len(), queued(&mut st, 7).len()), (1, 100));
         assert_eq!(drain_all(&mut st), 100);
         assert!(st.index.is_empty());
-        assert_eq!(
-            st.slots[0].jobs.capacity(),
-            0,
-            "a long queue's room is freed when its flow leaves"
-        );
-        // A thousand flows, one copy each, in rounds: the slots are reused, every copy lands in
-        // its own flow's queue and the index holds the live flows only.
+        // A thousand flows, one copy each, in rounds, interleaved with a flow of three: the
+        // slots and cells are reused, every copy lands in its own flow's list and the index
+        // holds the live flows only.
         for round in 0..3u64 {
             for line in 0..1000u64 {
                 assert!(enqueue(&mut st, job(&stats, line)) == (line == 0));
+                if line % 400 == 0 {
+                    enqueue(&mut st, job(&stats, 5000));
+                }
             }
-            assert_eq!(st.index.len(), 1000);
+            assert_eq!(st.index.len(), 1001);
             for line in 0..1000u64 {
                 let slot = st.slot_of(line);
                 assert_eq!(st.slots[slot as usize].id, line, "round {round}");
-                assert_eq!(st.slots[slot as usize].jobs.len(), 1);
+                assert_eq!(queued(&mut st, line).len(), 1);
             }
-            assert_eq!(drain_all(&mut st), 1000);
+            assert_eq!(queued(&mut st, 5000).len(), 3);
+            assert_eq!(drain_all(&mut st), 1003);
             assert!(st.index.is_empty());
         }
-        assert_eq!(st.slots.len(), 1000, "slots reused across rounds");
-        assert!(
-            st.slots
-                .iter()
-                .all(|f| f.jobs.capacity() <= KEPT_QUEUE_ROOM),
-            "free slots keep at most {KEPT_QUEUE_ROOM} copies' room"
+        assert_eq!(st.slots.len(), 1001, "slots reused across rounds");
+        assert_eq!(
+            st.cells.len(),
+            1003,
+            "cells: the most copies queued at once"
         );
+        assert_eq!(st.free_cells.len(), st.cells.len());
     }
 }
