@@ -288,6 +288,37 @@ async fn queue_bounded_in_bytes() {
     assert!(s.balanced() && s.in_flight == 0, "{s:?}");
 }
 
+/// A batch of copies is admitted in order, each as if offered alone: a copy over the byte bound
+/// is refused and a smaller one behind it still fits.
+#[tokio::test] // current-thread runtime: the drain task cannot run during the submit
+async fn a_batch_is_bounded_in_bytes_copy_by_copy() {
+    let silent = TestMirror::start(Behavior::Never).await;
+    let mut cfg = config(vec![silent.spec("silent", 100.0)]);
+    cfg.max_queue_bytes = 1000;
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    // A POST of `len` bytes in all (the head is 49 bytes plus the Content-Length's digits).
+    let post = |len: usize| {
+        let digits = if len >= 49 + 3 + 100 { 3 } else { 2 };
+        let body = "x".repeat(len - 49 - digits);
+        let req = one(format!(
+            "POST /big HTTP/1.1\r\nHost: h\r\nContent-Length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes());
+        assert_eq!(req.request.raw.len(), len);
+        req
+    };
+    // 400 + 400 fit in 1000; the third 400 does not, the 100 behind it does (900), the
+    // last 400 does not.
+    let batch = [post(400), post(400), post(400), post(100), post(400)];
+    replayer.submit_all(&batch);
+    let s = replayer.snapshot().mirrors[0].clone();
+    assert_eq!(s.drop_count(DropReason::QueueFull), 2, "{s:?}");
+    assert_eq!(replayer.snapshot().captured, 5);
+    let s = replayer.shutdown(Duration::from_millis(50)).await.mirrors[0].clone();
+    assert!(s.balanced() && s.in_flight == 0, "{s:?}");
+}
+
 /// The kernel captures 50% of flows; a 50% mirror then takes every captured request and a 25%
 /// mirror half of them.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

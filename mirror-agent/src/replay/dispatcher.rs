@@ -395,17 +395,7 @@ impl<O: ReplayObserver> Dispatcher<O> {
     /// whose queue entry has left the caches: offered one at a time, each lock's release
     /// waited for the previous copy's stores to those cold lines; in one go they overlap.
     pub fn offer_all(&self, jobs: &mut Vec<Job<O::Flight>>) {
-        // Admission in order, copy after copy; the admitted keep their order at the front.
-        let mut admitted = 0;
-        for i in 0..jobs.len() {
-            if self.admit(&jobs[i]) {
-                // Moved only when a refused one is before it.
-                if admitted != i {
-                    jobs.swap(admitted, i);
-                }
-                admitted += 1;
-            }
-        }
+        let admitted = self.admit(jobs);
         for job in jobs.drain(admitted..) {
             self.tell
                 .resolve(job, Outcome::Dropped(DropReason::QueueFull));
@@ -448,23 +438,39 @@ impl<O: ReplayObserver> Dispatcher<O> {
         }
     }
 
-    /// Counts `job` into the queue's bounds, or leaves them as they were and returns false
-    /// (the queue is full in copies or in bytes).
-    fn admit(&self, job: &Job<O::Flight>) -> bool {
+    /// Counts the copies of `jobs` into the queue's bounds, in order, each as if offered alone:
+    /// one is refused when the queue is full in copies, or in bytes unless the queue is empty
+    /// (a single request larger than the bound must still be sendable). The admitted keep their
+    /// order at the front of `jobs`; returns how many. The bounds' counters move twice per
+    /// batch, not twice per copy: each atomic add waited for the earlier stores to cold lines.
+    /// Another thread offering at the same time sees the whole batch counted until the refused
+    /// are taken back, so it may refuse more, never admit past the bounds.
+    fn admit(&self, jobs: &mut [Job<O::Flight>]) -> usize {
         let q = &self.queue;
-        if q.len.fetch_add(1, Ordering::Relaxed) >= q.max_len {
-            q.len.fetch_sub(1, Ordering::Relaxed);
-            return false;
+        let total: u64 = jobs.iter().map(|j| j.copy.bytes.len() as u64).sum();
+        let len_before = q.len.fetch_add(jobs.len(), Ordering::Relaxed);
+        let mut queued_bytes = q.bytes.fetch_add(total, Ordering::Relaxed);
+        let mut room = q.max_len.saturating_sub(len_before);
+        let mut admitted = 0;
+        for i in 0..jobs.len() {
+            let len = jobs[i].copy.bytes.len() as u64;
+            let over_bytes = queued_bytes > 0 && queued_bytes + len > q.max_bytes;
+            if room == 0 || over_bytes {
+                continue;
+            }
+            room -= 1;
+            queued_bytes += len;
+            // Moved only when a refused one is before it.
+            if admitted != i {
+                jobs.swap(admitted, i);
+            }
+            admitted += 1;
         }
-        let len = job.copy.bytes.len() as u64;
-        let before = q.bytes.fetch_add(len, Ordering::Relaxed);
-        // Over the byte bound the copy is dropped, unless the queue is empty: a single request
-        // larger than the bound must still be sendable.
-        if before > 0 && before + len > q.max_bytes {
-            q.release(1, len as usize);
-            return false;
+        let refused_bytes: usize = jobs[admitted..].iter().map(|j| j.copy.bytes.len()).sum();
+        if admitted < jobs.len() {
+            q.release(jobs.len() - admitted, refused_bytes);
         }
-        true
+        admitted
     }
 
     /// Tells the observer of a copy that never reached the queue (not sampled, filtered, too

@@ -267,12 +267,14 @@ impl<O: ReplayObserver> Replayer<O> {
     /// filters, rewrites (or shares `raw` as is) and queues it, or counts why not and tells
     /// the observer.
     pub fn submit(&self, captured: &CapturedRequest) {
-        self.submit_all(std::iter::once(captured));
+        self.submit_all(std::slice::from_ref(captured));
     }
 
     /// [`Self::submit`] of each request, in order; each mirror queue takes its copies of all of
-    /// them under one lock (see [`Dispatcher::offer_all`]).
-    pub fn submit_all<'a>(&self, captured: impl IntoIterator<Item = &'a CapturedRequest>) {
+    /// them under one lock (see [`Dispatcher::offer_all`]). Counted in once for them all: an
+    /// atomic add per request waited for the pipeline's earlier stores to cold lines.
+    pub fn submit_all(&self, captured: &[CapturedRequest]) {
+        self.stats.on_submitted(captured.len());
         let mut staged = lock(&self.staged);
         for c in captured {
             self.stage(c, &mut staged);
@@ -289,7 +291,6 @@ impl<O: ReplayObserver> Replayer<O> {
     fn stage(&self, captured: &CapturedRequest, staged: &mut [Vec<Job<O::Flight>>]) {
         let req = &captured.request;
         let head = CopyHead::of(captured);
-        self.stats.on_submit();
         let closed = self.closed.load(Ordering::Relaxed);
         // Evaluated once, on first need.
         let mut verdict: Option<bool> = None;

@@ -317,8 +317,9 @@ impl ReplayStats {
             mirrors,
         }
     }
-    pub(crate) fn on_submit(&self) {
-        self.submitted.fetch_add(1, Relaxed);
+    /// `n` captured requests were offered to the mirrors.
+    pub(crate) fn on_submitted(&self, n: usize) {
+        self.submitted.fetch_add(n as u64, Relaxed);
     }
     pub fn snapshot(&self) -> ReplaySnapshot {
         ReplaySnapshot {
@@ -548,7 +549,7 @@ mod tests {
         let half = Arc::new(MirrorStats::new("app-v3".into(), 50.0, 0.5));
         let stats = ReplayStats::new(vec![full.clone(), half.clone()]);
         for _ in 0..4 {
-            stats.on_submit();
+            stats.on_submitted(1);
         }
         for _ in 0..3 {
             full.on_sent();

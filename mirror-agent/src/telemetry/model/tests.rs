@@ -31,7 +31,7 @@ fn replay_snapshot() -> ReplaySnapshot {
     a.on_grpc_status(0);
     a.on_grpc_status(14);
     for _ in 0..6 {
-        stats.on_submit();
+        stats.on_submitted(1);
     }
     for _ in 0..3 {
         a.on_sent();
