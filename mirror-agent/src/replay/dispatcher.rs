@@ -1,9 +1,9 @@
 //! One mirror's bounded queue and the task that drains it into the connection pool.
 //!
 //! Owns isolation and ordering. The capture side only ever calls [`Dispatcher::offer_all`],
-//! which never waits: a full queue is a counted drop. `max_connections` workers each own at most one
-//! connection and send one batch at a time under the per-request timeout, so a slow or dead
-//! mirror backs up only its own queue.
+//! which never waits: a full queue is a counted drop. `max_connections` workers each own at
+//! most one connection and send one batch at a time under the per-request timeout, so a slow or
+//! dead mirror backs up only its own queue.
 //!
 //! Ordering: the queue keeps one FIFO per client connection (flow), and a flow has at most one
 //! batch in flight. So the mirror receives a client connection's requests in the client's order,
@@ -466,9 +466,12 @@ impl<O: ReplayObserver> Dispatcher<O> {
             }
             admitted += 1;
         }
-        let refused_bytes: usize = jobs[admitted..].iter().map(|j| j.copy.bytes.len()).sum();
-        if admitted < jobs.len() {
-            q.release(jobs.len() - admitted, refused_bytes);
+        let refused = &jobs[admitted..];
+        if !refused.is_empty() {
+            q.release(
+                refused.len(),
+                refused.iter().map(|j| j.copy.bytes.len()).sum(),
+            );
         }
         admitted
     }
