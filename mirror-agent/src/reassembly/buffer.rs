@@ -36,45 +36,86 @@ pub(super) struct Overlap {
 }
 
 /// Sorted, non-overlapping pieces beyond the delivery point.
+///
+/// Empty, it is one null pointer: almost every stream delivers in order and never holds a
+/// piece, and every connection has two streams (the 10000-connection RSS of issue 17). The
+/// store is allocated at the first piece held and kept for the stream's life.
 #[derive(Debug, Default)]
 pub(super) struct OutOfOrder {
+    held: Option<Box<Held>>,
+}
+
+impl OutOfOrder {
+    pub fn is_empty(&self) -> bool {
+        self.held.as_ref().is_none_or(|h| h.pieces.is_empty())
+    }
+
+    /// Number of pieces held.
+    pub fn len(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.pieces.len())
+    }
+
+    /// Payload bytes held.
+    pub fn bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, |h| h.bytes)
+    }
+
+    /// Stream offset of the first piece.
+    pub fn front_start(&self) -> Option<u64> {
+        self.held.as_ref()?.pieces.front().map(|p| p.start)
+    }
+
+    /// Earliest capture time of any piece held: the time the oldest hole has been known.
+    pub fn oldest_ts(&mut self) -> Option<u64> {
+        self.held.as_mut()?.oldest_ts()
+    }
+
+    /// Stores `data` at `start`, keeping the bytes already held wherever the two overlap
+    /// (the first copy wins, as a receiving TCP keeps what it queued first).
+    pub fn insert(&mut self, start: u64, data: Bytes, ts_ns: u64) -> Overlap {
+        if data.is_empty() {
+            return Overlap::default();
+        }
+        self.held
+            .get_or_insert_with(Box::default)
+            .insert(start, data, ts_ns)
+    }
+
+    /// Removes and returns the first piece if it starts exactly at `offset`.
+    pub fn pop_front_at(&mut self, offset: u64) -> Option<Piece> {
+        self.held.as_mut()?.pop_front_at(offset)
+    }
+
+    /// Drops every byte at or beyond `limit`; returns how many were dropped.
+    pub fn truncate_from(&mut self, limit: u64) -> u64 {
+        self.held.as_mut().map_or(0, |h| h.truncate_from(limit))
+    }
+
+    /// Whether the store has been allocated (a piece was held at some point).
+    #[cfg(test)]
+    pub fn is_allocated(&self) -> bool {
+        self.held.is_some()
+    }
+}
+
+/// The pieces themselves, allocated at the first out-of-order segment.
+#[derive(Debug, Default)]
+struct Held {
     pieces: VecDeque<Piece>,
     bytes: usize,
     /// Earliest `ts_ns` among the pieces; `None` when empty or not yet recomputed after a removal.
     oldest_ts: Option<u64>,
 }
 
-impl OutOfOrder {
-    pub fn is_empty(&self) -> bool {
-        self.pieces.is_empty()
-    }
-
-    /// Number of pieces held.
-    pub fn len(&self) -> usize {
-        self.pieces.len()
-    }
-
-    /// Payload bytes held.
-    pub fn bytes(&self) -> usize {
-        self.bytes
-    }
-
-    /// Stream offset of the first piece.
-    pub fn front_start(&self) -> Option<u64> {
-        self.pieces.front().map(|p| p.start)
-    }
-
-    /// Earliest capture time of any piece held: the time the oldest hole has been known.
-    pub fn oldest_ts(&mut self) -> Option<u64> {
+impl Held {
+    fn oldest_ts(&mut self) -> Option<u64> {
         if self.oldest_ts.is_none() {
             self.oldest_ts = self.pieces.iter().map(|p| p.ts_ns).min();
         }
         self.oldest_ts
     }
 
-    /// Stores `data` at `start`, keeping the bytes already held wherever the two overlap
-    /// (the first copy wins, as a receiving TCP keeps what it queued first).
-    pub fn insert(&mut self, start: u64, data: Bytes, ts_ns: u64) -> Overlap {
+    fn insert(&mut self, start: u64, data: Bytes, ts_ns: u64) -> Overlap {
         let mut overlap = Overlap::default();
         let end = start + data.len() as u64;
         if data.is_empty() {
@@ -124,8 +165,7 @@ impl OutOfOrder {
         self.pieces.insert(at, piece);
     }
 
-    /// Removes and returns the first piece if it starts exactly at `offset`.
-    pub fn pop_front_at(&mut self, offset: u64) -> Option<Piece> {
+    fn pop_front_at(&mut self, offset: u64) -> Option<Piece> {
         if self.pieces.front()?.start != offset {
             return None;
         }
@@ -134,8 +174,7 @@ impl OutOfOrder {
         Some(piece)
     }
 
-    /// Drops every byte at or beyond `limit`; returns how many were dropped.
-    pub fn truncate_from(&mut self, limit: u64) -> u64 {
+    fn truncate_from(&mut self, limit: u64) -> u64 {
         let mut dropped = 0;
         while let Some(last) = self.pieces.back_mut() {
             if last.start >= limit {

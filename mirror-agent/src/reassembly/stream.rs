@@ -156,6 +156,12 @@ impl Stream {
         }
     }
 
+    /// Whether the out-of-order store was ever allocated (see [`OutOfOrder`]).
+    #[cfg(test)]
+    pub(super) fn out_of_order_allocated(&self) -> bool {
+        self.ooo.is_allocated()
+    }
+
     /// Sequence number of the stream's first data byte, once the stream has started.
     pub fn start_seq(&self) -> Option<u32> {
         (self.state != State::Idle).then_some(self.base_seq)
