@@ -139,15 +139,16 @@ pub fn run() -> anyhow::Result<()> {
             ],
         ),
     ];
-    // The agent wakes every 10 ms (periodic ring drain). On this kind of VM a process that wakes
-    // that often alone doubles wrk's loopback throughput (vCPU idle exits), which would credit
-    // the classifier with a speed-up; a waker of the same period runs in every mode to cancel it.
+    // The agent wakes every `DRAIN_INTERVAL` (periodic ring drain). On this kind of VM a process
+    // that wakes every 10 ms alone doubled wrk's loopback throughput (vCPU idle exits), which
+    // would credit the classifier with a speed-up; a waker of the same period runs in every mode
+    // to cancel it.
     let stop_waker = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let waker = {
         let stop = stop_waker.clone();
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(Duration::from_millis(10));
+                std::thread::sleep(mirror_agent::capture::ebpf::DRAIN_INTERVAL);
             }
         })
     };
