@@ -139,7 +139,7 @@ pub fn run() -> anyhow::Result<()> {
             ],
         ),
     ];
-    // The agent wakes every `DRAIN_INTERVAL` (periodic ring drain). On this kind of VM a process
+    // The agent wakes every `DRAIN_INTERVAL_MIN` at these rates (periodic ring drain). On this kind of VM a process
     // that wakes every 10 ms alone doubled wrk's loopback throughput (vCPU idle exits), which
     // would credit the classifier with a speed-up; a waker of the same period runs in every mode
     // to cancel it.
@@ -148,7 +148,7 @@ pub fn run() -> anyhow::Result<()> {
         let stop = stop_waker.clone();
         std::thread::spawn(move || {
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                std::thread::sleep(mirror_agent::capture::ebpf::DRAIN_INTERVAL);
+                std::thread::sleep(mirror_agent::capture::ebpf::DRAIN_INTERVAL_MIN);
             }
         })
     };

@@ -167,17 +167,36 @@ pub fn has_object() -> bool {
 
 /// Most records read by one [`LiveCapture::read_in_place`].
 pub const MAX_BATCH: usize = 1024;
-/// Period of the userspace drain: records submitted without a wakeup wait at most this long
-/// (the kernel wakes the reader sooner only when [`LiveConfig::wakeup_bytes`] are queued).
+/// Shortest period of the userspace drain: records submitted without a wakeup wait at most
+/// [`DRAIN_INTERVAL_MAX`] (the kernel wakes the reader sooner only when
+/// [`LiveConfig::wakeup_bytes`] are queued), and as little as this when traffic is heavy.
+pub const DRAIN_INTERVAL_MIN: Duration = Duration::from_millis(10);
+/// Longest period of the userspace drain (see [`drain_period`]).
+pub const DRAIN_INTERVAL_MAX: Duration = Duration::from_millis(30);
+/// Records a drain aims at: the period is the time the last cycle's rate takes to bring them.
+const DRAIN_TARGET_RECORDS: usize = MAX_BATCH;
+
+/// The period of the next drain, after `records` were read in the `elapsed` time since the
+/// previous wait: as long as the observed rate takes to bring [`DRAIN_TARGET_RECORDS`], within
+/// [`DRAIN_INTERVAL_MIN`]..=[`DRAIN_INTERVAL_MAX`].
 ///
-/// Each drain costs the agent about 90 us beyond its records (the wake-up on caches other
-/// work used in between, the writes and reads of the mirror connections it sets off), so at
-/// moderate request rates the period sets the agent's CPU per request: measured at 3500
-/// mirrored requests a second, 4.5 us per request with 10 ms, 2.8 us with 30 ms, 2.4 us with
-/// 50 ms; at 17000 a second 2.1 us with 10 ms, 1.7 us with 30 ms (BENCHMARKS.md, "Drain
-/// period"). 30 ms keeps a copy's extra delay on its way to the mirrors well under what a
-/// mirror's own latency varies by, and the ring holds the drain's records many times over.
-pub const DRAIN_INTERVAL: Duration = Duration::from_millis(30);
+/// Each drain costs the agent about 90 us beyond its records (the wake-up on caches other work
+/// used in between, the write to the mirror connections it feeds and the read of their answers),
+/// so at moderate rates a longer period saves most of the agent's CPU: at 3500 mirrored requests
+/// a second 4.5 us per request with 10 ms, 2.8 us with 30 ms, 2.4 us with 50 ms (BENCHMARKS.md,
+/// "Drain period"). At high rates a long period makes bursts: 30 ms at 120k req/s is 3600
+/// copies for each mirror at once, and with the agent and a mirror sharing a CPU the mirror
+/// queue (4096 copies) overflowed; there the drains stay 10 ms apart as before (1200 records).
+/// 30 ms keeps a copy's extra delay on its way to the mirrors well under what a mirror's own
+/// latency varies by.
+fn drain_period(records: usize, elapsed: Duration) -> Duration {
+    if records == 0 {
+        return DRAIN_INTERVAL_MAX;
+    }
+    elapsed
+        .mul_f64(DRAIN_TARGET_RECORDS as f64 / records as f64)
+        .clamp(DRAIN_INTERVAL_MIN, DRAIN_INTERVAL_MAX)
+}
 
 /// Programs loaded, configured and attached; the ring buffer not read yet. Made without a
 /// tokio runtime, so the agent can attach (the part that needs privileges) before any other
@@ -237,6 +256,10 @@ pub struct LiveCapture {
     tls: Option<tls::TlsReader>,
     /// `--tls follow`: libssl files found later, to attach ([`Self::follow_tls`]).
     tls_follower: Option<tls_follow::TlsFollower>,
+    /// Records read since the last [`Self::wait`] began, and when it began: the rate that sets
+    /// the next drain period ([`drain_period`]).
+    read_since_wait: usize,
+    last_wait: tokio::time::Instant,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -499,6 +522,8 @@ impl AttachedCapture {
             patterns,
             monitor,
             body_skip: self.body_skip,
+            read_since_wait: 0,
+            last_wait: tokio::time::Instant::now(),
             ebpf: self.ebpf,
         })
     }
@@ -597,7 +622,7 @@ impl LiveCapture {
     /// [`Self::read_in_place`]); this is for callers that keep the segments.
     ///
     /// The kernel wakes the reader only when enough bytes are queued; the rest is picked up by a
-    /// drain every [`DRAIN_INTERVAL`], so the wait is bounded. Never returns an empty batch.
+    /// drain every [`drain_period`], so the wait is bounded. Never returns an empty batch.
     pub async fn next_batch(&mut self) -> Result<Vec<Segment>, CaptureError> {
         let mut out = Vec::new();
         loop {
@@ -609,9 +634,14 @@ impl LiveCapture {
         }
     }
 
-    /// Waits until the kernel wakes the reader (enough bytes queued) or a drain period passes,
-    /// whichever comes first; then [`Self::read_in_place`] takes what is there.
+    /// Waits until the kernel wakes the reader (enough bytes queued) or a drain period passes
+    /// ([`drain_period`] of the records read since the last wait), whichever comes first; then
+    /// [`Self::read_in_place`] takes what is there.
     pub async fn wait(&mut self) -> Result<(), CaptureError> {
+        let now = tokio::time::Instant::now();
+        let period = drain_period(self.read_since_wait, now - self.last_wait);
+        self.read_since_wait = 0;
+        self.last_wait = now;
         let tls = async {
             match &mut self.tls {
                 Some(t) => t.readable().await,
@@ -632,7 +662,7 @@ impl LiveCapture {
                 })?;
                 guard.clear_ready();
             }
-            _ = tokio::time::sleep(DRAIN_INTERVAL) => {}
+            _ = tokio::time::sleep(period) => {}
         }
         Ok(())
     }
@@ -664,6 +694,7 @@ impl LiveCapture {
             }
             read += 1;
         }
+        self.read_since_wait += n + read;
         n + read
     }
 
@@ -823,4 +854,27 @@ where
 {
     let map = ebpf.take_map(name).ok_or(CaptureError::Missing(name))?;
     T::try_from(map).map_err(|source| CaptureError::Map { name, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::{DRAIN_INTERVAL_MAX, DRAIN_INTERVAL_MIN, drain_period};
+
+    #[test]
+    fn the_drain_period_brings_a_batch_at_the_rate_seen_within_its_bounds() {
+        let ms = Duration::from_millis;
+        // Nothing read: the longest period.
+        assert_eq!(drain_period(0, ms(30)), DRAIN_INTERVAL_MAX);
+        // 3500 records a second: a batch would take 290 ms; capped.
+        assert_eq!(drain_period(105, ms(30)), DRAIN_INTERVAL_MAX);
+        // 51200 records a second: 1024 records take 20 ms.
+        assert_eq!(drain_period(1024, ms(20)), ms(20));
+        // 121000 records a second: 8.5 ms, raised to the shortest period (bursts stay the
+        // size they were with a fixed 10 ms).
+        assert_eq!(drain_period(1210, ms(10)), DRAIN_INTERVAL_MIN);
+        // A cycle that read several batches in a row (a backlog) keeps the shortest period.
+        assert_eq!(drain_period(8192, ms(12)), DRAIN_INTERVAL_MIN);
+    }
 }
