@@ -198,6 +198,42 @@ fn drain_period(records: usize, elapsed: Duration) -> Duration {
         .clamp(DRAIN_INTERVAL_MIN, DRAIN_INTERVAL_MAX)
 }
 
+/// The drain period as traffic goes: counts the records read in the current cycle (from one
+/// wait to the next) and turns the cycle's rate into the next period ([`drain_period`]).
+#[derive(Debug)]
+struct DrainClock {
+    cycle_start: tokio::time::Instant,
+    records: usize,
+    period: Duration,
+}
+
+impl DrainClock {
+    fn new(now: tokio::time::Instant) -> Self {
+        Self {
+            cycle_start: now,
+            records: 0,
+            period: DRAIN_INTERVAL_MAX,
+        }
+    }
+
+    fn on_read(&mut self, records: usize) {
+        self.records += records;
+    }
+
+    /// The period of a wait starting `now`. A wait that another event cut short before its
+    /// period, with nothing read since, did not end the cycle: its period stands (else each
+    /// tick of the caller's would restart the longest period, a burst at a high rate).
+    fn next_period(&mut self, now: tokio::time::Instant) -> Duration {
+        let elapsed = now - self.cycle_start;
+        if self.records > 0 || elapsed >= self.period {
+            self.period = drain_period(self.records, elapsed);
+            self.records = 0;
+            self.cycle_start = now;
+        }
+        self.period
+    }
+}
+
 /// Programs loaded, configured and attached; the ring buffer not read yet. Made without a
 /// tokio runtime, so the agent can attach (the part that needs privileges) before any other
 /// thread exists, then give the privileges up ([`crate::privileges`]) and start reading.
@@ -256,10 +292,8 @@ pub struct LiveCapture {
     tls: Option<tls::TlsReader>,
     /// `--tls follow`: libssl files found later, to attach ([`Self::follow_tls`]).
     tls_follower: Option<tls_follow::TlsFollower>,
-    /// Records read since the last [`Self::wait`] began, and when it began: the rate that sets
-    /// the next drain period ([`drain_period`]).
-    read_since_wait: usize,
-    last_wait: tokio::time::Instant,
+    /// The records read per cycle, which set the drain period.
+    drain: DrainClock,
     // Last field: dropped after the maps, detaching the programs (TCX and cgroup links close
     // with it).
     ebpf: Ebpf,
@@ -522,8 +556,7 @@ impl AttachedCapture {
             patterns,
             monitor,
             body_skip: self.body_skip,
-            read_since_wait: 0,
-            last_wait: tokio::time::Instant::now(),
+            drain: DrainClock::new(tokio::time::Instant::now()),
             ebpf: self.ebpf,
         })
     }
@@ -635,13 +668,10 @@ impl LiveCapture {
     }
 
     /// Waits until the kernel wakes the reader (enough bytes queued) or a drain period passes
-    /// ([`drain_period`] of the records read since the last wait), whichever comes first; then
+    /// ([`DrainClock::next_period`]), whichever comes first; then
     /// [`Self::read_in_place`] takes what is there.
     pub async fn wait(&mut self) -> Result<(), CaptureError> {
-        let now = tokio::time::Instant::now();
-        let period = drain_period(self.read_since_wait, now - self.last_wait);
-        self.read_since_wait = 0;
-        self.last_wait = now;
+        let period = self.drain.next_period(tokio::time::Instant::now());
         let tls = async {
             match &mut self.tls {
                 Some(t) => t.readable().await,
@@ -694,7 +724,7 @@ impl LiveCapture {
             }
             read += 1;
         }
-        self.read_since_wait += n + read;
+        self.drain.on_read(n + read);
         n + read
     }
 
@@ -860,7 +890,7 @@ where
 mod tests {
     use std::time::Duration;
 
-    use super::{DRAIN_INTERVAL_MAX, DRAIN_INTERVAL_MIN, drain_period};
+    use super::{DRAIN_INTERVAL_MAX, DRAIN_INTERVAL_MIN, DrainClock, drain_period};
 
     #[test]
     fn the_drain_period_brings_a_batch_at_the_rate_seen_within_its_bounds() {
@@ -876,5 +906,23 @@ mod tests {
         assert_eq!(drain_period(1210, ms(10)), DRAIN_INTERVAL_MIN);
         // A cycle that read several batches in a row (a backlog) keeps the shortest period.
         assert_eq!(drain_period(8192, ms(12)), DRAIN_INTERVAL_MIN);
+    }
+
+    #[test]
+    fn a_wait_cut_short_with_nothing_read_keeps_the_cycle_and_its_period() {
+        let ms = Duration::from_millis;
+        let t0 = tokio::time::Instant::now();
+        let mut clock = DrainClock::new(t0);
+        assert_eq!(clock.next_period(t0), DRAIN_INTERVAL_MAX, "no traffic yet");
+        // 1500 records in 12 ms (125k a second): the shortest period.
+        clock.on_read(1500);
+        assert_eq!(clock.next_period(t0 + ms(12)), DRAIN_INTERVAL_MIN);
+        // A tick 3 ms into that wait, nothing read: the same cycle, the same period.
+        assert_eq!(clock.next_period(t0 + ms(15)), DRAIN_INTERVAL_MIN);
+        // The cycle ends 13 ms after it began with 1500 records: still the shortest.
+        clock.on_read(1500);
+        assert_eq!(clock.next_period(t0 + ms(25)), DRAIN_INTERVAL_MIN);
+        // Traffic stops: a whole period with nothing read ends the cycle, the longest period.
+        assert_eq!(clock.next_period(t0 + ms(36)), DRAIN_INTERVAL_MAX);
     }
 }
