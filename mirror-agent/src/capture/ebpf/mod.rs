@@ -222,7 +222,8 @@ impl DrainClock {
 
     /// The period of a wait starting `now`. A wait that another event cut short before its
     /// period, with nothing read since, did not end the cycle: its period stands (else each
-    /// tick of the caller's would restart the longest period, a burst at a high rate).
+    /// tick of the caller's would restart the longest period, a burst at a high rate). The new
+    /// wait still sleeps a whole period, so that one drain comes up to a period late.
     fn next_period(&mut self, now: tokio::time::Instant) -> Duration {
         let elapsed = now - self.cycle_start;
         if self.records > 0 || elapsed >= self.period {
