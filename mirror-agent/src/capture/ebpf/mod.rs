@@ -220,18 +220,18 @@ impl DrainClock {
         self.records += records;
     }
 
-    /// The period of a wait starting `now`. A wait that another event cut short before its
-    /// period, with nothing read since, did not end the cycle: its period stands (else each
-    /// tick of the caller's would restart the longest period, a burst at a high rate). The new
-    /// wait still sleeps a whole period, so that one drain comes up to a period late.
-    fn next_period(&mut self, now: tokio::time::Instant) -> Duration {
+    /// When a wait starting `now` ends at the latest. A wait that another event cut short
+    /// before its period, with nothing read since, did not end the cycle: the cycle's deadline
+    /// stands (restarting it would make each tick of the caller's delay the drain by up to a
+    /// period, and at a high rate turn the next drain into a burst).
+    fn deadline(&mut self, now: tokio::time::Instant) -> tokio::time::Instant {
         let elapsed = now - self.cycle_start;
         if self.records > 0 || elapsed >= self.period {
             self.period = drain_period(self.records, elapsed);
             self.records = 0;
             self.cycle_start = now;
         }
-        self.period
+        self.cycle_start + self.period
     }
 }
 
@@ -669,10 +669,10 @@ impl LiveCapture {
     }
 
     /// Waits until the kernel wakes the reader (enough bytes queued) or a drain period passes
-    /// ([`DrainClock::next_period`]), whichever comes first; then
+    /// ([`DrainClock::deadline`]), whichever comes first; then
     /// [`Self::read_in_place`] takes what is there.
     pub async fn wait(&mut self) -> Result<(), CaptureError> {
-        let period = self.drain.next_period(tokio::time::Instant::now());
+        let deadline = self.drain.deadline(tokio::time::Instant::now());
         let tls = async {
             match &mut self.tls {
                 Some(t) => t.readable().await,
@@ -693,7 +693,7 @@ impl LiveCapture {
                 })?;
                 guard.clear_ready();
             }
-            _ = tokio::time::sleep(period) => {}
+            _ = tokio::time::sleep_until(deadline) => {}
         }
         Ok(())
     }
@@ -910,20 +910,33 @@ mod tests {
     }
 
     #[test]
-    fn a_wait_cut_short_with_nothing_read_keeps_the_cycle_and_its_period() {
+    fn a_wait_cut_short_with_nothing_read_keeps_the_cycle_and_its_deadline() {
         let ms = Duration::from_millis;
         let t0 = tokio::time::Instant::now();
         let mut clock = DrainClock::new(t0);
-        assert_eq!(clock.next_period(t0), DRAIN_INTERVAL_MAX, "no traffic yet");
-        // 1500 records in 12 ms (125k a second): the shortest period.
+        assert_eq!(
+            clock.deadline(t0),
+            t0 + DRAIN_INTERVAL_MAX,
+            "no traffic yet"
+        );
+        // 1500 records in 12 ms (125k a second): the shortest period, from now.
         clock.on_read(1500);
-        assert_eq!(clock.next_period(t0 + ms(12)), DRAIN_INTERVAL_MIN);
-        // A tick 3 ms into that wait, nothing read: the same cycle, the same period.
-        assert_eq!(clock.next_period(t0 + ms(15)), DRAIN_INTERVAL_MIN);
+        assert_eq!(
+            clock.deadline(t0 + ms(12)),
+            t0 + ms(12) + DRAIN_INTERVAL_MIN
+        );
+        // A tick 3 ms into that wait, nothing read: the same cycle, the same deadline (not a
+        // whole period from the tick).
+        assert_eq!(clock.deadline(t0 + ms(15)), t0 + ms(22));
         // The cycle ends 13 ms after it began with 1500 records: still the shortest.
         clock.on_read(1500);
-        assert_eq!(clock.next_period(t0 + ms(25)), DRAIN_INTERVAL_MIN);
+        assert_eq!(clock.deadline(t0 + ms(25)), t0 + ms(35));
         // Traffic stops: a whole period with nothing read ends the cycle, the longest period.
-        assert_eq!(clock.next_period(t0 + ms(36)), DRAIN_INTERVAL_MAX);
+        assert_eq!(
+            clock.deadline(t0 + ms(36)),
+            t0 + ms(36) + DRAIN_INTERVAL_MAX
+        );
+        // Ticks during that idle wait keep its deadline.
+        assert_eq!(clock.deadline(t0 + ms(50)), t0 + ms(66));
     }
 }
