@@ -198,8 +198,9 @@ fn drain_period(records: usize, elapsed: Duration) -> Duration {
         .clamp(DRAIN_INTERVAL_MIN, DRAIN_INTERVAL_MAX)
 }
 
-/// The drain period as traffic goes: counts the records read in the current cycle (from one
-/// wait to the next) and turns the cycle's rate into the next period ([`drain_period`]).
+/// The drain period as traffic goes: counts the records read in the current cycle (which a
+/// read ends, see [`Self::deadline`]) and turns the cycle's rate into the next period
+/// ([`drain_period`]).
 #[derive(Debug)]
 struct DrainClock {
     cycle_start: tokio::time::Instant,
