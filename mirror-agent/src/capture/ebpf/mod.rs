@@ -169,7 +169,8 @@ pub fn has_object() -> bool {
 pub const MAX_BATCH: usize = 1024;
 /// Shortest period of the userspace drain: records submitted without a wakeup wait at most
 /// [`DRAIN_INTERVAL_MAX`] (the kernel wakes the reader sooner only when
-/// [`LiveConfig::wakeup_bytes`] are queued), and as little as this when traffic is heavy.
+/// [`LiveConfig::wakeup_bytes`] are queued), and as little as this when traffic is heavy or
+/// after a cycle that read nothing.
 pub const DRAIN_INTERVAL_MIN: Duration = Duration::from_millis(10);
 /// Longest period of the userspace drain (see [`drain_period`]).
 pub const DRAIN_INTERVAL_MAX: Duration = Duration::from_millis(30);
@@ -189,9 +190,15 @@ const DRAIN_TARGET_RECORDS: usize = MAX_BATCH;
 /// queue (4096 copies) overflowed; there the drains stay 10 ms apart as before (1200 records).
 /// 30 ms keeps a copy's extra delay on its way to the mirrors well under what a mirror's own
 /// latency varies by.
+///
+/// A cycle that read nothing says nothing of the rate to come: the next records may be the start
+/// of a burst (a quiet spell ending, a load test starting), and a long wait would hand them over
+/// in one drain (30 ms at 130-170k req/s is 4000-5000 copies for each mirror, more than a mirror
+/// queue holds: seen as `queue full` at the start of bench runs). So nothing read means the
+/// shortest period; an idle drain costs only a wake-up and an empty read.
 fn drain_period(records: usize, elapsed: Duration) -> Duration {
     if records == 0 {
-        return DRAIN_INTERVAL_MAX;
+        return DRAIN_INTERVAL_MIN;
     }
     elapsed
         .mul_f64(DRAIN_TARGET_RECORDS as f64 / records as f64)
@@ -216,7 +223,7 @@ impl DrainClock {
             cycle_start: now,
             records: 0,
             read: false,
-            period: DRAIN_INTERVAL_MAX,
+            period: DRAIN_INTERVAL_MIN,
         }
     }
 
@@ -227,7 +234,7 @@ impl DrainClock {
 
     /// When a wait starting `now` ends at the latest. A cycle ends with a read: one that
     /// brought records (their rate sets the next period), or one that found the ring empty
-    /// after the period was over (no traffic: the longest period). A wait that another event
+    /// after the period was over (no traffic: see [`drain_period`]). A wait that another event
     /// (one of the caller's ticks) cut short before any read did not end the cycle, even when
     /// its deadline has passed meanwhile: the deadline stands, and a deadline in the past ends
     /// the next wait at once. Restarting the period there instead delayed the drain by up to a
@@ -907,8 +914,8 @@ mod tests {
     #[test]
     fn the_drain_period_brings_a_batch_at_the_rate_seen_within_its_bounds() {
         let ms = Duration::from_millis;
-        // Nothing read: the longest period.
-        assert_eq!(drain_period(0, ms(30)), DRAIN_INTERVAL_MAX);
+        // Nothing read: no rate to go by, and the next records may be a burst's first.
+        assert_eq!(drain_period(0, ms(30)), DRAIN_INTERVAL_MIN);
         // 3500 records a second: a batch would take 290 ms; capped.
         assert_eq!(drain_period(105, ms(30)), DRAIN_INTERVAL_MAX);
         // 51200 records a second: 1024 records take 20 ms.
@@ -927,38 +934,34 @@ mod tests {
         let mut clock = DrainClock::new(t0);
         assert_eq!(
             clock.deadline(t0),
-            t0 + DRAIN_INTERVAL_MAX,
-            "no traffic yet"
+            t0 + DRAIN_INTERVAL_MIN,
+            "no traffic yet: the shortest period"
         );
-        // 1500 records in 12 ms (125k a second): the shortest period, from now.
-        clock.on_read(1500);
-        assert_eq!(
-            clock.deadline(t0 + ms(12)),
-            t0 + ms(12) + DRAIN_INTERVAL_MIN
-        );
-        // A tick 3 ms into that wait: the same cycle, the same deadline (not a whole period
+        // 300 records in 10 ms (30k a second): a batch would take 34 ms, so the longest
+        // period, from now.
+        clock.on_read(300);
+        assert_eq!(clock.deadline(t0 + ms(10)), t0 + ms(40));
+        // A tick 5 ms into that wait: the same cycle, the same deadline (not a whole period
         // from the tick).
-        assert_eq!(clock.deadline(t0 + ms(15)), t0 + ms(22));
+        assert_eq!(clock.deadline(t0 + ms(15)), t0 + ms(40));
         // A tick after the deadline, before the read the deadline was due to bring: still the
-        // same cycle (not an idle one, which would wait the longest period at full rate); the
-        // deadline has passed, so the next wait ends at once.
-        assert_eq!(clock.deadline(t0 + ms(23)), t0 + ms(22));
-        // The read brings the cycle's records; the cycle ended 13 ms after it began with 1500
-        // records: still the shortest.
-        clock.on_read(1500);
-        assert_eq!(clock.deadline(t0 + ms(25)), t0 + ms(35));
+        // same cycle, not an idle one; the deadline has passed, so the next wait ends at once.
+        assert_eq!(clock.deadline(t0 + ms(41)), t0 + ms(40));
+        // The read brings the cycle's records: 900 in 32 ms, the longest period again.
+        clock.on_read(900);
+        assert_eq!(clock.deadline(t0 + ms(42)), t0 + ms(72));
         // A read that finds the ring empty before the period is over (a wake-up for the other
-        // ring) does not end the cycle either.
+        // ring) does not end the cycle.
         clock.on_read(0);
-        assert_eq!(clock.deadline(t0 + ms(27)), t0 + ms(35));
+        assert_eq!(clock.deadline(t0 + ms(50)), t0 + ms(72));
         // Traffic stops: a read that finds nothing once the period is over ends the cycle,
-        // the longest period.
+        // and an idle cycle is followed by the shortest period.
         clock.on_read(0);
         assert_eq!(
-            clock.deadline(t0 + ms(36)),
-            t0 + ms(36) + DRAIN_INTERVAL_MAX
+            clock.deadline(t0 + ms(73)),
+            t0 + ms(73) + DRAIN_INTERVAL_MIN
         );
         // Ticks during that idle wait keep its deadline.
-        assert_eq!(clock.deadline(t0 + ms(50)), t0 + ms(66));
+        assert_eq!(clock.deadline(t0 + ms(75)), t0 + ms(83));
     }
 }
