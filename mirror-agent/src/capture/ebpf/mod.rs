@@ -177,8 +177,8 @@ pub const DRAIN_INTERVAL_MAX: Duration = Duration::from_millis(30);
 /// Records a drain aims at: the period is the time the last cycle's rate takes to bring them.
 const DRAIN_TARGET_RECORDS: usize = MAX_BATCH;
 
-/// The period of the next drain, after `records` were read in the `elapsed` time since the
-/// previous wait: as long as the observed rate takes to bring [`DRAIN_TARGET_RECORDS`], within
+/// The period of the next drain, after a cycle that read `records` in `elapsed` (see
+/// [`DrainClock`]): as long as the observed rate takes to bring [`DRAIN_TARGET_RECORDS`], within
 /// [`DRAIN_INTERVAL_MIN`]..=[`DRAIN_INTERVAL_MAX`].
 ///
 /// Each drain costs the agent about 90 us beyond its records (the wake-up on caches other work
