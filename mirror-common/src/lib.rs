@@ -319,7 +319,8 @@ pub mod port_state {
 pub mod config {
     /// Share of flows to capture, in basis points (0..=10000).
     pub const SAMPLE_BASIS_POINTS: u32 = 0;
-    /// Bytes queued in the ring buffer above which a record forces a wakeup of the reader.
+    /// A record that makes the bytes queued in the ring buffer cross a multiple of this (a
+    /// power of two) forces a wakeup of the reader.
     pub const WAKEUP_BYTES: u32 = 1;
     /// Seed mixed into the flow hash, so that two agents do not sample the same flows.
     pub const HASH_SEED: u32 = 2;
@@ -332,7 +333,13 @@ pub mod config {
     /// connection's (every socket of a captured port established since is noted): counted
     /// `OTHER`, not copied.
     pub const TLS_OPEN_BEFORE: u32 = 4;
-    pub const LEN: u32 = 5;
+    /// 1: records are stamped with `bpf_ktime_get_ns` (an output shows the stamps: `--compare`'s
+    /// primary latency, `--record`, `--write-pcap`). 0: with `bpf_ktime_get_coarse_ns`, the
+    /// time of the last timer tick (up to 1/HZ behind, 4 ms at HZ=250), which costs a memory
+    /// read instead of a clock read (~50 ns a packet under load on a VM, a sixth of the
+    /// classifier's time there).
+    pub const PRECISE_CLOCK: u32 = 5;
+    pub const LEN: u32 = 6;
 }
 
 /// Indices into the per-CPU `MIRROR_COUNTERS` array of `u64`.
@@ -429,7 +436,8 @@ pub mod record_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordHeader {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the classifier ran.
+    /// CLOCK_MONOTONIC when the classifier ran: precise, or up to a timer tick behind
+    /// (see [`config::PRECISE_CLOCK`]).
     pub ts_ns: u64,
     pub saddr: [u8; 16],
     pub daddr: [u8; 16],
@@ -567,6 +575,14 @@ pub fn sampled(hash: u64, basis_points: u64) -> bool {
     hash % 10000 < basis_points
 }
 
+/// Whether the ring's queued bytes going from `before` to `after` (more) crossed a multiple of
+/// `step`, a power of two ([`config::WAKEUP_BYTES`]): the two then differ in a bit at or above
+/// the step's. No division: it runs per captured packet.
+#[inline(always)]
+pub fn crosses_step(before: u64, after: u64, step: u64) -> bool {
+    before ^ after >= step
+}
+
 #[cfg(feature = "user")]
 mod pod {
     // SAFETY: repr(C), made only of integers and byte arrays, with no padding (the size assert
@@ -619,6 +635,30 @@ mod tests {
             direction: direction::INGRESS,
             flags,
             _pad: [0; 2],
+        }
+    }
+
+    #[test]
+    fn a_wakeup_step_is_crossed_once_per_multiple() {
+        let step = 1 << 20;
+        assert!(!crosses_step(0, 500, step));
+        assert!(!crosses_step(step - 600, step - 100, step));
+        assert!(crosses_step(step - 100, step + 200, step));
+        assert!(crosses_step(step - 100, step, step), "reaching the multiple is crossing it");
+        // Above the step, only the next multiple wakes again: not every record.
+        assert!(!crosses_step(step, step + 300, step));
+        assert!(!crosses_step(step + 300, 2 * step - 1, step));
+        assert!(crosses_step(2 * step - 1, 2 * step + 335, step));
+        // Against division, over many sizes and positions.
+        for before in (0..5 * step).step_by(4099) {
+            for size in [8, 336, 4096, 70_000] {
+                let after = before + size;
+                assert_eq!(
+                    crosses_step(before, after, step),
+                    before / step != after / step,
+                    "{before} + {size}"
+                );
+            }
         }
     }
 

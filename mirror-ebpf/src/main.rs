@@ -47,7 +47,9 @@ mod tls;
 
 use aya_ebpf::{
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP, TC_ACT_PIPE},
-    helpers::{bpf_get_smp_processor_id, bpf_ktime_get_ns, bpf_skb_load_bytes},
+    helpers::{
+        bpf_get_smp_processor_id, bpf_ktime_get_coarse_ns, bpf_ktime_get_ns, bpf_skb_load_bytes,
+    },
     macros::{cgroup_skb, classifier, map},
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
     programs::{SkBuffContext, TcContext, sk_buff::SkBuff},
@@ -55,8 +57,8 @@ use aya_ebpf::{
 use mirror_common::{
     EndpointKey, FlowKey, HEADER_LEN, IFACE_ENTRIES, IFACE_SLOTS, IGNORE_ENTRIES,
     IGNORE_PORT_WORDS, MAX_CHUNKS, MAX_PAYLOAD, PORT_SLOTS, RecordHeader, SIZE_CLASSES,
-    SKIP_ENTRIES, config, counter, direction, flow_hash, ignore_port_bit, port_state, record_flags,
-    sampled,
+    SKIP_ENTRIES, config, counter, crosses_step, direction, flow_hash, ignore_port_bit, port_state,
+    record_flags, sampled,
 };
 
 use crate::parse::Packet;
@@ -410,7 +412,7 @@ fn skip_body(pkt: &Packet, hook: Hook) -> bool {
     let mut hdr = header(pkt, hook);
     hdr.flags = record_flags::SKIPPED;
     if MIRROR_RING
-        .output::<RecordHeader>(&hdr, wakeup_flags(HEADER_LEN as u64))
+        .output::<RecordHeader>(&hdr, wakeup_flags(HEADER_LEN as u64, false))
         .is_err()
     {
         lost(hook, Lost::RingFull, 0, 1);
@@ -488,9 +490,16 @@ fn plan(pkt: &Packet, hook: Hook) -> Plan {
 /// The record header of `pkt`, before chunking (`captured_len`, `chunk_offset`, `flags` 0).
 #[inline(always)]
 fn header(pkt: &Packet, hook: Hook) -> RecordHeader {
+    // SAFETY: helpers without arguments.
+    let ts_ns = unsafe {
+        if setting(config::PRECISE_CLOCK) != 0 {
+            bpf_ktime_get_ns()
+        } else {
+            bpf_ktime_get_coarse_ns()
+        }
+    };
     RecordHeader {
-        // SAFETY: helper without arguments.
-        ts_ns: unsafe { bpf_ktime_get_ns() },
+        ts_ns,
         saddr: pkt.saddr,
         daddr: pkt.daddr,
         sport: pkt.sport,
@@ -532,13 +541,23 @@ fn lost(hook: Hook, why: Lost, index: u32, chunks: u32) {
     hook.count(counter::CHUNKS_LOST, chunks.saturating_sub(index) as u64);
 }
 
-/// Submit flags. Batched wakeups: waking the reader per record costs ~2.5 us per packet; wake it
-/// only when enough is queued (reserved space counts as queued), userspace drains periodically
-/// for the rest.
+/// Submit flags for a record of `size` ring bytes, `reserved` when its space is already
+/// queued (reserve path) rather than about to be (`output`). Batched wakeups: waking the reader
+/// per record costs ~2.5 us per packet; userspace drains periodically, and the kernel wakes it
+/// early when the queue grows past a multiple of `config::WAKEUP_BYTES` (a power of two):
+/// once per crossing, not on every record above it, since a wakeup raises an interrupt on this
+/// CPU (the primary's) and a late reader would otherwise cost one per packet until it drains.
+/// Two CPUs adding at once may both miss a crossing; the next multiple, or the periodic drain,
+/// catches it.
 #[inline(always)]
-fn wakeup_flags(adding: u64) -> u64 {
+fn wakeup_flags(size: u64, reserved: bool) -> u64 {
     let queued = MIRROR_RING.query(BPF_RB_AVAIL_DATA as u64);
-    if queued + adding >= setting(config::WAKEUP_BYTES) {
+    let (before, after) = if reserved {
+        (queued.saturating_sub(size), queued)
+    } else {
+        (queued, queued + size)
+    };
+    if crosses_step(before, after, setting(config::WAKEUP_BYTES)) {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         BPF_RB_NO_WAKEUP as u64
@@ -638,7 +657,8 @@ fn reserve_chunk<const N: usize>(skb: &SkBuff, hdr: &RecordHeader, len: u32) -> 
             return Err(Lost::LoadError);
         }
     }
-    entry.submit(wakeup_flags(0));
+    // The ring's space for it: the record and the ring's 8-byte header.
+    entry.submit(wakeup_flags(core::mem::size_of::<Chunk<N>>() as u64 + 8, true));
     Ok(())
 }
 
@@ -708,7 +728,7 @@ fn emit_scratch(skb: &SkBuff, pkt: &Packet, hook: Hook) {
         let bytes =
             unsafe { core::slice::from_raw_parts(scratch as *const Scratch as *const u8, size) };
         if MIRROR_RING
-            .output::<[u8]>(bytes, wakeup_flags(size as u64))
+            .output::<[u8]>(bytes, wakeup_flags(size as u64, false))
             .is_err()
         {
             lost(hook, Lost::RingFull, index, plan.chunks);

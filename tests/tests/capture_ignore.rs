@@ -69,6 +69,7 @@ fn with_capture<T: Send>(
     let cfg = LiveConfig {
         target: Target::Interfaces(vec![topo.server_if.clone()]),
         skip_bodies: false,
+        precise_clock: true,
         tls: Default::default(),
         tls_follow: false,
         tls_open_wait: None,

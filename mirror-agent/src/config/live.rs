@@ -35,6 +35,9 @@ pub struct LiveSettings {
     /// The pipeline omits some bodies and no output needs the raw packets: capture may skip
     /// them too (set by `Settings`).
     pub skip_bodies: bool,
+    /// An output shows the capture stamps: the kernel reads the precise clock (set by
+    /// `Settings`).
+    pub precise_clock: bool,
     /// `--tls` and `--tls-binary`.
     pub tls: TlsSetting,
     /// `--tls follow`: libssl files of listeners that appear later are probed too.
@@ -89,6 +92,7 @@ impl LiveSettings {
             attach: self.attach,
             copy: self.copy,
             skip_bodies: self.skip_bodies,
+            precise_clock: self.precise_clock,
             tls: self.tls.clone(),
             tls_follow: self.tls_follow,
             tls_open_wait: self.tls_open_wait,
@@ -154,6 +158,7 @@ pub fn build(
         write_pcap: None,
         overwrite: false,
         skip_bodies: false,
+        precise_clock: false,
         tls,
         tls_follow: a.tls.trim() == "follow",
         tls_open_wait: match a.tls_open_wait_secs {

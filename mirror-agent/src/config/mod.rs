@@ -356,6 +356,12 @@ impl Settings {
             && args.capture.pcap.is_none()
             && args.replay.from.is_none();
         pipeline.skip_omitted_bodies = live.skip_bodies;
+        // The stamps are seen only as the primary's latency, in recordings and in packets
+        // written out; live mirroring alone orders and expires by them, where a timer tick
+        // of lag does not matter.
+        live.precise_clock = compare.is_some()
+            || args.output.record.is_some()
+            || live.write_pcap.is_some();
         live.overwrite = args.output.overwrite;
         let output_queue = output_queue(args.output.output_queue_bytes)?;
         let threads = threads(&args.limits.threads)?;

@@ -804,6 +804,19 @@ fn bodies_are_omitted_only_when_no_consumer_needs_them() {
 }
 
 #[test]
+fn the_kernel_reads_the_precise_clock_only_when_an_output_shows_the_stamps() {
+    let precise = |flags: &[&str]| {
+        let mut all = vec!["--iface", "lo", "--port", "80", "--mirror", "http://127.0.0.1:9"];
+        all.extend_from_slice(flags);
+        Settings::load(&args(&all)).unwrap().live.precise_clock
+    };
+    assert!(!precise(&[]), "mirroring alone: the coarse clock");
+    assert!(precise(&["--compare"]), "the primary's latency");
+    assert!(precise(&["--record", "/dev/null"]));
+    assert!(precise(&["--write-pcap", "/tmp/x.pcap"]));
+}
+
+#[test]
 fn https_mirrors_from_the_config_file_read_their_files_at_load() {
     let dir = std::env::temp_dir().join(format!("mirror-tls-config-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();

@@ -87,6 +87,11 @@ pub struct LiveConfig {
     /// The pipeline may ask the ingress programs not to copy bodies nobody needs
     /// ([`skip::BodySkip`]); off when an output keeps the raw packets (`--write-pcap`).
     pub skip_bodies: bool,
+    /// Stamp records with the precise clock: an output shows the stamps (`--compare`'s primary
+    /// latency, `--record`, `--write-pcap`). Otherwise the kernel's coarse clock, up to a
+    /// timer tick behind, spares the primary's CPU a clock read per packet
+    /// (`mirror_common::config::PRECISE_CLOCK`).
+    pub precise_clock: bool,
     /// `--tls`: read TLS plaintext through uprobes on libssl ([`tls`]).
     pub tls: tls::TlsSetting,
     /// `--tls follow`: keep looking for the libssl files of new listeners of the ports
@@ -98,9 +103,11 @@ pub struct LiveConfig {
 }
 
 impl LiveConfig {
-    /// Bytes queued in the ring before a record forces a wakeup: an eighth of the ring, capped,
-    /// so the reader wakes well before the ring fills but not per packet.
+    /// The step of queued bytes whose every crossing forces a wakeup: an eighth of the ring,
+    /// capped, so the reader wakes well before the ring fills but not per packet.
     fn wakeup_bytes(&self) -> u64 {
+        // A power of two, as the programs' crossing test needs: the ring size is one, and so
+        // are both bounds.
         (self.ring_size as u64 / 8).clamp(4096, 1 << 20)
     }
 }
@@ -376,6 +383,7 @@ impl AttachedCapture {
             (config::WAKEUP_BYTES, cfg.wakeup_bytes()),
             (config::HASH_SEED, hash_seed),
             (config::SKIP_BODIES, u64::from(cfg.skip_bodies)),
+            (config::PRECISE_CLOCK, u64::from(cfg.precise_clock)),
             // Until the TLS programs' snapshot says otherwise (below).
             (config::TLS_OPEN_BEFORE, 1),
         ] {
