@@ -53,6 +53,7 @@
 //! use instead of building the release one, for before/after pairs), and any `MIRROR_*` option
 //! of the agent itself (e.g. `MIRROR_QUEUE_SIZE`), which the agent inherits and the bench prints.
 
+mod alternate;
 pub mod connections;
 pub mod h2;
 mod measure;

@@ -142,7 +142,7 @@ impl World {
         let deadline = Instant::now() + timeout;
         while c.try_wait()?.is_none() {
             if Instant::now() > deadline {
-                bail!("agent did not stop within {timeout:?}");
+                bail!("process {} did not stop within {timeout:?}", c.id());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
