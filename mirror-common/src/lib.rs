@@ -644,7 +644,10 @@ mod tests {
         assert!(!crosses_step(0, 500, step));
         assert!(!crosses_step(step - 600, step - 100, step));
         assert!(crosses_step(step - 100, step + 200, step));
-        assert!(crosses_step(step - 100, step, step), "reaching the multiple is crossing it");
+        assert!(
+            crosses_step(step - 100, step, step),
+            "reaching the multiple is crossing it"
+        );
         // Above the step, only the next multiple wakes again: not every record.
         assert!(!crosses_step(step, step + 300, step));
         assert!(!crosses_step(step + 300, 2 * step - 1, step));

@@ -658,7 +658,10 @@ fn reserve_chunk<const N: usize>(skb: &SkBuff, hdr: &RecordHeader, len: u32) -> 
         }
     }
     // The ring's space for it: the record and the ring's 8-byte header.
-    entry.submit(wakeup_flags(core::mem::size_of::<Chunk<N>>() as u64 + 8, true));
+    entry.submit(wakeup_flags(
+        core::mem::size_of::<Chunk<N>>() as u64 + 8,
+        true,
+    ));
     Ok(())
 }
 

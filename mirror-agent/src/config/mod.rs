@@ -359,9 +359,8 @@ impl Settings {
         // The stamps are seen only as the primary's latency, in recordings and in packets
         // written out; live mirroring alone orders and expires by them, where a timer tick
         // of lag does not matter.
-        live.precise_clock = compare.is_some()
-            || args.output.record.is_some()
-            || live.write_pcap.is_some();
+        live.precise_clock =
+            compare.is_some() || args.output.record.is_some() || live.write_pcap.is_some();
         live.overwrite = args.output.overwrite;
         let output_queue = output_queue(args.output.output_queue_bytes)?;
         let threads = threads(&args.limits.threads)?;

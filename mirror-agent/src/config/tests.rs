@@ -806,7 +806,14 @@ fn bodies_are_omitted_only_when_no_consumer_needs_them() {
 #[test]
 fn the_kernel_reads_the_precise_clock_only_when_an_output_shows_the_stamps() {
     let precise = |flags: &[&str]| {
-        let mut all = vec!["--iface", "lo", "--port", "80", "--mirror", "http://127.0.0.1:9"];
+        let mut all = vec![
+            "--iface",
+            "lo",
+            "--port",
+            "80",
+            "--mirror",
+            "http://127.0.0.1:9",
+        ];
         all.extend_from_slice(flags);
         Settings::load(&args(&all)).unwrap().live.precise_clock
     };
