@@ -541,8 +541,11 @@ fn lost(hook: Hook, why: Lost, index: u32, chunks: u32) {
     hook.count(counter::CHUNKS_LOST, chunks.saturating_sub(index) as u64);
 }
 
-/// Submit flags for a record of `size` ring bytes, `reserved` when its space is already
-/// queued (reserve path) rather than about to be (`output`). Batched wakeups: waking the reader
+/// The ring's own header before each record.
+const RING_RECORD_HEADER: u64 = 8;
+
+/// Submit flags for a record of `len` bytes, `reserved` when its space is already queued
+/// (reserve path) rather than about to be (`output`). Batched wakeups: waking the reader
 /// per record costs ~2.5 us per packet; userspace drains periodically, and the kernel wakes it
 /// early when the queue grows past a multiple of `config::WAKEUP_BYTES` (a power of two):
 /// once per crossing, not on every record above it, since a wakeup raises an interrupt on this
@@ -550,8 +553,9 @@ fn lost(hook: Hook, why: Lost, index: u32, chunks: u32) {
 /// Two CPUs adding at once may both miss a crossing; the next multiple, or the periodic drain,
 /// catches it.
 #[inline(always)]
-fn wakeup_flags(size: u64, reserved: bool) -> u64 {
+fn wakeup_flags(len: u64, reserved: bool) -> u64 {
     let queued = MIRROR_RING.query(BPF_RB_AVAIL_DATA as u64);
+    let size = len + RING_RECORD_HEADER;
     let (before, after) = if reserved {
         (queued.saturating_sub(size), queued)
     } else {
@@ -657,11 +661,7 @@ fn reserve_chunk<const N: usize>(skb: &SkBuff, hdr: &RecordHeader, len: u32) -> 
             return Err(Lost::LoadError);
         }
     }
-    // The ring's space for it: the record and the ring's 8-byte header.
-    entry.submit(wakeup_flags(
-        core::mem::size_of::<Chunk<N>>() as u64 + 8,
-        true,
-    ));
+    entry.submit(wakeup_flags(core::mem::size_of::<Chunk<N>>() as u64, true));
     Ok(())
 }
 

@@ -36,8 +36,9 @@
 //! same layout's run without the agent) and p99, requests captured and mirrored, completeness
 //! and its shortfall by counter (queue full / everything else), agent CPU time per mirrored
 //! request (utime + stime from /proc/PID/stat over the loaded phase plus 2 s of drain), the CPU
-//! shares of agent, primary and mirror, each CPU's busy share (softirq and steal in brackets, from
-//! /proc/stat: the classifier and the veth transmit run in softirq; steal is the hypervisor) and the agent's peak RSS
+//! shares of agent, primary and mirror, each CPU's busy share over the load itself (softirq and
+//! steal in brackets, from /proc/stat: the classifier and the veth transmit run in softirq; steal
+//! is the hypervisor; 100 on CPU 0 means the primary was CPU-bound) and the agent's peak RSS
 //! (VmHWM). Then the issue 4 targets per layout and the cost of comparison mode.
 //!
 //! The agent's classifiers are timed by the kernel (`kernel.bpf_stats_enabled`, on for the
@@ -543,10 +544,11 @@ fn measured<T>(
     );
     let t0 = Instant::now();
     let out = load(world)?;
+    // Busy over the load alone: whether a CPU was saturated (the drain after it is idle time).
+    let busy = measure::cpu_busy(&c0, &measure::cpu_times());
     std::thread::sleep(DRAIN);
     let wall = t0.elapsed().as_secs_f64();
     let k1 = agent.map(|i| measure::bpf_prog_stats(world.pid(i)));
-    let busy = measure::cpu_busy(&c0, &measure::cpu_times());
     let (primary_cpu, mirror_cpu) = (measure::cpu_secs(pp)? - p0, measure::cpu_secs(mp)? - m0);
     let agent = match (agent, a0) {
         (Some(i), Some(a0)) => Some(collect_agent(world, i, name, a0, (k0, k1), wall)?),
