@@ -332,6 +332,17 @@ fn median(mut values: Vec<f64>) -> Option<f64> {
     values.get(values.len() / 2).copied()
 }
 
+/// The mean of `values` and its standard error; `None` for fewer than two.
+fn mean_and_standard_error(values: &[f64]) -> Option<(f64, f64)> {
+    if values.len() < 2 {
+        return None;
+    }
+    let n = values.len() as f64;
+    let mean = values.iter().sum::<f64>() / n;
+    let var = values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((mean, (var / n).sqrt()))
+}
+
 /// "median (round values)" of one figure, with `unit` and `decimals`; "-" when absent.
 fn cell(values: &[Option<f64>], decimals: usize, unit: &str) -> String {
     let present: Vec<f64> = values.iter().flatten().copied().collect();
@@ -348,13 +359,14 @@ fn cell(values: &[Option<f64>], decimals: usize, unit: &str) -> String {
 
 /// Each count's slices: the rates, the pair ratios and their median.
 fn print_alternations(alternations: &[(u32, Alternation)]) {
-    let k = |v: &[f64]| {
-        v.iter()
-            .map(|r| format!("{:.1}k", r / 1000.0))
-            .collect::<Vec<_>>()
-            .join(" ")
-    };
     for (c, a) in alternations {
+        // Slices count packets; shown as requests (with many connections a response is two).
+        let k = |v: &[f64]| {
+            v.iter()
+                .map(|r| format!("{:.1}k", r / a.packets_per_request.max(1e-9) / 1000.0))
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
         let ratios: Vec<String> = a.pair_ratios().iter().map(|r| format!("{r:.3}")).collect();
         println!(
             "-c {c}, alternating: off slices {} req/s; on slices {}; ratio per on slice {}; \
@@ -462,6 +474,22 @@ fn summary(rounds: &[Round], counts: &[u32], extra: u32) {
                 spread * 100.0
             ));
         }
+        // Every slice of the count over the rounds: a median of medians hides how the pairs
+        // spread; their mean and its standard error say how well the ratio is known.
+        let pairs: Vec<f64> = rounds
+            .iter()
+            .flat_map(|r| r.alternations.iter())
+            .filter(|(count, _)| *count == c)
+            .flat_map(|(_, a)| a.pair_ratios())
+            .collect();
+        if let Some((mean, se)) = mean_and_standard_error(&pairs) {
+            verdicts.push(format!(
+                "  the alternating slices of all rounds: mean {mean:.3} +- {se:.3} (standard \
+                 error, {} slices), median {:.3}",
+                pairs.len(),
+                median(pairs.clone()).unwrap_or(f64::NAN)
+            ));
+        }
     }
     println!();
     println!("issue 17 targets (medians):");
@@ -472,5 +500,19 @@ fn summary(rounds: &[Round], counts: &[u32], extra: u32) {
         } else {
             println!("- {v}");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_slices_mean_comes_with_its_standard_error() {
+        let (mean, se) = mean_and_standard_error(&[1.0, 2.0, 3.0, 4.0]).unwrap();
+        assert!((mean - 2.5).abs() < 1e-12);
+        // Sample deviation sqrt(5/3), over sqrt(4).
+        assert!((se - (5.0f64 / 3.0).sqrt() / 2.0).abs() < 1e-12);
+        assert!(mean_and_standard_error(&[0.99]).is_none());
     }
 }
