@@ -168,6 +168,7 @@ pub fn run() -> Result<()> {
          fast-mirror --h2; ratio = primary req/s / mean of the two unpaced `off` runs",
         knobs.clients, knobs.streams, knobs.rps
     );
+    println!("{}", super::STATS_CAVEAT);
     report(&runs);
     Ok(())
 }

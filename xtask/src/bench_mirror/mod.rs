@@ -660,9 +660,16 @@ fn report(s: &Settings, load: &str, runs: &[Run]) {
          each connection waits {PACE_MS} ms after every response",
         s.connections, s.secs
     );
+    println!("{STATS_CAVEAT}");
     print_runs(runs);
     print_targets(runs);
 }
+
+/// What the kernel's BPF statistics do to the ratios of the benches that keep them on.
+const STATS_CAVEAT: &str = "the kernel's BPF statistics are on in every run (for the \
+     classifier's line): they add 60-90 ns a packet to the `on` runs' primary, about 1% of its \
+     CPU at 120k req/s, so these ratios read about that much low (`bench connections` judges its \
+     ratio with them off)";
 
 /// The machine, commit, agent and its settings, and the layouts.
 fn print_header(s: &Settings, load: &str) {

@@ -106,6 +106,7 @@ pub fn run() -> Result<()> {
          agent: --tls auto, mirror 100% to fast-mirror over HTTP/1.1; ratio = primary req/s / \
          mean of the two `off` runs"
     );
+    println!("{}", super::STATS_CAVEAT);
     report(&runs);
     Ok(())
 }
