@@ -757,24 +757,23 @@ fn cgroups_replace_the_interface_from_flags_or_file() {
     );
 }
 
+/// The settings of live mirroring on `lo` port 80 to one mirror, with `flags` added.
+fn live_mirroring(flags: &[&str]) -> Settings {
+    let mut all = vec![
+        "--iface",
+        "lo",
+        "--port",
+        "80",
+        "--mirror",
+        "http://127.0.0.1:9",
+    ];
+    all.extend_from_slice(flags);
+    Settings::load(&args(&all)).unwrap()
+}
+
 #[test]
 fn bodies_are_omitted_only_when_no_consumer_needs_them() {
-    let omit = |flags: &[&str]| {
-        let mut all = vec![
-            "--iface",
-            "lo",
-            "--port",
-            "80",
-            "--mirror",
-            "http://127.0.0.1:9",
-        ];
-        all.extend_from_slice(flags);
-        Settings::load(&args(&all))
-            .unwrap()
-            .pipeline
-            .http
-            .omit_bodies_over
-    };
+    let omit = |flags: &[&str]| live_mirroring(flags).pipeline.http.omit_bodies_over;
     assert_eq!(omit(&[]), None, "bodies mirrored without a bound");
     assert_eq!(omit(&["--max-body-size", "1000"]), Some(1000));
     assert_eq!(omit(&["--mirror-body", "false"]), Some(0));
@@ -805,18 +804,7 @@ fn bodies_are_omitted_only_when_no_consumer_needs_them() {
 
 #[test]
 fn the_kernel_reads_the_precise_clock_only_when_an_output_shows_the_stamps() {
-    let precise = |flags: &[&str]| {
-        let mut all = vec![
-            "--iface",
-            "lo",
-            "--port",
-            "80",
-            "--mirror",
-            "http://127.0.0.1:9",
-        ];
-        all.extend_from_slice(flags);
-        Settings::load(&args(&all)).unwrap().live.precise_clock
-    };
+    let precise = |flags: &[&str]| live_mirroring(flags).live.precise_clock;
     assert!(!precise(&[]), "mirroring alone: the coarse clock");
     assert!(precise(&["--compare"]), "the primary's latency");
     assert!(precise(&["--record", "/dev/null"]));
