@@ -845,6 +845,67 @@ mod tests {
     }
 
     /// Connections resolved in userspace are sampled with the classifiers' flow hash.
+    /// One connection more than [`MAX_CONNECTIONS`]: one is evicted (its flow ends with a FIN
+    /// each way, counted), and its next chunk resolves it again as a new connection (a SYN each
+    /// way), which evicts another. Every byte stays in the ledger.
+    #[test]
+    fn connections_over_the_bound_are_evicted_and_resolved_again() {
+        let server: SocketAddr = SERVER.parse().unwrap();
+        let client_of = |fd: i32| {
+            let i = fd as u32;
+            SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 1024 + (i >> 16) as u16))
+        };
+        let mut s = TlsStreams::new(vec![443], None);
+        // Resolutions, SYN segments, and the client ends of the flows ended by a FIN.
+        #[derive(Default)]
+        struct Seen {
+            resolved: u64,
+            syns: u64,
+            fins: Vec<SocketAddr>,
+        }
+        let mut seen = Seen::default();
+        let feed = |s: &mut TlsStreams, fd: i32, seen: &mut Seen| {
+            let mut resolved = 0;
+            s.on_chunk(
+                &chunk(kind::READ, fd as u64, fd, 3, 0, b"GET"),
+                1,
+                &mut |_, fd| {
+                    resolved += 1;
+                    Some((server, client_of(fd)))
+                },
+                &mut |seg: SegmentRef<'_>| {
+                    if seg.flags.syn() {
+                        seen.syns += 1;
+                    } else if seg.flags.fin() && seg.direction == Some(SegmentDirection::FromClient)
+                    {
+                        seen.fins.push(seg.src);
+                    }
+                },
+            );
+            seen.resolved += resolved;
+        };
+        let n = MAX_CONNECTIONS as i32 + 1;
+        for fd in 1..=n {
+            feed(&mut s, fd, &mut seen);
+        }
+        let st = s.stats();
+        assert_eq!((st.connections, st.connections_evicted), (n as u64, 1));
+        assert_eq!(seen.resolved, n as u64);
+        assert_eq!(seen.fins.len(), 1, "the evicted connection's flow ends");
+        let evicted = seen.fins[0];
+        let fd = (1..=n).find(|fd| client_of(*fd) == evicted).unwrap();
+        // The evicted connection's next chunk: resolved again, a new connection.
+        feed(&mut s, fd, &mut seen);
+        let st = s.stats();
+        assert_eq!(seen.resolved, n as u64 + 1);
+        assert_eq!((st.connections, st.connections_evicted), (n as u64 + 1, 2));
+        assert_eq!(seen.fins.len(), 2);
+        assert_ne!(seen.fins[1], evicted, "another connection made room");
+        assert_eq!(seen.syns, 2 * (n as u64 + 1));
+        assert_eq!(st.segment_bytes, 3 * (n as u64 + 1));
+        assert!(st.balanced(), "{st:?}");
+    }
+
     #[test]
     fn connections_resolved_here_are_sampled_as_the_kernel_would() {
         let (client, server): (SocketAddr, SocketAddr) =

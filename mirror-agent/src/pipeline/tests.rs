@@ -1048,6 +1048,90 @@ fn http2_responses_are_paired_by_stream_and_add_up() {
     );
 }
 
+/// A server side that breaks the protocol (a response header block naming an HPACK index that
+/// does not exist) fails its decoder alone: counted once as `h2_server_flows_failed`; the
+/// client's streams are still requests, the one answered before the failure is paired, the
+/// others are unanswered at close; every server byte, before and after the failure, is in the
+/// ledger.
+#[test]
+fn http2_server_side_failure_is_counted_and_spares_the_requests() {
+    use crate::http2::frame::{PREFACE, flag, kind};
+    let mut req = loona_hpack::Encoder::new();
+    let mut client = PREFACE.to_vec();
+    frame(&mut client, kind::SETTINGS, 0, 0, &[]);
+    for (id, path) in [(1, "/a"), (3, "/b"), (5, "/c")] {
+        let h = req.encode([
+            (&b":method"[..], &b"GET"[..]),
+            (b":scheme", b"http"),
+            (b":authority", b"api"),
+            (b":path", path.as_bytes()),
+        ]);
+        frame(
+            &mut client,
+            kind::HEADERS,
+            flag::END_HEADERS | flag::END_STREAM,
+            id,
+            &h,
+        );
+    }
+    let mut res = loona_hpack::Encoder::new();
+    let mut answers = Vec::new();
+    frame(&mut answers, kind::SETTINGS, 0, 0, &[]);
+    let ok = res.encode([(&b":status"[..], &b"200"[..])]);
+    frame(
+        &mut answers,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        1,
+        &ok,
+    );
+    frame(
+        &mut answers,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        3,
+        &[0xff, 0x7f],
+    );
+    let mut after = Vec::new();
+    frame(
+        &mut after,
+        kind::HEADERS,
+        flag::END_HEADERS | flag::END_STREAM,
+        5,
+        &ok,
+    );
+    let mut c = Conversation::new(addr("10.0.0.1:5000"), addr("10.0.0.2:8080"), [1, 2]);
+    c.handshake()
+        .client_sends(&client, 100)
+        .server_sends(&answers, 7)
+        .server_sends(&after, 100)
+        .close();
+    let mut p = Pipeline::new(PipelineConfig {
+        capture_responses: Some(1024),
+        ..cfg()
+    });
+    let mut out = run(&mut p, c.segments);
+    let s = finish(&mut p, &mut out);
+    assert_eq!(requests(&out).len(), 3, "{s}");
+    assert_eq!((s.h2_requests, s.h2_flows_failed), (3, 0), "{s}");
+    assert_eq!(s.h2_server_failed, 1, "{s}");
+    let paired: Vec<(u64, u16)> = out
+        .iter()
+        .filter_map(|e| match e {
+            PipelineEvent::Response(r) => Some((r.seq_in_flow, r.response.status)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(paired, [(0, 200)], "{s}");
+    assert_eq!((s.responses, s.requests_unanswered), (1, 2), "{s}");
+    assert!(s.h2_server_dropped_bytes >= after.len() as u64, "{s}");
+    assert_eq!(
+        s.h2_server_frame_bytes + s.h2_server_dropped_bytes,
+        (answers.len() + after.len()) as u64,
+        "{s}"
+    );
+}
+
 /// An HTTP/1.1 connection that upgrades to h2c (`Upgrade: h2c`, 101, then the preface): the
 /// upgrading request is an HTTP/1.1 request, the streams after it are decoded as HTTP/2. One
 /// whose upgrade the server declines goes on in HTTP/1.1.

@@ -310,8 +310,7 @@ impl TlsProbes {
             counters: self.counters,
             streams: TlsStreams::new(ports, sample),
             wall_minus_mono: clock::wall_minus_monotonic_ns(),
-            tls_ports: Vec::new(),
-            late: (0, 0),
+            ciphertext: CiphertextFilter::default(),
             malformed: 0,
             targets: self.targets,
             internal_targets: self.internal_targets,
@@ -412,9 +411,7 @@ pub(super) struct TlsReader {
     counters: PerCpuArray<MapData, u64>,
     streams: TlsStreams,
     wall_minus_mono: u64,
-    /// Ports seen carrying TLS plaintext: the classifiers' records of them are ciphertext.
-    tls_ports: Vec<u16>,
-    late: (u64, u64),
+    ciphertext: CiphertextFilter,
     malformed: u64,
     targets: Vec<PathBuf>,
     internal_targets: u64,
@@ -453,7 +450,7 @@ impl TlsReader {
             ring,
             streams,
             wall_minus_mono,
-            tls_ports,
+            ciphertext,
             malformed,
             open_before,
             ..
@@ -480,11 +477,7 @@ impl TlsReader {
             let mut resolve = |pid: u32, fd: i32| open_before.resolve(pid, fd);
             let ts = chunk.header.ts_ns.wrapping_add(*wall_minus_mono);
             streams.on_chunk(&chunk, ts, &mut resolve, &mut |seg| {
-                if seg.direction == Some(SegmentDirection::FromClient)
-                    && !tls_ports.contains(&seg.dst.port())
-                {
-                    tls_ports.push(seg.dst.port());
-                }
+                ciphertext.learn(&seg);
                 f(seg)
             });
         }
@@ -495,19 +488,7 @@ impl TlsReader {
     /// Whether a classifier segment belongs to a port seen carrying TLS (its ciphertext, read
     /// after the port was marked): counted, to be dropped.
     pub(super) fn is_ciphertext(&mut self, seg: &SegmentRef<'_>) -> bool {
-        if self.tls_ports.is_empty() {
-            return false;
-        }
-        let server_port = match seg.direction {
-            Some(SegmentDirection::FromServer) => seg.src.port(),
-            _ => seg.dst.port(),
-        };
-        if !self.tls_ports.contains(&server_port) {
-            return false;
-        }
-        self.late.0 += 1;
-        self.late.1 += seg.payload.len() as u64;
-        true
+        self.ciphertext.drops(seg)
     }
 
     pub(super) async fn readable(&mut self) -> std::io::Result<()> {
@@ -537,8 +518,8 @@ impl TlsReader {
             processes,
             kernel: read_counters(&self.counters)?,
             streams: self.streams.stats(),
-            late_ciphertext_segments: self.late.0,
-            late_ciphertext_bytes: self.late.1,
+            late_ciphertext_segments: self.ciphertext.segments,
+            late_ciphertext_bytes: self.ciphertext.bytes,
             malformed_records: self.malformed,
             targets: self.targets.len() as u64,
             internal_targets: self.internal_targets,
@@ -552,6 +533,45 @@ impl TlsReader {
             open_before_closed_idle: self.open_before.closed_idle(),
             open_before_given_up: self.open_before.given_up(),
         })
+    }
+}
+
+/// The server ports seen carrying TLS plaintext, learnt from the TLS ring's segments, and the
+/// classifiers' segments of those ports dropped since (their ciphertext, read after the kernel
+/// began marking the port; the kernel counts those it left out itself).
+#[derive(Debug, Default)]
+struct CiphertextFilter {
+    ports: Vec<u16>,
+    segments: u64,
+    bytes: u64,
+}
+
+impl CiphertextFilter {
+    /// Notes the server port of a plaintext segment from the client (a handful of ports: a
+    /// vector scan is cheaper than hashing).
+    fn learn(&mut self, plaintext: &SegmentRef<'_>) {
+        if plaintext.direction == Some(SegmentDirection::FromClient)
+            && !self.ports.contains(&plaintext.dst.port())
+        {
+            self.ports.push(plaintext.dst.port());
+        }
+    }
+
+    /// Whether a classifier segment is of a port seen carrying TLS: counted, to be dropped.
+    fn drops(&mut self, seg: &SegmentRef<'_>) -> bool {
+        if self.ports.is_empty() {
+            return false;
+        }
+        let server_port = match seg.direction {
+            Some(SegmentDirection::FromServer) => seg.src.port(),
+            _ => seg.dst.port(),
+        };
+        if !self.ports.contains(&server_port) {
+            return false;
+        }
+        self.segments += 1;
+        self.bytes += seg.payload.len() as u64;
+        true
     }
 }
 
@@ -757,6 +777,7 @@ fn mount_tracefs() -> Result<(), CaptureError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::capture::TcpFlags;
 
     #[test]
     fn short_or_mislabelled_records_are_not_decoded() {
@@ -769,5 +790,62 @@ mod tests {
         r[TLS_HEADER_LEN..].copy_from_slice(b"GET ");
         let c = decode(&r).unwrap();
         assert_eq!((c.data, c.is_read()), (&b"GET "[..], true));
+    }
+
+    /// The classifiers' segments of a port the TLS ring showed carrying plaintext are dropped
+    /// and counted, both directions (the server's port is the destination from the client and
+    /// the source from the server); other ports' pass; nothing is dropped before a port is
+    /// learnt, and the server's own writes teach nothing.
+    #[test]
+    fn ciphertext_of_ports_seen_carrying_plaintext_is_dropped_and_counted() {
+        let seg = |src: &str, dst: &str, direction, payload: &'static [u8]| SegmentRef {
+            src: src.parse().unwrap(),
+            dst: dst.parse().unwrap(),
+            seq: 1,
+            ack: 0,
+            flags: TcpFlags(TcpFlags::ACK),
+            direction: Some(direction),
+            ts_ns: 0,
+            payload,
+        };
+        let (client, server, other) = ("10.0.0.1:50000", "10.0.0.2:443", "10.0.0.2:8080");
+        let mut f = CiphertextFilter::default();
+        let hello = seg(
+            client,
+            server,
+            SegmentDirection::FromClient,
+            b"\x16\x03\x01",
+        );
+        assert!(!f.drops(&hello), "no port learnt yet");
+        f.learn(&seg(
+            server,
+            client,
+            SegmentDirection::FromServer,
+            b"HTTP/1.1",
+        ));
+        assert!(!f.drops(&hello), "a server's write names no new port");
+        f.learn(&seg(
+            client,
+            server,
+            SegmentDirection::FromClient,
+            b"GET / HTTP/1.1",
+        ));
+        f.learn(&seg(
+            client,
+            server,
+            SegmentDirection::FromClient,
+            b"GET / HTTP/1.1",
+        ));
+        assert_eq!(f.ports, [443]);
+        assert!(f.drops(&hello));
+        assert!(f.drops(&seg(
+            server,
+            client,
+            SegmentDirection::FromServer,
+            b"\x17\x03\x03\x00"
+        )));
+        assert!(!f.drops(&seg(client, other, SegmentDirection::FromClient, b"GET")));
+        assert!(!f.drops(&seg(other, client, SegmentDirection::FromServer, b"HTTP")));
+        assert_eq!((f.segments, f.bytes), (2, 3 + 4));
     }
 }
