@@ -308,7 +308,8 @@ pub struct ReplayArgs {
     /// mirror at Q% >= P% gets, and equal percents get the same requests.
     #[arg(long, env = "MIRROR_SAMPLING", help_heading = "Replay")]
     pub sampling: Option<String>,
-    /// Per-request timeout to a mirror, in milliseconds [default: 5000].
+    /// Per-request timeout to a mirror, in milliseconds [default: 5000]; opening a connection
+    /// (TCP connect, TLS handshake) is bounded by half of it.
     #[arg(long, env = "MIRROR_TIMEOUT_MS", help_heading = "Replay")]
     pub timeout_ms: Option<u64>,
 }

@@ -350,3 +350,93 @@ async fn shares_scaled_by_capture_percent() {
         "fifty takes every captured request"
     );
 }
+
+/// An `https://` mirror whose port speaks plain HTTP (here a server that waits for a request
+/// head the ClientHello never completes): each handshake is given up at the connect bound (half
+/// the request timeout) as neither a refused certificate nor an alert (`tls_failures` "other"),
+/// the copies are connect errors or dropped while the mirror backs off, never timeouts, and a
+/// healthy mirror beside it gets every request.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_https_mirror_that_is_not_tls_fails_its_handshakes_counted() {
+    let healthy = TestMirror::start(Behavior::Ok).await;
+    let plain = TestMirror::start(Behavior::Ok).await;
+    let mut not_tls =
+        mirror_agent::replay::spec::parse_mirror(&format!("https://{},name=not-tls", plain.addr))
+            .expect("mirror spec");
+    not_tls.percent = 100.0;
+    let mut cfg = config(vec![healthy.spec("healthy", 100.0), not_tls]);
+    cfg.timeout = Duration::from_secs(1);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    let n = 20;
+    for i in 0..n {
+        replayer.submit(&get(i));
+    }
+    wait_until_or(
+        "both mirrors resolved every copy",
+        Duration::from_secs(20),
+        || {
+            let s = replayer.snapshot();
+            healthy.count() == n && s.mirrors.iter().all(|m| m.in_flight == 0)
+        },
+        || replayer.snapshot().table(),
+    )
+    .await;
+    let snap = finish(&replayer).await;
+    let m = snap.mirrors.iter().find(|m| m.name == "not-tls").unwrap();
+    assert_eq!(
+        plain.count(),
+        0,
+        "nothing reached the plain server as a request"
+    );
+    assert_eq!(
+        m.answered() + m.timeouts + m.error(ErrorKind::Io),
+        0,
+        "{m:?}"
+    );
+    assert!(m.error(ErrorKind::Connect) >= 1, "{m:?}");
+    assert_eq!(
+        m.error(ErrorKind::Connect) + m.dropped_count(),
+        n as u64,
+        "{m:?}"
+    );
+    assert_eq!(m.tls_failures, [0, 0, m.error(ErrorKind::Connect)], "{m:?}");
+    assert!(m.balanced(), "{m:?}");
+    let h = snap.mirrors.iter().find(|m| m.name == "healthy").unwrap();
+    assert_eq!(h.status[1], n as u64, "{h:?}");
+}
+
+/// Copies an HTTP/2 mirror cannot take (a WebSocket upgrade would turn its stream into a
+/// tunnel) are resolved as `untranslatable` errors before any connection is made; an ordinary
+/// request to the same mirror still goes (here to a server that does not speak HTTP/2: an I/O
+/// or connect error, counted apart).
+#[tokio::test]
+async fn copies_an_http2_mirror_cannot_take_are_counted_untranslatable() {
+    let dead = dead_addr().await;
+    let mut spec = spec(dead, "h2", 100.0);
+    spec.protocol = mirror_agent::replay::spec::MirrorProtocol::Http2;
+    let replayer = Replayer::start(config(vec![spec]), ConnectionHooks::default(), NoObserver);
+    for _ in 0..3 {
+        replayer.submit(&one(
+            b"GET /ws HTTP/1.1\r\nHost: h\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+        ));
+    }
+    replayer.submit(&get(0));
+    wait_until_or(
+        "every copy resolved",
+        Duration::from_secs(10),
+        || replayer.snapshot().mirrors[0].in_flight == 0,
+        || replayer.snapshot().table(),
+    )
+    .await;
+    let snap = finish(&replayer).await;
+    let m = &snap.mirrors[0];
+    assert_eq!(m.sampled, 4, "{m:?}");
+    assert_eq!(m.error(ErrorKind::Untranslatable), 3, "{m:?}");
+    assert_eq!(
+        m.error(ErrorKind::Connect) + m.error(ErrorKind::Io) + m.dropped_count(),
+        1,
+        "the ordinary request went its own way: {m:?}"
+    );
+    assert!(m.balanced(), "{m:?}");
+    assert!(snap.table().contains("untranslatable"), "{}", snap.table());
+}

@@ -62,6 +62,13 @@ pub const DEFAULT_MAX_QUEUE_BYTES: u64 = 64 << 20;
 /// Per-request timeout to a mirror.
 pub const DEFAULT_TIMEOUT: Duration = Duration::from_millis(5000);
 
+/// The bound on opening a mirror connection (TCP connect and TLS handshake): half the
+/// per-request timeout, so that a connection that cannot open fails as a connect, with backoff,
+/// before the copy waiting for it times out.
+pub fn connect_timeout(request_timeout: Duration) -> Duration {
+    request_timeout / 2
+}
+
 /// Replay's own settings, with their defaults ([`Self::new`]).
 #[derive(Debug, Clone)]
 pub struct ReplayConfig {
@@ -192,6 +199,7 @@ impl<O: ReplayObserver> Replayer<O> {
                 max_connections: cfg.max_connections,
                 backoff_min: cfg.backoff_min,
                 backoff_max: cfg.backoff_max,
+                connect_timeout: connect_timeout(cfg.timeout),
                 hooks: hooks.clone(),
                 limits: cfg.limits.clone(),
                 sample,

@@ -35,6 +35,11 @@ pub struct PoolConfig {
     /// First reconnect delay after a failed connect; doubles per failure up to `backoff_max`.
     pub backoff_min: Duration,
     pub backoff_max: Duration,
+    /// Bound on opening a connection: the TCP connect and, for `https://`, the TLS handshake.
+    /// Shorter than the per-request timeout, so a mirror that accepts and then says nothing
+    /// (a handshake with a port that is not TLS, a blackholed address) is a failed connect,
+    /// counted, with backoff, rather than a timeout per copy for ever.
+    pub connect_timeout: Duration,
     /// Told of each connection's socket before it connects and after it closes.
     pub hooks: ConnectionHooks,
     pub limits: HttpLimits,
@@ -316,7 +321,10 @@ impl Pool {
             local,
             remote,
         };
-        let stream = socket.connect(remote).await?;
+        let deadline = tokio::time::Instant::now() + self.cfg.connect_timeout;
+        let stream = tokio::time::timeout_at(deadline, socket.connect(remote))
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))??;
         stream.set_nodelay(true)?;
         let stream = match &self.cfg.tls {
             None => MirrorStream::Plain(stream),
@@ -325,7 +333,14 @@ impl Pool {
                     .on_tls_failure(super::tls::HandshakeFailure::Other);
                 return Err(io::Error::other(format!("TLS configuration: {e}")));
             }
-            Some(Ok(tls)) => match tls.handshake(stream).await {
+            Some(Ok(tls)) => match tokio::time::timeout_at(deadline, tls.handshake(stream))
+                .await
+                .unwrap_or_else(|_| {
+                    Err((
+                        super::tls::HandshakeFailure::Other,
+                        io::Error::new(io::ErrorKind::TimedOut, "TLS handshake timed out"),
+                    ))
+                }) {
                 Ok(s) => MirrorStream::Tls(Box::new(s)),
                 Err((why, e)) => {
                     self.stats.on_tls_failure(why);

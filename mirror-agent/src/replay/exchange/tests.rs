@@ -148,6 +148,7 @@ fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
         max_connections: 1,
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
+        connect_timeout: Duration::from_secs(5),
         hooks: Default::default(),
         limits: HttpLimits::default(),
         sample: None,
