@@ -346,3 +346,119 @@ fn comparison_kinds_and_diff_log_counters() {
     );
     assert_eq!(value(&s, "mirror.compare.diff_log.lines", &[]), Some(2.0));
 }
+
+/// Each loss reason is exported under its own label with its own counter: every counter below
+/// gets a value no other has, and each label must show exactly it (a reason mapped to another
+/// reason's counter, or left at zero, fails here).
+#[test]
+fn every_loss_reason_is_exported_under_its_own_label() {
+    let mut s = all();
+    let k = s.kernel.as_mut().unwrap();
+    k.ring_full = 31;
+    k.load_error = 37;
+    let t = &mut k.tls.as_mut().unwrap().kernel;
+    (t.ring_full, t.close_lost, t.unmatched, t.read_errors) = (41, 43, 47, 53);
+    let r = s.replay.as_mut().unwrap();
+    r.mirrors[0].tls_failures = [59, 61, 67];
+    let c = s.compare.as_mut().unwrap();
+    (c.captures_over_budget, c.content_queue_full) = (71, 73);
+    (c.evicted, c.primary_unmatched) = (79, 83);
+    (c.primary_requests_evicted, c.primary_responses_unknown) = (89, 97);
+    c.mirrors[0].primary_missing = 101;
+    let losses = &mut c.noise.as_mut().unwrap().losses;
+    (losses.endpoints_full, losses.fields_full) = (103, 107);
+    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+        (
+            "mirror.kernel.packets.dropped",
+            &[("reason", "ring_full")],
+            31.0,
+        ),
+        (
+            "mirror.kernel.packets.dropped",
+            &[("reason", "load_error")],
+            37.0,
+        ),
+        ("mirror.tls.lost", &[("reason", "ring_full")], 41.0),
+        ("mirror.tls.lost", &[("reason", "close")], 43.0),
+        ("mirror.tls.lost", &[("reason", "unmatched")], 47.0),
+        ("mirror.tls.lost", &[("reason", "read_error")], 53.0),
+        (
+            "mirror.tls.handshake_failures",
+            &[("mirror.name", "app-v2"), ("reason", "certificate")],
+            59.0,
+        ),
+        (
+            "mirror.tls.handshake_failures",
+            &[("mirror.name", "app-v2"), ("reason", "alert")],
+            61.0,
+        ),
+        (
+            "mirror.tls.handshake_failures",
+            &[("mirror.name", "app-v2"), ("reason", "other")],
+            67.0,
+        ),
+        (
+            "mirror.compare.captures_dropped",
+            &[("reason", "over_budget")],
+            71.0,
+        ),
+        (
+            "mirror.compare.captures_dropped",
+            &[("reason", "queue_full")],
+            73.0,
+        ),
+        ("mirror.compare.unpaired", &[("reason", "evicted")], 79.0),
+        (
+            "mirror.compare.unpaired",
+            &[("reason", "primary_only")],
+            83.0,
+        ),
+        (
+            "mirror.compare.unpaired",
+            &[("reason", "request_evicted")],
+            89.0,
+        ),
+        (
+            "mirror.compare.unpaired",
+            &[("reason", "response_unknown")],
+            97.0,
+        ),
+        (
+            "mirror.compare.unpaired",
+            &[("mirror.name", "app-v2"), ("reason", "primary_missing")],
+            101.0,
+        ),
+        (
+            "mirror.compare.noise.not_learned",
+            &[("reason", "endpoints_full")],
+            103.0,
+        ),
+        (
+            "mirror.compare.noise.not_learned",
+            &[("reason", "fields_full")],
+            107.0,
+        ),
+    ];
+    for (name, attrs, want) in expected {
+        assert_eq!(value(&s, name, attrs), Some(*want), "{name} {attrs:?}");
+    }
+    // And every point of these metrics is one of the above: no reason left untested.
+    let names: HashSet<&str> = expected.iter().map(|(n, _, _)| *n).collect();
+    for name in names {
+        let def = DEFS.iter().find(|d| d.name == name).unwrap();
+        for point in def.points(&s) {
+            let is_app_v3 = point.attrs.contains(&("mirror.name", "app-v3".to_string()));
+            assert!(
+                is_app_v3
+                    || expected.iter().any(|(n, a, v)| *n == name
+                        && *v == point.value.as_f64()
+                        && a.iter().all(|(k, val)| point
+                            .attrs
+                            .iter()
+                            .any(|(pk, pv)| pk == k && pv == val))),
+                "{name}: a point no expectation covers: {:?}",
+                point.attrs
+            );
+        }
+    }
+}
