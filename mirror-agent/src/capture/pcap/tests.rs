@@ -178,6 +178,41 @@ fn garbage_frames_are_counted_not_fatal() {
     assert_eq!(stats.unsupported_link, 4);
 }
 
+/// Frames cut short by the capture's snap length are decoded as far as they go and counted;
+/// a TCP header broken in one frame, and one broken across IPv4 fragments (seen only once they
+/// are put together), are each counted as malformed, never decoded.
+#[test]
+fn cut_and_broken_tcp_headers_are_each_counted() {
+    let segs = conversation(false);
+    let eth = |ip: &[u8]| synth::frame(SynthLink::Ethernet { vlans: 0 }, ip);
+    // The request, its last 10 bytes cut off by the snap length.
+    let request = &segs[3];
+    assert!(request.payload.starts_with(b"GET"));
+    let ip = synth::ip_packet(request);
+    let cut = eth(&ip[..ip.len() - 10]);
+    // A TCP header whose data offset (4 words) is below the minimum of 5.
+    let mut broken = synth::ip_packet(&segs[0]);
+    broken[20 + 12] = 0x40;
+    // The same broken header, split over two IPv4 fragments.
+    let fragments = synth::fragment_ipv4(&broken, 8);
+    assert_eq!(fragments.len(), 3);
+    let mut frames = vec![(1, cut), (2, eth(&broken))];
+    frames.extend(fragments.iter().map(|f| (3, eth(f))));
+    let (got, stats, err) = read_all(synth::pcap_file(1, &frames));
+    assert!(err.is_none(), "{err:?}");
+    assert_eq!(got.len(), 1, "the cut request, as far as it goes");
+    assert_eq!(
+        got[0].payload[..],
+        request.payload[..request.payload.len() - 10]
+    );
+    assert_eq!(stats.snaplen_truncated, 1, "{stats:?}");
+    assert_eq!(stats.malformed, 1, "{stats:?}");
+    assert_eq!(stats.fragments, 3, "{stats:?}");
+    assert_eq!(stats.malformed_reassembled, 1, "{stats:?}");
+    assert_eq!(stats.packets, 5);
+    assert!(stats.balanced(), "{stats:?}");
+}
+
 #[test]
 fn ipv6_fragments_and_gre_are_decoded() {
     let segs = conversation(true);
