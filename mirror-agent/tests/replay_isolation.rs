@@ -1,8 +1,10 @@
-//! Isolation: broken mirrors (down, silent, slow, resetting) only lose their own copies, every
-//! lost copy is counted, and a healthy mirror next to them gets every request.
+//! Isolation: broken mirrors (down, silent, slow, resetting, not speaking TLS, refusing HTTP/2
+//! streams) only lose their own copies, every lost copy is counted, and a healthy mirror next to
+//! them gets every request.
 
 mod replay_common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use mirror_agent::replay::stats::{DropReason, ErrorKind};
@@ -439,4 +441,85 @@ async fn copies_an_http2_mirror_cannot_take_are_counted_untranslatable() {
     );
     assert!(m.balanced(), "{m:?}");
     assert!(snap.table().contains("untranslatable"), "{}", snap.table());
+}
+
+/// An HTTP/2 mirror (the `h2` crate's server) that refuses, resets and breaks off streams:
+/// a refused stream (REFUSED_STREAM: the mirror did not act on it) is sent once more, counted as
+/// a retry, and an I/O error when refused again; a stream reset before its answer and an answer
+/// broken off by a reset are I/O errors, never sent twice; the ordinary copy is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_refused_reset_or_broken_off_are_counted() {
+    use std::sync::Mutex;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Vec::<String>::new()));
+    let server_seen = seen.clone();
+    let server = tokio::spawn(async move {
+        loop {
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
+            let seen = server_seen.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(socket).await else {
+                    return;
+                };
+                while let Some(Ok((request, mut respond))) = conn.accept().await {
+                    let path = request.uri().path().to_string();
+                    seen.lock().unwrap().push(path.clone());
+                    match path.as_str() {
+                        "/refuse" => respond.send_reset(h2::Reason::REFUSED_STREAM),
+                        "/reset" => respond.send_reset(h2::Reason::INTERNAL_ERROR),
+                        "/broken" => {
+                            let mut s = respond
+                                .send_response(hyper::Response::new(()), false)
+                                .unwrap();
+                            let _ = s.send_data(bytes::Bytes::from_static(b"part"), false);
+                            s.send_reset(h2::Reason::INTERNAL_ERROR);
+                        }
+                        _ => {
+                            let mut s = respond
+                                .send_response(hyper::Response::new(()), false)
+                                .unwrap();
+                            let _ = s.send_data(bytes::Bytes::from_static(b"ok"), true);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let mut spec = spec(addr, "h2", 100.0);
+    spec.protocol = mirror_agent::replay::spec::MirrorProtocol::Http2;
+    let mut cfg = config(vec![spec]);
+    cfg.timeout = Duration::from_secs(5);
+    let replayer = Replayer::start(cfg, ConnectionHooks::default(), NoObserver);
+    for path in ["/refuse", "/reset", "/broken", "/ok"] {
+        replayer.submit(&one(
+            format!("GET {path} HTTP/1.1\r\nHost: h\r\n\r\n").as_bytes()
+        ));
+    }
+    wait_until_or(
+        "every copy resolved",
+        Duration::from_secs(10),
+        || {
+            let m = &replayer.snapshot().mirrors[0];
+            m.sampled == 4 && m.in_flight == 0
+        },
+        || replayer.snapshot().table(),
+    )
+    .await;
+    let snap = finish(&replayer).await;
+    server.abort();
+    let m = &snap.mirrors[0];
+    assert_eq!(m.error(ErrorKind::Io), 3, "{m:?}");
+    assert_eq!((m.status[1], m.retries, m.timeouts), (1, 1, 0), "{m:?}");
+    assert_eq!(m.dropped_count(), 0, "{m:?}");
+    assert!(m.balanced(), "{m:?}");
+    let mut seen = seen.lock().unwrap().clone();
+    seen.sort();
+    assert_eq!(
+        seen,
+        ["/broken", "/ok", "/refuse", "/refuse", "/reset"],
+        "a refused stream goes twice, nothing else does"
+    );
 }
