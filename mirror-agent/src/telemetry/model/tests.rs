@@ -367,7 +367,9 @@ fn every_loss_reason_is_exported_under_its_own_label() {
     c.mirrors[0].primary_missing = 101;
     let losses = &mut c.noise.as_mut().unwrap().losses;
     (losses.endpoints_full, losses.fields_full) = (103, 107);
-    let expected: &[(&str, &[(&str, &str)], f64)] = &[
+    // A metric, the attributes of one of its points, and the value it must show.
+    type Expectation = (&'static str, &'static [(&'static str, &'static str)], f64);
+    let expected: &[Expectation] = &[
         (
             "mirror.kernel.packets.dropped",
             &[("reason", "ring_full")],
