@@ -823,6 +823,18 @@ fn an_omitted_body_asks_capture_to_skip_to_its_end_once() {
     );
 }
 
+/// Runs `segments` through a pipeline that frames responses (samples up to 1 KiB) to its end:
+/// the events and the balanced stats.
+fn run_with_responses(segments: Vec<Segment>) -> (Vec<PipelineEvent>, PipelineStats) {
+    let mut p = Pipeline::new(PipelineConfig {
+        capture_responses: Some(1024),
+        ..cfg()
+    });
+    let mut out = run(&mut p, segments);
+    let s = finish(&mut p, &mut out);
+    (out, s)
+}
+
 /// Appends one HTTP/2 frame to `out`.
 fn frame(out: &mut Vec<u8>, kind: u8, flags: u8, stream: u32, payload: &[u8]) {
     out.extend_from_slice(&crate::http2::frame::header(
@@ -972,12 +984,7 @@ fn http2_responses_are_paired_by_stream_and_add_up() {
         .server_sends(&answers, 13)
         .client_sends(&last, 100)
         .close();
-    let mut p = Pipeline::new(PipelineConfig {
-        capture_responses: Some(1024),
-        ..cfg()
-    });
-    let mut out = run(&mut p, c.segments);
-    let s = finish(&mut p, &mut out);
+    let (out, s) = run_with_responses(c.segments);
     let reqs: Vec<(u32, u64)> = requests(&out)
         .iter()
         .map(|r| (r.request.h2_stream.unwrap(), r.seq_in_flow))
@@ -1106,12 +1113,7 @@ fn http2_server_side_failure_is_counted_and_spares_the_requests() {
         .server_sends(&answers, 7)
         .server_sends(&after, 100)
         .close();
-    let mut p = Pipeline::new(PipelineConfig {
-        capture_responses: Some(1024),
-        ..cfg()
-    });
-    let mut out = run(&mut p, c.segments);
-    let s = finish(&mut p, &mut out);
+    let (out, s) = run_with_responses(c.segments);
     assert_eq!(requests(&out).len(), 3, "{s}");
     assert_eq!((s.h2_requests, s.h2_flows_failed), (3, 0), "{s}");
     assert_eq!(s.h2_server_failed, 1, "{s}");
