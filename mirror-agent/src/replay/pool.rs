@@ -183,6 +183,15 @@ impl Conn {
     }
 }
 
+/// The turn to probe a failing mirror, given back when dropped.
+struct ProbeTurn<'a>(&'a AtomicBool);
+
+impl Drop for ProbeTurn<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
 #[derive(Debug, Default)]
 struct Backoff {
     failures: u32,
@@ -253,10 +262,11 @@ impl Pool {
         if failing && self.probing.swap(true, Ordering::AcqRel) {
             return Ok(None);
         }
+        // Released however the attempt ends, also when the caller drops it mid-way (the copy's
+        // timeout): a flag left set would keep every later copy from probing, for ever.
+        let probe = failing.then(|| ProbeTurn(&self.probing));
         let result = attempt().await;
-        if failing {
-            self.probing.store(false, Ordering::Release);
-        }
+        drop(probe);
         let mut b = crate::sync::lock(&self.backoff);
         match result {
             Ok(conn) => {

@@ -141,6 +141,10 @@ async fn server(per_conn: usize) -> Server {
 }
 
 fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
+    pool_with(addr, Duration::from_secs(5))
+}
+
+fn pool_with(addr: std::net::SocketAddr, connect_timeout: Duration) -> (Pool, Arc<MirrorStats>) {
     let stats = Arc::new(MirrorStats::new("m".into(), 100.0, 1.0));
     let cfg = PoolConfig {
         host: addr.ip().to_string(),
@@ -148,7 +152,7 @@ fn pool(addr: std::net::SocketAddr) -> (Pool, Arc<MirrorStats>) {
         max_connections: 1,
         backoff_min: Duration::from_millis(10),
         backoff_max: Duration::from_millis(100),
-        connect_timeout: Duration::from_secs(5),
+        connect_timeout,
         hooks: Default::default(),
         limits: HttpLimits::default(),
         sample: None,
@@ -300,4 +304,39 @@ async fn garbage_mid_pipeline_fails_the_rest() {
         (2, 3, 5),
         "{s:?}"
     );
+}
+
+/// A connect that hangs (the listener's accept queue is full, so its SYN is dropped) fails at
+/// the connect bound; a probe of the failing mirror cancelled mid-connect (as a copy's timeout
+/// cancels it) gives its turn back, so the next copy probes again rather than being dropped
+/// for backoff for ever.
+#[tokio::test]
+async fn a_probe_cancelled_mid_connect_gives_its_turn_back() {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = socket.local_addr().unwrap();
+    let _listener = socket.listen(0).unwrap();
+    // Never accepted: it fills the queue.
+    let _queued = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (pool, stats) = pool_with(addr, Duration::from_millis(300));
+    let attempt = || async { pool.connect_or_backoff().await.err() };
+    assert_eq!(
+        attempt().await,
+        Some(ErrorKind::Connect),
+        "the connect bound"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), attempt())
+            .await
+            .is_err(),
+        "the probe hangs, and is cancelled"
+    );
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    assert_eq!(
+        attempt().await,
+        Some(ErrorKind::Connect),
+        "probed again, not refused as another probe's turn"
+    );
+    assert_eq!(stats.snapshot().connects, 0);
 }
