@@ -26,7 +26,7 @@
 //! there (they cost 60-90 ns a packet, which the runs above pay). The runs' own ratios are shown
 //! beside it. The ratio's verdict takes the mean of every slice of the count over all rounds
 //! (not the median of the rounds: see [`alternate`]) with its standard error: met when the mean
-//! is at least 0.99, and a miss says whether 0.99 lies within two standard errors of it.
+//! is above 0.99 by two standard errors, missed when below by two, else not decided.
 //!
 //! `MIRROR_BENCH_ROUNDS` (default 3): the whole sequence runs that many times over, and the
 //! summary gives each figure's median over the rounds, each round's value beside it, and judges
@@ -345,22 +345,25 @@ fn mean_and_standard_error(values: &[f64]) -> Option<(f64, f64)> {
     Some((mean, (var / n).sqrt()))
 }
 
-/// The primary ratio's verdict from every alternating slice's pair ratio: their mean against
-/// 0.99, with its standard error, and whether 0.99 is within two of them when missed; `None`
+/// The primary ratio's verdict from every alternating slice's pair ratio: their mean with its
+/// standard error against 0.99. Met when the mean is above 0.99 by two standard errors, missed
+/// when below it by two, and otherwise not decided: on this host a slice's rate moves by 5-10%,
+/// so 18 slices know the ratio to about +-2%, twice what the target asks to tell apart (the
+/// classifier's share of the primary's CPU, printed under it, is the sharper measure). `None`
 /// for fewer than two slices.
 fn slices_verdict(pairs: &[f64]) -> Option<String> {
     let (mean, se) = mean_and_standard_error(pairs)?;
-    let met = mean >= 0.99;
+    let verdict = if mean - 2.0 * se >= 0.99 {
+        "met"
+    } else if mean + 2.0 * se < 0.99 {
+        "MISSED"
+    } else {
+        "NOT DECIDED, 0.99 within two standard errors"
+    };
     Some(format!(
-        "primary ratio {mean:.3} +- {se:.3} (>= 0.99: {}; mean of {} alternating slices +- \
-         standard error{})",
-        if met { "met" } else { "MISSED" },
+        "primary ratio {mean:.3} +- {se:.3} (>= 0.99: {verdict}; mean of {} alternating slices \
+         +- standard error)",
         pairs.len(),
-        if !met && mean + 2.0 * se >= 0.99 {
-            "; 0.99 within two standard errors"
-        } else {
-            ""
-        }
     ))
 }
 
@@ -535,18 +538,19 @@ mod tests {
 
     #[test]
     fn the_ratio_is_judged_on_the_slices_mean_not_their_median() {
-        // Median 1.0, mean 0.98, standard error 0.02 / sqrt(3) ~ 0.012: missed, within noise.
+        // Median 1.0, mean 0.98, standard error 0.02 / sqrt(3) ~ 0.012: not decided.
         let v = slices_verdict(&[1.0, 1.0, 0.94]).unwrap();
         assert!(v.starts_with("primary ratio 0.980 +- 0.0"), "{v}");
-        assert!(
-            v.contains("MISSED") && v.contains("within two standard errors"),
-            "{v}"
-        );
+        assert!(v.contains("NOT DECIDED, 0.99 within two"), "{v}");
+        // Mean 0.9575, standard error ~0.005: missed.
         let v = slices_verdict(&[0.95, 0.96, 0.97, 0.95]).unwrap();
-        assert!(v.contains("MISSED") && !v.contains("within"), "{v}");
+        assert!(v.contains("(>= 0.99: MISSED;"), "{v}");
+        // Mean 1.0, standard error 0.01: not decided; with four times the slices, met.
         let v = slices_verdict(&[0.99, 1.01]).unwrap();
+        assert!(v.contains("NOT DECIDED"), "{v}");
+        let v = slices_verdict(&[0.999, 1.001].repeat(8)).unwrap();
         assert!(
-            v.contains("(>= 0.99: met; mean of 2 alternating slices"),
+            v.contains("(>= 0.99: met; mean of 16 alternating slices"),
             "{v}"
         );
         assert!(slices_verdict(&[1.0]).is_none());
