@@ -194,6 +194,12 @@ impl CompareHub {
     pub fn snapshot(&self) -> CompareSnapshot {
         self.with(|c| c.snapshot())
     }
+
+    /// Tests: holds the comparison thread (see `Content::hold`).
+    #[cfg(test)]
+    pub(super) fn hold_content(&self) -> std::sync::mpsc::Sender<()> {
+        self.content.as_ref().expect("content comparison on").hold()
+    }
 }
 
 /// The comparison's mirror side: each copy's outcome (and the mirror's response sample, with

@@ -459,3 +459,43 @@ fn a_baseline_mirror_turns_its_differences_into_noise_for_the_candidate() {
     );
     let _ = std::fs::remove_file(&path);
 }
+
+/// The comparison thread's queue full (the thread held while more verdicts than the queue
+/// holds arrive): each verdict over it is counted `content_queue_full`, its request
+/// `content_skipped`, never waited on; the queued ones are compared once the thread goes on.
+#[test]
+fn verdicts_over_a_full_comparison_queue_are_counted_not_waited_on() {
+    let rules = rules::CompareRules::new(&[], None, None, &[]).unwrap();
+    let hub = CompareHub::new(vec!["m".into()], Duration::from_secs(60), 1 << 14, None)
+        .with_content(rules, None);
+    let release = hub.hold_content();
+    let over = 3;
+    let n = worker::QUEUE + over;
+    let side = PrimarySide {
+        status: 200,
+        latency: ms(1),
+    };
+    for i in 0..n {
+        let key = (9, i as u64);
+        hub.primary_with(key, side, info("/q", r#"{"a":1}"#));
+        hub.mirror_with(
+            key,
+            0,
+            &answered(200),
+            Some(Box::new(json_cap(r#"{"a":2}"#))),
+        );
+    }
+    let s = hub.snapshot();
+    assert_eq!(s.content_queue_full, over as u64);
+    assert_eq!(s.mirrors[0].content_skipped, over as u64);
+    drop(release);
+    hub.flush(Duration::from_secs(30));
+    let s = hub.snapshot();
+    let m = &s.mirrors[0];
+    assert_eq!(m.compared, n as u64, "{s:?}");
+    assert_eq!(
+        (m.body, m.content_skipped),
+        (worker::QUEUE as u64, over as u64),
+        "every queued verdict compared, the others skipped: {s:?}"
+    );
+}

@@ -27,7 +27,7 @@ use super::{Comparator, MirrorSide, NoiseSnapshot, RequestKey, Verdict};
 use crate::sync::lock;
 
 /// Verdicts waiting for the comparison thread at most.
-const QUEUE: usize = 4096;
+pub(super) const QUEUE: usize = 4096;
 /// Candidate verdicts waiting for their request's baseline answer at most; over it the
 /// oldest is judged at once (counted as a wait that expired).
 const MAX_WAITING: usize = 4096;
@@ -43,6 +43,12 @@ enum Msg {
     /// The baseline mirror will not answer this request (not sampled, or dropped unsent).
     BaselineAbsent(RequestKey),
     Flush(mpsc::Sender<()>),
+    /// Tests: the thread says it is held, then waits for the release (or its sender's drop).
+    #[cfg(test)]
+    Hold {
+        held: mpsc::Sender<()>,
+        release: Receiver<()>,
+    },
 }
 
 /// The baseline mirror (`role=baseline`): which one, and how long a candidate's verdict waits
@@ -157,6 +163,24 @@ impl Content {
         if self.tx.send(Msg::Flush(tx)).is_ok() {
             let _ = rx.recv_timeout(timeout);
         }
+    }
+
+    /// Tests: holds the comparison thread until the returned sender sends or is dropped, so
+    /// its queue fills.
+    #[cfg(test)]
+    pub(super) fn hold(&self) -> mpsc::Sender<()> {
+        let (held, is_held) = mpsc::channel();
+        let (release, released) = mpsc::channel();
+        self.tx
+            .send(Msg::Hold {
+                held,
+                release: released,
+            })
+            .expect("the comparison thread runs");
+        is_held
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the comparison thread takes the hold");
+        release
     }
 }
 
@@ -366,6 +390,12 @@ impl Worker<'_> {
                     }
                     self.judge.flush_log();
                     let _ = done.send(());
+                    continue;
+                }
+                #[cfg(test)]
+                Some(Msg::Hold { held, release }) => {
+                    let _ = held.send(());
+                    let _ = release.recv();
                     continue;
                 }
                 None => {}
