@@ -858,13 +858,13 @@ mod tests {
         let mut s = TlsStreams::new(vec![443], None);
         // Resolutions, SYN segments, and the client ends of the flows ended by a FIN.
         #[derive(Default)]
-        struct Seen {
+        struct Observed {
             resolved: u64,
             syns: u64,
             fins: Vec<SocketAddr>,
         }
-        let mut seen = Seen::default();
-        let feed = |s: &mut TlsStreams, fd: i32, seen: &mut Seen| {
+        let mut seen = Observed::default();
+        let feed = |s: &mut TlsStreams, fd: i32, seen: &mut Observed| {
             let mut resolved = 0;
             s.on_chunk(
                 &chunk(kind::READ, fd as u64, fd, 3, 0, b"GET"),

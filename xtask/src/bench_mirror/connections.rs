@@ -348,7 +348,8 @@ fn mean_and_standard_error(values: &[f64]) -> Option<(f64, f64)> {
 /// The primary ratio's verdict from every alternating slice's pair ratio: their mean with its
 /// standard error against 0.99. Met when the mean is above 0.99 by two standard errors, missed
 /// when below it by two, and otherwise not decided: on this host a slice's rate moves by 5-10%,
-/// so 18 slices know the ratio to about +-2%, twice what the target asks to tell apart (the
+/// so 18 slices gave standard errors of 0.007-0.042 (BENCHMARKS.md, sessions 20-21), as large
+/// as or larger than the 1% the target asks to tell apart (the
 /// classifier's share of the primary's CPU, printed under it, is the sharper measure). `None`
 /// for fewer than two slices.
 fn slices_verdict(pairs: &[f64]) -> Option<String> {
